@@ -1,0 +1,36 @@
+//! The Kaelix deterministic simulator.
+//!
+//! A whole cluster — server nodes and client participants — runs in one
+//! thread under virtual time, driven by one 64-bit seed. The seed decides
+//! the scheduler's choice among ready tasks, every latency, every packet and
+//! disk fault, every clock's skew and drift, and the fault schedule. Same
+//! seed + same binary ⇒ same run, checked by folding every event into a
+//! trace hash ([`trace`]).
+//!
+//! Modules and their fault models (each module header documents its model):
+//!
+//! * [`world`] — execution model: virtual time, the event queue, the seeded
+//!   scheduler, nodes as restartable units (crash / restart / wipe / pause);
+//! * [`net`] — datagrams: latency, loss, duplication, reordering, symmetric /
+//!   asymmetric / one-way partitions, per-link settings;
+//! * [`clock`] — per-node skew, drift and wall-clock steps;
+//! * [`disk`] — latency, lost and torn unsynced writes on crash, bit rot,
+//!   misdirected writes, corrupt reads;
+//! * [`faults`] — fault profiles, swarm testing, the safety / liveness
+//!   phases and fault schedules;
+//! * [`trace`] — the running trace hash and readable trace.
+//!
+//! The runtime contract of `kaelix-core` is implemented on top of this in
+//! `kaelix-runtime-sim`; scenarios live in `kaelix-scenarios`.
+
+pub mod clock;
+pub mod disk;
+pub mod dist;
+pub mod faults;
+pub mod net;
+pub mod queue;
+pub mod trace;
+pub mod world;
+
+pub use faults::{Fault, FaultProfile, FaultSchedule, Tolerance};
+pub use world::{NodeHandle, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats, Step};
