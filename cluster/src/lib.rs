@@ -1,1 +1,13 @@
-//! placeholder
+//! Kaelix cluster services.
+//!
+//! Protocol logic here is sans-IO (see `kaelix_core::sansio`): state
+//! machines that take `now` and inputs and emit outputs. Each service also
+//! has a thin async driver written against `kaelix_core::runtime::Runtime`,
+//! so the very same node code runs under the simulator and the real
+//! executor.
+//!
+//! Today this crate holds the replicated broadcast service ([`broadcast`]),
+//! the first workload the simulator verifies. SWIM membership, Raft and
+//! replicated partitions come with their own issues.
+
+pub mod broadcast;

@@ -1,1 +1,442 @@
-//! placeholder
+//! The Kaelix runtime contract implemented on the deterministic simulator.
+//!
+//! [`SimRuntime`] is a cheap, cloneable handle bound to one incarnation of
+//! one simulated node. It implements every trait of
+//! `kaelix_core::runtime` by forwarding to the node's [`NodeHandle`] in
+//! `kaelix-sim`: time is the node's skewed, drifting virtual clock, spawned
+//! tasks are scheduled by the seeded scheduler, datagrams cross the faulty
+//! network, files live on the node's faulty disk, and `buggify!` fires where
+//! the seed says.
+//!
+//! Nothing here is conditionally compiled: the node code that runs on this
+//! runtime is the very code `kaelix-runtime-real` runs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use kaelix_core::rng::DetRng;
+use kaelix_core::runtime::{
+    Clock, ClientNetwork, ClientStream, FaultPoints, JoinError, Listener, NetError, Network, Priority, Runtime,
+    Spawner, Storage, StorageError, StorageFile, TaskHandle, validate_file_name,
+};
+use kaelix_core::{Instant, NodeId, WallTime};
+use kaelix_sim::world::{ConnId, DiskRequest, End, OpId, OpResult, TaskId, TimerId};
+use kaelix_sim::{NodeHandle, Sim};
+
+/// The runtime contract on the simulator, for one node incarnation.
+#[derive(Clone, Debug)]
+pub struct SimRuntime {
+    handle: NodeHandle,
+}
+
+impl SimRuntime {
+    /// Wraps a node handle (what a node's init function receives).
+    pub fn new(handle: NodeHandle) -> Self {
+        SimRuntime { handle }
+    }
+
+    /// The underlying simulator handle.
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// The simulator.
+    pub fn sim(&self) -> &Sim {
+        self.handle.sim()
+    }
+
+    /// Adapts an async node body to the simulator's init signature:
+    /// `Sim::add_node(id, NodeSpec { init: SimRuntime::init(|rt| async move { … }), … })`.
+    pub fn init<F, Fut>(body: F) -> kaelix_sim::world::NodeInit
+    where
+        F: Fn(SimRuntime) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Arc::new(move |handle| Box::pin(body(SimRuntime::new(handle))))
+    }
+}
+
+// ---------------------------------------------------------------- clock
+
+/// A simulated sleep.
+pub struct Sleep {
+    handle: NodeHandle,
+    deadline: Instant,
+    timer: Option<TimerId>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.handle.now() >= self.deadline {
+            if let Some(t) = self.timer.take() {
+                self.handle.cancel_timer(t);
+            }
+            return Poll::Ready(());
+        }
+        if let Some(t) = self.timer
+            && self.handle.update_timer(t, cx.waker())
+        {
+            return Poll::Pending;
+        }
+        let deadline = self.deadline;
+        self.timer = self.handle.register_timer(deadline, cx.waker().clone());
+        if self.timer.is_none() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            self.handle.cancel_timer(t);
+        }
+    }
+}
+
+impl Clock for SimRuntime {
+    fn now(&self) -> Instant {
+        self.handle.now()
+    }
+
+    fn wall_clock(&self) -> WallTime {
+        self.handle.wall_clock()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        Sleep { handle: self.handle.clone(), deadline, timer: None }
+    }
+}
+
+// ---------------------------------------------------------------- spawn
+
+struct JoinState<T> {
+    result: Option<Result<T, JoinError>>,
+    waker: Option<Waker>,
+}
+
+/// Handle to a simulated task.
+pub struct SimJoinHandle<T> {
+    state: Arc<Mutex<JoinState<T>>>,
+    handle: NodeHandle,
+    task: TaskId,
+}
+
+impl<T> Future for SimJoinHandle<T> {
+    type Output = Result<T, JoinError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> TaskHandle<T> for SimJoinHandle<T> {
+    fn abort(&self) {
+        self.handle.abort(self.task);
+    }
+}
+
+/// Completes the join state when the task finishes or is dropped unfinished.
+struct Completion<T> {
+    state: Arc<Mutex<JoinState<T>>>,
+    finished: bool,
+}
+
+impl<T> Completion<T> {
+    fn complete(&mut self, r: Result<T, JoinError>) {
+        self.finished = true;
+        let waker = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.result = Some(r);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Drop for Completion<T> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.complete(Err(JoinError::Cancelled));
+        }
+    }
+}
+
+impl Spawner for SimRuntime {
+    type Handle<T: Send + 'static> = SimJoinHandle<T>;
+
+    fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> SimJoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let state = Arc::new(Mutex::new(JoinState { result: None, waker: None }));
+        let mut completion = Completion { state: state.clone(), finished: false };
+        let task = self.handle.spawn(
+            priority,
+            name,
+            Box::pin(async move {
+                let out = future.await;
+                completion.complete(Ok(out));
+            }),
+        );
+        SimJoinHandle { state, handle: self.handle.clone(), task }
+    }
+}
+
+// ---------------------------------------------------------------- network
+
+struct Recv<'a> {
+    handle: &'a NodeHandle,
+}
+
+impl Future for Recv<'_> {
+    type Output = (NodeId, Bytes);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.handle.poll_recv(cx)
+    }
+}
+
+impl Network for SimRuntime {
+    fn local_node(&self) -> NodeId {
+        self.handle.node()
+    }
+
+    fn send(&self, to: NodeId, message: Bytes) {
+        self.handle.send(to, message);
+    }
+
+    fn recv(&self) -> impl Future<Output = (NodeId, Bytes)> + Send {
+        Recv { handle: &self.handle }
+    }
+}
+
+/// A pending operation (disk op or connect) as a future.
+struct Op {
+    handle: NodeHandle,
+    op: Option<OpId>,
+}
+
+impl Future for Op {
+    type Output = OpResult;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpResult> {
+        let op = self.op.expect("polled after completion");
+        let r = self.handle.poll_op(op, cx);
+        if r.is_ready() {
+            self.op = None;
+        }
+        r
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if let Some(op) = self.op.take() {
+            self.handle.drop_op(op);
+        }
+    }
+}
+
+fn op(handle: &NodeHandle, id: OpId) -> Op {
+    Op { handle: handle.clone(), op: Some(id) }
+}
+
+/// One end of a simulated client stream.
+#[derive(Clone)]
+pub struct SimStream {
+    handle: NodeHandle,
+    conn: ConnId,
+    end: End,
+    peer: NodeId,
+    closed: Arc<Mutex<bool>>,
+}
+
+struct StreamRecv<'a> {
+    s: &'a SimStream,
+}
+
+impl Future for StreamRecv<'_> {
+    type Output = Result<Option<Bytes>, NetError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.s.handle.stream_poll_recv(self.s.conn, self.s.end, cx)
+    }
+}
+
+impl ClientStream for SimStream {
+    fn send(&self, frame: Bytes) -> impl Future<Output = Result<(), NetError>> + Send {
+        let r = self.handle.stream_send(self.conn, self.end, Some(frame));
+        std::future::ready(r)
+    }
+
+    fn recv(&self) -> impl Future<Output = Result<Option<Bytes>, NetError>> + Send {
+        StreamRecv { s: self }
+    }
+
+    fn close(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if !*closed {
+            *closed = true;
+            // A broken stream cannot be closed cleanly; nothing to report.
+            let _ = self.handle.stream_send(self.conn, self.end, None);
+        }
+    }
+
+    fn peer(&self) -> NodeId {
+        self.peer
+    }
+}
+
+/// A simulated client listener.
+pub struct SimListener {
+    handle: NodeHandle,
+}
+
+struct Accept<'a> {
+    handle: &'a NodeHandle,
+}
+
+impl Future for Accept<'_> {
+    type Output = ConnId;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnId> {
+        self.handle.poll_accept(cx)
+    }
+}
+
+impl Listener for SimListener {
+    type Stream = SimStream;
+
+    async fn accept(&mut self) -> Result<SimStream, NetError> {
+        let conn = Accept { handle: &self.handle }.await;
+        let peer = self.handle.conn_peer(conn, End::Acceptor).ok_or(NetError::Reset)?;
+        Ok(SimStream { handle: self.handle.clone(), conn, end: End::Acceptor, peer, closed: Arc::new(Mutex::new(false)) })
+    }
+}
+
+impl ClientNetwork for SimRuntime {
+    type Stream = SimStream;
+    type Listener = SimListener;
+
+    fn listen(&self) -> Result<SimListener, NetError> {
+        self.handle.listen()?;
+        Ok(SimListener { handle: self.handle.clone() })
+    }
+
+    async fn connect(&self, node: NodeId) -> Result<SimStream, NetError> {
+        match op(&self.handle, self.handle.connect(node)).await {
+            OpResult::Connected(Ok(conn)) => Ok(SimStream {
+                handle: self.handle.clone(),
+                conn,
+                end: End::Connector,
+                peer: node,
+                closed: Arc::new(Mutex::new(false)),
+            }),
+            OpResult::Connected(Err(e)) => Err(e),
+            other => unreachable!("connect completed with {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- storage
+
+/// A file on a simulated disk.
+#[derive(Clone, Debug)]
+pub struct SimFile {
+    handle: NodeHandle,
+    name: Arc<str>,
+}
+
+async fn unit(handle: &NodeHandle, req: DiskRequest) -> Result<(), StorageError> {
+    match op(handle, handle.disk(req)).await {
+        OpResult::Unit(r) => r,
+        other => unreachable!("unexpected disk result {other:?}"),
+    }
+}
+
+impl StorageFile for SimFile {
+    fn len(&self) -> u64 {
+        self.handle.file_len(&self.name)
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, StorageError> {
+        let req = DiskRequest::Read { name: self.name.to_string(), offset, len };
+        match op(&self.handle, self.handle.disk(req)).await {
+            OpResult::Data(r) => r,
+            other => unreachable!("unexpected disk result {other:?}"),
+        }
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        let req = DiskRequest::Write { name: self.name.to_string(), offset: Some(offset), data };
+        match op(&self.handle, self.handle.disk(req)).await {
+            OpResult::Offset(r) => r.map(|_| ()),
+            other => unreachable!("unexpected disk result {other:?}"),
+        }
+    }
+
+    async fn append(&self, data: Bytes) -> Result<u64, StorageError> {
+        let req = DiskRequest::Write { name: self.name.to_string(), offset: None, data };
+        match op(&self.handle, self.handle.disk(req)).await {
+            OpResult::Offset(r) => r,
+            other => unreachable!("unexpected disk result {other:?}"),
+        }
+    }
+
+    async fn truncate(&self, len: u64) -> Result<(), StorageError> {
+        unit(&self.handle, DiskRequest::Truncate { name: self.name.to_string(), len }).await
+    }
+
+    async fn sync(&self) -> Result<(), StorageError> {
+        unit(&self.handle, DiskRequest::Sync(self.name.to_string())).await
+    }
+}
+
+impl Storage for SimRuntime {
+    type File = SimFile;
+
+    async fn open(&self, name: &str) -> Result<SimFile, StorageError> {
+        validate_file_name(name)?;
+        unit(&self.handle, DiskRequest::Open(name.to_owned())).await?;
+        Ok(SimFile { handle: self.handle.clone(), name: name.into() })
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), StorageError> {
+        validate_file_name(name)?;
+        unit(&self.handle, DiskRequest::Remove(name.to_owned())).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StorageError> {
+        match op(&self.handle, self.handle.disk(DiskRequest::List)).await {
+            OpResult::Names(r) => r,
+            other => unreachable!("unexpected disk result {other:?}"),
+        }
+    }
+}
+
+impl FaultPoints for SimRuntime {
+    fn buggify(&self, site: &'static str) -> bool {
+        self.handle.buggify(site)
+    }
+}
+
+impl Runtime for SimRuntime {
+    fn node_id(&self) -> NodeId {
+        self.handle.node()
+    }
+
+    fn rng(&self) -> DetRng {
+        self.handle.rng()
+    }
+}

@@ -393,9 +393,11 @@ mod tests {
         let config = DiskConfig { lost_write: 0.3, torn_write: 0.2, ..DiskConfig::healthy() };
         let mut d = disk(config, false, 2);
         let mut total = CrashReport::default();
-        for round in 0..2_000u64 {
+        for _round in 0..2_000u64 {
+            d.wipe();
+            d.open("f");
             for i in 0..10u64 {
-                d.write("f", (round * 10 + i) * 4096, Bytes::from(vec![1u8; 4096])).unwrap();
+                d.write("f", i * 4096, Bytes::from(vec![1u8; 4096])).unwrap();
             }
             let r = d.crash();
             total.kept += r.kept;

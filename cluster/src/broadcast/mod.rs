@@ -1,0 +1,423 @@
+//! Replicated broadcast: clients submit values to any node; every node
+//! stores every value durably; a value is acknowledged once it is durable on
+//! `ack_replicas` nodes.
+//!
+//! # Protocol
+//!
+//! * A node that receives `Submit(v)` from a client stores `v` (a disk
+//!   write, then a sync) and sends `Replicate(v)` to every peer.
+//! * A node that receives `Replicate(v)` stores it and, once it is durable,
+//!   answers `Stored(id)`.
+//! * The node that took the submit acknowledges the client once `v` is
+//!   durable locally **and** `ack_replicas - 1` peers answered `Stored`.
+//!   Unanswered replicates are retransmitted.
+//! * Anti-entropy: every `anti_entropy` interval a node sends a digest of
+//!   its ids to one random peer; on mismatch the peer answers with all its
+//!   ids and the two exchange what the other lacks.
+//!
+//! # Guarantees (what the simulator checks)
+//!
+//! * **Validity**: a node only ever holds values some client submitted,
+//!   byte for byte (the log is checksummed; corrupt records are dropped).
+//! * **Durability**: an acknowledged value survives any crashes, power
+//!   losses and at most `ack_replicas - 1` disks that lose synced data.
+//! * **Convergence**: once faults stop, every live node holds every
+//!   acknowledged value within a few anti-entropy rounds.
+//!
+//! [`BroadcastCore`] is the sans-IO state machine; [`node`] is its driver.
+
+pub mod log;
+pub mod node;
+pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use kaelix_core::NodeId;
+use kaelix_core::rng::{DetRng, RngExt};
+use kaelix_core::sansio::{WriteId, WriteIds};
+use kaelix_core::time::{Duration, Instant};
+
+use wire::{PeerMessage, Value};
+
+/// A known-wrong behaviour that a scenario variant switches on, so the
+/// simulator's power to find bugs is itself tested.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Correct behaviour.
+    #[default]
+    None,
+    /// Count a value as durable (for acks and `Stored`) as soon as its write
+    /// is issued, before the sync completes.
+    AckBeforeSync,
+    /// Recover the log without verifying checksums.
+    SkipChecksum,
+}
+
+/// Configuration of one broadcast node.
+#[derive(Clone, Debug)]
+pub struct BroadcastConfig {
+    /// Every member, this node included.
+    pub members: Vec<NodeId>,
+    /// Durable copies needed before a client is acknowledged (≥ 1).
+    pub ack_replicas: usize,
+    /// How long to wait for `Stored` before resending `Replicate`.
+    pub retransmit: Duration,
+    /// Interval between anti-entropy digests.
+    pub anti_entropy: Duration,
+    /// Planted bug, if any.
+    pub planted: PlantedBug,
+}
+
+impl BroadcastConfig {
+    /// Defaults for `members`: two durable copies, 50 ms retransmit,
+    /// 100 ms anti-entropy.
+    pub fn new(members: Vec<NodeId>) -> Self {
+        BroadcastConfig {
+            members,
+            ack_replicas: 2,
+            retransmit: Duration::from_millis(50),
+            anti_entropy: Duration::from_millis(100),
+            planted: PlantedBug::None,
+        }
+    }
+}
+
+/// Names the client connection an acknowledgement goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientRef(pub u64);
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a datagram to a peer.
+    Send {
+        /// Destination.
+        to: NodeId,
+        /// Encoded [`PeerMessage`].
+        message: Bytes,
+    },
+    /// Append this value to the log and sync; report with
+    /// [`BroadcastCore::handle_write_complete`].
+    Persist {
+        /// Completion key.
+        id: WriteId,
+        /// The value.
+        value: Value,
+    },
+    /// Tell a client its value is acknowledged.
+    Ack {
+        /// The client.
+        client: ClientRef,
+        /// The value id.
+        id: u64,
+    },
+    /// The node now holds a value it did not hold before (for observers).
+    Learned(Value),
+}
+
+#[derive(Debug)]
+struct Held {
+    payload: Bytes,
+    durable: bool,
+    /// Peers that asked us to store it and await `Stored`.
+    reply_stored: BTreeSet<NodeId>,
+}
+
+#[derive(Debug)]
+struct PendingAck {
+    clients: BTreeSet<ClientRef>,
+    stored_on: BTreeSet<NodeId>,
+    next_retransmit: Instant,
+}
+
+/// Counters for observers and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BroadcastStats {
+    /// Peer messages that failed to decode.
+    pub malformed: u64,
+    /// Replicates retransmitted.
+    pub retransmits: u64,
+    /// Anti-entropy rounds started.
+    pub anti_entropy_rounds: u64,
+}
+
+/// The sans-IO broadcast state machine of one node incarnation.
+#[derive(Debug)]
+pub struct BroadcastCore {
+    me: NodeId,
+    config: BroadcastConfig,
+    rng: DetRng,
+    now: Instant,
+    held: BTreeMap<u64, Held>,
+    id_hash: u64,
+    pending: BTreeMap<u64, PendingAck>,
+    writes: BTreeMap<WriteId, u64>,
+    write_ids: WriteIds,
+    next_anti_entropy: Instant,
+    outputs: VecDeque<Output>,
+    stats: BroadcastStats,
+}
+
+fn id_hash(id: u64) -> u64 {
+    // SplitMix64 finaliser: spreads ids so XOR-of-hashes is a good set digest.
+    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl BroadcastCore {
+    /// A core restarted from what the disk kept (`recovered`, all durable).
+    pub fn new(me: NodeId, config: BroadcastConfig, rng: DetRng, now: Instant, recovered: Vec<Value>) -> Self {
+        assert!(config.ack_replicas >= 1, "ack_replicas must be at least 1");
+        assert!(config.ack_replicas <= config.members.len(), "ack_replicas exceeds the member count");
+        assert!(config.members.contains(&me), "a node must be one of its members");
+        let mut core = BroadcastCore {
+            me,
+            rng,
+            now,
+            held: BTreeMap::new(),
+            id_hash: 0,
+            pending: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            write_ids: WriteIds::default(),
+            next_anti_entropy: now + config.anti_entropy,
+            config,
+            outputs: VecDeque::new(),
+            stats: BroadcastStats::default(),
+        };
+        for v in recovered {
+            if let std::collections::btree_map::Entry::Vacant(e) = core.held.entry(v.id) {
+                core.id_hash ^= id_hash(v.id);
+                e.insert(Held { payload: v.payload.clone(), durable: true, reply_stored: BTreeSet::new() });
+                core.outputs.push_back(Output::Learned(v));
+            }
+        }
+        core
+    }
+
+    fn advance(&mut self, now: Instant) {
+        assert!(now >= self.now, "time went backwards: {} after {}", now, self.now);
+        self.now = now;
+    }
+
+    /// Whether the node holds `id` (durably or not).
+    pub fn holds(&self, id: u64) -> bool {
+        self.held.contains_key(&id)
+    }
+
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BroadcastStats {
+        self.stats
+    }
+
+    fn durable_now(&self, h: &Held) -> bool {
+        h.durable || self.config.planted == PlantedBug::AckBeforeSync
+    }
+
+    /// Starts holding `v` if new: queue its write. Returns whether it was new.
+    fn learn(&mut self, v: Value) -> bool {
+        if self.held.contains_key(&v.id) {
+            return false;
+        }
+        let write = self.write_ids.next_id();
+        self.writes.insert(write, v.id);
+        self.id_hash ^= id_hash(v.id);
+        self.held.insert(v.id, Held { payload: v.payload.clone(), durable: false, reply_stored: BTreeSet::new() });
+        self.outputs.push_back(Output::Persist { id: write, value: v.clone() });
+        self.outputs.push_back(Output::Learned(v));
+        true
+    }
+
+    fn send(&mut self, to: NodeId, msg: &PeerMessage) {
+        debug_assert_ne!(to, self.me, "no messages to self");
+        self.outputs.push_back(Output::Send { to, message: msg.encode() });
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.config.members.iter().copied().filter(move |&m| m != self.me)
+    }
+
+    /// A client submitted `v` on connection `client`.
+    pub fn handle_client_submit(&mut self, now: Instant, client: ClientRef, v: Value) {
+        self.advance(now);
+        let id = v.id;
+        self.learn(v.clone());
+        let pending = self.pending.entry(id).or_insert_with(|| PendingAck {
+            clients: BTreeSet::new(),
+            stored_on: BTreeSet::new(),
+            next_retransmit: now,
+        });
+        pending.clients.insert(client);
+        pending.next_retransmit = now + self.config.retransmit;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send(p, &PeerMessage::Replicate(v.clone()));
+        }
+        self.check_ack(id);
+    }
+
+    fn copies(&self, id: u64) -> usize {
+        let local = self.held.get(&id).is_some_and(|h| self.durable_now(h));
+        let remote = self.pending.get(&id).map_or(0, |p| p.stored_on.len());
+        usize::from(local) + remote
+    }
+
+    fn check_ack(&mut self, id: u64) {
+        if self.pending.contains_key(&id) && self.copies(id) >= self.config.ack_replicas {
+            let p = self.pending.remove(&id).expect("checked");
+            for client in p.clients {
+                self.outputs.push_back(Output::Ack { client, id });
+            }
+        }
+    }
+
+    /// A datagram from a peer.
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, bytes: Bytes) {
+        self.advance(now);
+        if from == self.me || !self.config.members.contains(&from) {
+            self.stats.malformed += 1;
+            return;
+        }
+        let msg = match PeerMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        match msg {
+            PeerMessage::Replicate(v) => {
+                let id = v.id;
+                self.learn(v);
+                let h = self.held.get_mut(&id).expect("just learned");
+                if h.durable || self.config.planted == PlantedBug::AckBeforeSync {
+                    self.send(from, &PeerMessage::Stored(id));
+                } else {
+                    h.reply_stored.insert(from);
+                }
+            }
+            PeerMessage::Stored(id) => {
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.stored_on.insert(from);
+                    self.check_ack(id);
+                }
+            }
+            PeerMessage::Digest { count, hash } => {
+                if count != self.held.len() as u64 || hash != self.id_hash {
+                    let ids: Vec<u64> = self.held.keys().copied().take(wire::MAX_IDS).collect();
+                    self.send(from, &PeerMessage::Have(ids));
+                }
+            }
+            PeerMessage::Have(ids) => {
+                let theirs: BTreeSet<u64> = ids.iter().copied().collect();
+                let missing_there: Vec<Value> = self
+                    .held
+                    .iter()
+                    .filter(|(id, h)| h.durable && !theirs.contains(id))
+                    .map(|(id, h)| Value { id: *id, payload: h.payload.clone() })
+                    .collect();
+                for v in missing_there {
+                    self.send(from, &PeerMessage::Replicate(v));
+                }
+                let missing_here: Vec<u64> = ids.into_iter().filter(|id| !self.held.contains_key(id)).collect();
+                if !missing_here.is_empty() {
+                    self.send(from, &PeerMessage::Want(missing_here));
+                }
+            }
+            PeerMessage::Want(ids) => {
+                for id in ids {
+                    if let Some(h) = self.held.get(&id) {
+                        let v = Value { id, payload: h.payload.clone() };
+                        self.send(from, &PeerMessage::Replicate(v));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The write `id` completed: `ok` if it is durable (appended and synced).
+    pub fn handle_write_complete(&mut self, now: Instant, id: WriteId, ok: bool) {
+        self.advance(now);
+        let Some(value_id) = self.writes.remove(&id) else { return };
+        let Some(h) = self.held.get_mut(&value_id) else { return };
+        if !ok {
+            // Retry the write; the value stays non-durable until it lands.
+            let write = self.write_ids.next_id();
+            self.writes.insert(write, value_id);
+            let value = Value { id: value_id, payload: h.payload.clone() };
+            self.outputs.push_back(Output::Persist { id: write, value });
+            return;
+        }
+        h.durable = true;
+        let waiting: Vec<NodeId> = std::mem::take(&mut h.reply_stored).into_iter().collect();
+        for peer in waiting {
+            self.send(peer, &PeerMessage::Stored(value_id));
+        }
+        self.check_ack(value_id);
+    }
+
+    /// Timers: retransmits and anti-entropy. Spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let due: Vec<u64> = self.pending.iter().filter(|(_, p)| p.next_retransmit <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            let Some(h) = self.held.get(&id) else { continue };
+            let v = Value { id, payload: h.payload.clone() };
+            let p = self.pending.get_mut(&id).expect("listed");
+            p.next_retransmit = now + self.config.retransmit;
+            let stored_on = p.stored_on.clone();
+            let targets: Vec<NodeId> = self.peers().filter(|n| !stored_on.contains(n)).collect();
+            self.stats.retransmits += 1;
+            for t in targets {
+                self.send(t, &PeerMessage::Replicate(v.clone()));
+            }
+        }
+        if now >= self.next_anti_entropy {
+            self.next_anti_entropy = now + self.config.anti_entropy;
+            let peers: Vec<NodeId> = self.peers().collect();
+            if !peers.is_empty() {
+                self.stats.anti_entropy_rounds += 1;
+                let to = peers[self.rng.random_range(0..peers.len())];
+                let digest = PeerMessage::Digest { count: self.held.len() as u64, hash: self.id_hash };
+                self.send(to, &digest);
+            }
+        }
+    }
+
+    /// The next time [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Instant {
+        let retransmit = self.pending.values().map(|p| p.next_retransmit).min().unwrap_or(Instant::MAX);
+        retransmit.min(self.next_anti_entropy)
+    }
+
+    /// The next output.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Clients that disconnected no longer need acks.
+    pub fn handle_client_gone(&mut self, client: ClientRef) {
+        for p in self.pending.values_mut() {
+            p.clients.remove(&client);
+        }
+        // Keep replicating values nobody waits for: they were accepted and
+        // must still reach every node, but they need no retransmit timer
+        // beyond what anti-entropy provides.
+        self.pending.retain(|_, p| !p.clients.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! The broadcast node driver: [`BroadcastCore`] wired to a
+//! [`Runtime`]. The same function runs under the simulator and the real
+//! executor.
+//!
+//! Tasks of one node incarnation:
+//!
+//! * **main** (Critical): owns the core; feeds it datagrams, client
+//!   requests, write completions and timeouts; performs its outputs;
+//! * **log writer** (High): group commit — appends every queued value, then
+//!   syncs once, then reports all of them durable;
+//! * **acceptor** (High) and per-client **reader** / **writer** tasks
+//!   (Normal): decode client frames (a malformed frame gets an `Error`
+//!   reply, the connection keeps serving), send acknowledgements.
+//!
+//! Boot: open the log, scan it, cut off a torn or corrupt tail (durably),
+//! then build the core from the values that survived.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::pin::pin;
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_util::{FutureExt, StreamExt};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Priority, Runtime, StorageFile};
+use kaelix_core::sansio::WriteId;
+use kaelix_core::time::Duration;
+use kaelix_core::NodeId;
+
+use super::log::{encode_record, scan};
+use super::wire::{ClientFrame, Value};
+use super::{BroadcastConfig, BroadcastCore, ClientRef, Output, PlantedBug};
+
+/// The log's file name.
+pub const LOG_FILE: &str = "broadcast.log";
+
+/// Hooks through which a scenario watches a node; the real deployment
+/// passes [`NoObserver`].
+pub trait BroadcastObserver: Clone + Send + Sync + 'static {
+    /// A new incarnation of `node` started (its memory is empty).
+    fn booted(&self, _node: NodeId) {}
+    /// `node` holds `value` (recovered from disk or newly received).
+    fn learned(&self, _node: NodeId, _value: &Value) {}
+    /// `node` acknowledged `id` to a client.
+    fn acked(&self, _node: NodeId, _id: u64) {}
+}
+
+/// An observer that does nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+impl BroadcastObserver for NoObserver {}
+
+enum Input {
+    Submit(ClientRef, Value),
+    ClientConnected(ClientRef, mpsc::UnboundedSender<Bytes>),
+    ClientGone(ClientRef),
+    WritesDone(Vec<WriteId>, bool),
+}
+
+const RETRY: Duration = Duration::from_millis(10);
+
+/// Runs one incarnation of a broadcast node until it is dropped (crash or
+/// shutdown). `config.members` must include `rt.node_id()`.
+pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: BroadcastConfig, observer: O) {
+    let me = rt.node_id();
+    observer.booted(me);
+
+    // Recover. Disk errors are retried: a node that cannot read its log
+    // cannot serve.
+    let file = loop {
+        match rt.open(LOG_FILE).await {
+            Ok(f) => break f,
+            Err(_) => rt.sleep(RETRY).await,
+        }
+    };
+    let values = loop {
+        let len = file.len();
+        let data = match file.read_at(0, usize::try_from(len).expect("log fits in memory")).await {
+            Ok(d) => d,
+            Err(_) => {
+                rt.sleep(RETRY).await;
+                continue;
+            }
+        };
+        let s = scan(data, config.planted != PlantedBug::SkipChecksum);
+        if s.valid_len < len {
+            // Cut the torn/corrupt tail durably before appending again.
+            if file.truncate(s.valid_len).await.is_err() || file.sync().await.is_err() {
+                rt.sleep(RETRY).await;
+                continue;
+            }
+        }
+        break s.values;
+    };
+    let mut core = BroadcastCore::new(me, config, rt.rng(), rt.now(), values);
+
+    let (input_tx, mut inputs) = mpsc::unbounded::<Input>();
+    let (persist_tx, persist_rx) = mpsc::unbounded::<(WriteId, Value)>();
+    let _writer = rt.spawn(Priority::High, "broadcast-log-writer", log_writer(file, persist_rx, input_tx.clone()));
+    let _acceptor = match rt.listen() {
+        Ok(listener) => Some(rt.spawn(Priority::High, "broadcast-acceptor", accept_clients(rt.clone(), listener, input_tx.clone()))),
+        Err(_) => None,
+    };
+
+    let mut clients: BTreeMap<ClientRef, mpsc::UnboundedSender<Bytes>> = BTreeMap::new();
+    loop {
+        while let Some(out) = core.poll_output() {
+            match out {
+                Output::Send { to, message } => rt.send(to, message),
+                Output::Persist { id, value } => {
+                    // The writer lives as long as this loop.
+                    let _ = persist_tx.unbounded_send((id, value));
+                }
+                Output::Ack { client, id } => {
+                    observer.acked(me, id);
+                    if let Some(tx) = clients.get(&client) {
+                        let _ = tx.unbounded_send(ClientFrame::Ack(id).encode());
+                    }
+                }
+                Output::Learned(v) => observer.learned(me, &v),
+            }
+        }
+
+        let deadline = core.poll_timeout();
+        let mut recv = pin!(rt.recv());
+        let mut sleep = pin!(rt.sleep_until(deadline));
+        enum Event {
+            Input(Option<Input>),
+            Message(NodeId, Bytes),
+            Timeout,
+        }
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(i) = inputs.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Input(i));
+            }
+            if let Poll::Ready((from, bytes)) = recv.as_mut().poll(cx) {
+                return Poll::Ready(Event::Message(from, bytes));
+            }
+            if let Poll::Ready(()) = sleep.as_mut().poll(cx) {
+                return Poll::Ready(Event::Timeout);
+            }
+            Poll::Pending
+        })
+        .await;
+        let now = rt.now();
+        match event {
+            Event::Input(None) => return,
+            Event::Input(Some(Input::Submit(client, v))) => core.handle_client_submit(now, client, v),
+            Event::Input(Some(Input::ClientConnected(client, tx))) => {
+                clients.insert(client, tx);
+            }
+            Event::Input(Some(Input::ClientGone(client))) => {
+                clients.remove(&client);
+                core.handle_client_gone(client);
+            }
+            Event::Input(Some(Input::WritesDone(ids, ok))) => {
+                for id in ids {
+                    core.handle_write_complete(now, id, ok);
+                }
+            }
+            Event::Message(from, bytes) => core.handle_message(now, from, bytes),
+            Event::Timeout => core.handle_timeout(now),
+        }
+    }
+}
+
+/// Group commit: append everything queued, sync once, report.
+async fn log_writer<F: StorageFile>(
+    file: F,
+    mut queue: mpsc::UnboundedReceiver<(WriteId, Value)>,
+    done: mpsc::UnboundedSender<Input>,
+) {
+    while let Some(first) = queue.next().await {
+        let mut batch = vec![first];
+        while let Some(Some(more)) = queue.next().now_or_never() {
+            batch.push(more);
+        }
+        let mut ok = true;
+        for (_, v) in &batch {
+            if file.append(encode_record(v)).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        ok = ok && file.sync().await.is_ok();
+        let ids = batch.into_iter().map(|(id, _)| id).collect();
+        if done.unbounded_send(Input::WritesDone(ids, ok)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_clients<R: Runtime>(
+    rt: R,
+    mut listener: <R as ClientNetwork>::Listener,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    let mut next = 0u64;
+    loop {
+        let Ok(stream) = listener.accept().await else { continue };
+        let client = ClientRef(next);
+        next += 1;
+        let (tx, rx) = mpsc::unbounded::<Bytes>();
+        if inputs.unbounded_send(Input::ClientConnected(client, tx.clone())).is_err() {
+            return;
+        }
+        // Detached: they end with the connection or the node.
+        let _ = rt.spawn(Priority::Normal, "broadcast-client-writer", client_writer(stream.clone(), rx));
+        let _ = rt.spawn(Priority::Normal, "broadcast-client-reader", client_reader(stream, client, tx, inputs.clone()));
+    }
+}
+
+async fn client_writer<S: ClientStream>(stream: S, mut frames: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(f) = frames.next().await {
+        if stream.send(f).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn client_reader<S: ClientStream>(
+    stream: S,
+    client: ClientRef,
+    replies: mpsc::UnboundedSender<Bytes>,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    loop {
+        match stream.recv().await {
+            Ok(Some(frame)) => match ClientFrame::decode(frame) {
+                Ok(ClientFrame::Submit(v)) => {
+                    if inputs.unbounded_send(Input::Submit(client, v)).is_err() {
+                        return;
+                    }
+                }
+                Ok(other) => {
+                    let reason = format!("unexpected frame from a client: {other:?}");
+                    let _ = replies.unbounded_send(ClientFrame::Error { id: 0, reason }.encode());
+                }
+                Err(e) => {
+                    let reason = format!("malformed frame: {e}");
+                    let _ = replies.unbounded_send(ClientFrame::Error { id: 0, reason }.encode());
+                }
+            },
+            Ok(None) | Err(_) => {
+                let _ = inputs.unbounded_send(Input::ClientGone(client));
+                return;
+            }
+        }
+    }
+}
+
+/// A client's view: submit one value to `node` and wait for its ack.
+///
+/// Returns `Ok(true)` when acknowledged, `Ok(false)` on an explicit
+/// error reply, and `Err` when the outcome is unknown (connection failed or
+/// timed out) — the value may or may not have been stored.
+pub async fn submit<R: Runtime>(rt: &R, node: NodeId, value: Value, timeout: Duration) -> Result<bool, SubmitError> {
+    let work = async {
+        let stream = rt.connect(node).await.map_err(|_| SubmitError::Unreachable)?;
+        let id = value.id;
+        stream.send(ClientFrame::Submit(value).encode()).await.map_err(|_| SubmitError::Broken)?;
+        let result = loop {
+            match stream.recv().await {
+                Ok(Some(f)) => match ClientFrame::decode(f) {
+                    Ok(ClientFrame::Ack(acked)) if acked == id => break Ok(true),
+                    Ok(ClientFrame::Error { .. }) => break Ok(false),
+                    _ => continue,
+                },
+                Ok(None) | Err(_) => break Err(SubmitError::Broken),
+            }
+        };
+        stream.close();
+        result
+    };
+    kaelix_core::runtime::timeout(rt, timeout, work).await.unwrap_or(Err(SubmitError::TimedOut))
+}
+
+/// Why a submit's outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Could not connect.
+    #[error("node unreachable")]
+    Unreachable,
+    /// The connection broke before an answer.
+    #[error("connection broke")]
+    Broken,
+    /// No answer in time.
+    #[error("timed out")]
+    TimedOut,
+}
