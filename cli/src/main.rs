@@ -1,1 +1,209 @@
-fn main(){}
+//! `kaelix`: the one command users run.
+//!
+//! Today: `kaelix sim list | run | replay`. `serve`, `bench` and
+//! `config check` arrive with the issues that build what they drive.
+//!
+//! This crate may read the OS clock (to report how fast the simulator ran):
+//! each such use is allowed explicitly at its site.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
+use kaelix_sim::trace::TraceEvent;
+
+#[derive(Parser)]
+#[command(name = "kaelix", version, about = "Kaelix: a simulation-first streaming system")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deterministic simulation.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// List every scenario, one per line: name, then description.
+    List,
+    /// Run a scenario over many seeds, each checked for determinism.
+    Run {
+        /// Scenario name (see `kaelix sim list`).
+        #[arg(long, default_value = "broadcast")]
+        scenario: String,
+        /// Number of seeds to run, starting at --first-seed.
+        #[arg(long, default_value_t = 100, conflicts_with = "seed")]
+        seeds: u64,
+        /// First seed of the range.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
+        /// Run exactly this one seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Skip the run-twice determinism check (halves the time).
+        #[arg(long)]
+        no_determinism_check: bool,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Re-run one seed and print its trace hash (twice, to show it is stable).
+    Replay {
+        /// Scenario name.
+        #[arg(long)]
+        scenario: String,
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Print every event readably.
+        #[arg(long)]
+        trace: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(SimCommand::List) => {
+            for s in catalog() {
+                println!("{:<28} {}", s.name(), s.description());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Sim(SimCommand::Run { scenario, seeds, first_seed, seed, no_determinism_check, quiet }) => {
+            let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            let range = match seed {
+                Some(one) => one..one + 1,
+                None => first_seed..first_seed + seeds,
+            };
+            sim_run(s, range, !no_determinism_check, quiet)
+        }
+        Command::Sim(SimCommand::Replay { scenario, seed, trace }) => {
+            let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            sim_replay(s, seed, trace)
+        }
+    }
+}
+
+fn lookup(name: &str) -> Option<&'static dyn Scenario> {
+    let found = find(name);
+    if found.is_none() {
+        let names: Vec<&str> = catalog().iter().map(|s| s.name()).collect();
+        eprintln!("error: unknown scenario {name:?}; known scenarios: {}", names.join(", "));
+    }
+    found
+}
+
+#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "the cli measures real elapsed time to report simulator speed")]
+fn wall_clock() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+struct Failure {
+    seed: u64,
+    message: String,
+}
+
+fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: bool, quiet: bool) -> ExitCode {
+    let total = seeds.end - seeds.start;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} seeds  {msg}")
+            .expect("valid template"),
+    );
+    let started = wall_clock();
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut sim_nanos: u128 = 0;
+    let mut run_nanos: u128 = 0;
+    let mut events: u64 = 0;
+    let mut polls: u64 = 0;
+    let mut faults: u64 = 0;
+    let mut acked: u64 = 0;
+    let mut submitted: u64 = 0;
+    let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for seed in seeds {
+        let t0 = wall_clock();
+        let (report, replay_hash) = if determinism_check {
+            let checked = run_checked(s, seed);
+            (checked.report.clone(), Some(checked.replay_hash))
+        } else {
+            (s.run(seed, None), None)
+        };
+        let runs = if determinism_check { 2 } else { 1 };
+        run_nanos += t0.elapsed().as_nanos() / runs;
+        sim_nanos += report.sim_time.as_nanos();
+        events += report.stats.events;
+        polls += report.stats.polls;
+        faults += report.faults_applied as u64;
+        submitted += report.workload.0;
+        acked += report.workload.1;
+        for m in &report.fault_mix {
+            *mix.entry(m).or_default() += 1;
+        }
+        if let Some(h) = replay_hash
+            && h != report.trace_hash
+        {
+            failures.push(Failure {
+                seed,
+                message: format!("NONDETERMINISM: trace hash {:016x} then {h:016x}", report.trace_hash),
+            });
+        } else if !report.verdict.passed() {
+            failures.push(Failure { seed, message: report.verdict.to_string() });
+        }
+        bar.set_message(format!("{} failed", failures.len()));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+
+    let secs = |n: u128| n as f64 / 1e9;
+    println!("scenario        {}", s.name());
+    println!("seeds           {total}");
+    println!("failures        {}", failures.len());
+    println!("determinism     {}", if determinism_check { "every seed run twice, trace hashes compared" } else { "not checked" });
+    println!("wall time       {:.2} s", wall.as_secs_f64());
+    println!("simulated time  {:.1} s", secs(sim_nanos));
+    println!("sim/real ratio  {:.0}x  (simulated time / wall time of one run per seed)", secs(sim_nanos) / secs(run_nanos).max(1e-9));
+    println!("events/s        {:.0}  ({} events + {} task polls)", (events + polls) as f64 / secs(run_nanos).max(1e-9), events, polls);
+    println!("workload        {submitted} values submitted, {acked} acknowledged");
+    println!("faults applied  {faults}");
+    let mix_line: Vec<String> = mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("fault mix       (seeds with each fault on) {}", mix_line.join(", "));
+    for f in failures.iter().take(20) {
+        println!("\nFAILED seed {}: {}", f.seed, f.message);
+        println!("  reproduce: {}", replay_command(s, f.seed));
+    }
+    if failures.len() > 20 {
+        println!("\n… and {} more failing seeds", failures.len() - 20);
+    }
+    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool) -> ExitCode {
+    let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(|| {
+        Box::new(|e: &TraceEvent| {
+            let node = e.node.map_or_else(|| "-".to_string(), |n| n.to_string());
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) just ends the listing.
+            let _ = writeln!(out, "{:>16} {:>5} {:<15} {}", e.time.to_string(), node, e.kind, e.detail);
+        }) as kaelix_sim::trace::TraceSink
+    });
+    let first = s.run(seed, sink);
+    let second = s.run(seed, None);
+    println!("scenario    {}", s.name());
+    println!("seed        {seed}");
+    println!("verdict     {}", first.verdict);
+    println!("fault mix   {}", first.fault_mix.join(", "));
+    println!("faults      {} applied", first.faults_applied);
+    println!("sim time    {:.3} s", first.sim_time.as_secs_f64());
+    println!("trace hash  {:016x}", first.trace_hash);
+    println!("replay hash {:016x}  ({})", second.trace_hash, if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" });
+    if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
