@@ -184,6 +184,8 @@ struct Task {
     name: &'static str,
     future: Option<BoxFuture>,
     queued: bool,
+    /// Built once per task: polls reuse it.
+    waker: Option<Waker>,
 }
 
 struct Node {
@@ -539,12 +541,15 @@ impl Sim {
             let task = w.tasks.get_mut(&id).expect("checked above");
             let Some(mut fut) = task.future.take() else { continue };
             let (name, prio) = (task.name, task.priority);
+            let waker = task
+                .waker
+                .get_or_insert_with(|| Waker::from(Arc::new(TaskWaker { id, list: self.wakes.clone() })))
+                .clone();
             w.stats.polls += 1;
             let now = w.now;
             w.trace.record(now, Some(node), "poll", id.0 ^ ((prio as u64) << 56), || format!("poll {name} ({prio:?})"));
             drop(w);
 
-            let waker = Waker::from(Arc::new(TaskWaker { id, list: self.wakes.clone() }));
             let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
 
             let mut w = self.world();
@@ -560,18 +565,28 @@ impl Sim {
             }
             return Step::Polled;
         }
-        match w.events.peek_time() {
-            Some(t) if t <= limit => {
-                let (t, event) = w.events.pop().expect("peeked");
-                debug_assert!(t >= w.now, "event in the past");
-                w.now = t;
-                w.stats.events += 1;
-                let dropped = w.apply_event(event);
-                drop(w);
-                self.after_fault(dropped);
-                Step::Event
+        loop {
+            match w.events.peek_time() {
+                Some(t) if t <= limit => {
+                    let (t, event) = w.events.pop().expect("peeked");
+                    debug_assert!(t >= w.now, "event in the past");
+                    if let Event::Timer(id) = &event
+                        && !w.timers.contains_key(id)
+                    {
+                        continue; // cancelled: not an event of the run
+                    }
+                    w.now = t;
+                    w.stats.events += 1;
+                    let dropped = w.apply_event(event);
+                    if dropped.is_empty() && w.boots.is_empty() {
+                        return Step::Event;
+                    }
+                    drop(w);
+                    self.after_fault(dropped);
+                    return Step::Event;
+                }
+                _ => return Step::Idle,
             }
-            _ => Step::Idle,
         }
     }
 
@@ -593,20 +608,29 @@ impl Sim {
     }
 
     /// Steps until `done` returns true, virtual time would pass `deadline`,
-    /// or `check` fails. Returns whether `done` became true.
+    /// or `check` fails. Returns whether `done` became true. `check` runs
+    /// after every step; `done` after every event (and at start and end).
     pub fn run_until_done<E>(
         &self,
         deadline: Instant,
         mut done: impl FnMut(&Sim) -> bool,
         mut check: impl FnMut(&Sim) -> Result<(), E>,
     ) -> Result<bool, E> {
+        if done(self) {
+            return Ok(true);
+        }
         loop {
-            if done(self) {
-                return Ok(true);
-            }
             match self.step(deadline) {
                 Step::Idle => return Ok(done(self)),
-                Step::Polled | Step::Event => check(self)?,
+                Step::Polled => check(self)?,
+                Step::Event => {
+                    check(self)?;
+                    // Time only moves at events, so this is where a
+                    // time-bounded condition can change its answer.
+                    if done(self) {
+                        return Ok(true);
+                    }
+                }
             }
         }
     }
@@ -1070,7 +1094,7 @@ impl NodeHandle {
             drop(future);
             return id;
         }
-        w.tasks.insert(id, Task { node: self.node, incarnation: self.incarnation, priority, name, future: Some(future), queued: false });
+        w.tasks.insert(id, Task { node: self.node, incarnation: self.incarnation, priority, name, future: Some(future), queued: false, waker: None });
         w.nodes.get_mut(&self.node).expect("alive").tasks.insert(id);
         w.make_ready(id);
         id

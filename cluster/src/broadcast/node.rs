@@ -26,7 +26,7 @@ use futures_util::{FutureExt, StreamExt};
 use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Priority, Runtime, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::Duration;
-use kaelix_core::NodeId;
+use kaelix_core::{Instant, NodeId};
 
 use super::log::{encode_record, scan};
 use super::wire::{ClientFrame, Value};
@@ -104,6 +104,10 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
     };
 
     let mut clients: BTreeMap<ClientRef, mpsc::UnboundedSender<Bytes>> = BTreeMap::new();
+    // The timer is kept across iterations and replaced only when the core's
+    // deadline moves: most inputs leave it unchanged.
+    let mut timer_deadline = core.poll_timeout();
+    let mut sleep = Box::pin(rt.sleep_until(timer_deadline));
     loop {
         while let Some(out) = core.poll_output() {
             match out {
@@ -123,8 +127,11 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
         }
 
         let deadline = core.poll_timeout();
+        if deadline != timer_deadline {
+            timer_deadline = deadline;
+            sleep = Box::pin(rt.sleep_until(deadline));
+        }
         let mut recv = pin!(rt.recv());
-        let mut sleep = pin!(rt.sleep_until(deadline));
         enum Event {
             Input(Option<Input>),
             Message(NodeId, Bytes),
@@ -160,7 +167,11 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
                 }
             }
             Event::Message(from, bytes) => core.handle_message(now, from, bytes),
-            Event::Timeout => core.handle_timeout(now),
+            Event::Timeout => {
+                core.handle_timeout(now);
+                // Re-arm even if the deadline did not move (a spurious wake).
+                timer_deadline = Instant::MAX;
+            }
         }
     }
 }
