@@ -1,0 +1,1238 @@
+//! The runtime contract of `kaelix_core::runtime`, checked on the simulator.
+//!
+//! Every test builds a small [`Sim`], runs node bodies written against the
+//! contract traits through [`SimRuntime`], copies what the nodes observed out
+//! through shared cells, and asserts concrete values in the test body.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::join;
+use kaelix_core::rng::RngExt;
+use kaelix_core::runtime::{
+    ClientNetwork, ClientStream, Clock, JoinError, Listener, MAX_FRAME_BYTES, NetError, Network, Priority, Runtime,
+    Spawner, Storage, StorageError, StorageFile, TaskHandle,
+};
+use kaelix_core::time::Duration;
+use kaelix_core::{Instant, NodeId, buggify};
+use kaelix_runtime_sim::SimRuntime;
+use kaelix_sim::net::LinkConfig;
+use kaelix_sim::world::NodeInit;
+use kaelix_sim::{Fault, FaultProfile, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats};
+
+// ---------------------------------------------------------------- helpers
+
+type Shared<T> = Arc<Mutex<T>>;
+
+fn shared<T>(v: T) -> Shared<T> {
+    Arc::new(Mutex::new(v))
+}
+
+fn get<T>(s: &Shared<T>) -> MutexGuard<'_, T> {
+    s.lock().expect("a node task panicked while holding a shared cell")
+}
+
+fn snapshot<T: Clone>(s: &Shared<T>) -> T {
+    get(s).clone()
+}
+
+const fn ms(n: u64) -> Instant {
+    Instant::from_nanos(n * 1_000_000)
+}
+
+const fn us(n: u64) -> Instant {
+    Instant::from_nanos(n * 1_000)
+}
+
+fn calm(seed: u64) -> Sim {
+    Sim::new(SimConfig::new(seed))
+}
+
+fn with_profile(seed: u64, profile: FaultProfile) -> Sim {
+    Sim::new(SimConfig { seed, profile, ..SimConfig::new(seed) })
+}
+
+fn add(sim: &Sim, id: u64, kind: NodeKind, init: NodeInit) {
+    sim.add_node(NodeId(id), NodeSpec { kind, name: format!("n{id}"), faulty_disk: false, init });
+}
+
+fn server(sim: &Sim, id: u64, init: NodeInit) {
+    add(sim, id, NodeKind::Server, init);
+}
+
+fn client(sim: &Sim, id: u64, init: NodeInit) {
+    add(sim, id, NodeKind::Client, init);
+}
+
+fn run(sim: &Sim, until: Instant) {
+    sim.run_until(until, |_| Ok::<(), ()>(())).expect("no check fails");
+}
+
+/// Runs until `flag` is set; panics if virtual time would pass `deadline` first.
+fn run_until_set(sim: &Sim, deadline: Instant, flag: &Shared<bool>) {
+    let done = sim.run_until_done(deadline, |_| *get(flag), |_| Ok::<(), ()>(())).expect("no check fails");
+    assert!(done, "nodes did not get there by {deadline} (now {})", sim.now());
+}
+
+fn b(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+/// Counts how many times it was dropped (a future's captured state).
+struct DropCounter(Shared<u32>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+}
+
+// ---------------------------------------------------------------- 1. clock
+
+/// Node-local elapsed time is what the sleep asked for; true time is that
+/// divided by the clock's rate. The drift comes from the profile; it is
+/// estimated on a separate, long interval and must predict the short one.
+#[test]
+fn sleep_runs_on_the_nodes_drifting_clock() {
+    const MAX_PPM: i64 = 50_000;
+    let profile = FaultProfile { max_drift_ppm: MAX_PPM, ..FaultProfile::calm() };
+    let mut visible_drift = 0;
+    for seed in 0..8 {
+        let sim = with_profile(seed, profile.clone());
+        // (local, true) elapsed for a 1 s sleep, then for a 10 ms sleep.
+        let out = shared(Vec::<(Duration, Duration)>::new());
+        let o = out.clone();
+        server(
+            &sim,
+            1,
+            SimRuntime::init(move |rt| {
+                let out = o.clone();
+                async move {
+                    for d in [Duration::from_secs(1), Duration::from_millis(10)] {
+                        let (l0, t0) = (rt.now(), rt.sim().now());
+                        rt.sleep(d).await;
+                        let (l1, t1) = (rt.now(), rt.sim().now());
+                        get(&out).push((l1 - l0, t1 - t0));
+                    }
+                }
+            }),
+        );
+        run(&sim, ms(2_000));
+        let out = snapshot(&out);
+        assert_eq!(out.len(), 2, "seed {seed}: both sleeps finish");
+        let (long_local, long_true) = out[0];
+        let (local, truth) = out[1];
+
+        // The node measured at least what it asked for, and not more than a
+        // couple of nanoseconds of rounding beyond.
+        assert!(long_local >= Duration::from_secs(1) && long_local <= Duration::from_secs(1) + Duration::from_nanos(2));
+        assert!(local >= Duration::from_millis(10), "seed {seed}: woke early: {local:?}");
+        assert!(local <= Duration::from_millis(10) + Duration::from_nanos(2), "seed {seed}: woke late: {local:?}");
+
+        // rate = 1 + drift, estimated on the 1 s interval (error < 1e-9).
+        let rate = long_local.as_nanos() as f64 / long_true.as_nanos() as f64;
+        let drift_ppm = (rate - 1.0) * 1e6;
+        assert!(drift_ppm.abs() <= MAX_PPM as f64 + 0.01, "seed {seed}: drift {drift_ppm} ppm beyond the profile");
+        let expected_true = 10_000_000.0 / rate;
+        assert!(
+            (truth.as_nanos() as f64 - expected_true).abs() <= 2.0,
+            "seed {seed}: true time {truth:?} but 10ms/(1+drift) = {expected_true}ns (drift {drift_ppm} ppm)"
+        );
+        if drift_ppm.abs() > 1_000.0 {
+            visible_drift += 1;
+            assert_ne!(truth, Duration::from_millis(10), "seed {seed}: a drifting clock must not measure true time");
+        }
+        // The run advanced true time past both sleeps.
+        assert_eq!(sim.now(), ms(2_000));
+        sim.shutdown();
+    }
+    assert!(visible_drift >= 4, "only {visible_drift} of 8 seeds drew a drift above 1000 ppm");
+}
+
+/// An explicit drift gives exact numbers: a clock 2% fast sleeps 10 ms of its
+/// own time in ceil(10 ms / 1.02) of true time; 2% slow in ceil(10 ms / 0.98).
+#[test]
+fn sleep_under_an_injected_drift_is_exact() {
+    for (ppm, expected_true_nanos) in [(20_000i64, 9_803_922u64), (-20_000, 10_204_082), (0, 10_000_000)] {
+        let sim = calm(3);
+        let out = shared(None);
+        let o = out.clone();
+        server(
+            &sim,
+            1,
+            SimRuntime::init(move |rt| {
+                let out = o.clone();
+                async move {
+                    let (l0, t0) = (rt.now(), rt.sim().now());
+                    rt.sleep(Duration::from_millis(10)).await;
+                    *get(&out) = Some((rt.now() - l0, rt.sim().now() - t0));
+                }
+            }),
+        );
+        sim.apply_fault(Fault::ClockDrift { node: NodeId(1), ppm });
+        run(&sim, ms(50));
+        let (local, truth) = snapshot(&out).expect("sleep finished");
+        assert_eq!(local, Duration::from_millis(10), "ppm {ppm}");
+        assert_eq!(truth, Duration::from_nanos(expected_true_nanos), "ppm {ppm}");
+        sim.shutdown();
+    }
+}
+
+/// A deadline that has already passed (or is now) completes on the first
+/// poll without advancing time; a future one does not.
+#[test]
+fn sleep_with_a_past_deadline_completes_immediately() {
+    let sim = calm(1);
+    let out = shared(Vec::<(&'static str, bool)>::new());
+    let times = shared(None);
+    let (o, t) = (out.clone(), times.clone());
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let (out, times) = (o.clone(), t.clone());
+            async move {
+                rt.sleep(Duration::from_millis(5)).await;
+                let now = rt.now();
+                let t0 = rt.sim().now();
+                let past = Instant::from_nanos(now.as_nanos().saturating_sub(1_000_000));
+                let mut r = vec![
+                    ("past", rt.sleep_until(past).now_or_never().is_some()),
+                    ("origin", rt.sleep_until(Instant::ZERO).now_or_never().is_some()),
+                    ("now", rt.sleep_until(now).now_or_never().is_some()),
+                    ("zero", rt.sleep(Duration::ZERO).now_or_never().is_some()),
+                    ("1ns", rt.sleep(Duration::from_nanos(1)).now_or_never().is_some()),
+                    ("future", rt.sleep_until(now + Duration::from_millis(1)).now_or_never().is_some()),
+                ];
+                // Awaiting a past deadline does not yield to the scheduler's clock.
+                rt.sleep_until(past).await;
+                r.push(("awaited", rt.now() == now && rt.sim().now() == t0));
+                *get(&out) = r;
+                *get(&times) = Some((t0, rt.sim().now()));
+            }
+        }),
+    );
+    run(&sim, ms(20));
+    assert_eq!(
+        snapshot(&out),
+        vec![("past", true), ("origin", true), ("now", true), ("zero", true), ("1ns", false), ("future", false), ("awaited", true)]
+    );
+    let (t0, t1) = snapshot(&times).expect("node finished");
+    assert_eq!(t0, ms(5));
+    assert_eq!(t1, ms(5));
+    sim.shutdown();
+}
+
+/// Sleepers spawned in a scrambled order wake in deadline order, each at its
+/// deadline exactly (a perfect clock).
+#[test]
+fn many_sleepers_wake_in_deadline_order() {
+    const N: u64 = 64;
+    for seed in [1, 2, 3] {
+        let sim = calm(seed);
+        let woke = shared(Vec::<(u64, Instant, Instant)>::new());
+        let w = woke.clone();
+        server(
+            &sim,
+            1,
+            SimRuntime::init(move |rt| {
+                let woke = w.clone();
+                async move {
+                    let base = rt.now();
+                    for i in 0..N {
+                        // A permutation of 0..N (37 is coprime with 64).
+                        let slot = (i * 37) % N;
+                        let deadline = base + Duration::from_micros(100 + slot * 50);
+                        let (rt2, woke) = (rt.clone(), woke.clone());
+                        drop(rt.spawn(Priority::Normal, "sleeper", async move {
+                            rt2.sleep_until(deadline).await;
+                            get(&woke).push((slot, deadline, rt2.now()));
+                        }));
+                    }
+                }
+            }),
+        );
+        run(&sim, ms(10));
+        let woke = snapshot(&woke);
+        assert_eq!(woke.len(), N as usize, "seed {seed}");
+        let order: Vec<u64> = woke.iter().map(|(slot, _, _)| *slot).collect();
+        assert_eq!(order, (0..N).collect::<Vec<_>>(), "seed {seed}: woke out of deadline order");
+        for (slot, deadline, at) in woke {
+            assert_eq!(at, deadline, "seed {seed}: sleeper {slot} woke at {at}, deadline {deadline}");
+        }
+        sim.shutdown();
+    }
+}
+
+// ---------------------------------------------------------------- 2. spawn
+
+#[test]
+fn join_handles_return_values_at_every_priority() {
+    let sim = calm(5);
+    let out = shared(Vec::new());
+    let o = out.clone();
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let out = o.clone();
+            async move {
+                let mut handles = Vec::new();
+                for (i, p) in Priority::ALL.into_iter().enumerate() {
+                    let rt2 = rt.clone();
+                    handles.push(rt.spawn(p, "child", async move {
+                        rt2.sleep(Duration::from_micros(10 * (4 - i as u64))).await;
+                        format!("{p:?}-{}", i * 10)
+                    }));
+                }
+                // Nested: a child that spawns a grandchild and returns its value.
+                let rt2 = rt.clone();
+                let nested = rt.spawn(Priority::High, "parent", async move {
+                    let inner = rt2.spawn(Priority::Background, "grandchild", async { 40u32 + 2 });
+                    inner.await.map(|v| v * 2)
+                });
+                let mut results = Vec::new();
+                for h in handles {
+                    results.push(h.await);
+                }
+                get(&out).push(format!("{results:?}"));
+                get(&out).push(format!("{:?}", nested.await));
+            }
+        }),
+    );
+    run(&sim, ms(5));
+    assert_eq!(
+        snapshot(&out),
+        vec![
+            r#"[Ok("Critical-0"), Ok("High-10"), Ok("Normal-20"), Ok("Background-30")]"#.to_owned(),
+            "Ok(Ok(84))".to_owned(),
+        ]
+    );
+    sim.shutdown();
+}
+
+#[test]
+fn abort_cancels_and_drops_the_task() {
+    let sim = calm(6);
+    let drops = shared(0u32);
+    let finished = shared(Vec::<&'static str>::new());
+    let results = shared(Vec::<(&'static str, Result<u32, JoinError>)>::new());
+    let (d, f, r) = (drops.clone(), finished.clone(), results.clone());
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let (drops, finished, results) = (d.clone(), f.clone(), r.clone());
+            async move {
+                // A running task, aborted while it sleeps.
+                let (rt2, g, fin) = (rt.clone(), DropCounter(drops.clone()), finished.clone());
+                let sleeping = rt.spawn(Priority::Normal, "sleeping", async move {
+                    let _g = g;
+                    rt2.sleep(Duration::from_secs(1)).await;
+                    get(&fin).push("sleeping");
+                    1
+                });
+                rt.sleep(Duration::from_millis(1)).await;
+                sleeping.abort();
+                let drops_right_after_abort = *get(&drops);
+                get(&results).push(("sleeping", sleeping.await));
+
+                // A task aborted before it was ever polled.
+                let (g, fin) = (DropCounter(drops.clone()), finished.clone());
+                let unpolled = rt.spawn(Priority::Critical, "unpolled", async move {
+                    let _g = g;
+                    get(&fin).push("unpolled");
+                    2
+                });
+                unpolled.abort();
+                get(&results).push(("unpolled", unpolled.await));
+
+                // A task that already finished: abort is a no-op.
+                let done = rt.spawn(Priority::Normal, "done", async { 3 });
+                rt.sleep(Duration::from_millis(1)).await;
+                done.abort();
+                get(&results).push(("done", done.await));
+
+                // Aborting twice is harmless.
+                let twice = rt.spawn(Priority::Normal, "twice", std::future::pending::<u32>());
+                twice.abort();
+                twice.abort();
+                get(&results).push(("twice", twice.await));
+                get(&finished).push(if drops_right_after_abort == 1 { "dropped-at-abort" } else { "not-dropped" });
+            }
+        }),
+    );
+    run(&sim, ms(3_000));
+    assert_eq!(
+        snapshot(&results),
+        vec![
+            ("sleeping", Err(JoinError::Cancelled)),
+            ("unpolled", Err(JoinError::Cancelled)),
+            ("done", Ok(3)),
+            ("twice", Err(JoinError::Cancelled)),
+        ]
+    );
+    // Neither aborted body ran to its end; both futures were dropped, the
+    // first one at the abort itself.
+    assert_eq!(snapshot(&finished), vec!["dropped-at-abort"]);
+    assert_eq!(*get(&drops), 2);
+    sim.shutdown();
+}
+
+/// A crash drops every task of the node (root, children, detached ones),
+/// cancels their join handles wherever they are held, and a restart runs
+/// init again with the next incarnation.
+#[test]
+fn crash_drops_every_task_and_restart_runs_init_again() {
+    let sim = calm(7);
+    let boots = shared(Vec::<u64>::new());
+    let drops = shared(0u32);
+    let handle_slot: Shared<Option<<SimRuntime as Spawner>::Handle<u32>>> = shared(None);
+    let old_rt: Shared<Option<SimRuntime>> = shared(None);
+    let observed = shared(Vec::<String>::new());
+
+    let (bo, d, hs, ort) = (boots.clone(), drops.clone(), handle_slot.clone(), old_rt.clone());
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let (boots, drops, handle_slot, old_rt) = (bo.clone(), d.clone(), hs.clone(), ort.clone());
+            async move {
+                let incarnation = rt.handle().incarnation();
+                get(&boots).push(incarnation);
+                if incarnation > 0 {
+                    return;
+                }
+                *get(&old_rt) = Some(rt.clone());
+                let _root_guard = DropCounter(drops.clone());
+                for i in 0..5u32 {
+                    let (rt2, g) = (rt.clone(), DropCounter(drops.clone()));
+                    let h = rt.spawn(Priority::ALL[i as usize % 4], "worker", async move {
+                        let _g = g;
+                        rt2.sleep(Duration::from_secs(10)).await;
+                        i
+                    });
+                    if i == 0 {
+                        // Handed to another node, which awaits it.
+                        *get(&handle_slot) = Some(h);
+                    }
+                    // Others are detached by dropping the handle.
+                }
+                let g = DropCounter(drops.clone());
+                drop(rt.spawn(Priority::Background, "pending", async move {
+                    let _g = g;
+                    std::future::pending::<()>().await;
+                }));
+                std::future::pending::<()>().await;
+            }
+        }),
+    );
+    let (hs, obs) = (handle_slot.clone(), observed.clone());
+    server(
+        &sim,
+        2,
+        SimRuntime::init(move |rt| {
+            let (handle_slot, observed) = (hs.clone(), obs.clone());
+            async move {
+                rt.sleep(Duration::from_millis(1)).await;
+                let h = get(&handle_slot).take().expect("node 1 handed over its handle");
+                let r = h.await;
+                get(&observed).push(format!("{r:?} at {}", rt.sim().now()));
+            }
+        }),
+    );
+
+    run(&sim, ms(5));
+    assert_eq!(snapshot(&boots), vec![0]);
+    assert_eq!(*get(&drops), 0, "nothing dropped before the crash");
+    assert!(snapshot(&observed).is_empty());
+
+    sim.apply_fault(Fault::Crash(NodeId(1)));
+    // Dropped synchronously by the crash: root + 5 workers + 1 detached.
+    assert_eq!(*get(&drops), 7);
+    assert_eq!(sim.status(NodeId(1)), NodeStatus::Down);
+
+    // A handle of the dead incarnation spawns nothing: the future is dropped
+    // at once and its handle is cancelled.
+    let stale = snapshot(&old_rt).expect("init stored its runtime");
+    assert!(!stale.handle().is_alive());
+    let ran = shared(false);
+    let (rn, g) = (ran.clone(), DropCounter(drops.clone()));
+    let h = stale.spawn(Priority::Normal, "zombie", async move {
+        let _g = g;
+        *get(&rn) = true;
+    });
+    assert_eq!(*get(&drops), 8);
+    assert_eq!(h.now_or_never(), Some(Err(JoinError::Cancelled)));
+
+    run(&sim, ms(10));
+    assert_eq!(snapshot(&observed), vec!["Err(Cancelled) at 0.005000000s".to_owned()]);
+    assert!(!*get(&ran));
+    assert_eq!(sim.stats().crashes, 1);
+
+    sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: false });
+    assert_eq!(sim.status(NodeId(1)), NodeStatus::Up);
+    run(&sim, ms(15));
+    assert_eq!(snapshot(&boots), vec![0, 1]);
+    // Restarting a node that is up does nothing.
+    sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: false });
+    run(&sim, ms(20));
+    assert_eq!(snapshot(&boots), vec![0, 1]);
+    // Long after: the 10 s sleepers of incarnation 0 never come back.
+    run(&sim, ms(20_000));
+    assert_eq!(*get(&drops), 8);
+    sim.shutdown();
+}
+
+// ---------------------------------------------------------------- 3. network
+
+type Inbox = Shared<Vec<(NodeId, Bytes, Instant)>>;
+
+/// Both nodes send three bursts to each other; `1 -/-> 2` is cut around the
+/// second burst and healed before the third.
+#[test]
+fn datagrams_carry_the_sender_and_respect_one_way_partitions() {
+    let sim = calm(11);
+    let inboxes: [Inbox; 2] = [shared(Vec::new()), shared(Vec::new())];
+    for id in [1u64, 2] {
+        let inbox = inboxes[id as usize - 1].clone();
+        server(
+            &sim,
+            id,
+            SimRuntime::init(move |rt| {
+                let inbox = inbox.clone();
+                async move {
+                    let rx = rt.clone();
+                    drop(rt.spawn(Priority::High, "rx", async move {
+                        loop {
+                            let (from, msg) = rx.recv().await;
+                            get(&inbox).push((from, msg, rx.sim().now()));
+                        }
+                    }));
+                    let peer = NodeId(3 - id);
+                    let start = rt.now();
+                    for burst in 0..3u8 {
+                        rt.sleep_until(start + Duration::from_millis(1 + 10 * u64::from(burst))).await;
+                        for i in 0..6u8 {
+                            rt.send(peer, Bytes::from(vec![id as u8, burst, i]));
+                            rt.sleep(Duration::from_micros(100)).await;
+                        }
+                    }
+                }
+            }),
+        );
+    }
+    sim.schedule_fault(ms(5), Fault::PartitionOneWay { from: NodeId(1), to: NodeId(2) });
+    sim.schedule_fault(ms(15), Fault::Heal);
+    run(&sim, ms(30));
+
+    let got = |node: usize| {
+        let mut v: Vec<(NodeId, Vec<u8>)> = snapshot(&inboxes[node]).into_iter().map(|(f, m, _)| (f, m.to_vec())).collect();
+        v.sort();
+        v
+    };
+    let expected = |from: u8, bursts: &[u8]| {
+        let mut v = Vec::new();
+        for &burst in bursts {
+            for i in 0..6u8 {
+                v.push((NodeId(u64::from(from)), vec![from, burst, i]));
+            }
+        }
+        v
+    };
+    // Node 2 heard nothing from node 1 during the partition...
+    assert_eq!(got(1), expected(1, &[0, 2]));
+    // ...while node 1 heard every burst from node 2.
+    assert_eq!(got(0), expected(2, &[0, 1, 2]));
+    // Nothing crossed 1 -> 2 while it was cut.
+    for (from, _, at) in snapshot(&inboxes[1]) {
+        assert_eq!(from, NodeId(1));
+        assert!(at < ms(5) || at >= ms(15), "delivered during the partition at {at}");
+    }
+    let stats = sim.stats();
+    assert_eq!((stats.packets_sent, stats.packets_delivered, stats.packets_dropped), (36, 30, 6));
+    sim.shutdown();
+}
+
+/// A link cut while a datagram is in flight loses it; after healing, the
+/// same link delivers again.
+#[test]
+fn a_partition_drops_datagrams_in_flight() {
+    let sim = calm(12);
+    let inbox: Inbox = shared(Vec::new());
+    let ib = inbox.clone();
+    server(
+        &sim,
+        2,
+        SimRuntime::init(move |rt| {
+            let inbox = ib.clone();
+            async move {
+                loop {
+                    let (from, msg) = rt.recv().await;
+                    get(&inbox).push((from, msg, rt.sim().now()));
+                }
+            }
+        }),
+    );
+    server(
+        &sim,
+        1,
+        SimRuntime::init(|rt| async move {
+            rt.send(NodeId(2), b("in flight"));
+            rt.sleep(Duration::from_millis(5)).await;
+            rt.send(NodeId(2), b("after heal"));
+            // Unknown destinations are silently dropped.
+            rt.send(NodeId(99), b("nobody"));
+        }),
+    );
+    // The minimum link latency is 50 µs: the first datagram is still in flight.
+    sim.schedule_fault(us(10), Fault::PartitionOneWay { from: NodeId(1), to: NodeId(2) });
+    sim.schedule_fault(ms(1), Fault::Heal);
+    run(&sim, ms(10));
+    let got: Vec<(NodeId, Bytes)> = snapshot(&inbox).into_iter().map(|(f, m, _)| (f, m)).collect();
+    assert_eq!(got, vec![(NodeId(1), b("after heal"))]);
+    assert_eq!(sim.stats().packets_dropped, 1);
+    sim.shutdown();
+}
+
+// ---------------------------------------------------------------- 4. client streams
+
+const SERVER: u64 = 1;
+const CLIENT: u64 = 100;
+
+#[test]
+fn client_stream_delivers_frames_in_order_then_end_of_stream() {
+    let sim = calm(21);
+    let server_saw = shared(Vec::<String>::new());
+    let client_saw = shared(Vec::<String>::new());
+    let frames = shared(Vec::<u32>::new());
+    let (ss, fr) = (server_saw.clone(), frames.clone());
+    server(
+        &sim,
+        SERVER,
+        SimRuntime::init(move |rt| {
+            let (saw, frames) = (ss.clone(), fr.clone());
+            async move {
+                let mut listener = rt.listen().expect("first listen");
+                get(&saw).push(format!("second listen: {:?}", rt.listen().err()));
+                let s = listener.accept().await.expect("accept");
+                get(&saw).push(format!("peer {}", s.peer()));
+                loop {
+                    match s.recv().await {
+                        Ok(Some(f)) => get(&frames).push(u32::from_le_bytes(f[..].try_into().expect("4 bytes"))),
+                        other => {
+                            get(&saw).push(format!("end {other:?}"));
+                            break;
+                        }
+                    }
+                }
+                // The other direction still works after the peer's close.
+                get(&saw).push(format!("reply {:?}", s.send(b("bye")).await));
+                s.close();
+                s.close();
+                // After end of stream, recv keeps saying so.
+                get(&saw).push(format!("again {:?}", s.recv().await));
+            }
+        }),
+    );
+    let cs = client_saw.clone();
+    client(
+        &sim,
+        CLIENT,
+        SimRuntime::init(move |rt| {
+            let saw = cs.clone();
+            async move {
+                rt.sleep(Duration::from_millis(1)).await;
+                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+                get(&saw).push(format!("peer {}", s.peer()));
+                for i in 0u32..100 {
+                    s.send(Bytes::copy_from_slice(&i.to_le_bytes())).await.expect("send");
+                    if i % 10 == 0 {
+                        // Interleave sends with time passing.
+                        rt.sleep(Duration::from_micros(37)).await;
+                    }
+                }
+                let too_big = s.send(Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1])).await;
+                get(&saw).push(format!("too big {too_big:?}"));
+                s.close();
+                get(&saw).push(format!("{:?}", s.recv().await));
+                get(&saw).push(format!("{:?}", s.recv().await));
+            }
+        }),
+    );
+    run(&sim, ms(50));
+    assert_eq!(snapshot(&frames), (0..100).collect::<Vec<u32>>());
+    assert_eq!(
+        snapshot(&server_saw),
+        vec![
+            "second listen: Some(AlreadyListening)".to_owned(),
+            format!("peer {}", NodeId(CLIENT)),
+            "end Ok(None)".to_owned(),
+            "reply Ok(())".to_owned(),
+            "again Ok(None)".to_owned(),
+        ]
+    );
+    assert_eq!(
+        snapshot(&client_saw),
+        vec![
+            format!("peer {}", NodeId(SERVER)),
+            format!("too big Err(FrameTooLarge {{ len: {}, max: {} }})", MAX_FRAME_BYTES + 1, MAX_FRAME_BYTES),
+            r#"Ok(Some(b"bye"))"#.to_owned(),
+            "Ok(None)".to_owned(),
+        ]
+    );
+    sim.shutdown();
+}
+
+#[test]
+fn connect_to_a_node_that_does_not_listen_is_refused() {
+    let sim = calm(22);
+    server(&sim, SERVER, SimRuntime::init(|_rt| async {}));
+    let out = shared(Vec::<Result<NodeId, NetError>>::new());
+    let o = out.clone();
+    client(
+        &sim,
+        CLIENT,
+        SimRuntime::init(move |rt| {
+            let out = o.clone();
+            async move {
+                rt.sleep(Duration::from_millis(1)).await;
+                get(&out).push(rt.connect(NodeId(SERVER)).await.map(|s| s.peer()));
+                get(&out).push(rt.connect(NodeId(77)).await.map(|s| s.peer()));
+            }
+        }),
+    );
+    run(&sim, ms(10));
+    assert_eq!(snapshot(&out), vec![Err(NetError::Refused(NodeId(SERVER))), Err(NetError::Refused(NodeId(77)))]);
+    sim.shutdown();
+}
+
+/// Crashing the server resets the client's stream (recv and send fail);
+/// while the server is down connects are refused; once it restarts and
+/// listens again a new stream works.
+#[test]
+fn server_crash_resets_client_streams() {
+    let sim = calm(23);
+    let server_got = shared(Vec::<String>::new());
+    let client_saw = shared(Vec::<String>::new());
+    let ready = shared(false);
+    let sg = server_got.clone();
+    server(
+        &sim,
+        SERVER,
+        SimRuntime::init(move |rt| {
+            let got = sg.clone();
+            async move {
+                let mut listener = rt.listen().expect("listen");
+                loop {
+                    let s = listener.accept().await.expect("accept");
+                    let (got, inc) = (got.clone(), rt.handle().incarnation());
+                    drop(rt.spawn(Priority::High, "conn", async move {
+                        while let Ok(Some(f)) = s.recv().await {
+                            get(&got).push(format!("#{inc} {}", String::from_utf8_lossy(&f)));
+                            let _ = s.send(f).await;
+                        }
+                    }));
+                }
+            }
+        }),
+    );
+    let (cs, rd) = (client_saw.clone(), ready.clone());
+    client(
+        &sim,
+        CLIENT,
+        SimRuntime::init(move |rt| {
+            let (saw, ready) = (cs.clone(), rd.clone());
+            async move {
+                rt.sleep(Duration::from_millis(1)).await;
+                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+                s.send(b("ping")).await.expect("send");
+                get(&saw).push(format!("echo {:?}", s.recv().await));
+                *get(&ready) = true;
+                // Blocks until the server crashes.
+                get(&saw).push(format!("recv {:?}", s.recv().await));
+                get(&saw).push(format!("send {:?}", s.send(b("late")).await));
+                get(&saw).push(format!("recv {:?}", s.recv().await));
+                loop {
+                    match rt.connect(NodeId(SERVER)).await {
+                        Ok(s) => {
+                            s.send(b("again")).await.expect("send");
+                            get(&saw).push(format!("new stream echo {:?}", s.recv().await));
+                            break;
+                        }
+                        Err(e) => {
+                            let msg = format!("connect {e:?}");
+                            if get(&saw).last() != Some(&msg) {
+                                get(&saw).push(msg);
+                            }
+                            rt.sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+        }),
+    );
+    run_until_set(&sim, ms(10), &ready);
+    run(&sim, ms(10));
+    sim.apply_fault(Fault::Crash(NodeId(SERVER)));
+    run(&sim, ms(20));
+    sim.apply_fault(Fault::Restart { node: NodeId(SERVER), wipe: false });
+    run(&sim, ms(40));
+    assert_eq!(snapshot(&server_got), vec!["#0 ping".to_owned(), "#1 again".to_owned()]);
+    assert_eq!(
+        snapshot(&client_saw),
+        vec![
+            r#"echo Ok(Some(b"ping"))"#.to_owned(),
+            "recv Err(Reset)".to_owned(),
+            "send Err(Reset)".to_owned(),
+            "recv Err(Reset)".to_owned(),
+            format!("connect Refused({})", NodeId(SERVER)),
+            r#"new stream echo Ok(Some(b"again"))"#.to_owned(),
+        ]
+    );
+    sim.shutdown();
+}
+
+/// A partition between client and server breaks the stream on both ends.
+#[test]
+fn a_partition_breaks_client_streams() {
+    let sim = calm(24);
+    let saw = shared(Vec::<String>::new());
+    let s1 = saw.clone();
+    server(
+        &sim,
+        SERVER,
+        SimRuntime::init(move |rt| {
+            let saw = s1.clone();
+            async move {
+                let mut l = rt.listen().expect("listen");
+                let s = l.accept().await.expect("accept");
+                get(&saw).push(format!("server {:?}", s.recv().await));
+            }
+        }),
+    );
+    let s2 = saw.clone();
+    client(
+        &sim,
+        CLIENT,
+        SimRuntime::init(move |rt| {
+            let saw = s2.clone();
+            async move {
+                rt.sleep(Duration::from_millis(1)).await;
+                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+                get(&saw).push(format!("client {:?}", s.recv().await));
+            }
+        }),
+    );
+    run(&sim, ms(5));
+    assert!(snapshot(&saw).is_empty());
+    sim.apply_fault(Fault::PartitionOneWay { from: NodeId(SERVER), to: NodeId(CLIENT) });
+    run(&sim, ms(10));
+    let mut got = snapshot(&saw);
+    got.sort();
+    assert_eq!(got, vec!["client Err(Reset)".to_owned(), "server Err(Reset)".to_owned()]);
+    sim.shutdown();
+}
+
+// ---------------------------------------------------------------- 5. storage
+
+/// Incarnation 0 writes, syncs some of it and crashes; incarnation 1 reads
+/// back what the contract promises: synced data survives, unsynced writes
+/// are gone (the default disk loses every unsynced write), file creation is
+/// durable.
+#[test]
+fn synced_writes_survive_a_crash_and_unsynced_ones_do_not() {
+    let sim = calm(31);
+    let wrote = shared(false);
+    let read = shared(false);
+    let before = shared(Vec::<String>::new());
+    let after = shared(Vec::<String>::new());
+    let (w, r, bf, af) = (wrote.clone(), read.clone(), before.clone(), after.clone());
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let (wrote, read, before, after) = (w.clone(), r.clone(), bf.clone(), af.clone());
+            async move {
+                if rt.handle().incarnation() == 0 {
+                    let log = rt.open("synced.log").await.expect("open");
+                    let vol = rt.open("volatile.log").await.expect("open");
+                    let trunc = rt.open("trunc.log").await.expect("open");
+                    rt.open("empty.log").await.expect("open");
+                    log.append(b("hello")).await.expect("append");
+                    trunc.write_at(0, b("0123456789")).await.expect("write");
+                    trunc.sync().await.expect("sync");
+                    trunc.truncate(4).await.expect("truncate");
+                    log.sync().await.expect("sync");
+                    trunc.sync().await.expect("sync");
+                    log.append(b(" world")).await.expect("append");
+                    vol.write_at(3, b("lost")).await.expect("write");
+                    // Volatile writes are visible to reads before the crash.
+                    let mut v = Vec::new();
+                    v.push(format!("{}", log.len()));
+                    v.push(format!("{:?}", log.read_at(0, 11).await));
+                    v.push(format!("{:?}", vol.read_at(0, 7).await));
+                    v.push(format!("{}", trunc.len()));
+                    *get(&before) = v;
+                    *get(&wrote) = true;
+                    std::future::pending::<()>().await;
+                } else {
+                    let mut v = Vec::new();
+                    v.push(format!("{:?}", rt.list().await));
+                    let log = rt.open("synced.log").await.expect("open");
+                    let vol = rt.open("volatile.log").await.expect("open");
+                    let trunc = rt.open("trunc.log").await.expect("open");
+                    v.push(format!("{} {:?}", log.len(), log.read_at(0, 5).await));
+                    v.push(format!("{} {:?}", vol.len(), vol.is_empty()));
+                    v.push(format!("{} {:?}", trunc.len(), trunc.read_at(0, 4).await));
+                    *get(&after) = v;
+                    *get(&read) = true;
+                }
+            }
+        }),
+    );
+    run_until_set(&sim, ms(100), &wrote);
+    assert_eq!(
+        snapshot(&before),
+        vec!["11".to_owned(), r#"Ok(b"hello world")"#.to_owned(), r#"Ok(b"\0\0\0lost")"#.to_owned(), "4".to_owned()]
+    );
+    sim.apply_fault(Fault::Crash(NodeId(1)));
+    sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: false });
+    run_until_set(&sim, ms(200), &read);
+    assert_eq!(
+        snapshot(&after),
+        vec![
+            r#"Ok(["empty.log", "synced.log", "trunc.log", "volatile.log"])"#.to_owned(),
+            r#"5 Ok(b"hello")"#.to_owned(),
+            "0 true".to_owned(),
+            r#"4 Ok(b"0123")"#.to_owned(),
+        ]
+    );
+    sim.shutdown();
+}
+
+/// A restart with `wipe` erases the disk, synced data included.
+#[test]
+fn a_wiped_restart_loses_everything() {
+    let sim = calm(32);
+    let done = shared(false);
+    let names = shared(None);
+    let (d, n) = (done.clone(), names.clone());
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let (done, names) = (d.clone(), n.clone());
+            async move {
+                if rt.handle().incarnation() == 0 {
+                    let f = rt.open("a").await.expect("open");
+                    f.append(b("x")).await.expect("append");
+                    f.sync().await.expect("sync");
+                    *get(&done) = true;
+                } else {
+                    *get(&names) = Some(rt.list().await);
+                }
+            }
+        }),
+    );
+    run_until_set(&sim, ms(100), &done);
+    sim.apply_fault(Fault::Crash(NodeId(1)));
+    sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: true });
+    run(&sim, ms(200));
+    assert_eq!(snapshot(&names), Some(Ok(Vec::new())));
+    sim.shutdown();
+}
+
+/// Appends return increasing, non-overlapping offsets; the offset is reserved
+/// when `append` is called, not when its future is first polled.
+#[test]
+fn appends_return_increasing_offsets_reserved_at_call() {
+    let sim = calm(33);
+    let out = shared(Vec::<String>::new());
+    let o = out.clone();
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let out = o.clone();
+            async move {
+                let f = rt.open("log").await.expect("open");
+                let mut v = Vec::new();
+                for s in ["aaa", "bb", "c"] {
+                    v.push(f.append(b(s)).await.expect("append"));
+                }
+                get(&out).push(format!("{v:?}"));
+
+                // Called in order x, y; polled in order y, x.
+                let x = f.append(b("x"));
+                let y = f.append(b("yy"));
+                let (ry, rx) = join(y, x).await;
+                get(&out).push(format!("x {rx:?} y {ry:?}"));
+
+                // Concurrent appenders never overlap.
+                let mut hs = Vec::new();
+                for i in 0..10u8 {
+                    let f2 = f.clone();
+                    hs.push(rt.spawn(Priority::Normal, "appender", async move {
+                        let data = Bytes::from(vec![b'0' + i; 3]);
+                        (i, f2.append(data).await.expect("append"))
+                    }));
+                }
+                let mut placed = Vec::new();
+                for h in hs {
+                    placed.push(h.await.expect("not cancelled"));
+                }
+                let mut offsets: Vec<u64> = placed.iter().map(|(_, o)| *o).collect();
+                offsets.sort_unstable();
+                get(&out).push(format!("{offsets:?} len {}", f.len()));
+                for (i, off) in placed {
+                    let got = f.read_at(off, 3).await.expect("read");
+                    assert_eq!(&got[..], &[b'0' + i; 3], "appender {i} at {off} was overwritten");
+                }
+            }
+        }),
+    );
+    run(&sim, ms(100));
+    let expected_offsets: Vec<u64> = (0..10).map(|i| 9 + 3 * i).collect();
+    assert_eq!(
+        snapshot(&out),
+        vec!["[0, 3, 5]".to_owned(), "x Ok(6) y Ok(7)".to_owned(), format!("{expected_offsets:?} len 39")]
+    );
+    sim.shutdown();
+}
+
+#[test]
+fn storage_errors_out_of_bounds_invalid_names_not_found() {
+    let sim = calm(34);
+    let out = shared(Vec::<String>::new());
+    let o = out.clone();
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let out = o.clone();
+            async move {
+                let f = rt.open("data.bin").await.expect("open");
+                f.write_at(0, b("abc")).await.expect("write");
+                let mut v = vec![
+                    format!("{:?}", f.read_at(2, 5).await),
+                    format!("{:?}", f.read_at(4, 0).await),
+                    format!("{:?}", f.read_at(u64::MAX, 2).await),
+                    format!("{:?}", f.read_at(3, 0).await),
+                    format!("{:?}", f.read_at(1, 2).await),
+                ];
+                // Writing past the end zero-fills the gap.
+                f.write_at(6, b("z")).await.expect("write");
+                v.push(format!("{} {:?}", f.len(), f.read_at(0, 7).await));
+                for bad in ["", ".", "..", "a/b", "x y", "ü", &"n".repeat(256)] {
+                    v.push(format!("{:?}", rt.open(bad).await.map(|_| ())));
+                }
+                v.push(format!("{:?}", rt.remove("../data.bin").await));
+                v.push(format!("{:?}", rt.remove("missing").await));
+                v.push(format!("{:?}", rt.list().await));
+                rt.remove("data.bin").await.expect("remove");
+                v.push(format!("{:?}", f.read_at(0, 1).await));
+                v.push(format!("{:?}", f.sync().await));
+                v.push(format!("{:?}", rt.list().await));
+                *get(&out) = v;
+            }
+        }),
+    );
+    run(&sim, ms(100));
+    let long = "n".repeat(256);
+    let expected = vec![
+        "Err(OutOfBounds { offset: 2, len: 5, file_len: 3 })".to_owned(),
+        "Err(OutOfBounds { offset: 4, len: 0, file_len: 3 })".to_owned(),
+        format!("Err(OutOfBounds {{ offset: {}, len: 2, file_len: 3 }})", u64::MAX),
+        r#"Ok(b"")"#.to_owned(),
+        r#"Ok(b"bc")"#.to_owned(),
+        r#"7 Ok(b"abc\0\0\0z")"#.to_owned(),
+        r#"Err(InvalidName(""))"#.to_owned(),
+        r#"Err(InvalidName("."))"#.to_owned(),
+        r#"Err(InvalidName(".."))"#.to_owned(),
+        r#"Err(InvalidName("a/b"))"#.to_owned(),
+        r#"Err(InvalidName("x y"))"#.to_owned(),
+        r#"Err(InvalidName("ü"))"#.to_owned(),
+        format!("Err(InvalidName({long:?}))"),
+        r#"Err(InvalidName("../data.bin"))"#.to_owned(),
+        r#"Err(NotFound("missing"))"#.to_owned(),
+        r#"Ok(["data.bin"])"#.to_owned(),
+        r#"Err(NotFound("data.bin"))"#.to_owned(),
+        r#"Err(NotFound("data.bin"))"#.to_owned(),
+        "Ok([])".to_owned(),
+    ];
+    assert_eq!(snapshot(&out), expected);
+    // The invalid names never reached the disk.
+    assert_eq!(sim.stats().disk_ops, 15);
+    sim.shutdown();
+}
+
+// ---------------------------------------------------------------- 6. determinism
+
+/// Two nodes ping each other after random delays drawn from `rt.rng()`,
+/// answer pings, log every datagram to disk and sync now and then, over a
+/// lossy, duplicating, reordering network with drifting, skewed clocks.
+fn ping_workload(seed: u64) -> (u64, SimStats, Vec<String>) {
+    let profile = FaultProfile {
+        link: LinkConfig { loss: 0.05, duplicate: 0.05, reorder: 0.2, reorder_max: Duration::from_millis(1), ..LinkConfig::healthy() },
+        max_drift_ppm: 20_000,
+        max_skew: Duration::from_millis(50),
+        ..FaultProfile::calm()
+    };
+    let sim = with_profile(seed, profile);
+    let log = shared(Vec::<String>::new());
+    for id in [1u64, 2] {
+        let log = log.clone();
+        server(
+            &sim,
+            id,
+            SimRuntime::init(move |rt| {
+                let log = log.clone();
+                async move {
+                    let file = rt.open("pings.log").await.expect("open");
+                    let (rx, f, l) = (rt.clone(), file.clone(), log.clone());
+                    drop(rt.spawn(Priority::High, "rx", async move {
+                        loop {
+                            let (from, msg) = rx.recv().await;
+                            let at = f.append(msg.clone()).await.expect("append");
+                            get(&l).push(format!(
+                                "{} {} wall {} got {:?} from {from} at offset {at}",
+                                rx.node_id(),
+                                rx.now(),
+                                rx.wall_clock().as_nanos(),
+                                msg
+                            ));
+                            if msg.first() == Some(&b'p') {
+                                let mut pong = msg.to_vec();
+                                pong[0] = b'P';
+                                rx.send(from, Bytes::from(pong));
+                            }
+                        }
+                    }));
+                    let mut rng = rt.rng();
+                    let peer = NodeId(3 - id);
+                    for i in 0..30u32 {
+                        rt.sleep(Duration::from_micros(rng.random_range(0..2_000))).await;
+                        rt.send(peer, Bytes::from(format!("ping {id}.{i}")));
+                        if i % 5 == 4 {
+                            file.sync().await.expect("sync");
+                        }
+                    }
+                }
+            }),
+        );
+    }
+    run(&sim, ms(200));
+    let out = (sim.trace_hash(), sim.stats(), snapshot(&log));
+    sim.shutdown();
+    out
+}
+
+#[test]
+fn same_seed_same_run_different_seed_different_run() {
+    let a = ping_workload(42);
+    let b = ping_workload(42);
+    assert_eq!(a.0, b.0, "trace hash differs between runs of one seed");
+    assert_eq!(a.1, b.1);
+    assert_eq!(a.2, b.2);
+    // The workload really ran: pings, pongs, disk traffic.
+    assert_eq!(a.1.packets_sent, 60 + a.2.iter().filter(|l| l.contains("got b\"ping")).count() as u64);
+    assert!(a.1.packets_delivered >= 50, "{:?}", a.1);
+    assert!(a.1.disk_ops >= 60, "{:?}", a.1);
+
+    let mut hashes = std::collections::BTreeSet::new();
+    for seed in [42, 43, 44, 45] {
+        let (hash, _, log) = ping_workload(seed);
+        assert!(hashes.insert(hash), "seed {seed} repeated another seed's trace hash");
+        if seed != 42 {
+            assert_ne!(log, a.2, "seed {seed} produced seed 42's log");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- 7. buggify
+
+/// Per-seed counts of how often two fault-point sites fired over 40 calls
+/// each, and the run's `buggify_fired` counter.
+fn buggify_run(seed: u64, on: bool, liveness_at: Option<Instant>) -> (u32, u32, u64, Vec<Instant>) {
+    let sim = with_profile(seed, FaultProfile { buggify: on, ..FaultProfile::calm() });
+    let out = shared((0u32, 0u32, Vec::<Instant>::new()));
+    let o = out.clone();
+    server(
+        &sim,
+        1,
+        SimRuntime::init(move |rt| {
+            let out = o.clone();
+            async move {
+                for _ in 0..40 {
+                    let a = buggify!(rt);
+                    let b = buggify!(rt);
+                    {
+                        let mut g = get(&out);
+                        g.0 += u32::from(a);
+                        g.1 += u32::from(b);
+                        if a || b {
+                            g.2.push(rt.sim().now());
+                        }
+                    }
+                    rt.sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }),
+    );
+    if let Some(at) = liveness_at {
+        sim.schedule_liveness(at);
+    }
+    run(&sim, ms(100));
+    let (a, b, times) = snapshot(&out);
+    let fired = sim.stats().buggify_fired;
+    sim.shutdown();
+    (a, b, fired, times)
+}
+
+#[test]
+fn buggify_sites_are_enabled_in_some_seeds_only() {
+    const SEEDS: u64 = 50;
+    let (mut seeds_a, mut seeds_b) = (Vec::new(), Vec::new());
+    let (mut fires, mut calls) = (0u32, 0u32);
+    for seed in 0..SEEDS {
+        let (a, b, fired, _) = buggify_run(seed, true, None);
+        assert_eq!(fired, u64::from(a + b), "seed {seed}: stats disagree with what the node saw");
+        for (n, seeds) in [(a, &mut seeds_a), (b, &mut seeds_b)] {
+            if n > 0 {
+                seeds.push(seed);
+                fires += n;
+                calls += 40;
+            }
+        }
+        // Same seed, same decisions.
+        assert_eq!(buggify_run(seed, true, None).0, a, "seed {seed}: not reproducible");
+    }
+    for (site, seeds) in [("a", &seeds_a), ("b", &seeds_b)] {
+        let fraction = seeds.len() as f64 / SEEDS as f64;
+        assert!((0.1..=0.45).contains(&fraction), "site {site} fired in {fraction} of seeds: {seeds:?}");
+    }
+    // The two sites are decided independently.
+    assert_ne!(seeds_a, seeds_b);
+    // An enabled site fires on about a quarter of its calls.
+    let rate = f64::from(fires) / f64::from(calls);
+    assert!((0.15..=0.35).contains(&rate), "enabled sites fired on {rate} of calls");
+}
+
+#[test]
+fn buggify_never_fires_when_off_or_in_the_liveness_phase() {
+    for seed in 0..50 {
+        assert_eq!(buggify_run(seed, false, None), (0, 0, 0, Vec::new()), "seed {seed}");
+    }
+    // In seeds where a site is enabled, nothing fires once liveness starts.
+    let mut checked = 0;
+    for seed in 0..50 {
+        let (_, _, fired, times) = buggify_run(seed, true, Some(ms(20)));
+        if fired > 0 {
+            checked += 1;
+            assert!(times.iter().all(|t| *t < ms(20)), "seed {seed}: fired in the liveness phase: {times:?}");
+        }
+    }
+    assert!(checked >= 5, "only {checked} seeds enabled a site");
+}
