@@ -101,9 +101,20 @@ fn lookup(name: &str) -> Option<&'static dyn Scenario> {
     found
 }
 
-#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "the cli measures real elapsed time to report simulator speed")]
-fn wall_clock() -> std::time::Instant {
-    std::time::Instant::now()
+/// Real elapsed time, to report how fast the simulator runs. The one place
+/// the cli reads the OS clock.
+#[allow(clippy::disallowed_types, reason = "the cli measures real time to report simulator speed")]
+struct WallTimer(std::time::Instant);
+
+#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "the cli measures real time to report simulator speed")]
+impl WallTimer {
+    fn start() -> Self {
+        WallTimer(std::time::Instant::now())
+    }
+
+    fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
 }
 
 struct Failure {
@@ -118,7 +129,7 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} seeds  {msg}")
             .expect("valid template"),
     );
-    let started = wall_clock();
+    let started = WallTimer::start();
     let mut failures: Vec<Failure> = Vec::new();
     let mut sim_nanos: u128 = 0;
     let mut run_nanos: u128 = 0;
@@ -129,7 +140,7 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     let mut submitted: u64 = 0;
     let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in seeds {
-        let t0 = wall_clock();
+        let t0 = WallTimer::start();
         let (report, replay_hash) = if determinism_check {
             let checked = run_checked(s, seed);
             (checked.report.clone(), Some(checked.replay_hash))

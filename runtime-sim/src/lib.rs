@@ -277,7 +277,10 @@ impl Future for StreamRecv<'_> {
 
 impl ClientStream for SimStream {
     fn send(&self, frame: Bytes) -> impl Future<Output = Result<(), NetError>> + Send {
-        let r = self.handle.stream_send(self.conn, self.end, Some(frame));
+        // After `close` the peer has (or will have) seen end of stream; a
+        // frame behind it would break the stream's framing.
+        let closed = *self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        let r = if closed { Err(NetError::Reset) } else { self.handle.stream_send(self.conn, self.end, Some(frame)) };
         std::future::ready(r)
     }
 
@@ -299,9 +302,15 @@ impl ClientStream for SimStream {
     }
 }
 
-/// A simulated client listener.
+/// A simulated client listener. Dropping it stops accepting.
 pub struct SimListener {
     handle: NodeHandle,
+}
+
+impl Drop for SimListener {
+    fn drop(&mut self) {
+        self.handle.unlisten();
+    }
 }
 
 struct Accept<'a> {
@@ -386,11 +395,16 @@ impl StorageFile for SimFile {
         }
     }
 
-    async fn append(&self, data: Bytes) -> Result<u64, StorageError> {
+    fn append(&self, data: Bytes) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        // The contract reserves the offset when `append` is called, not when
+        // the future is first polled: issue the write now.
         let req = DiskRequest::Write { name: self.name.to_string(), offset: None, data };
-        match op(&self.handle, self.handle.disk(req)).await {
-            OpResult::Offset(r) => r,
-            other => unreachable!("unexpected disk result {other:?}"),
+        let pending = op(&self.handle, self.handle.disk(req));
+        async move {
+            match pending.await {
+                OpResult::Offset(r) => r,
+                other => unreachable!("unexpected disk result {other:?}"),
+            }
         }
     }
 

@@ -309,7 +309,7 @@ impl SimDisk {
                         resize(&mut image, len);
                     }
                     Pending::Write { offset, data, .. } => {
-                        if chance(rng, config.torn_write) && data.len() > 0 {
+                        if chance(rng, config.torn_write) && !data.is_empty() {
                             report.torn += 1;
                             for (i, sector) in data.chunks(SECTOR).enumerate() {
                                 if rng.random_bool(0.5) {

@@ -285,7 +285,8 @@ struct World {
     net: NetModel,
     ops: BTreeMap<OpId, OpSlot>,
     next_op: u64,
-    timers: BTreeMap<TimerId, Waker>,
+    /// Pending timers: the node whose clock they run on, and whom to wake.
+    timers: BTreeMap<TimerId, (NodeId, Waker)>,
     next_timer: u64,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
@@ -695,7 +696,7 @@ impl World {
         let now = self.now;
         match event {
             Event::Timer(id) => {
-                if let Some(w) = self.timers.remove(&id) {
+                if let Some((_, w)) = self.timers.remove(&id) {
                     self.trace.record(now, None, "timer", id.0, || format!("timer {} fires", id.0));
                     w.wake();
                 }
@@ -940,6 +941,16 @@ impl World {
             }
             Fault::ClockDrift { node, ppm } => {
                 self.nodes.get_mut(&node).expect("known node").clock.set_drift(now, ppm);
+                // The node's pending timers were converted to true time at the
+                // old rate: cancel them and wake their sleepers, which re-arm
+                // at the new one (else a clock that speeds up wakes them late).
+                let stale: Vec<TimerId> =
+                    self.timers.iter().filter(|(_, (n, _))| *n == node).map(|(id, _)| *id).collect();
+                for id in stale {
+                    if let Some((_, w)) = self.timers.remove(&id) {
+                        w.wake();
+                    }
+                }
             }
             Fault::BitRot(node) => {
                 let n = self.nodes.get_mut(&node).expect("known node");
@@ -1062,15 +1073,16 @@ impl NodeHandle {
         }
         let id = TimerId(w.next_timer);
         w.next_timer += 1;
-        w.timers.insert(id, waker);
+        w.timers.insert(id, (self.node, waker));
         w.events.push(at, Event::Timer(id));
         Some(id)
     }
 
-    /// Replaces the waker of a pending timer; false if it already fired.
+    /// Replaces the waker of a pending timer; false if it already fired
+    /// (or a drift change cancelled it: register a new one).
     pub fn update_timer(&self, id: TimerId, waker: &Waker) -> bool {
         match self.world().timers.get_mut(&id) {
-            Some(w) => {
+            Some((_, w)) => {
                 w.clone_from(waker);
                 true
             }
@@ -1275,6 +1287,23 @@ impl NodeHandle {
         }
         node.listening = true;
         Ok(())
+    }
+
+    /// Stops accepting client streams (the listener was dropped), as closing
+    /// a listening socket does: later connects are refused and streams not
+    /// yet accepted are reset. Ignored from a dead incarnation.
+    pub fn unlisten(&self) {
+        let mut w = self.world();
+        if !w.alive(self.node, self.incarnation) {
+            return;
+        }
+        let node = w.nodes.get_mut(&self.node).expect("alive");
+        node.listening = false;
+        node.accept_waker = None;
+        let pending: Vec<ConnId> = node.accept_queue.drain(..).collect();
+        for c in pending {
+            w.break_conn(c);
+        }
     }
 
     /// Takes the next accepted connection, or registers the waker.

@@ -73,7 +73,7 @@ pub fn scan(mut data: Bytes, verify_checksums: bool) -> Scan {
         let len = u32::from_le_bytes(data[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
         let body_len = len as usize;
-        if body_len < 8 || body_len > 8 + MAX_VALUE_BYTES {
+        if !(8..=8 + MAX_VALUE_BYTES).contains(&body_len) {
             break StopReason::BadLength;
         }
         if data.len() < HEADER + body_len {

@@ -217,8 +217,8 @@ async fn accept_clients<R: Runtime>(
             return;
         }
         // Detached: they end with the connection or the node.
-        let _ = rt.spawn(Priority::Normal, "broadcast-client-writer", client_writer(stream.clone(), rx));
-        let _ = rt.spawn(Priority::Normal, "broadcast-client-reader", client_reader(stream, client, tx, inputs.clone()));
+        drop(rt.spawn(Priority::Normal, "broadcast-client-writer", client_writer(stream.clone(), rx)));
+        drop(rt.spawn(Priority::Normal, "broadcast-client-reader", client_reader(stream, client, tx, inputs.clone())));
     }
 }
 
