@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use kaelix_core::rng::DetRng;
 use kaelix_core::runtime::{
-    Clock, ClientNetwork, ClientStream, FaultPoints, JoinError, Listener, NetError, Network, Priority, Runtime,
+    ClientNetwork, ClientStream, Clock, FaultPoints, JoinError, Listener, NetError, Network, Priority, Runtime,
     Spawner, Storage, StorageError, StorageFile, TaskHandle, validate_file_name,
 };
 use kaelix_core::{Instant, NodeId, WallTime};
@@ -330,7 +330,13 @@ impl Listener for SimListener {
     async fn accept(&mut self) -> Result<SimStream, NetError> {
         let conn = Accept { handle: &self.handle }.await;
         let peer = self.handle.conn_peer(conn, End::Acceptor).ok_or(NetError::Reset)?;
-        Ok(SimStream { handle: self.handle.clone(), conn, end: End::Acceptor, peer, closed: Arc::new(Mutex::new(false)) })
+        Ok(SimStream {
+            handle: self.handle.clone(),
+            conn,
+            end: End::Acceptor,
+            peer,
+            closed: Arc::new(Mutex::new(false)),
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use futures_util::future::join;
 use kaelix_core::rng::RngExt;
 use kaelix_core::runtime::{
     ClientNetwork, ClientStream, Clock, JoinError, Listener, MAX_FRAME_BYTES, NetError, Network, Priority, Runtime,
-    Spawner, Storage, StorageError, StorageFile, TaskHandle,
+    Spawner, Storage, StorageFile, TaskHandle,
 };
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId, buggify};
@@ -31,6 +31,12 @@ fn shared<T>(v: T) -> Shared<T> {
 
 fn get<T>(s: &Shared<T>) -> MutexGuard<'_, T> {
     s.lock().expect("a node task panicked while holding a shared cell")
+}
+
+/// Appends to a shared log. The value is computed (and awaited) before the
+/// lock is taken, so no guard is ever held across an await.
+fn push<T>(s: &Shared<Vec<T>>, v: T) {
+    get(s).push(v);
 }
 
 fn snapshot<T: Clone>(s: &Shared<T>) -> T {
@@ -113,7 +119,7 @@ fn sleep_runs_on_the_nodes_drifting_clock() {
                         let (l0, t0) = (rt.now(), rt.sim().now());
                         rt.sleep(d).await;
                         let (l1, t1) = (rt.now(), rt.sim().now());
-                        get(&out).push((l1 - l0, t1 - t0));
+                        push(&out, (l1 - l0, t1 - t0));
                     }
                 }
             }),
@@ -179,6 +185,37 @@ fn sleep_under_an_injected_drift_is_exact() {
     }
 }
 
+/// A drift change while a sleep is pending must not make the sleep late on
+/// the node's own clock: 10 ms into a 100 ms sleep the clock turns 50% fast
+/// (the sleep should end at true 10 + 90/1.5 = 70 ms) or 50% slow (10 +
+/// 90/0.5 = 190 ms). Either way the node measures exactly 100 ms.
+#[test]
+fn sleep_follows_a_drift_change_mid_sleep() {
+    for (ppm, expected_true) in [(500_000i64, 70u64), (-500_000, 190)] {
+        let sim = calm(3);
+        let out = shared(None);
+        let o = out.clone();
+        server(
+            &sim,
+            1,
+            SimRuntime::init(move |rt| {
+                let out = o.clone();
+                async move {
+                    let (l0, t0) = (rt.now(), rt.sim().now());
+                    rt.sleep(Duration::from_millis(100)).await;
+                    *get(&out) = Some((rt.now() - l0, rt.sim().now() - t0));
+                }
+            }),
+        );
+        sim.schedule_fault(ms(10), Fault::ClockDrift { node: NodeId(1), ppm });
+        run(&sim, ms(500));
+        let (local, truth) = snapshot(&out).expect("sleep finished");
+        assert_eq!(local, Duration::from_millis(100), "ppm {ppm}: the node measured {local:?}");
+        assert_eq!(truth, Duration::from_millis(expected_true), "ppm {ppm}");
+        sim.shutdown();
+    }
+}
+
 /// A deadline that has already passed (or is now) completes on the first
 /// poll without advancing time; a future one does not.
 #[test]
@@ -216,7 +253,15 @@ fn sleep_with_a_past_deadline_completes_immediately() {
     run(&sim, ms(20));
     assert_eq!(
         snapshot(&out),
-        vec![("past", true), ("origin", true), ("now", true), ("zero", true), ("1ns", false), ("future", false), ("awaited", true)]
+        vec![
+            ("past", true),
+            ("origin", true),
+            ("now", true),
+            ("zero", true),
+            ("1ns", false),
+            ("future", false),
+            ("awaited", true)
+        ]
     );
     let (t0, t1) = snapshot(&times).expect("node finished");
     assert_eq!(t0, ms(5));
@@ -247,7 +292,7 @@ fn many_sleepers_wake_in_deadline_order() {
                         let (rt2, woke) = (rt.clone(), woke.clone());
                         drop(rt.spawn(Priority::Normal, "sleeper", async move {
                             rt2.sleep_until(deadline).await;
-                            get(&woke).push((slot, deadline, rt2.now()));
+                            push(&woke, (slot, deadline, rt2.now()));
                         }));
                     }
                 }
@@ -296,8 +341,8 @@ fn join_handles_return_values_at_every_priority() {
                 for h in handles {
                     results.push(h.await);
                 }
-                get(&out).push(format!("{results:?}"));
-                get(&out).push(format!("{:?}", nested.await));
+                push(&out, format!("{results:?}"));
+                push(&out, format!("{:?}", nested.await));
             }
         }),
     );
@@ -330,36 +375,36 @@ fn abort_cancels_and_drops_the_task() {
                 let sleeping = rt.spawn(Priority::Normal, "sleeping", async move {
                     let _g = g;
                     rt2.sleep(Duration::from_secs(1)).await;
-                    get(&fin).push("sleeping");
+                    push(&fin, "sleeping");
                     1
                 });
                 rt.sleep(Duration::from_millis(1)).await;
                 sleeping.abort();
                 let drops_right_after_abort = *get(&drops);
-                get(&results).push(("sleeping", sleeping.await));
+                push(&results, ("sleeping", sleeping.await));
 
                 // A task aborted before it was ever polled.
                 let (g, fin) = (DropCounter(drops.clone()), finished.clone());
                 let unpolled = rt.spawn(Priority::Critical, "unpolled", async move {
                     let _g = g;
-                    get(&fin).push("unpolled");
+                    push(&fin, "unpolled");
                     2
                 });
                 unpolled.abort();
-                get(&results).push(("unpolled", unpolled.await));
+                push(&results, ("unpolled", unpolled.await));
 
                 // A task that already finished: abort is a no-op.
                 let done = rt.spawn(Priority::Normal, "done", async { 3 });
                 rt.sleep(Duration::from_millis(1)).await;
                 done.abort();
-                get(&results).push(("done", done.await));
+                push(&results, ("done", done.await));
 
                 // Aborting twice is harmless.
                 let twice = rt.spawn(Priority::Normal, "twice", std::future::pending::<u32>());
                 twice.abort();
                 twice.abort();
-                get(&results).push(("twice", twice.await));
-                get(&finished).push(if drops_right_after_abort == 1 { "dropped-at-abort" } else { "not-dropped" });
+                push(&results, ("twice", twice.await));
+                push(&finished, if drops_right_after_abort == 1 { "dropped-at-abort" } else { "not-dropped" });
             }
         }),
     );
@@ -400,7 +445,7 @@ fn crash_drops_every_task_and_restart_runs_init_again() {
             let (boots, drops, handle_slot, old_rt) = (bo.clone(), d.clone(), hs.clone(), ort.clone());
             async move {
                 let incarnation = rt.handle().incarnation();
-                get(&boots).push(incarnation);
+                push(&boots, incarnation);
                 if incarnation > 0 {
                     return;
                 }
@@ -438,7 +483,7 @@ fn crash_drops_every_task_and_restart_runs_init_again() {
                 rt.sleep(Duration::from_millis(1)).await;
                 let h = get(&handle_slot).take().expect("node 1 handed over its handle");
                 let r = h.await;
-                get(&observed).push(format!("{r:?} at {}", rt.sim().now()));
+                push(&observed, format!("{r:?} at {}", rt.sim().now()));
             }
         }),
     );
@@ -507,7 +552,7 @@ fn datagrams_carry_the_sender_and_respect_one_way_partitions() {
                     drop(rt.spawn(Priority::High, "rx", async move {
                         loop {
                             let (from, msg) = rx.recv().await;
-                            get(&inbox).push((from, msg, rx.sim().now()));
+                            push(&inbox, (from, msg, rx.sim().now()));
                         }
                     }));
                     let peer = NodeId(3 - id);
@@ -528,7 +573,8 @@ fn datagrams_carry_the_sender_and_respect_one_way_partitions() {
     run(&sim, ms(30));
 
     let got = |node: usize| {
-        let mut v: Vec<(NodeId, Vec<u8>)> = snapshot(&inboxes[node]).into_iter().map(|(f, m, _)| (f, m.to_vec())).collect();
+        let mut v: Vec<(NodeId, Vec<u8>)> =
+            snapshot(&inboxes[node]).into_iter().map(|(f, m, _)| (f, m.to_vec())).collect();
         v.sort();
         v
     };
@@ -570,7 +616,7 @@ fn a_partition_drops_datagrams_in_flight() {
             async move {
                 loop {
                     let (from, msg) = rt.recv().await;
-                    get(&inbox).push((from, msg, rt.sim().now()));
+                    push(&inbox, (from, msg, rt.sim().now()));
                 }
             }
         }),
@@ -615,24 +661,24 @@ fn client_stream_delivers_frames_in_order_then_end_of_stream() {
             let (saw, frames) = (ss.clone(), fr.clone());
             async move {
                 let mut listener = rt.listen().expect("first listen");
-                get(&saw).push(format!("second listen: {:?}", rt.listen().err()));
+                push(&saw, format!("second listen: {:?}", rt.listen().err()));
                 let s = listener.accept().await.expect("accept");
-                get(&saw).push(format!("peer {}", s.peer()));
+                push(&saw, format!("peer {}", s.peer()));
                 loop {
                     match s.recv().await {
-                        Ok(Some(f)) => get(&frames).push(u32::from_le_bytes(f[..].try_into().expect("4 bytes"))),
+                        Ok(Some(f)) => push(&frames, u32::from_le_bytes(f[..].try_into().expect("4 bytes"))),
                         other => {
-                            get(&saw).push(format!("end {other:?}"));
+                            push(&saw, format!("end {other:?}"));
                             break;
                         }
                     }
                 }
                 // The other direction still works after the peer's close.
-                get(&saw).push(format!("reply {:?}", s.send(b("bye")).await));
+                push(&saw, format!("reply {:?}", s.send(b("bye")).await));
                 s.close();
                 s.close();
                 // After end of stream, recv keeps saying so.
-                get(&saw).push(format!("again {:?}", s.recv().await));
+                push(&saw, format!("again {:?}", s.recv().await));
             }
         }),
     );
@@ -645,7 +691,7 @@ fn client_stream_delivers_frames_in_order_then_end_of_stream() {
             async move {
                 rt.sleep(Duration::from_millis(1)).await;
                 let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-                get(&saw).push(format!("peer {}", s.peer()));
+                push(&saw, format!("peer {}", s.peer()));
                 for i in 0u32..100 {
                     s.send(Bytes::copy_from_slice(&i.to_le_bytes())).await.expect("send");
                     if i % 10 == 0 {
@@ -654,10 +700,10 @@ fn client_stream_delivers_frames_in_order_then_end_of_stream() {
                     }
                 }
                 let too_big = s.send(Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1])).await;
-                get(&saw).push(format!("too big {too_big:?}"));
+                push(&saw, format!("too big {too_big:?}"));
                 s.close();
-                get(&saw).push(format!("{:?}", s.recv().await));
-                get(&saw).push(format!("{:?}", s.recv().await));
+                push(&saw, format!("{:?}", s.recv().await));
+                push(&saw, format!("{:?}", s.recv().await));
             }
         }),
     );
@@ -698,13 +744,125 @@ fn connect_to_a_node_that_does_not_listen_is_refused() {
             let out = o.clone();
             async move {
                 rt.sleep(Duration::from_millis(1)).await;
-                get(&out).push(rt.connect(NodeId(SERVER)).await.map(|s| s.peer()));
-                get(&out).push(rt.connect(NodeId(77)).await.map(|s| s.peer()));
+                push(&out, rt.connect(NodeId(SERVER)).await.map(|s| s.peer()));
+                push(&out, rt.connect(NodeId(77)).await.map(|s| s.peer()));
             }
         }),
     );
     run(&sim, ms(10));
     assert_eq!(snapshot(&out), vec![Err(NetError::Refused(NodeId(SERVER))), Err(NetError::Refused(NodeId(77)))]);
+    sim.shutdown();
+}
+
+/// After `close`, this end sends nothing more: the peer sees the frames sent
+/// before, then end of stream, and never a frame after it.
+#[test]
+fn a_closed_stream_sends_nothing_more() {
+    let sim = calm(25);
+    let server_saw = shared(Vec::<String>::new());
+    let client_saw = shared(Vec::<String>::new());
+    let ss = server_saw.clone();
+    server(
+        &sim,
+        SERVER,
+        SimRuntime::init(move |rt| {
+            let saw = ss.clone();
+            async move {
+                let mut l = rt.listen().expect("listen");
+                let s = l.accept().await.expect("accept");
+                push(&saw, format!("{:?}", s.recv().await));
+                push(&saw, format!("{:?}", s.recv().await));
+                rt.sleep(Duration::from_millis(5)).await;
+                push(&saw, format!("{:?}", s.recv().await));
+            }
+        }),
+    );
+    let cs = client_saw.clone();
+    client(
+        &sim,
+        CLIENT,
+        SimRuntime::init(move |rt| {
+            let saw = cs.clone();
+            async move {
+                rt.sleep(Duration::from_millis(1)).await;
+                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+                s.send(b("a")).await.expect("send");
+                s.clone().close();
+                rt.sleep(Duration::from_millis(1)).await;
+                push(&saw, format!("send after close {:?}", s.send(b("b")).await));
+            }
+        }),
+    );
+    run(&sim, ms(20));
+    assert_eq!(
+        snapshot(&server_saw),
+        vec![r#"Ok(Some(b"a"))"#.to_owned(), "Ok(None)".to_owned(), "Ok(None)".to_owned()]
+    );
+    assert_eq!(snapshot(&client_saw), vec!["send after close Err(Reset)".to_owned()]);
+    sim.shutdown();
+}
+
+/// Dropping the listener stops accepting, as closing a listening socket
+/// does: a stream still waiting to be accepted is reset, new connects are
+/// refused, and the node can listen again.
+#[test]
+fn dropping_the_listener_stops_accepting() {
+    let sim = calm(26);
+    let server_saw = shared(Vec::<String>::new());
+    let client_saw = shared(Vec::<String>::new());
+    let ss = server_saw.clone();
+    server(
+        &sim,
+        SERVER,
+        SimRuntime::init(move |rt| {
+            let saw = ss.clone();
+            async move {
+                let start = rt.now();
+                let listener = rt.listen().expect("listen");
+                rt.sleep_until(start + Duration::from_millis(3)).await;
+                drop(listener);
+                rt.sleep_until(start + Duration::from_millis(5)).await;
+                let relisten = rt.listen();
+                push(&saw, format!("relisten {:?}", relisten.as_ref().map(|_| ())));
+                let Ok(mut listener) = relisten else { return };
+                let s = listener.accept().await.expect("accept");
+                while let Ok(Some(f)) = s.recv().await {
+                    s.send(f).await.expect("echo");
+                }
+            }
+        }),
+    );
+    let cs = client_saw.clone();
+    client(
+        &sim,
+        CLIENT,
+        SimRuntime::init(move |rt| {
+            let saw = cs.clone();
+            async move {
+                let start = rt.now();
+                rt.sleep(Duration::from_millis(1)).await;
+                // Handshake done, but the server never accepts it.
+                let first = rt.connect(NodeId(SERVER)).await.expect("connect while listening");
+                push(&saw, format!("unaccepted {:?}", first.recv().await));
+                rt.sleep_until(start + Duration::from_millis(4)).await;
+                push(&saw, format!("not listening {:?}", rt.connect(NodeId(SERVER)).await.map(|_| ())));
+                rt.sleep_until(start + Duration::from_millis(6)).await;
+                let s = rt.connect(NodeId(SERVER)).await.expect("connect after relisten");
+                s.send(b("hi")).await.expect("send");
+                push(&saw, format!("echo {:?}", s.recv().await));
+            }
+        }),
+    );
+    run(&sim, ms(20));
+    assert_eq!(snapshot(&server_saw), vec!["relisten Ok(())".to_owned()]);
+    assert_eq!(
+        snapshot(&client_saw),
+        vec![
+            "unaccepted Err(Reset)".to_owned(),
+            format!("not listening {:?}", Err::<(), _>(NetError::Refused(NodeId(SERVER)))),
+            r#"echo Ok(Some(b"hi"))"#.to_owned(),
+        ]
+    );
     sim.shutdown();
 }
 
@@ -730,7 +888,7 @@ fn server_crash_resets_client_streams() {
                     let (got, inc) = (got.clone(), rt.handle().incarnation());
                     drop(rt.spawn(Priority::High, "conn", async move {
                         while let Ok(Some(f)) = s.recv().await {
-                            get(&got).push(format!("#{inc} {}", String::from_utf8_lossy(&f)));
+                            push(&got, format!("#{inc} {}", String::from_utf8_lossy(&f)));
                             let _ = s.send(f).await;
                         }
                     }));
@@ -748,23 +906,23 @@ fn server_crash_resets_client_streams() {
                 rt.sleep(Duration::from_millis(1)).await;
                 let s = rt.connect(NodeId(SERVER)).await.expect("connect");
                 s.send(b("ping")).await.expect("send");
-                get(&saw).push(format!("echo {:?}", s.recv().await));
+                push(&saw, format!("echo {:?}", s.recv().await));
                 *get(&ready) = true;
                 // Blocks until the server crashes.
-                get(&saw).push(format!("recv {:?}", s.recv().await));
-                get(&saw).push(format!("send {:?}", s.send(b("late")).await));
-                get(&saw).push(format!("recv {:?}", s.recv().await));
+                push(&saw, format!("recv {:?}", s.recv().await));
+                push(&saw, format!("send {:?}", s.send(b("late")).await));
+                push(&saw, format!("recv {:?}", s.recv().await));
                 loop {
                     match rt.connect(NodeId(SERVER)).await {
                         Ok(s) => {
                             s.send(b("again")).await.expect("send");
-                            get(&saw).push(format!("new stream echo {:?}", s.recv().await));
+                            push(&saw, format!("new stream echo {:?}", s.recv().await));
                             break;
                         }
                         Err(e) => {
                             let msg = format!("connect {e:?}");
                             if get(&saw).last() != Some(&msg) {
-                                get(&saw).push(msg);
+                                push(&saw, msg);
                             }
                             rt.sleep(Duration::from_millis(1)).await;
                         }
@@ -787,7 +945,7 @@ fn server_crash_resets_client_streams() {
             "recv Err(Reset)".to_owned(),
             "send Err(Reset)".to_owned(),
             "recv Err(Reset)".to_owned(),
-            format!("connect Refused({})", NodeId(SERVER)),
+            format!("connect {:?}", NetError::Refused(NodeId(SERVER))),
             r#"new stream echo Ok(Some(b"again"))"#.to_owned(),
         ]
     );
@@ -808,7 +966,7 @@ fn a_partition_breaks_client_streams() {
             async move {
                 let mut l = rt.listen().expect("listen");
                 let s = l.accept().await.expect("accept");
-                get(&saw).push(format!("server {:?}", s.recv().await));
+                push(&saw, format!("server {:?}", s.recv().await));
             }
         }),
     );
@@ -821,7 +979,7 @@ fn a_partition_breaks_client_streams() {
             async move {
                 rt.sleep(Duration::from_millis(1)).await;
                 let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-                get(&saw).push(format!("client {:?}", s.recv().await));
+                push(&saw, format!("client {:?}", s.recv().await));
             }
         }),
     );
@@ -962,13 +1120,13 @@ fn appends_return_increasing_offsets_reserved_at_call() {
                 for s in ["aaa", "bb", "c"] {
                     v.push(f.append(b(s)).await.expect("append"));
                 }
-                get(&out).push(format!("{v:?}"));
+                push(&out, format!("{v:?}"));
 
                 // Called in order x, y; polled in order y, x.
                 let x = f.append(b("x"));
                 let y = f.append(b("yy"));
                 let (ry, rx) = join(y, x).await;
-                get(&out).push(format!("x {rx:?} y {ry:?}"));
+                push(&out, format!("x {rx:?} y {ry:?}"));
 
                 // Concurrent appenders never overlap.
                 let mut hs = Vec::new();
@@ -985,7 +1143,7 @@ fn appends_return_increasing_offsets_reserved_at_call() {
                 }
                 let mut offsets: Vec<u64> = placed.iter().map(|(_, o)| *o).collect();
                 offsets.sort_unstable();
-                get(&out).push(format!("{offsets:?} len {}", f.len()));
+                push(&out, format!("{offsets:?} len {}", f.len()));
                 for (i, off) in placed {
                     let got = f.read_at(off, 3).await.expect("read");
                     assert_eq!(&got[..], &[b'0' + i; 3], "appender {i} at {off} was overwritten");
@@ -1075,7 +1233,13 @@ fn storage_errors_out_of_bounds_invalid_names_not_found() {
 /// lossy, duplicating, reordering network with drifting, skewed clocks.
 fn ping_workload(seed: u64) -> (u64, SimStats, Vec<String>) {
     let profile = FaultProfile {
-        link: LinkConfig { loss: 0.05, duplicate: 0.05, reorder: 0.2, reorder_max: Duration::from_millis(1), ..LinkConfig::healthy() },
+        link: LinkConfig {
+            loss: 0.05,
+            duplicate: 0.05,
+            reorder: 0.2,
+            reorder_max: Duration::from_millis(1),
+            ..LinkConfig::healthy()
+        },
         max_drift_ppm: 20_000,
         max_skew: Duration::from_millis(50),
         ..FaultProfile::calm()
@@ -1096,13 +1260,16 @@ fn ping_workload(seed: u64) -> (u64, SimStats, Vec<String>) {
                         loop {
                             let (from, msg) = rx.recv().await;
                             let at = f.append(msg.clone()).await.expect("append");
-                            get(&l).push(format!(
-                                "{} {} wall {} got {:?} from {from} at offset {at}",
-                                rx.node_id(),
-                                rx.now(),
-                                rx.wall_clock().as_nanos(),
-                                msg
-                            ));
+                            push(
+                                &l,
+                                format!(
+                                    "{} {} wall {} got {:?} from {from} at offset {at}",
+                                    rx.node_id(),
+                                    rx.now(),
+                                    rx.wall_clock().as_nanos(),
+                                    msg
+                                ),
+                            );
                             if msg.first() == Some(&b'p') {
                                 let mut pong = msg.to_vec();
                                 pong[0] = b'P';
@@ -1148,6 +1315,54 @@ fn same_seed_same_run_different_seed_different_run() {
         if seed != 42 {
             assert_ne!(log, a.2, "seed {seed} produced seed 42's log");
         }
+    }
+}
+
+/// `rt.rng()` hands out generators derived from the run's seed: the same
+/// seed gives the same draws, another seed other draws, and every call,
+/// node and incarnation gets its own stream.
+#[test]
+fn node_generators_derive_from_the_seed() {
+    fn draws(seed: u64) -> Vec<(u64, u64, u64)> {
+        let sim = calm(seed);
+        let out = shared(Vec::new());
+        for id in [1u64, 2] {
+            let o = out.clone();
+            server(
+                &sim,
+                id,
+                SimRuntime::init(move |rt| {
+                    let out = o.clone();
+                    async move {
+                        for _ in 0..2 {
+                            let v: u64 = rt.rng().random();
+                            push(&out, (id, rt.handle().incarnation(), v));
+                        }
+                    }
+                }),
+            );
+        }
+        run(&sim, ms(1));
+        sim.apply_fault(Fault::Crash(NodeId(1)));
+        sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: false });
+        run(&sim, ms(2));
+        let mut v = snapshot(&out);
+        v.sort_unstable();
+        sim.shutdown();
+        v
+    }
+    let a = draws(1);
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, draws(1));
+    let values: std::collections::BTreeSet<u64> = a.iter().map(|(_, _, v)| *v).collect();
+    assert_eq!(values.len(), 6, "streams repeat: {a:?}");
+    let b = draws(2);
+    assert_eq!(
+        b.iter().map(|(n, i, _)| (*n, *i)).collect::<Vec<_>>(),
+        a.iter().map(|(n, i, _)| (*n, *i)).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert_ne!(x.2, y.2, "seed 1 and seed 2 drew the same value for {:?}", (x.0, x.1));
     }
 }
 
