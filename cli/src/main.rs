@@ -106,7 +106,11 @@ fn lookup(name: &str) -> Option<&'static dyn Scenario> {
 #[allow(clippy::disallowed_types, reason = "the cli measures real time to report simulator speed")]
 struct WallTimer(std::time::Instant);
 
-#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "the cli measures real time to report simulator speed")]
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "the cli measures real time to report simulator speed"
+)]
 impl WallTimer {
     fn start() -> Self {
         WallTimer(std::time::Instant::now())
@@ -178,11 +182,22 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     println!("scenario        {}", s.name());
     println!("seeds           {total}");
     println!("failures        {}", failures.len());
-    println!("determinism     {}", if determinism_check { "every seed run twice, trace hashes compared" } else { "not checked" });
+    println!(
+        "determinism     {}",
+        if determinism_check { "every seed run twice, trace hashes compared" } else { "not checked" }
+    );
     println!("wall time       {:.2} s", wall.as_secs_f64());
     println!("simulated time  {:.1} s", secs(sim_nanos));
-    println!("sim/real ratio  {:.0}x  (simulated time / wall time of one run per seed)", secs(sim_nanos) / secs(run_nanos).max(1e-9));
-    println!("events/s        {:.0}  ({} events + {} task polls)", (events + polls) as f64 / secs(run_nanos).max(1e-9), events, polls);
+    println!(
+        "sim/real ratio  {:.0}x  (simulated time / wall time of one run per seed)",
+        secs(sim_nanos) / secs(run_nanos).max(1e-9)
+    );
+    println!(
+        "events/s        {:.0}  ({} events + {} task polls)",
+        (events + polls) as f64 / secs(run_nanos).max(1e-9),
+        events,
+        polls
+    );
     println!("workload        {submitted} values submitted, {acked} acknowledged");
     println!("faults applied  {faults}");
     let mix_line: Vec<String> = mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -215,6 +230,10 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool) -> ExitCode {
     println!("faults      {} applied", first.faults_applied);
     println!("sim time    {:.3} s", first.sim_time.as_secs_f64());
     println!("trace hash  {:016x}", first.trace_hash);
-    println!("replay hash {:016x}  ({})", second.trace_hash, if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" });
+    println!(
+        "replay hash {:016x}  ({})",
+        second.trace_hash,
+        if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
+    );
     if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

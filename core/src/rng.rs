@@ -48,14 +48,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_sequence() {
-        let a: Vec<u64> = (0..8).map({
-            let mut r = seeded(7);
-            move |_| r.random()
-        }).collect();
-        let b: Vec<u64> = (0..8).map({
-            let mut r = seeded(7);
-            move |_| r.random()
-        }).collect();
+        let a: Vec<u64> = (0..8)
+            .map({
+                let mut r = seeded(7);
+                move |_| r.random()
+            })
+            .collect();
+        let b: Vec<u64> = (0..8)
+            .map({
+                let mut r = seeded(7);
+                move |_| r.random()
+            })
+            .collect();
         assert_eq!(a, b);
     }
 

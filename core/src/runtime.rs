@@ -51,8 +51,7 @@ pub enum Priority {
 
 impl Priority {
     /// All tiers, highest first.
-    pub const ALL: [Priority; 4] =
-        [Priority::Critical, Priority::High, Priority::Normal, Priority::Background];
+    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Normal, Priority::Background];
 }
 
 /// Monotonic and wall time, and timers.

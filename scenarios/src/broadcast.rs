@@ -155,12 +155,8 @@ impl Broadcast {
 
     fn diagnose(&self, checker: &Checker) -> Verdict {
         let o = checker.lock();
-        let lost: Vec<String> = o
-            .acked
-            .iter()
-            .filter(|id| !o.held.values().any(|h| h.contains(id)))
-            .map(|id| format!("{id:#x}"))
-            .collect();
+        let lost: Vec<String> =
+            o.acked.iter().filter(|id| !o.held.values().any(|h| h.contains(id))).map(|id| format!("{id:#x}")).collect();
         if !lost.is_empty() {
             return Verdict::SafetyViolation(format!(
                 "{} acknowledged value(s) lost from every node: {}",
@@ -213,12 +209,23 @@ impl Scenario for Broadcast {
         for &id in &servers {
             let (config, checker) = (config.clone(), checker.clone());
             let init = SimRuntime::init(move |rt| run_node(rt, config.clone(), checker.clone()));
-            sim.add_node(id, NodeSpec { kind: NodeKind::Server, name: format!("server-{}", id.0), faulty_disk: id == faulty_disk, init });
+            sim.add_node(
+                id,
+                NodeSpec {
+                    kind: NodeKind::Server,
+                    name: format!("server-{}", id.0),
+                    faulty_disk: id == faulty_disk,
+                    init,
+                },
+            );
         }
         for c in 0..CLIENTS {
             let checker = checker.clone();
             let init = SimRuntime::init(move |rt| client(rt, c, checker.clone()));
-            sim.add_node(NodeId(100 + c), NodeSpec { kind: NodeKind::Client, name: format!("client-{c}"), faulty_disk: false, init });
+            sim.add_node(
+                NodeId(100 + c),
+                NodeSpec { kind: NodeKind::Client, name: format!("client-{c}"), faulty_disk: false, init },
+            );
         }
         for (at, fault) in schedule.faults {
             sim.schedule_fault(at, fault);
@@ -251,7 +258,10 @@ impl Scenario for Broadcast {
             Ok(Ok(false)) => self.diagnose(&checker),
             Ok(Err(violation)) => Verdict::SafetyViolation(violation),
             Err(panic) => {
-                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
                 Verdict::Panic(msg.unwrap_or_else(|| "non-string panic".into()))
             }
         };

@@ -11,7 +11,12 @@ fn broadcast_1000_seeds_deterministic_and_passing() {
     let mut hashes = std::collections::BTreeSet::new();
     for seed in 0..1000 {
         let run = run_checked(s, seed);
-        assert!(run.deterministic(), "seed {seed}: trace hash {:016x} then {:016x}", run.report.trace_hash, run.replay_hash);
+        assert!(
+            run.deterministic(),
+            "seed {seed}: trace hash {:016x} then {:016x}",
+            run.report.trace_hash,
+            run.replay_hash
+        );
         assert_eq!(run.report.verdict, Verdict::Pass, "seed {seed} failed");
         assert!(run.report.workload.1 > 0, "seed {seed}: nothing acknowledged");
         hashes.insert(run.report.trace_hash);
@@ -26,8 +31,12 @@ fn first_failure(name: &str, limit: u64) -> Option<(u64, Verdict)> {
 
 #[test]
 fn planted_ack_before_sync_is_caught_within_1000_seeds() {
-    let (seed, verdict) = first_failure("broadcast-ack-before-sync", 1000).expect("planted bug not found in 1000 seeds");
-    assert!(matches!(&verdict, Verdict::SafetyViolation(m) if m.contains("lost from every node")), "seed {seed}: {verdict}");
+    let (seed, verdict) =
+        first_failure("broadcast-ack-before-sync", 1000).expect("planted bug not found in 1000 seeds");
+    assert!(
+        matches!(&verdict, Verdict::SafetyViolation(m) if m.contains("lost from every node")),
+        "seed {seed}: {verdict}"
+    );
     // The failure reproduces bit for bit.
     let s = find("broadcast-ack-before-sync").unwrap();
     let run = run_checked(s, seed);

@@ -245,6 +245,7 @@ impl SimDisk {
 
     /// Writes `data` at `offset` into the volatile image; durable after a sync.
     pub fn write(&mut self, name: &str, offset: u64, data: Bytes) -> Result<(), StorageError> {
+        check_extent(offset, data.len() as u64)?;
         let misdirect = self.corrupting() && chance(&mut self.rng, self.config.misdirect);
         let shift: i64 = if misdirect { self.rng.random_range(-4i64..=4) * SECTOR as i64 } else { 0 };
         let seq = self.next_seq;
@@ -258,6 +259,7 @@ impl SimDisk {
 
     /// Truncates (or zero-extends) `name` to `len`; durable after a sync.
     pub fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        check_extent(len, 0)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let file = self.file(name)?;
@@ -355,6 +357,18 @@ impl SimDisk {
             *v ^= mask;
         }
         Some((name, byte))
+    }
+}
+
+/// The largest file a simulated disk holds (files live in memory).
+pub const MAX_FILE_BYTES: u64 = 1 << 32;
+
+fn check_extent(offset: u64, len: u64) -> Result<(), StorageError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= MAX_FILE_BYTES => Ok(()),
+        _ => Err(StorageError::Io(format!(
+            "write of {len} bytes at offset {offset} exceeds the simulated disk's {MAX_FILE_BYTES}-byte file limit"
+        ))),
     }
 }
 
@@ -487,7 +501,8 @@ mod tests {
             d.set_corruption_enabled(true);
             d.write("f", 8 * SECTOR as u64, Bytes::from(vec![7u8; SECTOR])).unwrap();
             let len = d.len("f");
-            let at_target = len >= 9 * SECTOR as u64 && d.read("f", 8 * SECTOR as u64, SECTOR).unwrap().iter().all(|&b| b == 7);
+            let at_target =
+                len >= 9 * SECTOR as u64 && d.read("f", 8 * SECTOR as u64, SECTOR).unwrap().iter().all(|&b| b == 7);
             moved += usize::from(!at_target);
         }
         // shift is uniform in -4..=4 sectors: 8/9 of writes move.
@@ -505,6 +520,14 @@ mod tests {
         d.wipe();
         assert!(!d.exists("f"));
         assert!(matches!(d.read("f", 0, 1), Err(StorageError::NotFound(_))));
+    }
+
+    #[test]
+    fn absurd_offsets_are_errors_not_panics() {
+        let mut d = disk(DiskConfig::healthy(), false, 9);
+        assert!(matches!(d.write("f", u64::MAX - 1, Bytes::from_static(b"abc")), Err(StorageError::Io(_))));
+        assert!(matches!(d.truncate("f", u64::MAX), Err(StorageError::Io(_))));
+        assert_eq!(d.len("f"), 0);
     }
 
     #[test]

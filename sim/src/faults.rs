@@ -35,8 +35,8 @@ use kaelix_core::NodeId;
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::time::{Duration, Instant, duration_nanos};
 
-use crate::dist::{Latency, chance, exponential};
 use crate::disk::DiskConfig;
+use crate::dist::{Latency, chance, exponential};
 use crate::net::LinkConfig;
 
 /// One discrete fault.
@@ -538,7 +538,9 @@ mod tests {
                     Fault::Pause(n) => assert!(paused.insert(*n)),
                     Fault::Resume(n) => assert!(paused.remove(n)),
                     Fault::Heal => partitioned = false,
-                    Fault::PartitionSymmetric(_) | Fault::PartitionAsymmetric { .. } | Fault::PartitionOneWay { .. } => {
+                    Fault::PartitionSymmetric(_)
+                    | Fault::PartitionAsymmetric { .. }
+                    | Fault::PartitionOneWay { .. } => {
                         assert!(!partitioned);
                         partitioned = true;
                     }
@@ -553,7 +555,11 @@ mod tests {
     #[test]
     fn crash_rate_is_close_to_configured() {
         let tol = Tolerance { max_down: 5, faulty_disks: 0, power_loss: false };
-        let profile = FaultProfile { crash_rate: 2.0, downtime: (Duration::from_millis(1), Duration::from_millis(1)), ..FaultProfile::calm() };
+        let profile = FaultProfile {
+            crash_rate: 2.0,
+            downtime: (Duration::from_millis(1), Duration::from_millis(1)),
+            ..FaultProfile::calm()
+        };
         let mut rng = seeded(11);
         let end = Instant::from_nanos(1_000_000_000_000); // 1000 s
         let s = FaultSchedule::generate(&profile, &tol, &nodes(5), &[], end, &mut rng);

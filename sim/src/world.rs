@@ -707,7 +707,13 @@ impl World {
                 let blocked = self.net.is_blocked(from, to);
                 if blocked || node.status == NodeStatus::Down || node.inbox.len() >= INBOX_CAPACITY {
                     self.stats.packets_dropped += 1;
-                    let why = if blocked { "partition" } else if node.status == NodeStatus::Down { "receiver down" } else { "inbox full" };
+                    let why = if blocked {
+                        "partition"
+                    } else if node.status == NodeStatus::Down {
+                        "receiver down"
+                    } else {
+                        "inbox full"
+                    };
                     self.trace.record(now, Some(to), "packet-drop", d, || format!("drop {from}->{to} ({why})"));
                 } else {
                     self.stats.packets_delivered += 1;
@@ -792,7 +798,8 @@ impl World {
         let server = c.nodes[End::Acceptor as usize];
         let reachable = !self.net.is_blocked(client, server) && !self.net.is_blocked(server, client);
         let target = &self.nodes[&server];
-        let ok = reachable && target.status != NodeStatus::Down && target.listening && self.alive(client, slot.incarnation);
+        let ok =
+            reachable && target.status != NodeStatus::Down && target.listening && self.alive(client, slot.incarnation);
         let result = if ok {
             let inc = target.incarnation;
             let c = self.conns.get_mut(&conn).expect("exists");
@@ -823,7 +830,10 @@ impl World {
         let cut: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.broken && (self.net.is_blocked(c.nodes[0], c.nodes[1]) || self.net.is_blocked(c.nodes[1], c.nodes[0])))
+            .filter(|(_, c)| {
+                !c.broken
+                    && (self.net.is_blocked(c.nodes[0], c.nodes[1]) || self.net.is_blocked(c.nodes[1], c.nodes[0]))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in cut {
@@ -859,7 +869,13 @@ impl World {
         }
         self.stats.crashes += 1;
         self.trace.record(now, Some(id), "crash", u64::from(report.lost) << 32 | u64::from(report.torn), || {
-            format!("crash {id}: {} tasks dropped, unsynced writes kept {} lost {} torn {}", dropped.len(), report.kept, report.lost, report.torn)
+            format!(
+                "crash {id}: {} tasks dropped, unsynced writes kept {} lost {} torn {}",
+                dropped.len(),
+                report.kept,
+                report.lost,
+                report.torn
+            )
         });
         dropped
     }
@@ -992,7 +1008,8 @@ impl World {
                 NodeStatus::Up => {}
             }
         }
-        self.trace.record(now, None, "liveness", 0, || "LIVENESS PHASE: faults stop, partitions heal, nodes restart".into());
+        self.trace
+            .record(now, None, "liveness", 0, || "LIVENESS PHASE: faults stop, partitions heal, nodes restart".into());
         Vec::new()
     }
 
@@ -1106,7 +1123,18 @@ impl NodeHandle {
             drop(future);
             return id;
         }
-        w.tasks.insert(id, Task { node: self.node, incarnation: self.incarnation, priority, name, future: Some(future), queued: false, waker: None });
+        w.tasks.insert(
+            id,
+            Task {
+                node: self.node,
+                incarnation: self.incarnation,
+                priority,
+                name,
+                future: Some(future),
+                queued: false,
+                waker: None,
+            },
+        );
         w.nodes.get_mut(&self.node).expect("alive").tasks.insert(id);
         w.make_ready(id);
         id
@@ -1142,10 +1170,12 @@ impl NodeHandle {
         match w.net.route(now, from, to) {
             Route::Blocked | Route::Lost => {
                 w.stats.packets_dropped += 1;
-                w.trace.record(now, Some(from), "packet-drop", d, || format!("drop {from}->{to} (lost or partitioned)"));
+                w.trace
+                    .record(now, Some(from), "packet-drop", d, || format!("drop {from}->{to} (lost or partitioned)"));
             }
             Route::Deliver { at, duplicate_at } => {
-                w.trace.record(now, Some(from), "packet-send", d, || format!("send {from}->{to} {} bytes", payload.len()));
+                w.trace
+                    .record(now, Some(from), "packet-send", d, || format!("send {from}->{to} {} bytes", payload.len()));
                 if let Some(dup) = duplicate_at {
                     w.events.push(dup, Event::Packet { from, to, payload: payload.clone() });
                 }
@@ -1194,7 +1224,9 @@ impl NodeHandle {
         if fire {
             w.stats.buggify_fired += 1;
             let now = w.now;
-            w.trace.record(now, Some(self.node), "buggify", digest(site.as_bytes()), || format!("buggify fired at {site}"));
+            w.trace.record(now, Some(self.node), "buggify", digest(site.as_bytes()), || {
+                format!("buggify fired at {site}")
+            });
         }
         fire
     }
@@ -1281,6 +1313,9 @@ impl NodeHandle {
     /// Starts accepting client streams on this node.
     pub fn listen(&self) -> Result<(), NetError> {
         let mut w = self.world();
+        if !w.alive(self.node, self.incarnation) {
+            return Err(NetError::Refused(self.node));
+        }
         let node = w.nodes.get_mut(&self.node).expect("known node");
         if node.listening {
             return Err(NetError::AlreadyListening);
@@ -1382,7 +1417,12 @@ impl NodeHandle {
     }
 
     /// Receives the next frame at `end` of `conn`.
-    pub fn stream_poll_recv(&self, conn: ConnId, end: End, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, NetError>> {
+    pub fn stream_poll_recv(
+        &self,
+        conn: ConnId,
+        end: End,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, NetError>> {
         let mut w = self.world();
         let Some(c) = w.conns.get_mut(&conn) else { return Poll::Ready(Err(NetError::Reset)) };
         if let Some(f) = c.inbox[end as usize].pop_front() {
@@ -1398,4 +1438,3 @@ impl NodeHandle {
         Poll::Pending
     }
 }
-

@@ -99,7 +99,9 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
     let (persist_tx, persist_rx) = mpsc::unbounded::<(WriteId, Value)>();
     let _writer = rt.spawn(Priority::High, "broadcast-log-writer", log_writer(file, persist_rx, input_tx.clone()));
     let _acceptor = match rt.listen() {
-        Ok(listener) => Some(rt.spawn(Priority::High, "broadcast-acceptor", accept_clients(rt.clone(), listener, input_tx.clone()))),
+        Ok(listener) => {
+            Some(rt.spawn(Priority::High, "broadcast-acceptor", accept_clients(rt.clone(), listener, input_tx.clone())))
+        }
         Err(_) => None,
     };
 

@@ -31,7 +31,13 @@ fn persist_id(outs: &[Output]) -> WriteId {
 
 fn sends(outs: &[Output]) -> Vec<(NodeId, PeerMessage)> {
     outs.iter()
-        .filter_map(|o| if let Output::Send { to, message } = o { Some((*to, PeerMessage::decode(message.clone()).unwrap())) } else { None })
+        .filter_map(|o| {
+            if let Output::Send { to, message } = o {
+                Some((*to, PeerMessage::decode(message.clone()).unwrap()))
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -104,7 +110,11 @@ fn unanswered_replicates_are_retransmitted_to_missing_peers_only() {
     a.handle_timeout(t(10)); // early: no retransmit
     assert!(sends(&drain(&mut a)).iter().all(|(_, m)| !matches!(m, PeerMessage::Replicate(_))));
     a.handle_timeout(t(51));
-    let re: Vec<NodeId> = sends(&drain(&mut a)).into_iter().filter(|(_, m)| matches!(m, PeerMessage::Replicate(_))).map(|(n, _)| n).collect();
+    let re: Vec<NodeId> = sends(&drain(&mut a))
+        .into_iter()
+        .filter(|(_, m)| matches!(m, PeerMessage::Replicate(_)))
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(re, vec![C]);
 }
 

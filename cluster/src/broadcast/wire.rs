@@ -168,7 +168,10 @@ impl PeerMessage {
         let msg = match buf.get_u8() {
             1 => PeerMessage::Replicate(get_value(&mut buf)?),
             2 => PeerMessage::Stored(get_u64(&mut buf, "stored id")?),
-            3 => PeerMessage::Digest { count: get_u64(&mut buf, "digest count")?, hash: get_u64(&mut buf, "digest hash")? },
+            3 => PeerMessage::Digest {
+                count: get_u64(&mut buf, "digest count")?,
+                hash: get_u64(&mut buf, "digest hash")?,
+            },
             4 => PeerMessage::Have(get_ids(&mut buf)?),
             5 => PeerMessage::Want(get_ids(&mut buf)?),
             tag => return Err(DecodeError::UnknownTag { kind: "peer message", tag }),
