@@ -18,7 +18,6 @@ use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId, buggify};
 use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::net::LinkConfig;
-use kaelix_sim::world::NodeInit;
 use kaelix_sim::{Fault, FaultProfile, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats};
 
 // ---------------------------------------------------------------- helpers
@@ -59,16 +58,35 @@ fn with_profile(seed: u64, profile: FaultProfile) -> Sim {
     Sim::new(SimConfig { seed, profile, ..SimConfig::new(seed) })
 }
 
-fn add(sim: &Sim, id: u64, kind: NodeKind, init: NodeInit) {
+/// Adds a node whose body (run at boot and at every restart) gets the
+/// node's runtime and its own clone of `state`: the shared cells it reports
+/// through, a tuple of them, or `()`.
+fn add<S, F, Fut>(sim: &Sim, id: u64, kind: NodeKind, state: S, body: F)
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(SimRuntime, S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let init = SimRuntime::init(move |rt| body(rt, state.clone()));
     sim.add_node(NodeId(id), NodeSpec { kind, name: format!("n{id}"), faulty_disk: false, init });
 }
 
-fn server(sim: &Sim, id: u64, init: NodeInit) {
-    add(sim, id, NodeKind::Server, init);
+fn server<S, F, Fut>(sim: &Sim, id: u64, state: S, body: F)
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(SimRuntime, S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    add(sim, id, NodeKind::Server, state, body);
 }
 
-fn client(sim: &Sim, id: u64, init: NodeInit) {
-    add(sim, id, NodeKind::Client, init);
+fn client<S, F, Fut>(sim: &Sim, id: u64, state: S, body: F)
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(SimRuntime, S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    add(sim, id, NodeKind::Client, state, body);
 }
 
 fn run(sim: &Sim, until: Instant) {
@@ -108,22 +126,14 @@ fn sleep_runs_on_the_nodes_drifting_clock() {
         let sim = with_profile(seed, profile.clone());
         // (local, true) elapsed for a 1 s sleep, then for a 10 ms sleep.
         let out = shared(Vec::<(Duration, Duration)>::new());
-        let o = out.clone();
-        server(
-            &sim,
-            1,
-            SimRuntime::init(move |rt| {
-                let out = o.clone();
-                async move {
-                    for d in [Duration::from_secs(1), Duration::from_millis(10)] {
-                        let (l0, t0) = (rt.now(), rt.sim().now());
-                        rt.sleep(d).await;
-                        let (l1, t1) = (rt.now(), rt.sim().now());
-                        push(&out, (l1 - l0, t1 - t0));
-                    }
-                }
-            }),
-        );
+        server(&sim, 1, out.clone(), |rt, out| async move {
+            for d in [Duration::from_secs(1), Duration::from_millis(10)] {
+                let (l0, t0) = (rt.now(), rt.sim().now());
+                rt.sleep(d).await;
+                let (l1, t1) = (rt.now(), rt.sim().now());
+                push(&out, (l1 - l0, t1 - t0));
+            }
+        });
         run(&sim, ms(2_000));
         let out = snapshot(&out);
         assert_eq!(out.len(), 2, "seed {seed}: both sleeps finish");
@@ -163,19 +173,11 @@ fn sleep_under_an_injected_drift_is_exact() {
     for (ppm, expected_true_nanos) in [(20_000i64, 9_803_922u64), (-20_000, 10_204_082), (0, 10_000_000)] {
         let sim = calm(3);
         let out = shared(None);
-        let o = out.clone();
-        server(
-            &sim,
-            1,
-            SimRuntime::init(move |rt| {
-                let out = o.clone();
-                async move {
-                    let (l0, t0) = (rt.now(), rt.sim().now());
-                    rt.sleep(Duration::from_millis(10)).await;
-                    *get(&out) = Some((rt.now() - l0, rt.sim().now() - t0));
-                }
-            }),
-        );
+        server(&sim, 1, out.clone(), |rt, out| async move {
+            let (l0, t0) = (rt.now(), rt.sim().now());
+            rt.sleep(Duration::from_millis(10)).await;
+            *get(&out) = Some((rt.now() - l0, rt.sim().now() - t0));
+        });
         sim.apply_fault(Fault::ClockDrift { node: NodeId(1), ppm });
         run(&sim, ms(50));
         let (local, truth) = snapshot(&out).expect("sleep finished");
@@ -194,19 +196,11 @@ fn sleep_follows_a_drift_change_mid_sleep() {
     for (ppm, expected_true) in [(500_000i64, 70u64), (-500_000, 190)] {
         let sim = calm(3);
         let out = shared(None);
-        let o = out.clone();
-        server(
-            &sim,
-            1,
-            SimRuntime::init(move |rt| {
-                let out = o.clone();
-                async move {
-                    let (l0, t0) = (rt.now(), rt.sim().now());
-                    rt.sleep(Duration::from_millis(100)).await;
-                    *get(&out) = Some((rt.now() - l0, rt.sim().now() - t0));
-                }
-            }),
-        );
+        server(&sim, 1, out.clone(), |rt, out| async move {
+            let (l0, t0) = (rt.now(), rt.sim().now());
+            rt.sleep(Duration::from_millis(100)).await;
+            *get(&out) = Some((rt.now() - l0, rt.sim().now() - t0));
+        });
         sim.schedule_fault(ms(10), Fault::ClockDrift { node: NodeId(1), ppm });
         run(&sim, ms(500));
         let (local, truth) = snapshot(&out).expect("sleep finished");
@@ -223,33 +217,25 @@ fn sleep_with_a_past_deadline_completes_immediately() {
     let sim = calm(1);
     let out = shared(Vec::<(&'static str, bool)>::new());
     let times = shared(None);
-    let (o, t) = (out.clone(), times.clone());
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let (out, times) = (o.clone(), t.clone());
-            async move {
-                rt.sleep(Duration::from_millis(5)).await;
-                let now = rt.now();
-                let t0 = rt.sim().now();
-                let past = Instant::from_nanos(now.as_nanos().saturating_sub(1_000_000));
-                let mut r = vec![
-                    ("past", rt.sleep_until(past).now_or_never().is_some()),
-                    ("origin", rt.sleep_until(Instant::ZERO).now_or_never().is_some()),
-                    ("now", rt.sleep_until(now).now_or_never().is_some()),
-                    ("zero", rt.sleep(Duration::ZERO).now_or_never().is_some()),
-                    ("1ns", rt.sleep(Duration::from_nanos(1)).now_or_never().is_some()),
-                    ("future", rt.sleep_until(now + Duration::from_millis(1)).now_or_never().is_some()),
-                ];
-                // Awaiting a past deadline does not yield to the scheduler's clock.
-                rt.sleep_until(past).await;
-                r.push(("awaited", rt.now() == now && rt.sim().now() == t0));
-                *get(&out) = r;
-                *get(&times) = Some((t0, rt.sim().now()));
-            }
-        }),
-    );
+    server(&sim, 1, (out.clone(), times.clone()), |rt, (out, times)| async move {
+        rt.sleep(Duration::from_millis(5)).await;
+        let now = rt.now();
+        let t0 = rt.sim().now();
+        let past = Instant::from_nanos(now.as_nanos().saturating_sub(1_000_000));
+        let mut r = vec![
+            ("past", rt.sleep_until(past).now_or_never().is_some()),
+            ("origin", rt.sleep_until(Instant::ZERO).now_or_never().is_some()),
+            ("now", rt.sleep_until(now).now_or_never().is_some()),
+            ("zero", rt.sleep(Duration::ZERO).now_or_never().is_some()),
+            ("1ns", rt.sleep(Duration::from_nanos(1)).now_or_never().is_some()),
+            ("future", rt.sleep_until(now + Duration::from_millis(1)).now_or_never().is_some()),
+        ];
+        // Awaiting a past deadline does not yield to the scheduler's clock.
+        rt.sleep_until(past).await;
+        r.push(("awaited", rt.now() == now && rt.sim().now() == t0));
+        *get(&out) = r;
+        *get(&times) = Some((t0, rt.sim().now()));
+    });
     run(&sim, ms(20));
     assert_eq!(
         snapshot(&out),
@@ -277,27 +263,19 @@ fn many_sleepers_wake_in_deadline_order() {
     for seed in [1, 2, 3] {
         let sim = calm(seed);
         let woke = shared(Vec::<(u64, Instant, Instant)>::new());
-        let w = woke.clone();
-        server(
-            &sim,
-            1,
-            SimRuntime::init(move |rt| {
-                let woke = w.clone();
-                async move {
-                    let base = rt.now();
-                    for i in 0..N {
-                        // A permutation of 0..N (37 is coprime with 64).
-                        let slot = (i * 37) % N;
-                        let deadline = base + Duration::from_micros(100 + slot * 50);
-                        let (rt2, woke) = (rt.clone(), woke.clone());
-                        drop(rt.spawn(Priority::Normal, "sleeper", async move {
-                            rt2.sleep_until(deadline).await;
-                            push(&woke, (slot, deadline, rt2.now()));
-                        }));
-                    }
-                }
-            }),
-        );
+        server(&sim, 1, woke.clone(), |rt, woke| async move {
+            let base = rt.now();
+            for i in 0..N {
+                // A permutation of 0..N (37 is coprime with 64).
+                let slot = (i * 37) % N;
+                let deadline = base + Duration::from_micros(100 + slot * 50);
+                let (rt2, woke) = (rt.clone(), woke.clone());
+                drop(rt.spawn(Priority::Normal, "sleeper", async move {
+                    rt2.sleep_until(deadline).await;
+                    push(&woke, (slot, deadline, rt2.now()));
+                }));
+            }
+        });
         run(&sim, ms(10));
         let woke = snapshot(&woke);
         assert_eq!(woke.len(), N as usize, "seed {seed}");
@@ -316,36 +294,28 @@ fn many_sleepers_wake_in_deadline_order() {
 fn join_handles_return_values_at_every_priority() {
     let sim = calm(5);
     let out = shared(Vec::new());
-    let o = out.clone();
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let out = o.clone();
-            async move {
-                let mut handles = Vec::new();
-                for (i, p) in Priority::ALL.into_iter().enumerate() {
-                    let rt2 = rt.clone();
-                    handles.push(rt.spawn(p, "child", async move {
-                        rt2.sleep(Duration::from_micros(10 * (4 - i as u64))).await;
-                        format!("{p:?}-{}", i * 10)
-                    }));
-                }
-                // Nested: a child that spawns a grandchild and returns its value.
-                let rt2 = rt.clone();
-                let nested = rt.spawn(Priority::High, "parent", async move {
-                    let inner = rt2.spawn(Priority::Background, "grandchild", async { 40u32 + 2 });
-                    inner.await.map(|v| v * 2)
-                });
-                let mut results = Vec::new();
-                for h in handles {
-                    results.push(h.await);
-                }
-                push(&out, format!("{results:?}"));
-                push(&out, format!("{:?}", nested.await));
-            }
-        }),
-    );
+    server(&sim, 1, out.clone(), |rt, out| async move {
+        let mut handles = Vec::new();
+        for (i, p) in Priority::ALL.into_iter().enumerate() {
+            let rt2 = rt.clone();
+            handles.push(rt.spawn(p, "child", async move {
+                rt2.sleep(Duration::from_micros(10 * (4 - i as u64))).await;
+                format!("{p:?}-{}", i * 10)
+            }));
+        }
+        // Nested: a child that spawns a grandchild and returns its value.
+        let rt2 = rt.clone();
+        let nested = rt.spawn(Priority::High, "parent", async move {
+            let inner = rt2.spawn(Priority::Background, "grandchild", async { 40u32 + 2 });
+            inner.await.map(|v| v * 2)
+        });
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await);
+        }
+        push(&out, format!("{results:?}"));
+        push(&out, format!("{:?}", nested.await));
+    });
     run(&sim, ms(5));
     assert_eq!(
         snapshot(&out),
@@ -363,51 +333,43 @@ fn abort_cancels_and_drops_the_task() {
     let drops = shared(0u32);
     let finished = shared(Vec::<&'static str>::new());
     let results = shared(Vec::<(&'static str, Result<u32, JoinError>)>::new());
-    let (d, f, r) = (drops.clone(), finished.clone(), results.clone());
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let (drops, finished, results) = (d.clone(), f.clone(), r.clone());
-            async move {
-                // A running task, aborted while it sleeps.
-                let (rt2, g, fin) = (rt.clone(), DropCounter(drops.clone()), finished.clone());
-                let sleeping = rt.spawn(Priority::Normal, "sleeping", async move {
-                    let _g = g;
-                    rt2.sleep(Duration::from_secs(1)).await;
-                    push(&fin, "sleeping");
-                    1
-                });
-                rt.sleep(Duration::from_millis(1)).await;
-                sleeping.abort();
-                let drops_right_after_abort = *get(&drops);
-                push(&results, ("sleeping", sleeping.await));
+    server(&sim, 1, (drops.clone(), finished.clone(), results.clone()), |rt, (drops, finished, results)| async move {
+        // A running task, aborted while it sleeps.
+        let (rt2, g, fin) = (rt.clone(), DropCounter(drops.clone()), finished.clone());
+        let sleeping = rt.spawn(Priority::Normal, "sleeping", async move {
+            let _g = g;
+            rt2.sleep(Duration::from_secs(1)).await;
+            push(&fin, "sleeping");
+            1
+        });
+        rt.sleep(Duration::from_millis(1)).await;
+        sleeping.abort();
+        let drops_right_after_abort = *get(&drops);
+        push(&results, ("sleeping", sleeping.await));
 
-                // A task aborted before it was ever polled.
-                let (g, fin) = (DropCounter(drops.clone()), finished.clone());
-                let unpolled = rt.spawn(Priority::Critical, "unpolled", async move {
-                    let _g = g;
-                    push(&fin, "unpolled");
-                    2
-                });
-                unpolled.abort();
-                push(&results, ("unpolled", unpolled.await));
+        // A task aborted before it was ever polled.
+        let (g, fin) = (DropCounter(drops.clone()), finished.clone());
+        let unpolled = rt.spawn(Priority::Critical, "unpolled", async move {
+            let _g = g;
+            push(&fin, "unpolled");
+            2
+        });
+        unpolled.abort();
+        push(&results, ("unpolled", unpolled.await));
 
-                // A task that already finished: abort is a no-op.
-                let done = rt.spawn(Priority::Normal, "done", async { 3 });
-                rt.sleep(Duration::from_millis(1)).await;
-                done.abort();
-                push(&results, ("done", done.await));
+        // A task that already finished: abort is a no-op.
+        let done = rt.spawn(Priority::Normal, "done", async { 3 });
+        rt.sleep(Duration::from_millis(1)).await;
+        done.abort();
+        push(&results, ("done", done.await));
 
-                // Aborting twice is harmless.
-                let twice = rt.spawn(Priority::Normal, "twice", std::future::pending::<u32>());
-                twice.abort();
-                twice.abort();
-                push(&results, ("twice", twice.await));
-                push(&finished, if drops_right_after_abort == 1 { "dropped-at-abort" } else { "not-dropped" });
-            }
-        }),
-    );
+        // Aborting twice is harmless.
+        let twice = rt.spawn(Priority::Normal, "twice", std::future::pending::<u32>());
+        twice.abort();
+        twice.abort();
+        push(&results, ("twice", twice.await));
+        push(&finished, if drops_right_after_abort == 1 { "dropped-at-abort" } else { "not-dropped" });
+    });
     run(&sim, ms(3_000));
     assert_eq!(
         snapshot(&results),
@@ -437,56 +399,45 @@ fn crash_drops_every_task_and_restart_runs_init_again() {
     let old_rt: Shared<Option<SimRuntime>> = shared(None);
     let observed = shared(Vec::<String>::new());
 
-    let (bo, d, hs, ort) = (boots.clone(), drops.clone(), handle_slot.clone(), old_rt.clone());
     server(
         &sim,
         1,
-        SimRuntime::init(move |rt| {
-            let (boots, drops, handle_slot, old_rt) = (bo.clone(), d.clone(), hs.clone(), ort.clone());
-            async move {
-                let incarnation = rt.handle().incarnation();
-                push(&boots, incarnation);
-                if incarnation > 0 {
-                    return;
-                }
-                *get(&old_rt) = Some(rt.clone());
-                let _root_guard = DropCounter(drops.clone());
-                for i in 0..5u32 {
-                    let (rt2, g) = (rt.clone(), DropCounter(drops.clone()));
-                    let h = rt.spawn(Priority::ALL[i as usize % 4], "worker", async move {
-                        let _g = g;
-                        rt2.sleep(Duration::from_secs(10)).await;
-                        i
-                    });
-                    if i == 0 {
-                        // Handed to another node, which awaits it.
-                        *get(&handle_slot) = Some(h);
-                    }
-                    // Others are detached by dropping the handle.
-                }
-                let g = DropCounter(drops.clone());
-                drop(rt.spawn(Priority::Background, "pending", async move {
+        (boots.clone(), drops.clone(), handle_slot.clone(), old_rt.clone()),
+        |rt, (boots, drops, handle_slot, old_rt)| async move {
+            let incarnation = rt.handle().incarnation();
+            push(&boots, incarnation);
+            if incarnation > 0 {
+                return;
+            }
+            *get(&old_rt) = Some(rt.clone());
+            let _root_guard = DropCounter(drops.clone());
+            for i in 0..5u32 {
+                let (rt2, g) = (rt.clone(), DropCounter(drops.clone()));
+                let h = rt.spawn(Priority::ALL[i as usize % 4], "worker", async move {
                     let _g = g;
-                    std::future::pending::<()>().await;
-                }));
+                    rt2.sleep(Duration::from_secs(10)).await;
+                    i
+                });
+                if i == 0 {
+                    // Handed to another node, which awaits it.
+                    *get(&handle_slot) = Some(h);
+                }
+                // Others are detached by dropping the handle.
+            }
+            let g = DropCounter(drops.clone());
+            drop(rt.spawn(Priority::Background, "pending", async move {
+                let _g = g;
                 std::future::pending::<()>().await;
-            }
-        }),
+            }));
+            std::future::pending::<()>().await;
+        },
     );
-    let (hs, obs) = (handle_slot.clone(), observed.clone());
-    server(
-        &sim,
-        2,
-        SimRuntime::init(move |rt| {
-            let (handle_slot, observed) = (hs.clone(), obs.clone());
-            async move {
-                rt.sleep(Duration::from_millis(1)).await;
-                let h = get(&handle_slot).take().expect("node 1 handed over its handle");
-                let r = h.await;
-                push(&observed, format!("{r:?} at {}", rt.sim().now()));
-            }
-        }),
-    );
+    server(&sim, 2, (handle_slot.clone(), observed.clone()), |rt, (handle_slot, observed)| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let h = get(&handle_slot).take().expect("node 1 handed over its handle");
+        let r = h.await;
+        push(&observed, format!("{r:?} at {}", rt.sim().now()));
+    });
 
     run(&sim, ms(5));
     assert_eq!(snapshot(&boots), vec![0]);
@@ -541,32 +492,24 @@ fn datagrams_carry_the_sender_and_respect_one_way_partitions() {
     let sim = calm(11);
     let inboxes: [Inbox; 2] = [shared(Vec::new()), shared(Vec::new())];
     for id in [1u64, 2] {
-        let inbox = inboxes[id as usize - 1].clone();
-        server(
-            &sim,
-            id,
-            SimRuntime::init(move |rt| {
-                let inbox = inbox.clone();
-                async move {
-                    let rx = rt.clone();
-                    drop(rt.spawn(Priority::High, "rx", async move {
-                        loop {
-                            let (from, msg) = rx.recv().await;
-                            push(&inbox, (from, msg, rx.sim().now()));
-                        }
-                    }));
-                    let peer = NodeId(3 - id);
-                    let start = rt.now();
-                    for burst in 0..3u8 {
-                        rt.sleep_until(start + Duration::from_millis(1 + 10 * u64::from(burst))).await;
-                        for i in 0..6u8 {
-                            rt.send(peer, Bytes::from(vec![id as u8, burst, i]));
-                            rt.sleep(Duration::from_micros(100)).await;
-                        }
-                    }
+        server(&sim, id, inboxes[id as usize - 1].clone(), move |rt, inbox| async move {
+            let rx = rt.clone();
+            drop(rt.spawn(Priority::High, "rx", async move {
+                loop {
+                    let (from, msg) = rx.recv().await;
+                    push(&inbox, (from, msg, rx.sim().now()));
                 }
-            }),
-        );
+            }));
+            let peer = NodeId(3 - id);
+            let start = rt.now();
+            for burst in 0..3u8 {
+                rt.sleep_until(start + Duration::from_millis(1 + 10 * u64::from(burst))).await;
+                for i in 0..6u8 {
+                    rt.send(peer, Bytes::from(vec![id as u8, burst, i]));
+                    rt.sleep(Duration::from_micros(100)).await;
+                }
+            }
+        });
     }
     sim.schedule_fault(ms(5), Fault::PartitionOneWay { from: NodeId(1), to: NodeId(2) });
     sim.schedule_fault(ms(15), Fault::Heal);
@@ -607,31 +550,19 @@ fn datagrams_carry_the_sender_and_respect_one_way_partitions() {
 fn a_partition_drops_datagrams_in_flight() {
     let sim = calm(12);
     let inbox: Inbox = shared(Vec::new());
-    let ib = inbox.clone();
-    server(
-        &sim,
-        2,
-        SimRuntime::init(move |rt| {
-            let inbox = ib.clone();
-            async move {
-                loop {
-                    let (from, msg) = rt.recv().await;
-                    push(&inbox, (from, msg, rt.sim().now()));
-                }
-            }
-        }),
-    );
-    server(
-        &sim,
-        1,
-        SimRuntime::init(|rt| async move {
-            rt.send(NodeId(2), b("in flight"));
-            rt.sleep(Duration::from_millis(5)).await;
-            rt.send(NodeId(2), b("after heal"));
-            // Unknown destinations are silently dropped.
-            rt.send(NodeId(99), b("nobody"));
-        }),
-    );
+    server(&sim, 2, inbox.clone(), |rt, inbox| async move {
+        loop {
+            let (from, msg) = rt.recv().await;
+            push(&inbox, (from, msg, rt.sim().now()));
+        }
+    });
+    server(&sim, 1, (), |rt, ()| async move {
+        rt.send(NodeId(2), b("in flight"));
+        rt.sleep(Duration::from_millis(5)).await;
+        rt.send(NodeId(2), b("after heal"));
+        // Unknown destinations are silently dropped.
+        rt.send(NodeId(99), b("nobody"));
+    });
     // The minimum link latency is 50 µs: the first datagram is still in flight.
     sim.schedule_fault(us(10), Fault::PartitionOneWay { from: NodeId(1), to: NodeId(2) });
     sim.schedule_fault(ms(1), Fault::Heal);
@@ -653,60 +584,44 @@ fn client_stream_delivers_frames_in_order_then_end_of_stream() {
     let server_saw = shared(Vec::<String>::new());
     let client_saw = shared(Vec::<String>::new());
     let frames = shared(Vec::<u32>::new());
-    let (ss, fr) = (server_saw.clone(), frames.clone());
-    server(
-        &sim,
-        SERVER,
-        SimRuntime::init(move |rt| {
-            let (saw, frames) = (ss.clone(), fr.clone());
-            async move {
-                let mut listener = rt.listen().expect("first listen");
-                push(&saw, format!("second listen: {:?}", rt.listen().err()));
-                let s = listener.accept().await.expect("accept");
-                push(&saw, format!("peer {}", s.peer()));
-                loop {
-                    match s.recv().await {
-                        Ok(Some(f)) => push(&frames, u32::from_le_bytes(f[..].try_into().expect("4 bytes"))),
-                        other => {
-                            push(&saw, format!("end {other:?}"));
-                            break;
-                        }
-                    }
+    server(&sim, SERVER, (server_saw.clone(), frames.clone()), |rt, (saw, frames)| async move {
+        let mut listener = rt.listen().expect("first listen");
+        push(&saw, format!("second listen: {:?}", rt.listen().err()));
+        let s = listener.accept().await.expect("accept");
+        push(&saw, format!("peer {}", s.peer()));
+        loop {
+            match s.recv().await {
+                Ok(Some(f)) => push(&frames, u32::from_le_bytes(f[..].try_into().expect("4 bytes"))),
+                other => {
+                    push(&saw, format!("end {other:?}"));
+                    break;
                 }
-                // The other direction still works after the peer's close.
-                push(&saw, format!("reply {:?}", s.send(b("bye")).await));
-                s.close();
-                s.close();
-                // After end of stream, recv keeps saying so.
-                push(&saw, format!("again {:?}", s.recv().await));
             }
-        }),
-    );
-    let cs = client_saw.clone();
-    client(
-        &sim,
-        CLIENT,
-        SimRuntime::init(move |rt| {
-            let saw = cs.clone();
-            async move {
-                rt.sleep(Duration::from_millis(1)).await;
-                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-                push(&saw, format!("peer {}", s.peer()));
-                for i in 0u32..100 {
-                    s.send(Bytes::copy_from_slice(&i.to_le_bytes())).await.expect("send");
-                    if i % 10 == 0 {
-                        // Interleave sends with time passing.
-                        rt.sleep(Duration::from_micros(37)).await;
-                    }
-                }
-                let too_big = s.send(Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1])).await;
-                push(&saw, format!("too big {too_big:?}"));
-                s.close();
-                push(&saw, format!("{:?}", s.recv().await));
-                push(&saw, format!("{:?}", s.recv().await));
+        }
+        // The other direction still works after the peer's close.
+        push(&saw, format!("reply {:?}", s.send(b("bye")).await));
+        s.close();
+        s.close();
+        // After end of stream, recv keeps saying so.
+        push(&saw, format!("again {:?}", s.recv().await));
+    });
+    client(&sim, CLIENT, client_saw.clone(), |rt, saw| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+        push(&saw, format!("peer {}", s.peer()));
+        for i in 0u32..100 {
+            s.send(Bytes::copy_from_slice(&i.to_le_bytes())).await.expect("send");
+            if i % 10 == 0 {
+                // Interleave sends with time passing.
+                rt.sleep(Duration::from_micros(37)).await;
             }
-        }),
-    );
+        }
+        let too_big = s.send(Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1])).await;
+        push(&saw, format!("too big {too_big:?}"));
+        s.close();
+        push(&saw, format!("{:?}", s.recv().await));
+        push(&saw, format!("{:?}", s.recv().await));
+    });
     run(&sim, ms(50));
     assert_eq!(snapshot(&frames), (0..100).collect::<Vec<u32>>());
     assert_eq!(
@@ -734,21 +649,13 @@ fn client_stream_delivers_frames_in_order_then_end_of_stream() {
 #[test]
 fn connect_to_a_node_that_does_not_listen_is_refused() {
     let sim = calm(22);
-    server(&sim, SERVER, SimRuntime::init(|_rt| async {}));
+    server(&sim, SERVER, (), |_rt, ()| async {});
     let out = shared(Vec::<Result<NodeId, NetError>>::new());
-    let o = out.clone();
-    client(
-        &sim,
-        CLIENT,
-        SimRuntime::init(move |rt| {
-            let out = o.clone();
-            async move {
-                rt.sleep(Duration::from_millis(1)).await;
-                push(&out, rt.connect(NodeId(SERVER)).await.map(|s| s.peer()));
-                push(&out, rt.connect(NodeId(77)).await.map(|s| s.peer()));
-            }
-        }),
-    );
+    client(&sim, CLIENT, out.clone(), |rt, out| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        push(&out, rt.connect(NodeId(SERVER)).await.map(|s| s.peer()));
+        push(&out, rt.connect(NodeId(77)).await.map(|s| s.peer()));
+    });
     run(&sim, ms(10));
     assert_eq!(snapshot(&out), vec![Err(NetError::Refused(NodeId(SERVER))), Err(NetError::Refused(NodeId(77)))]);
     sim.shutdown();
@@ -761,38 +668,22 @@ fn a_closed_stream_sends_nothing_more() {
     let sim = calm(25);
     let server_saw = shared(Vec::<String>::new());
     let client_saw = shared(Vec::<String>::new());
-    let ss = server_saw.clone();
-    server(
-        &sim,
-        SERVER,
-        SimRuntime::init(move |rt| {
-            let saw = ss.clone();
-            async move {
-                let mut l = rt.listen().expect("listen");
-                let s = l.accept().await.expect("accept");
-                push(&saw, format!("{:?}", s.recv().await));
-                push(&saw, format!("{:?}", s.recv().await));
-                rt.sleep(Duration::from_millis(5)).await;
-                push(&saw, format!("{:?}", s.recv().await));
-            }
-        }),
-    );
-    let cs = client_saw.clone();
-    client(
-        &sim,
-        CLIENT,
-        SimRuntime::init(move |rt| {
-            let saw = cs.clone();
-            async move {
-                rt.sleep(Duration::from_millis(1)).await;
-                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-                s.send(b("a")).await.expect("send");
-                s.clone().close();
-                rt.sleep(Duration::from_millis(1)).await;
-                push(&saw, format!("send after close {:?}", s.send(b("b")).await));
-            }
-        }),
-    );
+    server(&sim, SERVER, server_saw.clone(), |rt, saw| async move {
+        let mut l = rt.listen().expect("listen");
+        let s = l.accept().await.expect("accept");
+        push(&saw, format!("{:?}", s.recv().await));
+        push(&saw, format!("{:?}", s.recv().await));
+        rt.sleep(Duration::from_millis(5)).await;
+        push(&saw, format!("{:?}", s.recv().await));
+    });
+    client(&sim, CLIENT, client_saw.clone(), |rt, saw| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+        s.send(b("a")).await.expect("send");
+        s.clone().close();
+        rt.sleep(Duration::from_millis(1)).await;
+        push(&saw, format!("send after close {:?}", s.send(b("b")).await));
+    });
     run(&sim, ms(20));
     assert_eq!(
         snapshot(&server_saw),
@@ -810,49 +701,33 @@ fn dropping_the_listener_stops_accepting() {
     let sim = calm(26);
     let server_saw = shared(Vec::<String>::new());
     let client_saw = shared(Vec::<String>::new());
-    let ss = server_saw.clone();
-    server(
-        &sim,
-        SERVER,
-        SimRuntime::init(move |rt| {
-            let saw = ss.clone();
-            async move {
-                let start = rt.now();
-                let listener = rt.listen().expect("listen");
-                rt.sleep_until(start + Duration::from_millis(3)).await;
-                drop(listener);
-                rt.sleep_until(start + Duration::from_millis(5)).await;
-                let relisten = rt.listen();
-                push(&saw, format!("relisten {:?}", relisten.as_ref().map(|_| ())));
-                let Ok(mut listener) = relisten else { return };
-                let s = listener.accept().await.expect("accept");
-                while let Ok(Some(f)) = s.recv().await {
-                    s.send(f).await.expect("echo");
-                }
-            }
-        }),
-    );
-    let cs = client_saw.clone();
-    client(
-        &sim,
-        CLIENT,
-        SimRuntime::init(move |rt| {
-            let saw = cs.clone();
-            async move {
-                let start = rt.now();
-                rt.sleep(Duration::from_millis(1)).await;
-                // Handshake done, but the server never accepts it.
-                let first = rt.connect(NodeId(SERVER)).await.expect("connect while listening");
-                push(&saw, format!("unaccepted {:?}", first.recv().await));
-                rt.sleep_until(start + Duration::from_millis(4)).await;
-                push(&saw, format!("not listening {:?}", rt.connect(NodeId(SERVER)).await.map(|_| ())));
-                rt.sleep_until(start + Duration::from_millis(6)).await;
-                let s = rt.connect(NodeId(SERVER)).await.expect("connect after relisten");
-                s.send(b("hi")).await.expect("send");
-                push(&saw, format!("echo {:?}", s.recv().await));
-            }
-        }),
-    );
+    server(&sim, SERVER, server_saw.clone(), |rt, saw| async move {
+        let start = rt.now();
+        let listener = rt.listen().expect("listen");
+        rt.sleep_until(start + Duration::from_millis(3)).await;
+        drop(listener);
+        rt.sleep_until(start + Duration::from_millis(5)).await;
+        let relisten = rt.listen();
+        push(&saw, format!("relisten {:?}", relisten.as_ref().map(|_| ())));
+        let Ok(mut listener) = relisten else { return };
+        let s = listener.accept().await.expect("accept");
+        while let Ok(Some(f)) = s.recv().await {
+            s.send(f).await.expect("echo");
+        }
+    });
+    client(&sim, CLIENT, client_saw.clone(), |rt, saw| async move {
+        let start = rt.now();
+        rt.sleep(Duration::from_millis(1)).await;
+        // Handshake done, but the server never accepts it.
+        let first = rt.connect(NodeId(SERVER)).await.expect("connect while listening");
+        push(&saw, format!("unaccepted {:?}", first.recv().await));
+        rt.sleep_until(start + Duration::from_millis(4)).await;
+        push(&saw, format!("not listening {:?}", rt.connect(NodeId(SERVER)).await.map(|_| ())));
+        rt.sleep_until(start + Duration::from_millis(6)).await;
+        let s = rt.connect(NodeId(SERVER)).await.expect("connect after relisten");
+        s.send(b("hi")).await.expect("send");
+        push(&saw, format!("echo {:?}", s.recv().await));
+    });
     run(&sim, ms(20));
     assert_eq!(snapshot(&server_saw), vec!["relisten Ok(())".to_owned()]);
     assert_eq!(
@@ -875,62 +750,46 @@ fn server_crash_resets_client_streams() {
     let server_got = shared(Vec::<String>::new());
     let client_saw = shared(Vec::<String>::new());
     let ready = shared(false);
-    let sg = server_got.clone();
-    server(
-        &sim,
-        SERVER,
-        SimRuntime::init(move |rt| {
-            let got = sg.clone();
-            async move {
-                let mut listener = rt.listen().expect("listen");
-                loop {
-                    let s = listener.accept().await.expect("accept");
-                    let (got, inc) = (got.clone(), rt.handle().incarnation());
-                    drop(rt.spawn(Priority::High, "conn", async move {
-                        while let Ok(Some(f)) = s.recv().await {
-                            push(&got, format!("#{inc} {}", String::from_utf8_lossy(&f)));
-                            let _ = s.send(f).await;
-                        }
-                    }));
+    server(&sim, SERVER, server_got.clone(), |rt, got| async move {
+        let mut listener = rt.listen().expect("listen");
+        loop {
+            let s = listener.accept().await.expect("accept");
+            let (got, inc) = (got.clone(), rt.handle().incarnation());
+            drop(rt.spawn(Priority::High, "conn", async move {
+                while let Ok(Some(f)) = s.recv().await {
+                    push(&got, format!("#{inc} {}", String::from_utf8_lossy(&f)));
+                    let _ = s.send(f).await;
                 }
-            }
-        }),
-    );
-    let (cs, rd) = (client_saw.clone(), ready.clone());
-    client(
-        &sim,
-        CLIENT,
-        SimRuntime::init(move |rt| {
-            let (saw, ready) = (cs.clone(), rd.clone());
-            async move {
-                rt.sleep(Duration::from_millis(1)).await;
-                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-                s.send(b("ping")).await.expect("send");
-                push(&saw, format!("echo {:?}", s.recv().await));
-                *get(&ready) = true;
-                // Blocks until the server crashes.
-                push(&saw, format!("recv {:?}", s.recv().await));
-                push(&saw, format!("send {:?}", s.send(b("late")).await));
-                push(&saw, format!("recv {:?}", s.recv().await));
-                loop {
-                    match rt.connect(NodeId(SERVER)).await {
-                        Ok(s) => {
-                            s.send(b("again")).await.expect("send");
-                            push(&saw, format!("new stream echo {:?}", s.recv().await));
-                            break;
-                        }
-                        Err(e) => {
-                            let msg = format!("connect {e:?}");
-                            if get(&saw).last() != Some(&msg) {
-                                push(&saw, msg);
-                            }
-                            rt.sleep(Duration::from_millis(1)).await;
-                        }
+            }));
+        }
+    });
+    client(&sim, CLIENT, (client_saw.clone(), ready.clone()), |rt, (saw, ready)| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+        s.send(b("ping")).await.expect("send");
+        push(&saw, format!("echo {:?}", s.recv().await));
+        *get(&ready) = true;
+        // Blocks until the server crashes.
+        push(&saw, format!("recv {:?}", s.recv().await));
+        push(&saw, format!("send {:?}", s.send(b("late")).await));
+        push(&saw, format!("recv {:?}", s.recv().await));
+        loop {
+            match rt.connect(NodeId(SERVER)).await {
+                Ok(s) => {
+                    s.send(b("again")).await.expect("send");
+                    push(&saw, format!("new stream echo {:?}", s.recv().await));
+                    break;
+                }
+                Err(e) => {
+                    let msg = format!("connect {e:?}");
+                    if get(&saw).last() != Some(&msg) {
+                        push(&saw, msg);
                     }
+                    rt.sleep(Duration::from_millis(1)).await;
                 }
             }
-        }),
-    );
+        }
+    });
     run_until_set(&sim, ms(10), &ready);
     run(&sim, ms(10));
     sim.apply_fault(Fault::Crash(NodeId(SERVER)));
@@ -957,32 +816,16 @@ fn server_crash_resets_client_streams() {
 fn a_partition_breaks_client_streams() {
     let sim = calm(24);
     let saw = shared(Vec::<String>::new());
-    let s1 = saw.clone();
-    server(
-        &sim,
-        SERVER,
-        SimRuntime::init(move |rt| {
-            let saw = s1.clone();
-            async move {
-                let mut l = rt.listen().expect("listen");
-                let s = l.accept().await.expect("accept");
-                push(&saw, format!("server {:?}", s.recv().await));
-            }
-        }),
-    );
-    let s2 = saw.clone();
-    client(
-        &sim,
-        CLIENT,
-        SimRuntime::init(move |rt| {
-            let saw = s2.clone();
-            async move {
-                rt.sleep(Duration::from_millis(1)).await;
-                let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-                push(&saw, format!("client {:?}", s.recv().await));
-            }
-        }),
-    );
+    server(&sim, SERVER, saw.clone(), |rt, saw| async move {
+        let mut l = rt.listen().expect("listen");
+        let s = l.accept().await.expect("accept");
+        push(&saw, format!("server {:?}", s.recv().await));
+    });
+    client(&sim, CLIENT, saw.clone(), |rt, saw| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let s = rt.connect(NodeId(SERVER)).await.expect("connect");
+        push(&saw, format!("client {:?}", s.recv().await));
+    });
     run(&sim, ms(5));
     assert!(snapshot(&saw).is_empty());
     sim.apply_fault(Fault::PartitionOneWay { from: NodeId(SERVER), to: NodeId(CLIENT) });
@@ -1006,49 +849,46 @@ fn synced_writes_survive_a_crash_and_unsynced_ones_do_not() {
     let read = shared(false);
     let before = shared(Vec::<String>::new());
     let after = shared(Vec::<String>::new());
-    let (w, r, bf, af) = (wrote.clone(), read.clone(), before.clone(), after.clone());
     server(
         &sim,
         1,
-        SimRuntime::init(move |rt| {
-            let (wrote, read, before, after) = (w.clone(), r.clone(), bf.clone(), af.clone());
-            async move {
-                if rt.handle().incarnation() == 0 {
-                    let log = rt.open("synced.log").await.expect("open");
-                    let vol = rt.open("volatile.log").await.expect("open");
-                    let trunc = rt.open("trunc.log").await.expect("open");
-                    rt.open("empty.log").await.expect("open");
-                    log.append(b("hello")).await.expect("append");
-                    trunc.write_at(0, b("0123456789")).await.expect("write");
-                    trunc.sync().await.expect("sync");
-                    trunc.truncate(4).await.expect("truncate");
-                    log.sync().await.expect("sync");
-                    trunc.sync().await.expect("sync");
-                    log.append(b(" world")).await.expect("append");
-                    vol.write_at(3, b("lost")).await.expect("write");
-                    // Volatile writes are visible to reads before the crash.
-                    let mut v = Vec::new();
-                    v.push(format!("{}", log.len()));
-                    v.push(format!("{:?}", log.read_at(0, 11).await));
-                    v.push(format!("{:?}", vol.read_at(0, 7).await));
-                    v.push(format!("{}", trunc.len()));
-                    *get(&before) = v;
-                    *get(&wrote) = true;
-                    std::future::pending::<()>().await;
-                } else {
-                    let mut v = Vec::new();
-                    v.push(format!("{:?}", rt.list().await));
-                    let log = rt.open("synced.log").await.expect("open");
-                    let vol = rt.open("volatile.log").await.expect("open");
-                    let trunc = rt.open("trunc.log").await.expect("open");
-                    v.push(format!("{} {:?}", log.len(), log.read_at(0, 5).await));
-                    v.push(format!("{} {:?}", vol.len(), vol.is_empty()));
-                    v.push(format!("{} {:?}", trunc.len(), trunc.read_at(0, 4).await));
-                    *get(&after) = v;
-                    *get(&read) = true;
-                }
+        (wrote.clone(), read.clone(), before.clone(), after.clone()),
+        |rt, (wrote, read, before, after)| async move {
+            if rt.handle().incarnation() == 0 {
+                let log = rt.open("synced.log").await.expect("open");
+                let vol = rt.open("volatile.log").await.expect("open");
+                let trunc = rt.open("trunc.log").await.expect("open");
+                rt.open("empty.log").await.expect("open");
+                log.append(b("hello")).await.expect("append");
+                trunc.write_at(0, b("0123456789")).await.expect("write");
+                trunc.sync().await.expect("sync");
+                trunc.truncate(4).await.expect("truncate");
+                log.sync().await.expect("sync");
+                trunc.sync().await.expect("sync");
+                log.append(b(" world")).await.expect("append");
+                vol.write_at(3, b("lost")).await.expect("write");
+                // Volatile writes are visible to reads before the crash.
+                let mut v = Vec::new();
+                v.push(format!("{}", log.len()));
+                v.push(format!("{:?}", log.read_at(0, 11).await));
+                v.push(format!("{:?}", vol.read_at(0, 7).await));
+                v.push(format!("{}", trunc.len()));
+                *get(&before) = v;
+                *get(&wrote) = true;
+                std::future::pending::<()>().await;
+            } else {
+                let mut v = Vec::new();
+                v.push(format!("{:?}", rt.list().await));
+                let log = rt.open("synced.log").await.expect("open");
+                let vol = rt.open("volatile.log").await.expect("open");
+                let trunc = rt.open("trunc.log").await.expect("open");
+                v.push(format!("{} {:?}", log.len(), log.read_at(0, 5).await));
+                v.push(format!("{} {:?}", vol.len(), vol.is_empty()));
+                v.push(format!("{} {:?}", trunc.len(), trunc.read_at(0, 4).await));
+                *get(&after) = v;
+                *get(&read) = true;
             }
-        }),
+        },
     );
     run_until_set(&sim, ms(100), &wrote);
     assert_eq!(
@@ -1076,24 +916,16 @@ fn a_wiped_restart_loses_everything() {
     let sim = calm(32);
     let done = shared(false);
     let names = shared(None);
-    let (d, n) = (done.clone(), names.clone());
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let (done, names) = (d.clone(), n.clone());
-            async move {
-                if rt.handle().incarnation() == 0 {
-                    let f = rt.open("a").await.expect("open");
-                    f.append(b("x")).await.expect("append");
-                    f.sync().await.expect("sync");
-                    *get(&done) = true;
-                } else {
-                    *get(&names) = Some(rt.list().await);
-                }
-            }
-        }),
-    );
+    server(&sim, 1, (done.clone(), names.clone()), |rt, (done, names)| async move {
+        if rt.handle().incarnation() == 0 {
+            let f = rt.open("a").await.expect("open");
+            f.append(b("x")).await.expect("append");
+            f.sync().await.expect("sync");
+            *get(&done) = true;
+        } else {
+            *get(&names) = Some(rt.list().await);
+        }
+    });
     run_until_set(&sim, ms(100), &done);
     sim.apply_fault(Fault::Crash(NodeId(1)));
     sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: true });
@@ -1108,49 +940,41 @@ fn a_wiped_restart_loses_everything() {
 fn appends_return_increasing_offsets_reserved_at_call() {
     let sim = calm(33);
     let out = shared(Vec::<String>::new());
-    let o = out.clone();
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let out = o.clone();
-            async move {
-                let f = rt.open("log").await.expect("open");
-                let mut v = Vec::new();
-                for s in ["aaa", "bb", "c"] {
-                    v.push(f.append(b(s)).await.expect("append"));
-                }
-                push(&out, format!("{v:?}"));
+    server(&sim, 1, out.clone(), |rt, out| async move {
+        let f = rt.open("log").await.expect("open");
+        let mut v = Vec::new();
+        for s in ["aaa", "bb", "c"] {
+            v.push(f.append(b(s)).await.expect("append"));
+        }
+        push(&out, format!("{v:?}"));
 
-                // Called in order x, y; polled in order y, x.
-                let x = f.append(b("x"));
-                let y = f.append(b("yy"));
-                let (ry, rx) = join(y, x).await;
-                push(&out, format!("x {rx:?} y {ry:?}"));
+        // Called in order x, y; polled in order y, x.
+        let x = f.append(b("x"));
+        let y = f.append(b("yy"));
+        let (ry, rx) = join(y, x).await;
+        push(&out, format!("x {rx:?} y {ry:?}"));
 
-                // Concurrent appenders never overlap.
-                let mut hs = Vec::new();
-                for i in 0..10u8 {
-                    let f2 = f.clone();
-                    hs.push(rt.spawn(Priority::Normal, "appender", async move {
-                        let data = Bytes::from(vec![b'0' + i; 3]);
-                        (i, f2.append(data).await.expect("append"))
-                    }));
-                }
-                let mut placed = Vec::new();
-                for h in hs {
-                    placed.push(h.await.expect("not cancelled"));
-                }
-                let mut offsets: Vec<u64> = placed.iter().map(|(_, o)| *o).collect();
-                offsets.sort_unstable();
-                push(&out, format!("{offsets:?} len {}", f.len()));
-                for (i, off) in placed {
-                    let got = f.read_at(off, 3).await.expect("read");
-                    assert_eq!(&got[..], &[b'0' + i; 3], "appender {i} at {off} was overwritten");
-                }
-            }
-        }),
-    );
+        // Concurrent appenders never overlap.
+        let mut hs = Vec::new();
+        for i in 0..10u8 {
+            let f2 = f.clone();
+            hs.push(rt.spawn(Priority::Normal, "appender", async move {
+                let data = Bytes::from(vec![b'0' + i; 3]);
+                (i, f2.append(data).await.expect("append"))
+            }));
+        }
+        let mut placed = Vec::new();
+        for h in hs {
+            placed.push(h.await.expect("not cancelled"));
+        }
+        let mut offsets: Vec<u64> = placed.iter().map(|(_, o)| *o).collect();
+        offsets.sort_unstable();
+        push(&out, format!("{offsets:?} len {}", f.len()));
+        for (i, off) in placed {
+            let got = f.read_at(off, 3).await.expect("read");
+            assert_eq!(&got[..], &[b'0' + i; 3], "appender {i} at {off} was overwritten");
+        }
+    });
     run(&sim, ms(100));
     let expected_offsets: Vec<u64> = (0..10).map(|i| 9 + 3 * i).collect();
     assert_eq!(
@@ -1164,39 +988,31 @@ fn appends_return_increasing_offsets_reserved_at_call() {
 fn storage_errors_out_of_bounds_invalid_names_not_found() {
     let sim = calm(34);
     let out = shared(Vec::<String>::new());
-    let o = out.clone();
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let out = o.clone();
-            async move {
-                let f = rt.open("data.bin").await.expect("open");
-                f.write_at(0, b("abc")).await.expect("write");
-                let mut v = vec![
-                    format!("{:?}", f.read_at(2, 5).await),
-                    format!("{:?}", f.read_at(4, 0).await),
-                    format!("{:?}", f.read_at(u64::MAX, 2).await),
-                    format!("{:?}", f.read_at(3, 0).await),
-                    format!("{:?}", f.read_at(1, 2).await),
-                ];
-                // Writing past the end zero-fills the gap.
-                f.write_at(6, b("z")).await.expect("write");
-                v.push(format!("{} {:?}", f.len(), f.read_at(0, 7).await));
-                for bad in ["", ".", "..", "a/b", "x y", "ü", &"n".repeat(256)] {
-                    v.push(format!("{:?}", rt.open(bad).await.map(|_| ())));
-                }
-                v.push(format!("{:?}", rt.remove("../data.bin").await));
-                v.push(format!("{:?}", rt.remove("missing").await));
-                v.push(format!("{:?}", rt.list().await));
-                rt.remove("data.bin").await.expect("remove");
-                v.push(format!("{:?}", f.read_at(0, 1).await));
-                v.push(format!("{:?}", f.sync().await));
-                v.push(format!("{:?}", rt.list().await));
-                *get(&out) = v;
-            }
-        }),
-    );
+    server(&sim, 1, out.clone(), |rt, out| async move {
+        let f = rt.open("data.bin").await.expect("open");
+        f.write_at(0, b("abc")).await.expect("write");
+        let mut v = vec![
+            format!("{:?}", f.read_at(2, 5).await),
+            format!("{:?}", f.read_at(4, 0).await),
+            format!("{:?}", f.read_at(u64::MAX, 2).await),
+            format!("{:?}", f.read_at(3, 0).await),
+            format!("{:?}", f.read_at(1, 2).await),
+        ];
+        // Writing past the end zero-fills the gap.
+        f.write_at(6, b("z")).await.expect("write");
+        v.push(format!("{} {:?}", f.len(), f.read_at(0, 7).await));
+        for bad in ["", ".", "..", "a/b", "x y", "ü", &"n".repeat(256)] {
+            v.push(format!("{:?}", rt.open(bad).await.map(|_| ())));
+        }
+        v.push(format!("{:?}", rt.remove("../data.bin").await));
+        v.push(format!("{:?}", rt.remove("missing").await));
+        v.push(format!("{:?}", rt.list().await));
+        rt.remove("data.bin").await.expect("remove");
+        v.push(format!("{:?}", f.read_at(0, 1).await));
+        v.push(format!("{:?}", f.sync().await));
+        v.push(format!("{:?}", rt.list().await));
+        *get(&out) = v;
+    });
     run(&sim, ms(100));
     let long = "n".repeat(256);
     let expected = vec![
@@ -1247,48 +1063,40 @@ fn ping_workload(seed: u64) -> (u64, SimStats, Vec<String>) {
     let sim = with_profile(seed, profile);
     let log = shared(Vec::<String>::new());
     for id in [1u64, 2] {
-        let log = log.clone();
-        server(
-            &sim,
-            id,
-            SimRuntime::init(move |rt| {
-                let log = log.clone();
-                async move {
-                    let file = rt.open("pings.log").await.expect("open");
-                    let (rx, f, l) = (rt.clone(), file.clone(), log.clone());
-                    drop(rt.spawn(Priority::High, "rx", async move {
-                        loop {
-                            let (from, msg) = rx.recv().await;
-                            let at = f.append(msg.clone()).await.expect("append");
-                            push(
-                                &l,
-                                format!(
-                                    "{} {} wall {} got {:?} from {from} at offset {at}",
-                                    rx.node_id(),
-                                    rx.now(),
-                                    rx.wall_clock().as_nanos(),
-                                    msg
-                                ),
-                            );
-                            if msg.first() == Some(&b'p') {
-                                let mut pong = msg.to_vec();
-                                pong[0] = b'P';
-                                rx.send(from, Bytes::from(pong));
-                            }
-                        }
-                    }));
-                    let mut rng = rt.rng();
-                    let peer = NodeId(3 - id);
-                    for i in 0..30u32 {
-                        rt.sleep(Duration::from_micros(rng.random_range(0..2_000))).await;
-                        rt.send(peer, Bytes::from(format!("ping {id}.{i}")));
-                        if i % 5 == 4 {
-                            file.sync().await.expect("sync");
-                        }
+        server(&sim, id, log.clone(), move |rt, log| async move {
+            let file = rt.open("pings.log").await.expect("open");
+            let (rx, f, l) = (rt.clone(), file.clone(), log.clone());
+            drop(rt.spawn(Priority::High, "rx", async move {
+                loop {
+                    let (from, msg) = rx.recv().await;
+                    let at = f.append(msg.clone()).await.expect("append");
+                    push(
+                        &l,
+                        format!(
+                            "{} {} wall {} got {:?} from {from} at offset {at}",
+                            rx.node_id(),
+                            rx.now(),
+                            rx.wall_clock().as_nanos(),
+                            msg
+                        ),
+                    );
+                    if msg.first() == Some(&b'p') {
+                        let mut pong = msg.to_vec();
+                        pong[0] = b'P';
+                        rx.send(from, Bytes::from(pong));
                     }
                 }
-            }),
-        );
+            }));
+            let mut rng = rt.rng();
+            let peer = NodeId(3 - id);
+            for i in 0..30u32 {
+                rt.sleep(Duration::from_micros(rng.random_range(0..2_000))).await;
+                rt.send(peer, Bytes::from(format!("ping {id}.{i}")));
+                if i % 5 == 4 {
+                    file.sync().await.expect("sync");
+                }
+            }
+        });
     }
     run(&sim, ms(200));
     let out = (sim.trace_hash(), sim.stats(), snapshot(&log));
@@ -1327,20 +1135,12 @@ fn node_generators_derive_from_the_seed() {
         let sim = calm(seed);
         let out = shared(Vec::new());
         for id in [1u64, 2] {
-            let o = out.clone();
-            server(
-                &sim,
-                id,
-                SimRuntime::init(move |rt| {
-                    let out = o.clone();
-                    async move {
-                        for _ in 0..2 {
-                            let v: u64 = rt.rng().random();
-                            push(&out, (id, rt.handle().incarnation(), v));
-                        }
-                    }
-                }),
-            );
+            server(&sim, id, out.clone(), move |rt, out| async move {
+                for _ in 0..2 {
+                    let v: u64 = rt.rng().random();
+                    push(&out, (id, rt.handle().incarnation(), v));
+                }
+            });
         }
         run(&sim, ms(1));
         sim.apply_fault(Fault::Crash(NodeId(1)));
@@ -1373,29 +1173,21 @@ fn node_generators_derive_from_the_seed() {
 fn buggify_run(seed: u64, on: bool, liveness_at: Option<Instant>) -> (u32, u32, u64, Vec<Instant>) {
     let sim = with_profile(seed, FaultProfile { buggify: on, ..FaultProfile::calm() });
     let out = shared((0u32, 0u32, Vec::<Instant>::new()));
-    let o = out.clone();
-    server(
-        &sim,
-        1,
-        SimRuntime::init(move |rt| {
-            let out = o.clone();
-            async move {
-                for _ in 0..40 {
-                    let a = buggify!(rt);
-                    let b = buggify!(rt);
-                    {
-                        let mut g = get(&out);
-                        g.0 += u32::from(a);
-                        g.1 += u32::from(b);
-                        if a || b {
-                            g.2.push(rt.sim().now());
-                        }
-                    }
-                    rt.sleep(Duration::from_millis(1)).await;
+    server(&sim, 1, out.clone(), |rt, out| async move {
+        for _ in 0..40 {
+            let a = buggify!(rt);
+            let b = buggify!(rt);
+            {
+                let mut g = get(&out);
+                g.0 += u32::from(a);
+                g.1 += u32::from(b);
+                if a || b {
+                    g.2.push(rt.sim().now());
                 }
             }
-        }),
-    );
+            rt.sleep(Duration::from_millis(1)).await;
+        }
+    });
     if let Some(at) = liveness_at {
         sim.schedule_liveness(at);
     }
