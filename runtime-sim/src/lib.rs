@@ -71,23 +71,8 @@ pub struct Sleep {
 impl Future for Sleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.handle.now() >= self.deadline {
-            if let Some(t) = self.timer.take() {
-                self.handle.cancel_timer(t);
-            }
-            return Poll::Ready(());
-        }
-        if let Some(t) = self.timer
-            && self.handle.update_timer(t, cx.waker())
-        {
-            return Poll::Pending;
-        }
-        let deadline = self.deadline;
-        self.timer = self.handle.register_timer(deadline, cx.waker().clone());
-        if self.timer.is_none() {
-            return Poll::Ready(());
-        }
-        Poll::Pending
+        let this = &mut *self;
+        this.handle.poll_sleep(this.deadline, &mut this.timer, cx.waker())
     }
 }
 

@@ -169,7 +169,8 @@ pub enum OpResult {
 
 enum Event {
     Timer(TimerId),
-    Packet { from: NodeId, to: NodeId, payload: Bytes },
+    /// `digest` is the payload's trace digest, computed once at send.
+    Packet { from: NodeId, to: NodeId, payload: Bytes, digest: u64 },
     OpDone { op: OpId, sync: Option<(String, u64)> },
     Frame { conn: ConnId, to: End, frame: Option<Bytes> },
     Connect { op: OpId, conn: ConnId },
@@ -701,8 +702,7 @@ impl World {
                     w.wake();
                 }
             }
-            Event::Packet { from, to, payload } => {
-                let d = digest(&payload);
+            Event::Packet { from, to, payload, digest: d } => {
                 let node = self.nodes.get_mut(&to).expect("packets go to known nodes");
                 let blocked = self.net.is_blocked(from, to);
                 if blocked || node.status == NodeStatus::Down || node.inbox.len() >= INBOX_CAPACITY {
@@ -1079,32 +1079,32 @@ impl NodeHandle {
         w.nodes[&self.node].clock.wall_now(w.now)
     }
 
-    /// Registers a wake-up when the node's monotonic clock reaches
-    /// `local_deadline`; `None` if it already has.
-    pub fn register_timer(&self, local_deadline: Instant, waker: Waker) -> Option<TimerId> {
+    /// Polls a sleep until the node's monotonic clock reaches
+    /// `local_deadline`, under one lock: ready if it has; otherwise keeps
+    /// `timer` armed with `waker` (re-arming it if it fired early or a drift
+    /// change cancelled it).
+    pub fn poll_sleep(&self, local_deadline: Instant, timer: &mut Option<TimerId>, waker: &Waker) -> Poll<()> {
         let mut w = self.world();
+        if w.local_now(self.node) >= local_deadline {
+            if let Some(t) = timer.take() {
+                w.timers.remove(&t);
+            }
+            return Poll::Ready(());
+        }
+        if let Some(t) = *timer
+            && let Some((_, armed)) = w.timers.get_mut(&t)
+        {
+            armed.clone_from(waker);
+            return Poll::Pending;
+        }
         let now = w.now;
         let at = w.nodes[&self.node].clock.true_deadline(local_deadline, now);
-        if w.local_now(self.node) >= local_deadline {
-            return None;
-        }
         let id = TimerId(w.next_timer);
         w.next_timer += 1;
-        w.timers.insert(id, (self.node, waker));
+        w.timers.insert(id, (self.node, waker.clone()));
         w.events.push(at, Event::Timer(id));
-        Some(id)
-    }
-
-    /// Replaces the waker of a pending timer; false if it already fired
-    /// (or a drift change cancelled it: register a new one).
-    pub fn update_timer(&self, id: TimerId, waker: &Waker) -> bool {
-        match self.world().timers.get_mut(&id) {
-            Some((_, w)) => {
-                w.clone_from(waker);
-                true
-            }
-            None => false,
-        }
+        *timer = Some(id);
+        Poll::Pending
     }
 
     /// Cancels a timer.
@@ -1177,9 +1177,9 @@ impl NodeHandle {
                 w.trace
                     .record(now, Some(from), "packet-send", d, || format!("send {from}->{to} {} bytes", payload.len()));
                 if let Some(dup) = duplicate_at {
-                    w.events.push(dup, Event::Packet { from, to, payload: payload.clone() });
+                    w.events.push(dup, Event::Packet { from, to, payload: payload.clone(), digest: d });
                 }
-                w.events.push(at, Event::Packet { from, to, payload });
+                w.events.push(at, Event::Packet { from, to, payload, digest: d });
             }
         }
     }

@@ -17,13 +17,19 @@ pub const HEADER: usize = 8;
 
 /// Encodes one record.
 pub fn encode_record(v: &Value) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER + 8 + v.payload.len());
+    encode_record_into(&mut out, v);
+    out.freeze()
+}
+
+/// Appends one record to `out` (for group commit).
+pub fn encode_record_into(out: &mut BytesMut, v: &Value) {
     let body_len = 8 + v.payload.len();
-    let mut out = BytesMut::with_capacity(HEADER + body_len);
+    out.reserve(HEADER + body_len);
     out.put_u32_le(body_len as u32);
     out.put_u32_le(checksum(body_len as u32, v.id, &v.payload));
     out.put_u64_le(v.id);
     out.put_slice(&v.payload);
-    out.freeze()
 }
 
 fn checksum(len: u32, id: u64, payload: &[u8]) -> u32 {

@@ -12,8 +12,11 @@
 //!   durable locally **and** `ack_replicas - 1` peers answered `Stored`.
 //!   Unanswered replicates are retransmitted.
 //! * Anti-entropy: every `anti_entropy` interval a node sends a digest of
-//!   its ids to one random peer; on mismatch the peer answers with all its
-//!   ids and the two exchange what the other lacks.
+//!   its *settled* ids (held for at least `settle`) to one random peer; on
+//!   mismatch the peer answers with all its ids and the two exchange what
+//!   the other lacks. Values still being replicated are left out of the
+//!   digest: retransmission covers them, and including them would make
+//!   nearly every round under load a full id exchange.
 //!
 //! # Guarantees (what the simulator checks)
 //!
@@ -65,19 +68,22 @@ pub struct BroadcastConfig {
     pub retransmit: Duration,
     /// Interval between anti-entropy digests.
     pub anti_entropy: Duration,
+    /// How long a value is held before anti-entropy digests include it.
+    pub settle: Duration,
     /// Planted bug, if any.
     pub planted: PlantedBug,
 }
 
 impl BroadcastConfig {
     /// Defaults for `members`: two durable copies, 50 ms retransmit,
-    /// 100 ms anti-entropy.
+    /// 100 ms anti-entropy over values held for 200 ms.
     pub fn new(members: Vec<NodeId>) -> Self {
         BroadcastConfig {
             members,
             ack_replicas: 2,
             retransmit: Duration::from_millis(50),
             anti_entropy: Duration::from_millis(100),
+            settle: Duration::from_millis(200),
             planted: PlantedBug::None,
         }
     }
@@ -150,7 +156,11 @@ pub struct BroadcastCore {
     rng: DetRng,
     now: Instant,
     held: BTreeMap<u64, Held>,
-    id_hash: u64,
+    /// Digest of the settled values: XOR of `id_hash` of each, and count.
+    settled_hash: u64,
+    settled_count: u64,
+    /// Values not yet settled, in the order learned.
+    unsettled: VecDeque<(Instant, u64)>,
     pending: BTreeMap<u64, PendingAck>,
     writes: BTreeMap<WriteId, u64>,
     write_ids: WriteIds,
@@ -178,7 +188,9 @@ impl BroadcastCore {
             rng,
             now,
             held: BTreeMap::new(),
-            id_hash: 0,
+            settled_hash: 0,
+            settled_count: 0,
+            unsettled: VecDeque::new(),
             pending: BTreeMap::new(),
             writes: BTreeMap::new(),
             write_ids: WriteIds::default(),
@@ -189,7 +201,8 @@ impl BroadcastCore {
         };
         for v in recovered {
             if let std::collections::btree_map::Entry::Vacant(e) = core.held.entry(v.id) {
-                core.id_hash ^= id_hash(v.id);
+                core.settled_hash ^= id_hash(v.id);
+                core.settled_count += 1;
                 e.insert(Held { payload: v.payload.clone(), durable: true, reply_stored: BTreeSet::new() });
                 core.outputs.push_back(Output::Learned(v));
             }
@@ -233,7 +246,7 @@ impl BroadcastCore {
         }
         let write = self.write_ids.next_id();
         self.writes.insert(write, v.id);
-        self.id_hash ^= id_hash(v.id);
+        self.unsettled.push_back((self.now, v.id));
         self.held.insert(v.id, Held { payload: v.payload.clone(), durable: false, reply_stored: BTreeSet::new() });
         self.outputs.push_back(Output::Persist { id: write, value: v.clone() });
         self.outputs.push_back(Output::Learned(v));
@@ -241,8 +254,16 @@ impl BroadcastCore {
     }
 
     fn send(&mut self, to: NodeId, msg: &PeerMessage) {
-        debug_assert_ne!(to, self.me, "no messages to self");
-        self.outputs.push_back(Output::Send { to, message: msg.encode() });
+        self.send_to_each(std::iter::once(to), msg);
+    }
+
+    /// Encodes `msg` once and queues the same bytes for every target.
+    fn send_to_each(&mut self, targets: impl IntoIterator<Item = NodeId>, msg: &PeerMessage) {
+        let message = msg.encode();
+        for to in targets {
+            debug_assert_ne!(to, self.me, "no messages to self");
+            self.outputs.push_back(Output::Send { to, message: message.clone() });
+        }
     }
 
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -262,9 +283,7 @@ impl BroadcastCore {
         pending.clients.insert(client);
         pending.next_retransmit = now + self.config.retransmit;
         let peers: Vec<NodeId> = self.peers().collect();
-        for p in peers {
-            self.send(p, &PeerMessage::Replicate(v.clone()));
-        }
+        self.send_to_each(peers, &PeerMessage::Replicate(v));
         self.check_ack(id);
     }
 
@@ -315,7 +334,8 @@ impl BroadcastCore {
                 }
             }
             PeerMessage::Digest { count, hash } => {
-                if count != self.held.len() as u64 || hash != self.id_hash {
+                self.settle(now);
+                if (count, hash) != (self.settled_count, self.settled_hash) {
                     let ids: Vec<u64> = self.held.keys().copied().take(wire::MAX_IDS).collect();
                     self.send(from, &PeerMessage::Have(ids));
                 }
@@ -380,9 +400,7 @@ impl BroadcastCore {
             let stored_on = p.stored_on.clone();
             let targets: Vec<NodeId> = self.peers().filter(|n| !stored_on.contains(n)).collect();
             self.stats.retransmits += 1;
-            for t in targets {
-                self.send(t, &PeerMessage::Replicate(v.clone()));
-            }
+            self.send_to_each(targets, &PeerMessage::Replicate(v));
         }
         if now >= self.next_anti_entropy {
             self.next_anti_entropy = now + self.config.anti_entropy;
@@ -390,10 +408,29 @@ impl BroadcastCore {
             if !peers.is_empty() {
                 self.stats.anti_entropy_rounds += 1;
                 let to = peers[self.rng.random_range(0..peers.len())];
-                let digest = PeerMessage::Digest { count: self.held.len() as u64, hash: self.id_hash };
+                let digest = self.digest();
                 self.send(to, &digest);
             }
         }
+    }
+
+    /// Moves values held for `settle` into the anti-entropy digest.
+    fn settle(&mut self, now: Instant) {
+        while let Some(&(learned, id)) = self.unsettled.front() {
+            if learned + self.config.settle > now {
+                break;
+            }
+            self.unsettled.pop_front();
+            self.settled_hash ^= id_hash(id);
+            self.settled_count += 1;
+        }
+    }
+
+    /// The anti-entropy digest of the settled values (as of the last input).
+    pub fn digest(&mut self) -> PeerMessage {
+        let now = self.now;
+        self.settle(now);
+        PeerMessage::Digest { count: self.settled_count, hash: self.settled_hash }
     }
 
     /// The next time [`Self::handle_timeout`] has work.

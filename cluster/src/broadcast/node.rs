@@ -20,7 +20,7 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::task::Poll;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
 use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Priority, Runtime, StorageFile};
@@ -28,7 +28,7 @@ use kaelix_core::sansio::WriteId;
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId};
 
-use super::log::{encode_record, scan};
+use super::log::{encode_record_into, scan};
 use super::wire::{ClientFrame, Value};
 use super::{BroadcastConfig, BroadcastCore, ClientRef, Output, PlantedBug};
 
@@ -189,14 +189,12 @@ async fn log_writer<F: StorageFile>(
         while let Some(Some(more)) = queue.next().now_or_never() {
             batch.push(more);
         }
-        let mut ok = true;
+        // One append and one sync for the whole batch.
+        let mut records = BytesMut::new();
         for (_, v) in &batch {
-            if file.append(encode_record(v)).await.is_err() {
-                ok = false;
-                break;
-            }
+            encode_record_into(&mut records, v);
         }
-        ok = ok && file.sync().await.is_ok();
+        let ok = file.append(records.freeze()).await.is_ok() && file.sync().await.is_ok();
         let ids = batch.into_iter().map(|(id, _)| id).collect();
         if done.unbounded_send(Input::WritesDone(ids, ok)).is_err() {
             return;

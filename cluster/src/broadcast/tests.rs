@@ -131,17 +131,25 @@ fn anti_entropy_exchanges_missing_values() {
     b.handle_write_complete(t(0), w, true);
     drain(&mut b);
 
-    // A's digest reaches B; B answers Have; A sends what B lacks and asks
-    // for what it lacks; B answers the Want.
-    let digest = PeerMessage::Digest { count: 1, hash: a.id_hash };
-    b.handle_message(t(1), A, digest.encode());
+    // Values still settling are not in the digest: the digests agree.
+    assert_eq!(a.digest(), PeerMessage::Digest { count: 0, hash: 0 });
+    b.handle_message(t(1), A, a.digest().encode());
+    assert!(sends(&drain(&mut b)).is_empty(), "unsettled values must not trigger an exchange");
+
+    // Once settled, A's digest reaches B; B answers Have; A sends what B
+    // lacks and asks for what it lacks; B answers the Want.
+    a.handle_timeout(t(250));
+    drain(&mut a);
+    let digest = a.digest();
+    assert!(matches!(digest, PeerMessage::Digest { count: 1, .. }));
+    b.handle_message(t(251), A, digest.encode());
     let have = sends(&drain(&mut b));
     assert!(matches!(&have[..], [(to, PeerMessage::Have(ids))] if *to == A && ids == &vec![2]));
-    a.handle_message(t(2), B, have[0].1.encode());
+    a.handle_message(t(252), B, have[0].1.encode());
     let from_a = sends(&drain(&mut a));
     assert!(from_a.contains(&(B, PeerMessage::Replicate(value(1)))));
     assert!(from_a.contains(&(B, PeerMessage::Want(vec![2]))));
-    b.handle_message(t(3), A, PeerMessage::Want(vec![2]).encode());
+    b.handle_message(t(253), A, PeerMessage::Want(vec![2]).encode());
     assert!(sends(&drain(&mut b)).contains(&(A, PeerMessage::Replicate(value(2)))));
 }
 

@@ -133,9 +133,19 @@ fn done(buf: &Bytes) -> Result<(), DecodeError> {
 }
 
 impl PeerMessage {
+    /// The exact length of [`PeerMessage::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            PeerMessage::Replicate(v) => 12 + v.payload.len(),
+            PeerMessage::Stored(_) => 8,
+            PeerMessage::Digest { .. } => 16,
+            PeerMessage::Have(ids) | PeerMessage::Want(ids) => 4 + 8 * ids.len(),
+        }
+    }
+
     /// Encodes the message.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(self.encoded_len());
         match self {
             PeerMessage::Replicate(v) => {
                 out.put_u8(1);
@@ -159,6 +169,7 @@ impl PeerMessage {
                 }
             }
         }
+        debug_assert_eq!(out.len(), self.encoded_len());
         out.freeze()
     }
 
