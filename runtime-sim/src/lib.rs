@@ -44,7 +44,7 @@ impl SimRuntime {
     }
 
     /// The simulator.
-    pub fn sim(&self) -> &Sim {
+    pub fn sim(&self) -> Sim {
         self.handle.sim()
     }
 

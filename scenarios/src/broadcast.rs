@@ -3,8 +3,9 @@
 //! * **Cluster**: 5 servers running `kaelix_cluster::broadcast::node::run_node`
 //!   (acknowledge once durable on 2 nodes), 3 simulated clients.
 //! * **Workload**: each client, every 5–40 ms of its clock, submits a new
-//!   value (unique id, random payload) to a random server, retrying on
-//!   other servers when the outcome is unknown (timeout, refused, broken).
+//!   value (unique id, random payload) to a random server over a kept-open
+//!   stream, retrying on other servers when the outcome is unknown
+//!   (timeout, refused, broken) and reconnecting after a failure.
 //! * **Faults**: swarm-drawn per seed (see `kaelix_sim::faults`), limited to
 //!   what the protocol claims to survive: at most 2 servers down at once,
 //!   whole-cluster power loss, and one server (chosen by the seed) whose
@@ -21,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kaelix_cluster::broadcast::node::{BroadcastObserver, run_node, submit};
+use kaelix_cluster::broadcast::node::{BroadcastClient, BroadcastObserver, run_node};
 use kaelix_cluster::broadcast::wire::Value;
 use kaelix_cluster::broadcast::{BroadcastConfig, PlantedBug};
 use kaelix_core::rng::{self, RngExt};
@@ -117,6 +118,7 @@ async fn client(rt: SimRuntime, me: u64, checker: Checker) {
     let mut rng = rt.rng();
     let start = rt.now();
     let servers = servers();
+    let mut client = BroadcastClient::new(rt.clone());
     let mut seq = 0u64;
     while rt.now() - start < SAFETY {
         rt.sleep(Duration::from_millis(rng.random_range(5..40))).await;
@@ -132,7 +134,7 @@ async fn client(rt: SimRuntime, me: u64, checker: Checker) {
         for _attempt in 0..6 {
             let node = servers[rng.random_range(0..servers.len())];
             let value = Value { id, payload: payload.clone() };
-            match submit(&rt, node, value, Duration::from_millis(300)).await {
+            match client.submit(node, value, Duration::from_millis(300)).await {
                 Ok(true) => {
                     checker.lock().acked.insert(id);
                     rt.sim().trace_event(Some(rt.node_id()), "client-ack", id, || format!("client acked {id:#x}"));

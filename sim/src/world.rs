@@ -27,10 +27,13 @@
 //! discarded. Clients are nodes too (with their own clock and address); the
 //! fault schedule only targets servers.
 
+use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
@@ -170,10 +173,25 @@ pub enum OpResult {
 enum Event {
     Timer(TimerId),
     /// `digest` is the payload's trace digest, computed once at send.
-    Packet { from: NodeId, to: NodeId, payload: Bytes, digest: u64 },
-    OpDone { op: OpId, sync: Option<(String, u64)> },
-    Frame { conn: ConnId, to: End, frame: Option<Bytes> },
-    Connect { op: OpId, conn: ConnId },
+    Packet {
+        from: NodeId,
+        to: NodeId,
+        payload: Bytes,
+        digest: u64,
+    },
+    OpDone {
+        op: OpId,
+        sync: Option<(String, u64)>,
+    },
+    Frame {
+        conn: ConnId,
+        to: End,
+        frame: Option<Bytes>,
+    },
+    Connect {
+        op: OpId,
+        conn: ConnId,
+    },
     Fault(Fault),
     Liveness,
 }
@@ -226,14 +244,50 @@ struct Conn {
     broken: bool,
 }
 
-#[derive(Default)]
-struct WakeList {
-    woken: Vec<TaskId>,
+/// Everything of one simulation, owned by its thread. Node handles and
+/// wakers reach it through [`CURRENT`] while the simulation runs, so the hot
+/// path takes no locks and performs no atomic read-modify-writes.
+struct Shared {
+    /// Distinguishes simulations on one thread (handles check it).
+    id: u64,
+    world: RefCell<World>,
+    /// Tasks woken since the scheduler last looked.
+    woken: RefCell<Vec<TaskId>>,
 }
 
+impl Shared {
+    fn world(&self) -> RefMut<'_, World> {
+        self.world.borrow_mut()
+    }
+}
+
+thread_local! {
+    /// The simulation being stepped on this thread.
+    static CURRENT: RefCell<Option<Rc<Shared>>> = const { RefCell::new(None) };
+}
+
+/// Source of simulation identities (identity only: never reaches behaviour).
+static NEXT_SIM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Makes a simulation current on this thread until dropped, restoring the
+/// previous one (so nested entries of the same simulation are harmless).
+struct Entered {
+    previous: Option<Rc<Shared>>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// Wakes a task by pushing its id onto the current simulation's list. A
+/// simulated task is only ever woken from inside its own simulation's step;
+/// a wake from anywhere else would be a simulator bug, so it is asserted.
 struct TaskWaker {
+    sim: u64,
     id: TaskId,
-    list: Arc<Mutex<WakeList>>,
 }
 
 impl Wake for TaskWaker {
@@ -241,14 +295,11 @@ impl Wake for TaskWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        lock(&self.list).woken.push(self.id);
+        CURRENT.with(|c| match &*c.borrow() {
+            Some(shared) if shared.id == self.sim => shared.woken.borrow_mut().push(self.id),
+            _ => debug_assert!(false, "a simulated task was woken outside its simulation"),
+        });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic inside a task propagates out of `step` without holding any
-    // lock, so poisoning only follows a bug in the simulator itself.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Counters of what happened in a run.
@@ -353,11 +404,11 @@ pub enum Step {
     Idle,
 }
 
-/// The simulator: share it by reference; node handles point into it.
+/// The simulator. It lives on one thread; node handles reach it while it
+/// runs (see [`Sim::step`]).
 #[derive(Clone)]
 pub struct Sim {
-    world: Arc<Mutex<World>>,
-    wakes: Arc<Mutex<WakeList>>,
+    shared: Rc<Shared>,
 }
 
 impl Sim {
@@ -392,11 +443,23 @@ impl Sim {
             calm_link: config.calm_link,
             boots: Vec::new(),
         };
-        Sim { world: Arc::new(Mutex::new(world)), wakes: Arc::new(Mutex::new(WakeList::default())) }
+        let id = NEXT_SIM_ID.fetch_add(1, Ordering::Relaxed);
+        Sim { shared: Rc::new(Shared { id, world: RefCell::new(world), woken: RefCell::new(Vec::new()) }) }
     }
 
-    fn world(&self) -> MutexGuard<'_, World> {
-        lock(&self.world)
+    fn world(&self) -> RefMut<'_, World> {
+        self.shared.world()
+    }
+
+    /// Makes this simulation the one node handles and wakers reach.
+    fn enter(&self) -> Entered {
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(self.shared.clone()));
+        Entered { previous }
+    }
+
+    /// The simulation being stepped on this thread, if any.
+    pub fn current() -> Option<Sim> {
+        CURRENT.with(|c| c.borrow().clone()).map(|shared| Sim { shared })
     }
 
     /// Adds a node with id `id` and boots it now.
@@ -441,10 +504,11 @@ impl Sim {
     }
 
     fn boot(&self, id: NodeId) {
+        let _entered = self.enter();
         let (init, handle) = {
             let w = self.world();
             let node = &w.nodes[&id];
-            let handle = NodeHandle { sim: self.clone(), node: id, incarnation: node.incarnation };
+            let handle = NodeHandle { sim: self.shared.id, node: id, incarnation: node.incarnation };
             (node.init.clone(), handle)
         };
         let fut = init(handle.clone());
@@ -464,13 +528,16 @@ impl Sim {
 
     /// Applies `fault` now.
     pub fn apply_fault(&self, fault: Fault) {
+        let _entered = self.enter();
         let dropped = self.world().apply_fault(fault);
-        self.after_fault(dropped);
+        self.finish_event(dropped);
     }
 
-    fn after_fault(&self, dropped: Dropped) {
-        // Futures are dropped without the world lock: their destructors may
-        // call back into the world.
+    /// After an event: drops the tasks it killed and boots the nodes it
+    /// restarted.
+    fn finish_event(&self, dropped: Dropped) {
+        // Futures are dropped outside the world borrow: their destructors
+        // may call back into the world.
         drop(dropped);
         let restart: Vec<NodeId> = std::mem::take(&mut self.world().boots);
         for id in restart {
@@ -527,8 +594,9 @@ impl Sim {
 
     /// Runs one step (see the module docs), not advancing time past `limit`.
     pub fn step(&self, limit: Instant) -> Step {
+        let _entered = self.enter();
         let mut w = self.world();
-        w.collect_wakes(&self.wakes);
+        w.collect_wakes(&self.shared.woken);
         while !w.ready.is_empty() {
             let len = w.ready.len();
             let i = w.rng.random_range(0..len);
@@ -543,10 +611,8 @@ impl Sim {
             let task = w.tasks.get_mut(&id).expect("checked above");
             let Some(mut fut) = task.future.take() else { continue };
             let (name, prio) = (task.name, task.priority);
-            let waker = task
-                .waker
-                .get_or_insert_with(|| Waker::from(Arc::new(TaskWaker { id, list: self.wakes.clone() })))
-                .clone();
+            let waker =
+                task.waker.get_or_insert_with(|| Waker::from(Arc::new(TaskWaker { sim: self.shared.id, id }))).clone();
             w.stats.polls += 1;
             let now = w.now;
             w.trace.record(now, Some(node), "poll", id.0 ^ ((prio as u64) << 56), || format!("poll {name} ({prio:?})"));
@@ -584,7 +650,7 @@ impl Sim {
                         return Step::Event;
                     }
                     drop(w);
-                    self.after_fault(dropped);
+                    self.finish_event(dropped);
                     return Step::Event;
                 }
                 _ => return Step::Idle,
@@ -640,6 +706,7 @@ impl Sim {
     /// Drops every task and pending event (end of run), without holding the
     /// world lock while futures drop.
     pub fn shutdown(&self) {
+        let _entered = self.enter();
         let (tasks, events) = {
             let mut w = self.world();
             let tasks: Vec<Task> = std::mem::take(&mut w.tasks).into_values().collect();
@@ -661,8 +728,8 @@ impl Sim {
 type Dropped = Vec<Task>;
 
 impl World {
-    fn collect_wakes(&mut self, wakes: &Mutex<WakeList>) {
-        let woken = std::mem::take(&mut lock(wakes).woken);
+    fn collect_wakes(&mut self, woken: &RefCell<Vec<TaskId>>) {
+        let woken = std::mem::take(&mut *woken.borrow_mut());
         for id in woken {
             self.make_ready(id);
         }
@@ -1027,7 +1094,7 @@ impl World {
 /// ignored (its futures are being dropped anyway).
 #[derive(Clone)]
 pub struct NodeHandle {
-    sim: Sim,
+    sim: u64,
     node: NodeId,
     incarnation: u64,
 }
@@ -1039,8 +1106,13 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
-    fn world(&self) -> MutexGuard<'_, World> {
-        self.sim.world()
+    /// The simulation this handle belongs to. Handles are only used by the
+    /// simulation's own tasks, which only run inside [`Sim::step`].
+    fn shared(&self) -> Rc<Shared> {
+        let shared =
+            CURRENT.with(|c| c.borrow().clone()).expect("a simulated node handle was used outside its simulation");
+        assert_eq!(shared.id, self.sim, "a simulated node handle was used inside another simulation");
+        shared
     }
 
     /// The node.
@@ -1054,28 +1126,29 @@ impl NodeHandle {
     }
 
     /// The simulator.
-    pub fn sim(&self) -> &Sim {
-        &self.sim
+    pub fn sim(&self) -> Sim {
+        Sim { shared: self.shared() }
     }
 
     /// The node's label.
     pub fn name(&self) -> String {
-        self.world().nodes[&self.node].name.clone()
+        self.shared().world().nodes[&self.node].name.clone()
     }
 
     /// Whether this incarnation is still running.
     pub fn is_alive(&self) -> bool {
-        self.world().alive(self.node, self.incarnation)
+        self.shared().world().alive(self.node, self.incarnation)
     }
 
     /// The node's monotonic time.
     pub fn now(&self) -> Instant {
-        self.world().local_now(self.node)
+        self.shared().world().local_now(self.node)
     }
 
     /// The node's wall clock.
     pub fn wall_clock(&self) -> WallTime {
-        let w = self.world();
+        let shared = self.shared();
+        let w = shared.world();
         w.nodes[&self.node].clock.wall_now(w.now)
     }
 
@@ -1084,7 +1157,8 @@ impl NodeHandle {
     /// `timer` armed with `waker` (re-arming it if it fired early or a drift
     /// change cancelled it).
     pub fn poll_sleep(&self, local_deadline: Instant, timer: &mut Option<TimerId>, waker: &Waker) -> Poll<()> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if w.local_now(self.node) >= local_deadline {
             if let Some(t) = timer.take() {
                 w.timers.remove(&t);
@@ -1109,13 +1183,14 @@ impl NodeHandle {
 
     /// Cancels a timer.
     pub fn cancel_timer(&self, id: TimerId) {
-        self.world().timers.remove(&id);
+        self.shared().world().timers.remove(&id);
     }
 
     /// Spawns a task on this node. A task spawned by a dead incarnation is
     /// dropped at once.
     pub fn spawn(&self, priority: Priority, name: &'static str, future: BoxFuture) -> TaskId {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         let id = TaskId(w.next_task);
         w.next_task += 1;
         if !w.alive(self.node, self.incarnation) {
@@ -1143,7 +1218,8 @@ impl NodeHandle {
     /// Cancels a task of this node (dropping its future).
     pub fn abort(&self, id: TaskId) {
         let task = {
-            let mut w = self.world();
+            let shared = self.shared();
+            let mut w = shared.world();
             match w.tasks.get(&id) {
                 Some(t) if t.node == self.node && t.incarnation == self.incarnation => w.remove_task(id),
                 _ => None,
@@ -1154,7 +1230,8 @@ impl NodeHandle {
 
     /// Sends a datagram (see the network fault model).
     pub fn send(&self, to: NodeId, payload: Bytes) {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if !w.alive(self.node, self.incarnation) || !w.nodes.contains_key(&to) {
             return;
         }
@@ -1186,7 +1263,8 @@ impl NodeHandle {
 
     /// Takes the next datagram from the inbox, or registers `cx`'s waker.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<(NodeId, Bytes)> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if !w.alive(self.node, self.incarnation) {
             return Poll::Pending;
         }
@@ -1207,7 +1285,8 @@ impl NodeHandle {
     /// reached, and then fires on ¼ of its calls; never in the liveness
     /// phase or when the profile turned buggify off.
     pub fn buggify(&self, site: &'static str) -> bool {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if !w.buggify_enabled {
             return false;
         }
@@ -1234,7 +1313,8 @@ impl NodeHandle {
     /// A fresh generator for this node, derived from the seed, the node and
     /// how many generators it has asked for: reproducible and independent.
     pub fn rng(&self) -> DetRng {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         let seed = w.seed;
         let node = w.nodes.get_mut(&self.node).expect("known node");
         node.rng_streams += 1;
@@ -1243,7 +1323,8 @@ impl NodeHandle {
 
     /// Starts a disk operation; its result is fetched with [`Self::poll_op`].
     pub fn disk(&self, request: DiskRequest) -> OpId {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         let op = w.new_op(self.node, self.incarnation);
         if !w.alive(self.node, self.incarnation) {
             return op; // never completes; the caller is being dropped
@@ -1288,12 +1369,13 @@ impl NodeHandle {
 
     /// The volatile length of a file on this node's disk.
     pub fn file_len(&self, name: &str) -> u64 {
-        self.world().nodes[&self.node].disk.len(name)
+        self.shared().world().nodes[&self.node].disk.len(name)
     }
 
     /// Polls an operation started with [`Self::disk`] or [`Self::connect`].
     pub fn poll_op(&self, op: OpId, cx: &mut Context<'_>) -> Poll<OpResult> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         let Some(slot) = w.ops.get_mut(&op) else { return Poll::Pending };
         // The result is computed at issue for most ops but only handed out
         // once the completion event (the op's latency) has run.
@@ -1307,12 +1389,13 @@ impl NodeHandle {
 
     /// Forgets an operation whose future was dropped.
     pub fn drop_op(&self, op: OpId) {
-        self.world().ops.remove(&op);
+        self.shared().world().ops.remove(&op);
     }
 
     /// Starts accepting client streams on this node.
     pub fn listen(&self) -> Result<(), NetError> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if !w.alive(self.node, self.incarnation) {
             return Err(NetError::Refused(self.node));
         }
@@ -1328,7 +1411,8 @@ impl NodeHandle {
     /// a listening socket does: later connects are refused and streams not
     /// yet accepted are reset. Ignored from a dead incarnation.
     pub fn unlisten(&self) {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if !w.alive(self.node, self.incarnation) {
             return;
         }
@@ -1343,7 +1427,8 @@ impl NodeHandle {
 
     /// Takes the next accepted connection, or registers the waker.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<ConnId> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if !w.alive(self.node, self.incarnation) {
             return Poll::Pending;
         }
@@ -1359,7 +1444,8 @@ impl NodeHandle {
 
     /// Starts connecting to `server`'s client listener; poll with [`Self::poll_op`].
     pub fn connect(&self, server: NodeId) -> OpId {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         let op = w.new_op(self.node, self.incarnation);
         if !w.alive(self.node, self.incarnation) || !w.nodes.contains_key(&server) {
             let slot = w.ops.get_mut(&op).expect("just created");
@@ -1390,12 +1476,13 @@ impl NodeHandle {
 
     /// Which node is at the other end of `conn` from `end`.
     pub fn conn_peer(&self, conn: ConnId, end: End) -> Option<NodeId> {
-        self.world().conns.get(&conn).map(|c| c.nodes[end.other() as usize])
+        self.shared().world().conns.get(&conn).map(|c| c.nodes[end.other() as usize])
     }
 
     /// Sends a frame (or end-of-stream with `None`) from `end` of `conn`.
     pub fn stream_send(&self, conn: ConnId, end: End, frame: Option<Bytes>) -> Result<(), NetError> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         if let Some(f) = &frame
             && f.len() > MAX_FRAME_BYTES
         {
@@ -1423,7 +1510,8 @@ impl NodeHandle {
         end: End,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, NetError>> {
-        let mut w = self.world();
+        let shared = self.shared();
+        let mut w = shared.world();
         let Some(c) = w.conns.get_mut(&conn) else { return Poll::Ready(Err(NetError::Reset)) };
         if let Some(f) = c.inbox[end as usize].pop_front() {
             return Poll::Ready(Ok(Some(f)));

@@ -340,18 +340,28 @@ impl BroadcastCore {
                     self.send(from, &PeerMessage::Have(ids));
                 }
             }
-            PeerMessage::Have(ids) => {
-                let theirs: BTreeSet<u64> = ids.iter().copied().collect();
-                let missing_there: Vec<Value> = self
-                    .held
-                    .iter()
-                    .filter(|(id, h)| h.durable && !theirs.contains(id))
-                    .map(|(id, h)| Value { id: *id, payload: h.payload.clone() })
-                    .collect();
+            PeerMessage::Have(mut ids) => {
+                // Both sides are sorted id lists: one merge pass finds what
+                // each lacks. A peer's list is sorted unless it is buggy.
+                if !ids.is_sorted() {
+                    ids.sort_unstable();
+                }
+                ids.dedup();
+                let mut missing_there = Vec::new();
+                let mut missing_here = Vec::new();
+                let mut theirs = ids.into_iter().peekable();
+                for (&id, h) in &self.held {
+                    while let Some(t) = theirs.next_if(|&t| t < id) {
+                        missing_here.push(t);
+                    }
+                    if theirs.next_if_eq(&id).is_none() && h.durable {
+                        missing_there.push(Value { id, payload: h.payload.clone() });
+                    }
+                }
+                missing_here.extend(theirs);
                 for v in missing_there {
                     self.send(from, &PeerMessage::Replicate(v));
                 }
-                let missing_here: Vec<u64> = ids.into_iter().filter(|id| !self.held.contains_key(id)).collect();
                 if !missing_here.is_empty() {
                     self.send(from, &PeerMessage::Want(missing_here));
                 }

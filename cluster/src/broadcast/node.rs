@@ -261,30 +261,60 @@ async fn client_reader<S: ClientStream>(
     }
 }
 
-/// A client's view: submit one value to `node` and wait for its ack.
-///
-/// Returns `Ok(true)` when acknowledged, `Ok(false)` on an explicit
-/// error reply, and `Err` when the outcome is unknown (connection failed or
-/// timed out) — the value may or may not have been stored.
-pub async fn submit<R: Runtime>(rt: &R, node: NodeId, value: Value, timeout: Duration) -> Result<bool, SubmitError> {
-    let work = async {
-        let stream = rt.connect(node).await.map_err(|_| SubmitError::Unreachable)?;
-        let id = value.id;
-        stream.send(ClientFrame::Submit(value).encode()).await.map_err(|_| SubmitError::Broken)?;
-        let result = loop {
-            match stream.recv().await {
-                Ok(Some(f)) => match ClientFrame::decode(f) {
-                    Ok(ClientFrame::Ack(acked)) if acked == id => break Ok(true),
-                    Ok(ClientFrame::Error { .. }) => break Ok(false),
-                    _ => continue,
-                },
-                Ok(None) | Err(_) => break Err(SubmitError::Broken),
+/// A broadcast client: keeps one stream per node it has talked to, and
+/// reconnects when a stream fails.
+pub struct BroadcastClient<R: Runtime> {
+    rt: R,
+    streams: BTreeMap<NodeId, <R as ClientNetwork>::Stream>,
+}
+
+impl<R: Runtime> BroadcastClient<R> {
+    /// A client with no connections yet.
+    pub fn new(rt: R) -> Self {
+        BroadcastClient { rt, streams: BTreeMap::new() }
+    }
+
+    /// Submits `value` to `node` and waits for its acknowledgement.
+    ///
+    /// Returns `Ok(true)` when acknowledged, `Ok(false)` on an explicit
+    /// error reply, and `Err` when the outcome is unknown (connection failed,
+    /// broke or timed out) — the value may or may not have been stored. A
+    /// stream that failed or timed out is dropped; the next submit to that
+    /// node reconnects.
+    pub async fn submit(&mut self, node: NodeId, value: Value, timeout: Duration) -> Result<bool, SubmitError> {
+        let rt = self.rt.clone();
+        let streams = &mut self.streams;
+        let work = async {
+            let stream = match streams.get(&node) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = rt.connect(node).await.map_err(|_| SubmitError::Unreachable)?;
+                    streams.insert(node, s.clone());
+                    s
+                }
+            };
+            let id = value.id;
+            stream.send(ClientFrame::Submit(value).encode()).await.map_err(|_| SubmitError::Broken)?;
+            loop {
+                match stream.recv().await {
+                    Ok(Some(f)) => match ClientFrame::decode(f) {
+                        Ok(ClientFrame::Ack(acked)) if acked == id => return Ok(true),
+                        Ok(ClientFrame::Error { .. }) => return Ok(false),
+                        // A late ack of an earlier submit that timed out.
+                        _ => continue,
+                    },
+                    Ok(None) | Err(_) => return Err(SubmitError::Broken),
+                }
             }
         };
-        stream.close();
+        let result = kaelix_core::runtime::timeout(&rt, timeout, work).await.unwrap_or(Err(SubmitError::TimedOut));
+        if result.is_err()
+            && let Some(s) = self.streams.remove(&node)
+        {
+            s.close();
+        }
         result
-    };
-    kaelix_core::runtime::timeout(rt, timeout, work).await.unwrap_or(Err(SubmitError::TimedOut))
+    }
 }
 
 /// Why a submit's outcome is unknown.

@@ -187,3 +187,21 @@ fn poll_timeout_reports_earliest_deadline() {
     a.handle_client_submit(t(10), ClientRef(0), value(1));
     assert_eq!(a.poll_timeout(), t(60));
 }
+
+#[test]
+fn have_exchange_finds_both_differences_even_from_an_unsorted_list() {
+    let mut a = core(A, PlantedBug::None);
+    for id in [1, 3, 5, 7] {
+        a.handle_message(t(0), C, PeerMessage::Replicate(value(id)).encode());
+        let w = persist_id(&drain(&mut a));
+        a.handle_write_complete(t(0), w, true);
+        drain(&mut a);
+    }
+    // B claims 7, 2, 3, 9, 2 (unsorted, with a duplicate).
+    a.handle_message(t(1), B, PeerMessage::Have(vec![7, 2, 3, 9, 2]).encode());
+    let out = sends(&drain(&mut a));
+    let replicated: Vec<u64> =
+        out.iter().filter_map(|(_, m)| if let PeerMessage::Replicate(v) = m { Some(v.id) } else { None }).collect();
+    assert_eq!(replicated, vec![1, 5]);
+    assert!(out.contains(&(B, PeerMessage::Want(vec![2, 9]))));
+}
