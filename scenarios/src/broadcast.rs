@@ -19,6 +19,7 @@
 //!   lost (a durability violation), not as slowness.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -90,11 +91,15 @@ struct Observed {
 }
 
 #[derive(Clone)]
-struct Checker(Arc<Mutex<Observed>>);
+struct Checker {
+    observed: Arc<Mutex<Observed>>,
+    /// Set with `Observed::violation`, so the per-step check is one load.
+    violated: Arc<AtomicBool>,
+}
 
 impl Checker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -109,6 +114,7 @@ impl BroadcastObserver for Checker {
         if !ok && o.violation.is_none() {
             let what = if o.sent.contains_key(&value.id) { "with a payload nobody sent" } else { "that nobody sent" };
             o.violation = Some(format!("{node} holds value {:#x} {what}", value.id));
+            self.violated.store(true, Ordering::Relaxed);
         }
         o.held.entry(node).or_default().insert(value.id);
     }
@@ -205,7 +211,7 @@ impl Scenario for Broadcast {
         let fault_mix = profile.mix();
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
-        let checker = Checker(Arc::new(Mutex::new(Observed::default())));
+        let checker = Checker { observed: Arc::default(), violated: Arc::default() };
         let mut config = BroadcastConfig::new(servers.clone());
         config.planted = self.planted;
         for &id in &servers {
@@ -249,9 +255,9 @@ impl Scenario for Broadcast {
                     last_convergence_check = now;
                     self.converged(&checker)
                 },
-                |_| match checker.lock().violation.clone() {
-                    Some(v) => Err(v),
-                    None => Ok(()),
+                |_| match checker.violated.load(Ordering::Relaxed) {
+                    true => Err(checker.lock().violation.clone().expect("set before the flag")),
+                    false => Ok(()),
                 },
             )
         }));

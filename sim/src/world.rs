@@ -83,9 +83,58 @@ pub enum NodeStatus {
     Paused,
 }
 
-/// Identifies a task: slot index and generation.
+/// Identifies a task: its spawn sequence number (unique in a run, and the
+/// order ids compare in) and its slot in the task table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TaskId(u64);
+pub struct TaskId {
+    seq: u64,
+    slot: usize,
+}
+
+/// Tasks by id in a slab: O(1) lookups on the scheduler's hot path. A slot
+/// is reused after its task ends, so every lookup checks the sequence
+/// number: a stale id (a late wake of a finished task) finds nothing.
+#[derive(Default)]
+struct TaskTable {
+    slab: slab::Slab<Task>,
+    next_seq: u64,
+}
+
+impl TaskTable {
+    /// An id for a task that is never inserted (spawned by a dead node).
+    fn unused_id(&mut self) -> TaskId {
+        self.next_seq += 1;
+        TaskId { seq: self.next_seq, slot: usize::MAX }
+    }
+
+    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Task) -> TaskId {
+        self.next_seq += 1;
+        let entry = self.slab.vacant_entry();
+        let id = TaskId { seq: self.next_seq, slot: entry.key() };
+        entry.insert(make(id));
+        id
+    }
+
+    fn get(&self, id: &TaskId) -> Option<&Task> {
+        self.slab.get(id.slot).filter(|t| t.id == *id)
+    }
+
+    fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
+        self.slab.get_mut(id.slot).filter(|t| t.id == *id)
+    }
+
+    fn contains_key(&self, id: &TaskId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn remove(&mut self, id: &TaskId) -> Option<Task> {
+        self.contains_key(id).then(|| self.slab.remove(id.slot))
+    }
+
+    fn take_all(&mut self) -> Vec<Task> {
+        self.slab.drain().collect()
+    }
+}
 
 /// Identifies a pending asynchronous operation (disk op or connect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -197,6 +246,7 @@ enum Event {
 }
 
 struct Task {
+    id: TaskId,
     node: NodeId,
     incarnation: u64,
     priority: Priority,
@@ -330,8 +380,7 @@ struct World {
     now: Instant,
     rng: DetRng,
     events: EventQueue<Event>,
-    tasks: BTreeMap<TaskId, Task>,
-    next_task: u64,
+    tasks: TaskTable,
     ready: Vec<TaskId>,
     nodes: BTreeMap<NodeId, Node>,
     net: NetModel,
@@ -421,8 +470,7 @@ impl Sim {
             now: Instant::ZERO,
             rng: rng::fork(&mut root),
             events: EventQueue::new(),
-            tasks: BTreeMap::new(),
-            next_task: 0,
+            tasks: TaskTable::default(),
             ready: Vec::new(),
             nodes: BTreeMap::new(),
             net,
@@ -615,7 +663,8 @@ impl Sim {
                 task.waker.get_or_insert_with(|| Waker::from(Arc::new(TaskWaker { sim: self.shared.id, id }))).clone();
             w.stats.polls += 1;
             let now = w.now;
-            w.trace.record(now, Some(node), "poll", id.0 ^ ((prio as u64) << 56), || format!("poll {name} ({prio:?})"));
+            w.trace
+                .record(now, Some(node), "poll", id.seq ^ ((prio as u64) << 56), || format!("poll {name} ({prio:?})"));
             drop(w);
 
             let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
@@ -709,7 +758,7 @@ impl Sim {
         let _entered = self.enter();
         let (tasks, events) = {
             let mut w = self.world();
-            let tasks: Vec<Task> = std::mem::take(&mut w.tasks).into_values().collect();
+            let tasks: Vec<Task> = w.tasks.take_all();
             let events = std::mem::take(&mut w.events);
             w.timers.clear();
             w.ops.clear();
@@ -1191,25 +1240,22 @@ impl NodeHandle {
     pub fn spawn(&self, priority: Priority, name: &'static str, future: BoxFuture) -> TaskId {
         let shared = self.shared();
         let mut w = shared.world();
-        let id = TaskId(w.next_task);
-        w.next_task += 1;
         if !w.alive(self.node, self.incarnation) {
+            let id = w.tasks.unused_id();
             drop(w);
             drop(future);
             return id;
         }
-        w.tasks.insert(
+        let id = w.tasks.insert_with(|id| Task {
             id,
-            Task {
-                node: self.node,
-                incarnation: self.incarnation,
-                priority,
-                name,
-                future: Some(future),
-                queued: false,
-                waker: None,
-            },
-        );
+            node: self.node,
+            incarnation: self.incarnation,
+            priority,
+            name,
+            future: Some(future),
+            queued: false,
+            waker: None,
+        });
         w.nodes.get_mut(&self.node).expect("alive").tasks.insert(id);
         w.make_ready(id);
         id
