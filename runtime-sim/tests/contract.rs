@@ -450,7 +450,9 @@ fn crash_drops_every_task_and_restart_runs_init_again() {
     assert_eq!(sim.status(NodeId(1)), NodeStatus::Down);
 
     // A handle of the dead incarnation spawns nothing: the future is dropped
-    // at once and its handle is cancelled.
+    // at once and its handle is cancelled. (Handles are used between steps
+    // only inside `Sim::enter`.)
+    let entered = sim.enter();
     let stale = snapshot(&old_rt).expect("init stored its runtime");
     assert!(!stale.handle().is_alive());
     let ran = shared(false);
@@ -461,6 +463,7 @@ fn crash_drops_every_task_and_restart_runs_init_again() {
     });
     assert_eq!(*get(&drops), 8);
     assert_eq!(h.now_or_never(), Some(Err(JoinError::Cancelled)));
+    drop(entered);
 
     run(&sim, ms(10));
     assert_eq!(snapshot(&observed), vec!["Err(Cancelled) at 0.005000000s".to_owned()]);

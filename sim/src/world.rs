@@ -12,6 +12,11 @@
 //!   completion, stream frame, fault), advances virtual time to it and
 //!   applies it, which usually wakes a task.
 //!
+//! The world is owned by the thread that runs it (`Rc` + `RefCell`): node
+//! handles and wakers reach it through a thread-local set while the
+//! simulation is entered (every step enters it), so the hot path takes no
+//! locks.
+//!
 //! Time never advances while a task is ready, so a busy task cannot starve
 //! timers in virtual time — but virtual time only moves when everything is
 //! idle.
@@ -321,7 +326,8 @@ static NEXT_SIM_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Makes a simulation current on this thread until dropped, restoring the
 /// previous one (so nested entries of the same simulation are harmless).
-struct Entered {
+/// See [`Sim::enter`].
+pub struct Entered {
     previous: Option<Rc<Shared>>,
 }
 
@@ -499,8 +505,10 @@ impl Sim {
         self.shared.world()
     }
 
-    /// Makes this simulation the one node handles and wakers reach.
-    fn enter(&self) -> Entered {
+    /// Makes this simulation the one node handles and wakers reach, until
+    /// the guard drops. Stepping does this by itself; harness code that uses
+    /// a node handle between steps enters first.
+    pub fn enter(&self) -> Entered {
         let previous = CURRENT.with(|c| c.borrow_mut().replace(self.shared.clone()));
         Entered { previous }
     }
@@ -1140,7 +1148,9 @@ impl World {
 /// A node's window into the simulator, used by `kaelix-runtime-sim` to
 /// implement the runtime contract. Every call acts on behalf of one
 /// incarnation of one node; calls from an incarnation that has crashed are
-/// ignored (its futures are being dropped anyway).
+/// ignored (its futures are being dropped anyway). The handle holds only
+/// ids: it reaches the world through the thread's current simulation, so it
+/// is `Send` while the world itself never leaves its thread.
 #[derive(Clone)]
 pub struct NodeHandle {
     sim: u64,
@@ -1155,8 +1165,9 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
-    /// The simulation this handle belongs to. Handles are only used by the
-    /// simulation's own tasks, which only run inside [`Sim::step`].
+    /// The simulation this handle belongs to. Handles are used by the
+    /// simulation's own tasks, which run inside [`Sim::step`], or by harness
+    /// code inside [`Sim::enter`].
     fn shared(&self) -> Rc<Shared> {
         let shared =
             CURRENT.with(|c| c.borrow().clone()).expect("a simulated node handle was used outside its simulation");
