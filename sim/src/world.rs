@@ -513,10 +513,6 @@ impl Sim {
         Entered { previous }
     }
 
-    /// The simulation being stepped on this thread, if any.
-    pub fn current() -> Option<Sim> {
-        CURRENT.with(|c| c.borrow().clone()).map(|shared| Sim { shared })
-    }
 
     /// Adds a node with id `id` and boots it now.
     pub fn add_node(&self, id: NodeId, spec: NodeSpec) {
