@@ -513,7 +513,6 @@ impl Sim {
         Entered { previous }
     }
 
-
     /// Adds a node with id `id` and boots it now.
     pub fn add_node(&self, id: NodeId, spec: NodeSpec) {
         let mut w = self.world();
