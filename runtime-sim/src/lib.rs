@@ -371,7 +371,7 @@ impl StorageFile for SimFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, StorageError> {
-        let req = DiskRequest::Read { name: self.name.to_string(), offset, len };
+        let req = DiskRequest::Read { name: self.name.clone(), offset, len };
         match op(&self.handle, self.handle.disk(req)).await {
             OpResult::Data(r) => r,
             other => unreachable!("unexpected disk result {other:?}"),
@@ -379,7 +379,7 @@ impl StorageFile for SimFile {
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), StorageError> {
-        let req = DiskRequest::Write { name: self.name.to_string(), offset: Some(offset), data };
+        let req = DiskRequest::Write { name: self.name.clone(), offset: Some(offset), data };
         match op(&self.handle, self.handle.disk(req)).await {
             OpResult::Offset(r) => r.map(|_| ()),
             other => unreachable!("unexpected disk result {other:?}"),
@@ -389,7 +389,7 @@ impl StorageFile for SimFile {
     fn append(&self, data: Bytes) -> impl Future<Output = Result<u64, StorageError>> + Send {
         // The contract reserves the offset when `append` is called, not when
         // the future is first polled: issue the write now.
-        let req = DiskRequest::Write { name: self.name.to_string(), offset: None, data };
+        let req = DiskRequest::Write { name: self.name.clone(), offset: None, data };
         let pending = op(&self.handle, self.handle.disk(req));
         async move {
             match pending.await {
@@ -400,11 +400,11 @@ impl StorageFile for SimFile {
     }
 
     async fn truncate(&self, len: u64) -> Result<(), StorageError> {
-        unit(&self.handle, DiskRequest::Truncate { name: self.name.to_string(), len }).await
+        unit(&self.handle, DiskRequest::Truncate { name: self.name.clone(), len }).await
     }
 
     async fn sync(&self) -> Result<(), StorageError> {
-        unit(&self.handle, DiskRequest::Sync(self.name.to_string())).await
+        unit(&self.handle, DiskRequest::Sync(self.name.clone())).await
     }
 }
 
@@ -413,13 +413,13 @@ impl Storage for SimRuntime {
 
     async fn open(&self, name: &str) -> Result<SimFile, StorageError> {
         validate_file_name(name)?;
-        unit(&self.handle, DiskRequest::Open(name.to_owned())).await?;
+        unit(&self.handle, DiskRequest::Open(name.into())).await?;
         Ok(SimFile { handle: self.handle.clone(), name: name.into() })
     }
 
     async fn remove(&self, name: &str) -> Result<(), StorageError> {
         validate_file_name(name)?;
-        unit(&self.handle, DiskRequest::Remove(name.to_owned())).await
+        unit(&self.handle, DiskRequest::Remove(name.into())).await
     }
 
     async fn list(&self) -> Result<Vec<String>, StorageError> {

@@ -10,34 +10,21 @@ use std::collections::BinaryHeap;
 use kaelix_core::Instant;
 
 /// A min-queue of `(time, item)` with FIFO order among equal times.
+///
+/// Items live in a slab; the heap orders small `(time, seq, slot)` keys, so
+/// sifting moves 24 bytes whatever the size of an event.
 #[derive(Debug)]
 pub struct EventQueue<T> {
-    heap: BinaryHeap<Reverse<Entry<T>>>,
+    heap: BinaryHeap<Reverse<Key>>,
+    items: slab::Slab<T>,
     next_seq: u64,
 }
 
-#[derive(Debug)]
-struct Entry<T> {
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
     at: Instant,
     seq: u64,
-    item: T,
-}
-
-impl<T> PartialEq for Entry<T> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl<T> Eq for Entry<T> {}
-impl<T> PartialOrd for Entry<T> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl<T> Ord for Entry<T> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
+    slot: usize,
 }
 
 impl<T> Default for EventQueue<T> {
@@ -49,24 +36,25 @@ impl<T> Default for EventQueue<T> {
 impl<T> EventQueue<T> {
     /// An empty queue.
     pub fn new() -> Self {
-        EventQueue { heap: BinaryHeap::new(), next_seq: 0 }
+        EventQueue { heap: BinaryHeap::new(), items: slab::Slab::new(), next_seq: 0 }
     }
 
     /// Schedules `item` at `at`.
     pub fn push(&mut self, at: Instant, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Reverse(Entry { at, seq, item }));
+        let slot = self.items.insert(item);
+        self.heap.push(Reverse(Key { at, seq, slot }));
     }
 
     /// The time of the earliest event.
     pub fn peek_time(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(e)| e.at)
+        self.heap.peek().map(|Reverse(k)| k.at)
     }
 
     /// Removes the earliest event.
     pub fn pop(&mut self) -> Option<(Instant, T)> {
-        self.heap.pop().map(|Reverse(e)| (e.at, e.item))
+        self.heap.pop().map(|Reverse(k)| (k.at, self.items.remove(k.slot)))
     }
 
     /// Number of pending events.
@@ -81,7 +69,14 @@ impl<T> EventQueue<T> {
 
     /// Drops every pending event for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.heap.retain(|Reverse(e)| keep(&e.item));
+        let items = &mut self.items;
+        self.heap.retain(|Reverse(k)| {
+            let kept = keep(&items[k.slot]);
+            if !kept {
+                items.remove(k.slot);
+            }
+            kept
+        });
     }
 }
 

@@ -171,19 +171,20 @@ impl End {
     }
 }
 
-/// A disk request from a node.
+/// A disk request from a node. File names are shared (`Arc<str>`): a file
+/// handle issues many requests and none of them copies its name.
 #[derive(Clone, Debug)]
 pub enum DiskRequest {
     /// Open (create if missing).
-    Open(String),
+    Open(Arc<str>),
     /// Remove.
-    Remove(String),
+    Remove(Arc<str>),
     /// List files.
     List,
     /// Read `len` at `offset`.
     Read {
         /// File.
-        name: String,
+        name: Arc<str>,
         /// Offset.
         offset: u64,
         /// Length.
@@ -192,7 +193,7 @@ pub enum DiskRequest {
     /// Write at `offset`; `None` appends at the current end.
     Write {
         /// File.
-        name: String,
+        name: Arc<str>,
         /// Offset, or append.
         offset: Option<u64>,
         /// Data.
@@ -201,12 +202,12 @@ pub enum DiskRequest {
     /// Truncate to `len`.
     Truncate {
         /// File.
-        name: String,
+        name: Arc<str>,
         /// New length.
         len: u64,
     },
     /// Sync.
-    Sync(String),
+    Sync(Arc<str>),
 }
 
 /// The result of a completed operation.
@@ -235,7 +236,7 @@ enum Event {
     },
     OpDone {
         op: OpId,
-        sync: Option<(String, u64)>,
+        sync: Option<(Arc<str>, u64)>,
     },
     Frame {
         conn: ConnId,
@@ -1385,7 +1386,7 @@ impl NodeHandle {
         let now = w.now;
         let node = w.nodes.get_mut(&self.node).expect("alive");
         let disk = &mut node.disk;
-        let (kind, result, sync, what): (OpKind, Option<OpResult>, Option<(String, u64)>, &str) = match &request {
+        let (kind, result, sync, what): (OpKind, Option<OpResult>, Option<(Arc<str>, u64)>, &str) = match &request {
             DiskRequest::Open(name) => {
                 let r = kaelix_core::runtime::validate_file_name(name).map(|()| disk.open(name));
                 (OpKind::Read, Some(OpResult::Unit(r)), None, "open")
@@ -1407,7 +1408,7 @@ impl NodeHandle {
                 if disk.exists(name) {
                     (OpKind::Sync, None, Some((name.clone(), disk.sync_barrier())), "sync")
                 } else {
-                    (OpKind::Sync, Some(OpResult::Unit(Err(StorageError::NotFound(name.clone())))), None, "sync")
+                    (OpKind::Sync, Some(OpResult::Unit(Err(StorageError::NotFound(name.to_string())))), None, "sync")
                 }
             }
         };
