@@ -225,6 +225,9 @@ pub enum OpResult {
     Connected(Result<ConnId, NetError>),
 }
 
+/// A sync to complete with an op: the file and the barrier taken at issue.
+type PendingSync = Option<(Arc<str>, u64)>;
+
 enum Event {
     Timer(TimerId),
     /// `digest` is the payload's trace digest, computed once at send.
@@ -236,7 +239,7 @@ enum Event {
     },
     OpDone {
         op: OpId,
-        sync: Option<(Arc<str>, u64)>,
+        sync: PendingSync,
     },
     Frame {
         conn: ConnId,
@@ -1386,7 +1389,7 @@ impl NodeHandle {
         let now = w.now;
         let node = w.nodes.get_mut(&self.node).expect("alive");
         let disk = &mut node.disk;
-        let (kind, result, sync, what): (OpKind, Option<OpResult>, Option<(Arc<str>, u64)>, &str) = match &request {
+        let (kind, result, sync, what): (OpKind, Option<OpResult>, PendingSync, &str) = match &request {
             DiskRequest::Open(name) => {
                 let r = kaelix_core::runtime::validate_file_name(name).map(|()| disk.open(name));
                 (OpKind::Read, Some(OpResult::Unit(r)), None, "open")
