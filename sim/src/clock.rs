@@ -68,8 +68,12 @@ impl NodeClock {
     pub fn local_now(&self, true_now: Instant) -> Instant {
         let t = true_now.as_nanos();
         debug_assert!(t >= self.rebase_true, "clock read before its last rebase");
-        let elapsed = i128::from(t.saturating_sub(self.rebase_true));
-        let local_elapsed = elapsed * (PPM + i128::from(self.drift_ppm)) / PPM;
+        let elapsed = t.saturating_sub(self.rebase_true);
+        if self.drift_ppm == 0 {
+            // The common case, without 128-bit division.
+            return Instant::from_nanos(self.rebase_local.saturating_add(elapsed));
+        }
+        let local_elapsed = i128::from(elapsed) * (PPM + i128::from(self.drift_ppm)) / PPM;
         Instant::from_nanos(self.rebase_local.saturating_add(clamp_u64(local_elapsed)))
     }
 
@@ -84,6 +88,10 @@ impl NodeClock {
     pub fn true_deadline(&self, local_deadline: Instant, true_now: Instant) -> Instant {
         if local_deadline <= self.local_now(true_now) {
             return true_now;
+        }
+        if self.drift_ppm == 0 {
+            let at = self.rebase_true.saturating_add(local_deadline.as_nanos() - self.rebase_local);
+            return Instant::from_nanos(at).max(true_now);
         }
         let local_delta = i128::from(local_deadline.as_nanos() - self.rebase_local);
         let rate = PPM + i128::from(self.drift_ppm);

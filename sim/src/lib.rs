@@ -29,6 +29,7 @@ pub mod dist;
 pub mod faults;
 pub mod net;
 pub mod queue;
+pub mod table;
 pub mod trace;
 pub mod world;
 

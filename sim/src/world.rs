@@ -52,6 +52,7 @@ use crate::disk::{DiskConfig, OpKind, SimDisk};
 use crate::faults::{Fault, FaultProfile};
 use crate::net::{LinkConfig, NetModel, Route};
 use crate::queue::EventQueue;
+use crate::table::{Key, Table, TableKey};
 use crate::trace::{Trace, TraceSink, digest};
 
 /// A boxed task future.
@@ -88,66 +89,36 @@ pub enum NodeStatus {
     Paused,
 }
 
-/// Identifies a task: its spawn sequence number (unique in a run, and the
-/// order ids compare in) and its slot in the task table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TaskId {
-    seq: u64,
-    slot: usize,
+macro_rules! table_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Key);
+
+        impl TableKey for $name {
+            fn from_key(key: Key) -> Self {
+                $name(key)
+            }
+            fn key(self) -> Key {
+                self.0
+            }
+        }
+    };
 }
 
-/// Tasks by id in a slab: O(1) lookups on the scheduler's hot path. A slot
-/// is reused after its task ends, so every lookup checks the sequence
-/// number: a stale id (a late wake of a finished task) finds nothing.
-#[derive(Default)]
-struct TaskTable {
-    slab: slab::Slab<Task>,
-    next_seq: u64,
-}
-
-impl TaskTable {
-    /// An id for a task that is never inserted (spawned by a dead node).
-    fn unused_id(&mut self) -> TaskId {
-        self.next_seq += 1;
-        TaskId { seq: self.next_seq, slot: usize::MAX }
-    }
-
-    fn insert_with(&mut self, make: impl FnOnce(TaskId) -> Task) -> TaskId {
-        self.next_seq += 1;
-        let entry = self.slab.vacant_entry();
-        let id = TaskId { seq: self.next_seq, slot: entry.key() };
-        entry.insert(make(id));
-        id
-    }
-
-    fn get(&self, id: &TaskId) -> Option<&Task> {
-        self.slab.get(id.slot).filter(|t| t.id == *id)
-    }
-
-    fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
-        self.slab.get_mut(id.slot).filter(|t| t.id == *id)
-    }
-
-    fn contains_key(&self, id: &TaskId) -> bool {
-        self.get(id).is_some()
-    }
-
-    fn remove(&mut self, id: &TaskId) -> Option<Task> {
-        self.contains_key(id).then(|| self.slab.remove(id.slot))
-    }
-
-    fn take_all(&mut self) -> Vec<Task> {
-        self.slab.drain().collect()
-    }
-}
-
-/// Identifies a pending asynchronous operation (disk op or connect).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OpId(u64);
-
-/// Identifies a pending timer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TimerId(u64);
+table_id!(
+    /// Identifies a task: unique in a run, ordered by spawn. A late wake of
+    /// a finished task finds nothing (see [`crate::table`]).
+    TaskId
+);
+table_id!(
+    /// Identifies a pending asynchronous operation (disk op or connect).
+    OpId
+);
+table_id!(
+    /// Identifies a pending timer.
+    TimerId
+);
 
 /// Identifies a client stream connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -255,7 +226,6 @@ enum Event {
 }
 
 struct Task {
-    id: TaskId,
     node: NodeId,
     incarnation: u64,
     priority: Priority,
@@ -390,15 +360,13 @@ struct World {
     now: Instant,
     rng: DetRng,
     events: EventQueue<Event>,
-    tasks: TaskTable,
+    tasks: Table<TaskId, Task>,
     ready: Vec<TaskId>,
     nodes: BTreeMap<NodeId, Node>,
     net: NetModel,
-    ops: BTreeMap<OpId, OpSlot>,
-    next_op: u64,
+    ops: Table<OpId, OpSlot>,
     /// Pending timers: the node whose clock they run on, and whom to wake.
-    timers: BTreeMap<TimerId, (NodeId, Waker)>,
-    next_timer: u64,
+    timers: Table<TimerId, (NodeId, Waker)>,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
     buggify_sites: BTreeMap<&'static str, bool>,
@@ -480,14 +448,12 @@ impl Sim {
             now: Instant::ZERO,
             rng: rng::fork(&mut root),
             events: EventQueue::new(),
-            tasks: TaskTable::default(),
+            tasks: Table::default(),
             ready: Vec::new(),
             nodes: BTreeMap::new(),
             net,
-            ops: BTreeMap::new(),
-            next_op: 0,
-            timers: BTreeMap::new(),
-            next_timer: 0,
+            ops: Table::default(),
+            timers: Table::default(),
             conns: BTreeMap::new(),
             next_conn: 0,
             buggify_sites: BTreeMap::new(),
@@ -666,12 +632,15 @@ impl Sim {
             let task = w.tasks.get_mut(&id).expect("checked above");
             let Some(mut fut) = task.future.take() else { continue };
             let (name, prio) = (task.name, task.priority);
+            // Lent out for the poll and put back with the future: no
+            // reference-count traffic per poll.
             let waker =
-                task.waker.get_or_insert_with(|| Waker::from(Arc::new(TaskWaker { sim: self.shared.id, id }))).clone();
+                task.waker.take().unwrap_or_else(|| Waker::from(Arc::new(TaskWaker { sim: self.shared.id, id })));
             w.stats.polls += 1;
             let now = w.now;
-            w.trace
-                .record(now, Some(node), "poll", id.seq ^ ((prio as u64) << 56), || format!("poll {name} ({prio:?})"));
+            w.trace.record(now, Some(node), "poll", id.0.seq() ^ ((prio as u64) << 56), || {
+                format!("poll {name} ({prio:?})")
+            });
             drop(w);
 
             let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
@@ -679,7 +648,9 @@ impl Sim {
             let mut w = self.world();
             let keep = !done && w.tasks.contains_key(&id);
             if keep {
-                w.tasks.get_mut(&id).expect("checked").future = Some(fut);
+                let task = w.tasks.get_mut(&id).expect("checked");
+                task.future = Some(fut);
+                task.waker = Some(waker);
             } else {
                 if done {
                     w.remove_task(id);
@@ -785,8 +756,9 @@ type Dropped = Vec<Task>;
 
 impl World {
     fn collect_wakes(&mut self, woken: &RefCell<Vec<TaskId>>) {
-        let woken = std::mem::take(&mut *woken.borrow_mut());
-        for id in woken {
+        let mut woken = woken.borrow_mut();
+        // Drained in place: the buffer keeps its capacity across steps.
+        for id in woken.drain(..) {
             self.make_ready(id);
         }
     }
@@ -821,7 +793,7 @@ impl World {
         match event {
             Event::Timer(id) => {
                 if let Some((_, w)) = self.timers.remove(&id) {
-                    self.trace.record(now, None, "timer", id.0, || format!("timer {} fires", id.0));
+                    self.trace.record(now, None, "timer", id.0.seq(), || format!("timer {} fires", id.0.seq()));
                     w.wake();
                 }
             }
@@ -865,7 +837,7 @@ impl World {
                 if let Some(w) = slot.waker.take() {
                     w.wake();
                 }
-                self.trace.record(now, Some(node), "disk-done", op.0, || format!("disk op {} done", op.0));
+                self.trace.record(now, Some(node), "disk-done", op.0.seq(), || format!("disk op {} done", op.0.seq()));
             }
             Event::Frame { conn, to, frame } => self.deliver_frame(conn, to, frame),
             Event::Connect { op, conn } => self.finish_connect(op, conn),
@@ -985,7 +957,7 @@ impl World {
                 dropped.push(task);
             }
         }
-        self.ops.retain(|_, s| s.node != id);
+        self.ops.retain(|s| s.node != id);
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.nodes.contains(&id)).map(|(k, _)| *k).collect();
         for c in conns {
             self.break_conn(c);
@@ -1084,7 +1056,7 @@ impl World {
                 // old rate: cancel them and wake their sleepers, which re-arm
                 // at the new one (else a clock that speeds up wakes them late).
                 let stale: Vec<TimerId> =
-                    self.timers.iter().filter(|(_, (n, _))| *n == node).map(|(id, _)| *id).collect();
+                    self.timers.iter().filter(|(_, (n, _))| *n == node).map(|(id, _)| id).collect();
                 for id in stale {
                     if let Some((_, w)) = self.timers.remove(&id) {
                         w.wake();
@@ -1137,10 +1109,7 @@ impl World {
     }
 
     fn new_op(&mut self, node: NodeId, incarnation: u64) -> OpId {
-        let id = OpId(self.next_op);
-        self.next_op += 1;
-        self.ops.insert(id, OpSlot { node, incarnation, result: None, done: false, waker: None });
-        id
+        self.ops.insert(OpSlot { node, incarnation, result: None, done: false, waker: None })
     }
 }
 
@@ -1232,9 +1201,7 @@ impl NodeHandle {
         }
         let now = w.now;
         let at = w.nodes[&self.node].clock.true_deadline(local_deadline, now);
-        let id = TimerId(w.next_timer);
-        w.next_timer += 1;
-        w.timers.insert(id, (self.node, waker.clone()));
+        let id = w.timers.insert((self.node, waker.clone()));
         w.events.push(at, Event::Timer(id));
         *timer = Some(id);
         Poll::Pending
@@ -1251,13 +1218,12 @@ impl NodeHandle {
         let shared = self.shared();
         let mut w = shared.world();
         if !w.alive(self.node, self.incarnation) {
-            let id = w.tasks.unused_id();
+            let id = w.tasks.unused_key();
             drop(w);
             drop(future);
             return id;
         }
-        let id = w.tasks.insert_with(|id| Task {
-            id,
+        let id = w.tasks.insert(Task {
             node: self.node,
             incarnation: self.incarnation,
             priority,
@@ -1419,7 +1385,7 @@ impl NodeHandle {
         w.ops.get_mut(&op).expect("just created").result = result;
         w.events.push(now + latency, Event::OpDone { op, sync });
         let node = self.node;
-        w.trace.record(now, Some(node), "disk-op", op.0, || format!("disk {what} (op {})", op.0));
+        w.trace.record(now, Some(node), "disk-op", op.0.seq(), || format!("disk {what} (op {})", op.0.seq()));
         op
     }
 
