@@ -12,11 +12,14 @@
 //!   durable locally **and** `ack_replicas - 1` peers answered `Stored`.
 //!   Unanswered replicates are retransmitted.
 //! * Anti-entropy: every `anti_entropy` interval a node sends a digest of
-//!   its *settled* ids (held for at least `settle`) to one random peer; on
-//!   mismatch the peer answers with all its ids and the two exchange what
-//!   the other lacks. Values still being replicated are left out of the
-//!   digest: retransmission covers them, and including them would make
-//!   nearly every round under load a full id exchange.
+//!   its *settled* ids (held for at least `settle`) to one random peer. On
+//!   mismatch the peer answers with a digest per bucket of the id space
+//!   (`Buckets`); the first node answers with its ids in the buckets that
+//!   differ (`Have`), and the peer sends what the first lacks and asks for
+//!   what it lacks itself (`Want`). Values still being replicated are left
+//!   out of the digests: retransmission covers them, and including them
+//!   would make nearly every round under load an id exchange. Buckets keep
+//!   an exchange proportional to the difference, not to all ids held.
 //!
 //! # Guarantees (what the simulator checks)
 //!
@@ -41,7 +44,7 @@ use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::sansio::{WriteId, WriteIds};
 use kaelix_core::time::{Duration, Instant};
 
-use wire::{PeerMessage, Value};
+use wire::{DIGEST_BUCKETS, PeerMessage, SetDigest, Value, bucket_of};
 
 /// A known-wrong behaviour that a scenario variant switches on, so the
 /// simulator's power to find bugs is itself tested.
@@ -156,9 +159,9 @@ pub struct BroadcastCore {
     rng: DetRng,
     now: Instant,
     held: BTreeMap<u64, Held>,
-    /// Digest of the settled values: XOR of `id_hash` of each, and count.
-    settled_hash: u64,
-    settled_count: u64,
+    /// Digest of the settled values, in all and per bucket.
+    settled: SetDigest,
+    settled_buckets: [SetDigest; DIGEST_BUCKETS],
     /// Values not yet settled, in the order learned.
     unsettled: VecDeque<(Instant, u64)>,
     pending: BTreeMap<u64, PendingAck>,
@@ -169,12 +172,8 @@ pub struct BroadcastCore {
     stats: BroadcastStats,
 }
 
-fn id_hash(id: u64) -> u64 {
-    // SplitMix64 finaliser: spreads ids so XOR-of-hashes is a good set digest.
-    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn in_buckets(mask: u16, id: u64) -> bool {
+    mask & (1 << bucket_of(id)) != 0
 }
 
 impl BroadcastCore {
@@ -188,8 +187,8 @@ impl BroadcastCore {
             rng,
             now,
             held: BTreeMap::new(),
-            settled_hash: 0,
-            settled_count: 0,
+            settled: SetDigest::default(),
+            settled_buckets: [SetDigest::default(); DIGEST_BUCKETS],
             unsettled: VecDeque::new(),
             pending: BTreeMap::new(),
             writes: BTreeMap::new(),
@@ -201,8 +200,8 @@ impl BroadcastCore {
         };
         for v in recovered {
             if let std::collections::btree_map::Entry::Vacant(e) = core.held.entry(v.id) {
-                core.settled_hash ^= id_hash(v.id);
-                core.settled_count += 1;
+                core.settled.add(v.id);
+                core.settled_buckets[bucket_of(v.id)].add(v.id);
                 e.insert(Held { payload: v.payload.clone(), durable: true, reply_stored: BTreeSet::new() });
                 core.outputs.push_back(Output::Learned(v));
             }
@@ -333,24 +332,36 @@ impl BroadcastCore {
                     self.check_ack(id);
                 }
             }
-            PeerMessage::Digest { count, hash } => {
+            PeerMessage::Digest(theirs) => {
                 self.settle(now);
-                if (count, hash) != (self.settled_count, self.settled_hash) {
-                    let ids: Vec<u64> = self.held.keys().copied().take(wire::MAX_IDS).collect();
-                    self.send(from, &PeerMessage::Have(ids));
+                if theirs != self.settled {
+                    self.send(from, &PeerMessage::Buckets(self.settled_buckets));
                 }
             }
-            PeerMessage::Have(mut ids) => {
-                // Both sides are sorted id lists: one merge pass finds what
-                // each lacks. A peer's list is sorted unless it is buggy.
+            PeerMessage::Buckets(theirs) => {
+                self.settle(now);
+                let differing = (0..DIGEST_BUCKETS)
+                    .filter(|&b| theirs[b] != self.settled_buckets[b])
+                    .fold(0u16, |mask, b| mask | (1 << b));
+                if differing != 0 {
+                    let ids: Vec<u64> =
+                        self.held.keys().copied().filter(|&id| in_buckets(differing, id)).take(wire::MAX_IDS).collect();
+                    self.send(from, &PeerMessage::Have { buckets: differing, ids });
+                }
+            }
+            PeerMessage::Have { buckets, mut ids } => {
+                // Both sides are sorted id lists of the same buckets: one
+                // merge pass finds what each lacks. A peer's list is sorted
+                // and inside its buckets unless it is buggy.
                 if !ids.is_sorted() {
                     ids.sort_unstable();
                 }
                 ids.dedup();
+                ids.retain(|&id| in_buckets(buckets, id));
                 let mut missing_there = Vec::new();
                 let mut missing_here = Vec::new();
                 let mut theirs = ids.into_iter().peekable();
-                for (&id, h) in &self.held {
+                for (&id, h) in self.held.iter().filter(|(id, _)| in_buckets(buckets, **id)) {
                     while let Some(t) = theirs.next_if(|&t| t < id) {
                         missing_here.push(t);
                     }
@@ -431,8 +442,8 @@ impl BroadcastCore {
                 break;
             }
             self.unsettled.pop_front();
-            self.settled_hash ^= id_hash(id);
-            self.settled_count += 1;
+            self.settled.add(id);
+            self.settled_buckets[bucket_of(id)].add(id);
         }
     }
 
@@ -440,7 +451,7 @@ impl BroadcastCore {
     pub fn digest(&mut self) -> PeerMessage {
         let now = self.now;
         self.settle(now);
-        PeerMessage::Digest { count: self.settled_count, hash: self.settled_hash }
+        PeerMessage::Digest(self.settled)
     }
 
     /// The next time [`Self::handle_timeout`] has work.

@@ -132,25 +132,69 @@ fn anti_entropy_exchanges_missing_values() {
     drain(&mut b);
 
     // Values still settling are not in the digest: the digests agree.
-    assert_eq!(a.digest(), PeerMessage::Digest { count: 0, hash: 0 });
+    assert_eq!(a.digest(), PeerMessage::Digest(SetDigest::default()));
     b.handle_message(t(1), A, a.digest().encode());
     assert!(sends(&drain(&mut b)).is_empty(), "unsettled values must not trigger an exchange");
 
-    // Once settled, A's digest reaches B; B answers Have; A sends what B
-    // lacks and asks for what it lacks; B answers the Want.
+    // Once settled, A's digest reaches B; B answers with its bucket digests;
+    // A answers Have for the buckets that differ; B sends what A lacks and
+    // asks for what it lacks; A answers the Want.
     a.handle_timeout(t(250));
     drain(&mut a);
     let digest = a.digest();
-    assert!(matches!(digest, PeerMessage::Digest { count: 1, .. }));
+    assert!(matches!(digest, PeerMessage::Digest(SetDigest { count: 1, .. })));
     b.handle_message(t(251), A, digest.encode());
-    let have = sends(&drain(&mut b));
-    assert!(matches!(&have[..], [(to, PeerMessage::Have(ids))] if *to == A && ids == &vec![2]));
-    a.handle_message(t(252), B, have[0].1.encode());
-    let from_a = sends(&drain(&mut a));
-    assert!(from_a.contains(&(B, PeerMessage::Replicate(value(1)))));
-    assert!(from_a.contains(&(B, PeerMessage::Want(vec![2]))));
-    b.handle_message(t(253), A, PeerMessage::Want(vec![2]).encode());
-    assert!(sends(&drain(&mut b)).contains(&(A, PeerMessage::Replicate(value(2)))));
+    let buckets = sends(&drain(&mut b));
+    assert!(matches!(&buckets[..], [(to, PeerMessage::Buckets(_))] if *to == A));
+    a.handle_message(t(252), B, buckets[0].1.encode());
+    let have = sends(&drain(&mut a));
+    let expected_mask = (1u16 << bucket_of(1)) | (1u16 << bucket_of(2));
+    assert!(
+        matches!(&have[..], [(to, PeerMessage::Have { buckets, ids })]
+            if *to == B && *buckets == expected_mask && ids == &vec![1]),
+        "A lists its ids of the differing buckets only: {have:?}"
+    );
+    b.handle_message(t(253), A, have[0].1.encode());
+    let from_b = sends(&drain(&mut b));
+    assert!(from_b.contains(&(A, PeerMessage::Replicate(value(2)))));
+    assert!(from_b.contains(&(A, PeerMessage::Want(vec![1]))));
+    a.handle_message(t(254), B, PeerMessage::Want(vec![1]).encode());
+    assert!(sends(&drain(&mut a)).contains(&(B, PeerMessage::Replicate(value(1)))));
+}
+
+#[test]
+fn matching_buckets_are_left_out_of_the_exchange() {
+    let mut a = core(A, PlantedBug::None);
+    let mut b = core(B, PlantedBug::None);
+    // Both hold the same 40 settled values; B also holds one more.
+    for id in 0..40 {
+        for n in [&mut a, &mut b] {
+            n.handle_message(t(0), C, PeerMessage::Replicate(value(id)).encode());
+            let w = persist_id(&drain(n));
+            n.handle_write_complete(t(0), w, true);
+            drain(n);
+        }
+    }
+    b.handle_message(t(0), C, PeerMessage::Replicate(value(1000)).encode());
+    let w = persist_id(&drain(&mut b));
+    b.handle_write_complete(t(0), w, true);
+    drain(&mut b);
+    a.handle_timeout(t(300));
+    b.handle_timeout(t(300));
+    drain(&mut a);
+    drain(&mut b);
+
+    b.handle_message(t(301), A, a.digest().encode());
+    let answer = sends(&drain(&mut b));
+    let [(_, buckets @ PeerMessage::Buckets(_))] = &answer[..] else { panic!("B answers its buckets: {answer:?}") };
+    a.handle_message(t(302), B, buckets.encode());
+    let have = sends(&drain(&mut a));
+    let [(_, PeerMessage::Have { buckets, ids })] = &have[..] else { panic!("one Have: {have:?}") };
+    assert_eq!(*buckets, 1 << bucket_of(1000), "only the bucket of the extra value differs");
+    let expected: Vec<u64> = (0..40).filter(|&id| bucket_of(id) == bucket_of(1000)).collect();
+    assert_eq!(ids, &expected);
+    b.handle_message(t(303), A, have[0].1.encode());
+    assert_eq!(sends(&drain(&mut b)), vec![(A, PeerMessage::Replicate(value(1000)))]);
 }
 
 #[test]
@@ -197,8 +241,8 @@ fn have_exchange_finds_both_differences_even_from_an_unsorted_list() {
         a.handle_write_complete(t(0), w, true);
         drain(&mut a);
     }
-    // B claims 7, 2, 3, 9, 2 (unsorted, with a duplicate).
-    a.handle_message(t(1), B, PeerMessage::Have(vec![7, 2, 3, 9, 2]).encode());
+    // B claims 7, 2, 3, 9, 2 (unsorted, with a duplicate) over every bucket.
+    a.handle_message(t(1), B, PeerMessage::Have { buckets: u16::MAX, ids: vec![7, 2, 3, 9, 2] }.encode());
     let out = sends(&drain(&mut a));
     let replicated: Vec<u64> =
         out.iter().filter_map(|(_, m)| if let PeerMessage::Replicate(v) = m { Some(v.id) } else { None }).collect();

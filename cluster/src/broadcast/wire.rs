@@ -8,6 +8,43 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The most ids one `Have`/`Want` message carries.
 pub const MAX_IDS: usize = 65_536;
+/// Anti-entropy splits the id space into this many buckets (by id hash), so
+/// a mismatch costs an exchange of one bucket's ids, not all of them.
+pub const DIGEST_BUCKETS: usize = 16;
+const _: () = assert!(DIGEST_BUCKETS.is_power_of_two() && DIGEST_BUCKETS <= u16::BITS as usize, "Have's mask is a u16");
+
+/// An order-independent summary of a set of ids: how many, and the XOR of
+/// a hash of each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetDigest {
+    /// Number of ids.
+    pub count: u64,
+    /// XOR of [`id_hash`] of every id.
+    pub hash: u64,
+}
+
+impl SetDigest {
+    /// Adds `id` to the summary (each id at most once).
+    pub fn add(&mut self, id: u64) {
+        self.count += 1;
+        self.hash ^= id_hash(id);
+    }
+}
+
+/// Spreads ids so that XOR-of-hashes is a good set digest and the top bits
+/// pick a bucket uniformly (the SplitMix64 finaliser).
+pub fn id_hash(id: u64) -> u64 {
+    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The anti-entropy bucket of `id`.
+pub fn bucket_of(id: u64) -> usize {
+    const SHIFT: u32 = 64 - DIGEST_BUCKETS.trailing_zeros();
+    (id_hash(id) >> SHIFT) as usize
+}
 
 /// A value being broadcast: a client-chosen unique id and an opaque payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,15 +62,19 @@ pub enum PeerMessage {
     Replicate(Value),
     /// I have this value durably.
     Stored(u64),
-    /// Anti-entropy: summary of what I hold.
-    Digest {
-        /// Number of values held.
-        count: u64,
-        /// XOR of a hash of every held id.
-        hash: u64,
+    /// Anti-entropy: summary of my settled ids.
+    Digest(SetDigest),
+    /// Anti-entropy: summary of my settled ids per bucket (answer to a
+    /// mismatching digest).
+    Buckets([SetDigest; DIGEST_BUCKETS]),
+    /// Anti-entropy: every id I hold in the buckets whose bits are set in
+    /// `buckets` (answer to mismatching buckets), sorted.
+    Have {
+        /// Bit `i` set: bucket `i` is covered.
+        buckets: u16,
+        /// The ids.
+        ids: Vec<u64>,
     },
-    /// Anti-entropy: every id I hold (answer to a mismatching digest).
-    Have(Vec<u64>),
     /// Anti-entropy: send me these values.
     Want(Vec<u64>),
 }
@@ -128,6 +169,23 @@ fn get_ids(buf: &mut Bytes) -> Result<Vec<u64>, DecodeError> {
     Ok((0..n).map(|_| buf.get_u64_le()).collect())
 }
 
+fn put_ids(out: &mut BytesMut, ids: &[u64]) {
+    assert!(ids.len() <= MAX_IDS, "id list over the wire limit");
+    out.put_u32_le(ids.len() as u32);
+    for id in ids {
+        out.put_u64_le(*id);
+    }
+}
+
+fn get_digest(buf: &mut Bytes) -> Result<SetDigest, DecodeError> {
+    Ok(SetDigest { count: get_u64(buf, "digest count")?, hash: get_u64(buf, "digest hash")? })
+}
+
+fn put_digest(out: &mut BytesMut, d: &SetDigest) {
+    out.put_u64_le(d.count);
+    out.put_u64_le(d.hash);
+}
+
 fn done(buf: &Bytes) -> Result<(), DecodeError> {
     if buf.has_remaining() { Err(DecodeError::Trailing(buf.remaining())) } else { Ok(()) }
 }
@@ -138,8 +196,10 @@ impl PeerMessage {
         1 + match self {
             PeerMessage::Replicate(v) => 12 + v.payload.len(),
             PeerMessage::Stored(_) => 8,
-            PeerMessage::Digest { .. } => 16,
-            PeerMessage::Have(ids) | PeerMessage::Want(ids) => 4 + 8 * ids.len(),
+            PeerMessage::Digest(_) => 16,
+            PeerMessage::Buckets(_) => 16 * DIGEST_BUCKETS,
+            PeerMessage::Have { ids, .. } => 2 + 4 + 8 * ids.len(),
+            PeerMessage::Want(ids) => 4 + 8 * ids.len(),
         }
     }
 
@@ -155,17 +215,23 @@ impl PeerMessage {
                 out.put_u8(2);
                 out.put_u64_le(*id);
             }
-            PeerMessage::Digest { count, hash } => {
+            PeerMessage::Digest(d) => {
                 out.put_u8(3);
-                out.put_u64_le(*count);
-                out.put_u64_le(*hash);
+                put_digest(&mut out, d);
             }
-            PeerMessage::Have(ids) | PeerMessage::Want(ids) => {
-                out.put_u8(if matches!(self, PeerMessage::Have(_)) { 4 } else { 5 });
-                assert!(ids.len() <= MAX_IDS, "id list over the wire limit");
-                out.put_u32_le(ids.len() as u32);
-                for id in ids {
-                    out.put_u64_le(*id);
+            PeerMessage::Have { buckets, ids } => {
+                out.put_u8(4);
+                out.put_u16_le(*buckets);
+                put_ids(&mut out, ids);
+            }
+            PeerMessage::Want(ids) => {
+                out.put_u8(5);
+                put_ids(&mut out, ids);
+            }
+            PeerMessage::Buckets(digests) => {
+                out.put_u8(6);
+                for d in digests {
+                    put_digest(&mut out, d);
                 }
             }
         }
@@ -179,12 +245,20 @@ impl PeerMessage {
         let msg = match buf.get_u8() {
             1 => PeerMessage::Replicate(get_value(&mut buf)?),
             2 => PeerMessage::Stored(get_u64(&mut buf, "stored id")?),
-            3 => PeerMessage::Digest {
-                count: get_u64(&mut buf, "digest count")?,
-                hash: get_u64(&mut buf, "digest hash")?,
-            },
-            4 => PeerMessage::Have(get_ids(&mut buf)?),
+            3 => PeerMessage::Digest(get_digest(&mut buf)?),
+            4 => {
+                need(&buf, 2, "have bucket mask")?;
+                let buckets = buf.get_u16_le();
+                PeerMessage::Have { buckets, ids: get_ids(&mut buf)? }
+            }
             5 => PeerMessage::Want(get_ids(&mut buf)?),
+            6 => {
+                let mut digests = [SetDigest::default(); DIGEST_BUCKETS];
+                for d in &mut digests {
+                    *d = get_digest(&mut buf)?;
+                }
+                PeerMessage::Buckets(digests)
+            }
             tag => return Err(DecodeError::UnknownTag { kind: "peer message", tag }),
         };
         done(&buf)?;
@@ -246,12 +320,18 @@ mod tests {
             .prop_map(|(id, p)| Value { id, payload: Bytes::from(p) })
     }
 
+    fn digest() -> impl Strategy<Value = SetDigest> {
+        (any::<u64>(), any::<u64>()).prop_map(|(count, hash)| SetDigest { count, hash })
+    }
+
     fn peer_message() -> impl Strategy<Value = PeerMessage> {
         prop_oneof![
             value().prop_map(PeerMessage::Replicate),
             any::<u64>().prop_map(PeerMessage::Stored),
-            (any::<u64>(), any::<u64>()).prop_map(|(count, hash)| PeerMessage::Digest { count, hash }),
-            proptest::collection::vec(any::<u64>(), 0..50).prop_map(PeerMessage::Have),
+            digest().prop_map(PeerMessage::Digest),
+            proptest::array::uniform16(digest()).prop_map(PeerMessage::Buckets),
+            (any::<u16>(), proptest::collection::vec(any::<u64>(), 0..50))
+                .prop_map(|(buckets, ids)| PeerMessage::Have { buckets, ids }),
             proptest::collection::vec(any::<u64>(), 0..50).prop_map(PeerMessage::Want),
         ]
     }
