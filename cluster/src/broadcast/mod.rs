@@ -335,7 +335,7 @@ impl BroadcastCore {
             PeerMessage::Digest(theirs) => {
                 self.settle(now);
                 if theirs != self.settled {
-                    self.send(from, &PeerMessage::Buckets(self.settled_buckets));
+                    self.send(from, &PeerMessage::Buckets(Box::new(self.settled_buckets)));
                 }
             }
             PeerMessage::Buckets(theirs) => {

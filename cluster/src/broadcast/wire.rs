@@ -66,7 +66,7 @@ pub enum PeerMessage {
     Digest(SetDigest),
     /// Anti-entropy: summary of my settled ids per bucket (answer to a
     /// mismatching digest).
-    Buckets([SetDigest; DIGEST_BUCKETS]),
+    Buckets(Box<[SetDigest; DIGEST_BUCKETS]>),
     /// Anti-entropy: every id I hold in the buckets whose bits are set in
     /// `buckets` (answer to mismatching buckets), sorted.
     Have {
@@ -230,7 +230,7 @@ impl PeerMessage {
             }
             PeerMessage::Buckets(digests) => {
                 out.put_u8(6);
-                for d in digests {
+                for d in digests.iter() {
                     put_digest(&mut out, d);
                 }
             }
@@ -257,7 +257,7 @@ impl PeerMessage {
                 for d in &mut digests {
                     *d = get_digest(&mut buf)?;
                 }
-                PeerMessage::Buckets(digests)
+                PeerMessage::Buckets(Box::new(digests))
             }
             tag => return Err(DecodeError::UnknownTag { kind: "peer message", tag }),
         };
@@ -329,7 +329,7 @@ mod tests {
             value().prop_map(PeerMessage::Replicate),
             any::<u64>().prop_map(PeerMessage::Stored),
             digest().prop_map(PeerMessage::Digest),
-            proptest::array::uniform16(digest()).prop_map(PeerMessage::Buckets),
+            proptest::array::uniform16(digest()).prop_map(|d| PeerMessage::Buckets(Box::new(d))),
             (any::<u16>(), proptest::collection::vec(any::<u64>(), 0..50))
                 .prop_map(|(buckets, ids)| PeerMessage::Have { buckets, ids }),
             proptest::collection::vec(any::<u64>(), 0..50).prop_map(PeerMessage::Want),
