@@ -125,18 +125,45 @@ pub enum Output {
     Learned(Value),
 }
 
+/// A set of members, as bits indexed by position in
+/// [`BroadcastConfig::members`]: the per-value peer sets cost no allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MemberSet(u64);
+
+/// The most members a broadcast group may have ([`MemberSet`]'s width).
+pub const MAX_MEMBERS: usize = 64;
+
+impl MemberSet {
+    fn insert(&mut self, index: usize) {
+        self.0 |= 1 << index;
+    }
+
+    fn contains(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+
+    fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    fn indices(self) -> impl Iterator<Item = usize> {
+        (0..MAX_MEMBERS).filter(move |&i| self.contains(i))
+    }
+}
+
 #[derive(Debug)]
 struct Held {
     payload: Bytes,
     durable: bool,
     /// Peers that asked us to store it and await `Stored`.
-    reply_stored: BTreeSet<NodeId>,
+    reply_stored: MemberSet,
 }
 
 #[derive(Debug)]
 struct PendingAck {
-    clients: BTreeSet<ClientRef>,
-    stored_on: BTreeSet<NodeId>,
+    /// Clients awaiting the ack: nearly always one, so a short list.
+    clients: Vec<ClientRef>,
+    stored_on: MemberSet,
     next_retransmit: Instant,
 }
 
@@ -182,6 +209,11 @@ impl BroadcastCore {
         assert!(config.ack_replicas >= 1, "ack_replicas must be at least 1");
         assert!(config.ack_replicas <= config.members.len(), "ack_replicas exceeds the member count");
         assert!(config.members.contains(&me), "a node must be one of its members");
+        assert!(config.members.len() <= MAX_MEMBERS, "at most {MAX_MEMBERS} members");
+        assert!(
+            config.members.iter().collect::<BTreeSet<_>>().len() == config.members.len(),
+            "members must be distinct"
+        );
         let mut core = BroadcastCore {
             me,
             rng,
@@ -202,7 +234,7 @@ impl BroadcastCore {
             if let std::collections::btree_map::Entry::Vacant(e) = core.held.entry(v.id) {
                 core.settled.add(v.id);
                 core.settled_buckets[bucket_of(v.id)].add(v.id);
-                e.insert(Held { payload: v.payload.clone(), durable: true, reply_stored: BTreeSet::new() });
+                e.insert(Held { payload: v.payload.clone(), durable: true, reply_stored: MemberSet::default() });
                 core.outputs.push_back(Output::Learned(v));
             }
         }
@@ -246,7 +278,7 @@ impl BroadcastCore {
         let write = self.write_ids.next_id();
         self.writes.insert(write, v.id);
         self.unsettled.push_back((self.now, v.id));
-        self.held.insert(v.id, Held { payload: v.payload.clone(), durable: false, reply_stored: BTreeSet::new() });
+        self.held.insert(v.id, Held { payload: v.payload.clone(), durable: false, reply_stored: MemberSet::default() });
         self.outputs.push_back(Output::Persist { id: write, value: v.clone() });
         self.outputs.push_back(Output::Learned(v));
         true
@@ -265,6 +297,10 @@ impl BroadcastCore {
         }
     }
 
+    fn member_index(&self, node: NodeId) -> Option<usize> {
+        self.config.members.iter().position(|&m| m == node)
+    }
+
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.config.members.iter().copied().filter(move |&m| m != self.me)
     }
@@ -275,11 +311,13 @@ impl BroadcastCore {
         let id = v.id;
         self.learn(v.clone());
         let pending = self.pending.entry(id).or_insert_with(|| PendingAck {
-            clients: BTreeSet::new(),
-            stored_on: BTreeSet::new(),
+            clients: Vec::new(),
+            stored_on: MemberSet::default(),
             next_retransmit: now,
         });
-        pending.clients.insert(client);
+        if !pending.clients.contains(&client) {
+            pending.clients.push(client);
+        }
         pending.next_retransmit = now + self.config.retransmit;
         let peers: Vec<NodeId> = self.peers().collect();
         self.send_to_each(peers, &PeerMessage::Replicate(v));
@@ -304,10 +342,10 @@ impl BroadcastCore {
     /// A datagram from a peer.
     pub fn handle_message(&mut self, now: Instant, from: NodeId, bytes: Bytes) {
         self.advance(now);
-        if from == self.me || !self.config.members.contains(&from) {
+        let Some(from_index) = self.member_index(from).filter(|_| from != self.me) else {
             self.stats.malformed += 1;
             return;
-        }
+        };
         let msg = match PeerMessage::decode(bytes) {
             Ok(m) => m,
             Err(_) => {
@@ -323,12 +361,12 @@ impl BroadcastCore {
                 if h.durable || self.config.planted == PlantedBug::AckBeforeSync {
                     self.send(from, &PeerMessage::Stored(id));
                 } else {
-                    h.reply_stored.insert(from);
+                    h.reply_stored.insert(from_index);
                 }
             }
             PeerMessage::Stored(id) => {
                 if let Some(p) = self.pending.get_mut(&id) {
-                    p.stored_on.insert(from);
+                    p.stored_on.insert(from_index);
                     self.check_ack(id);
                 }
             }
@@ -402,9 +440,10 @@ impl BroadcastCore {
             return;
         }
         h.durable = true;
-        let waiting: Vec<NodeId> = std::mem::take(&mut h.reply_stored).into_iter().collect();
-        for peer in waiting {
-            self.send(peer, &PeerMessage::Stored(value_id));
+        let waiting = std::mem::take(&mut h.reply_stored);
+        if waiting.len() > 0 {
+            let peers: Vec<NodeId> = waiting.indices().map(|i| self.config.members[i]).collect();
+            self.send_to_each(peers, &PeerMessage::Stored(value_id));
         }
         self.check_ack(value_id);
     }
@@ -418,8 +457,12 @@ impl BroadcastCore {
             let v = Value { id, payload: h.payload.clone() };
             let p = self.pending.get_mut(&id).expect("listed");
             p.next_retransmit = now + self.config.retransmit;
-            let stored_on = p.stored_on.clone();
-            let targets: Vec<NodeId> = self.peers().filter(|n| !stored_on.contains(n)).collect();
+            let stored_on = p.stored_on;
+            let targets: Vec<NodeId> = (0..self.config.members.len())
+                .filter(|&i| !stored_on.contains(i))
+                .map(|i| self.config.members[i])
+                .filter(|&n| n != self.me)
+                .collect();
             self.stats.retransmits += 1;
             self.send_to_each(targets, &PeerMessage::Replicate(v));
         }
@@ -468,7 +511,7 @@ impl BroadcastCore {
     /// Clients that disconnected no longer need acks.
     pub fn handle_client_gone(&mut self, client: ClientRef) {
         for p in self.pending.values_mut() {
-            p.clients.remove(&client);
+            p.clients.retain(|&c| c != client);
         }
         // Keep replicating values nobody waits for: they were accepted and
         // must still reach every node, but they need no retransmit timer
