@@ -22,6 +22,10 @@ use kaelix_runtime_sim::SimRuntime;
 use kaelix_scenarios::find;
 use kaelix_sim::{NodeKind, NodeSpec, Sim, SimConfig};
 
+/// The allocator the `kaelix` binary uses, so these figures match its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROUNDS: u64 = 2_000;
 
 fn ping_pong(seed: u64) -> u64 {
