@@ -1,0 +1,708 @@
+//! The priority executor: pools of pinned workers per NUMA node.
+//!
+//! # Queues
+//!
+//! Every worker owns four lock-free deques (crossbeam's Chase-Lev), one per
+//! [`Priority`]; every pool (NUMA node) has four lock-free injectors for
+//! tasks woken or spawned from outside its workers. A wake on a worker
+//! pushes to that worker's own deque (the task's data is warm in its
+//! cache); any other wake goes to the injector of the task's home pool.
+//!
+//! # Choosing the next task
+//!
+//! Tiers are tried highest first; within a tier: own deque, own pool's
+//! injector, siblings in the same pool, then other pools (their injectors,
+//! then their workers) — stealing crosses a NUMA boundary only when the
+//! local node has nothing of that tier. Starvation bound: every
+//! `starvation_bound`-th pick starts from one lower tier instead (rotating
+//! High, Normal, Background), so a tier with work waits at most
+//! 3 × `starvation_bound` picks of higher tiers.
+//!
+//! # Parking
+//!
+//! A worker without work parks (see [`idle`] for the protocol that never
+//! loses a wake-up); publishing work unparks one parked worker.
+//!
+//! # Shutdown
+//!
+//! [`Executor::shutdown`] stops accepting spawns (later spawns are
+//! cancelled at once), waits up to a grace period for live tasks to finish,
+//! cancels the rest (their futures are dropped, their handles yield
+//! `Cancelled`) and reports their names, then stops and joins the workers
+//! and the driver.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // threads and the OS clock are this module's job
+
+pub mod idle;
+pub mod metrics;
+pub mod state;
+mod task;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
+use kaelix_core::runtime::Priority;
+use kaelix_core::time::Duration;
+
+use self::idle::Sleepers;
+use self::metrics::{Health, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
+use self::state::AfterPoll;
+pub use self::task::JoinHandle;
+use self::task::{Outcome, Task};
+use crate::driver::Driver;
+use crate::topology::Topology;
+
+type TaskRef = Arc<Task>;
+const TIERS: usize = Priority::ALL.len();
+
+/// How to build an [`Executor`].
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Workers per NUMA node; `None`: one per CPU of the node.
+    pub workers_per_node: Option<usize>,
+    /// Cap on the total number of workers (at least one per pool remains).
+    pub max_workers: Option<usize>,
+    /// Stack size of each worker thread.
+    pub stack_size: usize,
+    /// Pin each worker to one CPU of its node.
+    pub pin_workers: bool,
+    /// See the module docs: how often a lower tier is served first.
+    pub starvation_bound: u32,
+    /// A poll running longer than this makes its worker Unhealthy.
+    pub stall_threshold: Duration,
+    /// Thread name prefix.
+    pub name: String,
+    /// The machine's layout; `None`: detect it.
+    pub topology: Option<Topology>,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            workers_per_node: None,
+            max_workers: None,
+            stack_size: 2 << 20,
+            pin_workers: true,
+            starvation_bound: 32,
+            stall_threshold: Duration::from_secs(1),
+            name: "kaelix".to_owned(),
+            topology: None,
+        }
+    }
+}
+
+/// What a shutdown did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Tasks that finished by themselves during the grace period.
+    pub finished_in_grace: usize,
+    /// Names of the tasks cancelled at the deadline (sorted).
+    pub cancelled: Vec<&'static str>,
+}
+
+struct Pool {
+    numa_node: usize,
+    workers: Vec<usize>,
+    injectors: [Injector<TaskRef>; TIERS],
+}
+
+struct WorkerSlot {
+    pool: usize,
+    cpu: Option<usize>,
+    stealers: [Stealer<TaskRef>; TIERS],
+    thread: OnceLock<Thread>,
+    metrics: WorkerMetrics,
+}
+
+pub(crate) struct Shared {
+    id: u64,
+    pools: Vec<Pool>,
+    workers: Vec<WorkerSlot>,
+    sleepers: Sleepers,
+    /// Live tasks by id; `None` once shutdown has stopped accepting.
+    live: Mutex<Option<BTreeMap<u64, TaskRef>>>,
+    live_count: AtomicUsize,
+    next_task: AtomicU64,
+    next_pool: AtomicUsize,
+    stopping: AtomicBool,
+    config: ExecutorConfig,
+    pub(crate) driver: Arc<Driver>,
+}
+
+thread_local! {
+    /// The deques of the worker running on this thread, if any.
+    static LOCAL: RefCell<Option<LocalWorker>> = const { RefCell::new(None) };
+}
+
+struct LocalWorker {
+    executor: u64,
+    index: usize,
+    deques: [Deque<TaskRef>; TIERS],
+}
+
+static NEXT_EXECUTOR: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    fn now_nanos(&self) -> u64 {
+        self.driver.now_nanos()
+    }
+
+    /// Queues a task that is SCHEDULED. `from_wake`: stamp wake-to-poll.
+    pub(crate) fn schedule(&self, task: TaskRef, from_wake: bool) {
+        if from_wake {
+            task.woken_at.store(self.now_nanos(), Ordering::Relaxed);
+        }
+        let tier = task.priority_index();
+        let task = LOCAL.with(|local| match &*local.borrow() {
+            Some(w) if w.executor == self.id => {
+                w.deques[tier].push(task);
+                None
+            }
+            _ => Some(task),
+        });
+        if let Some(task) = task {
+            self.pools[task.pool].injectors[tier].push(task);
+        }
+        self.notify_one();
+    }
+
+    fn notify_one(&self) {
+        if let Some(index) = self.sleepers.pop_one() {
+            self.workers[index].thread.get().expect("worker started before it can park").unpark();
+        }
+    }
+
+    fn remove_live(&self, id: u64) {
+        if let Some(live) = self.live.lock().expect("live tasks lock").as_mut() {
+            live.remove(&id);
+        }
+        self.live_count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn spawn<F>(self: &Arc<Self>, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (future, parts) = task::wrap(future);
+        let pool = LOCAL.with(|local| match &*local.borrow() {
+            Some(w) if w.executor == self.id => self.workers[w.index].pool,
+            _ => self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
+        });
+        let task = Arc::new(Task {
+            id: self.next_task.fetch_add(1, Ordering::Relaxed),
+            name,
+            priority,
+            pool,
+            state: state::TaskState::new_scheduled(),
+            cancelled: AtomicBool::new(false),
+            woken_at: AtomicU64::new(self.now_nanos()),
+            future: Mutex::new(Some(future)),
+            shared: self.clone(),
+        });
+        let handle = parts.into_handle(task.clone());
+        let accepted = {
+            let mut live = self.live.lock().expect("live tasks lock");
+            match live.as_mut() {
+                Some(live) => {
+                    live.insert(task.id, task.clone());
+                    self.live_count.fetch_add(1, Ordering::AcqRel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if accepted {
+            self.schedule(task, false);
+        } else {
+            // Shutting down: the future is dropped unpolled; the handle
+            // yields Cancelled.
+            task.state.complete();
+            drop(task.future.lock().expect("task future lock").take());
+        }
+        handle
+    }
+
+    /// Polls `task` on worker `index`.
+    fn run_task(&self, index: usize, task: TaskRef) {
+        if !task.state.start_poll() {
+            return; // cancelled while queued
+        }
+        let metrics = &self.workers[index].metrics;
+        let now = self.now_nanos();
+        metrics.wake_to_poll.record(now.saturating_sub(task.woken_at.load(Ordering::Relaxed)));
+        metrics.polls.fetch_add(1, Ordering::Relaxed);
+        let mut slot = task.future.lock().expect("task future lock");
+        if task.cancelled.load(Ordering::Acquire) {
+            let future = slot.take();
+            drop(slot);
+            task.state.complete();
+            drop(future); // the handle's guard reports Cancelled
+            self.remove_live(task.id);
+            return;
+        }
+        let Some(future) = slot.as_mut() else {
+            unreachable!("a RUNNING task has its future until it completes");
+        };
+        let waker = Waker::from(task.clone());
+        metrics.poll_started.store(now.max(1), Ordering::Relaxed);
+        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        metrics.poll_started.store(0, Ordering::Relaxed);
+        match poll {
+            Poll::Ready(outcome) => {
+                let future = slot.take();
+                drop(slot);
+                task.state.complete();
+                drop(future);
+                metrics.record_outcome(outcome == Outcome::Finished);
+                self.remove_live(task.id);
+            }
+            Poll::Pending => {
+                drop(slot);
+                if task.state.end_poll_pending() == AfterPoll::Requeue {
+                    self.schedule(task, true);
+                }
+            }
+        }
+    }
+}
+
+/// Steals one task for `tier` from `source`, moving a batch into `dest`.
+fn steal_into(dest: &Deque<TaskRef>, source: impl Fn(&Deque<TaskRef>) -> Steal<TaskRef>) -> Option<TaskRef> {
+    loop {
+        match source(dest) {
+            Steal::Success(t) => return Some(t),
+            Steal::Empty => return None,
+            Steal::Retry => continue,
+        }
+    }
+}
+
+struct WorkerLoop {
+    shared: Arc<Shared>,
+    index: usize,
+    picks: u32,
+    fair_tier: usize,
+}
+
+impl WorkerLoop {
+    /// The tiers in the order this pick tries them.
+    fn tier_order(&mut self) -> [usize; TIERS] {
+        self.picks = self.picks.wrapping_add(1);
+        if self.picks % self.shared.config.starvation_bound.max(1) != 0 {
+            return [0, 1, 2, 3];
+        }
+        // Rotate over High, Normal, Background.
+        self.fair_tier = if self.fair_tier <= 1 { TIERS - 1 } else { self.fair_tier - 1 };
+        let first = self.fair_tier;
+        let mut order = [first, 0, 0, 0];
+        let mut rest = (0..TIERS).filter(|&t| t != first);
+        for slot in order.iter_mut().skip(1) {
+            *slot = rest.next().expect("four tiers");
+        }
+        order
+    }
+
+    fn find_task(&mut self, deques: &[Deque<TaskRef>; TIERS]) -> Option<TaskRef> {
+        let order = self.tier_order();
+        let shared = &self.shared;
+        let me = &shared.workers[self.index];
+        for tier in order {
+            let dest = &deques[tier];
+            if let Some(t) = dest.pop() {
+                return Some(t);
+            }
+            let pool = &shared.pools[me.pool];
+            if let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
+                return Some(t);
+            }
+            let siblings = pool.workers.iter().copied().filter(|&w| w != self.index);
+            if let Some(t) = siblings
+                .into_iter()
+                .find_map(|w| steal_into(dest, |d| shared.workers[w].stealers[tier].steal_batch_and_pop(d)))
+            {
+                me.metrics.steals.fetch_add(1, Ordering::Relaxed);
+                return Some(t);
+            }
+            for (p, other) in shared.pools.iter().enumerate() {
+                if p == me.pool {
+                    continue;
+                }
+                let found = steal_into(dest, |d| other.injectors[tier].steal_batch_and_pop(d)).or_else(|| {
+                    other
+                        .workers
+                        .iter()
+                        .find_map(|&w| steal_into(dest, |d| shared.workers[w].stealers[tier].steal_batch_and_pop(d)))
+                });
+                if found.is_some() {
+                    me.metrics.steals.fetch_add(1, Ordering::Relaxed);
+                    return found;
+                }
+            }
+        }
+        None
+    }
+
+    fn any_work(&self, deques: &[Deque<TaskRef>; TIERS]) -> bool {
+        let s = &self.shared;
+        deques.iter().any(|d| !d.is_empty())
+            || s.pools.iter().any(|p| p.injectors.iter().any(|i| !i.is_empty()))
+            || s.workers.iter().any(|w| w.stealers.iter().any(|st| !st.is_empty()))
+    }
+
+    fn run(mut self, deques: [Deque<TaskRef>; TIERS]) {
+        let shared = self.shared.clone();
+        // The deques live in the thread-local so that wakes on this thread
+        // can push to them; the loop borrows them only while picking a task,
+        // never while polling one (a poll may wake tasks onto them).
+        LOCAL.with(|local| *local.borrow_mut() = Some(LocalWorker { executor: shared.id, index: self.index, deques }));
+        loop {
+            let next = LOCAL.with(|local| {
+                let local = local.borrow();
+                let w = local.as_ref().expect("set above");
+                let found = self.find_task(&w.deques);
+                let depth: usize = w.deques.iter().map(|d| d.len()).sum();
+                shared.workers[self.index].metrics.queue_depth.store(depth as u64, Ordering::Relaxed);
+                found
+            });
+            if let Some(task) = next {
+                shared.run_task(self.index, task);
+                continue;
+            }
+            if shared.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            shared.sleepers.register(self.index);
+            let work = LOCAL.with(|local| self.any_work(&local.borrow().as_ref().expect("set above").deques));
+            if work || shared.stopping.load(Ordering::Acquire) {
+                shared.sleepers.unregister(self.index);
+                continue;
+            }
+            shared.workers[self.index].metrics.parks.fetch_add(1, Ordering::Relaxed);
+            thread::park();
+            shared.sleepers.unregister(self.index);
+        }
+        LOCAL.with(|local| local.borrow_mut().take());
+    }
+}
+
+/// The real executor. Cheap to clone through [`Executor::handle`].
+pub struct Executor {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+/// A cloneable handle that spawns onto an [`Executor`].
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ExecutorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorHandle").field("executor", &self.shared.id).finish()
+    }
+}
+
+/// Why an executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The topology could not be read.
+    #[error("reading the machine topology: {0}")]
+    Topology(String),
+    /// A thread could not be started.
+    #[error("starting thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Executor {
+    /// Starts the workers and the driver.
+    pub fn new(config: ExecutorConfig) -> Result<Executor, ExecutorError> {
+        let topology = match &config.topology {
+            Some(t) => t.clone(),
+            None => Topology::detect().map_err(|e| ExecutorError::Topology(e.to_string()))?,
+        };
+        let driver = Driver::start(&config.name)
+            .map_err(|source| ExecutorError::Thread { name: format!("{}-driver", config.name), source })?;
+
+        // Lay out workers: per node, capped in total, at least one per node.
+        let mut layout: Vec<(usize, Option<usize>)> = Vec::new(); // (pool, cpu)
+        let mut pools = Vec::new();
+        let nodes: Vec<_> = topology.nodes.iter().filter(|n| !n.cpus.is_empty()).collect();
+        let per_node_cap = config.max_workers.map(|m| m.div_ceil(nodes.len().max(1)).max(1));
+        for (pool_index, node) in nodes.iter().enumerate() {
+            let mut count = config.workers_per_node.unwrap_or(node.cpus.len()).max(1);
+            if let Some(cap) = per_node_cap {
+                count = count.min(cap);
+            }
+            let mut members = Vec::new();
+            for i in 0..count {
+                members.push(layout.len());
+                let cpu = config.pin_workers.then(|| node.cpus[i % node.cpus.len()]);
+                layout.push((pool_index, cpu));
+            }
+            pools.push(Pool { numa_node: node.id, workers: members, injectors: Default::default() });
+        }
+        if pools.is_empty() {
+            // No CPU information at all: one unpinned pool.
+            pools.push(Pool { numa_node: 0, workers: vec![0], injectors: Default::default() });
+            layout.push((0, None));
+        }
+
+        let deques: Vec<[Deque<TaskRef>; TIERS]> =
+            layout.iter().map(|_| std::array::from_fn(|_| Deque::new_lifo())).collect();
+        let workers = layout
+            .iter()
+            .zip(&deques)
+            .map(|(&(pool, cpu), d)| WorkerSlot {
+                pool,
+                cpu,
+                stealers: std::array::from_fn(|t| d[t].stealer()),
+                thread: OnceLock::new(),
+                metrics: WorkerMetrics::default(),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            id: NEXT_EXECUTOR.fetch_add(1, Ordering::Relaxed),
+            pools,
+            workers,
+            sleepers: Sleepers::default(),
+            live: Mutex::new(Some(BTreeMap::new())),
+            live_count: AtomicUsize::new(0),
+            next_task: AtomicU64::new(0),
+            next_pool: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            config: config.clone(),
+            driver,
+        });
+
+        let executor =
+            Executor { shared: shared.clone(), threads: Mutex::new(Vec::new()), shut_down: AtomicBool::new(false) };
+        for (index, deques) in deques.into_iter().enumerate() {
+            let worker_shared = shared.clone();
+            let name = format!("{}-w{index}", config.name);
+            let cpu = shared.workers[index].cpu;
+            let spawned = thread::Builder::new().name(name.clone()).stack_size(config.stack_size).spawn(move || {
+                if let Some(cpu) = cpu {
+                    // Pinning is best effort: a CPU outside this process's
+                    // affinity mask just leaves the thread unpinned.
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                WorkerLoop { shared: worker_shared, index, picks: 0, fair_tier: 0 }.run(deques);
+            });
+            match spawned {
+                Ok(handle) => {
+                    shared.workers[index].thread.set(handle.thread().clone()).expect("set once");
+                    executor.threads.lock().expect("threads lock").push(handle);
+                }
+                Err(source) => {
+                    executor.shutdown(Duration::ZERO);
+                    return Err(ExecutorError::Thread { name, source });
+                }
+            }
+        }
+        Ok(executor)
+    }
+
+    /// A handle for spawning (and for the drivers).
+    pub fn handle(&self) -> ExecutorHandle {
+        ExecutorHandle { shared: self.shared.clone() }
+    }
+
+    /// Spawns `future` at `priority`.
+    pub fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.spawn(priority, name, future)
+    }
+
+    /// Runs `future` on the executor and blocks this (non-worker) thread
+    /// until it finishes.
+    pub fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle().block_on(future)
+    }
+
+    /// Number of worker threads.
+    pub fn worker_count(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Per-worker counters.
+    pub fn worker_metrics(&self) -> Vec<WorkerSnapshot> {
+        self.shared.workers.iter().map(|w| w.metrics.snapshot()).collect()
+    }
+
+    /// Wake-to-poll latency over all workers.
+    pub fn wake_to_poll(&self) -> LatencyHistogram {
+        let all = LatencyHistogram::default();
+        for w in &self.shared.workers {
+            all.merge_from(&w.metrics.wake_to_poll);
+        }
+        all
+    }
+
+    /// Each worker's health.
+    pub fn worker_health(&self) -> Vec<Health> {
+        let now = self.shared.now_nanos();
+        let stall = self.shared.config.stall_threshold;
+        self.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
+    }
+
+    /// The executor's health: the worst of its workers' (Unknown only if
+    /// every worker is).
+    pub fn health(&self) -> Health {
+        let all = self.worker_health();
+        let known: Vec<Health> = all.iter().copied().filter(|h| *h != Health::Unknown).collect();
+        known.into_iter().max().unwrap_or(Health::Unknown)
+    }
+
+    /// Which NUMA node each worker belongs to and the CPU it is pinned to.
+    pub fn layout(&self) -> Vec<(usize, Option<usize>)> {
+        self.shared.workers.iter().map(|w| (self.shared.pools[w.pool].numa_node, w.cpu)).collect()
+    }
+
+    /// Tasks spawned and not yet finished.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.live_count.load(Ordering::Acquire)
+    }
+
+    /// Graceful shutdown (see the module docs). Must not be called from a
+    /// worker of this executor. Later calls report nothing.
+    pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let shared = &self.shared;
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return ShutdownReport::default();
+        }
+        LOCAL.with(|l| {
+            assert!(
+                l.borrow().as_ref().is_none_or(|w| w.executor != shared.id),
+                "shutdown called from one of the executor's own workers"
+            )
+        });
+        let at_start = {
+            let live = shared.live.lock().expect("live tasks lock");
+            live.as_ref().map_or(0, |l| l.len())
+        };
+        let deadline = std::time::Instant::now() + grace;
+        while shared.live_count.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_micros(200));
+        }
+        // Stop accepting, and cancel whatever is left.
+        let remaining: Vec<TaskRef> = {
+            let mut live = shared.live.lock().expect("live tasks lock");
+            live.take().map(|l| l.into_values().collect()).unwrap_or_default()
+        };
+        let mut cancelled: Vec<&'static str> = remaining.iter().map(|t| t.name).collect();
+        cancelled.sort_unstable();
+        for task in &remaining {
+            task.cancelled.store(true, Ordering::Release);
+            if task.state.wake() {
+                shared.schedule(task.clone(), false);
+            }
+        }
+        // Workers drop the cancelled futures; wait for them briefly.
+        let drain_deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while remaining.iter().any(|t| !t.state.is_complete()) && std::time::Instant::now() < drain_deadline {
+            thread::sleep(std::time::Duration::from_micros(200));
+        }
+        shared.stopping.store(true, Ordering::Release);
+        for w in &shared.workers {
+            if let Some(t) = w.thread.get() {
+                t.unpark();
+            }
+        }
+        let _ = shared.sleepers.pop_all();
+        for handle in self.threads.lock().expect("threads lock").drain(..) {
+            // A worker that panicked outside a task poll has nothing left
+            // to report here.
+            let _ = handle.join();
+        }
+        // Anything a stuck worker never reached: drop it here.
+        for task in &remaining {
+            task.state.complete();
+            drop(task.future.lock().unwrap_or_else(|e| e.into_inner()).take());
+        }
+        shared.driver.stop();
+        ShutdownReport { finished_in_grace: at_start.saturating_sub(remaining.len()), cancelled }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+impl ExecutorHandle {
+    /// Spawns `future` at `priority`.
+    pub fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.spawn(priority, name, future)
+    }
+
+    /// See [`Executor::block_on`]. Panics if the future was cancelled (the
+    /// executor shut down) and resumes its panic if it panicked.
+    pub fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let mut handle = self.spawn(Priority::Normal, "block_on", future);
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match std::pin::Pin::new(&mut handle).poll(&mut cx) {
+                Poll::Ready(Ok(v)) => return v,
+                Poll::Ready(Err(e)) => panic!("block_on: {e}"),
+                Poll::Pending => thread::park(),
+            }
+        }
+    }
+
+    /// The executor's timer and IO driver.
+    pub(crate) fn driver(&self) -> &Arc<Driver> {
+        &self.shared.driver
+    }
+
+    /// The executor's monotonic clock.
+    pub fn now(&self) -> kaelix_core::Instant {
+        self.shared.driver.now()
+    }
+
+    /// A future that completes at `deadline` on [`ExecutorHandle::now`]'s clock.
+    pub fn sleep_until(&self, deadline: kaelix_core::Instant) -> crate::Sleep {
+        self.shared.driver.sleep_until(deadline)
+    }
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}

@@ -1,0 +1,249 @@
+//! The executor: spawning, priorities, starvation bound, cancellation,
+//! panics, health, timers and shutdown.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use kaelix_core::runtime::{JoinError, Priority, TaskHandle};
+use kaelix_runtime_real::executor::metrics::Health;
+use kaelix_runtime_real::topology::Topology;
+use kaelix_runtime_real::{Executor, ExecutorConfig};
+
+pub fn executor(workers: usize) -> Executor {
+    Executor::new(ExecutorConfig {
+        workers_per_node: Some(workers),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..workers)),
+        name: "test".into(),
+        ..ExecutorConfig::default()
+    })
+    .expect("executor starts")
+}
+
+#[test]
+fn spawned_tasks_complete_and_return_values() {
+    let ex = executor(2);
+    let handles: Vec<_> = (0..100u64).map(|i| ex.spawn(Priority::Normal, "square", async move { i * i })).collect();
+    let sum = ex.block_on(async move {
+        let mut sum = 0;
+        for h in handles {
+            sum += h.await.expect("finished");
+        }
+        sum
+    });
+    assert_eq!(sum, (0..100u64).map(|i| i * i).sum());
+    let polls: u64 = ex.worker_metrics().iter().map(|m| m.polls).sum();
+    assert!(polls >= 101, "every task was polled: {polls}");
+}
+
+/// Holds the executor's only worker until released, so that tasks queue up.
+fn gate(ex: &Executor) -> mpsc::Sender<()> {
+    let (release, wait) = mpsc::channel::<()>();
+    let (entered_tx, entered) = mpsc::channel::<()>();
+    drop(ex.spawn(Priority::Critical, "gate", async move {
+        entered_tx.send(()).unwrap();
+        wait.recv().unwrap();
+    }));
+    entered.recv().unwrap();
+    release
+}
+
+#[test]
+fn higher_tiers_run_first() {
+    let ex = executor(1);
+    let release = gate(&ex);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        for prio in [Priority::Background, Priority::Normal, Priority::High, Priority::Critical] {
+            let order = order.clone();
+            handles.push(ex.spawn(prio, "record", async move { order.lock().unwrap().push((prio, i)) }));
+        }
+    }
+    release.send(()).unwrap();
+    ex.block_on(async move {
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    let order = order.lock().unwrap();
+    let tiers: Vec<Priority> = order.iter().map(|(p, _)| *p).collect();
+    let mut sorted = tiers.clone();
+    sorted.sort();
+    assert_eq!(tiers, sorted, "all Critical, then High, Normal, Background");
+}
+
+#[test]
+fn a_lower_tier_is_not_starved_by_a_flood() {
+    let ex = Arc::new(executor(1));
+    let release = gate(&ex);
+    let critical_polls = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // A Critical flood: each task spawns its successor until told to stop.
+    fn flood(ex: Arc<Executor>, polls: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+        let ex2 = ex.clone();
+        drop(ex.spawn(Priority::Critical, "flood", async move {
+            polls.fetch_add(1, Ordering::Relaxed);
+            if !stop.load(Ordering::Relaxed) {
+                flood(ex2, polls, stop);
+            }
+        }));
+    }
+    for _ in 0..8 {
+        flood(ex.clone(), critical_polls.clone(), stop.clone());
+    }
+    let seen_at = Arc::new(AtomicUsize::new(usize::MAX));
+    let (polls, seen) = (critical_polls.clone(), seen_at.clone());
+    let background = ex.spawn(Priority::Background, "starved?", async move {
+        seen.store(polls.load(Ordering::Relaxed), Ordering::Relaxed);
+    });
+    release.send(()).unwrap();
+    let bound = ExecutorConfig::default().starvation_bound as usize;
+    ex.block_on(async move { background.await.unwrap() });
+    stop.store(true, Ordering::Relaxed);
+    let at = seen_at.load(Ordering::Relaxed);
+    assert!(at <= 3 * bound + 8, "Background ran after {at} Critical polls; bound {}", 3 * bound);
+    ex.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn abort_cancels_and_panics_are_reported() {
+    let ex = executor(2);
+    let forever = ex.spawn(Priority::Normal, "forever", std::future::pending::<()>());
+    forever.abort();
+    let panicky = ex.spawn(Priority::Normal, "panicky", async { panic!("boom") });
+    let (a, b) = ex.block_on(async move { (forever.await, panicky.await) });
+    assert_eq!(a, Err(JoinError::Cancelled));
+    assert_eq!(b, Err(JoinError::Panicked("boom".into())));
+    let panics: u64 = ex.worker_metrics().iter().map(|m| m.panicked).sum();
+    assert_eq!(panics, 1);
+}
+
+#[test]
+fn health_degrades_with_failures() {
+    let ex = executor(1);
+    assert_eq!(ex.health(), Health::Unknown, "nothing ran yet");
+    let run = |fail: bool| {
+        ex.spawn(Priority::Normal, "op", async move {
+            assert!(!fail, "operation failed");
+        })
+    };
+    let oks: Vec<_> = (0..90).map(|_| run(false)).collect();
+    ex.block_on(async move {
+        for h in oks {
+            h.await.unwrap();
+        }
+    });
+    assert_eq!(ex.health(), Health::Healthy);
+    let fails: Vec<_> = (0..20).map(|_| run(true)).collect();
+    ex.block_on(async move {
+        for h in fails {
+            assert!(h.await.is_err());
+        }
+    });
+    assert_eq!(ex.health(), Health::Degraded, "20 of 111 operations failed");
+}
+
+#[test]
+fn timers_fire_at_their_deadline_not_before() {
+    let ex = executor(2);
+    let h = ex.handle();
+    let start = h.now();
+    let slept = ex.block_on(async move {
+        let mut waits = Vec::new();
+        for ms in [1u64, 5, 20] {
+            let before = h.now();
+            h.sleep_until(before + Duration::from_millis(ms)).await;
+            waits.push((ms, h.now() - before));
+        }
+        waits
+    });
+    for (ms, took) in slept {
+        assert!(took >= Duration::from_millis(ms), "slept {took:?} for {ms} ms");
+        assert!(took < Duration::from_millis(ms + 200), "slept {took:?} for {ms} ms");
+    }
+    assert!(ex.handle().now() > start);
+}
+
+#[test]
+fn many_concurrent_timers_all_fire() {
+    let ex = executor(2);
+    let h = ex.handle();
+    let fired = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..500u64)
+        .map(|i| {
+            let (h, fired) = (h.clone(), fired.clone());
+            ex.spawn(Priority::Normal, "sleeper", async move {
+                h.sleep_until(h.now() + Duration::from_micros(100 * (i % 50))).await;
+                fired.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    ex.block_on(async move {
+        for t in handles {
+            t.await.unwrap();
+        }
+    });
+    assert_eq!(fired.load(Ordering::Relaxed), 500);
+}
+
+#[test]
+fn shutdown_lets_tasks_finish_then_cancels_and_reports_the_rest() {
+    let ex = executor(2);
+    let h = ex.handle();
+    let finished = Arc::new(AtomicBool::new(false));
+    let f2 = finished.clone();
+    let h2 = h.clone();
+    let quick = ex.spawn(Priority::Normal, "quick", async move {
+        h2.sleep_until(h2.now() + Duration::from_millis(20)).await;
+        f2.store(true, Ordering::Relaxed);
+    });
+    let stuck = ex.spawn(Priority::Normal, "stuck", std::future::pending::<()>());
+    let report = ex.shutdown(Duration::from_millis(300));
+    assert!(finished.load(Ordering::Relaxed), "the quick task finished within the grace period");
+    assert_eq!(report.cancelled, vec!["stuck"]);
+    assert_eq!(report.finished_in_grace, 1);
+    assert!(quick.is_finished() && stuck.is_finished());
+    let late = ex.spawn(Priority::Normal, "late", async {});
+    assert!(late.is_finished(), "spawns after shutdown are cancelled at once");
+}
+
+#[test]
+fn wakes_from_foreign_threads_reach_the_task() {
+    let ex = executor(2);
+    let (tx, rx) = futures_channel::oneshot::channel::<u32>();
+    let task = ex.spawn(Priority::High, "waiter", async move { rx.await.unwrap() });
+    std::thread::sleep(Duration::from_millis(5));
+    tx.send(7).unwrap();
+    assert_eq!(ex.block_on(task).unwrap(), 7);
+}
+
+#[test]
+fn layout_follows_the_topology() {
+    let topo = Topology {
+        nodes: vec![
+            kaelix_runtime_real::topology::NumaNode { id: 0, cpus: vec![0] },
+            kaelix_runtime_real::topology::NumaNode { id: 1, cpus: vec![1] },
+        ],
+    };
+    let ex = Executor::new(ExecutorConfig {
+        topology: Some(topo),
+        workers_per_node: Some(2),
+        pin_workers: true,
+        name: "layout".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    assert_eq!(ex.layout(), vec![(0, Some(0)), (0, Some(0)), (1, Some(1)), (1, Some(1))]);
+    // Work spawned from outside lands round-robin on both pools and completes.
+    let hs: Vec<_> = (0..64).map(|i| ex.spawn(Priority::Normal, "n", async move { i })).collect();
+    let total: i32 = ex.block_on(async move {
+        let mut t = 0;
+        for h in hs {
+            t += h.await.unwrap();
+        }
+        t
+    });
+    assert_eq!(total, (0..64).sum());
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the real runtime: executor, timers, storage,
+//! network, and the broadcast node running on real sockets.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // real threads and clocks are what is under test
+
+mod executor;
