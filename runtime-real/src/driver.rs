@@ -62,8 +62,10 @@ pub(crate) struct IoSlot {
 struct IoInner {
     read_ready: bool,
     write_ready: bool,
-    read_waker: Option<Waker>,
-    write_waker: Option<Waker>,
+    /// Every task waiting on a direction (several clones of a stream may
+    /// wait to write at once); all are woken on an edge.
+    read_wakers: Vec<Waker>,
+    write_wakers: Vec<Waker>,
 }
 
 /// Which half of a socket an operation uses.
@@ -130,11 +132,11 @@ impl Driver {
                 let closed = event.is_error() || event.is_read_closed() || event.is_write_closed();
                 if event.is_readable() || closed {
                     inner.read_ready = true;
-                    due.extend(inner.read_waker.take());
+                    due.append(&mut inner.read_wakers);
                 }
                 if event.is_writable() || closed {
                     inner.write_ready = true;
-                    due.extend(inner.write_waker.take());
+                    due.append(&mut inner.write_wakers);
                 }
             }
             {
@@ -169,7 +171,8 @@ impl Driver {
             let mut inner = slot.inner.lock().expect("io slot lock");
             inner.read_ready = true;
             inner.write_ready = true;
-            let wakers: Vec<Waker> = inner.read_waker.take().into_iter().chain(inner.write_waker.take()).collect();
+            let mut wakers = std::mem::take(&mut inner.read_wakers);
+            wakers.append(&mut inner.write_wakers);
             drop(inner);
             wakers.into_iter().for_each(Waker::wake);
         }
@@ -251,16 +254,15 @@ impl IoSlot {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut guard = self.inner.lock().expect("io slot lock");
                     let inner = &mut *guard;
-                    let (ready, waker) = match direction {
-                        Direction::Read => (&mut inner.read_ready, &mut inner.read_waker),
-                        Direction::Write => (&mut inner.write_ready, &mut inner.write_waker),
+                    let (ready, wakers) = match direction {
+                        Direction::Read => (&mut inner.read_ready, &mut inner.read_wakers),
+                        Direction::Write => (&mut inner.write_ready, &mut inner.write_wakers),
                     };
                     if std::mem::take(ready) {
                         continue; // an edge arrived since the attempt
                     }
-                    match waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        w => *w = Some(cx.waker().clone()),
+                    if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        wakers.push(cx.waker().clone());
                     }
                     return Poll::Pending;
                 }

@@ -17,9 +17,14 @@
 pub mod blocking;
 mod driver;
 pub mod executor;
+pub mod frame;
+pub mod net;
+mod rt;
 pub mod storage;
 mod sync;
 pub mod topology;
 
 pub use driver::Sleep;
 pub use executor::{Executor, ExecutorConfig, ExecutorHandle, JoinHandle, ShutdownReport};
+pub(crate) use rt::wall_clock_now;
+pub use rt::{NodeConfig, RealRuntime, StartError};

@@ -295,7 +295,7 @@ impl WorkerLoop {
     /// The tiers in the order this pick tries them.
     fn tier_order(&mut self) -> [usize; TIERS] {
         self.picks = self.picks.wrapping_add(1);
-        if self.picks % self.shared.config.starvation_bound.max(1) != 0 {
+        if !self.picks.is_multiple_of(self.shared.config.starvation_bound.max(1)) {
             return [0, 1, 2, 3];
         }
         // Rotate over High, Normal, Background.

@@ -3,4 +3,7 @@
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // real threads and clocks are what is under test
 
+mod broadcast;
 mod executor;
+mod net;
+mod support;

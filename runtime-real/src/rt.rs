@@ -1,0 +1,269 @@
+//! [`RealRuntime`]: the whole runtime contract for one node, on an
+//! [`Executor`](crate::Executor) — the same node code that runs under the
+//! simulator runs here unchanged.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // OS entropy and the wall clock are this module's job
+
+use std::collections::BTreeMap;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use kaelix_core::rng::{self, DetRng};
+use kaelix_core::runtime::{
+    ClientNetwork, Clock, FaultPoints, NetError, Network, Priority, Runtime, Spawner, Storage, StorageError,
+};
+use kaelix_core::{Instant, NodeId, WallTime};
+
+use crate::blocking::BlockingPool;
+use crate::executor::{ExecutorHandle, JoinHandle};
+use crate::net::{RealListener, RealStream, Transport, TransportConfig, TransportStats, connect_client};
+use crate::storage::{DiskFile, FileStorage};
+
+/// Civil time from the OS.
+pub(crate) fn wall_clock_now() -> WallTime {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    WallTime(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Everything one node needs to know to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Node-to-node addresses of every member, this node included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Client-stream addresses of the nodes clients may connect to (this
+    /// node's is where it listens).
+    pub clients: BTreeMap<NodeId, SocketAddr>,
+    /// Where this node's files live.
+    pub data_dir: PathBuf,
+    /// Seed of the node's rng; `None`: drawn from the OS.
+    pub seed: Option<u64>,
+    /// Transport limits and timings.
+    pub transport: TransportConfig,
+    /// Threads for blocking file IO.
+    pub blocking_threads: usize,
+}
+
+impl NodeConfig {
+    /// A node with the default transport and two blocking threads.
+    pub fn new(node: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            node,
+            peers: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            seed: None,
+            transport: TransportConfig::default(),
+            blocking_threads: 2,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be used.
+    #[error("data directory: {0}")]
+    Storage(#[from] StorageError),
+    /// The peer address could not be bound.
+    #[error("binding the node-to-node address of {node}: {source}")]
+    Bind {
+        /// The node.
+        node: NodeId,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No OS entropy for the seed.
+    #[error("drawing a seed from the OS: {0}")]
+    Entropy(String),
+}
+
+struct Inner {
+    node: NodeId,
+    exec: ExecutorHandle,
+    transport: Option<Arc<Transport>>,
+    storage: FileStorage,
+    blocking: BlockingPool,
+    clients: BTreeMap<NodeId, SocketAddr>,
+    listening: AtomicBool,
+    seed: u64,
+    rng_draws: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.blocking.shutdown();
+    }
+}
+
+/// The runtime contract on real threads, sockets and files, for one node.
+#[derive(Clone)]
+pub struct RealRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RealRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealRuntime").field("node", &self.inner.node).finish()
+    }
+}
+
+impl RealRuntime {
+    /// Starts `config.node` on `exec`: opens the data directory and, if the
+    /// node has a peer address, binds it and starts the transport.
+    pub fn start(exec: ExecutorHandle, config: NodeConfig) -> Result<RealRuntime, StartError> {
+        let seed = match config.seed {
+            Some(s) => s,
+            None => getrandom::u64().map_err(|e| StartError::Entropy(e.to_string()))?,
+        };
+        let blocking = BlockingPool::new(config.blocking_threads.max(1), &format!("kaelix-io-{}", config.node.0));
+        let storage = FileStorage::open_dir(&config.data_dir, blocking.clone())?;
+        let transport = if config.peers.contains_key(&config.node) {
+            let rng = rng::derive(seed, u64::MAX);
+            Some(
+                Transport::start(exec.clone(), config.node, config.peers.clone(), config.transport.clone(), rng)
+                    .map_err(|source| StartError::Bind { node: config.node, source })?,
+            )
+        } else {
+            None
+        };
+        Ok(RealRuntime {
+            inner: Arc::new(Inner {
+                node: config.node,
+                exec,
+                transport,
+                storage,
+                blocking,
+                clients: config.clients,
+                listening: AtomicBool::new(false),
+                seed,
+                rng_draws: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The transport's counters (`None` for a node without a peer address).
+    pub fn transport_stats(&self) -> Option<&TransportStats> {
+        self.inner.transport.as_ref().map(|t| &t.stats)
+    }
+
+    /// The seed this node's rngs derive from (to reproduce a run's draws).
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+}
+
+impl Clock for RealRuntime {
+    fn now(&self) -> Instant {
+        self.inner.exec.now()
+    }
+
+    fn wall_clock(&self) -> WallTime {
+        wall_clock_now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.exec.sleep_until(deadline)
+    }
+}
+
+impl Spawner for RealRuntime {
+    type Handle<T: Send + 'static> = JoinHandle<T>;
+
+    fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.exec.spawn(priority, name, future)
+    }
+}
+
+impl Network for RealRuntime {
+    fn local_node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    fn send(&self, to: NodeId, message: Bytes) {
+        if let Some(t) = &self.inner.transport {
+            t.send(to, message);
+        }
+    }
+
+    fn recv(&self) -> impl Future<Output = (NodeId, Bytes)> + Send {
+        let transport = self.inner.transport.clone();
+        poll_fn(move |cx| match &transport {
+            Some(t) => t.poll_recv(cx),
+            None => std::task::Poll::Pending, // a node without peers never receives
+        })
+    }
+}
+
+impl ClientNetwork for RealRuntime {
+    type Stream = RealStream;
+    type Listener = RealListener;
+
+    fn listen(&self) -> Result<RealListener, NetError> {
+        let addr = self
+            .inner
+            .clients
+            .get(&self.inner.node)
+            .ok_or_else(|| NetError::Io(format!("{} has no client address", self.inner.node)))?;
+        if self.inner.listening.swap(true, Ordering::AcqRel) {
+            return Err(NetError::AlreadyListening);
+        }
+        RealListener::bind(self.inner.exec.driver(), *addr).map_err(|e| {
+            self.inner.listening.store(false, Ordering::Release);
+            NetError::Io(format!("binding {addr}: {e}"))
+        })
+    }
+
+    fn connect(&self, node: NodeId) -> impl Future<Output = Result<RealStream, NetError>> + Send {
+        let driver = self.inner.exec.driver().clone();
+        let me = self.inner.node;
+        let addr = self.inner.clients.get(&node).copied();
+        async move {
+            let addr = addr.ok_or(NetError::Refused(node))?;
+            connect_client(&driver, addr, me, node).await
+        }
+    }
+}
+
+impl Storage for RealRuntime {
+    type File = DiskFile;
+
+    fn open(&self, name: &str) -> impl Future<Output = Result<DiskFile, StorageError>> + Send {
+        self.inner.storage.open(name)
+    }
+
+    fn remove(&self, name: &str) -> impl Future<Output = Result<(), StorageError>> + Send {
+        self.inner.storage.remove(name)
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send {
+        self.inner.storage.list()
+    }
+}
+
+impl FaultPoints for RealRuntime {
+    /// Production never injects faults.
+    fn buggify(&self, _site: &'static str) -> bool {
+        false
+    }
+}
+
+impl Runtime for RealRuntime {
+    fn node_id(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// A fresh stream per call, derived from the node's seed.
+    fn rng(&self) -> DetRng {
+        rng::derive(self.inner.seed, self.inner.rng_draws.fetch_add(1, Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,324 @@
+//! Loom models of the executor's lock-free parts: the task scheduling state
+//! machine (`executor::state`) and the park/notify protocol
+//! (`executor::idle`). `src/sync.rs` swaps their atomics and mutex for
+//! loom's, so these models explore exactly the code that ships.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg loom" cargo test -p kaelix-runtime-real --release --test loom`
+//! (without `--cfg loom` this file is empty).
+//!
+//! Every model counts the executions loom explores and fails if it saw only
+//! one: loom can silently explore a single interleaving (loom#392), which
+//! would make a model pass without checking anything.
+#![cfg(loom)]
+
+use kaelix_runtime_real::executor::idle::Sleepers;
+use kaelix_runtime_real::executor::state::{AfterPoll, TaskState};
+use loom::sync::Arc;
+use loom::sync::atomic::AtomicUsize;
+use loom::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use loom::thread;
+
+/// Explores `model` under loom; `preemption_bound` caps the preemptions per
+/// execution (None: exhaustive). Returns the number of executions explored.
+fn explore(name: &str, preemption_bound: Option<usize>, model: impl Fn() + Sync + Send + 'static) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let mut builder = loom::model::Builder::new();
+    if preemption_bound.is_some() {
+        builder.preemption_bound = preemption_bound;
+    }
+    builder.check(move || {
+        counter.fetch_add(1, Relaxed);
+        model();
+    });
+    let runs = runs.load(Relaxed);
+    eprintln!("loom model {name}: {runs} executions explored");
+    assert!(runs > 1, "loom model {name} explored a single execution: it checks nothing (loom#392?)");
+    runs
+}
+
+// ---------------------------------------------------------------------------
+// TaskState
+// ---------------------------------------------------------------------------
+
+/// One task, its run queue and its future's readiness, as the executor uses
+/// them.
+struct Task {
+    state: TaskState,
+    /// Copies of the task in the run queue: must never exceed 1.
+    queued: AtomicUsize,
+    /// Events published by wakers that no poll has consumed yet. The future
+    /// reads them with an RMW, like any real future whose readiness lives in
+    /// a mutex or an `AtomicWaker`.
+    ready: AtomicUsize,
+}
+
+impl Task {
+    /// A freshly spawned task: SCHEDULED and in the queue.
+    fn spawned() -> Self {
+        Task { state: TaskState::new_scheduled(), queued: AtomicUsize::new(1), ready: AtomicUsize::new(0) }
+    }
+
+    fn enqueue(&self) {
+        let before = self.queued.fetch_add(1, AcqRel);
+        assert_eq!(before, 0, "task queued twice at once");
+    }
+
+    fn dequeue(&self) -> bool {
+        self.queued.compare_exchange(1, 0, AcqRel, Acquire).is_ok()
+    }
+
+    /// A waker: the event source publishes readiness, then wakes the task,
+    /// enqueueing it when told to. Returns what `wake` returned.
+    fn wake(&self) -> bool {
+        self.ready.fetch_add(1, AcqRel);
+        let enqueue = self.state.wake();
+        if enqueue {
+            self.enqueue();
+        }
+        enqueue
+    }
+
+    /// A worker: polls the task until the queue is empty. A poll consumes
+    /// the published events; if `complete_on_event` and it saw one, the
+    /// future returns `Ready` and the task completes, else it is `Pending`.
+    /// Returns how many polls ran.
+    fn work(&self, complete_on_event: bool) -> usize {
+        let mut polls = 0;
+        while self.dequeue() {
+            if !self.state.start_poll() {
+                assert!(self.state.is_complete());
+                continue; // a completed task's stale queue entry: dropped
+            }
+            polls += 1;
+            let events = self.ready.swap(0, AcqRel);
+            if complete_on_event && events > 0 {
+                self.state.complete();
+            } else if self.state.end_poll_pending() == AfterPoll::Requeue {
+                self.enqueue();
+            }
+        }
+        polls
+    }
+}
+
+/// A worker polls the task (re-queueing on `Requeue`) while `wakers` threads
+/// each call `wake` `wakes_each` times.
+///
+/// Checks: the task is never queued twice (`enqueue` asserts), `start_poll`
+/// never panics on a dequeued copy, and no wake is lost: after every thread
+/// joined, either the task is in the queue (a poll is owed and `start_poll`
+/// accepts it), or it is IDLE and the last poll consumed every event — i.e.
+/// no wake happened after the last poll began without another poll.
+fn wake_race(wakers: usize, wakes_each: usize) {
+    let task = Arc::new(Task::spawned());
+    let worker = {
+        let task = task.clone();
+        thread::spawn(move || task.work(false))
+    };
+    let wakers: Vec<_> = (0..wakers)
+        .map(|_| {
+            let task = task.clone();
+            thread::spawn(move || {
+                for _ in 0..wakes_each {
+                    task.wake();
+                }
+            })
+        })
+        .collect();
+    for w in wakers {
+        w.join().unwrap();
+    }
+    let polls = worker.join().unwrap();
+    assert!(polls >= 1, "the spawned task was never polled");
+
+    if task.queued.load(Acquire) == 0 {
+        assert_eq!(task.ready.load(Acquire), 0, "lost wake-up: a wake after the last poll began led to no poll");
+    }
+    // A queued copy is owed a poll: it must be accepted and drain the rest.
+    task.work(false);
+    assert_eq!(task.ready.load(Acquire), 0);
+    assert!(task.state.wake(), "after its last poll the task must be IDLE");
+}
+
+#[test]
+fn task_state_worker_vs_one_waker() {
+    explore("worker vs 1 waker x1", None, || wake_race(1, 1));
+}
+
+#[test]
+fn task_state_worker_vs_one_waker_waking_twice() {
+    explore("worker vs 1 waker x2", None, || wake_race(1, 2));
+}
+
+#[test]
+fn task_state_worker_vs_two_wakers() {
+    explore("worker vs 2 wakers x1", None, || wake_race(2, 1));
+}
+
+/// The future completes on the poll that sees an event, racing wakers that
+/// keep waking it. After `complete` no wake enqueues (so no queue entry is
+/// left behind), and later wakes are ignored.
+fn complete_while_woken(wakers: usize, wakes_each: usize) {
+    let task = Arc::new(Task::spawned());
+    let worker = {
+        let task = task.clone();
+        thread::spawn(move || task.work(true))
+    };
+    let wakers: Vec<_> = (0..wakers)
+        .map(|_| {
+            let task = task.clone();
+            thread::spawn(move || {
+                for _ in 0..wakes_each {
+                    task.wake();
+                }
+                if task.state.is_complete() {
+                    assert!(!task.wake(), "wake enqueued a completed task");
+                }
+            })
+        })
+        .collect();
+    for w in wakers {
+        w.join().unwrap();
+    }
+    worker.join().unwrap();
+    // A copy queued after the worker found the queue empty: poll it here.
+    task.work(true);
+    assert!(task.state.is_complete(), "every waker published an event, so some poll must complete the task");
+    assert_eq!(task.queued.load(Acquire), 0, "a completed task left a queue entry behind");
+    assert!(!task.wake(), "wake enqueued a completed task");
+    assert!(!task.state.start_poll(), "a completed task must not be polled");
+}
+
+#[test]
+fn task_state_complete_vs_one_waker() {
+    explore("complete vs 1 waker x2", None, || complete_while_woken(1, 2));
+}
+
+#[test]
+fn task_state_complete_vs_two_wakers() {
+    explore("complete vs 2 wakers x1", None, || complete_while_woken(2, 1));
+}
+
+/// Cancellation from outside the polling worker (the shutdown path and a
+/// spawn refused during shutdown: `complete` while no poll is in flight),
+/// racing a waker. A wake after `complete` never enqueues, and a queued copy
+/// — whether queued before or by the racing wake — is skipped: `start_poll`
+/// returns false.
+fn cancel_vs_wake(start_idle: bool) {
+    let task = Arc::new(Task::spawned());
+    if start_idle {
+        assert!(task.dequeue());
+        assert!(task.state.start_poll());
+        assert_eq!(task.state.end_poll_pending(), AfterPoll::Idle);
+    }
+    let canceller = {
+        let task = task.clone();
+        thread::spawn(move || {
+            task.state.complete();
+            assert!(!task.wake(), "wake after complete enqueued the task");
+        })
+    };
+    let waker = {
+        let task = task.clone();
+        thread::spawn(move || {
+            task.wake();
+        })
+    };
+    canceller.join().unwrap();
+    waker.join().unwrap();
+    let entries = task.queued.load(Acquire);
+    assert!(entries <= 1);
+    assert_eq!(task.work(false), 0, "a queued copy of a completed task was polled");
+    assert!(task.state.is_complete());
+    assert!(!task.wake());
+}
+
+#[test]
+fn task_state_cancel_queued_vs_wake() {
+    explore("cancel queued task vs wake", None, || cancel_vs_wake(false));
+}
+
+#[test]
+fn task_state_cancel_idle_vs_wake() {
+    explore("cancel idle task vs wake", None, || cancel_vs_wake(true));
+}
+
+// ---------------------------------------------------------------------------
+// Sleepers
+// ---------------------------------------------------------------------------
+
+fn take_one(work: &AtomicUsize) -> bool {
+    let mut n = work.load(Acquire);
+    while n > 0 {
+        match work.compare_exchange(n, n - 1, AcqRel, Acquire) {
+            Ok(_) => return true,
+            Err(actual) => n = actual,
+        }
+    }
+    false
+}
+
+/// One worker (index 0) takes `publishers` items, parking when it finds
+/// none, exactly as the executor's worker loop does: register, re-check,
+/// park, unregister. Each publisher pushes one item then pops an idle worker
+/// to unpark. The work counter is accessed with acquire/release only, so the
+/// protocol's SeqCst fences are what must keep a wake-up from being lost; a
+/// lost wake-up leaves the worker parked forever, which loom reports as a
+/// deadlock.
+fn park_notify(publishers: usize) {
+    let sleepers = Arc::new(Sleepers::default());
+    let work = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let (sleepers, work) = (sleepers.clone(), work.clone());
+        thread::spawn(move || {
+            let mut taken = 0;
+            while taken < publishers {
+                if take_one(&work) {
+                    taken += 1;
+                    continue;
+                }
+                sleepers.register(0);
+                if work.load(Acquire) > 0 {
+                    sleepers.unregister(0);
+                    continue;
+                }
+                thread::park();
+                sleepers.unregister(0);
+            }
+        })
+    };
+    let worker_thread = worker.thread().clone();
+    let publishers: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (sleepers, work, worker_thread) = (sleepers.clone(), work.clone(), worker_thread.clone());
+            thread::spawn(move || {
+                work.fetch_add(1, Release);
+                if let Some(index) = sleepers.pop_one() {
+                    assert_eq!(index, 0);
+                    worker_thread.unpark();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    worker.join().unwrap();
+    assert_eq!(work.load(Acquire), 0);
+    assert_eq!(sleepers.len(), 0, "idle count out of step: nobody is parked");
+    assert!(sleepers.is_empty());
+    assert_eq!(sleepers.pop_one(), None, "a worker left registered");
+}
+
+#[test]
+fn sleepers_one_publisher() {
+    explore("park/notify, 1 publisher", None, || park_notify(1));
+}
+
+#[test]
+fn sleepers_two_publishers() {
+    explore("park/notify, 2 publishers", None, || park_notify(2));
+}

@@ -1,0 +1,163 @@
+//! Client streams and the node-to-node transport on real sockets.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kaelix_core::NodeId;
+use kaelix_core::runtime::{
+    ClientNetwork, ClientStream, Clock, Listener, MAX_FRAME_BYTES, NetError, Network, Priority, Spawner,
+};
+use kaelix_runtime_real::{NodeConfig, RealRuntime};
+
+use crate::support::{executor, free_addr, temp_dir};
+
+fn node(
+    exec: &kaelix_runtime_real::Executor,
+    id: u64,
+    peers: &BTreeMap<NodeId, std::net::SocketAddr>,
+    clients: &BTreeMap<NodeId, std::net::SocketAddr>,
+) -> RealRuntime {
+    let mut cfg = NodeConfig::new(NodeId(id), temp_dir("net"));
+    cfg.peers = peers.clone();
+    cfg.clients = clients.clone();
+    cfg.seed = Some(id);
+    RealRuntime::start(exec.handle(), cfg).expect("node starts")
+}
+
+#[test]
+fn client_streams_carry_frames_both_ways_and_refuse_oversize() {
+    let exec = executor("streams", 2);
+    let server_addr = free_addr();
+    let clients = BTreeMap::from([(NodeId(1), server_addr)]);
+    let server = node(&exec, 1, &BTreeMap::new(), &clients);
+    let client = node(&exec, 100, &BTreeMap::new(), &clients);
+    let mut listener = server.listen().expect("listens");
+    assert_eq!(server.listen().err(), Some(NetError::AlreadyListening));
+    // Echo server.
+    drop(server.spawn(Priority::Normal, "echo", async move {
+        while let Ok(stream) = listener.accept().await {
+            let peer = stream.peer();
+            tokio_free_spawn_echo(stream, peer);
+        }
+    }));
+    fn tokio_free_spawn_echo(stream: kaelix_runtime_real::net::RealStream, peer: NodeId) {
+        std::thread::spawn(move || {
+            let exec = executor("echo", 1);
+            exec.block_on(async move {
+                assert_eq!(peer, NodeId(100), "the hello names the client");
+                while let Ok(Some(f)) = stream.recv().await {
+                    if stream.send(f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+    }
+    let got = exec.block_on(async move {
+        let s = client.connect(NodeId(1)).await.expect("connects");
+        assert_eq!(s.peer(), NodeId(1));
+        let mut got = Vec::new();
+        for i in 0..50u32 {
+            let frame = Bytes::from(vec![i as u8; (i as usize) * 1000]);
+            s.send(frame.clone()).await.unwrap();
+            let back = s.recv().await.unwrap().unwrap();
+            assert_eq!(back, frame);
+            got.push(back.len());
+        }
+        let too_big = Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1]);
+        assert_eq!(
+            s.send(too_big).await,
+            Err(NetError::FrameTooLarge { len: MAX_FRAME_BYTES + 1, max: MAX_FRAME_BYTES })
+        );
+        // Still serving after the refused frame.
+        s.send(Bytes::from_static(b"after")).await.unwrap();
+        assert_eq!(s.recv().await.unwrap().unwrap(), Bytes::from_static(b"after"));
+        got
+    });
+    assert_eq!(got.len(), 50);
+}
+
+#[test]
+fn connecting_to_a_closed_port_is_refused() {
+    let exec = executor("refused", 1);
+    let clients = BTreeMap::from([(NodeId(1), free_addr())]);
+    let client = node(&exec, 100, &BTreeMap::new(), &clients);
+    let r = exec.block_on(async move { client.connect(NodeId(1)).await.map(|_| ()) });
+    assert_eq!(r, Err(NetError::Refused(NodeId(1))));
+}
+
+#[test]
+fn garbage_and_silent_connections_do_not_stop_the_listener() {
+    let exec = executor("garbage", 2);
+    let addr = free_addr();
+    let clients = BTreeMap::from([(NodeId(1), addr)]);
+    let server = node(&exec, 1, &BTreeMap::new(), &clients);
+    let client = node(&exec, 100, &BTreeMap::new(), &clients);
+    let mut listener = server.listen().unwrap();
+    let accepted = server.spawn(Priority::Normal, "accept-one", async move {
+        let s = listener.accept().await.unwrap();
+        let frame = s.recv().await.unwrap().unwrap();
+        (s.peer(), frame)
+    });
+    // A raw socket that speaks HTTP, and one that says nothing.
+    let mut garbage = std::net::TcpStream::connect(addr).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    let mut buf = [0u8; 16];
+    garbage.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(garbage.read(&mut buf).unwrap_or(0), 0, "the bad-hello connection is closed");
+    let (peer, frame) = exec.block_on(async move {
+        let s = client.connect(NodeId(1)).await.unwrap();
+        s.send(Bytes::from_static(b"hello")).await.unwrap();
+        accepted.await.unwrap()
+    });
+    assert_eq!((peer, frame), (NodeId(100), Bytes::from_static(b"hello")));
+}
+
+#[test]
+fn transport_delivers_and_reconnects_after_the_peer_restarts() {
+    let peers = BTreeMap::from([(NodeId(1), free_addr()), (NodeId(2), free_addr())]);
+    let ex1 = executor("t1", 1);
+    let a = node(&ex1, 1, &peers, &BTreeMap::new());
+    let mut ex2 = executor("t2", 1);
+    let mut b = node(&ex2, 2, &peers, &BTreeMap::new());
+
+    let send_until_received = |a: &RealRuntime, b: &RealRuntime, exec: &kaelix_runtime_real::Executor, tag: u8| {
+        let (a, b) = (a.clone(), b.clone());
+        exec.block_on(async move {
+            let deadline = b.now() + Duration::from_secs(10);
+            loop {
+                a.send(NodeId(2), Bytes::from(vec![tag]));
+                let got = kaelix_core::runtime::timeout(&b, Duration::from_millis(50), b.recv()).await;
+                match got {
+                    Ok((from, m)) if m[..] == [tag] => return from,
+                    _ => assert!(b.now() < deadline, "no delivery within 10 s"),
+                }
+            }
+        })
+    };
+    assert_eq!(send_until_received(&a, &b, &ex2, 1), NodeId(1));
+    // Self-sends loop back; unknown peers and oversize messages are dropped and counted.
+    a.send(NodeId(9), Bytes::from_static(b"x"));
+    a.send(NodeId(2), Bytes::from(vec![0u8; kaelix_core::runtime::MAX_DATAGRAM_BYTES + 1]));
+    let stats = a.transport_stats().unwrap();
+    assert_eq!(stats.dropped_unknown_peer.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.dropped_oversize.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Kill node 2: its executor stops, its sockets close.
+    let report = ex2.shutdown(Duration::from_millis(50));
+    assert!(!report.cancelled.is_empty(), "the transport's tasks were running");
+    drop(b);
+    drop(ex2);
+    for _ in 0..20 {
+        a.send(NodeId(2), Bytes::from_static(b"lost"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Restart it on the same address: the link reconnects with backoff.
+    ex2 = executor("t2b", 1);
+    b = node(&ex2, 2, &peers, &BTreeMap::new());
+    assert_eq!(send_until_received(&a, &b, &ex2, 2), NodeId(1));
+    assert!(stats.connects.load(std::sync::atomic::Ordering::Relaxed) >= 2, "a second connection was made");
+}
