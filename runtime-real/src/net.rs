@@ -728,9 +728,37 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
                 }
                 break;
             }
-            pending = next_batch(&link).await;
+            // Wait for more to send, watching the connection: the peer never
+            // writes on it, so readable means closed — reconnect at once
+            // rather than on the next write, which the kernel may accept
+            // into a dead socket.
+            match next_batch_or_close(&link, &conn).await {
+                Some(batch) => pending = batch,
+                None => break,
+            }
         }
     }
+}
+
+/// Like [`next_batch`], but `None` as soon as `conn` is closed by the peer.
+async fn next_batch_or_close(link: &Link, conn: &FramedConn) -> Option<Vec<Bytes>> {
+    poll_fn(|cx| {
+        loop {
+            match conn.poll_recv(cx) {
+                Poll::Ready(Ok(Some(_))) => continue, // unexpected data: ignore it
+                Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        let mut state = link.state.lock().expect("link lock");
+        if state.queue.is_empty() {
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(state.queue.take_all()))
+        }
+    })
+    .await
 }
 
 async fn accept_peers(transport: std::sync::Weak<Transport>, mut listener: HelloListener) {

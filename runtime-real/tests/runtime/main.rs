@@ -6,4 +6,5 @@
 mod broadcast;
 mod executor;
 mod net;
+mod partition;
 mod support;
