@@ -31,7 +31,9 @@ pub mod rng;
 pub mod runtime;
 pub mod sansio;
 pub mod time;
+pub mod topic;
 
 pub use ids::NodeId;
 pub use rng::DetRng;
 pub use time::{Instant, WallTime};
+pub use topic::{Pattern, Topic, TopicError};
