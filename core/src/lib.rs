@@ -26,10 +26,14 @@
 //! See [`sansio`] for the call order every protocol core follows and
 //! [`runtime`] for the driver traits.
 
+pub mod broker;
 pub mod ids;
+pub mod message;
+pub mod partition;
 pub mod rng;
 pub mod runtime;
 pub mod sansio;
+pub mod subscription;
 pub mod time;
 pub mod topic;
 

@@ -12,6 +12,7 @@
 //! and compares trace hashes.
 
 pub mod broadcast;
+pub mod broker;
 
 use kaelix_core::time::Duration;
 use kaelix_sim::SimStats;
@@ -86,7 +87,12 @@ pub trait Scenario: Sync {
 
 /// Every scenario, in listing order.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    vec![&broadcast::BROADCAST, &broadcast::BROADCAST_ACK_BEFORE_SYNC, &broadcast::BROADCAST_SKIP_CHECKSUM]
+    vec![
+        &broadcast::BROADCAST,
+        &broadcast::BROADCAST_ACK_BEFORE_SYNC,
+        &broadcast::BROADCAST_SKIP_CHECKSUM,
+        &broker::BROKER,
+    ]
 }
 
 /// The scenario named `name`.

@@ -1,0 +1,730 @@
+//! [`BrokerCore`]: the broker's sans-IO state — topics and their partition
+//! logs, the stream registry and router, consumer groups, dead letters.
+//!
+//! Every method takes the time it needs (`now` for activity, `wall` for
+//! message timestamps and retention age) and the rng it needs; nothing here
+//! waits. Waiting (a blocked publisher, a consumer with an empty buffer) is
+//! the async layer's job: calls report *who* may now make progress
+//! ([`BrokerCore::take_woken`]) and *why* a call could not complete
+//! ([`PublishOutcome::WouldBlock`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::backpressure::{DropCounts, Offer, Strategy, Thresholds};
+use super::groups::{ConsumerGroup, GroupError, MemberId};
+use super::registry::{RegistryError, StreamId, StreamInfo, StreamRegistry};
+use crate::message::{Message, MessageBatch, new_message_id};
+use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
+use crate::rng::DetRng;
+use crate::time::{Duration, Instant, WallTime};
+use crate::topic::{Pattern, Topic, TopicError};
+
+/// Headers a dead-lettered message carries.
+pub mod dead_letter_headers {
+    /// Why it was dead-lettered.
+    pub const REASON: &str = "dlq-reason";
+    /// The topic it was published to.
+    pub const SOURCE_TOPIC: &str = "dlq-source-topic";
+    /// Its partition there.
+    pub const SOURCE_PARTITION: &str = "dlq-source-partition";
+    /// Its offset there.
+    pub const SOURCE_OFFSET: &str = "dlq-source-offset";
+    /// Delivery attempts made.
+    pub const ATTEMPTS: &str = "dlq-attempts";
+}
+
+/// A topic's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicConfig {
+    /// Number of partitions (at least 1).
+    pub partitions: u32,
+    /// What each partition retains.
+    pub retention: RetentionPolicy,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig { partitions: 1, retention: RetentionPolicy::default() }
+    }
+}
+
+/// The broker's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokerConfig {
+    /// Settings of topics created on first publish (`None`: publishing to an
+    /// unknown topic is an error).
+    pub auto_create: Option<TopicConfig>,
+    /// Most streams open at once.
+    pub max_streams: usize,
+    /// Streams whose consumer has not read for this long are closed.
+    pub idle_timeout: Option<Duration>,
+    /// Buffer pressure thresholds.
+    pub thresholds: Thresholds,
+    /// Dead letters of topic `t` go to `<prefix>.t`.
+    pub dead_letter_prefix: String,
+    /// Most messages one consumer-group poll returns.
+    pub max_poll_records: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            auto_create: Some(TopicConfig::default()),
+            max_streams: 1 << 20,
+            idle_timeout: None,
+            thresholds: Thresholds::default(),
+            dead_letter_prefix: "_dlq".to_owned(),
+            max_poll_records: 512,
+        }
+    }
+}
+
+/// Why a broker call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// A topic or pattern is invalid.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The topic does not exist and auto-creation is off.
+    #[error("unknown topic {0}")]
+    UnknownTopic(Topic),
+    /// The topic exists with other settings.
+    #[error("topic {topic} already exists with {existing} partitions")]
+    TopicExists {
+        /// The topic.
+        topic: Topic,
+        /// Its partitions.
+        existing: u32,
+    },
+    /// A partition count of zero, or fewer than the topic has.
+    #[error("invalid partition count {requested} for topic {topic}: {why}")]
+    BadPartitionCount {
+        /// The topic.
+        topic: Topic,
+        /// The count asked for.
+        requested: u32,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// The message names a partition the topic does not have.
+    #[error("topic {topic} has {partitions} partitions; partition {requested} does not exist")]
+    NoSuchPartition {
+        /// The topic.
+        topic: Topic,
+        /// Its partitions.
+        partitions: u32,
+        /// The partition named.
+        requested: u32,
+    },
+    /// The stream limit is reached.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A consumer-group operation was refused.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// A read asked for an offset that is not retained.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A consumer group is bound to another topic.
+    #[error("consumer group {group:?} consumes {existing}, not {requested}")]
+    GroupTopicMismatch {
+        /// The group.
+        group: String,
+        /// Its topic.
+        existing: Topic,
+        /// The topic asked for.
+        requested: Topic,
+    },
+    /// A message could not be built (dead letters).
+    #[error("building a message: {0}")]
+    Message(String),
+    /// The stream is closed (unsubscribed, idle, or the broker shut down).
+    #[error("stream {0:?} is closed")]
+    StreamClosed(StreamId),
+    /// The broker is shutting down.
+    #[error("the broker is shut down")]
+    ShutDown,
+}
+
+/// Where a published message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset there.
+    pub offset: u64,
+    /// Streams it was buffered for.
+    pub buffered_for: usize,
+}
+
+/// What [`BrokerCore::publish`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Appended and fanned out.
+    Published(Published),
+    /// Nothing happened: these streams block and are full. Retry once one
+    /// of them is woken by a read.
+    WouldBlock(Vec<StreamId>),
+}
+
+/// What [`BrokerCore::publish_batch`] did: the messages published, and the
+/// rest of the batch with the streams it waits on if one would block.
+pub type BatchOutcome = (Vec<Published>, Option<(MessageBatch, Vec<StreamId>)>);
+
+/// Broker-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Topics.
+    pub topics: usize,
+    /// Partitions over all topics.
+    pub partitions: usize,
+    /// Messages appended (dead letters included).
+    pub published: u64,
+    /// Publishes that had to wait for a blocking stream.
+    pub blocked_publishes: u64,
+    /// Messages handed to stream consumers.
+    pub delivered: u64,
+    /// Messages handed to consumer-group members.
+    pub group_delivered: u64,
+    /// Drops over every stream, open or closed, by reason.
+    pub dropped: DropCounts,
+    /// Messages sent to dead-letter topics.
+    pub dead_lettered: u64,
+    /// Open streams.
+    pub streams: usize,
+    /// Streams closed for idleness.
+    pub idle_closed: u64,
+    /// Consumer groups.
+    pub groups: usize,
+    /// Records removed by retention.
+    pub retention_removed: u64,
+}
+
+impl LogRecord for Message {
+    fn size_bytes(&self) -> usize {
+        self.encoded_len()
+    }
+
+    fn timestamp(&self) -> WallTime {
+        Message::timestamp(self)
+    }
+}
+
+struct TopicState {
+    config: TopicConfig,
+    partitions: Vec<PartitionLog<Message>>,
+    round_robin: u64,
+}
+
+/// The broker's state (see the module docs).
+pub struct BrokerCore {
+    config: BrokerConfig,
+    topics: BTreeMap<Topic, TopicState>,
+    registry: StreamRegistry,
+    groups: BTreeMap<Arc<str>, ConsumerGroup>,
+    member_groups: BTreeMap<MemberId, Arc<str>>,
+    next_member: u64,
+    woken_streams: Vec<StreamId>,
+    woken_members: Vec<MemberId>,
+    stats: BrokerStats,
+    closed_drops: DropCounts,
+    shut_down: bool,
+}
+
+/// Jump consistent hash (Lamping & Veach): `key_hash` → bucket in
+/// `0..buckets`. Growing `buckets` only moves keys into the new buckets.
+pub fn jump_hash(mut key_hash: u64, buckets: u32) -> u32 {
+    assert!(buckets > 0, "at least one bucket");
+    let (mut b, mut j): (i64, i64) = (-1, 0);
+    while j < i64::from(buckets) {
+        b = j;
+        key_hash = key_hash.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key_hash >> 33) + 1) as f64)) as i64;
+    }
+    b as u32
+}
+
+/// The partition a keyed message goes to among `partitions`.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    jump_hash(xxhash_rust::xxh3::xxh3_64(key), partitions)
+}
+
+impl BrokerCore {
+    /// An empty broker.
+    pub fn new(config: BrokerConfig) -> Self {
+        let registry = StreamRegistry::new(config.max_streams, config.idle_timeout, config.thresholds);
+        BrokerCore {
+            config,
+            topics: BTreeMap::new(),
+            registry,
+            groups: BTreeMap::new(),
+            member_groups: BTreeMap::new(),
+            next_member: 1,
+            woken_streams: Vec::new(),
+            woken_members: Vec::new(),
+            stats: BrokerStats::default(),
+            closed_drops: DropCounts::default(),
+            shut_down: false,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Creates `topic`, or grows its partition count (partitions are never
+    /// removed; keyed messages stay put except those that move to the new
+    /// partitions, by consistent hashing).
+    pub fn create_topic(&mut self, topic: Topic, config: TopicConfig) -> Result<(), BrokerError> {
+        if config.partitions == 0 {
+            return Err(BrokerError::BadPartitionCount { topic, requested: 0, why: "at least one is needed" });
+        }
+        match self.topics.get_mut(&topic) {
+            None => {
+                let partitions = (0..config.partitions).map(|_| PartitionLog::new(config.retention)).collect();
+                self.topics.insert(topic, TopicState { config, partitions, round_robin: 0 });
+                Ok(())
+            }
+            Some(state) if config.partitions < state.config.partitions => Err(BrokerError::BadPartitionCount {
+                topic,
+                requested: config.partitions,
+                why: "partitions cannot be removed",
+            }),
+            Some(state) => {
+                while (state.partitions.len() as u32) < config.partitions {
+                    state.partitions.push(PartitionLog::new(state.config.retention));
+                }
+                state.config.partitions = config.partitions;
+                for g in self.groups.values_mut().filter(|g| *g.topic() == topic) {
+                    g.set_partitions(config.partitions);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self, topic: &Topic) -> Option<u32> {
+        self.topics.get(topic).map(|t| t.config.partitions)
+    }
+
+    fn topic_state(&mut self, topic: &Topic) -> Result<&mut TopicState, BrokerError> {
+        if !self.topics.contains_key(topic) {
+            match self.config.auto_create.clone() {
+                Some(config) => self.create_topic(topic.clone(), config)?,
+                None => return Err(BrokerError::UnknownTopic(topic.clone())),
+            }
+        }
+        Ok(self.topics.get_mut(topic).expect("exists"))
+    }
+
+    /// Publishes one message (see [`PublishOutcome`]). An unstamped message
+    /// gets an id from `rng` and the timestamp `wall`.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        mut message: Message,
+    ) -> Result<PublishOutcome, BrokerError> {
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let topic = message.topic().clone();
+        let state = self.topic_state(&topic)?;
+        let partitions = state.config.partitions;
+        let partition = match (message.partition(), message.key()) {
+            (Some(p), _) if p >= partitions => {
+                return Err(BrokerError::NoSuchPartition { topic, partitions, requested: p });
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => {
+                let p = (state.round_robin % u64::from(partitions)) as u32;
+                state.round_robin += 1;
+                p
+            }
+        };
+        let targets = self.registry.route(&topic);
+        let blocked: Vec<StreamId> = targets
+            .iter()
+            .copied()
+            .filter(|id| self.registry.get(*id).is_some_and(|e| e.buffer.would_block()))
+            .collect();
+        if !blocked.is_empty() {
+            self.stats.blocked_publishes += 1;
+            return Ok(PublishOutcome::WouldBlock(blocked));
+        }
+        if !message.is_stamped() {
+            message.stamp(new_message_id(rng, wall), wall);
+        }
+        let log = &mut self.topics.get_mut(&topic).expect("exists").partitions[partition as usize];
+        let offset = log.next_offset();
+        let message = message.with_partition_offset(partition, offset);
+        let appended = log.append(message.clone());
+        debug_assert_eq!(appended, offset, "offsets are dense");
+        self.stats.published += 1;
+        let mut buffered_for = 0;
+        for id in targets {
+            let entry = self.registry.get_mut(id).expect("routed streams are open");
+            match entry.buffer.offer(message.clone()) {
+                Offer::Accepted | Offer::AcceptedDropping(_) => {
+                    buffered_for += 1;
+                    self.woken_streams.push(id);
+                }
+                Offer::Dropped => {}
+                Offer::WouldBlock => unreachable!("checked above"),
+            }
+        }
+        for (member, group) in &self.member_groups {
+            if self.groups[group].topic() == &topic {
+                self.woken_members.push(*member);
+            }
+        }
+        let _ = now;
+        Ok(PublishOutcome::Published(Published { partition, offset, buffered_for }))
+    }
+
+    /// Publishes a batch in order; stops at the first message that would
+    /// block (returning what was published so far and the blocking streams).
+    pub fn publish_batch(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        batch: MessageBatch,
+    ) -> Result<BatchOutcome, BrokerError> {
+        let mut done = Vec::new();
+        let mut rest = batch.into_iter();
+        while let Some(m) = rest.next() {
+            match self.publish(now, wall, rng, m.clone())? {
+                PublishOutcome::Published(p) => done.push(p),
+                PublishOutcome::WouldBlock(ids) => {
+                    let remaining: MessageBatch = std::iter::once(m).chain(rest).collect();
+                    return Ok((done, Some((remaining, ids))));
+                }
+            }
+        }
+        Ok((done, None))
+    }
+
+    /// Opens a push stream on `pattern`, optionally in a queue group.
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        pattern: Pattern,
+        queue_group: Option<&str>,
+        strategy: Strategy,
+    ) -> Result<StreamId, BrokerError> {
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        Ok(self.registry.open(now, pattern, queue_group.map(Arc::from), strategy)?)
+    }
+
+    /// Closes a stream, counting what it still buffered as dropped.
+    pub fn unsubscribe(&mut self, id: StreamId) -> bool {
+        match self.registry.close(id) {
+            Some(mut entry) => {
+                entry.buffer.close();
+                self.absorb_drops(entry.buffer.drops());
+                // A publisher blocked on it may now proceed.
+                self.woken_streams.push(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn absorb_drops(&mut self, d: DropCounts) {
+        self.closed_drops.oldest += d.oldest;
+        self.closed_drops.newest += d.newest;
+        self.closed_drops.shed += d.shed;
+        self.closed_drops.closed += d.closed;
+    }
+
+    /// The next message of a stream; `Ok(None)` when its buffer is empty.
+    pub fn poll_stream(&mut self, now: Instant, id: StreamId) -> Result<Option<Message>, BrokerError> {
+        let entry = self.registry.get_mut(id).ok_or(BrokerError::StreamClosed(id))?;
+        entry.last_active = now;
+        let was_full = entry.buffer.would_block();
+        let m = entry.buffer.pop();
+        if m.is_some() {
+            entry.delivered += 1;
+            self.stats.delivered += 1;
+            if was_full {
+                // Room again: blocked publishers may retry.
+                self.woken_streams.push(id);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Joins `group` (created on first join) over `topic`.
+    pub fn join_group(&mut self, group: &str, topic: &Topic) -> Result<(MemberId, u64), BrokerError> {
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let partitions = self.topic_state(topic)?.config.partitions;
+        let key: Arc<str> = Arc::from(group);
+        let g = self.groups.entry(key.clone()).or_insert_with(|| ConsumerGroup::new(topic.clone(), partitions));
+        if g.topic() != topic {
+            return Err(BrokerError::GroupTopicMismatch {
+                group: group.to_owned(),
+                existing: g.topic().clone(),
+                requested: topic.clone(),
+            });
+        }
+        let member = MemberId(self.next_member);
+        self.next_member += 1;
+        g.join(member);
+        let generation = g.generation();
+        self.member_groups.insert(member, key);
+        // Every member's assignment changed.
+        self.woken_members.extend(self.groups_members_of(member));
+        Ok((member, generation))
+    }
+
+    fn groups_members_of(&self, member: MemberId) -> Vec<MemberId> {
+        let group = &self.member_groups[&member];
+        self.groups[group].members().collect()
+    }
+
+    /// Leaves a consumer group (a rebalance).
+    pub fn leave_group(&mut self, member: MemberId) -> bool {
+        let Some(group) = self.member_groups.remove(&member) else { return false };
+        let g = self.groups.get_mut(&group).expect("member's group exists");
+        g.leave(member);
+        let others: Vec<MemberId> = g.members().collect();
+        self.woken_members.extend(others);
+        true
+    }
+
+    /// Up to `max` messages for `member` from its partitions, from where it
+    /// last read (the committed offset after a rebalance). Returns the
+    /// generation they were read in, for [`BrokerCore::commit`].
+    pub fn poll_group(&mut self, member: MemberId, max: usize) -> Result<(u64, Vec<Message>), BrokerError> {
+        let group_name = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?.clone();
+        let g = self.groups.get_mut(&group_name).expect("member's group exists");
+        let generation = g.generation();
+        let topic = g.topic().clone();
+        let assigned: Vec<u32> = g.assignment(member)?.to_vec();
+        let state = self.topics.get(&topic).expect("group topics exist");
+        let max = max.min(self.config.max_poll_records).max(1);
+        let mut out = Vec::new();
+        for p in assigned {
+            if out.len() >= max {
+                break;
+            }
+            let log = &state.partitions[p as usize];
+            // Below the retained range (retention overtook the group): skip
+            // ahead to what is retained rather than stall.
+            let from = g.position(p).unwrap_or(0).max(log.earliest_offset());
+            let batch = log.read(from, max - out.len(), usize::MAX)?;
+            g.advance(p, batch.next_offset());
+            out.extend(batch.records);
+        }
+        self.stats.group_delivered += out.len() as u64;
+        Ok((generation, out))
+    }
+
+    /// A group's committed offset on `partition`.
+    pub fn group_committed(&self, group: &str, partition: u32) -> Option<u64> {
+        self.groups.get(group)?.committed(partition)
+    }
+
+    /// Commits `member`'s progress on `partition` (next offset to read).
+    pub fn commit(&mut self, member: MemberId, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
+        let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
+        Ok(self.groups.get_mut(group).expect("exists").commit(member, generation, partition, next)?)
+    }
+
+    /// Sends `message` to its topic's dead-letter topic with headers giving
+    /// the reason, source topic, partition, offset and attempts.
+    pub fn dead_letter(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        message: &Message,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<Published, BrokerError> {
+        use dead_letter_headers as h;
+        let dlq = Topic::new(format!("{}.{}", self.config.dead_letter_prefix, message.topic()))?;
+        if !self.topics.contains_key(&dlq) {
+            // Dead-letter topics exist on demand, whatever auto_create says.
+            self.create_topic(dlq.clone(), TopicConfig::default())?;
+        }
+        let mut builder = Message::builder()
+            .topic(dlq)
+            .payload(message.payload().clone())
+            .header(h::REASON, Bytes::from(reason.to_owned()))
+            .header(h::SOURCE_TOPIC, Bytes::from(message.topic().to_string()))
+            .header(h::ATTEMPTS, Bytes::from(attempts.to_string()));
+        if let Some(p) = message.partition() {
+            builder = builder.header(h::SOURCE_PARTITION, Bytes::from(p.to_string()));
+        }
+        if let Some(o) = message.offset() {
+            builder = builder.header(h::SOURCE_OFFSET, Bytes::from(o.to_string()));
+        }
+        for (name, value) in message.headers().iter() {
+            if !name.starts_with("dlq-") {
+                builder = builder.header(name, value.clone());
+            }
+        }
+        let dead = builder.build().map_err(|e| BrokerError::Message(e.to_string()))?;
+        // Dead letters never block: a dead-letter topic's subscribers take
+        // what they can under their strategies.
+        let saved_shutdown = std::mem::replace(&mut self.shut_down, false);
+        let outcome = self.publish_unblocked(now, wall, rng, dead);
+        self.shut_down = saved_shutdown;
+        let published = outcome?;
+        self.stats.dead_lettered += 1;
+        Ok(published)
+    }
+
+    /// Publishes ignoring blocking streams (their buffers refuse it: counted
+    /// as the message not reaching them). Used for dead letters.
+    fn publish_unblocked(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        message: Message,
+    ) -> Result<Published, BrokerError> {
+        match self.publish(now, wall, rng, message.clone())? {
+            PublishOutcome::Published(p) => Ok(p),
+            PublishOutcome::WouldBlock(_) => {
+                // Append without offering to the full blocking streams.
+                let topic = message.topic().clone();
+                let mut message = message;
+                if !message.is_stamped() {
+                    message.stamp(new_message_id(rng, wall), wall);
+                }
+                let log = &mut self.topic_state(&topic)?.partitions[0];
+                let offset = log.next_offset();
+                log.append(message.with_partition_offset(0, offset));
+                self.stats.published += 1;
+                Ok(Published { partition: 0, offset, buffered_for: 0 })
+            }
+        }
+    }
+
+    /// Housekeeping: closes idle streams, enforces retention by age.
+    /// Returns the streams it closed.
+    pub fn handle_timeout(&mut self, now: Instant, wall: WallTime) -> Vec<StreamId> {
+        let idle = self.registry.close_idle(now);
+        let mut closed = Vec::new();
+        for (id, mut entry) in idle {
+            entry.buffer.close();
+            self.absorb_drops(entry.buffer.drops());
+            self.stats.idle_closed += 1;
+            self.woken_streams.push(id);
+            closed.push(id);
+        }
+        for state in self.topics.values_mut() {
+            for log in &mut state.partitions {
+                self.stats.retention_removed += log.enforce_retention(wall).removed_records;
+            }
+        }
+        closed
+    }
+
+    /// When [`BrokerCore::handle_timeout`] next has work (idle streams;
+    /// retention by age is checked on the same schedule).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.registry.next_idle_deadline()
+    }
+
+    /// Streams and members that may now make progress (drained).
+    pub fn take_woken(&mut self) -> (Vec<StreamId>, Vec<MemberId>) {
+        let mut streams = std::mem::take(&mut self.woken_streams);
+        streams.sort_unstable();
+        streams.dedup();
+        let mut members = std::mem::take(&mut self.woken_members);
+        members.sort_unstable();
+        members.dedup();
+        (streams, members)
+    }
+
+    /// Whether a stream is open.
+    pub fn stream_open(&self, id: StreamId) -> bool {
+        self.registry.get(id).is_some()
+    }
+
+    /// Whether a publish blocked on `ids` may retry (one of them has room
+    /// or is gone).
+    pub fn blocked_on_any_free(&self, ids: &[StreamId]) -> bool {
+        ids.iter().any(|id| self.registry.get(*id).is_none_or(|e| !e.buffer.would_block()))
+    }
+
+    /// Active streams (the registry's view).
+    pub fn active_streams(&self) -> Vec<StreamInfo> {
+        self.registry.active_streams()
+    }
+
+    /// A stream's drop counts.
+    pub fn stream_drops(&self, id: StreamId) -> Option<DropCounts> {
+        self.registry.get(id).map(|e| e.buffer.drops())
+    }
+
+    /// Reads a partition directly (replay from any retained offset).
+    pub fn read(&self, topic: &Topic, partition: u32, offset: u64, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let state = self.topics.get(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.clone()))?;
+        let partitions = state.config.partitions;
+        let log = state.partitions.get(partition as usize).ok_or_else(|| BrokerError::NoSuchPartition {
+            topic: topic.clone(),
+            partitions,
+            requested: partition,
+        })?;
+        Ok(log.read(offset, max, usize::MAX)?.records)
+    }
+
+    /// The next offset of a partition (its high watermark).
+    pub fn next_offset(&self, topic: &Topic, partition: u32) -> Option<u64> {
+        self.topics.get(topic)?.partitions.get(partition as usize).map(PartitionLog::next_offset)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BrokerStats {
+        let mut s = self.stats.clone();
+        s.topics = self.topics.len();
+        s.partitions = self.topics.values().map(|t| t.partitions.len()).sum();
+        s.streams = self.registry.len();
+        s.groups = self.groups.len();
+        let mut dropped = self.closed_drops;
+        for info in self.registry.ids() {
+            let d = self.registry.get(info).expect("listed").buffer.drops();
+            dropped.oldest += d.oldest;
+            dropped.newest += d.newest;
+            dropped.shed += d.shed;
+            dropped.closed += d.closed;
+        }
+        s.dropped = dropped;
+        s
+    }
+
+    /// Stops accepting publishes and subscriptions; open streams keep what
+    /// they buffered for their consumers to drain.
+    pub fn shutdown(&mut self) {
+        self.shut_down = true;
+        self.woken_streams.extend(self.registry.ids());
+        let members: Vec<MemberId> = self.member_groups.keys().copied().collect();
+        self.woken_members.extend(members);
+    }
+
+    /// Whether [`BrokerCore::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    /// The registry (for inspection and benchmarks).
+    pub fn registry(&self) -> &StreamRegistry {
+        &self.registry
+    }
+}

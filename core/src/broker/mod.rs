@@ -1,0 +1,479 @@
+//! The embedded broker: topics with partitions, publish (one or a batch,
+//! by key with consistent hashing or round-robin), push subscriptions by
+//! pattern (fan-out), queue groups, consumer groups with committed offsets,
+//! backpressure per subscription, dead letters — usable under the simulator
+//! and the real executor alike.
+//!
+//! Two layers, as everywhere in Kaelix:
+//!
+//! * [`BrokerCore`] (sans-IO): the partition logs and routing state. Time
+//!   and rng are handed in; it never waits.
+//! * [`Broker`] (this module): the async API over a [`Clock`]. It keeps the
+//!   core behind a mutex and the wakers of waiting consumers and blocked
+//!   publishers beside it; after every call it wakes whoever the core says
+//!   may now make progress.
+//!
+//! ```
+//! use kaelix_core::broker::{Broker, SubscribeOptions};
+//! use kaelix_core::message::Message;
+//! # use kaelix_core::broker::ManualClock;
+//! # let clock = ManualClock::default();
+//! # futures_util::FutureExt::now_or_never(async {
+//! let broker = Broker::new(clock, kaelix_core::rng::seeded(7), Default::default());
+//! let mut orders = broker.subscribe("orders.>", SubscribeOptions::default())?;
+//! let msg = Message::builder().topic("orders.eu").payload("42 widgets").build()?;
+//! let published = broker.publish(msg).await?;
+//! let got = orders.next().await.expect("delivered");
+//! assert_eq!(got.payload().as_ref(), b"42 widgets");
+//! assert_eq!(got.offset(), Some(published.offset));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap().unwrap();
+//! ```
+
+pub mod backpressure;
+mod core;
+pub mod groups;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
+pub use self::core::{
+    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, PublishOutcome, Published, TopicConfig,
+    dead_letter_headers, jump_hash, partition_for_key,
+};
+pub use self::groups::{GroupError, MemberId};
+pub use self::registry::{StreamId, StreamInfo};
+use crate::message::{Message, MessageBatch};
+use crate::rng::DetRng;
+use crate::runtime::Clock;
+use crate::time::{Duration, Instant, WallTime};
+use crate::topic::{Pattern, Topic};
+
+/// How to subscribe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// The buffer's backpressure strategy.
+    pub strategy: Strategy,
+    /// Join this queue group: each message goes to one of its members.
+    pub queue_group: Option<String>,
+}
+
+struct State {
+    core: BrokerCore,
+    rng: DetRng,
+    stream_wakers: BTreeMap<StreamId, Waker>,
+    member_wakers: BTreeMap<MemberId, Waker>,
+    blocked_publishers: Vec<(Vec<StreamId>, Waker)>,
+}
+
+impl State {
+    /// Wakers of everyone the last core call unblocked.
+    fn collect_wakers(&mut self) -> Vec<Waker> {
+        let (streams, members) = self.core.take_woken();
+        let mut wakers: Vec<Waker> = streams.iter().filter_map(|id| self.stream_wakers.remove(id)).collect();
+        wakers.extend(members.iter().filter_map(|m| self.member_wakers.remove(m)));
+        if !streams.is_empty() || self.core.is_shut_down() {
+            let core = &self.core;
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocked_publishers)
+                .into_iter()
+                .partition(|(ids, _)| core.is_shut_down() || core.blocked_on_any_free(ids));
+            self.blocked_publishers = waiting;
+            wakers.extend(ready.into_iter().map(|(_, w)| w));
+        }
+        wakers
+    }
+}
+
+/// The embedded broker (cheap to clone; clones share one broker).
+pub struct Broker<C: Clock> {
+    state: Arc<Mutex<State>>,
+    clock: C,
+}
+
+impl<C: Clock> Clone for Broker<C> {
+    fn clone(&self) -> Self {
+        Broker { state: self.state.clone(), clock: self.clock.clone() }
+    }
+}
+
+impl<C: Clock> Broker<C> {
+    /// A broker whose timestamps come from `clock` and ids from `rng`.
+    pub fn new(clock: C, rng: DetRng, config: BrokerConfig) -> Self {
+        let state = State {
+            core: BrokerCore::new(config),
+            rng,
+            stream_wakers: BTreeMap::new(),
+            member_wakers: BTreeMap::new(),
+            blocked_publishers: Vec::new(),
+        };
+        Broker { state: Arc::new(Mutex::new(state)), clock }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the state, then wakes whoever it unblocked (outside the lock).
+    fn with<T>(&self, f: impl FnOnce(&mut State, Instant, WallTime) -> T) -> T {
+        let (now, wall) = (self.clock.now(), self.clock.wall_clock());
+        let mut state = self.lock();
+        let out = f(&mut state, now, wall);
+        let wakers = state.collect_wakers();
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+        out
+    }
+
+    /// Creates a topic (or grows its partitions).
+    pub fn create_topic(&self, topic: &str, config: TopicConfig) -> Result<(), BrokerError> {
+        let topic = Topic::new(topic)?;
+        self.with(|s, _, _| s.core.create_topic(topic, config))
+    }
+
+    /// Publishes `message`, waiting while a blocking subscriber is full.
+    pub async fn publish(&self, message: Message) -> Result<Published, BrokerError> {
+        poll_fn(|cx| {
+            self.with(|s, now, wall| {
+                let State { core, rng, .. } = &mut *s;
+                match core.publish(now, wall, rng, message.clone()) {
+                    Ok(PublishOutcome::Published(p)) => Poll::Ready(Ok(p)),
+                    Ok(PublishOutcome::WouldBlock(ids)) => {
+                        s.blocked_publishers.push((ids, cx.waker().clone()));
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Publishes without waiting: a full blocking subscriber is reported as
+    /// [`PublishOutcome::WouldBlock`].
+    pub fn try_publish(&self, message: Message) -> Result<PublishOutcome, BrokerError> {
+        self.with(|s, now, wall| {
+            let State { core, rng, .. } = &mut *s;
+            core.publish(now, wall, rng, message)
+        })
+    }
+
+    /// Publishes a batch in order, waiting where a message would block.
+    pub async fn publish_batch(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        let mut all = Vec::with_capacity(batch.len());
+        let mut pending = Some(batch);
+        poll_fn(|cx| {
+            self.with(|s, now, wall| {
+                let State { core, rng, .. } = &mut *s;
+                let batch = pending.take().expect("polled after completion");
+                match core.publish_batch(now, wall, rng, batch) {
+                    Ok((done, None)) => {
+                        all.extend(done);
+                        Poll::Ready(Ok(()))
+                    }
+                    Ok((done, Some((rest, ids)))) => {
+                        all.extend(done);
+                        pending = Some(rest);
+                        s.blocked_publishers.push((ids, cx.waker().clone()));
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            })
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Subscribes to `pattern`.
+    pub fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription<C>, BrokerError> {
+        let pattern = Pattern::new(pattern)?;
+        let id =
+            self.with(|s, now, _| s.core.subscribe(now, pattern, options.queue_group.as_deref(), options.strategy))?;
+        Ok(Subscription { broker: self.clone(), id })
+    }
+
+    /// Joins consumer group `group` over `topic`.
+    pub fn join_group(&self, group: &str, topic: &str) -> Result<GroupMember<C>, BrokerError> {
+        let topic = Topic::new(topic)?;
+        let (member, _) = self.with(|s, _, _| s.core.join_group(group, &topic))?;
+        Ok(GroupMember { broker: self.clone(), member })
+    }
+
+    /// Reads a partition from `offset` (replay).
+    pub fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let topic = Topic::new(topic)?;
+        self.lock().core.read(&topic, partition, offset, max)
+    }
+
+    /// A partition's next offset (its high watermark).
+    pub fn next_offset(&self, topic: &str, partition: u32) -> Option<u64> {
+        let topic = Topic::new(topic).ok()?;
+        self.lock().core.next_offset(&topic, partition)
+    }
+
+    /// A consumer group's committed offset on `partition` (next to read).
+    pub fn committed(&self, group: &str, partition: u32) -> Option<u64> {
+        self.lock().core.group_committed(group, partition)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BrokerStats {
+        self.lock().core.stats()
+    }
+
+    /// The registry's view of every open stream.
+    pub fn active_streams(&self) -> Vec<StreamInfo> {
+        self.lock().core.active_streams()
+    }
+
+    /// Sends `message` to its dead-letter topic (see [`dead_letter_headers`]).
+    pub fn dead_letter(&self, message: &Message, reason: &str, attempts: u32) -> Result<Published, BrokerError> {
+        self.with(|s, now, wall| {
+            let State { core, rng, .. } = &mut *s;
+            core.dead_letter(now, wall, rng, message, reason, attempts)
+        })
+    }
+
+    /// Feeds `subscription` to `processor` until the subscription ends:
+    /// rejected messages, and messages still refused after `max_attempts`
+    /// deliveries, go to the dead-letter topic.
+    pub async fn process<P: StreamProcessor>(
+        &self,
+        subscription: &mut Subscription<C>,
+        processor: &mut P,
+        max_attempts: u32,
+    ) -> ProcessReport {
+        assert!(max_attempts >= 1, "at least one delivery attempt");
+        let mut report = ProcessReport::default();
+        while let Some(message) = subscription.next().await {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let dead = match processor.process(&message) {
+                    Verdict::Accept => {
+                        report.accepted += 1;
+                        None
+                    }
+                    Verdict::Reject(reason) => Some(format!("rejected: {reason}")),
+                    Verdict::Retry(_) if attempts < max_attempts => {
+                        report.retried += 1;
+                        continue;
+                    }
+                    Verdict::Retry(reason) => Some(format!("exceeded {max_attempts} delivery attempts: {reason}")),
+                };
+                if let Some(reason) = dead {
+                    // The dead-letter topic auto-creates; a refusal here is a
+                    // broker shutting down, and the message stays unacked.
+                    if self.dead_letter(&message, &reason, attempts).is_ok() {
+                        report.dead_lettered += 1;
+                    }
+                }
+                break;
+            }
+        }
+        report
+    }
+
+    /// Closes idle streams and enforces retention by age, every `interval`,
+    /// until the broker shuts down. Spawn it on the runtime.
+    pub async fn run_housekeeping(&self, interval: Duration) {
+        loop {
+            self.clock.sleep(interval).await;
+            let done = self.with(|s, now, wall| {
+                s.core.handle_timeout(now, wall);
+                s.core.is_shut_down()
+            });
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// Graceful shutdown: no new publishes or subscriptions; subscribers
+    /// drain what is buffered, then see the end of their stream; blocked
+    /// publishers get [`BrokerError::ShutDown`].
+    pub fn shutdown(&self) {
+        self.with(|s, _, _| s.core.shutdown());
+    }
+}
+
+/// A push subscription. Dropping it unsubscribes.
+pub struct Subscription<C: Clock> {
+    broker: Broker<C>,
+    id: StreamId,
+}
+
+impl<C: Clock> Subscription<C> {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// The next message; `None` once the stream is closed (unsubscribed,
+    /// idle-closed, or the broker shut down and the buffer is drained).
+    pub async fn next(&mut self) -> Option<Message> {
+        let id = self.id;
+        poll_fn(|cx| {
+            self.broker.with(|s, now, _| match s.core.poll_stream(now, id) {
+                Ok(Some(m)) => Poll::Ready(Some(m)),
+                Ok(None) if s.core.is_shut_down() => Poll::Ready(None),
+                Ok(None) => {
+                    s.stream_wakers.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(_) => Poll::Ready(None),
+            })
+        })
+        .await
+    }
+
+    /// The next message if one is buffered.
+    pub fn try_next(&mut self) -> Option<Message> {
+        let id = self.id;
+        self.broker.with(|s, now, _| s.core.poll_stream(now, id).ok().flatten())
+    }
+
+    /// What this stream has dropped, by reason (`None` once closed).
+    pub fn drops(&self) -> Option<DropCounts> {
+        self.broker.lock().core.stream_drops(self.id)
+    }
+}
+
+impl<C: Clock> Drop for Subscription<C> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.broker.with(|s, _, _| {
+            s.stream_wakers.remove(&id);
+            s.core.unsubscribe(id);
+        });
+    }
+}
+
+/// A member of a consumer group. Dropping it leaves the group.
+pub struct GroupMember<C: Clock> {
+    broker: Broker<C>,
+    member: MemberId,
+}
+
+/// Messages from one consumer-group poll, with the generation to commit in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupBatch {
+    /// The group generation the messages were read in.
+    pub generation: u64,
+    /// The messages (each with its partition and offset).
+    pub messages: Vec<Message>,
+}
+
+impl<C: Clock> GroupMember<C> {
+    /// This member's id.
+    pub fn id(&self) -> MemberId {
+        self.member
+    }
+
+    /// Waits for messages on this member's partitions (empty once the
+    /// broker shut down).
+    pub async fn poll(&mut self, max: usize) -> Result<GroupBatch, BrokerError> {
+        let member = self.member;
+        poll_fn(|cx| {
+            self.broker.with(|s, _, _| match s.core.poll_group(member, max) {
+                Ok((generation, messages)) if !messages.is_empty() || s.core.is_shut_down() => {
+                    Poll::Ready(Ok(GroupBatch { generation, messages }))
+                }
+                Ok(_) => {
+                    s.member_wakers.insert(member, cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            })
+        })
+        .await
+    }
+
+    /// Commits that everything up to and including `message` is processed.
+    pub fn commit(&self, generation: u64, message: &Message) -> Result<(), BrokerError> {
+        let (Some(partition), Some(offset)) = (message.partition(), message.offset()) else {
+            return Err(BrokerError::Message("a committed message must come from a partition".into()));
+        };
+        self.broker.with(|s, _, _| s.core.commit(self.member, generation, partition, offset + 1))
+    }
+}
+
+impl<C: Clock> Drop for GroupMember<C> {
+    fn drop(&mut self) {
+        let member = self.member;
+        self.broker.with(|s, _, _| {
+            s.member_wakers.remove(&member);
+            s.core.leave_group(member);
+        });
+    }
+}
+
+/// What a [`StreamProcessor`] decided about a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Processed.
+    Accept,
+    /// Never processable: dead-letter it now, with the reason.
+    Reject(String),
+    /// Failed this time: deliver again (up to the attempt limit).
+    Retry(String),
+}
+
+/// Processes a stream's messages (see [`Broker::process`]).
+pub trait StreamProcessor: Send {
+    /// Decides about one message.
+    fn process(&mut self, message: &Message) -> Verdict;
+}
+
+impl<F: FnMut(&Message) -> Verdict + Send> StreamProcessor for F {
+    fn process(&mut self, message: &Message) -> Verdict {
+        self(message)
+    }
+}
+
+/// What [`Broker::process`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessReport {
+    /// Messages accepted.
+    pub accepted: u64,
+    /// Redeliveries after a `Retry`.
+    pub retried: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// A clock set by hand, for tests and doc examples outside any runtime.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    now: Arc<Mutex<(Instant, WallTime)>>,
+}
+
+impl ManualClock {
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        now.0 += d;
+        now.1 = WallTime(now.1.0 + crate::time::duration_nanos(d));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.now.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn wall_clock(&self) -> WallTime {
+        self.now.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Never completes unless the deadline already passed: a manual clock
+    /// has no timer wheel.
+    fn sleep_until(&self, deadline: Instant) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let clock = self.clone();
+        poll_fn(move |_| if clock.now() >= deadline { Poll::Ready(()) } else { Poll::Pending })
+    }
+}

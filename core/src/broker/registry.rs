@@ -1,0 +1,224 @@
+//! The seed's `StreamRegistry` and `StreamRouter`.
+//!
+//! The **registry** owns every active stream (a push subscription, plain or
+//! in a queue group): its pattern, its buffer, its activity. It enforces the
+//! capacity limit, answers "which streams does this topic reach", and closes
+//! streams whose consumer has not read for the idle timeout.
+//!
+//! The **router** turns a topic into the streams one message goes to: every
+//! matching plain stream, plus exactly one member of each matching queue
+//! group — chosen round-robin among members with room, so a slow member
+//! does not receive more than its share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
+use crate::subscription::SubscriptionIndex;
+use crate::time::{Duration, Instant};
+use crate::topic::{Pattern, Topic};
+
+/// Identifies one stream (subscription) of a broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u64);
+
+/// One active stream.
+#[derive(Debug)]
+pub struct StreamEntry {
+    /// What it subscribed to.
+    pub pattern: Pattern,
+    /// Its queue group, if any.
+    pub queue_group: Option<Arc<str>>,
+    /// Its buffer.
+    pub buffer: SubscriptionBuffer,
+    /// When it was opened.
+    pub opened: Instant,
+    /// When its consumer last read (or when it was opened).
+    pub last_active: Instant,
+    /// Messages handed to its consumer.
+    pub delivered: u64,
+}
+
+/// A stream as the registry reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream.
+    pub id: StreamId,
+    /// Its pattern.
+    pub pattern: Pattern,
+    /// Its queue group.
+    pub queue_group: Option<Arc<str>>,
+    /// Buffered messages.
+    pub buffered: usize,
+    /// Delivered messages.
+    pub delivered: u64,
+    /// Dropped messages (every reason).
+    pub dropped: u64,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The capacity limit is reached.
+    #[error("stream limit reached: {limit} streams are open")]
+    TooManyStreams {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Active streams (see the module docs).
+#[derive(Debug)]
+pub struct StreamRegistry {
+    streams: BTreeMap<StreamId, StreamEntry>,
+    index: SubscriptionIndex<StreamId>,
+    next_id: u64,
+    max_streams: usize,
+    idle_timeout: Option<Duration>,
+    thresholds: Thresholds,
+    /// Round-robin cursor per queue group.
+    group_cursors: BTreeMap<Arc<str>, u64>,
+}
+
+impl StreamRegistry {
+    /// An empty registry.
+    pub fn new(max_streams: usize, idle_timeout: Option<Duration>, thresholds: Thresholds) -> Self {
+        StreamRegistry {
+            streams: BTreeMap::new(),
+            index: SubscriptionIndex::new(),
+            next_id: 1,
+            max_streams,
+            idle_timeout,
+            thresholds,
+            group_cursors: BTreeMap::new(),
+        }
+    }
+
+    /// Opens a stream.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        pattern: Pattern,
+        queue_group: Option<Arc<str>>,
+        strategy: Strategy,
+    ) -> Result<StreamId, RegistryError> {
+        if self.streams.len() >= self.max_streams {
+            return Err(RegistryError::TooManyStreams { limit: self.max_streams });
+        }
+        let id = StreamId(self.next_id);
+        self.next_id += 1;
+        self.index.insert(&pattern, id);
+        let buffer = SubscriptionBuffer::new(strategy, self.thresholds);
+        self.streams
+            .insert(id, StreamEntry { pattern, queue_group, buffer, opened: now, last_active: now, delivered: 0 });
+        Ok(id)
+    }
+
+    /// Closes a stream; returns its entry (with whatever it still buffered).
+    pub fn close(&mut self, id: StreamId) -> Option<StreamEntry> {
+        let entry = self.streams.remove(&id)?;
+        let removed = self.index.remove(&entry.pattern, id);
+        debug_assert!(removed, "an open stream is in the index");
+        Some(entry)
+    }
+
+    /// A stream.
+    pub fn get(&self, id: StreamId) -> Option<&StreamEntry> {
+        self.streams.get(&id)
+    }
+
+    /// A stream, mutably.
+    pub fn get_mut(&mut self, id: StreamId) -> Option<&mut StreamEntry> {
+        self.streams.get_mut(&id)
+    }
+
+    /// Every stream whose pattern matches `topic` (by-topic lookup).
+    pub fn streams_for(&mut self, topic: &Topic) -> Arc<[StreamId]> {
+        self.index.matches(topic)
+    }
+
+    /// The router's choice for one message on `topic`: every matching plain
+    /// stream and one member per matching queue group (see module docs).
+    pub fn route(&mut self, topic: &Topic) -> Vec<StreamId> {
+        let matched = self.index.matches(topic);
+        let mut targets = Vec::with_capacity(matched.len());
+        let mut groups: BTreeMap<Arc<str>, Vec<StreamId>> = BTreeMap::new();
+        for &id in matched.iter() {
+            let entry = &self.streams[&id];
+            match &entry.queue_group {
+                None => targets.push(id),
+                Some(g) => groups.entry(g.clone()).or_default().push(id),
+            }
+        }
+        for (group, members) in groups {
+            let cursor = self.group_cursors.entry(group).or_insert(0);
+            let start = (*cursor % members.len() as u64) as usize;
+            *cursor = cursor.wrapping_add(1);
+            // First member from the cursor with room; if none has room, the
+            // cursor's member (its strategy decides what happens).
+            let has_room = |id: &StreamId| {
+                let b = &self.streams[id].buffer;
+                b.len() < b.capacity()
+            };
+            let chosen = (0..members.len())
+                .map(|i| members[(start + i) % members.len()])
+                .find(has_room)
+                .unwrap_or(members[start]);
+            targets.push(chosen);
+        }
+        targets
+    }
+
+    /// Closes streams idle for longer than the idle timeout; returns them.
+    pub fn close_idle(&mut self, now: Instant) -> Vec<(StreamId, StreamEntry)> {
+        let Some(timeout) = self.idle_timeout else { return Vec::new() };
+        let idle: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_active) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        idle.into_iter().filter_map(|id| self.close(id).map(|e| (id, e))).collect()
+    }
+
+    /// When the next stream would become idle, if an idle timeout is set.
+    pub fn next_idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.idle_timeout?;
+        self.streams.values().map(|e| e.last_active + timeout).min()
+    }
+
+    /// Open streams.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Every open stream.
+    pub fn active_streams(&self) -> Vec<StreamInfo> {
+        self.streams
+            .iter()
+            .map(|(id, e)| StreamInfo {
+                id: *id,
+                pattern: e.pattern.clone(),
+                queue_group: e.queue_group.clone(),
+                buffered: e.buffer.len(),
+                delivered: e.delivered,
+                dropped: e.buffer.drops().total(),
+            })
+            .collect()
+    }
+
+    /// Ids of every open stream.
+    pub fn ids(&self) -> Vec<StreamId> {
+        self.streams.keys().copied().collect()
+    }
+
+    /// The routing index's approximate heap use (benchmarks).
+    pub fn index(&self) -> &SubscriptionIndex<StreamId> {
+        &self.index
+    }
+}

@@ -1,0 +1,583 @@
+//! Scenario: the embedded broker under the simulator's scheduler.
+//!
+//! * **Node**: one node hosting a `kaelix_core::broker::Broker`. Its
+//!   clock may be skewed, drift or step, and the node may pause; nothing
+//!   crashes (the embedded broker keeps its logs in memory — replication
+//!   under crashes is the Raft issue's).
+//! * **Topics**: `orders.{eu,us,ap}` with 3 partitions, `metrics.{h1,h2}`
+//!   with 1.
+//! * **Workload** (sizes drawn per seed): 3–6 publishers, each publishing a
+//!   numbered sequence — singly or in batches, keyed or not, with random
+//!   priorities — with random pauses; subscribers under every backpressure
+//!   strategy (`orders.>` drop-oldest and slow, `orders.eu` blocking, `metrics.*`
+//!   growing, `*.*` shedding low priority); a queue group of 3 on
+//!   `orders.*`; a consumer group on `orders.eu` whose members join and
+//!   leave mid-run; a stream processor on `metrics.>` that rejects some
+//!   messages and keeps failing others until they are dead-lettered; a
+//!   subscriber on the dead-letter topics.
+//! * **Checks**: conservation — every published message that a stream
+//!   matches is delivered to it or counted as dropped under its strategy;
+//!   each queue-group message reaches exactly one member (or is counted
+//!   dropped there); the processor's input is accepted or dead-lettered,
+//!   and every dead letter arrives with its reason, source topic,
+//!   partition, offset and attempts; the consumer group processes every
+//!   offset of `orders.eu` and commits to the end. Order — per publisher
+//!   per partition, offsets grow with the publisher's sequence, and every
+//!   stream sees each publisher's messages of a partition in that order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kaelix_core::NodeId;
+use kaelix_core::broker::{
+    Broker, BrokerConfig, GroupMember, Strategy, SubscribeOptions, Subscription, TopicConfig, Verdict,
+    dead_letter_headers as dlq,
+};
+use kaelix_core::message::{Message, MessageBatch};
+use kaelix_core::rng::{self, DetRng, RngExt};
+use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner, timeout};
+use kaelix_core::time::Duration;
+use kaelix_core::topic::{Pattern, Topic};
+use kaelix_runtime_sim::SimRuntime;
+use kaelix_sim::trace::{TraceSink, digest};
+use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
+
+use crate::{RunReport, Scenario, Verdict as RunVerdict};
+
+/// The broker scenario.
+pub struct BrokerScenario;
+
+/// The registered instance.
+pub static BROKER: BrokerScenario = BrokerScenario;
+
+const NODE: NodeId = NodeId(1);
+const TOLERANCE: Tolerance = Tolerance { max_down: 0, faulty_disks: 0, power_loss: false };
+const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+const HOSTS: [&str; 2] = ["h1", "h2"];
+const MAX_ATTEMPTS: u32 = 3;
+/// Every task must be done by then (simulated).
+const BOUND: Duration = Duration::from_secs(60);
+
+/// One published message as its publisher saw it.
+#[derive(Clone, Debug)]
+struct Sent {
+    topic: Topic,
+    partition: u32,
+    offset: u64,
+}
+
+/// A received message, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    publisher: u32,
+    seq: u32,
+    partition: u32,
+    offset: u64,
+}
+
+fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
+    let mut b = BytesMut::with_capacity(24);
+    b.put_u32_le(publisher);
+    b.put_u32_le(seq);
+    for _ in 0..rng.random_range(0..16) {
+        b.put_u8(rng.random());
+    }
+    b.freeze()
+}
+
+fn seen(m: &Message) -> Seen {
+    let p = m.payload();
+    Seen {
+        publisher: u32::from_le_bytes(p[..4].try_into().expect("publisher id")),
+        seq: u32::from_le_bytes(p[4..8].try_into().expect("sequence")),
+        partition: m.partition().expect("published messages have a partition"),
+        offset: m.offset().expect("published messages have an offset"),
+    }
+}
+
+/// A stream's final tally.
+#[derive(Clone, Debug, Default)]
+struct StreamTally {
+    pattern: String,
+    received: Vec<(Topic, Seen)>,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct Observed {
+    sent: BTreeMap<(u32, u32), Sent>,
+    streams: BTreeMap<String, StreamTally>,
+    queue_members: Vec<StreamTally>,
+    group_processed: BTreeSet<(u32, u64)>,
+    group_final_commits: BTreeMap<u32, u64>,
+    processor: (u64, u64),
+    dead_letters: Vec<Message>,
+    violation: Option<String>,
+    finished: bool,
+}
+
+#[derive(Clone, Default)]
+struct Checker {
+    observed: Arc<Mutex<Observed>>,
+    violated: Arc<AtomicBool>,
+    finished: Arc<AtomicBool>,
+}
+
+impl Checker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, why: String) {
+        let mut o = self.lock();
+        if o.violation.is_none() {
+            o.violation = Some(why);
+            self.violated.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Drains a subscription, checking per-(publisher, partition) order.
+async fn consume(
+    rt: SimRuntime,
+    mut sub: Subscription<SimRuntime>,
+    name: String,
+    pattern: &'static str,
+    slow: bool,
+    checker: Checker,
+) -> StreamTally {
+    let mut rng = rt.rng();
+    let mut last: BTreeMap<(u32, Topic, u32), u32> = BTreeMap::new();
+    let mut tally = StreamTally { pattern: pattern.to_owned(), ..StreamTally::default() };
+    while let Some(m) = sub.next().await {
+        let s = seen(&m);
+        let key = (s.publisher, m.topic().clone(), s.partition);
+        if let Some(prev) = last.insert(key, s.seq)
+            && prev >= s.seq
+        {
+            checker.fail(format!(
+                "{name}: publisher {} seq {} after seq {prev} on {} partition {}",
+                s.publisher,
+                s.seq,
+                m.topic(),
+                s.partition
+            ));
+        }
+        tally.received.push((m.topic().clone(), s));
+        if slow {
+            rt.sleep(Duration::from_micros(rng.random_range(100..3000))).await;
+        }
+    }
+    tally.dropped = sub.drops().map_or(0, |d| d.total());
+    let _ = name;
+    tally
+}
+
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, count: u32, checker: Checker) {
+    let mut rng = rt.rng();
+    let mut seq = 0;
+    while seq < count {
+        rt.sleep(Duration::from_micros(rng.random_range(0..2000))).await;
+        let batch_len = if rng.random_bool(0.2) { rng.random_range(2..6).min(count - seq) } else { 1 };
+        let mut batch = Vec::new();
+        for _ in 0..batch_len {
+            seq += 1;
+            let topic = if rng.random_bool(0.7) {
+                format!("orders.{}", REGIONS[rng.random_range(0..REGIONS.len())])
+            } else {
+                format!("metrics.{}", HOSTS[rng.random_range(0..HOSTS.len())])
+            };
+            let mut b = Message::builder().topic(topic.as_str()).payload(payload(id, seq, &mut rng));
+            if rng.random_bool(0.5) {
+                b = b.key(Bytes::from(format!("customer-{}", rng.random_range(0..20u32))));
+            }
+            let priority = ["low", "normal", "high", "critical"][rng.random_range(0..4)];
+            b = b.header("priority", Bytes::from_static(priority.as_bytes()));
+            batch.push(b.build().expect("valid message"));
+        }
+        let first = seq - batch.len() as u32 + 1;
+        let topics: Vec<Topic> = batch.iter().map(|m| m.topic().clone()).collect();
+        let published = if batch.len() == 1 {
+            broker.publish(batch.pop().expect("one")).await.map(|p| vec![p])
+        } else {
+            broker.publish_batch(batch.into_iter().collect::<MessageBatch>()).await
+        };
+        match published {
+            Ok(ps) => {
+                let mut o = checker.lock();
+                for (i, (p, topic)) in ps.iter().zip(topics).enumerate() {
+                    o.sent.insert((id, first + i as u32), Sent { topic, partition: p.partition, offset: p.offset });
+                }
+            }
+            Err(e) => checker.fail(format!("publisher {id}: publish failed: {e}")),
+        }
+    }
+}
+
+async fn group_member(
+    rt: SimRuntime,
+    broker: Broker<SimRuntime>,
+    leave_after: Option<usize>,
+    publishers_done: Arc<AtomicBool>,
+    checker: Checker,
+) {
+    let mut member: GroupMember<SimRuntime> = broker.join_group("billing", "orders.eu").expect("joins");
+    let mut handled = 0;
+    loop {
+        match timeout(&rt, Duration::from_millis(20), member.poll(16)).await {
+            Ok(Ok(batch)) if batch.messages.is_empty() => return, // shut down
+            Ok(Ok(batch)) => {
+                for m in &batch.messages {
+                    let s = seen(m);
+                    checker.lock().group_processed.insert((s.partition, s.offset));
+                    // A commit refused as stale (a rebalance) is redelivered
+                    // to the new owner: at least once.
+                    let _ = member.commit(batch.generation, m);
+                    handled += 1;
+                }
+                if leave_after.is_some_and(|n| handled >= n) {
+                    return; // dropping the member leaves the group
+                }
+            }
+            Ok(Err(e)) => {
+                checker.fail(format!("consumer group poll failed: {e}"));
+                return;
+            }
+            Err(_) => {
+                let caught_up =
+                    (0..3).all(|p| broker.next_offset("orders.eu", p) == broker.committed("billing", p).or(Some(0)));
+                if publishers_done.load(Ordering::Relaxed) && caught_up {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn workload(rt: SimRuntime, mut plan: DetRng, checker: Checker) {
+    let broker = Broker::new(rt.clone(), rt.rng(), BrokerConfig { auto_create: None, ..BrokerConfig::default() });
+    for r in REGIONS {
+        broker.create_topic(&format!("orders.{r}"), TopicConfig { partitions: 3, ..TopicConfig::default() }).unwrap();
+    }
+    for h in HOSTS {
+        broker.create_topic(&format!("metrics.{h}"), TopicConfig::default()).unwrap();
+    }
+    let spawn_consumer = |name: &str, pattern: &'static str, strategy: Strategy, group: Option<&str>, slow: bool| {
+        let sub = broker
+            .subscribe(pattern, SubscribeOptions { strategy, queue_group: group.map(str::to_owned) })
+            .expect("subscribes");
+        rt.spawn(
+            Priority::Normal,
+            "subscriber",
+            consume(rt.clone(), sub, name.to_owned(), pattern, slow, checker.clone()),
+        )
+    };
+    // Subscribe everything before the first publish: conservation counts
+    // every message a stream's pattern matches.
+    let streams = vec![
+        (
+            "orders-all/drop-oldest",
+            spawn_consumer("orders-all", "orders.>", Strategy::DropOldest { capacity: 8 }, None, true),
+        ),
+        ("orders-eu/block", spawn_consumer("orders-eu", "orders.eu", Strategy::Block { capacity: 4 }, None, true)),
+        ("metrics/grow", spawn_consumer("metrics", "metrics.*", Strategy::Grow { initial: 2, max: 16 }, None, true)),
+        (
+            "two-tokens/shed",
+            spawn_consumer("two-tokens", "*.*", Strategy::ShedLowPriority { capacity: 12 }, None, true),
+        ),
+    ];
+    let members: Vec<_> = (0..3)
+        .map(|i| {
+            let slow = i != 0;
+            spawn_consumer(
+                &format!("worker-{i}"),
+                "orders.*",
+                Strategy::DropOldest { capacity: 16 },
+                Some("workers"),
+                slow,
+            )
+        })
+        .collect();
+
+    // The stream processor on metrics: rejects, retries, dead letters.
+    let processor = {
+        let (broker, mut sub) = (
+            broker.clone(),
+            broker
+                .subscribe(
+                    "metrics.>",
+                    SubscribeOptions { strategy: Strategy::Block { capacity: 8 }, queue_group: None },
+                )
+                .unwrap(),
+        );
+        rt.spawn(Priority::Normal, "processor", async move {
+            let mut tried: BTreeSet<(u32, u32)> = BTreeSet::new();
+            let mut decide = move |m: &Message| {
+                let s = seen(m);
+                if s.seq.is_multiple_of(7) {
+                    Verdict::Reject(format!("sequence {} is divisible by 7", s.seq))
+                } else if s.seq.is_multiple_of(5) {
+                    Verdict::Retry("downstream keeps failing".into())
+                } else if s.seq.is_multiple_of(3) && tried.insert((s.publisher, s.seq)) {
+                    Verdict::Retry("transient failure".into())
+                } else {
+                    Verdict::Accept
+                }
+            };
+            broker.process(&mut sub, &mut decide, MAX_ATTEMPTS).await
+        })
+    };
+
+    let publishers_done = Arc::new(AtomicBool::new(false));
+    let group_members: Vec<_> = [None, Some(plan.random_range(10..40)), Some(plan.random_range(20..60))]
+        .into_iter()
+        .enumerate()
+        .map(|(i, leave_after)| {
+            let (rt2, broker, done, checker) = (rt.clone(), broker.clone(), publishers_done.clone(), checker.clone());
+            let join_delay = Duration::from_millis(if i == 2 { plan.random_range(5..200) } else { 0 });
+            rt.spawn(Priority::Normal, "group-member", async move {
+                rt2.sleep(join_delay).await;
+                group_member(rt2, broker, leave_after, done, checker).await
+            })
+        })
+        .collect();
+
+    let publishers: Vec<_> = (0..plan.random_range(3..=6u32))
+        .map(|id| {
+            let count = plan.random_range(40..160);
+            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, count, checker.clone()))
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("publisher finished");
+    }
+    publishers_done.store(true, Ordering::Relaxed);
+    for m in group_members {
+        m.await.expect("group member finished");
+    }
+    let commits: BTreeMap<u32, u64> = (0..3).filter_map(|p| broker.committed("billing", p).map(|c| (p, c))).collect();
+    // Graceful shutdown: streams drain what they buffered, then end; the
+    // processor dead-letters what it refuses on the way.
+    broker.shutdown();
+    let processor_report = processor.await;
+    let mut tallies = BTreeMap::new();
+    for (name, h) in streams {
+        tallies.insert(name.to_owned(), h.await.expect("subscriber finished"));
+    }
+    let mut member_tallies = Vec::new();
+    for h in members {
+        member_tallies.push(h.await.expect("queue member finished"));
+    }
+    // Replay the dead-letter topics from their first offset.
+    let mut dead_letters = Vec::new();
+    for h in HOSTS {
+        if let Ok(ms) = broker.read(&format!("_dlq.metrics.{h}"), 0, 0, usize::MAX) {
+            dead_letters.extend(ms);
+        }
+    }
+    let mut o = checker.lock();
+    o.streams = tallies;
+    o.queue_members = member_tallies;
+    o.group_final_commits = commits;
+    o.dead_letters = dead_letters;
+    match processor_report {
+        Ok(r) => o.processor = (r.accepted, r.dead_lettered),
+        Err(e) => {
+            o.violation.get_or_insert(format!("processor failed: {e}"));
+            checker.violated.store(true, Ordering::Relaxed);
+        }
+    }
+    o.finished = true;
+    drop(o);
+    checker.finished.store(true, Ordering::Relaxed);
+}
+
+fn header_str(m: &Message, name: &str) -> Option<String> {
+    m.headers().get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The end-of-run checks (see the module docs). `Err` names the first
+/// broken rule.
+fn check(o: &Observed) -> Result<(), String> {
+    if let Some(v) = &o.violation {
+        return Err(v.clone());
+    }
+    // Publisher order: per publisher and partition, offsets grow with seq.
+    let mut last: BTreeMap<(u32, &Topic, u32), (u32, u64)> = BTreeMap::new();
+    for (&(publisher, seq), s) in &o.sent {
+        if let Some((prev_seq, prev_off)) = last.insert((publisher, &s.topic, s.partition), (seq, s.offset))
+            && prev_off >= s.offset
+        {
+            return Err(format!(
+                "publisher {publisher}: seq {seq} got offset {} on {} partition {}, after seq {prev_seq} at {prev_off}",
+                s.offset, s.topic, s.partition
+            ));
+        }
+    }
+    let matched = |pattern: &str| {
+        let p = Pattern::new(pattern).expect("valid pattern");
+        o.sent.values().filter(|s| p.matches(&s.topic)).count() as u64
+    };
+    let genuine = |name: &str, topic: &Topic, s: &Seen| -> Result<(), String> {
+        match o.sent.get(&(s.publisher, s.seq)) {
+            Some(sent) if sent.topic == *topic && sent.partition == s.partition && sent.offset == s.offset => Ok(()),
+            other => Err(format!(
+                "{name} received publisher {} seq {} as {topic}/{}@{}, but it was sent as {other:?}",
+                s.publisher, s.seq, s.partition, s.offset
+            )),
+        }
+    };
+    // Conservation per stream.
+    for (name, t) in &o.streams {
+        let want = matched(&t.pattern);
+        let got = t.received.len() as u64 + t.dropped;
+        if got != want {
+            return Err(format!(
+                "{name} ({}): {} delivered + {} dropped = {got}, but {want} published messages match",
+                t.pattern,
+                t.received.len(),
+                t.dropped
+            ));
+        }
+        for (topic, s) in &t.received {
+            genuine(name, topic, s)?;
+        }
+    }
+    // Queue group: exactly one member each, or dropped there.
+    let mut once = BTreeSet::new();
+    let (mut delivered, mut dropped) = (0u64, 0u64);
+    for (i, t) in o.queue_members.iter().enumerate() {
+        delivered += t.received.len() as u64;
+        dropped += t.dropped;
+        for (topic, s) in &t.received {
+            genuine(&format!("worker-{i}"), topic, s)?;
+            if !once.insert((s.publisher, s.seq)) {
+                return Err(format!("queue group delivered publisher {} seq {} twice", s.publisher, s.seq));
+            }
+        }
+    }
+    let want = matched("orders.*");
+    if delivered + dropped != want {
+        return Err(format!(
+            "queue group: {delivered} delivered + {dropped} dropped, but {want} messages match orders.*"
+        ));
+    }
+    // Processor: accepted or dead-lettered, and dead letters are complete.
+    let metrics = matched("metrics.>");
+    let (accepted, dead) = o.processor;
+    if accepted + dead != metrics {
+        return Err(format!("processor: {accepted} accepted + {dead} dead-lettered, but {metrics} metrics messages"));
+    }
+    if o.dead_letters.len() as u64 != dead {
+        return Err(format!("processor dead-lettered {dead}, dead-letter topics hold {}", o.dead_letters.len()));
+    }
+    for d in &o.dead_letters {
+        let s = seen(d);
+        let sent = o.sent.get(&(s.publisher, s.seq)).ok_or("a dead letter nobody published")?;
+        let expect_attempts = if s.seq.is_multiple_of(7) { 1 } else { MAX_ATTEMPTS };
+        let wants = [
+            (dlq::SOURCE_TOPIC, sent.topic.to_string()),
+            (dlq::SOURCE_PARTITION, sent.partition.to_string()),
+            (dlq::SOURCE_OFFSET, sent.offset.to_string()),
+            (dlq::ATTEMPTS, expect_attempts.to_string()),
+        ];
+        for (h, want) in wants {
+            if header_str(d, h).as_deref() != Some(want.as_str()) {
+                return Err(format!("dead letter of seq {}: header {h} is {:?}, want {want}", s.seq, header_str(d, h)));
+            }
+        }
+        if header_str(d, dlq::REASON).is_none_or(|r| r.is_empty()) {
+            return Err(format!("dead letter of seq {} has no reason", s.seq));
+        }
+        if !s.seq.is_multiple_of(7) && !s.seq.is_multiple_of(5) {
+            return Err(format!("seq {} was dead-lettered but its processing succeeds", s.seq));
+        }
+    }
+    // Consumer group: every offset of orders.eu processed, commits at the end.
+    for (&(_, _), s) in o.sent.iter().filter(|(_, s)| s.topic.as_str() == "orders.eu") {
+        if !o.group_processed.contains(&(s.partition, s.offset)) {
+            return Err(format!("consumer group never processed orders.eu/{}@{}", s.partition, s.offset));
+        }
+    }
+    for p in 0..3u32 {
+        let end = o.sent.values().filter(|s| s.topic.as_str() == "orders.eu" && s.partition == p).count() as u64;
+        let committed = o.group_final_commits.get(&p).copied().unwrap_or(0);
+        if committed != end {
+            return Err(format!("consumer group committed {committed} on orders.eu/{p}, the partition ends at {end}"));
+        }
+    }
+    Ok(())
+}
+
+impl Scenario for BrokerScenario {
+    fn name(&self) -> &'static str {
+        "broker"
+    }
+
+    fn description(&self) -> &'static str {
+        "embedded broker on one node: publishers, every backpressure strategy, queue and consumer groups, dead letters; conservation and order"
+    }
+
+    fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        let mut setup = rng::derive(seed, 0xb70c_e125);
+        let mut profile = FaultProfile::swarm(&mut setup);
+        profile.restrict(&TOLERANCE);
+        let node = [NODE];
+        let horizon = kaelix_core::Instant::ZERO + Duration::from_secs(5);
+        let schedule = FaultSchedule::generate(&profile, &TOLERANCE, &node, &[], horizon, &mut setup);
+        let fault_mix = profile.mix();
+        let plan = rng::fork(&mut setup);
+
+        let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
+        let checker = Checker::default();
+        let c = checker.clone();
+        let init = SimRuntime::init(move |rt| workload(rt, plan.clone(), c.clone()));
+        sim.add_node(NODE, NodeSpec { kind: NodeKind::Server, name: "broker".into(), faulty_disk: false, init });
+        for (at, fault) in schedule.faults {
+            sim.schedule_fault(at, fault);
+        }
+        sim.schedule_liveness(horizon);
+
+        let deadline = kaelix_core::Instant::ZERO + BOUND;
+        let finished = checker.finished.clone();
+        let violated = checker.violated.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sim.run_until_done(
+                deadline,
+                |_| finished.load(Ordering::Relaxed),
+                |_| if violated.load(Ordering::Relaxed) { Err(()) } else { Ok(()) },
+            )
+        }));
+        let verdict = match outcome {
+            Ok(Ok(true)) => match check(&checker.lock()) {
+                Ok(()) => RunVerdict::Pass,
+                Err(why) => RunVerdict::SafetyViolation(why),
+            },
+            Ok(Ok(false)) => RunVerdict::LivenessViolation(format!("the workload did not finish within {BOUND:?}")),
+            Ok(Err(())) => RunVerdict::SafetyViolation(checker.lock().violation.clone().unwrap_or_default()),
+            Err(panic) => RunVerdict::Panic(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "non-string panic".into()),
+            ),
+        };
+        let sent = checker.lock().sent.len() as u64;
+        sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));
+        let report = RunReport {
+            seed,
+            trace_hash: sim.trace_hash(),
+            sim_time: sim.now().since_origin(),
+            stats: sim.stats(),
+            fault_mix,
+            faults_applied: sim.fault_log().len(),
+            workload: (sent, sent),
+            verdict,
+        };
+        sim.shutdown();
+        report
+    }
+}
