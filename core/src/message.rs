@@ -630,7 +630,6 @@ impl Message {
     /// Decodes exactly one message from `buf`. Payload, key and header
     /// values are slices of `buf`, not copies.
     pub fn decode(buf: &Bytes) -> Result<Message, DecodeError> {
-        const KIND: &str = "message";
         let mut r = Reader { buf, pos: 0 };
         let (head, flags) = read_head(&mut r, Format::Message, FLAG_KEY)?;
         let key = if flags & FLAG_KEY != 0 {
@@ -655,13 +654,14 @@ impl Message {
                 return Err(DecodeError::DuplicateHeader { name });
             }
             let value_len = r.u32("header value length")? as usize;
-            let total = headers.total_bytes + name_len + value_len;
+            // Saturating: a hostile length must not overflow a 32-bit usize.
+            let total = (headers.total_bytes + name_len).saturating_add(value_len);
             check_header_total(total).map_err(DecodeError::Header)?;
             let value = r.bytes(value_len, "header value")?;
             headers.total_bytes = total;
             headers.entries.push((name, value));
         }
-        r.finish(KIND)?;
+        r.finish(Format::Message.name())?;
         Ok(Message {
             id: head.id,
             topic: head.topic,
@@ -672,6 +672,19 @@ impl Message {
             key,
             headers,
         })
+    }
+}
+
+impl fmt::Display for Message {
+    /// `topic[partition@offset] id (n bytes)`, for logs and traces.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.topic)?;
+        match (self.partition, self.offset) {
+            (Some(p), Some(o)) => write!(f, "[{p}@{o}]")?,
+            (Some(p), None) => write!(f, "[{p}]")?,
+            _ => {}
+        }
+        write!(f, " {} ({} bytes)", self.id, self.payload.len())
     }
 }
 
@@ -775,7 +788,7 @@ impl CompactMessage {
         let mut r = Reader { buf, pos: 0 };
         let (head, _) = read_head(&mut r, Format::Compact, 0)?;
         let payload = read_payload(&mut r)?;
-        r.finish("compact message")?;
+        r.finish(Format::Compact.name())?;
         Ok(CompactMessage {
             id: head.id,
             topic: head.topic,
@@ -1085,19 +1098,6 @@ impl<'a> IntoIterator for &'a MessageBatch {
     type IntoIter = std::slice::Iter<'a, Message>;
     fn into_iter(self) -> Self::IntoIter {
         self.messages.iter()
-    }
-}
-
-impl fmt::Display for Message {
-    /// `topic[partition@offset] id (n bytes)`, for logs and traces.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.topic)?;
-        match (self.partition, self.offset) {
-            (Some(p), Some(o)) => write!(f, "[{p}@{o}]")?,
-            (Some(p), None) => write!(f, "[{p}]")?,
-            _ => {}
-        }
-        write!(f, " {} ({} bytes)", self.id, self.payload.len())
     }
 }
 

@@ -1246,3 +1246,24 @@ fn buggify_never_fires_when_off_or_in_the_liveness_phase() {
     }
     assert!(checked >= 5, "only {checked} seeds enabled a site");
 }
+
+// ---------------------------------------------------------------- broker
+
+/// The embedded broker's conformance checks, under the simulator (several
+/// seeds: each explores other interleavings of publishers and consumers).
+#[test]
+fn embedded_broker_conformance() {
+    for seed in 0..20 {
+        let sim = calm(seed);
+        let result: Shared<Option<Result<(), String>>> = shared(None);
+        server(&sim, 1, result.clone(), |rt, result| async move {
+            let r = kaelix_core::broker::conformance::run(rt).await;
+            *get(&result) = Some(r);
+        });
+        let done = sim
+            .run_until_done(Instant::ZERO + Duration::from_secs(60), |_| get(&result).is_some(), |_| Ok::<(), ()>(()))
+            .expect("no check fails");
+        assert!(done, "seed {seed}: the conformance run did not finish");
+        assert_eq!(snapshot(&result), Some(Ok(())), "seed {seed}");
+    }
+}

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod backpressure;
+pub mod conformance;
 mod core;
 pub mod groups;
 pub mod registry;

@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // real threads and clocks are what is under test
 
 mod broadcast;
+mod broker;
 mod executor;
 mod net;
 mod partition;

@@ -1,0 +1,166 @@
+//! The embedded broker's behaviour that every runtime must show — run by
+//! `kaelix-runtime-sim`'s and `kaelix-runtime-real`'s tests on their own
+//! clocks, spawners and schedulers, so the same API is proven under both.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::{Broker, BrokerConfig, Strategy, SubscribeOptions, TopicConfig, Verdict, dead_letter_headers};
+use crate::message::Message;
+use crate::runtime::{Priority, Runtime, timeout};
+use crate::time::Duration;
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+fn msg(topic: &str, key: Option<&str>, n: u32) -> Message {
+    let mut b = Message::builder().topic(topic).payload(Bytes::from(n.to_le_bytes().to_vec()));
+    if let Some(k) = key {
+        b = b.key(Bytes::from(k.to_owned()));
+    }
+    b.build().expect("valid message")
+}
+
+fn number(m: &Message) -> u32 {
+    u32::from_le_bytes(m.payload()[..4].try_into().expect("four bytes"))
+}
+
+/// Runs the conformance checks on `rt`; `Err` names the first that failed.
+pub async fn run<R: Runtime>(rt: R) -> Result<(), String> {
+    let broker = Broker::new(rt.clone(), rt.rng(), BrokerConfig::default());
+    broker
+        .create_topic("orders.eu", TopicConfig { partitions: 4, ..TopicConfig::default() })
+        .map_err(|e| e.to_string())?;
+
+    // Fan-out, queue groups and keyed partitioning, with concurrent publishers.
+    let mut all = broker.subscribe("orders.>", SubscribeOptions::default()).map_err(|e| e.to_string())?;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            broker
+                .subscribe(
+                    "orders.*",
+                    SubscribeOptions { queue_group: Some("w".into()), ..SubscribeOptions::default() },
+                )
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let before = rt.wall_clock();
+    let publishers: Vec<_> = (0..2u32)
+        .map(|p| {
+            let broker = broker.clone();
+            rt.spawn(Priority::Normal, "conformance-publisher", async move {
+                let mut placed = Vec::new();
+                for i in 0..50u32 {
+                    let key = format!("customer-{}", i % 5);
+                    let published =
+                        broker.publish(msg("orders.eu", Some(&key), p * 1000 + i)).await.expect("publishes");
+                    placed.push((key, published.partition));
+                }
+                placed
+            })
+        })
+        .collect();
+    let mut partition_of_key: BTreeMap<String, u32> = BTreeMap::new();
+    for h in publishers {
+        for (key, partition) in h.await.map_err(|e| e.to_string())? {
+            let first = *partition_of_key.entry(key.clone()).or_insert(partition);
+            ensure(first == partition, || format!("key {key} went to partitions {first} and {partition}"))?;
+        }
+    }
+    let after = rt.wall_clock();
+    let mut seen = 0;
+    while let Some(m) = all.try_next() {
+        ensure(m.timestamp() >= before && m.timestamp() <= after, || {
+            "timestamp not from the runtime's wall clock".into()
+        })?;
+        seen += 1;
+    }
+    ensure(seen == 100, || format!("fan-out delivered {seen} of 100"))?;
+    let mut shares = Vec::new();
+    for mut w in workers {
+        let mut n = 0;
+        while w.try_next().is_some() {
+            n += 1;
+        }
+        shares.push(n);
+    }
+    ensure(shares.iter().sum::<u32>() == 100 && shares.iter().all(|&n| n > 0), || {
+        format!("queue group shares {shares:?}: each message to exactly one member, load spread")
+    })?;
+
+    // A blocking subscriber paces its publisher instead of dropping.
+    let mut slow = broker
+        .subscribe("slow.topic", SubscribeOptions { strategy: Strategy::Block { capacity: 2 }, queue_group: None })
+        .map_err(|e| e.to_string())?;
+    let publisher = {
+        let broker = broker.clone();
+        rt.spawn(Priority::Normal, "blocked-publisher", async move {
+            for i in 0..6 {
+                broker.publish(msg("slow.topic", None, i)).await.expect("publishes");
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        match timeout(&rt, Duration::from_secs(5), slow.next()).await {
+            Ok(Some(m)) => got.push(number(&m)),
+            _ => return Err(format!("blocked publisher stalled after {got:?}")),
+        }
+        rt.sleep(Duration::from_millis(1)).await;
+    }
+    publisher.await.map_err(|e| e.to_string())?;
+    ensure(got == vec![0, 1, 2, 3, 4, 5], || format!("blocking stream got {got:?}"))?;
+    ensure(slow.drops().is_some_and(|d| d.total() == 0), || "a blocking stream dropped".into())?;
+    ensure(broker.stats().blocked_publishes > 0, || "the publisher never had to wait".into())?;
+
+    // Consumer group: every message once, commits at the end.
+    let mut member = broker.join_group("billing", "orders.eu").map_err(|e| e.to_string())?;
+    let mut consumed = 0;
+    while consumed < 100 {
+        let batch = timeout(&rt, Duration::from_secs(5), member.poll(32))
+            .await
+            .map_err(|_| format!("consumer group stalled at {consumed}"))?
+            .map_err(|e| e.to_string())?;
+        for m in &batch.messages {
+            member.commit(batch.generation, m).map_err(|e| e.to_string())?;
+        }
+        consumed += batch.messages.len();
+    }
+    ensure(consumed == 100, || format!("consumer group read {consumed} of 100"))?;
+
+    // Dead letters from a stream processor.
+    let mut input = broker.subscribe("jobs", SubscribeOptions::default()).map_err(|e| e.to_string())?;
+    for i in 0..4 {
+        broker.publish(msg("jobs", None, i)).await.map_err(|e| e.to_string())?;
+    }
+    let processing = {
+        let broker = broker.clone();
+        rt.spawn(Priority::Normal, "processor", async move {
+            let mut decide = |m: &Message| match number(m) {
+                1 => Verdict::Reject("malformed job".into()),
+                2 => Verdict::Retry("worker busy".into()),
+                _ => Verdict::Accept,
+            };
+            broker.process(&mut input, &mut decide, 3).await
+        })
+    };
+    rt.sleep(Duration::from_millis(10)).await;
+    broker.shutdown();
+    let report = processing.await.map_err(|e| e.to_string())?;
+    ensure(report.accepted == 2 && report.dead_lettered == 2, || format!("processor report {report:?}"))?;
+    let dead = broker.read("_dlq.jobs", 0, 0, 10).map_err(|e| e.to_string())?;
+    let attempts: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(m.headers().get(dead_letter_headers::ATTEMPTS).expect("attempts")).into_owned()
+        })
+        .collect();
+    ensure(attempts == ["1", "3"], || format!("dead-letter attempts {attempts:?}"))?;
+
+    // After shutdown: streams end, publishes are refused.
+    ensure(all.next().await.is_none(), || "a stream kept going after shutdown".into())?;
+    ensure(broker.publish(msg("orders.eu", None, 0)).await.is_err(), || "publish accepted after shutdown".into())?;
+    Ok(())
+}
