@@ -28,3 +28,8 @@ pub use driver::Sleep;
 pub use executor::{Executor, ExecutorConfig, ExecutorHandle, JoinHandle, ShutdownReport};
 pub(crate) use rt::wall_clock_now;
 pub use rt::{NodeConfig, RealRuntime, StartError};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
