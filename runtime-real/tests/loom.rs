@@ -13,7 +13,7 @@
 //! preemptions per execution (`preemption_bound`, noted at each) to keep the
 //! whole file to seconds in release mode.
 //!
-//! Two models are `#[ignore]`d: loom 0.7 can produce executions that no C11
+//! Three tests are `#[ignore]`d: loom 0.7 can produce executions that no C11
 //! machine allows when a plain `store` races a CAS on the same atomic (the
 //! store and the CAS's write end up unordered, and a later load may return
 //! either: tokio-rs/loom#254, #389). `TaskState::complete` is such a store,
@@ -112,8 +112,10 @@ impl Task {
                 continue; // a completed task's stale queue entry: dropped
             }
             polls += 1;
-            self.future.with_mut(|_| ());
             let events = self.ready.swap(0, AcqRel);
+            // After the RMW on `ready`, so that only the state machine and
+            // the queue can order this access after the previous poll's.
+            self.future.with_mut(|_| ());
             if complete_on_event && events > 0 {
                 self.state.complete();
             } else if self.state.end_poll_pending() == AfterPoll::Requeue {

@@ -44,7 +44,16 @@ fn gate(ex: &Executor) -> mpsc::Sender<()> {
 
 #[test]
 fn higher_tiers_run_first() {
-    let ex = executor(1);
+    // Strict priority only: no starvation-bound picks in 40 tasks.
+    let ex = Executor::new(ExecutorConfig {
+        workers_per_node: Some(1),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..1)),
+        starvation_bound: u32::MAX,
+        name: "strict".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
     let release = gate(&ex);
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
