@@ -13,12 +13,11 @@
 //! preemptions per execution (`preemption_bound`, noted at each) to keep the
 //! whole file to seconds in release mode.
 //!
-//! Three tests are `#[ignore]`d: loom 0.7 can produce executions that no C11
-//! machine allows when a plain `store` races a CAS on the same atomic (the
-//! store and the CAS's write end up unordered, and a later load may return
-//! either: tokio-rs/loom#254, #389). `TaskState::complete` is such a store,
-//! so models where it races a `wake` report false failures. They pass with
-//! `complete` written as `swap(COMPLETE, AcqRel)` (same semantics in C11).
+//! `TaskState::complete` is a `swap`, not a plain store: loom 0.7 can
+//! produce executions no C11 machine allows when a plain store races a CAS
+//! on the same atomic (tokio-rs/loom#254, #389), which made the models where
+//! `complete` races a `wake` report false failures. The swap means the same
+//! in C11 and lets every model here run.
 #![cfg(loom)]
 
 use kaelix_runtime_real::executor::idle::Sleepers;
@@ -229,13 +228,11 @@ fn complete_while_woken(wakers: usize, wakes_each: usize) {
 }
 
 #[test]
-#[ignore = "loom#254: complete()'s plain store races wake()'s CAS (see the file docs)"]
 fn task_state_complete_vs_one_waker() {
     explore("complete vs 1 waker x2", None, || complete_while_woken(1, 2));
 }
 
 #[test]
-#[ignore = "loom#254: complete()'s plain store races wake()'s CAS (see the file docs)"]
 fn task_state_complete_vs_two_wakers() {
     explore("complete vs 2 wakers x1 (preemption bound 3)", Some(3), || complete_while_woken(2, 1));
 }
@@ -282,7 +279,6 @@ fn task_state_cancel_queued_vs_wake() {
 }
 
 #[test]
-#[ignore = "loom#254: complete()'s plain store races wake()'s CAS IDLE -> SCHEDULED (see the file docs)"]
 fn task_state_cancel_idle_vs_wake() {
     explore("cancel idle task vs wake", None, || cancel_vs_wake(true));
 }

@@ -83,18 +83,24 @@ impl TaskState {
         match self.0.compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => AfterPoll::Idle,
             Err(NOTIFIED) => {
-                // Only this worker moves a task out of NOTIFIED.
-                self.0.store(SCHEDULED, Ordering::Release);
-                AfterPoll::Requeue
+                // Only this worker moves a task out of NOTIFIED to a queue;
+                // a CAS (not a store) so that a concurrent `complete` wins.
+                match self.0.compare_exchange(NOTIFIED, SCHEDULED, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => AfterPoll::Requeue,
+                    Err(COMPLETE) => AfterPoll::Idle,
+                    Err(other) => panic!("NOTIFIED task moved to state {other} during its poll"),
+                }
             }
             Err(COMPLETE) => AfterPoll::Idle,
             Err(other) => panic!("poll ended in state {other}"),
         }
     }
 
-    /// The task finished or was cancelled; later wakes do nothing.
+    /// The task finished or was cancelled; later wakes do nothing. Called
+    /// by the polling worker, for a refused spawn, or at shutdown; a swap
+    /// (not a store) so it is ordered with the wakers' CAS loops.
     pub fn complete(&self) {
-        self.0.store(COMPLETE, Ordering::Release);
+        self.0.swap(COMPLETE, Ordering::AcqRel);
     }
 
     /// Whether the task is complete.
