@@ -13,7 +13,10 @@
 //! Tiers are tried highest first; within a tier: own deque, own pool's
 //! injector, siblings in the same pool, then other pools (their injectors,
 //! then their workers) — stealing crosses a NUMA boundary only when the
-//! local node has nothing of that tier. Starvation bound: every
+//! local node has nothing of that tier. Deques are FIFO, so a task that
+//! wakes itself goes behind the others, and every 31st pick serves the
+//! injector before the own deque, so outside wakes are not starved by a
+//! worker that keeps feeding itself. Starvation bound: every
 //! `starvation_bound`-th pick starts from one lower tier instead (rotating
 //! High, Normal, Background), so a tier with work waits at most
 //! 3 × `starvation_bound` picks of higher tiers.
@@ -39,7 +42,6 @@ pub mod state;
 mod task;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -60,6 +62,8 @@ use crate::topology::Topology;
 
 type TaskRef = Arc<Task>;
 const TIERS: usize = Priority::ALL.len();
+/// How often (in picks) a worker serves its pool's injector before its own deque.
+const INJECTOR_INTERVAL: u32 = 31;
 
 /// How to build an [`Executor`].
 #[derive(Clone, Debug)]
@@ -125,14 +129,79 @@ pub(crate) struct Shared {
     pools: Vec<Pool>,
     workers: Vec<WorkerSlot>,
     sleepers: Sleepers,
-    /// Live tasks by id; `None` once shutdown has stopped accepting.
-    live: Mutex<Option<BTreeMap<u64, TaskRef>>>,
+    live: LiveTasks,
     live_count: AtomicUsize,
     next_task: AtomicU64,
     next_pool: AtomicUsize,
     stopping: AtomicBool,
     config: ExecutorConfig,
     pub(crate) driver: Arc<Driver>,
+}
+
+const LIVE_SHARDS: usize = 16;
+
+/// Every live task (for shutdown to cancel), in shards so that spawns and
+/// completions on different workers rarely share a lock. Each shard is a
+/// slab: a task knows its slot, so removal is O(1).
+#[derive(Default)]
+struct LiveTasks {
+    shards: [Mutex<LiveShard>; LIVE_SHARDS],
+    /// Cleared by shutdown before it drains the shards: a spawn that finds
+    /// it cleared under its shard's lock is refused.
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct LiveShard {
+    slots: Vec<Option<TaskRef>>,
+    free: Vec<usize>,
+}
+
+impl LiveTasks {
+    fn shard(&self, task: &Task) -> &Mutex<LiveShard> {
+        &self.shards[task.id as usize % LIVE_SHARDS]
+    }
+
+    /// Registers `task`; false once shutdown has begun.
+    fn insert(&self, task: &TaskRef) -> bool {
+        let mut shard = self.shard(task).lock().expect("live shard lock");
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let slot = match shard.free.pop() {
+            Some(slot) => {
+                shard.slots[slot] = Some(task.clone());
+                slot
+            }
+            None => {
+                shard.slots.push(Some(task.clone()));
+                shard.slots.len() - 1
+            }
+        };
+        task.live_slot.store(slot, Ordering::Relaxed);
+        true
+    }
+
+    fn remove(&self, task: &Task) {
+        let mut shard = self.shard(task).lock().expect("live shard lock");
+        let slot = task.live_slot.load(Ordering::Relaxed);
+        if shard.slots.get(slot).is_some_and(|t| t.as_ref().is_some_and(|t| t.id == task.id)) {
+            shard.slots[slot] = None;
+            shard.free.push(slot);
+        }
+    }
+
+    /// Stops registration and takes every live task.
+    fn close(&self) -> Vec<TaskRef> {
+        self.closed.store(true, Ordering::Release);
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("live shard lock");
+            all.extend(shard.slots.drain(..).flatten());
+            shard.free.clear();
+        }
+        all
+    }
 }
 
 thread_local! {
@@ -178,10 +247,8 @@ impl Shared {
         }
     }
 
-    fn remove_live(&self, id: u64) {
-        if let Some(live) = self.live.lock().expect("live tasks lock").as_mut() {
-            live.remove(&id);
-        }
+    fn remove_live(&self, task: &Task) {
+        self.live.remove(task);
         self.live_count.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -203,21 +270,15 @@ impl Shared {
             state: state::TaskState::new_scheduled(),
             cancelled: AtomicBool::new(false),
             woken_at: AtomicU64::new(self.now_nanos()),
+            live_slot: AtomicUsize::new(usize::MAX),
             future: Mutex::new(Some(future)),
             shared: self.clone(),
         });
         let handle = parts.into_handle(task.clone());
-        let accepted = {
-            let mut live = self.live.lock().expect("live tasks lock");
-            match live.as_mut() {
-                Some(live) => {
-                    live.insert(task.id, task.clone());
-                    self.live_count.fetch_add(1, Ordering::AcqRel);
-                    true
-                }
-                None => false,
-            }
-        };
+        let accepted = self.live.insert(&task);
+        if accepted {
+            self.live_count.fetch_add(1, Ordering::AcqRel);
+        }
         if accepted {
             self.schedule(task, false);
         } else {
@@ -244,7 +305,7 @@ impl Shared {
             drop(slot);
             task.state.complete();
             drop(future); // the handle's guard reports Cancelled
-            self.remove_live(task.id);
+            self.remove_live(&task);
             return;
         }
         let Some(future) = slot.as_mut() else {
@@ -261,7 +322,7 @@ impl Shared {
                 task.state.complete();
                 drop(future);
                 metrics.record_outcome(outcome == Outcome::Finished);
-                self.remove_live(task.id);
+                self.remove_live(&task);
             }
             Poll::Pending => {
                 drop(slot);
@@ -315,11 +376,19 @@ impl WorkerLoop {
         let me = &shared.workers[self.index];
         for tier in order {
             let dest = &deques[tier];
+            let pool = &shared.pools[me.pool];
+            // Every INJECTOR_INTERVAL-th pick looks at the pool's injector
+            // before the worker's own deque: wakes from outside the workers
+            // (IO, timers, other threads) land there and must not wait behind
+            // a worker that keeps feeding itself.
+            let injector_first = self.picks.is_multiple_of(INJECTOR_INTERVAL);
+            if injector_first && let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
+                return Some(t);
+            }
             if let Some(t) = dest.pop() {
                 return Some(t);
             }
-            let pool = &shared.pools[me.pool];
-            if let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
+            if !injector_first && let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
                 return Some(t);
             }
             let siblings = pool.workers.iter().copied().filter(|&w| w != self.index);
@@ -462,7 +531,7 @@ impl Executor {
         }
 
         let deques: Vec<[Deque<TaskRef>; TIERS]> =
-            layout.iter().map(|_| std::array::from_fn(|_| Deque::new_lifo())).collect();
+            layout.iter().map(|_| std::array::from_fn(|_| Deque::new_fifo())).collect();
         let workers = layout
             .iter()
             .zip(&deques)
@@ -479,7 +548,7 @@ impl Executor {
             pools,
             workers,
             sleepers: Sleepers::default(),
-            live: Mutex::new(Some(BTreeMap::new())),
+            live: LiveTasks::default(),
             live_count: AtomicUsize::new(0),
             next_task: AtomicU64::new(0),
             next_pool: AtomicUsize::new(0),
@@ -597,19 +666,13 @@ impl Executor {
                 "shutdown called from one of the executor's own workers"
             )
         });
-        let at_start = {
-            let live = shared.live.lock().expect("live tasks lock");
-            live.as_ref().map_or(0, |l| l.len())
-        };
+        let at_start = shared.live_count.load(Ordering::Acquire);
         let deadline = std::time::Instant::now() + grace;
         while shared.live_count.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             thread::sleep(std::time::Duration::from_micros(200));
         }
         // Stop accepting, and cancel whatever is left.
-        let remaining: Vec<TaskRef> = {
-            let mut live = shared.live.lock().expect("live tasks lock");
-            live.take().map(|l| l.into_values().collect()).unwrap_or_default()
-        };
+        let remaining: Vec<TaskRef> = shared.live.close();
         let mut cancelled: Vec<&'static str> = remaining.iter().map(|t| t.name).collect();
         cancelled.sort_unstable();
         for task in &remaining {

@@ -35,6 +35,8 @@ pub(crate) struct Task {
     pub(crate) cancelled: AtomicBool,
     /// Executor-clock nanoseconds of the wake that queued it (wake-to-poll).
     pub(crate) woken_at: AtomicU64,
+    /// Its slot in the executor's live-task registry.
+    pub(crate) live_slot: std::sync::atomic::AtomicUsize,
     /// Only the worker that moved the state to RUNNING touches it (and
     /// shutdown, after workers stopped): the lock is never contended.
     pub(crate) future: Mutex<Option<TaskFuture>>,

@@ -257,3 +257,43 @@ fn layout_follows_the_topology() {
     });
     assert_eq!(total, (0..64).sum());
 }
+
+/// A future that yields once (wakes itself and returns Pending).
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+#[test]
+fn outside_wakes_are_served_while_workers_feed_themselves() {
+    let ex = executor(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Same-tier load that keeps re-waking itself onto the worker's deque.
+    for _ in 0..4 {
+        let stop = stop.clone();
+        drop(ex.spawn(Priority::Normal, "spinner", async move {
+            while !stop.load(Ordering::Relaxed) {
+                YieldNow(false).await;
+            }
+        }));
+    }
+    let (tx, rx) = futures_channel::oneshot::channel::<std::time::Instant>();
+    let waiter = ex.spawn(Priority::Normal, "waiter", async move { rx.await.unwrap().elapsed() });
+    std::thread::sleep(Duration::from_millis(20));
+    tx.send(std::time::Instant::now()).unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let handle = ex.handle();
+    std::thread::spawn(move || done_tx.send(handle.block_on(waiter)).unwrap());
+    let waited = done_rx.recv_timeout(Duration::from_secs(5)).expect("the outside wake was served").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(waited < Duration::from_millis(500), "served after {waited:?}");
+}
