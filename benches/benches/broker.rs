@@ -446,8 +446,8 @@ fn sequenced(message: &Message, seq: usize) -> Message {
     message.clone().with_partition_offset(0, seq as u64)
 }
 
-/// The latencies, and worker steals per message.
-fn kaelix_latency(publisher_task: bool, pinned: bool) -> (Histogram<u64>, f64) {
+/// The latencies, and worker (steals, parks) per message.
+fn kaelix_latency(publisher_task: bool, pinned: bool) -> (Histogram<u64>, (f64, f64)) {
     let executor = kaelix_executor(pinned);
     let broker = manual_broker();
     let mut sub = subscribe(&broker, Strategy::DropOldest { capacity: CAPACITY });
@@ -491,9 +491,10 @@ fn kaelix_latency(publisher_task: bool, pinned: bool) -> (Histogram<u64>, f64) {
         }
     }
     let hist = executor.block_on(consumer).expect("subscriber");
-    let [_, steals, _] = executor_counters(&executor);
+    let [_, steals, parks] = executor_counters(&executor);
     executor.shutdown(Duration::from_secs(1));
-    (hist, steals as f64 / LATENCY_MESSAGES as f64)
+    let per_message = |n: u64| n as f64 / LATENCY_MESSAGES as f64;
+    (hist, (per_message(steals), per_message(parks)))
 }
 
 fn tokio_latency(publisher_task: bool) -> Histogram<u64> {
@@ -908,17 +909,21 @@ fn table() {
             h.max() as f64 / 1e3
         )
     };
-    let ((k_thread, _), t_thread, x_thread) = (kaelix_latency(false, true), tokio_latency(false), crossbeam_latency());
+    let ((k_thread, thread_counters), t_thread, x_thread) =
+        (kaelix_latency(false, true), tokio_latency(false), crossbeam_latency());
     row(
         "thread -> awaiting task (µs)",
         [&show(&k_thread), &show(&t_thread), &show(&x_thread)],
-        "crossbeam: thread -> blocking recv",
+        &format!(
+            "crossbeam: thread -> blocking recv; kaelix per message: {:.2} steals, {:.2} parks",
+            thread_counters.0, thread_counters.1
+        ),
     );
     let ((k_task, steals), t_task) = (kaelix_latency(true, true), tokio_latency(true));
     row(
         "task -> task, same runtime (µs)",
         [&show(&k_task), &show(&t_task), "-"],
-        &format!("publisher yields after each; kaelix {steals:.2} steals/message"),
+        &format!("publisher yields after each; kaelix per message: {:.2} steals, {:.2} parks", steals.0, steals.1),
     );
     let ((k_thread_unpinned, _), (k_task_unpinned, steals)) =
         (kaelix_latency(false, false), kaelix_latency(true, false));
@@ -926,7 +931,7 @@ fn table() {
     row(
         "task -> task, kaelix unpinned (µs)",
         [&show(&k_task_unpinned), "-", "-"],
-        &format!("pin_workers: false; {steals:.2} steals/message"),
+        &format!("pin_workers: false; per message: {:.2} steals, {:.2} parks", steals.0, steals.1),
     );
     let p99 = k_thread.value_at_quantile(0.99).max(k_task.value_at_quantile(0.99));
     println!("  target p99 < 10 µs: {} (worst kaelix p99 {:.1} µs)", met(p99 < 10_000), p99 as f64 / 1e3);
