@@ -92,7 +92,10 @@ pub async fn run<R: Runtime>(rt: R) -> Result<(), String> {
 
     // A blocking subscriber paces its publisher instead of dropping.
     let mut slow = broker
-        .subscribe("slow.topic", SubscribeOptions { strategy: Strategy::Block { capacity: 2 }, queue_group: None })
+        .subscribe(
+            "slow.topic",
+            SubscribeOptions { strategy: Some(Strategy::Block { capacity: 2 }), queue_group: None },
+        )
         .map_err(|e| e.to_string())?;
     let publisher = {
         let broker = broker.clone();

@@ -45,9 +45,16 @@ pub struct TopicConfig {
     pub retention: RetentionPolicy,
 }
 
+/// Bytes a partition of a topic with default settings retains (the oldest
+/// messages go first): memory stays bounded unless a topic asks otherwise.
+pub const DEFAULT_RETAINED_BYTES: u64 = 64 << 20;
+
 impl Default for TopicConfig {
     fn default() -> Self {
-        TopicConfig { partitions: 1, retention: RetentionPolicy::default() }
+        TopicConfig {
+            partitions: 1,
+            retention: RetentionPolicy { max_bytes: Some(DEFAULT_RETAINED_BYTES), ..RetentionPolicy::default() },
+        }
     }
 }
 
@@ -67,6 +74,11 @@ pub struct BrokerConfig {
     pub dead_letter_prefix: String,
     /// Most messages one consumer-group poll returns.
     pub max_poll_records: usize,
+    /// Backpressure per topic: a subscription that names no strategy gets
+    /// the first rule that covers it — for a literal pattern, the first rule
+    /// whose pattern matches that topic; for a wildcard pattern, the first
+    /// rule with exactly that pattern — else [`Strategy::default`].
+    pub topic_strategies: Vec<(Pattern, Strategy)>,
 }
 
 impl Default for BrokerConfig {
@@ -78,6 +90,7 @@ impl Default for BrokerConfig {
             thresholds: Thresholds::default(),
             dead_letter_prefix: "_dlq".to_owned(),
             max_poll_records: 512,
+            topic_strategies: Vec::new(),
         }
     }
 }
@@ -329,8 +342,24 @@ impl BrokerCore {
         now: Instant,
         wall: WallTime,
         rng: &mut DetRng,
-        mut message: Message,
+        message: Message,
     ) -> Result<PublishOutcome, BrokerError> {
+        Ok(match self.publish_or_return(now, wall, rng, message)? {
+            Ok(p) => PublishOutcome::Published(p),
+            Err((_, ids)) => PublishOutcome::WouldBlock(ids),
+        })
+    }
+
+    /// [`BrokerCore::publish`], handing the message back when it would block
+    /// (so a caller can retry without cloning it).
+    #[allow(clippy::type_complexity)]
+    pub fn publish_or_return(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        mut message: Message,
+    ) -> Result<Result<Published, (Message, Vec<StreamId>)>, BrokerError> {
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
@@ -357,7 +386,7 @@ impl BrokerCore {
             .collect();
         if !blocked.is_empty() {
             self.stats.blocked_publishes += 1;
-            return Ok(PublishOutcome::WouldBlock(blocked));
+            return Ok(Err((message, blocked)));
         }
         if !message.is_stamped() {
             message.stamp(new_message_id(rng, wall), wall);
@@ -386,7 +415,7 @@ impl BrokerCore {
             }
         }
         let _ = now;
-        Ok(PublishOutcome::Published(Published { partition, offset, buffered_for }))
+        Ok(Ok(Published { partition, offset, buffered_for }))
     }
 
     /// Publishes a batch in order; stops at the first message that would
@@ -398,12 +427,12 @@ impl BrokerCore {
         rng: &mut DetRng,
         batch: MessageBatch,
     ) -> Result<BatchOutcome, BrokerError> {
-        let mut done = Vec::new();
+        let mut done = Vec::with_capacity(batch.len());
         let mut rest = batch.into_iter();
         while let Some(m) = rest.next() {
-            match self.publish(now, wall, rng, m.clone())? {
-                PublishOutcome::Published(p) => done.push(p),
-                PublishOutcome::WouldBlock(ids) => {
+            match self.publish_or_return(now, wall, rng, m)? {
+                Ok(p) => done.push(p),
+                Err((m, ids)) => {
                     let remaining: MessageBatch = std::iter::once(m).chain(rest).collect();
                     return Ok((done, Some((remaining, ids))));
                 }
@@ -412,17 +441,32 @@ impl BrokerCore {
         Ok((done, None))
     }
 
-    /// Opens a push stream on `pattern`, optionally in a queue group.
+    /// The strategy a subscription on `pattern` gets when it names none
+    /// (see [`BrokerConfig::topic_strategies`]).
+    pub fn strategy_for(&self, pattern: &Pattern) -> Strategy {
+        let rules = &self.config.topic_strategies;
+        let found = if pattern.is_literal() {
+            let topic = Topic::new(pattern.as_str()).expect("a literal pattern is a topic");
+            rules.iter().find(|(rule, _)| rule.matches(&topic))
+        } else {
+            rules.iter().find(|(rule, _)| rule == pattern)
+        };
+        found.map(|(_, s)| *s).unwrap_or_default()
+    }
+
+    /// Opens a push stream on `pattern`, optionally in a queue group, with
+    /// `strategy` or (if `None`) the topic's (see [`BrokerCore::strategy_for`]).
     pub fn subscribe(
         &mut self,
         now: Instant,
         pattern: Pattern,
         queue_group: Option<&str>,
-        strategy: Strategy,
+        strategy: Option<Strategy>,
     ) -> Result<StreamId, BrokerError> {
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
+        let strategy = strategy.unwrap_or_else(|| self.strategy_for(&pattern));
         Ok(self.registry.open(now, pattern, queue_group.map(Arc::from), strategy)?)
     }
 

@@ -1,0 +1,214 @@
+//! Unit tests of the broker's sans-IO parts: one per rule.
+
+use bytes::Bytes;
+
+use super::backpressure::{MessagePriority, Offer, PressureLevel, Strategy, SubscriptionBuffer, Thresholds};
+use super::core::{BrokerConfig, BrokerCore, BrokerError, PublishOutcome, TopicConfig, jump_hash, partition_for_key};
+use super::registry::{RegistryError, StreamRegistry};
+use crate::message::Message;
+use crate::rng::seeded;
+use crate::time::{Duration, Instant, WallTime};
+use crate::topic::{Pattern, Topic};
+
+fn msg(topic: &str, n: u8) -> Message {
+    Message::builder().topic(topic).payload(Bytes::from(vec![n])).build().unwrap()
+}
+
+fn prio(n: u8, p: &str) -> Message {
+    Message::builder()
+        .topic("t")
+        .payload(Bytes::from(vec![n]))
+        .header("priority", Bytes::from(p.to_owned()))
+        .build()
+        .unwrap()
+}
+
+fn n(m: &Message) -> u8 {
+    m.payload()[0]
+}
+
+fn drain(b: &mut SubscriptionBuffer) -> Vec<u8> {
+    std::iter::from_fn(|| b.pop()).map(|m| n(&m)).collect()
+}
+
+const T: Thresholds = Thresholds { elevated: 0.75, critical: 0.95 };
+
+#[test]
+fn drop_oldest_keeps_the_newest_and_counts() {
+    let mut b = SubscriptionBuffer::new(Strategy::DropOldest { capacity: 3 }, T);
+    for i in 0..5 {
+        b.offer(msg("t", i));
+    }
+    assert_eq!(b.drops().oldest, 2);
+    assert_eq!(drain(&mut b), vec![2, 3, 4]);
+}
+
+#[test]
+fn block_refuses_without_dropping() {
+    let mut b = SubscriptionBuffer::new(Strategy::Block { capacity: 2 }, T);
+    assert_eq!(b.offer(msg("t", 0)), Offer::Accepted);
+    assert_eq!(b.offer(msg("t", 1)), Offer::Accepted);
+    assert!(b.would_block());
+    assert_eq!(b.offer(msg("t", 2)), Offer::WouldBlock);
+    assert_eq!(b.drops().total(), 0);
+    b.pop();
+    assert!(!b.would_block());
+}
+
+#[test]
+fn grow_doubles_to_the_cap_then_refuses_the_newest() {
+    let mut b = SubscriptionBuffer::new(Strategy::Grow { initial: 2, max: 8 }, T);
+    for i in 0..10 {
+        b.offer(msg("t", i));
+    }
+    assert_eq!(b.capacity(), 8);
+    assert_eq!(b.drops().newest, 2);
+    assert_eq!(drain(&mut b), (0..8).collect::<Vec<_>>(), "nothing buffered is lost");
+}
+
+#[test]
+fn shedding_drops_low_priority_under_pressure_and_keeps_high() {
+    let mut b = SubscriptionBuffer::new(Strategy::ShedLowPriority { capacity: 4 }, T);
+    for i in 0..3 {
+        b.offer(prio(i, "low"));
+    }
+    assert_eq!(b.pressure(), PressureLevel::Elevated, "3 of 4 is above 75 %");
+    assert_eq!(b.offer(prio(3, "normal")), Offer::Dropped);
+    assert_eq!(b.drops().shed, 1);
+    assert_eq!(b.offer(prio(4, "high")), Offer::Accepted);
+    // Full: a critical message evicts the oldest low-priority one.
+    assert!(matches!(b.offer(prio(5, "critical")), Offer::AcceptedDropping(old) if n(&old) == 0));
+    assert_eq!(drain(&mut b), vec![1, 2, 4, 5]);
+    assert_eq!(MessagePriority::of(&msg("t", 0)), MessagePriority::Normal);
+}
+
+#[test]
+fn every_strategy_stays_within_its_bound() {
+    for strategy in [
+        Strategy::DropOldest { capacity: 5 },
+        Strategy::Block { capacity: 5 },
+        Strategy::Grow { initial: 1, max: 5 },
+        Strategy::ShedLowPriority { capacity: 5 },
+    ] {
+        let mut b = SubscriptionBuffer::new(strategy, T);
+        for i in 0..100 {
+            b.offer(prio(i, ["low", "high"][i as usize % 2]));
+            assert!(b.len() <= 5, "{strategy:?}");
+        }
+        assert_eq!(b.high_water(), 5);
+    }
+}
+
+#[test]
+fn jump_hash_moves_keys_only_to_new_partitions() {
+    let keys: Vec<u64> = (0..10_000u64).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+    for buckets in 1..20u32 {
+        for &k in &keys {
+            let before = jump_hash(k, buckets);
+            let after = jump_hash(k, buckets + 1);
+            assert!(before < buckets);
+            assert!(after == before || after == buckets, "key moved between old partitions");
+        }
+    }
+    // Spread: every partition gets a fair share.
+    let mut counts = [0u32; 8];
+    for &k in &keys {
+        counts[jump_hash(k, 8) as usize] += 1;
+    }
+    assert!(counts.iter().all(|&c| (1000..1500).contains(&c)), "{counts:?}");
+    assert_eq!(partition_for_key(b"customer-7", 4), partition_for_key(b"customer-7", 4));
+}
+
+#[test]
+fn registry_enforces_capacity_and_closes_idle_streams() {
+    let t = |ms| Instant::ZERO + Duration::from_millis(ms);
+    let mut r = StreamRegistry::new(2, Some(Duration::from_millis(100)), T);
+    let p = Pattern::new("a.>").unwrap();
+    let a = r.open(t(0), p.clone(), None, Strategy::default()).unwrap();
+    let b = r.open(t(0), p.clone(), None, Strategy::default()).unwrap();
+    assert_eq!(r.open(t(0), p.clone(), None, Strategy::default()), Err(RegistryError::TooManyStreams { limit: 2 }));
+    assert_eq!(&*r.streams_for(&Topic::new("a.b").unwrap()), &[a, b]);
+    r.get_mut(b).unwrap().last_active = t(90);
+    assert_eq!(r.next_idle_deadline(), Some(t(100)));
+    let closed: Vec<_> = r.close_idle(t(150)).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(closed, vec![a], "only the stream idle past the timeout");
+    assert_eq!(r.active_streams().len(), 1);
+}
+
+fn core() -> BrokerCore {
+    BrokerCore::new(BrokerConfig { auto_create: None, ..BrokerConfig::default() })
+}
+
+#[test]
+fn publish_places_by_partition_key_or_round_robin_and_refuses_unknowns() {
+    let mut c = core();
+    let mut rng = seeded(1);
+    let (now, wall) = (Instant::ZERO, WallTime(1_000));
+    assert!(matches!(c.publish(now, wall, &mut rng, msg("x", 0)), Err(BrokerError::UnknownTopic(_))));
+    c.create_topic(Topic::new("x").unwrap(), TopicConfig { partitions: 3, ..TopicConfig::default() }).unwrap();
+    let placed: Vec<u32> = (0..6)
+        .map(|i| match c.publish(now, wall, &mut rng, msg("x", i)).unwrap() {
+            PublishOutcome::Published(p) => p.partition,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(placed, vec![0, 1, 2, 0, 1, 2], "round-robin without a key");
+    let explicit = Message::builder().topic("x").payload("p").partition(7).build().unwrap();
+    assert!(matches!(
+        c.publish(now, wall, &mut rng, explicit),
+        Err(BrokerError::NoSuchPartition { partitions: 3, requested: 7, .. })
+    ));
+    let read = c.read(&Topic::new("x").unwrap(), 0, 0, 10).unwrap();
+    assert_eq!(read.len(), 2);
+    assert!(read.iter().all(|m| m.is_stamped() && m.timestamp() == wall), "stamped from the handed-in clock");
+    assert!(c.create_topic(Topic::new("x").unwrap(), TopicConfig { partitions: 2, ..TopicConfig::default() }).is_err());
+}
+
+#[test]
+fn topic_strategy_rules_apply_when_a_subscription_names_none() {
+    let rules = vec![
+        (Pattern::new("metrics.>").unwrap(), Strategy::Grow { initial: 4, max: 64 }),
+        (Pattern::new("orders.*").unwrap(), Strategy::Block { capacity: 16 }),
+    ];
+    let c = BrokerCore::new(BrokerConfig { topic_strategies: rules, ..BrokerConfig::default() });
+    assert_eq!(c.strategy_for(&Pattern::new("metrics.cpu.h1").unwrap()), Strategy::Grow { initial: 4, max: 64 });
+    assert_eq!(c.strategy_for(&Pattern::new("orders.*").unwrap()), Strategy::Block { capacity: 16 });
+    assert_eq!(c.strategy_for(&Pattern::new("orders.>").unwrap()), Strategy::default(), "no rule with that pattern");
+}
+
+#[test]
+fn a_full_blocking_stream_blocks_publishers_until_read() {
+    let mut c = core();
+    let mut rng = seeded(2);
+    let (now, wall) = (Instant::ZERO, WallTime(5));
+    c.create_topic(Topic::new("x").unwrap(), TopicConfig::default()).unwrap();
+    let id = c.subscribe(now, Pattern::new("x").unwrap(), None, Some(Strategy::Block { capacity: 1 })).unwrap();
+    assert!(matches!(c.publish(now, wall, &mut rng, msg("x", 0)).unwrap(), PublishOutcome::Published(_)));
+    let blocked = c.publish(now, wall, &mut rng, msg("x", 1)).unwrap();
+    assert_eq!(blocked, PublishOutcome::WouldBlock(vec![id]));
+    assert_eq!(c.next_offset(&Topic::new("x").unwrap(), 0), Some(1), "a blocked message is not appended");
+    assert!(!c.blocked_on_any_free(&[id]));
+    assert_eq!(c.poll_stream(now, id).unwrap().map(|m| n(&m)), Some(0));
+    assert!(c.blocked_on_any_free(&[id]));
+    assert!(c.take_woken().0.contains(&id), "the read wakes blocked publishers");
+}
+
+#[test]
+fn dead_letters_carry_their_provenance() {
+    let mut c = core();
+    let mut rng = seeded(3);
+    let (now, wall) = (Instant::ZERO, WallTime(5));
+    c.create_topic(Topic::new("jobs").unwrap(), TopicConfig::default()).unwrap();
+    c.publish(now, wall, &mut rng, msg("jobs", 9)).unwrap();
+    let original = c.read(&Topic::new("jobs").unwrap(), 0, 0, 1).unwrap().remove(0);
+    c.dead_letter(now, wall, &mut rng, &original, "rejected: bad input", 3).unwrap();
+    let dead = c.read(&Topic::new("_dlq.jobs").unwrap(), 0, 0, 1).unwrap().remove(0);
+    let h = |name: &str| String::from_utf8(dead.headers().get(name).unwrap().to_vec()).unwrap();
+    assert_eq!(h(super::dead_letter_headers::REASON), "rejected: bad input");
+    assert_eq!(h(super::dead_letter_headers::SOURCE_TOPIC), "jobs");
+    assert_eq!(h(super::dead_letter_headers::SOURCE_PARTITION), "0");
+    assert_eq!(h(super::dead_letter_headers::SOURCE_OFFSET), "0");
+    assert_eq!(h(super::dead_letter_headers::ATTEMPTS), "3");
+    assert_eq!(dead.payload(), original.payload());
+    assert_eq!(c.stats().dead_lettered, 1);
+}
