@@ -14,9 +14,10 @@
 //! injector, siblings in the same pool, then other pools (their injectors,
 //! then their workers) — stealing crosses a NUMA boundary only when the
 //! local node has nothing of that tier. Deques are FIFO, so a task that
-//! wakes itself goes behind the others, and every 31st pick serves the
-//! injector before the own deque, so outside wakes are not starved by a
-//! worker that keeps feeding itself. Starvation bound: every
+//! wakes itself goes behind the others, and every 31st pick — or the first
+//! pick 50 µs after the last such — serves the injector before the own
+//! deque, so outside wakes are not starved by a worker that keeps feeding
+//! itself. Starvation bound: every
 //! `starvation_bound`-th pick starts from one lower tier instead (rotating
 //! High, Normal, Background), so a tier with work waits at most
 //! 3 × `starvation_bound` picks of higher tiers.
@@ -64,6 +65,9 @@ type TaskRef = Arc<Task>;
 const TIERS: usize = Priority::ALL.len();
 /// How often (in picks) a worker serves its pool's injector before its own deque.
 const INJECTOR_INTERVAL: u32 = 31;
+/// ... and at least this often in time, so that outside wakes wait for one
+/// poll at most, not 31 long ones.
+const INJECTOR_MAX_WAIT_NANOS: u64 = 50_000;
 
 /// How to build an [`Executor`].
 #[derive(Clone, Debug)]
@@ -228,17 +232,22 @@ impl Shared {
             task.woken_at.store(self.now_nanos(), Ordering::Relaxed);
         }
         let tier = task.priority_index();
-        let task = LOCAL.with(|local| match &*local.borrow() {
+        // On one of our workers: its own deque. That worker runs the task
+        // next unless it already has a backlog, so only then is a parked
+        // worker worth an unpark (a futex syscall on the waker's path).
+        let (task, backlog) = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => {
                 w.deques[tier].push(task);
-                None
+                (None, w.deques.iter().map(|d| d.len()).sum::<usize>())
             }
-            _ => Some(task),
+            _ => (Some(task), usize::MAX),
         });
         if let Some(task) = task {
             self.pools[task.pool].injectors[tier].push(task);
         }
-        self.notify_one();
+        if backlog > 1 {
+            self.notify_one();
+        }
     }
 
     fn notify_one(&self) {
@@ -350,6 +359,8 @@ struct WorkerLoop {
     index: usize,
     picks: u32,
     fair_tier: usize,
+    /// Executor-clock time of the last injector-first pick.
+    injector_checked_at: u64,
 }
 
 impl WorkerLoop {
@@ -372,6 +383,12 @@ impl WorkerLoop {
 
     fn find_task(&mut self, deques: &[Deque<TaskRef>; TIERS]) -> Option<TaskRef> {
         let order = self.tier_order();
+        let now = self.shared.now_nanos();
+        let injector_due = self.picks.is_multiple_of(INJECTOR_INTERVAL)
+            || now.saturating_sub(self.injector_checked_at) >= INJECTOR_MAX_WAIT_NANOS;
+        if injector_due {
+            self.injector_checked_at = now;
+        }
         let shared = &self.shared;
         let me = &shared.workers[self.index];
         for tier in order {
@@ -381,7 +398,7 @@ impl WorkerLoop {
             // before the worker's own deque: wakes from outside the workers
             // (IO, timers, other threads) land there and must not wait behind
             // a worker that keeps feeding itself.
-            let injector_first = self.picks.is_multiple_of(INJECTOR_INTERVAL);
+            let injector_first = injector_due;
             if injector_first && let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
                 return Some(t);
             }
@@ -569,7 +586,7 @@ impl Executor {
                     // affinity mask just leaves the thread unpinned.
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 }
-                WorkerLoop { shared: worker_shared, index, picks: 0, fair_tier: 0 }.run(deques);
+                WorkerLoop { shared: worker_shared, index, picks: 0, fair_tier: 0, injector_checked_at: 0 }.run(deques);
             });
             match spawned {
                 Ok(handle) => {
