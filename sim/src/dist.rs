@@ -70,9 +70,22 @@ pub fn portable_ln(x: f64) -> f64 {
     // ln m = 2·atanh(s) with s = (m − 1)/(m + 1), |s| < 0.172.
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
+    // 1/k for k = 21, 19, …, 3, evaluated at compile time.
+    const INVERSE_ODD: [f64; 10] = [
+        1.0 / 21.0,
+        1.0 / 19.0,
+        1.0 / 17.0,
+        1.0 / 15.0,
+        1.0 / 13.0,
+        1.0 / 11.0,
+        1.0 / 9.0,
+        1.0 / 7.0,
+        1.0 / 5.0,
+        1.0 / 3.0,
+    ];
     let mut series = 0.0;
-    for k in [21.0, 19.0, 17.0, 15.0, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0] {
-        series = s2 * (1.0 / k + series);
+    for inverse in INVERSE_ODD {
+        series = s2 * (inverse + series);
     }
     let series = 1.0 + series;
     exponent as f64 * std::f64::consts::LN_2 + 2.0 * s * series

@@ -33,6 +33,7 @@ pub type TraceSink = Box<dyn FnMut(&TraceEvent) + Send>;
 pub struct Trace {
     state: u64,
     events: u64,
+    kind_cache: [(usize, usize, u64); KIND_CACHE],
     sink: Option<TraceSink>,
 }
 
@@ -51,7 +52,7 @@ impl Default for Trace {
 impl Trace {
     /// A fresh trace, optionally rendering events into `sink`.
     pub fn new(sink: Option<TraceSink>) -> Self {
-        Trace { state: TRACE_SEED, events: 0, sink }
+        Trace { state: TRACE_SEED, events: 0, kind_cache: [(0, 0, 0); KIND_CACHE], sink }
     }
 
     /// Whether a readable sink is attached (so callers can skip formatting).
@@ -70,14 +71,29 @@ impl Trace {
     ) {
         self.events += 1;
         let node_bits = node.map_or(u64::MAX, |n| n.0);
+        let kind_word = self.kind_word_cached(kind);
         let mut h = self.state;
-        for word in [time.as_nanos(), node_bits, kind_word(kind), digest] {
+        for word in [time.as_nanos(), node_bits, kind_word, digest] {
             h = fold(h, word);
         }
         self.state = h;
         if let Some(sink) = &mut self.sink {
             sink(&TraceEvent { time, node, kind, detail: detail() });
         }
+    }
+
+    /// [`kind_word`] through a small cache keyed by the literal's address:
+    /// kinds are a handful of `&'static str`s, and the word depends only on
+    /// the text, so the cache changes speed, never a hash.
+    fn kind_word_cached(&mut self, kind: &'static str) -> u64 {
+        let address = kind.as_ptr() as usize;
+        let slot = &mut self.kind_cache[(address >> 3) % KIND_CACHE];
+        if slot.0 == address && slot.1 == kind.len() {
+            return slot.2;
+        }
+        let word = kind_word(kind);
+        *slot = (address, kind.len(), word);
+        word
     }
 
     /// The hash of every event so far.
@@ -96,6 +112,7 @@ impl Trace {
 }
 
 const TRACE_SEED: u64 = 0x6B61_656C_6978_2E74;
+const KIND_CACHE: usize = 16;
 
 /// One fold step: for a fixed `state` a bijection of `word`, for a fixed
 /// `word` a bijection of `state` (xor, odd multiply and rotate all are).

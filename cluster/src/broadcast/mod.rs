@@ -186,6 +186,8 @@ pub struct BroadcastCore {
     rng: DetRng,
     now: Instant,
     held: BTreeMap<u64, Held>,
+    /// Every member but this node (shared: sends iterate it without allocating).
+    peer_list: std::sync::Arc<[NodeId]>,
     /// Digest of the settled values, in all and per bucket.
     settled: SetDigest,
     settled_buckets: [SetDigest; DIGEST_BUCKETS],
@@ -219,6 +221,7 @@ impl BroadcastCore {
             rng,
             now,
             held: BTreeMap::new(),
+            peer_list: config.members.iter().copied().filter(|&m| m != me).collect(),
             settled: SetDigest::default(),
             settled_buckets: [SetDigest::default(); DIGEST_BUCKETS],
             unsettled: VecDeque::new(),
@@ -301,10 +304,6 @@ impl BroadcastCore {
         self.config.members.iter().position(|&m| m == node)
     }
 
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.config.members.iter().copied().filter(move |&m| m != self.me)
-    }
-
     /// A client submitted `v` on connection `client`.
     pub fn handle_client_submit(&mut self, now: Instant, client: ClientRef, v: Value) {
         self.advance(now);
@@ -319,8 +318,8 @@ impl BroadcastCore {
             pending.clients.push(client);
         }
         pending.next_retransmit = now + self.config.retransmit;
-        let peers: Vec<NodeId> = self.peers().collect();
-        self.send_to_each(peers, &PeerMessage::Replicate(v));
+        let peers = self.peer_list.clone();
+        self.send_to_each(peers.iter().copied(), &PeerMessage::Replicate(v));
         self.check_ack(id);
     }
 
@@ -468,7 +467,7 @@ impl BroadcastCore {
         }
         if now >= self.next_anti_entropy {
             self.next_anti_entropy = now + self.config.anti_entropy;
-            let peers: Vec<NodeId> = self.peers().collect();
+            let peers = self.peer_list.clone();
             if !peers.is_empty() {
                 self.stats.anti_entropy_rounds += 1;
                 let to = peers[self.rng.random_range(0..peers.len())];
