@@ -143,10 +143,133 @@ impl<'s> Tokens<'s> {
     }
 }
 
+/// A node's literal children: a sorted `Vec` while few (most nodes have
+/// one or two, and a `Vec` costs no more than it holds), a `BTreeMap` once
+/// many (inserting beside a million siblings — `inbox.<user>` for every
+/// user — must not shift them all). Switches at [`WIDE_AT`] children and
+/// back at [`NARROW_AT`].
+enum Literals<T> {
+    Few(Vec<(Box<str>, Node<T>)>),
+    Many(BTreeMap<Box<str>, Node<T>>),
+}
+
+const WIDE_AT: usize = 64;
+const NARROW_AT: usize = 32;
+
+impl<T: Copy + Ord> Literals<T> {
+    fn len(&self) -> usize {
+        match self {
+            Literals::Few(v) => v.len(),
+            Literals::Many(m) => m.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, token: &str) -> Option<&Node<T>> {
+        match self {
+            Literals::Few(v) => v.binary_search_by(|(label, _)| (**label).cmp(token)).ok().map(|at| &v[at].1),
+            Literals::Many(m) => m.get(token),
+        }
+    }
+
+    fn get_mut(&mut self, token: &str) -> Option<&mut Node<T>> {
+        match self {
+            Literals::Few(v) => v.binary_search_by(|(label, _)| (**label).cmp(token)).ok().map(|at| &mut v[at].1),
+            Literals::Many(m) => m.get_mut(token),
+        }
+    }
+
+    fn get_or_insert(&mut self, token: &str, created: &mut usize) -> &mut Node<T> {
+        if let Literals::Few(v) = self
+            && v.len() >= WIDE_AT
+            && v.binary_search_by(|(label, _)| (**label).cmp(token)).is_err()
+        {
+            *self = Literals::Many(std::mem::take(v).into_iter().collect());
+        }
+        match self {
+            Literals::Few(v) => {
+                let at = match v.binary_search_by(|(label, _)| (**label).cmp(token)) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        reserve_one(v);
+                        v.insert(at, (token.into(), Node::new()));
+                        *created += 1;
+                        at
+                    }
+                };
+                &mut v[at].1
+            }
+            Literals::Many(m) => {
+                if !m.contains_key(token) {
+                    *created += 1;
+                }
+                m.entry(token.into()).or_insert_with(Node::new)
+            }
+        }
+    }
+
+    /// Removes the (emptied) child `token`.
+    fn remove(&mut self, token: &str) {
+        match self {
+            Literals::Few(v) => {
+                if let Ok(at) = v.binary_search_by(|(label, _)| (**label).cmp(token)) {
+                    v.remove(at);
+                    shrink_after_remove(v);
+                }
+            }
+            Literals::Many(m) => {
+                m.remove(token);
+                if m.len() <= NARROW_AT {
+                    *self = Literals::Few(std::mem::take(m).into_iter().collect());
+                }
+            }
+        }
+    }
+
+    /// Heap bytes of the container itself (children counted separately).
+    fn own_heap_bytes(&self) -> usize {
+        let entry = size_of::<(Box<str>, Node<T>)>();
+        match self {
+            Literals::Few(v) => v.capacity() * entry,
+            // B-tree nodes hold up to 11 entries; count them about half full.
+            Literals::Many(m) => m.len() * entry * 2,
+        }
+    }
+}
+
+impl<T> Literals<T> {
+    fn iter(&self) -> LiteralsIter<'_, T> {
+        match self {
+            Literals::Few(v) => LiteralsIter::Few(v.iter()),
+            Literals::Many(m) => LiteralsIter::Many(m.iter()),
+        }
+    }
+}
+
+/// Iterates literal children in token order.
+enum LiteralsIter<'a, T> {
+    Few(std::slice::Iter<'a, (Box<str>, Node<T>)>),
+    Many(std::collections::btree_map::Iter<'a, Box<str>, Node<T>>),
+}
+
+impl<'a, T> Iterator for LiteralsIter<'a, T> {
+    type Item = (&'a str, &'a Node<T>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            LiteralsIter::Few(i) => i.next().map(|(label, node)| (&**label, node)),
+            LiteralsIter::Many(i) => i.next().map(|(label, node)| (&**label, node)),
+        }
+    }
+}
+
 /// One trie node; see the module docs.
 struct Node<T> {
-    /// Literal children, sorted by token.
-    literals: Vec<(Box<str>, Node<T>)>,
+    /// Literal children, in token order.
+    literals: Literals<T>,
     /// The `*` child.
     star: Option<Box<Node<T>>>,
     /// Ids whose pattern ends here, sorted.
@@ -157,33 +280,20 @@ struct Node<T> {
 
 impl<T: Copy + Ord> Node<T> {
     const fn new() -> Self {
-        Node { literals: Vec::new(), star: None, ending: Vec::new(), tail: Vec::new() }
+        Node { literals: Literals::Few(Vec::new()), star: None, ending: Vec::new(), tail: Vec::new() }
     }
 
     fn is_empty(&self) -> bool {
         self.literals.is_empty() && self.star.is_none() && self.ending.is_empty() && self.tail.is_empty()
     }
 
-    fn literal_position(&self, token: &str) -> Result<usize, usize> {
-        self.literals.binary_search_by(|(label, _)| (**label).cmp(token))
-    }
-
     fn literal(&self, token: &str) -> Option<&Node<T>> {
-        self.literal_position(token).ok().map(|at| &self.literals[at].1)
+        self.literals.get(token)
     }
 
     /// The literal child `token`, created if missing (counted in `created`).
     fn literal_or_insert(&mut self, token: &str, created: &mut usize) -> &mut Node<T> {
-        let at = match self.literal_position(token) {
-            Ok(at) => at,
-            Err(at) => {
-                reserve_one(&mut self.literals);
-                self.literals.insert(at, (token.into(), Node::new()));
-                *created += 1;
-                at
-            }
-        };
-        &mut self.literals[at].1
+        self.literals.get_or_insert(token, created)
     }
 
     /// The node a pattern's tokens lead to, and whether it ends with `>`
@@ -218,11 +328,10 @@ impl<T: Copy + Ord> Node<T> {
                 removed
             }
             literal => {
-                let Ok(at) = self.literal_position(literal) else { return false };
-                let removed = self.literals[at].1.remove(rest, id, pruned);
-                if removed && self.literals[at].1.is_empty() {
-                    self.literals.remove(at);
-                    shrink_after_remove(&mut self.literals);
+                let Some(child) = self.literals.get_mut(literal) else { return false };
+                let removed = child.remove(rest, id, pruned);
+                if removed && child.is_empty() {
+                    self.literals.remove(literal);
                     *pruned += 1;
                 }
                 removed
@@ -250,8 +359,7 @@ impl<T: Copy + Ord> Node<T> {
 
     /// Heap bytes owned by this node (not counting the node itself).
     fn heap_bytes(&self) -> usize {
-        let own = self.literals.capacity() * size_of::<(Box<str>, Node<T>)>()
-            + (self.ending.capacity() + self.tail.capacity()) * size_of::<T>();
+        let own = self.literals.own_heap_bytes() + (self.ending.capacity() + self.tail.capacity()) * size_of::<T>();
         let literals: usize = self.literals.iter().map(|(label, child)| label.len() + child.heap_bytes()).sum();
         let star = self.star.as_deref().map_or(0, |star| size_of::<Node<T>>() + star.heap_bytes());
         own + literals + star
@@ -679,7 +787,7 @@ pub struct Patterns<'a, T> {
 
 /// A node on the walk's path, with the children still to visit.
 struct Frame<'a, T> {
-    literals: std::slice::Iter<'a, (Box<str>, Node<T>)>,
+    literals: LiteralsIter<'a, T>,
     star: Option<&'a Node<T>>,
     /// Length of `path` at this node.
     path_len: usize,
@@ -722,7 +830,7 @@ impl<'a, T> Iterator for Patterns<'a, T> {
             let frame = self.frames.last_mut()?;
             let path_len = frame.path_len;
             let (token, child) = if let Some((token, child)) = frame.literals.next() {
-                (&**token, child)
+                (token, child)
             } else if let Some(star) = frame.star.take() {
                 ("*", star)
             } else {
@@ -916,6 +1024,30 @@ mod tests {
         assert_eq!(matched(&mut index, "a"), [1]);
         let stats = index.cache_stats();
         assert_eq!((stats.hits, stats.misses, stats.entries), (0, 2, 0));
+    }
+
+    #[test]
+    fn wide_nodes_switch_to_a_map_and_back_without_changing_answers() {
+        let mut index = SubscriptionIndex::new();
+        let users: Vec<Pattern> = (0..300).map(|u| Pattern::new(format!("inbox.user{u}")).unwrap()).collect();
+        for (id, p) in users.iter().enumerate() {
+            assert!(index.insert(p, id as u32));
+        }
+        index.insert(&Pattern::new("inbox.*").unwrap(), 1000);
+        for u in [0usize, 150, 299] {
+            let t = Topic::new(format!("inbox.user{u}")).unwrap();
+            assert_eq!(&*index.matches(&t), &[u as u32, 1000]);
+        }
+        let listed: Vec<String> = index.patterns().map(|(p, _)| p.as_str().to_owned()).collect();
+        assert_eq!(listed.len(), 301);
+        assert_eq!(listed.last().map(String::as_str), Some("inbox.*"), "the * child after the literals");
+        assert!(listed[..300].is_sorted(), "literals in token order in the map form too");
+        for (id, p) in users.iter().enumerate() {
+            assert!(index.remove(p, id as u32));
+        }
+        assert_eq!(&*index.matches(&Topic::new("inbox.user7").unwrap()), &[1000]);
+        assert!(index.remove(&Pattern::new("inbox.*").unwrap(), 1000));
+        assert_eq!(index.node_count(), 1);
     }
 
     #[test]
