@@ -11,3 +11,4 @@
 //! replicated partitions come with their own issues.
 
 pub mod broadcast;
+pub mod phi;

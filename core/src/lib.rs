@@ -28,6 +28,7 @@
 
 pub mod broker;
 pub mod ids;
+pub mod math;
 pub mod message;
 pub mod partition;
 pub mod rng;
