@@ -242,6 +242,8 @@ pub struct BrokerCore {
     next_member: u64,
     woken_streams: Vec<StreamId>,
     woken_members: Vec<MemberId>,
+    /// Reused buffer for routing one message.
+    route_scratch: Vec<StreamId>,
     stats: BrokerStats,
     closed_drops: DropCounts,
     shut_down: bool,
@@ -278,6 +280,7 @@ impl BrokerCore {
             next_member: 1,
             woken_streams: Vec::new(),
             woken_members: Vec::new(),
+            route_scratch: Vec::new(),
             stats: BrokerStats::default(),
             closed_drops: DropCounts::default(),
             shut_down: false,
@@ -378,7 +381,8 @@ impl BrokerCore {
                 p
             }
         };
-        let targets = self.registry.route(&topic);
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.registry.route_into(&topic, &mut targets);
         let blocked: Vec<StreamId> = targets
             .iter()
             .copied()
@@ -386,6 +390,7 @@ impl BrokerCore {
             .collect();
         if !blocked.is_empty() {
             self.stats.blocked_publishes += 1;
+            self.route_scratch = targets;
             return Ok(Err((message, blocked)));
         }
         if !message.is_stamped() {
@@ -398,7 +403,7 @@ impl BrokerCore {
         debug_assert_eq!(appended, offset, "offsets are dense");
         self.stats.published += 1;
         let mut buffered_for = 0;
-        for id in targets {
+        for &id in &targets {
             let entry = self.registry.get_mut(id).expect("routed streams are open");
             match entry.buffer.offer(message.clone()) {
                 Offer::Accepted | Offer::AcceptedDropping(_) => {
@@ -409,6 +414,7 @@ impl BrokerCore {
                 Offer::WouldBlock => unreachable!("checked above"),
             }
         }
+        self.route_scratch = targets;
         for (member, group) in &self.member_groups {
             if self.groups[group].topic() == &topic {
                 self.woken_members.push(*member);
@@ -687,13 +693,26 @@ impl BrokerCore {
 
     /// Streams and members that may now make progress (drained).
     pub fn take_woken(&mut self) -> (Vec<StreamId>, Vec<MemberId>) {
-        let mut streams = std::mem::take(&mut self.woken_streams);
-        streams.sort_unstable();
-        streams.dedup();
-        let mut members = std::mem::take(&mut self.woken_members);
-        members.sort_unstable();
-        members.dedup();
+        let (mut streams, mut members) = (Vec::new(), Vec::new());
+        self.drain_woken_into(&mut streams, &mut members);
         (streams, members)
+    }
+
+    /// [`BrokerCore::take_woken`] into the caller's buffers (replacing their
+    /// contents), so a hot loop allocates nothing: the buffers swap places.
+    pub fn drain_woken_into(&mut self, streams: &mut Vec<StreamId>, members: &mut Vec<MemberId>) {
+        streams.clear();
+        members.clear();
+        std::mem::swap(&mut self.woken_streams, streams);
+        std::mem::swap(&mut self.woken_members, members);
+        if streams.len() > 1 {
+            streams.sort_unstable();
+            streams.dedup();
+        }
+        if members.len() > 1 {
+            members.sort_unstable();
+            members.dedup();
+        }
     }
 
     /// Whether a stream is open.

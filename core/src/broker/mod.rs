@@ -72,15 +72,28 @@ struct State {
     stream_wakers: BTreeMap<StreamId, Waker>,
     member_wakers: BTreeMap<MemberId, Waker>,
     blocked_publishers: Vec<(Vec<StreamId>, Waker)>,
+    /// Reused buffers for the woken lists (no allocation per call).
+    scratch_streams: Vec<StreamId>,
+    scratch_members: Vec<MemberId>,
 }
 
 impl State {
     /// Wakers of everyone the last core call unblocked.
     fn collect_wakers(&mut self) -> Vec<Waker> {
-        let (streams, members) = self.core.take_woken();
-        let mut wakers: Vec<Waker> = streams.iter().filter_map(|id| self.stream_wakers.remove(id)).collect();
-        wakers.extend(members.iter().filter_map(|m| self.member_wakers.remove(m)));
-        if !streams.is_empty() || self.core.is_shut_down() {
+        let (mut streams, mut members) =
+            (std::mem::take(&mut self.scratch_streams), std::mem::take(&mut self.scratch_members));
+        self.core.drain_woken_into(&mut streams, &mut members);
+        let mut wakers = Vec::new();
+        if !self.stream_wakers.is_empty() {
+            wakers.extend(streams.iter().filter_map(|id| self.stream_wakers.remove(id)));
+        }
+        if !self.member_wakers.is_empty() {
+            wakers.extend(members.iter().filter_map(|m| self.member_wakers.remove(m)));
+        }
+        let any_stream = !streams.is_empty();
+        self.scratch_streams = streams;
+        self.scratch_members = members;
+        if !self.blocked_publishers.is_empty() && (any_stream || self.core.is_shut_down()) {
             let core = &self.core;
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocked_publishers)
                 .into_iter()
@@ -113,6 +126,8 @@ impl<C: Clock> Broker<C> {
             stream_wakers: BTreeMap::new(),
             member_wakers: BTreeMap::new(),
             blocked_publishers: Vec::new(),
+            scratch_streams: Vec::new(),
+            scratch_members: Vec::new(),
         };
         Broker { state: Arc::new(Mutex::new(state)), clock }
     }

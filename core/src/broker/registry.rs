@@ -140,8 +140,16 @@ impl StreamRegistry {
     /// The router's choice for one message on `topic`: every matching plain
     /// stream and one member per matching queue group (see module docs).
     pub fn route(&mut self, topic: &Topic) -> Vec<StreamId> {
+        let mut targets = Vec::new();
+        self.route_into(topic, &mut targets);
+        targets
+    }
+
+    /// [`StreamRegistry::route`] into `targets` (cleared first), so a hot
+    /// loop reuses one buffer.
+    pub fn route_into(&mut self, topic: &Topic, targets: &mut Vec<StreamId>) {
+        targets.clear();
         let matched = self.index.matches(topic);
-        let mut targets = Vec::with_capacity(matched.len());
         let mut groups: BTreeMap<Arc<str>, Vec<StreamId>> = BTreeMap::new();
         for &id in matched.iter() {
             let entry = &self.streams[&id];
@@ -166,7 +174,6 @@ impl StreamRegistry {
                 .unwrap_or(members[start]);
             targets.push(chosen);
         }
-        targets
     }
 
     /// Closes streams idle for longer than the idle timeout; returns them.
