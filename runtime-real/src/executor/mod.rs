@@ -748,6 +748,12 @@ impl ExecutorHandle {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        LOCAL.with(|l| {
+            assert!(
+                l.borrow().as_ref().is_none_or(|w| w.executor != self.shared.id),
+                "block_on called from one of the executor's own workers (it would wait on itself)"
+            )
+        });
         let mut handle = self.spawn(Priority::Normal, "block_on", future);
         let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
         let mut cx = Context::from_waker(&waker);
