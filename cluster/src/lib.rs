@@ -6,9 +6,12 @@
 //! so the very same node code runs under the simulator and the real
 //! executor.
 //!
-//! Today this crate holds the replicated broadcast service ([`broadcast`]),
-//! the first workload the simulator verifies. SWIM membership, Raft and
-//! replicated partitions come with their own issues.
+//! Services: replicated broadcast ([`broadcast`]), the first workload the
+//! simulator verifies; SWIM membership with Lifeguard ([`swim`], the sans-IO
+//! core, and [`membership`], its driver) with a phi-accrual detector
+//! ([`phi`]). Raft and replicated partitions come with their own issues.
 
 pub mod broadcast;
+pub mod membership;
 pub mod phi;
+pub mod swim;

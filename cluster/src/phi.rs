@@ -11,12 +11,12 @@
 //! such as GC), with the logistic approximation of its tail that Akka and
 //! Cassandra use.
 //!
-//! How it combines with SWIM (see ARCHITECTURE.md): SWIM decides *who* is
-//! suspected (a failed direct + indirect probe), the detector decides
-//! *how sure* we are — a member is suspected only if its probe failed
-//! **and** its phi is above the threshold, so a member whose acks merely
-//! arrive slower than usual is not accused on one unlucky probe, and a
-//! member with a long history of regular acks is accused quickly.
+//! How it combines with SWIM: the SWIM core reports every answered probe's
+//! round trip (`swim::Output::ProbeRtt`); the membership service feeds them
+//! to one detector per member and exposes phi (`Membership::phi`). SWIM's
+//! own probe-and-suspect protocol still makes the decision; using phi to
+//! gate suspicion (accuse only when a probe failed *and* phi is above the
+//! threshold) is the next step of the membership work and not wired yet.
 //!
 //! All arithmetic uses `kaelix_core::math`, so phi is bit-identical on
 //! every machine (simulator replays depend on it).

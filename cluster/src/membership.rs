@@ -1,0 +1,188 @@
+//! The membership service (the seed's `MembershipManager`): a sans-IO
+//! [`Swim`] core wired to a [`Runtime`], plus a phi-accrual detector per
+//! member fed with the core's probe round trips.
+//!
+//! [`start`] spawns the driver loop and returns a [`Membership`] handle:
+//! the current member list, a stream of [`MembershipEvent`]s per
+//! subscriber, each member's phi, and a graceful [`Membership::leave`]. A
+//! node's incarnation at boot is its wall clock in milliseconds, so a
+//! restarted node starts above what it had before in practice; SWIM's
+//! refutation settles any conflict either way.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_util::FutureExt;
+use kaelix_core::NodeId;
+use kaelix_core::runtime::{Priority, Runtime};
+
+use crate::phi::{PhiAccrual, PhiConfig};
+use crate::swim::{MemberInfo, MembershipEvent, Output, Swim, SwimConfig, SwimStats};
+
+/// How to run the membership service.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// The SWIM tunables.
+    pub swim: SwimConfig,
+    /// Members to join through (may include this node; it is skipped).
+    pub seeds: Vec<NodeId>,
+    /// This node's metadata (e.g. its addresses and roles).
+    pub metadata: Bytes,
+    /// The phi-accrual detector fed with probe round trips.
+    pub phi: PhiConfig,
+}
+
+impl MembershipConfig {
+    /// memberlist's LAN defaults, joining through `seeds`.
+    pub fn new(seeds: Vec<NodeId>, metadata: Bytes) -> Self {
+        MembershipConfig { swim: SwimConfig::default(), seeds, metadata, phi: PhiConfig::default() }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    members: Vec<MemberInfo>,
+    stats: SwimStats,
+    local_health: u32,
+    subscribers: Vec<mpsc::UnboundedSender<MembershipEvent>>,
+    detectors: BTreeMap<NodeId, PhiAccrual>,
+    now: Option<kaelix_core::Instant>,
+    leave_requested: bool,
+    driver: Option<Waker>,
+}
+
+/// A handle on a running membership service (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Membership {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Membership {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every member this node knows, itself included, with state,
+    /// incarnation and metadata.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.lock().members.clone()
+    }
+
+    /// Events about other members from now on.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<MembershipEvent> {
+        let (tx, rx) = mpsc::unbounded();
+        self.lock().subscribers.push(tx);
+        rx
+    }
+
+    /// The phi-accrual suspicion level of `member` (0 without history).
+    pub fn phi(&self, member: NodeId) -> f64 {
+        let shared = self.lock();
+        match (shared.detectors.get(&member), shared.now) {
+            (Some(d), Some(now)) => d.phi(now),
+            _ => 0.0,
+        }
+    }
+
+    /// The core's counters.
+    pub fn stats(&self) -> SwimStats {
+        self.lock().stats
+    }
+
+    /// This node's Lifeguard local health multiplier.
+    pub fn local_health(&self) -> u32 {
+        self.lock().local_health
+    }
+
+    /// Leaves the cluster gracefully (the driver gossips it, then stops
+    /// probing).
+    pub fn leave(&self) {
+        let waker = {
+            let mut shared = self.lock();
+            shared.leave_requested = true;
+            shared.driver.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Starts the membership service of `rt`'s node.
+pub fn start<R: Runtime>(rt: &R, config: MembershipConfig) -> Membership {
+    let membership = Membership::default();
+    drop(rt.spawn(Priority::High, "membership", run(rt.clone(), config, membership.clone())));
+    membership
+}
+
+async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership) {
+    let me = rt.node_id();
+    let incarnation = rt.wall_clock().0 / 1_000_000;
+    let mut swim = Swim::new(me, config.swim.clone(), rt.rng(), rt.now(), incarnation, config.metadata.clone());
+    let seeds: Vec<NodeId> = config.seeds.iter().copied().filter(|&s| s != me).collect();
+    swim.join(rt.now(), &seeds);
+    let mut left = false;
+    loop {
+        let now = rt.now();
+        while let Some(out) = swim.poll_output() {
+            match out {
+                Output::Send { to, message } => rt.send(to, message),
+                Output::Event(event) => {
+                    let mut shared = membership.lock();
+                    shared.subscribers.retain(|s| s.unbounded_send(event.clone()).is_ok());
+                }
+                Output::ProbeRtt { member, .. } => {
+                    let mut shared = membership.lock();
+                    shared.detectors.entry(member).or_insert_with(|| PhiAccrual::new(config.phi)).heartbeat(now);
+                }
+            }
+        }
+        {
+            let mut shared = membership.lock();
+            shared.members = swim.members();
+            shared.stats = swim.stats();
+            shared.local_health = swim.local_health();
+            shared.now = Some(now);
+            if shared.leave_requested && !left {
+                left = true;
+                drop(shared);
+                swim.leave(now);
+                continue;
+            }
+        }
+        let deadline = swim.poll_timeout();
+        let mut sleep = pin!(rt.sleep_until(deadline));
+        let mut recv = pin!(rt.recv());
+        enum Event {
+            Message(NodeId, Bytes),
+            Timeout,
+            Leave,
+        }
+        let event = poll_fn(|cx| {
+            if let Poll::Ready((from, bytes)) = recv.poll_unpin(cx) {
+                return Poll::Ready(Event::Message(from, bytes));
+            }
+            if let Poll::Ready(()) = sleep.poll_unpin(cx) {
+                return Poll::Ready(Event::Timeout);
+            }
+            let mut shared = membership.lock();
+            if shared.leave_requested && !left {
+                return Poll::Ready(Event::Leave);
+            }
+            shared.driver = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let now = rt.now();
+        match event {
+            Event::Message(from, bytes) => swim.handle_message(now, from, bytes),
+            Event::Timeout => swim.handle_timeout(now),
+            Event::Leave => {}
+        }
+    }
+}

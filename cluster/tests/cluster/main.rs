@@ -1,0 +1,5 @@
+//! Integration tests of the cluster services: the membership service end to
+//! end under the simulator, and the SWIM transcripts.
+
+mod membership;
+mod swim_transcripts;
