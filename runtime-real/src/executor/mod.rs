@@ -586,13 +586,13 @@ impl Executor {
                     // affinity mask just leaves the thread unpinned.
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                 }
+                // Published by the worker itself, before it can ever park:
+                // whoever pops it from the sleepers finds a handle to unpark.
+                let _ = worker_shared.workers[index].thread.set(thread::current());
                 WorkerLoop { shared: worker_shared, index, picks: 0, fair_tier: 0, injector_checked_at: 0 }.run(deques);
             });
             match spawned {
-                Ok(handle) => {
-                    shared.workers[index].thread.set(handle.thread().clone()).expect("set once");
-                    executor.threads.lock().expect("threads lock").push(handle);
-                }
+                Ok(handle) => executor.threads.lock().expect("threads lock").push(handle),
                 Err(source) => {
                     executor.shutdown(Duration::ZERO);
                     return Err(ExecutorError::Thread { name, source });
