@@ -13,6 +13,7 @@
 
 pub mod broadcast;
 pub mod broker;
+pub mod membership;
 
 use kaelix_core::time::Duration;
 use kaelix_sim::SimStats;
@@ -92,6 +93,10 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &broadcast::BROADCAST_ACK_BEFORE_SYNC,
         &broadcast::BROADCAST_SKIP_CHECKSUM,
         &broker::BROKER,
+        &membership::MEMBERSHIP_5,
+        &membership::MEMBERSHIP_20,
+        &membership::MEMBERSHIP_100,
+        &membership::MEMBERSHIP_20_REFUTE_BUG,
     ]
 }
 

@@ -141,6 +141,20 @@ pub struct SwimConfig {
     /// anti-entropy that repairs gossip lost on the way (memberlist
     /// `PushPullInterval`); zero disables them.
     pub push_pull_interval: Duration,
+    /// A known-wrong behaviour to switch on, so the simulator's power to
+    /// catch it can be tested. Always [`PlantedBug::None`] in production.
+    pub planted: PlantedBug,
+}
+
+/// Known-wrong behaviours the simulation scenarios must catch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The correct protocol.
+    #[default]
+    None,
+    /// Refute a suspicion without raising the incarnation (so the
+    /// refutation loses to the suspicion it answers).
+    RefuteWithoutIncarnation,
 }
 
 impl Default for SwimConfig {
@@ -158,6 +172,7 @@ impl Default for SwimConfig {
             gc_after: Duration::from_secs(30),
             announce_interval: Duration::from_secs(5),
             push_pull_interval: Duration::from_secs(30),
+            planted: PlantedBug::None,
         }
     }
 }
@@ -1155,7 +1170,9 @@ impl Swim {
             return;
         };
         assert!(next > self.incarnation, "a refutation must raise the incarnation");
-        self.incarnation = next;
+        if self.config.planted != PlantedBug::RefuteWithoutIncarnation {
+            self.incarnation = next;
+        }
         self.stats.refutations += 1;
         if accusation {
             self.lhm_add(1);
