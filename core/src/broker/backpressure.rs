@@ -135,7 +135,8 @@ pub enum PressureLevel {
 pub struct DropCounts {
     /// Dropped to make room ([`Strategy::DropOldest`], or shedding at full).
     pub oldest: u64,
-    /// Refused at the cap ([`Strategy::Grow`]).
+    /// Refused at the cap ([`Strategy::Grow`]), or a dead letter that
+    /// could not wait for room in a full [`Strategy::Block`] buffer.
     pub newest: u64,
     /// Shed for low priority under pressure.
     pub shed: u64,
@@ -257,6 +258,12 @@ impl SubscriptionBuffer {
                 Offer::AcceptedDropping(Box::new(old))
             }
         }
+    }
+
+    /// A message that could not wait for room (a dead letter) passed this
+    /// full buffer by: counted as refused, under `newest`.
+    pub fn count_refused(&mut self) {
+        self.drops.newest += 1;
     }
 
     /// The next buffered message.

@@ -361,11 +361,27 @@ impl BrokerCore {
         now: Instant,
         wall: WallTime,
         rng: &mut DetRng,
-        mut message: Message,
+        message: Message,
     ) -> Result<Result<Published, (Message, Vec<StreamId>)>, BrokerError> {
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
+        self.publish_inner(now, wall, rng, message, true)
+    }
+
+    /// The one publish path. With `may_wait` false (dead letters, which
+    /// must land even while a processor's own stream is full), a full
+    /// blocking stream does not receive the message and counts it as
+    /// refused instead of blocking the publisher.
+    #[allow(clippy::type_complexity)]
+    fn publish_inner(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        mut message: Message,
+        may_wait: bool,
+    ) -> Result<Result<Published, (Message, Vec<StreamId>)>, BrokerError> {
         let topic = message.topic().clone();
         let state = self.topic_state(&topic)?;
         let partitions = state.config.partitions;
@@ -388,7 +404,7 @@ impl BrokerCore {
             .copied()
             .filter(|id| self.registry.get(*id).is_some_and(|e| e.buffer.would_block()))
             .collect();
-        if !blocked.is_empty() {
+        if may_wait && !blocked.is_empty() {
             self.stats.blocked_publishes += 1;
             self.route_scratch = targets;
             return Ok(Err((message, blocked)));
@@ -411,7 +427,10 @@ impl BrokerCore {
                     self.woken_streams.push(id);
                 }
                 Offer::Dropped => {}
-                Offer::WouldBlock => unreachable!("checked above"),
+                Offer::WouldBlock => {
+                    debug_assert!(!may_wait, "a publish that may wait was checked above");
+                    entry.buffer.count_refused();
+                }
             }
         }
         self.route_scratch = targets;
@@ -628,41 +647,14 @@ impl BrokerCore {
             }
         }
         let dead = builder.build().map_err(|e| BrokerError::Message(e.to_string()))?;
-        // Dead letters never block: a dead-letter topic's subscribers take
-        // what they can under their strategies.
-        let saved_shutdown = std::mem::replace(&mut self.shut_down, false);
-        let outcome = self.publish_unblocked(now, wall, rng, dead);
-        self.shut_down = saved_shutdown;
-        let published = outcome?;
+        // Dead letters never block and still land during a graceful
+        // shutdown (processors drain their streams into them).
+        let published = match self.publish_inner(now, wall, rng, dead, false)? {
+            Ok(p) => p,
+            Err(_) => unreachable!("a publish that may not wait never blocks"),
+        };
         self.stats.dead_lettered += 1;
         Ok(published)
-    }
-
-    /// Publishes ignoring blocking streams (their buffers refuse it: counted
-    /// as the message not reaching them). Used for dead letters.
-    fn publish_unblocked(
-        &mut self,
-        now: Instant,
-        wall: WallTime,
-        rng: &mut DetRng,
-        message: Message,
-    ) -> Result<Published, BrokerError> {
-        match self.publish(now, wall, rng, message.clone())? {
-            PublishOutcome::Published(p) => Ok(p),
-            PublishOutcome::WouldBlock(_) => {
-                // Append without offering to the full blocking streams.
-                let topic = message.topic().clone();
-                let mut message = message;
-                if !message.is_stamped() {
-                    message.stamp(new_message_id(rng, wall), wall);
-                }
-                let log = &mut self.topic_state(&topic)?.partitions[0];
-                let offset = log.next_offset();
-                log.append(message.with_partition_offset(0, offset));
-                self.stats.published += 1;
-                Ok(Published { partition: 0, offset, buffered_for: 0 })
-            }
-        }
     }
 
     /// Housekeeping: closes idle streams, enforces retention by age.

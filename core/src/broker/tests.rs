@@ -212,3 +212,22 @@ fn dead_letters_carry_their_provenance() {
     assert_eq!(dead.payload(), original.payload());
     assert_eq!(c.stats().dead_lettered, 1);
 }
+
+#[test]
+fn dead_letters_land_past_a_full_blocking_stream_and_after_shutdown() {
+    let mut c = core();
+    let mut rng = seeded(4);
+    let (now, wall) = (Instant::ZERO, WallTime(5));
+    c.create_topic(Topic::new("jobs").unwrap(), TopicConfig::default()).unwrap();
+    c.publish(now, wall, &mut rng, msg("jobs", 1)).unwrap();
+    let original = c.read(&Topic::new("jobs").unwrap(), 0, 0, 1).unwrap().remove(0);
+    let watcher =
+        c.subscribe(now, Pattern::new("_dlq.>").unwrap(), None, Some(Strategy::Block { capacity: 1 })).unwrap();
+    c.dead_letter(now, wall, &mut rng, &original, "first", 1).unwrap();
+    c.shutdown();
+    c.dead_letter(now, wall, &mut rng, &original, "second", 1).unwrap();
+    let dlq = c.read(&Topic::new("_dlq.jobs").unwrap(), 0, 0, 10).unwrap();
+    assert_eq!(dlq.len(), 2, "both dead letters are in the log");
+    assert_eq!(c.stream_drops(watcher).unwrap().newest, 1, "the full blocking stream counts the one it refused");
+    assert!(matches!(c.publish(now, wall, &mut rng, msg("jobs", 2)), Err(BrokerError::ShutDown)));
+}
