@@ -265,13 +265,7 @@ impl Scenario for Broadcast {
             Ok(Ok(true)) => Verdict::Pass,
             Ok(Ok(false)) => self.diagnose(&checker),
             Ok(Err(violation)) => Verdict::SafetyViolation(violation),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-                Verdict::Panic(msg.unwrap_or_else(|| "non-string panic".into()))
-            }
+            Err(panic) => Verdict::from_panic(panic),
         };
         let now = sim.now();
         sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));

@@ -557,13 +557,7 @@ impl Scenario for BrokerScenario {
             },
             Ok(Ok(false)) => RunVerdict::LivenessViolation(format!("the workload did not finish within {BOUND:?}")),
             Ok(Err(())) => RunVerdict::SafetyViolation(checker.lock().violation.clone().unwrap_or_default()),
-            Err(panic) => RunVerdict::Panic(
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "non-string panic".into()),
-            ),
+            Err(panic) => RunVerdict::from_panic(panic),
         };
         let sent = checker.lock().sent.len() as u64;
         sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));

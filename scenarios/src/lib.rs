@@ -51,6 +51,18 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+impl Verdict {
+    /// The verdict for a run whose stepping panicked with `payload`.
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Verdict {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "non-string panic".into());
+        Verdict::Panic(message)
+    }
+}
+
 /// What one run of one seed produced.
 #[derive(Clone, Debug)]
 pub struct RunReport {

@@ -161,13 +161,7 @@ impl Scenario for MembershipScenario {
                 ))
             }
             Ok(Err(())) => unreachable!("no safety check fails"),
-            Err(panic) => Verdict::Panic(
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "non-string panic".into()),
-            ),
+            Err(panic) => Verdict::from_panic(panic),
         };
         let now = sim.now();
         sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));

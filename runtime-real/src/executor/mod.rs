@@ -478,9 +478,11 @@ impl WorkerLoop {
     }
 }
 
-/// The real executor. Cheap to clone through [`Executor::handle`].
+/// The real executor. It dereferences to its [`ExecutorHandle`], whose
+/// `spawn`, `block_on`, `now` and `sleep_until` it offers; clone the
+/// handle ([`Executor::handle`]) to spawn from elsewhere.
 pub struct Executor {
-    shared: Arc<Shared>,
+    handle: ExecutorHandle,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -574,8 +576,11 @@ impl Executor {
             driver,
         });
 
-        let executor =
-            Executor { shared: shared.clone(), threads: Mutex::new(Vec::new()), shut_down: AtomicBool::new(false) };
+        let executor = Executor {
+            handle: ExecutorHandle { shared: shared.clone() },
+            threads: Mutex::new(Vec::new()),
+            shut_down: AtomicBool::new(false),
+        };
         for (index, deques) in deques.into_iter().enumerate() {
             let worker_shared = shared.clone();
             let name = format!("{}-w{index}", config.name);
@@ -604,42 +609,23 @@ impl Executor {
 
     /// A handle for spawning (and for the drivers).
     pub fn handle(&self) -> ExecutorHandle {
-        ExecutorHandle { shared: self.shared.clone() }
-    }
-
-    /// Spawns `future` at `priority`.
-    pub fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.shared.spawn(priority, name, future)
-    }
-
-    /// Runs `future` on the executor and blocks this (non-worker) thread
-    /// until it finishes.
-    pub fn block_on<F>(&self, future: F) -> F::Output
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.handle().block_on(future)
+        self.handle.clone()
     }
 
     /// Number of worker threads.
     pub fn worker_count(&self) -> usize {
-        self.shared.workers.len()
+        self.handle.shared.workers.len()
     }
 
     /// Per-worker counters.
     pub fn worker_metrics(&self) -> Vec<WorkerSnapshot> {
-        self.shared.workers.iter().map(|w| w.metrics.snapshot()).collect()
+        self.handle.shared.workers.iter().map(|w| w.metrics.snapshot()).collect()
     }
 
     /// Wake-to-poll latency over all workers.
     pub fn wake_to_poll(&self) -> LatencyHistogram {
         let all = LatencyHistogram::default();
-        for w in &self.shared.workers {
+        for w in &self.handle.shared.workers {
             all.merge_from(&w.metrics.wake_to_poll);
         }
         all
@@ -647,9 +633,9 @@ impl Executor {
 
     /// Each worker's health.
     pub fn worker_health(&self) -> Vec<Health> {
-        let now = self.shared.now_nanos();
-        let stall = self.shared.config.stall_threshold;
-        self.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
+        let now = self.handle.shared.now_nanos();
+        let stall = self.handle.shared.config.stall_threshold;
+        self.handle.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
     }
 
     /// The executor's health: the worst of its workers' (Unknown only if
@@ -662,18 +648,18 @@ impl Executor {
 
     /// Which NUMA node each worker belongs to and the CPU it is pinned to.
     pub fn layout(&self) -> Vec<(usize, Option<usize>)> {
-        self.shared.workers.iter().map(|w| (self.shared.pools[w.pool].numa_node, w.cpu)).collect()
+        self.handle.shared.workers.iter().map(|w| (self.handle.shared.pools[w.pool].numa_node, w.cpu)).collect()
     }
 
     /// Tasks spawned and not yet finished.
     pub fn live_tasks(&self) -> usize {
-        self.shared.live_count.load(Ordering::Acquire)
+        self.handle.shared.live_count.load(Ordering::Acquire)
     }
 
     /// Graceful shutdown (see the module docs). Must not be called from a
     /// worker of this executor. Later calls report nothing.
     pub fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let shared = &self.shared;
+        let shared = &self.handle.shared;
         if self.shut_down.swap(true, Ordering::AcqRel) {
             return ShutdownReport::default();
         }
@@ -725,6 +711,14 @@ impl Executor {
     }
 }
 
+impl std::ops::Deref for Executor {
+    type Target = ExecutorHandle;
+
+    fn deref(&self) -> &ExecutorHandle {
+        &self.handle
+    }
+}
+
 impl Drop for Executor {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
@@ -741,8 +735,9 @@ impl ExecutorHandle {
         self.shared.spawn(priority, name, future)
     }
 
-    /// See [`Executor::block_on`]. Panics if the future was cancelled (the
-    /// executor shut down) and resumes its panic if it panicked.
+    /// Runs `future` on the executor and blocks this (non-worker) thread
+    /// until it finishes. Panics if the future was cancelled (the executor
+    /// shut down) or panicked.
     pub fn block_on<F>(&self, future: F) -> F::Output
     where
         F: Future + Send + 'static,
