@@ -45,7 +45,7 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -135,29 +135,6 @@ fn ready_now<F: Future>(future: F) -> F::Output {
     match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => out,
         Poll::Pending => panic!("would have waited"),
-    }
-}
-
-/// Pending once after asking to be polled again.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-fn spin_for(duration: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        std::hint::spin_loop();
     }
 }
 
@@ -475,17 +452,17 @@ fn kaelix_latency(publisher_task: bool, pinned: bool) -> (Histogram<u64>, (f64, 
             let stamps = stamps.clone();
             async move {
                 for seq in 0..LATENCY_MESSAGES {
-                    spin_for(PAUSE);
+                    kaelix_benches::spin_for(PAUSE);
                     stamps.stamp(seq);
                     broker.publish(message.clone()).await.expect("published");
-                    YieldNow(false).await;
+                    kaelix_benches::yield_now().await;
                 }
             }
         });
         executor.block_on(publisher).expect("publisher");
     } else {
         for seq in 0..LATENCY_MESSAGES {
-            spin_for(PAUSE);
+            kaelix_benches::spin_for(PAUSE);
             stamps.stamp(seq);
             ready_now(broker.publish(message.clone())).expect("published");
         }
@@ -526,7 +503,7 @@ fn tokio_latency(publisher_task: bool) -> Histogram<u64> {
             let stamps = stamps.clone();
             async move {
                 for seq in 0..LATENCY_MESSAGES {
-                    spin_for(PAUSE);
+                    kaelix_benches::spin_for(PAUSE);
                     stamps.stamp(seq);
                     tx.send(sequenced(&message, seq)).expect("receiver");
                     tokio::task::yield_now().await;
@@ -536,7 +513,7 @@ fn tokio_latency(publisher_task: bool) -> Histogram<u64> {
         runtime.block_on(publisher).expect("publisher");
     } else {
         for seq in 0..LATENCY_MESSAGES {
-            spin_for(PAUSE);
+            kaelix_benches::spin_for(PAUSE);
             stamps.stamp(seq);
             tx.send(sequenced(&message, seq)).expect("receiver");
         }
@@ -561,7 +538,7 @@ fn crossbeam_latency() -> Histogram<u64> {
     });
     let message = template();
     for seq in 0..LATENCY_MESSAGES {
-        spin_for(PAUSE);
+        kaelix_benches::spin_for(PAUSE);
         stamps.stamp(seq);
         tx.send(sequenced(&message, seq)).expect("receiver");
     }

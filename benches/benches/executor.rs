@@ -171,29 +171,6 @@ fn tasks_per_second<R: Runtime>(rt: &R) -> f64 {
 // ---------------------------------------------------------------------------
 // Wake-to-poll latency
 
-/// Pending once after asking to be polled again.
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-fn spin_for(duration: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        std::hint::spin_loop();
-    }
-}
-
 /// CPU-bound tasks that keep every worker busy until stopped.
 struct Load<R: Runtime> {
     runtime: R,
@@ -209,8 +186,8 @@ impl<R: Runtime> Load<R> {
                 let stop = stop.clone();
                 runtime.spawn(priority, async move {
                     while !stop.load(Ordering::Relaxed) {
-                        spin_for(LOAD_SLICE);
-                        YieldNow(false).await;
+                        kaelix_benches::spin_for(LOAD_SLICE);
+                        kaelix_benches::yield_now().await;
                     }
                 })
             })
