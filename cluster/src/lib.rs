@@ -14,4 +14,5 @@
 pub mod broadcast;
 pub mod membership;
 pub mod phi;
+pub mod raft;
 pub mod swim;
