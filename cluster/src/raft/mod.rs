@@ -66,6 +66,7 @@
 //! `applied ≤ commit ≤ last_index`; the snapshot point ≤ commit; a leader
 //! voted for itself in its term; committed entries are never truncated.
 
+pub mod disk;
 pub mod log;
 pub mod message;
 pub mod progress;

@@ -18,40 +18,18 @@ use super::*;
 /// One member's disk: what completed writes left.
 #[derive(Clone, Default)]
 pub(super) struct MemDisk {
-    pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    pub entries: Vec<Entry>,
+    pub state: disk::DiskState,
     pub used: bool,
 }
 
 impl MemDisk {
     pub fn apply(&mut self, w: &Write) {
         self.used = true;
-        if let Some(s) = &w.snapshot {
-            let keeps = self.entries.iter().any(|e| e.index == s.index && e.term == s.term);
-            if keeps {
-                self.entries.retain(|e| e.index > s.index);
-            } else {
-                self.entries.clear();
-            }
-            self.snapshot = Some(s.clone());
-        }
-        if let Some(first) = w.entries.first() {
-            self.entries.retain(|e| e.index < first.index);
-            self.entries.extend(w.entries.iter().cloned());
-        }
-        if let Some(hs) = w.hard_state {
-            self.hard_state = hs;
-        }
+        self.state.apply(w);
     }
 
     pub fn recovered(&self) -> Recovered {
-        Recovered {
-            hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
-            entries: self.entries.clone(),
-            empty: !self.used,
-        }
+        self.state.recovered(!self.used)
     }
 }
 
@@ -408,7 +386,7 @@ fn a_lagging_follower_gets_a_snapshot() {
     net.restart(f);
     net.tick(Duration::from_millis(300));
     assert_eq!(net.raft(f).log().snapshot_point().0, applied);
-    assert_eq!(net.nodes[&f].disk.snapshot.as_ref().map(|s| s.data.clone()), Some(Bytes::from_static(b"state")));
+    assert_eq!(net.nodes[&f].disk.state.snapshot.as_ref().map(|s| s.data.clone()), Some(Bytes::from_static(b"state")));
     net.propose(l, "next").expect("leader");
     net.tick(Duration::from_millis(100));
     assert_eq!(net.raft(f).commit(), net.raft(l).commit());
@@ -431,7 +409,7 @@ fn a_large_snapshot_travels_in_chunks() {
     net.drain(l);
     net.restart(f);
     net.tick(Duration::from_millis(500));
-    assert_eq!(net.nodes[&f].disk.snapshot.as_ref().map(|s| s.data.clone()), Some(state));
+    assert_eq!(net.nodes[&f].disk.state.snapshot.as_ref().map(|s| s.data.clone()), Some(state));
 }
 
 #[test]

@@ -1,0 +1,452 @@
+//! Raft's on-disk format: a write-ahead log of checksummed records, in
+//! generation files, and the scan that recovers it.
+//!
+//! ```text
+//! file    := record*                          (named by the driver: <prefix>.<gen>)
+//! record  := len:u32 crc:u32 body[len]        crc = CRC-32 (IEEE) of body
+//! body    := kind:u8 ...
+//!   Header (1): gen:u64                        first record of every file
+//!   Write  (2): flags:u8 [snapshot] [entries] [hard_state]
+//!               flags bit 0 snapshot, bit 1 entries, bit 2 hard state
+//! snapshot   := index:u64 term:u64 config data_len:u32 data
+//! entries    := count:u32 entry{count}
+//! entry      := index:u64 term:u64 kind:u8 (0 noop, 1 normal, 2 config) [len:u32 bytes | config]
+//! config     := set(voters) set(outgoing) set(learners);  set := count:u32 id:u64{count}
+//! hard_state := term:u64 has_vote:u8 vote:u64 commit:u64 recovering:u8
+//! ```
+//!
+//! Integers are little-endian. A file is valid once its header and first
+//! `Write` (the **base image**: the whole state when the file was started)
+//! parse; later records replay on top ([`DiskState::apply`], the same rules
+//! as [`super::Write`]'s docs). A new generation is started whenever a
+//! write carries a snapshot, so a file never holds entries a snapshot made
+//! obsolete: the driver writes the new file's base image, syncs, then
+//! removes the old file.
+//!
+//! # Recovery ([`scan`])
+//!
+//! Records are replayed until the first that does not parse or whose
+//! checksum fails; the rest is a **torn or lost tail** of writes that were
+//! never synced (and so never claimed): the driver cuts it off durably
+//! before appending again. A complete record with a bad checksum that is
+//! followed by a valid record is different: that is synced data gone bad,
+//! and the scan reports it (`lost_synced`) so the member starts recovering
+//! as after a wiped disk.
+
+use std::collections::BTreeSet;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kaelix_core::NodeId;
+
+use super::{Configuration, Entry, EntryPayload, HardState, Recovered, Snapshot, Write};
+
+const HEADER: u8 = 1;
+const WRITE: u8 = 2;
+
+/// What the disk holds: the mirror of a member's durable state that the
+/// driver keeps to write a new generation's base image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskState {
+    /// Persistent scalars.
+    pub hard_state: HardState,
+    /// Newest snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot.
+    pub entries: Vec<Entry>,
+}
+
+impl DiskState {
+    /// Applies one write, by the rules of [`Write`].
+    pub fn apply(&mut self, w: &Write) {
+        if let Some(s) = &w.snapshot {
+            let holds = self.entries.iter().any(|e| e.index == s.index && e.term == s.term);
+            if holds {
+                self.entries.retain(|e| e.index > s.index);
+            } else {
+                self.entries.clear();
+            }
+            self.snapshot = Some(s.clone());
+        }
+        if let Some(first) = w.entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(w.entries.iter().cloned());
+        }
+        if let Some(hs) = w.hard_state {
+            self.hard_state = hs;
+        }
+    }
+
+    /// The state as a write that recreates it (a base image).
+    pub fn as_write(&self) -> Write {
+        Write {
+            id: kaelix_core::sansio::WriteId(0),
+            snapshot: self.snapshot.clone(),
+            entries: self.entries.clone(),
+            hard_state: Some(self.hard_state),
+        }
+    }
+
+    /// What a member boots from.
+    pub fn recovered(&self, empty: bool) -> Recovered {
+        Recovered { hard_state: self.hard_state, snapshot: self.snapshot.clone(), entries: self.entries.clone(), empty }
+    }
+}
+
+/// Why a record did not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Ran out of bytes.
+    #[error("truncated record ({0})")]
+    Truncated(&'static str),
+    /// Checksum mismatch.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// A field holds an impossible value.
+    #[error("invalid record: {0}")]
+    Invalid(&'static str),
+}
+
+/// Encodes the header record of generation `gen`.
+pub fn encode_header(generation: u64) -> Bytes {
+    let mut body = BytesMut::with_capacity(9);
+    body.put_u8(HEADER);
+    body.put_u64_le(generation);
+    frame(body)
+}
+
+/// Encodes `w` as one record.
+pub fn encode_write(w: &Write) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u8(WRITE);
+    let flags =
+        u8::from(w.snapshot.is_some()) | u8::from(!w.entries.is_empty()) << 1 | u8::from(w.hard_state.is_some()) << 2;
+    body.put_u8(flags);
+    if let Some(s) = &w.snapshot {
+        body.put_u64_le(s.index);
+        body.put_u64_le(s.term);
+        put_config(&mut body, &s.config);
+        body.put_u32_le(u32::try_from(s.data.len()).expect("snapshot under 4 GiB"));
+        body.put_slice(&s.data);
+    }
+    if !w.entries.is_empty() {
+        body.put_u32_le(u32::try_from(w.entries.len()).expect("count fits"));
+        for e in &w.entries {
+            body.put_u64_le(e.index);
+            body.put_u64_le(e.term);
+            match &e.payload {
+                EntryPayload::Noop => body.put_u8(0),
+                EntryPayload::Normal(b) => {
+                    body.put_u8(1);
+                    body.put_u32_le(u32::try_from(b.len()).expect("entry under 4 GiB"));
+                    body.put_slice(b);
+                }
+                EntryPayload::Config(c) => {
+                    body.put_u8(2);
+                    put_config(&mut body, c);
+                }
+            }
+        }
+    }
+    if let Some(hs) = &w.hard_state {
+        body.put_u64_le(hs.term);
+        body.put_u8(u8::from(hs.vote.is_some()));
+        body.put_u64_le(hs.vote.map_or(0, |v| v.0));
+        body.put_u64_le(hs.commit);
+        body.put_u8(u8::from(hs.recovering));
+    }
+    frame(body)
+}
+
+fn frame(body: BytesMut) -> Bytes {
+    let mut out = BytesMut::with_capacity(8 + body.len());
+    out.put_u32_le(u32::try_from(body.len()).expect("record under 4 GiB"));
+    out.put_u32_le(crc32fast::hash(&body));
+    out.put_slice(&body);
+    out.freeze()
+}
+
+fn put_config(b: &mut BytesMut, c: &Configuration) {
+    for set in [&c.voters, &c.outgoing, &c.learners] {
+        b.put_u32_le(u32::try_from(set.len()).expect("count fits"));
+        for id in set {
+            b.put_u64_le(id.0);
+        }
+    }
+}
+
+/// A cursor over a record body that names what it ran out on.
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), RecordError> {
+        if self.0.remaining() < n { Err(RecordError::Truncated(what)) } else { Ok(()) }
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, RecordError> {
+        self.need(1, what)?;
+        Ok(self.0.get_u8())
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
+        self.need(4, what)?;
+        Ok(self.0.get_u32_le())
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, RecordError> {
+        self.need(8, what)?;
+        Ok(self.0.get_u64_le())
+    }
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, RecordError> {
+        let len = self.u32(what)? as usize;
+        self.need(len, what)?;
+        Ok(self.0.split_to(len))
+    }
+    fn bool(&mut self, what: &'static str) -> Result<bool, RecordError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(RecordError::Invalid("boolean is not 0 or 1")),
+        }
+    }
+    fn set(&mut self) -> Result<BTreeSet<NodeId>, RecordError> {
+        let n = self.u32("set size")? as usize;
+        self.need(n.saturating_mul(8), "set members")?;
+        Ok((0..n).map(|_| NodeId(self.0.get_u64_le())).collect())
+    }
+    fn config(&mut self) -> Result<Configuration, RecordError> {
+        Ok(Configuration { voters: self.set()?, outgoing: self.set()?, learners: self.set()? })
+    }
+}
+
+enum Record {
+    Header(u64),
+    Write(Write),
+}
+
+fn decode_body(body: Bytes) -> Result<Record, RecordError> {
+    let mut r = Reader(body);
+    let record = match r.u8("kind")? {
+        HEADER => Record::Header(r.u64("generation")?),
+        WRITE => {
+            let flags = r.u8("flags")?;
+            if flags & !0b111 != 0 {
+                return Err(RecordError::Invalid("unknown flag bits"));
+            }
+            let snapshot = if flags & 1 != 0 {
+                let index = r.u64("snapshot index")?;
+                let term = r.u64("snapshot term")?;
+                let config = r.config()?;
+                let data = r.bytes("snapshot data")?;
+                Some(Snapshot { index, term, config, data })
+            } else {
+                None
+            };
+            let mut entries = Vec::new();
+            if flags & 2 != 0 {
+                let n = r.u32("entry count")? as usize;
+                for _ in 0..n {
+                    let index = r.u64("entry index")?;
+                    let term = r.u64("entry term")?;
+                    let payload = match r.u8("entry kind")? {
+                        0 => EntryPayload::Noop,
+                        1 => EntryPayload::Normal(r.bytes("entry payload")?),
+                        2 => EntryPayload::Config(r.config()?),
+                        _ => return Err(RecordError::Invalid("unknown entry kind")),
+                    };
+                    if entries.last().is_some_and(|p: &Entry| p.index + 1 != index || p.term > term) {
+                        return Err(RecordError::Invalid("entries not dense and ordered"));
+                    }
+                    entries.push(Entry { index, term, payload });
+                }
+            }
+            let hard_state = if flags & 4 != 0 {
+                let term = r.u64("term")?;
+                let has_vote = r.bool("has vote")?;
+                let vote = r.u64("vote")?;
+                let commit = r.u64("commit")?;
+                let recovering = r.bool("recovering")?;
+                Some(HardState { term, vote: has_vote.then_some(NodeId(vote)), commit, recovering })
+            } else {
+                None
+            };
+            Record::Write(Write { id: kaelix_core::sansio::WriteId(0), snapshot, entries, hard_state })
+        }
+        _ => return Err(RecordError::Invalid("unknown record kind")),
+    };
+    if r.0.has_remaining() {
+        return Err(RecordError::Invalid("trailing bytes in record"));
+    }
+    Ok(record)
+}
+
+/// Reads one framed record at the start of `data`: the record and its
+/// framed length.
+fn next_record(data: &Bytes) -> Result<(Record, usize), RecordError> {
+    if data.len() < 8 {
+        return Err(RecordError::Truncated("record header"));
+    }
+    let len = u32::from_le_bytes(data[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
+    if data.len() - 8 < len {
+        return Err(RecordError::Truncated("record body"));
+    }
+    let body = data.slice(8..8 + len);
+    if crc32fast::hash(&body) != crc {
+        return Err(RecordError::Checksum);
+    }
+    Ok((decode_body(body)?, 8 + len))
+}
+
+/// What a generation file held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The file's generation.
+    pub generation: u64,
+    /// The state its valid records replay to.
+    pub state: DiskState,
+    /// Bytes of valid records; anything after is a torn tail to cut.
+    pub valid_len: u64,
+    /// A complete record failed its checksum with valid data after it:
+    /// synced data was lost (see the module docs).
+    pub lost_synced: bool,
+}
+
+/// Scans one generation file. `None` if its base image is incomplete
+/// (the file was being started when the node crashed).
+pub fn scan(data: Bytes) -> Option<Scan> {
+    let mut rest = data.clone();
+    let Ok((Record::Header(generation), n)) = next_record(&rest) else { return None };
+    rest.advance(n);
+    let Ok((Record::Write(base), n)) = next_record(&rest) else { return None };
+    rest.advance(n);
+    let mut state = DiskState::default();
+    state.apply(&base);
+    let mut lost_synced = false;
+    loop {
+        match next_record(&rest) {
+            Ok((Record::Write(w), n)) => {
+                state.apply(&w);
+                rest.advance(n);
+            }
+            Ok((Record::Header(_), _)) => break,
+            Err(RecordError::Checksum) => {
+                let len = u32::from_le_bytes(rest[..4].try_into().expect("checked")) as usize;
+                let after = rest.slice(8 + len..);
+                lost_synced = next_record(&after).is_ok();
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let valid_len = (data.len() - rest.len()) as u64;
+    Some(Scan { generation, state, valid_len, lost_synced })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(index: u64, term: u64, kind: u8) -> Entry {
+        let payload = match kind {
+            0 => EntryPayload::Noop,
+            1 => EntryPayload::Normal(Bytes::from(format!("v{index}"))),
+            _ => EntryPayload::Config(Configuration {
+                voters: [NodeId(1), NodeId(2)].into(),
+                outgoing: [NodeId(3)].into(),
+                learners: [NodeId(9)].into(),
+            }),
+        };
+        Entry { index, term, payload }
+    }
+
+    fn file(writes: &[Write]) -> Vec<u8> {
+        let mut f = encode_header(7).to_vec();
+        f.extend_from_slice(&encode_write(&DiskState::default().as_write()));
+        for w in writes {
+            f.extend_from_slice(&encode_write(w));
+        }
+        f
+    }
+
+    fn w(entries: Vec<Entry>, hs: Option<HardState>) -> Write {
+        Write { id: kaelix_core::sansio::WriteId(0), snapshot: None, entries, hard_state: hs }
+    }
+
+    #[test]
+    fn replays_writes_and_truncations() {
+        let hs = HardState { term: 3, vote: Some(NodeId(2)), commit: 1, recovering: false };
+        let writes = [w(vec![entry(1, 1, 0), entry(2, 1, 1), entry(3, 1, 2)], Some(hs)), w(vec![entry(3, 2, 1)], None)];
+        let s = scan(Bytes::from(file(&writes))).expect("valid base");
+        assert_eq!(s.generation, 7);
+        assert_eq!(s.state.entries, vec![entry(1, 1, 0), entry(2, 1, 1), entry(3, 2, 1)]);
+        assert_eq!(s.state.hard_state, hs);
+        assert!(!s.lost_synced);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_rotten_middle_is_reported() {
+        let writes = [w(vec![entry(1, 1, 1)], None), w(vec![entry(2, 1, 1)], None)];
+        let full = file(&writes);
+        let last = encode_write(&writes[1]).len();
+        for cut in 1..last {
+            let s = scan(Bytes::from(full[..full.len() - cut].to_vec())).expect("base intact");
+            assert_eq!(s.state.entries.len(), 1);
+            assert_eq!(s.valid_len as usize, full.len() - last);
+            assert!(!s.lost_synced);
+        }
+        let mut rotten = full.clone();
+        let first_write_at = full.len() - last - encode_write(&writes[0]).len();
+        rotten[first_write_at + 12] ^= 0x40;
+        let s = scan(Bytes::from(rotten)).expect("base intact");
+        assert!(s.lost_synced, "a bad record followed by a good one is lost synced data");
+        assert!(s.state.entries.is_empty());
+    }
+
+    #[test]
+    fn an_incomplete_base_image_is_not_a_generation() {
+        let f = file(&[]);
+        assert!(scan(Bytes::from(f[..f.len() - 1].to_vec())).is_none());
+        assert!(scan(Bytes::new()).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_write_replaces_covered_entries() {
+        let mut d = DiskState::default();
+        d.apply(&w(vec![entry(1, 1, 1), entry(2, 1, 1), entry(3, 2, 1)], None));
+        let snap =
+            Snapshot { index: 2, term: 1, config: Configuration::new([NodeId(1)]), data: Bytes::from_static(b"s") };
+        d.apply(&Write { snapshot: Some(snap.clone()), ..w(Vec::new(), None) });
+        assert_eq!(d.entries, vec![entry(3, 2, 1)]);
+        let s = scan(Bytes::from({
+            let mut f = encode_header(1).to_vec();
+            f.extend_from_slice(&encode_write(&d.as_write()));
+            f
+        }))
+        .expect("valid");
+        assert_eq!(s.state, d);
+    }
+
+    proptest! {
+        #[test]
+        fn any_write_round_trips(
+            n in 0usize..6, first in 1u64..100, term in 0u64..5, kinds in proptest::collection::vec(0u8..3, 6),
+            hs in proptest::option::of((0u64..9, proptest::option::of(0u64..9), 0u64..50, any::<bool>())),
+            snap in proptest::option::of((0u64..50, proptest::collection::vec(any::<u8>(), 0..40))),
+        ) {
+            let entries: Vec<Entry> = (0..n).map(|k| entry(first + k as u64, term, kinds[k])).collect();
+            let hard_state = hs.map(|(term, vote, commit, recovering)| HardState { term, vote: vote.map(NodeId), commit, recovering });
+            let snapshot = snap.map(|(index, data)| Snapshot { index, term, config: Configuration::new([NodeId(4)]), data: Bytes::from(data) });
+            let write = Write { id: kaelix_core::sansio::WriteId(0), snapshot, entries, hard_state };
+            let bytes = encode_write(&write);
+            let Ok((Record::Write(back), len)) = next_record(&bytes) else { panic!("does not decode") };
+            prop_assert_eq!(len, bytes.len());
+            prop_assert_eq!(back, write);
+            for cut in 0..bytes.len() {
+                prop_assert!(next_record(&bytes.slice(..cut)).is_err());
+            }
+        }
+
+        #[test]
+        fn scanning_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = scan(Bytes::from(data));
+        }
+    }
+}
