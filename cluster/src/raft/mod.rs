@@ -71,6 +71,7 @@ pub mod log;
 pub mod message;
 pub mod progress;
 pub mod quorum;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
