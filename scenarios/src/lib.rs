@@ -10,14 +10,38 @@
 //!
 //! Every run is deterministic in its seed; [`run_checked`] runs a seed twice
 //! and compares trace hashes.
+//!
+//! # Client histories
+//!
+//! Scenarios whose clients produce to and read from partitions record what
+//! the clients saw in a [`history::History`] ([`history::HistoryRecorder`],
+//! one clone per client task) and return it from
+//! [`Scenario::run_recording`].
+//!
+//! `kaelix sim replay --scenario S --seed N --history FILE` writes the
+//! history as **JSON lines**, one object per operation, in call order:
+//!
+//! ```text
+//! {"client": 3, "partition": "orders/0", "op": "produce", "input": "v17", "output": 42, "call": 1200000, "return": 1900000}
+//! ```
+//!
+//! For `produce`, `input` is the payload (a string) and `output` the offset
+//! assigned; for `read`, `input` is the offset and `output` the payload read,
+//! or `null` when nothing is at that offset yet. `call` and `return` are
+//! simulated nanoseconds (the simulator's true time, one clock for every
+//! client). When the outcome is unknown (timeout, crash), `output` and
+//! `return` are `null`. Keys appear in exactly that order. Details: [`history`].
 
 pub mod broadcast;
 pub mod broker;
+pub mod history;
 pub mod membership;
 
 use kaelix_core::time::Duration;
 use kaelix_sim::SimStats;
 use kaelix_sim::trace::TraceSink;
+
+use crate::history::History;
 
 /// Where a run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +120,12 @@ pub trait Scenario: Sync {
     }
     /// Runs one seed, rendering the trace into `trace` if given.
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport;
+    /// Runs one seed like [`Scenario::run`] and also returns the client
+    /// history it recorded, if this scenario records one (the default
+    /// records none).
+    fn run_recording(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Option<History>) {
+        (self.run(seed, trace), None)
+    }
 }
 
 /// Every scenario, in listing order.
