@@ -15,4 +15,5 @@ pub mod broadcast;
 pub mod membership;
 pub mod phi;
 pub mod raft;
+pub mod replicated;
 pub mod swim;

@@ -1,0 +1,326 @@
+//! The client protocol of replicated partitions, version 1: one frame of a
+//! client stream is one [`Request`] or [`Response`].
+//!
+//! ```text
+//! frame    := version:u8 (= 1) kind:u8 req:u64 body
+//! Produce    (1): partition:u32 client:u64 seq:u64 payload[rest]
+//! Read       (2): partition:u32 offset:u64
+//! Produced   (3): offset:u64
+//! ReadResult (4): found:u8 payload[rest]      (found 0: nothing there yet; rest empty)
+//! NotLeader  (5): known:u8 leader:u64
+//! Error      (6): reason[rest] (UTF-8)
+//! ```
+//!
+//! Integers are little-endian; `req` is the client's request id, echoed.
+//! Payloads are sliced from the frame, never copied. Decoding never panics
+//! and names what is wrong; a server answers a malformed frame with an
+//! `Error` and keeps the connection.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kaelix_core::NodeId;
+
+/// The version byte this module speaks.
+pub const VERSION: u8 = 1;
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Append `payload` to `partition`, once, as operation `seq` of session `client`.
+    Produce {
+        /// Request id.
+        req: u64,
+        /// Partition (Raft group).
+        partition: u32,
+        /// Session id.
+        client: u64,
+        /// Operation number within the session (retries repeat it).
+        seq: u64,
+        /// The record.
+        payload: Bytes,
+    },
+    /// Read the record at `offset` of `partition`.
+    Read {
+        /// Request id.
+        req: u64,
+        /// Partition.
+        partition: u32,
+        /// Offset.
+        offset: u64,
+    },
+}
+
+/// A server's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The produce committed at `offset`.
+    Produced {
+        /// Request id.
+        req: u64,
+        /// Its offset.
+        offset: u64,
+    },
+    /// The record at the offset read, or `None` if nothing is there yet.
+    ReadResult {
+        /// Request id.
+        req: u64,
+        /// The record's bytes.
+        payload: Option<Bytes>,
+    },
+    /// This node does not lead the partition; try `leader`.
+    NotLeader {
+        /// Request id.
+        req: u64,
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The request was refused; retrying it unchanged will not help.
+    Error {
+        /// Request id (0 if the frame did not parse that far).
+        req: u64,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Why a frame does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Shorter than its kind needs.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// A version this node does not speak.
+    #[error("unknown protocol version {0}")]
+    UnknownVersion(u8),
+    /// Not a kind this direction carries.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A field holds an impossible value.
+    #[error("invalid frame: {0}")]
+    Invalid(&'static str),
+}
+
+fn header(kind: u8, req: u64, extra: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(10 + extra);
+    b.put_u8(VERSION);
+    b.put_u8(kind);
+    b.put_u64_le(req);
+    b
+}
+
+fn open(b: &mut Bytes) -> Result<(u8, u64), ProtocolError> {
+    if b.len() < 10 {
+        return Err(ProtocolError::Truncated("frame header"));
+    }
+    let version = b.get_u8();
+    if version != VERSION {
+        return Err(ProtocolError::UnknownVersion(version));
+    }
+    Ok((b.get_u8(), b.get_u64_le()))
+}
+
+fn need(b: &Bytes, n: usize, what: &'static str) -> Result<(), ProtocolError> {
+    if b.len() < n { Err(ProtocolError::Truncated(what)) } else { Ok(()) }
+}
+
+fn done(b: &Bytes) -> Result<(), ProtocolError> {
+    if b.is_empty() { Ok(()) } else { Err(ProtocolError::Invalid("trailing bytes")) }
+}
+
+impl Request {
+    /// The request id.
+    pub fn req(&self) -> u64 {
+        match self {
+            Request::Produce { req, .. } | Request::Read { req, .. } => *req,
+        }
+    }
+
+    /// Encodes the frame.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Request::Produce { req, partition, client, seq, payload } => {
+                let mut b = header(1, *req, 20 + payload.len());
+                b.put_u32_le(*partition);
+                b.put_u64_le(*client);
+                b.put_u64_le(*seq);
+                b.put_slice(payload);
+                b.freeze()
+            }
+            Request::Read { req, partition, offset } => {
+                let mut b = header(2, *req, 12);
+                b.put_u32_le(*partition);
+                b.put_u64_le(*offset);
+                b.freeze()
+            }
+        }
+    }
+
+    /// Decodes a frame.
+    pub fn decode(mut b: Bytes) -> Result<Request, ProtocolError> {
+        let (kind, req) = open(&mut b)?;
+        match kind {
+            1 => {
+                need(&b, 20, "produce")?;
+                let (partition, client, seq) = (b.get_u32_le(), b.get_u64_le(), b.get_u64_le());
+                Ok(Request::Produce { req, partition, client, seq, payload: b })
+            }
+            2 => {
+                need(&b, 12, "read")?;
+                let (partition, offset) = (b.get_u32_le(), b.get_u64_le());
+                done(&b)?;
+                Ok(Request::Read { req, partition, offset })
+            }
+            k => Err(ProtocolError::UnknownKind(k)),
+        }
+    }
+}
+
+impl Response {
+    /// Encodes the frame.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Response::Produced { req, offset } => {
+                let mut b = header(3, *req, 8);
+                b.put_u64_le(*offset);
+                b.freeze()
+            }
+            Response::ReadResult { req, payload } => {
+                let mut b = header(4, *req, 1 + payload.as_ref().map_or(0, Bytes::len));
+                b.put_u8(u8::from(payload.is_some()));
+                if let Some(p) = payload {
+                    b.put_slice(p);
+                }
+                b.freeze()
+            }
+            Response::NotLeader { req, leader } => {
+                let mut b = header(5, *req, 9);
+                b.put_u8(u8::from(leader.is_some()));
+                b.put_u64_le(leader.map_or(0, |l| l.0));
+                b.freeze()
+            }
+            Response::Error { req, reason } => {
+                let mut b = header(6, *req, reason.len());
+                b.put_slice(reason.as_bytes());
+                b.freeze()
+            }
+        }
+    }
+
+    /// Decodes a frame.
+    pub fn decode(mut b: Bytes) -> Result<Response, ProtocolError> {
+        let (kind, req) = open(&mut b)?;
+        match kind {
+            3 => {
+                need(&b, 8, "produced")?;
+                let offset = b.get_u64_le();
+                done(&b)?;
+                Ok(Response::Produced { req, offset })
+            }
+            4 => {
+                need(&b, 1, "read result")?;
+                let payload = match b.get_u8() {
+                    0 => {
+                        done(&b)?;
+                        None
+                    }
+                    1 => Some(b),
+                    _ => return Err(ProtocolError::Invalid("found flag is not 0 or 1")),
+                };
+                Ok(Response::ReadResult { req, payload })
+            }
+            5 => {
+                need(&b, 9, "not-leader")?;
+                let known = b.get_u8();
+                let id = b.get_u64_le();
+                done(&b)?;
+                let leader = match known {
+                    0 if id == 0 => None,
+                    1 => Some(NodeId(id)),
+                    _ => return Err(ProtocolError::Invalid("leader flag is not 0 or 1 (or unknown with an id)")),
+                };
+                Ok(Response::NotLeader { req, leader })
+            }
+            6 => {
+                let reason =
+                    String::from_utf8(b.to_vec()).map_err(|_| ProtocolError::Invalid("reason is not UTF-8"))?;
+                Ok(Response::Error { req, reason })
+            }
+            k => Err(ProtocolError::UnknownKind(k)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn requests() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(req, partition, client, seq, p)| Request::Produce {
+                    req,
+                    partition,
+                    client,
+                    seq,
+                    payload: p.into()
+                }),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(req, partition, offset)| Request::Read {
+                req,
+                partition,
+                offset
+            }),
+        ]
+    }
+
+    fn responses() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>()).prop_map(|(req, offset)| Response::Produced { req, offset }),
+            (any::<u64>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)))
+                .prop_map(|(req, p)| Response::ReadResult { req, payload: p.map(Bytes::from) }),
+            (any::<u64>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(req, l)| Response::NotLeader { req, leader: l.map(NodeId) }),
+            (any::<u64>(), "[a-z ]{0,20}").prop_map(|(req, reason)| Response::Error { req, reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(r in requests()) {
+            let b = r.encode();
+            prop_assert_eq!(Request::decode(b.clone()), Ok(r));
+            prop_assert!(Request::decode(b.slice(..9)).is_err());
+        }
+
+        #[test]
+        fn responses_round_trip(r in responses()) {
+            prop_assert_eq!(Response::decode(r.encode()), Ok(r));
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let b = Bytes::from(data);
+            if let Ok(r) = Request::decode(b.clone()) {
+                prop_assert_eq!(r.encode(), b.clone());
+            }
+            if let Ok(r) = Response::decode(b.clone()) {
+                prop_assert_eq!(r.encode(), b);
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert_eq!(
+            Request::decode(Bytes::from_static(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(ProtocolError::UnknownVersion(2))
+        );
+        assert_eq!(
+            Request::decode(Bytes::from_static(&[1, 9, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(ProtocolError::UnknownKind(9))
+        );
+        assert_eq!(
+            Request::decode(Bytes::from_static(&[1, 2, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(ProtocolError::Truncated("read"))
+        );
+    }
+}
