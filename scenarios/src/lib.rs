@@ -16,7 +16,10 @@
 //! Scenarios whose clients produce to and read from partitions record what
 //! the clients saw in a [`history::History`] ([`history::HistoryRecorder`],
 //! one clone per client task) and return it from
-//! [`Scenario::run_recording`].
+//! [`Scenario::run_recording`]. [`linearizability::check_history`] checks it
+//! per partition against the sequential log (linearizability, with timed-out
+//! operations as unknown) and for duplicated, lost, skipped and
+//! non-monotonic offsets ([`linearizability::offsets`]).
 //!
 //! `kaelix sim replay --scenario S --seed N --history FILE` writes the
 //! history as **JSON lines**, one object per operation, in call order:
@@ -30,11 +33,14 @@
 //! or `null` when nothing is at that offset yet. `call` and `return` are
 //! simulated nanoseconds (the simulator's true time, one clock for every
 //! client). When the outcome is unknown (timeout, crash), `output` and
-//! `return` are `null`. Keys appear in exactly that order. Details: [`history`].
+//! `return` are `null`. Keys appear in exactly that order. `kaelix sim
+//! check-history FILE` reads such a file back (rejecting a malformed line
+//! with its number and the problem) and checks it. Details: [`history`].
 
 pub mod broadcast;
 pub mod broker;
 pub mod history;
+pub mod linearizability;
 pub mod membership;
 
 use kaelix_core::time::Duration;
