@@ -42,6 +42,7 @@ pub mod broker;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
+pub mod raft;
 
 use kaelix_core::time::Duration;
 use kaelix_sim::SimStats;
@@ -145,6 +146,10 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
         &membership::MEMBERSHIP_20_REFUTE_BUG,
+        &raft::RAFT_PARTITIONS,
+        &raft::RAFT_VOTE_BEFORE_PERSIST,
+        &raft::RAFT_COMMIT_PREVIOUS_TERM,
+        &raft::RAFT_ACK_BEFORE_COMMIT,
     ]
 }
 

@@ -131,6 +131,11 @@ impl Progress {
                 if rejected + 1 != self.next_index {
                     return false;
                 }
+                if hint < self.match_index {
+                    // The follower no longer holds what it acknowledged (a
+                    // wiped or rotten disk): match from what it still has.
+                    self.match_index = hint;
+                }
                 self.next_index = (hint + 1).min(rejected).max(self.match_index + 1);
                 self.paused = false;
                 true
@@ -220,6 +225,17 @@ mod tests {
         assert_eq!(p.state, ProgressState::Probe);
         assert_eq!(p.next_index, 1);
         assert!(p.can_send(2));
+    }
+
+    #[test]
+    fn a_follower_that_lost_acknowledged_entries_is_probed_from_what_it_has() {
+        let mut p = Progress::new(1);
+        p.acknowledged(10);
+        p.become_probe();
+        assert_eq!(p.next_index, 11);
+        // Its disk was wiped: it refuses prev 10 and says it holds nothing.
+        assert!(p.refused(10, 0));
+        assert_eq!((p.match_index, p.next_index), (0, 1));
     }
 
     #[test]

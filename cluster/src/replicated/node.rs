@@ -86,6 +86,8 @@ pub trait ReplicaObserver: Clone + Send + Sync + 'static {
     fn booted(&self, _node: NodeId) {}
     /// `group`'s member on `node` handled one input (state after it).
     fn stepped(&self, _node: NodeId, _group: u32, _raft: &Raft) {}
+    /// `group`'s member on `node` sent `message` to `to`.
+    fn sent(&self, _node: NodeId, _group: u32, _to: NodeId, _message: &raft::Message) {}
     /// `group`'s member on `node` issued this write.
     fn persisting(&self, _node: NodeId, _group: u32, _write: &Write) {}
     /// `group`'s member on `node` applied this committed entry.
@@ -523,7 +525,10 @@ impl<O: ReplicaObserver> NodeState<O> {
 
     fn perform<R: Runtime>(&mut self, rt: &R, group: &mut Group, out: Output) {
         match out {
-            Output::Send { to, message } => rt.send(to, wire::encode(u64::from(group.id), &message)),
+            Output::Send { to, message } => {
+                self.observer.sent(self.me, group.id, to, &message);
+                rt.send(to, wire::encode(u64::from(group.id), &message));
+            }
             Output::Persist(w) => {
                 self.observer.persisting(self.me, group.id, &w);
                 // The writer lives as long as this task.

@@ -1,0 +1,571 @@
+//! Scenario family: Raft-replicated partitions under every fault.
+//!
+//! * **Cluster**: 3 or 5 servers (the seed picks) running
+//!   `kaelix_cluster::replicated::node::run_node`, 2 partitions (`orders/0`,
+//!   `orders/1`), each its own Raft group; snapshots every 40 entries, so
+//!   compaction and snapshot transfer happen in most runs.
+//! * **Workload**: 3 clients, each every 2–25 ms producing a unique payload
+//!   to a random partition (65 %) or reading a random offset near the end
+//!   (35 %), through `PartitionClient` (leader discovery, retries with the
+//!   same session sequence number, 1 s deadline: after it the outcome is
+//!   **unknown**). Every operation is recorded in a client history.
+//! * **Faults** (swarm-drawn per seed, `kaelix_sim::faults`): crashes and
+//!   restarts of a minority, wiped disks on a minority of "faulty" nodes,
+//!   whole-cluster power loss, partitions of every kind, loss, duplication,
+//!   reordering, delay, pauses, clock skew / drift / steps, torn and lost
+//!   unsynced writes, slow syncs, corrupt reads, `buggify!` fault points
+//!   (which also make leaders hand leadership away at random). Bit rot and
+//!   misdirected writes are off: they lose *synced* data on nodes that do
+//!   not know it, which no Raft survives without protocol-aware recovery.
+//! * **Safety, checked at every step** (an observer on every member):
+//!   - *election safety*: at most one leader per group and term;
+//!   - *vote uniqueness*: no member grants its vote (on the wire) to two
+//!     candidates in one term, across restarts;
+//!   - *log matching*: no two writes anywhere put different entries at the
+//!     same index and term;
+//!   - *leader completeness*: a new leader of term T holds every entry
+//!     committed in a term before T (committed by the leader of that term);
+//!   - *state machine safety*: no two members apply different entries at
+//!     one index;
+//!   - *monotonic state*: within an incarnation a member's term and commit
+//!     index never decrease, and its vote in a term never changes.
+//! * **Liveness**: the safety phase lasts 5 s; then faults stop, nodes come
+//!   back and an auditor client must, within 20 s, produce a marker to every
+//!   partition and read each back from offset 0 to its end.
+//! * **Durability and the history**: every acknowledged produce must be at
+//!   its offset in the auditor's read-back, and the whole client history
+//!   (with unknown operations) must be linearizable per partition with no
+//!   lost, skipped, duplicated or non-monotonic offsets
+//!   (`crate::linearizability`).
+//!
+//! Planted-bug variants (vote answered before it is durable; commit of an
+//! earlier term's entry by counting replicas; produce acknowledged before
+//! commit) must fail.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use kaelix_cluster::raft::{self, Body, Entry, EntryPayload, Message, Raft, Role, Write};
+use kaelix_cluster::replicated::client::{ClientError, PartitionClient};
+use kaelix_cluster::replicated::node::{PlantedBug, ReplicaObserver, ReplicatedConfig, run_node};
+use kaelix_core::rng::{self, RngExt};
+use kaelix_core::runtime::{Clock, Runtime};
+use kaelix_core::time::Duration;
+use kaelix_core::{Instant, NodeId};
+use kaelix_runtime_sim::SimRuntime;
+use kaelix_sim::trace::{TraceSink, digest};
+use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
+
+use crate::history::{History, HistoryRecorder};
+use crate::linearizability::{CheckConfig, check_history};
+use crate::{RunReport, Scenario, Verdict};
+
+/// One variant of the Raft scenario.
+pub struct RaftScenario {
+    name: &'static str,
+    description: &'static str,
+    planted: PlantedBug,
+}
+
+/// The correct protocol.
+pub static RAFT_PARTITIONS: RaftScenario = RaftScenario {
+    name: "raft-partitions",
+    description: "Raft-replicated partitions, 3 or 5 nodes, 2 partitions, 3 clients; every fault; linearizable history",
+    planted: PlantedBug::None,
+};
+
+/// Planted bug: a vote is answered before it is on disk.
+pub static RAFT_VOTE_BEFORE_PERSIST: RaftScenario = RaftScenario {
+    name: "raft-partitions-vote-before-persist",
+    description: "[planted bug] Raft partitions whose members answer a vote before persisting it",
+    planted: PlantedBug::Raft(raft::PlantedBug::VoteBeforePersist),
+};
+
+/// Planted bug: commit an earlier term's entry by counting replicas.
+pub static RAFT_COMMIT_PREVIOUS_TERM: RaftScenario = RaftScenario {
+    name: "raft-partitions-commit-previous-term",
+    description: "[planted bug] Raft partitions whose leaders commit earlier-term entries by counting replicas",
+    planted: PlantedBug::Raft(raft::PlantedBug::CommitPreviousTerm),
+};
+
+/// Planted bug: acknowledge a produce before it commits.
+pub static RAFT_ACK_BEFORE_COMMIT: RaftScenario = RaftScenario {
+    name: "raft-partitions-ack-before-commit",
+    description: "[planted bug] Raft partitions that acknowledge a produce when proposed, before commit",
+    planted: PlantedBug::AckBeforeCommit,
+};
+
+const PARTITIONS: u32 = 2;
+const CLIENTS: u64 = 3;
+const AUDITOR: NodeId = NodeId(200);
+const SAFETY: Duration = Duration::from_secs(5);
+const LIVENESS_BOUND: Duration = Duration::from_secs(20);
+const OP_DEADLINE: Duration = Duration::from_secs(1);
+
+fn partition_name(p: u32) -> String {
+    format!("orders/{p}")
+}
+
+/// Everything the checker has seen.
+#[derive(Default)]
+struct Observed {
+    /// (group, term) → leader.
+    leaders: BTreeMap<(u32, u64), NodeId>,
+    /// (group, term, voter) → the candidate it granted its vote to.
+    votes: BTreeMap<(u32, u64, NodeId), NodeId>,
+    /// (group, index, term) → digest of an entry ever written.
+    written: BTreeMap<(u32, u64, u64), u64>,
+    /// group → index → (term, digest) of entries applied anywhere.
+    applied: BTreeMap<u32, BTreeMap<u64, (u64, u64)>>,
+    /// group → index → (term of the leader that committed it, entry term).
+    committed_in: BTreeMap<u32, BTreeMap<u64, (u64, u64)>>,
+    /// (node, group) → digest of (role, term) last traced.
+    roles: BTreeMap<(NodeId, u32), u64>,
+    /// (node, group) → (term, vote, commit) last seen in this incarnation.
+    last: BTreeMap<(NodeId, u32), (u64, Option<NodeId>, u64)>,
+    /// (partition, offset) → payload, of acknowledged produces.
+    acked: BTreeMap<(u32, u64), String>,
+    /// What the auditor read back, per partition, once done.
+    read_back: Option<BTreeMap<u32, Vec<String>>>,
+    submitted: u64,
+    violation: Option<String>,
+}
+
+#[derive(Clone)]
+struct Checker {
+    observed: Arc<Mutex<Observed>>,
+    /// Set with `Observed::violation`, so the per-step check is one load.
+    violated: Arc<AtomicBool>,
+}
+
+impl Checker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn violate(&self, o: &mut Observed, message: String) {
+        if o.violation.is_none() {
+            o.violation = Some(message);
+            self.violated.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn entry_digest(e: &Entry) -> u64 {
+    match &e.payload {
+        EntryPayload::Noop => 0,
+        EntryPayload::Normal(b) => digest(b) | 1,
+        EntryPayload::Config(c) => digest(format!("{c:?}").as_bytes()) | 2,
+    }
+}
+
+/// One node's view of the shared [`Checker`]: it can also trace, through
+/// the node's runtime.
+#[derive(Clone)]
+struct NodeObserver {
+    checker: Checker,
+    rt: SimRuntime,
+}
+
+impl ReplicaObserver for NodeObserver {
+    fn booted(&self, node: NodeId) {
+        self.checker.lock().last.retain(|(n, _), _| *n != node);
+    }
+
+    fn stepped(&self, node: NodeId, group: u32, raft: &Raft) {
+        self.checker.stepped(&self.rt, node, group, raft);
+    }
+
+    fn sent(&self, node: NodeId, group: u32, to: NodeId, message: &Message) {
+        self.checker.sent(node, group, to, message);
+    }
+
+    fn persisting(&self, node: NodeId, group: u32, write: &Write) {
+        self.checker.persisting(node, group, write);
+    }
+
+    fn applied(&self, node: NodeId, group: u32, entry: &Entry) {
+        self.checker.applied(node, group, entry);
+    }
+}
+
+impl Checker {
+    fn stepped(&self, rt: &SimRuntime, node: NodeId, group: u32, raft: &Raft) {
+        let mut o = self.lock();
+        let (term, vote, commit) = (raft.term(), raft.vote(), raft.commit());
+        let role_digest = (u64::from(group) << 56) ^ (term << 2) ^ raft.role() as u64;
+        if o.roles.insert((node, group), role_digest) != Some(role_digest) {
+            rt.sim().trace_event(Some(node), "raft-role", role_digest, || {
+                format!("group {group}: {:?} in term {term}, leader {:?}, commit {commit}", raft.role(), raft.leader())
+            });
+        }
+        if let Some(&(t0, v0, c0)) = o.last.get(&(node, group)) {
+            if term < t0 {
+                let m = format!("group {group}: {node}'s term went back from {t0} to {term}");
+                self.violate(&mut o, m);
+            } else if term == t0 && v0.is_some() && vote != v0 {
+                let m = format!("group {group}: {node} changed its vote in term {term} from {v0:?} to {vote:?}");
+                self.violate(&mut o, m);
+            }
+            if commit < c0 {
+                let m = format!("group {group}: {node}'s commit index went back from {c0} to {commit}");
+                self.violate(&mut o, m);
+            }
+        }
+        o.last.insert((node, group), (term, vote, commit));
+        if raft.role() != Role::Leader {
+            return;
+        }
+        // Entries a leader's commit index covers were committed in its term.
+        let committed = o.committed_in.entry(group).or_default();
+        let from = committed.last_key_value().map_or(raft.log().snapshot_point().0, |(&i, _)| i) + 1;
+        for i in from..=commit {
+            if let Some(t) = raft.log().term(i) {
+                committed.insert(i, (term, t));
+            }
+        }
+        match o.leaders.get(&(group, term)).copied() {
+            Some(other) if other != node => {
+                let m = format!("election safety: group {group} has two leaders in term {term}: {other} and {node}");
+                self.violate(&mut o, m);
+            }
+            Some(_) => {}
+            None => {
+                o.leaders.insert((group, term), node);
+                // Leader completeness: it holds every entry committed in an
+                // earlier term (a leader of an older term elected late, by
+                // delayed votes, need not hold newer terms' entries).
+                let (snap, _) = raft.log().snapshot_point();
+                let missing = o.committed_in.get(&group).and_then(|c| {
+                    c.range(snap + 1..)
+                        .find(|&(&i, &(u, t))| u < term && raft.log().term(i) != Some(t))
+                        .map(|(&i, &(u, t))| (i, t, u))
+                });
+                if let Some((i, t, u)) = missing {
+                    let m = format!(
+                        "leader completeness: {node}, leader of group {group} in term {term}, lacks entry {i} (term {t}) committed in term {u}"
+                    );
+                    self.violate(&mut o, m);
+                }
+            }
+        }
+    }
+
+    fn sent(&self, node: NodeId, group: u32, to: NodeId, message: &Message) {
+        if let Body::VoteResponse { granted: true } = message.body {
+            let mut o = self.lock();
+            match o.votes.get(&(group, message.term, node)).copied() {
+                Some(earlier) if earlier != to => {
+                    let m = format!(
+                        "group {group}: {node} granted its vote in term {} to both {earlier} and {to}",
+                        message.term
+                    );
+                    self.violate(&mut o, m);
+                }
+                _ => {
+                    o.votes.insert((group, message.term, node), to);
+                }
+            }
+        }
+    }
+
+    fn persisting(&self, node: NodeId, group: u32, write: &Write) {
+        let mut o = self.lock();
+        for e in &write.entries {
+            let d = entry_digest(e);
+            match o.written.get(&(group, e.index, e.term)).copied() {
+                Some(other) if other != d => {
+                    let m = format!(
+                        "log matching: {node} wrote a different entry at index {} term {} of group {group}",
+                        e.index, e.term
+                    );
+                    self.violate(&mut o, m);
+                }
+                Some(_) => {}
+                None => {
+                    o.written.insert((group, e.index, e.term), d);
+                }
+            }
+        }
+    }
+
+    fn applied(&self, node: NodeId, group: u32, entry: &Entry) {
+        let mut o = self.lock();
+        let d = entry_digest(entry);
+        let earlier = o.applied.entry(group).or_default().insert(entry.index, (entry.term, d));
+        if let Some((t, ed)) = earlier
+            && (t, ed) != (entry.term, d)
+        {
+            let m = format!(
+                "state machine safety: {node} applied entry {} of group {group} with term {}, another member applied term {t}",
+                entry.index, entry.term
+            );
+            self.violate(&mut o, m);
+        }
+    }
+}
+
+/// The time every client's history uses: the simulator's true time.
+fn true_now(rt: &SimRuntime) -> Instant {
+    rt.sim().now()
+}
+
+async fn client(rt: SimRuntime, me: u64, servers: Vec<NodeId>, checker: Checker, history: HistoryRecorder) {
+    let mut rng = rt.rng();
+    let mut client = PartitionClient::new(rt.clone(), servers, me + 1);
+    let safety_end = Instant::ZERO + SAFETY;
+    let mut produced = 0u64;
+    let mut high: BTreeMap<u32, u64> = BTreeMap::new();
+    while true_now(&rt) < safety_end {
+        rt.sleep(Duration::from_millis(rng.random_range(2..25))).await;
+        let p = rng.random_range(0..PARTITIONS);
+        let name = partition_name(p);
+        if rng.random_range(0..100) < 65 {
+            produced += 1;
+            let payload = format!("c{me}-{produced}");
+            checker.lock().submitted += 1;
+            let op = history.call_produce(me, &name, &payload, true_now(&rt));
+            match client.produce(p, Bytes::from(payload.clone()), OP_DEADLINE).await {
+                Ok(offset) => {
+                    history.return_produce(op, offset, true_now(&rt));
+                    let h = high.entry(p).or_default();
+                    *h = (*h).max(offset);
+                    checker.lock().acked.insert((p, offset), payload);
+                    rt.sim()
+                        .trace_event(Some(rt.node_id()), "client-ack", offset, || format!("{name} offset {offset}"));
+                }
+                // Unknown: the produce may or may not have happened.
+                Err(ClientError::Unknown) | Err(ClientError::Refused(_)) => {}
+            }
+        } else {
+            let offset = high.get(&p).map_or(0, |h| h.saturating_sub(rng.random_range(0..4)) + rng.random_range(0..3));
+            let op = history.call_read(me, &name, offset, true_now(&rt));
+            // An error leaves the read unknown.
+            if let Ok(payload) = client.read(p, offset, OP_DEADLINE).await {
+                let text = payload.map(|b| String::from_utf8_lossy(&b).into_owned());
+                history.return_read(op, text.as_deref(), true_now(&rt));
+            }
+        }
+    }
+}
+
+/// After heal: a marker produce to every partition, then every offset read
+/// back from 0 until nothing is there.
+async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker, history: HistoryRecorder) {
+    while true_now(&rt) < Instant::ZERO + SAFETY {
+        rt.sleep(Duration::from_millis(50)).await;
+    }
+    let me = 100;
+    let mut client = PartitionClient::new(rt.clone(), servers, 1000);
+    let mut read_back = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let name = partition_name(p);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let payload = format!("audit-{p}-{attempt}");
+            let op = history.call_produce(me, &name, &payload, true_now(&rt));
+            if let Ok(offset) = client.produce(p, Bytes::from(payload), Duration::from_secs(2)).await {
+                history.return_produce(op, offset, true_now(&rt));
+                break;
+            }
+        }
+        let mut records = Vec::new();
+        loop {
+            let offset = records.len() as u64;
+            let op = history.call_read(me, &name, offset, true_now(&rt));
+            match client.read(p, offset, Duration::from_secs(2)).await {
+                Ok(Some(payload)) => {
+                    let text = String::from_utf8_lossy(&payload).into_owned();
+                    history.return_read(op, Some(&text), true_now(&rt));
+                    records.push(text);
+                }
+                Ok(None) => {
+                    history.return_read(op, None, true_now(&rt));
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        read_back.insert(p, records);
+    }
+    checker.lock().read_back = Some(read_back);
+}
+
+impl RaftScenario {
+    /// Durability: every acknowledged produce is where it was acknowledged.
+    fn lost(&self, checker: &Checker) -> Option<String> {
+        let o = checker.lock();
+        let read_back = o.read_back.as_ref()?;
+        let lost: Vec<String> = o
+            .acked
+            .iter()
+            .filter(|((p, off), payload)| read_back.get(p).and_then(|r| r.get(*off as usize)) != Some(payload))
+            .map(|((p, off), payload)| {
+                let now = read_back.get(p).and_then(|r| r.get(*off as usize));
+                format!("{payload:?} acknowledged at {} offset {off}, now {now:?}", partition_name(*p))
+            })
+            .collect();
+        (!lost.is_empty()).then(|| {
+            format!(
+                "{} acknowledged produce(s) lost: {}",
+                lost.len(),
+                lost.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            )
+        })
+    }
+
+    fn run_inner(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, History) {
+        let mut setup = rng::derive(seed, 0x4af7_0001);
+        let n: u64 = if setup.random_bool(0.5) { 3 } else { 5 };
+        let servers: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let minority = ((n - 1) / 2) as usize;
+        let tolerance = Tolerance { max_down: minority, faulty_disks: minority, power_loss: true };
+        let mut profile = FaultProfile::swarm(&mut setup);
+        profile.restrict(&tolerance);
+        // Synced data lost silently: outside what Raft claims (module docs).
+        profile.bitrot_rate = 0.0;
+        profile.disk.misdirect = 0.0;
+        let mut faulty: Vec<NodeId> = Vec::new();
+        while faulty.len() < minority {
+            let candidate = servers[setup.random_range(0..servers.len())];
+            if !faulty.contains(&candidate) {
+                faulty.push(candidate);
+            }
+        }
+        let safety_end = Instant::ZERO + SAFETY;
+        let schedule = FaultSchedule::generate(&profile, &tolerance, &servers, &faulty, safety_end, &mut setup);
+        let fault_mix = profile.mix();
+
+        let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
+        let checker = Checker { observed: Arc::default(), violated: Arc::default() };
+        let history = HistoryRecorder::new();
+        let mut config = ReplicatedConfig::new(servers.clone(), PARTITIONS);
+        config.snapshot_every = 40;
+        config.planted = self.planted;
+        for &id in &servers {
+            let (config, checker) = (config.clone(), checker.clone());
+            let init = SimRuntime::init(move |rt| {
+                let mut config = config.clone();
+                // The operator's knowledge: a node whose disk was ever
+                // replaced must not take an empty disk for a new cluster.
+                let wiped = rt
+                    .sim()
+                    .fault_log()
+                    .iter()
+                    .any(|(_, f)| matches!(f, Fault::Restart { node, wipe: true } if *node == id));
+                config.bootstrap = !wiped;
+                let observer = NodeObserver { checker: checker.clone(), rt: rt.clone() };
+                run_node(rt, config, observer)
+            });
+            let spec = NodeSpec {
+                kind: NodeKind::Server,
+                name: format!("server-{}", id.0),
+                faulty_disk: faulty.contains(&id),
+                init,
+            };
+            sim.add_node(id, spec);
+        }
+        for c in 0..CLIENTS {
+            let (checker, history, servers) = (checker.clone(), history.clone(), servers.clone());
+            let init = SimRuntime::init(move |rt| client(rt, c, servers.clone(), checker.clone(), history.clone()));
+            let spec = NodeSpec { kind: NodeKind::Client, name: format!("client-{c}"), faulty_disk: false, init };
+            sim.add_node(NodeId(100 + c), spec);
+        }
+        {
+            let (checker, history, servers) = (checker.clone(), history.clone(), servers.clone());
+            let init = SimRuntime::init(move |rt| auditor(rt, servers.clone(), checker.clone(), history.clone()));
+            let spec = NodeSpec { kind: NodeKind::Client, name: "auditor".into(), faulty_disk: false, init };
+            sim.add_node(AUDITOR, spec);
+        }
+        for (at, fault) in schedule.faults {
+            sim.schedule_fault(at, fault);
+        }
+        sim.schedule_liveness(safety_end);
+
+        let deadline = safety_end + LIVENESS_BOUND;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sim.run_until_done(
+                deadline,
+                |_| checker.lock().read_back.is_some(),
+                |_| match checker.violated.load(Ordering::Relaxed) {
+                    true => Err(checker.lock().violation.clone().expect("set before the flag")),
+                    false => Ok(()),
+                },
+            )
+        }));
+        let recorded = history.history();
+        let verdict = match outcome {
+            Ok(Ok(true)) => match self.lost(&checker) {
+                Some(lost) => Verdict::SafetyViolation(lost),
+                None => {
+                    let report = check_history(&recorded, &CheckConfig::default());
+                    match report.first_violation() {
+                        Some(v) => Verdict::SafetyViolation(format!("client history: {v}")),
+                        None if !report.passed() => {
+                            Verdict::SafetyViolation(format!("client history check inconclusive: {report}"))
+                        }
+                        None => Verdict::Pass,
+                    }
+                }
+            },
+            Ok(Ok(false)) => {
+                let o = checker.lock();
+                let leaders: Vec<String> = (0..PARTITIONS)
+                    .map(|g| {
+                        let newest = o.leaders.range((g, 0)..=(g, u64::MAX)).next_back();
+                        format!("group {g}: newest leader {:?}", newest.map(|((_, t), n)| (n, t)))
+                    })
+                    .collect();
+                Verdict::LivenessViolation(format!(
+                    "the auditor did not finish within {LIVENESS_BOUND:?} of heal ({})",
+                    leaders.join(", ")
+                ))
+            }
+            Ok(Err(violation)) => Verdict::SafetyViolation(violation),
+            Err(panic) => Verdict::from_panic(panic),
+        };
+        let now = sim.now();
+        sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));
+        let report = RunReport {
+            seed,
+            trace_hash: sim.trace_hash(),
+            sim_time: now.since_origin(),
+            stats: sim.stats(),
+            fault_mix,
+            faults_applied: sim.fault_log().len(),
+            workload: {
+                let o = checker.lock();
+                (o.submitted, o.acked.len() as u64)
+            },
+            verdict,
+        };
+        sim.shutdown();
+        (report, recorded)
+    }
+}
+
+impl Scenario for RaftScenario {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn planted_bug(&self) -> bool {
+        self.planted != PlantedBug::None
+    }
+
+    fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        self.run_inner(seed, trace).0
+    }
+
+    fn run_recording(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Option<History>) {
+        let (report, history) = self.run_inner(seed, trace);
+        (report, Some(history))
+    }
+}
