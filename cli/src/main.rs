@@ -1,13 +1,16 @@
 //! `kaelix`: the one command users run.
 //!
-//! Today: `kaelix sim list | run | replay`. `serve`, `bench` and
-//! `config check` arrive with the issues that build what they drive.
+//! Today: `kaelix sim list | run | replay | check-history`. `serve`,
+//! `bench` and `config check` arrive with the issues that build what they
+//! drive.
 //!
-//! This crate may read the OS clock (to report how fast the simulator ran):
-//! each such use is allowed explicitly at its site.
+//! This crate may read the OS clock (to report how fast the simulator and
+//! the checkers ran) and files (client histories): each such use is allowed
+//! explicitly at its site.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// mimalloc: the simulator allocates and frees small objects (futures,
@@ -19,6 +22,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use kaelix_scenarios::history::History;
+use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
 use kaelix_sim::trace::TraceEvent;
 
@@ -72,6 +77,23 @@ enum SimCommand {
         /// Print every event readably.
         #[arg(long)]
         trace: bool,
+        /// Write the client history to FILE as JSON lines (scenarios that
+        /// record one; see the kaelix-scenarios crate docs for the format).
+        #[arg(long, value_name = "FILE")]
+        history: Option<PathBuf>,
+    },
+    /// Check a JSON-lines client history: linearizability per partition and
+    /// the offset rules (duplicated, lost, skipped, non-monotonic).
+    ///
+    /// Exit status: 0 every partition passed, 1 a violation, 2 the file is
+    /// unreadable or malformed, 3 a search hit its budget (inconclusive).
+    CheckHistory {
+        /// The history (one JSON object per line).
+        file: PathBuf,
+        /// Search budget per partition (positions visited) before a
+        /// partition is declared inconclusive.
+        #[arg(long, default_value_t = CheckConfig::default().max_search_steps)]
+        max_search_steps: u64,
     },
 }
 
@@ -92,9 +114,12 @@ fn main() -> ExitCode {
             };
             sim_run(s, range, !no_determinism_check, quiet)
         }
-        Command::Sim(SimCommand::Replay { scenario, seed, trace }) => {
+        Command::Sim(SimCommand::Replay { scenario, seed, trace, history }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
-            sim_replay(s, seed, trace)
+            sim_replay(s, seed, trace, history.as_deref())
+        }
+        Command::Sim(SimCommand::CheckHistory { file, max_search_steps }) => {
+            sim_check_history(&file, &CheckConfig { max_search_steps })
         }
     }
 }
@@ -108,8 +133,8 @@ fn lookup(name: &str) -> Option<&'static dyn Scenario> {
     found
 }
 
-/// Real elapsed time, to report how fast the simulator runs. The one place
-/// the cli reads the OS clock.
+/// Real elapsed time, to report how fast the simulator and the checkers
+/// run. The one place the cli reads the OS clock.
 #[allow(clippy::disallowed_types, reason = "the cli measures real time to report simulator speed")]
 struct WallTimer(std::time::Instant);
 
@@ -219,7 +244,7 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool) -> ExitCode {
+fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {
     let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(|| {
         Box::new(|e: &TraceEvent| {
             let node = e.node.map_or_else(|| "-".to_string(), |n| n.to_string());
@@ -228,8 +253,22 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool) -> ExitCode {
             let _ = writeln!(out, "{:>16} {:>5} {:<15} {}", e.time.to_string(), node, e.kind, e.detail);
         }) as kaelix_sim::trace::TraceSink
     });
-    let first = s.run(seed, sink);
-    let second = s.run(seed, None);
+    let (first, second, history) = if let Some(path) = history_file {
+        let (first, recorded) = s.run_recording(seed, sink);
+        let Some(history) = recorded else {
+            eprintln!(
+                "error: scenario {:?} records no client history, so there is nothing to write to {}",
+                s.name(),
+                path.display()
+            );
+            return ExitCode::from(2);
+        };
+        let (second, replayed) = s.run_recording(seed, None);
+        let same = replayed.as_ref() == Some(&history);
+        (first, second, Some((path, history, same)))
+    } else {
+        (s.run(seed, sink), s.run(seed, None), None)
+    };
     println!("scenario    {}", s.name());
     println!("seed        {seed}");
     println!("verdict     {}", first.verdict);
@@ -242,5 +281,70 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool) -> ExitCode {
         second.trace_hash,
         if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
     );
-    if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    let mut history_ok = true;
+    if let Some((path, history, same)) = history {
+        if let Err(e) = write_history(path, &history) {
+            eprintln!("error: cannot write the history to {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!(
+            "history     {} operations written to {}  (replay {})",
+            history.len(),
+            path.display(),
+            if same { "identical" } else { "DIFFERENT: nondeterminism" }
+        );
+        history_ok = same;
+    }
+    if first.trace_hash != second.trace_hash || !history_ok || !first.verdict.passed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "the cli writes the history file it was asked for"
+)]
+fn write_history(path: &Path, history: &History) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    history.write_json_lines(&mut out)?;
+    out.flush()
+}
+
+#[allow(clippy::disallowed_methods, reason = "the cli reads the history file it was asked to check")]
+fn read_history(path: &Path) -> Result<History, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    History::from_json_lines(&text).map_err(|e| e.to_string())
+}
+
+fn sim_check_history(path: &Path, config: &CheckConfig) -> ExitCode {
+    let history = match read_history(path) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let started = WallTimer::start();
+    let report = check_history(&history, config);
+    let took = started.elapsed();
+    print!("{report}");
+    println!(
+        "checked {} operations on {} partition(s) in {:.1} ms",
+        history.len(),
+        report.partitions.len(),
+        took.as_secs_f64() * 1e3
+    );
+    if report.violated() {
+        println!("verdict: VIOLATION");
+        ExitCode::FAILURE
+    } else if !report.passed() {
+        println!("verdict: inconclusive (raise --max-search-steps)");
+        ExitCode::from(3)
+    } else {
+        println!("verdict: pass");
+        ExitCode::SUCCESS
+    }
 }

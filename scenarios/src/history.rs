@@ -174,7 +174,7 @@ impl HistoryOp {
             OpKind::Read { offset } => format!("read offset {offset}"),
         };
         let outcome = match &self.completion {
-            None => format!("[{}, unknown] outcome unknown", self.call),
+            None => format!("[{}, -] outcome unknown", self.call),
             Some(Completion { at, output: Output::Offset(o) }) => format!("[{}, {at}] -> offset {o}", self.call),
             Some(Completion { at, output: Output::Payload(p) }) => format!("[{}, {at}] -> {p:?}", self.call),
             Some(Completion { at, output: Output::Nothing }) => format!("[{}, {at}] -> nothing", self.call),
@@ -750,5 +750,7 @@ mod tests {
     fn describe_names_everything_a_diagnosis_needs() {
         let op = HistoryOp::from_json_line(ISSUE_EXAMPLE).unwrap();
         assert_eq!(op.describe(7), "#7 (client 3: produce \"v17\" [1200000, 1900000] -> offset 42)");
+        let unknown = HistoryOp { completion: None, ..op };
+        assert_eq!(unknown.describe(8), "#8 (client 3: produce \"v17\" [1200000, -] outcome unknown)");
     }
 }

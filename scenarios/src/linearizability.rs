@@ -58,9 +58,20 @@
 //!   of a payload that reads need elsewhere, if that payload has produces to
 //!   spare. Those choices are searched depth-first, earliest call first,
 //!   memoising (position, produces used per such payload) with the earliest
-//!   point reached, which dominates any later one. A step budget
-//!   ([`CheckConfig::max_search_steps`]) turns a search that would run too
-//!   long into [`Linearizability::Inconclusive`] instead of hanging.
+//!   point reached, which dominates any later one. Two bounds that hold for
+//!   every assignment prune it: before searching, the `k`-th free position
+//!   needs a point no earlier than the `k`-th earliest call of all unknown
+//!   produces (and the `j`-th position read as `v` the `j`-th earliest of
+//!   `v`'s), which settles most violations at once; while searching, a path
+//!   dies as soon as its point passes the earliest upper bound ahead of it
+//!   (points only grow). A step budget ([`CheckConfig::max_search_steps`])
+//!   turns a search that would still run too long into
+//!   [`Linearizability::Inconclusive`] instead of hanging.
+//!
+//! Measured (release, one partition, `history_checker_speed` in
+//! `scenarios/tests/scenarios.rs`, both checks): ~0.5 µs per operation —
+//! about 2 ms for 3,000 operations by 8 clients plus their read-back
+//! (4,400 in all), with or without repeated payloads.
 //!
 //! The checker is therefore sound and complete for this model; the property
 //! tests compare it with an exhaustive search over every order and subset of
@@ -280,6 +291,12 @@ enum Why {
     UnknownForRead,
     /// The `rank`-th (1-based) unknown produce dealt to unread free positions.
     UnknownForGap { rank: usize },
+    /// The `rank`-th earliest call of all unknown produces, bounding the
+    /// `rank`-th free position whatever the assignment.
+    AnyUnknown { rank: usize },
+    /// The `rank`-th earliest call of the unknown produces of the value
+    /// read at the `rank`-th free position read as it.
+    UnknownOfValue { rank: usize },
 }
 
 /// What fills a position.
@@ -542,6 +559,20 @@ impl<'h> Partition<'h> {
             (at.len() - at.partition_point(|&q| q < p)) as u32
         };
 
+        let branching = !spare_classes.is_empty();
+        // The earliest upper bound at or after each position: a path whose
+        // point already passed it is dead (points only grow).
+        let mut ahead: Vec<Option<Bound>> = vec![None; self.positions.len() + 1];
+        for p in (0..self.positions.len()).rev() {
+            ahead[p] = ahead[p + 1];
+            if let Some(u) = self.positions[p].upper {
+                upper_of(&mut ahead[p], u);
+            }
+        }
+        if branching && let Some(violation) = self.relaxed_violation() {
+            return Linearizability::Violation(violation);
+        }
+
         let mut steps: u64 = 0;
         let mut first_failure: Option<Violation> = None;
         let mut branched = false;
@@ -604,6 +635,13 @@ impl<'h> Partition<'h> {
                     first_failure.get_or_insert(violation);
                     continue 'paths;
                 }
+                if branching
+                    && let (Some(point), Some(upper)) = (state.point, ahead[state.position])
+                    && point.time > upper.time
+                {
+                    first_failure.get_or_insert_with(|| self.explain(point, upper));
+                    continue 'paths;
+                }
             }
         }
         let mut violation = first_failure.expect("the first path runs until it succeeds or fails");
@@ -646,6 +684,43 @@ impl<'h> Partition<'h> {
         Ok(())
     }
 
+    /// A violation that no way of dealing unknown produces avoids, found
+    /// without searching: the `k`-th offset no acknowledged produce was given
+    /// needs a point no earlier than the `k`-th earliest call of all unknown
+    /// produces, and the `j`-th read as `v` the `j`-th earliest of `v`'s —
+    /// whatever the assignment, since those offsets take distinct produces.
+    fn relaxed_violation(&self) -> Option<Violation> {
+        let mut all_unknown: Vec<(u64, usize)> = self.classes.iter().flat_map(|c| c.produces.iter().copied()).collect();
+        all_unknown.sort_unstable();
+        let mut free_seen = 0usize;
+        let mut read_as: Vec<usize> = vec![0; self.classes.len()];
+        let mut point: Option<Bound> = None;
+        for (p, position) in self.positions.iter().enumerate() {
+            if let Some(lower) = position.lower {
+                lower_of(&mut point, lower);
+            }
+            if !matches!(position.filler, Filler::Known) {
+                free_seen += 1;
+                let (call, op) = all_unknown[free_seen - 1];
+                lower_of(&mut point, Bound { time: call, position: p, op, why: Why::AnyUnknown { rank: free_seen } });
+            }
+            if let Filler::Class(c) = position.filler {
+                read_as[c] += 1;
+                let (call, op) = self.classes[c].produces[read_as[c] - 1];
+                lower_of(
+                    &mut point,
+                    Bound { time: call, position: p, op, why: Why::UnknownOfValue { rank: read_as[c] } },
+                );
+            }
+            if let (Some(lower), Some(upper)) = (point, position.upper)
+                && lower.time > upper.time
+            {
+                return Some(self.explain(lower, upper));
+            }
+        }
+        None
+    }
+
     fn explain(&self, lower: Bound, upper: Bound) -> Violation {
         let ops = self.ops;
         let describe = |i: usize| ops[i].describe(i);
@@ -682,6 +757,27 @@ impl<'h> Partition<'h> {
                     lower.time
                 )
             }
+            Why::AnyUnknown { rank } => {
+                let free: Vec<usize> =
+                    (0..=q).filter(|&i| !matches!(self.positions[i].filler, Filler::Known)).collect();
+                format!(
+                    "offsets {} were given to no acknowledged produce, so {rank} distinct produces whose outcome is \
+                     unknown wrote them, and the {rank} earliest called of all of those include {} (called at {}), so \
+                     offset {q} was written no earlier than {}",
+                    list_offsets(&free),
+                    describe(lower.op),
+                    lower.time,
+                    lower.time
+                )
+            }
+            Why::UnknownOfValue { rank } => format!(
+                "{rank} offset(s) up to {q} that no acknowledged produce was given were read as the value found at \
+                 {q}, so {rank} distinct produces of it whose outcome is unknown wrote them, and the {rank} earliest \
+                 called include {} (called at {}), so offset {q} was written no earlier than {}",
+                describe(lower.op),
+                lower.time,
+                lower.time
+            ),
             Why::ValueRead => unreachable!("a value read bounds from above"),
         };
         let by = match upper.why {

@@ -71,3 +71,56 @@ fn catalog_names_are_unique_and_findable() {
     }
     assert!(find("no-such-scenario").is_none());
 }
+
+/// How fast the history checkers run: prints figures, asserts nothing
+/// about time. `cargo test --release -p kaelix-scenarios --test scenarios
+/// history_checker_speed -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement; run in release with --ignored --nocapture"]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "measures real time; never asserts on it")]
+fn history_checker_speed() {
+    use kaelix_scenarios::linearizability::synthetic::{Shape, correct_history};
+    use kaelix_scenarios::linearizability::{CheckConfig, check_history};
+
+    println!(
+        "{:>6} {:>7} {:>8} {:>8} {:>9} {:>11} {:>10}  (one partition; 21 runs; both checks)",
+        "ops", "clients", "unknown", "retries", "min ms", "median ms", "us/op min"
+    );
+    for (ops, clients, unknown, retry) in [
+        (100, 3, 50, 0),
+        (1000, 5, 50, 0),
+        (3000, 8, 50, 0),
+        (3000, 8, 200, 0),
+        (3000, 8, 50, 300),
+        (3000, 8, 200, 500),
+    ] {
+        let shape = Shape {
+            partitions: 1,
+            clients,
+            ops_per_partition: ops,
+            unknown_per_mille: unknown,
+            retry_per_mille: retry,
+        };
+        let history = correct_history(&mut kaelix_core::rng::seeded(ops as u64 + clients), &shape);
+        let mut times: Vec<f64> = (0..21)
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                let report = check_history(&history, &CheckConfig::default());
+                let took = t0.elapsed().as_secs_f64();
+                assert!(report.passed(), "{report}");
+                took
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let n = history.len();
+        let unknown_ops = history.ops().iter().filter(|o| o.is_unknown()).count();
+        println!(
+            "{n:>6} {clients:>7} {unknown_ops:>8} {:>7}% {:>9.3} {:>11.3} {:>10.3}",
+            retry / 10,
+            times[0] * 1e3,
+            median * 1e3,
+            times[0] * 1e6 / n as f64
+        );
+    }
+}

@@ -232,13 +232,28 @@ fn repeated_payloads_are_searched_beyond_earliest_first() {
     // Earliest first deals "v"@0 to the gap at 0, leaving "v"@200 for
     // offset 1, too late for the read; "w"@10 in the gap works.
     linearizable(vec![pu(1, "v", 0), r(3, 1, 0, 150, Some("v")), pu(2, "w", 10), pu(1, "v", 200)]);
-    // With "w" too late as well, nothing works, and the explanation says so.
+    // With "w" too late as well, nothing works whatever the assignment: the
+    // second-earliest unknown produce is too late for the read at offset 1.
     let v = violation(vec![pu(1, "v", 0), r(3, 1, 0, 150, Some("v")), pu(2, "w", 160), pu(1, "v", 200)]);
+    assert!(v.explanation.contains("so 2 distinct produces whose outcome is unknown wrote them"), "{}", v.explanation);
+    assert_eq!(v.ops, vec![2, 1]);
+    // Here the bounds that hold for every assignment are met (an early "x"
+    // counts among the two earliest), yet "x" is needed at offset 2, so
+    // every way of dealing fails, and the explanation says so.
+    let v = violation(vec![
+        pu(1, "v", 0),
+        r(3, 1, 0, 150, Some("v")),
+        pu(4, "x", 5),
+        r(5, 2, 6, 1000, Some("x")),
+        pu(2, "w", 160),
+        pu(1, "v", 200),
+    ]);
     assert!(
         v.explanation.starts_with("no way of dealing the unknown produces with repeated payloads"),
         "{}",
         v.explanation
     );
+    assert!(v.explanation.ends_with("but 200 > 150"), "{}", v.explanation);
 }
 
 #[test]
@@ -628,4 +643,48 @@ fn a_large_history_with_one_change_is_caught() {
     let partition = &report.partitions["orders/0"];
     assert!(matches!(partition.linearizability, Linearizability::Violation(_)), "{report}");
     assert!(partition.offsets.iter().any(|o| o.kind == Kind::NonMonotonic && o.ops.contains(&b)), "{report}");
+}
+
+/// Many unknown produces over few payloads, broken at the last offset: the
+/// search must not wander through every way of dealing them before saying
+/// so (the assignment-free bounds find it at once).
+#[test]
+fn a_late_break_among_repeated_payloads_is_found_not_inconclusive() {
+    use kaelix_core::rng::RngExt;
+    let mut rng = kaelix_core::rng::seeded(3);
+    let n = 3000u64;
+    let specs: Vec<Spec> = (0..n)
+        .map(|_| {
+            let produce = rng.random_bool(0.5);
+            Spec {
+                produce,
+                value: rng.random_range(0..5),
+                offset: rng.random_range(0..n / 2),
+                call: rng.random_range(0..n * 10),
+                to_point: rng.random_range(0..40),
+                to_return: rng.random_range(0..40),
+                unknown: produce,
+                takes_effect: rng.random_bool(0.8),
+            }
+        })
+        .collect();
+    let h = run_log(&specs, true);
+    assert_eq!(fast(&h), Linearizability::Linearizable);
+    // The read of the highest offset found a value: make it return before anything was called.
+    let mut ops = h.ops().to_vec();
+    let highest = (0..ops.len())
+        .filter(|&i| ops[i].read_result().is_some_and(|r| r.is_some()))
+        .max_by_key(|&i| match ops[i].kind {
+            OpKind::Read { offset } => offset,
+            OpKind::Produce { .. } => unreachable!(),
+        })
+        .unwrap();
+    ops[highest].call = 0;
+    ops[highest].completion.as_mut().unwrap().at = 0;
+    let broken = History::new(ops).unwrap();
+    let budget = CheckConfig { max_search_steps: 20_000 };
+    match verdict_with(&broken, &budget) {
+        Linearizability::Violation(v) => assert!(v.explanation.contains("but "), "{}", v.explanation),
+        other => panic!("expected a violation, got {other}"),
+    }
 }
