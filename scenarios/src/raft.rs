@@ -130,6 +130,8 @@ struct Observed {
     /// What the auditor read back, per partition, once done.
     read_back: Option<BTreeMap<u32, Vec<String>>>,
     submitted: u64,
+    /// Clients whose workload ended (no operation of theirs in flight).
+    clients_done: u64,
     violation: Option<String>,
 }
 
@@ -349,12 +351,15 @@ async fn client(rt: SimRuntime, me: u64, servers: Vec<NodeId>, checker: Checker,
             }
         }
     }
+    checker.lock().clients_done += 1;
 }
 
-/// After heal: a marker produce to every partition, then every offset read
-/// back from 0 until nothing is there.
+/// After heal and after the clients finished: a marker produce to every
+/// partition, then every offset read back from 0 until nothing is there.
 async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker, history: HistoryRecorder) {
-    while true_now(&rt) < Instant::ZERO + SAFETY {
+    // The read-back must start after every client operation ended, so that
+    // every acknowledged produce precedes it.
+    while true_now(&rt) < Instant::ZERO + SAFETY || checker.lock().clients_done < CLIENTS {
         rt.sleep(Duration::from_millis(50)).await;
     }
     let me = 100;
