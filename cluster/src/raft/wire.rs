@@ -1,0 +1,877 @@
+//! Raft wire format, version 1: one datagram is one [`Message`] between two
+//! members of one Raft group.
+//!
+//! ```text
+//! datagram := version:u8 (= 1)  group:u64  term:u64  kind:u8  body
+//! body     := PreVote           (kind 1):  last_index:u64 last_term:u64
+//!           | PreVoteResponse   (kind 2):  granted:bool
+//!           | Vote              (kind 3):  last_index:u64 last_term:u64 transfer:bool
+//!           | VoteResponse      (kind 4):  granted:bool
+//!           | Append            (kind 5):  prev_index:u64 prev_term:u64 commit:u64 count:u32 entry{count}
+//!           | AppendResponse    (kind 6):  success:bool index:u64 hint:u64
+//!           | Heartbeat         (kind 7):  commit:u64 round:u64
+//!           | HeartbeatResponse (kind 8):  round:u64
+//!           | Snapshot          (kind 9):  index:u64 snapshot_term:u64 config offset:u64 done:bool len:u32 data[len]
+//!           | SnapshotResponse  (kind 10): index:u64 offset:u64 done:bool
+//!           | TimeoutNow        (kind 11): empty
+//! entry    := term:u64 payload           (its index is implicit: prev_index + 1 + k)
+//! payload  := Noop (tag 0) | Normal (tag 1): len:u32 data[len] | Config (tag 2): config
+//! config   := nodes(voters) nodes(outgoing) nodes(learners)
+//! nodes    := count:u16 id:u64{count}    (strictly ascending)
+//! bool     := u8, 0 or 1
+//! ```
+//!
+//! Integers are little-endian. `group` names the Raft group (one per
+//! replicated partition), so one transport carries every group of a node.
+//!
+//! **Canonical**: every message has exactly one encoding, so `decode(b)`
+//! succeeding implies `encode(decode(b)) == b` (proptest and the
+//! `raft_message` fuzz target check it). That is why node sets must be
+//! strictly ascending and booleans 0 or 1, and why entries carry no index
+//! of their own: an `Append`'s entries are dense from `prev_index + 1` by
+//! construction.
+//!
+//! **Structure is validated**, so the core only ever sees messages a correct
+//! member could send: an `Append`'s entry terms never decrease, start at or
+//! above `prev_term` and none is above the message's term; a log's last
+//! term (`PreVote`, `Vote`) and a snapshot's term are at most the message's
+//! term; no index or offset overflows; no node is both voter and learner.
+//! Whether the *values* are right (is this sender the leader, does that
+//! index exist here?) is the core's business, not the codec's.
+//!
+//! **Decoding never panics**, names what is wrong ([`WireError`]), and
+//! never allocates more than the input can hold: every count and length is
+//! checked against the bytes that remain before anything is reserved.
+//! Entry payloads and snapshot chunks are sliced from the received buffer,
+//! not copied.
+//!
+//! A new version gets a new version byte; a member drops (and counts)
+//! datagrams of a version it does not speak, as it drops any malformed one.
+
+use std::collections::BTreeSet;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kaelix_core::NodeId;
+
+use super::{Body, Configuration, Entry, EntryPayload, Message};
+
+/// The version byte this module writes and reads.
+pub const VERSION: u8 = 1;
+/// Bytes before the body: version, group, term, kind.
+pub const HEADER_BYTES: usize = 1 + 8 + 8 + 1;
+/// The fewest bytes one entry takes (a `Noop`: term and tag).
+const MIN_ENTRY_BYTES: usize = 9;
+
+/// Why a datagram does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The input ended early.
+    #[error("truncated {what}: needed {needed} more bytes")]
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// How many more bytes it needed.
+        needed: usize,
+    },
+    /// A version this member does not speak.
+    #[error("unknown wire version {0} (this member speaks {VERSION})")]
+    UnknownVersion(u8),
+    /// An unknown message kind.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// An unknown entry payload tag.
+    #[error("unknown entry payload tag {0}")]
+    UnknownPayload(u8),
+    /// Bytes left after a complete message.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// Well-formed bytes that no correct member sends.
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+impl Body {
+    fn wire_kind(&self) -> u8 {
+        match self {
+            Body::PreVote { .. } => 1,
+            Body::PreVoteResponse { .. } => 2,
+            Body::Vote { .. } => 3,
+            Body::VoteResponse { .. } => 4,
+            Body::Append { .. } => 5,
+            Body::AppendResponse { .. } => 6,
+            Body::Heartbeat { .. } => 7,
+            Body::HeartbeatResponse { .. } => 8,
+            Body::Snapshot { .. } => 9,
+            Body::SnapshotResponse { .. } => 10,
+            Body::TimeoutNow => 11,
+        }
+    }
+}
+
+fn nodes_len(set: &BTreeSet<NodeId>) -> usize {
+    2 + 8 * set.len()
+}
+
+fn config_len(c: &Configuration) -> usize {
+    nodes_len(&c.voters) + nodes_len(&c.outgoing) + nodes_len(&c.learners)
+}
+
+fn entry_len(e: &Entry) -> usize {
+    8 + 1
+        + match &e.payload {
+            EntryPayload::Noop => 0,
+            EntryPayload::Normal(data) => 4 + data.len(),
+            EntryPayload::Config(c) => config_len(c),
+        }
+}
+
+/// The exact length of [`encode`]'s output for `message`.
+pub fn encoded_len(message: &Message) -> usize {
+    HEADER_BYTES
+        + match &message.body {
+            Body::PreVote { .. } => 16,
+            Body::PreVoteResponse { .. } | Body::VoteResponse { .. } => 1,
+            Body::Vote { .. } => 17,
+            Body::Append { entries, .. } => 24 + 4 + entries.iter().map(entry_len).sum::<usize>(),
+            Body::AppendResponse { .. } => 17,
+            Body::Heartbeat { .. } => 16,
+            Body::SnapshotResponse { .. } => 17,
+            Body::HeartbeatResponse { .. } => 8,
+            Body::Snapshot { config, data, .. } => 16 + config_len(config) + 8 + 1 + 4 + data.len(),
+            Body::TimeoutNow => 0,
+        }
+}
+
+fn put_nodes(out: &mut BytesMut, set: &BTreeSet<NodeId>) {
+    let count = u16::try_from(set.len()).expect("at most 65535 nodes in one set");
+    out.put_u16_le(count);
+    // A BTreeSet iterates in ascending order: the canonical order.
+    for n in set {
+        out.put_u64_le(n.0);
+    }
+}
+
+fn put_config(out: &mut BytesMut, c: &Configuration) {
+    put_nodes(out, &c.voters);
+    put_nodes(out, &c.outgoing);
+    put_nodes(out, &c.learners);
+}
+
+fn put_len(out: &mut BytesMut, len: usize, what: &str) {
+    out.put_u32_le(u32::try_from(len).unwrap_or_else(|_| panic!("{what} over 4 GiB")));
+}
+
+/// Encodes `message` of Raft group `group`. Panics on what the format
+/// cannot carry: `Append` entries that are not dense from `prev_index + 1`,
+/// more than 2³² entries or payload bytes, more than 65535 nodes in a set.
+pub fn encode(group: u64, message: &Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(encoded_len(message));
+    out.put_u8(VERSION);
+    out.put_u64_le(group);
+    out.put_u64_le(message.term);
+    out.put_u8(message.body.wire_kind());
+    match &message.body {
+        Body::PreVote { last_index, last_term } => {
+            out.put_u64_le(*last_index);
+            out.put_u64_le(*last_term);
+        }
+        Body::PreVoteResponse { granted } | Body::VoteResponse { granted } => out.put_u8(u8::from(*granted)),
+        Body::Vote { last_index, last_term, transfer } => {
+            out.put_u64_le(*last_index);
+            out.put_u64_le(*last_term);
+            out.put_u8(u8::from(*transfer));
+        }
+        Body::Append { prev_index, prev_term, entries, commit } => {
+            out.put_u64_le(*prev_index);
+            out.put_u64_le(*prev_term);
+            out.put_u64_le(*commit);
+            put_len(&mut out, entries.len(), "entry count");
+            for (k, e) in entries.iter().enumerate() {
+                assert_eq!(
+                    Some(e.index),
+                    prev_index.checked_add(1 + k as u64),
+                    "append entries are dense from prev_index + 1"
+                );
+                out.put_u64_le(e.term);
+                match &e.payload {
+                    EntryPayload::Noop => out.put_u8(0),
+                    EntryPayload::Normal(data) => {
+                        out.put_u8(1);
+                        put_len(&mut out, data.len(), "entry payload");
+                        out.put_slice(data);
+                    }
+                    EntryPayload::Config(c) => {
+                        out.put_u8(2);
+                        put_config(&mut out, c);
+                    }
+                }
+            }
+        }
+        Body::AppendResponse { success, index, hint } => {
+            out.put_u8(u8::from(*success));
+            out.put_u64_le(*index);
+            out.put_u64_le(*hint);
+        }
+        Body::Heartbeat { commit, round } => {
+            out.put_u64_le(*commit);
+            out.put_u64_le(*round);
+        }
+        Body::HeartbeatResponse { round } => out.put_u64_le(*round),
+        Body::Snapshot { index, snapshot_term, config, offset, data, done } => {
+            out.put_u64_le(*index);
+            out.put_u64_le(*snapshot_term);
+            put_config(&mut out, config);
+            out.put_u64_le(*offset);
+            out.put_u8(u8::from(*done));
+            put_len(&mut out, data.len(), "snapshot chunk");
+            out.put_slice(data);
+        }
+        Body::SnapshotResponse { index, offset, done } => {
+            out.put_u64_le(*index);
+            out.put_u64_le(*offset);
+            out.put_u8(u8::from(*done));
+        }
+        Body::TimeoutNow => {}
+    }
+    debug_assert_eq!(out.len(), encoded_len(message));
+    out.freeze()
+}
+
+/// A cursor over the received bytes that refuses to read past their end.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), WireError> {
+        match n.checked_sub(self.buf.remaining()) {
+            Some(needed) if needed > 0 => Err(WireError::Truncated { what, needed }),
+            _ => Ok(()),
+        }
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        self.need(1, what)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
+        self.need(2, what)?;
+        Ok(self.buf.get_u16_le())
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<usize, WireError> {
+        self.need(4, what)?;
+        usize::try_from(self.buf.get_u32_le()).map_err(|_| WireError::Invalid("length does not fit in memory"))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+        self.need(8, what)?;
+        Ok(self.buf.get_u64_le())
+    }
+
+    fn bool(&mut self, what: &'static str, invalid: &'static str) -> Result<bool, WireError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Invalid(invalid)),
+        }
+    }
+
+    /// `len` bytes, sliced from the input (zero-copy).
+    fn bytes(&mut self, len: usize, what: &'static str) -> Result<Bytes, WireError> {
+        self.need(len, what)?;
+        Ok(self.buf.split_to(len))
+    }
+
+    fn nodes(&mut self, what: &'static str) -> Result<BTreeSet<NodeId>, WireError> {
+        let count = usize::from(self.u16(what)?);
+        self.need(count * 8, what)?;
+        let mut set = BTreeSet::new();
+        let mut last = None;
+        for _ in 0..count {
+            let id = self.buf.get_u64_le();
+            if last.is_some_and(|l| id <= l) {
+                return Err(WireError::Invalid("node set not strictly ascending"));
+            }
+            last = Some(id);
+            set.insert(NodeId(id));
+        }
+        Ok(set)
+    }
+
+    fn config(&mut self) -> Result<Configuration, WireError> {
+        let voters = self.nodes("voters")?;
+        let outgoing = self.nodes("outgoing voters")?;
+        let learners = self.nodes("learners")?;
+        if !voters.is_disjoint(&learners) {
+            return Err(WireError::Invalid("a node is both voter and learner"));
+        }
+        Ok(Configuration { voters, outgoing, learners })
+    }
+}
+
+/// Decodes one datagram: the group it belongs to and the message. Payloads
+/// are slices of `bytes`.
+pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
+    let mut r = Reader { buf: bytes };
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(WireError::UnknownVersion(version));
+    }
+    let group = r.u64("group")?;
+    let term = r.u64("term")?;
+    let body = match r.u8("message kind")? {
+        1 => {
+            let last_index = r.u64("pre-vote last index")?;
+            let last_term = r.u64("pre-vote last term")?;
+            if last_term > term {
+                return Err(WireError::Invalid("pre-vote log term above the message term"));
+            }
+            Body::PreVote { last_index, last_term }
+        }
+        2 => Body::PreVoteResponse { granted: r.bool("pre-vote granted", "pre-vote granted is not 0 or 1")? },
+        3 => {
+            let last_index = r.u64("vote last index")?;
+            let last_term = r.u64("vote last term")?;
+            let transfer = r.bool("vote transfer", "vote transfer is not 0 or 1")?;
+            if last_term > term {
+                return Err(WireError::Invalid("vote log term above the message term"));
+            }
+            Body::Vote { last_index, last_term, transfer }
+        }
+        4 => Body::VoteResponse { granted: r.bool("vote granted", "vote granted is not 0 or 1")? },
+        5 => decode_append(&mut r, term)?,
+        6 => Body::AppendResponse {
+            success: r.bool("append success", "append success is not 0 or 1")?,
+            index: r.u64("append response index")?,
+            hint: r.u64("append response hint")?,
+        },
+        7 => Body::Heartbeat { commit: r.u64("heartbeat commit")?, round: r.u64("heartbeat round")? },
+        8 => Body::HeartbeatResponse { round: r.u64("heartbeat response round")? },
+        9 => {
+            let index = r.u64("snapshot index")?;
+            let snapshot_term = r.u64("snapshot term")?;
+            if snapshot_term > term {
+                return Err(WireError::Invalid("snapshot term above the message term"));
+            }
+            let config = r.config()?;
+            let offset = r.u64("snapshot offset")?;
+            let done = r.bool("snapshot done", "snapshot done is not 0 or 1")?;
+            let len = r.u32("snapshot chunk length")?;
+            if offset.checked_add(len as u64).is_none() {
+                return Err(WireError::Invalid("snapshot chunk ends past 2^64"));
+            }
+            let data = r.bytes(len, "snapshot chunk")?;
+            Body::Snapshot { index, snapshot_term, config, offset, data, done }
+        }
+        10 => Body::SnapshotResponse {
+            index: r.u64("snapshot response index")?,
+            offset: r.u64("snapshot response offset")?,
+            done: r.bool("snapshot response done", "snapshot response done is not 0 or 1")?,
+        },
+        11 => Body::TimeoutNow,
+        kind => return Err(WireError::UnknownKind(kind)),
+    };
+    if r.buf.has_remaining() {
+        return Err(WireError::TrailingBytes(r.buf.remaining()));
+    }
+    Ok((group, Message { term, body }))
+}
+
+fn decode_append(r: &mut Reader, term: u64) -> Result<Body, WireError> {
+    let prev_index = r.u64("append prev index")?;
+    let prev_term = r.u64("append prev term")?;
+    let commit = r.u64("append commit")?;
+    let count = r.u32("entry count")?;
+    if prev_term > term {
+        return Err(WireError::Invalid("append prev term above the message term"));
+    }
+    if prev_index.checked_add(count as u64).is_none() {
+        return Err(WireError::Invalid("append entries run past index 2^64"));
+    }
+    // Refuse a count the input cannot hold before reserving for it.
+    r.need(count.saturating_mul(MIN_ENTRY_BYTES), "entries")?;
+    let mut entries = Vec::with_capacity(count);
+    let mut last_term = prev_term;
+    for k in 0..count {
+        let entry_term = r.u64("entry term")?;
+        if entry_term < last_term {
+            return Err(WireError::Invalid("append entry terms decrease"));
+        }
+        if entry_term > term {
+            return Err(WireError::Invalid("append entry term above the message term"));
+        }
+        last_term = entry_term;
+        let payload = match r.u8("entry payload tag")? {
+            0 => EntryPayload::Noop,
+            1 => {
+                let len = r.u32("entry payload length")?;
+                EntryPayload::Normal(r.bytes(len, "entry payload")?)
+            }
+            2 => EntryPayload::Config(r.config()?),
+            tag => return Err(WireError::UnknownPayload(tag)),
+        };
+        entries.push(Entry { index: prev_index + 1 + k as u64, term: entry_term, payload });
+    }
+    Ok(Body::Append { prev_index, prev_term, entries, commit })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node() -> impl Strategy<Value = NodeId> {
+        prop_oneof![1u64..8, any::<u64>()].prop_map(NodeId)
+    }
+
+    fn nodes() -> impl Strategy<Value = BTreeSet<NodeId>> {
+        proptest::collection::btree_set(node(), 0..5)
+    }
+
+    pub(crate) fn data() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            Just(Bytes::new()),
+            "[a-z0-9]{1,12}".prop_map(Bytes::from),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from),
+        ]
+    }
+
+    pub(crate) fn configuration() -> impl Strategy<Value = Configuration> {
+        (nodes(), nodes(), nodes()).prop_map(|(voters, outgoing, learners)| {
+            let learners = learners.difference(&voters).copied().collect();
+            Configuration { voters, outgoing, learners }
+        })
+    }
+
+    fn payload() -> impl Strategy<Value = EntryPayload> {
+        prop_oneof![
+            Just(EntryPayload::Noop),
+            data().prop_map(EntryPayload::Normal),
+            configuration().prop_map(EntryPayload::Config),
+        ]
+    }
+
+    fn index() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..20, any::<u64>()]
+    }
+
+    /// A well-formed `Append` of `term`: terms ascend from `prev_term`.
+    fn append(term: u64) -> impl Strategy<Value = Body> {
+        let prev = (0u64..1_000, 0..=term);
+        let steps = proptest::collection::vec((any::<bool>(), payload()), 0..6);
+        (prev, steps, index()).prop_map(move |((prev_index, prev_term), steps, commit)| {
+            let mut t = prev_term;
+            let entries = steps
+                .into_iter()
+                .enumerate()
+                .map(|(k, (bump, payload))| {
+                    if bump && t < term {
+                        t += 1;
+                    }
+                    Entry { index: prev_index + 1 + k as u64, term: t, payload }
+                })
+                .collect();
+            Body::Append { prev_index, prev_term, entries, commit }
+        })
+    }
+
+    fn body(term: u64) -> impl Strategy<Value = Body> {
+        prop_oneof![
+            (index(), 0..=term).prop_map(|(last_index, last_term)| Body::PreVote { last_index, last_term }),
+            any::<bool>().prop_map(|granted| Body::PreVoteResponse { granted }),
+            (index(), 0..=term, any::<bool>()).prop_map(|(last_index, last_term, transfer)| Body::Vote {
+                last_index,
+                last_term,
+                transfer
+            }),
+            any::<bool>().prop_map(|granted| Body::VoteResponse { granted }),
+            append(term),
+            (any::<bool>(), index(), index()).prop_map(|(success, index, hint)| Body::AppendResponse {
+                success,
+                index,
+                hint
+            }),
+            (index(), index()).prop_map(|(commit, round)| Body::Heartbeat { commit, round }),
+            index().prop_map(|round| Body::HeartbeatResponse { round }),
+            (index(), 0..=term, configuration(), 0u64..1 << 40, data(), any::<bool>()).prop_map(
+                |(index, snapshot_term, config, offset, data, done)| Body::Snapshot {
+                    index,
+                    snapshot_term,
+                    config,
+                    offset,
+                    data,
+                    done
+                }
+            ),
+            (index(), index(), any::<bool>()).prop_map(|(index, offset, done)| Body::SnapshotResponse {
+                index,
+                offset,
+                done
+            }),
+            Just(Body::TimeoutNow),
+        ]
+    }
+
+    /// Any message a correct member could send.
+    pub(crate) fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![0u64..10, any::<u64>()]
+            .prop_flat_map(|term| body(term).prop_map(move |body| Message { term, body }))
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(group in any::<u64>(), m in message()) {
+            let wire = encode(group, &m);
+            prop_assert_eq!(wire.len(), encoded_len(&m));
+            prop_assert_eq!(decode(wire), Ok((group, m)));
+        }
+
+        /// Every strict prefix of a valid datagram is rejected, never misread.
+        #[test]
+        fn prefixes_are_rejected(m in message()) {
+            let full = encode(7, &m);
+            for cut in 0..full.len() {
+                prop_assert!(decode(full.slice(..cut)).is_err(), "prefix of {} bytes accepted", cut);
+            }
+        }
+
+        /// Whatever decodes re-encodes to exactly the input, and arbitrary
+        /// bytes never panic (starting from a valid header, so the fuzz
+        /// reaches the bodies).
+        #[test]
+        fn decoding_is_canonical(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..160),
+            kind in 1u8..=11,
+            term in 0u64..4,
+        ) {
+            if bytes.len() >= HEADER_BYTES {
+                bytes[0] = VERSION;
+                bytes[9..17].copy_from_slice(&term.to_le_bytes());
+                bytes[17] = kind;
+            }
+            if let Ok((group, m)) = decode(Bytes::from(bytes.clone())) {
+                prop_assert_eq!(&encode(group, &m)[..], &bytes[..]);
+            }
+        }
+
+        /// Flipping any one byte of a valid datagram either fails to decode
+        /// or decodes to something that re-encodes to the flipped bytes.
+        #[test]
+        fn corrupted_datagrams_stay_canonical(m in message(), at in any::<prop::sample::Index>(), xor in 1u8..=255) {
+            let mut bytes = encode(3, &m).to_vec();
+            let at = at.index(bytes.len());
+            bytes[at] ^= xor;
+            if let Ok((group, back)) = decode(Bytes::from(bytes.clone())) {
+                prop_assert_eq!(&encode(group, &back)[..], &bytes[..]);
+            }
+        }
+    }
+
+    fn header(term: u64, kind: u8) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(VERSION);
+        b.put_u64_le(42);
+        b.put_u64_le(term);
+        b.put_u8(kind);
+        b
+    }
+
+    fn err(b: BytesMut) -> WireError {
+        decode(b.freeze()).expect_err("must not decode")
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let m = Message {
+            term: 3,
+            body: Body::Append {
+                prev_index: 1,
+                prev_term: 2,
+                commit: 1,
+                entries: vec![
+                    Entry { index: 2, term: 2, payload: EntryPayload::Noop },
+                    Entry { index: 3, term: 3, payload: EntryPayload::Normal(Bytes::from_static(b"ab")) },
+                    Entry { index: 4, term: 3, payload: EntryPayload::Config(Configuration::new([NodeId(5)])) },
+                ],
+            },
+        };
+        let mut expected = header(3, 5);
+        for v in [1u64, 2, 1] {
+            expected.put_u64_le(v);
+        }
+        expected.put_u32_le(3);
+        expected.put_u64_le(2);
+        expected.put_u8(0);
+        expected.put_u64_le(3);
+        expected.put_u8(1);
+        expected.put_u32_le(2);
+        expected.put_slice(b"ab");
+        expected.put_u64_le(3);
+        expected.put_u8(2);
+        expected.put_u16_le(1);
+        expected.put_u64_le(5);
+        expected.put_u16_le(0);
+        expected.put_u16_le(0);
+        assert_eq!(&encode(42, &m)[..], &expected[..]);
+        let tn = Message { term: 9, body: Body::TimeoutNow };
+        assert_eq!(encode(1, &tn).len(), HEADER_BYTES);
+    }
+
+    #[test]
+    fn every_kind_has_its_documented_number() {
+        let bodies = [
+            Body::PreVote { last_index: 0, last_term: 0 },
+            Body::PreVoteResponse { granted: true },
+            Body::Vote { last_index: 0, last_term: 0, transfer: false },
+            Body::VoteResponse { granted: false },
+            Body::Append { prev_index: 0, prev_term: 0, entries: vec![], commit: 0 },
+            Body::AppendResponse { success: true, index: 0, hint: 0 },
+            Body::Heartbeat { commit: 0, round: 0 },
+            Body::HeartbeatResponse { round: 0 },
+            Body::Snapshot {
+                index: 1,
+                snapshot_term: 1,
+                config: Configuration::default(),
+                offset: 0,
+                data: Bytes::new(),
+                done: true,
+            },
+            Body::SnapshotResponse { index: 1, offset: 0, done: true },
+            Body::TimeoutNow,
+        ];
+        for (k, body) in bodies.into_iter().enumerate() {
+            let m = Message { term: 1, body };
+            let wire = encode(0, &m);
+            assert_eq!(usize::from(wire[17]), k + 1, "{}", m.body.kind());
+            assert_eq!(wire.len(), encoded_len(&m), "{}", m.body.kind());
+            assert_eq!(decode(wire), Ok((0, m)));
+        }
+    }
+
+    #[test]
+    fn framing_errors_name_the_problem() {
+        assert_eq!(decode(Bytes::new()), Err(WireError::Truncated { what: "version", needed: 1 }));
+        let e = decode(Bytes::from_static(&[2])).unwrap_err();
+        assert_eq!(e, WireError::UnknownVersion(2));
+        assert_eq!(e.to_string(), "unknown wire version 2 (this member speaks 1)");
+        let e = decode(Bytes::from_static(&[1, 0, 0, 0])).unwrap_err();
+        assert_eq!(e.to_string(), "truncated group: needed 5 more bytes");
+        assert_eq!(err(header(1, 0)), WireError::UnknownKind(0));
+        assert_eq!(err(header(1, 12)).to_string(), "unknown message kind 12");
+        let mut b = header(1, 8);
+        b.put_u32_le(0);
+        assert_eq!(err(b), WireError::Truncated { what: "heartbeat response round", needed: 4 });
+        let mut b = encode(0, &Message { term: 1, body: Body::TimeoutNow }).to_vec();
+        b.extend_from_slice(&[0, 0]);
+        let e = decode(Bytes::from(b)).unwrap_err();
+        assert_eq!(
+            (e.clone(), e.to_string()),
+            (WireError::TrailingBytes(2), "2 trailing bytes after the message".into())
+        );
+    }
+
+    #[test]
+    fn booleans_are_zero_or_one() {
+        let mut b = header(1, 2);
+        b.put_u8(2);
+        assert_eq!(err(b).to_string(), "invalid message: pre-vote granted is not 0 or 1");
+        let mut b = header(1, 4);
+        b.put_u8(0xff);
+        assert_eq!(err(b), WireError::Invalid("vote granted is not 0 or 1"));
+        let mut b = header(1, 3);
+        b.put_u64_le(0);
+        b.put_u64_le(0);
+        b.put_u8(7);
+        assert_eq!(err(b), WireError::Invalid("vote transfer is not 0 or 1"));
+        let mut b = header(1, 6);
+        b.put_u8(3);
+        b.put_u64_le(0);
+        b.put_u64_le(0);
+        assert_eq!(err(b), WireError::Invalid("append success is not 0 or 1"));
+        let mut b = header(1, 10);
+        b.put_u64_le(1);
+        b.put_u64_le(0);
+        b.put_u8(9);
+        assert_eq!(err(b), WireError::Invalid("snapshot response done is not 0 or 1"));
+        let mut b = header(1, 9);
+        b.put_u64_le(1);
+        b.put_u64_le(1);
+        b.put_slice(&[0; 6]);
+        b.put_u64_le(0);
+        b.put_u8(2);
+        b.put_u32_le(0);
+        assert_eq!(err(b), WireError::Invalid("snapshot done is not 0 or 1"));
+    }
+
+    #[test]
+    fn log_terms_above_the_message_term_are_refused() {
+        let mut b = header(3, 1);
+        b.put_u64_le(10);
+        b.put_u64_le(4);
+        assert_eq!(err(b), WireError::Invalid("pre-vote log term above the message term"));
+        let mut b = header(3, 3);
+        b.put_u64_le(10);
+        b.put_u64_le(4);
+        b.put_u8(0);
+        assert_eq!(err(b), WireError::Invalid("vote log term above the message term"));
+        let mut b = header(3, 9);
+        b.put_u64_le(10);
+        b.put_u64_le(4);
+        assert_eq!(err(b), WireError::Invalid("snapshot term above the message term"));
+    }
+
+    fn append_header(term: u64, prev_index: u64, prev_term: u64, count: u32) -> BytesMut {
+        let mut b = header(term, 5);
+        b.put_u64_le(prev_index);
+        b.put_u64_le(prev_term);
+        b.put_u64_le(0);
+        b.put_u32_le(count);
+        b
+    }
+
+    #[test]
+    fn append_structure_is_validated() {
+        assert_eq!(err(append_header(2, 5, 3, 0)), WireError::Invalid("append prev term above the message term"));
+        let mut b = append_header(3, 5, 2, 1);
+        b.put_u64_le(1);
+        b.put_u8(0);
+        assert_eq!(err(b), WireError::Invalid("append entry terms decrease"));
+        let mut b = append_header(3, 5, 2, 2);
+        b.put_u64_le(3);
+        b.put_u8(0);
+        b.put_u64_le(2);
+        b.put_u8(0);
+        assert_eq!(err(b), WireError::Invalid("append entry terms decrease"));
+        let mut b = append_header(3, 5, 2, 1);
+        b.put_u64_le(4);
+        b.put_u8(0);
+        assert_eq!(err(b), WireError::Invalid("append entry term above the message term"));
+        let b = append_header(3, u64::MAX, 2, 1);
+        assert_eq!(err(b), WireError::Invalid("append entries run past index 2^64"));
+        let mut b = append_header(3, 5, 2, 1);
+        b.put_u64_le(3);
+        b.put_u8(3);
+        assert_eq!(err(b), WireError::UnknownPayload(3));
+        let mut b = append_header(3, 5, 2, 1);
+        b.put_u64_le(3);
+        b.put_u8(1);
+        b.put_u32_le(10);
+        b.put_slice(b"short");
+        assert_eq!(err(b), WireError::Truncated { what: "entry payload", needed: 5 });
+    }
+
+    #[test]
+    fn lengths_are_checked_before_allocating() {
+        // Four billion entries claimed, nine bytes present: refused without
+        // reserving room for them.
+        let mut b = append_header(3, 5, 2, u32::MAX);
+        b.put_u64_le(3);
+        b.put_u8(0);
+        assert!(matches!(err(b), WireError::Truncated { what: "entries", .. }));
+        let mut b = header(3, 9);
+        b.put_u64_le(1);
+        b.put_u64_le(1);
+        b.put_u16_le(u16::MAX);
+        assert!(matches!(err(b), WireError::Truncated { what: "voters", .. }));
+        let mut b = header(3, 9);
+        b.put_u64_le(1);
+        b.put_u64_le(1);
+        b.put_slice(&[0; 6]);
+        b.put_u64_le(0);
+        b.put_u8(1);
+        b.put_u32_le(u32::MAX);
+        assert!(matches!(err(b), WireError::Truncated { what: "snapshot chunk", .. }));
+        let mut b = header(3, 9);
+        b.put_u64_le(1);
+        b.put_u64_le(1);
+        b.put_slice(&[0; 6]);
+        b.put_u64_le(u64::MAX);
+        b.put_u8(1);
+        b.put_u32_le(1);
+        b.put_u8(0);
+        assert_eq!(err(b), WireError::Invalid("snapshot chunk ends past 2^64"));
+    }
+
+    fn snapshot_with_sets(sets: [&[u64]; 3]) -> BytesMut {
+        let mut b = header(3, 9);
+        b.put_u64_le(1);
+        b.put_u64_le(1);
+        for set in sets {
+            b.put_u16_le(set.len() as u16);
+            for &n in set {
+                b.put_u64_le(n);
+            }
+        }
+        b.put_u64_le(0);
+        b.put_u8(1);
+        b.put_u32_le(0);
+        b
+    }
+
+    #[test]
+    fn node_sets_are_strictly_ascending_and_roles_disjoint() {
+        assert!(decode(snapshot_with_sets([&[1, 2, 3], &[1, 2], &[4]]).freeze()).is_ok());
+        let e = WireError::Invalid("node set not strictly ascending");
+        assert_eq!(err(snapshot_with_sets([&[2, 1], &[], &[]])), e);
+        assert_eq!(err(snapshot_with_sets([&[1], &[3, 3], &[]])), e);
+        assert_eq!(err(snapshot_with_sets([&[1], &[], &[5, 4]])), e);
+        assert_eq!(
+            err(snapshot_with_sets([&[1, 2], &[], &[2]])),
+            WireError::Invalid("a node is both voter and learner")
+        );
+        // An outgoing voter may be an incoming learner (demotion).
+        assert!(decode(snapshot_with_sets([&[1, 2], &[1, 2, 3], &[3]]).freeze()).is_ok());
+    }
+
+    #[test]
+    fn payloads_are_zero_copy() {
+        let m = Message {
+            term: 2,
+            body: Body::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries: vec![Entry { index: 1, term: 2, payload: EntryPayload::Normal(Bytes::from(vec![7u8; 100])) }],
+                commit: 0,
+            },
+        };
+        let wire = encode(1, &m);
+        let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        let (_, back) = decode(wire.clone()).unwrap();
+        let Body::Append { entries, .. } = &back.body else { panic!("an append") };
+        let EntryPayload::Normal(data) = &entries[0].payload else { panic!("normal") };
+        assert!(range.contains(&(data.as_ptr() as usize)), "entry payload was copied");
+        let snap = Message {
+            term: 2,
+            body: Body::Snapshot {
+                index: 4,
+                snapshot_term: 1,
+                config: Configuration::new([NodeId(1)]),
+                offset: 0,
+                data: Bytes::from(vec![1u8; 50]),
+                done: false,
+            },
+        };
+        let wire = encode(1, &snap);
+        let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        let (_, back) = decode(wire.clone()).unwrap();
+        let Body::Snapshot { data, .. } = &back.body else { panic!("a snapshot") };
+        assert!(range.contains(&(data.as_ptr() as usize)), "snapshot chunk was copied");
+    }
+
+    #[test]
+    #[should_panic(expected = "dense")]
+    fn encoding_a_gapped_append_is_a_bug() {
+        let m = Message {
+            term: 1,
+            body: Body::Append {
+                prev_index: 3,
+                prev_term: 1,
+                entries: vec![Entry { index: 5, term: 1, payload: EntryPayload::Noop }],
+                commit: 0,
+            },
+        };
+        encode(0, &m);
+    }
+}
