@@ -589,10 +589,13 @@ impl Raft {
         self.finish();
     }
 
-    /// A message from `from`.
+    /// A message from `from`. One that claims to come from this member
+    /// itself (misrouted or forged) is ignored: no member talks to itself.
     pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
         self.advance(now);
-        self.step(from, message);
+        if from != self.config.id {
+            self.step(from, message);
+        }
         self.finish();
     }
 

@@ -644,3 +644,23 @@ fn randomized_faults_never_break_safety() {
         }
     }
 }
+
+/// Found by the `raft_message` fuzz target: a datagram that claims to come
+/// from the member itself (misrouted or forged) was answered to itself, and
+/// a heartbeat "from itself" made a leader panic on "two leaders".
+#[test]
+fn a_message_claiming_to_come_from_itself_is_ignored() {
+    let mut net = Net::new(3, 16);
+    let l = net.elect();
+    let term = net.raft(l).term();
+    let now = net.now;
+    net.node(l).raft.handle_message(now, l, Message { term, body: Body::Heartbeat { commit: 0, round: 0 } });
+    net.node(l).raft.handle_message(
+        now,
+        l,
+        Message { term: term + 1, body: Body::Vote { last_index: 99, last_term: term, transfer: true } },
+    );
+    net.drain(l);
+    assert_eq!((net.raft(l).role(), net.raft(l).term()), (Role::Leader, term));
+    assert!(net.wire.iter().all(|(_, to, _)| *to != l), "no member talks to itself");
+}
