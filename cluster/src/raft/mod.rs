@@ -874,10 +874,15 @@ impl Raft {
     fn handle_append_response(&mut self, from: NodeId, success: bool, index: u64, hint: u64) {
         let max_inflight = self.config.max_inflight;
         let last_index = self.log.last_index();
+        if success && index > last_index {
+            // No correct follower acknowledges what this leader never sent
+            // (its log only grows within its term): ignore, or next_index
+            // would point past the log.
+            return;
+        }
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         if success {
-            assert!(index <= last_index, "{from} acknowledged {index}, beyond the leader's log ({last_index})");
             if pr.acknowledged(index) {
                 self.maybe_commit();
             }
@@ -969,6 +974,10 @@ impl Raft {
     }
 
     fn handle_snapshot_response(&mut self, from: NodeId, index: u64, offset: u64, done: bool) {
+        if index > self.log.last_index() {
+            // Not a snapshot this leader sent (see handle_append_response).
+            return;
+        }
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         let ProgressState::Snapshot { index: sending, .. } = pr.state else {

@@ -664,3 +664,28 @@ fn a_message_claiming_to_come_from_itself_is_ignored() {
     assert_eq!((net.raft(l).role(), net.raft(l).term()), (Role::Leader, term));
     assert!(net.wire.iter().all(|(_, to, _)| *to != l), "no member talks to itself");
 }
+
+/// Found by the `raft_message` fuzz target: an acknowledgement (append or
+/// snapshot) of an index beyond the leader's log tripped an assertion or
+/// moved `next_index` past the log, and the next append panicked.
+#[test]
+fn a_leader_ignores_acknowledgements_beyond_its_log() {
+    let mut net = Net::new(3, 17);
+    let l = net.elect();
+    let f = ids(3).into_iter().find(|&n| n != l).expect("a follower");
+    let (term, last) = (net.raft(l).term(), net.raft(l).log().last_index());
+    let now = net.now;
+    for body in [
+        Body::AppendResponse { success: true, index: last + 100, hint: 0 },
+        Body::SnapshotResponse { index: last + 100, offset: 0, done: true },
+    ] {
+        net.node(l).raft.handle_message(now, f, Message { term, body });
+        net.drain(l);
+        let p = net.raft(l).progress(f).expect("a follower's progress");
+        assert!(p.match_index <= last && p.next_index <= last + 1, "{p:?}");
+    }
+    net.wire.clear();
+    net.propose(l, "still works").expect("leader");
+    net.tick(Duration::from_millis(100));
+    assert_eq!(net.payloads(f), ["still works"]);
+}
