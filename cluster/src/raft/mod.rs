@@ -750,6 +750,14 @@ impl Raft {
             }
             return;
         }
+        if self.role == Role::Leader
+            && matches!(m.body, Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. })
+        {
+            // Only this term's leader sends these, and that is us (election
+            // safety): the message is forged or misrouted, not a reason to
+            // crash. Checkers of the whole group catch real double leaders.
+            return;
+        }
         match m.body {
             Body::PreVote { last_index, last_term } => {
                 let granted = !self.recovering

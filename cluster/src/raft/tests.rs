@@ -689,3 +689,33 @@ fn a_leader_ignores_acknowledgements_beyond_its_log() {
     net.tick(Duration::from_millis(100));
     assert_eq!(net.payloads(f), ["still works"]);
 }
+
+/// Found by the `raft_message` fuzz target: an append, heartbeat or
+/// snapshot chunk of the leader's own term from another member (which no
+/// correct member sends) hit the "two leaders" assertion: one bad datagram
+/// crashed the leader.
+#[test]
+fn a_leader_ignores_leader_messages_of_its_own_term() {
+    let mut net = Net::new(3, 18);
+    let l = net.elect();
+    let f = ids(3).into_iter().find(|&n| n != l).expect("a follower");
+    let (term, last, commit) = (net.raft(l).term(), net.raft(l).log().last_index(), net.raft(l).commit());
+    let now = net.now;
+    for body in [
+        Body::Append { prev_index: 0, prev_term: 0, entries: vec![], commit: 0 },
+        Body::Heartbeat { commit: 0, round: 0 },
+        Body::Snapshot {
+            index: 50,
+            snapshot_term: term,
+            config: Configuration::new(ids(3)),
+            offset: 0,
+            data: Bytes::from_static(b"x"),
+            done: true,
+        },
+    ] {
+        net.node(l).raft.handle_message(now, f, Message { term, body });
+        net.drain(l);
+        assert_eq!(net.raft(l).role(), Role::Leader);
+    }
+    assert_eq!((net.raft(l).log().last_index(), net.raft(l).commit()), (last, commit), "nothing changed");
+}
