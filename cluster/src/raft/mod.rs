@@ -882,10 +882,10 @@ impl Raft {
     fn handle_append_response(&mut self, from: NodeId, success: bool, index: u64, hint: u64) {
         let max_inflight = self.config.max_inflight;
         let last_index = self.log.last_index();
-        if success && index > last_index {
-            // No correct follower acknowledges what this leader never sent
-            // (its log only grows within its term): ignore, or next_index
-            // would point past the log.
+        if index > last_index {
+            // No correct follower acknowledges or refuses what this leader
+            // never sent (its log only grows within its term): ignore, or
+            // next_index would point past the log.
             return;
         }
         let Some(pr) = self.progress.get_mut(&from) else { return };

@@ -719,3 +719,24 @@ fn a_leader_ignores_leader_messages_of_its_own_term() {
     }
     assert_eq!((net.raft(l).log().last_index(), net.raft(l).commit()), (last, commit), "nothing changed");
 }
+
+/// Found by the `raft_message` fuzz target: a refusal of a `prev_index`
+/// beyond the leader's log (which the leader never sent) moved
+/// `next_index` past the log, and the retry panicked.
+#[test]
+fn a_leader_ignores_refusals_beyond_its_log() {
+    let mut net = Net::new(3, 19);
+    let l = net.elect();
+    let f = ids(3).into_iter().find(|&n| n != l).expect("a follower");
+    let (term, last) = (net.raft(l).term(), net.raft(l).log().last_index());
+    let now = net.now;
+    let refusal = Body::AppendResponse { success: false, index: last + 2, hint: last + 3 };
+    net.node(l).raft.handle_message(now, f, Message { term, body: refusal });
+    net.drain(l);
+    let p = net.raft(l).progress(f).expect("a follower's progress");
+    assert!(p.next_index <= last + 1, "{p:?}");
+    net.wire.clear();
+    net.propose(l, "still works").expect("leader");
+    net.tick(Duration::from_millis(100));
+    assert_eq!(net.payloads(f), ["still works"]);
+}
