@@ -894,9 +894,11 @@ impl Raft {
             if pr.acknowledged(index) {
                 self.maybe_commit();
             }
+            // The commit above may have left a joint configuration and so
+            // dropped `from`'s progress: look it up again.
             if let Some((to, _)) = self.transfer
                 && to == from
-                && self.progress[&from].match_index == self.log.last_index()
+                && self.progress.get(&from).is_some_and(|p| p.match_index == self.log.last_index())
             {
                 self.send(from, Body::TimeoutNow);
             }

@@ -740,3 +740,34 @@ fn a_leader_ignores_refusals_beyond_its_log() {
     net.tick(Duration::from_millis(100));
     assert_eq!(net.payloads(f), ["still works"]);
 }
+
+/// Found by the `raft_message` fuzz target: while a leader transferred
+/// leadership to an outgoing voter of a joint configuration, that voter's
+/// acknowledgement committed the joint entry, the leader moved on to the new
+/// configuration (dropping the voter's progress) and then looked the
+/// progress up by index: a panic on a correct sequence of messages.
+#[test]
+fn an_acknowledgement_that_drops_the_transfer_target_from_the_configuration_does_not_panic() {
+    let mut net = Net::new(3, 20);
+    let l = net.elect();
+    let mut others = ids(3).into_iter().filter(|&n| n != l);
+    let (target, cut_off) = (others.next().expect("two followers"), others.next().expect("two followers"));
+    let newcomer = NodeId(4);
+    let now = net.now;
+    // {1,2,3} → {l, n4}: joint until committed by a majority of each half.
+    let (joint, _) = net.node(l).raft.propose_config(now, [l, newcomer].into(), BTreeSet::new()).expect("leader");
+    net.node(l).raft.transfer_leadership(now, target).expect("target is an outgoing voter");
+    net.drain(l);
+    net.wire.clear();
+    let term = net.raft(l).term();
+    let ack = Message { term, body: Body::AppendResponse { success: true, index: joint, hint: 0 } };
+    net.node(l).raft.handle_message(now, newcomer, ack.clone());
+    net.drain(l);
+    assert_eq!(net.raft(l).commit(), joint - 1, "the old half has only the leader");
+    // The target's acknowledgement completes the old half's majority.
+    net.node(l).raft.handle_message(now, target, ack);
+    net.drain(l);
+    assert!(net.raft(l).commit() >= joint);
+    assert!(net.raft(l).progress(target).is_none(), "the new configuration has no place for the target");
+    assert!(net.raft(l).progress(cut_off).is_none());
+}
