@@ -70,6 +70,7 @@ pub mod log;
 pub mod message;
 pub mod progress;
 pub mod quorum;
+pub mod text;
 pub mod wire;
 
 #[cfg(test)]
