@@ -3,3 +3,4 @@
 
 mod membership;
 mod swim_transcripts;
+mod transcript;
