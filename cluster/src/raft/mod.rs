@@ -71,6 +71,7 @@ pub mod log;
 pub mod message;
 pub mod progress;
 pub mod quorum;
+pub mod text;
 pub mod wire;
 
 #[cfg(test)]
@@ -590,10 +591,13 @@ impl Raft {
         self.finish();
     }
 
-    /// A message from `from`.
+    /// A message from `from`. One that claims to come from this member
+    /// itself (misrouted or forged) is ignored: no member talks to itself.
     pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
         self.advance(now);
-        self.step(from, message);
+        if from != self.config.id {
+            self.step(from, message);
+        }
         self.finish();
     }
 
@@ -748,6 +752,14 @@ impl Raft {
             }
             return;
         }
+        if self.role == Role::Leader
+            && matches!(m.body, Body::Append { .. } | Body::Heartbeat { .. } | Body::Snapshot { .. })
+        {
+            // Only this term's leader sends these, and that is us (election
+            // safety): the message is forged or misrouted, not a reason to
+            // crash. Checkers of the whole group catch real double leaders.
+            return;
+        }
         match m.body {
             Body::PreVote { last_index, last_term } => {
                 let granted = !self.recovering
@@ -872,16 +884,23 @@ impl Raft {
     fn handle_append_response(&mut self, from: NodeId, success: bool, index: u64, hint: u64) {
         let max_inflight = self.config.max_inflight;
         let last_index = self.log.last_index();
+        if index > last_index {
+            // No correct follower acknowledges or refuses what this leader
+            // never sent (its log only grows within its term): ignore, or
+            // next_index would point past the log.
+            return;
+        }
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         if success {
-            assert!(index <= last_index, "{from} acknowledged {index}, beyond the leader's log ({last_index})");
             if pr.acknowledged(index) {
                 self.maybe_commit();
             }
+            // The commit above may have left a joint configuration and so
+            // dropped `from`'s progress: look it up again.
             if let Some((to, _)) = self.transfer
                 && to == from
-                && self.progress[&from].match_index == self.log.last_index()
+                && self.progress.get(&from).is_some_and(|p| p.match_index == self.log.last_index())
             {
                 self.send(from, Body::TimeoutNow);
             }
@@ -967,6 +986,10 @@ impl Raft {
     }
 
     fn handle_snapshot_response(&mut self, from: NodeId, index: u64, offset: u64, done: bool) {
+        if index > self.log.last_index() {
+            // Not a snapshot this leader sent (see handle_append_response).
+            return;
+        }
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         let ProgressState::Snapshot { index: sending, .. } = pr.state else {

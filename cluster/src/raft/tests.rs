@@ -622,3 +622,130 @@ fn randomized_faults_never_break_safety() {
         }
     }
 }
+
+/// Found by the `raft_message` fuzz target: a datagram that claims to come
+/// from the member itself (misrouted or forged) was answered to itself, and
+/// a heartbeat "from itself" made a leader panic on "two leaders".
+#[test]
+fn a_message_claiming_to_come_from_itself_is_ignored() {
+    let mut net = Net::new(3, 16);
+    let l = net.elect();
+    let term = net.raft(l).term();
+    let now = net.now;
+    net.node(l).raft.handle_message(now, l, Message { term, body: Body::Heartbeat { commit: 0, round: 0 } });
+    net.node(l).raft.handle_message(
+        now,
+        l,
+        Message { term: term + 1, body: Body::Vote { last_index: 99, last_term: term, transfer: true } },
+    );
+    net.drain(l);
+    assert_eq!((net.raft(l).role(), net.raft(l).term()), (Role::Leader, term));
+    assert!(net.wire.iter().all(|(_, to, _)| *to != l), "no member talks to itself");
+}
+
+/// Found by the `raft_message` fuzz target: an acknowledgement (append or
+/// snapshot) of an index beyond the leader's log tripped an assertion or
+/// moved `next_index` past the log, and the next append panicked.
+#[test]
+fn a_leader_ignores_acknowledgements_beyond_its_log() {
+    let mut net = Net::new(3, 17);
+    let l = net.elect();
+    let f = ids(3).into_iter().find(|&n| n != l).expect("a follower");
+    let (term, last) = (net.raft(l).term(), net.raft(l).log().last_index());
+    let now = net.now;
+    for body in [
+        Body::AppendResponse { success: true, index: last + 100, hint: 0 },
+        Body::SnapshotResponse { index: last + 100, offset: 0, done: true },
+    ] {
+        net.node(l).raft.handle_message(now, f, Message { term, body });
+        net.drain(l);
+        let p = net.raft(l).progress(f).expect("a follower's progress");
+        assert!(p.match_index <= last && p.next_index <= last + 1, "{p:?}");
+    }
+    net.wire.clear();
+    net.propose(l, "still works").expect("leader");
+    net.tick(Duration::from_millis(100));
+    assert_eq!(net.payloads(f), ["still works"]);
+}
+
+/// Found by the `raft_message` fuzz target: an append, heartbeat or
+/// snapshot chunk of the leader's own term from another member (which no
+/// correct member sends) hit the "two leaders" assertion: one bad datagram
+/// crashed the leader.
+#[test]
+fn a_leader_ignores_leader_messages_of_its_own_term() {
+    let mut net = Net::new(3, 18);
+    let l = net.elect();
+    let f = ids(3).into_iter().find(|&n| n != l).expect("a follower");
+    let (term, last, commit) = (net.raft(l).term(), net.raft(l).log().last_index(), net.raft(l).commit());
+    let now = net.now;
+    for body in [
+        Body::Append { prev_index: 0, prev_term: 0, entries: vec![], commit: 0 },
+        Body::Heartbeat { commit: 0, round: 0 },
+        Body::Snapshot {
+            index: 50,
+            snapshot_term: term,
+            config: Configuration::new(ids(3)),
+            offset: 0,
+            data: Bytes::from_static(b"x"),
+            done: true,
+        },
+    ] {
+        net.node(l).raft.handle_message(now, f, Message { term, body });
+        net.drain(l);
+        assert_eq!(net.raft(l).role(), Role::Leader);
+    }
+    assert_eq!((net.raft(l).log().last_index(), net.raft(l).commit()), (last, commit), "nothing changed");
+}
+
+/// Found by the `raft_message` fuzz target: a refusal of a `prev_index`
+/// beyond the leader's log (which the leader never sent) moved
+/// `next_index` past the log, and the retry panicked.
+#[test]
+fn a_leader_ignores_refusals_beyond_its_log() {
+    let mut net = Net::new(3, 19);
+    let l = net.elect();
+    let f = ids(3).into_iter().find(|&n| n != l).expect("a follower");
+    let (term, last) = (net.raft(l).term(), net.raft(l).log().last_index());
+    let now = net.now;
+    let refusal = Body::AppendResponse { success: false, index: last + 2, hint: last + 3 };
+    net.node(l).raft.handle_message(now, f, Message { term, body: refusal });
+    net.drain(l);
+    let p = net.raft(l).progress(f).expect("a follower's progress");
+    assert!(p.next_index <= last + 1, "{p:?}");
+    net.wire.clear();
+    net.propose(l, "still works").expect("leader");
+    net.tick(Duration::from_millis(100));
+    assert_eq!(net.payloads(f), ["still works"]);
+}
+
+/// Found by the `raft_message` fuzz target: while a leader transferred
+/// leadership to an outgoing voter of a joint configuration, that voter's
+/// acknowledgement committed the joint entry, the leader moved on to the new
+/// configuration (dropping the voter's progress) and then looked the
+/// progress up by index: a panic on a correct sequence of messages.
+#[test]
+fn an_acknowledgement_that_drops_the_transfer_target_from_the_configuration_does_not_panic() {
+    let mut net = Net::new(3, 20);
+    let l = net.elect();
+    let mut others = ids(3).into_iter().filter(|&n| n != l);
+    let (target, cut_off) = (others.next().expect("two followers"), others.next().expect("two followers"));
+    let newcomer = NodeId(4);
+    let now = net.now;
+    // {1,2,3} → {l, n4}: joint until committed by a majority of each half.
+    let (joint, _) = net.node(l).raft.propose_config(now, [l, newcomer].into(), BTreeSet::new()).expect("leader");
+    net.node(l).raft.transfer_leadership(now, target).expect("target is an outgoing voter");
+    net.drain(l);
+    net.wire.clear();
+    let term = net.raft(l).term();
+    let ack = Message { term, body: Body::AppendResponse { success: true, index: joint, hint: 0 } };
+    net.node(l).raft.handle_message(now, newcomer, ack.clone());
+    net.drain(l);
+    assert_eq!(net.raft(l).commit(), joint - 1, "the old half has only the leader");
+    // The target's acknowledgement completes the old half's majority.
+    net.node(l).raft.handle_message(now, target, ack);
+    net.drain(l);
+    assert!(net.raft(l).commit() >= joint);
+    assert!(net.raft(l).progress(target).is_none(), "the new configuration has no place for the target");
+    assert!(net.raft(l).progress(cut_off).is_none());
+}

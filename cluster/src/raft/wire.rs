@@ -35,7 +35,9 @@
 //! member could send: an `Append`'s entry terms never decrease, start at or
 //! above `prev_term` and none is above the message's term; a log's last
 //! term (`PreVote`, `Vote`) and a snapshot's term are at most the message's
-//! term; no index or offset overflows; no node is both voter and learner.
+//! term; only index 0 (the empty prefix) has term 0, so every entry and
+//! snapshot has a term of at least 1; no index or offset overflows; no node
+//! is both voter and learner.
 //! Whether the *values* are right (is this sender the leader, does that
 //! index exist here?) is the core's business, not the codec's.
 //!
@@ -328,6 +330,7 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
             if last_term > term {
                 return Err(WireError::Invalid("pre-vote log term above the message term"));
             }
+            check_position(last_index, last_term)?;
             Body::PreVote { last_index, last_term }
         }
         2 => Body::PreVoteResponse { granted: r.bool("pre-vote granted", "pre-vote granted is not 0 or 1")? },
@@ -338,6 +341,7 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
             if last_term > term {
                 return Err(WireError::Invalid("vote log term above the message term"));
             }
+            check_position(last_index, last_term)?;
             Body::Vote { last_index, last_term, transfer }
         }
         4 => Body::VoteResponse { granted: r.bool("vote granted", "vote granted is not 0 or 1")? },
@@ -355,6 +359,10 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
             if snapshot_term > term {
                 return Err(WireError::Invalid("snapshot term above the message term"));
             }
+            if index == 0 {
+                return Err(WireError::Invalid("snapshot of index 0"));
+            }
+            check_position(index, snapshot_term)?;
             let config = r.config()?;
             let offset = r.u64("snapshot offset")?;
             let done = r.bool("snapshot done", "snapshot done is not 0 or 1")?;
@@ -379,6 +387,14 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
     Ok((group, Message { term, body }))
 }
 
+/// A log position (index, term): only the empty prefix, index 0, has term 0.
+fn check_position(index: u64, term: u64) -> Result<(), WireError> {
+    if (index == 0) != (term == 0) {
+        return Err(WireError::Invalid("only index 0 has term 0"));
+    }
+    Ok(())
+}
+
 fn decode_append(r: &mut Reader, term: u64) -> Result<Body, WireError> {
     let prev_index = r.u64("append prev index")?;
     let prev_term = r.u64("append prev term")?;
@@ -387,6 +403,7 @@ fn decode_append(r: &mut Reader, term: u64) -> Result<Body, WireError> {
     if prev_term > term {
         return Err(WireError::Invalid("append prev term above the message term"));
     }
+    check_position(prev_index, prev_term)?;
     if prev_index.checked_add(count as u64).is_none() {
         return Err(WireError::Invalid("append entries run past index 2^64"));
     }
@@ -401,6 +418,9 @@ fn decode_append(r: &mut Reader, term: u64) -> Result<Body, WireError> {
         }
         if entry_term > term {
             return Err(WireError::Invalid("append entry term above the message term"));
+        }
+        if entry_term == 0 {
+            return Err(WireError::Invalid("an entry of term 0"));
         }
         last_term = entry_term;
         let payload = match r.u8("entry payload tag")? {
@@ -457,14 +477,25 @@ pub(crate) mod tests {
         prop_oneof![0u64..20, any::<u64>()]
     }
 
-    /// A well-formed `Append` of `term`: terms ascend from `prev_term`.
+    /// A log position a member of `term` may name: the empty prefix, or an
+    /// index from 1 with a term in `1..=term`.
+    fn position(term: u64, max_index: u64) -> BoxedStrategy<(u64, u64)> {
+        if term == 0 {
+            return Just((0, 0)).boxed();
+        }
+        prop_oneof![Just((0, 0)), (1..=max_index, 1..=term)].boxed()
+    }
+
+    /// A well-formed `Append` of `term`: terms ascend from `prev_term`,
+    /// none is 0 or above `term`.
     fn append(term: u64) -> impl Strategy<Value = Body> {
-        let prev = (0u64..1_000, 0..=term);
         let steps = proptest::collection::vec((any::<bool>(), payload()), 0..6);
-        (prev, steps, index()).prop_map(move |((prev_index, prev_term), steps, commit)| {
-            let mut t = prev_term;
+        (position(term, 1_000), steps, index()).prop_map(move |((prev_index, prev_term), steps, commit)| {
+            let mut t = prev_term.max(1);
+            let count = if term == 0 { 0 } else { steps.len() };
             let entries = steps
                 .into_iter()
+                .take(count)
                 .enumerate()
                 .map(|(k, (bump, payload))| {
                     if bump && t < term {
@@ -477,47 +508,45 @@ pub(crate) mod tests {
         })
     }
 
-    fn body(term: u64) -> impl Strategy<Value = Body> {
+    fn message_of(term: u64) -> impl Strategy<Value = Message> {
+        let at = move |body: Body| Message { term, body };
+        // A snapshot has an index and so a term of at least 1.
+        let snapshot_term = term.max(1);
+        let snapshot = (position(snapshot_term, u64::MAX), configuration(), 0u64..1 << 40, data(), any::<bool>())
+            .prop_filter("a snapshot of index 0", |(p, ..)| p.0 > 0)
+            .prop_map(move |((index, st), config, offset, data, done)| Message {
+                term: snapshot_term,
+                body: Body::Snapshot { index, snapshot_term: st, config, offset, data, done },
+            });
         prop_oneof![
-            (index(), 0..=term).prop_map(|(last_index, last_term)| Body::PreVote { last_index, last_term }),
-            any::<bool>().prop_map(|granted| Body::PreVoteResponse { granted }),
-            (index(), 0..=term, any::<bool>()).prop_map(|(last_index, last_term, transfer)| Body::Vote {
-                last_index,
-                last_term,
-                transfer
-            }),
-            any::<bool>().prop_map(|granted| Body::VoteResponse { granted }),
-            append(term),
-            (any::<bool>(), index(), index()).prop_map(|(success, index, hint)| Body::AppendResponse {
+            position(term, u64::MAX)
+                .prop_map(move |(last_index, last_term)| at(Body::PreVote { last_index, last_term })),
+            any::<bool>().prop_map(move |granted| at(Body::PreVoteResponse { granted })),
+            (position(term, u64::MAX), any::<bool>()).prop_map(move |((last_index, last_term), transfer)| at(
+                Body::Vote { last_index, last_term, transfer }
+            )),
+            any::<bool>().prop_map(move |granted| at(Body::VoteResponse { granted })),
+            append(term).prop_map(at),
+            (any::<bool>(), index(), index()).prop_map(move |(success, index, hint)| at(Body::AppendResponse {
                 success,
                 index,
                 hint
-            }),
-            (index(), index()).prop_map(|(commit, round)| Body::Heartbeat { commit, round }),
-            index().prop_map(|round| Body::HeartbeatResponse { round }),
-            (index(), 0..=term, configuration(), 0u64..1 << 40, data(), any::<bool>()).prop_map(
-                |(index, snapshot_term, config, offset, data, done)| Body::Snapshot {
-                    index,
-                    snapshot_term,
-                    config,
-                    offset,
-                    data,
-                    done
-                }
-            ),
-            (index(), index(), any::<bool>()).prop_map(|(index, offset, done)| Body::SnapshotResponse {
+            })),
+            (index(), index()).prop_map(move |(commit, round)| at(Body::Heartbeat { commit, round })),
+            index().prop_map(move |round| at(Body::HeartbeatResponse { round })),
+            snapshot,
+            (index(), index(), any::<bool>()).prop_map(move |(index, offset, done)| at(Body::SnapshotResponse {
                 index,
                 offset,
                 done
-            }),
-            Just(Body::TimeoutNow),
+            })),
+            Just(at(Body::TimeoutNow)),
         ]
     }
 
     /// Any message a correct member could send.
     pub(crate) fn message() -> impl Strategy<Value = Message> {
-        prop_oneof![0u64..10, any::<u64>()]
-            .prop_flat_map(|term| body(term).prop_map(move |body| Message { term, body }))
+        prop_oneof![0u64..10, any::<u64>()].prop_flat_map(message_of)
     }
 
     proptest! {
@@ -720,6 +749,34 @@ pub(crate) mod tests {
         b.put_u64_le(10);
         b.put_u64_le(4);
         assert_eq!(err(b), WireError::Invalid("snapshot term above the message term"));
+    }
+
+    #[test]
+    fn only_index_zero_has_term_zero() {
+        let e = WireError::Invalid("only index 0 has term 0");
+        let mut b = header(3, 1);
+        b.put_u64_le(5);
+        b.put_u64_le(0);
+        assert_eq!(err(b), e, "pre-vote from a non-empty log of term 0");
+        let mut b = header(3, 3);
+        b.put_u64_le(0);
+        b.put_u64_le(2);
+        b.put_u8(0);
+        assert_eq!(err(b), e, "vote from an empty log of term 2");
+        assert_eq!(err(append_header(3, 0, 1, 0)), e, "append after the empty prefix of term 1");
+        assert_eq!(err(append_header(3, 4, 0, 0)), e, "append after index 4 of term 0");
+        let mut b = append_header(3, 0, 0, 1);
+        b.put_u64_le(0);
+        b.put_u8(0);
+        assert_eq!(err(b), WireError::Invalid("an entry of term 0"));
+        let mut b = header(3, 9);
+        b.put_u64_le(0);
+        b.put_u64_le(0);
+        assert_eq!(err(b), WireError::Invalid("snapshot of index 0"));
+        let mut b = header(3, 9);
+        b.put_u64_le(7);
+        b.put_u64_le(0);
+        assert_eq!(err(b), e, "snapshot of term 0");
     }
 
     fn append_header(term: u64, prev_index: u64, prev_term: u64, count: u32) -> BytesMut {

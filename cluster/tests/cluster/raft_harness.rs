@@ -1,0 +1,153 @@
+//! Drives one Raft member through its public API, the way a node's driver
+//! does: outputs are drained after every input, disk writes queue until the
+//! test completes them (in order, as the contract says) and land on an
+//! in-memory disk, and a crash loses whatever writes were still queued.
+//! Shared by the Raft transcripts and the Figure 2 tests.
+
+use std::collections::VecDeque;
+
+use kaelix_cluster::raft::wire;
+use kaelix_cluster::raft::{Entry, HardState, Message, Output, Raft, RaftConfig, Recovered, Snapshot, Write};
+use kaelix_core::NodeId;
+use kaelix_core::rng::seeded;
+use kaelix_core::time::Instant;
+
+/// What completed writes left, applied as [`Write`]'s docs say.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub used: bool,
+}
+
+impl Disk {
+    /// A disk that already holds `hard_state` and `entries`.
+    pub fn holding(hard_state: HardState, entries: Vec<Entry>) -> Self {
+        Disk { hard_state, snapshot: None, entries, used: true }
+    }
+
+    pub fn apply(&mut self, w: &Write) {
+        self.used = true;
+        if let Some(s) = &w.snapshot {
+            let keeps = self.entries.iter().any(|e| e.index == s.index && e.term == s.term);
+            if keeps {
+                self.entries.retain(|e| e.index > s.index);
+            } else {
+                self.entries.clear();
+            }
+            self.snapshot = Some(s.clone());
+        }
+        if let Some(first) = w.entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(w.entries.iter().cloned());
+        }
+        if let Some(hs) = w.hard_state {
+            self.hard_state = hs;
+        }
+    }
+
+    pub fn recovered(&self) -> Recovered {
+        Recovered {
+            hard_state: self.hard_state,
+            snapshot: self.snapshot.clone(),
+            entries: self.entries.clone(),
+            empty: !self.used,
+        }
+    }
+}
+
+/// One member, its disk and its queue of writes in flight.
+pub struct Member {
+    pub raft: Raft,
+    pub config: RaftConfig,
+    pub disk: Disk,
+    pub pending: VecDeque<Write>,
+    pub now: Instant,
+    seed: u64,
+    boots: u64,
+}
+
+impl Member {
+    /// Boots `config` on `disk` at `now`; returns the member and what booting
+    /// output.
+    pub fn boot(config: RaftConfig, seed: u64, now: Instant, disk: Disk) -> (Self, Vec<Output>) {
+        let raft = Raft::new(config.clone(), seeded(seed), now, disk.recovered());
+        let mut m = Member { raft, config, disk, pending: VecDeque::new(), now, seed, boots: 1 };
+        let out = m.drain();
+        (m, out)
+    }
+
+    /// Every output so far. Writes also join the queue; every message sent
+    /// must survive the wire codec unchanged.
+    pub fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some(o) = self.raft.poll_output() {
+            match &o {
+                Output::Persist(w) => self.pending.push_back(w.clone()),
+                Output::Send { message, .. } => {
+                    let datagram = wire::encode(7, message);
+                    assert_eq!(wire::decode(datagram), Ok((7, message.clone())), "{message} survives the wire");
+                }
+                _ => {}
+            }
+            out.push(o);
+        }
+        out
+    }
+
+    pub fn recv(&mut self, from: NodeId, message: Message) -> Vec<Output> {
+        self.raft.handle_message(self.now, from, message);
+        self.drain()
+    }
+
+    /// `handle_timeout` at the current time (a no-op unless a deadline passed).
+    pub fn timeout(&mut self) -> Vec<Output> {
+        self.raft.handle_timeout(self.now);
+        self.drain()
+    }
+
+    /// Moves time to the next deadline and handles it.
+    pub fn tick(&mut self) -> Vec<Output> {
+        let deadline = self.raft.poll_timeout();
+        assert!(deadline != Instant::MAX, "no deadline to move to");
+        self.now = self.now.max(deadline);
+        self.timeout()
+    }
+
+    /// Completes the oldest `n` writes in flight (each lands on the disk
+    /// first), with what each completion released.
+    pub fn write_done(&mut self, n: usize) -> Vec<Output> {
+        let mut out = Vec::new();
+        for _ in 0..n.min(self.pending.len()) {
+            let w = self.pending.pop_front().expect("counted");
+            self.disk.apply(&w);
+            self.raft.handle_write_complete(self.now, w.id);
+            out.extend(self.drain());
+        }
+        out
+    }
+
+    /// Completes every write in flight, and those the completions cause.
+    pub fn settle(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while !self.pending.is_empty() {
+            out.extend(self.write_done(usize::MAX));
+        }
+        out
+    }
+
+    /// Crash (writes in flight are lost) and boot again from the disk, or
+    /// from an empty disk as a non-bootstrapping member when `wiped`.
+    pub fn restart(&mut self, wiped: bool) -> Vec<Output> {
+        self.pending.clear();
+        self.boots += 1;
+        if wiped {
+            self.disk = Disk::default();
+            self.config.bootstrap = false;
+        }
+        let seed = self.seed.wrapping_add(self.boots);
+        self.raft = Raft::new(self.config.clone(), seeded(seed), self.now, self.disk.recovered());
+        self.drain()
+    }
+}
