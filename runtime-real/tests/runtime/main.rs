@@ -1,5 +1,5 @@
 //! Integration tests of the real runtime: executor, timers, storage,
-//! network, and the broadcast node running on real sockets.
+//! network, and the broadcast and replicated-partition nodes on real sockets.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // real threads and clocks are what is under test
 
@@ -8,4 +8,5 @@ mod broker;
 mod executor;
 mod net;
 mod partition;
+mod replicated;
 mod support;
