@@ -28,7 +28,9 @@
 //!   - *state machine safety*: no two members apply different entries at
 //!     one index;
 //!   - *monotonic state*: within an incarnation a member's term and commit
-//!     index never decrease, and its vote in a term never changes.
+//!     index never decrease, and its vote in a term never changes;
+//!   - *current-term commitment*: a leader's commit index only ever moves
+//!     onto an entry of its own term.
 //! * **Liveness**: the safety phase lasts 5 s; then faults stop, nodes come
 //!   back and an auditor client must, within 20 s, produce a marker to every
 //!   partition and read each back from offset 0 to its end.
@@ -121,6 +123,8 @@ struct Observed {
     applied: BTreeMap<u32, BTreeMap<u64, (u64, u64)>>,
     /// group → index → (term of the leader that committed it, entry term).
     committed_in: BTreeMap<u32, BTreeMap<u64, (u64, u64)>>,
+    /// (node, group, term) → commit index last seen while it led that term.
+    leader_commit: BTreeMap<(NodeId, u32, u64), u64>,
     /// (node, group) → digest of (role, term) last traced.
     roles: BTreeMap<(NodeId, u32), u64>,
     /// (node, group) → (term, vote, commit) last seen in this incarnation.
@@ -220,6 +224,17 @@ impl Checker {
         if raft.role() != Role::Leader {
             return;
         }
+        // A leader commits by counting replicas only entries of its own term
+        // (§5.4.2); earlier entries commit with them.
+        let leading_since = *o.leader_commit.entry((node, group, term)).or_insert(commit);
+        if commit > leading_since && raft.log().term(commit).is_some_and(|t| t != term) {
+            let t = raft.log().term(commit).unwrap_or_default();
+            let m = format!(
+                "group {group}: {node}, leader in term {term}, committed index {commit} of term {t} by counting replicas"
+            );
+            self.violate(&mut o, m);
+        }
+        o.leader_commit.insert((node, group, term), commit);
         // Entries a leader's commit index covers were committed in its term.
         let committed = o.committed_in.entry(group).or_default();
         let from = committed.last_key_value().map_or(raft.log().snapshot_point().0, |(&i, _)| i) + 1;

@@ -261,6 +261,11 @@ async fn log_writer<R: Runtime>(
         for w in &batch {
             mirror.apply(w);
         }
+        // Fault point: a slow disk. Everything claimed waits for this write,
+        // so a crash inside the window must lose nothing claimed.
+        if kaelix_core::buggify!(rt) {
+            rt.sleep(Duration::from_millis(20)).await;
+        }
         if batch.iter().any(|w| w.snapshot.is_some()) {
             let old = generation;
             generation += 1;
