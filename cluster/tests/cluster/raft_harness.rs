@@ -10,7 +10,7 @@ use kaelix_cluster::raft::wire;
 use kaelix_cluster::raft::{Entry, HardState, Message, Output, Raft, RaftConfig, Recovered, Snapshot, Write};
 use kaelix_core::NodeId;
 use kaelix_core::rng::seeded;
-use kaelix_core::time::Instant;
+use kaelix_core::time::{Duration, Instant};
 
 /// What completed writes left, applied as [`Write`]'s docs say.
 #[derive(Clone, Debug, Default)]
@@ -115,10 +115,15 @@ impl Member {
         self.timeout()
     }
 
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
     /// Completes the oldest `n` writes in flight (each lands on the disk
-    /// first), with what each completion released.
+    /// first), with what each completion released (and any outputs not
+    /// drained yet, say after a direct call on `raft`).
     pub fn write_done(&mut self, n: usize) -> Vec<Output> {
-        let mut out = Vec::new();
+        let mut out = self.drain();
         for _ in 0..n.min(self.pending.len()) {
             let w = self.pending.pop_front().expect("counted");
             self.disk.apply(&w);
@@ -130,7 +135,7 @@ impl Member {
 
     /// Completes every write in flight, and those the completions cause.
     pub fn settle(&mut self) -> Vec<Output> {
-        let mut out = Vec::new();
+        let mut out = self.drain();
         while !self.pending.is_empty() {
             out.extend(self.write_done(usize::MAX));
         }
@@ -150,4 +155,26 @@ impl Member {
         self.raft = Raft::new(self.config.clone(), seeded(seed), self.now, self.disk.recovered());
         self.drain()
     }
+}
+
+/// The messages among `outputs`, as (to, message).
+pub fn sends(outputs: &[Output]) -> Vec<(NodeId, Message)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to, message } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The entries among `outputs` handed out to apply.
+pub fn applied(outputs: &[Output]) -> Vec<Entry> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Apply(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
 }
