@@ -512,7 +512,7 @@ fn append_receiver_3_deletes_a_conflicting_entry_and_all_that_follow() {
     f.recv(N1, append(3, (2, 1), &[(3, 3)], 0));
     assert_eq!(log_of(&f), [(1, 1), (2, 1), (3, 3)]);
     f.settle();
-    assert_eq!(f.disk.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), log_of(&f), "on disk too");
+    assert_eq!(f.disk.state.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), log_of(&f), "on disk too");
     // An append that agrees with what is held deletes nothing.
     f.recv(N1, append(3, (3, 3), &[(4, 3)], 0));
     f.recv(N1, append(3, (1, 1), &[(2, 1), (3, 3)], 0));
@@ -627,15 +627,15 @@ fn persistent_state_is_on_stable_storage_before_an_answer_relies_on_it() {
     // A vote.
     let out = f.recv(N1, msg(1, Body::Vote { last_index: 0, last_term: 0, transfer: false }));
     assert!(sends(&out).is_empty(), "the grant waits");
-    assert_eq!(f.disk.hard_state.vote, None);
+    assert_eq!(f.disk.state.hard_state.vote, None);
     let out = f.write_done(1);
-    assert_eq!((f.disk.hard_state.term, f.disk.hard_state.vote), (1, Some(N1)));
+    assert_eq!((f.disk.state.hard_state.term, f.disk.state.hard_state.vote), (1, Some(N1)));
     assert_eq!(to(&out, N1), [msg(1, Body::VoteResponse { granted: true })]);
     // Entries.
     let out = f.recv(N1, append(1, (0, 0), &[(1, 1), (2, 1)], 0));
     assert!(sends(&out).is_empty(), "the acknowledgement waits");
     let out = f.write_done(1);
-    assert_eq!(f.disk.entries.len(), 2);
+    assert_eq!(f.disk.state.entries.len(), 2);
     assert_eq!(to(&out, N1), [ack(1, 2)]);
     // A refusal does not wait (it claims nothing), even with a write in
     // flight: n3 is granted term 2 (pending), n1 refused at once.
@@ -657,7 +657,7 @@ fn persistent_state_is_on_stable_storage_before_an_answer_relies_on_it() {
     let out = f.recv(N3, msg(2, chunk));
     assert!(sends(&out).is_empty(), "installed, but not yet durably");
     let out = f.settle();
-    assert_eq!(f.disk.snapshot.as_ref().map(|s| s.index), Some(5));
+    assert_eq!(f.disk.state.snapshot.as_ref().map(|s| s.index), Some(5));
     assert_eq!(to(&out, N3), [msg(2, Body::SnapshotResponse { index: 5, offset: 0, done: true })]);
     // A crash before a vote is durable forgets it, and no one heard of it.
     let out = f.recv(N1, msg(3, Body::Vote { last_index: 5, last_term: 2, transfer: false }));
