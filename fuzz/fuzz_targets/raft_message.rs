@@ -28,9 +28,10 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use kaelix_cluster::raft::disk::DiskState;
 use kaelix_cluster::raft::wire::{decode, encode};
 use kaelix_cluster::raft::{
-    Body, Configuration, Entry, EntryPayload, HardState, Message, Output, Raft, RaftConfig, Recovered, Snapshot, Write,
+    Body, Configuration, Entry, EntryPayload, Message, Output, Raft, RaftConfig, Recovered, Write,
 };
 use kaelix_core::NodeId;
 use kaelix_core::rng::seeded;
@@ -40,50 +41,29 @@ use libfuzzer_sys::fuzz_target;
 const ME: NodeId = NodeId(1);
 const GROUP: u64 = 9;
 
-/// What completed writes left, applied as `Write`'s docs say.
+/// What completed writes left (applied by the rules of `Write`, as the
+/// real driver's mirror does), and whether any write ever landed.
 #[derive(Default)]
 struct Disk {
-    hard_state: HardState,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
+    state: DiskState,
     used: bool,
 }
 
 impl Disk {
     fn apply(&mut self, w: &Write) {
         self.used = true;
-        if let Some(s) = &w.snapshot {
-            let keeps = self.entries.iter().any(|e| e.index == s.index && e.term == s.term);
-            if keeps {
-                self.entries.retain(|e| e.index > s.index);
-            } else {
-                self.entries.clear();
-            }
-            self.snapshot = Some(s.clone());
-        }
-        if let Some(first) = w.entries.first() {
-            self.entries.retain(|e| e.index < first.index);
-            self.entries.extend(w.entries.iter().cloned());
-        }
-        if let Some(hs) = w.hard_state {
-            self.hard_state = hs;
-        }
+        self.state.apply(w);
     }
 
     fn recovered(&self) -> Recovered {
-        Recovered {
-            hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
-            entries: self.entries.clone(),
-            empty: !self.used,
-        }
+        self.state.recovered(!self.used)
     }
 
     /// Whether the disk holds index `index` (as an entry or in the snapshot).
     fn covers(&self, index: u64) -> bool {
         index == 0
-            || self.snapshot.as_ref().is_some_and(|s| s.index >= index)
-            || self.entries.iter().any(|e| e.index == index)
+            || self.state.snapshot.as_ref().is_some_and(|s| s.index >= index)
+            || self.state.entries.iter().any(|e| e.index == index)
     }
 }
 
@@ -165,7 +145,7 @@ impl Harness {
         assert_ne!(to, ME, "a member never sends to itself");
         let (group, back) = decode(encode(GROUP, m)).expect("what the core sends decodes");
         assert_eq!((group, &back), (GROUP, m), "what the core sends survives the wire");
-        let hs = self.disk.hard_state;
+        let hs = self.disk.state.hard_state;
         match m.body {
             Body::VoteResponse { granted: true } => {
                 assert_eq!((hs.term, hs.vote), (m.term, Some(to)), "vote for {to} granted before it was durable")
@@ -190,11 +170,11 @@ impl Harness {
         // Writes still in flight are lost, as a crash may lose them.
         self.pending.clear();
         self.boots += 1;
-        self.applied = self.disk.snapshot.as_ref().map_or(0, |s| s.index);
+        self.applied = self.disk.state.snapshot.as_ref().map_or(0, |s| s.index);
         self.raft = Raft::new(self.config.clone(), seeded(self.boots), self.now, self.disk.recovered());
         // A term only this incarnation had seen may be forgotten (nothing
         // was claimed in it before it was durable); the durable one not.
-        assert_eq!(self.raft.term(), self.disk.hard_state.term, "a restart resumes the durable term");
+        assert_eq!(self.raft.term(), self.disk.state.hard_state.term, "a restart resumes the durable term");
         self.max_term = self.raft.term();
         self.drain();
     }

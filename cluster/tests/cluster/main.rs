@@ -1,8 +1,10 @@
 //! Integration tests of the cluster services: the membership service end to
-//! end under the simulator, and the SWIM transcripts.
+//! end under the simulator, the SWIM and Raft transcripts, and one test per
+//! rule of the Raft paper's Figure 2.
 
 mod membership;
 mod raft_harness;
+mod raft_paper;
 mod raft_transcripts;
 mod swim_transcripts;
 mod transcript;

@@ -6,54 +6,35 @@
 
 use std::collections::VecDeque;
 
+use kaelix_cluster::raft::disk::DiskState;
 use kaelix_cluster::raft::wire;
-use kaelix_cluster::raft::{Entry, HardState, Message, Output, Raft, RaftConfig, Recovered, Snapshot, Write};
+use kaelix_cluster::raft::{Entry, HardState, Message, Output, Raft, RaftConfig, Recovered, Write};
 use kaelix_core::NodeId;
 use kaelix_core::rng::seeded;
-use kaelix_core::time::Instant;
+use kaelix_core::time::{Duration, Instant};
 
-/// What completed writes left, applied as [`Write`]'s docs say.
+/// What completed writes left: the member's durable state (applied by the
+/// rules of [`Write`], as the real driver's mirror does), and whether any
+/// write ever landed.
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
-    pub hard_state: HardState,
-    pub snapshot: Option<Snapshot>,
-    pub entries: Vec<Entry>,
+    pub state: DiskState,
     pub used: bool,
 }
 
 impl Disk {
     /// A disk that already holds `hard_state` and `entries`.
     pub fn holding(hard_state: HardState, entries: Vec<Entry>) -> Self {
-        Disk { hard_state, snapshot: None, entries, used: true }
+        Disk { state: DiskState { hard_state, snapshot: None, entries }, used: true }
     }
 
     pub fn apply(&mut self, w: &Write) {
         self.used = true;
-        if let Some(s) = &w.snapshot {
-            let keeps = self.entries.iter().any(|e| e.index == s.index && e.term == s.term);
-            if keeps {
-                self.entries.retain(|e| e.index > s.index);
-            } else {
-                self.entries.clear();
-            }
-            self.snapshot = Some(s.clone());
-        }
-        if let Some(first) = w.entries.first() {
-            self.entries.retain(|e| e.index < first.index);
-            self.entries.extend(w.entries.iter().cloned());
-        }
-        if let Some(hs) = w.hard_state {
-            self.hard_state = hs;
-        }
+        self.state.apply(w);
     }
 
     pub fn recovered(&self) -> Recovered {
-        Recovered {
-            hard_state: self.hard_state,
-            snapshot: self.snapshot.clone(),
-            entries: self.entries.clone(),
-            empty: !self.used,
-        }
+        self.state.recovered(!self.used)
     }
 }
 
@@ -115,10 +96,15 @@ impl Member {
         self.timeout()
     }
 
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
     /// Completes the oldest `n` writes in flight (each lands on the disk
-    /// first), with what each completion released.
+    /// first), with what each completion released (and any outputs not
+    /// drained yet, say after a direct call on `raft`).
     pub fn write_done(&mut self, n: usize) -> Vec<Output> {
-        let mut out = Vec::new();
+        let mut out = self.drain();
         for _ in 0..n.min(self.pending.len()) {
             let w = self.pending.pop_front().expect("counted");
             self.disk.apply(&w);
@@ -130,7 +116,7 @@ impl Member {
 
     /// Completes every write in flight, and those the completions cause.
     pub fn settle(&mut self) -> Vec<Output> {
-        let mut out = Vec::new();
+        let mut out = self.drain();
         while !self.pending.is_empty() {
             out.extend(self.write_done(usize::MAX));
         }
@@ -150,4 +136,26 @@ impl Member {
         self.raft = Raft::new(self.config.clone(), seeded(seed), self.now, self.disk.recovered());
         self.drain()
     }
+}
+
+/// The messages among `outputs`, as (to, message).
+pub fn sends(outputs: &[Output]) -> Vec<(NodeId, Message)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to, message } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The entries among `outputs` handed out to apply.
+pub fn applied(outputs: &[Output]) -> Vec<Entry> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Apply(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
 }

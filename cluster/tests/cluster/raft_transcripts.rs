@@ -300,7 +300,7 @@ impl Env {
             }
             "progress" => self.progress(&mut out)?,
             "disk" => {
-                let d = &self.member()?.disk;
+                let d = &self.member()?.disk.state;
                 out.push(format!("hard-state {}", d.hard_state));
                 if let Some(s) = &d.snapshot {
                     out.push(format!("snapshot {s}"));
