@@ -19,8 +19,10 @@
 //!   not know it, which no Raft survives without protocol-aware recovery.
 //! * **Safety, checked at every step** (an observer on every member):
 //!   - *election safety*: at most one leader per group and term;
-//!   - *vote uniqueness*: no member grants its vote (on the wire) to two
-//!     candidates in one term, across restarts;
+//!   - *vote uniqueness and durability*: no member grants its vote (on the
+//!     wire) to two candidates in one term, and after a crash its state
+//!     still reflects the newest vote it granted (unless its disk was
+//!     replaced);
 //!   - *log matching*: no two writes anywhere put different entries at the
 //!     same index and term;
 //!   - *leader completeness*: a new leader of term T holds every entry
@@ -117,6 +119,8 @@ struct Observed {
     leaders: BTreeMap<(u32, u64), NodeId>,
     /// (group, term, voter) → the candidate it granted its vote to.
     votes: BTreeMap<(u32, u64, NodeId), NodeId>,
+    /// (voter, group) → its newest vote granted on the wire: (term, candidate).
+    newest_grant: BTreeMap<(NodeId, u32), (u64, NodeId)>,
     /// (group, index, term) → digest of an entry ever written.
     written: BTreeMap<(u32, u64, u64), u64>,
     /// group → index → (term, digest) of entries applied anywhere.
@@ -177,7 +181,17 @@ struct NodeObserver {
 
 impl ReplicaObserver for NodeObserver {
     fn booted(&self, node: NodeId) {
-        self.checker.lock().last.retain(|(n, _), _| *n != node);
+        let wiped = self.rt.sim().fault_log().iter().rev().find_map(|(_, f)| match f {
+            Fault::Restart { node: n, wipe } if *n == node => Some(*wipe),
+            _ => None,
+        });
+        let mut o = self.checker.lock();
+        o.last.retain(|(n, _), _| *n != node);
+        if wiped == Some(true) {
+            // A replaced disk forgets its votes by definition; the member
+            // recovers instead (it votes again only once caught up).
+            o.newest_grant.retain(|(n, _), _| *n != node);
+        }
     }
 
     fn stepped(&self, node: NodeId, group: u32, raft: &Raft) {
@@ -206,6 +220,17 @@ impl Checker {
             rt.sim().trace_event(Some(node), "raft-role", role_digest, || {
                 format!("group {group}: {:?} in term {term}, leader {:?}, commit {commit}", raft.role(), raft.leader())
             });
+        }
+        // Votes are durable: what a member granted on the wire survives
+        // its crashes (Figure 2: persistent state is on stable storage
+        // before responding).
+        if let Some(&(t, candidate)) = o.newest_grant.get(&(node, group))
+            && !(term > t || (term == t && vote == Some(candidate)))
+        {
+            let m = format!(
+                "group {group}: {node} granted its vote to {candidate} in term {t}, now holds term {term} vote {vote:?}: a granted vote was not durable"
+            );
+            self.violate(&mut o, m);
         }
         if let Some(&(t0, v0, c0)) = o.last.get(&(node, group)) {
             if term < t0 {
@@ -284,6 +309,10 @@ impl Checker {
                 _ => {
                     o.votes.insert((group, message.term, node), to);
                 }
+            }
+            let newest = o.newest_grant.entry((node, group)).or_insert((message.term, to));
+            if message.term >= newest.0 {
+                *newest = (message.term, to);
             }
         }
     }

@@ -385,6 +385,10 @@ pub struct Raft {
     leader_contact: Option<Instant>,
     granted: BTreeSet<NodeId>,
     refused: BTreeSet<NodeId>,
+    /// When a campaign resends its unanswered requests.
+    vote_retry_deadline: Instant,
+    /// Whether the current campaign is a leadership transfer.
+    campaign_transfer: bool,
 
     // Leader state.
     progress: BTreeMap<NodeId, Progress>,
@@ -449,6 +453,8 @@ impl Raft {
             leader_contact: None,
             granted: BTreeSet::new(),
             refused: BTreeSet::new(),
+            vote_retry_deadline: Instant::MAX,
+            campaign_transfer: false,
             progress: BTreeMap::new(),
             heartbeat_deadline: Instant::MAX,
             check_quorum_deadline: Instant::MAX,
@@ -533,6 +539,11 @@ impl Raft {
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref()
     }
+    /// When this member (if not leading) next starts a campaign, unless a
+    /// leader is heard from first.
+    pub fn election_deadline(&self) -> Instant {
+        self.election_deadline
+    }
     /// Counters.
     pub fn stats(&self) -> RaftStats {
         self.stats
@@ -555,7 +566,8 @@ impl Raft {
                 }
                 t
             }
-            _ => self.election_deadline,
+            Role::PreCandidate | Role::Candidate => self.election_deadline.min(self.vote_retry_deadline),
+            Role::Follower => self.election_deadline,
         }
     }
 
@@ -585,6 +597,8 @@ impl Raft {
                     if self.can_campaign() {
                         self.campaign(self.config.pre_vote, false);
                     }
+                } else if self.role != Role::Follower && now >= self.vote_retry_deadline {
+                    self.request_votes();
                 }
             }
         }
@@ -1032,27 +1046,42 @@ impl Raft {
         self.granted.clear();
         self.refused.clear();
         self.leader = None;
-        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> =
-            self.configuration().all_voters().into_iter().filter(|&n| n != self.config.id).collect();
+        self.campaign_transfer = transfer;
         if pre {
             self.set_role(Role::PreCandidate);
             self.granted.insert(self.config.id);
-            let term = self.term + 1;
-            for to in voters {
-                self.send_with_term(to, term, Body::PreVote { last_index, last_term });
-            }
         } else {
             self.term += 1;
             self.vote = Some(self.config.id);
             self.set_role(Role::Candidate);
             // Our own vote counts once it is on disk (handle_write_complete).
             self.self_vote_pending = Some(self.term);
-            for to in voters {
+        }
+        self.request_votes();
+        self.tally();
+    }
+
+    /// (Re)sends this campaign's requests to every voter that has not
+    /// answered: servers retry RPCs that got no response (§5.1), so a lost
+    /// request does not cost a whole election timeout.
+    fn request_votes(&mut self) {
+        self.vote_retry_deadline = self.now + self.config.heartbeat_interval;
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let pending: Vec<NodeId> = self
+            .configuration()
+            .all_voters()
+            .into_iter()
+            .filter(|n| *n != self.config.id && !self.granted.contains(n) && !self.refused.contains(n))
+            .collect();
+        for to in pending {
+            if self.role == Role::PreCandidate {
+                let term = self.term + 1;
+                self.send_with_term(to, term, Body::PreVote { last_index, last_term });
+            } else {
+                let transfer = self.campaign_transfer;
                 self.send(to, Body::Vote { last_index, last_term, transfer });
             }
         }
-        self.tally();
     }
 
     fn record_vote(&mut self, from: NodeId, granted: bool) {

@@ -749,3 +749,27 @@ fn an_acknowledgement_that_drops_the_transfer_target_from_the_configuration_does
     assert!(net.raft(l).progress(target).is_none(), "the new configuration has no place for the target");
     assert!(net.raft(l).progress(cut_off).is_none());
 }
+
+#[test]
+fn a_campaign_resends_its_requests_to_voters_that_did_not_answer() {
+    let mut net = Net::new(3, 16);
+    // Node 1 campaigns; every request it sends is lost.
+    let now = net.raft(NodeId(1)).election_deadline();
+    net.now = now;
+    net.node(NodeId(1)).raft.handle_timeout(now);
+    net.drain(NodeId(1));
+    assert_eq!(net.raft(NodeId(1)).role(), Role::PreCandidate);
+    let first: Vec<NodeId> = net.wire.drain(..).map(|(_, to, _)| to).collect();
+    assert_eq!(first, [NodeId(2), NodeId(3)]);
+    // One heartbeat interval later, before the election timeout: again.
+    let retry = now + Duration::from_millis(30);
+    assert_eq!(net.raft(NodeId(1)).poll_timeout(), retry);
+    net.now = retry;
+    net.node(NodeId(1)).raft.handle_timeout(retry);
+    net.drain(NodeId(1));
+    let again: Vec<(NodeId, &'static str)> = net.wire.iter().map(|(_, to, m)| (*to, m.body.kind())).collect();
+    assert_eq!(again, [(NodeId(2), "pre-vote"), (NodeId(3), "pre-vote")]);
+    // Answers arrive now: it wins without waiting for another timeout.
+    net.deliver_all();
+    assert_eq!(net.raft(NodeId(1)).role(), Role::Leader);
+}

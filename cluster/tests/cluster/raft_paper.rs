@@ -71,8 +71,10 @@ fn ack(term: u64, index: u64) -> Message {
 }
 
 /// Fires the election timer at its deadline.
+/// Moves to the member's next election (or, leading, its next deadline)
+/// and handles it; a campaign's vote-request retries before it are folded in.
 fn fire(m: &mut Member) -> Vec<Output> {
-    m.now = m.raft.poll_timeout();
+    m.now = if m.raft.role() == Role::Leader { m.raft.poll_timeout() } else { m.raft.election_deadline() };
     m.timeout()
 }
 
@@ -106,7 +108,7 @@ fn log_of(m: &Member) -> Vec<(u64, u64)> {
 
 fn timer_is_reset(m: &Member) {
     let t = m.config.election_timeout;
-    let deadline = m.raft.poll_timeout();
+    let deadline = m.raft.election_deadline();
     assert!(deadline >= m.now + t && deadline < m.now + t + t, "deadline {deadline} not in [now+T, now+2T)");
 }
 
