@@ -147,19 +147,6 @@ impl RaftLog {
         i
     }
 
-    /// The last index whose term is ≤ `term` (the leader's side of fast
-    /// back-off), if any entry (or the snapshot point) qualifies.
-    pub fn last_index_with_term_at_most(&self, term: u64, below: u64) -> u64 {
-        let mut i = below.min(self.last_index());
-        while i > self.snapshot_index {
-            if self.term(i).is_some_and(|t| t <= term) {
-                return i;
-            }
-            i -= 1;
-        }
-        self.snapshot_index
-    }
-
     /// Every held entry, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
@@ -214,8 +201,6 @@ mod tests {
     fn conflict_hints() {
         let log = RaftLog::new(0, 0, vec![e(1, 1), e(2, 2), e(3, 2), e(4, 2), e(5, 3)]);
         assert_eq!(log.first_index_of_term_at(4), 2);
-        assert_eq!(log.last_index_with_term_at_most(2, 5), 4);
-        assert_eq!(log.last_index_with_term_at_most(0, 5), 0);
     }
 
     #[test]

@@ -762,6 +762,9 @@ impl Raft {
                     self.send(from, Body::AppendResponse { success: false, index: 0, hint: 0 });
                 }
                 Body::PreVote { .. } => self.send(from, Body::PreVoteResponse { granted: false }),
+                // RequestVote receiver rule 1: reply false (with our term,
+                // so the stale candidate steps down at once).
+                Body::Vote { .. } => self.send(from, Body::VoteResponse { granted: false }),
                 _ => {}
             }
             return;
