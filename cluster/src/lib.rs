@@ -12,6 +12,7 @@
 //! ([`phi`]). Raft and replicated partitions come with their own issues.
 
 pub mod broadcast;
+pub mod driver;
 pub mod membership;
 pub mod phi;
 pub mod raft;

@@ -16,9 +16,6 @@
 //! then build the core from the values that survived.
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
-use std::pin::pin;
-use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
@@ -31,6 +28,7 @@ use kaelix_core::{Instant, NodeId};
 use super::log::{encode_record_into, scan};
 use super::wire::{ClientFrame, Value};
 use super::{BroadcastConfig, BroadcastCore, ClientRef, Output, PlantedBug};
+use crate::driver::{Event, client_writer, next_event};
 
 /// The log's file name.
 pub const LOG_FILE: &str = "broadcast.log";
@@ -133,25 +131,7 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
             timer_deadline = deadline;
             sleep = Box::pin(rt.sleep_until(deadline));
         }
-        let mut recv = pin!(rt.recv());
-        enum Event {
-            Input(Option<Input>),
-            Message(NodeId, Bytes),
-            Timeout,
-        }
-        let event = poll_fn(|cx| {
-            if let Poll::Ready(i) = inputs.poll_next_unpin(cx) {
-                return Poll::Ready(Event::Input(i));
-            }
-            if let Poll::Ready((from, bytes)) = recv.as_mut().poll(cx) {
-                return Poll::Ready(Event::Message(from, bytes));
-            }
-            if let Poll::Ready(()) = sleep.as_mut().poll(cx) {
-                return Poll::Ready(Event::Timeout);
-            }
-            Poll::Pending
-        })
-        .await;
+        let event = next_event(&mut inputs, &rt, sleep.as_mut()).await;
         let now = rt.now();
         match event {
             Event::Input(None) => return,
@@ -219,14 +199,6 @@ async fn accept_clients<R: Runtime>(
         // Detached: they end with the connection or the node.
         drop(rt.spawn(Priority::Normal, "broadcast-client-writer", client_writer(stream.clone(), rx)));
         drop(rt.spawn(Priority::Normal, "broadcast-client-reader", client_reader(stream, client, tx, inputs.clone())));
-    }
-}
-
-async fn client_writer<S: ClientStream>(stream: S, mut frames: mpsc::UnboundedReceiver<Bytes>) {
-    while let Some(f) = frames.next().await {
-        if stream.send(f).await.is_err() {
-            return;
-        }
     }
 }
 

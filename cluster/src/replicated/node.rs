@@ -23,14 +23,12 @@
 //! makes the member start recovering (see `raft`'s module docs).
 
 use std::collections::BTreeMap;
-use std::future::poll_fn;
-use std::pin::pin;
-use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
 use kaelix_core::NodeId;
+
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Priority, Runtime, Storage, StorageFile};
 use kaelix_core::sansio::WriteId;
@@ -38,6 +36,7 @@ use kaelix_core::time::{Duration, Instant};
 
 use super::protocol::{Request, Response};
 use super::{PartitionMachine, Produce};
+use crate::driver::{Event, client_writer, next_event};
 use crate::raft::disk::{self, DiskState};
 use crate::raft::{self, Entry, EntryPayload, Output, ProposeError, Raft, RaftConfig, Role, Snapshot, Write, wire};
 
@@ -358,25 +357,7 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
             timer_deadline = deadline;
             sleep = Box::pin(rt.sleep_until(deadline));
         }
-        let mut recv = pin!(rt.recv());
-        enum Event {
-            Input(Option<Input>),
-            Message(NodeId, Bytes),
-            Timeout,
-        }
-        let event = poll_fn(|cx| {
-            if let Poll::Ready(i) = inputs.poll_next_unpin(cx) {
-                return Poll::Ready(Event::Input(i));
-            }
-            if let Poll::Ready((from, bytes)) = recv.as_mut().poll(cx) {
-                return Poll::Ready(Event::Message(from, bytes));
-            }
-            if let Poll::Ready(()) = sleep.as_mut().poll(cx) {
-                return Poll::Ready(Event::Timeout);
-            }
-            Poll::Pending
-        })
-        .await;
+        let event = next_event(&mut inputs, &rt, sleep.as_mut()).await;
         let now = rt.now();
         match event {
             Event::Input(None) => return,
@@ -630,14 +611,6 @@ async fn accept_clients<R: Runtime>(
         // Detached: they end with the connection or the node.
         drop(rt.spawn(Priority::Normal, "raft-client-writer", client_writer(stream.clone(), rx)));
         drop(rt.spawn(Priority::Normal, "raft-client-reader", client_reader(stream, client, inputs.clone())));
-    }
-}
-
-async fn client_writer<S: ClientStream>(stream: S, mut frames: mpsc::UnboundedReceiver<Bytes>) {
-    while let Some(f) = frames.next().await {
-        if stream.send(f).await.is_err() {
-            return;
-        }
     }
 }
 
