@@ -47,6 +47,7 @@ impl MembershipConfig {
 #[derive(Default)]
 struct Shared {
     members: Vec<MemberInfo>,
+    incarnation: Option<u64>,
     stats: SwimStats,
     local_health: u32,
     subscribers: Vec<mpsc::UnboundedSender<MembershipEvent>>,
@@ -71,6 +72,13 @@ impl Membership {
     /// incarnation and metadata.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.lock().members.clone()
+    }
+
+    /// This node's own incarnation, once the service has taken its first
+    /// step (`None` before). Cheaper than finding ourselves in
+    /// [`Membership::members`].
+    pub fn incarnation(&self) -> Option<u64> {
+        self.lock().incarnation
     }
 
     /// Events about other members from now on.
@@ -145,6 +153,7 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
         {
             let mut shared = membership.lock();
             shared.members = swim.members();
+            shared.incarnation = Some(swim.incarnation());
             shared.stats = swim.stats();
             shared.local_health = swim.local_health();
             shared.now = Some(now);

@@ -158,6 +158,11 @@ impl NetModel {
         self.blocked.len()
     }
 
+    /// Every cut directed link `(from, to)`, in order.
+    pub fn blocked(&self) -> impl Iterator<Item = (NodeId, NodeId)> + '_ {
+        self.blocked.iter().copied()
+    }
+
     /// Decides the fate of a packet sent `from → to` at `now`.
     pub fn route(&mut self, now: Instant, from: NodeId, to: NodeId) -> Route {
         if self.is_blocked(from, to) {
@@ -267,6 +272,8 @@ mod tests {
         assert!(m.is_blocked(A, B) && m.is_blocked(B, A) && m.is_blocked(A, C) && m.is_blocked(C, A));
         assert!(!m.is_blocked(B, C) && !m.is_blocked(C, B));
         assert!(!m.is_blocked(A, A), "a node always reaches itself");
+        m.block_one_way(C, A);
+        assert_eq!(m.blocked().collect::<Vec<_>>(), vec![(C, A)]);
         m.heal();
         assert_eq!(m.blocked_links(), 0);
     }

@@ -601,6 +601,13 @@ impl Sim {
         self.world().nodes[&id].status
     }
 
+    /// The directed links `(from, to)` that partitions cut right now. A
+    /// query for checkers that judge whether two nodes could talk; it
+    /// records nothing in the trace and changes nothing in the run.
+    pub fn blocked_links(&self) -> BTreeSet<(NodeId, NodeId)> {
+        self.world().net.blocked().collect()
+    }
+
     /// Every node and its status.
     pub fn nodes(&self) -> Vec<(NodeId, NodeKind, NodeStatus)> {
         self.world().nodes.iter().map(|(id, n)| (*id, n.kind, n.status)).collect()

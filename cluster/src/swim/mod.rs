@@ -82,6 +82,9 @@
 //! * **Buddy system**: a packet to a member we hold as suspect (or dead, or
 //!   left) carries that record, so the member can refute at once.
 //!
+//! [`SwimConfig::lifeguard`] switches all four off (plain SWIM), so the
+//! simulator can measure what Lifeguard buys.
+//!
 //! **Seam for phi accrual**: every direct `Ack` yields an
 //! [`Output::ProbeRtt`]; a detector built on that history can combine with the
 //! suspicion timeout later.
@@ -141,6 +144,12 @@ pub struct SwimConfig {
     /// anti-entropy that repairs gossip lost on the way (memberlist
     /// `PushPullInterval`); zero disables them.
     pub push_pull_interval: Duration,
+    /// Lifeguard on (the default). Off is plain SWIM, the comparison
+    /// baseline: local health stays 0 (no scaling, `lhm_max` unused), a
+    /// suspicion lasts exactly its minimum (no dogpile,
+    /// `suspicion_max_timeout_mult` unused), `PingReq`s ask for no `Nack`,
+    /// and packets carry no buddy record.
+    pub lifeguard: bool,
     /// A known-wrong behaviour to switch on, so the simulator's power to
     /// catch it can be tested. Always [`PlantedBug::None`] in production.
     pub planted: PlantedBug,
@@ -172,12 +181,20 @@ impl Default for SwimConfig {
             gc_after: Duration::from_secs(30),
             announce_interval: Duration::from_secs(5),
             push_pull_interval: Duration::from_secs(30),
+            lifeguard: true,
             planted: PlantedBug::None,
         }
     }
 }
 
 impl SwimConfig {
+    /// The same numbers as [`SwimConfig::default`] (memberlist's probe
+    /// period, timeout, `k`, suspicion and retransmit multipliers) with
+    /// Lifeguard off: plain SWIM, the baseline Lifeguard is measured against.
+    pub fn without_lifeguard() -> Self {
+        SwimConfig { lifeguard: false, ..SwimConfig::default() }
+    }
+
     fn validate(&self) {
         assert!(!self.probe_interval.is_zero(), "probe_interval must be positive");
         assert!(self.probe_timeout < self.probe_interval, "probe_timeout must be shorter than probe_interval");
@@ -744,7 +761,8 @@ impl Swim {
         let mut packet = Packet::new(message);
         let mut budget = self.config.max_packet_bytes - Packet::header_len(message);
         let mut skip = None;
-        if let Some(m) = self.members.get(&to)
+        if self.config.lifeguard
+            && let Some(m) = self.members.get(&to)
             && m.state != MemberState::Alive
         {
             let u = m.update(to);
@@ -800,6 +818,9 @@ impl Swim {
     // ----- probing -----------------------------------------------------
 
     fn lhm_add(&mut self, delta: u32) {
+        if !self.config.lifeguard {
+            return;
+        }
         self.lhm = self.lhm.saturating_add(delta).min(self.config.lhm_max);
     }
 
@@ -865,7 +886,7 @@ impl Swim {
             self.random_members(self.config.indirect_checks, |id, m| m.state == MemberState::Alive && id != target);
         for &h in &helpers {
             self.stats.ping_reqs_sent += 1;
-            self.send(h, Message::PingReq { seq, target, nack: true });
+            self.send(h, Message::PingReq { seq, target, nack: self.config.lifeguard });
         }
         let p = self.probe.as_mut().expect("a probe is running");
         p.indirect_sent = true;
@@ -1098,22 +1119,20 @@ impl Swim {
                 }
                 if m.state == MemberState::Suspect && inc == m.incarnation {
                     // Dogpile: an independent confirmation shortens the timeout,
-                    // and is passed on so others count it too.
-                    if m.suspicion.as_mut().expect("a suspect has a suspicion").confirm(accuser) {
+                    // and is passed on so others count it too (plain SWIM
+                    // ignores it).
+                    if self.config.lifeguard
+                        && m.suspicion.as_mut().expect("a suspect has a suspicion").confirm(accuser)
+                    {
                         self.queue.push(Update { member: id, incarnation: inc, kind: UpdateKind::Suspect { accuser } });
                     }
                     return;
                 }
                 m.set(inc, MemberState::Suspect, now);
                 let c = &self.config;
-                m.suspicion = Some(Suspicion::new(
-                    accuser,
-                    now,
-                    n,
-                    c.suspicion_mult,
-                    c.suspicion_max_timeout_mult,
-                    c.probe_interval,
-                ));
+                // Without Lifeguard's dogpile the longest suspicion is the shortest.
+                let max_mult = if c.lifeguard { c.suspicion_max_timeout_mult } else { 1 };
+                m.suspicion = Some(Suspicion::new(accuser, now, n, c.suspicion_mult, max_mult, c.probe_interval));
                 let update = m.update(id);
                 self.queue.push(update);
                 self.event(MembershipEventKind::Suspect, id);

@@ -736,6 +736,47 @@ fn local_health_is_capped_and_recovers_with_successful_probes() {
     assert_eq!(s.local_health(), 0, "at {now} ms");
 }
 
+#[test]
+fn without_lifeguard_is_plain_swim() {
+    let config = SwimConfig::without_lifeguard();
+    assert_eq!(SwimConfig { lifeguard: true, ..config.clone() }, SwimConfig::default(), "only the switch differs");
+    let others = [N2, N3, N4, N5];
+    let mut s = node_with(N1, config, 1);
+    let state: Vec<String> = others.iter().map(|o| format!("alive {o} inc=1")).collect();
+    s.handle_message(t(0), N2, pkt(&format!("sync | {}", state.join(" | "))));
+    drain(&mut s);
+    // A failed probe whose helpers stay silent: no nack asked, no health lost.
+    let (target, seq, _) = first_probe(&mut s);
+    s.handle_timeout(t(1500));
+    for (_, p) in sends(&drain(&mut s)) {
+        assert_eq!(p.message, Message::PingReq { seq, target, nack: false });
+    }
+    s.handle_timeout(t(2000));
+    drain(&mut s);
+    assert_eq!(s.local_health(), 0);
+    assert_eq!(s.scaled_probe_interval(), Duration::from_secs(1));
+    // The suspicion lasts its minimum (4 s at 5 members) and confirmations
+    // neither shorten it nor are passed on.
+    assert_eq!(s.suspicion(target).map(|i| i.deadline), Some(t(2000 + 4000)));
+    let other = others.iter().copied().find(|&o| o != target).unwrap();
+    s.handle_message(t(2100), other, pkt(&format!("gossip | suspect {target} inc=1 by={other}")));
+    assert_eq!(s.suspicion(target).map(|i| (i.deadline, i.confirmations)), Some((t(6000), 0)));
+    // Being accused costs no health either.
+    s.handle_message(t(2300), other, pkt("gossip | suspect n1 inc=1 by=n2"));
+    assert_eq!((s.incarnation(), s.local_health()), (2, 0));
+    // No buddy record: once its gossip is spent, an ack to the suspect says
+    // nothing about it (with Lifeguard it would lead with the suspicion).
+    for seq in 10..40 {
+        s.handle_message(t(2400), other, pkt(&format!("ping seq={seq}")));
+    }
+    drain(&mut s);
+    assert!(s.queue.get(target).is_none(), "gossip about {target} spent");
+    s.handle_message(t(2500), target, pkt("ping seq=9"));
+    let (to, ack) = sends(&drain(&mut s)).remove(0);
+    assert_eq!(to, target);
+    assert!(ack.updates.iter().all(|u| u.member != target), "{ack}");
+}
+
 // ----- robustness ------------------------------------------------------------
 
 #[test]
