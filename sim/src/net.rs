@@ -272,10 +272,11 @@ mod tests {
         assert!(m.is_blocked(A, B) && m.is_blocked(B, A) && m.is_blocked(A, C) && m.is_blocked(C, A));
         assert!(!m.is_blocked(B, C) && !m.is_blocked(C, B));
         assert!(!m.is_blocked(A, A), "a node always reaches itself");
-        m.block_one_way(C, A);
-        assert_eq!(m.blocked().collect::<Vec<_>>(), vec![(C, A)]);
         m.heal();
         assert_eq!(m.blocked_links(), 0);
+        m.block_one_way(C, A);
+        m.block_one_way(B, A);
+        assert_eq!(m.blocked().collect::<Vec<_>>(), vec![(B, A), (C, A)], "in order");
     }
 
     #[test]
