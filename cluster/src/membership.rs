@@ -74,6 +74,12 @@ impl Membership {
         self.lock().members.clone()
     }
 
+    /// Runs `f` on the member list in place (no copy): for observers that
+    /// look at every member often.
+    pub fn with_members<T>(&self, f: impl FnOnce(&[MemberInfo]) -> T) -> T {
+        f(&self.lock().members)
+    }
+
     /// This node's own incarnation, once the service has taken its first
     /// step (`None` before). Cheaper than finding ourselves in
     /// [`Membership::members`].
@@ -135,6 +141,7 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
     let seeds: Vec<NodeId> = config.seeds.iter().copied().filter(|&s| s != me).collect();
     swim.join(rt.now(), &seeds);
     let mut left = false;
+    let mut copied_revision = u64::MAX;
     loop {
         let now = rt.now();
         while let Some(out) = swim.poll_output() {
@@ -152,7 +159,10 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
         }
         {
             let mut shared = membership.lock();
-            shared.members = swim.members();
+            if swim.revision() != copied_revision {
+                copied_revision = swim.revision();
+                shared.members = swim.members();
+            }
             shared.incarnation = Some(swim.incarnation());
             shared.stats = swim.stats();
             shared.local_health = swim.local_health();

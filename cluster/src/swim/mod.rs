@@ -55,7 +55,12 @@
 //! * **Dissemination**: every accepted change is queued and piggybacked on
 //!   the next `Ping`/`Ack`/`PingReq`/`Nack`, least-sent first (newest first
 //!   among equals), within `max_packet_bytes`; an update is sent
-//!   `retransmit_mult · ⌈log2(N + 1)⌉` times.
+//!   `retransmit_mult · ⌈log2(N + 1)⌉` times. While anything is queued,
+//!   every `gossip_interval` (200 ms) a `Gossip` packet also carries it to
+//!   `gossip_nodes` (3) random members, tombstones included (memberlist's
+//!   gossip timer), so a suspicion reaches its suspect — and the
+//!   refutation everyone — within a few hundred milliseconds instead of a
+//!   protocol period per hop.
 //! * **Join**: push-pull with the seeds: `Join` carries our whole list, the
 //!   seed merges it and answers `Sync` with its own.
 //! * **Announce**: every `announce_interval` a push-pull with one random
@@ -144,6 +149,14 @@ pub struct SwimConfig {
     /// anti-entropy that repairs gossip lost on the way (memberlist
     /// `PushPullInterval`); zero disables them.
     pub push_pull_interval: Duration,
+    /// Interval between gossip rounds (memberlist `GossipInterval`): when
+    /// updates are queued, a `Gossip` packet carrying them goes to
+    /// `gossip_nodes` random members, so news (a suspicion, its
+    /// refutation) spreads in fractions of a second rather than one hop
+    /// per protocol period. Zero disables it (piggybacking only).
+    pub gossip_interval: Duration,
+    /// Members each gossip round goes to (memberlist `GossipNodes`).
+    pub gossip_nodes: usize,
     /// Lifeguard on (the default). Off is plain SWIM, the comparison
     /// baseline: local health stays 0 (no scaling, `lhm_max` unused), a
     /// suspicion lasts exactly its minimum (no dogpile,
@@ -181,6 +194,8 @@ impl Default for SwimConfig {
             gc_after: Duration::from_secs(30),
             announce_interval: Duration::from_secs(5),
             push_pull_interval: Duration::from_secs(30),
+            gossip_interval: Duration::from_millis(200),
+            gossip_nodes: 3,
             lifeguard: true,
             planted: PlantedBug::None,
         }
@@ -448,6 +463,12 @@ pub struct Swim {
     seeds: Vec<NodeId>,
     next_announce: Instant,
     next_push_pull: Instant,
+    next_gossip: Instant,
+    /// Bumped by every change of what [`Swim::members`] reports.
+    revision: u64,
+    /// What `members` reported at `revision` (tests check the bumps).
+    #[cfg(test)]
+    revised: (u64, Vec<MemberInfo>),
     outputs: VecDeque<Output>,
     stats: SwimStats,
 }
@@ -483,11 +504,19 @@ impl Swim {
             } else {
                 now + config.push_pull_interval
             },
+            next_gossip: if config.gossip_interval.is_zero() { Instant::MAX } else { now + config.gossip_interval },
+            revision: 0,
+            #[cfg(test)]
+            revised: (0, Vec::new()),
             config,
             outputs: VecDeque::new(),
             stats: SwimStats::default(),
         };
         swim.queue.push(swim.self_update());
+        #[cfg(test)]
+        {
+            swim.revised = (0, swim.members());
+        }
         swim
     }
 
@@ -539,6 +568,12 @@ impl Swim {
     pub fn suspicion(&self, id: NodeId) -> Option<SuspicionInfo> {
         let s = self.members.get(&id)?.suspicion.as_ref()?;
         Some(SuspicionInfo { deadline: s.deadline(), confirmations: s.confirmations() })
+    }
+
+    /// A number that changes whenever anything [`Swim::members`] reports
+    /// changes (a driver copies the list only then).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Live members (alive or suspect), this node included.
@@ -633,6 +668,7 @@ impl Swim {
             return;
         }
         self.left = true;
+        self.revision += 1;
         self.queue.push(self.self_update());
         let targets = self.random_members(self.config.indirect_checks, |_, m| m.state == MemberState::Alive);
         for to in targets {
@@ -648,6 +684,7 @@ impl Swim {
         assert!(!self.left, "a node that left has no metadata to update");
         self.metadata = metadata;
         self.incarnation = self.incarnation.checked_add(1).expect("incarnation overflow");
+        self.revision += 1;
         self.queue.push(self.self_update());
         self.check_invariants();
     }
@@ -711,6 +748,10 @@ impl Swim {
             self.next_push_pull = now + self.config.push_pull_interval;
             self.push_pull();
         }
+        if now >= self.next_gossip {
+            self.next_gossip = now + self.config.gossip_interval;
+            self.gossip();
+        }
         self.check_invariants();
     }
 
@@ -721,7 +762,7 @@ impl Swim {
 
     /// The next time [`Swim::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self.next_probe.min(self.next_announce).min(self.next_push_pull);
+        let mut t = self.next_probe.min(self.next_announce).min(self.next_push_pull).min(self.next_gossip);
         if let Some(p) = &self.probe
             && !p.indirect_sent
         {
@@ -1010,6 +1051,7 @@ impl Swim {
             .collect();
         for id in due {
             self.members.remove(&id);
+            self.revision += 1;
             self.queue.remove(id);
             self.stats.tombstones_collected += 1;
         }
@@ -1034,6 +1076,27 @@ impl Swim {
         let to = *candidates.iter().nth(pick).expect("in range");
         self.stats.announces += 1;
         self.send_state(to, Message::Join);
+    }
+
+    /// A gossip round: queued updates to `gossip_nodes` random members.
+    /// Tombstones are candidates too (memberlist gossips to the dead for
+    /// `GossipToTheDeadTime`, here their `gc_after`): a member wrongly
+    /// declared dead hears of it (buddy record) and refutes. Nothing is
+    /// sent when nothing is queued, so a quiet cluster pays nothing. A
+    /// leaving node keeps gossiping: its `Left` must get out.
+    fn gossip(&mut self) {
+        if self.queue.len() == 0 {
+            return;
+        }
+        for to in self.random_members(self.config.gossip_nodes, |_, _| true) {
+            // The earlier targets may have taken every transmission left;
+            // then only a buddy record would be worth the packet.
+            let buddy = self.config.lifeguard && self.members.get(&to).is_some_and(|m| m.state != MemberState::Alive);
+            if self.queue.len() == 0 && !buddy {
+                continue;
+            }
+            self.send(to, Message::Gossip);
+        }
     }
 
     /// Anti-entropy: push-pull with one random alive member.
@@ -1070,6 +1133,7 @@ impl Swim {
                     let m =
                         Member { incarnation: inc, state: MemberState::Alive, metadata, since: now, suspicion: None };
                     self.members.insert(id, m);
+                    self.revision += 1;
                     self.queue.push(self.members[&id].update(id));
                     self.add_to_probe_order(id);
                     self.event(MembershipEventKind::Joined, id);
@@ -1082,6 +1146,7 @@ impl Swim {
                 let changed = m.metadata != metadata;
                 m.set(inc, MemberState::Alive, now);
                 m.metadata = metadata;
+                self.revision += 1;
                 let update = m.update(id);
                 self.queue.push(update);
                 match before {
@@ -1110,6 +1175,7 @@ impl Swim {
                         suspicion: None,
                     };
                     self.members.insert(id, m);
+                    self.revision += 1;
                     self.add_to_probe_order(id);
                     self.event(MembershipEventKind::Joined, id);
                 }
@@ -1129,6 +1195,7 @@ impl Swim {
                     return;
                 }
                 m.set(inc, MemberState::Suspect, now);
+                self.revision += 1;
                 let c = &self.config;
                 // Without Lifeguard's dogpile the longest suspicion is the shortest.
                 let max_mult = if c.lifeguard { c.suspicion_max_timeout_mult } else { 1 };
@@ -1145,7 +1212,10 @@ impl Swim {
                 if !m.state.is_live() {
                     // Already a tombstone: only its incarnation may grow (so a
                     // restart of the member is still told the highest one).
-                    m.incarnation = inc;
+                    if inc > m.incarnation {
+                        m.incarnation = inc;
+                        self.revision += 1;
+                    }
                     return;
                 }
                 let (state, event) = if kind == UpdateKind::Left {
@@ -1154,6 +1224,7 @@ impl Swim {
                     (MemberState::Dead, MembershipEventKind::Dead)
                 };
                 m.set(inc, state, now);
+                self.revision += 1;
                 let update = m.update(id);
                 self.queue.push(update);
                 self.event(event, id);
@@ -1191,6 +1262,7 @@ impl Swim {
         assert!(next > self.incarnation, "a refutation must raise the incarnation");
         if self.config.planted != PlantedBug::RefuteWithoutIncarnation {
             self.incarnation = next;
+            self.revision += 1;
         }
         self.stats.refutations += 1;
         if accusation {
@@ -1199,7 +1271,15 @@ impl Swim {
         self.queue.push(self.self_update());
     }
 
-    fn check_invariants(&self) {
+    fn check_invariants(&mut self) {
+        #[cfg(test)]
+        {
+            let members = self.members();
+            if self.revised.0 == self.revision {
+                assert_eq!(self.revised.1, members, "the member list changed without a revision bump");
+            }
+            self.revised = (self.revision, members);
+        }
         if !cfg!(debug_assertions) {
             return;
         }

@@ -20,8 +20,14 @@ fn node_with(me: NodeId, config: SwimConfig, incarnation: u64) -> Swim {
     Swim::new(me, config, seeded(me.0), t(0), incarnation, Bytes::new())
 }
 
+/// The defaults without the gossip timer: each rule test sees only the
+/// outputs of the rule it is about (gossip rounds have their own tests).
+fn quiet() -> SwimConfig {
+    SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }
+}
+
 fn node(me: NodeId) -> Swim {
-    node_with(me, SwimConfig::default(), 1)
+    node_with(me, quiet(), 1)
 }
 
 fn pkt(text: &str) -> Bytes {
@@ -97,6 +103,11 @@ fn defaults_are_memberlists_lan_config() {
     assert_eq!((c.indirect_checks, c.suspicion_mult, c.retransmit_mult), (3, 4, 4));
     assert_eq!(c.lhm_max + 1, 8, "memberlist AwarenessMaxMultiplier");
     assert_eq!((c.gc_after, c.announce_interval), (Duration::from_secs(30), Duration::from_secs(5)));
+    assert_eq!(
+        (c.gossip_interval, c.gossip_nodes),
+        (Duration::from_millis(200), 3),
+        "memberlist GossipInterval, GossipNodes"
+    );
 }
 
 // ----- probing -----------------------------------------------------------
@@ -361,7 +372,7 @@ fn periodic_push_pull_goes_to_one_alive_member() {
     // 30 s; the push-pull at 30 s goes to the one alive member, n2.
     assert_eq!(joins, vec![(5000, N3), (10_000, N3), (15_000, N3), (20_000, N3), (25_000, N3), (30_000, N2)]);
     assert_eq!(s.stats().push_pulls, 1);
-    let mut off = node_with(N1, SwimConfig { push_pull_interval: Duration::ZERO, ..SwimConfig::default() }, 1);
+    let mut off = node_with(N1, SwimConfig { push_pull_interval: Duration::ZERO, ..quiet() }, 1);
     off.handle_timeout(t(100_000));
     assert_eq!(off.stats().push_pulls, 0);
 }
@@ -506,6 +517,74 @@ fn an_update_is_piggybacked_exactly_retransmit_limit_times() {
     assert_eq!(carried as u32, limit);
 }
 
+/// `me` knowing `others` alive, with the gossip timer on and the join's
+/// updates already spent.
+fn gossiping(me: NodeId, others: &[NodeId]) -> Swim {
+    let mut s = node_with(me, SwimConfig::default(), 1);
+    let state: Vec<String> = others.iter().map(|o| format!("alive {o} inc=1")).collect();
+    s.handle_message(t(0), others[0], pkt(&format!("sync | {}", state.join(" | "))));
+    for i in 0..40 {
+        s.handle_message(t(0), others[0], pkt(&format!("ping seq={i}")));
+    }
+    drain(&mut s);
+    assert_eq!(s.pending_broadcasts(), 0);
+    s
+}
+
+#[test]
+fn a_gossip_round_sends_queued_updates_to_gossip_nodes_members() {
+    let mut s = gossiping(N1, &[N2, N3, N4, N5]);
+    assert_eq!(s.poll_timeout(), t(200), "the first gossip round");
+    s.handle_timeout(t(200));
+    assert!(drain(&mut s).is_empty(), "nothing queued: nothing sent");
+    s.handle_message(t(300), N2, pkt("gossip | suspect n5 inc=1 by=n2"));
+    drain(&mut s);
+    assert_eq!(s.poll_timeout(), t(400));
+    s.handle_timeout(t(400));
+    let out = sends(&drain(&mut s));
+    let targets: BTreeSet<NodeId> = out.iter().map(|(to, _)| *to).collect();
+    assert_eq!(out.len(), 3, "gossip_nodes members: {out:?}");
+    assert_eq!(targets.len(), 3, "distinct");
+    for (_, p) in &out {
+        assert_eq!(p.message, Message::Gossip);
+        assert_eq!(p.updates[0].to_string(), "suspect n5 inc=1 by=n2");
+    }
+    assert_eq!(s.poll_timeout(), t(600), "rounds repeat every gossip_interval");
+}
+
+#[test]
+fn gossip_reaches_tombstones_with_their_record() {
+    // n2 is dead: rounds still go to it, led by its tombstone, so a
+    // wrongly-declared member learns of it and refutes.
+    let mut s = gossiping(N1, &[N2, N3]);
+    s.handle_message(t(100), N3, pkt("gossip | dead n2 inc=1"));
+    for i in 0..40 {
+        s.handle_message(t(100), N3, pkt(&format!("ping seq={i}")));
+    }
+    drain(&mut s);
+    assert_eq!(state_of(&s, N2), Some((MemberState::Dead, 1)));
+    assert_eq!(s.pending_broadcasts(), 0, "the news is spent");
+    s.handle_timeout(t(200));
+    assert!(drain(&mut s).is_empty(), "nothing queued: nothing sent, not even to the dead");
+    // News: the round (3 of the 3 others) reaches n2 too, tombstone first.
+    s.handle_message(t(300), N3, pkt("gossip | alive n4 inc=1"));
+    drain(&mut s);
+    s.handle_timeout(t(400));
+    let out = sends(&drain(&mut s));
+    assert_eq!(out.len(), 3, "{out:?}");
+    let (_, to_n2) = out.iter().find(|(to, _)| *to == N2).expect("the dead member is a gossip target");
+    assert_eq!(to_n2.message, Message::Gossip);
+    assert_eq!(to_n2.updates[0].to_string(), "dead n2 inc=1");
+}
+
+#[test]
+fn a_zero_gossip_interval_disables_the_rounds() {
+    let mut s = joined(N1, &[N2, N3]);
+    s.handle_message(t(300), N2, pkt("gossip | suspect n3 inc=1 by=n2"));
+    drain(&mut s);
+    assert_eq!(s.poll_timeout(), t(1000), "the next probe, no gossip round");
+}
+
 #[test]
 fn piggyback_stays_within_the_packet_budget() {
     let mut s = node(N1);
@@ -543,7 +622,7 @@ fn join_pushes_our_state_to_each_seed_and_the_seed_answers_with_its_own() {
 
 #[test]
 fn a_large_state_is_split_into_sync_packets() {
-    let config = SwimConfig { max_sync_bytes: 2000, ..SwimConfig::default() };
+    let config = SwimConfig { max_sync_bytes: 2000, ..quiet() };
     let mut s = node_with(N1, config, 1);
     let meta = "m".repeat(300);
     let all: Vec<String> = (2..30).map(|i| format!("alive n{i} inc=1 meta={meta}")).collect();
@@ -599,7 +678,7 @@ fn metadata_updates_raise_the_incarnation_and_reach_others() {
 fn a_restarted_node_with_a_lower_incarnation_learns_it_was_dead_and_jumps_above() {
     // memberlist#345: n1 holds n2 dead at incarnation 5.
     let mut seed = with_n2(MemberState::Dead, 5);
-    let mut n2 = node_with(N2, SwimConfig::default(), 1);
+    let mut n2 = node_with(N2, quiet(), 1);
     n2.join(t(10), &[N1]);
     let (_, join) = sends(&drain(&mut n2)).remove(0);
     seed.handle_message(t(11), N2, join.encode());
@@ -738,8 +817,12 @@ fn local_health_is_capped_and_recovers_with_successful_probes() {
 
 #[test]
 fn without_lifeguard_is_plain_swim() {
-    let config = SwimConfig::without_lifeguard();
-    assert_eq!(SwimConfig { lifeguard: true, ..config.clone() }, SwimConfig::default(), "only the switch differs");
+    assert_eq!(
+        SwimConfig { lifeguard: true, ..SwimConfig::without_lifeguard() },
+        SwimConfig::default(),
+        "only the switch differs"
+    );
+    let config = SwimConfig { lifeguard: false, ..quiet() };
     let others = [N2, N3, N4, N5];
     let mut s = node_with(N1, config, 1);
     let state: Vec<String> = others.iter().map(|o| format!("alive {o} inc=1")).collect();

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use kaelix_cluster::swim::text::{Meta, parse_metadata, parse_node, parse_packet};
 use kaelix_cluster::swim::{Output, Swim, SwimConfig};
 use kaelix_core::rng::seeded;
-use kaelix_core::time::Instant;
+use kaelix_core::time::{Duration, Instant};
 
 use crate::transcript::{self, fmt_time, hex, kv, parse_duration, parse_time, transcripts};
 
@@ -73,6 +73,9 @@ impl Env {
             "suspicion_max_timeout_mult" => c.suspicion_max_timeout_mult = num()? as u32,
             "retransmit_mult" => c.retransmit_mult = num()? as u32,
             "lhm_max" => c.lhm_max = num()? as u32,
+            "gossip_interval" => c.gossip_interval = parse_duration(value)?,
+            "gossip_nodes" => c.gossip_nodes = num()? as usize,
+            "lifeguard" => c.lifeguard = value.parse().map_err(|_| format!("bad bool {value:?} for {key}"))?,
             "max_packet_bytes" => c.max_packet_bytes = num()? as usize,
             "max_sync_bytes" => c.max_sync_bytes = num()? as usize,
             _ => return Err(format!("unknown config key {key:?}")),
@@ -220,8 +223,16 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/swim_transcripts")
 }
 
+/// The configuration a transcript starts from: the defaults without the
+/// gossip timer, so each transcript shows the rule it is about without
+/// interleaved gossip rounds; `config gossip_interval=…` turns it on
+/// (`gossip-timer.txt`).
+fn base_config() -> SwimConfig {
+    SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }
+}
+
 fn run(file: &str) {
-    let mut env = Env { config: SwimConfig::default(), swim: None, now: Instant::ZERO };
+    let mut env = Env { config: base_config(), swim: None, now: Instant::ZERO };
     transcript::run(&dir(), file, |command| env.exec(command));
 }
 
@@ -241,6 +252,7 @@ transcripts! {
     lhm_scaling => "lhm-scaling.txt",
     metadata => "metadata.txt",
     malformed => "malformed.txt",
+    gossip_timer => "gossip-timer.txt",
 }
 
 #[test]
