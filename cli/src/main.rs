@@ -175,13 +175,16 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     let mut acked: u64 = 0;
     let mut submitted: u64 = 0;
     let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // In the scenario's own order.
+    let mut counters: Vec<(&'static str, u64)> = Vec::new();
     for seed in seeds {
         let t0 = WallTimer::start();
-        let (report, replay_hash) = if determinism_check {
+        let (report, tallies, replay_hash) = if determinism_check {
             let checked = run_checked(s, seed);
-            (checked.report.clone(), Some(checked.replay_hash))
+            (checked.report, checked.tallies, Some(checked.replay_hash))
         } else {
-            (s.run(seed, None), None)
+            let (report, tallies) = s.run_tallied(seed, None);
+            (report, tallies, None)
         };
         let runs = if determinism_check { 2 } else { 1 };
         run_nanos += t0.elapsed().as_nanos() / runs;
@@ -191,6 +194,12 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         faults += report.faults_applied as u64;
         submitted += report.workload.0;
         acked += report.workload.1;
+        for &(name, n) in &tallies {
+            match counters.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, total)) => *total += n,
+                None => counters.push((name, n)),
+            }
+        }
         for m in &report.fault_mix {
             *mix.entry(m).or_default() += 1;
         }
@@ -232,6 +241,10 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     );
     println!("workload        {submitted} values submitted, {acked} acknowledged");
     println!("faults applied  {faults}");
+    if !counters.is_empty() {
+        let line: Vec<String> = counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("tallies         (summed over seeds) {}", line.join(", "));
+    }
     let mix_line: Vec<String> = mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("fault mix       (seeds with each fault on) {}", mix_line.join(", "));
     for f in failures.iter().take(20) {

@@ -115,6 +115,10 @@ pub struct RunReport {
     pub workload: (u64, u64),
 }
 
+/// Scenario-specific tallies of one run by name, in the scenario's order
+/// (`kaelix sim run` sums them over seeds).
+pub type Tallies = Vec<(&'static str, u64)>;
+
 /// A registered scenario.
 pub trait Scenario: Sync {
     /// Unique name (`--scenario NAME`).
@@ -133,6 +137,11 @@ pub trait Scenario: Sync {
     fn run_recording(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Option<History>) {
         (self.run(seed, trace), None)
     }
+    /// Runs one seed like [`Scenario::run`] and also returns its tallies
+    /// (the default has none).
+    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        (self.run(seed, trace), Vec::new())
+    }
 }
 
 /// Every scenario, in listing order.
@@ -145,6 +154,7 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
+        &membership::MEMBERSHIP_20_SLOW_NODE,
         &membership::MEMBERSHIP_20_REFUTE_BUG,
         &raft::RAFT_PARTITIONS,
         &raft::RAFT_VOTE_BEFORE_PERSIST,
@@ -164,6 +174,8 @@ pub fn find(name: &str) -> Option<&'static dyn Scenario> {
 pub struct CheckedRun {
     /// The first run.
     pub report: RunReport,
+    /// The first run's tallies.
+    pub tallies: Tallies,
     /// The second run's hash.
     pub replay_hash: u64,
 }
@@ -177,9 +189,9 @@ impl CheckedRun {
 
 /// Runs `seed` twice and compares (the built-in determinism check).
 pub fn run_checked(scenario: &dyn Scenario, seed: u64) -> CheckedRun {
-    let report = scenario.run(seed, None);
+    let (report, tallies) = scenario.run_tallied(seed, None);
     let replay = scenario.run(seed, None);
-    CheckedRun { replay_hash: replay.trace_hash, report }
+    CheckedRun { replay_hash: replay.trace_hash, report, tallies }
 }
 
 /// The command that reproduces a run.
