@@ -47,6 +47,11 @@ impl Broadcasts {
         self.entries.len()
     }
 
+    /// Whether an update about `member` is queued.
+    pub(crate) fn contains(&self, member: NodeId) -> bool {
+        self.entries.contains_key(&member)
+    }
+
     /// The update queued about `member`, if any.
     #[cfg(test)]
     pub(crate) fn get(&self, member: NodeId) -> Option<&Update> {

@@ -43,7 +43,12 @@
 //! incarnation above the statement and gossip `Alive`. So a node restarted
 //! with a *lower* incarnation than its tombstone learns of it (whoever holds
 //! the tombstone sends it back, see *buddy*) and jumps above it
-//! (memberlist#345). Incarnations of a record only grow; the code asserts it.
+//! (memberlist#345). A *stale* accusation (below our incarnation: we
+//! refuted it, but the sender never heard) cannot be outbid and needs no
+//! new incarnation, but it is answered: our current `Alive` is queued again
+//! (unless still queued), so the holder of the stale record — and whoever
+//! it would pass it on to — learns the refutation. Incarnations of a record
+//! only grow; the code asserts it.
 //!
 //! # Protocol
 //!
@@ -345,6 +350,9 @@ pub struct SwimStats {
     pub refutations: u64,
     /// Statements about us we could not outbid (incarnation at `u64::MAX`).
     pub unrefutable: u64,
+    /// Stale accusations of us (below our incarnation) answered by gossiping
+    /// our current `Alive` again.
+    pub reasserted: u64,
     /// Push-pulls started by announce.
     pub announces: u64,
     /// Periodic push-pulls with an alive member.
@@ -1247,6 +1255,15 @@ impl Swim {
             }
             UpdateKind::Suspect { .. } | UpdateKind::Dead | UpdateKind::Left => {
                 if u.incarnation < self.incarnation {
+                    // Stale: we refuted it already, but the sender (a buddy
+                    // record, or gossip) still holds it and our refutation's
+                    // transmissions may be spent. Gossip our current Alive
+                    // again, or the stale record could outlive us there and
+                    // be passed on (e.g. to a restarted member in a Sync).
+                    if !self.queue.contains(self.me) {
+                        self.stats.reasserted += 1;
+                        self.queue.push(self.self_update());
+                    }
                     return;
                 }
                 // Lifeguard counts being *suspected*: a death or a leave at

@@ -442,6 +442,30 @@ fn a_node_refutes_a_suspicion_about_itself() {
 }
 
 #[test]
+fn a_stale_accusation_is_answered_with_our_current_alive() {
+    // n1 refuted a suspicion at 1 with 2 and its gossip got spent; n2 never
+    // heard it and still holds n1 suspect at 1 (its pings say so, buddy
+    // system). Without an answer the stale record would kill n1 at n2.
+    let mut s = joined(N1, &[N2, N3]);
+    s.handle_message(t(10), N3, pkt("gossip | suspect n1 inc=1 by=n3"));
+    for i in 0..40 {
+        s.handle_message(t(20), N3, pkt(&format!("ping seq={i}")));
+    }
+    drain(&mut s);
+    assert_eq!((s.incarnation(), s.pending_broadcasts()), (2, 0));
+    s.handle_message(t(30), N2, pkt("ping seq=7 | suspect n1 inc=1 by=n3"));
+    let (to, ack) = sends(&drain(&mut s)).remove(0);
+    assert_eq!(to, N2);
+    assert_eq!(ack.updates[0].to_string(), "alive n1 inc=2", "{ack}");
+    assert_eq!(s.incarnation(), 2, "stale: nothing to outbid");
+    assert_eq!(s.local_health(), 1, "only the first (current) accusation cost health");
+    assert_eq!(s.stats().reasserted, 1);
+    // While that Alive is still queued, more stale statements add nothing.
+    s.handle_message(t(40), N2, pkt("gossip | dead n1 inc=1"));
+    assert_eq!(s.stats().reasserted, 1);
+}
+
+#[test]
 fn an_alive_about_us_that_we_did_not_say_is_outbid() {
     let mut s = joined(N1, &[N2]);
     s.handle_message(t(10), N2, pkt("gossip | alive n1 inc=1"));

@@ -209,8 +209,8 @@ impl Env {
                     s.nacks_received
                 ));
                 out.push(format!(
-                    "refutations={} announces={} push-pulls={} collected={}",
-                    s.refutations, s.announces, s.push_pulls, s.tombstones_collected
+                    "refutations={} reasserted={} announces={} push-pulls={} collected={}",
+                    s.refutations, s.reasserted, s.announces, s.push_pulls, s.tombstones_collected
                 ));
             }
             _ => return Err(format!("unknown command {verb:?}")),
@@ -253,6 +253,7 @@ transcripts! {
     metadata => "metadata.txt",
     malformed => "malformed.txt",
     gossip_timer => "gossip-timer.txt",
+    stale_accusation => "stale-accusation.txt",
 }
 
 #[test]
