@@ -67,11 +67,14 @@
 //!   refutation everyone — within a few hundred milliseconds instead of a
 //!   protocol period per hop.
 //! * **Join**: push-pull with the seeds: `Join` carries our whole list, the
-//!   seed merges it and answers `Sync` with its own.
+//!   seed merges it and answers `Sync` with its own. Datagrams get lost:
+//!   until a first `Sync` has arrived, every seed stays an announce
+//!   candidate, so the join is retried (hearing *of* a seed through gossip
+//!   is not having its list).
 //! * **Announce**: every `announce_interval` a push-pull with one random
-//!   tombstone (dead or left, not yet collected) or seed we do not see alive,
-//!   so a partitioned side, or a node isolated long enough to have forgotten
-//!   everyone, merges back (foca#15).
+//!   tombstone (dead or left, not yet collected) or seed we do not see alive
+//!   (any seed before the first `Sync`), so a partitioned side, or a node
+//!   isolated long enough to have forgotten everyone, merges back (foca#15).
 //! * **Push-pull**: every `push_pull_interval` (30 s) the same exchange with
 //!   one random alive member, anti-entropy for gossip lost on the way.
 //! * **Leave**: `Left` at our incarnation, pushed to a few members at once
@@ -182,6 +185,12 @@ pub enum PlantedBug {
     /// Refute a suspicion without raising the incarnation (so the
     /// refutation loses to the suspicion it answers).
     RefuteWithoutIncarnation,
+    /// A failed probe accuses the incarnation after the one probed (an
+    /// off-by-one): records then hold an incarnation the member never had.
+    AccuseNextIncarnation,
+    /// Ignore deaths and leaves declared about ourselves (memberlist#345):
+    /// a node restarted below its tombstone never jumps above it.
+    IgnoreOwnTombstone,
 }
 
 impl Default for SwimConfig {
@@ -469,6 +478,8 @@ pub struct Swim {
     lhm: u32,
     queue: Broadcasts,
     seeds: Vec<NodeId>,
+    /// Whether a `Sync` (a member's whole list) has ever arrived.
+    synced: bool,
     next_announce: Instant,
     next_push_pull: Instant,
     next_gossip: Instant,
@@ -506,6 +517,7 @@ impl Swim {
             lhm: 0,
             queue: Broadcasts::default(),
             seeds: Vec::new(),
+            synced: false,
             next_announce: now + config.announce_interval,
             next_push_pull: if config.push_pull_interval.is_zero() {
                 Instant::MAX
@@ -723,7 +735,8 @@ impl Swim {
             Message::Ack { seq } => self.on_ack(from, seq),
             Message::Nack { seq } => self.on_nack(from, seq),
             Message::Join => self.send_state(from, Message::Sync),
-            Message::Sync | Message::Gossip => {}
+            Message::Sync => self.synced = true,
+            Message::Gossip => {}
         }
         self.check_invariants();
     }
@@ -951,8 +964,12 @@ impl Swim {
         // nobody to ask, the failure itself does.
         let missing = if p.helpers.is_empty() { 1 } else { (p.helpers.len() - p.nacked.len()) as u32 };
         self.lhm_add(missing);
-        let accusation =
-            Update { member: p.target, incarnation: p.incarnation, kind: UpdateKind::Suspect { accuser: self.me } };
+        let incarnation = if self.config.planted == PlantedBug::AccuseNextIncarnation {
+            p.incarnation.saturating_add(1)
+        } else {
+            p.incarnation
+        };
+        let accusation = Update { member: p.target, incarnation, kind: UpdateKind::Suspect { accuser: self.me } };
         self.apply(accusation, Origin::Local);
     }
 
@@ -1065,7 +1082,8 @@ impl Swim {
         }
     }
 
-    /// Push-pull with a random tombstone or a seed we do not see alive.
+    /// Push-pull with a random tombstone or a seed we do not see alive (any
+    /// seed while no `Sync` has arrived: the join is not done).
     fn announce(&mut self) {
         if self.left {
             return;
@@ -1073,7 +1091,7 @@ impl Swim {
         let mut candidates: BTreeSet<NodeId> =
             self.members.iter().filter(|(_, m)| !m.state.is_live()).map(|(&id, _)| id).collect();
         for &s in &self.seeds {
-            if !self.members.get(&s).is_some_and(|m| m.state.is_live()) {
+            if !self.synced || !self.members.get(&s).is_some_and(|m| m.state.is_live()) {
                 candidates.insert(s);
             }
         }
@@ -1253,6 +1271,7 @@ impl Swim {
                 }
                 false
             }
+            UpdateKind::Dead | UpdateKind::Left if self.config.planted == PlantedBug::IgnoreOwnTombstone => return,
             UpdateKind::Suspect { .. } | UpdateKind::Dead | UpdateKind::Left => {
                 if u.incarnation < self.incarnation {
                     // Stale: we refuted it already, but the sender (a buddy

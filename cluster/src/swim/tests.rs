@@ -745,6 +745,26 @@ fn announce_picks_a_tombstone_or_an_unseen_seed() {
 }
 
 #[test]
+fn a_join_is_retried_until_a_seed_answers_with_its_list() {
+    // The Join to n2 was lost; n1 hears *of* n2 (gossip from n3, which
+    // knows little) but never got a list: it must keep asking the seeds.
+    let mut s = node(N1);
+    s.join(t(0), &[N2]);
+    drain(&mut s);
+    s.handle_message(t(100), N3, pkt("gossip | alive n2 inc=1 | alive n3 inc=1"));
+    drain(&mut s);
+    let joins_to_n2 = |s: &mut Swim, at: u64| {
+        s.handle_timeout(t(at));
+        sends(&drain(s)).iter().filter(|(to, p)| *to == N2 && p.message == Message::Join).count()
+    };
+    assert_eq!(joins_to_n2(&mut s, 5000), 1, "n2 is alive to us, but we never had its list");
+    s.handle_message(t(5001), N2, pkt("sync | alive n2 inc=1 | alive n4 inc=1"));
+    drain(&mut s);
+    assert_eq!(state_of(&s, N4), Some((MemberState::Alive, 1)), "the list brought n4");
+    assert_eq!(joins_to_n2(&mut s, 10_000), 0, "joined: a seed we see alive needs no announce");
+}
+
+#[test]
 fn tombstones_are_collected_and_never_gossiped_again() {
     // chitchat#161: dead incarnations must not circulate forever.
     let mut s = joined(N1, &[N2, N3]);
