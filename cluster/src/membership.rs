@@ -5,9 +5,10 @@
 //! [`start`] spawns the driver loop and returns a [`Membership`] handle:
 //! the current member list, a stream of [`MembershipEvent`]s per
 //! subscriber, each member's phi, and a graceful [`Membership::leave`]. A
-//! node's incarnation at boot is its wall clock in milliseconds, so a
-//! restarted node starts above what it had before in practice; SWIM's
-//! refutation settles any conflict either way.
+//! node's incarnation at boot is its wall clock in milliseconds (or a fixed
+//! [`MembershipConfig::boot_incarnation`]), so a restarted node starts
+//! above what it had before in practice; SWIM's refutation settles any
+//! conflict either way.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -35,12 +36,23 @@ pub struct MembershipConfig {
     pub metadata: Bytes,
     /// The phi-accrual detector fed with probe round trips.
     pub phi: PhiConfig,
+    /// The incarnation to boot with; `None` (the default) takes the wall
+    /// clock in milliseconds, so a restart starts above its earlier runs
+    /// unless the clock was stepped back. `Some(1)` is memberlist's way:
+    /// every restart starts low and must outbid its own tombstone.
+    pub boot_incarnation: Option<u64>,
 }
 
 impl MembershipConfig {
     /// memberlist's LAN defaults, joining through `seeds`.
     pub fn new(seeds: Vec<NodeId>, metadata: Bytes) -> Self {
-        MembershipConfig { swim: SwimConfig::default(), seeds, metadata, phi: PhiConfig::default() }
+        MembershipConfig {
+            swim: SwimConfig::default(),
+            seeds,
+            metadata,
+            phi: PhiConfig::default(),
+            boot_incarnation: None,
+        }
     }
 }
 
@@ -136,7 +148,7 @@ pub fn start<R: Runtime>(rt: &R, config: MembershipConfig) -> Membership {
 
 async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership) {
     let me = rt.node_id();
-    let incarnation = rt.wall_clock().0 / 1_000_000;
+    let incarnation = config.boot_incarnation.unwrap_or_else(|| rt.wall_clock().0 / 1_000_000);
     let mut swim = Swim::new(me, config.swim.clone(), rt.rng(), rt.now(), incarnation, config.metadata.clone());
     let seeds: Vec<NodeId> = config.seeds.iter().copied().filter(|&s| s != me).collect();
     swim.join(rt.now(), &seeds);
