@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kaelix_scenarios::history::History;
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
+use kaelix_scenarios::membership::table::{self, JobResult, TablePlan};
 use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
 use kaelix_sim::trace::TraceEvent;
 
@@ -65,6 +66,23 @@ enum SimCommand {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Measure SWIM membership at 5, 20 and 100 nodes, Kaelix's defaults
+    /// against the reference configuration (see `kaelix_scenarios::membership::table`).
+    MembershipTable {
+        /// Seeds for the 5-node rows.
+        #[arg(long, default_value_t = 60)]
+        seeds_5: u64,
+        /// Seeds for the 20-node rows.
+        #[arg(long, default_value_t = 30)]
+        seeds_20: u64,
+        /// Seeds for the 100-node rows.
+        #[arg(long, default_value_t = 10)]
+        seeds_100: u64,
+        /// Simulations run in parallel (each is single-threaded and
+        /// deterministic; the table does not depend on this).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// Re-run one seed and print its trace hash (twice, to show it is stable).
     Replay {
@@ -113,6 +131,9 @@ fn main() -> ExitCode {
                 None => first_seed..first_seed + seeds,
             };
             sim_run(s, range, !no_determinism_check, quiet)
+        }
+        Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
+            membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
         }
         Command::Sim(SimCommand::Replay { scenario, seed, trace, history }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
@@ -360,4 +381,40 @@ fn sim_check_history(path: &Path, config: &CheckConfig) -> ExitCode {
         println!("verdict: pass");
         ExitCode::SUCCESS
     }
+}
+
+/// Runs the table's simulations on `threads` OS threads (each simulation
+/// stays on one thread; results are put back in job order) and prints it.
+#[allow(clippy::disallowed_methods, reason = "the cli runs independent simulations side by side on real threads")]
+fn membership_table(plan: TablePlan, threads: usize) -> ExitCode {
+    let started = WallTimer::start();
+    let jobs = plan.jobs();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, JobResult)>> = std::sync::Mutex::new(Vec::new());
+    let bar = ProgressBar::new(jobs.len() as u64);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&job) = jobs.get(i) else { return };
+                    let r = table::run(job);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<JobResult> = results.into_iter().map(|(_, r)| r).collect();
+    print!("{}", table::render(&plan, &results));
+    println!(
+        "\n{} simulations in {:.1} s wall time on {} thread(s).",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        threads.max(1)
+    );
+    if results.iter().any(|r| r.violation.is_some()) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -156,6 +156,8 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &membership::MEMBERSHIP_100,
         &membership::MEMBERSHIP_20_SLOW_NODE,
         &membership::MEMBERSHIP_20_REFUTE_BUG,
+        &membership::MEMBERSHIP_20_ACCUSE_NEXT_BUG,
+        &membership::MEMBERSHIP_20_IGNORE_TOMBSTONE_BUG,
         &raft::RAFT_PARTITIONS,
         &raft::RAFT_VOTE_BEFORE_PERSIST,
         &raft::RAFT_COMMIT_PREVIOUS_TERM,

@@ -7,15 +7,20 @@
 //! * **Swarm faults** (`membership-5/20/100`): drawn per seed — crashes
 //!   and restarts of up to a third of the nodes, partitions of every kind
 //!   (symmetric, asymmetric, one-way), loss, duplication, reordering,
-//!   pauses, clock skew, drift and steps — for a 20 s safety phase.
+//!   pauses, clock skew, drift and steps — for a 20 s safety phase. Half
+//!   the seeds boot every node run at incarnation 1 (memberlist's way),
+//!   so every restart starts below its own tombstone and must outbid it
+//!   (memberlist#345); the others boot at their wall clock in ms.
 //! * **Slow node** (`membership-20-slow-node`): 10 % loss on every link
 //!   and one node (drawn per seed, never a seed node) paused again and
 //!   again for 60 s — runs of 50–500 ms between pauses of 100 ms up to a
 //!   per-seed maximum of 0.5–3 s (about three quarters of its time frozen:
 //!   a node starved of CPU or stuck in GC). Nothing else goes wrong.
 //! * **Liveness**: then faults stop, crashed nodes restart, partitions
-//!   heal; within the bound every node must see every node alive at its
-//!   current incarnation (the oracle's check 4).
+//!   heal; within 25 s every node must see every node alive at its
+//!   current incarnation (the oracle's check 4). 25 s is shorter than the
+//!   30 s after which tombstones are forgotten, so a restarted node has to
+//!   be readmitted by outbidding its tombstone, not by being forgotten.
 //!
 //! **Checked at every simulator event** (see [`oracle`]): incarnations only
 //! grow (per run, with the exact exceptions restarts and forgetting
@@ -45,9 +50,15 @@
 //!
 //! Planted bugs must fail: `membership-20-refute-without-incarnation`
 //! (refutations that do not raise the incarnation, so a suspicion is never
-//! answered and healthy members die).
+//! answered and healthy members die: the false-death budget or the
+//! liveness check), `membership-20-accuse-next-incarnation` (an
+//! off-by-one accusation: records hold an incarnation the member never
+//! had, the oracle's check 3) and `membership-20-ignore-own-tombstone`
+//! (memberlist#345: a node restarted below its tombstone never outbids it,
+//! so it is never readmitted: the liveness check at current incarnations).
 
 pub mod oracle;
+pub mod table;
 
 use bytes::Bytes;
 use kaelix_cluster::membership::MembershipConfig;
@@ -114,6 +125,22 @@ pub static MEMBERSHIP_20_SLOW_NODE: MembershipScenario = MembershipScenario {
     faults: Faults::SlowNode,
     planted: PlantedBug::None,
 };
+/// Planted bug: accusations of an incarnation the member never had.
+pub static MEMBERSHIP_20_ACCUSE_NEXT_BUG: MembershipScenario = MembershipScenario {
+    name: "membership-20-accuse-next-incarnation",
+    description: "[planted bug] SWIM, 20 nodes, a failed probe accuses the incarnation after the one probed",
+    nodes: 20,
+    faults: Faults::Swarm,
+    planted: PlantedBug::AccuseNextIncarnation,
+};
+/// Planted bug: a node ignores its own tombstone (memberlist#345).
+pub static MEMBERSHIP_20_IGNORE_TOMBSTONE_BUG: MembershipScenario = MembershipScenario {
+    name: "membership-20-ignore-own-tombstone",
+    description: "[planted bug] SWIM, 20 nodes, a node ignores deaths declared about itself (memberlist#345)",
+    nodes: 20,
+    faults: Faults::Swarm,
+    planted: PlantedBug::IgnoreOwnTombstone,
+};
 /// Planted bug: refutations that do not raise the incarnation.
 pub static MEMBERSHIP_20_REFUTE_BUG: MembershipScenario = MembershipScenario {
     name: "membership-20-refute-without-incarnation",
@@ -125,7 +152,11 @@ pub static MEMBERSHIP_20_REFUTE_BUG: MembershipScenario = MembershipScenario {
 
 const SAFETY: Duration = Duration::from_secs(20);
 const SLOW_SAFETY: Duration = Duration::from_secs(60);
-const LIVENESS_BOUND: Duration = Duration::from_secs(90);
+/// Shorter than `gc_after` (30 s): a member that was dead at heal time has
+/// not been forgotten by then unless it died more than 5 s before heal, so
+/// readmission must come from refutation (outbidding the tombstone), not
+/// from the cluster forgetting it.
+const LIVENESS_BOUND: Duration = Duration::from_secs(25);
 /// How often the liveness condition is evaluated.
 const CONVERGENCE_CHECK: Duration = Duration::from_millis(100);
 
@@ -200,10 +231,17 @@ impl Scenario for MembershipScenario {
                 (profile, slow_node_pauses(slow, start, safety_end, max_pause, &mut setup), safety_end, Some(slow))
             }
         };
-        let fault_mix = match self.faults {
+        let mut fault_mix = match self.faults {
             Faults::Swarm => profile.mix(),
             Faults::SlowNode => vec!["loss", "pause"],
         };
+        // Half the seeds boot every run at incarnation 1 (memberlist's
+        // way), so each restart starts below its own tombstone and must
+        // outbid it (memberlist#345); the rest take the wall clock.
+        let boot_incarnation = (self.faults == Faults::Swarm && setup.random_bool(0.5)).then_some(1);
+        if boot_incarnation.is_some() {
+            fault_mix.push("boot-at-incarnation-1");
+        }
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let registry = Registry::default();
@@ -218,7 +256,11 @@ impl Scenario for MembershipScenario {
             let (seeds, swim) = (seeds.clone(), swim.clone());
             let init = membership_node(id, registry.clone(), move || {
                 let metadata = Bytes::from(format!("node={}", id.0));
-                MembershipConfig { swim: swim.clone(), ..MembershipConfig::new(seeds.clone(), metadata) }
+                MembershipConfig {
+                    swim: swim.clone(),
+                    boot_incarnation,
+                    ..MembershipConfig::new(seeds.clone(), metadata)
+                }
             });
             sim.add_node(id, NodeSpec { kind: NodeKind::Server, name: format!("m{}", id.0), faulty_disk: false, init });
         }

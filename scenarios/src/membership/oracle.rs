@@ -364,6 +364,9 @@ impl Oracle {
                 self.runs[i].own = self.runs[i].first.unwrap_or(0);
             }
         }
+        // Judged against the world they were emitted in: before the fault
+        // (if any) that this step applied.
+        self.drain_events(emitted_at);
         let faults = sim.stats().faults;
         let liveness = sim.in_liveness();
         if faults != self.faults_seen || liveness != self.liveness_seen {
@@ -371,7 +374,6 @@ impl Oracle {
             self.liveness_seen = liveness;
             self.truth.refresh(sim, &self.nodes, now);
         }
-        self.drain_events(emitted_at);
         if self.last_sample.is_none_or(|t| now >= t + self.config.sample_every) {
             self.last_sample = Some(now);
             self.sample();
