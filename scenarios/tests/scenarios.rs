@@ -124,3 +124,34 @@ fn history_checker_speed() {
         );
     }
 }
+
+/// The membership scenarios pass and replay identically (a few seeds in a
+/// debug build; CI runs 1,000 in release).
+#[test]
+fn membership_seeds_deterministic_and_passing() {
+    for (name, seeds) in [("membership-5", 0..20), ("membership-20-slow-node", 0..2)] {
+        let s = find(name).expect("registered");
+        for seed in seeds {
+            let run = run_checked(s, seed);
+            assert!(run.deterministic(), "{name} seed {seed}: nondeterministic");
+            assert_eq!(run.report.verdict, Verdict::Pass, "{name} seed {seed}");
+        }
+    }
+}
+
+/// Each planted SWIM bug is caught by the check it targets.
+#[test]
+fn membership_planted_bugs_are_caught_by_their_checks() {
+    for (name, check, limit) in [
+        ("membership-20-accuse-next-incarnation", "which no run of", 5),
+        ("membership-20-refute-without-incarnation", "false death", 20),
+        ("membership-20-ignore-own-tombstone", "alive at their current incarnation", 10),
+    ] {
+        let s = find(name).expect("registered");
+        assert!(s.planted_bug());
+        let caught =
+            (0..limit).map(|seed| (seed, s.run(seed, None).verdict)).find(|(_, v)| v.to_string().contains(check));
+        let (seed, verdict) = caught.unwrap_or_else(|| panic!("{name}: not caught by {check:?} in {limit} seeds"));
+        assert!(!verdict.passed(), "{name} seed {seed}");
+    }
+}

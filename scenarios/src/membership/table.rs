@@ -594,7 +594,9 @@ mod tests {
         // A crash is suspected after a failed probe (≥ 1 s) and declared
         // after the 4 s minimum suspicion at 5 nodes.
         assert!(first >= Duration::from_secs(4), "{l:?}");
-        assert!(l.messages > 1.0 && l.bytes > 50.0, "an idle node still probes: {l:?}");
+        // Idle: a ping and an ack per node per protocol period, plus the
+        // push-pull every 30 s.
+        assert!(l.messages > 1.5 && l.messages < 3.0 && l.bytes > 20.0, "{l:?}");
         assert_eq!(run(job), r, "deterministic in its seed");
     }
 }
