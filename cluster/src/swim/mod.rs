@@ -43,11 +43,11 @@
 //! incarnation above the statement and gossip `Alive`. So a node restarted
 //! with a *lower* incarnation than its tombstone learns of it (whoever holds
 //! the tombstone sends it back, see *buddy*) and jumps above it
-//! (memberlist#345). A *stale* accusation (below our incarnation: we
-//! refuted it, but the sender never heard) cannot be outbid and needs no
-//! new incarnation, but it is answered: our current `Alive` is queued again
-//! (unless still queued), so the holder of the stale record — and whoever
-//! it would pass it on to — learns the refutation. Incarnations of a record
+//! (memberlist#345). A *stale* statement (below our incarnation: a
+//! suspicion we refuted, or an older `Alive`, that the sender still holds)
+//! cannot be outbid and needs no new incarnation, but it is answered: our
+//! current `Alive` is queued again (unless still queued), so the holder of
+//! the stale record — and whoever it would pass it on to — learns it. Incarnations of a record
 //! only grow; the code asserts it.
 //!
 //! # Protocol
@@ -77,6 +77,10 @@
 //!   isolated long enough to have forgotten everyone, merges back (foca#15).
 //! * **Push-pull**: every `push_pull_interval` (30 s) the same exchange with
 //!   one random alive member, anti-entropy for gossip lost on the way.
+//! * **Strangers**: a packet (other than a push-pull) from a member we have
+//!   no record of means it knows us and we missed it (its join reached
+//!   others, or we forgot it while it lived on): we push-pull with it, at
+//!   most once per `announce_interval`.
 //! * **Leave**: `Left` at our incarnation, pushed to a few members at once
 //!   and piggybacked after; a leaving node refutes nothing.
 //!
@@ -359,9 +363,11 @@ pub struct SwimStats {
     pub refutations: u64,
     /// Statements about us we could not outbid (incarnation at `u64::MAX`).
     pub unrefutable: u64,
-    /// Stale accusations of us (below our incarnation) answered by gossiping
-    /// our current `Alive` again.
+    /// Stale statements about us (below our incarnation) answered by
+    /// gossiping our current `Alive` again.
     pub reasserted: u64,
+    /// Push-pulls with senders we had no record of.
+    pub strangers_met: u64,
     /// Push-pulls started by announce.
     pub announces: u64,
     /// Periodic push-pulls with an alive member.
@@ -480,6 +486,8 @@ pub struct Swim {
     seeds: Vec<NodeId>,
     /// Whether a `Sync` (a member's whole list) has ever arrived.
     synced: bool,
+    /// Senders we had no record of and pushed our state to, and when.
+    strangers: BTreeMap<NodeId, Instant>,
     next_announce: Instant,
     next_push_pull: Instant,
     next_gossip: Instant,
@@ -518,6 +526,7 @@ impl Swim {
             queue: Broadcasts::default(),
             seeds: Vec::new(),
             synced: false,
+            strangers: BTreeMap::new(),
             next_announce: now + config.announce_interval,
             next_push_pull: if config.push_pull_interval.is_zero() {
                 Instant::MAX
@@ -738,7 +747,30 @@ impl Swim {
             Message::Sync => self.synced = true,
             Message::Gossip => {}
         }
+        let exchanging = matches!(packet.message, Message::Join | Message::Sync);
+        if !exchanging && !self.members.contains_key(&from) {
+            self.meet(from);
+        }
         self.check_invariants();
+    }
+
+    /// A member we have no record of talks to us (it knows us, we do not
+    /// know it: we missed its join, or forgot it while it lived on): push
+    /// our state to it, so its answer brings it — and whatever else it
+    /// knows — to us. At most once per `announce_interval` per stranger.
+    fn meet(&mut self, stranger: NodeId) {
+        if self.left {
+            return;
+        }
+        let now = self.now;
+        let horizon = self.config.announce_interval;
+        self.strangers.retain(|_, met| *met + horizon > now);
+        if self.strangers.contains_key(&stranger) {
+            return;
+        }
+        self.strangers.insert(stranger, now);
+        self.stats.strangers_met += 1;
+        self.send_state(stranger, Message::Join);
     }
 
     /// Acts on every deadline that has passed; early or spurious calls are
@@ -1265,8 +1297,14 @@ impl Swim {
         }
         let accusation = match &u.kind {
             UpdateKind::Alive { metadata } => {
-                if u.incarnation < self.incarnation || (u.incarnation == self.incarnation && *metadata == self.metadata)
-                {
+                if u.incarnation < self.incarnation {
+                    // Someone still spreads an older Alive of ours (an
+                    // earlier run's, or from before a refutation they
+                    // missed): tell them the current one.
+                    self.reassert();
+                    return;
+                }
+                if u.incarnation == self.incarnation && *metadata == self.metadata {
                     return;
                 }
                 false
@@ -1279,10 +1317,7 @@ impl Swim {
                     // transmissions may be spent. Gossip our current Alive
                     // again, or the stale record could outlive us there and
                     // be passed on (e.g. to a restarted member in a Sync).
-                    if !self.queue.contains(self.me) {
-                        self.stats.reasserted += 1;
-                        self.queue.push(self.self_update());
-                    }
+                    self.reassert();
                     return;
                 }
                 // Lifeguard counts being *suspected*: a death or a leave at
@@ -1305,6 +1340,15 @@ impl Swim {
             self.lhm_add(1);
         }
         self.queue.push(self.self_update());
+    }
+
+    /// Queues our current `Alive` again (unless it is still queued): the
+    /// answer to a stale statement about us.
+    fn reassert(&mut self) {
+        if !self.queue.contains(self.me) {
+            self.stats.reasserted += 1;
+            self.queue.push(self.self_update());
+        }
     }
 
     fn check_invariants(&mut self) {

@@ -466,6 +466,27 @@ fn a_stale_accusation_is_answered_with_our_current_alive() {
 }
 
 #[test]
+fn a_stale_alive_about_us_is_answered_too() {
+    // n2's push-pull list still has n1 at 1 (an earlier run, or a
+    // refutation it missed): n1, at 5, gossips its current Alive again.
+    let mut s = node_with(N1, quiet(), 5);
+    s.handle_message(t(0), N2, pkt("sync | alive n2 inc=1"));
+    for i in 0..40 {
+        s.handle_message(t(0), N2, pkt(&format!("ping seq={i}")));
+    }
+    drain(&mut s);
+    assert_eq!(s.pending_broadcasts(), 0);
+    s.handle_message(t(10), N2, pkt("join | alive n2 inc=1 | alive n1 inc=1"));
+    let out = sends(&drain(&mut s));
+    assert_eq!(s.incarnation(), 5);
+    assert_eq!(s.stats().reasserted, 1);
+    let (_, sync) = &out[0];
+    assert_eq!(sync.message, Message::Sync);
+    assert!(sync.updates.iter().any(|u| u.to_string() == "alive n1 inc=5"), "{sync}");
+    assert_eq!(s.queue.get(N1).map(|u| u.to_string()), Some("alive n1 inc=5".into()), "and gossiped");
+}
+
+#[test]
 fn an_alive_about_us_that_we_did_not_say_is_outbid() {
     let mut s = joined(N1, &[N2]);
     s.handle_message(t(10), N2, pkt("gossip | alive n1 inc=1"));
@@ -762,6 +783,28 @@ fn a_join_is_retried_until_a_seed_answers_with_its_list() {
     drain(&mut s);
     assert_eq!(state_of(&s, N4), Some((MemberState::Alive, 1)), "the list brought n4");
     assert_eq!(joins_to_n2(&mut s, 10_000), 0, "joined: a seed we see alive needs no announce");
+}
+
+#[test]
+fn a_stranger_that_talks_to_us_gets_a_push_pull() {
+    // n7 pings us but we have no record of it (its join went to others).
+    let mut s = joined(N1, &[N2, N3]);
+    let n7 = NodeId(7);
+    s.handle_message(t(10), n7, pkt("ping seq=1"));
+    let out = sends(&drain(&mut s));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!((out[0].0, out[0].1.message), (n7, Message::Ack { seq: 1 }));
+    assert_eq!((out[1].0, out[1].1.message), (n7, Message::Join));
+    assert!(out[1].1.updates.iter().any(|u| u.member == N1), "our whole state");
+    assert_eq!(s.stats().strangers_met, 1);
+    // Not again within announce_interval; its answer makes it a member.
+    s.handle_message(t(20), n7, pkt("ping seq=2"));
+    assert_eq!(sends(&drain(&mut s)).len(), 1, "just the ack");
+    s.handle_message(t(30), n7, pkt("sync | alive n7 inc=3 | alive n8 inc=1"));
+    let evs = events(&drain(&mut s));
+    assert_eq!(evs, vec!["joined n7 inc=3", "joined n8 inc=1"]);
+    s.handle_message(t(6000), n7, pkt("ping seq=3"));
+    assert_eq!(sends(&drain(&mut s)).len(), 1, "a member now, not a stranger");
 }
 
 #[test]
