@@ -22,10 +22,12 @@
 //!    tombstone-collection counter moved since).
 //! 3. Nobody invents incarnations: every incarnation anyone holds for `X`
 //!    is at most the highest incarnation any run of `X` has held so far.
-//! 4. After heal (the liveness condition, [`Oracle::converged`]) every run
-//!    sees every node alive *at that node's current incarnation*: a
-//!    restarted node that started below its tombstone has jumped above it
-//!    and everyone has learned the new run (memberlist#345).
+//! 4. After heal (the liveness condition) every run sees every node alive
+//!    ([`Oracle::alive_sets_agree`]), and then — once anti-entropy has
+//!    done its work — alive *at that node's current incarnation*
+//!    ([`Oracle::converged`]): a restarted node that started below its
+//!    tombstone has jumped above it and everyone has learned the new run
+//!    (memberlist#345).
 //!
 //! 1–3 are checked on a sample of every run's state each `sample_every`
 //! of simulated time; own incarnations are read at the same instant, so 3
@@ -565,12 +567,24 @@ impl Oracle {
         }
     }
 
-    /// Nodes (observer → how many nodes it does not see alive at their
-    /// current incarnation), over the current runs; empty once every run
-    /// agrees with every other (check 4 of the module docs).
-    pub fn disagreements(&self) -> Vec<(NodeId, usize)> {
-        let current: BTreeMap<NodeId, u64> =
-            self.current.iter().filter_map(|(&n, &i)| self.runs[i].own_now().map(|inc| (n, inc))).collect();
+    /// How closely views must agree (check 4 of the module docs).
+    fn agrees(&self, held: Option<(MemberState, u64)>, current: Option<u64>, exact: bool) -> bool {
+        match held {
+            Some((MemberState::Alive, inc)) => !exact || Some(inc) == current,
+            _ => false,
+        }
+    }
+
+    fn current_incarnations(&self) -> BTreeMap<NodeId, u64> {
+        self.current.iter().filter_map(|(&n, &i)| self.runs[i].own_now().map(|inc| (n, inc))).collect()
+    }
+
+    /// Nodes (observer → how many nodes it does not see alive; at their
+    /// current incarnation if `exact`), over the current runs; empty once
+    /// every run agrees with every other. A node that is not up agrees with
+    /// nobody.
+    pub fn disagreements(&self, exact: bool) -> Vec<(NodeId, usize)> {
+        let current = self.current_incarnations();
         self.nodes
             .iter()
             .map(|&o| {
@@ -578,7 +592,7 @@ impl Oracle {
                     m.with_members(|members| {
                         members
                             .iter()
-                            .filter(|m| m.state == MemberState::Alive && current.get(&m.id) == Some(&m.incarnation))
+                            .filter(|m| self.agrees(Some((m.state, m.incarnation)), current.get(&m.id).copied(), exact))
                             .count()
                     })
                 });
@@ -589,9 +603,34 @@ impl Oracle {
             .collect()
     }
 
+    /// Why `observer` disagrees, for a failure message: the first member it
+    /// does not hold alive (at that member's current incarnation if `exact`).
+    pub fn explain(&self, observer: NodeId, exact: bool) -> String {
+        if self.truth.status.get(&observer) != Some(&NodeStatus::Up) {
+            return format!("{observer} is not up");
+        }
+        let Some(m) = self.membership(observer) else { return format!("{observer} never started") };
+        let current = self.current_incarnations();
+        for &member in &self.nodes {
+            let held = m.with_members(|ms| ms.iter().find(|x| x.id == member).map(|x| (x.state, x.incarnation)));
+            if !self.agrees(held, current.get(&member).copied(), exact) {
+                return format!(
+                    "{observer} holds {member} as {held:?}, its current incarnation is {:?}",
+                    current.get(&member)
+                );
+            }
+        }
+        format!("{observer} agrees")
+    }
+
+    /// Whether every node is up and sees every node alive.
+    pub fn alive_sets_agree(&self) -> bool {
+        self.disagreements(false).is_empty()
+    }
+
     /// Whether every node is up and sees every node alive at its current
     /// incarnation.
     pub fn converged(&self) -> bool {
-        self.disagreements().is_empty()
+        self.disagreements(true).is_empty()
     }
 }
