@@ -145,7 +145,7 @@ fn membership_planted_bugs_are_caught_by_their_checks() {
     for (name, check, limit) in [
         ("membership-20-accuse-next-incarnation", "which no run of", 5),
         ("membership-20-refute-without-incarnation", "false death", 20),
-        ("membership-20-ignore-own-tombstone", "every node alive 25s after heal", 10),
+        ("membership-20-ignore-own-tombstone", "every node alive 25s after heal", 40),
     ] {
         let s = find(name).expect("registered");
         assert!(s.planted_bug());

@@ -9,16 +9,17 @@
 //!   1 s, probe timeout 500 ms, 3 indirect checks, suspicion mult 4,
 //!   suspicion max-timeout mult 6, retransmit mult 4, gossip every 200 ms
 //!   to 3 members, push-pull 30 s, awareness max multiplier 8) with
-//!   Lifeguard on, plus Kaelix's announce to tombstones and unseen seeds
-//!   every 5 s.
+//!   Lifeguard on, plus what Kaelix's SWIM adds to memberlist's: announce
+//!   to tombstones and unseen seeds every 5 s (and join retries), push-pull
+//!   with strangers, and answers to stale statements about oneself.
 //! * **reference**: `SwimConfig::without_lifeguard()` — the same numbers
 //!   with Lifeguard off: no local health scaling, suspicion timeout fixed
 //!   at its minimum `4 · max(1, log10 N) · 1 s` (no dogpile), no nacks, no
 //!   buddy records. This is memberlist's protocol with its Lifeguard
 //!   extensions switched off, run by Kaelix's SWIM core, not memberlist's
 //!   code: its transport (UDP probes plus TCP push-pull and fallback
-//!   pings) is not modelled, and Kaelix's announce stays on (memberlist
-//!   leaves rejoining after a partition to Serf).
+//!   pings) is not modelled, and Kaelix's additions above stay on
+//!   (memberlist leaves rejoining after a partition to Serf).
 //!
 //! # Experiments (per size, configuration and seed)
 //!
