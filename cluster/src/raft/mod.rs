@@ -22,7 +22,9 @@
 //!   and **CheckQuorum** (a leader that has not heard from a quorum within
 //!   an election timeout steps down; a follower that heard from its leader
 //!   within one ignores votes — the *leader lease* — except for a
-//!   leadership transfer).
+//!   leadership transfer). A campaign resends its requests to voters that
+//!   have not answered every heartbeat interval (§5.1: servers retry RPCs),
+//!   so one lost request does not cost a whole election timeout.
 //! * **Replication** with conflict back-off (a refusal carries a hint that
 //!   skips a whole conflicting term) and **flow control** (at most
 //!   `max_inflight` appends unacknowledged, at most `max_append_bytes` of
