@@ -115,12 +115,23 @@ enum SimCommand {
     },
 }
 
+/// `println!` that ends the process quietly when stdout is closed (`kaelix
+/// sim run | head`), instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            // What a process killed by SIGPIPE reports (128 + 13).
+            std::process::exit(141);
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(SimCommand::List) => {
             for s in catalog() {
-                println!("{:<28} {}", s.name(), s.description());
+                out!("{:<28} {}", s.name(), s.description());
             }
             ExitCode::SUCCESS
         }
@@ -241,39 +252,39 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     let wall = started.elapsed();
 
     let secs = |n: u128| n as f64 / 1e9;
-    println!("scenario        {}", s.name());
-    println!("seeds           {total}");
-    println!("failures        {}", failures.len());
-    println!(
+    out!("scenario        {}", s.name());
+    out!("seeds           {total}");
+    out!("failures        {}", failures.len());
+    out!(
         "determinism     {}",
         if determinism_check { "every seed run twice, trace hashes compared" } else { "not checked" }
     );
-    println!("wall time       {:.2} s", wall.as_secs_f64());
-    println!("simulated time  {:.1} s", secs(sim_nanos));
-    println!(
+    out!("wall time       {:.2} s", wall.as_secs_f64());
+    out!("simulated time  {:.1} s", secs(sim_nanos));
+    out!(
         "sim/real ratio  {:.0}x  (simulated time / wall time of one run per seed)",
         secs(sim_nanos) / secs(run_nanos).max(1e-9)
     );
-    println!(
+    out!(
         "events/s        {:.0}  ({} events + {} task polls)",
         (events + polls) as f64 / secs(run_nanos).max(1e-9),
         events,
         polls
     );
-    println!("workload        {submitted} values submitted, {acked} acknowledged");
-    println!("faults applied  {faults}");
+    out!("workload        {submitted} values submitted, {acked} acknowledged");
+    out!("faults applied  {faults}");
     if !counters.is_empty() {
         let line: Vec<String> = counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("tallies         (summed over seeds) {}", line.join(", "));
+        out!("tallies         (summed over seeds) {}", line.join(", "));
     }
     let mix_line: Vec<String> = mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("fault mix       (seeds with each fault on) {}", mix_line.join(", "));
+    out!("fault mix       (seeds with each fault on) {}", mix_line.join(", "));
     for f in failures.iter().take(20) {
-        println!("\nFAILED seed {}: {}", f.seed, f.message);
-        println!("  reproduce: {}", replay_command(s, f.seed));
+        out!("\nFAILED seed {}: {}", f.seed, f.message);
+        out!("  reproduce: {}", replay_command(s, f.seed));
     }
     if failures.len() > 20 {
-        println!("\n… and {} more failing seeds", failures.len() - 20);
+        out!("\n… and {} more failing seeds", failures.len() - 20);
     }
     if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
@@ -303,14 +314,14 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Pa
     } else {
         (s.run(seed, sink), s.run(seed, None), None)
     };
-    println!("scenario    {}", s.name());
-    println!("seed        {seed}");
-    println!("verdict     {}", first.verdict);
-    println!("fault mix   {}", first.fault_mix.join(", "));
-    println!("faults      {} applied", first.faults_applied);
-    println!("sim time    {:.3} s", first.sim_time.as_secs_f64());
-    println!("trace hash  {:016x}", first.trace_hash);
-    println!(
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("verdict     {}", first.verdict);
+    out!("fault mix   {}", first.fault_mix.join(", "));
+    out!("faults      {} applied", first.faults_applied);
+    out!("sim time    {:.3} s", first.sim_time.as_secs_f64());
+    out!("trace hash  {:016x}", first.trace_hash);
+    out!(
         "replay hash {:016x}  ({})",
         second.trace_hash,
         if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
@@ -321,7 +332,7 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Pa
             eprintln!("error: cannot write the history to {}: {e}", path.display());
             return ExitCode::from(2);
         }
-        println!(
+        out!(
             "history     {} operations written to {}  (replay {})",
             history.len(),
             path.display(),
@@ -365,20 +376,20 @@ fn sim_check_history(path: &Path, config: &CheckConfig) -> ExitCode {
     let report = check_history(&history, config);
     let took = started.elapsed();
     print!("{report}");
-    println!(
+    out!(
         "checked {} operations on {} partition(s) in {:.1} ms",
         history.len(),
         report.partitions.len(),
         took.as_secs_f64() * 1e3
     );
     if report.violated() {
-        println!("verdict: VIOLATION");
+        out!("verdict: VIOLATION");
         ExitCode::FAILURE
     } else if !report.passed() {
-        println!("verdict: inconclusive (raise --max-search-steps)");
+        out!("verdict: inconclusive (raise --max-search-steps)");
         ExitCode::from(3)
     } else {
-        println!("verdict: pass");
+        out!("verdict: pass");
         ExitCode::SUCCESS
     }
 }
@@ -410,7 +421,7 @@ fn membership_table(plan: TablePlan, threads: usize) -> ExitCode {
     results.sort_by_key(|(i, _)| *i);
     let results: Vec<JobResult> = results.into_iter().map(|(_, r)| r).collect();
     print!("{}", table::render(&plan, &results));
-    println!(
+    out!(
         "\n{} simulations in {:.1} s wall time on {} thread(s).",
         results.len(),
         started.elapsed().as_secs_f64(),
