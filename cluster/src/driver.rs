@@ -1,5 +1,5 @@
 //! Pieces every node driver shares: waiting for the next event of a main
-//! loop, and a client stream's writer task.
+//! loop, and accepting client streams (a writer and a reader task each).
 //!
 //! A driver's main task owns its sans-IO core and waits on three sources:
 //! its own input channel (client requests, write completions — polled
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use kaelix_core::NodeId;
-use kaelix_core::runtime::{ClientStream, Network};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Network, Priority, Runtime};
 
 /// What woke a driver's main task.
 pub enum Event<I> {
@@ -57,5 +57,32 @@ pub async fn client_writer<S: ClientStream>(stream: S, mut frames: mpsc::Unbound
         if stream.send(f).await.is_err() {
             return;
         }
+    }
+}
+
+/// Accepts client streams forever. Each gets the next id, a reply queue
+/// drained by a writer task, and the reader task `on_accept` returns (after
+/// telling the main task about the client); `None` means the node is gone.
+pub async fn accept_clients<R, Reader>(
+    rt: R,
+    mut listener: <R as ClientNetwork>::Listener,
+    names: (&'static str, &'static str),
+    mut on_accept: impl FnMut(u64, <R as ClientNetwork>::Stream, mpsc::UnboundedSender<Bytes>) -> Option<Reader>,
+) where
+    R: Runtime,
+    Reader: Future<Output = ()> + Send + 'static,
+{
+    let (writer_name, reader_name) = names;
+    let mut next = 0u64;
+    loop {
+        let Ok(stream) = listener.accept().await else { continue };
+        let client = next;
+        next += 1;
+        let (tx, rx) = mpsc::unbounded::<Bytes>();
+        let writer_stream = stream.clone();
+        let Some(reader) = on_accept(client, stream, tx) else { return };
+        // Detached: they end with the connection or the node.
+        drop(rt.spawn(Priority::Normal, writer_name, client_writer(writer_stream, rx)));
+        drop(rt.spawn(Priority::Normal, reader_name, reader));
     }
 }

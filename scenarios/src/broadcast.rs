@@ -267,22 +267,10 @@ impl Scenario for Broadcast {
             Ok(Err(violation)) => Verdict::SafetyViolation(violation),
             Err(panic) => Verdict::from_panic(panic),
         };
-        let now = sim.now();
-        sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));
-        let report = RunReport {
-            seed,
-            trace_hash: sim.trace_hash(),
-            sim_time: now.since_origin(),
-            stats: sim.stats(),
-            fault_mix,
-            faults_applied: sim.fault_log().len(),
-            workload: {
-                let o = checker.lock();
-                (o.submitted, o.acked.len() as u64)
-            },
-            verdict,
+        let workload = {
+            let o = checker.lock();
+            (o.submitted, o.acked.len() as u64)
         };
-        sim.shutdown();
-        report
+        RunReport::conclude(&sim, seed, verdict, fault_mix, workload)
     }
 }

@@ -41,7 +41,7 @@ use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner, timeout};
 use kaelix_core::time::Duration;
 use kaelix_core::topic::{Pattern, Topic};
 use kaelix_runtime_sim::SimRuntime;
-use kaelix_sim::trace::{TraceSink, digest};
+use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::{RunReport, Scenario, Verdict as RunVerdict};
@@ -560,18 +560,6 @@ impl Scenario for BrokerScenario {
             Err(panic) => RunVerdict::from_panic(panic),
         };
         let sent = checker.lock().sent.len() as u64;
-        sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));
-        let report = RunReport {
-            seed,
-            trace_hash: sim.trace_hash(),
-            sim_time: sim.now().since_origin(),
-            stats: sim.stats(),
-            fault_mix,
-            faults_applied: sim.fault_log().len(),
-            workload: (sent, sent),
-            verdict,
-        };
-        sim.shutdown();
-        report
+        RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, sent))
     }
 }

@@ -45,8 +45,9 @@ pub mod membership;
 pub mod raft;
 
 use kaelix_core::time::Duration;
-use kaelix_sim::SimStats;
 use kaelix_sim::trace::TraceSink;
+use kaelix_sim::trace::digest;
+use kaelix_sim::{Sim, SimStats};
 
 use crate::history::History;
 
@@ -113,6 +114,33 @@ pub struct RunReport {
     pub faults_applied: usize,
     /// Workload counters: (submitted, acknowledged).
     pub workload: (u64, u64),
+}
+
+impl RunReport {
+    /// Ends a run of `sim`: folds the verdict into the trace (so a replay
+    /// must reach the same verdict to give the same hash), reads the
+    /// simulator's counters, and shuts the world down.
+    pub fn conclude(
+        sim: &Sim,
+        seed: u64,
+        verdict: Verdict,
+        fault_mix: Vec<&'static str>,
+        workload: (u64, u64),
+    ) -> RunReport {
+        sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));
+        let report = RunReport {
+            seed,
+            trace_hash: sim.trace_hash(),
+            sim_time: sim.now().since_origin(),
+            stats: sim.stats(),
+            fault_mix,
+            faults_applied: sim.fault_log().len(),
+            workload,
+            verdict,
+        };
+        sim.shutdown();
+        report
+    }
 }
 
 /// Scenario-specific tallies of one run by name, in the scenario's order

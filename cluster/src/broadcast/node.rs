@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
-use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Priority, Runtime, StorageFile};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId};
@@ -28,7 +28,7 @@ use kaelix_core::{Instant, NodeId};
 use super::log::{encode_record_into, scan};
 use super::wire::{ClientFrame, Value};
 use super::{BroadcastConfig, BroadcastCore, ClientRef, Output, PlantedBug};
-use crate::driver::{Event, client_writer, next_event};
+use crate::driver::{Event, accept_clients, next_event};
 
 /// The log's file name.
 pub const LOG_FILE: &str = "broadcast.log";
@@ -98,7 +98,18 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
     let _writer = rt.spawn(Priority::High, "broadcast-log-writer", log_writer(file, persist_rx, input_tx.clone()));
     let _acceptor = match rt.listen() {
         Ok(listener) => {
-            Some(rt.spawn(Priority::High, "broadcast-acceptor", accept_clients(rt.clone(), listener, input_tx.clone())))
+            let inputs = input_tx.clone();
+            let accept = accept_clients(
+                rt.clone(),
+                listener,
+                ("broadcast-client-writer", "broadcast-client-reader"),
+                move |id, stream, tx| {
+                    let client = ClientRef(id);
+                    inputs.unbounded_send(Input::ClientConnected(client, tx.clone())).ok()?;
+                    Some(client_reader(stream, client, tx, inputs.clone()))
+                },
+            );
+            Some(rt.spawn(Priority::High, "broadcast-acceptor", accept))
         }
         Err(_) => None,
     };
@@ -179,26 +190,6 @@ async fn log_writer<F: StorageFile>(
         if done.unbounded_send(Input::WritesDone(ids, ok)).is_err() {
             return;
         }
-    }
-}
-
-async fn accept_clients<R: Runtime>(
-    rt: R,
-    mut listener: <R as ClientNetwork>::Listener,
-    inputs: mpsc::UnboundedSender<Input>,
-) {
-    let mut next = 0u64;
-    loop {
-        let Ok(stream) = listener.accept().await else { continue };
-        let client = ClientRef(next);
-        next += 1;
-        let (tx, rx) = mpsc::unbounded::<Bytes>();
-        if inputs.unbounded_send(Input::ClientConnected(client, tx.clone())).is_err() {
-            return;
-        }
-        // Detached: they end with the connection or the node.
-        drop(rt.spawn(Priority::Normal, "broadcast-client-writer", client_writer(stream.clone(), rx)));
-        drop(rt.spawn(Priority::Normal, "broadcast-client-reader", client_reader(stream, client, tx, inputs.clone())));
     }
 }
 

@@ -30,13 +30,13 @@ use futures_util::{FutureExt, StreamExt};
 use kaelix_core::NodeId;
 
 use kaelix_core::rng::{DetRng, RngExt};
-use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Priority, Runtime, Storage, StorageFile};
+use kaelix_core::runtime::{ClientStream, Priority, Runtime, Storage, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::{Duration, Instant};
 
 use super::protocol::{Request, Response};
 use super::{PartitionMachine, Produce};
-use crate::driver::{Event, client_writer, next_event};
+use crate::driver::{Event, accept_clients, next_event};
 use crate::raft::disk::{self, DiskState};
 use crate::raft::{self, Entry, EntryPayload, Output, ProposeError, Raft, RaftConfig, Role, Snapshot, Write, wire};
 
@@ -339,7 +339,18 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
     }
     let _acceptor = match rt.listen() {
         Ok(listener) => {
-            Some(rt.spawn(Priority::High, "raft-acceptor", accept_clients(rt.clone(), listener, input_tx.clone())))
+            let inputs = input_tx.clone();
+            let accept = accept_clients(
+                rt.clone(),
+                listener,
+                ("raft-client-writer", "raft-client-reader"),
+                move |id, stream, tx| {
+                    let client = ClientRef(id);
+                    inputs.unbounded_send(Input::ClientConnected(client, tx)).ok()?;
+                    Some(client_reader(stream, client, inputs.clone()))
+                },
+            );
+            Some(rt.spawn(Priority::High, "raft-acceptor", accept))
         }
         Err(_) => None,
     };
@@ -591,26 +602,6 @@ impl<O: ReplicaObserver> NodeState<O> {
             let payload = group.machine.get(read.offset).map(|r| r.payload.clone());
             self.reply(read.client, Response::ReadResult { req: read.req, payload });
         }
-    }
-}
-
-async fn accept_clients<R: Runtime>(
-    rt: R,
-    mut listener: <R as ClientNetwork>::Listener,
-    inputs: mpsc::UnboundedSender<Input>,
-) {
-    let mut next = 0u64;
-    loop {
-        let Ok(stream) = listener.accept().await else { continue };
-        let client = ClientRef(next);
-        next += 1;
-        let (tx, rx) = mpsc::unbounded::<Bytes>();
-        if inputs.unbounded_send(Input::ClientConnected(client, tx)).is_err() {
-            return;
-        }
-        // Detached: they end with the connection or the node.
-        drop(rt.spawn(Priority::Normal, "raft-client-writer", client_writer(stream.clone(), rx)));
-        drop(rt.spawn(Priority::Normal, "raft-client-reader", client_reader(stream, client, inputs.clone())));
     }
 }
 

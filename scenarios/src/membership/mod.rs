@@ -74,7 +74,7 @@ use kaelix_cluster::swim::{PlantedBug, SwimConfig};
 use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId};
-use kaelix_sim::trace::{TraceSink, digest};
+use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::{RunReport, Scenario, Tallies, Verdict};
@@ -342,19 +342,7 @@ impl Scenario for MembershipScenario {
                 }
             }
         };
-        let now = sim.now();
-        sim.trace_event(None, "verdict", digest(verdict.to_string().as_bytes()), || format!("VERDICT {verdict}"));
         let agreeing = self.nodes - oracle.disagreements(true).len() as u64;
-        let report = RunReport {
-            seed,
-            trace_hash: sim.trace_hash(),
-            sim_time: now.since_origin(),
-            stats: sim.stats(),
-            fault_mix,
-            faults_applied: sim.fault_log().len(),
-            workload: (self.nodes, agreeing),
-            verdict,
-        };
         let tallies = vec![
             ("suspicions", tally.suspicions),
             ("false suspicions", tally.false_suspicions),
@@ -362,7 +350,7 @@ impl Scenario for MembershipScenario {
             ("deaths", tally.deaths),
             ("false deaths", tally.false_deaths),
         ];
-        sim.shutdown();
+        let report = RunReport::conclude(&sim, seed, verdict, fault_mix, (self.nodes, agreeing));
         (report, tallies)
     }
 }
