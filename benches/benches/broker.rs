@@ -56,15 +56,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use hdrhistogram::Histogram;
-use kaelix_core::broker::registry::{StreamEntry, StreamId};
-use kaelix_core::broker::{
-    Broker, BrokerConfig, ManualClock, PublishOutcome, Strategy, SubscribeOptions, Subscription, TopicConfig,
-};
-use kaelix_core::message::{Message, MessageBatch, new_message_id};
-use kaelix_core::partition::RetentionPolicy;
+use kaelix_broker::message::{Message, MessageBatch, new_message_id};
+use kaelix_broker::partition::RetentionPolicy;
+use kaelix_broker::registry::{StreamEntry, StreamId};
+use kaelix_broker::subscription::SubscriptionIndex;
+use kaelix_broker::testing::ManualClock;
+use kaelix_broker::topic::{Pattern, Topic};
+use kaelix_broker::{Broker, BrokerConfig, PublishOutcome, Strategy, SubscribeOptions, Subscription, TopicConfig};
 use kaelix_core::runtime::Priority;
-use kaelix_core::subscription::SubscriptionIndex;
-use kaelix_core::{Pattern, Topic, WallTime, rng};
+use kaelix_core::{WallTime, rng};
 use kaelix_runtime_real::{Executor, ExecutorConfig};
 use tokio::sync::{broadcast, mpsc};
 

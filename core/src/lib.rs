@@ -1,5 +1,6 @@
-//! Kaelix core: the runtime contract every other crate is written against,
-//! and (in later issues) the message model and the broker's sans-IO logic.
+//! Kaelix core: the runtime contract every other crate is written against
+//! (time, rng, math, the sans-IO call order, the driver traits). The message
+//! model and the broker live in `kaelix-broker`.
 //!
 //! # Determinism contract
 //!
@@ -26,19 +27,13 @@
 //! See [`sansio`] for the call order every protocol core follows and
 //! [`runtime`] for the driver traits.
 
-pub mod broker;
 pub mod ids;
 pub mod math;
-pub mod message;
-pub mod partition;
 pub mod rng;
 pub mod runtime;
 pub mod sansio;
-pub mod subscription;
 pub mod time;
-pub mod topic;
 
 pub use ids::NodeId;
 pub use rng::DetRng;
 pub use time::{Instant, WallTime};
-pub use topic::{Pattern, Topic, TopicError};

@@ -5,7 +5,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use kaelix_core::message::{CompactMessage, Message};
+use kaelix_broker::message::{CompactMessage, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1257,7 +1257,7 @@ fn embedded_broker_conformance() {
         let sim = calm(seed);
         let result: Shared<Option<Result<(), String>>> = shared(None);
         server(&sim, 1, result.clone(), |rt, result| async move {
-            let r = kaelix_core::broker::conformance::run(rt).await;
+            let r = kaelix_broker::testing::conformance::run(rt).await;
             *get(&result) = Some(r);
         });
         let done = sim

@@ -1,6 +1,6 @@
 //! Scenario: the embedded broker under the simulator's scheduler.
 //!
-//! * **Node**: one node hosting a `kaelix_core::broker::Broker`. Its
+//! * **Node**: one node hosting a `kaelix_broker::Broker`. Its
 //!   clock may be skewed, drift or step, and the node may pause; nothing
 //!   crashes (the embedded broker keeps its logs in memory — replication
 //!   under crashes is the Raft issue's).
@@ -30,16 +30,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kaelix_core::NodeId;
-use kaelix_core::broker::{
+use kaelix_broker::message::{Message, MessageBatch};
+use kaelix_broker::topic::{Pattern, Topic};
+use kaelix_broker::{
     Broker, BrokerConfig, GroupMember, Strategy, SubscribeOptions, Subscription, TopicConfig, Verdict,
     dead_letter_headers as dlq,
 };
-use kaelix_core::message::{Message, MessageBatch};
+use kaelix_core::NodeId;
 use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner, timeout};
 use kaelix_core::time::Duration;
-use kaelix_core::topic::{Pattern, Topic};
 use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};

@@ -9,7 +9,7 @@
 //!   replicate and snapshot independently; their datagrams carry the group
 //!   id (`raft::wire`).
 //! * **The state machine** ([`PartitionMachine`]) is a partition log
-//!   (`kaelix_core::partition::PartitionLog`: dense offsets from 0) plus a
+//!   (`kaelix_broker::partition::PartitionLog`: dense offsets from 0) plus a
 //!   session table. A committed `Produce { client, seq, payload }` appends
 //!   the payload and its offset is the answer. Clients retry an operation
 //!   with the same `(client, seq)` whenever its outcome is unknown (timeout,
@@ -39,8 +39,8 @@ pub mod protocol;
 use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kaelix_broker::partition::{LogRecord, PartitionLog, RetentionPolicy};
 use kaelix_core::WallTime;
-use kaelix_core::partition::{LogRecord, PartitionLog, RetentionPolicy};
 
 /// One record of a replicated partition.
 #[derive(Clone, Debug, PartialEq, Eq)]

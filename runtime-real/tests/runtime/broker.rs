@@ -11,7 +11,7 @@ use crate::support::{executor, temp_dir};
 fn embedded_broker_conformance() {
     let exec = executor("broker", 2);
     let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), temp_dir("broker"))).unwrap();
-    let result = exec.block_on(kaelix_core::broker::conformance::run(rt));
+    let result = exec.block_on(kaelix_broker::testing::conformance::run(rt));
     assert_eq!(result, Ok(()));
     exec.shutdown(Duration::from_secs(1));
 }

@@ -55,9 +55,9 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
-use crate::rng::{DetRng, RngExt};
-use crate::time::WallTime;
 use crate::topic::{Topic, TopicError};
+use kaelix_core::rng::{DetRng, RngExt};
+use kaelix_core::time::WallTime;
 
 /// Largest payload of one message, in bytes (8 MiB).
 pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
@@ -500,7 +500,7 @@ impl Message {
     /// `timestamp` the message is unstamped.
     ///
     /// ```
-    /// use kaelix_core::message::{Message, MessageError, new_message_id};
+    /// use kaelix_broker::message::{Message, MessageError, new_message_id};
     /// use kaelix_core::{WallTime, rng};
     ///
     /// let mut msg = Message::builder()
@@ -1104,7 +1104,7 @@ impl<'a> IntoIterator for &'a MessageBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng;
+    use kaelix_core::rng;
     use proptest::prelude::*;
 
     fn topic(s: &str) -> Topic {

@@ -14,9 +14,9 @@
 //!   may now make progress.
 //!
 //! ```
-//! use kaelix_core::broker::{Broker, SubscribeOptions};
-//! use kaelix_core::message::Message;
-//! # use kaelix_core::broker::ManualClock;
+//! use kaelix_broker::{Broker, SubscribeOptions};
+//! use kaelix_broker::message::Message;
+//! # use kaelix_broker::testing::ManualClock;
 //! # let clock = ManualClock::default();
 //! # futures_util::FutureExt::now_or_never(async {
 //! let broker = Broker::new(clock, kaelix_core::rng::seeded(7), Default::default());
@@ -31,12 +31,17 @@
 //! ```
 
 pub mod backpressure;
-pub mod conformance;
-mod core;
+mod broker_core;
 pub mod groups;
+pub mod message;
+pub mod partition;
 pub mod registry;
+pub mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod topic;
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -44,16 +49,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
-pub use self::core::{
+pub use self::broker_core::{
     BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, PublishOutcome, Published, TopicConfig,
     dead_letter_headers, jump_hash, partition_for_key,
 };
 pub use self::groups::{GroupError, MemberId};
 pub use self::registry::{StreamId, StreamInfo};
+use kaelix_core::rng::DetRng;
+use kaelix_core::runtime::Clock;
+use kaelix_core::time::{Duration, Instant, WallTime};
+
 use crate::message::{Message, MessageBatch};
-use crate::rng::DetRng;
-use crate::runtime::Clock;
-use crate::time::{Duration, Instant, WallTime};
 use crate::topic::{Pattern, Topic};
 
 /// How to subscribe.
@@ -466,37 +472,4 @@ pub struct ProcessReport {
     pub retried: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
-}
-
-/// A clock set by hand, for tests, benchmarks and doc examples outside
-/// any runtime (lock-free: reading it costs two atomic loads).
-#[derive(Clone, Debug, Default)]
-pub struct ManualClock {
-    now: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
-}
-
-impl ManualClock {
-    /// Moves the clock forward by `d`.
-    pub fn advance(&self, d: Duration) {
-        let nanos = crate::time::duration_nanos(d);
-        self.now.0.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
-        self.now.1.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        Instant::from_nanos(self.now.0.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    fn wall_clock(&self) -> WallTime {
-        WallTime(self.now.1.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// Never completes unless the deadline already passed: a manual clock
-    /// has no timer wheel.
-    fn sleep_until(&self, deadline: Instant) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let clock = self.clone();
-        poll_fn(move |_| if clock.now() >= deadline { Poll::Ready(()) } else { Poll::Pending })
-    }
 }

@@ -2,13 +2,15 @@
 
 use bytes::Bytes;
 
-use super::backpressure::{MessagePriority, Offer, PressureLevel, Strategy, SubscriptionBuffer, Thresholds};
-use super::core::{BrokerConfig, BrokerCore, BrokerError, PublishOutcome, TopicConfig, jump_hash, partition_for_key};
-use super::registry::{RegistryError, StreamRegistry};
+use crate::backpressure::{MessagePriority, Offer, PressureLevel, Strategy, SubscriptionBuffer, Thresholds};
+use crate::broker_core::{
+    BrokerConfig, BrokerCore, BrokerError, PublishOutcome, TopicConfig, jump_hash, partition_for_key,
+};
 use crate::message::Message;
-use crate::rng::seeded;
-use crate::time::{Duration, Instant, WallTime};
+use crate::registry::{RegistryError, StreamRegistry};
 use crate::topic::{Pattern, Topic};
+use kaelix_core::rng::seeded;
+use kaelix_core::time::{Duration, Instant, WallTime};
 
 fn msg(topic: &str, n: u8) -> Message {
     Message::builder().topic(topic).payload(Bytes::from(vec![n])).build().unwrap()

@@ -590,8 +590,8 @@ fn literal_prefix_len(pattern: &str) -> usize {
 /// # Example
 ///
 /// ```
-/// use kaelix_core::subscription::SubscriptionIndex;
-/// use kaelix_core::{Pattern, Topic};
+/// use kaelix_broker::subscription::SubscriptionIndex;
+/// use kaelix_broker::topic::{Pattern, Topic};
 ///
 /// let pattern = |s: &str| Pattern::new(s).unwrap();
 /// let mut index = SubscriptionIndex::<u32>::new();

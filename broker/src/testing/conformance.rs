@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::{Broker, BrokerConfig, Strategy, SubscribeOptions, TopicConfig, Verdict, dead_letter_headers};
 use crate::message::Message;
-use crate::runtime::{Priority, Runtime, timeout};
-use crate::time::Duration;
+use crate::{Broker, BrokerConfig, Strategy, SubscribeOptions, TopicConfig, Verdict, dead_letter_headers};
+use kaelix_core::runtime::{Priority, Runtime, timeout};
+use kaelix_core::time::Duration;
 
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what()) }

@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::backpressure::{DropCounts, Offer, Strategy, Thresholds};
-use super::groups::{ConsumerGroup, GroupError, MemberId};
-use super::registry::{RegistryError, StreamId, StreamInfo, StreamRegistry};
+use crate::backpressure::{DropCounts, Offer, Strategy, Thresholds};
+use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
-use crate::rng::DetRng;
-use crate::time::{Duration, Instant, WallTime};
+use crate::registry::{RegistryError, StreamId, StreamInfo, StreamRegistry};
 use crate::topic::{Pattern, Topic, TopicError};
+use kaelix_core::rng::DetRng;
+use kaelix_core::time::{Duration, Instant, WallTime};
 
 /// Headers a dead-lettered message carries.
 pub mod dead_letter_headers {

@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
+use crate::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
 use crate::subscription::SubscriptionIndex;
-use crate::time::{Duration, Instant};
 use crate::topic::{Pattern, Topic};
+use kaelix_core::time::{Duration, Instant};
 
 /// Identifies one stream (subscription) of a broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

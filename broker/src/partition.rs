@@ -64,8 +64,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
 
-use crate::WallTime;
-use crate::time::{Duration, duration_nanos};
+use kaelix_core::WallTime;
+use kaelix_core::time::{Duration, duration_nanos};
 
 /// A record a [`PartitionLog`] can hold.
 ///
@@ -190,7 +190,7 @@ impl fmt::Display for RetainedRange {
 /// ```
 /// use bytes::Bytes;
 /// use kaelix_core::WallTime;
-/// use kaelix_core::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
+/// use kaelix_broker::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 ///
 /// #[derive(Clone, Debug)]
 /// struct Event {
