@@ -27,6 +27,7 @@
 //! See [`sansio`] for the call order every protocol core follows and
 //! [`runtime`] for the driver traits.
 
+pub mod codec;
 pub mod ids;
 pub mod math;
 pub mod rng;
