@@ -115,7 +115,11 @@ fn template() -> Message {
 }
 
 fn bounded_topic() -> TopicConfig {
-    TopicConfig { partitions: 1, retention: RetentionPolicy { max_records: Some(RETAINED), ..Default::default() } }
+    TopicConfig {
+        partitions: 1,
+        retention: RetentionPolicy { max_records: Some(RETAINED), ..Default::default() },
+        ..TopicConfig::default()
+    }
 }
 
 fn manual_broker() -> Broker<ManualClock> {

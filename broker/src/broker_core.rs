@@ -8,7 +8,7 @@
 //! ([`BrokerCore::take_woken`]) and *why* a call could not complete
 //! ([`PublishOutcome::WouldBlock`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 use crate::registry::{RegistryError, StreamId, StreamInfo, StreamRegistry};
+use crate::storage::{DurableConfig, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::rng::DetRng;
 use kaelix_core::time::{Duration, Instant, WallTime};
@@ -43,6 +44,8 @@ pub struct TopicConfig {
     pub partitions: u32,
     /// What each partition retains.
     pub retention: RetentionPolicy,
+    /// Where the partitions live (see [`crate::storage`]).
+    pub storage: StorageKind,
 }
 
 /// Bytes a partition of a topic with default settings retains (the oldest
@@ -54,6 +57,7 @@ impl Default for TopicConfig {
         TopicConfig {
             partitions: 1,
             retention: RetentionPolicy { max_bytes: Some(DEFAULT_RETAINED_BYTES), ..RetentionPolicy::default() },
+            storage: StorageKind::Memory,
         }
     }
 }
@@ -160,6 +164,17 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shut down")]
     ShutDown,
+    /// A durable topic on a broker opened without storage.
+    #[error("topic {0} is durable, but this broker has no storage (open it with Broker::open_durable)")]
+    NoDurableStorage(Topic),
+    /// A topic exists with another storage kind.
+    #[error("topic {topic} already exists with storage {existing:?}")]
+    StorageMismatch {
+        /// The topic.
+        topic: Topic,
+        /// Its storage.
+        existing: StorageKind,
+    },
 }
 
 /// Where a published message went.
@@ -227,9 +242,41 @@ impl LogRecord for Message {
 }
 
 struct TopicState {
+    /// Stable id (durable file names use it).
+    id: u64,
     config: TopicConfig,
     partitions: Vec<PartitionLog<Message>>,
+    /// Per partition: offsets below this are synced (durable topics) and
+    /// visible to reads and consumer groups. Memory topics keep it unused.
+    durable_end: Vec<u64>,
     round_robin: u64,
+}
+
+impl TopicState {
+    fn durable(&self) -> Option<DurableConfig> {
+        match self.config.storage {
+            StorageKind::Durable(d) => Some(d),
+            StorageKind::Memory => None,
+        }
+    }
+
+    /// The end of what reads and groups may see on `partition`.
+    fn visible_end(&self, partition: usize) -> u64 {
+        match self.config.storage {
+            StorageKind::Memory => self.partitions[partition].next_offset(),
+            StorageKind::Durable(_) => self.durable_end[partition],
+        }
+    }
+
+    fn output(&self, topic: &Topic) -> StorageOutput {
+        StorageOutput::Topic {
+            id: self.id,
+            topic: topic.clone(),
+            partitions: self.config.partitions,
+            retention: self.config.retention,
+            durable: self.durable().expect("only durable topics are recorded"),
+        }
+    }
 }
 
 /// The broker's state (see the module docs).
@@ -247,6 +294,10 @@ pub struct BrokerCore {
     stats: BrokerStats,
     closed_drops: DropCounts,
     shut_down: bool,
+    /// Whether a driver performs [`StorageOutput`]s (durable topics allowed).
+    has_storage: bool,
+    storage_outputs: VecDeque<StorageOutput>,
+    next_topic_id: u64,
 }
 
 /// Jump consistent hash (Lamping & Veach): `key_hash` → bucket in
@@ -284,7 +335,18 @@ impl BrokerCore {
             stats: BrokerStats::default(),
             closed_drops: DropCounts::default(),
             shut_down: false,
+            has_storage: false,
+            storage_outputs: VecDeque::new(),
+            next_topic_id: 1,
         }
+    }
+
+    /// A broker whose [`StorageOutput`]s a driver performs, so durable
+    /// topics are allowed (see [`crate::storage`]).
+    pub fn with_storage(config: BrokerConfig) -> Self {
+        let mut core = BrokerCore::new(config);
+        core.has_storage = true;
+        core
     }
 
     /// The settings.
@@ -299,11 +361,24 @@ impl BrokerCore {
         if config.partitions == 0 {
             return Err(BrokerError::BadPartitionCount { topic, requested: 0, why: "at least one is needed" });
         }
+        if matches!(config.storage, StorageKind::Durable(_)) && !self.has_storage {
+            return Err(BrokerError::NoDurableStorage(topic));
+        }
         match self.topics.get_mut(&topic) {
             None => {
+                let id = self.next_topic_id;
+                self.next_topic_id += 1;
                 let partitions = (0..config.partitions).map(|_| PartitionLog::new(config.retention)).collect();
-                self.topics.insert(topic, TopicState { config, partitions, round_robin: 0 });
+                let durable_end = vec![0; config.partitions as usize];
+                let state = TopicState { id, config, partitions, durable_end, round_robin: 0 };
+                if state.durable().is_some() {
+                    self.storage_outputs.push_back(state.output(&topic));
+                }
+                self.topics.insert(topic, state);
                 Ok(())
+            }
+            Some(state) if state.config.storage != config.storage => {
+                Err(BrokerError::StorageMismatch { topic, existing: state.config.storage })
             }
             Some(state) if config.partitions < state.config.partitions => Err(BrokerError::BadPartitionCount {
                 topic,
@@ -311,10 +386,15 @@ impl BrokerCore {
                 why: "partitions cannot be removed",
             }),
             Some(state) => {
+                let grew = state.config.partitions != config.partitions;
                 while (state.partitions.len() as u32) < config.partitions {
                     state.partitions.push(PartitionLog::new(state.config.retention));
+                    state.durable_end.push(0);
                 }
                 state.config.partitions = config.partitions;
+                if grew && state.durable().is_some() {
+                    self.storage_outputs.push_back(state.output(&topic));
+                }
                 for g in self.groups.values_mut().filter(|g| *g.topic() == topic) {
                     g.set_partitions(config.partitions);
                 }
@@ -412,11 +492,21 @@ impl BrokerCore {
         if !message.is_stamped() {
             message.stamp(new_message_id(rng, wall), wall);
         }
-        let log = &mut self.topics.get_mut(&topic).expect("exists").partitions[partition as usize];
+        let state = self.topics.get_mut(&topic).expect("exists");
+        let (durable, id) = (state.durable().is_some(), state.id);
+        let log = &mut state.partitions[partition as usize];
         let offset = log.next_offset();
         let message = message.with_partition_offset(partition, offset);
+        let earliest_before = log.earliest_offset();
         let appended = log.append(message.clone());
         debug_assert_eq!(appended, offset, "offsets are dense");
+        if durable {
+            let earliest = log.earliest_offset();
+            self.queue_append(id, partition, message.clone());
+            if earliest != earliest_before {
+                self.storage_outputs.push_back(StorageOutput::Trim { id, partition, earliest });
+            }
+        }
         self.stats.published += 1;
         let mut buffered_for = 0;
         for &id in &targets {
@@ -593,7 +683,14 @@ impl BrokerCore {
             // Below the retained range (retention overtook the group): skip
             // ahead to what is retained rather than stall.
             let from = g.position(p).unwrap_or(0).max(log.earliest_offset());
-            let batch = log.read(from, max - out.len(), usize::MAX)?;
+            // Only synced records: a commit must name a record that survives
+            // a crash (see `storage`).
+            let end = state.visible_end(p as usize);
+            if from >= end {
+                continue;
+            }
+            let want = (max - out.len()).min(usize::try_from(end - from).unwrap_or(usize::MAX));
+            let batch = log.read(from, want, usize::MAX)?;
             g.advance(p, batch.next_offset());
             out.extend(batch.records);
         }
@@ -609,7 +706,14 @@ impl BrokerCore {
     /// Commits `member`'s progress on `partition` (next offset to read).
     pub fn commit(&mut self, member: MemberId, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
         let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
-        Ok(self.groups.get_mut(group).expect("exists").commit(member, generation, partition, next)?)
+        let g = self.groups.get_mut(group).expect("exists");
+        g.commit(member, generation, partition, next)?;
+        let state = &self.topics[g.topic()];
+        if state.durable().is_some() {
+            let id = state.id;
+            self.storage_outputs.push_back(StorageOutput::Commit { group: group.to_string(), id, partition, next });
+        }
+        Ok(())
     }
 
     /// Sends `message` to its topic's dead-letter topic with headers giving
@@ -670,8 +774,15 @@ impl BrokerCore {
             closed.push(id);
         }
         for state in self.topics.values_mut() {
-            for log in &mut state.partitions {
-                self.stats.retention_removed += log.enforce_retention(wall).removed_records;
+            let durable = state.durable().is_some();
+            for (partition, log) in state.partitions.iter_mut().enumerate() {
+                let removed = log.enforce_retention(wall).removed_records;
+                self.stats.retention_removed += removed;
+                if durable && removed > 0 {
+                    let partition = partition as u32;
+                    let earliest = log.earliest_offset();
+                    self.storage_outputs.push_back(StorageOutput::Trim { id: state.id, partition, earliest });
+                }
             }
         }
         closed
@@ -737,12 +848,126 @@ impl BrokerCore {
             partitions,
             requested: partition,
         })?;
+        let end = state.visible_end(partition as usize);
+        if offset >= end && offset <= log.next_offset() {
+            // At (or past only unsynced records of) the head: nothing yet.
+            return Ok(Vec::new());
+        }
+        let max = max.min(usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX));
         Ok(log.read(offset, max, usize::MAX)?.records)
     }
 
-    /// The next offset of a partition (its high watermark).
+    /// The next offset of a partition (its high watermark: for a durable
+    /// topic, the end of what is synced).
     pub fn next_offset(&self, topic: &Topic, partition: u32) -> Option<u64> {
-        self.topics.get(topic)?.partitions.get(partition as usize).map(PartitionLog::next_offset)
+        let state = self.topics.get(topic)?;
+        ((partition as usize) < state.partitions.len()).then(|| state.visible_end(partition as usize))
+    }
+
+    /// The earliest retained offset of a partition.
+    pub fn earliest_offset(&self, topic: &Topic, partition: u32) -> Option<u64> {
+        self.topics.get(topic)?.partitions.get(partition as usize).map(PartitionLog::earliest_offset)
+    }
+
+    /// A topic's settings.
+    pub fn topic_config(&self, topic: &Topic) -> Option<&TopicConfig> {
+        self.topics.get(topic).map(|t| &t.config)
+    }
+
+    fn queue_append(&mut self, id: u64, partition: u32, message: Message) {
+        if let Some(StorageOutput::Append { id: last_id, partition: last_partition, records }) =
+            self.storage_outputs.back_mut()
+            && *last_id == id
+            && *last_partition == partition
+        {
+            records.push(message);
+            return;
+        }
+        self.storage_outputs.push_back(StorageOutput::Append { id, partition, records: vec![message] });
+    }
+
+    /// The next storage effect to perform, in order (see [`crate::storage`]).
+    pub fn poll_storage_output(&mut self) -> Option<StorageOutput> {
+        self.storage_outputs.pop_front()
+    }
+
+    /// Whether storage effects are queued.
+    pub fn has_storage_output(&self) -> bool {
+        !self.storage_outputs.is_empty()
+    }
+
+    /// The driver synced every record of topic `id`'s `partition` below
+    /// `end`: they become visible to reads and groups, and their publishes
+    /// are acknowledged. Reports only ever move forward.
+    pub fn handle_persisted(&mut self, id: u64, partition: u32, end: u64) {
+        let Some((topic, state)) = self.topics.iter_mut().find(|(_, t)| t.id == id) else { return };
+        let Some(durable_end) = state.durable_end.get_mut(partition as usize) else { return };
+        assert!(
+            end <= state.partitions[partition as usize].next_offset(),
+            "{topic}/{partition}: synced end {end} is past the log's end"
+        );
+        if end <= *durable_end {
+            return;
+        }
+        *durable_end = end;
+        let topic = topic.clone();
+        for (member, group) in &self.member_groups {
+            if self.groups[group].topic() == &topic {
+                self.woken_members.push(*member);
+            }
+        }
+    }
+
+    /// Whether the publish that got `offset` on `partition` is acknowledged:
+    /// always for a memory topic; once synced for a durable one.
+    pub fn is_acknowledged(&self, topic: &Topic, partition: u32, offset: u64) -> bool {
+        self.topics.get(topic).is_none_or(|t| match t.config.storage {
+            StorageKind::Memory => true,
+            StorageKind::Durable(_) => t.durable_end.get(partition as usize).is_none_or(|&end| offset < end),
+        })
+    }
+
+    /// Rebuilds a durable topic from its files at start-up: each partition's
+    /// first offset and its records (dense from there). Records beyond the
+    /// retention policy are trimmed now (and the trim is queued for the
+    /// driver). Everything restored is synced, hence visible.
+    pub fn restore_topic(
+        &mut self,
+        id: u64,
+        topic: Topic,
+        config: TopicConfig,
+        partitions: Vec<(u64, Vec<Message>)>,
+    ) -> Result<(), BrokerError> {
+        assert!(self.has_storage, "restoring needs a broker with storage");
+        assert!(!self.topics.contains_key(&topic), "{topic} restored twice");
+        assert_eq!(partitions.len(), config.partitions as usize, "every partition of {topic} restored");
+        let mut logs = Vec::with_capacity(partitions.len());
+        for (partition, (start, records)) in partitions.into_iter().enumerate() {
+            let mut log = PartitionLog::with_start_offset(config.retention, start);
+            for (i, record) in records.into_iter().enumerate() {
+                assert_eq!(record.offset(), Some(start + i as u64), "{topic}/{partition}: restored offsets are dense");
+                log.append(record);
+            }
+            if log.earliest_offset() != start {
+                let (partition, earliest) = (partition as u32, log.earliest_offset());
+                self.storage_outputs.push_back(StorageOutput::Trim { id, partition, earliest });
+            }
+            logs.push(log);
+        }
+        let durable_end = logs.iter().map(PartitionLog::next_offset).collect();
+        self.next_topic_id = self.next_topic_id.max(id + 1);
+        self.topics.insert(topic, TopicState { id, config, partitions: logs, durable_end, round_robin: 0 });
+        Ok(())
+    }
+
+    /// Restores a consumer group's commit at start-up (`id`: the topic's).
+    pub fn restore_commit(&mut self, group: &str, id: u64, partition: u32, next: u64) {
+        let Some((topic, state)) = self.topics.iter().find(|(_, t)| t.id == id) else { return };
+        let partitions = state.config.partitions;
+        let g = self.groups.entry(Arc::from(group)).or_insert_with(|| ConsumerGroup::new(topic.clone(), partitions));
+        if g.topic() == topic && partition < partitions {
+            g.restore_committed(partition, next);
+        }
     }
 
     /// Counters.

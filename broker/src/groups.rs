@@ -163,6 +163,14 @@ impl ConsumerGroup {
         Ok(())
     }
 
+    /// Sets the committed offset of `partition` from storage (start-up,
+    /// before any member joins); the newest commit wins.
+    pub fn restore_committed(&mut self, partition: u32, next: u64) {
+        let committed = self.committed.entry(partition).or_insert(next);
+        *committed = (*committed).max(next);
+        self.positions.insert(partition, *committed);
+    }
+
     /// The committed offset of `partition` (next to read), if any.
     pub fn committed(&self, partition: u32) -> Option<u64> {
         self.committed.get(&partition).copied()

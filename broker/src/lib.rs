@@ -32,10 +32,12 @@
 
 pub mod backpressure;
 mod broker_core;
+pub mod durable;
 pub mod groups;
 pub mod message;
 pub mod partition;
 pub mod registry;
+pub mod storage;
 pub mod subscription;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -75,6 +77,10 @@ pub struct SubscribeOptions {
 struct State {
     core: BrokerCore,
     rng: DetRng,
+    /// The durable writer, waiting for storage outputs.
+    writer_waker: Option<Waker>,
+    /// Publishers waiting for their record to be synced: (topic, partition, offset).
+    ack_waiters: Vec<(Topic, u32, u64, Waker)>,
     stream_wakers: BTreeMap<StreamId, Waker>,
     member_wakers: BTreeMap<MemberId, Waker>,
     blocked_publishers: Vec<(Vec<StreamId>, Waker)>,
@@ -95,6 +101,11 @@ impl State {
         }
         if !self.member_wakers.is_empty() {
             wakers.extend(members.iter().filter_map(|m| self.member_wakers.remove(m)));
+        }
+        if self.core.has_storage_output()
+            && let Some(w) = self.writer_waker.take()
+        {
+            wakers.push(w);
         }
         let any_stream = !streams.is_empty();
         self.scratch_streams = streams;
@@ -126,9 +137,15 @@ impl<C: Clock> Clone for Broker<C> {
 impl<C: Clock> Broker<C> {
     /// A broker whose timestamps come from `clock` and ids from `rng`.
     pub fn new(clock: C, rng: DetRng, config: BrokerConfig) -> Self {
+        Self::from_core(clock, rng, BrokerCore::new(config))
+    }
+
+    fn from_core(clock: C, rng: DetRng, core: BrokerCore) -> Self {
         let state = State {
-            core: BrokerCore::new(config),
+            core,
             rng,
+            writer_waker: None,
+            ack_waiters: Vec::new(),
             stream_wakers: BTreeMap::new(),
             member_wakers: BTreeMap::new(),
             blocked_publishers: Vec::new(),
@@ -159,8 +176,31 @@ impl<C: Clock> Broker<C> {
         self.with(|s, _, _| s.core.create_topic(topic, config))
     }
 
-    /// Publishes `message`, waiting while a blocking subscriber is full.
+    /// Publishes `message`, waiting while a blocking subscriber is full and,
+    /// on a durable topic, until the record is synced (the acknowledgement).
     pub async fn publish(&self, message: Message) -> Result<Published, BrokerError> {
+        let topic = message.topic().clone();
+        let published = self.publish_unacknowledged(message).await?;
+        self.acknowledged(&topic, published.partition, published.offset).await;
+        Ok(published)
+    }
+
+    /// Waits until the record at `offset` of `partition` is acknowledged
+    /// (at once for a memory topic; once synced for a durable one).
+    async fn acknowledged(&self, topic: &Topic, partition: u32, offset: u64) {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if s.core.is_acknowledged(topic, partition, offset) {
+                Poll::Ready(())
+            } else {
+                s.ack_waiters.push((topic.clone(), partition, offset, cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    async fn publish_unacknowledged(&self, message: Message) -> Result<Published, BrokerError> {
         let mut pending = Some(message);
         poll_fn(|cx| {
             self.with(|s, now, wall| {
@@ -181,7 +221,9 @@ impl<C: Clock> Broker<C> {
     }
 
     /// Publishes without waiting: a full blocking subscriber is reported as
-    /// [`PublishOutcome::WouldBlock`].
+    /// [`PublishOutcome::WouldBlock`]. On a durable topic the outcome is not
+    /// an acknowledgement: the record is synced later (use
+    /// [`Broker::publish`] to wait for it).
     pub fn try_publish(&self, message: Message) -> Result<PublishOutcome, BrokerError> {
         self.with(|s, now, wall| {
             let State { core, rng, .. } = &mut *s;
@@ -189,8 +231,18 @@ impl<C: Clock> Broker<C> {
         })
     }
 
-    /// Publishes a batch in order, waiting where a message would block.
+    /// Publishes a batch in order, waiting where a message would block and,
+    /// on durable topics, until every record is synced.
     pub async fn publish_batch(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        let topics: Vec<Topic> = batch.iter().map(|m| m.topic().clone()).collect();
+        let published = self.publish_batch_unacknowledged(batch).await?;
+        for (topic, p) in topics.iter().zip(&published) {
+            self.acknowledged(topic, p.partition, p.offset).await;
+        }
+        Ok(published)
+    }
+
+    async fn publish_batch_unacknowledged(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
         let mut all = Vec::with_capacity(batch.len());
         let mut pending = Some(batch);
         poll_fn(|cx| {
@@ -321,11 +373,71 @@ impl<C: Clock> Broker<C> {
         }
     }
 
+    /// The writer's next batch of storage outputs: `Some(empty)` once
+    /// `deadline` passes with nothing queued, `None` once the broker is shut
+    /// down and nothing is left.
+    async fn next_storage_outputs(&self, deadline: Option<Instant>) -> Option<Vec<storage::StorageOutput>> {
+        use futures_util::future::{Either, select};
+        let wait = poll_fn(|cx| {
+            let mut s = self.lock();
+            if s.core.has_storage_output() {
+                let mut out = Vec::new();
+                while let Some(o) = s.core.poll_storage_output() {
+                    out.push(o);
+                }
+                return Poll::Ready(Some(out));
+            }
+            if s.core.is_shut_down() {
+                return Poll::Ready(None);
+            }
+            s.writer_waker = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        match deadline {
+            None => wait.await,
+            Some(deadline) => {
+                let sleep = std::pin::pin!(self.clock.sleep_until(deadline));
+                match select(std::pin::pin!(wait), sleep).await {
+                    Either::Left((outputs, _)) => outputs,
+                    Either::Right(((), _)) => Some(Vec::new()),
+                }
+            }
+        }
+    }
+
+    fn has_storage_output(&self) -> bool {
+        self.lock().core.has_storage_output()
+    }
+
+    /// The writer synced topic `id`'s `partition` below `end`: acknowledge.
+    fn persisted(&self, id: u64, partition: u32, end: u64) {
+        let acked = self.with(|s, _, _| {
+            s.core.handle_persisted(id, partition, end);
+            let State { core, ack_waiters, .. } = &mut *s;
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(ack_waiters)
+                .into_iter()
+                .partition(|(topic, partition, offset, _)| core.is_acknowledged(topic, *partition, *offset));
+            *ack_waiters = waiting;
+            ready
+        });
+        acked.into_iter().for_each(|(_, _, _, w)| w.wake());
+    }
+
     /// Graceful shutdown: no new publishes or subscriptions; subscribers
     /// drain what is buffered, then see the end of their stream; blocked
     /// publishers get [`BrokerError::ShutDown`].
     pub fn shutdown(&self) {
         self.with(|s, _, _| s.core.shutdown());
+    }
+}
+
+impl<R: kaelix_core::runtime::Runtime> Broker<R> {
+    /// Opens a broker whose durable topics live on `rt`'s storage: recovers
+    /// every durable topic and consumer-group commit found there, and spawns
+    /// the writer task (see [`durable`]). Memory topics work as with
+    /// [`Broker::new`].
+    pub async fn open_durable(rt: R, config: BrokerConfig) -> Result<Broker<R>, durable::DurableError> {
+        durable::open(rt, config).await
     }
 }
 

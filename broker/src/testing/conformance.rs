@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::message::Message;
+use crate::partition::RetentionPolicy;
+use crate::storage::{DurableConfig, FlushPolicy, StorageKind};
 use crate::{Broker, BrokerConfig, Strategy, SubscribeOptions, TopicConfig, Verdict, dead_letter_headers};
 use kaelix_core::runtime::{Priority, Runtime, timeout};
 use kaelix_core::time::Duration;
@@ -165,5 +167,86 @@ pub async fn run<R: Runtime>(rt: R) -> Result<(), String> {
     // After shutdown: streams end, publishes are refused.
     ensure(all.next().await.is_none(), || "a stream kept going after shutdown".into())?;
     ensure(broker.publish(msg("orders.eu", None, 0)).await.is_err(), || "publish accepted after shutdown".into())?;
+    durable(rt).await
+}
+
+/// Durable topics on `rt`'s storage: a publish is readable once
+/// acknowledged; after a shutdown and a reopen every record is back at its
+/// offset, group commits are restored, publishing continues at the next
+/// offset, retention deletes whole segments, and memory topics are gone.
+pub async fn durable<R: Runtime>(rt: R) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let every_batch = TopicConfig {
+        partitions: 2,
+        retention: RetentionPolicy::default(),
+        storage: StorageKind::Durable(DurableConfig { flush: FlushPolicy::EveryBatch, segment_bytes: 400 }),
+    };
+    let interval = TopicConfig {
+        partitions: 1,
+        retention: RetentionPolicy { max_records: Some(10), ..RetentionPolicy::default() },
+        storage: StorageKind::Durable(DurableConfig {
+            flush: FlushPolicy::Interval { max_delay: Duration::from_millis(5), max_bytes: 1 << 20 },
+            segment_bytes: 300,
+        }),
+    };
+    let config = BrokerConfig { auto_create: None, ..BrokerConfig::default() };
+    let broker = Broker::open_durable(rt.clone(), config.clone()).await.map_err(|x| e(&x))?;
+    ensure(
+        matches!(
+            Broker::new(rt.clone(), rt.rng(), BrokerConfig::default()).create_topic("audit.log", every_batch.clone()),
+            Err(crate::BrokerError::NoDurableStorage(_))
+        ),
+        || "a broker without storage accepted a durable topic".into(),
+    )?;
+    broker.create_topic("audit.log", every_batch).map_err(|x| e(&x))?;
+    broker.create_topic("audit.recent", interval).map_err(|x| e(&x))?;
+    broker.create_topic("scratch", TopicConfig::default()).map_err(|x| e(&x))?;
+    let mut placed = Vec::new();
+    for n in 0..40u32 {
+        let key = format!("k{}", n % 5);
+        let p = broker.publish(msg("audit.log", Some(&key), n)).await.map_err(|x| e(&x))?;
+        let back = broker.read("audit.log", p.partition, p.offset, 1).map_err(|x| e(&x))?;
+        ensure(back.len() == 1 && number(&back[0]) == n, || format!("acknowledged record {n} is not readable"))?;
+        placed.push((p.partition, p.offset, n));
+        broker.publish(msg("audit.recent", None, n)).await.map_err(|x| e(&x))?;
+        broker.publish(msg("scratch", None, n)).await.map_err(|x| e(&x))?;
+    }
+    let mut member = broker.join_group("auditors", "audit.log").map_err(|x| e(&x))?;
+    let batch = member.poll(15).await.map_err(|x| e(&x))?;
+    let last = batch.messages.last().ok_or("the group read nothing")?;
+    member.commit(batch.generation, last).map_err(|x| e(&x))?;
+    let committed = (last.partition().expect("partition"), last.offset().expect("offset") + 1);
+    drop(member);
+    let segments_before = rt.list().await.map_err(|x| e(&x))?.iter().filter(|n| n.starts_with("seg-")).count();
+    broker.shutdown();
+    // Let the writer sync what is queued and stop.
+    rt.sleep(Duration::from_millis(50)).await;
+
+    let broker = Broker::open_durable(rt.clone(), config).await.map_err(|x| e(&x))?;
+    for &(partition, offset, n) in &placed {
+        let back = broker.read("audit.log", partition, offset, 1).map_err(|x| e(&x))?;
+        ensure(back.len() == 1 && number(&back[0]) == n, || {
+            format!("after reopening, audit.log/{partition}@{offset} is {back:?}, want record {n}")
+        })?;
+    }
+    ensure(broker.committed("auditors", committed.0) == Some(committed.1), || {
+        format!("group commit {committed:?} not restored: {:?}", broker.committed("auditors", committed.0))
+    })?;
+    let recent = broker.read("audit.recent", 0, 30, 100).map_err(|x| e(&x))?;
+    ensure(recent.iter().map(number).eq(30..40), || format!("audit.recent kept {recent:?}"))?;
+    ensure(broker.read("audit.recent", 0, 0, 1).is_err(), || "retention did not survive the reopen".into())?;
+    let segments_after = rt.list().await.map_err(|x| e(&x))?.iter().filter(|n| n.starts_with("seg-")).count();
+    ensure(segments_after >= 2 && segments_after <= segments_before, || {
+        format!("segments: {segments_before} before, {segments_after} after (rolled and trimmed?)")
+    })?;
+    ensure(broker.read("scratch", 0, 0, 1).is_err(), || "a memory topic survived a reopen".into())?;
+    let next = broker.next_offset("audit.log", 0).ok_or("audit.log/0 is gone")?;
+    let p = broker
+        .publish(Message::builder().topic("audit.log").partition(0).payload("after").build().map_err(|x| e(&x))?)
+        .await
+        .map_err(|x| e(&x))?;
+    ensure(p.offset == next, || format!("publishing resumed at {} instead of {next}", p.offset))?;
+    broker.shutdown();
+    rt.sleep(Duration::from_millis(50)).await;
     Ok(())
 }
