@@ -39,6 +39,7 @@
 
 pub mod broadcast;
 pub mod broker;
+pub mod broker_durable;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
@@ -179,6 +180,7 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &broadcast::BROADCAST_ACK_BEFORE_SYNC,
         &broadcast::BROADCAST_SKIP_CHECKSUM,
         &broker::BROKER,
+        &broker_durable::BROKER_DURABLE,
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
