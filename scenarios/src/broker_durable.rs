@@ -65,6 +65,9 @@ const BOUND: Duration = Duration::from_secs(90);
 /// (publisher, seq): a message's identity, from its payload.
 type Identity = (u32, u32);
 
+/// A read-back: (topic, partition) → (offset, identity) in offset order.
+type ReadBack = BTreeMap<(String, u32), Vec<(u64, Identity)>>;
+
 /// Where an acknowledgement or a read placed a message.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Place {
@@ -83,7 +86,7 @@ struct Observed {
     /// already wrong; more than one time is a duplicate).
     processed: BTreeMap<Identity, Vec<Place>>,
     /// The final read-back: (topic, partition) → records in offset order.
-    final_log: Option<BTreeMap<(String, u32), Vec<(u64, Identity)>>>,
+    final_log: Option<ReadBack>,
     incarnations: u64,
     violation: Option<String>,
 }
