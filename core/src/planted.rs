@@ -24,7 +24,7 @@
 //! `planted-bugs` (off by default), [`Planted`] is an empty type,
 //! [`Planted::is_on`] is the constant `false`, so every wrong path is dead
 //! code the optimiser removes, and the constructors that switch a bug on
-//! ([`Planted::only`], [`Planted::with`]) do not exist: production code
+//! (`Planted::only`, `Planted::with`) do not exist: production code
 //! cannot even name a way to enable one. The feature is switched on by
 //! `kaelix-scenarios/planted-bugs` (which also registers the planted
 //! scenario variants), by `kaelix/planted-bugs` for the CLI used in CI, and

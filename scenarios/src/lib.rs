@@ -7,7 +7,7 @@
 //! `kaelix sim list` prints them. **Planted-bug** variants switch a known
 //! wrong behaviour on (a [`kaelix_core::planted::PlantedBug`]): the
 //! simulator must catch them, which tests the simulator itself. They exist
-//! only with this crate's `planted-bugs` feature ([`planted`] lists them);
+//! only with this crate's `planted-bugs` feature (`planted()` lists them);
 //! production builds of the `kaelix` binary do not enable it, so their
 //! catalog holds none.
 //!
@@ -185,7 +185,7 @@ pub trait Scenario: Sync {
 pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 
 /// Every scenario, in listing order: the correct protocols, then (only with
-/// the `planted-bugs` feature) the [`planted`] variants.
+/// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
     let correct: [&'static dyn Scenario; 7] = [
         &broadcast::BROADCAST,
