@@ -161,6 +161,9 @@ fn lookup(name: &str) -> Option<&'static dyn Scenario> {
     if found.is_none() {
         let names: Vec<&str> = catalog().iter().map(|s| s.name()).collect();
         eprintln!("error: unknown scenario {name:?}; known scenarios: {}", names.join(", "));
+        if !kaelix_scenarios::PLANTED_BUGS {
+            eprintln!("(planted-bug variants exist only in a build with `--features planted-bugs`)");
+        }
     }
     found
 }

@@ -25,11 +25,13 @@
 //! and one seed reproduces a simulated run bit for bit.
 //!
 //! See [`sansio`] for the call order every protocol core follows and
-//! [`runtime`] for the driver traits.
+//! [`runtime`] for the driver traits. [`planted`] holds the planted bugs the
+//! simulation scenarios switch on (only with the `planted-bugs` feature).
 
 pub mod codec;
 pub mod ids;
 pub mod math;
+pub mod planted;
 pub mod rng;
 pub mod runtime;
 pub mod sansio;

@@ -23,9 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use kaelix_cluster::broadcast::BroadcastConfig;
 use kaelix_cluster::broadcast::node::{BroadcastClient, BroadcastObserver, run_node};
 use kaelix_cluster::broadcast::wire::Value;
-use kaelix_cluster::broadcast::{BroadcastConfig, PlantedBug};
+use kaelix_core::planted::Planted;
+#[cfg(feature = "planted-bugs")]
+use kaelix_core::planted::PlantedBug;
 use kaelix_core::rng::{self, RngExt};
 use kaelix_core::runtime::{Clock, Runtime};
 use kaelix_core::time::Duration;
@@ -40,28 +43,30 @@ use crate::{RunReport, Scenario, Verdict};
 pub struct Broadcast {
     name: &'static str,
     description: &'static str,
-    planted: PlantedBug,
+    planted: Planted,
 }
 
 /// The correct protocol.
 pub static BROADCAST: Broadcast = Broadcast {
     name: "broadcast",
     description: "5-node replicated broadcast, 3 clients; faulty network, disks, clocks; values durable on 2 nodes before ack",
-    planted: PlantedBug::None,
+    planted: Planted::NONE,
 };
 
 /// Planted bug: acknowledge before the write is synced.
+#[cfg(feature = "planted-bugs")]
 pub static BROADCAST_ACK_BEFORE_SYNC: Broadcast = Broadcast {
     name: "broadcast-ack-before-sync",
     description: "[planted bug] broadcast that counts a write as durable before its sync completes",
-    planted: PlantedBug::AckBeforeSync,
+    planted: Planted::only(PlantedBug::BroadcastAckBeforeSync),
 };
 
 /// Planted bug: recover without verifying checksums.
+#[cfg(feature = "planted-bugs")]
 pub static BROADCAST_SKIP_CHECKSUM: Broadcast = Broadcast {
     name: "broadcast-skip-checksum",
     description: "[planted bug] broadcast that recovers its log without verifying checksums",
-    planted: PlantedBug::SkipChecksum,
+    planted: Planted::only(PlantedBug::BroadcastSkipChecksum),
 };
 
 const SERVERS: u64 = 5;
@@ -196,8 +201,8 @@ impl Scenario for Broadcast {
         self.description
     }
 
-    fn planted_bug(&self) -> bool {
-        self.planted != PlantedBug::None
+    fn planted(&self) -> Planted {
+        self.planted
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {

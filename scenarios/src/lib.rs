@@ -5,8 +5,11 @@
 //! per seed by swarm testing, limited by what the protocol tolerates) +
 //! checkers + a liveness bound. Each is registered by name in [`catalog`];
 //! `kaelix sim list` prints them. **Planted-bug** variants switch a known
-//! wrong behaviour on: the simulator must catch them, which tests the
-//! simulator itself.
+//! wrong behaviour on (a [`kaelix_core::planted::PlantedBug`]): the
+//! simulator must catch them, which tests the simulator itself. They exist
+//! only with this crate's `planted-bugs` feature (`planted()` lists them);
+//! production builds of the `kaelix` binary do not enable it, so their
+//! catalog holds none.
 //!
 //! Every run is deterministic in its seed; [`run_checked`] runs a seed twice
 //! and compares trace hashes.
@@ -45,6 +48,7 @@ pub mod linearizability;
 pub mod membership;
 pub mod raft;
 
+use kaelix_core::planted::Planted;
 use kaelix_core::time::Duration;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::trace::digest;
@@ -154,9 +158,13 @@ pub trait Scenario: Sync {
     fn name(&self) -> &'static str;
     /// One line for `kaelix sim list`.
     fn description(&self) -> &'static str;
+    /// The bugs this variant plants (none by default).
+    fn planted(&self) -> Planted {
+        Planted::NONE
+    }
     /// Whether this variant plants a bug (so failing is expected).
     fn planted_bug(&self) -> bool {
-        false
+        self.planted().any()
     }
     /// Runs one seed, rendering the trace into `trace` if given.
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport;
@@ -173,22 +181,39 @@ pub trait Scenario: Sync {
     }
 }
 
-/// Every scenario, in listing order.
+/// Whether this build has the planted-bug variants (the `planted-bugs`
+/// feature).
+pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
+
+/// Every scenario, in listing order: the correct protocols, then (only with
+/// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    vec![
+    let correct: [&'static dyn Scenario; 7] = [
         &broadcast::BROADCAST,
-        &broadcast::BROADCAST_ACK_BEFORE_SYNC,
-        &broadcast::BROADCAST_SKIP_CHECKSUM,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
         &membership::MEMBERSHIP_20_SLOW_NODE,
+        &raft::RAFT_PARTITIONS,
+    ];
+    let all = correct.to_vec();
+    #[cfg(feature = "planted-bugs")]
+    let all = [all, planted()].concat();
+    all
+}
+
+/// The planted-bug variants, in listing order. Exists only with the
+/// `planted-bugs` feature, as do the variants themselves.
+#[cfg(feature = "planted-bugs")]
+pub fn planted() -> Vec<&'static dyn Scenario> {
+    vec![
+        &broadcast::BROADCAST_ACK_BEFORE_SYNC,
+        &broadcast::BROADCAST_SKIP_CHECKSUM,
         &membership::MEMBERSHIP_20_REFUTE_BUG,
         &membership::MEMBERSHIP_20_ACCUSE_NEXT_BUG,
         &membership::MEMBERSHIP_20_IGNORE_TOMBSTONE_BUG,
-        &raft::RAFT_PARTITIONS,
         &raft::RAFT_VOTE_BEFORE_PERSIST,
         &raft::RAFT_COMMIT_PREVIOUS_TERM,
         &raft::RAFT_ACK_BEFORE_COMMIT,
@@ -226,7 +251,9 @@ pub fn run_checked(scenario: &dyn Scenario, seed: u64) -> CheckedRun {
     CheckedRun { replay_hash: replay.trace_hash, report, tallies }
 }
 
-/// The command that reproduces a run.
+/// The command that reproduces a run (a planted-bug variant needs the
+/// `planted-bugs` feature).
 pub fn replay_command(scenario: &dyn Scenario, seed: u64) -> String {
-    format!("cargo run --release -p kaelix -- sim replay --scenario {} --seed {seed}", scenario.name())
+    let features = if scenario.planted_bug() { " --features planted-bugs" } else { "" };
+    format!("cargo run --release -p kaelix{features} -- sim replay --scenario {} --seed {seed}", scenario.name())
 }

@@ -51,9 +51,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kaelix_cluster::raft::{self, Body, Entry, EntryPayload, Message, Raft, Role, Write};
+use kaelix_cluster::raft::{Body, Entry, EntryPayload, Message, Raft, Role, Write};
 use kaelix_cluster::replicated::client::{ClientError, PartitionClient};
-use kaelix_cluster::replicated::node::{PlantedBug, ReplicaObserver, ReplicatedConfig, run_node};
+use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig, run_node};
+use kaelix_core::planted::Planted;
+#[cfg(feature = "planted-bugs")]
+use kaelix_core::planted::PlantedBug;
 use kaelix_core::rng::{self, RngExt};
 use kaelix_core::runtime::{Clock, Runtime};
 use kaelix_core::time::Duration;
@@ -70,35 +73,38 @@ use crate::{RunReport, Scenario, Verdict};
 pub struct RaftScenario {
     name: &'static str,
     description: &'static str,
-    planted: PlantedBug,
+    planted: Planted,
 }
 
 /// The correct protocol.
 pub static RAFT_PARTITIONS: RaftScenario = RaftScenario {
     name: "raft-partitions",
     description: "Raft-replicated partitions, 3 or 5 nodes, 2 partitions, 3 clients; every fault; linearizable history",
-    planted: PlantedBug::None,
+    planted: Planted::NONE,
 };
 
 /// Planted bug: a vote is answered before it is on disk.
+#[cfg(feature = "planted-bugs")]
 pub static RAFT_VOTE_BEFORE_PERSIST: RaftScenario = RaftScenario {
     name: "raft-partitions-vote-before-persist",
     description: "[planted bug] Raft partitions whose members answer a vote before persisting it",
-    planted: PlantedBug::Raft(raft::PlantedBug::VoteBeforePersist),
+    planted: Planted::only(PlantedBug::RaftVoteBeforePersist),
 };
 
 /// Planted bug: commit an earlier term's entry by counting replicas.
+#[cfg(feature = "planted-bugs")]
 pub static RAFT_COMMIT_PREVIOUS_TERM: RaftScenario = RaftScenario {
     name: "raft-partitions-commit-previous-term",
     description: "[planted bug] Raft partitions whose leaders commit earlier-term entries by counting replicas",
-    planted: PlantedBug::Raft(raft::PlantedBug::CommitPreviousTerm),
+    planted: Planted::only(PlantedBug::RaftCommitPreviousTerm),
 };
 
 /// Planted bug: acknowledge a produce before it commits.
+#[cfg(feature = "planted-bugs")]
 pub static RAFT_ACK_BEFORE_COMMIT: RaftScenario = RaftScenario {
     name: "raft-partitions-ack-before-commit",
     description: "[planted bug] Raft partitions that acknowledge a produce when proposed, before commit",
-    planted: PlantedBug::AckBeforeCommit,
+    planted: Planted::only(PlantedBug::ReplicatedAckBeforeCommit),
 };
 
 const PARTITIONS: u32 = 2;
@@ -593,8 +599,8 @@ impl Scenario for RaftScenario {
         self.description
     }
 
-    fn planted_bug(&self) -> bool {
-        self.planted != PlantedBug::None
+    fn planted(&self) -> Planted {
+        self.planted
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {

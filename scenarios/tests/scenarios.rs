@@ -1,7 +1,10 @@
 //! Scenario-level tests: determinism across many seeds, and the simulator's
 //! power to catch planted bugs.
 
-use kaelix_scenarios::{Verdict, catalog, find, run_checked};
+use std::collections::BTreeSet;
+
+use kaelix_core::planted::PlantedBug;
+use kaelix_scenarios::{Verdict, catalog, find, planted, replay_command, run_checked};
 
 /// 1,000 seeds each replay to the same trace hash, all pass, and distinct
 /// seeds give distinct runs.
@@ -70,6 +73,33 @@ fn catalog_names_are_unique_and_findable() {
         assert!(find(n).is_some());
     }
     assert!(find("no-such-scenario").is_none());
+}
+
+/// The planted-bug variants are exactly the scenarios that plant a bug;
+/// each plants one bug of its own, every `PlantedBug` has one, and `sim
+/// list` marks them. `planted()` and each variant in it are compiled only
+/// with the `planted-bugs` feature (which this crate's tests switch on
+/// through its dev-dependency), and without it a `Planted` cannot hold a
+/// bug, so no production build has any of them; `.ci/run` also checks that
+/// the release binary lists none.
+#[test]
+fn planted_variants_are_exactly_the_feature_gated_ones() {
+    let gated: BTreeSet<&str> = planted().iter().map(|s| s.name()).collect();
+    let planting: BTreeSet<&str> = catalog().iter().filter(|s| s.planted_bug()).map(|s| s.name()).collect();
+    assert_eq!(planting, gated);
+    for s in catalog() {
+        assert_eq!(s.description().starts_with("[planted bug]"), s.planted_bug(), "{}", s.name());
+        let replay = replay_command(s, 1);
+        assert_eq!(replay.contains("--features planted-bugs"), s.planted_bug(), "{replay}");
+    }
+    let mut bugs = Vec::new();
+    for s in planted() {
+        let planted: Vec<PlantedBug> = s.planted().iter().collect();
+        assert_eq!(planted.len(), 1, "{} plants {planted:?}", s.name());
+        bugs.extend(planted);
+    }
+    bugs.sort();
+    assert_eq!(bugs, PlantedBug::ALL, "one variant per planted bug");
 }
 
 /// How fast the history checkers run: prints figures, asserts nothing

@@ -65,7 +65,7 @@ pub struct Scan {
 }
 
 /// Scans `data` (a whole log). With `verify_checksums` false the checksum is
-/// ignored — only the planted-bug scenario does that.
+/// ignored — only the planted bug `BroadcastSkipChecksum` does that.
 pub fn scan(mut data: Bytes, verify_checksums: bool) -> Scan {
     let mut values = Vec::new();
     let mut valid_len = 0u64;

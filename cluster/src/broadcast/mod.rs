@@ -40,25 +40,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use kaelix_core::NodeId;
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::sansio::{WriteId, WriteIds};
 use kaelix_core::time::{Duration, Instant};
 
 use wire::{DIGEST_BUCKETS, PeerMessage, SetDigest, Value, bucket_of};
-
-/// A known-wrong behaviour that a scenario variant switches on, so the
-/// simulator's power to find bugs is itself tested.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// Correct behaviour.
-    #[default]
-    None,
-    /// Count a value as durable (for acks and `Stored`) as soon as its write
-    /// is issued, before the sync completes.
-    AckBeforeSync,
-    /// Recover the log without verifying checksums.
-    SkipChecksum,
-}
 
 /// Configuration of one broadcast node.
 #[derive(Clone, Debug)]
@@ -73,8 +60,10 @@ pub struct BroadcastConfig {
     pub anti_entropy: Duration,
     /// How long a value is held before anti-entropy digests include it.
     pub settle: Duration,
-    /// Planted bug, if any.
-    pub planted: PlantedBug,
+    /// Planted bugs switched on (broadcast checks `BroadcastAckBeforeSync`
+    /// and `BroadcastSkipChecksum`); none in production, see
+    /// [`kaelix_core::planted`].
+    pub planted: Planted,
 }
 
 impl BroadcastConfig {
@@ -87,7 +76,7 @@ impl BroadcastConfig {
             retransmit: Duration::from_millis(50),
             anti_entropy: Duration::from_millis(100),
             settle: Duration::from_millis(200),
-            planted: PlantedBug::None,
+            planted: Planted::NONE,
         }
     }
 }
@@ -270,7 +259,7 @@ impl BroadcastCore {
     }
 
     fn durable_now(&self, h: &Held) -> bool {
-        h.durable || self.config.planted == PlantedBug::AckBeforeSync
+        h.durable || self.config.planted.is_on(PlantedBug::BroadcastAckBeforeSync)
     }
 
     /// Starts holding `v` if new: queue its write. Returns whether it was new.
@@ -357,7 +346,7 @@ impl BroadcastCore {
                 let id = v.id;
                 self.learn(v);
                 let h = self.held.get_mut(&id).expect("just learned");
-                if h.durable || self.config.planted == PlantedBug::AckBeforeSync {
+                if h.durable || self.config.planted.is_on(PlantedBug::BroadcastAckBeforeSync) {
                     self.send(from, &PeerMessage::Stored(id));
                 } else {
                     h.reply_stored.insert(from_index);

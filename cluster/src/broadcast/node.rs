@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
+use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::Duration;
@@ -27,7 +28,7 @@ use kaelix_core::{Instant, NodeId};
 
 use super::log::{encode_record_into, scan};
 use super::wire::{ClientFrame, Value};
-use super::{BroadcastConfig, BroadcastCore, ClientRef, Output, PlantedBug};
+use super::{BroadcastConfig, BroadcastCore, ClientRef, Output};
 use crate::driver::{Event, accept_clients, next_event};
 
 /// The log's file name.
@@ -81,7 +82,7 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
                 continue;
             }
         };
-        let s = scan(data, config.planted != PlantedBug::SkipChecksum);
+        let s = scan(data, !config.planted.is_on(PlantedBug::BroadcastSkipChecksum));
         if s.valid_len < len {
             // Cut the torn/corrupt tail durably before appending again.
             if file.truncate(s.valid_len).await.is_err() || file.sync().await.is_err() {

@@ -11,7 +11,7 @@ fn t(ms: u64) -> Instant {
     Instant::from_nanos(ms * 1_000_000)
 }
 
-fn core(me: NodeId, planted: PlantedBug) -> BroadcastCore {
+fn core(me: NodeId, planted: Planted) -> BroadcastCore {
     let mut cfg = BroadcastConfig::new(vec![A, B, C]);
     cfg.planted = planted;
     BroadcastCore::new(me, cfg, seeded(1), t(0), Vec::new())
@@ -47,7 +47,7 @@ fn acks(outs: &[Output]) -> Vec<u64> {
 
 #[test]
 fn submit_persists_and_replicates_to_every_peer() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     a.handle_client_submit(t(1), ClientRef(0), value(7));
     let outs = drain(&mut a);
     persist_id(&outs);
@@ -58,7 +58,7 @@ fn submit_persists_and_replicates_to_every_peer() {
 
 #[test]
 fn ack_needs_local_sync_and_one_peer_store() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     a.handle_client_submit(t(1), ClientRef(0), value(7));
     let w = persist_id(&drain(&mut a));
     a.handle_message(t(2), B, PeerMessage::Stored(7).encode());
@@ -69,7 +69,7 @@ fn ack_needs_local_sync_and_one_peer_store() {
 
 #[test]
 fn stored_is_sent_only_after_sync() {
-    let mut b = core(B, PlantedBug::None);
+    let mut b = core(B, Planted::NONE);
     b.handle_message(t(1), A, PeerMessage::Replicate(value(7)).encode());
     let outs = drain(&mut b);
     assert!(sends(&outs).is_empty(), "no Stored before sync");
@@ -79,7 +79,7 @@ fn stored_is_sent_only_after_sync() {
 
 #[test]
 fn planted_bug_acks_before_sync() {
-    let mut a = core(A, PlantedBug::AckBeforeSync);
+    let mut a = core(A, Planted::only(PlantedBug::BroadcastAckBeforeSync));
     a.handle_client_submit(t(1), ClientRef(0), value(7));
     drain(&mut a);
     a.handle_message(t(2), B, PeerMessage::Stored(7).encode());
@@ -88,7 +88,7 @@ fn planted_bug_acks_before_sync() {
 
 #[test]
 fn failed_write_is_retried_and_never_counted() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     a.handle_client_submit(t(1), ClientRef(0), value(7));
     let w = persist_id(&drain(&mut a));
     a.handle_message(t(2), B, PeerMessage::Stored(7).encode());
@@ -102,7 +102,7 @@ fn failed_write_is_retried_and_never_counted() {
 
 #[test]
 fn unanswered_replicates_are_retransmitted_to_missing_peers_only() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     a.handle_client_submit(t(0), ClientRef(0), value(7));
     drain(&mut a);
     a.handle_message(t(1), B, PeerMessage::Stored(7).encode());
@@ -120,8 +120,8 @@ fn unanswered_replicates_are_retransmitted_to_missing_peers_only() {
 
 #[test]
 fn anti_entropy_exchanges_missing_values() {
-    let mut a = core(A, PlantedBug::None);
-    let mut b = core(B, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
+    let mut b = core(B, Planted::NONE);
     a.handle_message(t(0), C, PeerMessage::Replicate(value(1)).encode());
     let w = persist_id(&drain(&mut a));
     a.handle_write_complete(t(0), w, true);
@@ -164,8 +164,8 @@ fn anti_entropy_exchanges_missing_values() {
 
 #[test]
 fn matching_buckets_are_left_out_of_the_exchange() {
-    let mut a = core(A, PlantedBug::None);
-    let mut b = core(B, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
+    let mut b = core(B, Planted::NONE);
     // Both hold the same 40 settled values; B also holds one more.
     for id in 0..40 {
         for n in [&mut a, &mut b] {
@@ -199,7 +199,7 @@ fn matching_buckets_are_left_out_of_the_exchange() {
 
 #[test]
 fn malformed_and_foreign_messages_are_counted_not_fatal() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     a.handle_message(t(0), B, Bytes::from_static(&[99, 1, 2]));
     a.handle_message(t(0), NodeId(77), PeerMessage::Stored(1).encode());
     assert_eq!(a.stats().malformed, 2);
@@ -219,14 +219,14 @@ fn recovered_values_are_durable_and_duplicates_ignored() {
 #[test]
 #[should_panic(expected = "time went backwards")]
 fn time_must_not_go_backwards() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     a.handle_timeout(t(5));
     a.handle_timeout(t(4));
 }
 
 #[test]
 fn poll_timeout_reports_earliest_deadline() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     assert_eq!(a.poll_timeout(), t(100));
     a.handle_client_submit(t(10), ClientRef(0), value(1));
     assert_eq!(a.poll_timeout(), t(60));
@@ -234,7 +234,7 @@ fn poll_timeout_reports_earliest_deadline() {
 
 #[test]
 fn have_exchange_finds_both_differences_even_from_an_unsorted_list() {
-    let mut a = core(A, PlantedBug::None);
+    let mut a = core(A, Planted::NONE);
     for id in [1, 3, 5, 7] {
         a.handle_message(t(0), C, PeerMessage::Replicate(value(id)).encode());
         let w = persist_id(&drain(&mut a));

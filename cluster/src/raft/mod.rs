@@ -83,6 +83,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use kaelix_core::NodeId;
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::sansio::{WriteId, WriteIds};
 use kaelix_core::time::{Duration, Instant};
@@ -223,20 +224,6 @@ pub enum Output {
     },
 }
 
-/// A known-wrong behaviour a scenario switches on, to prove the simulator
-/// catches it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// Correct behaviour.
-    #[default]
-    None,
-    /// Reply to a vote before the vote is on disk.
-    VoteBeforePersist,
-    /// Commit an entry of an earlier term by counting replicas (the
-    /// Figure 8 bug of §5.4.2).
-    CommitPreviousTerm,
-}
-
 /// Configuration of one member.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
@@ -261,8 +248,10 @@ pub struct RaftConfig {
     pub max_append_bytes: usize,
     /// Bytes per snapshot chunk.
     pub max_snapshot_chunk: usize,
-    /// Planted bug, if any.
-    pub planted: PlantedBug,
+    /// Planted bugs switched on (Raft checks `RaftVoteBeforePersist` and
+    /// `RaftCommitPreviousTerm`); none in production, see
+    /// [`kaelix_core::planted`].
+    pub planted: Planted,
 }
 
 impl RaftConfig {
@@ -281,7 +270,7 @@ impl RaftConfig {
             max_inflight: 8,
             max_append_bytes: 64 << 10,
             max_snapshot_chunk: 64 << 10,
-            planted: PlantedBug::None,
+            planted: Planted::NONE,
         }
     }
 }
@@ -1332,7 +1321,7 @@ impl Raft {
             return;
         }
         let current_term = self.log.term(quorum_index) == Some(self.term);
-        if !current_term && self.config.planted != PlantedBug::CommitPreviousTerm {
+        if !current_term && !self.config.planted.is_on(PlantedBug::RaftCommitPreviousTerm) {
             return;
         }
         self.advance_commit_to(quorum_index);
@@ -1407,7 +1396,7 @@ impl Raft {
     /// Whether `m` claims something that must be on disk first.
     fn needs_durability(&self, m: &Message) -> bool {
         match m.body {
-            Body::VoteResponse { granted } => granted && self.config.planted != PlantedBug::VoteBeforePersist,
+            Body::VoteResponse { granted } => granted && !self.config.planted.is_on(PlantedBug::RaftVoteBeforePersist),
             Body::Vote { .. } => true,
             Body::AppendResponse { success, .. } => success,
             Body::SnapshotResponse { done, .. } => done,

@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
 use kaelix_core::NodeId;
-
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::runtime::{ClientStream, Priority, Runtime, Storage, StorageFile};
 use kaelix_core::sansio::WriteId;
@@ -40,18 +40,6 @@ use crate::driver::{Event, accept_clients, next_event};
 use crate::raft::disk::{self, DiskState};
 use crate::raft::{self, Entry, EntryPayload, Output, ProposeError, Raft, RaftConfig, Role, Snapshot, Write, wire};
 
-/// A known-wrong behaviour a scenario switches on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// Correct behaviour.
-    #[default]
-    None,
-    /// A bug inside Raft.
-    Raft(raft::PlantedBug),
-    /// Answer a produce as soon as it is proposed, before it commits.
-    AckBeforeCommit,
-}
-
 /// Configuration of one node.
 #[derive(Clone, Debug)]
 pub struct ReplicatedConfig {
@@ -62,19 +50,21 @@ pub struct ReplicatedConfig {
     /// Whether an empty disk means a new cluster (see `RaftConfig::bootstrap`).
     pub bootstrap: bool,
     /// Raft tuning; `id`, `initial`, `bootstrap` and `planted` are set per
-    /// node and group.
+    /// node and group (`planted` from [`ReplicatedConfig::planted`]).
     pub raft: RaftConfig,
     /// Snapshot a group's state after this many applied entries.
     pub snapshot_every: u64,
-    /// Planted bug, if any.
-    pub planted: PlantedBug,
+    /// Planted bugs switched on, for this driver
+    /// (`ReplicatedAckBeforeCommit`) and for every group's Raft; none in
+    /// production, see [`kaelix_core::planted`].
+    pub planted: Planted,
 }
 
 impl ReplicatedConfig {
     /// Defaults: Raft's defaults, a snapshot every 1024 entries.
     pub fn new(members: Vec<NodeId>, partitions: u32) -> Self {
         let raft = RaftConfig::new(members[0], members.iter().copied());
-        ReplicatedConfig { members, partitions, bootstrap: true, raft, snapshot_every: 1024, planted: PlantedBug::None }
+        ReplicatedConfig { members, partitions, bootstrap: true, raft, snapshot_every: 1024, planted: Planted::NONE }
     }
 }
 
@@ -313,10 +303,7 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
         raft_config.id = me;
         raft_config.initial = raft::Configuration::new(config.members.iter().copied());
         raft_config.bootstrap = config.bootstrap;
-        raft_config.planted = match config.planted {
-            PlantedBug::Raft(bug) => bug,
-            _ => raft::PlantedBug::None,
-        };
+        raft_config.planted = config.planted;
         let mut recovered = booted.state.recovered(booted.empty);
         recovered.hard_state.recovering |= booted.lost_synced;
         let raft = Raft::new(raft_config, rt.rng(), rt.now(), recovered);
@@ -454,7 +441,7 @@ impl<O: ReplicaObserver> NodeState<O> {
                 let command = Produce { client: session, seq, timestamp: rt.wall_clock(), payload };
                 match group.raft.propose(now, command.encode()) {
                     Ok((index, term)) => {
-                        if self.config.planted == PlantedBug::AckBeforeCommit {
+                        if self.config.planted.is_on(PlantedBug::ReplicatedAckBeforeCommit) {
                             // Planted bug: predict the offset and answer now.
                             let applied = group.raft.applied();
                             let pending = group

@@ -119,6 +119,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use kaelix_core::NodeId;
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::time::{Duration, Instant};
 
@@ -175,26 +176,10 @@ pub struct SwimConfig {
     /// `suspicion_max_timeout_mult` unused), `PingReq`s ask for no `Nack`,
     /// and packets carry no buddy record.
     pub lifeguard: bool,
-    /// A known-wrong behaviour to switch on, so the simulator's power to
-    /// catch it can be tested. Always [`PlantedBug::None`] in production.
-    pub planted: PlantedBug,
-}
-
-/// Known-wrong behaviours the simulation scenarios must catch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// The correct protocol.
-    #[default]
-    None,
-    /// Refute a suspicion without raising the incarnation (so the
-    /// refutation loses to the suspicion it answers).
-    RefuteWithoutIncarnation,
-    /// A failed probe accuses the incarnation after the one probed (an
-    /// off-by-one): records then hold an incarnation the member never had.
-    AccuseNextIncarnation,
-    /// Ignore deaths and leaves declared about ourselves (memberlist#345):
-    /// a node restarted below its tombstone never jumps above it.
-    IgnoreOwnTombstone,
+    /// Planted bugs switched on, so the simulator's power to catch them can
+    /// be tested (SWIM checks the `Swim*` ones). Always none in production:
+    /// see [`kaelix_core::planted`].
+    pub planted: Planted,
 }
 
 impl Default for SwimConfig {
@@ -215,7 +200,7 @@ impl Default for SwimConfig {
             gossip_interval: Duration::from_millis(200),
             gossip_nodes: 3,
             lifeguard: true,
-            planted: PlantedBug::None,
+            planted: Planted::NONE,
         }
     }
 }
@@ -996,7 +981,7 @@ impl Swim {
         // nobody to ask, the failure itself does.
         let missing = if p.helpers.is_empty() { 1 } else { (p.helpers.len() - p.nacked.len()) as u32 };
         self.lhm_add(missing);
-        let incarnation = if self.config.planted == PlantedBug::AccuseNextIncarnation {
+        let incarnation = if self.config.planted.is_on(PlantedBug::SwimAccuseNextIncarnation) {
             p.incarnation.saturating_add(1)
         } else {
             p.incarnation
@@ -1309,7 +1294,9 @@ impl Swim {
                 }
                 false
             }
-            UpdateKind::Dead | UpdateKind::Left if self.config.planted == PlantedBug::IgnoreOwnTombstone => return,
+            UpdateKind::Dead | UpdateKind::Left if self.config.planted.is_on(PlantedBug::SwimIgnoreOwnTombstone) => {
+                return;
+            }
             UpdateKind::Suspect { .. } | UpdateKind::Dead | UpdateKind::Left => {
                 if u.incarnation < self.incarnation {
                     // Stale: we refuted it already, but the sender (a buddy
@@ -1331,7 +1318,7 @@ impl Swim {
             return;
         };
         assert!(next > self.incarnation, "a refutation must raise the incarnation");
-        if self.config.planted != PlantedBug::RefuteWithoutIncarnation {
+        if !self.config.planted.is_on(PlantedBug::SwimRefuteWithoutIncarnation) {
             self.incarnation = next;
             self.revision += 1;
         }

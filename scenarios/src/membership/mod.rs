@@ -70,7 +70,10 @@ pub mod table;
 
 use bytes::Bytes;
 use kaelix_cluster::membership::MembershipConfig;
-use kaelix_cluster::swim::{PlantedBug, SwimConfig};
+use kaelix_cluster::swim::SwimConfig;
+use kaelix_core::planted::Planted;
+#[cfg(feature = "planted-bugs")]
+use kaelix_core::planted::PlantedBug;
 use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId};
@@ -98,7 +101,7 @@ pub struct MembershipScenario {
     description: &'static str,
     nodes: u64,
     faults: Faults,
-    planted: PlantedBug,
+    planted: Planted,
 }
 
 /// 5 nodes.
@@ -107,7 +110,7 @@ pub static MEMBERSHIP_5: MembershipScenario = MembershipScenario {
     description: "SWIM + Lifeguard, 5 nodes; crashes, partitions, loss, pauses, clocks; no false deaths, incarnations only grow, all agree after heal",
     nodes: 5,
     faults: Faults::Swarm,
-    planted: PlantedBug::None,
+    planted: Planted::NONE,
 };
 /// 20 nodes.
 pub static MEMBERSHIP_20: MembershipScenario = MembershipScenario {
@@ -115,7 +118,7 @@ pub static MEMBERSHIP_20: MembershipScenario = MembershipScenario {
     description: "SWIM + Lifeguard, 20 nodes; crashes, partitions, loss, pauses, clocks; no false deaths, incarnations only grow, all agree after heal",
     nodes: 20,
     faults: Faults::Swarm,
-    planted: PlantedBug::None,
+    planted: Planted::NONE,
 };
 /// 100 nodes.
 pub static MEMBERSHIP_100: MembershipScenario = MembershipScenario {
@@ -123,7 +126,7 @@ pub static MEMBERSHIP_100: MembershipScenario = MembershipScenario {
     description: "SWIM + Lifeguard, 100 nodes; crashes, partitions, loss, pauses, clocks; no false deaths, incarnations only grow, all agree after heal",
     nodes: 100,
     faults: Faults::Swarm,
-    planted: PlantedBug::None,
+    planted: Planted::NONE,
 };
 /// 20 nodes, one of them slow, 10 % loss.
 pub static MEMBERSHIP_20_SLOW_NODE: MembershipScenario = MembershipScenario {
@@ -131,31 +134,34 @@ pub static MEMBERSHIP_20_SLOW_NODE: MembershipScenario = MembershipScenario {
     description: "SWIM + Lifeguard, 20 nodes, one paused again and again, 10% loss; no healthy node dies, all agree after",
     nodes: 20,
     faults: Faults::SlowNode,
-    planted: PlantedBug::None,
+    planted: Planted::NONE,
 };
 /// Planted bug: accusations of an incarnation the member never had.
+#[cfg(feature = "planted-bugs")]
 pub static MEMBERSHIP_20_ACCUSE_NEXT_BUG: MembershipScenario = MembershipScenario {
     name: "membership-20-accuse-next-incarnation",
     description: "[planted bug] SWIM, 20 nodes, a failed probe accuses the incarnation after the one probed",
     nodes: 20,
     faults: Faults::Swarm,
-    planted: PlantedBug::AccuseNextIncarnation,
+    planted: Planted::only(PlantedBug::SwimAccuseNextIncarnation),
 };
 /// Planted bug: a node ignores its own tombstone (memberlist#345).
+#[cfg(feature = "planted-bugs")]
 pub static MEMBERSHIP_20_IGNORE_TOMBSTONE_BUG: MembershipScenario = MembershipScenario {
     name: "membership-20-ignore-own-tombstone",
     description: "[planted bug] SWIM, 20 nodes, a node ignores deaths declared about itself (memberlist#345)",
     nodes: 20,
     faults: Faults::Swarm,
-    planted: PlantedBug::IgnoreOwnTombstone,
+    planted: Planted::only(PlantedBug::SwimIgnoreOwnTombstone),
 };
 /// Planted bug: refutations that do not raise the incarnation.
+#[cfg(feature = "planted-bugs")]
 pub static MEMBERSHIP_20_REFUTE_BUG: MembershipScenario = MembershipScenario {
     name: "membership-20-refute-without-incarnation",
     description: "[planted bug] SWIM, 20 nodes, refuting a suspicion without raising the incarnation",
     nodes: 20,
     faults: Faults::Swarm,
-    planted: PlantedBug::RefuteWithoutIncarnation,
+    planted: Planted::only(PlantedBug::SwimRefuteWithoutIncarnation),
 };
 
 const SAFETY: Duration = Duration::from_secs(20);
@@ -205,8 +211,8 @@ impl Scenario for MembershipScenario {
         self.description
     }
 
-    fn planted_bug(&self) -> bool {
-        self.planted != PlantedBug::None
+    fn planted(&self) -> Planted {
+        self.planted
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
