@@ -21,6 +21,8 @@
 
 use std::collections::VecDeque;
 
+use kaelix_core::planted::{Planted, PlantedBug};
+
 use crate::message::Message;
 
 /// How important a message is (read from its `priority` header:
@@ -174,6 +176,7 @@ pub struct SubscriptionBuffer {
     capacity: usize,
     drops: DropCounts,
     high_water: usize,
+    planted: Planted,
 }
 
 impl SubscriptionBuffer {
@@ -192,12 +195,22 @@ impl SubscriptionBuffer {
             capacity,
             drops: DropCounts::default(),
             high_water: 0,
+            planted: Planted::NONE,
         }
+    }
+
+    /// The buffer with planted bugs switched on (see `kaelix_core::planted`).
+    #[must_use]
+    pub fn with_planted(mut self, planted: Planted) -> Self {
+        self.planted = planted;
+        self
     }
 
     /// Whether an offer now would be refused with [`Offer::WouldBlock`].
     pub fn would_block(&self) -> bool {
-        matches!(self.strategy, Strategy::Block { .. }) && self.queue.len() >= self.capacity
+        matches!(self.strategy, Strategy::Block { .. })
+            && self.queue.len() >= self.capacity
+            && !self.planted.is_on(PlantedBug::BrokerBlockDropsWhenFull)
     }
 
     /// Offers `message` to the buffer (see [`Offer`]).
@@ -215,6 +228,10 @@ impl SubscriptionBuffer {
                     self.queue.push_back(message);
                     return Offer::Accepted;
                 }
+                if self.planted.is_on(PlantedBug::BrokerDropOldestDropsNewest) {
+                    self.drops.oldest += 1;
+                    return Offer::Dropped;
+                }
                 let old = self.queue.pop_front().expect("full");
                 self.drops.oldest += 1;
                 self.queue.push_back(message);
@@ -222,13 +239,18 @@ impl SubscriptionBuffer {
             }
             Strategy::Block { .. } => {
                 if self.queue.len() >= self.capacity {
+                    if self.planted.is_on(PlantedBug::BrokerBlockDropsWhenFull) {
+                        self.drops.newest += 1;
+                        return Offer::Dropped;
+                    }
                     return Offer::WouldBlock;
                 }
                 self.queue.push_back(message);
                 Offer::Accepted
             }
             Strategy::Grow { max, .. } => {
-                if self.queue.len() >= self.capacity && self.capacity < max {
+                let stuck = self.planted.is_on(PlantedBug::BrokerGrowStuckAtInitial);
+                if self.queue.len() >= self.capacity && self.capacity < max && !stuck {
                     self.capacity = (self.capacity * 2).min(max);
                 }
                 if self.queue.len() >= self.capacity {
@@ -240,7 +262,12 @@ impl SubscriptionBuffer {
             }
             Strategy::ShedLowPriority { .. } => {
                 let priority = MessagePriority::of(&message);
-                if self.pressure() >= PressureLevel::Elevated && priority < MessagePriority::High {
+                let sheddable = if self.planted.is_on(PlantedBug::BrokerShedHighPriority) {
+                    priority <= MessagePriority::High
+                } else {
+                    priority < MessagePriority::High
+                };
+                if self.pressure() >= PressureLevel::Elevated && sheddable {
                     self.drops.shed += 1;
                     return Offer::Dropped;
                 }

@@ -20,6 +20,7 @@ use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 use crate::registry::{RegistryError, StreamId, StreamInfo, StreamRegistry};
 use crate::storage::{DurableConfig, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::DetRng;
 use kaelix_core::time::{Duration, Instant, WallTime};
 
@@ -78,6 +79,9 @@ pub struct BrokerConfig {
     pub dead_letter_prefix: String,
     /// Most messages one consumer-group poll returns.
     pub max_poll_records: usize,
+    /// Planted bugs switched on (simulation tests only; see
+    /// `kaelix_core::planted`).
+    pub planted: Planted,
     /// Backpressure per topic: a subscription that names no strategy gets
     /// the first rule that covers it — for a literal pattern, the first rule
     /// whose pattern matches that topic; for a wildcard pattern, the first
@@ -95,6 +99,7 @@ impl Default for BrokerConfig {
             dead_letter_prefix: "_dlq".to_owned(),
             max_poll_records: 512,
             topic_strategies: Vec::new(),
+            planted: Planted::NONE,
         }
     }
 }
@@ -250,6 +255,8 @@ struct TopicState {
     /// visible to reads and consumer groups. Memory topics keep it unused.
     durable_end: Vec<u64>,
     round_robin: u64,
+    /// Planted [`PlantedBug::BrokerGroupReadsUnsynced`].
+    planted_unsynced: bool,
 }
 
 impl TopicState {
@@ -264,6 +271,7 @@ impl TopicState {
     fn visible_end(&self, partition: usize) -> u64 {
         match self.config.storage {
             StorageKind::Memory => self.partitions[partition].next_offset(),
+            StorageKind::Durable(_) if self.planted_unsynced => self.partitions[partition].next_offset(),
             StorageKind::Durable(_) => self.durable_end[partition],
         }
     }
@@ -321,7 +329,8 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 impl BrokerCore {
     /// An empty broker.
     pub fn new(config: BrokerConfig) -> Self {
-        let registry = StreamRegistry::new(config.max_streams, config.idle_timeout, config.thresholds);
+        let registry = StreamRegistry::new(config.max_streams, config.idle_timeout, config.thresholds)
+            .with_planted(config.planted);
         BrokerCore {
             config,
             topics: BTreeMap::new(),
@@ -370,7 +379,8 @@ impl BrokerCore {
                 self.next_topic_id += 1;
                 let partitions = (0..config.partitions).map(|_| PartitionLog::new(config.retention)).collect();
                 let durable_end = vec![0; config.partitions as usize];
-                let state = TopicState { id, config, partitions, durable_end, round_robin: 0 };
+                let planted_unsynced = self.config.planted.is_on(PlantedBug::BrokerGroupReadsUnsynced);
+                let state = TopicState { id, config, partitions, durable_end, round_robin: 0, planted_unsynced };
                 if state.durable().is_some() {
                     self.storage_outputs.push_back(state.output(&topic));
                 }
@@ -956,7 +966,9 @@ impl BrokerCore {
         }
         let durable_end = logs.iter().map(PartitionLog::next_offset).collect();
         self.next_topic_id = self.next_topic_id.max(id + 1);
-        self.topics.insert(topic, TopicState { id, config, partitions: logs, durable_end, round_robin: 0 });
+        let planted_unsynced = self.config.planted.is_on(PlantedBug::BrokerGroupReadsUnsynced);
+        let state = TopicState { id, config, partitions: logs, durable_end, round_robin: 0, planted_unsynced };
+        self.topics.insert(topic, state);
         Ok(())
     }
 

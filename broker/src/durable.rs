@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use kaelix_core::codec::CodecError;
+use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{Priority, Runtime, Storage, StorageError, StorageFile};
 use kaelix_core::time::{Duration, Instant};
 
@@ -431,6 +432,12 @@ impl<R: Runtime> Writer<R> {
     }
 
     async fn sync_all(&mut self) {
+        let planted = self.broker.planted();
+        if planted.is_on(PlantedBug::BrokerAckBeforeSync) {
+            for (&(id, partition), &end) in &self.written_end {
+                self.broker.persisted(id, partition, end);
+            }
+        }
         if self.meta_dirty {
             let meta = self.meta.clone();
             Self::retry(&self.rt, || meta.sync()).await;

@@ -405,6 +405,10 @@ impl<C: Clock> Broker<C> {
         }
     }
 
+    fn planted(&self) -> kaelix_core::planted::Planted {
+        self.lock().core.config().planted
+    }
+
     fn has_storage_output(&self) -> bool {
         self.lock().core.has_storage_output()
     }

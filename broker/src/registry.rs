@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use kaelix_core::planted::Planted;
+
 use crate::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
 use crate::subscription::SubscriptionIndex;
 use crate::topic::{Pattern, Topic};
@@ -76,6 +78,8 @@ pub struct StreamRegistry {
     max_streams: usize,
     idle_timeout: Option<Duration>,
     thresholds: Thresholds,
+    /// Planted bugs the buffers carry (none outside simulation tests).
+    planted: Planted,
     /// Round-robin cursor per queue group.
     group_cursors: BTreeMap<Arc<str>, u64>,
 }
@@ -90,8 +94,17 @@ impl StreamRegistry {
             max_streams,
             idle_timeout,
             thresholds,
+            planted: Planted::NONE,
             group_cursors: BTreeMap::new(),
         }
+    }
+
+    /// The registry with planted bugs switched on in its buffers (see
+    /// `kaelix_core::planted`).
+    #[must_use]
+    pub fn with_planted(mut self, planted: Planted) -> Self {
+        self.planted = planted;
+        self
     }
 
     /// Opens a stream.
@@ -108,7 +121,7 @@ impl StreamRegistry {
         let id = StreamId(self.next_id);
         self.next_id += 1;
         self.index.insert(&pattern, id);
-        let buffer = SubscriptionBuffer::new(strategy, self.thresholds);
+        let buffer = SubscriptionBuffer::new(strategy, self.thresholds).with_planted(self.planted);
         self.streams
             .insert(id, StreamEntry { pattern, queue_group, buffer, opened: now, last_active: now, delivered: 0 });
         Ok(id)

@@ -274,7 +274,8 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         events,
         polls
     );
-    out!("workload        {submitted} values submitted, {acked} acknowledged");
+    let (first, second) = s.workload_units();
+    out!("workload        {submitted} {first}, {acked} {second}  (summed over seeds)");
     out!("faults applied  {faults}");
     if !counters.is_empty() {
         let line: Vec<String> = counters.iter().map(|(k, v)| format!("{k} {v}")).collect();

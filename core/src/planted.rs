@@ -61,11 +61,28 @@ pub enum PlantedBug {
     /// Replicated partitions: answer a produce with a predicted offset as
     /// soon as it is proposed, before it commits.
     ReplicatedAckBeforeCommit,
+    /// Broker: a full drop-oldest buffer drops the arriving (newest) message
+    /// instead of the oldest.
+    BrokerDropOldestDropsNewest,
+    /// Broker: a full blocking buffer drops the message instead of making
+    /// its publisher wait.
+    BrokerBlockDropsWhenFull,
+    /// Broker: a growing buffer never grows past its initial capacity and
+    /// refuses messages there.
+    BrokerGrowStuckAtInitial,
+    /// Broker: shedding under pressure also sheds `high` messages.
+    BrokerShedHighPriority,
+    /// Broker: acknowledge durable publishes when their records are written,
+    /// before the sync.
+    BrokerAckBeforeSync,
+    /// Broker: consumer groups and reads of durable topics see records
+    /// before they are synced.
+    BrokerGroupReadsUnsynced,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 14] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -74,6 +91,12 @@ impl PlantedBug {
         PlantedBug::RaftVoteBeforePersist,
         PlantedBug::RaftCommitPreviousTerm,
         PlantedBug::ReplicatedAckBeforeCommit,
+        PlantedBug::BrokerDropOldestDropsNewest,
+        PlantedBug::BrokerBlockDropsWhenFull,
+        PlantedBug::BrokerGrowStuckAtInitial,
+        PlantedBug::BrokerShedHighPriority,
+        PlantedBug::BrokerAckBeforeSync,
+        PlantedBug::BrokerGroupReadsUnsynced,
     ];
 
     /// This bug's bit in a [`Planted`] set.

@@ -516,6 +516,10 @@ impl Scenario for BrokerScenario {
         "broker"
     }
 
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("messages published", "deliveries to streams and queue members")
+    }
+
     fn description(&self) -> &'static str {
         "embedded broker on one node: publishers, every backpressure strategy, queue and consumer groups, dead letters; conservation and order"
     }
@@ -559,7 +563,10 @@ impl Scenario for BrokerScenario {
             Ok(Err(())) => RunVerdict::SafetyViolation(checker.lock().violation.clone().unwrap_or_default()),
             Err(panic) => RunVerdict::from_panic(panic),
         };
-        let sent = checker.lock().sent.len() as u64;
-        RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, sent))
+        let o = checker.lock();
+        let sent = o.sent.len() as u64;
+        let delivered: u64 = o.streams.values().chain(&o.queue_members).map(|t| t.received.len() as u64).sum();
+        drop(o);
+        RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, delivered))
     }
 }

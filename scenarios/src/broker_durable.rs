@@ -40,6 +40,7 @@ use kaelix_broker::partition::RetentionPolicy;
 use kaelix_broker::storage::{DurableConfig, FlushPolicy, StorageKind};
 use kaelix_broker::{Broker, BrokerConfig, TopicConfig};
 use kaelix_core::NodeId;
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner, timeout};
 use kaelix_core::time::Duration;
@@ -49,11 +50,35 @@ use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig
 
 use crate::{RunReport, Scenario, Tallies, Verdict};
 
-/// The durable-broker scenario.
-pub struct BrokerDurableScenario;
+/// The durable-broker scenario (or a planted-bug variant of it).
+pub struct BrokerDurableScenario {
+    name: &'static str,
+    description: &'static str,
+    planted: Option<PlantedBug>,
+}
 
 /// The registered instance.
-pub static BROKER_DURABLE: BrokerDurableScenario = BrokerDurableScenario;
+pub static BROKER_DURABLE: BrokerDurableScenario = BrokerDurableScenario {
+    name: "broker-durable",
+    description: "embedded broker on durable topics, one node crashing and losing power: acknowledged publishes survive, the log stays dense and ordered, the consumer group resumes without a gap",
+    planted: None,
+};
+
+/// Planted: publishes are acknowledged before their records are synced.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_DURABLE_ACK_BEFORE_SYNC: BrokerDurableScenario = BrokerDurableScenario {
+    name: "broker-durable-ack-before-sync",
+    description: "[planted bug] durable publishes acknowledged before their records are synced",
+    planted: Some(PlantedBug::BrokerAckBeforeSync),
+};
+
+/// Planted: consumer groups read records that are not synced yet.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_DURABLE_GROUP_READS_UNSYNCED: BrokerDurableScenario = BrokerDurableScenario {
+    name: "broker-durable-group-reads-unsynced",
+    description: "[planted bug] consumer groups of durable topics read records before they are synced",
+    planted: Some(PlantedBug::BrokerGroupReadsUnsynced),
+};
 
 const NODE: NodeId = NodeId(1);
 /// One node that may crash and lose power; its disk keeps what it synced.
@@ -242,10 +267,10 @@ async fn group_member(rt: SimRuntime, broker: Broker<SimRuntime>, checker: Check
     }
 }
 
-async fn workload(rt: SimRuntime, plan: DetRng, checker: Checker) {
+async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Checker) {
     let incarnation = rt.handle().incarnation();
     checker.lock().incarnations += 1;
-    let config = BrokerConfig { auto_create: None, ..BrokerConfig::default() };
+    let config = BrokerConfig { auto_create: None, planted, ..BrokerConfig::default() };
     let broker = match Broker::open_durable(rt.clone(), config).await {
         Ok(b) => b,
         Err(e) => return checker.fail(format!("incarnation {incarnation}: opening the durable broker failed: {e}")),
@@ -388,7 +413,8 @@ impl BrokerDurableScenario {
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker::default();
         let c = checker.clone();
-        let init = SimRuntime::init(move |rt| workload(rt, plan.clone(), c.clone()));
+        let planted = self.planted();
+        let init = SimRuntime::init(move |rt| workload(rt, plan.clone(), planted, c.clone()));
         sim.add_node(NODE, NodeSpec { kind: NodeKind::Server, name: "broker".into(), faulty_disk: false, init });
         for (at, fault) in schedule.faults {
             sim.schedule_fault(at, fault);
@@ -425,11 +451,19 @@ impl BrokerDurableScenario {
 
 impl Scenario for BrokerDurableScenario {
     fn name(&self) -> &'static str {
-        "broker-durable"
+        self.name
+    }
+
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("messages sent", "acknowledged as durable")
     }
 
     fn description(&self) -> &'static str {
-        "embedded broker on durable topics, one node crashing and losing power: acknowledged publishes survive, the log stays dense and ordered, the consumer group resumes without a gap"
+        self.description
+    }
+
+    fn planted(&self) -> Planted {
+        crate::broker_backpressure::planted(self.planted)
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {

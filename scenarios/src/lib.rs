@@ -42,6 +42,7 @@
 
 pub mod broadcast;
 pub mod broker;
+pub mod broker_backpressure;
 pub mod broker_durable;
 pub mod history;
 pub mod linearizability;
@@ -117,7 +118,8 @@ pub struct RunReport {
     pub fault_mix: Vec<&'static str>,
     /// Discrete faults applied.
     pub faults_applied: usize,
-    /// Workload counters: (submitted, acknowledged).
+    /// Workload counters, as the scenario's [`Scenario::workload_units`]
+    /// name them.
     pub workload: (u64, u64),
 }
 
@@ -166,6 +168,11 @@ pub trait Scenario: Sync {
     fn planted_bug(&self) -> bool {
         self.planted().any()
     }
+    /// What the two workload counters of a [`RunReport`] count, as
+    /// `kaelix sim run` prints them ("{first} {label0}, {second} {label1}").
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("values submitted", "acknowledged")
+    }
     /// Runs one seed, rendering the trace into `trace` if given.
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport;
     /// Runs one seed like [`Scenario::run`] and also returns the client
@@ -188,10 +195,11 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 7] = [
+    let correct: [&'static dyn Scenario; 9] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
+        &broker_backpressure::BROKER_BACKPRESSURE,
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
@@ -217,6 +225,12 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &raft::RAFT_VOTE_BEFORE_PERSIST,
         &raft::RAFT_COMMIT_PREVIOUS_TERM,
         &raft::RAFT_ACK_BEFORE_COMMIT,
+        &broker_durable::BROKER_DURABLE_ACK_BEFORE_SYNC,
+        &broker_durable::BROKER_DURABLE_GROUP_READS_UNSYNCED,
+        &broker_backpressure::BROKER_BACKPRESSURE_DROP_NEWEST,
+        &broker_backpressure::BROKER_BACKPRESSURE_BLOCK_DROPS,
+        &broker_backpressure::BROKER_BACKPRESSURE_GROW_STUCK,
+        &broker_backpressure::BROKER_BACKPRESSURE_SHED_HIGH,
     ]
 }
 

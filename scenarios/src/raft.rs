@@ -595,6 +595,10 @@ impl Scenario for RaftScenario {
         self.name
     }
 
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("produces submitted", "acknowledged")
+    }
+
     fn description(&self) -> &'static str {
         self.description
     }

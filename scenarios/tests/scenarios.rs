@@ -203,3 +203,28 @@ fn every_scenario_passes_and_replays_a_few_seeds() {
         }
     }
 }
+
+/// Each planted broker bug is caught, within a few seeds, by the check
+/// family it breaks (the model of its strategy, durability, the group).
+#[test]
+fn broker_planted_bugs_are_caught_by_their_checks() {
+    for (name, check, limit) in [
+        ("broker-backpressure-drop-newest", "drop-oldest", 10),
+        ("broker-backpressure-block-drops", "block", 10),
+        ("broker-backpressure-grow-stuck", "grow", 10),
+        ("broker-backpressure-shed-high", "shed", 10),
+        ("broker-durable-ack-before-sync", "is lost", 30),
+        ("broker-durable-group-reads-unsynced", "the group processed", 30),
+    ] {
+        let s = find(name).expect("registered");
+        assert!(s.planted_bug());
+        let caught = (0..limit).find_map(|seed| {
+            let run = run_checked(s, seed);
+            (!run.report.verdict.passed()).then_some((seed, run))
+        });
+        let (seed, run) = caught.unwrap_or_else(|| panic!("{name}: not caught in {limit} seeds"));
+        let verdict = run.report.verdict.to_string();
+        assert!(verdict.contains(check), "{name} seed {seed}: caught by another check: {verdict}");
+        assert!(run.deterministic(), "{name} seed {seed}: the failing run does not replay");
+    }
+}

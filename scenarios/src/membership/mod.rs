@@ -207,6 +207,10 @@ impl Scenario for MembershipScenario {
         self.name
     }
 
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("nodes", "agreeing on every member at the end")
+    }
+
     fn description(&self) -> &'static str {
         self.description
     }

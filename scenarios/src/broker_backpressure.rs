@@ -1,0 +1,416 @@
+//! Scenario `broker-backpressure`: every backpressure strategy against its
+//! specification, judged from what publishers and consumers saw.
+//!
+//! * **Node**: one node hosting the embedded broker (memory topics); its
+//!   clock may be skewed, drift or step, and it may pause. Nothing crashes.
+//! * **Workload**: 2–4 publishers publish numbered messages one at a time
+//!   (random topic among `feed.a` / `feed.b`, random priority, bursts and
+//!   pauses); four subscribers, one per strategy with a capacity drawn per
+//!   seed, consume with random delays, some slower than the publishers.
+//!   Then the broker shuts down and every subscriber drains its buffer.
+//!
+//! # The check: each stream behaves as its strategy's specification
+//!
+//! The simulator runs one task at a time and a publish or a delivery takes
+//! effect inside one poll, so the order in which publishers and consumers
+//! *record* their calls is the order in which the broker applied them. The
+//! checker replays that log through a reference model of each stream's
+//! buffer — written from the strategy's documented rules, sharing no code
+//! with the broker — and demands that every delivery is the message the
+//! model says comes next, that a blocking stream never lets a publish
+//! through while full, and that nothing the model still holds is missing
+//! when the stream ends:
+//!
+//! * **drop-oldest** (capacity C): full → the oldest buffered message is
+//!   dropped; the newest always arrive;
+//! * **block** (capacity C): nothing is ever dropped, no publish passes a
+//!   full buffer;
+//! * **grow** (initial, max): nothing is dropped below `max` buffered; at
+//!   `max` the newest is refused;
+//! * **shed-low-priority** (capacity C): at or above 75 % full, `low` and
+//!   `normal` messages are shed; `high` and `critical` are buffered until
+//!   full, when the oldest message below `high` (else the oldest) makes room.
+//!
+//! No broker counter is read: drops are inferred by the model, not taken
+//! from `DropCounts`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kaelix_broker::message::Message;
+use kaelix_broker::topic::{Pattern, Topic};
+use kaelix_broker::{Broker, BrokerConfig, Strategy, SubscribeOptions, Subscription, TopicConfig};
+use kaelix_core::NodeId;
+use kaelix_core::planted::{Planted, PlantedBug};
+use kaelix_core::rng::{self, DetRng, RngExt};
+use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner};
+use kaelix_core::time::Duration;
+use kaelix_runtime_sim::SimRuntime;
+use kaelix_sim::trace::TraceSink;
+use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
+
+use crate::{RunReport, Scenario, Verdict};
+
+/// The backpressure scenario (or a planted-bug variant of it).
+pub struct BrokerBackpressureScenario {
+    name: &'static str,
+    description: &'static str,
+    planted: Option<PlantedBug>,
+}
+
+/// The registered instance.
+pub static BROKER_BACKPRESSURE: BrokerBackpressureScenario = BrokerBackpressureScenario {
+    name: "broker-backpressure",
+    description: "every backpressure strategy replayed against a reference model of its specification (drop-oldest, block, grow, shed-low-priority)",
+    planted: None,
+};
+
+/// Planted: a full drop-oldest buffer drops the arriving message instead.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_BACKPRESSURE_DROP_NEWEST: BrokerBackpressureScenario = BrokerBackpressureScenario {
+    name: "broker-backpressure-drop-newest",
+    description: "[planted bug] a full drop-oldest buffer drops the newest message",
+    planted: Some(PlantedBug::BrokerDropOldestDropsNewest),
+};
+
+/// Planted: a full blocking buffer drops instead of making the publisher wait.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_BACKPRESSURE_BLOCK_DROPS: BrokerBackpressureScenario = BrokerBackpressureScenario {
+    name: "broker-backpressure-block-drops",
+    description: "[planted bug] a full blocking buffer drops the message instead of blocking the publisher",
+    planted: Some(PlantedBug::BrokerBlockDropsWhenFull),
+};
+
+/// Planted: a growing buffer never grows past its initial capacity.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_BACKPRESSURE_GROW_STUCK: BrokerBackpressureScenario = BrokerBackpressureScenario {
+    name: "broker-backpressure-grow-stuck",
+    description: "[planted bug] a growing buffer refuses messages at its initial capacity",
+    planted: Some(PlantedBug::BrokerGrowStuckAtInitial),
+};
+
+/// Planted: shedding also sheds `high` messages.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_BACKPRESSURE_SHED_HIGH: BrokerBackpressureScenario = BrokerBackpressureScenario {
+    name: "broker-backpressure-shed-high",
+    description: "[planted bug] shedding under pressure also sheds high-priority messages",
+    planted: Some(PlantedBug::BrokerShedHighPriority),
+};
+
+const NODE: NodeId = NodeId(1);
+const TOLERANCE: Tolerance = Tolerance { max_down: 0, faulty_disks: 0, power_loss: false };
+const BOUND: Duration = Duration::from_secs(60);
+const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
+
+/// (publisher, seq).
+type Identity = (u32, u32);
+
+/// One call, in the order the broker applied it.
+#[derive(Clone, Debug)]
+enum Event {
+    Published { id: Identity, topic: Topic, priority: usize },
+    Delivered { stream: usize, id: Identity },
+    Ended { stream: usize },
+}
+
+#[derive(Default)]
+struct Observed {
+    events: Vec<Event>,
+    violation: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Checker {
+    observed: Arc<Mutex<Observed>>,
+    finished: Arc<AtomicBool>,
+}
+
+impl Checker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, e: Event) {
+        self.lock().events.push(e);
+    }
+}
+
+/// The streams of one run: name, pattern, strategy.
+fn streams(plan: &mut DetRng) -> Vec<(&'static str, &'static str, Strategy)> {
+    let initial = plan.random_range(1..=3);
+    vec![
+        ("drop-oldest", "feed.>", Strategy::DropOldest { capacity: plan.random_range(2..=8) }),
+        ("block", "feed.a", Strategy::Block { capacity: plan.random_range(2..=6) }),
+        ("grow", "feed.*", Strategy::Grow { initial, max: initial * plan.random_range(2..=6) }),
+        ("shed", "feed.>", Strategy::ShedLowPriority { capacity: plan.random_range(4..=12) }),
+    ]
+}
+
+fn identity(m: &Message) -> Identity {
+    let p = m.payload();
+    (u32::from_le_bytes(p[..4].try_into().expect("4 bytes")), u32::from_le_bytes(p[4..8].try_into().expect("4 bytes")))
+}
+
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, count: u32, checker: Checker) {
+    let mut rng = rt.rng();
+    let mut burst = 0u32;
+    for seq in 1..=count {
+        if burst == 0 {
+            // A pause, then a burst of back-to-back publishes.
+            rt.sleep(Duration::from_micros(rng.random_range(0..4000))).await;
+            burst = rng.random_range(1..12);
+        }
+        burst -= 1;
+        let topic = if rng.random_bool(0.5) { "feed.a" } else { "feed.b" };
+        let priority = rng.random_range(0..PRIORITIES.len());
+        let mut payload = BytesMut::with_capacity(8);
+        payload.put_u32_le(id);
+        payload.put_u32_le(seq);
+        let message = Message::builder()
+            .topic(topic)
+            .payload(payload.freeze())
+            .header("priority", Bytes::from_static(PRIORITIES[priority].as_bytes()))
+            .build()
+            .expect("valid message");
+        // Recorded right after the call returns: nothing runs in between
+        // (see the module docs), so the log order is the broker's order.
+        match broker.publish(message).await {
+            Ok(_) => {
+                checker.record(Event::Published { id: (id, seq), topic: Topic::new(topic).expect("valid"), priority })
+            }
+            Err(e) => {
+                let mut o = checker.lock();
+                o.violation.get_or_insert(format!("publisher {id}: publish failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+async fn consumer(rt: SimRuntime, mut sub: Subscription<SimRuntime>, stream: usize, checker: Checker) {
+    let mut rng = rt.rng();
+    // Each consumer has its own pace: some keep up, some fall far behind.
+    let slowest = rng.random_range(50..6000u64);
+    while let Some(m) = sub.next().await {
+        checker.record(Event::Delivered { stream, id: identity(&m) });
+        rt.sleep(Duration::from_micros(rng.random_range(0..slowest))).await;
+    }
+    checker.record(Event::Ended { stream });
+}
+
+async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: Checker) {
+    let config = BrokerConfig { auto_create: None, planted, ..BrokerConfig::default() };
+    let broker = Broker::new(rt.clone(), rt.rng(), config);
+    for t in ["feed.a", "feed.b"] {
+        broker.create_topic(t, TopicConfig { partitions: 2, ..TopicConfig::default() }).expect("creates");
+    }
+    let consumers: Vec<_> = streams(&mut plan)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, pattern, strategy))| {
+            let sub = broker
+                .subscribe(pattern, SubscribeOptions { strategy: Some(strategy), queue_group: None })
+                .expect("subscribes");
+            rt.spawn(Priority::Normal, "consumer", consumer(rt.clone(), sub, i, checker.clone()))
+        })
+        .collect();
+    let publishers: Vec<_> = (0..plan.random_range(2..=4u32))
+        .map(|id| {
+            let count = plan.random_range(40..200);
+            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, count, checker.clone()))
+        })
+        .collect();
+    for p in publishers {
+        let _ = p.await;
+    }
+    broker.shutdown();
+    for c in consumers {
+        let _ = c.await;
+    }
+    checker.finished.store(true, Ordering::Relaxed);
+}
+
+/// A reference model of one stream's buffer (see the module docs).
+struct Model {
+    name: &'static str,
+    pattern: Pattern,
+    strategy: Strategy,
+    queue: VecDeque<(Identity, usize)>,
+}
+
+impl Model {
+    fn publish(&mut self, id: Identity, priority: usize) -> Result<(), String> {
+        let q = &mut self.queue;
+        match self.strategy {
+            Strategy::DropOldest { capacity } => {
+                if q.len() == capacity {
+                    q.pop_front();
+                }
+                q.push_back((id, priority));
+            }
+            Strategy::Block { capacity } => {
+                if q.len() >= capacity {
+                    return Err(format!(
+                        "{}: publish of {id:?} went through while the blocking buffer held {} of {capacity}",
+                        self.name,
+                        q.len()
+                    ));
+                }
+                q.push_back((id, priority));
+            }
+            Strategy::Grow { max, .. } => {
+                if q.len() < max {
+                    q.push_back((id, priority));
+                }
+            }
+            Strategy::ShedLowPriority { capacity } => {
+                let high = 2; // index of "high" in PRIORITIES
+                let elevated = q.len() as f64 / capacity as f64 >= 0.75;
+                if elevated && priority < high {
+                    return Ok(());
+                }
+                if q.len() == capacity {
+                    let victim = q.iter().position(|&(_, p)| p < high).unwrap_or(0);
+                    q.remove(victim);
+                }
+                q.push_back((id, priority));
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, id: Identity) -> Result<(), String> {
+        match self.queue.pop_front() {
+            Some((want, _)) if want == id => Ok(()),
+            Some((want, _)) => Err(format!(
+                "{} ({:?}): delivered publisher {} seq {}, but by its rules the next message is publisher {} seq {}",
+                self.name, self.strategy, id.0, id.1, want.0, want.1
+            )),
+            None => Err(format!(
+                "{} ({:?}): delivered publisher {} seq {}, but by its rules nothing is buffered",
+                self.name, self.strategy, id.0, id.1
+            )),
+        }
+    }
+}
+
+fn check(o: &Observed, plan: &mut DetRng) -> Result<(), String> {
+    if let Some(v) = &o.violation {
+        return Err(v.clone());
+    }
+    let mut models: Vec<Model> = streams(plan)
+        .into_iter()
+        .map(|(name, pattern, strategy)| Model {
+            name,
+            pattern: Pattern::new(pattern).expect("valid"),
+            strategy,
+            queue: VecDeque::new(),
+        })
+        .collect();
+    let mut ended = vec![false; models.len()];
+    for e in &o.events {
+        match e {
+            Event::Published { id, topic, priority } => {
+                for m in models.iter_mut().filter(|m| m.pattern.matches(topic)) {
+                    m.publish(*id, *priority)?;
+                }
+            }
+            Event::Delivered { stream, id } => models[*stream].deliver(*id)?,
+            Event::Ended { stream } => {
+                let m = &models[*stream];
+                if let Some((id, _)) = m.queue.front() {
+                    return Err(format!(
+                        "{} ({:?}) ended with {} messages its rules still hold (first: publisher {} seq {})",
+                        m.name,
+                        m.strategy,
+                        m.queue.len(),
+                        id.0,
+                        id.1
+                    ));
+                }
+                ended[*stream] = true;
+            }
+        }
+    }
+    match ended.iter().position(|e| !e) {
+        Some(i) => Err(format!("stream {} never ended", models[i].name)),
+        None => Ok(()),
+    }
+}
+
+impl Scenario for BrokerBackpressureScenario {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("messages published", "deliveries to subscribers")
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn planted(&self) -> Planted {
+        planted(self.planted)
+    }
+
+    fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        let mut setup = rng::derive(seed, 0xbac4_9e55);
+        let mut profile = FaultProfile::swarm(&mut setup);
+        profile.restrict(&TOLERANCE);
+        let horizon = kaelix_core::Instant::ZERO + Duration::from_secs(3);
+        let schedule = FaultSchedule::generate(&profile, &TOLERANCE, &[NODE], &[], horizon, &mut setup);
+        let fault_mix = profile.mix();
+        let plan = rng::fork(&mut setup);
+        let planted = planted(self.planted);
+
+        let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
+        let checker = Checker::default();
+        let (c, p) = (checker.clone(), plan.clone());
+        let init = SimRuntime::init(move |rt| workload(rt, p.clone(), planted, c.clone()));
+        sim.add_node(NODE, NodeSpec { kind: NodeKind::Server, name: "broker".into(), faulty_disk: false, init });
+        for (at, fault) in schedule.faults {
+            sim.schedule_fault(at, fault);
+        }
+        sim.schedule_liveness(horizon);
+        let finished = checker.finished.clone();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sim.run_until_done(
+                kaelix_core::Instant::ZERO + BOUND,
+                |_| finished.load(Ordering::Relaxed),
+                |_| Ok::<(), ()>(()),
+            )
+        }));
+        let verdict = match outcome {
+            Ok(Ok(true)) => match check(&checker.lock(), &mut plan.clone()) {
+                Ok(()) => Verdict::Pass,
+                Err(why) => Verdict::SafetyViolation(why),
+            },
+            Ok(Ok(false)) => Verdict::LivenessViolation(format!("the workload did not finish within {BOUND:?}")),
+            Ok(Err(())) => unreachable!("no check fails during the run"),
+            Err(panic) => Verdict::from_panic(panic),
+        };
+        let o = checker.lock();
+        let published = o.events.iter().filter(|e| matches!(e, Event::Published { .. })).count() as u64;
+        let delivered = o.events.iter().filter(|e| matches!(e, Event::Delivered { .. })).count() as u64;
+        drop(o);
+        RunReport::conclude(&sim, seed, verdict, fault_mix, (published, delivered))
+    }
+}
+
+/// The set of a scenario variant's planted bug (none for a correct one).
+#[cfg(feature = "planted-bugs")]
+pub(crate) fn planted(bug: Option<PlantedBug>) -> Planted {
+    bug.map_or(Planted::NONE, Planted::only)
+}
+
+/// The set of a scenario variant's planted bug: always none without the
+/// `planted-bugs` feature (planted variants are not registered then).
+#[cfg(not(feature = "planted-bugs"))]
+pub(crate) fn planted(bug: Option<PlantedBug>) -> Planted {
+    assert!(bug.is_none(), "planted variants exist only with the planted-bugs feature");
+    Planted::NONE
+}
