@@ -129,7 +129,12 @@ fn manual_broker() -> Broker<ManualClock> {
 }
 
 fn subscribe(broker: &Broker<ManualClock>, strategy: Strategy) -> Subscription<ManualClock> {
-    broker.subscribe(PATTERN, SubscribeOptions { strategy: Some(strategy), queue_group: None }).expect("subscribe")
+    broker
+        .subscribe(
+            PATTERN,
+            SubscribeOptions { strategy: Some(strategy), queue_group: None, ..SubscribeOptions::default() },
+        )
+        .expect("subscribe")
 }
 
 /// Polls `future` once: for futures that cannot wait here (a publish no

@@ -144,12 +144,24 @@ pub struct DropCounts {
     pub shed: u64,
     /// Dropped because the subscription closed with messages still buffered.
     pub closed: u64,
+    /// Skipped by a log-backed stream because retention removed them before
+    /// it read them.
+    pub expired: u64,
 }
 
 impl DropCounts {
     /// Every drop.
     pub fn total(&self) -> u64 {
-        self.oldest + self.newest + self.shed + self.closed
+        self.oldest + self.newest + self.shed + self.closed + self.expired
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn absorb(&mut self, other: DropCounts) {
+        self.oldest += other.oldest;
+        self.newest += other.newest;
+        self.shed += other.shed;
+        self.closed += other.closed;
+        self.expired += other.expired;
     }
 }
 
@@ -291,6 +303,11 @@ impl SubscriptionBuffer {
     /// full buffer by: counted as refused, under `newest`.
     pub fn count_refused(&mut self) {
         self.drops.newest += 1;
+    }
+
+    /// A log-backed stream skipped `n` records retention had removed.
+    pub fn count_expired(&mut self, n: u64) {
+        self.drops.expired += n;
     }
 
     /// The next buffered message.

@@ -17,7 +17,7 @@ use crate::backpressure::{DropCounts, Offer, Strategy, Thresholds};
 use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
-use crate::registry::{RegistryError, StreamId, StreamInfo, StreamRegistry};
+use crate::registry::{LogCursor, RegistryError, StartPosition, StreamId, StreamInfo, StreamRegistry};
 use crate::storage::{DurableConfig, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::planted::{Planted, PlantedBug};
@@ -169,6 +169,9 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shut down")]
     ShutDown,
+    /// Subscription options that do not go together.
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(&'static str),
     /// A durable topic on a broker opened without storage.
     #[error("topic {0} is durable, but this broker has no storage (open it with Broker::open_durable)")]
     NoDurableStorage(Topic),
@@ -306,6 +309,11 @@ pub struct BrokerCore {
     has_storage: bool,
     storage_outputs: VecDeque<StorageOutput>,
     next_topic_id: u64,
+    /// Grows whenever a topic or partition appears (log-backed streams
+    /// refresh their partition lists when it moved).
+    topology_version: u64,
+    /// Open log-backed streams (publishes wake them only if there are any).
+    log_streams: usize,
 }
 
 /// Jump consistent hash (Lamping & Veach): `key_hash` → bucket in
@@ -347,6 +355,8 @@ impl BrokerCore {
             has_storage: false,
             storage_outputs: VecDeque::new(),
             next_topic_id: 1,
+            topology_version: 0,
+            log_streams: 0,
         }
     }
 
@@ -385,6 +395,7 @@ impl BrokerCore {
                     self.storage_outputs.push_back(state.output(&topic));
                 }
                 self.topics.insert(topic, state);
+                self.topology_version += 1;
                 Ok(())
             }
             Some(state) if state.config.storage != config.storage => {
@@ -404,6 +415,9 @@ impl BrokerCore {
                 state.config.partitions = config.partitions;
                 if grew && state.durable().is_some() {
                     self.storage_outputs.push_back(state.output(&topic));
+                }
+                if grew {
+                    self.topology_version += 1;
                 }
                 for g in self.groups.values_mut().filter(|g| *g.topic() == topic) {
                     g.set_partitions(config.partitions);
@@ -516,6 +530,8 @@ impl BrokerCore {
             if earliest != earliest_before {
                 self.storage_outputs.push_back(StorageOutput::Trim { id, partition, earliest });
             }
+        } else if self.log_streams > 0 {
+            self.wake_log_streams(&topic);
         }
         self.stats.published += 1;
         let mut buffered_for = 0;
@@ -595,10 +611,110 @@ impl BrokerCore {
         Ok(self.registry.open(now, pattern, queue_group.map(Arc::from), strategy)?)
     }
 
+    /// Opens a **log-backed** stream on `pattern`: instead of a buffer fed
+    /// by publishes, it reads the partition logs of every matching topic
+    /// (and of topics created later) from `start`, each partition in offset
+    /// order, partitions taking turns. It never drops a record while the
+    /// record is retained: a slow consumer costs retained log, not data.
+    /// For durable topics it sees synced records only. Records retention
+    /// removed before the stream reached them are skipped and counted
+    /// (`DropCounts::expired`).
+    pub fn subscribe_from(
+        &mut self,
+        now: Instant,
+        pattern: Pattern,
+        start: StartPosition,
+    ) -> Result<StreamId, BrokerError> {
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let mut positions = BTreeMap::new();
+        for (topic, state) in self.topics.iter().filter(|(t, _)| pattern.matches(t)) {
+            for p in 0..state.partitions.len() {
+                positions.insert((topic.clone(), p as u32), initial_position(state, p, start));
+            }
+        }
+        let id = self.registry.open(now, pattern, None, Strategy::default())?;
+        let cursor = LogCursor { start, positions, seen_version: self.topology_version, last: None };
+        self.registry.get_mut(id).expect("just opened").log = Some(cursor);
+        self.log_streams += 1;
+        // It may have records to read at once.
+        self.woken_streams.push(id);
+        Ok(id)
+    }
+
+    fn wake_log_streams(&mut self, topic: &Topic) {
+        let matched = self.registry.index_matches(topic);
+        for &id in matched.iter() {
+            if self.registry.get(id).is_some_and(|e| e.log.is_some()) {
+                self.woken_streams.push(id);
+            }
+        }
+    }
+
+    /// The next record of a log-backed stream (see [`BrokerCore::subscribe_from`]).
+    fn poll_log_stream(&mut self, id: StreamId) -> Option<Message> {
+        let entry = self.registry.get_mut(id).expect("polled streams are open");
+        let cursor = entry.log.as_mut().expect("a log-backed stream");
+        if cursor.seen_version != self.topology_version {
+            // New topics or partitions: read them from their first record.
+            for (topic, state) in self.topics.iter().filter(|(t, _)| entry.pattern.matches(t)) {
+                for p in 0..state.partitions.len() {
+                    cursor
+                        .positions
+                        .entry((topic.clone(), p as u32))
+                        .or_insert_with(|| state.partitions[p].earliest_offset());
+                }
+            }
+            cursor.seen_version = self.topology_version;
+        }
+        // Partitions take turns: look after the one served last, wrapping.
+        // Find the first that needs attention without allocating, then act.
+        let topics = &self.topics;
+        let needs = |(key, &position): (&(Topic, u32), &u64)| {
+            let state = &topics[&key.0];
+            let p = key.1 as usize;
+            (position < state.partitions[p].earliest_offset() || position < state.visible_end(p)).then(|| key.clone())
+        };
+        let mut expired = 0;
+        let mut found = None;
+        while found.is_none() {
+            let next = match &cursor.last {
+                Some(last) => cursor
+                    .positions
+                    .range((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                    .chain(cursor.positions.range(..=last))
+                    .find_map(needs),
+                None => cursor.positions.iter().find_map(needs),
+            };
+            let Some(key) = next else { break };
+            let state = &topics[&key.0];
+            let log = &state.partitions[key.1 as usize];
+            let position = cursor.positions.get_mut(&key).expect("listed");
+            if *position < log.earliest_offset() {
+                expired += log.earliest_offset() - *position;
+                *position = log.earliest_offset();
+            }
+            if *position < state.visible_end(key.1 as usize) {
+                found = log.get(*position).cloned();
+                debug_assert!(found.is_some(), "retained offsets below the visible end exist");
+                *position += 1;
+                cursor.last = Some(key);
+            }
+        }
+        if expired > 0 {
+            entry.buffer.count_expired(expired);
+        }
+        found
+    }
+
     /// Closes a stream, counting what it still buffered as dropped.
     pub fn unsubscribe(&mut self, id: StreamId) -> bool {
         match self.registry.close(id) {
             Some(mut entry) => {
+                if entry.log.is_some() {
+                    self.log_streams -= 1;
+                }
                 entry.buffer.close();
                 self.absorb_drops(entry.buffer.drops());
                 // A publisher blocked on it may now proceed.
@@ -610,16 +726,21 @@ impl BrokerCore {
     }
 
     fn absorb_drops(&mut self, d: DropCounts) {
-        self.closed_drops.oldest += d.oldest;
-        self.closed_drops.newest += d.newest;
-        self.closed_drops.shed += d.shed;
-        self.closed_drops.closed += d.closed;
+        self.closed_drops.absorb(d);
     }
 
     /// The next message of a stream; `Ok(None)` when its buffer is empty.
     pub fn poll_stream(&mut self, now: Instant, id: StreamId) -> Result<Option<Message>, BrokerError> {
         let entry = self.registry.get_mut(id).ok_or(BrokerError::StreamClosed(id))?;
         entry.last_active = now;
+        if entry.log.is_some() {
+            let m = self.poll_log_stream(id);
+            if m.is_some() {
+                self.registry.get_mut(id).expect("open").delivered += 1;
+                self.stats.delivered += 1;
+            }
+            return Ok(m);
+        }
         let was_full = entry.buffer.would_block();
         let m = entry.buffer.pop();
         if m.is_some() {
@@ -777,6 +898,9 @@ impl BrokerCore {
         let idle = self.registry.close_idle(now);
         let mut closed = Vec::new();
         for (id, mut entry) in idle {
+            if entry.log.is_some() {
+                self.log_streams -= 1;
+            }
             entry.buffer.close();
             self.absorb_drops(entry.buffer.drops());
             self.stats.idle_closed += 1;
@@ -921,6 +1045,9 @@ impl BrokerCore {
         }
         *durable_end = end;
         let topic = topic.clone();
+        if self.log_streams > 0 {
+            self.wake_log_streams(&topic);
+        }
         for (member, group) in &self.member_groups {
             if self.groups[group].topic() == &topic {
                 self.woken_members.push(*member);
@@ -969,6 +1096,7 @@ impl BrokerCore {
         let planted_unsynced = self.config.planted.is_on(PlantedBug::BrokerGroupReadsUnsynced);
         let state = TopicState { id, config, partitions: logs, durable_end, round_robin: 0, planted_unsynced };
         self.topics.insert(topic, state);
+        self.topology_version += 1;
         Ok(())
     }
 
@@ -992,10 +1120,7 @@ impl BrokerCore {
         let mut dropped = self.closed_drops;
         for info in self.registry.ids() {
             let d = self.registry.get(info).expect("listed").buffer.drops();
-            dropped.oldest += d.oldest;
-            dropped.newest += d.newest;
-            dropped.shed += d.shed;
-            dropped.closed += d.closed;
+            dropped.absorb(d);
         }
         s.dropped = dropped;
         s
@@ -1018,5 +1143,19 @@ impl BrokerCore {
     /// The registry (for inspection and benchmarks).
     pub fn registry(&self) -> &StreamRegistry {
         &self.registry
+    }
+}
+
+/// Where a log-backed stream starting at `start` begins on partition `p`.
+fn initial_position(state: &TopicState, p: usize, start: StartPosition) -> u64 {
+    let log = &state.partitions[p];
+    let end = state.visible_end(p);
+    match start {
+        StartPosition::Earliest => log.earliest_offset(),
+        StartPosition::Latest => end,
+        StartPosition::Offset(offset) => offset.max(log.earliest_offset()),
+        StartPosition::Time(t) => {
+            (log.earliest_offset()..end).find(|&o| log.get(o).is_some_and(|m| m.timestamp() >= t)).unwrap_or(end)
+        }
     }
 }

@@ -56,7 +56,7 @@ pub use self::broker_core::{
     dead_letter_headers, jump_hash, partition_for_key,
 };
 pub use self::groups::{GroupError, MemberId};
-pub use self::registry::{StreamId, StreamInfo};
+pub use self::registry::{StartPosition, StreamId, StreamInfo};
 use kaelix_core::rng::DetRng;
 use kaelix_core::runtime::Clock;
 use kaelix_core::time::{Duration, Instant, WallTime};
@@ -72,6 +72,10 @@ pub struct SubscribeOptions {
     pub strategy: Option<Strategy>,
     /// Join this queue group: each message goes to one of its members.
     pub queue_group: Option<String>,
+    /// Read the partition logs from here instead of being fed a buffer (a
+    /// log-backed stream: never drops a retained record; see
+    /// [`BrokerCore::subscribe_from`]). Not with a queue group or a strategy.
+    pub start: Option<StartPosition>,
 }
 
 struct State {
@@ -271,8 +275,17 @@ impl<C: Clock> Broker<C> {
     /// Subscribes to `pattern`.
     pub fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription<C>, BrokerError> {
         let pattern = Pattern::new(pattern)?;
-        let id =
-            self.with(|s, now, _| s.core.subscribe(now, pattern, options.queue_group.as_deref(), options.strategy))?;
+        let id = match options.start {
+            Some(_) if options.queue_group.is_some() || options.strategy.is_some() => {
+                return Err(BrokerError::InvalidSubscription(
+                    "a subscription with a start position reads the logs: it takes no queue group and no backpressure strategy",
+                ));
+            }
+            Some(start) => self.with(|s, now, _| s.core.subscribe_from(now, pattern, start))?,
+            None => {
+                self.with(|s, now, _| s.core.subscribe(now, pattern, options.queue_group.as_deref(), options.strategy))?
+            }
+        };
         Ok(Subscription { broker: self.clone(), id })
     }
 

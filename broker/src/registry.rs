@@ -18,11 +18,43 @@ use kaelix_core::planted::Planted;
 use crate::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
 use crate::subscription::SubscriptionIndex;
 use crate::topic::{Pattern, Topic};
+use kaelix_core::WallTime;
 use kaelix_core::time::{Duration, Instant};
 
 /// Identifies one stream (subscription) of a broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId(pub u64);
+
+/// Where a log-backed stream starts reading each partition (see
+/// `BrokerCore::subscribe_from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest retained record.
+    Earliest,
+    /// The end: only records published after subscribing.
+    Latest,
+    /// This offset (or the oldest retained, if retention removed it).
+    Offset(u64),
+    /// The first retained record stamped at or after this time.
+    Time(WallTime),
+}
+
+/// A log-backed stream's positions: the next offset to deliver of every
+/// partition its pattern matches. Its consumer reads the partition logs
+/// themselves, so it never drops a record while the record is retained.
+#[derive(Debug)]
+pub struct LogCursor {
+    /// Where partitions known at subscription start.
+    pub start: StartPosition,
+    /// Next offset per matching (topic, partition).
+    pub positions: BTreeMap<(Topic, u32), u64>,
+    /// The broker's topology version `positions` covers (topics and
+    /// partitions created later are added, from their earliest record).
+    pub seen_version: u64,
+    /// The partition served last (the next poll looks after it first, so
+    /// partitions take turns).
+    pub last: Option<(Topic, u32)>,
+}
 
 /// One active stream.
 #[derive(Debug)]
@@ -39,6 +71,8 @@ pub struct StreamEntry {
     pub last_active: Instant,
     /// Messages handed to its consumer.
     pub delivered: u64,
+    /// Set for a log-backed stream (it buffers nothing; it reads the logs).
+    pub log: Option<LogCursor>,
 }
 
 /// A stream as the registry reports it.
@@ -122,8 +156,10 @@ impl StreamRegistry {
         self.next_id += 1;
         self.index.insert(&pattern, id);
         let buffer = SubscriptionBuffer::new(strategy, self.thresholds).with_planted(self.planted);
-        self.streams
-            .insert(id, StreamEntry { pattern, queue_group, buffer, opened: now, last_active: now, delivered: 0 });
+        self.streams.insert(
+            id,
+            StreamEntry { pattern, queue_group, buffer, opened: now, last_active: now, delivered: 0, log: None },
+        );
         Ok(id)
     }
 
@@ -167,6 +203,8 @@ impl StreamRegistry {
         for &id in matched.iter() {
             let entry = &self.streams[&id];
             match &entry.queue_group {
+                // Log-backed streams read the logs; they are woken, not fed.
+                None if entry.log.is_some() => {}
                 None => targets.push(id),
                 Some(g) => groups.entry(g.clone()).or_default().push(id),
             }
@@ -187,6 +225,12 @@ impl StreamRegistry {
                 .unwrap_or(members[start]);
             targets.push(chosen);
         }
+    }
+
+    /// The streams whose pattern matches `topic` (plain, queue-group and
+    /// log-backed alike).
+    pub fn index_matches(&mut self, topic: &Topic) -> Arc<[StreamId]> {
+        self.index.matches(topic)
     }
 
     /// Closes streams idle for longer than the idle timeout; returns them.

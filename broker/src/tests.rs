@@ -233,3 +233,68 @@ fn dead_letters_land_past_a_full_blocking_stream_and_after_shutdown() {
     assert_eq!(c.stream_drops(watcher).unwrap().newest, 1, "the full blocking stream counts the one it refused");
     assert!(matches!(c.publish(now, wall, &mut rng, msg("jobs", 2)), Err(BrokerError::ShutDown)));
 }
+
+fn drain_stream(c: &mut BrokerCore, id: crate::registry::StreamId) -> Vec<u8> {
+    std::iter::from_fn(|| c.poll_stream(Instant::ZERO, id).unwrap()).map(|m| n(&m)).collect()
+}
+
+#[test]
+fn log_backed_streams_start_where_asked_and_never_drop_a_retained_record() {
+    use crate::registry::StartPosition;
+    let mut c = core();
+    let mut rng = seeded(3);
+    let now = Instant::ZERO;
+    let x = Topic::new("x").unwrap();
+    c.create_topic(x.clone(), TopicConfig::default()).unwrap();
+    for i in 0..5 {
+        c.publish(now, WallTime(100 + u64::from(i)), &mut rng, msg("x", i)).unwrap();
+    }
+    let pattern = Pattern::new("x").unwrap();
+    let earliest = c.subscribe_from(now, pattern.clone(), StartPosition::Earliest).unwrap();
+    let latest = c.subscribe_from(now, pattern.clone(), StartPosition::Latest).unwrap();
+    let offset = c.subscribe_from(now, pattern.clone(), StartPosition::Offset(3)).unwrap();
+    let time = c.subscribe_from(now, pattern.clone(), StartPosition::Time(WallTime(102))).unwrap();
+    let live = c.subscribe(now, pattern, None, Some(Strategy::DropOldest { capacity: 2 })).unwrap();
+    // Far more than any buffer holds, with nobody reading.
+    for i in 5..40 {
+        c.publish(now, WallTime(100 + u64::from(i)), &mut rng, msg("x", i)).unwrap();
+    }
+    assert!(c.take_woken().0.contains(&earliest), "publishes wake log-backed streams");
+    assert_eq!(drain_stream(&mut c, earliest), (0..40).collect::<Vec<u8>>());
+    assert_eq!(drain_stream(&mut c, latest), (5..40).collect::<Vec<u8>>());
+    assert_eq!(drain_stream(&mut c, offset), (3..40).collect::<Vec<u8>>());
+    assert_eq!(drain_stream(&mut c, time), (2..40).collect::<Vec<u8>>());
+    assert_eq!(drain_stream(&mut c, live), vec![38, 39], "a live drop-oldest stream keeps only the newest");
+    assert_eq!(c.stream_drops(earliest).unwrap().total(), 0);
+}
+
+#[test]
+fn log_backed_streams_take_partitions_in_turn_follow_new_topics_and_count_expired_records() {
+    use crate::partition::RetentionPolicy;
+    use crate::registry::StartPosition;
+    let mut c = core();
+    let mut rng = seeded(4);
+    let (now, wall) = (Instant::ZERO, WallTime(1));
+    let keep_four = RetentionPolicy { max_records: Some(4), ..RetentionPolicy::default() };
+    c.create_topic(
+        Topic::new("a.one").unwrap(),
+        TopicConfig { partitions: 2, retention: keep_four, ..TopicConfig::default() },
+    )
+    .unwrap();
+    let id = c.subscribe_from(now, Pattern::new("a.*").unwrap(), StartPosition::Earliest).unwrap();
+    for i in 0..4 {
+        let m = Message::builder().topic("a.one").partition(u32::from(i % 2)).payload(Bytes::from(vec![i])).build();
+        c.publish(now, wall, &mut rng, m.unwrap()).unwrap();
+    }
+    assert_eq!(drain_stream(&mut c, id), vec![0, 1, 2, 3], "partitions 0 and 1 alternate");
+    c.create_topic(Topic::new("a.two").unwrap(), TopicConfig::default()).unwrap();
+    c.publish(now, wall, &mut rng, msg("a.two", 9)).unwrap();
+    assert_eq!(drain_stream(&mut c, id), vec![9], "a topic created later is read from its first record");
+    // Retention overtakes the stream on partition 0: 10 more records, 4 kept.
+    for i in 10..20 {
+        let m = Message::builder().topic("a.one").partition(0).payload(Bytes::from(vec![i])).build();
+        c.publish(now, wall, &mut rng, m.unwrap()).unwrap();
+    }
+    assert_eq!(drain_stream(&mut c, id), vec![16, 17, 18, 19]);
+    assert_eq!(c.stream_drops(id).unwrap().expired, 6);
+}

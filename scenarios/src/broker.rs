@@ -266,7 +266,14 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, checker: Checker) {
     }
     let spawn_consumer = |name: &str, pattern: &'static str, strategy: Strategy, group: Option<&str>, slow: bool| {
         let sub = broker
-            .subscribe(pattern, SubscribeOptions { strategy: Some(strategy), queue_group: group.map(str::to_owned) })
+            .subscribe(
+                pattern,
+                SubscribeOptions {
+                    strategy: Some(strategy),
+                    queue_group: group.map(str::to_owned),
+                    ..SubscribeOptions::default()
+                },
+            )
             .expect("subscribes");
         rt.spawn(
             Priority::Normal,
@@ -308,7 +315,11 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, checker: Checker) {
             broker
                 .subscribe(
                     "metrics.>",
-                    SubscribeOptions { strategy: Some(Strategy::Block { capacity: 8 }), queue_group: None },
+                    SubscribeOptions {
+                        strategy: Some(Strategy::Block { capacity: 8 }),
+                        queue_group: None,
+                        ..SubscribeOptions::default()
+                    },
                 )
                 .unwrap(),
         );

@@ -211,7 +211,10 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: C
         .enumerate()
         .map(|(i, (_, pattern, strategy))| {
             let sub = broker
-                .subscribe(pattern, SubscribeOptions { strategy: Some(strategy), queue_group: None })
+                .subscribe(
+                    pattern,
+                    SubscribeOptions { strategy: Some(strategy), queue_group: None, ..SubscribeOptions::default() },
+                )
                 .expect("subscribes");
             rt.spawn(Priority::Normal, "consumer", consumer(rt.clone(), sub, i, checker.clone()))
         })

@@ -24,6 +24,10 @@
 //!   twice, and every record is one some publisher sent.
 //! * **Order**: per publisher, within a partition, offsets grow with the
 //!   publisher's sequence.
+//! * **Log-backed subscriber**: each incarnation's subscriber to
+//!   `orders.eu` from the earliest offset (reading slowly) reads every
+//!   partition as a prefix of the final log, offsets consecutive from 0;
+//!   the last incarnation's reads all of it.
 //! * **Consumer group, no gap**: every record of `orders.eu` in the final
 //!   log was processed by the group at least once (across restarts); a
 //!   record the group processed is in the final log at the same place (the
@@ -38,7 +42,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_broker::message::{Message, MessageBatch};
 use kaelix_broker::partition::RetentionPolicy;
 use kaelix_broker::storage::{DurableConfig, FlushPolicy, StorageKind};
-use kaelix_broker::{Broker, BrokerConfig, TopicConfig};
+use kaelix_broker::{Broker, BrokerConfig, StartPosition, SubscribeOptions, Subscription, TopicConfig};
 use kaelix_core::NodeId;
 use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{self, DetRng, RngExt};
@@ -110,6 +114,11 @@ struct Observed {
     /// What the group processed: identity → places (more than one place is
     /// already wrong; more than one time is a duplicate).
     processed: BTreeMap<Identity, Vec<Place>>,
+    /// What each incarnation's log-backed subscriber (from the earliest
+    /// offset) read: incarnation → (partition, offset, identity) in order.
+    log_reads: BTreeMap<u64, Vec<(u32, u64, Identity)>>,
+    /// The incarnation that did the final read-back.
+    final_incarnation: u64,
     /// The final read-back: (topic, partition) → records in offset order.
     final_log: Option<ReadBack>,
     incarnations: u64,
@@ -267,6 +276,19 @@ async fn group_member(rt: SimRuntime, broker: Broker<SimRuntime>, checker: Check
     }
 }
 
+/// A slow subscriber reading `orders.eu` from its earliest offset.
+async fn log_reader(rt: SimRuntime, mut sub: Subscription<SimRuntime>, incarnation: u64, checker: Checker) {
+    let mut rng = rt.rng();
+    while let Some(m) = sub.next().await {
+        let Some(id) = identity(&m) else {
+            return checker.fail(format!("the log-backed subscriber read a record nobody sent: {m}"));
+        };
+        let p = place(&m);
+        checker.lock().log_reads.entry(incarnation).or_default().push((p.partition, p.offset, id));
+        rt.sleep(Duration::from_micros(rng.random_range(0..2500))).await;
+    }
+}
+
 async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Checker) {
     let incarnation = rt.handle().incarnation();
     checker.lock().incarnations += 1;
@@ -281,6 +303,11 @@ async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Check
         }
     }
     let group = rt.spawn(Priority::Normal, "group-member", group_member(rt.clone(), broker.clone(), checker.clone()));
+    let from_earliest = SubscribeOptions { start: Some(StartPosition::Earliest), ..SubscribeOptions::default() };
+    let reader = match broker.subscribe("orders.eu", from_earliest) {
+        Ok(sub) => rt.spawn(Priority::Normal, "log-reader", log_reader(rt.clone(), sub, incarnation, checker.clone())),
+        Err(e) => return checker.fail(format!("subscribing from the earliest offset failed: {e}")),
+    };
     // Each incarnation draws its own sizes from the plan and its number.
     let mut plan = rng::derive(plan.clone().random(), incarnation);
     let publishers: Vec<_> = (0..plan.random_range(2..=4u32))
@@ -334,7 +361,12 @@ async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Check
     }
     broker.shutdown();
     let _ = group.await;
-    checker.lock().final_log = Some(log);
+    // After shutdown a log-backed stream still delivers up to the end.
+    let _ = reader.await;
+    let mut o = checker.lock();
+    o.final_log = Some(log);
+    o.final_incarnation = incarnation;
+    drop(o);
     checker.finished.store(true, Ordering::Relaxed);
 }
 
@@ -389,6 +421,37 @@ fn check(o: &Observed) -> Result<(), String> {
                     id.1,
                     found.get(id)
                 ));
+            }
+        }
+    }
+    for (incarnation, reads) in &o.log_reads {
+        let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+        for &(partition, offset, id) in reads {
+            let want = next.entry(partition).or_insert(0);
+            if offset != *want {
+                return Err(format!(
+                    "incarnation {incarnation}: the subscriber from the earliest offset read orders.eu/{partition}@{offset} after @{}",
+                    *want as i64 - 1
+                ));
+            }
+            *want += 1;
+            let stored = log.get(&("orders.eu".to_owned(), partition)).and_then(|e| e.get(offset as usize));
+            if stored.map(|&(_, s)| s) != Some(id) {
+                return Err(format!(
+                    "incarnation {incarnation}: the subscriber read publisher {} seq {} at orders.eu/{partition}@{offset}, the final log has {stored:?}",
+                    id.0, id.1
+                ));
+            }
+        }
+        if *incarnation == o.final_incarnation {
+            for p in 0..3u32 {
+                let len = log.get(&("orders.eu".to_owned(), p)).map_or(0, Vec::len) as u64;
+                let read = next.get(&p).copied().unwrap_or(0);
+                if read != len {
+                    return Err(format!(
+                        "the last subscriber from the earliest offset read {read} of orders.eu/{p}'s {len} records"
+                    ));
+                }
             }
         }
     }

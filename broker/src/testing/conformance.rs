@@ -96,7 +96,11 @@ pub async fn run<R: Runtime>(rt: R) -> Result<(), String> {
     let mut slow = broker
         .subscribe(
             "slow.topic",
-            SubscribeOptions { strategy: Some(Strategy::Block { capacity: 2 }), queue_group: None },
+            SubscribeOptions {
+                strategy: Some(Strategy::Block { capacity: 2 }),
+                queue_group: None,
+                ..SubscribeOptions::default()
+            },
         )
         .map_err(|e| e.to_string())?;
     let publisher = {
@@ -240,6 +244,22 @@ pub async fn durable<R: Runtime>(rt: R) -> Result<(), String> {
         format!("segments: {segments_before} before, {segments_after} after (rolled and trimmed?)")
     })?;
     ensure(broker.read("scratch", 0, 0, 1).is_err(), || "a memory topic survived a reopen".into())?;
+    // A log-backed subscription replays the recovered log from an offset.
+    let from_five = SubscribeOptions { start: Some(crate::StartPosition::Offset(5)), ..SubscribeOptions::default() };
+    let mut replay = broker.subscribe("audit.log", from_five).map_err(|x| e(&x))?;
+    let mut want: Vec<(u32, u64, u32)> = placed.iter().copied().filter(|&(_, offset, _)| offset >= 5).collect();
+    want.sort();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let m = timeout(&rt, Duration::from_secs(1), replay.next())
+            .await
+            .map_err(|_| format!("the replay from offset 5 stalled after {} records", got.len()))?
+            .ok_or("the replay ended early")?;
+        got.push((m.partition().expect("partition"), m.offset().expect("offset"), number(&m)));
+    }
+    got.sort();
+    ensure(got == want, || format!("replay from offset 5: {got:?}, want {want:?}"))?;
+    drop(replay);
     let next = broker.next_offset("audit.log", 0).ok_or("audit.log/0 is gone")?;
     let p = broker
         .publish(Message::builder().topic("audit.log").partition(0).payload("after").build().map_err(|x| e(&x))?)
