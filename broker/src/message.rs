@@ -28,7 +28,8 @@
 //!
 //! # Encoding (format version 1)
 //!
-//! Little-endian, no padding. Lengths are checked against the input and
+//! Little-endian, no padding. Decoding reads through
+//! [`kaelix_core::codec::Reader`]: lengths are checked against the input and
 //! against the limits of this module before anything is sliced, and bytes
 //! after the last field are an error, so decoding never panics and every
 //! valid message has exactly one encoding.
@@ -50,12 +51,12 @@
 //! A compact message stops after the payload.
 
 use std::fmt;
-use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
 use crate::topic::{Topic, TopicError};
+use kaelix_core::codec::{self, CodecError, Reader};
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::time::WallTime;
 
@@ -162,14 +163,10 @@ pub enum MessageError {
 /// Why bytes are not a valid encoding. Each variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The input ended inside a field.
-    #[error("truncated {field}: needed {needed} more bytes")]
-    Truncated {
-        /// The field being read.
-        field: &'static str,
-        /// How many more bytes it needed.
-        needed: usize,
-    },
+    /// The framing failed: a field cut short, a length over its limit,
+    /// trailing bytes (each names the field).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// The first byte is no format version this build reads.
     #[error("unknown {kind} format version {version:#04x} (this build reads {supported:#04x})")]
     UnknownVersion {
@@ -198,16 +195,6 @@ pub enum DecodeError {
         /// The bits that are not allowed.
         undefined: u8,
     },
-    /// A length or count above its limit.
-    #[error("{field} of {len} exceeds the limit of {max}")]
-    TooLarge {
-        /// The field.
-        field: &'static str,
-        /// The value found.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
     /// The topic is invalid (bytes that are not UTF-8 show as U+FFFD).
     #[error("invalid topic: {0}")]
     Topic(TopicError),
@@ -219,14 +206,6 @@ pub enum DecodeError {
     DuplicateHeader {
         /// The name.
         name: String,
-    },
-    /// Bytes after a complete encoding.
-    #[error("{len} trailing bytes after the {kind}")]
-    Trailing {
-        /// What was decoded.
-        kind: &'static str,
-        /// How many bytes were left.
-        len: usize,
     },
 }
 
@@ -606,17 +585,14 @@ impl Message {
         let key_flag = if self.key.is_some() { FLAG_KEY } else { 0 };
         put_head(out, MESSAGE_FORMAT_V1, key_flag, self.id, self.timestamp, self.partition, self.offset, &self.topic);
         if let Some(key) = &self.key {
-            put_len_u32(out, key.len());
-            out.put_slice(key);
+            codec::put_bytes_u32(out, key);
         }
-        put_len_u32(out, self.payload.len());
-        out.put_slice(&self.payload);
+        codec::put_bytes_u32(out, &self.payload);
         out.put_u8(u8::try_from(self.headers.len()).expect("at most MAX_HEADERS headers"));
         for (name, value) in self.headers.iter() {
             out.put_u8(u8::try_from(name.len()).expect("header names are at most 255 bytes"));
             out.put_slice(name.as_bytes());
-            put_len_u32(out, value.len());
-            out.put_slice(value);
+            codec::put_bytes_u32(out, value);
         }
     }
 
@@ -630,7 +606,7 @@ impl Message {
     /// Decodes exactly one message from `buf`. Payload, key and header
     /// values are slices of `buf`, not copies.
     pub fn decode(buf: &Bytes) -> Result<Message, DecodeError> {
-        let mut r = Reader { buf, pos: 0 };
+        let mut r = Reader::new(buf);
         let (head, flags) = read_head(&mut r, Format::Message, FLAG_KEY)?;
         let key = if flags & FLAG_KEY != 0 {
             let len = r.len_u32("key length", MAX_KEY_BYTES)?;
@@ -639,10 +615,7 @@ impl Message {
             None
         };
         let payload = read_payload(&mut r)?;
-        let count = usize::from(r.u8("header count")?);
-        if count > MAX_HEADERS {
-            return Err(DecodeError::TooLarge { field: "header count", len: count, max: MAX_HEADERS });
-        }
+        let count = r.len_u8("header count", MAX_HEADERS)?;
         let mut headers = Headers { entries: Vec::with_capacity(count), total_bytes: 0 };
         for _ in 0..count {
             let name_len = usize::from(r.u8("header name length")?);
@@ -772,8 +745,7 @@ impl CompactMessage {
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
         put_head(out, COMPACT_FORMAT_V1, 0, self.id, self.timestamp, self.partition, self.offset, &self.topic);
-        put_len_u32(out, self.payload.len());
-        out.put_slice(&self.payload);
+        codec::put_bytes_u32(out, &self.payload);
     }
 
     /// The encoding as one buffer.
@@ -785,7 +757,7 @@ impl CompactMessage {
 
     /// Decodes exactly one compact message from `buf` (payload not copied).
     pub fn decode(buf: &Bytes) -> Result<CompactMessage, DecodeError> {
-        let mut r = Reader { buf, pos: 0 };
+        let mut r = Reader::new(buf);
         let (head, _) = read_head(&mut r, Format::Compact, 0)?;
         let payload = read_payload(&mut r)?;
         r.finish(Format::Compact.name())?;
@@ -872,12 +844,6 @@ fn put_head(
     out.put_slice(topic.as_bytes());
 }
 
-/// Lengths written here were checked against limits far below `u32::MAX`
-/// when the message was built or decoded.
-fn put_len_u32(out: &mut BytesMut, len: usize) {
-    out.put_u32_le(u32::try_from(len).expect("lengths are bounded by the message limits"));
-}
-
 fn read_head(r: &mut Reader<'_>, format: Format, extra_flags: u8) -> Result<(Head, u8), DecodeError> {
     let found = r.u8("format version")?;
     if found != format.tag() {
@@ -902,71 +868,9 @@ fn read_head(r: &mut Reader<'_>, format: Format, extra_flags: u8) -> Result<(Hea
     Ok((Head { id, timestamp, partition, offset, topic }, flags))
 }
 
-fn read_payload(r: &mut Reader<'_>) -> Result<Bytes, DecodeError> {
+fn read_payload(r: &mut Reader<'_>) -> Result<Bytes, CodecError> {
     let len = r.len_u32("payload length", MAX_PAYLOAD_BYTES)?;
     r.bytes(len, "payload")
-}
-
-/// A cursor over the input. Every read checks the remaining length first.
-struct Reader<'a> {
-    buf: &'a Bytes,
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<Range<usize>, DecodeError> {
-        let remaining = self.buf.len() - self.pos;
-        if remaining < n {
-            return Err(DecodeError::Truncated { field, needed: n - remaining });
-        }
-        let range = self.pos..self.pos + n;
-        self.pos += n;
-        Ok(range)
-    }
-
-    fn slice(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        let range = self.take(n, field)?;
-        Ok(&self.buf[range])
-    }
-
-    /// A zero-copy slice of the input.
-    fn bytes(&mut self, n: usize, field: &'static str) -> Result<Bytes, DecodeError> {
-        let range = self.take(n, field)?;
-        Ok(self.buf.slice(range))
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        Ok(self.slice(N, field)?.try_into().expect("slice of length N"))
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.array(field)?))
-    }
-
-    /// A `u32` length, checked against `max` before anything is sliced, so a
-    /// huge claim reports the limit rather than a truncation.
-    fn len_u32(&mut self, field: &'static str, max: usize) -> Result<usize, DecodeError> {
-        let len = self.u32(field)? as usize;
-        if len > max {
-            return Err(DecodeError::TooLarge { field, len, max });
-        }
-        Ok(len)
-    }
-
-    fn finish(self, kind: &'static str) -> Result<(), DecodeError> {
-        match self.buf.len() - self.pos {
-            0 => Ok(()),
-            len => Err(DecodeError::Trailing { kind, len }),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1400,17 +1304,20 @@ mod tests {
 
     #[test]
     fn decode_rejects_empty_and_truncated_input() {
-        assert_eq!(Message::decode(&Bytes::new()), Err(DecodeError::Truncated { field: "format version", needed: 1 }));
+        assert_eq!(
+            Message::decode(&Bytes::new()),
+            Err(CodecError::Truncated { field: "format version", needed: 1 }.into())
+        );
         assert_eq!(
             Message::decode(&Bytes::from_static(&[1, 0, 0])),
-            Err(DecodeError::Truncated { field: "id", needed: 14 })
+            Err(CodecError::Truncated { field: "id", needed: 14 }.into())
         );
         let cut = raw(1, 0, b"t", |b| b.put_slice(b"\x05\0\0\0ab"));
         let err = Message::decode(&cut).unwrap_err();
-        assert_eq!(err, DecodeError::Truncated { field: "payload", needed: 3 });
+        assert_eq!(err, CodecError::Truncated { field: "payload", needed: 3 }.into());
         assert_eq!(err.to_string(), "truncated payload: needed 3 more bytes");
         let cut = raw(1, FLAG_PARTITION, b"", |_| {});
-        assert_eq!(Message::decode(&cut), Err(DecodeError::Truncated { field: "partition", needed: 3 }));
+        assert_eq!(Message::decode(&cut), Err(CodecError::Truncated { field: "partition", needed: 3 }.into()));
     }
 
     #[test]
@@ -1457,13 +1364,20 @@ mod tests {
     fn decode_enforces_key_and_payload_limits() {
         let huge = u32::MAX;
         let err = Message::decode(&raw(1, FLAG_KEY, b"t", |b| b.put_u32_le(huge))).unwrap_err();
-        assert_eq!(err, DecodeError::TooLarge { field: "key length", len: huge as usize, max: MAX_KEY_BYTES });
+        assert_eq!(
+            err,
+            CodecError::TooLarge { field: "key length", len: u64::from(huge), max: MAX_KEY_BYTES as u64 }.into()
+        );
         let over = MAX_PAYLOAD_BYTES as u32 + 1;
         let err = Message::decode(&raw(1, 0, b"t", |b| b.put_u32_le(over))).unwrap_err();
-        assert_eq!(err, DecodeError::TooLarge { field: "payload length", len: over as usize, max: MAX_PAYLOAD_BYTES });
+        assert_eq!(
+            err,
+            CodecError::TooLarge { field: "payload length", len: u64::from(over), max: MAX_PAYLOAD_BYTES as u64 }
+                .into()
+        );
         assert_eq!(err.to_string(), format!("payload length of {over} exceeds the limit of {MAX_PAYLOAD_BYTES}"));
         let err = CompactMessage::decode(&raw(0x81, 0, b"t", |b| b.put_u32_le(over))).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { field: "payload length", .. }));
+        assert!(matches!(err, DecodeError::Codec(CodecError::TooLarge { field: "payload length", .. })));
     }
 
     #[test]
@@ -1483,7 +1397,8 @@ mod tests {
         });
         assert_eq!(
             Message::decode(&too_many),
-            Err(DecodeError::TooLarge { field: "header count", len: MAX_HEADERS + 1, max: MAX_HEADERS })
+            Err(CodecError::TooLarge { field: "header count", len: MAX_HEADERS as u64 + 1, max: MAX_HEADERS as u64 }
+                .into())
         );
         // A value length past the header budget is refused before slicing.
         let too_big = raw(1, 0, b"t", |b| {
@@ -1504,14 +1419,14 @@ mod tests {
         sample().encode(&mut wire);
         wire.put_slice(b"xy");
         let err = Message::decode(&wire.freeze()).unwrap_err();
-        assert_eq!(err, DecodeError::Trailing { kind: "message", len: 2 });
+        assert_eq!(err, CodecError::Trailing { kind: "message", len: 2 }.into());
         assert_eq!(err.to_string(), "2 trailing bytes after the message");
         let mut wire = BytesMut::new();
         CompactMessage::from(sample()).encode(&mut wire);
         wire.put_u8(0);
         assert_eq!(
             CompactMessage::decode(&wire.freeze()),
-            Err(DecodeError::Trailing { kind: "compact message", len: 1 })
+            Err(CodecError::Trailing { kind: "compact message", len: 1 }.into())
         );
     }
 

@@ -37,7 +37,7 @@ pub enum CodecError {
         max: u64,
     },
     /// Bytes left after the last field.
-    #[error("{len} trailing bytes after a {kind}")]
+    #[error("{len} trailing bytes after the {kind}")]
     Trailing {
         /// What was decoded.
         kind: &'static str,
@@ -112,7 +112,18 @@ impl<'a> Reader<'a> {
         self.buf.slice(range)
     }
 
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], CodecError> {
+    /// Fails unless at least `n` bytes remain, reading nothing: a format
+    /// refuses a count the input cannot hold (`count * smallest element`)
+    /// before it reserves memory for it.
+    pub fn need(&self, n: usize, field: &'static str) -> Result<(), CodecError> {
+        match n.checked_sub(self.remaining()) {
+            Some(needed) if needed > 0 => Err(CodecError::Truncated { field, needed }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], CodecError> {
         Ok(self.slice(N, field)?.try_into().expect("slice of length N"))
     }
 
@@ -134,6 +145,17 @@ impl<'a> Reader<'a> {
     /// A little-endian `u64`.
     pub fn u64(&mut self, field: &'static str) -> Result<u64, CodecError> {
         Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    /// `count` little-endian `u64`s. All `8 * count` bytes are checked to be
+    /// there before the first is read, so a hostile count fails at once.
+    pub fn u64s(
+        &mut self,
+        count: usize,
+        field: &'static str,
+    ) -> Result<impl ExactSizeIterator<Item = u64> + use<'a>, CodecError> {
+        let raw = self.slice(count.saturating_mul(8), field)?;
+        Ok(raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8"))))
     }
 
     /// A byte that must be 0 or 1.
@@ -210,7 +232,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn check_len(field: &'static str, len: u64, max: usize) -> Result<usize, CodecError> {
+/// `len` as a `usize` if it is at most `max` (for a length read under one
+/// field name and limited under another).
+pub fn check_len(field: &'static str, len: u64, max: usize) -> Result<usize, CodecError> {
     if len > max as u64 {
         return Err(CodecError::TooLarge { field, len, max: max as u64 });
     }
@@ -285,6 +309,36 @@ mod tests {
     }
 
     #[test]
+    fn need_checks_without_reading() {
+        let buf = Bytes::from_static(&[1, 2, 3]);
+        let mut r = Reader::new(&buf);
+        r.need(3, "three").unwrap();
+        assert_eq!(r.need(usize::MAX, "all"), Err(CodecError::Truncated { field: "all", needed: usize::MAX - 3 }));
+        assert_eq!(r.position(), 0);
+        assert_eq!(r.array::<2>("pair").unwrap(), [1, 2]);
+        assert_eq!(r.need(2, "pair"), Err(CodecError::Truncated { field: "pair", needed: 1 }));
+    }
+
+    #[test]
+    fn u64_lists_are_checked_whole_before_reading() {
+        let buf = Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9]);
+        let mut r = Reader::new(&buf);
+        assert_eq!(r.u64s(3, "ids").err(), Some(CodecError::Truncated { field: "ids", needed: 7 }));
+        assert_eq!(
+            r.u64s(usize::MAX, "ids").err(),
+            Some(CodecError::Truncated { field: "ids", needed: usize::MAX - 17 })
+        );
+        assert_eq!(r.position(), 0, "a failed list reads nothing");
+        assert_eq!(r.u64s(2, "ids").unwrap().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(r.u64s(0, "ids").unwrap().len(), 0);
+        assert_eq!(r.finish("list").unwrap_err().to_string(), "1 trailing bytes after the list");
+        assert_eq!(
+            check_len("metadata", 513, 512).unwrap_err().to_string(),
+            "metadata of 513 exceeds the limit of 512"
+        );
+    }
+
+    #[test]
     fn varints_are_canonical() {
         for bad in [&[0x80u8, 0x00][..], &[0xff; 11][..], &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]]
         {
@@ -331,6 +385,21 @@ mod tests {
         }
 
         #[test]
+        fn u64_lists_round_trip(ids in proptest::collection::vec(any::<u64>(), 0..20), extra in 0usize..8) {
+            let mut out = BytesMut::new();
+            for id in &ids {
+                out.put_u64_le(*id);
+            }
+            out.put_slice(&[0xab; 8][..extra]);
+            let buf = out.freeze();
+            let mut r = Reader::new(&buf);
+            prop_assert_eq!(r.u64s(ids.len(), "ids").unwrap().collect::<Vec<_>>(), ids.clone());
+            prop_assert_eq!(r.remaining(), extra);
+            let mut r = Reader::new(&buf);
+            prop_assert!(r.u64s(ids.len() + 1, "ids").is_err());
+        }
+
+        #[test]
         fn decoding_garbage_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
             let buf = Bytes::from(raw);
             let mut r = Reader::new(&buf);
@@ -338,6 +407,9 @@ mod tests {
             let _ = r.len_u32("l", 16);
             let _ = r.opt_u64("o");
             let _ = r.bool("b");
+            let _ = r.need(usize::MAX, "n");
+            let _ = r.u64s(usize::MAX / 4, "l").map(Iterator::count);
+            let _ = r.array::<3>("a");
         }
     }
 }

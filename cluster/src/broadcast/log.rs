@@ -6,9 +6,11 @@
 //! that is truncated, has an impossible length or fails its checksum: that
 //! is a torn or lost tail (or corruption), and everything from there is cut
 //! off so that new appends never land after garbage. Values lost that way
-//! come back from peers through anti-entropy.
+//! come back from peers through anti-entropy. Records are read through
+//! [`kaelix_core::codec::Reader`].
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use kaelix_core::codec::Reader;
 
 use super::wire::{MAX_VALUE_BYTES, Value};
 
@@ -66,35 +68,41 @@ pub struct Scan {
 
 /// Scans `data` (a whole log). With `verify_checksums` false the checksum is
 /// ignored — only the planted bug `BroadcastSkipChecksum` does that.
-pub fn scan(mut data: Bytes, verify_checksums: bool) -> Scan {
+pub fn scan(data: Bytes, verify_checksums: bool) -> Scan {
+    let mut r = Reader::new(&data);
     let mut values = Vec::new();
     let mut valid_len = 0u64;
     let stop = loop {
-        if data.is_empty() {
+        if r.remaining() == 0 {
             break StopReason::Clean;
         }
-        if data.len() < HEADER {
-            break StopReason::Truncated;
+        match next_record(&mut r, verify_checksums) {
+            Ok(value) => {
+                values.push(value);
+                valid_len = r.position() as u64;
+            }
+            Err(stop) => break stop,
         }
-        let len = u32::from_le_bytes(data[..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
-        let body_len = len as usize;
-        if !(8..=8 + MAX_VALUE_BYTES).contains(&body_len) {
-            break StopReason::BadLength;
-        }
-        if data.len() < HEADER + body_len {
-            break StopReason::Truncated;
-        }
-        data.advance(HEADER);
-        let mut body = data.split_to(body_len);
-        let id = body.get_u64_le();
-        if verify_checksums && checksum(len, id, &body) != crc {
-            break StopReason::BadChecksum;
-        }
-        values.push(Value { id, payload: body });
-        valid_len += (HEADER + body_len) as u64;
     };
     Scan { values, valid_len, stop }
+}
+
+fn next_record(r: &mut Reader<'_>, verify_checksums: bool) -> Result<Value, StopReason> {
+    // The reader's only failure here is running out of bytes.
+    let truncated = |_| StopReason::Truncated;
+    let len = r.u32("record length").map_err(truncated)?;
+    let crc = r.u32("record checksum").map_err(truncated)?;
+    let body_len = len as usize;
+    if !(8..=8 + MAX_VALUE_BYTES).contains(&body_len) {
+        return Err(StopReason::BadLength);
+    }
+    r.need(body_len, "record body").map_err(truncated)?;
+    let id = r.u64("value id").map_err(truncated)?;
+    let payload = r.bytes(body_len - 8, "value payload").map_err(truncated)?;
+    if verify_checksums && checksum(len, id, &payload) != crc {
+        return Err(StopReason::BadChecksum);
+    }
+    Ok(Value { id, payload })
 }
 
 #[cfg(test)]

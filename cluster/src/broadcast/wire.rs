@@ -1,13 +1,17 @@
 //! Wire formats of the broadcast service: node-to-node datagrams and
-//! client frames. Little-endian, length-checked; decoding never panics and
-//! names what is wrong.
+//! client frames. Little-endian, length-checked (through
+//! [`kaelix_core::codec::Reader`]); decoding never panics and names what is
+//! wrong.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use kaelix_core::codec::{self, CodecError, Reader};
 
 /// The largest payload a broadcast value may carry.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The most ids one `Have`/`Want` message carries.
 pub const MAX_IDS: usize = 65_536;
+/// The longest error reason a client frame carries (longer ones are cut).
+const MAX_REASON_BYTES: usize = 1024;
 /// Anti-entropy splits the id space into this many buckets (by id hash), so
 /// a mismatch costs an exchange of one bucket's ids, not all of them.
 pub const DIGEST_BUCKETS: usize = 16;
@@ -98,14 +102,10 @@ pub enum ClientFrame {
 /// A decoding failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The buffer ended early.
-    #[error("truncated {what}: needed {needed} more bytes")]
-    Truncated {
-        /// What was being read.
-        what: &'static str,
-        /// How many more bytes were needed.
-        needed: usize,
-    },
+    /// A field cut short, a length over its limit, text that is not UTF-8
+    /// or bytes after a complete message (each names the field).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// An unknown message tag.
     #[error("unknown {kind} tag {tag}")]
     UnknownTag {
@@ -114,59 +114,22 @@ pub enum DecodeError {
         /// The tag.
         tag: u8,
     },
-    /// A length field exceeded its limit.
-    #[error("{what} of {len} exceeds the limit of {max}")]
-    TooLarge {
-        /// What.
-        what: &'static str,
-        /// Claimed length.
-        len: usize,
-        /// Limit.
-        max: usize,
-    },
-    /// Bytes left after a complete message.
-    #[error("{0} trailing bytes after the message")]
-    Trailing(usize),
-    /// Text that is not UTF-8.
-    #[error("error reason is not valid UTF-8")]
-    BadUtf8,
 }
 
-fn need(buf: &Bytes, n: usize, what: &'static str) -> Result<(), DecodeError> {
-    if buf.remaining() < n { Err(DecodeError::Truncated { what, needed: n - buf.remaining() }) } else { Ok(()) }
-}
-
-fn get_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, DecodeError> {
-    need(buf, 8, what)?;
-    Ok(buf.get_u64_le())
-}
-
-fn get_len(buf: &mut Bytes, what: &'static str, max: usize) -> Result<usize, DecodeError> {
-    need(buf, 4, what)?;
-    let len = buf.get_u32_le() as usize;
-    if len > max {
-        return Err(DecodeError::TooLarge { what, len, max });
-    }
-    Ok(len)
-}
-
-fn get_value(buf: &mut Bytes) -> Result<Value, DecodeError> {
-    let id = get_u64(buf, "value id")?;
-    let len = get_len(buf, "value payload length", MAX_VALUE_BYTES)?;
-    need(buf, len, "value payload")?;
-    Ok(Value { id, payload: buf.split_to(len) })
+fn get_value(r: &mut Reader<'_>) -> Result<Value, CodecError> {
+    let id = r.u64("value id")?;
+    let len = r.len_u32("value payload length", MAX_VALUE_BYTES)?;
+    Ok(Value { id, payload: r.bytes(len, "value payload")? })
 }
 
 fn put_value(out: &mut BytesMut, v: &Value) {
     out.put_u64_le(v.id);
-    out.put_u32_le(u32::try_from(v.payload.len()).expect("payload length checked by callers"));
-    out.put_slice(&v.payload);
+    codec::put_bytes_u32(out, &v.payload);
 }
 
-fn get_ids(buf: &mut Bytes) -> Result<Vec<u64>, DecodeError> {
-    let n = get_len(buf, "id count", MAX_IDS)?;
-    need(buf, n * 8, "id list")?;
-    Ok((0..n).map(|_| buf.get_u64_le()).collect())
+fn get_ids(r: &mut Reader<'_>) -> Result<Vec<u64>, CodecError> {
+    let n = r.len_u32("id count", MAX_IDS)?;
+    Ok(r.u64s(n, "id list")?.collect())
 }
 
 fn put_ids(out: &mut BytesMut, ids: &[u64]) {
@@ -177,17 +140,13 @@ fn put_ids(out: &mut BytesMut, ids: &[u64]) {
     }
 }
 
-fn get_digest(buf: &mut Bytes) -> Result<SetDigest, DecodeError> {
-    Ok(SetDigest { count: get_u64(buf, "digest count")?, hash: get_u64(buf, "digest hash")? })
+fn get_digest(r: &mut Reader<'_>) -> Result<SetDigest, CodecError> {
+    Ok(SetDigest { count: r.u64("digest count")?, hash: r.u64("digest hash")? })
 }
 
 fn put_digest(out: &mut BytesMut, d: &SetDigest) {
     out.put_u64_le(d.count);
     out.put_u64_le(d.hash);
-}
-
-fn done(buf: &Bytes) -> Result<(), DecodeError> {
-    if buf.has_remaining() { Err(DecodeError::Trailing(buf.remaining())) } else { Ok(()) }
 }
 
 impl PeerMessage {
@@ -240,28 +199,27 @@ impl PeerMessage {
     }
 
     /// Decodes a message, borrowing payloads from `buf`.
-    pub fn decode(mut buf: Bytes) -> Result<Self, DecodeError> {
-        need(&buf, 1, "peer message tag")?;
-        let msg = match buf.get_u8() {
-            1 => PeerMessage::Replicate(get_value(&mut buf)?),
-            2 => PeerMessage::Stored(get_u64(&mut buf, "stored id")?),
-            3 => PeerMessage::Digest(get_digest(&mut buf)?),
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(&buf);
+        let msg = match r.u8("peer message tag")? {
+            1 => PeerMessage::Replicate(get_value(&mut r)?),
+            2 => PeerMessage::Stored(r.u64("stored id")?),
+            3 => PeerMessage::Digest(get_digest(&mut r)?),
             4 => {
-                need(&buf, 2, "have bucket mask")?;
-                let buckets = buf.get_u16_le();
-                PeerMessage::Have { buckets, ids: get_ids(&mut buf)? }
+                let buckets = r.u16("have bucket mask")?;
+                PeerMessage::Have { buckets, ids: get_ids(&mut r)? }
             }
-            5 => PeerMessage::Want(get_ids(&mut buf)?),
+            5 => PeerMessage::Want(get_ids(&mut r)?),
             6 => {
                 let mut digests = [SetDigest::default(); DIGEST_BUCKETS];
                 for d in &mut digests {
-                    *d = get_digest(&mut buf)?;
+                    *d = get_digest(&mut r)?;
                 }
                 PeerMessage::Buckets(Box::new(digests))
             }
             tag => return Err(DecodeError::UnknownTag { kind: "peer message", tag }),
         };
-        done(&buf)?;
+        r.finish("message")?;
         Ok(msg)
     }
 }
@@ -282,30 +240,26 @@ impl ClientFrame {
             ClientFrame::Error { id, reason } => {
                 out.put_u8(3);
                 out.put_u64_le(*id);
-                let r = &reason.as_bytes()[..reason.len().min(1024)];
-                out.put_u32_le(r.len() as u32);
-                out.put_slice(r);
+                codec::put_bytes_u32(&mut out, &reason.as_bytes()[..reason.len().min(MAX_REASON_BYTES)]);
             }
         }
         out.freeze()
     }
 
     /// Decodes a frame.
-    pub fn decode(mut buf: Bytes) -> Result<Self, DecodeError> {
-        need(&buf, 1, "client frame tag")?;
-        let frame = match buf.get_u8() {
-            1 => ClientFrame::Submit(get_value(&mut buf)?),
-            2 => ClientFrame::Ack(get_u64(&mut buf, "ack id")?),
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(&buf);
+        let frame = match r.u8("client frame tag")? {
+            1 => ClientFrame::Submit(get_value(&mut r)?),
+            2 => ClientFrame::Ack(r.u64("ack id")?),
             3 => {
-                let id = get_u64(&mut buf, "error id")?;
-                let len = get_len(&mut buf, "error reason length", 1024)?;
-                need(&buf, len, "error reason")?;
-                let reason = String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| DecodeError::BadUtf8)?;
-                ClientFrame::Error { id, reason }
+                let id = r.u64("error id")?;
+                let len = r.len_u32("error reason length", MAX_REASON_BYTES)?;
+                ClientFrame::Error { id, reason: r.str(len, "error reason")?.to_owned() }
             }
             tag => return Err(DecodeError::UnknownTag { kind: "client frame", tag }),
         };
-        done(&buf)?;
+        r.finish("message")?;
         Ok(frame)
     }
 }

@@ -15,7 +15,8 @@
 //! hard_state := term:u64 has_vote:u8 vote:u64 commit:u64 recovering:u8
 //! ```
 //!
-//! Integers are little-endian. A file is valid once its header and first
+//! Integers are little-endian; records are read through
+//! [`kaelix_core::codec::Reader`]. A file is valid once its header and first
 //! `Write` (the **base image**: the whole state when the file was started)
 //! parse; later records replay on top ([`DiskState::apply`], the same rules
 //! as [`super::Write`]'s docs). A new generation is started whenever a
@@ -37,6 +38,7 @@ use std::collections::BTreeSet;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kaelix_core::NodeId;
+use kaelix_core::codec::{self, CodecError, Reader};
 
 use super::{Configuration, Entry, EntryPayload, HardState, Recovered, Snapshot, Write};
 
@@ -93,14 +95,18 @@ impl DiskState {
 }
 
 /// Why a record did not parse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    /// Ran out of bytes.
-    #[error("truncated record ({0})")]
-    Truncated(&'static str),
-    /// Checksum mismatch.
+    /// Ran out of bytes, a boolean that is not 0 or 1, or bytes after the
+    /// record (each names the field).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Checksum mismatch (of a complete record of `framed_len` bytes).
     #[error("checksum mismatch")]
-    Checksum,
+    Checksum {
+        /// The record's length with its frame: where the next one starts.
+        framed_len: usize,
+    },
     /// A field holds an impossible value.
     #[error("invalid record: {0}")]
     Invalid(&'static str),
@@ -125,8 +131,7 @@ pub fn encode_write(w: &Write) -> Bytes {
         body.put_u64_le(s.index);
         body.put_u64_le(s.term);
         put_config(&mut body, &s.config);
-        body.put_u32_le(u32::try_from(s.data.len()).expect("snapshot under 4 GiB"));
-        body.put_slice(&s.data);
+        codec::put_bytes_u32(&mut body, &s.data);
     }
     if !w.entries.is_empty() {
         body.put_u32_le(u32::try_from(w.entries.len()).expect("count fits"));
@@ -137,8 +142,7 @@ pub fn encode_write(w: &Write) -> Bytes {
                 EntryPayload::Noop => body.put_u8(0),
                 EntryPayload::Normal(b) => {
                     body.put_u8(1);
-                    body.put_u32_le(u32::try_from(b.len()).expect("entry under 4 GiB"));
-                    body.put_slice(b);
+                    codec::put_bytes_u32(&mut body, b);
                 }
                 EntryPayload::Config(c) => {
                     body.put_u8(2);
@@ -174,45 +178,19 @@ fn put_config(b: &mut BytesMut, c: &Configuration) {
     }
 }
 
-/// A cursor over a record body that names what it ran out on.
-struct Reader(Bytes);
+/// Bytes after their `u32` length (sliced, not copied).
+fn bytes(r: &mut Reader<'_>, what: &'static str) -> Result<Bytes, CodecError> {
+    let len = r.u32(what)? as usize;
+    r.bytes(len, what)
+}
 
-impl Reader {
-    fn need(&self, n: usize, what: &'static str) -> Result<(), RecordError> {
-        if self.0.remaining() < n { Err(RecordError::Truncated(what)) } else { Ok(()) }
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, RecordError> {
-        self.need(1, what)?;
-        Ok(self.0.get_u8())
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
-        self.need(4, what)?;
-        Ok(self.0.get_u32_le())
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, RecordError> {
-        self.need(8, what)?;
-        Ok(self.0.get_u64_le())
-    }
-    fn bytes(&mut self, what: &'static str) -> Result<Bytes, RecordError> {
-        let len = self.u32(what)? as usize;
-        self.need(len, what)?;
-        Ok(self.0.split_to(len))
-    }
-    fn bool(&mut self, what: &'static str) -> Result<bool, RecordError> {
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(RecordError::Invalid("boolean is not 0 or 1")),
-        }
-    }
-    fn set(&mut self) -> Result<BTreeSet<NodeId>, RecordError> {
-        let n = self.u32("set size")? as usize;
-        self.need(n.saturating_mul(8), "set members")?;
-        Ok((0..n).map(|_| NodeId(self.0.get_u64_le())).collect())
-    }
-    fn config(&mut self) -> Result<Configuration, RecordError> {
-        Ok(Configuration { voters: self.set()?, outgoing: self.set()?, learners: self.set()? })
-    }
+fn set(r: &mut Reader<'_>) -> Result<BTreeSet<NodeId>, CodecError> {
+    let n = r.u32("set size")? as usize;
+    Ok(r.u64s(n, "set members")?.map(NodeId).collect())
+}
+
+fn config(r: &mut Reader<'_>) -> Result<Configuration, CodecError> {
+    Ok(Configuration { voters: set(r)?, outgoing: set(r)?, learners: set(r)? })
 }
 
 enum Record {
@@ -221,7 +199,7 @@ enum Record {
 }
 
 fn decode_body(body: Bytes) -> Result<Record, RecordError> {
-    let mut r = Reader(body);
+    let mut r = Reader::new(&body);
     let record = match r.u8("kind")? {
         HEADER => Record::Header(r.u64("generation")?),
         WRITE => {
@@ -232,8 +210,8 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
             let snapshot = if flags & 1 != 0 {
                 let index = r.u64("snapshot index")?;
                 let term = r.u64("snapshot term")?;
-                let config = r.config()?;
-                let data = r.bytes("snapshot data")?;
+                let config = config(&mut r)?;
+                let data = bytes(&mut r, "snapshot data")?;
                 Some(Snapshot { index, term, config, data })
             } else {
                 None
@@ -246,11 +224,11 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
                     let term = r.u64("entry term")?;
                     let payload = match r.u8("entry kind")? {
                         0 => EntryPayload::Noop,
-                        1 => EntryPayload::Normal(r.bytes("entry payload")?),
-                        2 => EntryPayload::Config(r.config()?),
+                        1 => EntryPayload::Normal(bytes(&mut r, "entry payload")?),
+                        2 => EntryPayload::Config(config(&mut r)?),
                         _ => return Err(RecordError::Invalid("unknown entry kind")),
                     };
-                    if entries.last().is_some_and(|p: &Entry| p.index + 1 != index || p.term > term) {
+                    if entries.last().is_some_and(|p: &Entry| p.index.checked_add(1) != Some(index) || p.term > term) {
                         return Err(RecordError::Invalid("entries not dense and ordered"));
                     }
                     entries.push(Entry { index, term, payload });
@@ -270,28 +248,21 @@ fn decode_body(body: Bytes) -> Result<Record, RecordError> {
         }
         _ => return Err(RecordError::Invalid("unknown record kind")),
     };
-    if r.0.has_remaining() {
-        return Err(RecordError::Invalid("trailing bytes in record"));
-    }
+    r.finish("record")?;
     Ok(record)
 }
 
 /// Reads one framed record at the start of `data`: the record and its
 /// framed length.
 fn next_record(data: &Bytes) -> Result<(Record, usize), RecordError> {
-    if data.len() < 8 {
-        return Err(RecordError::Truncated("record header"));
-    }
-    let len = u32::from_le_bytes(data[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
-    if data.len() - 8 < len {
-        return Err(RecordError::Truncated("record body"));
-    }
-    let body = data.slice(8..8 + len);
+    let mut r = Reader::new(data);
+    let len = r.u32("record length")? as usize;
+    let crc = r.u32("record checksum")?;
+    let body = r.bytes(len, "record body")?;
     if crc32fast::hash(&body) != crc {
-        return Err(RecordError::Checksum);
+        return Err(RecordError::Checksum { framed_len: r.position() });
     }
-    Ok((decode_body(body)?, 8 + len))
+    Ok((decode_body(body)?, r.position()))
 }
 
 /// What a generation file held.
@@ -326,9 +297,8 @@ pub fn scan(data: Bytes) -> Option<Scan> {
                 rest.advance(n);
             }
             Ok((Record::Header(_), _)) => break,
-            Err(RecordError::Checksum) => {
-                let len = u32::from_le_bytes(rest[..4].try_into().expect("checked")) as usize;
-                let after = rest.slice(8 + len..);
+            Err(RecordError::Checksum { framed_len }) => {
+                let after = rest.slice(framed_len..);
                 lost_synced = next_record(&after).is_ok();
                 break;
             }
@@ -398,6 +368,24 @@ mod tests {
         let s = scan(Bytes::from(rotten)).expect("base intact");
         assert!(s.lost_synced, "a bad record followed by a good one is lost synced data");
         assert!(s.state.entries.is_empty());
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_by_name() {
+        // Entry indexes that would wrap past 2^64: refused, not an overflow.
+        let wraps = encode_write(&w(vec![entry(u64::MAX, 1, 0), entry(0, 1, 0)], None));
+        assert_eq!(next_record(&wraps).err(), Some(RecordError::Invalid("entries not dense and ordered")));
+        let mut cut = encode_header(3).to_vec();
+        cut.truncate(cut.len() - 2);
+        assert_eq!(
+            next_record(&Bytes::from(cut)).err(),
+            Some(CodecError::Truncated { field: "record body", needed: 2 }.into())
+        );
+        let mut body = BytesMut::new();
+        body.put_u8(HEADER);
+        body.put_u64_le(3);
+        body.put_u8(0);
+        assert_eq!(next_record(&frame(body)).err(), Some(CodecError::Trailing { kind: "record", len: 1 }.into()));
     }
 
     #[test]

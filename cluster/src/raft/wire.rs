@@ -42,8 +42,9 @@
 //! index exist here?) is the core's business, not the codec's.
 //!
 //! **Decoding never panics**, names what is wrong ([`WireError`]), and
-//! never allocates more than the input can hold: every count and length is
-//! checked against the bytes that remain before anything is reserved.
+//! never allocates more than the input can hold: it reads through
+//! [`kaelix_core::codec::Reader`], and every count and length is checked
+//! against the bytes that remain before anything is reserved.
 //! Entry payloads and snapshot chunks are sliced from the received buffer,
 //! not copied.
 //!
@@ -52,8 +53,9 @@
 
 use std::collections::BTreeSet;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_core::NodeId;
+use kaelix_core::codec::{self, CodecError, Reader};
 
 use super::{Body, Configuration, Entry, EntryPayload, Message};
 
@@ -67,14 +69,10 @@ const MIN_ENTRY_BYTES: usize = 9;
 /// Why a datagram does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// The input ended early.
-    #[error("truncated {what}: needed {needed} more bytes")]
-    Truncated {
-        /// What was being read.
-        what: &'static str,
-        /// How many more bytes it needed.
-        needed: usize,
-    },
+    /// A field cut short, or bytes after a complete message (each names the
+    /// field).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// A version this member does not speak.
     #[error("unknown wire version {0} (this member speaks {VERSION})")]
     UnknownVersion(u8),
@@ -84,9 +82,6 @@ pub enum WireError {
     /// An unknown entry payload tag.
     #[error("unknown entry payload tag {0}")]
     UnknownPayload(u8),
-    /// Bytes left after a complete message.
-    #[error("{0} trailing bytes after the message")]
-    TrailingBytes(usize),
     /// Well-formed bytes that no correct member sends.
     #[error("invalid message: {0}")]
     Invalid(&'static str),
@@ -199,8 +194,7 @@ pub fn encode(group: u64, message: &Message) -> Bytes {
                     EntryPayload::Noop => out.put_u8(0),
                     EntryPayload::Normal(data) => {
                         out.put_u8(1);
-                        put_len(&mut out, data.len(), "entry payload");
-                        out.put_slice(data);
+                        codec::put_bytes_u32(&mut out, data);
                     }
                     EntryPayload::Config(c) => {
                         out.put_u8(2);
@@ -225,8 +219,7 @@ pub fn encode(group: u64, message: &Message) -> Bytes {
             put_config(&mut out, config);
             out.put_u64_le(*offset);
             out.put_u8(u8::from(*done));
-            put_len(&mut out, data.len(), "snapshot chunk");
-            out.put_slice(data);
+            codec::put_bytes_u32(&mut out, data);
         }
         Body::SnapshotResponse { index, offset, done } => {
             out.put_u64_le(*index);
@@ -239,84 +232,48 @@ pub fn encode(group: u64, message: &Message) -> Bytes {
     out.freeze()
 }
 
-/// A cursor over the received bytes that refuses to read past their end.
-struct Reader {
-    buf: Bytes,
+/// A boolean byte; anything but 0 or 1 is `invalid`.
+fn bool(r: &mut Reader<'_>, what: &'static str, invalid: &'static str) -> Result<bool, WireError> {
+    match r.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(WireError::Invalid(invalid)),
+    }
 }
 
-impl Reader {
-    fn need(&self, n: usize, what: &'static str) -> Result<(), WireError> {
-        match n.checked_sub(self.buf.remaining()) {
-            Some(needed) if needed > 0 => Err(WireError::Truncated { what, needed }),
-            _ => Ok(()),
+/// A `u32` length (payloads are limited by the datagram, not by a field).
+fn read_len(r: &mut Reader<'_>, what: &'static str) -> Result<usize, WireError> {
+    usize::try_from(r.u32(what)?).map_err(|_| WireError::Invalid("length does not fit in memory"))
+}
+
+fn nodes(r: &mut Reader<'_>, what: &'static str) -> Result<BTreeSet<NodeId>, WireError> {
+    let count = usize::from(r.u16(what)?);
+    let mut set = BTreeSet::new();
+    let mut last = None;
+    for id in r.u64s(count, what)? {
+        if last.is_some_and(|l| id <= l) {
+            return Err(WireError::Invalid("node set not strictly ascending"));
         }
+        last = Some(id);
+        set.insert(NodeId(id));
     }
+    Ok(set)
+}
 
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
-        self.need(1, what)?;
-        Ok(self.buf.get_u8())
+fn config(r: &mut Reader<'_>) -> Result<Configuration, WireError> {
+    let voters = nodes(r, "voters")?;
+    let outgoing = nodes(r, "outgoing voters")?;
+    let learners = nodes(r, "learners")?;
+    if !voters.is_disjoint(&learners) {
+        return Err(WireError::Invalid("a node is both voter and learner"));
     }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
-        self.need(2, what)?;
-        Ok(self.buf.get_u16_le())
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<usize, WireError> {
-        self.need(4, what)?;
-        usize::try_from(self.buf.get_u32_le()).map_err(|_| WireError::Invalid("length does not fit in memory"))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
-        self.need(8, what)?;
-        Ok(self.buf.get_u64_le())
-    }
-
-    fn bool(&mut self, what: &'static str, invalid: &'static str) -> Result<bool, WireError> {
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(WireError::Invalid(invalid)),
-        }
-    }
-
-    /// `len` bytes, sliced from the input (zero-copy).
-    fn bytes(&mut self, len: usize, what: &'static str) -> Result<Bytes, WireError> {
-        self.need(len, what)?;
-        Ok(self.buf.split_to(len))
-    }
-
-    fn nodes(&mut self, what: &'static str) -> Result<BTreeSet<NodeId>, WireError> {
-        let count = usize::from(self.u16(what)?);
-        self.need(count * 8, what)?;
-        let mut set = BTreeSet::new();
-        let mut last = None;
-        for _ in 0..count {
-            let id = self.buf.get_u64_le();
-            if last.is_some_and(|l| id <= l) {
-                return Err(WireError::Invalid("node set not strictly ascending"));
-            }
-            last = Some(id);
-            set.insert(NodeId(id));
-        }
-        Ok(set)
-    }
-
-    fn config(&mut self) -> Result<Configuration, WireError> {
-        let voters = self.nodes("voters")?;
-        let outgoing = self.nodes("outgoing voters")?;
-        let learners = self.nodes("learners")?;
-        if !voters.is_disjoint(&learners) {
-            return Err(WireError::Invalid("a node is both voter and learner"));
-        }
-        Ok(Configuration { voters, outgoing, learners })
-    }
+    Ok(Configuration { voters, outgoing, learners })
 }
 
 /// Decodes one datagram: the group it belongs to and the message. Payloads
 /// are slices of `bytes`.
 pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
-    let mut r = Reader { buf: bytes };
+    let mut r = Reader::new(&bytes);
     let version = r.u8("version")?;
     if version != VERSION {
         return Err(WireError::UnknownVersion(version));
@@ -333,21 +290,21 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
             check_position(last_index, last_term)?;
             Body::PreVote { last_index, last_term }
         }
-        2 => Body::PreVoteResponse { granted: r.bool("pre-vote granted", "pre-vote granted is not 0 or 1")? },
+        2 => Body::PreVoteResponse { granted: bool(&mut r, "pre-vote granted", "pre-vote granted is not 0 or 1")? },
         3 => {
             let last_index = r.u64("vote last index")?;
             let last_term = r.u64("vote last term")?;
-            let transfer = r.bool("vote transfer", "vote transfer is not 0 or 1")?;
+            let transfer = bool(&mut r, "vote transfer", "vote transfer is not 0 or 1")?;
             if last_term > term {
                 return Err(WireError::Invalid("vote log term above the message term"));
             }
             check_position(last_index, last_term)?;
             Body::Vote { last_index, last_term, transfer }
         }
-        4 => Body::VoteResponse { granted: r.bool("vote granted", "vote granted is not 0 or 1")? },
+        4 => Body::VoteResponse { granted: bool(&mut r, "vote granted", "vote granted is not 0 or 1")? },
         5 => decode_append(&mut r, term)?,
         6 => Body::AppendResponse {
-            success: r.bool("append success", "append success is not 0 or 1")?,
+            success: bool(&mut r, "append success", "append success is not 0 or 1")?,
             index: r.u64("append response index")?,
             hint: r.u64("append response hint")?,
         },
@@ -363,10 +320,10 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
                 return Err(WireError::Invalid("snapshot of index 0"));
             }
             check_position(index, snapshot_term)?;
-            let config = r.config()?;
+            let config = config(&mut r)?;
             let offset = r.u64("snapshot offset")?;
-            let done = r.bool("snapshot done", "snapshot done is not 0 or 1")?;
-            let len = r.u32("snapshot chunk length")?;
+            let done = bool(&mut r, "snapshot done", "snapshot done is not 0 or 1")?;
+            let len = read_len(&mut r, "snapshot chunk length")?;
             if offset.checked_add(len as u64).is_none() {
                 return Err(WireError::Invalid("snapshot chunk ends past 2^64"));
             }
@@ -376,14 +333,12 @@ pub fn decode(bytes: Bytes) -> Result<(u64, Message), WireError> {
         10 => Body::SnapshotResponse {
             index: r.u64("snapshot response index")?,
             offset: r.u64("snapshot response offset")?,
-            done: r.bool("snapshot response done", "snapshot response done is not 0 or 1")?,
+            done: bool(&mut r, "snapshot response done", "snapshot response done is not 0 or 1")?,
         },
         11 => Body::TimeoutNow,
         kind => return Err(WireError::UnknownKind(kind)),
     };
-    if r.buf.has_remaining() {
-        return Err(WireError::TrailingBytes(r.buf.remaining()));
-    }
+    r.finish("message")?;
     Ok((group, Message { term, body }))
 }
 
@@ -395,11 +350,11 @@ fn check_position(index: u64, term: u64) -> Result<(), WireError> {
     Ok(())
 }
 
-fn decode_append(r: &mut Reader, term: u64) -> Result<Body, WireError> {
+fn decode_append(r: &mut Reader<'_>, term: u64) -> Result<Body, WireError> {
     let prev_index = r.u64("append prev index")?;
     let prev_term = r.u64("append prev term")?;
     let commit = r.u64("append commit")?;
-    let count = r.u32("entry count")?;
+    let count = read_len(r, "entry count")?;
     if prev_term > term {
         return Err(WireError::Invalid("append prev term above the message term"));
     }
@@ -426,10 +381,10 @@ fn decode_append(r: &mut Reader, term: u64) -> Result<Body, WireError> {
         let payload = match r.u8("entry payload tag")? {
             0 => EntryPayload::Noop,
             1 => {
-                let len = r.u32("entry payload length")?;
+                let len = read_len(r, "entry payload length")?;
                 EntryPayload::Normal(r.bytes(len, "entry payload")?)
             }
-            2 => EntryPayload::Config(r.config()?),
+            2 => EntryPayload::Config(config(r)?),
             tag => return Err(WireError::UnknownPayload(tag)),
         };
         entries.push(Entry { index: prev_index + 1 + k as u64, term: entry_term, payload });
@@ -681,7 +636,7 @@ pub(crate) mod tests {
 
     #[test]
     fn framing_errors_name_the_problem() {
-        assert_eq!(decode(Bytes::new()), Err(WireError::Truncated { what: "version", needed: 1 }));
+        assert_eq!(decode(Bytes::new()), Err(CodecError::Truncated { field: "version", needed: 1 }.into()));
         let e = decode(Bytes::from_static(&[2])).unwrap_err();
         assert_eq!(e, WireError::UnknownVersion(2));
         assert_eq!(e.to_string(), "unknown wire version 2 (this member speaks 1)");
@@ -691,13 +646,13 @@ pub(crate) mod tests {
         assert_eq!(err(header(1, 12)).to_string(), "unknown message kind 12");
         let mut b = header(1, 8);
         b.put_u32_le(0);
-        assert_eq!(err(b), WireError::Truncated { what: "heartbeat response round", needed: 4 });
+        assert_eq!(err(b), CodecError::Truncated { field: "heartbeat response round", needed: 4 }.into());
         let mut b = encode(0, &Message { term: 1, body: Body::TimeoutNow }).to_vec();
         b.extend_from_slice(&[0, 0]);
         let e = decode(Bytes::from(b)).unwrap_err();
         assert_eq!(
             (e.clone(), e.to_string()),
-            (WireError::TrailingBytes(2), "2 trailing bytes after the message".into())
+            (CodecError::Trailing { kind: "message", len: 2 }.into(), "2 trailing bytes after the message".into())
         );
     }
 
@@ -816,7 +771,7 @@ pub(crate) mod tests {
         b.put_u8(1);
         b.put_u32_le(10);
         b.put_slice(b"short");
-        assert_eq!(err(b), WireError::Truncated { what: "entry payload", needed: 5 });
+        assert_eq!(err(b), CodecError::Truncated { field: "entry payload", needed: 5 }.into());
     }
 
     #[test]
@@ -826,12 +781,12 @@ pub(crate) mod tests {
         let mut b = append_header(3, 5, 2, u32::MAX);
         b.put_u64_le(3);
         b.put_u8(0);
-        assert!(matches!(err(b), WireError::Truncated { what: "entries", .. }));
+        assert!(matches!(err(b), WireError::Codec(CodecError::Truncated { field: "entries", .. })));
         let mut b = header(3, 9);
         b.put_u64_le(1);
         b.put_u64_le(1);
         b.put_u16_le(u16::MAX);
-        assert!(matches!(err(b), WireError::Truncated { what: "voters", .. }));
+        assert!(matches!(err(b), WireError::Codec(CodecError::Truncated { field: "voters", .. })));
         let mut b = header(3, 9);
         b.put_u64_le(1);
         b.put_u64_le(1);
@@ -839,7 +794,7 @@ pub(crate) mod tests {
         b.put_u64_le(0);
         b.put_u8(1);
         b.put_u32_le(u32::MAX);
-        assert!(matches!(err(b), WireError::Truncated { what: "snapshot chunk", .. }));
+        assert!(matches!(err(b), WireError::Codec(CodecError::Truncated { field: "snapshot chunk", .. })));
         let mut b = header(3, 9);
         b.put_u64_le(1);
         b.put_u64_le(1);

@@ -38,9 +38,10 @@ pub mod protocol;
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_broker::partition::{LogRecord, PartitionLog, RetentionPolicy};
 use kaelix_core::WallTime;
+use kaelix_core::codec::{self, CodecError, Reader};
 
 /// One record of a replicated partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,16 +74,10 @@ pub struct Produce {
     pub payload: Bytes,
 }
 
-/// Why bytes are not a command or a snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// Ran out of bytes.
-    #[error("truncated {0}")]
-    Truncated(&'static str),
-    /// Bytes left over.
-    #[error("{0} trailing bytes")]
-    Trailing(usize),
-}
+/// Why bytes are not a command or a snapshot: a field cut short or bytes
+/// left over (each names the field). Both formats are read through
+/// [`kaelix_core::codec::Reader`] and need no error of their own.
+pub type DecodeError = CodecError;
 
 impl Produce {
     /// Encodes the command: `client:u64 seq:u64 timestamp:u64 payload`.
@@ -96,14 +91,12 @@ impl Produce {
     }
 
     /// Decodes a command (the payload is sliced, not copied).
-    pub fn decode(mut b: Bytes) -> Result<Produce, DecodeError> {
-        if b.len() < 24 {
-            return Err(DecodeError::Truncated("produce command"));
-        }
-        let client = b.get_u64_le();
-        let seq = b.get_u64_le();
-        let timestamp = WallTime(b.get_u64_le());
-        Ok(Produce { client, seq, timestamp, payload: b })
+    pub fn decode(b: Bytes) -> Result<Produce, DecodeError> {
+        let mut r = Reader::new(&b);
+        let client = r.u64("produce client")?;
+        let seq = r.u64("produce seq")?;
+        let timestamp = WallTime(r.u64("produce timestamp")?);
+        Ok(Produce { client, seq, timestamp, payload: r.rest() })
     }
 }
 
@@ -172,36 +165,30 @@ impl PartitionMachine {
         for offset in 0..self.log.next_offset() {
             let r = self.log.get(offset).expect("nothing is dropped from a replicated partition");
             b.put_u64_le(r.timestamp.as_nanos());
-            b.put_u32_le(u32::try_from(r.payload.len()).expect("record under 4 GiB"));
-            b.put_slice(&r.payload);
+            codec::put_bytes_u32(&mut b, &r.payload);
         }
         b.freeze()
     }
 
     /// Rebuilds the state from [`PartitionMachine::snapshot`] bytes.
-    pub fn restore(mut b: Bytes) -> Result<PartitionMachine, DecodeError> {
-        let need = |b: &Bytes, n: usize, what| if b.len() < n { Err(DecodeError::Truncated(what)) } else { Ok(()) };
-        need(&b, 4, "session count")?;
-        let n = b.get_u32_le() as usize;
+    pub fn restore(b: Bytes) -> Result<PartitionMachine, DecodeError> {
+        let mut r = Reader::new(&b);
+        let n = r.u32("session count")?;
         let mut m = PartitionMachine::new();
         for _ in 0..n {
-            need(&b, 24, "session")?;
-            let (client, seq, offset) = (b.get_u64_le(), b.get_u64_le(), b.get_u64_le());
+            let client = r.u64("session client")?;
+            let seq = r.u64("session seq")?;
+            let offset = r.u64("session offset")?;
             m.sessions.insert(client, (seq, offset));
         }
-        need(&b, 8, "record count")?;
-        let records = b.get_u64_le();
+        let records = r.u64("record count")?;
         for _ in 0..records {
-            need(&b, 12, "record header")?;
-            let timestamp = WallTime(b.get_u64_le());
-            let len = b.get_u32_le() as usize;
-            need(&b, len, "record payload")?;
-            let payload = b.split_to(len);
+            let timestamp = WallTime(r.u64("record timestamp")?);
+            let len = r.u32("record length")? as usize;
+            let payload = r.bytes(len, "record payload")?;
             m.log.append(Record { payload, timestamp });
         }
-        if !b.is_empty() {
-            return Err(DecodeError::Trailing(b.len()));
-        }
+        r.finish("partition snapshot")?;
         Ok(m)
     }
 }

@@ -12,12 +12,14 @@
 //! ```
 //!
 //! Integers are little-endian; `req` is the client's request id, echoed.
-//! Payloads are sliced from the frame, never copied. Decoding never panics
-//! and names what is wrong; a server answers a malformed frame with an
-//! `Error` and keeps the connection.
+//! Payloads are sliced from the frame, never copied. Decoding reads through
+//! [`kaelix_core::codec::Reader`]: it never panics and names what is wrong;
+//! a server answers a malformed frame with an `Error` and keeps the
+//! connection.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_core::NodeId;
+use kaelix_core::codec::{CodecError, Reader};
 
 /// The version byte this module speaks.
 pub const VERSION: u8 = 1;
@@ -85,9 +87,10 @@ pub enum Response {
 /// Why a frame does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    /// Shorter than its kind needs.
-    #[error("truncated {0}")]
-    Truncated(&'static str),
+    /// A field cut short, text that is not UTF-8 or bytes after the frame
+    /// (each names the field).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// A version this node does not speak.
     #[error("unknown protocol version {0}")]
     UnknownVersion(u8),
@@ -107,23 +110,15 @@ fn header(kind: u8, req: u64, extra: usize) -> BytesMut {
     b
 }
 
-fn open(b: &mut Bytes) -> Result<(u8, u64), ProtocolError> {
-    if b.len() < 10 {
-        return Err(ProtocolError::Truncated("frame header"));
-    }
-    let version = b.get_u8();
+/// The frame header: kind and request id (a frame too short for a whole
+/// header is truncated whatever its version byte says).
+fn open(r: &mut Reader<'_>) -> Result<(u8, u64), ProtocolError> {
+    r.need(10, "frame header")?;
+    let version = r.u8("version")?;
     if version != VERSION {
         return Err(ProtocolError::UnknownVersion(version));
     }
-    Ok((b.get_u8(), b.get_u64_le()))
-}
-
-fn need(b: &Bytes, n: usize, what: &'static str) -> Result<(), ProtocolError> {
-    if b.len() < n { Err(ProtocolError::Truncated(what)) } else { Ok(()) }
-}
-
-fn done(b: &Bytes) -> Result<(), ProtocolError> {
-    if b.is_empty() { Ok(()) } else { Err(ProtocolError::Invalid("trailing bytes")) }
+    Ok((r.u8("frame kind")?, r.u64("request id")?))
 }
 
 impl Request {
@@ -155,18 +150,20 @@ impl Request {
     }
 
     /// Decodes a frame.
-    pub fn decode(mut b: Bytes) -> Result<Request, ProtocolError> {
-        let (kind, req) = open(&mut b)?;
+    pub fn decode(b: Bytes) -> Result<Request, ProtocolError> {
+        let mut r = Reader::new(&b);
+        let (kind, req) = open(&mut r)?;
         match kind {
             1 => {
-                need(&b, 20, "produce")?;
-                let (partition, client, seq) = (b.get_u32_le(), b.get_u64_le(), b.get_u64_le());
-                Ok(Request::Produce { req, partition, client, seq, payload: b })
+                let partition = r.u32("produce partition")?;
+                let client = r.u64("produce client")?;
+                let seq = r.u64("produce seq")?;
+                Ok(Request::Produce { req, partition, client, seq, payload: r.rest() })
             }
             2 => {
-                need(&b, 12, "read")?;
-                let (partition, offset) = (b.get_u32_le(), b.get_u64_le());
-                done(&b)?;
+                let partition = r.u32("read partition")?;
+                let offset = r.u64("read offset")?;
+                r.finish("frame")?;
                 Ok(Request::Read { req, partition, offset })
             }
             k => Err(ProtocolError::UnknownKind(k)),
@@ -206,32 +203,30 @@ impl Response {
     }
 
     /// Decodes a frame.
-    pub fn decode(mut b: Bytes) -> Result<Response, ProtocolError> {
-        let (kind, req) = open(&mut b)?;
+    pub fn decode(b: Bytes) -> Result<Response, ProtocolError> {
+        let mut r = Reader::new(&b);
+        let (kind, req) = open(&mut r)?;
         match kind {
             3 => {
-                need(&b, 8, "produced")?;
-                let offset = b.get_u64_le();
-                done(&b)?;
+                let offset = r.u64("produced offset")?;
+                r.finish("frame")?;
                 Ok(Response::Produced { req, offset })
             }
             4 => {
-                need(&b, 1, "read result")?;
-                let payload = match b.get_u8() {
+                let payload = match r.u8("read result found")? {
                     0 => {
-                        done(&b)?;
+                        r.finish("frame")?;
                         None
                     }
-                    1 => Some(b),
+                    1 => Some(r.rest()),
                     _ => return Err(ProtocolError::Invalid("found flag is not 0 or 1")),
                 };
                 Ok(Response::ReadResult { req, payload })
             }
             5 => {
-                need(&b, 9, "not-leader")?;
-                let known = b.get_u8();
-                let id = b.get_u64_le();
-                done(&b)?;
+                let known = r.u8("not-leader known")?;
+                let id = r.u64("not-leader leader")?;
+                r.finish("frame")?;
                 let leader = match known {
                     0 if id == 0 => None,
                     1 => Some(NodeId(id)),
@@ -240,8 +235,7 @@ impl Response {
                 Ok(Response::NotLeader { req, leader })
             }
             6 => {
-                let reason =
-                    String::from_utf8(b.to_vec()).map_err(|_| ProtocolError::Invalid("reason is not UTF-8"))?;
+                let reason = r.str(r.remaining(), "error reason")?.to_owned();
                 Ok(Response::Error { req, reason })
             }
             k => Err(ProtocolError::UnknownKind(k)),
@@ -320,7 +314,17 @@ mod tests {
         );
         assert_eq!(
             Request::decode(Bytes::from_static(&[1, 2, 0, 0, 0, 0, 0, 0, 0, 0])),
-            Err(ProtocolError::Truncated("read"))
+            Err(CodecError::Truncated { field: "read partition", needed: 4 }.into())
         );
+        // A frame too short for its header is truncated, whatever its version.
+        assert_eq!(
+            Response::decode(Bytes::from_static(&[2, 3])),
+            Err(CodecError::Truncated { field: "frame header", needed: 8 }.into())
+        );
+        let e = Response::decode(Bytes::from_static(&[1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9]))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "1 trailing bytes after the frame");
+        let e = Response::decode(Bytes::from_static(&[1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0xff])).unwrap_err();
+        assert!(matches!(e, ProtocolError::Codec(CodecError::Invalid { field: "error reason", .. })), "{e}");
     }
 }

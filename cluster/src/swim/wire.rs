@@ -15,14 +15,16 @@
 //!
 //! Integers are little-endian. The encoding is canonical: every packet has
 //! exactly one encoding, so `decode(b)` succeeding implies `encode(decode(b)) == b`
-//! (the fuzz target checks it). Decoding never panics and names what is
-//! wrong; metadata is sliced from the received buffer, not copied.
+//! (the fuzz target checks it). Decoding reads through
+//! [`kaelix_core::codec::Reader`]: it never panics and names what is wrong;
+//! metadata is sliced from the received buffer, not copied.
 //!
 //! A new version gets a new version byte; a node drops (and counts) packets
 //! of a version it does not speak, as it drops any malformed packet.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_core::NodeId;
+use kaelix_core::codec::{self, CodecError, Reader};
 
 /// The version byte this module writes and reads.
 pub const VERSION: u8 = 1;
@@ -120,8 +122,7 @@ impl Update {
             UpdateKind::Alive { metadata } => {
                 assert!(metadata.len() <= MAX_METADATA, "metadata over the wire limit");
                 out.put_u8(1);
-                out.put_u16_le(metadata.len() as u16);
-                out.put_slice(metadata);
+                codec::put_bytes_u16(out, metadata);
             }
             UpdateKind::Suspect { accuser } => {
                 out.put_u8(2);
@@ -132,21 +133,15 @@ impl Update {
         }
     }
 
-    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
-        let member = NodeId(get_u64(buf, "update member")?);
-        let incarnation = get_u64(buf, "update incarnation")?;
-        need(buf, 1, "update state")?;
-        let kind = match buf.get_u8() {
+    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let member = NodeId(r.u64("update member")?);
+        let incarnation = r.u64("update incarnation")?;
+        let kind = match r.u8("update state")? {
             1 => {
-                need(buf, 2, "metadata length")?;
-                let len = usize::from(buf.get_u16_le());
-                if len > MAX_METADATA {
-                    return Err(DecodeError::TooLarge { what: "metadata", len, max: MAX_METADATA });
-                }
-                need(buf, len, "metadata")?;
-                UpdateKind::Alive { metadata: buf.split_to(len) }
+                let len = codec::check_len("metadata", r.u16("metadata length")?.into(), MAX_METADATA)?;
+                UpdateKind::Alive { metadata: r.bytes(len, "metadata")? }
             }
-            2 => UpdateKind::Suspect { accuser: NodeId(get_u64(buf, "suspect accuser")?) },
+            2 => UpdateKind::Suspect { accuser: NodeId(r.u64("suspect accuser")?) },
             3 => UpdateKind::Dead,
             4 => UpdateKind::Left,
             tag => return Err(DecodeError::UnknownTag { kind: "update state", tag }),
@@ -167,14 +162,10 @@ pub struct Packet {
 /// A decoding failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The buffer ended early.
-    #[error("truncated {what}: needed {needed} more bytes")]
-    Truncated {
-        /// What was being read.
-        what: &'static str,
-        /// How many more bytes were needed.
-        needed: usize,
-    },
+    /// A field cut short, a length or count over its limit, or bytes after
+    /// a complete packet (each names the field).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// A version this node does not speak.
     #[error("unsupported wire version {0} (this node speaks {VERSION})")]
     UnsupportedVersion(u8),
@@ -186,31 +177,9 @@ pub enum DecodeError {
         /// Its value.
         tag: u8,
     },
-    /// A length or count over its limit.
-    #[error("{what} of {len} exceeds the limit of {max}")]
-    TooLarge {
-        /// What.
-        what: &'static str,
-        /// Claimed length.
-        len: usize,
-        /// Limit.
-        max: usize,
-    },
     /// Flag bits that version 1 does not define.
     #[error("undefined ping-req flag bits {0:#04x}")]
     BadFlags(u8),
-    /// Bytes left after a complete packet.
-    #[error("{0} trailing bytes after the packet")]
-    Trailing(usize),
-}
-
-fn need(buf: &Bytes, n: usize, what: &'static str) -> Result<(), DecodeError> {
-    if buf.remaining() < n { Err(DecodeError::Truncated { what, needed: n - buf.remaining() }) } else { Ok(()) }
-}
-
-fn get_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, DecodeError> {
-    need(buf, 8, what)?;
-    Ok(buf.get_u64_le())
 }
 
 impl Message {
@@ -276,47 +245,39 @@ impl Packet {
     }
 
     /// Decodes a packet, borrowing metadata from `buf`.
-    pub fn decode(mut buf: Bytes) -> Result<Self, DecodeError> {
-        need(&buf, 1, "version")?;
-        let version = buf.get_u8();
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(&buf);
+        let version = r.u8("version")?;
         if version != VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        need(&buf, 1, "message kind")?;
-        let message = match buf.get_u8() {
-            1 => Message::Ping { seq: get_u64(&mut buf, "ping seq")? },
+        let message = match r.u8("message kind")? {
+            1 => Message::Ping { seq: r.u64("ping seq")? },
             2 => {
-                let seq = get_u64(&mut buf, "ping-req seq")?;
-                let target = NodeId(get_u64(&mut buf, "ping-req target")?);
-                need(&buf, 1, "ping-req flags")?;
-                let flags = buf.get_u8();
+                let seq = r.u64("ping-req seq")?;
+                let target = NodeId(r.u64("ping-req target")?);
+                let flags = r.u8("ping-req flags")?;
                 if flags > 1 {
                     return Err(DecodeError::BadFlags(flags));
                 }
                 Message::PingReq { seq, target, nack: flags == 1 }
             }
-            3 => Message::Ack { seq: get_u64(&mut buf, "ack seq")? },
-            4 => Message::Nack { seq: get_u64(&mut buf, "nack seq")? },
+            3 => Message::Ack { seq: r.u64("ack seq")? },
+            4 => Message::Nack { seq: r.u64("nack seq")? },
             5 => Message::Join,
             6 => Message::Sync,
             7 => Message::Gossip,
             tag => return Err(DecodeError::UnknownTag { kind: "message kind", tag }),
         };
-        need(&buf, 2, "update count")?;
-        let count = usize::from(buf.get_u16_le());
-        if count > MAX_UPDATES {
-            return Err(DecodeError::TooLarge { what: "update count", len: count, max: MAX_UPDATES });
-        }
+        let count = r.len_u16("update count", MAX_UPDATES)?;
         // Every update takes at least 17 bytes: refuse early instead of
         // reserving for a count the buffer cannot hold.
-        need(&buf, count * 17, "updates")?;
+        r.need(count * 17, "updates")?;
         let mut updates = Vec::with_capacity(count);
         for _ in 0..count {
-            updates.push(Update::get(&mut buf)?);
+            updates.push(Update::get(&mut r)?);
         }
-        if buf.has_remaining() {
-            return Err(DecodeError::Trailing(buf.remaining()));
-        }
+        r.finish("packet")?;
         Ok(Packet { message, updates })
     }
 }
@@ -419,7 +380,9 @@ pub(crate) mod tests {
         assert_eq!(e.to_string(), "update count of 65535 exceeds the limit of 4096");
         let mut wire = Packet::new(Message::Gossip).encode().to_vec();
         wire.push(0);
-        assert_eq!(Packet::decode(Bytes::from(wire)).unwrap_err(), DecodeError::Trailing(1));
+        let e = Packet::decode(Bytes::from(wire)).unwrap_err();
+        assert_eq!(e, DecodeError::Codec(CodecError::Trailing { kind: "packet", len: 1 }));
+        assert_eq!(e.to_string(), "1 trailing bytes after the packet");
     }
 
     #[test]
