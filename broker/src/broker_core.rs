@@ -194,6 +194,10 @@ pub struct Published {
     pub offset: u64,
     /// Streams it was buffered for.
     pub buffered_for: usize,
+    /// Whether the publish is acknowledged already: always on a memory
+    /// topic; on a durable one only once its record is synced
+    /// ([`crate::Broker::publish`] waits for that).
+    pub acknowledged: bool,
 }
 
 /// What [`BrokerCore::publish`] did.
@@ -368,6 +372,11 @@ impl BrokerCore {
         core
     }
 
+    /// Whether a driver performs storage outputs (durable topics allowed).
+    pub fn has_storage(&self) -> bool {
+        self.has_storage
+    }
+
     /// The settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
@@ -521,7 +530,7 @@ impl BrokerCore {
         let log = &mut state.partitions[partition as usize];
         let offset = log.next_offset();
         let message = message.with_partition_offset(partition, offset);
-        let earliest_before = log.earliest_offset();
+        let earliest_before = if durable { log.earliest_offset() } else { 0 };
         let appended = log.append(message.clone());
         debug_assert_eq!(appended, offset, "offsets are dense");
         if durable {
@@ -556,7 +565,7 @@ impl BrokerCore {
             }
         }
         let _ = now;
-        Ok(Ok(Published { partition, offset, buffered_for }))
+        Ok(Ok(Published { partition, offset, buffered_for, acknowledged: !durable }))
     }
 
     /// Publishes a batch in order; stops at the first message that would
@@ -636,7 +645,7 @@ impl BrokerCore {
         }
         let id = self.registry.open(now, pattern, None, Strategy::default())?;
         let cursor = LogCursor { start, positions, seen_version: self.topology_version, last: None };
-        self.registry.get_mut(id).expect("just opened").log = Some(cursor);
+        self.registry.get_mut(id).expect("just opened").log = Some(Box::new(cursor));
         self.log_streams += 1;
         // It may have records to read at once.
         self.woken_streams.push(id);

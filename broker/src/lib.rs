@@ -130,11 +130,14 @@ impl State {
 pub struct Broker<C: Clock> {
     state: Arc<Mutex<State>>,
     clock: C,
+    /// Whether durable topics are possible (opened with storage): a memory
+    /// broker skips every acknowledgement bookkeeping.
+    has_storage: bool,
 }
 
 impl<C: Clock> Clone for Broker<C> {
     fn clone(&self) -> Self {
-        Broker { state: self.state.clone(), clock: self.clock.clone() }
+        Broker { state: self.state.clone(), clock: self.clock.clone(), has_storage: self.has_storage }
     }
 }
 
@@ -145,6 +148,7 @@ impl<C: Clock> Broker<C> {
     }
 
     fn from_core(clock: C, rng: DetRng, core: BrokerCore) -> Self {
+        let has_storage = core.has_storage();
         let state = State {
             core,
             rng,
@@ -156,7 +160,7 @@ impl<C: Clock> Broker<C> {
             scratch_streams: Vec::new(),
             scratch_members: Vec::new(),
         };
-        Broker { state: Arc::new(Mutex::new(state)), clock }
+        Broker { state: Arc::new(Mutex::new(state)), clock, has_storage }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -184,8 +188,11 @@ impl<C: Clock> Broker<C> {
     /// on a durable topic, until the record is synced (the acknowledgement).
     pub async fn publish(&self, message: Message) -> Result<Published, BrokerError> {
         let topic = message.topic().clone();
-        let published = self.publish_unacknowledged(message).await?;
-        self.acknowledged(&topic, published.partition, published.offset).await;
+        let mut published = self.publish_unacknowledged(message).await?;
+        if !published.acknowledged {
+            self.acknowledged(&topic, published.partition, published.offset).await;
+            published.acknowledged = true;
+        }
         Ok(published)
     }
 
@@ -238,10 +245,17 @@ impl<C: Clock> Broker<C> {
     /// Publishes a batch in order, waiting where a message would block and,
     /// on durable topics, until every record is synced.
     pub async fn publish_batch(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        if !self.has_storage {
+            // Every topic is in memory: published means acknowledged.
+            return self.publish_batch_unacknowledged(batch).await;
+        }
         let topics: Vec<Topic> = batch.iter().map(|m| m.topic().clone()).collect();
-        let published = self.publish_batch_unacknowledged(batch).await?;
-        for (topic, p) in topics.iter().zip(&published) {
-            self.acknowledged(topic, p.partition, p.offset).await;
+        let mut published = self.publish_batch_unacknowledged(batch).await?;
+        for (topic, p) in topics.iter().zip(published.iter_mut()) {
+            if !p.acknowledged {
+                self.acknowledged(topic, p.partition, p.offset).await;
+                p.acknowledged = true;
+            }
         }
         Ok(published)
     }

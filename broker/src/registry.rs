@@ -72,7 +72,8 @@ pub struct StreamEntry {
     /// Messages handed to its consumer.
     pub delivered: u64,
     /// Set for a log-backed stream (it buffers nothing; it reads the logs).
-    pub log: Option<LogCursor>,
+    /// Boxed: plain streams, the common case, stay small.
+    pub log: Option<Box<LogCursor>>,
 }
 
 /// A stream as the registry reports it.
