@@ -131,6 +131,10 @@ struct PendingRead {
 struct Group {
     raft: Raft,
     machine: PartitionMachine,
+    /// The newest entry the machine holds (applied, or covered by the
+    /// snapshot it was restored from). The member's own `applied()` runs
+    /// ahead of it: it counts entries handed out, not yet taken.
+    applied: u64,
     /// Produces waiting for the entry at this index to apply.
     produces: BTreeMap<u64, Vec<Waiting>>,
     /// Reads waiting for their ReadIndex round, by context.
@@ -175,6 +179,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                 Group {
                     raft: Raft::new(raft_config.clone(), boot.rng, boot.at, boot.recovered),
                     machine: PartitionMachine::new(),
+                    applied: 0,
                     produces: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     ready: Vec::new(),
@@ -206,6 +211,12 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     /// `group`'s state machine.
     pub fn machine(&self, group: u32) -> &PartitionMachine {
         &self.groups[group as usize].machine
+    }
+
+    /// The newest entry `group`'s machine holds (applied, or covered by the
+    /// snapshot it was restored from).
+    pub fn applied(&self, group: u32) -> u64 {
+        self.groups[group as usize].applied
     }
 
     /// `group`'s waiting requests, printable.
@@ -414,6 +425,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                     }
                     EntryPayload::Noop | EntryPayload::Config(_) => None,
                 };
+                g.applied = entry.index;
                 for w in g.produces.remove(&entry.index).unwrap_or_default() {
                     let response = match offset {
                         Some(offset) if w.term == entry.term => Response::Produced { req: w.req, offset },
@@ -429,6 +441,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                 self.observer.restored(me, group, &snapshot);
                 g.machine =
                     PartitionMachine::restore(snapshot.data.clone()).expect("snapshots hold state this code encoded");
+                g.applied = snapshot.index;
                 let covered: Vec<u64> = g.produces.range(..=snapshot.index).map(|(&i, _)| i).collect();
                 for index in covered {
                     for w in g.produces.remove(&index).unwrap_or_default() {
@@ -465,9 +478,12 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     }
 
     /// Answers the confirmed reads whose index the machine has applied.
+    /// (Not the member's `applied()`: a read confirmed in the step that
+    /// committed its index comes out before that step's entries to apply,
+    /// as in a group of one.)
     fn serve_ready_reads(&mut self, group: u32) {
         let g = &mut self.groups[group as usize];
-        let applied = g.raft.applied();
+        let applied = g.applied;
         let (serve, wait): (Vec<_>, Vec<_>) =
             std::mem::take(&mut g.ready).into_iter().partition(|(i, _)| *i <= applied);
         g.ready = wait;
