@@ -527,3 +527,48 @@ impl fmt::Display for WaitingTables<'_> {
         f.write_str(&lines.join("\n"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kaelix_core::rng::seeded;
+    use kaelix_core::time::Duration;
+
+    use super::*;
+    use crate::raft::disk::DiskState;
+
+    fn core() -> ReplicaCore {
+        let config = ReplicatedConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)], 2);
+        let boots = (0..2)
+            .map(|g| GroupBoot { recovered: DiskState::default().recovered(true), rng: seeded(g), at: Instant::ZERO })
+            .collect();
+        ReplicaCore::new(NodeId(1), config, NoObserver, Instant::ZERO, boots)
+    }
+
+    #[test]
+    fn deadline_is_the_earliest_group_deadline() {
+        let c = core();
+        let earliest = (0..2).map(|g| c.raft(g).poll_timeout()).min();
+        assert_eq!(c.poll_timeout(), earliest);
+    }
+
+    #[test]
+    #[should_panic(expected = "time went backwards")]
+    fn time_never_moves_backwards() {
+        let mut c = core();
+        c.handle_timeout(Instant::ZERO + Duration::from_millis(10));
+        c.handle_timeout(Instant::ZERO + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn unknown_partition_is_an_error() {
+        let mut c = core();
+        while c.poll_output().is_some() {}
+        let request = Request::Read { req: 9, partition: 2, offset: 0 };
+        c.handle_request(Instant::ZERO, WallTime(0), ClientRef(4), request);
+        match c.poll_output() {
+            Some(Output::Reply { client: ClientRef(4), response: Response::Error { req: 9, .. } }) => {}
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+        assert_eq!(c.poll_output(), None);
+    }
+}
