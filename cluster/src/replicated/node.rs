@@ -1,7 +1,7 @@
 //! The replicated-partition node: the driver of a [`ReplicaCore`] (one
-//! [`Raft`](crate::raft::Raft) member per partition, the waiting requests)
-//! wired to a [`Runtime`]. The same function runs under the simulator and
-//! the real executor.
+//! [`Raft`] member per partition, the requests waiting on them) wired to a
+//! [`Runtime`]. The same function runs under the simulator and the real
+//! executor.
 //!
 //! Tasks of one node incarnation:
 //!
