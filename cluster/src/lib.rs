@@ -9,7 +9,9 @@
 //! Services: replicated broadcast ([`broadcast`]), the first workload the
 //! simulator verifies; SWIM membership with Lifeguard ([`swim`], the sans-IO
 //! core, and [`membership`], its driver) with a phi-accrual detector
-//! ([`phi`]). Raft and replicated partitions come with their own issues.
+//! ([`phi`]); sans-IO Raft ([`raft`]); partitions replicated by one Raft
+//! group each ([`replicated`]: the sans-IO `replica::ReplicaCore` and its
+//! driver `node::run_node`).
 
 pub mod broadcast;
 pub mod driver;

@@ -5,7 +5,8 @@
 //! # Model
 //!
 //! * **One group per partition.** Group `g` replicates partition `g`; every
-//!   node runs a member of every group ([`node::run_node`]). Groups elect,
+//!   node runs a member of every group ([`replica::ReplicaCore`], the
+//!   sans-IO core, driven by [`node::run_node`]). Groups elect,
 //!   replicate and snapshot independently; their datagrams carry the group
 //!   id (`raft::wire`).
 //! * **The state machine** ([`PartitionMachine`]) is a partition log
@@ -35,6 +36,7 @@
 pub mod client;
 pub mod node;
 pub mod protocol;
+pub mod replica;
 
 use std::collections::BTreeMap;
 

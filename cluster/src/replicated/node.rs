@@ -1,12 +1,13 @@
-//! The replicated-partition node: one [`Raft`] member per partition, wired
-//! to a [`Runtime`]. The same function runs under the simulator and the
-//! real executor.
+//! The replicated-partition node: the driver of a [`ReplicaCore`] (one
+//! [`Raft`] member per partition, the requests waiting on them) wired to a
+//! [`Runtime`]. The same function runs under the simulator and the real
+//! executor.
 //!
 //! Tasks of one node incarnation:
 //!
-//! * **main** (Critical): owns every group's [`Raft`] and state machine;
-//!   feeds them datagrams, client requests, write completions and timeouts;
-//!   performs their outputs; answers clients;
+//! * **main** (Critical): owns the core; feeds it datagrams, client
+//!   requests, write completions and timeouts; performs its outputs (sends
+//!   datagrams, hands writes to the log writers, answers clients);
 //! * one **log writer** per group (High): performs the group's writes in
 //!   order — records appended at the known end of the current generation
 //!   file, then one sync for the batch; a write with a snapshot starts a new
@@ -18,9 +19,16 @@
 //! Boot, per group: list the group's generation files, take the newest
 //! whose base image is complete (reading it until two reads agree, so a
 //! corrupt read is not mistaken for a torn tail), remove the others, cut a
-//! torn tail durably, and build the member from what survived. An empty
-//! disk on a node that is not bootstrapping, or synced data found rotten,
-//! makes the member start recovering (see `raft`'s module docs).
+//! torn tail durably, and hand what survived to the core, which builds the
+//! member. An empty disk on a node that is not bootstrapping, or synced
+//! data found rotten, makes the member start recovering (see `raft`'s
+//! module docs).
+//!
+//! Fault points: the log writer sleeps before a batch now and then (a slow
+//! disk), and on a timeout the main loop, between groups, hands a leading
+//! group's leadership to a random member (leader changes under load). Both
+//! `buggify!` sites are named by file and line: moving one renames it and
+//! changes the run of every seed that switches it on.
 
 use std::collections::BTreeMap;
 
@@ -28,17 +36,17 @@ use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
 use kaelix_core::NodeId;
-use kaelix_core::planted::{Planted, PlantedBug};
+use kaelix_core::planted::Planted;
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::runtime::{ClientStream, Priority, Runtime, Storage, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::{Duration, Instant};
 
 use super::protocol::{Request, Response};
-use super::{PartitionMachine, Produce};
+use super::replica::{ClientRef, GroupBoot, Output, ReplicaCore};
 use crate::driver::{Event, accept_clients, next_event};
 use crate::raft::disk::{self, DiskState};
-use crate::raft::{self, Entry, EntryPayload, Output, ProposeError, Raft, RaftConfig, Role, Snapshot, Write, wire};
+use crate::raft::{self, Entry, Raft, RaftConfig, Role, Snapshot, Write, wire};
 
 /// Configuration of one node.
 #[derive(Clone, Debug)]
@@ -54,7 +62,7 @@ pub struct ReplicatedConfig {
     pub raft: RaftConfig,
     /// Snapshot a group's state after this many applied entries.
     pub snapshot_every: u64,
-    /// Planted bugs switched on, for this driver
+    /// Planted bugs switched on, for this node's core
     /// (`ReplicatedAckBeforeCommit`) and for every group's Raft; none in
     /// production, see [`kaelix_core::planted`].
     pub planted: Planted,
@@ -65,6 +73,16 @@ impl ReplicatedConfig {
     pub fn new(members: Vec<NodeId>, partitions: u32) -> Self {
         let raft = RaftConfig::new(members[0], members.iter().copied());
         ReplicatedConfig { members, partitions, bootstrap: true, raft, snapshot_every: 1024, planted: Planted::NONE }
+    }
+
+    /// The configuration of this node's member of every group.
+    pub fn raft_config(&self, me: NodeId) -> RaftConfig {
+        let mut config = self.raft.clone();
+        config.id = me;
+        config.initial = raft::Configuration::new(self.members.iter().copied());
+        config.bootstrap = self.bootstrap;
+        config.planted = self.planted;
+        config
     }
 }
 
@@ -90,42 +108,13 @@ pub trait ReplicaObserver: Clone + Send + Sync + 'static {
 pub struct NoObserver;
 impl ReplicaObserver for NoObserver {}
 
-/// Names a client connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ClientRef(u64);
-
+/// What the main task hears from the other tasks.
 enum Input {
     Request(ClientRef, Request),
     Malformed(ClientRef, String),
     ClientConnected(ClientRef, mpsc::UnboundedSender<Bytes>),
     ClientGone(ClientRef),
     WritesDone(u32, Vec<WriteId>),
-}
-
-struct Waiting {
-    client: ClientRef,
-    req: u64,
-    term: u64,
-}
-
-struct PendingRead {
-    client: ClientRef,
-    req: u64,
-    offset: u64,
-}
-
-struct Group {
-    id: u32,
-    raft: Raft,
-    machine: PartitionMachine,
-    writes: mpsc::UnboundedSender<Write>,
-    /// Produces waiting for the entry at this index to apply.
-    produces: BTreeMap<u64, Vec<Waiting>>,
-    /// Reads waiting for their ReadIndex round.
-    reads: BTreeMap<u64, PendingRead>,
-    /// Confirmed reads waiting for `applied ≥ index`.
-    ready: Vec<(u64, PendingRead)>,
-    next_ctx: u64,
 }
 
 /// Counters of one node.
@@ -139,6 +128,17 @@ const RETRY: Duration = Duration::from_millis(10);
 
 fn file_name(group: u32, generation: u64) -> String {
     format!("raft-p{group}.{generation}")
+}
+
+/// The main task's IO besides the core: the log writers' queues and the
+/// clients' reply queues.
+struct Io {
+    /// Each group's log writer queue, by group.
+    writes: Vec<mpsc::UnboundedSender<Write>>,
+    /// The reply queue of every connected client.
+    clients: BTreeMap<ClientRef, mpsc::UnboundedSender<Bytes>>,
+    /// Counters.
+    stats: NodeStats,
 }
 
 /// Reads a whole file until two reads agree (a faulty disk may return a
@@ -286,8 +286,31 @@ async fn log_writer<R: Runtime>(
     }
 }
 
+/// Feeds one client's requests to the main task until its stream ends.
+async fn client_reader<S: ClientStream>(stream: S, client: ClientRef, inputs: mpsc::UnboundedSender<Input>) {
+    loop {
+        let input = match stream.recv().await {
+            Ok(Some(frame)) => match Request::decode(frame) {
+                Ok(request) => Input::Request(client, request),
+                Err(e) => Input::Malformed(client, format!("malformed request: {e}")),
+            },
+            Ok(None) | Err(_) => {
+                let _ = inputs.unbounded_send(Input::ClientGone(client));
+                return;
+            }
+        };
+        if inputs.unbounded_send(input).is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs one incarnation of a replicated-partition node until it is dropped
 /// (crash or shutdown). `config.members` must include `rt.node_id()`.
+///
+/// Each event becomes one input of the core, whose outputs are performed
+/// before the next event is taken; a timeout is handled group by group,
+/// with the leadership fault point after each group.
 pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedConfig, observer: O) {
     let me = rt.node_id();
     assert!(config.members.contains(&me), "{me} is not a member");
@@ -295,34 +318,21 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
     let (input_tx, mut inputs) = mpsc::unbounded::<Input>();
     let mut rng: DetRng = rt.rng();
 
-    let mut groups = Vec::new();
+    let mut boots = Vec::new();
+    let mut writes = Vec::new();
     let mut writers = Vec::new();
     for g in 0..config.partitions {
         let booted = recover_group(&rt, g).await;
-        let mut raft_config = config.raft.clone();
-        raft_config.id = me;
-        raft_config.initial = raft::Configuration::new(config.members.iter().copied());
-        raft_config.bootstrap = config.bootstrap;
-        raft_config.planted = config.planted;
         let mut recovered = booted.state.recovered(booted.empty);
         recovered.hard_state.recovering |= booted.lost_synced;
-        let raft = Raft::new(raft_config, rt.rng(), rt.now(), recovered);
+        boots.push(GroupBoot { recovered, rng: rt.rng(), at: rt.now() });
         let (tx, rx) = mpsc::unbounded();
         writers.push(rt.spawn(
             Priority::High,
             "raft-log-writer",
             log_writer(rt.clone(), g, booted.file, booted.generation, booted.state, rx, input_tx.clone()),
         ));
-        groups.push(Group {
-            id: g,
-            raft,
-            machine: PartitionMachine::new(),
-            writes: tx,
-            produces: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            ready: Vec::new(),
-            next_ctx: 1,
-        });
+        writes.push(tx);
     }
     let _acceptor = match rt.listen() {
         Ok(listener) => {
@@ -342,15 +352,15 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
         Err(_) => None,
     };
 
-    let mut node = NodeState { me, config, observer, clients: BTreeMap::new(), stats: NodeStats::default() };
-    for g in &mut groups {
-        node.drain(&rt, g);
-    }
-    let deadline_of = |groups: &[Group]| groups.iter().map(|g| g.raft.poll_timeout()).min().unwrap_or(Instant::MAX);
-    let mut timer_deadline = deadline_of(&groups);
+    let others: Vec<NodeId> = config.members.iter().copied().filter(|&n| n != me).collect();
+    let mut core = ReplicaCore::new(me, config, observer, rt.now(), boots);
+    let mut io = Io { writes, clients: BTreeMap::new(), stats: NodeStats::default() };
+    io.drain(&rt, &mut core);
+    let deadline_of = |core: &ReplicaCore<O>| core.poll_timeout().unwrap_or(Instant::MAX);
+    let mut timer_deadline = deadline_of(&core);
     let mut sleep = Box::pin(rt.sleep_until(timer_deadline));
     loop {
-        let deadline = deadline_of(&groups);
+        let deadline = deadline_of(&core);
         if deadline != timer_deadline {
             timer_deadline = deadline;
             sleep = Box::pin(rt.sleep_until(deadline));
@@ -359,253 +369,60 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
         let now = rt.now();
         match event {
             Event::Input(None) => return,
-            Event::Input(Some(Input::WritesDone(g, ids))) => {
-                let group = &mut groups[g as usize];
-                for id in ids {
-                    group.raft.handle_write_complete(now, id);
-                }
-                node.stepped_and_drain(&rt, group);
-            }
+            Event::Input(Some(Input::WritesDone(g, ids))) => core.handle_write_complete(now, g, ids),
             Event::Input(Some(Input::Request(client, request))) => {
-                node.handle_request(&rt, &mut groups, client, request)
+                core.handle_request(now, rt.wall_clock(), client, request)
             }
             Event::Input(Some(Input::Malformed(client, reason))) => {
-                node.reply(client, Response::Error { req: 0, reason })
+                io.reply(client, Response::Error { req: 0, reason })
             }
             Event::Input(Some(Input::ClientConnected(client, tx))) => {
-                node.clients.insert(client, tx);
+                io.clients.insert(client, tx);
             }
             Event::Input(Some(Input::ClientGone(client))) => {
-                node.clients.remove(&client);
+                io.clients.remove(&client);
             }
             Event::Message(from, bytes) => match wire::decode(bytes) {
-                Ok((g, message)) if g < u64::from(node.config.partitions) => {
-                    let group = &mut groups[g as usize];
-                    group.raft.handle_message(now, from, message);
-                    node.stepped_and_drain(&rt, group);
+                Ok((g, message)) if g < u64::from(core.partitions()) => {
+                    core.handle_message(now, from, g as u32, message)
                 }
-                _ => node.stats.malformed_datagrams += 1,
+                _ => io.stats.malformed_datagrams += 1,
             },
             Event::Timeout => {
-                for group in &mut groups {
-                    if group.raft.poll_timeout() <= now {
-                        group.raft.handle_timeout(now);
-                        node.stepped_and_drain(&rt, group);
-                    }
+                for g in 0..core.partitions() {
+                    core.handle_group_timeout(now, g);
+                    io.drain(&rt, &mut core);
                     // Fault point: hand leadership away now and then, so
                     // leader changes happen under load, not only on failure.
-                    if group.raft.role() == Role::Leader && kaelix_core::buggify!(rt) {
-                        let others: Vec<NodeId> = node.config.members.iter().copied().filter(|&n| n != me).collect();
-                        if !others.is_empty() {
-                            let to = others[rng.random_range(0..others.len())];
-                            let _ = group.raft.transfer_leadership(now, to);
-                            node.stepped_and_drain(&rt, group);
-                        }
+                    if core.raft(g).role() == Role::Leader && kaelix_core::buggify!(rt) && !others.is_empty() {
+                        let to = others[rng.random_range(0..others.len())];
+                        let _ = core.transfer_leadership(now, g, to);
+                        io.drain(&rt, &mut core);
                     }
                 }
                 timer_deadline = Instant::MAX;
             }
         }
+        io.drain(&rt, &mut core);
     }
 }
 
-/// The main task's state besides the groups.
-struct NodeState<O> {
-    me: NodeId,
-    config: ReplicatedConfig,
-    observer: O,
-    clients: BTreeMap<ClientRef, mpsc::UnboundedSender<Bytes>>,
-    stats: NodeStats,
-}
-
-impl<O: ReplicaObserver> NodeState<O> {
+impl Io {
     fn reply(&self, client: ClientRef, response: Response) {
         if let Some(tx) = self.clients.get(&client) {
             let _ = tx.unbounded_send(response.encode());
         }
     }
 
-    fn handle_request<R: Runtime>(&mut self, rt: &R, groups: &mut [Group], client: ClientRef, request: Request) {
-        let now = rt.now();
-        let req = request.req();
-        let partition = match &request {
-            Request::Produce { partition, .. } | Request::Read { partition, .. } => *partition,
-        };
-        let Some(group) = groups.get_mut(partition as usize) else {
-            let reason =
-                format!("partition {partition} does not exist: there are {} partitions", self.config.partitions);
-            return self.reply(client, Response::Error { req, reason });
-        };
-        match request {
-            Request::Produce { client: session, seq, payload, .. } => {
-                let command = Produce { client: session, seq, timestamp: rt.wall_clock(), payload };
-                match group.raft.propose(now, command.encode()) {
-                    Ok((index, term)) => {
-                        if self.config.planted.is_on(PlantedBug::ReplicatedAckBeforeCommit) {
-                            // Planted bug: predict the offset and answer now.
-                            let applied = group.raft.applied();
-                            let pending = group
-                                .raft
-                                .log()
-                                .iter()
-                                .filter(|e| e.index > applied && e.index < index)
-                                .filter(|e| matches!(e.payload, EntryPayload::Normal(_)))
-                                .count() as u64;
-                            let offset = group.machine.next_offset() + pending;
-                            self.reply(client, Response::Produced { req, offset });
-                        } else {
-                            group.produces.entry(index).or_default().push(Waiting { client, req, term });
-                        }
-                    }
-                    Err(e) => self.refuse(client, req, e),
-                }
-            }
-            Request::Read { offset, .. } => {
-                let ctx = group.next_ctx;
-                group.next_ctx += 1;
-                match group.raft.read_index(now, ctx) {
-                    Ok(()) => {
-                        group.reads.insert(ctx, PendingRead { client, req, offset });
-                    }
-                    Err(e) => self.refuse(client, req, e),
-                }
-            }
-        }
-        self.stepped_and_drain(rt, group);
-    }
-
-    fn refuse(&self, client: ClientRef, req: u64, e: ProposeError) {
-        let response = match e {
-            ProposeError::NotLeader { leader } => Response::NotLeader { req, leader },
-            ProposeError::Transferring(to) => Response::NotLeader { req, leader: Some(to) },
-            other => Response::Error { req, reason: other.to_string() },
-        };
-        self.reply(client, response);
-    }
-
-    fn stepped_and_drain<R: Runtime>(&mut self, rt: &R, group: &mut Group) {
-        self.observer.stepped(self.me, group.id, &group.raft);
-        self.drain(rt, group);
-    }
-
-    /// Performs a group's outputs until it has none.
-    fn drain<R: Runtime>(&mut self, rt: &R, group: &mut Group) {
-        let now = rt.now();
-        loop {
-            while let Some(out) = group.raft.poll_output() {
-                self.perform(rt, group, out);
-            }
-            // Snapshot once enough was applied since the last one.
-            let applied = group.raft.applied();
-            let (snapshot_index, _) = group.raft.log().snapshot_point();
-            if applied >= snapshot_index + self.config.snapshot_every {
-                group.raft.compact(now, applied, group.machine.snapshot());
-                self.observer.stepped(self.me, group.id, &group.raft);
-                continue;
-            }
-            return;
-        }
-    }
-
-    fn perform<R: Runtime>(&mut self, rt: &R, group: &mut Group, out: Output) {
-        match out {
-            Output::Send { to, message } => {
-                self.observer.sent(self.me, group.id, to, &message);
-                rt.send(to, wire::encode(u64::from(group.id), &message));
-            }
-            Output::Persist(w) => {
-                self.observer.persisting(self.me, group.id, &w);
+    /// Performs the core's outputs until it has none.
+    fn drain<R: Runtime, O: ReplicaObserver>(&self, rt: &R, core: &mut ReplicaCore<O>) {
+        while let Some(out) = core.poll_output() {
+            match out {
+                Output::Send { to, group, message } => rt.send(to, wire::encode(u64::from(group), &message)),
                 // The writer lives as long as this task.
-                let _ = group.writes.unbounded_send(w);
+                Output::Persist { group, write } => drop(self.writes[group as usize].unbounded_send(write)),
+                Output::Reply { client, response } => self.reply(client, response),
             }
-            Output::Apply(entry) => {
-                self.observer.applied(self.me, group.id, &entry);
-                let offset = match &entry.payload {
-                    EntryPayload::Normal(bytes) => {
-                        let command = Produce::decode(bytes.clone()).expect("entries hold commands this node encoded");
-                        group.machine.apply(command).map(|a| a.offset)
-                    }
-                    EntryPayload::Noop | EntryPayload::Config(_) => None,
-                };
-                for w in group.produces.remove(&entry.index).unwrap_or_default() {
-                    let response = match offset {
-                        Some(offset) if w.term == entry.term => Response::Produced { req: w.req, offset },
-                        // Another entry took the index: the produce was lost
-                        // with a leader; the client retries.
-                        _ => Response::NotLeader { req: w.req, leader: group.raft.leader() },
-                    };
-                    self.reply(w.client, response);
-                }
-                self.serve_ready_reads(group);
-            }
-            Output::ApplySnapshot(snapshot) => {
-                self.observer.restored(self.me, group.id, &snapshot);
-                group.machine =
-                    PartitionMachine::restore(snapshot.data.clone()).expect("snapshots hold state this code encoded");
-                let covered: Vec<u64> = group.produces.range(..=snapshot.index).map(|(&i, _)| i).collect();
-                for index in covered {
-                    for w in group.produces.remove(&index).unwrap_or_default() {
-                        self.reply(w.client, Response::NotLeader { req: w.req, leader: group.raft.leader() });
-                    }
-                }
-                self.serve_ready_reads(group);
-            }
-            Output::ReadReady { ctx, index } => {
-                if let Some(read) = group.reads.remove(&ctx) {
-                    group.ready.push((index, read));
-                    self.serve_ready_reads(group);
-                }
-            }
-            Output::ReadFailed { ctx } => {
-                if let Some(read) = group.reads.remove(&ctx) {
-                    self.reply(read.client, Response::NotLeader { req: read.req, leader: group.raft.leader() });
-                }
-            }
-            Output::RoleChanged { role, leader, .. } => {
-                if role != Role::Leader {
-                    let leader = leader.filter(|&l| l != self.me);
-                    for (_, waiting) in std::mem::take(&mut group.produces) {
-                        for w in waiting {
-                            self.reply(w.client, Response::NotLeader { req: w.req, leader });
-                        }
-                    }
-                    for (_, read) in std::mem::take(&mut group.reads) {
-                        self.reply(read.client, Response::NotLeader { req: read.req, leader });
-                    }
-                    for (_, read) in std::mem::take(&mut group.ready) {
-                        self.reply(read.client, Response::NotLeader { req: read.req, leader });
-                    }
-                }
-            }
-        }
-    }
-
-    fn serve_ready_reads(&self, group: &mut Group) {
-        let applied = group.raft.applied();
-        let (serve, wait): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut group.ready).into_iter().partition(|(i, _)| *i <= applied);
-        group.ready = wait;
-        for (_, read) in serve {
-            let payload = group.machine.get(read.offset).map(|r| r.payload.clone());
-            self.reply(read.client, Response::ReadResult { req: read.req, payload });
-        }
-    }
-}
-
-async fn client_reader<S: ClientStream>(stream: S, client: ClientRef, inputs: mpsc::UnboundedSender<Input>) {
-    loop {
-        let input = match stream.recv().await {
-            Ok(Some(frame)) => match Request::decode(frame) {
-                Ok(request) => Input::Request(client, request),
-                Err(e) => Input::Malformed(client, format!("malformed request: {e}")),
-            },
-            Ok(None) | Err(_) => {
-                let _ = inputs.unbounded_send(Input::ClientGone(client));
-                return;
-            }
-        };
-        if inputs.unbounded_send(input).is_err() {
-            return;
         }
     }
 }

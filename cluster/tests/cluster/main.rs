@@ -1,10 +1,12 @@
 //! Integration tests of the cluster services: the membership service end to
-//! end under the simulator, the SWIM and Raft transcripts, and one test per
-//! rule of the Raft paper's Figure 2.
+//! end under the simulator, the SWIM, Raft and replicated-partition
+//! transcripts (one runner, [`transcript`]), and one test per rule of the
+//! Raft paper's Figure 2.
 
 mod membership;
 mod raft_harness;
 mod raft_paper;
 mod raft_transcripts;
+mod replica_transcripts;
 mod swim_transcripts;
 mod transcript;

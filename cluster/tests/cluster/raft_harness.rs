@@ -88,14 +88,6 @@ impl Member {
         self.drain()
     }
 
-    /// Moves time to the next deadline and handles it.
-    pub fn tick(&mut self) -> Vec<Output> {
-        let deadline = self.raft.poll_timeout();
-        assert!(deadline != Instant::MAX, "no deadline to move to");
-        self.now = self.now.max(deadline);
-        self.timeout()
-    }
-
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
     }

@@ -6,7 +6,8 @@
 //! the diff of every bless.
 //!
 //! Commands (`T` is a time such as `450ms`, `nX` a member, messages and
-//! entries in the text form of `kaelix_cluster::raft::text`):
+//! entries in the text form of `kaelix_cluster::raft::text`; `time`,
+//! `timeout`, `tick`, `run-until` and `deadline` are the runner's):
 //!
 //! * `config key=value…` before `start`: `election_timeout`,
 //!   `heartbeat_interval`, `pre_vote`, `check_quorum`, `max_inflight`,
@@ -15,12 +16,9 @@
 //!   [vote=nY] [commit=C] [log=[entries]]`: the member under test, at the
 //!   current time, on a disk holding that state (empty if none is given;
 //!   `wiped`: empty and not bootstrapping, so it recovers);
-//! * `time T`: the current time (absolute, only forward);
 //! * `recv nX <message>`: a message from `nX`; `recv-raw nX <hex>`: a
 //!   datagram in the wire format (the runner prints why it does not
 //!   decode, if it does not, and drops it as a driver would);
-//! * `timeout`: `handle_timeout` now; `tick`: move to `poll_timeout()` and
-//!   handle it (prints `@T` first); `run-until T`: tick until `T`;
 //! * `write-done [N]`: the oldest `N` (default: all) writes in flight
 //!   complete, in order;
 //! * `elect nX…`: win an election — the election timer fires (the time
@@ -31,14 +29,12 @@
 //!   `transfer nX`, `compact I D`: client requests (a refusal prints
 //!   `error: …`);
 //! * `restart [wiped]`: crash (writes in flight are lost) and boot again;
-//! * `state`, `log`, `progress`, `disk`, `deadline`: print state.
+//! * `state`, `log`, `progress`, `disk`: print state.
 //!
 //! Outputs print in `text`'s form: `send nX <message>`, `persist wN …`,
 //! `apply I/T …`, `apply-snapshot …`, `read-ready …`, `read-failed …`,
 //! `role <role> term=T leader=nX`. Every message sent is also checked to
 //! survive the wire codec.
-
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use kaelix_cluster::raft::text::{Entries, parse_data, parse_entries, parse_message, parse_node, parse_nodes};
@@ -47,12 +43,11 @@ use kaelix_core::NodeId;
 use kaelix_core::time::Instant;
 
 use crate::raft_harness::{Disk, Member};
-use crate::transcript::{self, fmt_time, hex, kv, parse_duration, parse_time, transcripts};
+use crate::transcript::{self, Harness, hex, kv, parse_duration, transcripts};
 
 struct Env {
     config: RaftConfig,
     member: Option<Member>,
-    now: Instant,
 }
 
 fn print(outputs: Vec<Output>, out: &mut Vec<String>) {
@@ -67,15 +62,18 @@ fn boolean(value: &str) -> Result<bool, String> {
     value.parse().map_err(|_| format!("want true or false, got {value:?}"))
 }
 
-impl Env {
-    fn member(&mut self) -> Result<&mut Member, String> {
-        let now = self.now;
-        let m = self.member.as_mut().ok_or_else(|| "no member: `start` first".to_string())?;
-        m.now = now;
-        Ok(m)
+impl Harness for Env {
+    const DIR: &'static str = "raft_transcripts";
+
+    fn new() -> Self {
+        Env { config: RaftConfig::new(NodeId(0), []), member: None }
     }
 
-    fn set_config(&mut self, key: &str, value: &str) -> Result<(), String> {
+    fn started(&self) -> bool {
+        self.member.is_some()
+    }
+
+    fn configure(&mut self, key: &str, value: &str) -> Result<(), String> {
         let c = &mut self.config;
         let num = || value.parse::<usize>().map_err(|_| format!("bad number {value:?} for {key}"));
         match key {
@@ -91,7 +89,140 @@ impl Env {
         Ok(())
     }
 
-    fn start(&mut self, rest: &str) -> Result<Vec<String>, String> {
+    fn deadline(&mut self) -> Result<Option<Instant>, String> {
+        let d = self.started_member()?.raft.poll_timeout();
+        Ok((d != Instant::MAX).then_some(d))
+    }
+
+    fn timeout(&mut self, now: Instant) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        print(self.member(now)?.timeout(), &mut out);
+        Ok(out)
+    }
+
+    fn exec(&mut self, now: &mut Instant, verb: &str, rest: &str) -> Result<Vec<String>, String> {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let mut out = Vec::new();
+        match verb {
+            "start" => return self.start(*now, rest),
+            "recv" => {
+                let (from, message) = rest.trim().split_once(' ').ok_or("recv nX <message>")?;
+                let message = parse_message(message)?;
+                let from = parse_node(from)?;
+                print(self.member(*now)?.recv(from, message), &mut out);
+            }
+            "recv-raw" => {
+                let [from, bytes] = &words[..] else { return Err("recv-raw nX <hex>".into()) };
+                let from = parse_node(from)?;
+                match wire::decode(hex(bytes)?) {
+                    Ok((_, message)) => print(self.member(*now)?.recv(from, message), &mut out),
+                    Err(e) => out.push(format!("(undecodable: {e})")),
+                }
+            }
+            "elect" => {
+                let voters = words.iter().map(|w| parse_node(w)).collect::<Result<Vec<_>, _>>()?;
+                transcript::tick(self, now, &mut out)?;
+                let m = self.member(*now)?;
+                let term = m.raft.term() + 1;
+                if m.config.pre_vote {
+                    for &v in &voters {
+                        print(m.recv(v, Message { term, body: Body::PreVoteResponse { granted: true } }), &mut out);
+                    }
+                }
+                print(m.settle(), &mut out);
+                for &v in &voters {
+                    print(m.recv(v, Message { term, body: Body::VoteResponse { granted: true } }), &mut out);
+                }
+                print(m.settle(), &mut out);
+            }
+            "write-done" => {
+                let n = match words.first() {
+                    Some(n) => n.parse().map_err(|_| format!("bad count {n:?}"))?,
+                    None => usize::MAX,
+                };
+                print(self.member(*now)?.write_done(n), &mut out);
+            }
+            "propose" => {
+                let data = parse_data(rest.trim())?;
+                let m = self.member(*now)?;
+                match m.raft.propose(m.now, data) {
+                    Ok((index, term)) => out.push(format!("proposed {index}/{term}")),
+                    Err(e) => out.push(format!("error: {e}")),
+                }
+                print(m.drain(), &mut out);
+            }
+            "propose-config" => {
+                let voters = parse_nodes(kv(&words, "voters").ok_or("propose-config needs voters=")?)?;
+                let learners = kv(&words, "learners").map_or(Ok(Default::default()), parse_nodes)?;
+                let m = self.member(*now)?;
+                match m.raft.propose_config(m.now, voters, learners) {
+                    Ok((index, term)) => out.push(format!("proposed {index}/{term}")),
+                    Err(e) => out.push(format!("error: {e}")),
+                }
+                print(m.drain(), &mut out);
+            }
+            "read-index" => {
+                let ctx = rest.trim().parse().map_err(|_| format!("bad context {rest:?}"))?;
+                let m = self.member(*now)?;
+                if let Err(e) = m.raft.read_index(m.now, ctx) {
+                    out.push(format!("error: {e}"));
+                }
+                print(m.drain(), &mut out);
+            }
+            "transfer" => {
+                let to = parse_node(rest.trim())?;
+                let m = self.member(*now)?;
+                if let Err(e) = m.raft.transfer_leadership(m.now, to) {
+                    out.push(format!("error: {e}"));
+                }
+                print(m.drain(), &mut out);
+            }
+            "compact" => {
+                let [index, data] = &words[..] else { return Err("compact I D".into()) };
+                let index = index.parse().map_err(|_| format!("bad index {index:?}"))?;
+                let data: Bytes = parse_data(data)?;
+                let m = self.member(*now)?;
+                m.raft.compact(m.now, index, data);
+                print(m.drain(), &mut out);
+            }
+            "restart" => {
+                let wiped = match rest.trim() {
+                    "" => false,
+                    "wiped" => true,
+                    other => return Err(format!("restart [wiped], got {other:?}")),
+                };
+                print(self.member(*now)?.restart(wiped), &mut out);
+            }
+            "state" => self.state(&mut out)?,
+            "log" => {
+                let r = &self.member(*now)?.raft;
+                let (si, st) = r.log().snapshot_point();
+                out.push(format!("snapshot at {si}/{st}"));
+                out.extend(r.log().iter().map(|e| e.to_string()));
+            }
+            "progress" => self.progress(&mut out)?,
+            "disk" => {
+                let d = &self.member(*now)?.disk.state;
+                out.push(format!("hard-state {}", d.hard_state));
+                if let Some(s) = &d.snapshot {
+                    out.push(format!("snapshot {s}"));
+                }
+                out.push(format!("entries {}", Entries(&d.entries)));
+            }
+            _ => return Err(format!("unknown command {verb:?}")),
+        }
+        Ok(out)
+    }
+}
+
+impl Env {
+    fn member(&mut self, now: Instant) -> Result<&mut Member, String> {
+        let m = self.member.as_mut().ok_or_else(|| "no member: `start` first".to_string())?;
+        m.now = now;
+        Ok(m)
+    }
+
+    fn start(&mut self, now: Instant, rest: &str) -> Result<Vec<String>, String> {
         let (head, log) = match rest.find(" log=") {
             Some(at) => (&rest[..at], Some(parse_entries(rest[at + " log=".len()..].trim())?)),
             None => (rest, None),
@@ -116,24 +247,15 @@ impl Env {
             Disk::holding(hard_state, log.unwrap_or_default())
         };
         let seed = number(&words, "seed")?.unwrap_or(1);
-        let (member, outputs) = Member::boot(config, seed, self.now, disk);
+        let (member, outputs) = Member::boot(config, seed, now, disk);
         self.member = Some(member);
         let mut out = Vec::new();
         print(outputs, &mut out);
         Ok(out)
     }
 
-    fn tick(&mut self, out: &mut Vec<String>) -> Result<(), String> {
-        let m = self.member()?;
-        let outputs = m.tick();
-        self.now = m.now;
-        out.push(format!("@{}", fmt_time(self.now.as_nanos())));
-        print(outputs, out);
-        Ok(())
-    }
-
-    fn state(&mut self, out: &mut Vec<String>) -> Result<(), String> {
-        let r = &self.member()?.raft;
+    fn state(&self, out: &mut Vec<String>) -> Result<(), String> {
+        let r = &self.started_member()?.raft;
         let leader = r.leader().map_or("-".to_string(), |l| l.to_string());
         let vote = r.vote().map_or("-".to_string(), |v| v.to_string());
         out.push(format!(
@@ -152,8 +274,12 @@ impl Env {
         Ok(())
     }
 
-    fn progress(&mut self, out: &mut Vec<String>) -> Result<(), String> {
-        let r = &self.member()?.raft;
+    fn started_member(&self) -> Result<&Member, String> {
+        self.member.as_ref().ok_or_else(|| "no member: `start` first".to_string())
+    }
+
+    fn progress(&self, out: &mut Vec<String>) -> Result<(), String> {
+        let r = &self.started_member()?.raft;
         for n in r.configuration().members() {
             let Some(p) = r.progress(n) else { continue };
             let state = match p.state {
@@ -171,164 +297,10 @@ impl Env {
         }
         Ok(())
     }
-
-    fn exec(&mut self, command: &str) -> Result<Vec<String>, String> {
-        let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
-        let words: Vec<&str> = rest.split_whitespace().collect();
-        let mut out = Vec::new();
-        match verb {
-            "config" => {
-                if self.member.is_some() {
-                    return Err("config after start".into());
-                }
-                for w in &words {
-                    let (k, v) = w.split_once('=').ok_or_else(|| format!("expected key=value, got {w:?}"))?;
-                    self.set_config(k, v)?;
-                }
-            }
-            "start" => return self.start(rest),
-            "time" => {
-                let t = parse_time(rest.trim())?;
-                if t < self.now {
-                    return Err(format!("time goes backwards: {rest}"));
-                }
-                self.now = t;
-            }
-            "recv" => {
-                let (from, message) = rest.trim().split_once(' ').ok_or("recv nX <message>")?;
-                let message = parse_message(message)?;
-                let from = parse_node(from)?;
-                print(self.member()?.recv(from, message), &mut out);
-            }
-            "recv-raw" => {
-                let [from, bytes] = &words[..] else { return Err("recv-raw nX <hex>".into()) };
-                let from = parse_node(from)?;
-                match wire::decode(hex(bytes)?) {
-                    Ok((_, message)) => print(self.member()?.recv(from, message), &mut out),
-                    Err(e) => out.push(format!("(undecodable: {e})")),
-                }
-            }
-            "elect" => {
-                let voters = words.iter().map(|w| parse_node(w)).collect::<Result<Vec<_>, _>>()?;
-                self.tick(&mut out)?;
-                let m = self.member()?;
-                let term = m.raft.term() + 1;
-                if m.config.pre_vote {
-                    for &v in &voters {
-                        print(m.recv(v, Message { term, body: Body::PreVoteResponse { granted: true } }), &mut out);
-                    }
-                }
-                print(m.settle(), &mut out);
-                for &v in &voters {
-                    print(m.recv(v, Message { term, body: Body::VoteResponse { granted: true } }), &mut out);
-                }
-                print(m.settle(), &mut out);
-            }
-            "timeout" => print(self.member()?.timeout(), &mut out),
-            "tick" => self.tick(&mut out)?,
-            "run-until" => {
-                let until = parse_time(rest.trim())?;
-                while self.member()?.raft.poll_timeout() <= until {
-                    self.tick(&mut out)?;
-                }
-                self.now = self.now.max(until);
-            }
-            "write-done" => {
-                let n = match words.first() {
-                    Some(n) => n.parse().map_err(|_| format!("bad count {n:?}"))?,
-                    None => usize::MAX,
-                };
-                print(self.member()?.write_done(n), &mut out);
-            }
-            "propose" => {
-                let data = parse_data(rest.trim())?;
-                let m = self.member()?;
-                match m.raft.propose(m.now, data) {
-                    Ok((index, term)) => out.push(format!("proposed {index}/{term}")),
-                    Err(e) => out.push(format!("error: {e}")),
-                }
-                print(m.drain(), &mut out);
-            }
-            "propose-config" => {
-                let voters = parse_nodes(kv(&words, "voters").ok_or("propose-config needs voters=")?)?;
-                let learners = kv(&words, "learners").map_or(Ok(Default::default()), parse_nodes)?;
-                let m = self.member()?;
-                match m.raft.propose_config(m.now, voters, learners) {
-                    Ok((index, term)) => out.push(format!("proposed {index}/{term}")),
-                    Err(e) => out.push(format!("error: {e}")),
-                }
-                print(m.drain(), &mut out);
-            }
-            "read-index" => {
-                let ctx = rest.trim().parse().map_err(|_| format!("bad context {rest:?}"))?;
-                let m = self.member()?;
-                if let Err(e) = m.raft.read_index(m.now, ctx) {
-                    out.push(format!("error: {e}"));
-                }
-                print(m.drain(), &mut out);
-            }
-            "transfer" => {
-                let to = parse_node(rest.trim())?;
-                let m = self.member()?;
-                if let Err(e) = m.raft.transfer_leadership(m.now, to) {
-                    out.push(format!("error: {e}"));
-                }
-                print(m.drain(), &mut out);
-            }
-            "compact" => {
-                let [index, data] = &words[..] else { return Err("compact I D".into()) };
-                let index = index.parse().map_err(|_| format!("bad index {index:?}"))?;
-                let data: Bytes = parse_data(data)?;
-                let m = self.member()?;
-                m.raft.compact(m.now, index, data);
-                print(m.drain(), &mut out);
-            }
-            "restart" => {
-                let wiped = match rest.trim() {
-                    "" => false,
-                    "wiped" => true,
-                    other => return Err(format!("restart [wiped], got {other:?}")),
-                };
-                print(self.member()?.restart(wiped), &mut out);
-            }
-            "state" => self.state(&mut out)?,
-            "log" => {
-                let r = &self.member()?.raft;
-                let (si, st) = r.log().snapshot_point();
-                out.push(format!("snapshot at {si}/{st}"));
-                out.extend(r.log().iter().map(|e| e.to_string()));
-            }
-            "progress" => self.progress(&mut out)?,
-            "disk" => {
-                let d = &self.member()?.disk.state;
-                out.push(format!("hard-state {}", d.hard_state));
-                if let Some(s) = &d.snapshot {
-                    out.push(format!("snapshot {s}"));
-                }
-                out.push(format!("entries {}", Entries(&d.entries)));
-            }
-            "deadline" => {
-                let d = self.member()?.raft.poll_timeout();
-                out.push(format!("next deadline {}", fmt_time(d.as_nanos())));
-            }
-            _ => return Err(format!("unknown command {verb:?}")),
-        }
-        Ok(out)
-    }
-}
-
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/raft_transcripts")
-}
-
-fn run(file: &str) {
-    let template = RaftConfig::new(NodeId(0), []);
-    let mut env = Env { config: template, member: None, now: Instant::ZERO };
-    transcript::run(&dir(), file, |command| env.exec(command));
 }
 
 transcripts! {
-    raft, super::run, super::dir;
+    raft, super::Env;
     election => "election.txt",
     vote_refused => "vote-refused.txt",
     vote_held_until_durable => "vote-held-until-durable.txt",

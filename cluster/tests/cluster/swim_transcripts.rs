@@ -4,27 +4,23 @@
 //! `KAELIX_BLESS=1`: see [`crate::transcript`]). A transcript must show
 //! correct SWIM behaviour, not just any.
 //!
-//! Commands (`T` is a time such as `1200ms` or `5s`, `nX` a node):
+//! Commands (`T` is a time such as `1200ms` or `5s`, `nX` a node; `time`,
+//! `timeout`, `tick`, `run-until` and `deadline` are the runner's, and a
+//! tick that output nothing prints nothing):
 //!
 //! * `config key=value…` before `start`: any `SwimConfig` field by name;
 //! * `start nX [inc=N] [seed=N] [meta=M]`: the node under test, at the
 //!   current time (0 unless `time` moved it);
-//! * `time T`: the current time (absolute, only forward);
 //! * `recv nX <packet>`: a datagram from `nX`, in the text form of
 //!   `kaelix_cluster::swim::text` (`ping seq=3 | alive n2 inc=1`);
 //!   `recv-raw nX <hex>`: raw bytes (the runner prints why they do not
 //!   decode, if they do not);
-//! * `timeout`: `handle_timeout` at the current time; `tick`: move to
-//!   `poll_timeout()` and handle it; `run-until T`: tick until `T`
-//!   (printing `@T` before the outputs of each tick that had any);
 //! * `join nX…`, `leave`, `set-metadata M`;
 //! * `members` (with each suspect's deadline and confirmations), `health`,
-//!   `deadline`, `stats`: print state.
+//!   `stats`: print state.
 //!
 //! Outputs print as `send nX <packet>`, `event <kind> nX inc=N [meta=M]`,
 //! `rtt nX T`.
-
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use kaelix_cluster::swim::text::{Meta, parse_metadata, parse_node, parse_packet};
@@ -32,12 +28,11 @@ use kaelix_cluster::swim::{Output, Swim, SwimConfig};
 use kaelix_core::rng::seeded;
 use kaelix_core::time::{Duration, Instant};
 
-use crate::transcript::{self, fmt_time, hex, kv, parse_duration, parse_time, transcripts};
+use crate::transcript::{Harness, fmt_time, hex, kv, parse_duration, transcripts};
 
 struct Env {
     config: SwimConfig,
     swim: Option<Swim>,
-    now: Instant,
 }
 
 impl Env {
@@ -58,8 +53,25 @@ impl Env {
             });
         }
     }
+}
 
-    fn set_config(&mut self, key: &str, value: &str) -> Result<(), String> {
+impl Harness for Env {
+    const DIR: &'static str = "swim_transcripts";
+    const QUIET_TICKS: bool = true;
+
+    /// The configuration a transcript starts from: the defaults without the
+    /// gossip timer, so each transcript shows the rule it is about without
+    /// interleaved gossip rounds; `config gossip_interval=…` turns it on
+    /// (`gossip-timer.txt`).
+    fn new() -> Self {
+        Env { config: SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }, swim: None }
+    }
+
+    fn started(&self) -> bool {
+        self.swim.is_some()
+    }
+
+    fn configure(&mut self, key: &str, value: &str) -> Result<(), String> {
         let c = &mut self.config;
         let num = || value.parse::<u64>().map_err(|_| format!("bad number {value:?} for {key}"));
         match key {
@@ -83,36 +95,23 @@ impl Env {
         Ok(())
     }
 
-    fn tick(&mut self, out: &mut Vec<String>) -> Result<(), String> {
-        let s = self.swim()?;
-        let deadline = s.poll_timeout();
-        let now = self.now.max(deadline);
-        self.now = now;
-        self.swim()?.handle_timeout(now);
-        let mut outs = Vec::new();
-        self.drain(&mut outs);
-        if !outs.is_empty() {
-            out.push(format!("@{}", fmt_time(now.as_nanos())));
-            out.extend(outs);
-        }
-        Ok(())
+    fn deadline(&mut self) -> Result<Option<Instant>, String> {
+        let d = self.swim()?.poll_timeout();
+        Ok((d != Instant::MAX).then_some(d))
     }
 
-    fn exec(&mut self, command: &str) -> Result<Vec<String>, String> {
-        let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+    fn timeout(&mut self, now: Instant) -> Result<Vec<String>, String> {
+        self.swim()?.handle_timeout(now);
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        Ok(out)
+    }
+
+    fn exec(&mut self, now: &mut Instant, verb: &str, rest: &str) -> Result<Vec<String>, String> {
         let words: Vec<&str> = rest.split_whitespace().collect();
-        let now = self.now;
+        let now = *now;
         let mut out = Vec::new();
         match verb {
-            "config" => {
-                if self.swim.is_some() {
-                    return Err("config after start".into());
-                }
-                for w in &words {
-                    let (k, v) = w.split_once('=').ok_or_else(|| format!("expected key=value, got {w:?}"))?;
-                    self.set_config(k, v)?;
-                }
-            }
             "start" => {
                 let me = parse_node(words.first().ok_or("start needs a node")?)?;
                 let inc = kv(&words, "inc").map_or(Ok(1), |v| v.parse().map_err(|_| format!("bad inc {v}")))?;
@@ -120,13 +119,6 @@ impl Env {
                 let meta = kv(&words, "meta").map_or(Ok(Bytes::new()), parse_metadata)?;
                 self.swim = Some(Swim::new(me, self.config.clone(), seeded(seed), now, inc, meta));
                 self.drain(&mut out);
-            }
-            "time" => {
-                let t = parse_time(rest.trim())?;
-                if t < now {
-                    return Err(format!("time goes backwards: {rest}"));
-                }
-                self.now = t;
             }
             "recv" => {
                 let (from, packet) = rest.trim().split_once(' ').ok_or("recv nX <packet>")?;
@@ -142,18 +134,6 @@ impl Env {
                 }
                 self.swim()?.handle_message(now, parse_node(from)?, bytes);
                 self.drain(&mut out);
-            }
-            "timeout" => {
-                self.swim()?.handle_timeout(now);
-                self.drain(&mut out);
-            }
-            "tick" => self.tick(&mut out)?,
-            "run-until" => {
-                let until = parse_time(rest.trim())?;
-                while self.swim()?.poll_timeout() <= until {
-                    self.tick(&mut out)?;
-                }
-                self.now = self.now.max(until);
             }
             "join" => {
                 let seeds = words.iter().map(|w| parse_node(w)).collect::<Result<Vec<_>, _>>()?;
@@ -191,10 +171,6 @@ impl Env {
                     fmt_time(s.scaled_probe_timeout().as_nanos() as u64)
                 ));
             }
-            "deadline" => {
-                let d = self.swim()?.poll_timeout();
-                out.push(format!("next deadline {}", fmt_time(d.as_nanos())));
-            }
             "stats" => {
                 let s = self.swim()?.stats();
                 out.push(format!(
@@ -219,25 +195,8 @@ impl Env {
     }
 }
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/swim_transcripts")
-}
-
-/// The configuration a transcript starts from: the defaults without the
-/// gossip timer, so each transcript shows the rule it is about without
-/// interleaved gossip rounds; `config gossip_interval=…` turns it on
-/// (`gossip-timer.txt`).
-fn base_config() -> SwimConfig {
-    SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }
-}
-
-fn run(file: &str) {
-    let mut env = Env { config: base_config(), swim: None, now: Instant::ZERO };
-    transcript::run(&dir(), file, |command| env.exec(command));
-}
-
 transcripts! {
-    swim, super::run, super::dir;
+    swim, super::Env;
     probe_ack => "probe-ack.txt",
     indirect_probe => "indirect-probe.txt",
     suspect_then_refute => "suspect-then-refute.txt",

@@ -1,7 +1,7 @@
-//! The file format and runner shared by the transcript (data-driven) tests,
-//! in the manner of etcd-io/raft's `testdata/*.txt`: a file scripts the
-//! inputs of one state machine and records, below each step, every output
-//! it produced. The runner replays the inputs and compares; with
+//! The file format and the one runner of every transcript (data-driven)
+//! test, in the manner of etcd-io/raft's `testdata/*.txt`: a file scripts
+//! the inputs of one sans-IO core and records, below each step, every
+//! output it produced. The runner replays the inputs and compares; with
 //! `KAELIX_BLESS=1` it rewrites the recorded outputs instead (then read the
 //! diff: a transcript must show correct behaviour, not just any).
 //!
@@ -13,6 +13,20 @@
 //! ----
 //! <expected output, one line per output>
 //! ```
+//!
+//! Each core plugs in through a [`Harness`]: its own commands (`start`,
+//! messages, client requests, state dumps) and how it prints outputs. The
+//! runner owns the clock and the commands every core shares (`T` is a time
+//! such as `450ms` or `5s`):
+//!
+//! * `config key=value…`: settings, before `start`;
+//! * `time T`: the current time (absolute, only forward);
+//! * `timeout`: `handle_timeout` now;
+//! * `tick`: move to the core's next deadline and handle it (printing `@T`
+//!   first; cores with [`Harness::QUIET_TICKS`] print it only when the tick
+//!   output something);
+//! * `run-until T`: tick until `T`, then move to `T`;
+//! * `deadline`: print the next deadline.
 
 #![allow(
     clippy::disallowed_methods,
@@ -20,7 +34,7 @@
 )]
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use kaelix_core::time::{Duration, Instant};
@@ -122,21 +136,122 @@ pub fn check_listed(dir: &Path, listed: &[&str]) {
     assert!(missing.is_empty(), "add these to the transcripts! list: {missing:?}");
 }
 
-/// One `#[test]` per transcript file, in a module named `$module`, each
-/// calling `$runner(file)`; plus a test that every file in `$dir()` is listed.
+/// One sans-IO core as its transcripts drive it.
+pub trait Harness {
+    /// The folder of `tests/` holding its transcripts.
+    const DIR: &'static str;
+    /// Whether a tick that output nothing prints no `@T` line.
+    const QUIET_TICKS: bool = false;
+
+    /// The state before any command.
+    fn new() -> Self;
+    /// Whether the core was started (`config` comes before that).
+    fn started(&self) -> bool;
+    /// `config key=value`.
+    fn configure(&mut self, key: &str, value: &str) -> Result<(), String>;
+    /// The core's next deadline (`None`: nothing scheduled).
+    fn deadline(&mut self) -> Result<Option<Instant>, String>;
+    /// `handle_timeout(now)`, and what it output.
+    fn timeout(&mut self, now: Instant) -> Result<Vec<String>, String>;
+    /// Any other command, at `now`; a command may move time forward (by
+    /// ticking, say), never back.
+    fn exec(&mut self, now: &mut Instant, verb: &str, rest: &str) -> Result<Vec<String>, String>;
+}
+
+/// The folder of `H`'s transcripts.
+pub fn dir<H: Harness>() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(H::DIR)
+}
+
+/// A harness and the clock of one transcript.
+pub struct Runner<H> {
+    harness: H,
+    now: Instant,
+}
+
+impl<H: Harness> Runner<H> {
+    pub fn new() -> Self {
+        Runner { harness: H::new(), now: Instant::ZERO }
+    }
+
+    /// Runs one command: the shared ones here, the rest by the harness.
+    pub fn exec(&mut self, command: &str) -> Result<Vec<String>, String> {
+        let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+        let mut out = Vec::new();
+        match verb {
+            "config" => {
+                if self.harness.started() {
+                    return Err("config after start".into());
+                }
+                for w in rest.split_whitespace() {
+                    let (k, v) = w.split_once('=').ok_or_else(|| format!("expected key=value, got {w:?}"))?;
+                    self.harness.configure(k, v)?;
+                }
+            }
+            "time" => {
+                let t = parse_time(rest.trim())?;
+                if t < self.now {
+                    return Err(format!("time goes backwards: {rest}"));
+                }
+                self.now = t;
+            }
+            "timeout" => out = self.harness.timeout(self.now)?,
+            "tick" => tick(&mut self.harness, &mut self.now, &mut out)?,
+            "run-until" => {
+                let until = parse_time(rest.trim())?;
+                while self.harness.deadline()?.is_some_and(|d| d <= until) {
+                    tick(&mut self.harness, &mut self.now, &mut out)?;
+                }
+                self.now = self.now.max(until);
+            }
+            "deadline" => out.push(match self.harness.deadline()? {
+                Some(d) => format!("next deadline {}", fmt_time(d.as_nanos())),
+                None => "no deadline".to_string(),
+            }),
+            _ => {
+                let before = self.now;
+                out = self.harness.exec(&mut self.now, verb, rest)?;
+                assert!(self.now >= before, "{command}: the harness moved time backwards");
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Moves `now` to `h`'s next deadline and handles it, printing `@T` and
+/// the outputs.
+pub fn tick<H: Harness>(h: &mut H, now: &mut Instant, out: &mut Vec<String>) -> Result<(), String> {
+    let deadline = h.deadline()?.ok_or("no deadline to move to")?;
+    *now = (*now).max(deadline);
+    let outputs = h.timeout(*now)?;
+    if !H::QUIET_TICKS || !outputs.is_empty() {
+        out.push(format!("@{}", fmt_time(now.as_nanos())));
+        out.extend(outputs);
+    }
+    Ok(())
+}
+
+/// Replays (or blesses) `H`'s transcript `file`.
+pub fn run_file<H: Harness>(file: &str) {
+    let mut runner = Runner::<H>::new();
+    run(&dir::<H>(), file, |command| runner.exec(command));
+}
+
+/// One `#[test]` per transcript file of the harness `$harness`, in a module
+/// named `$module`; plus a test that every file in its folder is listed.
 macro_rules! transcripts {
-    ($module:ident, $runner:path, $dir:path; $($name:ident => $file:literal,)*) => {
+    ($module:ident, $harness:ty; $($name:ident => $file:literal,)*) => {
         mod $module {
             $(
                 #[test]
                 fn $name() {
-                    $runner($file);
+                    $crate::transcript::run_file::<$harness>($file);
                 }
             )*
 
             #[test]
             fn every_transcript_file_is_listed() {
-                $crate::transcript::check_listed(&$dir(), &[$($file),*]);
+                $crate::transcript::check_listed(&$crate::transcript::dir::<$harness>(), &[$($file),*]);
             }
         }
     };

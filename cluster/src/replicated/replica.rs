@@ -1,0 +1,574 @@
+//! The sans-IO core of a replicated-partition node: every partition's
+//! [`Raft`] member and [`PartitionMachine`], and the requests waiting on
+//! them. The driver ([`super::node::run_node`]) owns sockets, files, client
+//! streams and timers; this core owns the bookkeeping.
+//!
+//! # Inputs and outputs
+//!
+//! The call order is `kaelix_core::sansio`'s: feed an input with the
+//! current time, drain [`ReplicaCore::poll_output`] until `None`, sleep
+//! until [`ReplicaCore::poll_timeout`] or the next input. Time only moves
+//! forward; every input asserts it.
+//!
+//! * [`ReplicaCore::handle_request`]: a client's produce or read;
+//! * [`ReplicaCore::handle_message`]: a peer's Raft message for one group;
+//! * [`ReplicaCore::handle_write_complete`]: a batch of one group's writes
+//!   is durable (its log writer performs them in order);
+//! * [`ReplicaCore::handle_timeout`] (every group whose deadline passed) or
+//!   [`ReplicaCore::handle_group_timeout`] (one group);
+//! * [`ReplicaCore::transfer_leadership`]: hand a group's leadership away.
+//!
+//! Outputs ([`Output`]): a datagram for a peer, a write for a group's log
+//! writer, an answer for a client.
+//!
+//! # The waiting tables
+//!
+//! * A **produce** on the leader is proposed and waits, keyed by its
+//!   entry's index, until that entry applies: it is answered with the
+//!   offset the state machine gave it (a retry of an applied `(client,
+//!   seq)` gets the offset it already has). Anywhere else it is answered
+//!   `NotLeader` with the member's leader hint.
+//! * A **read** goes through ReadIndex: it waits for its round (keyed by a
+//!   context number), then, confirmed at a read index, until the machine
+//!   has applied that index; then it is answered from the machine.
+//! * When a member stops leading, every produce and read still waiting in
+//!   its group is answered `NotLeader` (the client retries at the new
+//!   leader; the session table makes a retried produce land once). So is a
+//!   produce whose index a snapshot covered, or whose index another term's
+//!   entry took.
+//!
+//! # Order
+//!
+//! A driver performs outputs in the order they come out, and watchers see
+//! the members exactly between them: the work an input causes (draining the
+//! member's outputs, applying entries, snapshotting every
+//! `snapshot_every` applied entries) is done lazily by `poll_output`, one
+//! member output at a time, so a [`ReplicaObserver`] is told about each step
+//! just before the IO it causes is performed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use kaelix_core::NodeId;
+use kaelix_core::WallTime;
+use kaelix_core::planted::PlantedBug;
+use kaelix_core::rng::DetRng;
+use kaelix_core::sansio::WriteId;
+use kaelix_core::time::Instant;
+
+use super::node::{NoObserver, ReplicaObserver, ReplicatedConfig};
+use super::protocol::{Request, Response};
+use super::{PartitionMachine, Produce};
+use crate::raft::{self, EntryPayload, Output as RaftOutput, ProposeError, Raft, Recovered, Role, Write};
+
+/// Names a client connection (the driver's choice; answers go back to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientRef(pub u64);
+
+impl fmt::Display for ClientRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// What the core asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `group`'s `message` to `to` (`raft::wire` carries the group).
+    Send {
+        /// Destination member.
+        to: NodeId,
+        /// The group (partition).
+        group: u32,
+        /// The message.
+        message: raft::Message,
+    },
+    /// Hand `write` to `group`'s log writer; report it with
+    /// [`ReplicaCore::handle_write_complete`] once it is durable. A group's
+    /// writes are performed in the order they come out.
+    Persist {
+        /// The group (partition).
+        group: u32,
+        /// The write.
+        write: Write,
+    },
+    /// Answer a client.
+    Reply {
+        /// The connection the request came on.
+        client: ClientRef,
+        /// The answer.
+        response: Response,
+    },
+}
+
+/// What one group's member boots from: the driver reads the disk, the core
+/// builds the member.
+pub struct GroupBoot {
+    /// What the group's log held.
+    pub recovered: Recovered,
+    /// The member's generator.
+    pub rng: DetRng,
+    /// When the group finished booting (at or before the core's creation).
+    pub at: Instant,
+}
+
+/// A produce waiting for its entry to apply.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    client: ClientRef,
+    req: u64,
+    term: u64,
+}
+
+/// A read waiting for its ReadIndex round, or for the machine to apply.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    client: ClientRef,
+    req: u64,
+    offset: u64,
+}
+
+struct Group {
+    raft: Raft,
+    machine: PartitionMachine,
+    /// The newest entry the machine holds (applied, or covered by the
+    /// snapshot it was restored from). The member's own `applied()` runs
+    /// ahead of it: it counts entries handed out, not yet taken.
+    applied: u64,
+    /// Produces waiting for the entry at this index to apply.
+    produces: BTreeMap<u64, Vec<Waiting>>,
+    /// Reads waiting for their ReadIndex round, by context.
+    reads: BTreeMap<u64, PendingRead>,
+    /// Confirmed reads waiting for `applied ≥ index`.
+    ready: Vec<(u64, PendingRead)>,
+    next_ctx: u64,
+}
+
+/// Work an input left for `poll_output`, in order.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    /// Tell the observer the group's member stepped.
+    Stepped(u32),
+    /// Handle the group's member outputs (and snapshot) until none is left.
+    Drain(u32),
+}
+
+/// The sans-IO core of one replicated-partition node (see the module docs).
+pub struct ReplicaCore<O: ReplicaObserver = NoObserver> {
+    me: NodeId,
+    config: ReplicatedConfig,
+    observer: O,
+    groups: Vec<Group>,
+    now: Instant,
+    work: VecDeque<Work>,
+    outputs: VecDeque<Output>,
+}
+
+impl<O: ReplicaObserver> ReplicaCore<O> {
+    /// Builds node `me`'s core at `now`, one member per group from what
+    /// each group's disk held (`groups[g]` is group `g`; there must be
+    /// `config.partitions` of them). Booting may already have outputs.
+    pub fn new(me: NodeId, config: ReplicatedConfig, observer: O, now: Instant, groups: Vec<GroupBoot>) -> Self {
+        assert!(config.members.contains(&me), "{me} is not a member");
+        assert_eq!(groups.len(), config.partitions as usize, "one boot per partition");
+        let raft_config = config.raft_config(me);
+        let groups: Vec<Group> = groups
+            .into_iter()
+            .map(|boot| {
+                assert!(boot.at <= now, "time went backwards: {} after {}", now, boot.at);
+                Group {
+                    raft: Raft::new(raft_config.clone(), boot.rng, boot.at, boot.recovered),
+                    machine: PartitionMachine::new(),
+                    applied: 0,
+                    produces: BTreeMap::new(),
+                    reads: BTreeMap::new(),
+                    ready: Vec::new(),
+                    next_ctx: 1,
+                }
+            })
+            .collect();
+        let work = (0..config.partitions).map(Work::Drain).collect();
+        ReplicaCore { me, config, observer, groups, now, work, outputs: VecDeque::new() }
+    }
+
+    // ----- accessors -----------------------------------------------------
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// How many groups (partitions) there are.
+    pub fn partitions(&self) -> u32 {
+        self.config.partitions
+    }
+
+    /// `group`'s member.
+    pub fn raft(&self, group: u32) -> &Raft {
+        &self.groups[group as usize].raft
+    }
+
+    /// `group`'s state machine.
+    pub fn machine(&self, group: u32) -> &PartitionMachine {
+        &self.groups[group as usize].machine
+    }
+
+    /// The newest entry `group`'s machine holds (applied, or covered by the
+    /// snapshot it was restored from).
+    pub fn applied(&self, group: u32) -> u64 {
+        self.groups[group as usize].applied
+    }
+
+    /// `group`'s waiting requests, printable.
+    pub fn waiting(&self, group: u32) -> WaitingTables<'_> {
+        let g = &self.groups[group as usize];
+        WaitingTables { produces: &g.produces, reads: &g.reads, ready: &g.ready }
+    }
+
+    // ----- sans-IO surface -----------------------------------------------
+
+    /// The next output, if any (doing the work inputs left, see the module
+    /// docs).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        loop {
+            if let Some(out) = self.outputs.pop_front() {
+                return Some(out);
+            }
+            match *self.work.front()? {
+                Work::Stepped(g) => {
+                    self.work.pop_front();
+                    self.observer.stepped(self.me, g, &self.groups[g as usize].raft);
+                }
+                Work::Drain(g) => {
+                    if !self.step_drain(g) {
+                        self.work.pop_front();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline of any group (`None`: nothing scheduled).
+    /// Ask after draining the outputs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.groups.iter().map(|g| g.raft.poll_timeout()).min().filter(|&t| t != Instant::MAX)
+    }
+
+    /// Handles every group whose deadline passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for g in 0..self.config.partitions {
+            self.handle_group_timeout(now, g);
+        }
+    }
+
+    /// Handles `group`'s deadline if it passed at `now` (nothing otherwise).
+    pub fn handle_group_timeout(&mut self, now: Instant, group: u32) {
+        self.advance(now);
+        let raft = &mut self.groups[group as usize].raft;
+        if raft.poll_timeout() <= now {
+            raft.handle_timeout(now);
+            self.stepped(group);
+        }
+    }
+
+    /// A peer's message for `group` (the driver drops datagrams for groups
+    /// that do not exist: see [`ReplicaCore::partitions`]).
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, group: u32, message: raft::Message) {
+        self.advance(now);
+        self.groups[group as usize].raft.handle_message(now, from, message);
+        self.stepped(group);
+    }
+
+    /// `group`'s writes `ids` are durable (a batch of its log writer, in
+    /// the order they were issued).
+    pub fn handle_write_complete(&mut self, now: Instant, group: u32, ids: impl IntoIterator<Item = WriteId>) {
+        self.advance(now);
+        let raft = &mut self.groups[group as usize].raft;
+        for id in ids {
+            raft.handle_write_complete(now, id);
+        }
+        self.stepped(group);
+    }
+
+    /// A client's request; `wall` is this node's wall clock, the timestamp a
+    /// produced record gets.
+    pub fn handle_request(&mut self, now: Instant, wall: WallTime, client: ClientRef, request: Request) {
+        self.advance(now);
+        let req = request.req();
+        let partition = match &request {
+            Request::Produce { partition, .. } | Request::Read { partition, .. } => *partition,
+        };
+        let Some(group) = self.groups.get_mut(partition as usize) else {
+            let reason =
+                format!("partition {partition} does not exist: there are {} partitions", self.config.partitions);
+            self.outputs.push_back(Output::Reply { client, response: Response::Error { req, reason } });
+            return;
+        };
+        match request {
+            Request::Produce { client: session, seq, payload, .. } => {
+                let command = Produce { client: session, seq, timestamp: wall, payload };
+                match group.raft.propose(now, command.encode()) {
+                    Ok((index, term)) => {
+                        if self.config.planted.is_on(PlantedBug::ReplicatedAckBeforeCommit) {
+                            // Planted bug: predict the offset and answer now.
+                            let applied = group.raft.applied();
+                            let pending = group
+                                .raft
+                                .log()
+                                .iter()
+                                .filter(|e| e.index > applied && e.index < index)
+                                .filter(|e| matches!(e.payload, EntryPayload::Normal(_)))
+                                .count() as u64;
+                            let offset = group.machine.next_offset() + pending;
+                            self.reply(client, Response::Produced { req, offset });
+                        } else {
+                            group.produces.entry(index).or_default().push(Waiting { client, req, term });
+                        }
+                    }
+                    Err(e) => self.refuse(client, req, e),
+                }
+            }
+            Request::Read { offset, .. } => {
+                let ctx = group.next_ctx;
+                group.next_ctx += 1;
+                match group.raft.read_index(now, ctx) {
+                    Ok(()) => {
+                        group.reads.insert(ctx, PendingRead { client, req, offset });
+                    }
+                    Err(e) => self.refuse(client, req, e),
+                }
+            }
+        }
+        self.stepped(partition);
+    }
+
+    /// Asks `group`'s member to hand leadership to `to` (see
+    /// [`Raft::transfer_leadership`]).
+    pub fn transfer_leadership(&mut self, now: Instant, group: u32, to: NodeId) -> Result<(), ProposeError> {
+        self.advance(now);
+        let result = self.groups[group as usize].raft.transfer_leadership(now, to);
+        self.stepped(group);
+        result
+    }
+
+    // ----- internals -----------------------------------------------------
+
+    /// Moves to `now` (never backwards) and finishes the work earlier inputs
+    /// left, so a new input never overtakes it.
+    fn advance(&mut self, now: Instant) {
+        assert!(now >= self.now, "time went backwards: {} after {}", now, self.now);
+        self.now = now;
+        while let Some(&work) = self.work.front() {
+            match work {
+                Work::Stepped(g) => self.observer.stepped(self.me, g, &self.groups[g as usize].raft),
+                Work::Drain(g) => while self.step_drain(g) {},
+            }
+            self.work.pop_front();
+        }
+    }
+
+    /// After an input to `group`: tell the observer, then drain the member.
+    fn stepped(&mut self, group: u32) {
+        self.work.push_back(Work::Stepped(group));
+        self.work.push_back(Work::Drain(group));
+    }
+
+    fn reply(&mut self, client: ClientRef, response: Response) {
+        self.outputs.push_back(Output::Reply { client, response });
+    }
+
+    fn refuse(&mut self, client: ClientRef, req: u64, e: ProposeError) {
+        let response = match e {
+            ProposeError::NotLeader { leader } => Response::NotLeader { req, leader },
+            ProposeError::Transferring(to) => Response::NotLeader { req, leader: Some(to) },
+            other => Response::Error { req, reason: other.to_string() },
+        };
+        self.reply(client, response);
+    }
+
+    /// Handles one output of `group`'s member, or takes a snapshot once
+    /// enough was applied since the last one; `false` when neither is left.
+    fn step_drain(&mut self, group: u32) -> bool {
+        let g = &mut self.groups[group as usize];
+        if let Some(out) = g.raft.poll_output() {
+            self.perform(group, out);
+            return true;
+        }
+        let applied = g.raft.applied();
+        let (snapshot_index, _) = g.raft.log().snapshot_point();
+        if applied >= snapshot_index + self.config.snapshot_every {
+            g.raft.compact(self.now, applied, g.machine.snapshot());
+            self.observer.stepped(self.me, group, &g.raft);
+            return true;
+        }
+        false
+    }
+
+    fn perform(&mut self, group: u32, out: RaftOutput) {
+        let me = self.me;
+        let g = &mut self.groups[group as usize];
+        match out {
+            RaftOutput::Send { to, message } => {
+                self.observer.sent(me, group, to, &message);
+                self.outputs.push_back(Output::Send { to, group, message });
+            }
+            RaftOutput::Persist(write) => {
+                self.observer.persisting(me, group, &write);
+                self.outputs.push_back(Output::Persist { group, write });
+            }
+            RaftOutput::Apply(entry) => {
+                self.observer.applied(me, group, &entry);
+                let offset = match &entry.payload {
+                    EntryPayload::Normal(bytes) => {
+                        let command = Produce::decode(bytes.clone()).expect("entries hold commands this node encoded");
+                        g.machine.apply(command).map(|a| a.offset)
+                    }
+                    EntryPayload::Noop | EntryPayload::Config(_) => None,
+                };
+                g.applied = entry.index;
+                for w in g.produces.remove(&entry.index).unwrap_or_default() {
+                    let response = match offset {
+                        Some(offset) if w.term == entry.term => Response::Produced { req: w.req, offset },
+                        // Another entry took the index: the produce was lost
+                        // with a leader; the client retries.
+                        _ => Response::NotLeader { req: w.req, leader: g.raft.leader() },
+                    };
+                    self.outputs.push_back(Output::Reply { client: w.client, response });
+                }
+                self.serve_ready_reads(group);
+            }
+            RaftOutput::ApplySnapshot(snapshot) => {
+                self.observer.restored(me, group, &snapshot);
+                g.machine =
+                    PartitionMachine::restore(snapshot.data.clone()).expect("snapshots hold state this code encoded");
+                g.applied = snapshot.index;
+                let covered: Vec<u64> = g.produces.range(..=snapshot.index).map(|(&i, _)| i).collect();
+                for index in covered {
+                    for w in g.produces.remove(&index).unwrap_or_default() {
+                        let response = Response::NotLeader { req: w.req, leader: g.raft.leader() };
+                        self.outputs.push_back(Output::Reply { client: w.client, response });
+                    }
+                }
+                self.serve_ready_reads(group);
+            }
+            RaftOutput::ReadReady { ctx, index } => {
+                if let Some(read) = g.reads.remove(&ctx) {
+                    g.ready.push((index, read));
+                    self.serve_ready_reads(group);
+                }
+            }
+            RaftOutput::ReadFailed { ctx } => {
+                if let Some(read) = g.reads.remove(&ctx) {
+                    let response = Response::NotLeader { req: read.req, leader: g.raft.leader() };
+                    self.outputs.push_back(Output::Reply { client: read.client, response });
+                }
+            }
+            RaftOutput::RoleChanged { role, leader, .. } => {
+                if role != Role::Leader {
+                    let leader = leader.filter(|&l| l != me);
+                    let produces = std::mem::take(&mut g.produces).into_values().flatten().map(|w| (w.client, w.req));
+                    let reads = std::mem::take(&mut g.reads).into_values().map(|r| (r.client, r.req));
+                    let ready = std::mem::take(&mut g.ready).into_iter().map(|(_, r)| (r.client, r.req));
+                    for (client, req) in produces.chain(reads).chain(ready) {
+                        self.outputs.push_back(Output::Reply { client, response: Response::NotLeader { req, leader } });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the confirmed reads whose index the machine has applied.
+    /// (Not the member's `applied()`: a read confirmed in the step that
+    /// committed its index comes out before that step's entries to apply,
+    /// as in a group of one.)
+    fn serve_ready_reads(&mut self, group: u32) {
+        let g = &mut self.groups[group as usize];
+        let applied = g.applied;
+        let (serve, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut g.ready).into_iter().partition(|(i, _)| *i <= applied);
+        g.ready = wait;
+        for (_, read) in serve {
+            let payload = g.machine.get(read.offset).map(|r| r.payload.clone());
+            self.outputs.push_back(Output::Reply {
+                client: read.client,
+                response: Response::ReadResult { req: read.req, payload },
+            });
+        }
+    }
+}
+
+/// A group's waiting requests ([`ReplicaCore::waiting`]), one line each:
+/// `produce index=I c1 req=R term=T`, `read ctx=C c1 req=R offset=O`
+/// (waiting for its round), `read index=I c1 req=R offset=O` (confirmed,
+/// waiting to apply); `none` when nothing waits.
+pub struct WaitingTables<'a> {
+    produces: &'a BTreeMap<u64, Vec<Waiting>>,
+    reads: &'a BTreeMap<u64, PendingRead>,
+    ready: &'a [(u64, PendingRead)],
+}
+
+impl fmt::Display for WaitingTables<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut lines = Vec::new();
+        for (index, waiting) in self.produces {
+            for w in waiting {
+                lines.push(format!("produce index={index} {} req={} term={}", w.client, w.req, w.term));
+            }
+        }
+        for (ctx, r) in self.reads {
+            lines.push(format!("read ctx={ctx} {} req={} offset={}", r.client, r.req, r.offset));
+        }
+        for (index, r) in self.ready {
+            lines.push(format!("read index={index} {} req={} offset={}", r.client, r.req, r.offset));
+        }
+        if lines.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kaelix_core::rng::seeded;
+    use kaelix_core::time::Duration;
+
+    use super::*;
+    use crate::raft::disk::DiskState;
+
+    fn core() -> ReplicaCore {
+        let config = ReplicatedConfig::new(vec![NodeId(1), NodeId(2), NodeId(3)], 2);
+        let boots = (0..2)
+            .map(|g| GroupBoot { recovered: DiskState::default().recovered(true), rng: seeded(g), at: Instant::ZERO })
+            .collect();
+        ReplicaCore::new(NodeId(1), config, NoObserver, Instant::ZERO, boots)
+    }
+
+    #[test]
+    fn deadline_is_the_earliest_group_deadline() {
+        let c = core();
+        let earliest = (0..2).map(|g| c.raft(g).poll_timeout()).min();
+        assert_eq!(c.poll_timeout(), earliest);
+    }
+
+    #[test]
+    #[should_panic(expected = "time went backwards")]
+    fn time_never_moves_backwards() {
+        let mut c = core();
+        c.handle_timeout(Instant::ZERO + Duration::from_millis(10));
+        c.handle_timeout(Instant::ZERO + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn unknown_partition_is_an_error() {
+        let mut c = core();
+        while c.poll_output().is_some() {}
+        let request = Request::Read { req: 9, partition: 2, offset: 0 };
+        c.handle_request(Instant::ZERO, WallTime(0), ClientRef(4), request);
+        match c.poll_output() {
+            Some(Output::Reply { client: ClientRef(4), response: Response::Error { req: 9, .. } }) => {}
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+        assert_eq!(c.poll_output(), None);
+    }
+}
