@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kaelix_core::planted::Planted;
+use kaelix_core::planted::{Planted, PlantedBug};
 
 use crate::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
 use crate::subscription::SubscriptionIndex;
@@ -215,14 +215,17 @@ impl StreamRegistry {
             let start = (*cursor % members.len() as u64) as usize;
             *cursor = cursor.wrapping_add(1);
             // First member from the cursor with room; if none has room, the
-            // cursor's member (its strategy decides what happens).
+            // cursor's member (its strategy decides what happens). Room is
+            // what the buffer may still take without dropping: a growing
+            // buffer below its cap has room even when it would have to grow.
             let has_room = |id: &StreamId| {
                 let b = &self.streams[id].buffer;
-                b.len() < b.capacity()
+                b.len() < b.strategy().max_capacity()
             };
+            let ignore_room = self.planted.is_on(PlantedBug::BrokerQueueGroupIgnoresRoom);
             let chosen = (0..members.len())
                 .map(|i| members[(start + i) % members.len()])
-                .find(has_room)
+                .find(|id| has_room(id) && !ignore_room)
                 .unwrap_or(members[start]);
             targets.push(chosen);
         }

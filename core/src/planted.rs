@@ -78,11 +78,14 @@ pub enum PlantedBug {
     /// Broker: consumer groups and reads of durable topics see records
     /// before they are synced.
     BrokerGroupReadsUnsynced,
+    /// Broker: a queue group hands each message to the next member in turn
+    /// whether or not it has room.
+    BrokerQueueGroupIgnoresRoom,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 14] = [
+    pub const ALL: [PlantedBug; 15] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -97,6 +100,7 @@ impl PlantedBug {
         PlantedBug::BrokerShedHighPriority,
         PlantedBug::BrokerAckBeforeSync,
         PlantedBug::BrokerGroupReadsUnsynced,
+        PlantedBug::BrokerQueueGroupIgnoresRoom,
     ];
 
     /// This bug's bit in a [`Planted`] set.

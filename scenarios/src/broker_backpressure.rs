@@ -6,7 +6,8 @@
 //! * **Workload**: 2–4 publishers publish numbered messages one at a time
 //!   (random topic among `feed.a` / `feed.b`, random priority, bursts and
 //!   pauses); four subscribers, one per strategy with a capacity drawn per
-//!   seed, consume with random delays, some slower than the publishers.
+//!   seed, and a queue group of three consume with random delays, some
+//!   slower than the publishers.
 //!   Then the broker shuts down and every subscriber drains its buffer.
 //!
 //! # The check: each stream behaves as its strategy's specification
@@ -29,7 +30,11 @@
 //!   `max` the newest is refused;
 //! * **shed-low-priority** (capacity C): at or above 75 % full, `low` and
 //!   `normal` messages are shed; `high` and `critical` are buffered until
-//!   full, when the oldest message below `high` (else the oldest) makes room.
+//!   full, when the oldest message below `high` (else the oldest) makes room;
+//! * **queue group** (three members, each growing to its own cap): each
+//!   message reaches at most one member, in order there; no member holds
+//!   more than its cap; a message is dropped only if, when it was
+//!   published, no member had room.
 //!
 //! No broker counter is read: drops are inferred by the model, not taken
 //! from `DropCounts`.
@@ -91,6 +96,14 @@ pub static BROKER_BACKPRESSURE_GROW_STUCK: BrokerBackpressureScenario = BrokerBa
     planted: Some(PlantedBug::BrokerGrowStuckAtInitial),
 };
 
+/// Planted: a queue group ignores which members have room.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_BACKPRESSURE_QUEUE_IGNORES_ROOM: BrokerBackpressureScenario = BrokerBackpressureScenario {
+    name: "broker-backpressure-queue-ignores-room",
+    description: "[planted bug] a queue group hands messages out in turn whether or not the member has room",
+    planted: Some(PlantedBug::BrokerQueueGroupIgnoresRoom),
+};
+
 /// Planted: shedding also sheds `high` messages.
 #[cfg(feature = "planted-bugs")]
 pub static BROKER_BACKPRESSURE_SHED_HIGH: BrokerBackpressureScenario = BrokerBackpressureScenario {
@@ -106,6 +119,15 @@ const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
 
 /// (publisher, seq).
 type Identity = (u32, u32);
+
+/// The queue group `workers` on `feed.>`: each member a growing buffer
+/// (initial 1) with its own cap. Member `j` is stream `STREAMS + j`.
+fn queue_members(plan: &mut DetRng) -> Vec<usize> {
+    (0..3).map(|_| plan.random_range(2..=5)).collect()
+}
+
+/// Plain streams before the queue members (their indices).
+const STREAMS: usize = 4;
 
 /// One call, in the order the broker applied it.
 #[derive(Clone, Debug)]
@@ -219,6 +241,19 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: C
             rt.spawn(Priority::Normal, "consumer", consumer(rt.clone(), sub, i, checker.clone()))
         })
         .collect();
+    let members: Vec<_> = queue_members(&mut plan)
+        .into_iter()
+        .enumerate()
+        .map(|(j, max)| {
+            let options = SubscribeOptions {
+                strategy: Some(Strategy::Grow { initial: 1, max }),
+                queue_group: Some("workers".into()),
+                ..SubscribeOptions::default()
+            };
+            let sub = broker.subscribe("feed.>", options).expect("subscribes");
+            rt.spawn(Priority::Normal, "queue-member", consumer(rt.clone(), sub, STREAMS + j, checker.clone()))
+        })
+        .collect();
     let publishers: Vec<_> = (0..plan.random_range(2..=4u32))
         .map(|id| {
             let count = plan.random_range(40..200);
@@ -229,7 +264,7 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: C
         let _ = p.await;
     }
     broker.shutdown();
-    for c in consumers {
+    for c in consumers.into_iter().chain(members) {
         let _ = c.await;
     }
     checker.finished.store(true, Ordering::Relaxed);
@@ -312,15 +347,22 @@ fn check(o: &Observed, plan: &mut DetRng) -> Result<(), String> {
             queue: VecDeque::new(),
         })
         .collect();
-    let mut ended = vec![false; models.len()];
+    let mut group = QueueGroupModel::new(queue_members(plan), &o.events)?;
+    let mut ended = vec![false; models.len() + group.caps.len()];
     for e in &o.events {
         match e {
             Event::Published { id, topic, priority } => {
                 for m in models.iter_mut().filter(|m| m.pattern.matches(topic)) {
                     m.publish(*id, *priority)?;
                 }
+                group.publish(*id)?;
             }
+            Event::Delivered { stream, id } if *stream >= STREAMS => group.deliver(*stream - STREAMS, *id)?,
             Event::Delivered { stream, id } => models[*stream].deliver(*id)?,
+            Event::Ended { stream } if *stream >= STREAMS => {
+                group.ended(*stream - STREAMS)?;
+                ended[*stream] = true;
+            }
             Event::Ended { stream } => {
                 let m = &models[*stream];
                 if let Some((id, _)) = m.queue.front() {
@@ -338,8 +380,90 @@ fn check(o: &Observed, plan: &mut DetRng) -> Result<(), String> {
         }
     }
     match ended.iter().position(|e| !e) {
-        Some(i) => Err(format!("stream {} never ended", models[i].name)),
+        Some(i) => Err(format!("stream {i} never ended")),
         None => Ok(()),
+    }
+}
+
+/// The queue group's rules: every message goes to at most one member, in
+/// order there; a member never holds more than its cap; and a message is
+/// dropped only if, when it was published, no member had room.
+///
+/// Which member got a message shows in the deliveries. A growing buffer
+/// never evicts and drains at shutdown, so a message no member delivered
+/// was refused when it was published, and a member's occupancy at any
+/// moment is exactly the messages assigned to it and not yet delivered.
+struct QueueGroupModel {
+    caps: Vec<usize>,
+    assigned: std::collections::BTreeMap<Identity, usize>,
+    queues: Vec<VecDeque<Identity>>,
+}
+
+impl QueueGroupModel {
+    fn new(caps: Vec<usize>, events: &[Event]) -> Result<Self, String> {
+        let mut assigned = std::collections::BTreeMap::new();
+        for e in events {
+            if let Event::Delivered { stream, id } = e
+                && *stream >= STREAMS
+                && let Some(before) = assigned.insert(*id, *stream - STREAMS)
+            {
+                return Err(format!(
+                    "queue group: publisher {} seq {} delivered to member {before} and to member {}",
+                    id.0,
+                    id.1,
+                    *stream - STREAMS
+                ));
+            }
+        }
+        let queues = vec![VecDeque::new(); caps.len()];
+        Ok(QueueGroupModel { caps, assigned, queues })
+    }
+
+    fn publish(&mut self, id: Identity) -> Result<(), String> {
+        match self.assigned.get(&id) {
+            Some(&member) => {
+                let q = &mut self.queues[member];
+                q.push_back(id);
+                if q.len() > self.caps[member] {
+                    return Err(format!(
+                        "queue group: member {member} held {} messages, over its cap of {}",
+                        q.len(),
+                        self.caps[member]
+                    ));
+                }
+            }
+            None => {
+                if let Some(j) = (0..self.caps.len()).find(|&j| self.queues[j].len() < self.caps[j]) {
+                    return Err(format!(
+                        "queue group: publisher {} seq {} was dropped while member {j} had room ({} of {})",
+                        id.0,
+                        id.1,
+                        self.queues[j].len(),
+                        self.caps[j]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, member: usize, id: Identity) -> Result<(), String> {
+        match self.queues[member].pop_front() {
+            Some(want) if want == id => Ok(()),
+            other => Err(format!(
+                "queue group: member {member} delivered publisher {} seq {}, but its next message is {other:?}",
+                id.0, id.1
+            )),
+        }
+    }
+
+    fn ended(&self, member: usize) -> Result<(), String> {
+        match self.queues[member].front() {
+            None => Ok(()),
+            Some(id) => {
+                Err(format!("queue group: member {member} ended still holding publisher {} seq {}", id.0, id.1))
+            }
+        }
     }
 }
 

@@ -231,6 +231,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_backpressure::BROKER_BACKPRESSURE_BLOCK_DROPS,
         &broker_backpressure::BROKER_BACKPRESSURE_GROW_STUCK,
         &broker_backpressure::BROKER_BACKPRESSURE_SHED_HIGH,
+        &broker_backpressure::BROKER_BACKPRESSURE_QUEUE_IGNORES_ROOM,
     ]
 }
 

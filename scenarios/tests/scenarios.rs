@@ -211,8 +211,10 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
     for (name, check, limit) in [
         ("broker-backpressure-drop-newest", "drop-oldest", 10),
         ("broker-backpressure-block-drops", "block", 10),
-        ("broker-backpressure-grow-stuck", "grow", 10),
+        // Growing buffers serve the queue group too: either check may see it first.
+        ("broker-backpressure-grow-stuck", "grow|queue group", 10),
         ("broker-backpressure-shed-high", "shed", 10),
+        ("broker-backpressure-queue-ignores-room", "queue group", 20),
         ("broker-durable-ack-before-sync", "is lost", 30),
         ("broker-durable-group-reads-unsynced", "the group processed", 30),
     ] {
@@ -224,7 +226,10 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
         });
         let (seed, run) = caught.unwrap_or_else(|| panic!("{name}: not caught in {limit} seeds"));
         let verdict = run.report.verdict.to_string();
-        assert!(verdict.contains(check), "{name} seed {seed}: caught by another check: {verdict}");
+        assert!(
+            check.split('|').any(|c| verdict.contains(c)),
+            "{name} seed {seed}: caught by another check: {verdict}"
+        );
         assert!(run.deterministic(), "{name} seed {seed}: the failing run does not replay");
     }
 }
