@@ -73,6 +73,10 @@ pub struct BrokerConfig {
     pub max_streams: usize,
     /// Streams whose consumer has not read for this long are closed.
     pub idle_timeout: Option<Duration>,
+    /// How often housekeeping runs (idle streams closed, retention by age
+    /// enforced) in a broker started on a runtime ([`crate::Broker::start`],
+    /// [`crate::Broker::open_durable`]).
+    pub housekeeping_interval: Duration,
     /// Buffer pressure thresholds.
     pub thresholds: Thresholds,
     /// Dead letters of topic `t` go to `<prefix>.t`.
@@ -95,6 +99,7 @@ impl Default for BrokerConfig {
             auto_create: Some(TopicConfig::default()),
             max_streams: 1 << 20,
             idle_timeout: None,
+            housekeeping_interval: Duration::from_secs(1),
             thresholds: Thresholds::default(),
             dead_letter_prefix: "_dlq".to_owned(),
             max_poll_records: 512,

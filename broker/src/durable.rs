@@ -247,6 +247,7 @@ pub(crate) async fn open<R: Runtime>(rt: R, config: BrokerConfig) -> Result<Brok
         }
     }
     let broker = Broker::from_core(rt.clone(), rt.rng(), core);
+    broker.spawn_housekeeping(&rt);
     let writer = Writer {
         rt: rt.clone(),
         broker: broker.clone(),

@@ -83,6 +83,8 @@ struct State {
     rng: DetRng,
     /// The durable writer, waiting for storage outputs.
     writer_waker: Option<Waker>,
+    /// The housekeeping task, sleeping until its next round.
+    housekeeping_waker: Option<Waker>,
     /// Publishers waiting for their record to be synced: (topic, partition, offset).
     ack_waiters: Vec<(Topic, u32, u64, Waker)>,
     stream_wakers: BTreeMap<StreamId, Waker>,
@@ -106,8 +108,13 @@ impl State {
         if !self.member_wakers.is_empty() {
             wakers.extend(members.iter().filter_map(|m| self.member_wakers.remove(m)));
         }
-        if self.core.has_storage_output()
+        if (self.core.has_storage_output() || self.core.is_shut_down())
             && let Some(w) = self.writer_waker.take()
+        {
+            wakers.push(w);
+        }
+        if self.core.is_shut_down()
+            && let Some(w) = self.housekeeping_waker.take()
         {
             wakers.push(w);
         }
@@ -153,6 +160,7 @@ impl<C: Clock> Broker<C> {
             core,
             rng,
             writer_waker: None,
+            housekeeping_waker: None,
             ack_waiters: Vec::new(),
             stream_wakers: BTreeMap::new(),
             member_wakers: BTreeMap::new(),
@@ -388,8 +396,23 @@ impl<C: Clock> Broker<C> {
     /// Closes idle streams and enforces retention by age, every `interval`,
     /// until the broker shuts down. Spawn it on the runtime.
     pub async fn run_housekeeping(&self, interval: Duration) {
+        use futures_util::future::{Either, select};
         loop {
-            self.clock.sleep(interval).await;
+            // Sleep, but end at once when the broker shuts down (a task left
+            // sleeping would outlive the broker by up to an interval).
+            let stopped = poll_fn(|cx| {
+                let mut s = self.lock();
+                if s.core.is_shut_down() {
+                    Poll::Ready(())
+                } else {
+                    s.housekeeping_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            let sleep = std::pin::pin!(self.clock.sleep(interval));
+            if let Either::Right(_) = select(sleep, std::pin::pin!(stopped)).await {
+                return;
+            }
             let done = self.with(|s, now, wall| {
                 s.core.handle_timeout(now, wall);
                 s.core.is_shut_down()
@@ -463,6 +486,26 @@ impl<C: Clock> Broker<C> {
 }
 
 impl<R: kaelix_core::runtime::Runtime> Broker<R> {
+    /// A memory-only broker on `rt` with its housekeeping task running
+    /// (idle streams closed and retention by age enforced every
+    /// [`BrokerConfig::housekeeping_interval`]). [`Broker::new`] leaves
+    /// housekeeping to the caller ([`Broker::run_housekeeping`]).
+    pub fn start(rt: R, config: BrokerConfig) -> Broker<R> {
+        let broker = Broker::new(rt.clone(), rt.rng(), config);
+        broker.spawn_housekeeping(&rt);
+        broker
+    }
+
+    /// Spawns [`Broker::run_housekeeping`] at the configured interval; it
+    /// ends when the broker shuts down.
+    fn spawn_housekeeping(&self, rt: &R) {
+        use kaelix_core::runtime::Priority;
+        let (broker, interval) = (self.clone(), self.lock().core.config().housekeeping_interval);
+        drop(rt.spawn(Priority::Background, "broker-housekeeping", async move {
+            broker.run_housekeeping(interval).await;
+        }));
+    }
+
     /// Opens a broker whose durable topics live on `rt`'s storage: recovers
     /// every durable topic and consumer-group commit found there, and spawns
     /// the writer task (see [`durable`]). Memory topics work as with

@@ -171,7 +171,32 @@ pub async fn run<R: Runtime>(rt: R) -> Result<(), String> {
     // After shutdown: streams end, publishes are refused.
     ensure(all.next().await.is_none(), || "a stream kept going after shutdown".into())?;
     ensure(broker.publish(msg("orders.eu", None, 0)).await.is_err(), || "publish accepted after shutdown".into())?;
+    age_retention(rt.clone()).await?;
     durable(rt).await
+}
+
+/// Retention by age runs by itself on a started broker: records older
+/// than `max_age` disappear without anyone calling housekeeping.
+pub async fn age_retention<R: Runtime>(rt: R) -> Result<(), String> {
+    let config = BrokerConfig { housekeeping_interval: Duration::from_millis(10), ..BrokerConfig::default() };
+    let broker = Broker::start(rt.clone(), config);
+    let short = TopicConfig {
+        retention: RetentionPolicy { max_age: Some(Duration::from_millis(50)), ..RetentionPolicy::default() },
+        ..TopicConfig::default()
+    };
+    broker.create_topic("ephemeral", short).map_err(|e| e.to_string())?;
+    for n in 0..3 {
+        broker.publish(msg("ephemeral", None, n)).await.map_err(|e| e.to_string())?;
+    }
+    ensure(broker.read("ephemeral", 0, 0, 10).map_err(|e| e.to_string())?.len() == 3, || {
+        "fresh records are readable".into()
+    })?;
+    rt.sleep(Duration::from_millis(200)).await;
+    let gone = broker.read("ephemeral", 0, 0, 10);
+    ensure(gone.is_err(), || format!("records past max_age are still there: {gone:?}"))?;
+    ensure(broker.next_offset("ephemeral", 0) == Some(3), || "offsets are kept after expiry".into())?;
+    broker.shutdown();
+    Ok(())
 }
 
 /// Durable topics on `rt`'s storage: a publish is readable once
