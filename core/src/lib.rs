@@ -27,6 +27,9 @@
 //! See [`sansio`] for the call order every protocol core follows and
 //! [`runtime`] for the driver traits. [`planted`] holds the planted bugs the
 //! simulation scenarios switch on (only with the `planted-bugs` feature).
+//! With the `testing` feature (test support, not production API),
+//! `runtime::conformance` is the contract's conformance suite, which both
+//! runtimes' tests run.
 
 pub mod codec;
 pub mod ids;

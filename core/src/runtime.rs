@@ -25,6 +25,12 @@
 //!   loss or duplication until it breaks; after a break every call fails.
 //!   What the peer received before the break is unknown.
 //! * [`Storage`] durability: see [`StorageFile::sync`].
+//!
+//! With the feature `testing`, the module `conformance` holds the suite that checks
+//! these semantics; both runtimes' tests run it.
+
+#[cfg(feature = "testing")]
+pub mod conformance;
 
 use std::future::Future;
 use std::io;

@@ -372,14 +372,29 @@ impl ClientStream for RealStream {
     }
 }
 
-/// The client listener of the real runtime.
+/// The client listener of the real runtime. Dropping it stops listening:
+/// the socket closes, and then the node may listen again.
 pub struct RealListener {
     inner: HelloListener,
+    /// Declared after `inner`, so it is dropped after the socket is closed.
+    _listening: ListeningFlag,
+}
+
+/// The node's "a listener is alive" flag, cleared on drop.
+struct ListeningFlag(Arc<AtomicBool>);
+
+impl Drop for ListeningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl RealListener {
-    pub(crate) fn bind(driver: &Arc<Driver>, addr: SocketAddr) -> io::Result<Self> {
-        Ok(RealListener { inner: HelloListener::bind(driver, addr, CLIENT_MAGIC, MAX_FRAME_BYTES)? })
+    /// Binds `addr`. `listening` is the node's flag, already set by the
+    /// caller; the listener clears it when dropped (also if binding fails).
+    pub(crate) fn bind(driver: &Arc<Driver>, addr: SocketAddr, listening: Arc<AtomicBool>) -> io::Result<Self> {
+        let flag = ListeningFlag(listening);
+        Ok(RealListener { inner: HelloListener::bind(driver, addr, CLIENT_MAGIC, MAX_FRAME_BYTES)?, _listening: flag })
     }
 
     /// The bound address (useful with port 0).

@@ -90,7 +90,9 @@ struct Inner {
     storage: FileStorage,
     blocking: BlockingPool,
     clients: BTreeMap<NodeId, SocketAddr>,
-    listening: AtomicBool,
+    /// Set while a [`RealListener`] of this node is alive (it clears the
+    /// flag when dropped).
+    listening: Arc<AtomicBool>,
     seed: u64,
     rng_draws: AtomicU64,
 }
@@ -140,7 +142,7 @@ impl RealRuntime {
                 storage,
                 blocking,
                 clients: config.clients,
-                listening: AtomicBool::new(false),
+                listening: Arc::new(AtomicBool::new(false)),
                 seed,
                 rng_draws: AtomicU64::new(0),
             }),
@@ -217,10 +219,8 @@ impl ClientNetwork for RealRuntime {
         if self.inner.listening.swap(true, Ordering::AcqRel) {
             return Err(NetError::AlreadyListening);
         }
-        RealListener::bind(self.inner.exec.driver(), *addr).map_err(|e| {
-            self.inner.listening.store(false, Ordering::Release);
-            NetError::Io(format!("binding {addr}: {e}"))
-        })
+        RealListener::bind(self.inner.exec.driver(), *addr, self.inner.listening.clone())
+            .map_err(|e| NetError::Io(format!("binding {addr}: {e}")))
     }
 
     fn connect(&self, node: NodeId) -> impl Future<Output = Result<RealStream, NetError>> + Send {

@@ -1,5 +1,11 @@
 //! The runtime contract of `kaelix_core::runtime`, checked on the simulator.
 //!
+//! Section 0 runs the contract's conformance suite
+//! (`kaelix_core::runtime::conformance`, shared with `kaelix-runtime-real`)
+//! under calm simulations of several seeds. The other sections check what
+//! only the simulator promises or can show: exact virtual times, drifting
+//! clocks, crashes, partitions, wiped disks, determinism, fault points.
+//!
 //! Every test builds a small [`Sim`], runs node bodies written against the
 //! contract traits through [`SimRuntime`], copies what the nodes observed out
 //! through shared cells, and asserts concrete values in the test body.
@@ -8,11 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::join;
 use kaelix_core::rng::RngExt;
+use kaelix_core::runtime::conformance;
 use kaelix_core::runtime::{
-    ClientNetwork, ClientStream, Clock, JoinError, Listener, MAX_FRAME_BYTES, NetError, Network, Priority, Runtime,
-    Spawner, Storage, StorageFile, TaskHandle,
+    ClientNetwork, ClientStream, Clock, JoinError, Listener, NetError, Network, Priority, Runtime, Spawner, Storage,
+    StorageFile, TaskHandle,
 };
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId, buggify};
@@ -110,6 +116,87 @@ impl Drop for DropCounter {
     fn drop(&mut self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     }
+}
+
+// ---------------------------------------------------------------- 0. conformance
+
+/// Conformance checks the simulator cannot even run.
+///
+/// KNOWN CONTRACT VIOLATION — `a_panicking_task_yields_panicked`: the
+/// contract says a task that panics yields `JoinError::Panicked`, but the
+/// simulator does not catch panics of spawned tasks: the panic unwinds out
+/// of `Sim::step` and ends the whole run (see
+/// `known_violation_a_panicking_task_unwinds_through_the_simulator`, which
+/// pins that behaviour down until it is resolved). Catching it in
+/// `SimRuntime::spawn` is not a clear-cut fix: a detached task's panic would
+/// then go unnoticed, where today it fails the seed.
+const SIM_SKIPS: &[&str] = &["a_panicking_task_yields_panicked"];
+
+/// Runs the conformance suite in a calm simulation: node 1 serves and runs
+/// the single-node checks, node 2 is its peer and client, node 3 exists but
+/// never listens, node 77 does not exist.
+fn conformance_run(seed: u64) -> conformance::Report {
+    let sim = calm(seed);
+    let peer: Shared<Option<SimRuntime>> = shared(None);
+    let report: Shared<Option<conformance::Report>> = shared(None);
+    server(&sim, 2, peer.clone(), |rt, peer| async move {
+        *get(&peer) = Some(rt);
+        std::future::pending::<()>().await;
+    });
+    server(&sim, 3, (), |_rt, ()| async {});
+    server(&sim, 1, (peer.clone(), report.clone()), |rt, (peer, report)| async move {
+        let client = loop {
+            if let Some(c) = snapshot(&peer) {
+                break c;
+            }
+            rt.sleep(Duration::from_millis(1)).await;
+        };
+        let pair = conformance::Pair { server: rt, client, not_listening: vec![NodeId(3), NodeId(77)] };
+        let r = conformance::run_all(pair, SIM_SKIPS).await;
+        *get(&report) = Some(r);
+    });
+    let done = sim
+        .run_until_done(Instant::ZERO + Duration::from_secs(3_600), |_| get(&report).is_some(), |_| Ok::<(), ()>(()))
+        .expect("no check fails");
+    assert!(done, "seed {seed}: the conformance suite did not finish");
+    sim.shutdown();
+    snapshot(&report).expect("finished")
+}
+
+#[test]
+fn conformance_suite_passes_under_the_simulator() {
+    for seed in 0..4 {
+        let report = conformance_run(seed);
+        if let Err(e) = report.verdict(&[]) {
+            panic!("seed {seed}:\n{e}");
+        }
+        let ran = report.outcomes.iter().filter(|(_, o)| *o == conformance::Outcome::Passed).count();
+        assert_eq!(ran, conformance::NODE_CHECKS.len() + conformance::PAIR_CHECKS.len() - SIM_SKIPS.len());
+    }
+}
+
+/// Pins down the known violation behind [`SIM_SKIPS`]: the conformance
+/// check's deliberate panic in a spawned task unwinds out of the simulation
+/// instead of reaching the task's handle as `JoinError::Panicked`. When this
+/// test fails, the simulator honours the contract: take the check off
+/// `SIM_SKIPS` and delete this test.
+#[test]
+fn known_violation_a_panicking_task_unwinds_through_the_simulator() {
+    let sim = calm(1);
+    let answer: Shared<Option<Result<(), String>>> = shared(None);
+    server(&sim, 1, answer.clone(), |rt, answer| async move {
+        let r = conformance::a_panicking_task_yields_panicked(&rt).await;
+        *get(&answer) = Some(r);
+    });
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&sim, ms(100))));
+    let payload = unwound.expect_err("the simulator caught the task's panic: see SIM_SKIPS");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    assert!(message.contains(conformance::PANIC_MESSAGE), "unwound with another panic: {message:?}");
+    assert_eq!(*get(&answer), None, "the check never got its answer");
 }
 
 // ---------------------------------------------------------------- 1. clock
@@ -210,48 +297,24 @@ fn sleep_follows_a_drift_change_mid_sleep() {
     }
 }
 
-/// A deadline that has already passed (or is now) completes on the first
-/// poll without advancing time; a future one does not.
+/// On the simulator's perfect clock, awaiting a past deadline (or the
+/// current time) costs no virtual time at all, and a deadline even 1 ns
+/// ahead does not complete on the first poll. (That past deadlines complete
+/// at once is a conformance check.)
 #[test]
-fn sleep_with_a_past_deadline_completes_immediately() {
+fn a_past_deadline_costs_no_virtual_time() {
     let sim = calm(1);
-    let out = shared(Vec::<(&'static str, bool)>::new());
-    let times = shared(None);
-    server(&sim, 1, (out.clone(), times.clone()), |rt, (out, times)| async move {
+    let out = shared(None);
+    server(&sim, 1, out.clone(), |rt, out| async move {
         rt.sleep(Duration::from_millis(5)).await;
-        let now = rt.now();
-        let t0 = rt.sim().now();
-        let past = Instant::from_nanos(now.as_nanos().saturating_sub(1_000_000));
-        let mut r = vec![
-            ("past", rt.sleep_until(past).now_or_never().is_some()),
-            ("origin", rt.sleep_until(Instant::ZERO).now_or_never().is_some()),
-            ("now", rt.sleep_until(now).now_or_never().is_some()),
-            ("zero", rt.sleep(Duration::ZERO).now_or_never().is_some()),
-            ("1ns", rt.sleep(Duration::from_nanos(1)).now_or_never().is_some()),
-            ("future", rt.sleep_until(now + Duration::from_millis(1)).now_or_never().is_some()),
-        ];
-        // Awaiting a past deadline does not yield to the scheduler's clock.
-        rt.sleep_until(past).await;
-        r.push(("awaited", rt.now() == now && rt.sim().now() == t0));
-        *get(&out) = r;
-        *get(&times) = Some((t0, rt.sim().now()));
+        let (now, t0) = (rt.now(), rt.sim().now());
+        let one_ns_ready = rt.sleep(Duration::from_nanos(1)).now_or_never().is_some();
+        rt.sleep_until(Instant::from_nanos(now.as_nanos() - 1_000_000)).await;
+        rt.sleep_until(now).await;
+        *get(&out) = Some((one_ns_ready, t0, rt.now() == now, rt.sim().now()));
     });
     run(&sim, ms(20));
-    assert_eq!(
-        snapshot(&out),
-        vec![
-            ("past", true),
-            ("origin", true),
-            ("now", true),
-            ("zero", true),
-            ("1ns", false),
-            ("future", false),
-            ("awaited", true)
-        ]
-    );
-    let (t0, t1) = snapshot(&times).expect("node finished");
-    assert_eq!(t0, ms(5));
-    assert_eq!(t1, ms(5));
+    assert_eq!(snapshot(&out), Some((false, ms(5), true, ms(5))));
     sim.shutdown();
 }
 
@@ -290,99 +353,42 @@ fn many_sleepers_wake_in_deadline_order() {
 
 // ---------------------------------------------------------------- 2. spawn
 
+/// The simulator cancels exactly: an aborted task's future is dropped at the
+/// abort itself, and a task aborted before its first poll never runs at
+/// all. (That abort yields `Cancelled`, also for a task that never ran, is
+/// a conformance check.)
 #[test]
-fn join_handles_return_values_at_every_priority() {
-    let sim = calm(5);
-    let out = shared(Vec::new());
-    server(&sim, 1, out.clone(), |rt, out| async move {
-        let mut handles = Vec::new();
-        for (i, p) in Priority::ALL.into_iter().enumerate() {
-            let rt2 = rt.clone();
-            handles.push(rt.spawn(p, "child", async move {
-                rt2.sleep(Duration::from_micros(10 * (4 - i as u64))).await;
-                format!("{p:?}-{}", i * 10)
-            }));
-        }
-        // Nested: a child that spawns a grandchild and returns its value.
-        let rt2 = rt.clone();
-        let nested = rt.spawn(Priority::High, "parent", async move {
-            let inner = rt2.spawn(Priority::Background, "grandchild", async { 40u32 + 2 });
-            inner.await.map(|v| v * 2)
-        });
-        let mut results = Vec::new();
-        for h in handles {
-            results.push(h.await);
-        }
-        push(&out, format!("{results:?}"));
-        push(&out, format!("{:?}", nested.await));
-    });
-    run(&sim, ms(5));
-    assert_eq!(
-        snapshot(&out),
-        vec![
-            r#"[Ok("Critical-0"), Ok("High-10"), Ok("Normal-20"), Ok("Background-30")]"#.to_owned(),
-            "Ok(Ok(84))".to_owned(),
-        ]
-    );
-    sim.shutdown();
-}
-
-#[test]
-fn abort_cancels_and_drops_the_task() {
+fn abort_drops_the_future_at_once_and_an_unpolled_task_never_runs() {
     let sim = calm(6);
     let drops = shared(0u32);
-    let finished = shared(Vec::<&'static str>::new());
-    let results = shared(Vec::<(&'static str, Result<u32, JoinError>)>::new());
-    server(&sim, 1, (drops.clone(), finished.clone(), results.clone()), |rt, (drops, finished, results)| async move {
-        // A running task, aborted while it sleeps.
-        let (rt2, g, fin) = (rt.clone(), DropCounter(drops.clone()), finished.clone());
+    let ran = shared(Vec::<&'static str>::new());
+    let seen = shared(Vec::<String>::new());
+    server(&sim, 1, (drops.clone(), ran.clone(), seen.clone()), |rt, (drops, ran, seen)| async move {
+        let (rt2, g, r) = (rt.clone(), DropCounter(drops.clone()), ran.clone());
         let sleeping = rt.spawn(Priority::Normal, "sleeping", async move {
             let _g = g;
+            push(&r, "sleeping");
             rt2.sleep(Duration::from_secs(1)).await;
-            push(&fin, "sleeping");
-            1
         });
         rt.sleep(Duration::from_millis(1)).await;
         sleeping.abort();
         let drops_right_after_abort = *get(&drops);
-        push(&results, ("sleeping", sleeping.await));
+        push(&seen, format!("sleeping: {drops_right_after_abort} dropped at abort, {:?}", sleeping.await));
 
-        // A task aborted before it was ever polled.
-        let (g, fin) = (DropCounter(drops.clone()), finished.clone());
+        let (g, r) = (DropCounter(drops.clone()), ran.clone());
         let unpolled = rt.spawn(Priority::Critical, "unpolled", async move {
             let _g = g;
-            push(&fin, "unpolled");
-            2
+            push(&r, "unpolled");
         });
         unpolled.abort();
-        push(&results, ("unpolled", unpolled.await));
-
-        // A task that already finished: abort is a no-op.
-        let done = rt.spawn(Priority::Normal, "done", async { 3 });
-        rt.sleep(Duration::from_millis(1)).await;
-        done.abort();
-        push(&results, ("done", done.await));
-
-        // Aborting twice is harmless.
-        let twice = rt.spawn(Priority::Normal, "twice", std::future::pending::<u32>());
-        twice.abort();
-        twice.abort();
-        push(&results, ("twice", twice.await));
-        push(&finished, if drops_right_after_abort == 1 { "dropped-at-abort" } else { "not-dropped" });
+        push(&seen, format!("unpolled: {:?}", unpolled.await));
     });
     run(&sim, ms(3_000));
     assert_eq!(
-        snapshot(&results),
-        vec![
-            ("sleeping", Err(JoinError::Cancelled)),
-            ("unpolled", Err(JoinError::Cancelled)),
-            ("done", Ok(3)),
-            ("twice", Err(JoinError::Cancelled)),
-        ]
+        snapshot(&seen),
+        vec!["sleeping: 1 dropped at abort, Err(Cancelled)".to_owned(), "unpolled: Err(Cancelled)".to_owned()]
     );
-    // Neither aborted body ran to its end; both futures were dropped, the
-    // first one at the abort itself.
-    assert_eq!(snapshot(&finished), vec!["dropped-at-abort"]);
+    assert_eq!(snapshot(&ran), vec!["sleeping"], "the unpolled task's body never ran");
     assert_eq!(*get(&drops), 2);
     sim.shutdown();
 }
@@ -581,86 +587,40 @@ fn a_partition_drops_datagrams_in_flight() {
 const SERVER: u64 = 1;
 const CLIENT: u64 = 100;
 
+/// The simulator's `close` ends only this end's sending, as a TCP half-close
+/// does: the peer sees end of stream and can still answer, and the closing
+/// end still reads that answer. (Order, end of stream after the frames, the
+/// frame limit and `AlreadyListening` are conformance checks. The contract
+/// does not say what a closed end reads; the real runtime's `close` shuts
+/// both directions.)
 #[test]
-fn client_stream_delivers_frames_in_order_then_end_of_stream() {
+fn close_is_a_half_close() {
     let sim = calm(21);
     let server_saw = shared(Vec::<String>::new());
     let client_saw = shared(Vec::<String>::new());
-    let frames = shared(Vec::<u32>::new());
-    server(&sim, SERVER, (server_saw.clone(), frames.clone()), |rt, (saw, frames)| async move {
-        let mut listener = rt.listen().expect("first listen");
-        push(&saw, format!("second listen: {:?}", rt.listen().err()));
+    server(&sim, SERVER, server_saw.clone(), |rt, saw| async move {
+        let mut listener = rt.listen().expect("listen");
         let s = listener.accept().await.expect("accept");
-        push(&saw, format!("peer {}", s.peer()));
-        loop {
-            match s.recv().await {
-                Ok(Some(f)) => push(&frames, u32::from_le_bytes(f[..].try_into().expect("4 bytes"))),
-                other => {
-                    push(&saw, format!("end {other:?}"));
-                    break;
-                }
-            }
-        }
-        // The other direction still works after the peer's close.
+        push(&saw, format!("{:?}", s.recv().await));
+        push(&saw, format!("end {:?}", s.recv().await));
         push(&saw, format!("reply {:?}", s.send(b("bye")).await));
         s.close();
         s.close();
-        // After end of stream, recv keeps saying so.
-        push(&saw, format!("again {:?}", s.recv().await));
     });
     client(&sim, CLIENT, client_saw.clone(), |rt, saw| async move {
         rt.sleep(Duration::from_millis(1)).await;
         let s = rt.connect(NodeId(SERVER)).await.expect("connect");
-        push(&saw, format!("peer {}", s.peer()));
-        for i in 0u32..100 {
-            s.send(Bytes::copy_from_slice(&i.to_le_bytes())).await.expect("send");
-            if i % 10 == 0 {
-                // Interleave sends with time passing.
-                rt.sleep(Duration::from_micros(37)).await;
-            }
-        }
-        let too_big = s.send(Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1])).await;
-        push(&saw, format!("too big {too_big:?}"));
+        s.send(b("hi")).await.expect("send");
         s.close();
         push(&saw, format!("{:?}", s.recv().await));
         push(&saw, format!("{:?}", s.recv().await));
     });
     run(&sim, ms(50));
-    assert_eq!(snapshot(&frames), (0..100).collect::<Vec<u32>>());
     assert_eq!(
         snapshot(&server_saw),
-        vec![
-            "second listen: Some(AlreadyListening)".to_owned(),
-            format!("peer {}", NodeId(CLIENT)),
-            "end Ok(None)".to_owned(),
-            "reply Ok(())".to_owned(),
-            "again Ok(None)".to_owned(),
-        ]
+        vec![r#"Ok(Some(b"hi"))"#.to_owned(), "end Ok(None)".to_owned(), "reply Ok(())".to_owned()]
     );
-    assert_eq!(
-        snapshot(&client_saw),
-        vec![
-            format!("peer {}", NodeId(SERVER)),
-            format!("too big Err(FrameTooLarge {{ len: {}, max: {} }})", MAX_FRAME_BYTES + 1, MAX_FRAME_BYTES),
-            r#"Ok(Some(b"bye"))"#.to_owned(),
-            "Ok(None)".to_owned(),
-        ]
-    );
-    sim.shutdown();
-}
-
-#[test]
-fn connect_to_a_node_that_does_not_listen_is_refused() {
-    let sim = calm(22);
-    server(&sim, SERVER, (), |_rt, ()| async {});
-    let out = shared(Vec::<Result<NodeId, NetError>>::new());
-    client(&sim, CLIENT, out.clone(), |rt, out| async move {
-        rt.sleep(Duration::from_millis(1)).await;
-        push(&out, rt.connect(NodeId(SERVER)).await.map(|s| s.peer()));
-        push(&out, rt.connect(NodeId(77)).await.map(|s| s.peer()));
-    });
-    run(&sim, ms(10));
-    assert_eq!(snapshot(&out), vec![Err(NetError::Refused(NodeId(SERVER))), Err(NetError::Refused(NodeId(77)))]);
+    assert_eq!(snapshot(&client_saw), vec![r#"Ok(Some(b"bye"))"#.to_owned(), "Ok(None)".to_owned()]);
     sim.shutdown();
 }
 
@@ -937,111 +897,42 @@ fn a_wiped_restart_loses_everything() {
     sim.shutdown();
 }
 
-/// Appends return increasing, non-overlapping offsets; the offset is reserved
-/// when `append` is called, not when its future is first polled.
+/// Invalid names are refused before anything reaches the disk, and the
+/// handles of a removed file fail with `NotFound` (as the real runtime's
+/// do). (The errors themselves are conformance checks.)
 #[test]
-fn appends_return_increasing_offsets_reserved_at_call() {
-    let sim = calm(33);
-    let out = shared(Vec::<String>::new());
-    server(&sim, 1, out.clone(), |rt, out| async move {
-        let f = rt.open("log").await.expect("open");
-        let mut v = Vec::new();
-        for s in ["aaa", "bb", "c"] {
-            v.push(f.append(b(s)).await.expect("append"));
-        }
-        push(&out, format!("{v:?}"));
-
-        // Called in order x, y; polled in order y, x.
-        let x = f.append(b("x"));
-        let y = f.append(b("yy"));
-        let (ry, rx) = join(y, x).await;
-        push(&out, format!("x {rx:?} y {ry:?}"));
-
-        // Concurrent appenders never overlap.
-        let mut hs = Vec::new();
-        for i in 0..10u8 {
-            let f2 = f.clone();
-            hs.push(rt.spawn(Priority::Normal, "appender", async move {
-                let data = Bytes::from(vec![b'0' + i; 3]);
-                (i, f2.append(data).await.expect("append"))
-            }));
-        }
-        let mut placed = Vec::new();
-        for h in hs {
-            placed.push(h.await.expect("not cancelled"));
-        }
-        let mut offsets: Vec<u64> = placed.iter().map(|(_, o)| *o).collect();
-        offsets.sort_unstable();
-        push(&out, format!("{offsets:?} len {}", f.len()));
-        for (i, off) in placed {
-            let got = f.read_at(off, 3).await.expect("read");
-            assert_eq!(&got[..], &[b'0' + i; 3], "appender {i} at {off} was overwritten");
-        }
-    });
-    run(&sim, ms(100));
-    let expected_offsets: Vec<u64> = (0..10).map(|i| 9 + 3 * i).collect();
-    assert_eq!(
-        snapshot(&out),
-        vec!["[0, 3, 5]".to_owned(), "x Ok(6) y Ok(7)".to_owned(), format!("{expected_offsets:?} len 39")]
-    );
-    sim.shutdown();
-}
-
-#[test]
-fn storage_errors_out_of_bounds_invalid_names_not_found() {
+fn invalid_names_never_reach_the_disk_and_removed_handles_fail() {
     let sim = calm(34);
     let out = shared(Vec::<String>::new());
     server(&sim, 1, out.clone(), |rt, out| async move {
         let f = rt.open("data.bin").await.expect("open");
         f.write_at(0, b("abc")).await.expect("write");
-        let mut v = vec![
-            format!("{:?}", f.read_at(2, 5).await),
-            format!("{:?}", f.read_at(4, 0).await),
-            format!("{:?}", f.read_at(u64::MAX, 2).await),
-            format!("{:?}", f.read_at(3, 0).await),
-            format!("{:?}", f.read_at(1, 2).await),
-        ];
-        // Writing past the end zero-fills the gap.
-        f.write_at(6, b("z")).await.expect("write");
-        v.push(format!("{} {:?}", f.len(), f.read_at(0, 7).await));
+        let ops_before = rt.sim().stats().disk_ops;
         for bad in ["", ".", "..", "a/b", "x y", "ü", &"n".repeat(256)] {
-            v.push(format!("{:?}", rt.open(bad).await.map(|_| ())));
+            assert!(rt.open(bad).await.is_err());
+            assert!(rt.remove(bad).await.is_err());
         }
-        v.push(format!("{:?}", rt.remove("../data.bin").await));
-        v.push(format!("{:?}", rt.remove("missing").await));
-        v.push(format!("{:?}", rt.list().await));
+        assert!(rt.remove("../data.bin").await.is_err());
+        let ops_after = rt.sim().stats().disk_ops;
+        let mut v = vec![format!("disk ops for invalid names: {}", ops_after - ops_before)];
         rt.remove("data.bin").await.expect("remove");
         v.push(format!("{:?}", f.read_at(0, 1).await));
         v.push(format!("{:?}", f.sync().await));
-        v.push(format!("{:?}", rt.list().await));
+        v.push(format!("{:?}", f.append(b("x")).await));
+        v.push(format!("{}", f.len()));
         *get(&out) = v;
     });
     run(&sim, ms(100));
-    let long = "n".repeat(256);
-    let expected = vec![
-        "Err(OutOfBounds { offset: 2, len: 5, file_len: 3 })".to_owned(),
-        "Err(OutOfBounds { offset: 4, len: 0, file_len: 3 })".to_owned(),
-        format!("Err(OutOfBounds {{ offset: {}, len: 2, file_len: 3 }})", u64::MAX),
-        r#"Ok(b"")"#.to_owned(),
-        r#"Ok(b"bc")"#.to_owned(),
-        r#"7 Ok(b"abc\0\0\0z")"#.to_owned(),
-        r#"Err(InvalidName(""))"#.to_owned(),
-        r#"Err(InvalidName("."))"#.to_owned(),
-        r#"Err(InvalidName(".."))"#.to_owned(),
-        r#"Err(InvalidName("a/b"))"#.to_owned(),
-        r#"Err(InvalidName("x y"))"#.to_owned(),
-        r#"Err(InvalidName("ü"))"#.to_owned(),
-        format!("Err(InvalidName({long:?}))"),
-        r#"Err(InvalidName("../data.bin"))"#.to_owned(),
-        r#"Err(NotFound("missing"))"#.to_owned(),
-        r#"Ok(["data.bin"])"#.to_owned(),
-        r#"Err(NotFound("data.bin"))"#.to_owned(),
-        r#"Err(NotFound("data.bin"))"#.to_owned(),
-        "Ok([])".to_owned(),
-    ];
-    assert_eq!(snapshot(&out), expected);
-    // The invalid names never reached the disk.
-    assert_eq!(sim.stats().disk_ops, 15);
+    assert_eq!(
+        snapshot(&out),
+        vec![
+            "disk ops for invalid names: 0".to_owned(),
+            r#"Err(NotFound("data.bin"))"#.to_owned(),
+            r#"Err(NotFound("data.bin"))"#.to_owned(),
+            r#"Err(NotFound("data.bin"))"#.to_owned(),
+            "0".to_owned(),
+        ]
+    );
     sim.shutdown();
 }
 
