@@ -26,8 +26,8 @@
 //!   stream sees each publisher's messages of a partition in that order.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_broker::message::{Message, MessageBatch};
@@ -44,6 +44,7 @@ use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
+use crate::checker::Observations;
 use crate::{RunReport, Scenario, Verdict as RunVerdict};
 
 /// The broker scenario.
@@ -118,26 +119,13 @@ struct Observed {
     finished: bool,
 }
 
-#[derive(Clone, Default)]
-struct Checker {
-    observed: Arc<Mutex<Observed>>,
-    violated: Arc<AtomicBool>,
-    finished: Arc<AtomicBool>,
-}
-
-impl Checker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.observed.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail(&self, why: String) {
-        let mut o = self.lock();
-        if o.violation.is_none() {
-            o.violation = Some(why);
-            self.violated.store(true, Ordering::Relaxed);
-        }
+impl Observations for Observed {
+    fn violation(&mut self) -> &mut Option<String> {
+        &mut self.violation
     }
 }
+
+type Checker = crate::checker::Checker<Observed>;
 
 /// Drains a subscription, checking per-(publisher, partition) order.
 async fn consume(
@@ -393,16 +381,19 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, checker: Checker) {
     o.queue_members = member_tallies;
     o.group_final_commits = commits;
     o.dead_letters = dead_letters;
-    match processor_report {
-        Ok(r) => o.processor = (r.accepted, r.dead_lettered),
-        Err(e) => {
-            o.violation.get_or_insert(format!("processor failed: {e}"));
-            checker.violated.store(true, Ordering::Relaxed);
+    let processor_failed = match processor_report {
+        Ok(r) => {
+            o.processor = (r.accepted, r.dead_lettered);
+            None
         }
-    }
+        Err(e) => Some(format!("processor failed: {e}")),
+    };
     o.finished = true;
     drop(o);
-    checker.finished.store(true, Ordering::Relaxed);
+    if let Some(why) = processor_failed {
+        checker.fail(why);
+    }
+    checker.finish();
 }
 
 fn header_str(m: &Message, name: &str) -> Option<String> {
@@ -556,13 +547,12 @@ impl Scenario for BrokerScenario {
         sim.schedule_liveness(horizon);
 
         let deadline = kaelix_core::Instant::ZERO + BOUND;
-        let finished = checker.finished.clone();
-        let violated = checker.violated.clone();
+        let (finished, violated) = (checker.clone(), checker.clone());
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sim.run_until_done(
                 deadline,
-                |_| finished.load(Ordering::Relaxed),
-                |_| if violated.load(Ordering::Relaxed) { Err(()) } else { Ok(()) },
+                |_| finished.is_finished(),
+                |_| if violated.is_violated() { Err(()) } else { Ok(()) },
             )
         }));
         let verdict = match outcome {

@@ -40,8 +40,6 @@
 //! from `DropCounts`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_broker::message::Message;
@@ -56,6 +54,7 @@ use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
+use crate::checker::Observations;
 use crate::{RunReport, Scenario, Verdict};
 
 /// The backpressure scenario (or a planted-bug variant of it).
@@ -143,20 +142,16 @@ struct Observed {
     violation: Option<String>,
 }
 
-#[derive(Clone, Default)]
-struct Checker {
-    observed: Arc<Mutex<Observed>>,
-    finished: Arc<AtomicBool>,
+impl Observations for Observed {
+    fn violation(&mut self) -> &mut Option<String> {
+        &mut self.violation
+    }
 }
 
-impl Checker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.observed.lock().unwrap_or_else(|e| e.into_inner())
-    }
+type Checker = crate::checker::Checker<Observed>;
 
-    fn record(&self, e: Event) {
-        self.lock().events.push(e);
-    }
+fn record(checker: &Checker, e: Event) {
+    checker.lock().events.push(e);
 }
 
 /// The streams of one run: name, pattern, strategy.
@@ -200,13 +195,9 @@ async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, count: u
         // (see the module docs), so the log order is the broker's order.
         match broker.publish(message).await {
             Ok(_) => {
-                checker.record(Event::Published { id: (id, seq), topic: Topic::new(topic).expect("valid"), priority })
+                record(&checker, Event::Published { id: (id, seq), topic: Topic::new(topic).expect("valid"), priority })
             }
-            Err(e) => {
-                let mut o = checker.lock();
-                o.violation.get_or_insert(format!("publisher {id}: publish failed: {e}"));
-                return;
-            }
+            Err(e) => return checker.fail(format!("publisher {id}: publish failed: {e}")),
         }
     }
 }
@@ -216,10 +207,10 @@ async fn consumer(rt: SimRuntime, mut sub: Subscription<SimRuntime>, stream: usi
     // Each consumer has its own pace: some keep up, some fall far behind.
     let slowest = rng.random_range(50..6000u64);
     while let Some(m) = sub.next().await {
-        checker.record(Event::Delivered { stream, id: identity(&m) });
+        record(&checker, Event::Delivered { stream, id: identity(&m) });
         rt.sleep(Duration::from_micros(rng.random_range(0..slowest))).await;
     }
-    checker.record(Event::Ended { stream });
+    record(&checker, Event::Ended { stream });
 }
 
 async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: Checker) {
@@ -267,7 +258,7 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: C
     for c in consumers.into_iter().chain(members) {
         let _ = c.await;
     }
-    checker.finished.store(true, Ordering::Relaxed);
+    checker.finish();
 }
 
 /// A reference model of one stream's buffer (see the module docs).
@@ -503,13 +494,9 @@ impl Scenario for BrokerBackpressureScenario {
             sim.schedule_fault(at, fault);
         }
         sim.schedule_liveness(horizon);
-        let finished = checker.finished.clone();
+        let finished = checker.clone();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sim.run_until_done(
-                kaelix_core::Instant::ZERO + BOUND,
-                |_| finished.load(Ordering::Relaxed),
-                |_| Ok::<(), ()>(()),
-            )
+            sim.run_until_done(kaelix_core::Instant::ZERO + BOUND, |_| finished.is_finished(), |_| Ok::<(), ()>(()))
         }));
         let verdict = match outcome {
             Ok(Ok(true)) => match check(&checker.lock(), &mut plan.clone()) {

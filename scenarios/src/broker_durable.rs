@@ -35,8 +35,6 @@
 //!   again after a restart from the last commit) are counted, not errors.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kaelix_broker::message::{Message, MessageBatch};
@@ -52,6 +50,7 @@ use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
+use crate::checker::Observations;
 use crate::{RunReport, Scenario, Tallies, Verdict};
 
 /// The durable-broker scenario (or a planted-bug variant of it).
@@ -125,26 +124,13 @@ struct Observed {
     violation: Option<String>,
 }
 
-#[derive(Clone, Default)]
-struct Checker {
-    observed: Arc<Mutex<Observed>>,
-    violated: Arc<AtomicBool>,
-    finished: Arc<AtomicBool>,
-}
-
-impl Checker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
-        self.observed.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail(&self, why: String) {
-        let mut o = self.lock();
-        if o.violation.is_none() {
-            o.violation = Some(why);
-            self.violated.store(true, Ordering::Relaxed);
-        }
+impl Observations for Observed {
+    fn violation(&mut self) -> &mut Option<String> {
+        &mut self.violation
     }
 }
+
+type Checker = crate::checker::Checker<Observed>;
 
 fn topics() -> [(&'static str, TopicConfig); 2] {
     [
@@ -367,7 +353,7 @@ async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Check
     o.final_log = Some(log);
     o.final_incarnation = incarnation;
     drop(o);
-    checker.finished.store(true, Ordering::Relaxed);
+    checker.finish();
 }
 
 /// The end-of-run checks (see the module docs).
@@ -484,13 +470,12 @@ impl BrokerDurableScenario {
         }
         sim.schedule_liveness(horizon);
 
-        let finished = checker.finished.clone();
-        let violated = checker.violated.clone();
+        let (finished, violated) = (checker.clone(), checker.clone());
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sim.run_until_done(
                 kaelix_core::Instant::ZERO + BOUND,
-                |_| finished.load(Ordering::Relaxed),
-                |_| if violated.load(Ordering::Relaxed) { Err(()) } else { Ok(()) },
+                |_| finished.is_finished(),
+                |_| if violated.is_violated() { Err(()) } else { Ok(()) },
             )
         }));
         let verdict = match outcome {

@@ -44,6 +44,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod broker_backpressure;
 pub mod broker_durable;
+pub mod checker;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
