@@ -45,7 +45,7 @@ use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
-use crate::{RunReport, Scenario, Verdict as RunVerdict};
+use crate::{RunReport, Scenario};
 
 /// The broker scenario.
 pub struct BrokerScenario;
@@ -546,24 +546,7 @@ impl Scenario for BrokerScenario {
         }
         sim.schedule_liveness(horizon);
 
-        let deadline = kaelix_core::Instant::ZERO + BOUND;
-        let (finished, violated) = (checker.clone(), checker.clone());
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sim.run_until_done(
-                deadline,
-                |_| finished.is_finished(),
-                |_| if violated.is_violated() { Err(()) } else { Ok(()) },
-            )
-        }));
-        let verdict = match outcome {
-            Ok(Ok(true)) => match check(&checker.lock()) {
-                Ok(()) => RunVerdict::Pass,
-                Err(why) => RunVerdict::SafetyViolation(why),
-            },
-            Ok(Ok(false)) => RunVerdict::LivenessViolation(format!("the workload did not finish within {BOUND:?}")),
-            Ok(Err(())) => RunVerdict::SafetyViolation(checker.lock().violation.clone().unwrap_or_default()),
-            Err(panic) => RunVerdict::from_panic(panic),
-        };
+        let verdict = checker.run_to_verdict(&sim, BOUND, check);
         let o = checker.lock();
         let sent = o.sent.len() as u64;
         let delivered: u64 = o.streams.values().chain(&o.queue_members).map(|t| t.received.len() as u64).sum();

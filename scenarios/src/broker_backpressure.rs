@@ -55,7 +55,7 @@ use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
-use crate::{RunReport, Scenario, Verdict};
+use crate::{RunReport, Scenario};
 
 /// The backpressure scenario (or a planted-bug variant of it).
 pub struct BrokerBackpressureScenario {
@@ -494,19 +494,7 @@ impl Scenario for BrokerBackpressureScenario {
             sim.schedule_fault(at, fault);
         }
         sim.schedule_liveness(horizon);
-        let finished = checker.clone();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sim.run_until_done(kaelix_core::Instant::ZERO + BOUND, |_| finished.is_finished(), |_| Ok::<(), ()>(()))
-        }));
-        let verdict = match outcome {
-            Ok(Ok(true)) => match check(&checker.lock(), &mut plan.clone()) {
-                Ok(()) => Verdict::Pass,
-                Err(why) => Verdict::SafetyViolation(why),
-            },
-            Ok(Ok(false)) => Verdict::LivenessViolation(format!("the workload did not finish within {BOUND:?}")),
-            Ok(Err(())) => unreachable!("no check fails during the run"),
-            Err(panic) => Verdict::from_panic(panic),
-        };
+        let verdict = checker.run_to_verdict(&sim, BOUND, |o| check(o, &mut plan.clone()));
         let o = checker.lock();
         let published = o.events.iter().filter(|e| matches!(e, Event::Published { .. })).count() as u64;
         let delivered = o.events.iter().filter(|e| matches!(e, Event::Delivered { .. })).count() as u64;

@@ -51,7 +51,7 @@ use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
-use crate::{RunReport, Scenario, Tallies, Verdict};
+use crate::{RunReport, Scenario, Tallies};
 
 /// The durable-broker scenario (or a planted-bug variant of it).
 pub struct BrokerDurableScenario {
@@ -470,23 +470,7 @@ impl BrokerDurableScenario {
         }
         sim.schedule_liveness(horizon);
 
-        let (finished, violated) = (checker.clone(), checker.clone());
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sim.run_until_done(
-                kaelix_core::Instant::ZERO + BOUND,
-                |_| finished.is_finished(),
-                |_| if violated.is_violated() { Err(()) } else { Ok(()) },
-            )
-        }));
-        let verdict = match outcome {
-            Ok(Ok(true)) => match check(&checker.lock()) {
-                Ok(()) => Verdict::Pass,
-                Err(why) => Verdict::SafetyViolation(why),
-            },
-            Ok(Ok(false)) => Verdict::LivenessViolation(format!("the workload did not finish within {BOUND:?}")),
-            Ok(Err(())) => Verdict::SafetyViolation(checker.lock().violation.clone().unwrap_or_default()),
-            Err(panic) => Verdict::from_panic(panic),
-        };
+        let verdict = checker.run_to_verdict(&sim, BOUND, check);
         let o = checker.lock();
         let sent = o.sent.len() as u64;
         let acked = o.acked.len() as u64;

@@ -67,3 +67,34 @@ impl<O: Observations> Checker<O> {
         self.violated.load(Ordering::Relaxed)
     }
 }
+
+impl<O: Observations> Checker<O> {
+    /// Runs `sim` until the workload finishes, a violation is recorded, or
+    /// `bound` (simulated, from the origin) passes, then judges: a recorded
+    /// violation or a failed end-of-run `check` is a safety violation, not
+    /// finishing is a liveness violation, a panic is a panic.
+    pub fn run_to_verdict(
+        &self,
+        sim: &kaelix_sim::Sim,
+        bound: kaelix_core::time::Duration,
+        check: impl FnOnce(&O) -> Result<(), String>,
+    ) -> crate::Verdict {
+        use crate::Verdict;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sim.run_until_done(
+                kaelix_core::Instant::ZERO + bound,
+                |_| self.is_finished(),
+                |_| if self.is_violated() { Err(()) } else { Ok(()) },
+            )
+        }));
+        match outcome {
+            Ok(Ok(true)) => match check(&self.lock()) {
+                Ok(()) => Verdict::Pass,
+                Err(why) => Verdict::SafetyViolation(why),
+            },
+            Ok(Ok(false)) => Verdict::LivenessViolation(format!("the workload did not finish within {bound:?}")),
+            Ok(Err(())) => Verdict::SafetyViolation(self.lock().violation().clone().unwrap_or_default()),
+            Err(panic) => Verdict::from_panic(panic),
+        }
+    }
+}
