@@ -323,6 +323,8 @@ pub struct BrokerCore {
     topology_version: u64,
     /// Open log-backed streams (publishes wake them only if there are any).
     log_streams: usize,
+    /// The latest `now` seen: time only moves forward.
+    last_now: Instant,
 }
 
 /// Jump consistent hash (Lamping & Veach): `key_hash` → bucket in
@@ -366,7 +368,15 @@ impl BrokerCore {
             next_topic_id: 1,
             topology_version: 0,
             log_streams: 0,
+            last_now: Instant::ZERO,
         }
+    }
+
+    /// Every call that takes `now` states the invariant that time does not
+    /// move backwards (the async layer hands in a clamped clock reading).
+    fn observe(&mut self, now: Instant) {
+        assert!(now >= self.last_now, "time moved backwards: {now:?} after {:?}", self.last_now);
+        self.last_now = now;
     }
 
     /// A broker whose [`StorageOutput`]s a driver performs, so durable
@@ -481,6 +491,7 @@ impl BrokerCore {
         rng: &mut DetRng,
         message: Message,
     ) -> Result<Result<Published, (Message, Vec<StreamId>)>, BrokerError> {
+        self.observe(now);
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
@@ -618,6 +629,7 @@ impl BrokerCore {
         queue_group: Option<&str>,
         strategy: Option<Strategy>,
     ) -> Result<StreamId, BrokerError> {
+        self.observe(now);
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
@@ -639,6 +651,7 @@ impl BrokerCore {
         pattern: Pattern,
         start: StartPosition,
     ) -> Result<StreamId, BrokerError> {
+        self.observe(now);
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
@@ -745,6 +758,7 @@ impl BrokerCore {
 
     /// The next message of a stream; `Ok(None)` when its buffer is empty.
     pub fn poll_stream(&mut self, now: Instant, id: StreamId) -> Result<Option<Message>, BrokerError> {
+        self.observe(now);
         let entry = self.registry.get_mut(id).ok_or(BrokerError::StreamClosed(id))?;
         entry.last_active = now;
         if entry.log.is_some() {
@@ -873,6 +887,7 @@ impl BrokerCore {
         attempts: u32,
     ) -> Result<Published, BrokerError> {
         use dead_letter_headers as h;
+        self.observe(now);
         let dlq = Topic::new(format!("{}.{}", self.config.dead_letter_prefix, message.topic()))?;
         if !self.topics.contains_key(&dlq) {
             // Dead-letter topics exist on demand, whatever auto_create says.
@@ -909,6 +924,7 @@ impl BrokerCore {
     /// Housekeeping: closes idle streams, enforces retention by age.
     /// Returns the streams it closed.
     pub fn handle_timeout(&mut self, now: Instant, wall: WallTime) -> Vec<StreamId> {
+        self.observe(now);
         let idle = self.registry.close_idle(now);
         let mut closed = Vec::new();
         for (id, mut entry) in idle {

@@ -85,6 +85,8 @@ struct State {
     writer_waker: Option<Waker>,
     /// The housekeeping task, sleeping until its next round.
     housekeeping_waker: Option<Waker>,
+    /// The latest clock reading handed to the core.
+    last_now: Instant,
     /// Publishers waiting for their record to be synced: (topic, partition, offset).
     ack_waiters: Vec<(Topic, u32, u64, Waker)>,
     stream_wakers: BTreeMap<StreamId, Waker>,
@@ -161,6 +163,7 @@ impl<C: Clock> Broker<C> {
             rng,
             writer_waker: None,
             housekeeping_waker: None,
+            last_now: Instant::ZERO,
             ack_waiters: Vec::new(),
             stream_wakers: BTreeMap::new(),
             member_wakers: BTreeMap::new(),
@@ -179,6 +182,10 @@ impl<C: Clock> Broker<C> {
     fn with<T>(&self, f: impl FnOnce(&mut State, Instant, WallTime) -> T) -> T {
         let (now, wall) = (self.clock.now(), self.clock.wall_clock());
         let mut state = self.lock();
+        // Two threads may read the clock in one order and take the lock in
+        // the other: the core sees the later of the two readings.
+        let now = now.max(state.last_now);
+        state.last_now = now;
         let out = f(&mut state, now, wall);
         let wakers = state.collect_wakers();
         drop(state);

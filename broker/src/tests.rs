@@ -298,3 +298,11 @@ fn log_backed_streams_take_partitions_in_turn_follow_new_topics_and_count_expire
     assert_eq!(drain_stream(&mut c, id), vec![16, 17, 18, 19]);
     assert_eq!(c.stream_drops(id).unwrap().expired, 6);
 }
+
+#[test]
+#[should_panic(expected = "time moved backwards")]
+fn the_core_refuses_time_moving_backwards() {
+    let mut c = core();
+    c.handle_timeout(Instant::ZERO + Duration::from_secs(2), WallTime(0));
+    c.handle_timeout(Instant::ZERO + Duration::from_secs(1), WallTime(0));
+}
