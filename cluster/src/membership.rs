@@ -186,7 +186,8 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
                 continue;
             }
         }
-        let deadline = swim.poll_timeout();
+        // Nothing scheduled is a sleep that never ends.
+        let deadline = swim.poll_timeout().unwrap_or(kaelix_core::Instant::MAX);
         let mut sleep = pin!(rt.sleep_until(deadline));
         let mut recv = pin!(rt.recv());
         enum Event {

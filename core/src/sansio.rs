@@ -15,14 +15,17 @@
 //!    `handle_write_complete(now, id)`, `handle_timeout(now)`;
 //! 2. drain `poll_output()` until it returns `None`, performing each output
 //!    (send a message, start a disk write, answer a client);
-//! 3. ask `poll_timeout()` for the next deadline and sleep until it or until
-//!    the next input, whichever comes first.
+//! 3. ask `poll_timeout() -> Option<Instant>` for the next deadline and sleep
+//!    until it or until the next input, whichever comes first (`None`:
+//!    nothing is scheduled, wait for the next input).
 //!
 //! Rules every core follows:
 //!
 //! * `now` only moves forward between calls; a core asserts it.
 //! * `handle_timeout` may be called early or spuriously; it acts only on
 //!   deadlines that have passed.
+//! * "Nothing scheduled" is `None` from `poll_timeout`, never a sentinel
+//!   instant such as `Instant::MAX`.
 //! * A disk write is an output carrying a [`WriteId`]; the core must not
 //!   assume the write is durable until `handle_write_complete(id)` comes
 //!   back. A crash loses the machine entirely: on restart, a new core is

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     swim.handle_message(now, NodeId(u64::from(from % 6)), input);
     while swim.poll_output().is_some() {}
     for _ in 0..60 {
-        now = swim.poll_timeout().min(now + Duration::from_secs(1)).max(now);
+        now = swim.poll_timeout().map_or(now + Duration::from_secs(1), |t| t.min(now + Duration::from_secs(1))).max(now);
         swim.handle_timeout(now);
         while swim.poll_output().is_some() {}
     }

@@ -485,10 +485,12 @@ impl BroadcastCore {
         PeerMessage::Digest(self.settled)
     }
 
-    /// The next time [`Self::handle_timeout`] has work.
-    pub fn poll_timeout(&self) -> Instant {
-        let retransmit = self.pending.values().map(|p| p.next_retransmit).min().unwrap_or(Instant::MAX);
-        retransmit.min(self.next_anti_entropy)
+    /// The next time [`Self::handle_timeout`] has work (`None`: nothing
+    /// scheduled).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retransmit = self.pending.values().map(|p| p.next_retransmit).min();
+        // `next_anti_entropy` saturates at `Instant::MAX`, meaning "never".
+        retransmit.into_iter().chain([self.next_anti_entropy]).min().filter(|&t| t != Instant::MAX)
     }
 
     /// The next output.

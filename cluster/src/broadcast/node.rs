@@ -117,8 +117,10 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
 
     let mut clients: BTreeMap<ClientRef, mpsc::UnboundedSender<Bytes>> = BTreeMap::new();
     // The timer is kept across iterations and replaced only when the core's
-    // deadline moves: most inputs leave it unchanged.
-    let mut timer_deadline = core.poll_timeout();
+    // deadline moves: most inputs leave it unchanged. Nothing scheduled is
+    // a sleep that never ends.
+    let deadline_of = |core: &BroadcastCore| core.poll_timeout().unwrap_or(Instant::MAX);
+    let mut timer_deadline = deadline_of(&core);
     let mut sleep = Box::pin(rt.sleep_until(timer_deadline));
     loop {
         while let Some(out) = core.poll_output() {
@@ -138,7 +140,7 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
             }
         }
 
-        let deadline = core.poll_timeout();
+        let deadline = deadline_of(&core);
         if deadline != timer_deadline {
             timer_deadline = deadline;
             sleep = Box::pin(rt.sleep_until(deadline));

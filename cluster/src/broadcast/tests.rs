@@ -227,9 +227,9 @@ fn time_must_not_go_backwards() {
 #[test]
 fn poll_timeout_reports_earliest_deadline() {
     let mut a = core(A, Planted::NONE);
-    assert_eq!(a.poll_timeout(), t(100));
+    assert_eq!(a.poll_timeout(), Some(t(100)));
     a.handle_client_submit(t(10), ClientRef(0), value(1));
-    assert_eq!(a.poll_timeout(), t(60));
+    assert_eq!(a.poll_timeout(), Some(t(60)));
 }
 
 #[test]

@@ -547,9 +547,9 @@ impl Raft {
         self.outputs.pop_front()
     }
 
-    /// The next deadline.
-    pub fn poll_timeout(&self) -> Instant {
-        match self.role {
+    /// The next deadline (`None`: nothing scheduled).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = match self.role {
             Role::Leader => {
                 let mut t = self.heartbeat_deadline.min(self.check_quorum_deadline);
                 if let Some((_, deadline)) = self.transfer {
@@ -559,7 +559,9 @@ impl Raft {
             }
             Role::PreCandidate | Role::Candidate => self.election_deadline.min(self.vote_retry_deadline),
             Role::Follower => self.election_deadline,
-        }
+        };
+        // The deadline fields use `Instant::MAX` for "not armed".
+        Some(t).filter(|&t| t != Instant::MAX)
     }
 
     /// Acts on every deadline that has passed.

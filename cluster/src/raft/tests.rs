@@ -196,7 +196,7 @@ impl Net {
             let live: Vec<NodeId> = self.nodes.keys().copied().filter(|n| !self.down.contains(n)).collect();
             for id in live {
                 let now = self.now;
-                if self.raft(id).poll_timeout() <= now {
+                if self.raft(id).poll_timeout().is_some_and(|t| t <= now) {
                     self.node(id).raft.handle_timeout(now);
                     self.drain(id);
                 }
@@ -557,7 +557,7 @@ fn randomized_faults_never_break_safety() {
             let now = net.now;
             let live: Vec<NodeId> = net.nodes.keys().copied().filter(|n| !net.down.contains(n)).collect();
             for id in live {
-                if net.raft(id).poll_timeout() <= now {
+                if net.raft(id).poll_timeout().is_some_and(|t| t <= now) {
                     net.node(id).raft.handle_timeout(now);
                     net.drain(id);
                 }
@@ -763,7 +763,7 @@ fn a_campaign_resends_its_requests_to_voters_that_did_not_answer() {
     assert_eq!(first, [NodeId(2), NodeId(3)]);
     // One heartbeat interval later, before the election timeout: again.
     let retry = now + Duration::from_millis(30);
-    assert_eq!(net.raft(NodeId(1)).poll_timeout(), retry);
+    assert_eq!(net.raft(NodeId(1)).poll_timeout(), Some(retry));
     net.now = retry;
     net.node(NodeId(1)).raft.handle_timeout(retry);
     net.drain(NodeId(1));

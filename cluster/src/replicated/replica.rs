@@ -251,7 +251,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     /// The earliest deadline of any group (`None`: nothing scheduled).
     /// Ask after draining the outputs.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.groups.iter().map(|g| g.raft.poll_timeout()).min().filter(|&t| t != Instant::MAX)
+        self.groups.iter().filter_map(|g| g.raft.poll_timeout()).min()
     }
 
     /// Handles every group whose deadline passed at `now`.
@@ -265,7 +265,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     pub fn handle_group_timeout(&mut self, now: Instant, group: u32) {
         self.advance(now);
         let raft = &mut self.groups[group as usize].raft;
-        if raft.poll_timeout() <= now {
+        if raft.poll_timeout().is_some_and(|t| t <= now) {
             raft.handle_timeout(now);
             self.stepped(group);
         }
@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn deadline_is_the_earliest_group_deadline() {
         let c = core();
-        let earliest = (0..2).map(|g| c.raft(g).poll_timeout()).min();
+        let earliest = (0..2).filter_map(|g| c.raft(g).poll_timeout()).min();
         assert_eq!(c.poll_timeout(), earliest);
     }
 

@@ -798,8 +798,9 @@ impl Swim {
         self.outputs.pop_front()
     }
 
-    /// The next time [`Swim::handle_timeout`] has work.
-    pub fn poll_timeout(&self) -> Instant {
+    /// The next time [`Swim::handle_timeout`] has work (`None`: nothing
+    /// scheduled).
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.next_probe.min(self.next_announce).min(self.next_push_pull).min(self.next_gossip);
         if let Some(p) = &self.probe
             && !p.indirect_sent
@@ -816,7 +817,8 @@ impl Swim {
                 MemberState::Dead | MemberState::Left => t = t.min(m.since + self.config.gc_after),
             }
         }
-        t
+        // The deadline fields use `Instant::MAX` for "not armed".
+        Some(t).filter(|&t| t != Instant::MAX)
     }
 
     // ----- sending -----------------------------------------------------

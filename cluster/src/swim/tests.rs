@@ -156,7 +156,7 @@ fn silent_target_gets_indirect_probes_through_k_alive_others() {
     s.handle_message(t(0), N2, pkt("gossip | suspect n5 inc=1 by=n2"));
     drain(&mut s);
     let (target, seq, _) = first_probe(&mut s);
-    assert_eq!(s.poll_timeout(), t(1500));
+    assert_eq!(s.poll_timeout(), Some(t(1500)));
     s.handle_timeout(t(1499));
     assert!(drain(&mut s).is_empty(), "not yet");
     s.handle_timeout(t(1500));
@@ -218,7 +218,7 @@ fn a_relay_pings_the_target_and_forwards_its_ack_under_the_requesters_seq() {
     let (to, ping) = &out[0];
     let Message::Ping { seq: local } = ping.message else { panic!("{ping}") };
     assert_eq!(*to, N3);
-    assert_eq!(s.poll_timeout(), t(500), "nack due at 80 % of the probe timeout");
+    assert_eq!(s.poll_timeout(), Some(t(500)), "nack due at 80 % of the probe timeout");
     s.handle_message(t(150), N3, pkt(&format!("ack seq={local}")));
     let out = sends(&drain(&mut s));
     assert_eq!(out.len(), 1);
@@ -579,12 +579,12 @@ fn gossiping(me: NodeId, others: &[NodeId]) -> Swim {
 #[test]
 fn a_gossip_round_sends_queued_updates_to_gossip_nodes_members() {
     let mut s = gossiping(N1, &[N2, N3, N4, N5]);
-    assert_eq!(s.poll_timeout(), t(200), "the first gossip round");
+    assert_eq!(s.poll_timeout(), Some(t(200)), "the first gossip round");
     s.handle_timeout(t(200));
     assert!(drain(&mut s).is_empty(), "nothing queued: nothing sent");
     s.handle_message(t(300), N2, pkt("gossip | suspect n5 inc=1 by=n2"));
     drain(&mut s);
-    assert_eq!(s.poll_timeout(), t(400));
+    assert_eq!(s.poll_timeout(), Some(t(400)));
     s.handle_timeout(t(400));
     let out = sends(&drain(&mut s));
     let targets: BTreeSet<NodeId> = out.iter().map(|(to, _)| *to).collect();
@@ -594,7 +594,7 @@ fn a_gossip_round_sends_queued_updates_to_gossip_nodes_members() {
         assert_eq!(p.message, Message::Gossip);
         assert_eq!(p.updates[0].to_string(), "suspect n5 inc=1 by=n2");
     }
-    assert_eq!(s.poll_timeout(), t(600), "rounds repeat every gossip_interval");
+    assert_eq!(s.poll_timeout(), Some(t(600)), "rounds repeat every gossip_interval");
 }
 
 #[test]
@@ -627,7 +627,7 @@ fn a_zero_gossip_interval_disables_the_rounds() {
     let mut s = joined(N1, &[N2, N3]);
     s.handle_message(t(300), N2, pkt("gossip | suspect n3 inc=1 by=n2"));
     drain(&mut s);
-    assert_eq!(s.poll_timeout(), t(1000), "the next probe, no gossip round");
+    assert_eq!(s.poll_timeout(), Some(t(1000)), "the next probe, no gossip round");
 }
 
 #[test]
@@ -890,7 +890,7 @@ fn local_health_is_capped_and_recovers_with_successful_probes() {
     assert_eq!(s.local_health(), s.config().lhm_max);
     let mut now = 0;
     for _ in 0..40 {
-        now = s.poll_timeout().as_nanos() / 1_000_000;
+        now = s.poll_timeout().expect("probes are always scheduled").as_nanos() / 1_000_000;
         s.handle_timeout(t(now));
         for (to, p) in sends(&drain(&mut s)) {
             if let Message::Ping { seq } = p.message {
@@ -992,7 +992,7 @@ fn spurious_timeouts_do_nothing() {
         s.handle_timeout(t(ms));
         assert!(drain(&mut s).is_empty());
     }
-    assert_eq!(s.poll_timeout(), t(1000));
+    assert_eq!(s.poll_timeout(), Some(t(1000)));
 }
 
 // ----- whole clusters on an in-memory network ---------------------------------
@@ -1069,7 +1069,7 @@ impl Net {
 
     fn run_until(&mut self, until: Instant) {
         loop {
-            let timer = self.nodes.iter().map(|(&id, s)| (s.poll_timeout(), id)).min();
+            let timer = self.nodes.iter().filter_map(|(&id, s)| Some((s.poll_timeout()?, id))).min();
             let packet = self.inflight.keys().next().copied();
             match (packet, timer) {
                 (Some(k), timer) if k.0 <= until && timer.is_none_or(|(tt, _)| k.0 <= tt) => {

@@ -74,7 +74,11 @@ fn ack(term: u64, index: u64) -> Message {
 /// Moves to the member's next election (or, leading, its next deadline)
 /// and handles it; a campaign's vote-request retries before it are folded in.
 fn fire(m: &mut Member) -> Vec<Output> {
-    m.now = if m.raft.role() == Role::Leader { m.raft.poll_timeout() } else { m.raft.election_deadline() };
+    m.now = if m.raft.role() == Role::Leader {
+        m.raft.poll_timeout().expect("a leader always has a heartbeat due")
+    } else {
+        m.raft.election_deadline()
+    };
     m.timeout()
 }
 

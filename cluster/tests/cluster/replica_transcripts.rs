@@ -346,7 +346,7 @@ impl Env {
         let pre_vote = self.config.raft.pre_vote;
         let node = self.node()?;
         let mut out = Vec::new();
-        *now = (*now).max(node.core.raft(group).poll_timeout());
+        *now = (*now).max(node.core.raft(group).poll_timeout().ok_or("the group has nothing scheduled")?);
         out.push(format!("@{}", transcript::fmt_time(now.as_nanos())));
         node.core.handle_group_timeout(*now, group);
         node.drain(&mut out);
