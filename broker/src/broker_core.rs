@@ -18,7 +18,7 @@ use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 use crate::registry::{LogCursor, RegistryError, StartPosition, StreamId, StreamInfo, StreamRegistry};
-use crate::storage::{DurableConfig, StorageKind, StorageOutput};
+use crate::storage::{DurableConfig, MetaRecord, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::DetRng;
@@ -289,13 +289,13 @@ impl TopicState {
     }
 
     fn output(&self, topic: &Topic) -> StorageOutput {
-        StorageOutput::Topic {
+        StorageOutput::Meta(MetaRecord::Topic {
             id: self.id,
             topic: topic.clone(),
             partitions: self.config.partitions,
             retention: self.config.retention,
             durable: self.durable().expect("only durable topics are recorded"),
-        }
+        })
     }
 }
 
@@ -318,6 +318,8 @@ pub struct BrokerCore {
     has_storage: bool,
     storage_outputs: VecDeque<StorageOutput>,
     next_topic_id: u64,
+    /// Topic by id (the writer reports syncs by id).
+    topic_ids: BTreeMap<u64, Topic>,
     /// Grows whenever a topic or partition appears (log-backed streams
     /// refresh their partition lists when it moved).
     topology_version: u64,
@@ -366,6 +368,7 @@ impl BrokerCore {
             has_storage: false,
             storage_outputs: VecDeque::new(),
             next_topic_id: 1,
+            topic_ids: BTreeMap::new(),
             topology_version: 0,
             log_streams: 0,
             last_now: Instant::ZERO,
@@ -418,6 +421,7 @@ impl BrokerCore {
                 if state.durable().is_some() {
                     self.storage_outputs.push_back(state.output(&topic));
                 }
+                self.topic_ids.insert(id, topic.clone());
                 self.topics.insert(topic, state);
                 self.topology_version += 1;
                 Ok(())
@@ -870,7 +874,8 @@ impl BrokerCore {
         let state = &self.topics[g.topic()];
         if state.durable().is_some() {
             let id = state.id;
-            self.storage_outputs.push_back(StorageOutput::Commit { group: group.to_string(), id, partition, next });
+            let commit = MetaRecord::Commit { group: group.to_string(), id, partition, next };
+            self.storage_outputs.push_back(StorageOutput::Meta(commit));
         }
         Ok(())
     }
@@ -1064,7 +1069,8 @@ impl BrokerCore {
     /// `end`: they become visible to reads and groups, and their publishes
     /// are acknowledged. Reports only ever move forward.
     pub fn handle_persisted(&mut self, id: u64, partition: u32, end: u64) {
-        let Some((topic, state)) = self.topics.iter_mut().find(|(_, t)| t.id == id) else { return };
+        let Some(topic) = self.topic_ids.get(&id).cloned() else { return };
+        let state = self.topics.get_mut(&topic).expect("indexed topics exist");
         let Some(durable_end) = state.durable_end.get_mut(partition as usize) else { return };
         assert!(
             end <= state.partitions[partition as usize].next_offset(),
@@ -1074,7 +1080,6 @@ impl BrokerCore {
             return;
         }
         *durable_end = end;
-        let topic = topic.clone();
         if self.log_streams > 0 {
             self.wake_log_streams(&topic);
         }
@@ -1098,13 +1103,7 @@ impl BrokerCore {
     /// first offset and its records (dense from there). Records beyond the
     /// retention policy are trimmed now (and the trim is queued for the
     /// driver). Everything restored is synced, hence visible.
-    pub fn restore_topic(
-        &mut self,
-        id: u64,
-        topic: Topic,
-        config: TopicConfig,
-        partitions: Vec<(u64, Vec<Message>)>,
-    ) -> Result<(), BrokerError> {
+    pub fn restore_topic(&mut self, id: u64, topic: Topic, config: TopicConfig, partitions: Vec<(u64, Vec<Message>)>) {
         assert!(self.has_storage, "restoring needs a broker with storage");
         assert!(!self.topics.contains_key(&topic), "{topic} restored twice");
         assert_eq!(partitions.len(), config.partitions as usize, "every partition of {topic} restored");
@@ -1125,14 +1124,16 @@ impl BrokerCore {
         self.next_topic_id = self.next_topic_id.max(id + 1);
         let planted_unsynced = self.config.planted.is_on(PlantedBug::BrokerGroupReadsUnsynced);
         let state = TopicState { id, config, partitions: logs, durable_end, round_robin: 0, planted_unsynced };
+        self.topic_ids.insert(id, topic.clone());
         self.topics.insert(topic, state);
         self.topology_version += 1;
-        Ok(())
     }
 
     /// Restores a consumer group's commit at start-up (`id`: the topic's).
     pub fn restore_commit(&mut self, group: &str, id: u64, partition: u32, next: u64) {
-        let Some((topic, state)) = self.topics.iter().find(|(_, t)| t.id == id) else { return };
+        let Some((topic, state)) = self.topic_ids.get(&id).and_then(|t| self.topics.get_key_value(t)) else {
+            return;
+        };
         let partitions = state.config.partitions;
         let g = self.groups.entry(Arc::from(group)).or_insert_with(|| ConsumerGroup::new(topic.clone(), partitions));
         if g.topic() == topic && partition < partitions {

@@ -201,8 +201,7 @@ pub(crate) async fn open<R: Runtime>(rt: R, config: BrokerConfig) -> Result<Brok
     let mut core = BrokerCore::with_storage(config);
     for (&id, (topic, config)) in &topics {
         let partitions = (0..config.partitions).map(|p| records.remove(&(id, p)).unwrap_or((0, Vec::new()))).collect();
-        core.restore_topic(id, topic.clone(), config.clone(), partitions)
-            .expect("restoring a recovered topic into an empty broker");
+        core.restore_topic(id, topic.clone(), config.clone(), partitions);
     }
     for ((group, id, partition), next) in &commits {
         core.restore_commit(group, *id, *partition, *next);
@@ -330,15 +329,14 @@ impl<R: Runtime> Writer<R> {
 
     async fn perform(&mut self, output: StorageOutput) {
         match output {
-            StorageOutput::Topic { id, topic, partitions, retention, durable } => {
-                self.configs.insert(id, durable);
-                for p in 0..partitions {
-                    self.files.entry((id, p)).or_insert_with(|| PartitionFiles { segments: Vec::new() });
+            StorageOutput::Meta(record) => {
+                if let MetaRecord::Topic { id, partitions, durable, .. } = &record {
+                    self.configs.insert(*id, *durable);
+                    for p in 0..*partitions {
+                        self.files.entry((*id, p)).or_insert_with(|| PartitionFiles { segments: Vec::new() });
+                    }
                 }
-                self.append_meta(MetaRecord::Topic { id, topic, partitions, retention, durable }).await;
-            }
-            StorageOutput::Commit { group, id, partition, next } => {
-                self.append_meta(MetaRecord::Commit { group, id, partition, next }).await;
+                self.append_meta(record).await;
             }
             StorageOutput::Append { id, partition, records } => self.append(id, partition, records).await,
             StorageOutput::Trim { id, partition, earliest } => self.trim(id, partition, earliest).await,

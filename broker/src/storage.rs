@@ -116,19 +116,9 @@ pub enum FlushPolicy {
 /// by the driver in the order drained.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StorageOutput {
-    /// A durable topic was created or grew: record its settings.
-    Topic {
-        /// The topic's id (file names use it).
-        id: u64,
-        /// Its name.
-        topic: Topic,
-        /// Partition count.
-        partitions: u32,
-        /// Retention.
-        retention: RetentionPolicy,
-        /// Durable settings.
-        durable: DurableConfig,
-    },
+    /// Record a durable topic's settings (it was created or grew) or a
+    /// consumer group's commit in the metadata file.
+    Meta(MetaRecord),
     /// Append these records, at consecutive offsets, to the partition.
     Append {
         /// The topic's id.
@@ -146,17 +136,6 @@ pub enum StorageOutput {
         partition: u32,
         /// The new earliest retained offset.
         earliest: u64,
-    },
-    /// A consumer group committed `next` on a partition.
-    Commit {
-        /// The group.
-        group: String,
-        /// The topic's id.
-        id: u64,
-        /// The partition.
-        partition: u32,
-        /// The next offset to read.
-        next: u64,
     },
 }
 
