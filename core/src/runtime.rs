@@ -24,6 +24,13 @@
 //!   client and a node (TCP-like). A stream delivers frames in order without
 //!   loss or duplication until it breaks; after a break every call fails.
 //!   What the peer received before the break is unknown.
+//! * [`ByteNetwork`] carries **ordered, reliable byte streams** to and from
+//!   socket addresses (TCP on the real runtime): what servers speaking
+//!   protocols others defined (NATS) and their clients use. Bytes arrive in
+//!   order without loss until the stream breaks, but chunk boundaries are
+//!   not kept: a write may be read in several pieces, several writes in one.
+//!   The simulator maps addresses to nodes (see its `streams` module) and
+//!   splits writes at random points, as TCP segmentation does.
 //! * [`Storage`] durability: see [`StorageFile::sync`].
 //!
 //! With the feature `testing`, the module `conformance` holds the suite that checks
@@ -34,6 +41,7 @@ pub mod conformance;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
@@ -148,6 +156,12 @@ pub enum NetError {
         /// The limit.
         max: usize,
     },
+    /// The address is already bound by a listener.
+    #[error("address {0} already in use")]
+    AddrInUse(SocketAddr),
+    /// The address cannot be bound or reached from here.
+    #[error("address {0} not available")]
+    AddrNotAvailable(SocketAddr),
     /// An OS-level error (real runtime only).
     #[error("io error: {0}")]
     Io(String),
@@ -189,6 +203,46 @@ pub trait ClientNetwork: Clone + Send + Sync + 'static {
     fn listen(&self) -> Result<Self::Listener, NetError>;
     /// Opens a stream to `node`'s client listener.
     fn connect(&self, node: NodeId) -> impl Future<Output = Result<Self::Stream, NetError>> + Send;
+}
+
+/// One end of an ordered, reliable byte stream (see [`ByteNetwork`]).
+/// Cloning gives another handle to the same stream, so one task can read
+/// while another writes.
+pub trait ByteStream: Clone + Send + Sync + 'static {
+    /// Writes all of `data`. Completing means the bytes were handed to the
+    /// transport, not that the peer read them.
+    fn write(&self, data: Bytes) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The next chunk of bytes (never empty); `Ok(None)` when the peer closed
+    /// its side cleanly.
+    fn read(&self) -> impl Future<Output = Result<Option<Bytes>, NetError>> + Send;
+    /// Closes the stream; the peer reads end of stream after the bytes
+    /// already written.
+    fn close(&self);
+    /// The other end's address.
+    fn peer_addr(&self) -> SocketAddr;
+}
+
+/// Accepts byte streams on a bound address.
+pub trait ByteListener: Send + 'static {
+    /// The stream type accepted.
+    type Stream: ByteStream;
+    /// The next incoming stream.
+    fn accept(&mut self) -> impl Future<Output = Result<Self::Stream, NetError>> + Send;
+    /// The bound address (with the port chosen when bound to port 0).
+    fn local_addr(&self) -> SocketAddr;
+}
+
+/// Byte streams between socket addresses. Dropping a listener stops
+/// listening; the address can then be bound again.
+pub trait ByteNetwork: Clone + Send + Sync + 'static {
+    /// A stream end.
+    type ByteStream: ByteStream;
+    /// A listener producing streams.
+    type ByteListener: ByteListener<Stream = Self::ByteStream>;
+    /// Listens on `addr` (port 0: any free port).
+    fn bind_tcp(&self, addr: SocketAddr) -> Result<Self::ByteListener, NetError>;
+    /// Opens a stream to whoever listens on `addr`.
+    fn connect_tcp(&self, addr: SocketAddr) -> impl Future<Output = Result<Self::ByteStream, NetError>> + Send;
 }
 
 /// Errors of storage operations.
@@ -299,7 +353,7 @@ macro_rules! buggify {
 
 /// Everything a node service needs, in one bound.
 pub trait Runtime:
-    Clock + Spawner + Network + ClientNetwork + Storage + FaultPoints + Clone + Send + Sync + 'static
+    Clock + Spawner + Network + ClientNetwork + ByteNetwork + Storage + FaultPoints + Clone + Send + Sync + 'static
 {
     /// This node's id.
     fn node_id(&self) -> NodeId;

@@ -1,0 +1,1 @@
+//! Native protocol frames (filled in by the native protocol work).

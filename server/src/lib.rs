@@ -1,0 +1,1 @@
+//! The Kaelix server.
