@@ -205,6 +205,19 @@ pub struct Published {
     pub acknowledged: bool,
 }
 
+/// Where [`BrokerCore::route_or_return`] sent a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// The topic exists (or was auto-created): stored and fanned out.
+    Stored(Published),
+    /// No such topic and auto-creation is off: handed to the live streams
+    /// that match, stored nowhere, no offset (core NATS: at most once).
+    Relayed {
+        /// Streams it was buffered for.
+        buffered_for: usize,
+    },
+}
+
 /// What [`BrokerCore::publish`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -228,6 +241,8 @@ pub struct BrokerStats {
     pub partitions: usize,
     /// Messages appended (dead letters included).
     pub published: u64,
+    /// Messages relayed to live streams without a topic (see [`Routed`]).
+    pub relayed: u64,
     /// Publishes that had to wait for a blocking stream.
     pub blocked_publishes: u64,
     /// Messages handed to stream consumers.
@@ -502,6 +517,73 @@ impl BrokerCore {
         self.publish_inner(now, wall, rng, message, true)
     }
 
+    /// Publishes `message` if its topic exists (or auto-creation is on),
+    /// else relays it: delivers it to the live streams matching its topic
+    /// and stores it nowhere. One call, so a topic created concurrently
+    /// cannot split a publisher's messages between the two paths. Hands
+    /// the message back when a matching blocking stream is full.
+    #[allow(clippy::type_complexity)]
+    pub fn route_or_return(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        mut message: Message,
+    ) -> Result<Result<Routed, (Message, Vec<StreamId>)>, BrokerError> {
+        self.observe(now);
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        if self.topics.contains_key(message.topic()) || self.config.auto_create.is_some() {
+            return Ok(self.publish_inner(now, wall, rng, message, true)?.map(Routed::Stored));
+        }
+        if message.partition().is_some() {
+            // A relayed message has no partition to name.
+            return Err(BrokerError::UnknownTopic(message.topic().clone()));
+        }
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.registry.route_into(message.topic(), &mut targets);
+        let blocked: Vec<StreamId> = targets
+            .iter()
+            .copied()
+            .filter(|id| self.registry.get(*id).is_some_and(|e| e.buffer.would_block()))
+            .collect();
+        if !blocked.is_empty() {
+            self.stats.blocked_publishes += 1;
+            self.route_scratch = targets;
+            return Ok(Err((message, blocked)));
+        }
+        if !message.is_stamped() {
+            message.stamp(new_message_id(rng, wall), wall);
+        }
+        let buffered_for = self.offer_to(&targets, &message, true);
+        self.route_scratch = targets;
+        self.stats.relayed += 1;
+        Ok(Ok(Routed::Relayed { buffered_for }))
+    }
+
+    /// Offers `message` to each stream of `targets`; returns how many
+    /// buffered it. With `may_wait`, no target may be a full blocking
+    /// stream (the caller checked).
+    fn offer_to(&mut self, targets: &[StreamId], message: &Message, may_wait: bool) -> usize {
+        let mut buffered_for = 0;
+        for &id in targets {
+            let entry = self.registry.get_mut(id).expect("routed streams are open");
+            match entry.buffer.offer(message.clone()) {
+                Offer::Accepted | Offer::AcceptedDropping(_) => {
+                    buffered_for += 1;
+                    self.woken_streams.push(id);
+                }
+                Offer::Dropped => {}
+                Offer::WouldBlock => {
+                    debug_assert!(!may_wait, "a publish that may wait was checked above");
+                    entry.buffer.count_refused();
+                }
+            }
+        }
+        buffered_for
+    }
+
     /// The one publish path. With `may_wait` false (dead letters, which
     /// must land even while a processor's own stream is full), a full
     /// blocking stream does not receive the message and counts it as
@@ -563,21 +645,7 @@ impl BrokerCore {
             self.wake_log_streams(&topic);
         }
         self.stats.published += 1;
-        let mut buffered_for = 0;
-        for &id in &targets {
-            let entry = self.registry.get_mut(id).expect("routed streams are open");
-            match entry.buffer.offer(message.clone()) {
-                Offer::Accepted | Offer::AcceptedDropping(_) => {
-                    buffered_for += 1;
-                    self.woken_streams.push(id);
-                }
-                Offer::Dropped => {}
-                Offer::WouldBlock => {
-                    debug_assert!(!may_wait, "a publish that may wait was checked above");
-                    entry.buffer.count_refused();
-                }
-            }
-        }
+        let buffered_for = self.offer_to(&targets, &message, may_wait);
         self.route_scratch = targets;
         for (member, group) in &self.member_groups {
             if self.groups[group].topic() == &topic {

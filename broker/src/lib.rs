@@ -52,7 +52,7 @@ use std::task::{Poll, Waker};
 
 pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
 pub use self::broker_core::{
-    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, PublishOutcome, Published, TopicConfig,
+    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, PublishOutcome, Published, Routed, TopicConfig,
     dead_letter_headers, jump_hash, partition_for_key,
 };
 pub use self::groups::{GroupError, MemberId};
@@ -244,6 +244,44 @@ impl<C: Clock> Broker<C> {
             })
         })
         .await
+    }
+
+    /// Publishes `message` if its topic exists (or auto-creation is on),
+    /// else relays it to the matching live subscriptions without storing
+    /// it (see [`Routed`]). Waits while a matching blocking subscriber is
+    /// full and, when stored on a durable topic, until synced.
+    pub async fn route(&self, message: Message) -> Result<Routed, BrokerError> {
+        let topic = message.topic().clone();
+        let mut pending = Some(message);
+        let routed = poll_fn(|cx| {
+            self.with(|s, now, wall| {
+                let State { core, rng, .. } = &mut *s;
+                let message = pending.take().expect("polled after completion");
+                match core.route_or_return(now, wall, rng, message) {
+                    Ok(Ok(r)) => Poll::Ready(Ok(r)),
+                    Ok(Err((message, ids))) => {
+                        pending = Some(message);
+                        s.blocked_publishers.push((ids, cx.waker().clone()));
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            })
+        })
+        .await?;
+        Ok(match routed {
+            Routed::Stored(mut published) if !published.acknowledged => {
+                self.acknowledged(&topic, published.partition, published.offset).await;
+                published.acknowledged = true;
+                Routed::Stored(published)
+            }
+            other => other,
+        })
+    }
+
+    /// Whether `topic` exists.
+    pub fn has_topic(&self, topic: &Topic) -> bool {
+        self.with(|s, _, _| s.core.partitions(topic).is_some())
     }
 
     /// Publishes without waiting: a full blocking subscriber is reported as

@@ -15,7 +15,7 @@
 //! 3. On append the broker records where the message landed with
 //!    [`Message::with_partition_offset`].
 //!
-//! [`CompactMessage`] is the same record without key and headers, for paths
+//! [`CompactMessage`] is the same record without key, reply-to and headers, for paths
 //! that only need the payload. [`MessageBatch`] groups messages for
 //! transfer and splits them to fit a byte or count budget.
 //!
@@ -39,11 +39,12 @@
 //! | 1 | format: [`MESSAGE_FORMAT_V1`] (`0x01`) or [`COMPACT_FORMAT_V1`] (`0x81`) |
 //! | 16 | id (RFC 9562 byte order) |
 //! | 8 | timestamp, ns since the Unix epoch |
-//! | 1 | flags: bit 0 partition, bit 1 offset, bit 2 key (messages only); other bits zero |
+//! | 1 | flags: bit 0 partition, bit 1 offset, bit 2 key, bit 3 reply-to (messages only); other bits zero |
 //! | 4 | partition, if flagged |
 //! | 8 | offset, if flagged |
 //! | 1 + n | topic length (1..=255), topic |
 //! | 4 + n | key length (≤ [`MAX_KEY_BYTES`]), key, if flagged |
+//! | 1 + n | reply-to topic length (1..=255), reply-to topic, if flagged |
 //! | 4 + n | payload length (≤ [`MAX_PAYLOAD_BYTES`]), payload |
 //! | 1 | header count (≤ [`MAX_HEADERS`]); messages only |
 //! | per header: 1 + n, 4 + m | name length, name, value length, value |
@@ -80,6 +81,7 @@ pub const COMPACT_FORMAT_V1: u8 = 0x81;
 const FLAG_PARTITION: u8 = 1 << 0;
 const FLAG_OFFSET: u8 = 1 << 1;
 const FLAG_KEY: u8 = 1 << 2;
+const FLAG_REPLY: u8 = 1 << 3;
 
 /// Format byte, id, timestamp, flags, topic length.
 const FIXED_HEAD_BYTES: usize = 1 + 16 + 8 + 1 + 1;
@@ -343,6 +345,8 @@ pub struct Message {
     partition: Option<u32>,
     offset: Option<u64>,
     key: Option<Bytes>,
+    /// Where an answer to this message goes (NATS request-reply).
+    reply_to: Option<Topic>,
     headers: Headers,
 }
 
@@ -392,6 +396,7 @@ pub struct MessageBuilder {
     payload: Bytes,
     partition: Option<u32>,
     key: Option<Bytes>,
+    reply_to: Option<Result<Topic, TopicError>>,
     headers: Headers,
     /// The first refused header; later headers are ignored once one fails.
     header_error: Option<HeaderError>,
@@ -424,6 +429,12 @@ impl MessageBuilder {
         self
     }
 
+    /// The topic an answer should be published to (a request's inbox).
+    pub fn reply_to(mut self, topic: impl IntoTopic) -> Self {
+        self.reply_to = Some(topic.into_topic());
+        self
+    }
+
     /// Adds or replaces a header (see [`Headers::insert`]).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
         if self.header_error.is_none()
@@ -450,6 +461,7 @@ impl MessageBuilder {
     /// headers.
     pub fn build(self) -> Result<Message, MessageError> {
         let topic = self.topic.ok_or(MessageError::MissingTopic)??;
+        let reply_to = self.reply_to.transpose()?;
         if self.payload.len() > MAX_PAYLOAD_BYTES {
             return Err(MessageError::PayloadTooLarge { len: self.payload.len(), max: MAX_PAYLOAD_BYTES });
         }
@@ -469,6 +481,7 @@ impl MessageBuilder {
             partition: self.partition,
             offset: None,
             key: self.key,
+            reply_to,
             headers: self.headers,
         })
     }
@@ -545,6 +558,11 @@ impl Message {
         self.key.as_ref()
     }
 
+    /// The topic an answer should be published to, if the sender wants one.
+    pub fn reply_to(&self) -> Option<&Topic> {
+        self.reply_to.as_ref()
+    }
+
     /// The headers.
     pub fn headers(&self) -> &Headers {
         &self.headers
@@ -574,6 +592,7 @@ impl Message {
     pub fn encoded_len(&self) -> usize {
         head_len(&self.topic, self.partition, self.offset)
             + self.key.as_ref().map_or(0, |k| 4 + k.len())
+            + self.reply_to.as_ref().map_or(0, |t| 1 + t.as_str().len())
             + 4
             + self.payload.len()
             + self.headers.encoded_len()
@@ -583,9 +602,13 @@ impl Message {
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
         let key_flag = if self.key.is_some() { FLAG_KEY } else { 0 };
-        put_head(out, MESSAGE_FORMAT_V1, key_flag, self.id, self.timestamp, self.partition, self.offset, &self.topic);
+        let reply_flag = if self.reply_to.is_some() { FLAG_REPLY } else { 0 };
+        put_head(out, MESSAGE_FORMAT_V1, key_flag | reply_flag, self.id, self.timestamp, self.partition, self.offset, &self.topic);
         if let Some(key) = &self.key {
             codec::put_bytes_u32(out, key);
+        }
+        if let Some(reply_to) = &self.reply_to {
+            put_topic(out, reply_to);
         }
         codec::put_bytes_u32(out, &self.payload);
         out.put_u8(u8::try_from(self.headers.len()).expect("at most MAX_HEADERS headers"));
@@ -607,13 +630,14 @@ impl Message {
     /// values are slices of `buf`, not copies.
     pub fn decode(buf: &Bytes) -> Result<Message, DecodeError> {
         let mut r = Reader::new(buf);
-        let (head, flags) = read_head(&mut r, Format::Message, FLAG_KEY)?;
+        let (head, flags) = read_head(&mut r, Format::Message, FLAG_KEY | FLAG_REPLY)?;
         let key = if flags & FLAG_KEY != 0 {
             let len = r.len_u32("key length", MAX_KEY_BYTES)?;
             Some(r.bytes(len, "key")?)
         } else {
             None
         };
+        let reply_to = if flags & FLAG_REPLY != 0 { Some(read_topic(&mut r, "reply-to")?) } else { None };
         let payload = read_payload(&mut r)?;
         let count = r.len_u8("header count", MAX_HEADERS)?;
         let mut headers = Headers { entries: Vec::with_capacity(count), total_bytes: 0 };
@@ -643,6 +667,7 @@ impl Message {
             partition: head.partition,
             offset: head.offset,
             key,
+            reply_to,
             headers,
         })
     }
@@ -665,7 +690,7 @@ impl fmt::Display for Message {
 // CompactMessage
 // ---------------------------------------------------------------------------
 
-/// A [`Message`] without key and headers: what a consumer that only wants
+/// A [`Message`] without key, reply-to and headers: what a consumer that only wants
 /// the payload stores and receives. Smaller to keep and to encode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompactMessage {
@@ -678,7 +703,7 @@ pub struct CompactMessage {
 }
 
 impl From<Message> for CompactMessage {
-    /// Drops the key and the headers.
+    /// Drops the key, the reply-to and the headers.
     fn from(m: Message) -> Self {
         CompactMessage {
             id: m.id,
@@ -702,6 +727,7 @@ impl CompactMessage {
             partition: self.partition,
             offset: self.offset,
             key: None,
+            reply_to: None,
             headers: Headers::new(),
         }
     }
@@ -839,9 +865,20 @@ fn put_head(
     if let Some(o) = offset {
         out.put_u64_le(o);
     }
+    put_topic(out, topic);
+}
+
+fn put_topic(out: &mut BytesMut, topic: &Topic) {
     let topic = topic.as_str();
     out.put_u8(u8::try_from(topic.len()).expect("topics are at most 255 bytes"));
     out.put_slice(topic.as_bytes());
+}
+
+/// A length-prefixed topic (`field` names it in errors).
+fn read_topic(r: &mut Reader<'_>, field: &'static str) -> Result<Topic, DecodeError> {
+    let len = usize::from(r.u8(field)?);
+    // Invalid UTF-8 becomes U+FFFD, which `Topic::new` names as a bad character.
+    Topic::new(String::from_utf8_lossy(r.slice(len, field)?)).map_err(DecodeError::Topic)
 }
 
 fn read_head(r: &mut Reader<'_>, format: Format, extra_flags: u8) -> Result<(Head, u8), DecodeError> {
@@ -862,9 +899,7 @@ fn read_head(r: &mut Reader<'_>, format: Format, extra_flags: u8) -> Result<(Hea
     }
     let partition = if flags & FLAG_PARTITION != 0 { Some(r.u32("partition")?) } else { None };
     let offset = if flags & FLAG_OFFSET != 0 { Some(r.u64("offset")?) } else { None };
-    let topic_len = usize::from(r.u8("topic length")?);
-    // Invalid UTF-8 becomes U+FFFD, which `Topic::new` names as a bad character.
-    let topic = Topic::new(String::from_utf8_lossy(r.slice(topic_len, "topic")?)).map_err(DecodeError::Topic)?;
+    let topic = read_topic(r, "topic")?;
     Ok((Head { id, timestamp, partition, offset, topic }, flags))
 }
 
@@ -1342,9 +1377,12 @@ mod tests {
 
     #[test]
     fn decode_rejects_undefined_flags() {
-        let err = Message::decode(&raw(1, 0x08, b"t", payload_then(b"", &[]))).unwrap_err();
-        assert_eq!(err, DecodeError::UnknownFlags { kind: "message", flags: 0x08, undefined: 0x08 });
-        assert_eq!(err.to_string(), "message flags 0x08 set undefined bits 0x08");
+        let err = Message::decode(&raw(1, 0x10, b"t", payload_then(b"", &[]))).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownFlags { kind: "message", flags: 0x10, undefined: 0x10 });
+        assert_eq!(err.to_string(), "message flags 0x10 set undefined bits 0x10");
+        // A compact message has no reply-to.
+        let err = CompactMessage::decode(&raw(0x81, FLAG_REPLY, b"t", |_| {})).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownFlags { kind: "compact message", flags: FLAG_REPLY, undefined: FLAG_REPLY });
         // A compact message has no key.
         let err = CompactMessage::decode(&raw(0x81, FLAG_KEY | FLAG_OFFSET, b"t", |_| {})).unwrap_err();
         assert_eq!(err, DecodeError::UnknownFlags { kind: "compact message", flags: 0x06, undefined: FLAG_KEY });
@@ -1479,7 +1517,7 @@ mod tests {
     // -- properties ----------------------------------------------------------
 
     fn arb_topic() -> impl Strategy<Value = Topic> {
-        let token = prop::sample::select(vec!["orders", "eu", "us", "a", "x-1", "_tmp", "Z9"]);
+        let token = prop::sample::select(vec!["orders", "eu", "us", "a", "x-1", "_tmp", "Z9", "$SYS", "a/b:c"]);
         prop::collection::vec(token, 1..6).prop_map(|tokens| topic(&tokens.join(".")))
     }
 
@@ -1494,13 +1532,17 @@ mod tests {
             any::<Option<u32>>(),
             any::<Option<u64>>(),
             prop::option::of(bytes(16)),
+            prop::option::of(arb_topic()),
             prop::collection::vec((name, bytes(16)), 0..5),
         )
-            .prop_map(|(id, ts, topic, payload, partition, offset, key, headers)| {
+            .prop_map(|(id, ts, topic, payload, partition, offset, key, reply_to, headers)| {
                 let mut b =
                     Message::builder().topic(topic).payload(payload).id(Uuid::from_u128(id)).timestamp(WallTime(ts));
                 if let Some(k) = key {
                     b = b.key(k);
+                }
+                if let Some(r) = reply_to {
+                    b = b.reply_to(r);
                 }
                 for (n, v) in headers {
                     b = b.header(n, v);

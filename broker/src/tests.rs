@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::backpressure::{MessagePriority, Offer, PressureLevel, Strategy, SubscriptionBuffer, Thresholds};
 use crate::broker_core::{
-    BrokerConfig, BrokerCore, BrokerError, PublishOutcome, TopicConfig, jump_hash, partition_for_key,
+    BrokerConfig, BrokerCore, BrokerError, PublishOutcome, Routed, TopicConfig, jump_hash, partition_for_key,
 };
 use crate::message::Message;
 use crate::registry::{RegistryError, StreamRegistry};
@@ -164,6 +164,35 @@ fn publish_places_by_partition_key_or_round_robin_and_refuses_unknowns() {
     assert_eq!(read.len(), 2);
     assert!(read.iter().all(|m| m.is_stamped() && m.timestamp() == wall), "stamped from the handed-in clock");
     assert!(c.create_topic(Topic::new("x").unwrap(), TopicConfig { partitions: 2, ..TopicConfig::default() }).is_err());
+}
+
+#[test]
+fn routing_stores_on_existing_topics_and_relays_the_rest_to_live_streams_only() {
+    let mut c = core();
+    let mut rng = seeded(3);
+    let (now, wall) = (Instant::ZERO, WallTime(9));
+    c.create_topic(Topic::new("stored").unwrap(), TopicConfig::default()).unwrap();
+    let all = c.subscribe(now, Pattern::new(">").unwrap(), None, None).unwrap();
+    let queue_a = c.subscribe(now, Pattern::new("relayed.*").unwrap(), Some("q"), None).unwrap();
+    let queue_b = c.subscribe(now, Pattern::new("relayed.*").unwrap(), Some("q"), None).unwrap();
+    let route = |c: &mut BrokerCore, rng: &mut _, m| c.route_or_return(now, wall, rng, m).unwrap().unwrap();
+    assert!(matches!(route(&mut c, &mut rng, msg("stored", 0)), Routed::Stored(p) if p.offset == 0));
+    for i in 1..=4 {
+        // The wildcard stream and exactly one member of the queue group.
+        assert_eq!(route(&mut c, &mut rng, msg("relayed.x", i)), Routed::Relayed { buffered_for: 2 });
+    }
+    assert_eq!(route(&mut c, &mut rng, msg("only.wildcard", 5)), Routed::Relayed { buffered_for: 1 });
+    assert_eq!(c.partitions(&Topic::new("relayed.x").unwrap()), None, "relaying creates no topic");
+    let got: Vec<Message> = std::iter::from_fn(|| c.poll_stream(now, all).unwrap()).collect();
+    assert_eq!(got.iter().map(n).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(got[0].offset(), Some(0));
+    assert!(got[1..].iter().all(|m| m.offset().is_none() && m.is_stamped()), "relayed: no offset, stamped");
+    let mut queued = drain_stream(&mut c, queue_a);
+    queued.extend(drain_stream(&mut c, queue_b));
+    queued.sort_unstable();
+    assert_eq!(queued, vec![1, 2, 3, 4], "each relayed message once per queue group");
+    let explicit = Message::builder().topic("relayed.x").payload("p").partition(0).build().unwrap();
+    assert!(matches!(c.route_or_return(now, wall, &mut rng, explicit), Err(BrokerError::UnknownTopic(_))));
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Topics and subscription patterns.
 //!
 //! A **topic** is a literal subject: dot-separated tokens, each 1 or more
-//! characters from `[A-Za-z0-9_-]`, at most [`MAX_TOPIC_BYTES`] bytes and
+//! printable ASCII characters other than `.`, `*` and `>` (so every subject
+//! NATS clients commonly use — `_INBOX.x`, `$SYS.req`, `a/b:c` — is a
+//! topic; spaces, control bytes and non-ASCII are not), at most [`MAX_TOPIC_BYTES`] bytes and
 //! [`MAX_TOKENS`] tokens (`orders.eu.created`). A **pattern** may also use
 //! `*` for exactly one token and, as its last token only, `>` for one or more
 //! trailing tokens — the NATS rules (`orders.*.created`, `orders.>`).
@@ -44,8 +46,8 @@ pub enum TopicError {
         /// Zero-based token index.
         position: usize,
     },
-    /// A character outside `[A-Za-z0-9_-]` (or a misplaced wildcard).
-    #[error("topic {topic:?}: character {ch:?} at byte {at} is not allowed (use A-Z a-z 0-9 _ -{wildcards})")]
+    /// A character that is not printable ASCII, or `.`/`*`/`>` inside a token (a misplaced wildcard).
+    #[error("topic {topic:?}: character {ch:?} at byte {at} is not allowed (tokens are printable ASCII without . * >{wildcards})")]
     BadChar {
         /// The topic.
         topic: String,
@@ -69,7 +71,7 @@ fn shorten(s: &str) -> String {
 }
 
 fn token_char_ok(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    b.is_ascii_graphic() && b != b'*' && b != b'>'
 }
 
 /// Checks `s` as a topic (`wildcards` false) or a pattern (true).
@@ -228,11 +230,17 @@ mod tests {
         );
         assert_eq!(
             Topic::new("orders.*").unwrap_err().to_string(),
-            "topic \"orders.*\": character '*' at byte 7 is not allowed (use A-Z a-z 0-9 _ -)"
+            "topic \"orders.*\": character '*' at byte 7 is not allowed (tokens are printable ASCII without . * >)"
         );
         assert!(matches!(Topic::new("a".repeat(256)), Err(TopicError::TooLong { len: 256, .. })));
         assert!(matches!(Topic::new(vec!["a"; 33].join(".")), Err(TopicError::TooManyTokens { count: 33, .. })));
         assert!(matches!(Topic::new("é"), Err(TopicError::BadChar { ch: 'é', .. })));
+        assert!(matches!(Topic::new("a b"), Err(TopicError::BadChar { ch: ' ', at: 1, .. })));
+        assert!(matches!(Topic::new("a\tb"), Err(TopicError::BadChar { ch: '\t', .. })));
+        // Subjects NATS clients use every day are topics.
+        for subject in ["_INBOX.Xy12.3", "$SYS.REQ.SERVER.PING", "a/b:c", "ns=1.k@v", "x#y"] {
+            assert!(Topic::new(subject).is_ok(), "{subject}");
+        }
     }
 
     #[test]
