@@ -252,8 +252,23 @@ impl<C: Clock> Broker<C> {
     /// full and, when stored on a durable topic, until synced.
     pub async fn route(&self, message: Message) -> Result<Routed, BrokerError> {
         let topic = message.topic().clone();
+        Ok(match self.route_unacknowledged(message).await? {
+            Routed::Stored(mut published) if !published.acknowledged => {
+                self.acknowledged(&topic, published.partition, published.offset).await;
+                published.acknowledged = true;
+                Routed::Stored(published)
+            }
+            other => other,
+        })
+    }
+
+    /// [`Broker::route`] without waiting for the sync of a durable topic:
+    /// `Stored(p)` with `p.acknowledged` false is acknowledged once
+    /// [`Broker::wait_acknowledged`] returns for it (or for a later offset
+    /// of the same partition: a partition is synced in offset order).
+    pub async fn route_unacknowledged(&self, message: Message) -> Result<Routed, BrokerError> {
         let mut pending = Some(message);
-        let routed = poll_fn(|cx| {
+        poll_fn(|cx| {
             self.with(|s, now, wall| {
                 let State { core, rng, .. } = &mut *s;
                 let message = pending.take().expect("polled after completion");
@@ -268,15 +283,22 @@ impl<C: Clock> Broker<C> {
                 }
             })
         })
-        .await?;
-        Ok(match routed {
-            Routed::Stored(mut published) if !published.acknowledged => {
-                self.acknowledged(&topic, published.partition, published.offset).await;
-                published.acknowledged = true;
-                Routed::Stored(published)
-            }
-            other => other,
+        .await
+    }
+
+    /// [`Broker::route_unacknowledged`] without waiting: `Ok(None)` when a
+    /// matching blocking subscriber is full (nothing happened).
+    pub fn try_route(&self, message: Message) -> Result<Option<Routed>, BrokerError> {
+        self.with(|s, now, wall| {
+            let State { core, rng, .. } = &mut *s;
+            Ok(core.route_or_return(now, wall, rng, message)?.ok())
         })
+    }
+
+    /// Waits until the record at `offset` of `topic`'s `partition`, and so
+    /// every earlier one, is acknowledged (at once on a memory topic).
+    pub async fn wait_acknowledged(&self, topic: &Topic, partition: u32, offset: u64) {
+        self.acknowledged(topic, partition, offset).await;
     }
 
     /// Whether `topic` exists.

@@ -1,8 +1,8 @@
 //! `kaelix`: the one command users run.
 //!
-//! Today: `kaelix sim list | run | replay | check-history`. `serve`,
-//! `bench` and `config check` arrive with the issues that build what they
-//! drive.
+//! `kaelix serve` (see [`serve`]) and `kaelix sim list | run | replay |
+//! check-history | membership-table`. `bench` and `config check` arrive
+//! with the issues that build what they drive.
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
 //! the checkers ran) and files (client histories): each such use is allowed
@@ -19,6 +19,8 @@ use std::process::ExitCode;
 /// never a trace.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod serve;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -37,6 +39,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve clients: NATS protocol (and the native protocol), durable
+    /// topics in --data-dir.
+    Serve(serve::ServeArgs),
     /// Deterministic simulation.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -129,6 +134,7 @@ macro_rules! out {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Sim(SimCommand::List) => {
             for s in catalog() {
                 out!("{:<28} {}", s.name(), s.description());

@@ -1,0 +1,348 @@
+//! The server's settings and their TOML form.
+//!
+//! `kaelix serve --config FILE` reads this shape; command-line flags then
+//! override single values (the configuration issue adds environment
+//! variables and hot reload on top). Unknown keys are errors, and every
+//! error names the file position and key path (`toml` reports both).
+//!
+//! ```toml
+//! server_name = "kaelix-1"
+//!
+//! [nats]
+//! listen = "127.0.0.1:4222"
+//!
+//! [native]
+//! listen = "127.0.0.1:7422"
+//!
+//! [limits]
+//! max_payload = 1048576
+//! slow_consumer = "disconnect"   # or "drop"
+//!
+//! [[topics]]
+//! name = "orders"
+//! storage = "durable"            # or "memory"
+//! partitions = 1
+//! ```
+//!
+//! A NATS subject that names a configured topic is stored there; every
+//! other subject is relayed to live subscribers only, as core NATS does.
+
+use std::net::SocketAddr;
+
+use kaelix_broker::TopicConfig;
+use kaelix_broker::partition::RetentionPolicy;
+use kaelix_broker::storage::{DurableConfig, FlushPolicy, StorageKind};
+use kaelix_broker::topic::Topic;
+use kaelix_core::time::Duration;
+use serde::Deserialize;
+
+/// Everything `kaelix serve` needs besides its data directory.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Name reported to clients (NATS `INFO.server_name`).
+    pub server_name: String,
+    /// The NATS-protocol listener.
+    pub nats: ListenerConfig,
+    /// The native-protocol listener.
+    pub native: ListenerConfig,
+    /// Connection limits and keep-alive.
+    pub limits: Limits,
+    /// Topics created at start (existing ones are kept).
+    pub topics: Vec<TopicSpec>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            server_name: "kaelix".to_owned(),
+            nats: ListenerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 4222)) },
+            native: ListenerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7422)) },
+            limits: Limits::default(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// Where a listener binds.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port (port 0: any free port).
+    pub listen: SocketAddr,
+}
+
+/// What happens to a connection whose unsent bytes pass
+/// [`Limits::max_pending`].
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    /// Tell the client (`-ERR 'Slow Consumer'`), close the connection.
+    #[default]
+    Disconnect,
+    /// Drop the messages that do not fit and keep the connection; each drop
+    /// is counted and reported.
+    Drop,
+}
+
+/// Connection limits and keep-alive. The defaults are nats-server's.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most client connections at once (NATS and native together).
+    pub max_connections: usize,
+    /// Most subscriptions per connection (0: unlimited).
+    pub max_subscriptions: usize,
+    /// Largest message payload (headers included) in bytes.
+    pub max_payload: usize,
+    /// Longest NATS control line in bytes.
+    pub max_control_line: usize,
+    /// Most bytes queued for one connection before it is a slow consumer.
+    pub max_pending: usize,
+    /// What happens to a slow consumer.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// The server PINGs a connection this often (milliseconds).
+    pub ping_interval_ms: u64,
+    /// Unanswered server PINGs before the connection is stale and closed.
+    pub max_pings_out: u32,
+    /// A client must finish CONNECT within this (milliseconds).
+    pub auth_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64 * 1024,
+            max_subscriptions: 0,
+            max_payload: 1 << 20,
+            max_control_line: 4096,
+            max_pending: 64 << 20,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ping_interval_ms: 120_000,
+            max_pings_out: 2,
+            auth_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Limits {
+    /// [`Limits::ping_interval_ms`] as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// [`Limits::auth_timeout_ms`] as a duration.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+}
+
+/// Where a configured topic's partitions live.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageChoice {
+    /// In memory: lost on restart.
+    Memory,
+    /// Segment files in the data directory; a publish is acknowledged once
+    /// synced.
+    #[default]
+    Durable,
+}
+
+/// A topic the server creates at start.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic (a literal NATS subject).
+    pub name: String,
+    /// Partitions (at least 1).
+    #[serde(default = "one")]
+    pub partitions: u32,
+    /// Memory or durable.
+    #[serde(default)]
+    pub storage: StorageChoice,
+    /// Durable topics: sync at most this long after a write (milliseconds);
+    /// absent: sync after every batch the writer takes.
+    #[serde(default)]
+    pub flush_interval_ms: Option<u64>,
+    /// Most bytes each partition retains (absent: no limit).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Most records each partition retains (absent: no limit).
+    #[serde(default)]
+    pub max_records: Option<u64>,
+    /// Records older than this many seconds expire (absent: never).
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A configuration that parses but cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML text is malformed or has unknown or mistyped keys.
+    #[error("{0}")]
+    Parse(String),
+    /// A value is out of range; names the key path.
+    #[error("{key}: {why}")]
+    Invalid {
+        /// Key path, e.g. `topics[2].name`.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl ServerConfig {
+    /// Parses TOML text (`origin` names it in errors, e.g. the file path)
+    /// and validates it.
+    pub fn from_toml(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
+        let config: ServerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(located(origin, text, &e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: String| Err(ConfigError::Invalid { key: key.to_owned(), why });
+        let l = &self.limits;
+        if l.max_payload == 0 || l.max_payload > kaelix_broker::message::MAX_PAYLOAD_BYTES {
+            return invalid(
+                "limits.max_payload",
+                format!("{} is outside 1..={}", l.max_payload, kaelix_broker::message::MAX_PAYLOAD_BYTES),
+            );
+        }
+        if l.max_control_line < 64 {
+            return invalid("limits.max_control_line", format!("{} is below 64 bytes", l.max_control_line));
+        }
+        if l.max_pending < l.max_payload {
+            return invalid(
+                "limits.max_pending",
+                format!("{} is smaller than limits.max_payload ({})", l.max_pending, l.max_payload),
+            );
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1".to_owned());
+        }
+        if l.ping_interval_ms == 0 || l.max_pings_out == 0 {
+            return invalid("limits.ping_interval_ms", "ping interval and max_pings_out must be positive".to_owned());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, t) in self.topics.iter().enumerate() {
+            let key = format!("topics[{i}]");
+            if let Err(e) = Topic::new(&t.name) {
+                return invalid(&format!("{key}.name"), e.to_string());
+            }
+            if !seen.insert(t.name.as_str()) {
+                return invalid(&format!("{key}.name"), format!("topic {:?} is configured twice", t.name));
+            }
+            if t.partitions == 0 {
+                return invalid(&format!("{key}.partitions"), "must be at least 1".to_owned());
+            }
+            if t.storage == StorageChoice::Memory && t.flush_interval_ms.is_some() {
+                return invalid(&format!("{key}.flush_interval_ms"), "only durable topics are flushed".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TopicSpec {
+    /// The validated topic name.
+    pub fn topic(&self) -> Topic {
+        Topic::new(&self.name).expect("validated by ServerConfig::validate")
+    }
+
+    /// The broker settings of this topic.
+    pub fn topic_config(&self) -> TopicConfig {
+        let storage = match self.storage {
+            StorageChoice::Memory => StorageKind::Memory,
+            StorageChoice::Durable => StorageKind::Durable(DurableConfig {
+                flush: match self.flush_interval_ms {
+                    None => FlushPolicy::EveryBatch,
+                    Some(ms) => FlushPolicy::Interval { max_delay: Duration::from_millis(ms), max_bytes: 4 << 20 },
+                },
+                ..DurableConfig::default()
+            }),
+        };
+        TopicConfig {
+            partitions: self.partitions,
+            retention: RetentionPolicy {
+                max_records: self.max_records,
+                max_bytes: self.max_bytes,
+                max_age: self.max_age_secs.map(Duration::from_secs),
+            },
+            storage,
+        }
+    }
+}
+
+/// `origin:line:column: message`, from a toml error's byte span.
+fn located(origin: &str, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{origin}:{line}:{column}: {message}")
+        }
+        None => format!("{origin}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(ServerConfig::from_toml("", "f").unwrap(), ServerConfig::default());
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = ServerConfig::from_toml(
+            r#"
+            server_name = "n1"
+            [nats]
+            listen = "0.0.0.0:4333"
+            [limits]
+            max_payload = 2048
+            slow_consumer = "drop"
+            [[topics]]
+            name = "orders"
+            partitions = 3
+            flush_interval_ms = 5
+            [[topics]]
+            name = "metrics.cpu"
+            storage = "memory"
+            max_records = 100
+            "#,
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.nats.listen, "0.0.0.0:4333".parse().unwrap());
+        assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(c.topics[0].topic_config().partitions, 3);
+        assert!(matches!(c.topics[0].topic_config().storage, StorageKind::Durable(_)));
+        assert_eq!(c.topics[1].topic_config().retention.max_records, Some(100));
+    }
+
+    #[test]
+    fn errors_name_position_and_key() {
+        let e = ServerConfig::from_toml("[limits]\nmax_payloadd = 3\n", "kaelix.toml").unwrap_err();
+        assert!(e.to_string().starts_with("kaelix.toml:2:1: unknown field `max_payloadd`"), "{e}");
+        let e = ServerConfig::from_toml("[limits]\nmax_payload = \"big\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().starts_with("k.toml:2:15: invalid type"), "{e}");
+        let e = ServerConfig::from_toml("[[topics]]\nname = \"a..b\"\n", "k").unwrap_err();
+        assert!(e.to_string().starts_with("topics[0].name: topic \"a..b\" has an empty token"), "{e}");
+        let e = ServerConfig::from_toml("[limits]\nmax_payload = 0\n", "k").unwrap_err();
+        assert_eq!(e.to_string(), "limits.max_payload: 0 is outside 1..=8388608");
+        let e = ServerConfig::from_toml("[[topics]]\nname = \"a\"\n[[topics]]\nname = \"a\"\n", "k").unwrap_err();
+        assert_eq!(e.to_string(), "topics[1].name: topic \"a\" is configured twice");
+    }
+}

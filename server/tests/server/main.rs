@@ -1,0 +1,5 @@
+//! The server's integration tests: real sockets, real files, real clients.
+
+mod async_nats_client;
+mod bad_input;
+mod support;
