@@ -81,11 +81,14 @@ pub enum PlantedBug {
     /// Broker: a queue group hands each message to the next member in turn
     /// whether or not it has room.
     BrokerQueueGroupIgnoresRoom,
+    /// Server (NATS front end): answer a client's `PING` at once, without
+    /// waiting for its earlier publishes to stored topics to be synced.
+    ServerPongBeforeStored,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 15] = [
+    pub const ALL: [PlantedBug; 16] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -101,6 +104,7 @@ impl PlantedBug {
         PlantedBug::BrokerAckBeforeSync,
         PlantedBug::BrokerGroupReadsUnsynced,
         PlantedBug::BrokerQueueGroupIgnoresRoom,
+        PlantedBug::ServerPongBeforeStored,
     ];
 
     /// This bug's bit in a [`Planted`] set.

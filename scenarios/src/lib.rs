@@ -49,6 +49,7 @@ pub mod history;
 pub mod linearizability;
 pub mod membership;
 pub mod raft;
+pub mod serve;
 
 use kaelix_core::planted::Planted;
 use kaelix_core::time::Duration;
@@ -196,7 +197,7 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 9] = [
+    let correct: [&'static dyn Scenario; 10] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
@@ -206,6 +207,7 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &membership::MEMBERSHIP_100,
         &membership::MEMBERSHIP_20_SLOW_NODE,
         &raft::RAFT_PARTITIONS,
+        &serve::SERVE,
     ];
     let all = correct.to_vec();
     #[cfg(feature = "planted-bugs")]
@@ -233,6 +235,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_backpressure::BROKER_BACKPRESSURE_GROW_STUCK,
         &broker_backpressure::BROKER_BACKPRESSURE_SHED_HIGH,
         &broker_backpressure::BROKER_BACKPRESSURE_QUEUE_IGNORES_ROOM,
+        &serve::SERVE_PONG_BEFORE_STORED,
     ]
 }
 

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Topics created at start (existing ones are kept).
     pub topics: Vec<TopicSpec>,
+    /// Planted bugs switched on (simulation tests only; never in a file).
+    #[serde(skip)]
+    pub planted: kaelix_core::planted::Planted,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             native: ListenerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7422)) },
             limits: Limits::default(),
             topics: Vec::new(),
+            planted: kaelix_core::planted::Planted::NONE,
         }
     }
 }

@@ -137,7 +137,7 @@ impl<R: Runtime> Server<R> {
         config.validate()?;
         // Subjects that name no configured topic are relayed, not stored:
         // no auto-creation.
-        let broker_config = BrokerConfig { auto_create: None, ..BrokerConfig::default() };
+        let broker_config = BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() };
         let broker = Broker::open_durable(rt.clone(), broker_config).await?;
         for spec in &config.topics {
             broker

@@ -35,6 +35,7 @@ use futures_util::future::{Either, select};
 use kaelix_broker::message::Message;
 use kaelix_broker::topic::Topic;
 use kaelix_broker::{BrokerError, Routed, SubscribeOptions, Subscription};
+use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, TaskHandle};
 use kaelix_core::time::Duration;
 use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, write_ping, write_pong};
@@ -264,8 +265,11 @@ impl<R: Runtime> Conn<R> {
                 }
             },
             Action::PongWhenStored => {
+                let planted = self.shared.config.planted.is_on(PlantedBug::ServerPongBeforeStored);
                 for ((topic, partition), offset) in std::mem::take(&mut self.unacknowledged) {
-                    self.shared.broker.wait_acknowledged(&topic, partition, offset).await;
+                    if !planted {
+                        self.shared.broker.wait_acknowledged(&topic, partition, offset).await;
+                    }
                 }
                 self.reply(&Reply::Pong);
             }

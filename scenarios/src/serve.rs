@@ -1,0 +1,468 @@
+//! Scenario `serve`: the server (`kaelix serve`'s very code) on a node that
+//! crashes, loses power and restarts, with NATS clients on other nodes
+//! speaking the protocol over simulated TCP streams (split at random
+//! points, broken by crashes).
+//!
+//! * **Server**: one node; every incarnation starts `kaelix_server::Server`
+//!   on its disk. `orders` is a configured durable topic; subjects under
+//!   `live.` name no topic and are relayed (core NATS). Faults: crashes and
+//!   restarts, power loss, lost and torn unsynced writes, slow disks,
+//!   pauses, clock faults.
+//! * **Publishers** (client nodes): connect, publish numbered messages to
+//!   `orders` and `live.<n>` in small bursts, each burst followed by a
+//!   `PING`; the `PONG` acknowledges every publish sent before it (for
+//!   `orders`, as stored: the server answers only once they are synced). A
+//!   broken connection is reopened; sequence numbers go on (nothing is
+//!   resent, so nothing may be stored twice).
+//! * **Subscribers** (client nodes): connect, subscribe to `orders` and
+//!   `live.>`, confirm with `PING`/`PONG` (the subscription is live from
+//!   then), and record every delivery per connection ("session").
+//! * Once the faults stop, publishers finish their quota; the server's last
+//!   incarnation waits for them, lets the subscribers drain, and reads
+//!   `orders` back from offset 0.
+//!
+//! # Checks (from what the clients saw; no server counter is trusted)
+//!
+//! * **Durability**: every acknowledged publish to `orders` is in the final
+//!   log.
+//! * **Integrity**: the log holds only messages some publisher sent, none
+//!   twice, and per publisher in sequence order.
+//! * **Delivery order**: within a subscriber session, each publisher's
+//!   messages arrive in sequence order, none twice, none unsent, each on
+//!   the subject it was published to.
+//! * **Delivery completeness**: a subscriber session that was live before
+//!   a publish was sent and stayed open to the end received it, if it was
+//!   acknowledged — for stored and relayed subjects alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use kaelix_core::NodeId;
+use kaelix_core::planted::{Planted, PlantedBug};
+use kaelix_core::rng::{self, DetRng, RngExt};
+use kaelix_core::runtime::{ByteNetwork, ByteStream, Clock, NetError, Runtime, timeout};
+use kaelix_core::time::{Duration, Instant};
+use kaelix_nats::{Connect, ServerOp, ServerOpParser, write_connect, write_ping, write_pong, write_pub, write_sub};
+use kaelix_runtime_sim::SimRuntime;
+use kaelix_server::config::{StorageChoice, TopicSpec};
+use kaelix_server::{Server, ServerConfig};
+use kaelix_sim::trace::TraceSink;
+use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
+
+use crate::checker::Observations;
+use crate::{RunReport, Scenario, Tallies};
+
+/// The serve scenario (or a planted-bug variant of it).
+pub struct ServeScenario {
+    name: &'static str,
+    description: &'static str,
+    planted: Option<PlantedBug>,
+}
+
+/// The registered instance.
+pub static SERVE: ServeScenario = ServeScenario {
+    name: "serve",
+    description: "kaelix serve on a crashing node with NATS publishers and subscribers over simulated TCP: acknowledged publishes survive and reach every live subscriber in order",
+    planted: None,
+};
+
+/// Planted: PONG answered before the publishes it covers are synced.
+#[cfg(feature = "planted-bugs")]
+pub static SERVE_PONG_BEFORE_STORED: ServeScenario = ServeScenario {
+    name: "serve-pong-before-stored",
+    description: "[planted bug] the NATS front end answers PING before earlier publishes to stored topics are synced",
+    planted: Some(PlantedBug::ServerPongBeforeStored),
+};
+
+const SERVER: NodeId = NodeId(1);
+const PORT: u16 = 4222;
+const PUBLISHERS: u64 = 3;
+const SUBSCRIBERS: u64 = 2;
+const TOLERANCE: Tolerance = Tolerance { max_down: 1, faulty_disks: 0, power_loss: true };
+/// Everything must be done by then.
+const BOUND: Duration = Duration::from_secs(120);
+/// Messages each publisher sends in total.
+const QUOTA: u32 = 120;
+
+/// (publisher, seq).
+type Identity = (u32, u32);
+
+#[derive(Default)]
+struct Observed {
+    /// Every publish sent: identity → (subject, true time sent).
+    sent: BTreeMap<Identity, (String, Instant)>,
+    /// Publishes a PONG acknowledged.
+    acked: BTreeSet<Identity>,
+    /// Subscriber sessions: (subscriber, session) → live-from time, open at
+    /// the end, deliveries (subject, identity) in order.
+    sessions: BTreeMap<(u64, u32), Session>,
+    publishers_done: u64,
+    /// The final read-back of `orders`.
+    final_log: Option<Vec<Identity>>,
+    incarnations: u64,
+    violation: Option<String>,
+}
+
+#[derive(Default)]
+struct Session {
+    live_from: Option<Instant>,
+    ended: bool,
+    deliveries: Vec<(String, Identity)>,
+}
+
+impl Observations for Observed {
+    fn violation(&mut self) -> &mut Option<String> {
+        &mut self.violation
+    }
+}
+
+type Checker = crate::checker::Checker<Observed>;
+
+fn true_now(rt: &SimRuntime) -> Instant {
+    rt.sim().now()
+}
+
+fn config(planted: Planted) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.nats.listen = SocketAddr::from(([0, 0, 0, 0], PORT));
+    config.native.listen = SocketAddr::from(([0, 0, 0, 0], 7422));
+    config.topics.push(TopicSpec {
+        name: "orders".into(),
+        partitions: 1,
+        storage: StorageChoice::Durable,
+        flush_interval_ms: None,
+        max_bytes: None,
+        max_records: None,
+        max_age_secs: None,
+    });
+    config.planted = planted;
+    config
+}
+
+fn encode_payload(id: Identity, rng: &mut DetRng) -> Bytes {
+    let mut text = format!("{}:{}:", id.0, id.1);
+    for _ in 0..rng.random_range(0..16) {
+        text.push('x');
+    }
+    Bytes::from(text)
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Identity> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(':');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A minimal NATS client connection over the simulated stream.
+struct Client {
+    stream: <SimRuntime as ByteNetwork>::ByteStream,
+    parser: ServerOpParser,
+}
+
+impl Client {
+    async fn connect(rt: &SimRuntime) -> Result<Client, NetError> {
+        let stream = rt.connect_tcp(kaelix_sim::node_addr(SERVER, PORT)).await?;
+        let mut client = Client { stream, parser: ServerOpParser::new() };
+        match client.next_op().await? {
+            ServerOp::Info(_) => {}
+            other => return Err(NetError::Io(format!("expected INFO, got {other:?}"))),
+        }
+        let mut buf = BytesMut::new();
+        let connect = Connect { verbose: false, pedantic: false, headers: true, ..Connect::default() };
+        write_connect(&mut buf, &connect);
+        client.stream.write(buf.freeze()).await?;
+        Ok(client)
+    }
+
+    /// The next operation from the server (answers server PINGs itself).
+    async fn next_op(&mut self) -> Result<ServerOp, NetError> {
+        loop {
+            match self.parser.next() {
+                Some(Ok(ServerOp::Ping)) => {
+                    let mut buf = BytesMut::new();
+                    write_pong(&mut buf);
+                    self.stream.write(buf.freeze()).await?;
+                }
+                Some(Ok(op)) => return Ok(op),
+                Some(Err(e)) => return Err(NetError::Io(format!("protocol error from the server: {e}"))),
+                None => match self.stream.read().await? {
+                    Some(chunk) => self.parser.push(&chunk),
+                    None => return Err(NetError::Reset),
+                },
+            }
+        }
+    }
+}
+
+async fn publisher(rt: SimRuntime, index: u32, checker: Checker) {
+    let mut rng = rt.rng();
+    let mut seq = 0u32;
+    while seq < QUOTA {
+        let mut client = match Client::connect(&rt).await {
+            Ok(c) => c,
+            Err(_) => {
+                rt.sleep(Duration::from_millis(rng.random_range(20..200))).await;
+                continue;
+            }
+        };
+        // Bursts until the quota is done or the connection breaks.
+        let broken = loop {
+            if seq >= QUOTA {
+                break false;
+            }
+            let burst = rng.random_range(1..8u32).min(QUOTA - seq);
+            let mut buf = BytesMut::new();
+            let mut ids = Vec::new();
+            {
+                let mut o = checker.lock();
+                for _ in 0..burst {
+                    seq += 1;
+                    let id = (index, seq);
+                    let subject = if rng.random_bool(0.7) { "orders".to_owned() } else { format!("live.{index}") };
+                    write_pub(&mut buf, subject.as_bytes(), None, &encode_payload(id, &mut rng));
+                    o.sent.insert(id, (subject, true_now(&rt)));
+                    ids.push(id);
+                }
+            }
+            write_ping(&mut buf);
+            if client.stream.write(buf.freeze()).await.is_err() {
+                break true;
+            }
+            match timeout(&rt, Duration::from_secs(5), client.next_op()).await {
+                Ok(Ok(ServerOp::Pong)) => {
+                    let mut o = checker.lock();
+                    o.acked.extend(ids);
+                }
+                Ok(Ok(other)) => {
+                    return checker.fail(format!("publisher {index}: expected PONG, got {other:?}"));
+                }
+                Ok(Err(_)) | Err(_) => break true,
+            }
+            rt.sleep(Duration::from_millis(rng.random_range(1..30))).await;
+        };
+        client.stream.close();
+        if !broken {
+            break;
+        }
+    }
+    checker.lock().publishers_done += 1;
+}
+
+async fn subscriber(rt: SimRuntime, index: u64, checker: Checker) {
+    let mut rng = rt.rng();
+    let mut session = 0u32;
+    loop {
+        let mut client = match Client::connect(&rt).await {
+            Ok(c) => c,
+            Err(_) => {
+                rt.sleep(Duration::from_millis(rng.random_range(20..200))).await;
+                continue;
+            }
+        };
+        session += 1;
+        let key = (index, session);
+        checker.lock().sessions.insert(key, Session::default());
+        let mut buf = BytesMut::new();
+        write_sub(&mut buf, b"orders", None, b"1");
+        write_sub(&mut buf, b"live.>", None, b"2");
+        write_ping(&mut buf);
+        if client.stream.write(buf.freeze()).await.is_ok() {
+            loop {
+                match client.next_op().await {
+                    Ok(ServerOp::Pong) => {
+                        let now = true_now(&rt);
+                        let mut o = checker.lock();
+                        let s = o.sessions.get_mut(&key).expect("registered");
+                        s.live_from.get_or_insert(now);
+                    }
+                    Ok(ServerOp::Msg(m)) => {
+                        let subject = String::from_utf8_lossy(&m.subject).into_owned();
+                        let Some(id) = decode_payload(&m.payload) else {
+                            return checker.fail(format!("subscriber {index}: a delivery nobody sent: {m:?}"));
+                        };
+                        let mut o = checker.lock();
+                        o.sessions.get_mut(&key).expect("registered").deliveries.push((subject, id));
+                    }
+                    Ok(ServerOp::Err(text)) => {
+                        return checker.fail(format!("subscriber {index}: the server sent -ERR '{text}'"));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        checker.lock().sessions.get_mut(&key).expect("registered").ended = true;
+        rt.sleep(Duration::from_millis(rng.random_range(10..100))).await;
+    }
+}
+
+async fn server_node(rt: SimRuntime, planted: Planted, checker: Checker) {
+    checker.lock().incarnations += 1;
+    let server = match Server::start(rt.clone(), config(planted)).await {
+        Ok(s) => s,
+        Err(e) => return checker.fail(format!("the server did not start: {e}")),
+    };
+    // Only a fault-free incarnation can do the final read-back.
+    while !rt.sim().in_liveness() || checker.lock().publishers_done < PUBLISHERS {
+        rt.sleep(Duration::from_millis(50)).await;
+    }
+    // Let the subscribers drain what is in flight.
+    rt.sleep(Duration::from_secs(2)).await;
+    let records = match server.broker().read("orders", 0, 0, usize::MAX) {
+        Ok(r) => r,
+        Err(e) => return checker.fail(format!("reading orders back failed: {e}")),
+    };
+    let mut log = Vec::new();
+    for m in &records {
+        match decode_payload(m.payload()) {
+            Some(id) => log.push(id),
+            None => return checker.fail(format!("orders holds a record nobody sent: {m}")),
+        }
+    }
+    checker.lock().final_log = Some(log);
+    checker.finish();
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+fn check(o: &Observed) -> Result<(), String> {
+    if let Some(v) = &o.violation {
+        return Err(v.clone());
+    }
+    let log = o.final_log.as_ref().ok_or("no final read-back")?;
+    let mut stored = BTreeSet::new();
+    let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+    for (offset, &id) in log.iter().enumerate() {
+        match o.sent.get(&id) {
+            Some((subject, _)) if subject == "orders" => {}
+            Some((subject, _)) => return Err(format!("orders@{offset} holds {id:?}, published to {subject}")),
+            None => return Err(format!("orders@{offset} holds {id:?}, which nobody sent")),
+        }
+        if !stored.insert(id) {
+            return Err(format!("publisher {} seq {} is stored twice (again at offset {offset})", id.0, id.1));
+        }
+        if let Some(prev) = last.insert(id.0, id.1)
+            && prev > id.1
+        {
+            return Err(format!("orders@{offset}: publisher {} seq {} after seq {prev}", id.0, id.1));
+        }
+    }
+    for id in &o.acked {
+        if o.sent[id].0 == "orders" && !stored.contains(id) {
+            return Err(format!("publisher {} seq {} was acknowledged (PONG) and is lost", id.0, id.1));
+        }
+    }
+    for ((sub, session), s) in &o.sessions {
+        let mut seen = BTreeSet::new();
+        let mut last: BTreeMap<(String, u32), u32> = BTreeMap::new();
+        for (subject, id) in &s.deliveries {
+            match o.sent.get(id) {
+                Some((sent_subject, _)) if sent_subject == subject => {}
+                Some((sent_subject, _)) => {
+                    return Err(format!(
+                        "subscriber {sub} session {session}: {id:?} arrived on {subject}, published to {sent_subject}"
+                    ));
+                }
+                None => return Err(format!("subscriber {sub} session {session}: {id:?} was never sent")),
+            }
+            if !seen.insert(*id) {
+                return Err(format!("subscriber {sub} session {session}: {id:?} delivered twice"));
+            }
+            if let Some(prev) = last.insert((subject.clone(), id.0), id.1)
+                && prev > id.1
+            {
+                return Err(format!(
+                    "subscriber {sub} session {session}: publisher {} seq {} on {subject} after seq {prev}",
+                    id.0, id.1
+                ));
+            }
+        }
+        if s.ended {
+            continue;
+        }
+        let Some(live_from) = s.live_from else { continue };
+        for id in &o.acked {
+            let (_, sent_at) = &o.sent[id];
+            if *sent_at > live_from && !seen.contains(id) {
+                return Err(format!(
+                    "subscriber {sub} session {session} (live since {live_from:?}, open to the end) never received \
+                     acknowledged publish {id:?} sent at {sent_at:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ServeScenario {
+    fn execute(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        let mut setup = rng::derive(seed, 0x5e7e_0001);
+        let mut profile = FaultProfile::swarm(&mut setup);
+        profile.restrict(&TOLERANCE);
+        let horizon = kaelix_core::Instant::ZERO + Duration::from_secs(5);
+        let schedule = FaultSchedule::generate(&profile, &TOLERANCE, &[SERVER], &[], horizon, &mut setup);
+        let fault_mix = profile.mix();
+
+        let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
+        let checker = Checker::default();
+        let planted = self.planted();
+        let c = checker.clone();
+        let init = SimRuntime::init(move |rt| server_node(rt, planted, c.clone()));
+        sim.add_node(SERVER, NodeSpec { kind: NodeKind::Server, name: "server".into(), faulty_disk: false, init });
+        for p in 0..PUBLISHERS {
+            let c = checker.clone();
+            let index = u32::try_from(p).expect("few publishers") + 1;
+            let init = SimRuntime::init(move |rt| publisher(rt, index, c.clone()));
+            let spec = NodeSpec { kind: NodeKind::Client, name: format!("publisher-{index}"), faulty_disk: false, init };
+            sim.add_node(NodeId(100 + p), spec);
+        }
+        for s in 0..SUBSCRIBERS {
+            let c = checker.clone();
+            let init = SimRuntime::init(move |rt| subscriber(rt, s + 1, c.clone()));
+            let spec = NodeSpec { kind: NodeKind::Client, name: format!("subscriber-{}", s + 1), faulty_disk: false, init };
+            sim.add_node(NodeId(200 + s), spec);
+        }
+        for (at, fault) in schedule.faults {
+            sim.schedule_fault(at, fault);
+        }
+        sim.schedule_liveness(horizon);
+
+        let verdict = checker.run_to_verdict(&sim, BOUND, check);
+        let o = checker.lock();
+        let (sent, acked) = (o.sent.len() as u64, o.acked.len() as u64);
+        let delivered: u64 = o.sessions.values().map(|s| s.deliveries.len() as u64).sum();
+        let tallies = vec![
+            ("incarnations", o.incarnations),
+            ("subscriber sessions", o.sessions.len() as u64),
+            ("deliveries", delivered),
+        ];
+        drop(o);
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, acked)), tallies)
+    }
+}
+
+impl Scenario for ServeScenario {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("messages published", "acknowledged by PONG")
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn planted(&self) -> Planted {
+        crate::broker_backpressure::planted(self.planted)
+    }
+
+    fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        self.execute(seed, trace).0
+    }
+
+    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        self.execute(seed, trace)
+    }
+}
