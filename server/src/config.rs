@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Topics created at start (existing ones are kept).
     pub topics: Vec<TopicSpec>,
+    /// Who may connect and what they may do (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             native: ListenerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7422)) },
             limits: Limits::default(),
             topics: Vec::new(),
+            auth: crate::auth::AuthConfig::default(),
             planted: kaelix_core::planted::Planted::NONE,
         }
     }
@@ -233,6 +236,9 @@ impl ServerConfig {
         }
         if l.ping_interval_ms == 0 || l.max_pings_out == 0 {
             return invalid("limits.ping_interval_ms", "ping interval and max_pings_out must be positive".to_owned());
+        }
+        if let Err(why) = crate::auth::Authenticator::new(&self.auth) {
+            return Err(ConfigError::Invalid { key: "auth".to_owned(), why });
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, t) in self.topics.iter().enumerate() {

@@ -19,6 +19,7 @@
 //! per subscription that moves messages from the broker into that buffer.
 //! A slow reader fills only its own buffer (see [`config::SlowConsumerPolicy`]).
 
+pub mod auth;
 pub mod config;
 pub mod nats;
 pub mod outbound;
@@ -97,6 +98,8 @@ pub(crate) struct Shared<R: Runtime> {
     pub(crate) next_connection: AtomicU64,
     /// This server's id (NATS `INFO.server_id`).
     pub(crate) server_id: String,
+    /// Logins and permissions.
+    pub(crate) auth: Arc<auth::Authenticator>,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -150,6 +153,9 @@ impl<R: Runtime> Server<R> {
         let nats_addr = nats_listener.local_addr();
         let mut id_rng = rt.rng();
         let server_id = format!("K{:016X}", kaelix_core::rng::RngExt::random::<u64>(&mut id_rng));
+        let auth = Arc::new(auth::Authenticator::new(&config.auth).map_err(|why| {
+            ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why })
+        })?);
         let shared = Arc::new(Shared {
             rt: rt.clone(),
             broker,
@@ -160,6 +166,7 @@ impl<R: Runtime> Server<R> {
             all_closed: Signal::new(),
             next_connection: AtomicU64::new(0),
             server_id,
+            auth,
         });
         drop(rt.spawn(Priority::High, "nats-accept", nats::accept_loop(shared.clone(), nats_listener)));
         tracing::info!(addr = %nats_addr, "NATS listener ready");

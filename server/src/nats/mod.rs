@@ -42,6 +42,7 @@ use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, 
 
 use self::session::{Action, Reply, Session};
 use crate::Shared;
+use crate::auth::Rules;
 use crate::config::SlowConsumerPolicy;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
@@ -125,10 +126,11 @@ async fn serve_connection<R: Runtime>(
         max_payload: limits.max_payload as u64,
         client_id: id,
         client_ip: Some(client.peer.ip().to_string()),
+        auth_required: shared.auth.required(),
         ..Info::default()
     };
     outbound.append_control(|buf| write_info(buf, &info));
-    let mut session = Session::new(shared.rt.now(), limits.clone());
+    let mut session = Session::new(shared.rt.now(), limits.clone(), shared.auth.clone());
     let mut conn = Conn {
         shared: shared.clone(),
         client: client.clone(),
@@ -228,6 +230,9 @@ impl<R: Runtime> Conn<R> {
             Reply::Ping => write_ping(buf),
             Reply::Pong => write_pong(buf),
             Reply::Err(text) => write_err(buf, text),
+            Reply::PermissionViolation { what, subject } => {
+                write_err(buf, &format!("Permissions Violation for {what} to \"{subject}\""));
+            }
         });
     }
 
@@ -238,10 +243,10 @@ impl<R: Runtime> Conn<R> {
             Action::Publish { topic, reply, headers, payload, ok } => {
                 self.publish(session, topic, reply, headers, payload, ok).await;
             }
-            Action::Subscribe { sid, pattern, queue } => {
+            Action::Subscribe { sid, pattern, queue, filter } => {
                 let options = SubscribeOptions { queue_group: queue, ..SubscribeOptions::default() };
                 match self.shared.broker.subscribe(pattern.as_str(), options) {
-                    Ok(sub) => self.start_pump(session, sid, pattern.as_str().to_owned(), sub),
+                    Ok(sub) => self.start_pump(session, sid, pattern.as_str().to_owned(), sub, filter),
                     Err(e) => {
                         tracing::warn!(client = self.client.id, error = %e, "subscribe refused");
                         session.handle_subscription_done(&sid);
@@ -351,7 +356,7 @@ impl<R: Runtime> Conn<R> {
         }
     }
 
-    fn start_pump(&mut self, session: &Session, sid: Bytes, subject: String, sub: Subscription<R>) {
+    fn start_pump(&mut self, session: &Session, sid: Bytes, subject: String, sub: Subscription<R>, filter: Rules) {
         let limit = Arc::new(AtomicU64::new(u64::MAX));
         let pump = PumpTask {
             shared: self.shared.clone(),
@@ -363,6 +368,7 @@ impl<R: Runtime> Conn<R> {
             headers: session.options().headers,
             limit: limit.clone(),
             done: self.done.clone(),
+            filter,
         };
         let task = self.shared.rt.spawn(Priority::High, "nats-subscription", pump.run(sub));
         self.pumps.insert(sid, Pump { task, limit });
@@ -381,6 +387,8 @@ struct PumpTask<R: Runtime> {
     headers: bool,
     limit: Arc<AtomicU64>,
     done: Arc<std::sync::Mutex<Vec<Bytes>>>,
+    /// The user's subscribe rules: denied subjects are not delivered.
+    filter: Rules,
 }
 
 impl<R: Runtime> PumpTask<R> {
@@ -395,6 +403,10 @@ impl<R: Runtime> PumpTask<R> {
                 if delivered >= self.limit.load(Ordering::Acquire) {
                     self.done.lock().unwrap_or_else(|e| e.into_inner()).push(self.sid.clone());
                     return;
+                }
+                if !self.filter.is_open() && !self.filter.delivers(message.topic()) {
+                    next = sub.try_next();
+                    continue;
                 }
                 let block = if self.headers && !message.headers().is_empty() {
                     Some(broker_headers_to_nats(&message))

@@ -1,5 +1,6 @@
 //! The server's integration tests: real sockets, real files, real clients.
 
 mod async_nats_client;
+mod auth;
 mod bad_input;
 mod support;
