@@ -22,6 +22,13 @@
 //! name = "orders"
 //! storage = "durable"            # or "memory"
 //! partitions = 1
+//!
+//! [auth]                         # see `crate::auth`
+//! token = "s3cret"
+//!
+//! [tls]                          # see `crate::tls`
+//! cert = "server.pem"
+//! key = "server.key"
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -52,6 +59,8 @@ pub struct ServerConfig {
     pub topics: Vec<TopicSpec>,
     /// Who may connect and what they may do (see [`crate::auth`]).
     pub auth: crate::auth::AuthConfig,
+    /// TLS for client connections (absent: plaintext).
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -66,6 +75,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             topics: Vec::new(),
             auth: crate::auth::AuthConfig::default(),
+            tls: None,
             planted: kaelix_core::planted::Planted::NONE,
         }
     }

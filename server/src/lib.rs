@@ -24,6 +24,7 @@ pub mod config;
 pub mod nats;
 pub mod outbound;
 pub mod shutdown;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +55,9 @@ pub enum ServerError {
         /// Why.
         error: BrokerError,
     },
+    /// The TLS certificate, key or CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
     /// A listener could not bind.
     #[error("{listener} listener on {addr}: {error}")]
     Bind {
@@ -100,6 +104,8 @@ pub(crate) struct Shared<R: Runtime> {
     pub(crate) server_id: String,
     /// Logins and permissions.
     pub(crate) auth: Arc<auth::Authenticator>,
+    /// TLS for client connections.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -156,6 +162,7 @@ impl<R: Runtime> Server<R> {
         let auth = Arc::new(auth::Authenticator::new(&config.auth).map_err(|why| {
             ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why })
         })?);
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let shared = Arc::new(Shared {
             rt: rt.clone(),
             broker,
@@ -167,6 +174,7 @@ impl<R: Runtime> Server<R> {
             next_connection: AtomicU64::new(0),
             server_id,
             auth,
+            tls,
         });
         drop(rt.spawn(Priority::High, "nats-accept", nats::accept_loop(shared.clone(), nats_listener)));
         tracing::info!(addr = %nats_addr, "NATS listener ready");

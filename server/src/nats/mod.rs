@@ -46,6 +46,7 @@ use crate::auth::Rules;
 use crate::config::SlowConsumerPolicy;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
+use crate::tls::TlsStream;
 
 /// The subject slow-consumer advisories are published on (relayed to
 /// whoever subscribes; a JSON object naming the client, subject and policy).
@@ -107,13 +108,7 @@ async fn serve_connection<R: Runtime>(
     stream: R::ByteStream,
 ) {
     let limits = shared.config.limits.clone();
-    let client = ClientId { id, peer: stream.peer_addr() };
-    tracing::debug!(client = id, peer = %client.peer, "NATS connection open");
-    let outbound = Outbound::new(limits.max_pending);
-    let writer = {
-        let (outbound, stream) = (outbound.clone(), stream.clone());
-        shared.rt.spawn(Priority::High, "nats-writer", async move { outbound.run_writer(stream).await })
-    };
+    let peer = stream.peer_addr();
     let info = Info {
         server_id: shared.server_id.clone(),
         server_name: shared.config.server_name.clone(),
@@ -125,11 +120,39 @@ async fn serve_connection<R: Runtime>(
         headers: true,
         max_payload: limits.max_payload as u64,
         client_id: id,
-        client_ip: Some(client.peer.ip().to_string()),
+        client_ip: Some(peer.ip().to_string()),
         auth_required: shared.auth.required(),
+        tls_required: shared.tls.is_some(),
+        tls_available: shared.tls.is_some(),
         ..Info::default()
     };
-    outbound.append_control(|buf| write_info(buf, &info));
+    // INFO goes out in plaintext; with TLS the client starts its handshake
+    // once it has read `tls_required`.
+    let mut first = BytesMut::new();
+    write_info(&mut first, &info);
+    if stream.write(first.freeze()).await.is_ok() {
+        match &shared.tls {
+            None => drive(&shared, id, &stop, stream.clone()).await,
+            Some(config) => match TlsStream::accept(stream.clone(), config.clone()) {
+                Ok(tls) => drive(&shared, id, &stop, tls).await,
+                Err(e) => tracing::warn!(client = id, error = %e, "TLS session refused"),
+            },
+        }
+    }
+    stream.close();
+    shared.close_connection(id);
+}
+
+/// Serves one connection (after `INFO`) until it closes.
+async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop: &Signal, stream: S) {
+    let limits = shared.config.limits.clone();
+    let client = ClientId { id, peer: stream.peer_addr() };
+    tracing::debug!(client = id, peer = %client.peer, "NATS connection open");
+    let outbound = Outbound::new(limits.max_pending);
+    let writer = {
+        let (outbound, stream) = (outbound.clone(), stream.clone());
+        shared.rt.spawn(Priority::High, "nats-writer", async move { outbound.run_writer(stream).await })
+    };
     let mut session = Session::new(shared.rt.now(), limits.clone(), shared.auth.clone());
     let mut conn = Conn {
         shared: shared.clone(),
@@ -196,7 +219,6 @@ async fn serve_connection<R: Runtime>(
     // The writer sends what is queued (the final -ERR among it), then closes.
     let _ = kaelix_core::runtime::timeout(&shared.rt, Duration::from_secs(5), writer).await;
     stream.close();
-    shared.close_connection(id);
 }
 
 enum Event<E> {

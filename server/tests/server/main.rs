@@ -4,3 +4,4 @@ mod async_nats_client;
 mod auth;
 mod bad_input;
 mod support;
+mod tls;
