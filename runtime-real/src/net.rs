@@ -1,5 +1,6 @@
-//! TCP on the driver: framed connections, client streams, and the
-//! node-to-node transport.
+//! TCP on the driver: framed connections, client streams, byte streams
+//! (`byte_streams`: raw TCP to socket addresses), and the node-to-node
+//! transport.
 //!
 //! # Client streams
 //!
@@ -42,9 +43,14 @@ use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::runtime::{ClientStream, Listener, MAX_DATAGRAM_BYTES, MAX_FRAME_BYTES, NetError, Priority};
 use kaelix_core::time::Duration;
 
+mod byte_streams;
+
+pub(crate) use byte_streams::connect_bytes;
+pub use byte_streams::{RealByteListener, RealByteStream, UNKNOWN_NODE};
+
 use crate::driver::{Direction, Driver, IoSlot, Sleep};
 use crate::executor::ExecutorHandle;
-use crate::frame::{CLIENT_MAGIC, FrameDecoder, HEADER_BYTES, PEER_MAGIC, encode_frame, encode_hello};
+use crate::frame::{CLIENT_MAGIC, FrameDecoder, PEER_MAGIC, encode_frame, encode_hello};
 
 /// How long an accepted connection may take to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,35 +97,151 @@ struct WriteHalf {
     enqueued: u64,
     flushed: u64,
     error: Option<NetError>,
+    /// `close` was called with bytes still queued: shut the socket once
+    /// they are written.
+    shutdown_pending: bool,
+}
+
+/// A connected TCP socket with an ordered send queue: what framed streams
+/// and byte streams share. Writes from any clone of a stream are queued in
+/// order into one buffer and flushed by whichever writer is polled; a write
+/// completes once its bytes are handed to the kernel.
+pub(crate) struct TcpConn {
+    socket: Socket<mio::net::TcpStream>,
+    write: Mutex<WriteHalf>,
+    closed: AtomicBool,
+}
+
+impl TcpConn {
+    fn new(socket: Socket<mio::net::TcpStream>) -> Self {
+        TcpConn {
+            socket,
+            write: Mutex::new(WriteHalf {
+                out: BytesMut::new(),
+                enqueued: 0,
+                flushed: 0,
+                error: None,
+                shutdown_pending: false,
+            }),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether [`Self::close`] was called.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// One read syscall into `buf`; `Ok(0)` at end of stream.
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize, NetError>> {
+        let stream = &self.socket.io;
+        self.socket.slot.poll_io(cx, Direction::Read, || (&*stream).read(buf)).map_err(net_err)
+    }
+
+    /// Queues what `encode` appends to the send buffer; returns the stream
+    /// position it ends at.
+    fn enqueue(&self, encode: impl FnOnce(&mut BytesMut)) -> Result<u64, NetError> {
+        let mut write = self.write.lock().expect("write half lock");
+        if let Some(e) = &write.error {
+            return Err(e.clone());
+        }
+        if self.is_closed() {
+            return Err(NetError::Reset);
+        }
+        let before = write.out.len();
+        encode(&mut write.out);
+        write.enqueued += (write.out.len() - before) as u64;
+        Ok(write.enqueued)
+    }
+
+    /// Accounts for one write syscall's result.
+    fn wrote(&self, write: &mut WriteHalf, result: io::Result<usize>) {
+        match result {
+            Ok(0) => write.error = Some(NetError::Reset),
+            Ok(n) => {
+                write.out.advance(n);
+                write.flushed += n as u64;
+            }
+            Err(e) => write.error = Some(net_err(e)),
+        }
+        self.shutdown_if_drained(write);
+    }
+
+    /// Shuts the socket if a close waits for the buffer and it is drained
+    /// (or can never be).
+    fn shutdown_if_drained(&self, write: &mut WriteHalf) {
+        if write.shutdown_pending && (write.out.is_empty() || write.error.is_some()) {
+            write.shutdown_pending = false;
+            let _ = self.socket.io.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Flushes until the stream position `until` is written.
+    fn poll_flush(&self, cx: &mut Context<'_>, until: u64) -> Poll<Result<(), NetError>> {
+        let mut write = self.write.lock().expect("write half lock");
+        loop {
+            if write.flushed >= until {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = &write.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            let stream = &self.socket.io;
+            let out = &write.out;
+            match self.socket.slot.poll_io(cx, Direction::Write, || (&*stream).write(out)) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => self.wrote(&mut write, r),
+            }
+        }
+    }
+
+    /// Queues `data` and waits until it is handed to the kernel.
+    async fn write_all(&self, data: &[u8]) -> Result<(), NetError> {
+        let until = self.enqueue(|out| out.extend_from_slice(data))?;
+        poll_fn(|cx| self.poll_flush(cx, until)).await
+    }
+
+    /// Refuses further writes and shuts the socket (both directions) once
+    /// what is queued is written — at once if the kernel takes it now,
+    /// otherwise when a writer still waiting flushes the rest (or, should
+    /// none be left, when the last handle drops the socket).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut write = self.write.lock().expect("write half lock");
+        write.shutdown_pending = true;
+        self.shutdown_if_drained(&mut write);
+        while write.shutdown_pending {
+            match (&self.socket.io).write(&write.out) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => self.wrote(&mut write, r),
+            }
+        }
+    }
 }
 
 /// One framed TCP connection (shared by the clones of a stream).
 struct FramedConn {
-    socket: Socket<mio::net::TcpStream>,
+    conn: TcpConn,
     peer: NodeId,
     max_frame: usize,
     read: Mutex<ReadHalf>,
-    write: Mutex<WriteHalf>,
-    closed: AtomicBool,
 }
 
 impl FramedConn {
     fn new(socket: Socket<mio::net::TcpStream>, max_frame: usize, hello: Option<[u8; 4]>) -> Self {
         FramedConn {
-            socket,
+            conn: TcpConn::new(socket),
             peer: NodeId(u64::MAX),
             max_frame,
             read: Mutex::new(ReadHalf { decoder: FrameDecoder::new(max_frame, hello), eof: false }),
-            write: Mutex::new(WriteHalf { out: BytesMut::new(), enqueued: 0, flushed: 0, error: None }),
-            closed: AtomicBool::new(false),
         }
     }
 
     /// Reads once more into the decoder; Ready(Ok(false)) at end of stream.
     fn poll_fill(&self, cx: &mut Context<'_>, read: &mut ReadHalf) -> Poll<Result<bool, NetError>> {
         let mut chunk = vec![0u8; READ_CHUNK];
-        let stream = &self.socket.io;
-        match self.socket.slot.poll_io(cx, Direction::Read, || (&*stream).read(&mut chunk)) {
+        match self.conn.poll_read(cx, &mut chunk) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(0)) => {
                 read.eof = true;
@@ -129,7 +251,7 @@ impl FramedConn {
                 read.decoder.extend(&chunk[..n]);
                 Poll::Ready(Ok(true))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(net_err(e))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         }
     }
 
@@ -151,7 +273,7 @@ impl FramedConn {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, NetError>> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.conn.is_closed() {
             return Poll::Ready(Ok(None));
         }
         let mut read = self.read.lock().expect("read half lock");
@@ -177,58 +299,15 @@ impl FramedConn {
         }
     }
 
-    /// Queues raw bytes; returns the stream position they end at.
-    fn enqueue_raw(&self, data: &[u8]) -> Result<u64, NetError> {
-        let mut write = self.write.lock().expect("write half lock");
-        if let Some(e) = &write.error {
-            return Err(e.clone());
-        }
-        if self.closed.load(Ordering::Acquire) {
-            return Err(NetError::Reset);
-        }
-        write.out.extend_from_slice(data);
-        write.enqueued += data.len() as u64;
-        Ok(write.enqueued)
-    }
-
     fn enqueue_frame(&self, frame: &[u8]) -> Result<u64, NetError> {
         if frame.len() > self.max_frame {
             return Err(NetError::FrameTooLarge { len: frame.len(), max: self.max_frame });
         }
-        let mut write = self.write.lock().expect("write half lock");
-        if let Some(e) = &write.error {
-            return Err(e.clone());
-        }
-        if self.closed.load(Ordering::Acquire) {
-            return Err(NetError::Reset);
-        }
-        encode_frame(&mut write.out, frame);
-        write.enqueued += (HEADER_BYTES + frame.len()) as u64;
-        Ok(write.enqueued)
+        self.conn.enqueue(|out| encode_frame(out, frame))
     }
 
-    /// Flushes until the stream position `until` is written.
     fn poll_flush(&self, cx: &mut Context<'_>, until: u64) -> Poll<Result<(), NetError>> {
-        let mut write = self.write.lock().expect("write half lock");
-        loop {
-            if write.flushed >= until {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(e) = &write.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            let stream = &self.socket.io;
-            let out = &write.out;
-            match self.socket.slot.poll_io(cx, Direction::Write, || (&*stream).write(out)) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => write.error = Some(NetError::Reset),
-                Poll::Ready(Ok(n)) => {
-                    write.out.advance(n);
-                    write.flushed += n as u64;
-                }
-                Poll::Ready(Err(e)) => write.error = Some(net_err(e)),
-            }
-        }
+        self.conn.poll_flush(cx, until)
     }
 
     async fn send_frame(&self, frame: &[u8]) -> Result<(), NetError> {
@@ -237,21 +316,15 @@ impl FramedConn {
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        let _ = self.socket.io.shutdown(std::net::Shutdown::Both);
+        self.conn.close();
     }
 }
 
-/// Connects to `addr`, says hello as `me`, and returns the connection.
-async fn connect(
-    driver: &Arc<Driver>,
-    addr: SocketAddr,
-    me: NodeId,
-    magic: [u8; 4],
-    max_frame: usize,
-) -> Result<FramedConn, NetError> {
-    let stream = mio::net::TcpStream::connect(addr).map_err(net_err)?;
-    let socket = Socket::register(driver, stream).map_err(net_err)?;
+/// Connects a socket to `addr` and waits until the kernel reports it
+/// connected, with `TCP_NODELAY` set.
+async fn connect_socket(driver: &Arc<Driver>, addr: SocketAddr) -> io::Result<Socket<mio::net::TcpStream>> {
+    let stream = mio::net::TcpStream::connect(addr)?;
+    let socket = Socket::register(driver, stream)?;
     // Connected once writable and the kernel reports a peer (mio's recipe).
     poll_fn(|cx| {
         let stream = &socket.io;
@@ -266,14 +339,44 @@ async fn connect(
             }
         })
     })
-    .await
-    .map_err(|e| if e.kind() == io::ErrorKind::ConnectionRefused { NetError::Reset } else { net_err(e) })?;
+    .await?;
     let _ = socket.io.set_nodelay(true);
-    let mut conn = FramedConn::new(socket, max_frame, None);
-    conn.peer = NodeId(u64::MAX);
-    let until = conn.enqueue_raw(&encode_hello(magic, me))?;
-    poll_fn(|cx| conn.poll_flush(cx, until)).await?;
+    Ok(socket)
+}
+
+/// Connects to `addr`, says hello as `me`, and returns the connection.
+async fn connect(
+    driver: &Arc<Driver>,
+    addr: SocketAddr,
+    me: NodeId,
+    magic: [u8; 4],
+    max_frame: usize,
+) -> Result<FramedConn, NetError> {
+    let socket = connect_socket(driver, addr)
+        .await
+        .map_err(|e| if e.kind() == io::ErrorKind::ConnectionRefused { NetError::Reset } else { net_err(e) })?;
+    let conn = FramedConn::new(socket, max_frame, None);
+    conn.conn.write_all(&encode_hello(magic, me)).await?;
     Ok(conn)
+}
+
+/// Binds a listening socket on the driver.
+fn bind_listener(driver: &Arc<Driver>, addr: SocketAddr) -> io::Result<Socket<mio::net::TcpListener>> {
+    Socket::register(driver, mio::net::TcpListener::bind(addr)?)
+}
+
+/// Accepts one connection on `listener`, registered with the driver, with
+/// `TCP_NODELAY` set; returns it with the peer's address.
+fn poll_accept_socket(
+    listener: &Socket<mio::net::TcpListener>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(Socket<mio::net::TcpStream>, SocketAddr), NetError>> {
+    let io = &listener.io;
+    listener.slot.poll_io(cx, Direction::Read, || io.accept()).map(|r| {
+        let (stream, peer) = r.map_err(net_err)?;
+        let _ = stream.set_nodelay(true);
+        Ok((Socket::register(&listener.driver, stream).map_err(net_err)?, peer))
+    })
 }
 
 /// A listening socket whose accepted connections must say hello first.
@@ -287,9 +390,8 @@ struct HelloListener {
 
 impl HelloListener {
     fn bind(driver: &Arc<Driver>, addr: SocketAddr, magic: [u8; 4], max_frame: usize) -> io::Result<Self> {
-        let listener = mio::net::TcpListener::bind(addr)?;
         Ok(HelloListener {
-            socket: Socket::register(driver, listener)?,
+            socket: bind_listener(driver, addr)?,
             magic,
             max_frame,
             pending: Vec::new(),
@@ -300,19 +402,11 @@ impl HelloListener {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Result<FramedConn, NetError>> {
         let driver = self.socket.driver.clone();
         loop {
-            let listener = &self.socket.io;
-            match self.socket.slot.poll_io(cx, Direction::Read, || listener.accept()) {
-                Poll::Ready(Ok((stream, _addr))) => {
-                    let _ = stream.set_nodelay(true);
-                    match Socket::register(&driver, stream) {
-                        Ok(socket) => self.pending.push((
-                            FramedConn::new(socket, self.max_frame, Some(self.magic)),
-                            driver.now() + HELLO_TIMEOUT,
-                        )),
-                        Err(e) => return Poll::Ready(Err(net_err(e))),
-                    }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(net_err(e))),
+            match poll_accept_socket(&self.socket, cx) {
+                Poll::Ready(Ok((socket, _peer))) => self
+                    .pending
+                    .push((FramedConn::new(socket, self.max_frame, Some(self.magic)), driver.now() + HELLO_TIMEOUT)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => break,
             }
         }

@@ -14,13 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use kaelix_core::rng::{self, DetRng};
 use kaelix_core::runtime::{
-    ClientNetwork, Clock, FaultPoints, NetError, Network, Priority, Runtime, Spawner, Storage, StorageError,
+    ByteNetwork, ClientNetwork, Clock, FaultPoints, NetError, Network, Priority, Runtime, Spawner, Storage,
+    StorageError,
 };
 use kaelix_core::{Instant, NodeId, WallTime};
 
 use crate::blocking::BlockingPool;
 use crate::executor::{ExecutorHandle, JoinHandle};
-use crate::net::{RealListener, RealStream, Transport, TransportConfig, TransportStats, connect_client};
+use crate::net::{
+    RealByteListener, RealByteStream, RealListener, RealStream, Transport, TransportConfig, TransportStats,
+    connect_bytes, connect_client,
+};
 use crate::storage::{DiskFile, FileStorage};
 
 /// Civil time from the OS.
@@ -231,6 +235,20 @@ impl ClientNetwork for RealRuntime {
             let addr = addr.ok_or(NetError::Refused(node))?;
             connect_client(&driver, addr, me, node).await
         }
+    }
+}
+
+impl ByteNetwork for RealRuntime {
+    type ByteStream = RealByteStream;
+    type ByteListener = RealByteListener;
+
+    fn bind_tcp(&self, addr: SocketAddr) -> Result<RealByteListener, NetError> {
+        RealByteListener::bind(self.inner.exec.driver(), addr)
+    }
+
+    fn connect_tcp(&self, addr: SocketAddr) -> impl Future<Output = Result<RealByteStream, NetError>> + Send {
+        let driver = self.inner.exec.driver().clone();
+        async move { connect_bytes(&driver, addr).await }
     }
 }
 

@@ -5,13 +5,15 @@
 //! `kaelix_core::runtime` by forwarding to the node's [`NodeHandle`] in
 //! `kaelix-sim`: time is the node's skewed, drifting virtual clock, spawned
 //! tasks are scheduled by the seeded scheduler, datagrams cross the faulty
-//! network, files live on the node's faulty disk, and `buggify!` fires where
-//! the seed says.
+//! network, client and byte streams are the simulator's connections (byte
+//! streams address nodes as `10.x.y.z`: `kaelix_sim::node_addr`), files
+//! live on the node's faulty disk, and `buggify!` fires where the seed says.
 //!
 //! Nothing here is conditionally compiled: the node code that runs on this
 //! runtime is the very code `kaelix-runtime-real` runs.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -19,11 +21,11 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use kaelix_core::rng::DetRng;
 use kaelix_core::runtime::{
-    ClientNetwork, ClientStream, Clock, FaultPoints, JoinError, Listener, NetError, Network, Priority, Runtime,
-    Spawner, Storage, StorageError, StorageFile, TaskHandle, validate_file_name,
+    ByteListener, ByteNetwork, ByteStream, ClientNetwork, ClientStream, Clock, FaultPoints, JoinError, Listener,
+    NetError, Network, Priority, Runtime, Spawner, Storage, StorageError, StorageFile, TaskHandle, validate_file_name,
 };
 use kaelix_core::{Instant, NodeId, WallTime};
-use kaelix_sim::world::{ConnId, DiskRequest, End, OpId, OpResult, TaskId, TimerId};
+use kaelix_sim::world::{ConnId, DiskRequest, End, OpId, OpResult, TaskId, TcpListenerId, TimerId};
 use kaelix_sim::{NodeHandle, Sim};
 
 /// The runtime contract on the simulator, for one node incarnation.
@@ -343,6 +345,106 @@ impl ClientNetwork for SimRuntime {
                 peer: node,
                 closed: Arc::new(Mutex::new(false)),
             }),
+            OpResult::Connected(Err(e)) => Err(e),
+            other => unreachable!("connect completed with {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- byte streams
+
+/// One end of a simulated byte stream (see `kaelix_sim`'s `byte_streams`
+/// module: addresses, segmentation, close). Dropping the last clone closes
+/// the end.
+#[derive(Clone)]
+pub struct SimByteStream {
+    end: Arc<ByteEnd>,
+}
+
+struct ByteEnd {
+    handle: NodeHandle,
+    conn: ConnId,
+    end: End,
+    peer: SocketAddr,
+}
+
+impl Drop for ByteEnd {
+    fn drop(&mut self) {
+        self.handle.tcp_release(self.conn, self.end);
+    }
+}
+
+impl SimByteStream {
+    fn new(handle: &NodeHandle, conn: ConnId, end: End) -> Result<Self, NetError> {
+        let (_, peer) = handle.tcp_addrs(conn, end).ok_or(NetError::Reset)?;
+        Ok(SimByteStream { end: Arc::new(ByteEnd { handle: handle.clone(), conn, end, peer }) })
+    }
+}
+
+impl std::fmt::Debug for SimByteStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimByteStream").field("peer", &self.end.peer).finish()
+    }
+}
+
+impl ByteStream for SimByteStream {
+    fn write(&self, data: Bytes) -> impl Future<Output = Result<(), NetError>> + Send {
+        std::future::ready(self.end.handle.tcp_write(self.end.conn, self.end.end, data))
+    }
+
+    fn read(&self) -> impl Future<Output = Result<Option<Bytes>, NetError>> + Send {
+        let end = &self.end;
+        std::future::poll_fn(move |cx| end.handle.tcp_poll_read(end.conn, end.end, cx))
+    }
+
+    fn close(&self) {
+        self.end.handle.tcp_close(self.end.conn, self.end.end);
+    }
+
+    fn peer_addr(&self) -> SocketAddr {
+        self.end.peer
+    }
+}
+
+/// A simulated byte-stream listener. Dropping it frees the port.
+pub struct SimByteListener {
+    handle: NodeHandle,
+    id: TcpListenerId,
+    local: SocketAddr,
+}
+
+impl Drop for SimByteListener {
+    fn drop(&mut self) {
+        self.handle.tcp_unbind(self.id);
+    }
+}
+
+impl ByteListener for SimByteListener {
+    type Stream = SimByteStream;
+
+    async fn accept(&mut self) -> Result<SimByteStream, NetError> {
+        let (handle, id) = (&self.handle, self.id);
+        let conn = std::future::poll_fn(|cx| handle.tcp_poll_accept(id, cx)).await;
+        SimByteStream::new(handle, conn, End::Acceptor)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl ByteNetwork for SimRuntime {
+    type ByteStream = SimByteStream;
+    type ByteListener = SimByteListener;
+
+    fn bind_tcp(&self, addr: SocketAddr) -> Result<SimByteListener, NetError> {
+        let (id, local) = self.handle.tcp_bind(addr)?;
+        Ok(SimByteListener { handle: self.handle.clone(), id, local })
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<SimByteStream, NetError> {
+        match op(&self.handle, self.handle.tcp_connect(addr)).await {
+            OpResult::Connected(Ok(conn)) => SimByteStream::new(&self.handle, conn, End::Connector),
             OpResult::Connected(Err(e)) => Err(e),
             other => unreachable!("connect completed with {other:?}"),
         }

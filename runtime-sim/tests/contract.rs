@@ -151,7 +151,12 @@ fn conformance_run(seed: u64) -> conformance::Report {
             }
             rt.sleep(Duration::from_millis(1)).await;
         };
-        let pair = conformance::Pair { server: rt, client, not_listening: vec![NodeId(3), NodeId(77)] };
+        let pair = conformance::Pair {
+            server: rt,
+            client,
+            not_listening: vec![NodeId(3), NodeId(77)],
+            server_ip: kaelix_sim::node_ip(NodeId(1)).into(),
+        };
         let r = conformance::run_all(pair, SIM_SKIPS).await;
         *get(&report) = Some(r);
     });

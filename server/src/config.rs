@@ -24,6 +24,13 @@
 //! name = "orders"
 //! storage = "durable"            # or "memory"
 //! partitions = 1
+//!
+//! [auth]                         # see `crate::auth`
+//! token = "s3cret"
+//!
+//! [tls]                          # see `crate::tls`
+//! cert = "server.pem"
+//! key = "server.key"
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -52,6 +59,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Topics created at start (existing ones are kept).
     pub topics: Vec<TopicSpec>,
+    /// Who may connect and what they may do (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
+    /// TLS for client connections (absent: plaintext).
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -65,6 +76,8 @@ impl Default for ServerConfig {
             native: NativeConfig::default(),
             limits: Limits::default(),
             topics: Vec::new(),
+            auth: crate::auth::AuthConfig::default(),
+            tls: None,
             planted: kaelix_core::planted::Planted::NONE,
         }
     }
@@ -315,6 +328,9 @@ impl ServerConfig {
                 "native.group_session_timeout_ms",
                 "session and acknowledgement timeouts must be positive".to_owned(),
             );
+        }
+        if let Err(why) = crate::auth::Authenticator::new(&self.auth) {
+            return Err(ConfigError::Invalid { key: "auth".to_owned(), why });
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, t) in self.topics.iter().enumerate() {

@@ -25,11 +25,13 @@
 //! per subscription that moves messages from the broker into that buffer.
 //! A slow reader fills only its own buffer (see [`config::SlowConsumerPolicy`]).
 
+pub mod auth;
 pub mod config;
 pub mod native;
 pub mod nats;
 pub mod outbound;
 pub mod shutdown;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,6 +62,9 @@ pub enum ServerError {
         /// Why.
         error: BrokerError,
     },
+    /// The TLS certificate, key or CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
     /// A listener could not bind.
     #[error("{listener} listener on {addr}: {error}")]
     Bind {
@@ -106,6 +111,10 @@ pub(crate) struct Shared<R: Runtime> {
     pub(crate) server_id: String,
     /// Consumer-group members of native clients (they outlive connections).
     pub(crate) memberships: native::groups::Memberships<R>,
+    /// Logins and permissions.
+    pub(crate) auth: Arc<auth::Authenticator>,
+    /// TLS for client connections.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -168,6 +177,10 @@ impl<R: Runtime> Server<R> {
         let native_addr = native_listener.local_addr();
         let mut id_rng = rt.rng();
         let server_id = format!("K{:016X}", kaelix_core::rng::RngExt::random::<u64>(&mut id_rng));
+        let auth = Arc::new(auth::Authenticator::new(&config.auth).map_err(|why| {
+            ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why })
+        })?);
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let shared = Arc::new(Shared {
             rt: rt.clone(),
             broker,
@@ -179,6 +192,8 @@ impl<R: Runtime> Server<R> {
             next_connection: AtomicU64::new(0),
             server_id,
             memberships: native::groups::Memberships::default(),
+            auth,
+            tls,
         });
         drop(rt.spawn(Priority::High, "nats-accept", nats::accept_loop(shared.clone(), nats_listener)));
         tracing::info!(addr = %nats_addr, "NATS listener ready");

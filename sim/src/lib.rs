@@ -11,6 +11,8 @@
 //!
 //! * [`world`] — execution model: virtual time, the event queue, the seeded
 //!   scheduler, nodes as restartable units (crash / restart / wipe / pause);
+//!   client streams, and byte streams between socket addresses (node
+//!   `NodeId(n)` is `10.x.y.z` from n's low 24 bits: [`node_addr`]);
 //! * [`net`] — datagrams: latency, loss, duplication, reordering, symmetric /
 //!   asymmetric / one-way partitions, per-link settings;
 //! * [`clock`] — per-node skew, drift and wall-clock steps;
@@ -34,4 +36,6 @@ pub mod trace;
 pub mod world;
 
 pub use faults::{Fault, FaultProfile, FaultSchedule, Tolerance};
-pub use world::{NodeHandle, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats, Step};
+pub use world::{
+    NodeHandle, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats, Step, addr_node, node_addr, node_ip,
+};

@@ -21,7 +21,9 @@
 //!
 //! [`run_node`] runs the single-node checks (clock, spawner, storage) on one
 //! runtime; [`run_pair`] the checks that need two nodes (datagrams both
-//! ways, client streams from [`Pair::client`] to [`Pair::server`]);
+//! ways, client streams and byte streams from [`Pair::client`] to
+//! [`Pair::server`], the latter on listeners bound at [`Pair::server_ip`]
+//! with port 0);
 //! [`run_all`] both, the single-node ones on the server. Each check is
 //! bounded by [`CHECK_LIMIT`] of the runtime's own time, so a hang is a
 //! failure too. Storage checks use file names starting with `conformance-`
@@ -32,6 +34,7 @@
 //! [`Report::verdict`], the ones known to fail there: a known failure that
 //! starts passing is reported, so the list cannot go stale.
 
+mod byte_streams;
 mod clock;
 mod datagrams;
 mod spawn;
@@ -40,6 +43,7 @@ mod streams;
 
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -48,6 +52,12 @@ use crate::time::Duration;
 
 use super::{Runtime, timeout};
 
+pub use byte_streams::{
+    binding_a_bound_port_is_addr_in_use, binding_a_foreign_address_is_not_available,
+    byte_connect_to_an_unbound_port_is_refused, byte_stream_carries_every_byte_in_order,
+    byte_stream_ends_after_the_peer_closes, dropping_a_byte_listener_refuses_later_connects,
+    two_port_zero_listeners_serve_at_once, writes_after_the_peer_closed_fail_or_read_end,
+};
 pub use clock::{
     many_sleepers_wake_none_early, now_is_monotonic, sleep_lasts_at_least_its_duration,
     sleep_until_a_past_deadline_completes_at_once, timeout_elapses_or_passes_the_value,
@@ -103,6 +113,14 @@ pub const PAIR_CHECKS: &[&str] = &[
     "stream_refuses_a_frame_over_the_limit",
     "connect_to_a_node_that_does_not_listen_is_refused",
     "listen_again_after_dropping_the_listener",
+    "byte_stream_carries_every_byte_in_order",
+    "byte_stream_ends_after_the_peer_closes",
+    "byte_connect_to_an_unbound_port_is_refused",
+    "binding_a_bound_port_is_addr_in_use",
+    "binding_a_foreign_address_is_not_available",
+    "two_port_zero_listeners_serve_at_once",
+    "dropping_a_byte_listener_refuses_later_connects",
+    "writes_after_the_peer_closed_fail_or_read_end",
 ];
 
 /// Two nodes of one runtime that can reach each other, for the checks that
@@ -118,6 +136,11 @@ pub struct Pair<R> {
     /// (a node that exists but never listens, an address nobody is bound
     /// to, an unknown node): connecting to each must be refused.
     pub not_listening: Vec<NodeId>,
+    /// The IP at which `client` reaches byte-stream listeners `server` binds
+    /// there (the byte-stream checks bind it with port 0): the server's own
+    /// address under the simulator, `127.0.0.1` for two real nodes on one
+    /// machine.
+    pub server_ip: IpAddr,
 }
 
 /// How one check ended.
@@ -279,6 +302,15 @@ async fn pair_checks<R: Runtime>(report: &mut Report, pair: &Pair<R>, skip: &[&s
     check!(report, skip, server, stream_refuses_a_frame_over_the_limit(server, client, &mut listener));
     check!(report, skip, server, connect_to_a_node_that_does_not_listen_is_refused(client, &pair.not_listening));
     check!(report, skip, server, listen_again_after_dropping_the_listener(server, client, &mut listener));
+    // Byte streams: each check binds listeners of its own.
+    check!(report, skip, server, byte_stream_carries_every_byte_in_order(pair));
+    check!(report, skip, server, byte_stream_ends_after_the_peer_closes(pair));
+    check!(report, skip, server, byte_connect_to_an_unbound_port_is_refused(pair));
+    check!(report, skip, server, binding_a_bound_port_is_addr_in_use(pair));
+    check!(report, skip, server, binding_a_foreign_address_is_not_available(pair));
+    check!(report, skip, server, two_port_zero_listeners_serve_at_once(pair));
+    check!(report, skip, server, dropping_a_byte_listener_refuses_later_connects(pair));
+    check!(report, skip, server, writes_after_the_peer_closed_fail_or_read_end(pair));
 }
 
 // ---------------------------------------------------------------- helpers

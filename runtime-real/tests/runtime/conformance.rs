@@ -2,6 +2,7 @@
 //! shared with `kaelix-runtime-sim`) on real threads, sockets and files.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use kaelix_core::NodeId;
@@ -12,7 +13,8 @@ use crate::support::{executor, free_addr, temp_dir};
 
 /// Two nodes on one executor, each with a node-to-node address and its own
 /// data directory; node 1 listens for clients, node 3 has a client address
-/// nobody is bound to, node 77 has no address at all.
+/// nobody is bound to, node 77 has no address at all. Byte streams bind
+/// port 0 on 127.0.0.1.
 #[test]
 fn conformance_suite_passes_on_the_real_runtime() {
     let exec = executor("conformance", 2);
@@ -26,8 +28,12 @@ fn conformance_suite_passes_on_the_real_runtime() {
         cfg.seed = Some(id);
         RealRuntime::start(exec.handle(), cfg).expect("node starts")
     };
-    let pair =
-        Pair { server: node(1, &dirs[0]), client: node(2, &dirs[1]), not_listening: vec![NodeId(3), NodeId(77)] };
+    let pair = Pair {
+        server: node(1, &dirs[0]),
+        client: node(2, &dirs[1]),
+        not_listening: vec![NodeId(3), NodeId(77)],
+        server_ip: Ipv4Addr::LOCALHOST.into(),
+    };
     let report = exec.block_on(conformance::run_all(pair, &[]));
     exec.shutdown(Duration::from_secs(1));
     for dir in dirs {

@@ -29,7 +29,10 @@
 //!
 //! Refused with a typed error because the broker cannot do it (yet):
 //! `DeleteTopic` (the broker cannot delete topics) and `replicated` storage
-//! (this server runs alone), both `InvalidRequest`.
+//! (this server runs alone), both `InvalidRequest`. Version 1 of the
+//! protocol carries no credentials: a server with an `[auth]` section
+//! answers every `Hello` with `Unauthorized` and closes. With a `[tls]`
+//! section, native connections speak TLS from their first byte.
 //!
 //! **Shutdown.** When the server stops, the driver stops reading; long polls
 //! answer at once with what they have, produces still waiting for their
@@ -72,6 +75,7 @@ use self::subscription::SubState;
 use crate::Shared;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
+use crate::tls::TlsStream;
 
 /// The software version announced in `HelloOk`.
 pub const SERVER_VERSION: &str = concat!("kaelix/", env!("CARGO_PKG_VERSION"));
@@ -93,7 +97,7 @@ pub(crate) async fn accept_loop<R: Runtime>(shared: Arc<Shared<R>>, mut listener
         match accepted {
             Ok(stream) => match shared.open_connection() {
                 Some((id, stop)) => {
-                    let task = serve_connection(shared.clone(), id, stop, stream);
+                    let task = serve_tcp(shared.clone(), id, stop, stream);
                     drop(shared.rt.spawn(Priority::High, "native-connection", task));
                 }
                 None => {
@@ -173,7 +177,21 @@ pub(crate) struct Conn<R: Runtime> {
     tasks: Tasks,
 }
 
-async fn serve_connection<R: Runtime>(shared: Arc<Shared<R>>, id: u64, stop: Signal, stream: R::ByteStream) {
+/// One accepted TCP connection: TLS from the first byte when the server has
+/// a `[tls]` section, then the protocol.
+async fn serve_tcp<R: Runtime>(shared: Arc<Shared<R>>, id: u64, stop: Signal, stream: R::ByteStream) {
+    match &shared.tls {
+        None => serve_connection(&shared, id, &stop, stream.clone()).await,
+        Some(config) => match TlsStream::accept(stream.clone(), config.clone()) {
+            Ok(tls) => serve_connection(&shared, id, &stop, tls).await,
+            Err(e) => tracing::warn!(client = id, error = %e, "TLS session refused"),
+        },
+    }
+    stream.close();
+    shared.close_connection(id);
+}
+
+async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop: &Signal, stream: S) {
     let peer = stream.peer_addr();
     tracing::debug!(client = id, %peer, "native connection open");
     let outbound = Outbound::new(shared.config.limits.max_pending);
@@ -248,7 +266,6 @@ async fn serve_connection<R: Runtime>(shared: Arc<Shared<R>>, id: u64, stop: Sig
     // The writer sends what is queued (a final error among it), then closes.
     let _ = timeout(&shared.rt, Duration::from_secs(5), writer).await;
     stream.close();
-    shared.close_connection(id);
 }
 
 enum Event<E> {
@@ -342,6 +359,13 @@ impl<R: Runtime> Conn<R> {
                 return Some(text.to_owned());
             }
             return match Request::decode(&frame) {
+                Ok(Request::Hello { .. }) if self.shared.auth.required() => {
+                    // Version 1 has no way to present credentials: a server
+                    // that requires them serves no native client.
+                    let text = "this server requires authentication, which native protocol version 1 cannot carry; use the NATS listener";
+                    self.protocol_error(correlation, ErrorCode::Unauthorized, text);
+                    Some(text.to_owned())
+                }
                 Ok(Request::Hello { versions, client }) => match kaelix_protocol::negotiate(&versions) {
                     Some(version) => {
                         *handshaken = true;

@@ -42,9 +42,11 @@ use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, 
 
 use self::session::{Action, Reply, Session};
 use crate::Shared;
+use crate::auth::Rules;
 use crate::config::SlowConsumerPolicy;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
+use crate::tls::TlsStream;
 
 /// The subject slow-consumer advisories are published on (relayed to
 /// whoever subscribes; a JSON object naming the client, subject and policy).
@@ -106,13 +108,7 @@ async fn serve_connection<R: Runtime>(
     stream: R::ByteStream,
 ) {
     let limits = shared.config.limits.clone();
-    let client = ClientId { id, peer: stream.peer_addr() };
-    tracing::debug!(client = id, peer = %client.peer, "NATS connection open");
-    let outbound = Outbound::new(limits.max_pending);
-    let writer = {
-        let (outbound, stream) = (outbound.clone(), stream.clone());
-        shared.rt.spawn(Priority::High, "nats-writer", async move { outbound.run_writer(stream).await })
-    };
+    let peer = stream.peer_addr();
     let info = Info {
         server_id: shared.server_id.clone(),
         server_name: shared.config.server_name.clone(),
@@ -124,11 +120,40 @@ async fn serve_connection<R: Runtime>(
         headers: true,
         max_payload: limits.max_payload as u64,
         client_id: id,
-        client_ip: Some(client.peer.ip().to_string()),
+        client_ip: Some(peer.ip().to_string()),
+        auth_required: shared.auth.required(),
+        tls_required: shared.tls.is_some(),
+        tls_available: shared.tls.is_some(),
         ..Info::default()
     };
-    outbound.append_control(|buf| write_info(buf, &info));
-    let mut session = Session::new(shared.rt.now(), limits.clone());
+    // INFO goes out in plaintext; with TLS the client starts its handshake
+    // once it has read `tls_required`.
+    let mut first = BytesMut::new();
+    write_info(&mut first, &info);
+    if stream.write(first.freeze()).await.is_ok() {
+        match &shared.tls {
+            None => drive(&shared, id, &stop, stream.clone()).await,
+            Some(config) => match TlsStream::accept(stream.clone(), config.clone()) {
+                Ok(tls) => drive(&shared, id, &stop, tls).await,
+                Err(e) => tracing::warn!(client = id, error = %e, "TLS session refused"),
+            },
+        }
+    }
+    stream.close();
+    shared.close_connection(id);
+}
+
+/// Serves one connection (after `INFO`) until it closes.
+async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop: &Signal, stream: S) {
+    let limits = shared.config.limits.clone();
+    let client = ClientId { id, peer: stream.peer_addr() };
+    tracing::debug!(client = id, peer = %client.peer, "NATS connection open");
+    let outbound = Outbound::new(limits.max_pending);
+    let writer = {
+        let (outbound, stream) = (outbound.clone(), stream.clone());
+        shared.rt.spawn(Priority::High, "nats-writer", async move { outbound.run_writer(stream).await })
+    };
+    let mut session = Session::new(shared.rt.now(), limits.clone(), shared.auth.clone());
     let mut conn = Conn {
         shared: shared.clone(),
         client: client.clone(),
@@ -194,7 +219,6 @@ async fn serve_connection<R: Runtime>(
     // The writer sends what is queued (the final -ERR among it), then closes.
     let _ = kaelix_core::runtime::timeout(&shared.rt, Duration::from_secs(5), writer).await;
     stream.close();
-    shared.close_connection(id);
 }
 
 enum Event<E> {
@@ -228,6 +252,9 @@ impl<R: Runtime> Conn<R> {
             Reply::Ping => write_ping(buf),
             Reply::Pong => write_pong(buf),
             Reply::Err(text) => write_err(buf, text),
+            Reply::PermissionViolation { what, subject } => {
+                write_err(buf, &format!("Permissions Violation for {what} to \"{subject}\""));
+            }
         });
     }
 
@@ -238,10 +265,10 @@ impl<R: Runtime> Conn<R> {
             Action::Publish { topic, reply, headers, payload, ok } => {
                 self.publish(session, topic, reply, headers, payload, ok).await;
             }
-            Action::Subscribe { sid, pattern, queue } => {
+            Action::Subscribe { sid, pattern, queue, filter } => {
                 let options = SubscribeOptions { queue_group: queue, ..SubscribeOptions::default() };
                 match self.shared.broker.subscribe(pattern.as_str(), options) {
-                    Ok(sub) => self.start_pump(session, sid, pattern.as_str().to_owned(), sub),
+                    Ok(sub) => self.start_pump(session, sid, pattern.as_str().to_owned(), sub, filter),
                     Err(e) => {
                         tracing::warn!(client = self.client.id, error = %e, "subscribe refused");
                         session.handle_subscription_done(&sid);
@@ -351,7 +378,7 @@ impl<R: Runtime> Conn<R> {
         }
     }
 
-    fn start_pump(&mut self, session: &Session, sid: Bytes, subject: String, sub: Subscription<R>) {
+    fn start_pump(&mut self, session: &Session, sid: Bytes, subject: String, sub: Subscription<R>, filter: Rules) {
         let limit = Arc::new(AtomicU64::new(u64::MAX));
         let pump = PumpTask {
             shared: self.shared.clone(),
@@ -363,6 +390,7 @@ impl<R: Runtime> Conn<R> {
             headers: session.options().headers,
             limit: limit.clone(),
             done: self.done.clone(),
+            filter,
         };
         let task = self.shared.rt.spawn(Priority::High, "nats-subscription", pump.run(sub));
         self.pumps.insert(sid, Pump { task, limit });
@@ -381,6 +409,8 @@ struct PumpTask<R: Runtime> {
     headers: bool,
     limit: Arc<AtomicU64>,
     done: Arc<std::sync::Mutex<Vec<Bytes>>>,
+    /// The user's subscribe rules: denied subjects are not delivered.
+    filter: Rules,
 }
 
 impl<R: Runtime> PumpTask<R> {
@@ -395,6 +425,10 @@ impl<R: Runtime> PumpTask<R> {
                 if delivered >= self.limit.load(Ordering::Acquire) {
                     self.done.lock().unwrap_or_else(|e| e.into_inner()).push(self.sid.clone());
                     return;
+                }
+                if !self.filter.is_open() && !self.filter.delivers(message.topic()) {
+                    next = sub.try_next();
+                    continue;
                 }
                 let block = if self.headers && !message.headers().is_empty() {
                     Some(broker_headers_to_nats(&message))

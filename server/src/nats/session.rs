@@ -15,12 +15,14 @@
 //! timeout.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kaelix_broker::topic::{Pattern, Topic};
 use kaelix_core::time::Instant;
 use kaelix_nats::{ClientOp, Connect, Parser, ProtoError};
 
+use crate::auth::{Authenticator, Permissions, Rules};
 use crate::config::Limits;
 
 /// What the driver must do, in order.
@@ -49,6 +51,8 @@ pub enum Action {
         pattern: Pattern,
         /// The queue group.
         queue: Option<String>,
+        /// Deliveries of subjects these rules deny are filtered out.
+        filter: Rules,
     },
     /// Stop `sid` after `max` deliveries in total (`None`: now).
     Unsubscribe {
@@ -79,6 +83,14 @@ pub enum Reply {
     Pong,
     /// `-ERR '<text>'`, connection stays open.
     Err(&'static str),
+    /// `-ERR 'Permissions Violation for <what> to "<subject>"'`, connection
+    /// stays open (nats-server's text).
+    PermissionViolation {
+        /// `Publish` or `Subscription`.
+        what: &'static str,
+        /// The refused subject.
+        subject: String,
+    },
 }
 
 /// Where the connection is.
@@ -103,11 +115,13 @@ pub struct Session {
     pings_out: u32,
     next_ping: Instant,
     outputs: VecDeque<Action>,
+    auth: Arc<Authenticator>,
+    permissions: Permissions,
 }
 
 impl Session {
     /// A session whose `INFO` was just sent at `now`.
-    pub fn new(now: Instant, limits: Limits) -> Self {
+    pub fn new(now: Instant, limits: Limits, auth: Arc<Authenticator>) -> Self {
         let parser = Parser::with_limits(kaelix_nats::Limits {
             max_control_line: limits.max_control_line,
             max_payload: limits.max_payload,
@@ -121,6 +135,8 @@ impl Session {
             subscriptions: BTreeMap::new(),
             pings_out: 0,
             outputs: VecDeque::new(),
+            auth,
+            permissions: Permissions::default(),
         }
     }
 
@@ -174,6 +190,16 @@ impl Session {
                         self.close(Some("no responders requires headers support"), "CONNECT: no_responders without headers".into());
                         return;
                     }
+                    let login =
+                        self.auth.login(connect.auth_token.as_deref(), connect.user.as_deref(), connect.pass.as_deref());
+                    match login {
+                        Ok(permissions) => self.permissions = permissions,
+                        Err(refusal) => {
+                            let who = connect.user.clone().unwrap_or_default();
+                            self.close(Some("Authorization Violation"), format!("login refused ({refusal:?}) user {who:?}"));
+                            return;
+                        }
+                    }
                     self.options = *connect;
                     self.phase = Phase::Open;
                     self.ok();
@@ -201,6 +227,10 @@ impl Session {
                     Some(Some(r)) => Some(r),
                     Some(None) => return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Reply Subject"))),
                 };
+                if !self.permissions.publish.permits_topic(&topic) {
+                    let subject = topic.as_str().to_owned();
+                    return self.outputs.push_back(Action::Reply(Reply::PermissionViolation { what: "Publish", subject }));
+                }
                 if p.headers.is_some() && !self.options.headers {
                     // The client did not negotiate headers.
                     return self.outputs.push_back(Action::Reply(Reply::Err("Headers Not Negotiated")));
@@ -223,6 +253,12 @@ impl Session {
                     Some(Ok(q)) => Some(q),
                     Some(Err(_)) => return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Queue Name"))),
                 };
+                if !self.permissions.subscribe.permits_pattern(&pattern) {
+                    let subject = pattern.as_str().to_owned();
+                    return self
+                        .outputs
+                        .push_back(Action::Reply(Reply::PermissionViolation { what: "Subscription", subject }));
+                }
                 let max = self.limits.max_subscriptions;
                 if max != 0 && self.subscriptions.len() >= max && !self.subscriptions.contains_key(&s.sid) {
                     return self.outputs.push_back(Action::Reply(Reply::Err("Maximum Subscriptions Exceeded")));
@@ -234,7 +270,8 @@ impl Session {
                     return self.outputs.push_back(Action::Reply(Reply::Err("Duplicate Subscription ID")));
                 }
                 self.subscriptions.insert(s.sid.clone(), pattern.clone());
-                self.outputs.push_back(Action::Subscribe { sid: s.sid, pattern, queue });
+                let filter = self.permissions.subscribe.clone();
+                self.outputs.push_back(Action::Subscribe { sid: s.sid, pattern, queue, filter });
                 self.ok();
             }
             ClientOp::Unsub(u) => {

@@ -1,5 +1,7 @@
 //! The server's integration tests: real sockets, real files, real clients.
 
 mod async_nats_client;
+mod auth;
 mod bad_input;
 mod support;
+mod tls;

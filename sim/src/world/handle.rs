@@ -2,7 +2,7 @@
 //! `kaelix-runtime-sim` implements the runtime contract on. This file holds
 //! the handle itself and the node-local services — identity, the node's
 //! clock and timers, code-level fault points, seeded generators; tasks,
-//! datagrams, disk operations and client streams add their calls to it in
+//! datagrams, disk operations, client streams and byte streams add their calls to it in
 //! their own modules.
 
 use std::rc::Rc;
@@ -43,6 +43,12 @@ impl NodeHandle {
             CURRENT.with(|c| c.borrow().clone()).expect("a simulated node handle was used outside its simulation");
         assert_eq!(shared.id, self.sim, "a simulated node handle was used inside another simulation");
         shared
+    }
+
+    /// The simulation this handle belongs to if it is the current one, for
+    /// cleanups that may run after the run (a handle dropped late).
+    pub(super) fn try_shared(&self) -> Option<Rc<Shared>> {
+        CURRENT.with(|c| c.borrow().clone()).filter(|shared| shared.id == self.sim)
     }
 
     /// The node.

@@ -1,5 +1,6 @@
 //! The simulated world: virtual time, the event queue, the seeded task
-//! scheduler, and every node's clock, disk, inbox and client streams.
+//! scheduler, and every node's clock, disk, inbox, client streams and byte
+//! streams.
 //!
 //! # Execution model
 //!
@@ -43,6 +44,8 @@
 //!   receive;
 //! * `disk_ops` — disk requests, the op slots their results wait in;
 //! * `streams` — client streams: listen, accept, connect, frames;
+//! * `byte_streams` — byte streams between socket addresses (the address
+//!   plan, binding, segmentation), on the client streams' connections;
 //! * `handle` — [`NodeHandle`], the per-node API the runtime is built on.
 
 use std::cell::{RefCell, RefMut};
@@ -62,6 +65,7 @@ use crate::queue::EventQueue;
 use crate::table::{Key, Table, TableKey};
 use crate::trace::{Trace, TraceSink};
 
+mod byte_streams;
 mod datagrams;
 mod disk_ops;
 mod handle;
@@ -69,6 +73,7 @@ mod nodes;
 mod scheduler;
 mod streams;
 
+pub use byte_streams::{TcpListenerId, addr_node, node_addr, node_ip};
 pub use datagrams::INBOX_CAPACITY;
 pub use disk_ops::{DiskRequest, OpResult};
 pub use handle::NodeHandle;
@@ -214,6 +219,11 @@ struct World {
     timers: Table<TimerId, (NodeId, Waker)>,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
+    /// Ids of byte-stream listeners.
+    next_tcp_listener: u64,
+    /// Cuts byte-stream writes into chunks; derived from the seed apart from
+    /// `rng`, so byte streams never shift the run's other draws.
+    tcp_rng: DetRng,
     buggify_sites: BTreeMap<&'static str, bool>,
     buggify_enabled: bool,
     liveness: bool,
@@ -225,6 +235,9 @@ struct World {
     calm_link: LinkConfig,
     boots: Vec<NodeId>,
 }
+
+/// The stream label of [`World::tcp_rng`] ("tcp-cuts").
+const TCP_RNG_LABEL: u64 = 0x7463_702d_6375_7473;
 
 /// Configuration of a simulation.
 pub struct SimConfig {
@@ -278,6 +291,8 @@ impl Sim {
             timers: Table::default(),
             conns: BTreeMap::new(),
             next_conn: 0,
+            next_tcp_listener: 0,
+            tcp_rng: rng::derive(config.seed, TCP_RNG_LABEL),
             buggify_sites: BTreeMap::new(),
             buggify_enabled: config.profile.buggify,
             liveness: false,
@@ -363,6 +378,7 @@ impl Sim {
             for n in w.nodes.values_mut() {
                 n.recv_wakers.clear();
                 n.accept_waker = None;
+                n.tcp_listeners.clear();
             }
             (tasks, events)
         };

@@ -9,7 +9,7 @@
 //! pause / resume, partitions, clock steps and drift, bit rot — and the
 //! liveness phase that stops faults and brings every node back.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -23,6 +23,7 @@ use crate::disk::{DiskConfig, SimDisk};
 use crate::faults::Fault;
 use crate::trace::digest;
 
+use super::byte_streams::{EPHEMERAL_FIRST, TcpListener};
 use super::handle::NodeHandle;
 use super::scheduler::{BoxFuture, Dropped};
 use super::streams::ConnId;
@@ -71,6 +72,10 @@ pub(super) struct Node {
     pub(super) accept_queue: VecDeque<ConnId>,
     pub(super) accept_waker: Option<Waker>,
     pub(super) rng_streams: u64,
+    /// Byte-stream listeners by port (see `byte_streams`).
+    pub(super) tcp_listeners: BTreeMap<u16, TcpListener>,
+    /// Where the search for a free ephemeral port starts.
+    pub(super) next_ephemeral: u16,
 }
 
 /// A node's configuration at creation.
@@ -121,6 +126,8 @@ impl Sim {
                 accept_queue: VecDeque::new(),
                 accept_waker: None,
                 rng_streams: 0,
+                tcp_listeners: BTreeMap::new(),
+                next_ephemeral: EPHEMERAL_FIRST,
             },
         );
         drop(w);
@@ -201,6 +208,7 @@ impl World {
         node.listening = false;
         node.accept_queue.clear();
         node.accept_waker = None;
+        let tcp_listeners = std::mem::take(&mut node.tcp_listeners);
         node.paused_ready.clear();
         let report = node.disk.crash();
         let task_ids: Vec<TaskId> = std::mem::take(&mut node.tasks).into_iter().collect();
@@ -214,6 +222,9 @@ impl World {
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.nodes.contains(&id)).map(|(k, _)| *k).collect();
         for c in conns {
             self.break_conn(c);
+        }
+        for l in tcp_listeners.into_values() {
+            self.close_tcp_listener(l);
         }
         self.stats.crashes += 1;
         self.trace.record(now, Some(id), "crash", u64::from(report.lost) << 32 | u64::from(report.torn), || {

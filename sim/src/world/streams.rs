@@ -4,6 +4,10 @@
 //! after the link's delay. A partition, a crash of either end, or the
 //! listener closing before the stream was accepted breaks it: both ends
 //! see a reset and frames still in flight are dropped.
+//!
+//! Byte streams (`byte_streams`) are connections of this same kind: they
+//! share the handshake, the in-order delivery, and the crash and partition
+//! rules; only addressing, segmentation and close differ.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -14,6 +18,7 @@ use kaelix_core::{Instant, NodeId};
 
 use crate::trace::digest;
 
+use super::byte_streams::TcpEnds;
 use super::disk_ops::OpResult;
 use super::handle::NodeHandle;
 use super::nodes::NodeStatus;
@@ -21,7 +26,7 @@ use super::{Event, OpId, World};
 
 /// Identifies a client stream connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(u64);
+pub struct ConnId(pub(super) u64);
 
 /// Which end of a connection: the connecting client or the accepting node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,7 +38,7 @@ pub enum End {
 }
 
 impl End {
-    fn other(self) -> End {
+    pub(super) fn other(self) -> End {
         match self {
             End::Connector => End::Acceptor,
             End::Acceptor => End::Connector,
@@ -49,6 +54,8 @@ pub(super) struct Conn {
     pub(super) wakers: [Option<Waker>; 2],
     pub(super) last_arrival: [Instant; 2],
     pub(super) broken: bool,
+    /// Set for a byte stream (see `byte_streams`); `None` for a frame stream.
+    pub(super) tcp: Option<TcpEnds>,
 }
 
 impl World {
@@ -75,6 +82,13 @@ impl World {
             self.trace.record(now, Some(dst), "stream-break", id.0, || format!("stream {} broken by partition", id.0));
             return;
         }
+        if frame.is_some() && c.tcp.as_ref().is_some_and(|t| t.closed[to as usize]) {
+            // Data for a closed socket: its kernel answers with a reset.
+            self.break_conn(id);
+            self.trace
+                .record(now, Some(dst), "stream-break", id.0, || format!("stream {} reset: data after close", id.0));
+            return;
+        }
         let c = self.conns.get_mut(&id).expect("checked");
         let d = frame.as_deref().map_or(0, digest);
         match frame {
@@ -96,17 +110,30 @@ impl World {
         let client = slot.node;
         let c = self.conns.get(&conn).expect("created with the op");
         let server = c.nodes[End::Acceptor as usize];
+        let tcp_to = c.tcp.as_ref().map(|t| t.addrs[End::Acceptor as usize]);
         let reachable = !self.net.is_blocked(client, server) && !self.net.is_blocked(server, client);
         let target = &self.nodes[&server];
-        let ok =
-            reachable && target.status != NodeStatus::Down && target.listening && self.alive(client, slot.incarnation);
+        let ok = reachable
+            && target.status != NodeStatus::Down
+            && self.alive(client, slot.incarnation)
+            && match tcp_to {
+                None => target.listening,
+                Some(to) => target.tcp_listener_for(to).is_some(),
+            };
         let result = if ok {
             let inc = target.incarnation;
             let c = self.conns.get_mut(&conn).expect("exists");
             c.incarnations[End::Acceptor as usize] = inc;
             let t = self.nodes.get_mut(&server).expect("exists");
-            t.accept_queue.push_back(conn);
-            if let Some(w) = t.accept_waker.take() {
+            let (queue, waker) = match tcp_to {
+                None => (&mut t.accept_queue, &mut t.accept_waker),
+                Some(to) => {
+                    let l = t.tcp_listener_for_mut(to).expect("checked");
+                    (&mut l.accept_queue, &mut l.accept_waker)
+                }
+            };
+            queue.push_back(conn);
+            if let Some(w) = waker.take() {
                 w.wake();
             }
             Ok(conn)
@@ -123,6 +150,44 @@ impl World {
         if let Some(w) = slot.waker.take() {
             w.wake();
         }
+    }
+
+    /// Schedules `frames` (`None`: end of stream) from `end` of `conn`, in
+    /// order, all after one draw of the link's delay and never before what
+    /// was sent earlier. The caller checked that the stream is open.
+    pub(super) fn push_frames(&mut self, conn: ConnId, end: End, frames: impl IntoIterator<Item = Option<Bytes>>) {
+        let now = self.now;
+        let c = &self.conns[&conn];
+        let (src, dst) = (c.nodes[end as usize], c.nodes[end.other() as usize]);
+        let delay = self.net.stream_delay(src, dst);
+        let c = self.conns.get_mut(&conn).expect("checked");
+        // In-order delivery: never earlier than the previous frame.
+        let at = (now + delay).max(c.last_arrival[end.other() as usize]);
+        c.last_arrival[end.other() as usize] = at;
+        for frame in frames {
+            self.events.push(at, Event::Frame { conn, to: end.other(), frame });
+        }
+    }
+
+    /// The next frame (or chunk) at `end` of `conn`, or registers the waker.
+    pub(super) fn poll_inbox(
+        &mut self,
+        conn: ConnId,
+        end: End,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, NetError>> {
+        let Some(c) = self.conns.get_mut(&conn) else { return Poll::Ready(Err(NetError::Reset)) };
+        if let Some(f) = c.inbox[end as usize].pop_front() {
+            return Poll::Ready(Ok(Some(f)));
+        }
+        if c.broken {
+            return Poll::Ready(Err(NetError::Reset));
+        }
+        if c.eof[end as usize] {
+            return Poll::Ready(Ok(None));
+        }
+        c.wakers[end as usize] = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Breaks client streams whose link is now cut.
@@ -217,6 +282,7 @@ impl NodeHandle {
                 wakers: [None, None],
                 last_arrival: [now, now],
                 broken: false,
+                tcp: None,
             },
         );
         // A handshake is a round trip.
@@ -239,18 +305,11 @@ impl NodeHandle {
         {
             return Err(NetError::FrameTooLarge { len: f.len(), max: MAX_FRAME_BYTES });
         }
-        let now = w.now;
         let Some(c) = w.conns.get(&conn) else { return Err(NetError::Reset) };
         if c.broken || !w.alive(self.node, self.incarnation) {
             return Err(NetError::Reset);
         }
-        let (src, dst) = (c.nodes[end as usize], c.nodes[end.other() as usize]);
-        let delay = w.net.stream_delay(src, dst);
-        let c = w.conns.get_mut(&conn).expect("checked");
-        // In-order delivery: never earlier than the previous frame.
-        let at = (now + delay).max(c.last_arrival[end.other() as usize]);
-        c.last_arrival[end.other() as usize] = at;
-        w.events.push(at, Event::Frame { conn, to: end.other(), frame });
+        w.push_frames(conn, end, [frame]);
         Ok(())
     }
 
@@ -261,19 +320,6 @@ impl NodeHandle {
         end: End,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, NetError>> {
-        let shared = self.shared();
-        let mut w = shared.world();
-        let Some(c) = w.conns.get_mut(&conn) else { return Poll::Ready(Err(NetError::Reset)) };
-        if let Some(f) = c.inbox[end as usize].pop_front() {
-            return Poll::Ready(Ok(Some(f)));
-        }
-        if c.broken {
-            return Poll::Ready(Err(NetError::Reset));
-        }
-        if c.eof[end as usize] {
-            return Poll::Ready(Ok(None));
-        }
-        c.wakers[end as usize] = Some(cx.waker().clone());
-        Poll::Pending
+        self.shared().world().poll_inbox(conn, end, cx)
     }
 }

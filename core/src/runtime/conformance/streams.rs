@@ -40,43 +40,73 @@ where
     let mut l = std::mem::replace(listener, Err("an earlier stream check lost the listener".to_owned()))?;
     let (server_id, client_id) = (server.node_id(), client.node_id());
     let clock = server.clone();
-    let serving = server.spawn(Priority::Normal, "conformance-stream-server", async move {
+    let serving = async move {
         let r = match timeout(&clock, SIDE_LIMIT, l.accept()).await {
             Err(_) => Err(format!("the server accepted no stream within {SIDE_LIMIT:?}")),
             Ok(Err(e)) => Err(format!("accept: {e}")),
             Ok(Ok(s)) if s.peer() != client_id => {
                 Err(format!("the accepted stream names {} as its peer, not the client {client_id}", s.peer()))
             }
-            Ok(Ok(s)) => timeout(&clock, SIDE_LIMIT, server_side(s))
-                .await
-                .unwrap_or_else(|_| Err(format!("the server's side did not finish within {SIDE_LIMIT:?}"))),
+            Ok(Ok(s)) => within(&clock, "server", server_side(s)).await,
         };
-        (l, r.map_err(|e| format!("server: {e}")))
-    });
+        (l, r)
+    };
     let clock = client.clone();
-    let connecting = client.spawn(Priority::Normal, "conformance-stream-client", async move {
+    let connecting = async move {
         let s = clock.connect(server_id).await.map_err(|e| format!("connect to {server_id}: {e}"))?;
         ensure(s.peer() == server_id, || format!("the stream to {server_id} names {} as its peer", s.peer()))?;
-        timeout(&clock, SIDE_LIMIT, client_side(s))
-            .await
-            .unwrap_or_else(|_| Err(format!("the client's side did not finish within {SIDE_LIMIT:?}")))
-    });
+        within(&clock, "client", client_side(s)).await
+    };
+    let (l, result) = two_sides(server, client, serving, connecting).await;
+    if let Some(l) = l {
+        *listener = Ok(l);
+    }
+    result
+}
+
+/// Runs `side` (named `who` in the error), bounded by [`SIDE_LIMIT`].
+pub(super) async fn within<R: Runtime>(
+    clock: &R,
+    who: &str,
+    side: impl Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    timeout(clock, SIDE_LIMIT, side)
+        .await
+        .unwrap_or_else(|_| Err(format!("the {who}'s side did not finish within {SIDE_LIMIT:?}")))
+}
+
+/// Runs `serving` in a task on `server` and `connecting` in a task on
+/// `client`, at once, and waits for both. Returns what the server's task
+/// hands back (if it finished) and the verdict, each side's error prefixed
+/// with its name.
+pub(super) async fn two_sides<R, T, SF, CF>(
+    server: &R,
+    client: &R,
+    serving: SF,
+    connecting: CF,
+) -> (Option<T>, Result<(), String>)
+where
+    R: Runtime,
+    T: Send + 'static,
+    SF: Future<Output = (T, Result<(), String>)> + Send + 'static,
+    CF: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let serving = server.spawn(Priority::Normal, "conformance-stream-server", serving);
+    let connecting = client.spawn(Priority::Normal, "conformance-stream-client", connecting);
     let client_result = match connecting.await {
         Ok(r) => r.map_err(|e| format!("client: {e}")),
         Err(e) => Err(format!("the client's task: {e}")),
     };
-    let server_result = match serving.await {
-        Ok((l, r)) => {
-            *listener = Ok(l);
-            r
-        }
-        Err(e) => Err(format!("the server's task: {e} (and with it the listener)")),
+    let (held, server_result) = match serving.await {
+        Ok((held, r)) => (Some(held), r.map_err(|e| format!("server: {e}"))),
+        Err(e) => (None, Err(format!("the server's task: {e}"))),
     };
-    match (client_result, server_result) {
+    let result = match (client_result, server_result) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
         (Err(c), Err(s)) => Err(format!("{c}; {s}")),
-    }
+    };
+    (held, result)
 }
 
 /// Receives one frame, which must be `want`.
