@@ -373,6 +373,15 @@ impl<R: Runtime> GroupConsumer<R> {
         }
     }
 
+    /// Lets go of the member without leaving the group: the membership
+    /// lives on (until its session times out) for
+    /// [`Consumer::rejoin_group`] under the id returned, on this or another
+    /// connection.
+    pub fn detach(mut self) -> MemberId {
+        self.left = true;
+        self.member
+    }
+
     /// Leaves the group now (its partitions go to the others).
     pub async fn leave(mut self) -> Result<()> {
         self.left = true;

@@ -3,5 +3,6 @@
 mod async_nats_client;
 mod auth;
 mod bad_input;
+mod native_client;
 mod support;
 mod tls;

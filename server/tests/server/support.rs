@@ -32,12 +32,17 @@ pub struct TestServer {
     pub server: Option<Server<RealRuntime>>,
     pub dir: PathBuf,
     pub addr: SocketAddr,
+    /// The native-protocol listener.
+    pub native_addr: SocketAddr,
+    /// The server's runtime (clients of the tests run on it too).
+    pub rt: RealRuntime,
 }
 
 /// The configuration tests start from: port 0, one durable topic `orders`.
 pub fn config() -> ServerConfig {
     let mut config = ServerConfig::default();
     config.nats.listen = "127.0.0.1:0".parse().unwrap();
+    config.native.listen = "127.0.0.1:0".parse().unwrap();
     config.topics.push(TopicSpec {
         name: "orders".into(),
         partitions: 1,
@@ -63,9 +68,9 @@ impl TestServer {
         .expect("executor starts");
         std::fs::create_dir_all(&dir).unwrap();
         let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), dir.clone())).expect("runtime");
-        let server = exec.block_on(Server::start(rt, config)).expect("server starts");
-        let addr = server.nats_addr();
-        TestServer { exec, server: Some(server), dir, addr }
+        let server = exec.block_on(Server::start(rt.clone(), config)).expect("server starts");
+        let (addr, native_addr) = (server.nats_addr(), server.native_addr());
+        TestServer { exec, server: Some(server), dir, addr, native_addr, rt }
     }
 
     /// Starts a server with the test configuration in a fresh directory.
@@ -86,7 +91,7 @@ impl TestServer {
     /// Drains and stops; keeps the directory.
     pub fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            self.exec.block_on(server.shutdown(Duration::from_secs(5)));
+            self.exec.block_on(async move { server.shutdown(Duration::from_secs(5)).await });
             self.exec.shutdown(Duration::from_secs(2));
         }
     }
