@@ -86,7 +86,7 @@ impl TestServer {
     /// Drains and stops; keeps the directory.
     pub fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            self.exec.block_on(server.shutdown(Duration::from_secs(5)));
+            self.exec.block_on(async move { server.shutdown(Duration::from_secs(5)).await });
             self.exec.shutdown(Duration::from_secs(2));
         }
     }
