@@ -603,7 +603,16 @@ impl Message {
         out.reserve(self.encoded_len());
         let key_flag = if self.key.is_some() { FLAG_KEY } else { 0 };
         let reply_flag = if self.reply_to.is_some() { FLAG_REPLY } else { 0 };
-        put_head(out, MESSAGE_FORMAT_V1, key_flag | reply_flag, self.id, self.timestamp, self.partition, self.offset, &self.topic);
+        put_head(
+            out,
+            MESSAGE_FORMAT_V1,
+            key_flag | reply_flag,
+            self.id,
+            self.timestamp,
+            self.partition,
+            self.offset,
+            &self.topic,
+        );
         if let Some(key) = &self.key {
             codec::put_bytes_u32(out, key);
         }
@@ -1382,7 +1391,10 @@ mod tests {
         assert_eq!(err.to_string(), "message flags 0x10 set undefined bits 0x10");
         // A compact message has no reply-to.
         let err = CompactMessage::decode(&raw(0x81, FLAG_REPLY, b"t", |_| {})).unwrap_err();
-        assert_eq!(err, DecodeError::UnknownFlags { kind: "compact message", flags: FLAG_REPLY, undefined: FLAG_REPLY });
+        assert_eq!(
+            err,
+            DecodeError::UnknownFlags { kind: "compact message", flags: FLAG_REPLY, undefined: FLAG_REPLY }
+        );
         // A compact message has no key.
         let err = CompactMessage::decode(&raw(0x81, FLAG_KEY | FLAG_OFFSET, b"t", |_| {})).unwrap_err();
         assert_eq!(err, DecodeError::UnknownFlags { kind: "compact message", flags: 0x06, undefined: FLAG_KEY });

@@ -47,7 +47,9 @@ pub enum TopicError {
         position: usize,
     },
     /// A character that is not printable ASCII, or `.`/`*`/`>` inside a token (a misplaced wildcard).
-    #[error("topic {topic:?}: character {ch:?} at byte {at} is not allowed (tokens are printable ASCII without . * >{wildcards})")]
+    #[error(
+        "topic {topic:?}: character {ch:?} at byte {at} is not allowed (tokens are printable ASCII without . * >{wildcards})"
+    )]
     BadChar {
         /// The topic.
         topic: String,

@@ -153,15 +153,18 @@ impl<R: Runtime> Server<R> {
                 .create_topic(&spec.name, spec.topic_config())
                 .map_err(|error| ServerError::Topic { topic: spec.name.clone(), error })?;
         }
-        let nats_listener = rt
-            .bind_tcp(config.nats.listen)
-            .map_err(|error| ServerError::Bind { listener: "NATS", addr: config.nats.listen, error })?;
+        let nats_listener = rt.bind_tcp(config.nats.listen).map_err(|error| ServerError::Bind {
+            listener: "NATS",
+            addr: config.nats.listen,
+            error,
+        })?;
         let nats_addr = nats_listener.local_addr();
         let mut id_rng = rt.rng();
         let server_id = format!("K{:016X}", kaelix_core::rng::RngExt::random::<u64>(&mut id_rng));
-        let auth = Arc::new(auth::Authenticator::new(&config.auth).map_err(|why| {
-            ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why })
-        })?);
+        let auth = Arc::new(
+            auth::Authenticator::new(&config.auth)
+                .map_err(|why| ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why }))?,
+        );
         let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let shared = Arc::new(Shared {
             rt: rt.clone(),

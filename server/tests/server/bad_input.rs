@@ -40,7 +40,12 @@ const CASES: &[(&str, &[u8], &str, bool)] = &[
     ("SUB bad UTF-8", b"SUB \xc3\x28 1\r\n", "Invalid Subject", false),
     ("HPUB bad header block", b"HPUB a 6 7\r\nHTTP\r\nx\r\n", "Invalid Headers", false),
     ("SUB duplicate sid", b"SUB a 7\r\nSUB b 7\r\n", "Duplicate Subscription ID", false),
-    ("PUB subject with 33 tokens", b"PUB a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a 1\r\nx\r\n", "Invalid Publish Subject", false),
+    (
+        "PUB subject with 33 tokens",
+        b"PUB a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a 1\r\nx\r\n",
+        "Invalid Publish Subject",
+        false,
+    ),
 ];
 
 #[test]
