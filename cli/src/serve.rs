@@ -66,8 +66,7 @@ fn init_logging(format: LogFormat, level: tracing::Level) {
 fn load_config(args: &ServeArgs) -> Result<ServerConfig, String> {
     let mut config = match &args.config {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("reading config {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading config {}: {e}", path.display()))?;
             ServerConfig::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?
         }
         None => ServerConfig::default(),

@@ -413,13 +413,15 @@ impl ServeScenario {
             let c = checker.clone();
             let index = u32::try_from(p).expect("few publishers") + 1;
             let init = SimRuntime::init(move |rt| publisher(rt, index, c.clone()));
-            let spec = NodeSpec { kind: NodeKind::Client, name: format!("publisher-{index}"), faulty_disk: false, init };
+            let spec =
+                NodeSpec { kind: NodeKind::Client, name: format!("publisher-{index}"), faulty_disk: false, init };
             sim.add_node(NodeId(100 + p), spec);
         }
         for s in 0..SUBSCRIBERS {
             let c = checker.clone();
             let init = SimRuntime::init(move |rt| subscriber(rt, s + 1, c.clone()));
-            let spec = NodeSpec { kind: NodeKind::Client, name: format!("subscriber-{}", s + 1), faulty_disk: false, init };
+            let spec =
+                NodeSpec { kind: NodeKind::Client, name: format!("subscriber-{}", s + 1), faulty_disk: false, init };
             sim.add_node(NodeId(200 + s), spec);
         }
         for (at, fault) in schedule.faults {

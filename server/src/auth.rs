@@ -187,8 +187,7 @@ impl Authenticator {
             return Ok(Permissions::default());
         }
         let user = user.ok_or(Refusal::UnknownUser)?;
-        let (_, hash, permissions) =
-            self.users.iter().find(|(name, _, _)| name == user).ok_or(Refusal::UnknownUser)?;
+        let (_, hash, permissions) = self.users.iter().find(|(name, _, _)| name == user).ok_or(Refusal::UnknownUser)?;
         match bcrypt::verify(pass.unwrap_or(""), hash) {
             Ok(true) => Ok(permissions.clone()),
             _ => Err(Refusal::BadPassword),
@@ -224,11 +223,8 @@ mod tests {
 
     #[test]
     fn deny_wins_and_filters_wide_subscriptions() {
-        let rules = Rules::compile(
-            &SubjectRules { allow: Some(vec![">".into()]), deny: vec!["secret.>".into()] },
-            "k",
-        )
-        .unwrap();
+        let rules = Rules::compile(&SubjectRules { allow: Some(vec![">".into()]), deny: vec!["secret.>".into()] }, "k")
+            .unwrap();
         assert!(rules.permits_topic(&Topic::new("public.x").unwrap()));
         assert!(!rules.permits_topic(&Topic::new("secret.x").unwrap()));
         assert!(rules.permits_pattern(&p(">")), "a wide subscription is allowed…");

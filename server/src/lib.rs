@@ -177,9 +177,10 @@ impl<R: Runtime> Server<R> {
         let native_addr = native_listener.local_addr();
         let mut id_rng = rt.rng();
         let server_id = format!("K{:016X}", kaelix_core::rng::RngExt::random::<u64>(&mut id_rng));
-        let auth = Arc::new(auth::Authenticator::new(&config.auth).map_err(|why| {
-            ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why })
-        })?);
+        let auth = Arc::new(
+            auth::Authenticator::new(&config.auth)
+                .map_err(|why| ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why }))?,
+        );
         let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let shared = Arc::new(Shared {
             rt: rt.clone(),

@@ -53,7 +53,8 @@ pub enum TlsSetupError {
 
 /// Builds the rustls server configuration from PEM files.
 pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    let pem_err = |path: &str, e: &dyn std::fmt::Display| TlsSetupError::Pem { path: path.to_owned(), why: e.to_string() };
+    let pem_err =
+        |path: &str, e: &dyn std::fmt::Display| TlsSetupError::Pem { path: path.to_owned(), why: e.to_string() };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(&config.cert))
         .map_err(|e| pem_err(&config.cert, &e))?
         .collect::<Result<_, _>>()

@@ -365,7 +365,8 @@ impl<R: Runtime> Conn<R> {
                     // A request nobody can answer: tell the requester at
                     // once (status 503) instead of letting it time out.
                     let block = b"NATS/1.0 503\r\n\r\n";
-                    self.outbound.append_control(|buf| write_hmsg(buf, reply.as_str().as_bytes(), sid, None, block, b""));
+                    self.outbound
+                        .append_control(|buf| write_hmsg(buf, reply.as_str().as_bytes(), sid, None, block, b""));
                 }
             }
             Err(e) => {

@@ -187,16 +187,25 @@ impl Session {
                     if connect.no_responders && !connect.headers {
                         // nats-server refuses this combination: the 503
                         // status needs headers.
-                        self.close(Some("no responders requires headers support"), "CONNECT: no_responders without headers".into());
+                        self.close(
+                            Some("no responders requires headers support"),
+                            "CONNECT: no_responders without headers".into(),
+                        );
                         return;
                     }
-                    let login =
-                        self.auth.login(connect.auth_token.as_deref(), connect.user.as_deref(), connect.pass.as_deref());
+                    let login = self.auth.login(
+                        connect.auth_token.as_deref(),
+                        connect.user.as_deref(),
+                        connect.pass.as_deref(),
+                    );
                     match login {
                         Ok(permissions) => self.permissions = permissions,
                         Err(refusal) => {
                             let who = connect.user.clone().unwrap_or_default();
-                            self.close(Some("Authorization Violation"), format!("login refused ({refusal:?}) user {who:?}"));
+                            self.close(
+                                Some("Authorization Violation"),
+                                format!("login refused ({refusal:?}) user {who:?}"),
+                            );
                             return;
                         }
                     }
@@ -216,20 +225,26 @@ impl Session {
                 self.ok();
             }
             ClientOp::Pub(p) => {
-                let topic = match std::str::from_utf8(&p.subject).map_err(|e| e.to_string()).and_then(|s| {
-                    Topic::new(s).map_err(|e| e.to_string())
-                }) {
+                let topic = match std::str::from_utf8(&p.subject)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| Topic::new(s).map_err(|e| e.to_string()))
+                {
                     Ok(t) => t,
                     Err(_) => return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Publish Subject"))),
                 };
-                let reply = match p.reply.as_deref().map(|r| std::str::from_utf8(r).ok().and_then(|s| Topic::new(s).ok())) {
-                    None => None,
-                    Some(Some(r)) => Some(r),
-                    Some(None) => return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Reply Subject"))),
-                };
+                let reply =
+                    match p.reply.as_deref().map(|r| std::str::from_utf8(r).ok().and_then(|s| Topic::new(s).ok())) {
+                        None => None,
+                        Some(Some(r)) => Some(r),
+                        Some(None) => {
+                            return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Reply Subject")));
+                        }
+                    };
                 if !self.permissions.publish.permits_topic(&topic) {
                     let subject = topic.as_str().to_owned();
-                    return self.outputs.push_back(Action::Reply(Reply::PermissionViolation { what: "Publish", subject }));
+                    return self
+                        .outputs
+                        .push_back(Action::Reply(Reply::PermissionViolation { what: "Publish", subject }));
                 }
                 if p.headers.is_some() && !self.options.headers {
                     // The client did not negotiate headers.

@@ -46,7 +46,12 @@ fn users_log_in_with_passwords_and_are_held_to_their_permissions() {
                 publish: Some(SubjectRules { allow: Some(vec!["orders.>".into()]), deny: vec![] }),
                 subscribe: Some(SubjectRules { allow: Some(vec![">".into()]), deny: vec!["secret.>".into()] }),
             },
-            UserConfig { user: "root".into(), password: bcrypt::hash("toor", 4).unwrap(), publish: None, subscribe: None },
+            UserConfig {
+                user: "root".into(),
+                password: bcrypt::hash("toor", 4).unwrap(),
+                publish: None,
+                subscribe: None,
+            },
         ],
     };
     let server = TestServer::start_in(temp_dir("auth-users"), c);

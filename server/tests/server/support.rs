@@ -30,7 +30,6 @@ pub fn temp_dir(label: &str) -> PathBuf {
 pub struct TestServer {
     pub exec: Executor,
     pub server: Option<Server<RealRuntime>>,
-    pub dir: PathBuf,
     pub addr: SocketAddr,
     /// The native-protocol listener.
     pub native_addr: SocketAddr,
@@ -70,7 +69,7 @@ impl TestServer {
         let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), dir.clone())).expect("runtime");
         let server = exec.block_on(Server::start(rt.clone(), config)).expect("server starts");
         let (addr, native_addr) = (server.nats_addr(), server.native_addr());
-        TestServer { exec, server: Some(server), dir, addr, native_addr, rt }
+        TestServer { exec, server: Some(server), addr, native_addr, rt }
     }
 
     /// Starts a server with the test configuration in a fresh directory.
@@ -154,6 +153,6 @@ impl Raw {
     /// Whether the server closed the connection (EOF within the timeout).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 }

@@ -17,11 +17,8 @@ fn async_nats_speaks_tls_and_plaintext_clients_are_refused() {
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
     let mut c = config();
-    c.tls = Some(TlsConfig {
-        cert: cert_path.display().to_string(),
-        key: key_path.display().to_string(),
-        client_ca: None,
-    });
+    c.tls =
+        Some(TlsConfig { cert: cert_path.display().to_string(), key: key_path.display().to_string(), client_ca: None });
     let server = TestServer::start_in(temp_dir("tls"), c);
     // INFO (plaintext) says TLS is required.
     let (mut raw, info) = Raw::connect(server.addr);
