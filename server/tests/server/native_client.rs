@@ -11,14 +11,12 @@ use std::net::{SocketAddr, TcpStream};
 use bytes::BytesMut;
 use futures_util::future::join;
 use kaelix_client::{
-    AckLevel, Admin, ClientError, Connection, Consumer, ErrorCode, FetchOptions, Message, Pattern, Producer,
-    Retention, StartPosition, StorageSpec, SubscribeOptions, Topic, TopicSettings,
+    AckLevel, Admin, ClientError, Connection, Consumer, ErrorCode, FetchOptions, Message, Pattern, Producer, Retention,
+    StartPosition, StorageSpec, SubscribeOptions, Topic, TopicSettings,
 };
 use kaelix_core::runtime::Clock;
 use kaelix_core::time::Duration;
-use kaelix_protocol::{
-    FetchLimits, FrameDecoder, HELLO_MAGIC, Name, Push, Request, Response, ServerFrame, ServerInfo,
-};
+use kaelix_protocol::{FetchLimits, FrameDecoder, HELLO_MAGIC, Name, Push, Request, Response, ServerFrame, ServerInfo};
 use kaelix_runtime_real::RealRuntime;
 
 use crate::support::{Raw, TestServer, config, temp_dir};
@@ -157,16 +155,15 @@ fn produce_fetch_and_a_long_poll_that_returns_when_data_arrives() {
         let mut all = Vec::new();
         let mut next = 0;
         while all.len() < 4 {
-            let f = consumer.fetch(&orders, 0, next, FetchOptions::default().wait(Duration::from_secs(2))).await.unwrap();
+            let f =
+                consumer.fetch(&orders, 0, next, FetchOptions::default().wait(Duration::from_secs(2))).await.unwrap();
             next = f.next_offset;
             all.extend(f.messages);
         }
         assert_eq!(payloads(&all), ["o0", "o1", "o2", "o3"]);
         assert_eq!(all.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3]);
-        let limited = consumer
-            .fetch(&orders, 0, 1, FetchOptions { max_messages: 2, ..FetchOptions::default() })
-            .await
-            .unwrap();
+        let limited =
+            consumer.fetch(&orders, 0, 1, FetchOptions { max_messages: 2, ..FetchOptions::default() }).await.unwrap();
         assert_eq!((payloads(&limited.messages).len(), limited.next_offset, limited.high_watermark), (2, 3, 4));
 
         // A long poll at the head: a Ping is answered meanwhile, and the
@@ -188,7 +185,8 @@ fn produce_fetch_and_a_long_poll_that_returns_when_data_arrives() {
 
         // Nothing arrives: the wait expires with an empty answer.
         let start = rt.now();
-        let empty = consumer.fetch(&orders, 0, 5, FetchOptions::default().wait(Duration::from_millis(300))).await.unwrap();
+        let empty =
+            consumer.fetch(&orders, 0, 5, FetchOptions::default().wait(Duration::from_millis(300))).await.unwrap();
         let waited = rt.now().saturating_duration_since(start);
         assert!(empty.messages.is_empty());
         assert_eq!(empty.next_offset, 5);
@@ -227,15 +225,21 @@ fn subscriptions_deliver_no_more_than_their_credit() {
     let server = TestServer::start("native-credit");
     let (mut raw, _) = NativeRaw::ready(server.native_addr);
     let t = topic("ticks");
-    raw.send(2, &Request::CreateTopic {
-        topic: t.clone(),
-        partitions: 1,
-        storage: StorageSpec::Memory,
-        retention: Retention::default(),
-    });
+    raw.send(
+        2,
+        &Request::CreateTopic {
+            topic: t.clone(),
+            partitions: 1,
+            storage: StorageSpec::Memory,
+            retention: Retention::default(),
+        },
+    );
     assert_eq!(raw.response(2), Response::TopicCreated);
     let messages: Vec<Message> = (0..10).map(|i| message("ticks", &i.to_string())).collect();
-    raw.send(3, &Request::Produce { topic: t.clone(), partition: None, acks: kaelix_protocol::Acks::Committed, messages });
+    raw.send(
+        3,
+        &Request::Produce { topic: t.clone(), partition: None, acks: kaelix_protocol::Acks::Committed, messages },
+    );
     assert!(matches!(raw.response(3), Response::ProduceAck { .. }));
     let subscribe = Request::Subscribe {
         subscription: 7,
@@ -270,25 +274,31 @@ fn subscriptions_deliver_no_more_than_their_credit() {
     // Credit for an unknown subscription is refused; unsubscribing confirms.
     raw.send(8, &Request::Credit { subscription: 99, add: 1 });
     assert_eq!(raw.error(8), ErrorCode::UnknownSubscription);
-    raw.send(9, &Request::Subscribe {
-        subscription: 7,
-        pattern: Pattern::new("ticks").unwrap(),
-        queue_group: None,
-        start: StartPosition::Latest,
-        credit: 1,
-    });
+    raw.send(
+        9,
+        &Request::Subscribe {
+            subscription: 7,
+            pattern: Pattern::new("ticks").unwrap(),
+            queue_group: None,
+            start: StartPosition::Latest,
+            credit: 1,
+        },
+    );
     assert_eq!(raw.error(9), ErrorCode::SubscriptionExists);
     raw.send(10, &Request::Unsubscribe { subscription: 7 });
     assert_eq!(raw.response(10), Response::Unsubscribed { subscription: 7 });
     raw.send(11, &Request::Unsubscribe { subscription: 7 });
     assert_eq!(raw.error(11), ErrorCode::UnknownSubscription);
-    raw.send(12, &Request::Subscribe {
-        subscription: 8,
-        pattern: Pattern::new("ticks").unwrap(),
-        queue_group: Some(Name::new("q").unwrap()),
-        start: StartPosition::Earliest,
-        credit: 1,
-    });
+    raw.send(
+        12,
+        &Request::Subscribe {
+            subscription: 8,
+            pattern: Pattern::new("ticks").unwrap(),
+            queue_group: Some(Name::new("q").unwrap()),
+            start: StartPosition::Earliest,
+            credit: 1,
+        },
+    );
     assert_eq!(raw.error(12), ErrorCode::InvalidRequest, "queue groups start at the latest position");
 }
 
@@ -332,7 +342,10 @@ fn consumer_groups_share_partitions_commit_and_rebalance() {
     server.exec.block_on(async move {
         let conn = connect(&rt, addr).await;
         let jobs = topic("jobs");
-        Admin::new(conn.clone()).create_topic(&jobs, TopicSettings { partitions: 2, ..TopicSettings::default() }).await.unwrap();
+        Admin::new(conn.clone())
+            .create_topic(&jobs, TopicSettings { partitions: 2, ..TopicSettings::default() })
+            .await
+            .unwrap();
         let batch = (0..10).map(|i| message("jobs", &i.to_string())).collect();
         Producer::new(conn.clone()).send_batch(batch).await.unwrap();
         let consumer = Consumer::new(conn.clone());
@@ -378,7 +391,8 @@ fn consumer_groups_share_partitions_commit_and_rebalance() {
         while again_read.len() < 8 {
             again_read.extend(a.poll(wait).await.unwrap());
         }
-        let mut offsets: Vec<(u32, u64)> = again_read.iter().map(|m| (m.partition().unwrap(), m.offset().unwrap())).collect();
+        let mut offsets: Vec<(u32, u64)> =
+            again_read.iter().map(|m| (m.partition().unwrap(), m.offset().unwrap())).collect();
         offsets.sort();
         let expected: Vec<(u32, u64)> = (3..5).map(|o| (0, o)).chain((0..6).map(|o| (1, o))).collect();
         assert_eq!(offsets, expected, "uncommitted messages are read again");
@@ -418,7 +432,10 @@ fn topics_are_created_described_and_listed() {
         let admin = Admin::new(connect(&rt, addr).await);
         let t = topic("events.eu");
         let retention = Retention { max_records: Some(100), max_bytes: Some(1 << 20), max_age_ms: Some(60_000) };
-        admin.create_topic(&t, TopicSettings { partitions: 3, storage: StorageSpec::Durable, retention }).await.unwrap();
+        admin
+            .create_topic(&t, TopicSettings { partitions: 3, storage: StorageSpec::Durable, retention })
+            .await
+            .unwrap();
         let d = admin.describe_topic(&t).await.unwrap();
         assert_eq!((d.storage, d.retention, d.partitions.len()), (StorageSpec::Durable, retention, 3));
         assert!(d.partitions.iter().enumerate().all(|(i, p)| p.partition == i as u32 && p.high_watermark == 0));
@@ -426,7 +443,8 @@ fn topics_are_created_described_and_listed() {
             admin.list_topics().await.unwrap().into_iter().map(|s| (s.topic.to_string(), s.partitions)).collect();
         assert_eq!(listed, [("events.eu".to_owned(), 3), ("orders".to_owned(), 1)]);
         assert_eq!(code(admin.create_topic(&t, TopicSettings::default()).await), ErrorCode::TopicExists);
-        let replicated = TopicSettings { storage: StorageSpec::Replicated { replication_factor: 3 }, ..TopicSettings::default() };
+        let replicated =
+            TopicSettings { storage: StorageSpec::Replicated { replication_factor: 3 }, ..TopicSettings::default() };
         assert_eq!(code(admin.create_topic(&topic("r"), replicated).await), ErrorCode::InvalidRequest);
         let none = TopicSettings { partitions: 0, ..TopicSettings::default() };
         assert_eq!(code(admin.create_topic(&topic("z"), none).await), ErrorCode::InvalidRequest);
@@ -452,14 +470,21 @@ fn refusals_carry_their_typed_errors() {
         let big = Message::builder().topic("orders").payload(vec![0u8; (1 << 20) + 1]).build().unwrap();
         assert_eq!(code(producer.send(big).await), ErrorCode::PayloadTooLarge);
         let consumer = Consumer::new(conn.clone());
-        assert_eq!(code(consumer.fetch(&topic("orders"), 0, 7, FetchOptions::default()).await), ErrorCode::OffsetOutOfRange);
-        assert_eq!(code(consumer.fetch(&topic("orders"), 3, 0, FetchOptions::default()).await), ErrorCode::UnknownPartition);
+        assert_eq!(
+            code(consumer.fetch(&topic("orders"), 0, 7, FetchOptions::default()).await),
+            ErrorCode::OffsetOutOfRange
+        );
+        assert_eq!(
+            code(consumer.fetch(&topic("orders"), 3, 0, FetchOptions::default()).await),
+            ErrorCode::UnknownPartition
+        );
         assert_eq!(code(consumer.fetch(&topic("nope"), 0, 0, FetchOptions::default()).await), ErrorCode::UnknownTopic);
         let zero = FetchOptions { max_messages: 0, ..FetchOptions::default() };
         assert_eq!(code(consumer.fetch(&topic("orders"), 0, 0, zero).await), ErrorCode::InvalidRequest);
         // The client splits batches by the announced max batch.
         assert_eq!(conn.server_info().max_batch, 5);
-        let positions = producer.send_batch((0..12).map(|i| message("orders", &i.to_string())).collect()).await.unwrap();
+        let positions =
+            producer.send_batch((0..12).map(|i| message("orders", &i.to_string())).collect()).await.unwrap();
         assert_eq!(positions.last().unwrap().offset, 11);
         conn.ping().await.unwrap();
     });
@@ -467,7 +492,15 @@ fn refusals_carry_their_typed_errors() {
     let (mut raw, info) = NativeRaw::ready(addr);
     assert_eq!(info.max_batch, 5);
     let six = (0..6).map(|i| message("orders", &i.to_string())).collect();
-    raw.send(2, &Request::Produce { topic: topic("orders"), partition: None, acks: kaelix_protocol::Acks::Leader, messages: six });
+    raw.send(
+        2,
+        &Request::Produce {
+            topic: topic("orders"),
+            partition: None,
+            acks: kaelix_protocol::Acks::Leader,
+            messages: six,
+        },
+    );
     assert_eq!(raw.error(2), ErrorCode::BatchTooLarge);
     // A topic name breaking the rules: the body of a DescribeTopic by hand.
     let mut frame = BytesMut::new();
@@ -477,17 +510,31 @@ fn refusals_carry_their_typed_errors() {
     frame[at + 2] = b'.';
     raw.send_bytes(&frame);
     assert_eq!(raw.error(3), ErrorCode::InvalidTopic);
-    raw.send(4, &Request::Fetch {
-        topic: topic("orders"),
-        partition: 0,
-        offset: 0,
-        limits: FetchLimits { max_messages: 1, max_bytes: 1, max_wait_ms: 0 },
-    });
-    assert!(matches!(raw.response(4), Response::FetchResult { messages, .. } if messages.len() == 1), "the first message comes whatever max bytes says");
+    raw.send(
+        4,
+        &Request::Fetch {
+            topic: topic("orders"),
+            partition: 0,
+            offset: 0,
+            limits: FetchLimits { max_messages: 1, max_bytes: 1, max_wait_ms: 0 },
+        },
+    );
+    assert!(
+        matches!(raw.response(4), Response::FetchResult { messages, .. } if messages.len() == 1),
+        "the first message comes whatever max bytes says"
+    );
     raw.send(5, &Request::Hello { versions: vec![1], client: Name::new("again").unwrap() });
     assert_eq!(raw.error(5), ErrorCode::InvalidRequest, "a second Hello");
     // Acks none: not even an error.
-    raw.send(6, &Request::Produce { topic: topic("nope"), partition: None, acks: kaelix_protocol::Acks::None, messages: vec![message("nope", "x")] });
+    raw.send(
+        6,
+        &Request::Produce {
+            topic: topic("nope"),
+            partition: None,
+            acks: kaelix_protocol::Acks::None,
+            messages: vec![message("nope", "x")],
+        },
+    );
     raw.send(7, &Request::Ping);
     assert_eq!(raw.response(7), Response::Pong, "nothing answered the fire-and-forget produce");
 }
@@ -503,7 +550,8 @@ fn malformed_frames_get_an_error_and_a_close_where_the_spec_says_and_others_keep
         server.exec.block_on(async move { conn.ping().await }).unwrap();
     };
     ping(&conn);
-    let hello = |raw: &mut NativeRaw| raw.send(1, &Request::Hello { versions: vec![1], client: Name::new("t").unwrap() });
+    let hello =
+        |raw: &mut NativeRaw| raw.send(1, &Request::Hello { versions: vec![1], client: Name::new("t").unwrap() });
 
     // A length below the frame header: MalformedFrame (id 0), closed.
     let (mut raw, _) = NativeRaw::ready(addr);
@@ -579,11 +627,13 @@ fn nats_and_native_clients_see_each_others_messages() {
         assert_eq!(payloads(&fetched.messages), ["from-nats!"], "a native fetch sees the NATS publish");
         let options = SubscribeOptions { start: StartPosition::Earliest, ..SubscribeOptions::default() };
         let mut sub = consumer.subscribe(&Pattern::new("orders").unwrap(), options).await.unwrap();
-        let first = kaelix_core::runtime::timeout(&rt, Duration::from_secs(5), sub.next()).await.unwrap().unwrap().unwrap();
+        let first =
+            kaelix_core::runtime::timeout(&rt, Duration::from_secs(5), sub.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(first.payload().as_ref(), b"from-nats!");
         let at = Producer::new(conn).send(message("orders", "from-native")).await.unwrap();
         assert_eq!(at.offset, 1);
-        let second = kaelix_core::runtime::timeout(&rt, Duration::from_secs(5), sub.next()).await.unwrap().unwrap().unwrap();
+        let second =
+            kaelix_core::runtime::timeout(&rt, Duration::from_secs(5), sub.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(second.payload().as_ref(), b"from-native");
     });
     assert_eq!(nats_sub.line(), "MSG orders 1 11", "the NATS subscriber sees the native produce");
