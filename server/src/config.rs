@@ -435,6 +435,24 @@ mod tests {
     }
 
     #[test]
+    fn the_native_section_parses_and_is_checked() {
+        let c = ServerConfig::from_toml(
+            "[native]\nlisten = \"0.0.0.0:7500\"\nmax_batch = 50\ngroup_session_timeout_ms = 5000\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.native.listen, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!((c.native.max_batch, c.native.group_session_timeout()), (50, Duration::from_secs(5)));
+        assert_eq!(c.native.max_frame_bytes, NativeConfig::default().max_frame_bytes, "the rest defaults");
+        let e = ServerConfig::from_toml("[native]\nmax_batch = 0\n", "k").unwrap_err();
+        assert_eq!(e.to_string(), "native.max_batch: must be at least 1");
+        let e = ServerConfig::from_toml("[native]\nmax_frame_bytes = 1000\n", "k").unwrap_err();
+        assert!(e.to_string().starts_with("native.max_frame_bytes: 1000 cannot hold a message"), "{e}");
+        let e = ServerConfig::from_toml("[native]\nlisten = \"127.0.0.1:1\"\nretry = 1\n", "k").unwrap_err();
+        assert!(e.to_string().contains("unknown field `retry`"), "{e}");
+    }
+
+    #[test]
     fn errors_name_position_and_key() {
         let e = ServerConfig::from_toml("[limits]\nmax_payloadd = 3\n", "kaelix.toml").unwrap_err();
         assert!(e.to_string().starts_with("kaelix.toml:2:1: unknown field `max_payloadd`"), "{e}");
