@@ -3,5 +3,6 @@
 mod async_nats_client;
 mod auth;
 mod bad_input;
+mod slow_consumer;
 mod support;
 mod tls;
