@@ -3,6 +3,7 @@
 mod async_nats_client;
 mod auth;
 mod bad_input;
+mod limits;
 mod slow_consumer;
 mod support;
 mod tls;
