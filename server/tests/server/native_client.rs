@@ -408,18 +408,18 @@ fn consumer_groups_share_partitions_commit_and_rebalance() {
 #[test]
 fn group_sessions_time_out_without_requests() {
     let mut c = config();
-    c.native.group_session_timeout_ms = 200;
+    c.native.group_session_timeout_ms = 1000;
     let server = TestServer::start_in(temp_dir("native-sessions"), c);
     let (rt, addr) = (server.rt.clone(), server.native_addr);
     server.exec.block_on(async move {
         let conn = connect(&rt, addr).await;
         let consumer = Consumer::new(conn);
         let mut member = consumer.join_group("g", &topic("orders")).await.unwrap();
-        for _ in 0..4 {
-            rt.sleep(Duration::from_millis(100)).await;
+        for _ in 0..8 {
+            rt.sleep(Duration::from_millis(200)).await;
             member.heartbeat().await.expect("heartbeats keep the session");
         }
-        rt.sleep(Duration::from_millis(600)).await;
+        rt.sleep(Duration::from_millis(2500)).await;
         assert_eq!(code(member.heartbeat().await), ErrorCode::UnknownMember);
     });
 }
