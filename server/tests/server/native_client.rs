@@ -694,3 +694,65 @@ fn limits_auth_and_connection_counts_apply_to_native_clients() {
         assert_eq!(refused.map(|_| ()).unwrap_err().code(), Some(ErrorCode::Unauthorized));
     });
 }
+
+#[test]
+fn with_tls_configured_native_connections_speak_tls_from_the_first_byte() {
+    use std::sync::Arc;
+
+    use kaelix_server::tls::TlsConfig;
+    use rustls::pki_types::ServerName;
+
+    let dir = temp_dir("native-tls-certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    let mut c = config();
+    c.tls =
+        Some(TlsConfig { cert: cert_path.display().to_string(), key: key_path.display().to_string(), client_ca: None });
+    let server = TestServer::start_in(temp_dir("native-tls"), c);
+
+    // A plaintext Hello is not a TLS ClientHello: at most a TLS alert comes
+    // back (record type 0x15), never a frame, and the connection closes.
+    let mut plain = NativeRaw::connect(server.native_addr);
+    plain.send(1, &Request::Hello { versions: vec![1], client: Name::new("plain").unwrap() });
+    let mut answer = Vec::new();
+    plain.stream.read_to_end(&mut answer).unwrap();
+    assert!(answer.is_empty() || answer[0] == 0x15, "{answer:02x?}");
+
+    // Inside TLS, the protocol as usual.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    // ring, as the server uses (see kaelix_server::tls).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let session = rustls::ClientConnection::new(Arc::new(tls), ServerName::try_from("localhost").unwrap()).unwrap();
+    let tcp = TcpStream::connect(server.native_addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    let mut wire = BytesMut::new();
+    Request::Hello { versions: vec![1], client: Name::new("tls").unwrap() }.encode(1, &mut wire);
+    Request::Ping.encode(2, &mut wire);
+    stream.write_all(&wire).unwrap();
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 4096];
+    while answers.len() < 2 {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before answering");
+        decoder.extend(&buf[..n]);
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            answers.push(ServerFrame::decode(&frame).unwrap());
+        }
+    }
+    assert!(matches!(&answers[0], ServerFrame::Response { correlation: 1, response: Response::HelloOk(_) }));
+    assert_eq!(answers[1], ServerFrame::Response { correlation: 2, response: Response::Pong });
+    let _ = std::fs::remove_dir_all(dir);
+}
