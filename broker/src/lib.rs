@@ -263,13 +263,30 @@ impl<C: Clock> Broker<C> {
     /// [`Broker::wait_acknowledged`] returns for it. Still waits while a
     /// blocking subscriber is full.
     pub async fn publish_unacknowledged(&self, message: Message) -> Result<Published, BrokerError> {
+        self.until_unblocked(message, BrokerCore::publish_or_return).await
+    }
+
+    /// Runs `op` on the core with `message`, and again each time a full
+    /// blocking stream that refused it is read from, until it goes through.
+    #[allow(clippy::type_complexity)]
+    async fn until_unblocked<T>(
+        &self,
+        message: Message,
+        op: fn(
+            &mut BrokerCore,
+            Instant,
+            WallTime,
+            &mut DetRng,
+            Message,
+        ) -> Result<Result<T, (Message, Vec<StreamId>)>, BrokerError>,
+    ) -> Result<T, BrokerError> {
         let mut pending = Some(message);
         poll_fn(|cx| {
             self.with(|s, now, wall| {
                 let State { core, rng, .. } = &mut *s;
                 let message = pending.take().expect("polled after completion");
-                match core.publish_or_return(now, wall, rng, message) {
-                    Ok(Ok(p)) => Poll::Ready(Ok(p)),
+                match op(core, now, wall, rng, message) {
+                    Ok(Ok(done)) => Poll::Ready(Ok(done)),
                     Ok(Err((message, ids))) => {
                         pending = Some(message);
                         s.blocked_publishers.push((ids, cx.waker().clone()));
@@ -303,23 +320,7 @@ impl<C: Clock> Broker<C> {
     /// [`Broker::wait_acknowledged`] returns for it (or for a later offset
     /// of the same partition: a partition is synced in offset order).
     pub async fn route_unacknowledged(&self, message: Message) -> Result<Routed, BrokerError> {
-        let mut pending = Some(message);
-        poll_fn(|cx| {
-            self.with(|s, now, wall| {
-                let State { core, rng, .. } = &mut *s;
-                let message = pending.take().expect("polled after completion");
-                match core.route_or_return(now, wall, rng, message) {
-                    Ok(Ok(r)) => Poll::Ready(Ok(r)),
-                    Ok(Err((message, ids))) => {
-                        pending = Some(message);
-                        s.blocked_publishers.push((ids, cx.waker().clone()));
-                        Poll::Pending
-                    }
-                    Err(e) => Poll::Ready(Err(e)),
-                }
-            })
-        })
-        .await
+        self.until_unblocked(message, BrokerCore::route_or_return).await
     }
 
     /// [`Broker::route_unacknowledged`] without waiting: `Ok(None)` when a
