@@ -61,6 +61,9 @@ const BATCH_BYTES: usize = 64 << 10;
 const WRITE_BUFFER: usize = 64 << 10;
 /// Read size of every connection.
 const READ_BUFFER: usize = 256 << 10;
+/// A blocking read returns after this long without data (so a subscriber
+/// can notice the end of a run; `--timeout-secs` is checked in between).
+const POLL: Duration = Duration::from_millis(100);
 
 /// `kaelix bench` flags; the global ones may come before or after the mode.
 #[derive(Args, Debug)]
@@ -81,6 +84,11 @@ pub struct BenchArgs {
     /// this many seconds.
     #[arg(long, global = true, default_value_t = 30)]
     pub timeout_secs: u64,
+    /// pubsub/fanout: once the publisher is done, a subscriber that
+    /// receives nothing for this many milliseconds stops waiting and the
+    /// missing messages are reported as lost.
+    #[arg(long, global = true, default_value_t = 2000)]
+    pub grace_ms: u64,
 }
 
 /// The measurements.
@@ -216,7 +224,8 @@ pub struct Report {
     pub pubs: usize,
     /// Subscriber connections.
     pub subs: usize,
-    /// Measured time.
+    /// Measured time (`pubsub`/`fanout`: from the first publish to the
+    /// last message received).
     pub secs: f64,
     /// `pub`: published; `pubsub`/`fanout`: delivered, all subscribers
     /// together; `req`: round trips.
@@ -226,6 +235,8 @@ pub struct Report {
     /// `req` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Latency>,
+    /// `pubsub`/`fanout`: deliveries (msgs × subs) that never arrived.
+    pub lost: u64,
     /// `subs` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriptions: Option<SubsReport>,
@@ -235,6 +246,9 @@ pub struct Report {
 pub fn run(args: BenchArgs) -> ExitCode {
     match measure(&args) {
         Ok(report) => {
+            if report.lost > 0 && args.json {
+                eprintln!("kaelix bench: warning: {} deliveries never arrived", report.lost);
+            }
             let text = if args.json {
                 serde_json::to_string(&report).expect("the report serializes") + "\n"
             } else {
@@ -253,7 +267,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 fn measure(args: &BenchArgs) -> Result<Report, String> {
     let target = Target::parse(&args.url)?;
-    let opts = Opts { target, timeout: Duration::from_secs(args.timeout_secs.max(1)), quiet: args.quiet };
+    let opts = Opts {
+        target,
+        timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        grace: Duration::from_millis(args.grace_ms),
+        quiet: args.quiet,
+    };
     match &args.mode {
         Mode::Pub { subject, msgs, size, pubs } => bench_pub(&opts, subject, *msgs, *size, (*pubs).max(1)),
         Mode::Pubsub { subject, msgs, size } => bench_fanout(&opts, "pubsub", subject, *msgs, *size, 1),
@@ -270,6 +289,7 @@ fn measure(args: &BenchArgs) -> Result<Report, String> {
 struct Opts {
     target: Target,
     timeout: Duration,
+    grace: Duration,
     quiet: bool,
 }
 
@@ -354,6 +374,8 @@ struct Conn {
     pings: u64,
     pongs: u64,
     timeout: Duration,
+    /// When a read last returned bytes.
+    last_read: Instant,
     url: String,
 }
 
@@ -382,7 +404,7 @@ impl Conn {
         };
         let io_err = |e: io::Error| format!("{url}: {e}");
         stream.set_nodelay(true).map_err(io_err)?;
-        stream.set_read_timeout(Some(opts.timeout)).map_err(io_err)?;
+        stream.set_read_timeout(Some(POLL)).map_err(io_err)?;
         stream.set_write_timeout(Some(opts.timeout)).map_err(io_err)?;
         let w = BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone().map_err(io_err)?);
         let mut conn = Conn {
@@ -394,6 +416,7 @@ impl Conn {
             pings: 0,
             pongs: 0,
             timeout: opts.timeout,
+            last_read: Instant::now(),
             url,
         };
         match conn.next_op()? {
@@ -458,9 +481,10 @@ impl Conn {
         }
     }
 
-    /// The next operation, reading as needed. Answers the server's `PING`s,
-    /// counts `PONG`s (and returns them), and turns `-ERR` into an error.
-    fn next_op(&mut self) -> Result<ServerOp, String> {
+    /// The next operation, reading as needed; `None` when [`POLL`] passed
+    /// without a byte. Answers the server's `PING`s, counts `PONG`s (and
+    /// returns them), and turns `-ERR` into an error.
+    fn poll_op(&mut self) -> Result<Option<ServerOp>, String> {
         loop {
             match self.parser.next() {
                 Some(Ok(ServerOp::Ping)) => {
@@ -471,22 +495,52 @@ impl Conn {
                 }
                 Some(Ok(ServerOp::Pong)) => {
                     self.pongs += 1;
-                    return Ok(ServerOp::Pong);
+                    return Ok(Some(ServerOp::Pong));
                 }
                 Some(Ok(ServerOp::Err(text))) => {
                     return Err(format!("{}: the server answered -ERR '{text}'", self.url));
                 }
-                Some(Ok(op)) => return Ok(op),
+                Some(Ok(op)) => return Ok(Some(op)),
                 Some(Err(e)) => return Err(format!("{}: protocol error from the server: {e}", self.url)),
                 None => {
                     let n = match self.read.read(&mut self.rbuf) {
                         Ok(0) => return Err(format!("{}: the server closed the connection", self.url)),
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                            return Ok(None);
+                        }
                         Err(e) => return Err(self.io_error("reading", e)),
                     };
+                    self.last_read = Instant::now();
                     self.parser.push(&self.rbuf[..n]);
                 }
+            }
+        }
+    }
+
+    /// How long nothing was read, counting from `since` at the latest.
+    fn quiet(&self, since: Instant) -> Duration {
+        self.last_read.max(since).elapsed()
+    }
+
+    fn stalled(&self) -> String {
+        format!(
+            "{}: reading: nothing arrived for {} s (server stalled? raise --timeout-secs)",
+            self.url,
+            self.timeout.as_secs()
+        )
+    }
+
+    /// The next operation, waiting up to the timeout for it to start.
+    fn next_op(&mut self) -> Result<ServerOp, String> {
+        let since = Instant::now();
+        loop {
+            if let Some(op) = self.poll_op()? {
+                return Ok(op);
+            }
+            if self.quiet(since) >= self.timeout {
+                return Err(self.stalled());
             }
         }
     }
@@ -691,30 +745,56 @@ fn bench_pub(opts: &Opts, subject: &str, msgs: u64, size: usize, pubs: usize) ->
 
 // ------------------------------------------------------ pubsub and fanout
 
-/// Reads until `msgs` messages arrived; returns the arrival of the last.
-fn receive(conn: &mut Conn, msgs: u64, progress: &AtomicU64) -> Result<Instant, String> {
+/// What one subscriber received.
+struct Received {
+    msgs: u64,
+    /// When the read that brought the last message returned.
+    last: Instant,
+}
+
+/// Reads until `msgs` messages arrived, or until nothing arrived for
+/// `grace` once the publisher is done (the server lost some).
+fn receive(
+    conn: &mut Conn,
+    msgs: u64,
+    progress: &AtomicU64,
+    publisher_done: &AtomicBool,
+    grace: Duration,
+) -> Result<Received, String> {
     let mut got = 0u64;
     let mut reported = 0u64;
+    let mut last = Instant::now();
+    let since = Instant::now();
     while got < msgs {
-        match conn.next_op() {
-            Ok(ServerOp::Msg(_)) => {
+        match conn.poll_op() {
+            Ok(Some(ServerOp::Msg(_))) => {
                 got += 1;
+                last = conn.last_read;
                 if got - reported == 4096 {
                     progress.fetch_add(got - reported, Ordering::Relaxed);
                     reported = got;
                 }
             }
-            Ok(_) => {}
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let quiet = conn.quiet(since);
+                if publisher_done.load(Ordering::Acquire) && quiet >= grace {
+                    break;
+                }
+                if quiet >= conn.timeout {
+                    return Err(format!("subscriber: {} after {got} of {msgs} messages", conn.stalled()));
+                }
+            }
             Err(e) => {
                 return Err(format!(
-                    "subscriber: {e} after {got} of {msgs} messages (a server drops a subscriber that falls \
+                    "subscriber: {e} after {got} of {msgs} messages (a server closes a subscriber that falls \
                      too far behind: slow consumer)"
                 ));
             }
         }
     }
     progress.fetch_add(got - reported, Ordering::Relaxed);
-    Ok(Instant::now())
+    Ok(Received { msgs: got, last })
 }
 
 fn bench_fanout(opts: &Opts, mode: &str, subject: &str, msgs: u64, size: usize, subs: usize) -> Result<Report, String> {
@@ -735,28 +815,34 @@ fn bench_fanout(opts: &Opts, mode: &str, subject: &str, msgs: u64, size: usize, 
     let server = publisher.server();
     let delivered = msgs * subs as u64;
     let bar = progress_bar(opts.quiet, delivered, "delivered");
+    let publisher_done = AtomicBool::new(false);
+    let grace = opts.grace;
     let started = Instant::now();
-    let ends: Vec<Option<Instant>> = std::thread::scope(|s| {
+    let received: Vec<Option<Received>> = std::thread::scope(|s| {
         let mut handles: Vec<_> = readers
             .iter_mut()
             .map(|conn| {
-                let shared = &shared;
-                s.spawn(move || shared.guard(|| receive(conn, msgs, &shared.progress)))
+                let (shared, done) = (&shared, &publisher_done);
+                s.spawn(move || shared.guard(|| receive(conn, msgs, &shared.progress, done, grace).map(Some)))
             })
             .collect();
-        let shared_ref = &shared;
+        let (shared_ref, done) = (&shared, &publisher_done);
         let publisher = &mut publisher;
         handles.push(s.spawn(move || {
             let ignored = AtomicU64::new(0);
-            shared_ref.guard(|| publish(publisher, subject, size, msgs, &ignored).map(|()| Instant::now()))
+            let published = shared_ref.guard(|| publish(publisher, subject, size, msgs, &ignored));
+            done.store(true, Ordering::Release);
+            published.map(|()| None)
         }));
         follow(&bar, &shared, &handles);
-        handles.into_iter().take(subs).map(|h| h.join().expect("subscriber thread")).collect()
+        handles.into_iter().take(subs).map(|h| h.join().expect("subscriber thread").flatten()).collect()
     });
     shared.result()?;
-    let end = ends.into_iter().flatten().max().expect("every subscriber finished");
-    let secs = (end - started).as_secs_f64();
-    let (msgs_per_sec, mb_per_sec) = rates(delivered, size, secs);
+    let received: Vec<Received> = received.into_iter().flatten().collect();
+    let end = received.iter().map(|r| r.last).max().expect("every subscriber finished");
+    let got: u64 = received.iter().map(|r| r.msgs).sum();
+    let secs = end.saturating_duration_since(started).as_secs_f64();
+    let (msgs_per_sec, mb_per_sec) = rates(got, size, secs);
     Ok(Report {
         mode: mode.into(),
         url: opts.target.display(),
@@ -768,6 +854,7 @@ fn bench_fanout(opts: &Opts, mode: &str, subject: &str, msgs: u64, size: usize, 
         secs,
         msgs_per_sec,
         mb_per_sec,
+        lost: delivered - got,
         ..Report::default()
     })
 }
@@ -1044,7 +1131,21 @@ pub fn render(r: &Report) -> String {
     }
     let lat = |f: fn(&Latency) -> f64| r.latency_us.as_ref().map_or_else(|| "-".to_owned(), |l| format!("{:.1}", f(l)));
     out += &table(
-        &["mode", "pubs", "subs", "msgs", "size", "time s", "msgs/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
+        &[
+            "mode",
+            "pubs",
+            "subs",
+            "msgs",
+            "size",
+            "time s",
+            "msgs/s",
+            "MB/s",
+            "lost",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+        ],
         &[vec![
             r.mode.clone(),
             r.pubs.to_string(),
@@ -1054,12 +1155,22 @@ pub fn render(r: &Report) -> String {
             format!("{:.2}", r.secs),
             thousands(r.msgs_per_sec),
             format!("{:.1}", r.mb_per_sec),
+            if matches!(r.mode.as_str(), "pubsub" | "fanout") { thousands(r.lost as f64) } else { "-".to_owned() },
             lat(|l| l.p50),
             lat(|l| l.p99),
             lat(|l| l.p999),
             lat(|l| l.max),
         ]],
     );
+    if r.lost > 0 {
+        let expected = r.msgs * r.subs as u64;
+        out += &format!(
+            "LOST {} of {} deliveries ({:.1}%): the server dropped them (msgs/s counts what arrived)\n",
+            thousands(r.lost as f64),
+            thousands(expected as f64),
+            r.lost as f64 * 100.0 / expected.max(1) as f64
+        );
+    }
     out
 }
 
@@ -1091,6 +1202,7 @@ mod tests {
         assert_eq!(b.url, "nats://127.0.0.1:4222");
         assert!(!b.json && !b.quiet);
         assert_eq!(b.timeout_secs, 30);
+        assert_eq!(b.grace_ms, 2000);
         assert_eq!(b.mode, Mode::Pub { subject: "bench".into(), msgs: 1_000_000, size: 16, pubs: 1 });
         assert_eq!(parse(&["pubsub"]).mode, Mode::Pubsub { subject: "bench".into(), msgs: 1_000_000, size: 16 });
         assert_eq!(parse(&["fanout"]).mode, Mode::Fanout { subject: "bench".into(), msgs: 100_000, size: 16, subs: 8 });
@@ -1203,17 +1315,27 @@ mod tests {
             msgs_per_sec: 20_000.0,
             mb_per_sec: 0.32,
             latency_us: Some(Latency { count: 10_000, p50: 41.26, p99: 88.0, p999: 150.0, max: 900.04, mean: 45.0 }),
+            lost: 0,
             subscriptions: None,
         };
         let text = render(&r);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "server nats://h:1 (nats-server 2.15.1)");
-        assert!(lines[1].starts_with("mode  pubs  subs    msgs  size  time s  msgs/s  MB/s  p50 µs"), "{text}");
-        assert!(lines[2].ends_with("10,000    16    0.50  20,000   0.3    41.3    88.0     150.0   900.0"), "{text}");
+        assert!(lines[1].starts_with("mode  pubs  subs    msgs  size  time s  msgs/s  MB/s  lost  p50 µs"), "{text}");
+        assert!(
+            lines[2].ends_with("10,000    16    0.50  20,000   0.3     -    41.3    88.0     150.0   900.0"),
+            "{text}"
+        );
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.starts_with(r#"{"mode":"req","url":"nats://h:1","server":"nats-server 2.15.1","msgs":10000"#));
         assert!(json.contains(r#""latency_us":{"count":10000,"p50":41.26,"#), "{json}");
         assert!(!json.contains("subscriptions"));
+        assert!(!text.contains("LOST"));
+
+        let f = Report { mode: "fanout".into(), msgs: 1000, subs: 8, lost: 2000, latency_us: None, ..r.clone() };
+        let text = render(&f);
+        assert!(text.lines().nth(2).unwrap().contains("  2,000       -"), "{text}");
+        assert!(text.contains("LOST 2,000 of 8,000 deliveries (25.0%)"), "{text}");
 
         let s = Report {
             mode: "subs".into(),
