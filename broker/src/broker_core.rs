@@ -218,6 +218,17 @@ pub enum Routed {
     },
 }
 
+/// What [`BrokerCore::read_range`] read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeRead {
+    /// The partition's oldest retained offset.
+    pub low_watermark: u64,
+    /// The end of its readable range.
+    pub high_watermark: u64,
+    /// The records, in offset order.
+    pub messages: Vec<Message>,
+}
+
 /// What [`BrokerCore::publish`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -898,6 +909,18 @@ impl BrokerCore {
     /// last read (the committed offset after a rebalance). Returns the
     /// generation they were read in, for [`BrokerCore::commit`].
     pub fn poll_group(&mut self, member: MemberId, max: usize) -> Result<(u64, Vec<Message>), BrokerError> {
+        self.poll_group_limited(member, max, usize::MAX)
+    }
+
+    /// [`BrokerCore::poll_group`] returning at most `max_bytes` of encoded
+    /// messages — but always one message if one is readable, so a member
+    /// always progresses.
+    pub fn poll_group_limited(
+        &mut self,
+        member: MemberId,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(u64, Vec<Message>), BrokerError> {
         let group_name = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?.clone();
         let g = self.groups.get_mut(&group_name).expect("member's group exists");
         let generation = g.generation();
@@ -906,6 +929,7 @@ impl BrokerCore {
         let state = self.topics.get(&topic).expect("group topics exist");
         let max = max.min(self.config.max_poll_records).max(1);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for p in assigned {
             if out.len() >= max {
                 break;
@@ -921,9 +945,30 @@ impl BrokerCore {
                 continue;
             }
             let want = (max - out.len()).min(usize::try_from(end - from).unwrap_or(usize::MAX));
-            let batch = log.read(from, want, usize::MAX)?;
-            g.advance(p, batch.next_offset());
-            out.extend(batch.records);
+            let budget = max_bytes.saturating_sub(bytes);
+            if budget == 0 && !out.is_empty() {
+                break;
+            }
+            // The first message of the poll comes whatever its size; later
+            // partitions contribute only what fits the rest of the budget.
+            let batch = log.read(from, want, budget)?;
+            let mut records = batch.records;
+            if !out.is_empty() {
+                let mut fits = 0;
+                for r in &records {
+                    if bytes.saturating_add(r.encoded_len()) > max_bytes {
+                        break;
+                    }
+                    bytes = bytes.saturating_add(r.encoded_len());
+                    fits += 1;
+                }
+                records.truncate(fits);
+            } else {
+                bytes = records.iter().map(Message::encoded_len).fold(bytes, usize::saturating_add);
+            }
+            let Some(last) = records.last() else { break };
+            g.advance(p, last.offset().expect("logged records have offsets") + 1);
+            out.extend(records);
         }
         self.stats.group_delivered += out.len() as u64;
         Ok((generation, out))
@@ -1109,6 +1154,73 @@ impl BrokerCore {
     /// A topic's settings.
     pub fn topic_config(&self, topic: &Topic) -> Option<&TopicConfig> {
         self.topics.get(topic).map(|t| &t.config)
+    }
+
+    /// Every topic with its settings, in name order.
+    pub fn topics(&self) -> impl Iterator<Item = (&Topic, &TopicConfig)> + '_ {
+        self.topics.iter().map(|(t, s)| (t, &s.config))
+    }
+
+    /// A partition's readable range `(low, high)`: the oldest retained
+    /// offset and the end of what is visible (synced, for a durable topic).
+    /// `low == high` when nothing is readable.
+    pub fn watermarks(&self, topic: &Topic, partition: u32) -> Result<(u64, u64), BrokerError> {
+        let state = self.topics.get(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.clone()))?;
+        let log = state.partitions.get(partition as usize).ok_or_else(|| BrokerError::NoSuchPartition {
+            topic: topic.clone(),
+            partitions: state.config.partitions,
+            requested: partition,
+        })?;
+        let high = state.visible_end(partition as usize);
+        Ok((log.earliest_offset().min(high), high))
+    }
+
+    /// Reads `partition` from `offset` within its readable range (see
+    /// [`BrokerCore::watermarks`]): at most `max_records` records and
+    /// `max_bytes` of encoded records, but always the first one if there is
+    /// one. An offset outside `[low, high]` is [`ReadError`]; at `high` the
+    /// read is empty. The watermarks returned are those the read saw.
+    pub fn read_range(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<RangeRead, BrokerError> {
+        let (low, high) = self.watermarks(topic, partition)?;
+        if offset < low {
+            let latest = high.checked_sub(1).filter(|&l| l >= low);
+            return Err(ReadError::OffsetBelowRetained { requested: offset, earliest: low, latest }.into());
+        }
+        if offset > high {
+            return Err(ReadError::OffsetBeyondEnd { requested: offset, next: high }.into());
+        }
+        let log = &self.topics[topic].partitions[partition as usize];
+        let want = max_records.min(usize::try_from(high - offset).unwrap_or(usize::MAX));
+        let messages = if want == 0 { Vec::new() } else { log.read(offset, want, max_bytes)?.records };
+        Ok(RangeRead { low_watermark: low, high_watermark: high, messages })
+    }
+
+    /// Whether consumer group `group` exists (it was joined, or a commit of
+    /// it was restored; groups are not removed when their last member leaves).
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// The topic consumer group `group` consumes.
+    pub fn group_topic(&self, group: &str) -> Option<&Topic> {
+        self.groups.get(group).map(ConsumerGroup::topic)
+    }
+
+    /// `member`'s group, the group's generation and the partitions assigned
+    /// to the member (increasing).
+    pub fn group_assignment(&self, member: MemberId) -> Result<(&str, u64, Vec<u32>), BrokerError> {
+        let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
+        let g = &self.groups[group];
+        let mut assigned = g.assignment(member)?.to_vec();
+        assigned.sort_unstable();
+        Ok((group, g.generation(), assigned))
     }
 
     fn queue_append(&mut self, id: u64, partition: u32, message: Message) {

@@ -52,8 +52,8 @@ use std::task::{Poll, Waker};
 
 pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
 pub use self::broker_core::{
-    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, PublishOutcome, Published, Routed, TopicConfig,
-    dead_letter_headers, jump_hash, partition_for_key,
+    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, DEFAULT_RETAINED_BYTES, PublishOutcome,
+    Published, RangeRead, Routed, TopicConfig, dead_letter_headers, jump_hash, partition_for_key,
 };
 pub use self::groups::{GroupError, MemberId};
 pub use self::registry::{StartPosition, StreamId, StreamInfo};
@@ -89,12 +89,32 @@ struct State {
     last_now: Instant,
     /// Publishers waiting for their record to be synced: (topic, partition, offset).
     ack_waiters: Vec<(Topic, u32, u64, Waker)>,
+    /// Readers waiting for a partition to become readable at an offset
+    /// ([`Broker::wait_readable`]), by waiter id.
+    read_waiters: BTreeMap<u64, ReadWaiter>,
+    next_read_waiter: u64,
     stream_wakers: BTreeMap<StreamId, Waker>,
     member_wakers: BTreeMap<MemberId, Waker>,
     blocked_publishers: Vec<(Vec<StreamId>, Waker)>,
     /// Reused buffers for the woken lists (no allocation per call).
     scratch_streams: Vec<StreamId>,
     scratch_members: Vec<MemberId>,
+}
+
+/// A reader waiting in [`Broker::wait_readable`].
+struct ReadWaiter {
+    topic: Topic,
+    partition: u32,
+    offset: u64,
+    waker: Waker,
+}
+
+/// Whether a reader at `offset` of `partition` has something to do: the
+/// offset is no longer the head of the readable range (a record is readable
+/// there, or the offset is out of range), the partition is gone, or the
+/// broker shut down.
+fn readable(core: &BrokerCore, topic: &Topic, partition: u32, offset: u64) -> bool {
+    core.is_shut_down() || core.watermarks(topic, partition).ok().is_none_or(|(_, high)| offset != high)
 }
 
 impl State {
@@ -119,6 +139,16 @@ impl State {
             && let Some(w) = self.housekeeping_waker.take()
         {
             wakers.push(w);
+        }
+        if !self.read_waiters.is_empty() {
+            let core = &self.core;
+            self.read_waiters.retain(|_, w| {
+                let ready = readable(core, &w.topic, w.partition, w.offset);
+                if ready {
+                    wakers.push(w.waker.clone());
+                }
+                !ready
+            });
         }
         let any_stream = !streams.is_empty();
         self.scratch_streams = streams;
@@ -165,6 +195,8 @@ impl<C: Clock> Broker<C> {
             housekeeping_waker: None,
             last_now: Instant::ZERO,
             ack_waiters: Vec::new(),
+            read_waiters: BTreeMap::new(),
+            next_read_waiter: 0,
             stream_wakers: BTreeMap::new(),
             member_wakers: BTreeMap::new(),
             blocked_publishers: Vec::new(),
@@ -226,7 +258,11 @@ impl<C: Clock> Broker<C> {
         .await;
     }
 
-    async fn publish_unacknowledged(&self, message: Message) -> Result<Published, BrokerError> {
+    /// [`Broker::publish`] without waiting for the sync of a durable topic:
+    /// `p.acknowledged` false is acknowledged once
+    /// [`Broker::wait_acknowledged`] returns for it. Still waits while a
+    /// blocking subscriber is full.
+    pub async fn publish_unacknowledged(&self, message: Message) -> Result<Published, BrokerError> {
         let mut pending = Some(message);
         poll_fn(|cx| {
             self.with(|s, now, wall| {
@@ -306,6 +342,91 @@ impl<C: Clock> Broker<C> {
         self.with(|s, _, _| s.core.partitions(topic).is_some())
     }
 
+    /// Creates `topic`, refusing one that exists ([`BrokerError::TopicExists`])
+    /// instead of growing it as [`Broker::create_topic`] does.
+    pub fn create_new_topic(&self, topic: &Topic, config: TopicConfig) -> Result<(), BrokerError> {
+        self.with(|s, _, _| match s.core.partitions(topic) {
+            Some(existing) => Err(BrokerError::TopicExists { topic: topic.clone(), existing }),
+            None => s.core.create_topic(topic.clone(), config),
+        })
+    }
+
+    /// Every topic with its settings, in name order.
+    pub fn topics(&self) -> Vec<(Topic, TopicConfig)> {
+        self.lock().core.topics().map(|(t, c)| (t.clone(), c.clone())).collect()
+    }
+
+    /// A topic's settings.
+    pub fn topic_config(&self, topic: &Topic) -> Option<TopicConfig> {
+        self.lock().core.topic_config(topic).cloned()
+    }
+
+    /// A partition's readable range `(low, high)` (see [`BrokerCore::watermarks`]).
+    pub fn watermarks(&self, topic: &Topic, partition: u32) -> Result<(u64, u64), BrokerError> {
+        self.lock().core.watermarks(topic, partition)
+    }
+
+    /// Reads a partition within its readable range, with a record and a
+    /// byte limit (see [`BrokerCore::read_range`]).
+    pub fn read_range(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<RangeRead, BrokerError> {
+        self.lock().core.read_range(topic, partition, offset, max_records, max_bytes)
+    }
+
+    /// Waits until a record is readable at `offset` of `topic`'s `partition`
+    /// — or the offset is outside the readable range, the partition does
+    /// not exist, or the broker shut down: whatever a reader at `offset`
+    /// should look at again. Woken by the append (memory topics) or the
+    /// sync (durable ones), not by polling. Dropping the future forgets
+    /// the wait.
+    pub async fn wait_readable(&self, topic: &Topic, partition: u32, offset: u64) {
+        struct Registration<'a, C: Clock> {
+            broker: &'a Broker<C>,
+            id: Option<u64>,
+        }
+        impl<C: Clock> Drop for Registration<'_, C> {
+            fn drop(&mut self) {
+                if let Some(id) = self.id {
+                    self.broker.lock().read_waiters.remove(&id);
+                }
+            }
+        }
+        let mut registration = Registration { broker: self, id: None };
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if readable(&s.core, topic, partition, offset) {
+                if let Some(id) = registration.id.take() {
+                    s.read_waiters.remove(&id);
+                }
+                return Poll::Ready(());
+            }
+            let id = *registration.id.get_or_insert_with(|| {
+                s.next_read_waiter += 1;
+                s.next_read_waiter
+            });
+            let waiter = ReadWaiter { topic: topic.clone(), partition, offset, waker: cx.waker().clone() };
+            s.read_waiters.insert(id, waiter);
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// Whether consumer group `group` exists (see [`BrokerCore::has_group`]).
+    pub fn has_group(&self, group: &str) -> bool {
+        self.lock().core.has_group(group)
+    }
+
+    /// The topic consumer group `group` consumes, if the group exists.
+    pub fn group_topic(&self, group: &str) -> Option<Topic> {
+        self.lock().core.group_topic(group).cloned()
+    }
+
     /// Publishes without waiting: a full blocking subscriber is reported as
     /// [`PublishOutcome::WouldBlock`]. On a durable topic the outcome is not
     /// an acknowledgement: the record is synced later (use
@@ -335,7 +456,10 @@ impl<C: Clock> Broker<C> {
         Ok(published)
     }
 
-    async fn publish_batch_unacknowledged(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+    /// [`Broker::publish_batch`] without waiting for the syncs of durable
+    /// topics (see [`Broker::publish_unacknowledged`]). On an error, the
+    /// messages before the failing one are published.
+    pub async fn publish_batch_unacknowledged(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
         let mut all = Vec::with_capacity(batch.len());
         let mut pending = Some(batch);
         poll_fn(|cx| {
@@ -658,9 +782,17 @@ impl<C: Clock> GroupMember<C> {
     /// Waits for messages on this member's partitions (empty once the
     /// broker shut down).
     pub async fn poll(&mut self, max: usize) -> Result<GroupBatch, BrokerError> {
+        self.poll_limited(max, usize::MAX).await
+    }
+
+    /// [`GroupMember::poll`] returning at most `max_bytes` of encoded
+    /// messages (but always one, if one is readable). Takes `&self`, so a
+    /// member shared by several tasks can be polled; two polls at once wait
+    /// for one wake-up between them, so keep to one at a time.
+    pub async fn poll_limited(&self, max: usize, max_bytes: usize) -> Result<GroupBatch, BrokerError> {
         let member = self.member;
         poll_fn(|cx| {
-            self.broker.with(|s, _, _| match s.core.poll_group(member, max) {
+            self.broker.with(|s, _, _| match s.core.poll_group_limited(member, max, max_bytes) {
                 Ok((generation, messages)) if !messages.is_empty() || s.core.is_shut_down() => {
                     Poll::Ready(Ok(GroupBatch { generation, messages }))
                 }
@@ -672,6 +804,18 @@ impl<C: Clock> GroupMember<C> {
             })
         })
         .await
+    }
+
+    /// The group's generation and the partitions assigned to this member
+    /// (increasing); [`GroupError::NotMember`] once it left.
+    pub fn assignment(&self) -> Result<(u64, Vec<u32>), BrokerError> {
+        self.broker.lock().core.group_assignment(self.member).map(|(_, generation, assigned)| (generation, assigned))
+    }
+
+    /// Commits that the group has processed `partition` below `next` (the
+    /// next offset to read), in `generation`.
+    pub fn commit_offset(&self, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
+        self.broker.with(|s, _, _| s.core.commit(self.member, generation, partition, next))
     }
 
     /// Commits that everything up to and including `message` is processed.
@@ -725,4 +869,69 @@ pub struct ProcessReport {
     pub retried: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
+}
+
+#[cfg(test)]
+mod async_tests {
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::testing::ManualClock;
+
+    fn broker() -> Broker<ManualClock> {
+        Broker::new(
+            ManualClock::default(),
+            kaelix_core::rng::seeded(5),
+            BrokerConfig { auto_create: None, ..Default::default() },
+        )
+    }
+
+    #[test]
+    fn new_topics_are_refused_when_they_exist() {
+        let b = broker();
+        let t = Topic::new("t").unwrap();
+        b.create_new_topic(&t, TopicConfig::default()).unwrap();
+        assert!(matches!(
+            b.create_new_topic(&t, TopicConfig::default()),
+            Err(BrokerError::TopicExists { existing: 1, .. })
+        ));
+        assert_eq!(b.topics().len(), 1);
+        assert_eq!(b.topic_config(&t).unwrap().partitions, 1);
+    }
+
+    #[test]
+    fn a_reader_waiting_at_the_head_is_woken_by_the_append_and_forgotten_when_dropped() {
+        let b = broker();
+        let t = Topic::new("t").unwrap();
+        b.create_topic("t", TopicConfig::default()).unwrap();
+        let waker = std::sync::Arc::new(Flag::default());
+        let std_waker = Waker::from(waker.clone());
+        let mut cx = Context::from_waker(&std_waker);
+        let mut wait = Box::pin(b.wait_readable(&t, 0, 0));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(b.lock().read_waiters.len(), 1);
+        // Polled again (a spurious wake): still one registration.
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(b.lock().read_waiters.len(), 1);
+        b.try_publish(Message::builder().topic("t").payload("x").build().unwrap()).unwrap();
+        assert!(waker.0.load(std::sync::atomic::Ordering::SeqCst), "the append woke the reader");
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+        // A wait that is dropped unfinished leaves nothing behind.
+        let mut idle = Box::pin(b.wait_readable(&t, 0, 1));
+        assert!(idle.as_mut().poll(&mut cx).is_pending());
+        drop(idle);
+        assert!(b.lock().read_waiters.is_empty());
+        // Past the head, or an unknown partition: nothing to wait for.
+        assert!(futures_util::FutureExt::now_or_never(b.wait_readable(&t, 0, 5)).is_some());
+        assert!(futures_util::FutureExt::now_or_never(b.wait_readable(&t, 3, 0)).is_some());
+    }
+
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }

@@ -580,6 +580,15 @@ impl Message {
         self.timestamp = timestamp;
     }
 
+    /// The message bound for `partition` (its offset unset): a producer
+    /// naming the partition, before the broker appends it.
+    #[must_use]
+    pub fn with_partition(mut self, partition: u32) -> Message {
+        self.partition = Some(partition);
+        self.offset = None;
+        self
+    }
+
     /// The message as appended at `offset` of `partition`.
     #[must_use]
     pub fn with_partition_offset(mut self, partition: u32, offset: u64) -> Message {

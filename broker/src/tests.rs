@@ -335,3 +335,65 @@ fn the_core_refuses_time_moving_backwards() {
     c.handle_timeout(Instant::ZERO + Duration::from_secs(2), WallTime(0));
     c.handle_timeout(Instant::ZERO + Duration::from_secs(1), WallTime(0));
 }
+
+fn publish_n(c: &mut BrokerCore, topic: &str, partition: u32, count: u8, payload_bytes: usize) {
+    let mut rng = seeded(3);
+    for i in 0..count {
+        let m = Message::builder().topic(topic).partition(partition).payload(vec![i; payload_bytes]).build().unwrap();
+        assert!(matches!(c.publish(Instant::ZERO, WallTime(1), &mut rng, m).unwrap(), PublishOutcome::Published(_)));
+    }
+}
+
+#[test]
+fn ranged_reads_report_watermarks_honour_limits_and_refuse_out_of_range() {
+    use crate::partition::{ReadError, RetentionPolicy};
+    let mut c = core();
+    let t = Topic::new("r").unwrap();
+    let retention = RetentionPolicy { max_records: Some(4), ..RetentionPolicy::default() };
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, retention, ..TopicConfig::default() }).unwrap();
+    assert_eq!(c.watermarks(&t, 0).unwrap(), (0, 0));
+    assert!(matches!(c.watermarks(&t, 2), Err(BrokerError::NoSuchPartition { requested: 2, .. })));
+    assert!(matches!(c.watermarks(&Topic::new("nope").unwrap(), 0), Err(BrokerError::UnknownTopic(_))));
+    publish_n(&mut c, "r", 0, 6, 100);
+    assert_eq!(c.watermarks(&t, 0).unwrap(), (2, 6), "retention removed two");
+    let size = c.read(&t, 0, 2, 1).unwrap()[0].encoded_len();
+    let r = c.read_range(&t, 0, 2, 10, 2 * size).unwrap();
+    assert_eq!((r.low_watermark, r.high_watermark), (2, 6));
+    assert_eq!(r.messages.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [2, 3], "two fit the bytes");
+    assert_eq!(c.read_range(&t, 0, 3, 10, 1).unwrap().messages.len(), 1, "the first always comes");
+    assert_eq!(c.read_range(&t, 0, 4, 1, usize::MAX).unwrap().messages.len(), 1, "the record limit");
+    assert!(c.read_range(&t, 0, 6, 10, usize::MAX).unwrap().messages.is_empty(), "at the head: nothing yet");
+    assert!(matches!(
+        c.read_range(&t, 0, 1, 10, usize::MAX),
+        Err(BrokerError::Read(ReadError::OffsetBelowRetained { requested: 1, earliest: 2, latest: Some(5) }))
+    ));
+    assert!(matches!(
+        c.read_range(&t, 0, 7, 10, usize::MAX),
+        Err(BrokerError::Read(ReadError::OffsetBeyondEnd { requested: 7, next: 6 }))
+    ));
+    assert_eq!(c.topics().map(|(t, cfg)| (t.as_str(), cfg.partitions)).collect::<Vec<_>>(), [("r", 2)]);
+}
+
+#[test]
+fn group_polls_honour_a_byte_limit_but_always_progress() {
+    let mut c = core();
+    let t = Topic::new("g").unwrap();
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, ..TopicConfig::default() }).unwrap();
+    publish_n(&mut c, "g", 0, 3, 1000);
+    publish_n(&mut c, "g", 1, 3, 1000);
+    let (member, _) = c.join_group("workers", &t).unwrap();
+    assert!(c.has_group("workers") && !c.has_group("other"));
+    assert_eq!(c.group_topic("workers"), Some(&t));
+    let (group, generation, assigned) = c.group_assignment(member).unwrap();
+    assert_eq!((group, generation, assigned), ("workers", 1, vec![0, 1]));
+    let (_, first) = c.poll_group_limited(member, 100, 1).unwrap();
+    assert_eq!(first.len(), 1, "one message even if it alone is over the limit");
+    let (_, next) = c.poll_group_limited(member, 100, 2500).unwrap();
+    let got: Vec<(u32, u64)> = next.iter().map(|m| (m.partition().unwrap(), m.offset().unwrap())).collect();
+    assert_eq!(got, [(0, 1), (0, 2)], "what fits, from where the last poll stopped");
+    let (_, rest) = c.poll_group_limited(member, 100, usize::MAX).unwrap();
+    assert_eq!(rest.len(), 3, "partition 1 in full");
+    assert!(c.poll_group_limited(member, 100, usize::MAX).unwrap().1.is_empty());
+    c.leave_group(member);
+    assert!(matches!(c.group_assignment(member), Err(BrokerError::Group(_))));
+}

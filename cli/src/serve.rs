@@ -123,8 +123,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
             Err(e) => return Err(e.to_string()),
         };
         println!("kaelix serve: NATS clients on nats://{}", server.nats_addr());
+        println!("kaelix serve: native clients on {}", server.native_addr());
         println!("kaelix serve: data in {}", data_dir.display());
-        tracing::info!(nats = %server.nats_addr(), data_dir = %data_dir.display(), "serving");
+        tracing::info!(nats = %server.nats_addr(), native = %server.native_addr(), data_dir = %data_dir.display(), "serving");
         let signal = stop_rx.await.unwrap_or(0);
         tracing::info!(signal, "draining: no new connections; answering what was read, then syncing");
         server.shutdown(grace).await;

@@ -29,7 +29,7 @@
 //!   protocols others defined (NATS) and their clients use. Bytes arrive in
 //!   order without loss until the stream breaks, but chunk boundaries are
 //!   not kept: a write may be read in several pieces, several writes in one.
-//!   The simulator maps addresses to nodes (see its `streams` module) and
+//!   The simulator maps addresses to nodes (see its `byte_streams` module) and
 //!   splits writes at random points, as TCP segmentation does.
 //! * [`Storage`] durability: see [`StorageFile::sync`].
 //!
@@ -138,7 +138,10 @@ pub trait Network: Clone + Send + Sync + 'static {
 /// Errors of the client stream network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {
-    /// Nobody listens there, or the node is down or unreachable.
+    /// Nobody listens there, or the node is down or unreachable. For a
+    /// byte stream the simulator names the node the address maps to; the
+    /// real runtime, which maps no address to a node, names
+    /// `NodeId(u64::MAX)`.
     #[error("connection refused by {0}")]
     Refused(NodeId),
     /// The stream broke (peer crashed, partition, reset). Whether frames

@@ -10,6 +10,7 @@
 //! contract traits through [`SimRuntime`], copies what the nodes observed out
 //! through shared cells, and asserts concrete values in the test body.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -17,8 +18,8 @@ use futures_util::FutureExt;
 use kaelix_core::rng::RngExt;
 use kaelix_core::runtime::conformance;
 use kaelix_core::runtime::{
-    ClientNetwork, ClientStream, Clock, JoinError, Listener, NetError, Network, Priority, Runtime, Spawner, Storage,
-    StorageFile, TaskHandle,
+    ByteListener, ByteNetwork, ByteStream, ClientNetwork, ClientStream, Clock, JoinError, Listener, NetError, Network,
+    Priority, Runtime, Spawner, Storage, StorageFile, TaskHandle,
 };
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId, buggify};
@@ -801,6 +802,168 @@ fn a_partition_breaks_client_streams() {
     let mut got = snapshot(&saw);
     got.sort();
     assert_eq!(got, vec!["client Err(Reset)".to_owned(), "server Err(Reset)".to_owned()]);
+    sim.shutdown();
+}
+
+// ---------------------------------------------------------------- 4b. byte streams
+
+/// What only the simulator's byte streams show: the address plan (node
+/// `n` is `10.x.y.z`, loopback is the node itself, a listener bound to
+/// `127.0.0.1` is unreachable from elsewhere), deterministic ephemeral
+/// ports, which addresses bind, and refusals naming the node.
+#[test]
+fn byte_streams_follow_the_address_plan() {
+    assert_eq!(kaelix_sim::node_addr(NodeId(1), 4222).to_string(), "10.0.0.1:4222");
+    assert_eq!(kaelix_sim::node_addr(NodeId(300), 80).to_string(), "10.0.1.44:80");
+    assert_eq!(kaelix_sim::addr_node("10.0.1.44".parse().unwrap()), Some(NodeId(300)));
+    assert_eq!(kaelix_sim::addr_node("127.0.0.1".parse().unwrap()), None);
+    let sim = calm(31);
+    let server_saw = shared(Vec::<String>::new());
+    let client_saw = shared(Vec::<String>::new());
+    server(&sim, SERVER, server_saw.clone(), |rt, saw| async move {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mut any = rt.bind_tcp(addr("0.0.0.0:4222")).expect("bind 0.0.0.0");
+        let local = rt.bind_tcp(addr("127.0.0.1:4223")).expect("bind loopback");
+        let own = rt.bind_tcp(addr("10.0.0.1:0")).expect("bind own ip");
+        for l in [&any, &local, &own] {
+            push(&saw, format!("bound {}", l.local_addr()));
+        }
+        for bad in ["10.0.0.1:4222", "10.0.0.2:0", "192.168.0.1:0"] {
+            push(&saw, format!("bind {bad} {:?}", rt.bind_tcp(addr(bad)).map(|l| l.local_addr())));
+        }
+        let s = any.accept().await.expect("accept");
+        push(&saw, format!("accepted from {}", s.peer_addr()));
+        // Loopback reaches the node's own listeners.
+        let me = rt.connect_tcp(addr("127.0.0.1:4223")).await.expect("connect to loopback");
+        push(&saw, format!("loopback peer {}", me.peer_addr()));
+        let me = rt.connect_tcp(addr("0.0.0.0:4222")).await.expect("connect to 0.0.0.0");
+        push(&saw, format!("unspecified peer {}", me.peer_addr()));
+        std::future::pending::<()>().await;
+    });
+    client(&sim, CLIENT, client_saw.clone(), |rt, saw| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let s = rt.connect_tcp(kaelix_sim::node_addr(NodeId(SERVER), 4222)).await.expect("connect");
+        push(&saw, format!("connected to {}", s.peer_addr()));
+        for to in ["10.0.0.1:4223", "10.0.0.77:1", "192.168.0.1:1", "127.0.0.1:4222"] {
+            let r = rt.connect_tcp(to.parse().unwrap()).await.map(|s| s.peer_addr());
+            push(&saw, format!("{to} {r:?}"));
+        }
+    });
+    run(&sim, ms(20));
+    assert_eq!(
+        snapshot(&server_saw),
+        vec![
+            "bound 0.0.0.0:4222",
+            "bound 127.0.0.1:4223",
+            "bound 10.0.0.1:49152",
+            "bind 10.0.0.1:4222 Err(AddrInUse(10.0.0.1:4222))",
+            "bind 10.0.0.2:0 Err(AddrNotAvailable(10.0.0.2:0))",
+            "bind 192.168.0.1:0 Err(AddrNotAvailable(192.168.0.1:0))",
+            "accepted from 10.0.0.100:49152",
+            "loopback peer 127.0.0.1:4223",
+            "unspecified peer 127.0.0.1:4222",
+        ]
+    );
+    assert_eq!(
+        snapshot(&client_saw),
+        vec![
+            "connected to 10.0.0.1:4222".to_owned(),
+            format!("10.0.0.1:4223 {:?}", Err::<(), _>(NetError::Refused(NodeId(SERVER)))),
+            format!("10.0.0.77:1 {:?}", Err::<(), _>(NetError::Refused(NodeId(77)))),
+            "192.168.0.1:1 Err(AddrNotAvailable(192.168.0.1:1))".to_owned(),
+            format!("127.0.0.1:4222 {:?}", Err::<(), _>(NetError::Refused(NodeId(CLIENT)))),
+        ]
+    );
+    sim.shutdown();
+}
+
+/// The chunk sizes a reader saw for 200 writes of 100 bytes each.
+fn byte_chunks(seed: u64) -> Vec<usize> {
+    let sim = calm(seed);
+    let chunks = shared(Vec::<usize>::new());
+    server(&sim, SERVER, chunks.clone(), |rt, chunks| async move {
+        let mut l = rt.bind_tcp(kaelix_sim::node_addr(NodeId(SERVER), 4222)).expect("bind");
+        let s = l.accept().await.expect("accept");
+        let mut got = Vec::new();
+        while let Some(chunk) = s.read().await.expect("read") {
+            push(&chunks, chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let want: Vec<u8> = (0..200u32).flat_map(|i| (0..100u32).map(move |j| (i * 7 + j) as u8)).collect();
+        assert!(got == want, "the bytes arrived changed");
+    });
+    client(&sim, CLIENT, (), |rt, ()| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let s = rt.connect_tcp(kaelix_sim::node_addr(NodeId(SERVER), 4222)).await.expect("connect");
+        for i in 0..200u32 {
+            s.write(Bytes::from((0..100u32).map(|j| (i * 7 + j) as u8).collect::<Vec<u8>>())).await.expect("write");
+        }
+        s.close();
+    });
+    run(&sim, ms(50));
+    sim.shutdown();
+    snapshot(&chunks)
+}
+
+/// Writes are cut at random points, deterministically per seed: some of
+/// the 200 writes arrive in several chunks, none is empty, the same seed
+/// cuts the same way and another seed otherwise.
+#[test]
+fn byte_stream_writes_are_cut_at_random_points_per_seed() {
+    let a = byte_chunks(5);
+    assert_eq!(a.iter().sum::<usize>(), 20_000);
+    assert!(a.iter().all(|&n| n > 0 && n <= 100), "{a:?}");
+    let split = a.len() - 200;
+    assert!((10..=200).contains(&split), "{split} extra chunks from 200 writes");
+    assert_eq!(a, byte_chunks(5));
+    assert_ne!(a, byte_chunks(6));
+}
+
+/// A server crash resets the client's byte stream (reads and writes fail);
+/// while the server is down connects are refused; bytes written to an end
+/// that closed reset the stream.
+#[test]
+fn byte_streams_break_on_crash_and_reset_after_close() {
+    let sim = calm(33);
+    let saw = shared(Vec::<String>::new());
+    let ready = shared(false);
+    server(&sim, SERVER, (), |rt, ()| async move {
+        let mut l = rt.bind_tcp(kaelix_sim::node_addr(NodeId(SERVER), 4222)).expect("bind");
+        let first = l.accept().await.expect("accept");
+        first.close();
+        let held = l.accept().await.expect("accept");
+        std::future::pending::<()>().await;
+        drop(held);
+    });
+    client(&sim, CLIENT, (saw.clone(), ready.clone()), |rt, (saw, ready)| async move {
+        rt.sleep(Duration::from_millis(1)).await;
+        let to = kaelix_sim::node_addr(NodeId(SERVER), 4222);
+        let closed = rt.connect_tcp(to).await.expect("connect");
+        push(&saw, format!("after close {:?}", closed.read().await));
+        push(&saw, format!("first write {:?}", closed.write(b("hello?")).await));
+        rt.sleep(Duration::from_millis(1)).await;
+        push(&saw, format!("later write {:?}", closed.write(b("hello?")).await));
+        let s = rt.connect_tcp(to).await.expect("connect");
+        *get(&ready) = true;
+        push(&saw, format!("crash read {:?}", s.read().await));
+        push(&saw, format!("crash write {:?}", s.write(b("late")).await));
+        push(&saw, format!("down {:?}", rt.connect_tcp(to).await.map(|s| s.peer_addr())));
+    });
+    run_until_set(&sim, ms(10), &ready);
+    run(&sim, ms(10));
+    sim.apply_fault(Fault::Crash(NodeId(SERVER)));
+    run(&sim, ms(20));
+    assert_eq!(
+        snapshot(&saw),
+        vec![
+            "after close Ok(None)".to_owned(),
+            "first write Ok(())".to_owned(),
+            "later write Err(Reset)".to_owned(),
+            "crash read Err(Reset)".to_owned(),
+            "crash write Err(Reset)".to_owned(),
+            format!("down {:?}", Err::<(), _>(NetError::Refused(NodeId(SERVER)))),
+        ]
+    );
     sim.shutdown();
 }
 

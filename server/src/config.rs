@@ -13,6 +13,8 @@
 //!
 //! [native]
 //! listen = "127.0.0.1:7422"
+//! max_batch = 1000
+//! group_session_timeout_ms = 30000
 //!
 //! [limits]
 //! max_payload = 1048576
@@ -51,8 +53,8 @@ pub struct ServerConfig {
     pub server_name: String,
     /// The NATS-protocol listener.
     pub nats: ListenerConfig,
-    /// The native-protocol listener.
-    pub native: ListenerConfig,
+    /// The native-protocol listener and its limits.
+    pub native: NativeConfig,
     /// Connection limits and keep-alive.
     pub limits: Limits,
     /// Topics created at start (existing ones are kept).
@@ -71,7 +73,7 @@ impl Default for ServerConfig {
         ServerConfig {
             server_name: "kaelix".to_owned(),
             nats: ListenerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 4222)) },
-            native: ListenerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7422)) },
+            native: NativeConfig::default(),
             limits: Limits::default(),
             topics: Vec::new(),
             auth: crate::auth::AuthConfig::default(),
@@ -87,6 +89,62 @@ impl Default for ServerConfig {
 pub struct ListenerConfig {
     /// Address and port (port 0: any free port).
     pub listen: SocketAddr,
+}
+
+/// The native-protocol listener (see `PROTOCOL.md`) and its limits.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// Address and port (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Largest frame accepted, counted after the length prefix (announced
+    /// in `HelloOk`). It must hold a message of `limits.max_payload`.
+    pub max_frame_bytes: u32,
+    /// Most messages in one `Produce`, and returned by one fetch
+    /// (announced in `HelloOk`).
+    pub max_batch: u32,
+    /// Longest a `Fetch` or `GroupFetch` long-polls, whatever it asks
+    /// (milliseconds).
+    pub max_wait_ms: u64,
+    /// Longest a `Produce` with acks `committed` waits for its commit
+    /// before it is answered `Timeout` (milliseconds).
+    pub ack_timeout_ms: u64,
+    /// A consumer-group member that sends no request of its group for this
+    /// long is removed (milliseconds).
+    pub group_session_timeout_ms: u64,
+    /// Most partitions a `CreateTopic` may ask for.
+    pub max_partitions: u32,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7422)),
+            max_frame_bytes: 16 << 20,
+            max_batch: 1000,
+            max_wait_ms: 30_000,
+            ack_timeout_ms: 30_000,
+            group_session_timeout_ms: 30_000,
+            max_partitions: 1024,
+        }
+    }
+}
+
+impl NativeConfig {
+    /// [`NativeConfig::max_wait_ms`] as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+
+    /// [`NativeConfig::ack_timeout_ms`] as a duration.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// [`NativeConfig::group_session_timeout_ms`] as a duration.
+    pub fn group_session_timeout(&self) -> Duration {
+        Duration::from_millis(self.group_session_timeout_ms)
+    }
 }
 
 /// What happens to a connection whose unsent bytes pass
@@ -247,6 +305,30 @@ impl ServerConfig {
         if l.ping_interval_ms == 0 || l.max_pings_out == 0 {
             return invalid("limits.ping_interval_ms", "ping interval and max_pings_out must be positive".to_owned());
         }
+        let n = &self.native;
+        // A message of max_payload with a key, headers and the frame around it.
+        let smallest_frame = l.max_payload + (256 << 10);
+        if (n.max_frame_bytes as usize) < smallest_frame {
+            return invalid(
+                "native.max_frame_bytes",
+                format!(
+                    "{} cannot hold a message of limits.max_payload ({}): at least {smallest_frame} is needed",
+                    n.max_frame_bytes, l.max_payload
+                ),
+            );
+        }
+        if n.max_batch == 0 {
+            return invalid("native.max_batch", "must be at least 1".to_owned());
+        }
+        if n.max_partitions == 0 {
+            return invalid("native.max_partitions", "must be at least 1".to_owned());
+        }
+        if n.group_session_timeout_ms == 0 || n.ack_timeout_ms == 0 {
+            return invalid(
+                "native.group_session_timeout_ms",
+                "session and acknowledgement timeouts must be positive".to_owned(),
+            );
+        }
         if let Err(why) = crate::auth::Authenticator::new(&self.auth) {
             return Err(ConfigError::Invalid { key: "auth".to_owned(), why });
         }
@@ -350,6 +432,24 @@ mod tests {
         assert_eq!(c.topics[0].topic_config().partitions, 3);
         assert!(matches!(c.topics[0].topic_config().storage, StorageKind::Durable(_)));
         assert_eq!(c.topics[1].topic_config().retention.max_records, Some(100));
+    }
+
+    #[test]
+    fn the_native_section_parses_and_is_checked() {
+        let c = ServerConfig::from_toml(
+            "[native]\nlisten = \"0.0.0.0:7500\"\nmax_batch = 50\ngroup_session_timeout_ms = 5000\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.native.listen, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!((c.native.max_batch, c.native.group_session_timeout()), (50, Duration::from_secs(5)));
+        assert_eq!(c.native.max_frame_bytes, NativeConfig::default().max_frame_bytes, "the rest defaults");
+        let e = ServerConfig::from_toml("[native]\nmax_batch = 0\n", "k").unwrap_err();
+        assert_eq!(e.to_string(), "native.max_batch: must be at least 1");
+        let e = ServerConfig::from_toml("[native]\nmax_frame_bytes = 1000\n", "k").unwrap_err();
+        assert!(e.to_string().starts_with("native.max_frame_bytes: 1000 cannot hold a message"), "{e}");
+        let e = ServerConfig::from_toml("[native]\nlisten = \"127.0.0.1:1\"\nretry = 1\n", "k").unwrap_err();
+        assert!(e.to_string().contains("unknown field `retry`"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //!   subject that names a configured topic is stored there (and the
 //!   connection's next `PONG` or `+OK` waits until it is), any other subject
 //!   is relayed to live subscribers only, as core NATS does.
+//! * [`native`]: Kaelix's own protocol (`PROTOCOL.md`), spoken by
+//!   `kaelix-client`: produce with acknowledgement levels, fetch with long
+//!   poll, push subscriptions with credit, consumer groups, topic
+//!   administration. Both front ends share the broker, so a message a NATS
+//!   client publishes on a topic is fetched by a native consumer and the
+//!   other way round.
 //!
 //! Each connection is a few tasks: a reader that parses and acts, a writer
 //! that drains the connection's [`outbound::Outbound`] buffer, and one pump
@@ -21,6 +27,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod native;
 pub mod nats;
 pub mod outbound;
 pub mod shutdown;
@@ -102,6 +109,8 @@ pub(crate) struct Shared<R: Runtime> {
     pub(crate) next_connection: AtomicU64,
     /// This server's id (NATS `INFO.server_id`).
     pub(crate) server_id: String,
+    /// Consumer-group members of native clients (they outlive connections).
+    pub(crate) memberships: native::groups::Memberships<R>,
     /// Logins and permissions.
     pub(crate) auth: Arc<auth::Authenticator>,
     /// TLS for client connections.
@@ -137,6 +146,7 @@ impl<R: Runtime> Shared<R> {
 pub struct Server<R: Runtime> {
     shared: Arc<Shared<R>>,
     nats_addr: SocketAddr,
+    native_addr: SocketAddr,
 }
 
 impl<R: Runtime> Server<R> {
@@ -159,6 +169,12 @@ impl<R: Runtime> Server<R> {
             error,
         })?;
         let nats_addr = nats_listener.local_addr();
+        let native_listener = rt.bind_tcp(config.native.listen).map_err(|error| ServerError::Bind {
+            listener: "native",
+            addr: config.native.listen,
+            error,
+        })?;
+        let native_addr = native_listener.local_addr();
         let mut id_rng = rt.rng();
         let server_id = format!("K{:016X}", kaelix_core::rng::RngExt::random::<u64>(&mut id_rng));
         let auth = Arc::new(
@@ -176,17 +192,26 @@ impl<R: Runtime> Server<R> {
             all_closed: Signal::new(),
             next_connection: AtomicU64::new(0),
             server_id,
+            memberships: native::groups::Memberships::default(),
             auth,
             tls,
         });
         drop(rt.spawn(Priority::High, "nats-accept", nats::accept_loop(shared.clone(), nats_listener)));
         tracing::info!(addr = %nats_addr, "NATS listener ready");
-        Ok(Server { shared, nats_addr })
+        drop(rt.spawn(Priority::High, "native-accept", native::accept_loop(shared.clone(), native_listener)));
+        drop(rt.spawn(Priority::Background, "native-group-sessions", native::groups::expire_sessions(shared.clone())));
+        tracing::info!(addr = %native_addr, "native listener ready");
+        Ok(Server { shared, nats_addr, native_addr })
     }
 
     /// Where the NATS listener is bound.
     pub fn nats_addr(&self) -> SocketAddr {
         self.nats_addr
+    }
+
+    /// Where the native-protocol listener is bound.
+    pub fn native_addr(&self) -> SocketAddr {
+        self.native_addr
     }
 
     /// The broker behind the server.
@@ -197,6 +222,11 @@ impl<R: Runtime> Server<R> {
     /// The server's counters.
     pub fn stats(&self) -> &ServerStats {
         &self.shared.stats
+    }
+
+    /// Consumer-group members native clients hold now.
+    pub fn group_member_count(&self) -> usize {
+        self.shared.memberships.len()
     }
 
     /// Connections open now.

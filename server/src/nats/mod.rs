@@ -22,6 +22,18 @@
 //! logged with the client and subject, and announced on
 //! [`SLOW_CONSUMER_ADVISORY`]. Publishers and other subscribers never wait
 //! for a slow connection.
+//!
+//! **Delivery is asynchronous to the publisher.** A `PONG` means the
+//! connection's earlier publishes were routed (and stored, where the
+//! subject is a topic); the pumps of the matching subscriptions move them
+//! into their connections' buffers right after, not necessarily before the
+//! `PONG` is written. Each subscription sees each publisher's messages in
+//! order; two subscriptions of one connection are pumped independently.
+//!
+//! Not supported yet: `CONNECT.echo = false` is accepted but a client still
+//! receives its own publishes (the broker does not know a message's
+//! connection); nkey/JWT logins (`sig`, `jwt`, `nkey`) are refused as
+//! unknown users; TLS-first handshakes (the client must read `INFO` first).
 
 pub mod session;
 

@@ -3,5 +3,8 @@
 mod async_nats_client;
 mod auth;
 mod bad_input;
+mod limits;
+mod native_client;
+mod slow_consumer;
 mod support;
 mod tls;

@@ -31,12 +31,17 @@ pub struct TestServer {
     pub exec: Executor,
     pub server: Option<Server<RealRuntime>>,
     pub addr: SocketAddr,
+    /// The native-protocol listener.
+    pub native_addr: SocketAddr,
+    /// The server's runtime (clients of the tests run on it too).
+    pub rt: RealRuntime,
 }
 
 /// The configuration tests start from: port 0, one durable topic `orders`.
 pub fn config() -> ServerConfig {
     let mut config = ServerConfig::default();
     config.nats.listen = "127.0.0.1:0".parse().unwrap();
+    config.native.listen = "127.0.0.1:0".parse().unwrap();
     config.topics.push(TopicSpec {
         name: "orders".into(),
         partitions: 1,
@@ -62,9 +67,9 @@ impl TestServer {
         .expect("executor starts");
         std::fs::create_dir_all(&dir).unwrap();
         let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), dir.clone())).expect("runtime");
-        let server = exec.block_on(Server::start(rt, config)).expect("server starts");
-        let addr = server.nats_addr();
-        TestServer { exec, server: Some(server), addr }
+        let server = exec.block_on(Server::start(rt.clone(), config)).expect("server starts");
+        let (addr, native_addr) = (server.nats_addr(), server.native_addr());
+        TestServer { exec, server: Some(server), addr, native_addr, rt }
     }
 
     /// Starts a server with the test configuration in a fresh directory.

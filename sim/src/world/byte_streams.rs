@@ -61,11 +61,10 @@ use kaelix_core::NodeId;
 use kaelix_core::rng::RngExt;
 use kaelix_core::runtime::NetError;
 
-use super::disk_ops::OpResult;
 use super::handle::NodeHandle;
 use super::nodes::Node;
-use super::streams::{Conn, ConnId, End};
-use super::{Event, OpId, World};
+use super::streams::{ConnId, End};
+use super::{OpId, World};
 
 /// The first port of the ephemeral range (the last is 65535).
 pub(super) const EPHEMERAL_FIRST: u16 = 49152;
@@ -271,52 +270,25 @@ impl NodeHandle {
     }
 
     /// Starts connecting a byte stream to `addr`; poll with
-    /// [`Self::poll_op`], which yields [`OpResult::Connected`].
+    /// [`Self::poll_op`], which yields [`OpResult::Connected`](super::OpResult::Connected).
     pub fn tcp_connect(&self, addr: SocketAddr) -> OpId {
         let shared = self.shared();
         let mut w = shared.world();
         let op = w.new_op(self.node, self.incarnation);
-        let fail = |w: &mut World, e: NetError| {
-            let slot = w.ops.get_mut(&op).expect("just created");
-            slot.result = Some(OpResult::Connected(Err(e)));
-            slot.done = true;
-            op
-        };
         let (server, to) = match resolve(self.node, addr) {
             Ok(target) => target,
-            Err(e) => return fail(&mut w, e),
+            Err(e) => return w.fail_connect(op, e),
         };
         if !w.alive(self.node, self.incarnation) || !w.nodes.contains_key(&server) {
-            return fail(&mut w, NetError::Refused(server));
+            return w.fail_connect(op, NetError::Refused(server));
         }
         let Some(port) = w.nodes.get_mut(&self.node).expect("alive").ephemeral_port() else {
-            return fail(&mut w, NetError::AddrNotAvailable(addr));
+            return w.fail_connect(op, NetError::AddrNotAvailable(addr));
         };
         let local_ip = if to.ip().is_loopback() { to.ip() } else { IpAddr::V4(node_ip(self.node)) };
-        let conn = ConnId(w.next_conn);
-        w.next_conn += 1;
-        let now = w.now;
-        w.conns.insert(
-            conn,
-            Conn {
-                nodes: [self.node, server],
-                incarnations: [self.incarnation, 0],
-                inbox: [VecDeque::new(), VecDeque::new()],
-                eof: [false, false],
-                wakers: [None, None],
-                last_arrival: [now, now],
-                broken: false,
-                tcp: Some(TcpEnds {
-                    addrs: [SocketAddr::new(local_ip, port), to],
-                    closed: [false, false],
-                    released: [false, false],
-                }),
-            },
-        );
-        // A handshake is a round trip.
-        let rtt = w.net.stream_delay(self.node, server) + w.net.stream_delay(server, self.node);
-        w.events.push(now + rtt, Event::Connect { op, conn });
-        op
+        let ends =
+            TcpEnds { addrs: [SocketAddr::new(local_ip, port), to], closed: [false, false], released: [false, false] };
+        w.start_connect(op, self.node, self.incarnation, server, Some(ends))
     }
 
     /// The addresses of byte stream `conn` seen from `end`: its own, then

@@ -152,6 +152,47 @@ impl World {
         }
     }
 
+    /// Completes connect `op` at once with `error`.
+    pub(super) fn fail_connect(&mut self, op: OpId, error: NetError) -> OpId {
+        let slot = self.ops.get_mut(&op).expect("just created");
+        slot.result = Some(OpResult::Connected(Err(error)));
+        slot.done = true;
+        op
+    }
+
+    /// Opens a connection from `client` (incarnation `incarnation`) to
+    /// `server` for connect `op` (a byte stream if `tcp` is set); the
+    /// handshake completes a round trip later.
+    pub(super) fn start_connect(
+        &mut self,
+        op: OpId,
+        client: NodeId,
+        incarnation: u64,
+        server: NodeId,
+        tcp: Option<TcpEnds>,
+    ) -> OpId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let now = self.now;
+        self.conns.insert(
+            conn,
+            Conn {
+                nodes: [client, server],
+                incarnations: [incarnation, 0],
+                inbox: [VecDeque::new(), VecDeque::new()],
+                eof: [false, false],
+                wakers: [None, None],
+                last_arrival: [now, now],
+                broken: false,
+                tcp,
+            },
+        );
+        // A handshake is a round trip.
+        let rtt = self.net.stream_delay(client, server) + self.net.stream_delay(server, client);
+        self.events.push(now + rtt, Event::Connect { op, conn });
+        op
+    }
+
     /// Schedules `frames` (`None`: end of stream) from `end` of `conn`, in
     /// order, all after one draw of the link's delay and never before what
     /// was sent earlier. The caller checked that the stream is open.
@@ -264,31 +305,9 @@ impl NodeHandle {
         let mut w = shared.world();
         let op = w.new_op(self.node, self.incarnation);
         if !w.alive(self.node, self.incarnation) || !w.nodes.contains_key(&server) {
-            let slot = w.ops.get_mut(&op).expect("just created");
-            slot.result = Some(OpResult::Connected(Err(NetError::Refused(server))));
-            slot.done = true;
-            return op;
+            return w.fail_connect(op, NetError::Refused(server));
         }
-        let conn = ConnId(w.next_conn);
-        w.next_conn += 1;
-        let now = w.now;
-        w.conns.insert(
-            conn,
-            Conn {
-                nodes: [self.node, server],
-                incarnations: [self.incarnation, 0],
-                inbox: [VecDeque::new(), VecDeque::new()],
-                eof: [false, false],
-                wakers: [None, None],
-                last_arrival: [now, now],
-                broken: false,
-                tcp: None,
-            },
-        );
-        // A handshake is a round trip.
-        let rtt = w.net.stream_delay(self.node, server) + w.net.stream_delay(server, self.node);
-        w.events.push(now + rtt, Event::Connect { op, conn });
-        op
+        w.start_connect(op, self.node, self.incarnation, server, None)
     }
 
     /// Which node is at the other end of `conn` from `end`.
