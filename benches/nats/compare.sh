@@ -151,6 +151,7 @@ if [[ $SUBS_1M == 1 ]]; then
 fi
 
 STARTED=$(date +%s)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 start_servers
 log "kaelix serve on :$KAELIX_PORT (pid $KAELIX_PID), nats-server on :$NATS_PORT (pid $NATS_PID)"
 for spec in "${CASES[@]}"; do
@@ -175,6 +176,7 @@ for spec in "${SUBS_CASES[@]}"; do
 done
 stop_servers
 ELAPSED=$(($(date +%s) - STARTED))
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 4. the table
 TABLE=$("$VENV/bin/python" - "$RESULTS" "$ROUNDS" "$ELAPSED" <<'PY'
@@ -277,6 +279,10 @@ for r in runs:
 print("\n".join(lines))
 print()
 print(f"{rounds} runs per benchmark and server, interleaved (Kaelix, nats-server, Kaelix, …); whole comparison {elapsed} s.")
+subs_runs = [r for r in runs if r["ok"] and r["case"].startswith("subs")]
+if subs_runs:
+    routed = sum(1 for r in subs_runs if r["result"]["subscriptions"]["routed"])
+    print(f"Subscription runs whose check message (to the middle subject, from another connection) arrived: {routed} of {len(subs_runs)}.")
 if failures:
     print()
     print("Failed runs:")
@@ -288,6 +294,7 @@ PY
     echo "kaelix: $KAELIX ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
     echo "nats-server: $("$NATS_SERVER" --version)"
     echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -sr)"
+    echo "load average (1, 5, 15 min): $LOAD_BEFORE before, $LOAD_AFTER after"
     echo
     echo "$TABLE"
 } | tee "${OUT:-/dev/null}"
