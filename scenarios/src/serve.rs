@@ -17,6 +17,12 @@
 //! * **Subscribers** (client nodes): connect, subscribe to `orders` and
 //!   `live.>`, confirm with `PING`/`PONG` (the subscription is live from
 //!   then), and record every delivery per connection ("session").
+//! * **Native clients** (`kaelix-client` over the native protocol, same
+//!   namespace): a producer sending numbered messages to `orders` in small
+//!   batches with acks `committed` (acknowledged = stored), and a
+//!   subscriber of `orders` from the latest offset (live once subscribed),
+//!   recorded like the NATS ones — so NATS subscribers must see native
+//!   publishes and the native subscriber NATS publishes.
 //! * Once the faults stop, publishers finish their quota; the server's last
 //!   incarnation waits for them, lets the subscribers drain, and reads
 //!   `orders` back from offset 0.
@@ -38,6 +44,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
+use kaelix_broker::message::Message;
+use kaelix_broker::topic::{Pattern, Topic};
+use kaelix_client::{AckLevel, Connection, Consumer, Producer, SubscribeOptions as NativeSubscribeOptions};
 use kaelix_core::NodeId;
 use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{self, DetRng, RngExt};
@@ -63,7 +72,7 @@ pub struct ServeScenario {
 /// The registered instance.
 pub static SERVE: ServeScenario = ServeScenario {
     name: "serve",
-    description: "kaelix serve on a crashing node with NATS publishers and subscribers over simulated TCP: acknowledged publishes survive and reach every live subscriber in order",
+    description: "kaelix serve on a crashing node with NATS and native publishers and subscribers over simulated TCP: acknowledged publishes survive and reach every live subscriber in order",
     planted: None,
 };
 
@@ -78,6 +87,11 @@ pub static SERVE_PONG_BEFORE_STORED: ServeScenario = ServeScenario {
 const SERVER: NodeId = NodeId(1);
 const PORT: u16 = 4222;
 const PUBLISHERS: u64 = 3;
+const NATIVE_PORT: u16 = 7422;
+/// The native producer's publisher number (NATS publishers are 1..=3).
+const NATIVE_PRODUCER: u32 = 10;
+/// The native subscriber's number (NATS subscribers are 1..=2).
+const NATIVE_SUBSCRIBER: u64 = 10;
 const SUBSCRIBERS: u64 = 2;
 const TOLERANCE: Tolerance = Tolerance { max_down: 1, faulty_disks: 0, power_loss: true };
 /// Everything must be done by then.
@@ -106,6 +120,8 @@ struct Observed {
 
 #[derive(Default)]
 struct Session {
+    /// What the session subscribed to.
+    patterns: Vec<Pattern>,
     live_from: Option<Instant>,
     ended: bool,
     deliveries: Vec<(String, Identity)>,
@@ -126,7 +142,7 @@ fn true_now(rt: &SimRuntime) -> Instant {
 fn config(planted: Planted) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.nats.listen = SocketAddr::from(([0, 0, 0, 0], PORT));
-    config.native.listen = SocketAddr::from(([0, 0, 0, 0], 7422));
+    config.native.listen = SocketAddr::from(([0, 0, 0, 0], NATIVE_PORT));
     config.topics.push(TopicSpec {
         name: "orders".into(),
         partitions: 1,
@@ -262,7 +278,8 @@ async fn subscriber(rt: SimRuntime, index: u64, checker: Checker) {
         };
         session += 1;
         let key = (index, session);
-        checker.lock().sessions.insert(key, Session::default());
+        let patterns = vec![Pattern::new("orders").expect("valid"), Pattern::new("live.>").expect("valid")];
+        checker.lock().sessions.insert(key, Session { patterns, ..Session::default() });
         let mut buf = BytesMut::new();
         write_sub(&mut buf, b"orders", None, b"1");
         write_sub(&mut buf, b"live.>", None, b"2");
@@ -297,6 +314,76 @@ async fn subscriber(rt: SimRuntime, index: u64, checker: Checker) {
     }
 }
 
+async fn native_producer(rt: SimRuntime, checker: Checker) {
+    let mut rng = rt.rng();
+    let orders = Topic::new("orders").expect("valid");
+    let mut seq = 0u32;
+    while seq < QUOTA {
+        let conn = match Connection::connect(&rt, kaelix_sim::node_addr(SERVER, NATIVE_PORT)).await {
+            Ok(c) => c,
+            Err(_) => {
+                rt.sleep(Duration::from_millis(rng.random_range(20..200))).await;
+                continue;
+            }
+        };
+        let producer = Producer::new(conn.clone()).with_acks(AckLevel::Committed);
+        while seq < QUOTA {
+            let batch = rng.random_range(1..5u32).min(QUOTA - seq);
+            let mut messages = Vec::new();
+            let mut ids = Vec::new();
+            {
+                let mut o = checker.lock();
+                for _ in 0..batch {
+                    seq += 1;
+                    let id = (NATIVE_PRODUCER, seq);
+                    let payload = encode_payload(id, &mut rng);
+                    messages.push(Message::builder().topic(&orders).payload(payload).build().expect("valid"));
+                    o.sent.insert(id, ("orders".to_owned(), true_now(&rt)));
+                    ids.push(id);
+                }
+            }
+            match producer.send_batch(messages).await {
+                Ok(_) => checker.lock().acked.extend(ids),
+                Err(_) => break,
+            }
+            rt.sleep(Duration::from_millis(rng.random_range(1..30))).await;
+        }
+        conn.close();
+    }
+    checker.lock().publishers_done += 1;
+}
+
+async fn native_subscriber(rt: SimRuntime, checker: Checker) {
+    let mut rng = rt.rng();
+    let orders = Pattern::new("orders").expect("valid");
+    let mut session = 0u32;
+    loop {
+        let subscribed = async {
+            let conn = Connection::connect(&rt, kaelix_sim::node_addr(SERVER, NATIVE_PORT)).await?;
+            let sub = Consumer::new(conn.clone()).subscribe(&orders, NativeSubscribeOptions::default()).await?;
+            Ok::<_, kaelix_client::ClientError>((conn, sub))
+        };
+        let Ok((conn, mut sub)) = subscribed.await else {
+            rt.sleep(Duration::from_millis(rng.random_range(20..200))).await;
+            continue;
+        };
+        session += 1;
+        let key = (NATIVE_SUBSCRIBER, session);
+        let live = Session { patterns: vec![orders.clone()], live_from: Some(true_now(&rt)), ..Session::default() };
+        checker.lock().sessions.insert(key, live);
+        while let Ok(Some(m)) = sub.next().await {
+            let Some(id) = decode_payload(m.payload()) else {
+                return checker.fail(format!("native subscriber: a delivery nobody sent: {m}"));
+            };
+            let subject = m.topic().as_str().to_owned();
+            checker.lock().sessions.get_mut(&key).expect("registered").deliveries.push((subject, id));
+        }
+        conn.close();
+        checker.lock().sessions.get_mut(&key).expect("registered").ended = true;
+        rt.sleep(Duration::from_millis(rng.random_range(10..100))).await;
+    }
+}
+
 async fn server_node(rt: SimRuntime, planted: Planted, checker: Checker) {
     checker.lock().incarnations += 1;
     let server = match Server::start(rt.clone(), config(planted)).await {
@@ -304,7 +391,7 @@ async fn server_node(rt: SimRuntime, planted: Planted, checker: Checker) {
         Err(e) => return checker.fail(format!("the server did not start: {e}")),
     };
     // Only a fault-free incarnation can do the final read-back.
-    while !rt.sim().in_liveness() || checker.lock().publishers_done < PUBLISHERS {
+    while !rt.sim().in_liveness() || checker.lock().publishers_done < PUBLISHERS + 1 {
         rt.sleep(Duration::from_millis(50)).await;
     }
     // Let the subscribers drain what is in flight.
@@ -382,8 +469,9 @@ fn check(o: &Observed) -> Result<(), String> {
         }
         let Some(live_from) = s.live_from else { continue };
         for id in &o.acked {
-            let (_, sent_at) = &o.sent[id];
-            if *sent_at > live_from && !seen.contains(id) {
+            let (subject, sent_at) = &o.sent[id];
+            let topic = Topic::new(subject).expect("sent subjects are topics");
+            if *sent_at > live_from && s.patterns.iter().any(|p| p.matches(&topic)) && !seen.contains(id) {
                 return Err(format!(
                     "subscriber {sub} session {session} (live since {live_from:?}, open to the end) never received \
                      acknowledged publish {id:?} sent at {sent_at:?}"
@@ -424,6 +512,14 @@ impl ServeScenario {
                 NodeSpec { kind: NodeKind::Client, name: format!("subscriber-{}", s + 1), faulty_disk: false, init };
             sim.add_node(NodeId(200 + s), spec);
         }
+        let c = checker.clone();
+        let init = SimRuntime::init(move |rt| native_producer(rt, c.clone()));
+        let spec = NodeSpec { kind: NodeKind::Client, name: "native-producer".into(), faulty_disk: false, init };
+        sim.add_node(NodeId(150), spec);
+        let c = checker.clone();
+        let init = SimRuntime::init(move |rt| native_subscriber(rt, c.clone()));
+        let spec = NodeSpec { kind: NodeKind::Client, name: "native-subscriber".into(), faulty_disk: false, init };
+        sim.add_node(NodeId(250), spec);
         for (at, fault) in schedule.faults {
             sim.schedule_fault(at, fault);
         }
@@ -449,7 +545,7 @@ impl Scenario for ServeScenario {
     }
 
     fn workload_units(&self) -> (&'static str, &'static str) {
-        ("messages published", "acknowledged by PONG")
+        ("messages published", "acknowledged (PONG or committed ack)")
     }
 
     fn description(&self) -> &'static str {
