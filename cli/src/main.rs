@@ -1,8 +1,9 @@
 //! `kaelix`: the one command users run.
 //!
-//! `kaelix serve` (see [`serve`]) and `kaelix sim list | run | replay |
-//! check-history | membership-table`. `bench` and `config check` arrive
-//! with the issues that build what they drive.
+//! `kaelix serve` (see [`serve`]), `kaelix bench pub | pubsub | fanout |
+//! req | subs` (a NATS load generator, see [`bench`]) and `kaelix sim list
+//! | run | replay | check-history | membership-table`. `config check`
+//! arrives with the issue that builds what it drives.
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
 //! the checkers ran) and files (client histories): each such use is allowed
@@ -20,6 +21,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod bench;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,10 @@ enum Command {
     /// Serve clients: NATS protocol (and the native protocol), durable
     /// topics in --data-dir.
     Serve(serve::ServeArgs),
+    /// NATS load generator for any NATS server (Kaelix or nats-server):
+    /// publish throughput, 1→1 and 1→K delivery, request-reply latency,
+    /// subscription memory.
+    Bench(bench::BenchArgs),
     /// Deterministic simulation.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Sim(SimCommand::List) => {
             for s in catalog() {
                 out!("{:<28} {}", s.name(), s.description());
