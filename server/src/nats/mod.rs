@@ -46,7 +46,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::{Either, select};
 use kaelix_broker::message::Message;
 use kaelix_broker::topic::Topic;
-use kaelix_broker::{BrokerError, Routed, SubscribeOptions, Subscription};
+use kaelix_broker::{BrokerError, Routed, Strategy, SubscribeOptions, Subscription};
 use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, TaskHandle};
 use kaelix_core::time::Duration;
@@ -63,6 +63,15 @@ use crate::tls::TlsStream;
 /// The subject slow-consumer advisories are published on (relayed to
 /// whoever subscribes; a JSON object naming the client, subject and policy).
 pub const SLOW_CONSUMER_ADVISORY: &str = "$SYS.KAELIX.ADVISORY.SLOW_CONSUMER";
+
+/// Messages a subscription's broker stream holds for its pump; past it the
+/// oldest are dropped and the connection is a slow consumer.
+pub const SUBSCRIPTION_BUFFER: usize = 16 * 1024;
+
+/// Operations the reader performs before it lets other tasks (the pumps
+/// delivering what it publishes) run: a client flooding one connection
+/// must not starve the deliveries on its worker.
+const OPS_PER_YIELD: usize = 64;
 
 /// The version reported in `INFO` (clients gate features on it: headers
 /// need 2.2 or later).
@@ -176,9 +185,14 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         done: Arc::new(std::sync::Mutex::new(Vec::new())),
     };
     let reason = 'serve: loop {
+        let mut performed = 0;
         while let Some(action) = session.poll_output() {
             if let Some(reason) = conn.perform(&mut session, action).await {
                 break 'serve reason;
+            }
+            performed += 1;
+            if performed % OPS_PER_YIELD == 0 {
+                yield_now().await;
             }
         }
         for sid in conn.take_done() {
@@ -233,6 +247,22 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
     stream.close();
 }
 
+/// Returns `Pending` once (waking itself), so the executor runs other
+/// ready tasks before this one goes on.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
 enum Event<E> {
     Read(Result<Option<Bytes>, E>),
     Stop,
@@ -278,7 +308,13 @@ impl<R: Runtime> Conn<R> {
                 self.publish(session, topic, reply, headers, payload, ok).await;
             }
             Action::Subscribe { sid, pattern, queue, filter } => {
-                let options = SubscribeOptions { queue_group: queue, ..SubscribeOptions::default() };
+                // A deep buffer, and drops in it are a slow consumer like a
+                // full outbound buffer (see PumpTask::run): never silent.
+                let options = SubscribeOptions {
+                    queue_group: queue,
+                    strategy: Some(Strategy::DropOldest { capacity: SUBSCRIPTION_BUFFER }),
+                    ..SubscribeOptions::default()
+                };
                 match self.shared.broker.subscribe(pattern.as_str(), options) {
                     Ok(sub) => self.start_pump(session, sid, pattern.as_str().to_owned(), sub, filter),
                     Err(e) => {
@@ -430,7 +466,19 @@ impl<R: Runtime> PumpTask<R> {
     async fn run(self, mut sub: Subscription<R>) {
         let mut delivered = 0u64;
         let mut dropping = false;
+        let mut broker_drops = 0u64;
         while let Some(first) = sub.next().await {
+            // Messages the broker stream dropped because this pump fell
+            // behind: the same slow consumer as a full outbound buffer.
+            let drops = sub.drops().map_or(0, |d| d.total());
+            if drops > broker_drops {
+                let lost = drops - broker_drops;
+                broker_drops = drops;
+                if self.slow_consumer(&first, self.outbound.pending(), lost, dropping) {
+                    return;
+                }
+                dropping = true;
+            }
             let mut next = Some(first);
             // Everything already buffered goes out in one pass (one wake of
             // the writer for a burst).
@@ -467,7 +515,7 @@ impl<R: Runtime> PumpTask<R> {
                     }
                     Ok(false) => return,
                     Err(full) => {
-                        if self.slow_consumer(&message, full.pending, dropping) {
+                        if self.slow_consumer(&message, full.pending, 1, dropping) {
                             return;
                         }
                         dropping = true;
@@ -483,7 +531,7 @@ impl<R: Runtime> PumpTask<R> {
     }
 
     /// Applies the slow-consumer policy; `true` ends the pump.
-    fn slow_consumer(&self, message: &Message, pending: usize, already_dropping: bool) -> bool {
+    fn slow_consumer(&self, message: &Message, pending: usize, lost: u64, already_dropping: bool) -> bool {
         let policy = self.shared.config.limits.slow_consumer;
         let stats = &self.shared.stats;
         match policy {
@@ -493,7 +541,7 @@ impl<R: Runtime> PumpTask<R> {
                 self.stop.raise();
             }
             SlowConsumerPolicy::Drop => {
-                stats.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+                stats.slow_consumer_drops.fetch_add(lost, Ordering::Relaxed);
             }
         }
         if !already_dropping {
