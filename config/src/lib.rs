@@ -37,6 +37,6 @@ pub use loader::{ConfigLoader, LoadError, Loaded};
 pub use reload::{ConfigChange, HotReloadManager, ReloadPolicy, ReloadStats};
 pub use source::{Location, Origin};
 pub use validate::{
-    Category, ConfigValidator, Diagnostic, FixedProbe, Findings, OsProbe, Phase, Severity, SystemProbe, Validate,
+    Category, ConfigValidator, Diagnostic, Findings, FixedProbe, OsProbe, Phase, Severity, SystemProbe, Validate,
     ValidationContext,
 };

@@ -36,9 +36,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
+use crate::Origin;
 use crate::source::{SpanMap, join, line_column};
 use crate::validate::{ConfigValidator, Diagnostic, OsProbe, Phase, Severity, SystemProbe, Validate};
-use crate::Origin;
 
 /// Builds and runs one load. Cheap to clone; a [`crate::HotReloadManager`]
 /// keeps one to load the file again with the same environment and flags.
@@ -254,9 +254,9 @@ impl ConfigLoader {
                 }
                 merge_into(&mut tree, key, value);
                 for p in set_paths {
-                    let origin = spans.get(&p).map_or(Origin::File { path: shown.clone(), line: 0, column: 0 }, |s| {
-                        at(s.value.start)
-                    });
+                    let origin = spans
+                        .get(&p)
+                        .map_or(Origin::File { path: shown.clone(), line: 0, column: 0 }, |s| at(s.value.start));
                     origins.insert(p, origin);
                 }
             }
@@ -368,7 +368,11 @@ impl<T: Serialize> Loaded<T> {
 #[allow(clippy::disallowed_methods, reason = "the loader's job: read the file")]
 fn read(path: &Path) -> Result<String, LoadError> {
     std::fs::read_to_string(path).map_err(|e| {
-        LoadError::one(Origin::File { path: path.display().to_string(), line: 0, column: 0 }, "", format!("cannot read: {e}"))
+        LoadError::one(
+            Origin::File { path: path.display().to_string(), line: 0, column: 0 },
+            "",
+            format!("cannot read: {e}"),
+        )
     })
 }
 
@@ -566,7 +570,10 @@ pub fn show_value(value: &Value) -> String {
         Value::Datetime(d) => d.to_string(),
         Value::Array(items) => format!("[{}]", items.iter().map(show_value).collect::<Vec<_>>().join(", ")),
         Value::Table(t) => {
-            format!("{{ {} }}", t.iter().map(|(k, v)| format!("{k} = {}", show_value(v))).collect::<Vec<_>>().join(", "))
+            format!(
+                "{{ {} }}",
+                t.iter().map(|(k, v)| format!("{k} = {}", show_value(v))).collect::<Vec<_>>().join(", ")
+            )
         }
     }
 }
@@ -596,7 +603,7 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
-    use crate::validate::{Category, FixedProbe, Findings, ValidationContext};
+    use crate::validate::{Category, Findings, FixedProbe, ValidationContext};
 
     #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields, default)]
@@ -674,7 +681,10 @@ mod tests {
         assert_eq!(l.origins["items[0].id"], Origin::File { path: "d.toml".into(), line: 2, column: 6 });
         assert_eq!(l.origins["items[1].id"], Origin::Env { var: "K_ITEMS__1__ID".into() });
         let e = load("", &[("K_ITEMS__0__ID", "c")]).unwrap_err();
-        assert_eq!(e.to_string(), "environment K_ITEMS__0__ID: items[0].id: items has 0 entries: there is no [0] to set");
+        assert_eq!(
+            e.to_string(),
+            "environment K_ITEMS__0__ID: items[0].id: items has 0 entries: there is no [0] to set"
+        );
     }
 
     #[test]
@@ -700,7 +710,11 @@ mod tests {
         let e = load("[net]\nmax_connections = 0\n", &[]).unwrap_err();
         assert_eq!(e.to_string(), "d.toml:2:19: net.max_connections: must be at least 1");
         let e = load("name = \"bad\"\n[net]\nport = 5\n", &[]).unwrap_err();
-        assert_eq!(e.to_string(), "d.toml:2:2: net: bad name with this net", "a section finding points at its header's name");
+        assert_eq!(
+            e.to_string(),
+            "d.toml:2:2: net: bad name with this net",
+            "a section finding points at its header's name"
+        );
         let e = load("", &[("K_NET__MAX_CONNECTIONS", "0")]).unwrap_err();
         assert_eq!(e.to_string(), "environment K_NET__MAX_CONNECTIONS: net.max_connections: must be at least 1");
         let l = load("[net]\nmax_connections = 5000\n", &[]).unwrap();

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use notify::{RecursiveMode, Watcher};
@@ -65,7 +65,8 @@ impl ReloadPolicy {
     pub fn allows(&self, key: &str) -> bool {
         let general = wildcard_indices(key);
         self.reloadable.iter().any(|p| {
-            general == *p || (general.starts_with(p.as_str()) && matches!(general.as_bytes().get(p.len()), Some(b'.' | b'[')))
+            general == *p
+                || (general.starts_with(p.as_str()) && matches!(general.as_bytes().get(p.len()), Some(b'.' | b'[')))
         })
     }
 
@@ -148,8 +149,9 @@ pub struct ReloadStats {
     pub unchanged: u64,
     /// The latest refusal's reason.
     pub last_error: Option<String>,
-    /// When the latest change applied (wall clock).
-    pub last_apply: Option<SystemTime>,
+    /// When the latest change applied: milliseconds since the Unix epoch
+    /// (wall clock).
+    pub last_apply_unix_ms: Option<u64>,
     /// The current generation.
     pub generation: u64,
 }
@@ -169,7 +171,7 @@ struct Inner<T> {
     rejected_count: AtomicU64,
     unchanged_count: AtomicU64,
     last_error: Mutex<Option<String>>,
-    last_apply: Mutex<Option<SystemTime>>,
+    last_apply_unix_ms: Mutex<Option<u64>>,
 }
 
 /// The current configuration of a running process, and its reloads.
@@ -222,7 +224,7 @@ where
                 rejected_count: AtomicU64::new(0),
                 unchanged_count: AtomicU64::new(0),
                 last_error: Mutex::new(None),
-                last_apply: Mutex::new(None),
+                last_apply_unix_ms: Mutex::new(None),
             }),
         })
     }
@@ -263,7 +265,7 @@ where
             rejected: self.inner.rejected_count.load(Ordering::Relaxed),
             unchanged: self.inner.unchanged_count.load(Ordering::Relaxed),
             last_error: self.inner.last_error.lock().expect("last_error").clone(),
-            last_apply: *self.inner.last_apply.lock().expect("last_apply"),
+            last_apply_unix_ms: *self.inner.last_apply_unix_ms.lock().expect("last_apply"),
             generation: self.inner.generation.load(Ordering::Acquire),
         }
     }
@@ -325,7 +327,7 @@ where
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
         *applied = (loaded.effective, loaded.file_text);
         self.inner.applied_count.fetch_add(1, Ordering::Relaxed);
-        *self.inner.last_apply.lock().expect("last_apply") = Some(wall_now());
+        *self.inner.last_apply_unix_ms.lock().expect("last_apply") = Some(wall_now_unix_ms());
         tracing::info!(generation, changed = ?changed, "configuration applied");
         let change = Arc::new(ConfigChange { generation, changed: changed.clone(), old, new });
         self.inner.subscribers.lock().expect("subscribers").retain(|s| s.send(change.clone()).is_ok());
@@ -354,9 +356,10 @@ where
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let manager = self.clone();
         let relevant = move |event: &notify::Event| {
-            event.paths.iter().any(|p| {
-                p.file_name().is_some_and(|n| n == name.as_os_str() || n.to_string_lossy().starts_with(".."))
-            })
+            event
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == name.as_os_str() || n.to_string_lossy().starts_with("..")))
         };
         let thread = std::thread::Builder::new().name("kaelix-config-watch".into()).spawn(move || {
             while let Ok(event) = rx.recv() {
@@ -385,9 +388,13 @@ where
     }
 }
 
-#[allow(clippy::disallowed_methods, reason = "stats report the wall-clock time of the latest apply")]
-fn wall_now() -> SystemTime {
-    SystemTime::now()
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "stats report the wall-clock time of the latest apply"
+)]
+fn wall_now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -124,8 +124,11 @@ impl SpanMap {
         self.spans
             .iter()
             .filter(|(_, s)| s.key.contains(&offset) || s.value.contains(&offset))
-            .min_by_key(|(_, s)| {
-                if s.key.contains(&offset) { s.key.end - s.key.start } else { s.value.end - s.value.start }
+            // Narrowest span; on a tie (an array and its only item) the
+            // deeper path.
+            .min_by_key(|(p, s)| {
+                let width = if s.key.contains(&offset) { s.key.end - s.key.start } else { s.value.end - s.value.start };
+                (width, std::cmp::Reverse(p.len()))
             })
             .map(|(p, _)| p.as_str())
     }

@@ -222,7 +222,8 @@ impl SystemProbe for OsProbe {
     fn free_disk_bytes(&self, path: &Path) -> Option<u64> {
         // The data directory may not exist yet: ask about the nearest
         // ancestor that does (the file system it will be created on).
-        let mut at: PathBuf = if path.is_absolute() { path.to_owned() } else { std::env::current_dir().ok()?.join(path) };
+        let mut at: PathBuf =
+            if path.is_absolute() { path.to_owned() } else { std::env::current_dir().ok()?.join(path) };
         while !at.exists() {
             at = at.parent()?.to_owned();
         }
@@ -298,7 +299,8 @@ impl SystemProbe for FixedProbe {
     fn port_is_free(&self, addr: SocketAddr) -> bool {
         addr.port() == 0
             || !self.busy.iter().any(|b| {
-                b.port() == addr.port() && (b.ip() == addr.ip() || b.ip().is_unspecified() || addr.ip().is_unspecified())
+                b.port() == addr.port()
+                    && (b.ip() == addr.ip() || b.ip().is_unspecified() || addr.ip().is_unspecified())
             })
     }
 }

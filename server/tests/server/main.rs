@@ -3,6 +3,7 @@
 mod async_nats_client;
 mod auth;
 mod bad_input;
+mod config_catalog;
 mod limits;
 mod native_client;
 mod slow_consumer;
