@@ -342,7 +342,7 @@ mod tests {
         assert!(p.is_local_address("127.0.0.1".parse().unwrap()));
         // TEST-NET-3: documentation addresses are on no interface.
         assert!(!p.is_local_address("203.0.113.7".parse().unwrap()));
-        #[allow(clippy::disallowed_methods, reason = "a real listener to see the port busy")]
+        #[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "a real listener to see the port busy")]
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(!p.port_is_free(held.local_addr().unwrap()));
     }
