@@ -6,6 +6,7 @@ mod bad_input;
 mod config_catalog;
 mod limits;
 mod native_client;
+mod reconfigure;
 mod slow_consumer;
 mod support;
 mod tls;
