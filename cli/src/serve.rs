@@ -1,7 +1,13 @@
 //! `kaelix serve`: one node on the real executor.
 //!
-//! Reads the configuration file (if any), applies the flags on top, opens
-//! the data directory, starts the server and runs until SIGINT or SIGTERM.
+//! Loads the configuration (defaults → file → `KAELIX_` environment →
+//! flags → validation against this machine; see `kaelix_config`) and
+//! refuses to start on any error, naming each. Then opens the data
+//! directory, starts the server and runs until SIGINT or SIGTERM. The file
+//! is watched and reloaded on change (1 s debounce) and on SIGHUP: the
+//! reloadable keys (`ServerConfig::RELOADABLE`) apply to the running server
+//! and the log filter; any other change, or an invalid file, is refused
+//! whole and logged, and the running configuration stays.
 //! The first signal drains (stop accepting, answer what was read, sync,
 //! exit 0); a second one exits at once.
 
@@ -10,7 +16,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use kaelix_config::{ConfigLoader, HotReloadManager, Loaded, ReloadPolicy};
@@ -195,6 +200,17 @@ fn run_with(
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
         };
+        // Reloads from here on reach the running server.
+        let _watch = match &reloader {
+            Some(manager) => match start_reloading(manager, server.clone(), log_handle) {
+                Ok(watch) => Some(watch),
+                Err(e) => return Err(format!("watching {}: {e}", manager.path().display())),
+            },
+            None => {
+                watch_sighup(None);
+                None
+            }
+        };
         println!("kaelix serve: NATS clients on nats://{}", server.nats_addr());
         println!("kaelix serve: native clients on {}", server.native_addr());
         println!("kaelix serve: data in {}", data_dir.display());
@@ -214,6 +230,68 @@ fn run_with(
             eprintln!("kaelix serve: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Applies every change the manager accepts to the running server and the
+/// log filter; watches the file (1 s debounce) and SIGHUP.
+fn start_reloading(
+    manager: &HotReloadManager<ServerConfig>,
+    server: Server<RealRuntime>,
+    log_handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+) -> notify::Result<kaelix_config::reload::WatchHandle> {
+    let changes = manager.subscribe();
+    std::thread::Builder::new()
+        .name("kaelix-reconfigure".into())
+        .spawn(move || {
+            for change in changes {
+                if change.touches("log.level")
+                    && let Err(e) = log_handle.modify(|f| *f = level_filter(change.new.log.level))
+                {
+                    tracing::warn!(error = %e, "changing the log level");
+                }
+                match server.reconfigure(&change.new) {
+                    Ok(report) => tracing::info!(
+                        generation = change.generation,
+                        changed = ?change.changed,
+                        disconnected = report.disconnected,
+                        "configuration reloaded"
+                    ),
+                    // Validated before it was applied: this is a bug, but the
+                    // server keeps its previous configuration.
+                    Err(e) => tracing::error!(error = %e, "the server refused a validated configuration"),
+                }
+            }
+        })
+        .map_err(notify::Error::io)?;
+    let watch = manager.watch(kaelix_config::reload::DEFAULT_DEBOUNCE)?;
+    watch_sighup(Some(manager.clone()));
+    tracing::info!(file = %manager.path().display(), "watching the configuration (reload also on SIGHUP)");
+    Ok(watch)
+}
+
+/// SIGHUP reloads the configuration file now (without one, says so).
+fn watch_sighup(manager: Option<HotReloadManager<ServerConfig>>) {
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP will not reload: installing its handler failed");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("kaelix-sighup".into()).spawn(move || {
+        for _ in signals.forever() {
+            match &manager {
+                Some(m) => {
+                    let outcome = m.reload_now();
+                    tracing::info!(?outcome, stats = ?m.stats(), "SIGHUP: configuration reload");
+                }
+                None => tracing::warn!("SIGHUP: no configuration file to reload (started without one)"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "SIGHUP will not reload");
     }
 }
 

@@ -156,6 +156,8 @@ pub struct ReloadStats {
     pub generation: u64,
 }
 
+type Applied = (Table, Option<String>, Option<String>);
+
 type Subscribers<T> = Mutex<Vec<mpsc::Sender<Arc<ConfigChange<T>>>>>;
 
 struct Inner<T> {
@@ -163,8 +165,9 @@ struct Inner<T> {
     loader: ConfigLoader,
     path: PathBuf,
     policy: ReloadPolicy,
-    /// Writers only: the effective tree and file text of `current`.
-    applied: Mutex<(Table, Option<String>)>,
+    /// Writers only: the effective tree and file text of `current`, and
+    /// the file text refused last.
+    applied: Mutex<Applied>,
     subscribers: Subscribers<T>,
     generation: AtomicU64,
     applied_count: AtomicU64,
@@ -217,7 +220,7 @@ where
                 loader,
                 path,
                 policy,
-                applied: Mutex::new((loaded.effective, loaded.file_text)),
+                applied: Mutex::new((loaded.effective, loaded.file_text, None)),
                 subscribers: Mutex::new(Vec::new()),
                 generation: AtomicU64::new(0),
                 applied_count: AtomicU64::new(0),
@@ -279,16 +282,25 @@ where
             Err(e) => return self.reject(&[], format!("{}: cannot read: {e}", self.inner.path.display())),
         };
         let mut applied = self.inner.applied.lock().expect("applied");
-        if applied.1.as_deref() == Some(text.as_str()) {
+        // The text in force, or the text refused last time: nothing new to
+        // apply or to report (an editor's extra events, a repeated SIGHUP).
+        if applied.1.as_deref() == Some(text.as_str()) || applied.2.as_deref() == Some(text.as_str()) {
             self.inner.unchanged_count.fetch_add(1, Ordering::Relaxed);
             return ReloadOutcome::Unchanged;
         }
         let loaded = match self.inner.loader.load_text::<T>(Some(&self.inner.path), Some(&text), Phase::Reload) {
             Ok(l) => l,
-            Err(e) => return self.reject(&[], format!("invalid configuration:\n{e}")),
+            Err(e) => {
+                applied.2 = Some(text);
+                return self.reject(&[], format!("invalid configuration:\n{e}"));
+            }
         };
+        let refused_text = text.clone();
         let previous = applied.1.clone();
         let outcome = self.offer_locked(&mut applied, loaded);
+        if let ReloadOutcome::Rejected { .. } = outcome {
+            applied.2 = Some(refused_text);
+        }
         if matches!(outcome, ReloadOutcome::Applied { .. })
             && let Some(previous) = previous
             && let Err(e) = std::fs::write(self.backup_path(), previous)
@@ -306,7 +318,7 @@ where
         self.offer_locked(&mut applied, loaded)
     }
 
-    fn offer_locked(&self, applied: &mut (Table, Option<String>), loaded: Loaded<T>) -> ReloadOutcome {
+    fn offer_locked(&self, applied: &mut Applied, loaded: Loaded<T>) -> ReloadOutcome {
         let changed = changed_keys(&applied.0, &loaded.effective);
         if changed.is_empty() {
             applied.1 = loaded.file_text;
@@ -325,7 +337,7 @@ where
         let new = Arc::new(loaded.config);
         let old = self.inner.current.swap(new.clone());
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        *applied = (loaded.effective, loaded.file_text);
+        *applied = (loaded.effective, loaded.file_text, None);
         self.inner.applied_count.fetch_add(1, Ordering::Relaxed);
         *self.inner.last_apply_unix_ms.lock().expect("last_apply") = Some(wall_now_unix_ms());
         tracing::info!(generation, changed = ?changed, "configuration applied");
