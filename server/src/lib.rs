@@ -331,7 +331,11 @@ impl<R: Runtime> Server<R> {
             // Logins stand as they are (re-checking each costs a bcrypt
             // verification).
             shared.stats.reconfigurations.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(retention_changed = report.retention_changed, records_removed = report.records_removed, "reconfigured");
+            tracing::info!(
+                retention_changed = report.retention_changed,
+                records_removed = report.records_removed,
+                "reconfigured"
+            );
             return Ok(report);
         }
         shared.auth.store(Arc::new(authenticator));
