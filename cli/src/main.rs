@@ -2,8 +2,8 @@
 //!
 //! `kaelix serve` (see [`serve`]), `kaelix bench pub | pubsub | fanout |
 //! req | subs` (a NATS load generator, see [`bench`]) and `kaelix sim list
-//! | run | replay | check-history | membership-table`. `config check`
-//! arrives with the issue that builds what it drives.
+//! | run | replay | check-history | membership-table`, `kaelix config check
+//! | show` (see [`config_cmd`]).
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
 //! the checkers ran) and files (client histories): each such use is allowed
@@ -22,6 +22,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod config_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,9 @@ enum Command {
     /// Deterministic simulation.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Check or show the configuration `kaelix serve` would run with.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Config(command) => config_cmd::run(command),
         Command::Sim(SimCommand::List) => {
             for s in catalog() {
                 out!("{:<28} {}", s.name(), s.description());
