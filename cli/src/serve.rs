@@ -53,6 +53,13 @@ pub struct ServeArgs {
     /// Seconds a drain waits for connections to finish.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Address of the metrics endpoint, /metrics and /healthz
+    /// [default: 127.0.0.1:9464].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve no metrics endpoint.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 fn init_logging(format: LogFormat, level: tracing::Level) {
@@ -76,6 +83,12 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, String> {
     }
     if let Some(addr) = args.listen {
         config.native.listen = addr;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.telemetry.metrics_listen = addr;
+    }
+    if args.no_metrics {
+        config.telemetry.metrics = false;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -110,6 +123,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = match crate::telemetry::start(&config.telemetry, exec.handle(), &rt) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kaelix serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(t) = &telemetry {
+        println!("kaelix serve: metrics on http://{}/metrics", t.endpoint.local_addr());
+    }
+    let collector = telemetry.as_ref().map(|t| t.collector.clone());
     let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<i32>();
     if let Err(e) = watch_signals(stop_tx) {
         eprintln!("kaelix serve: installing signal handlers: {e}");
@@ -122,6 +146,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
         };
+        if let Some(collector) = &collector {
+            kaelix_telemetry::sources::add_server(collector, server.observer());
+        }
         println!("kaelix serve: NATS clients on nats://{}", server.nats_addr());
         println!("kaelix serve: native clients on {}", server.native_addr());
         println!("kaelix serve: data in {}", data_dir.display());
@@ -132,6 +159,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(())
     });
     exec.shutdown(Duration::from_secs(2));
+    drop(telemetry);
     match outcome {
         Ok(()) => {
             println!("kaelix serve: stopped cleanly");

@@ -31,6 +31,11 @@
 //! [tls]                          # see `crate::tls`
 //! cert = "server.pem"
 //! key = "server.key"
+//!
+//! [telemetry]                    # served by `kaelix serve` (kaelix-telemetry)
+//! metrics = true
+//! metrics_listen = "127.0.0.1:9464"
+//! sample_interval_ms = 1000
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -63,6 +68,8 @@ pub struct ServerConfig {
     pub auth: crate::auth::AuthConfig,
     /// TLS for client connections (absent: plaintext).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// The metrics endpoint (`/metrics`, `/healthz`).
+    pub telemetry: TelemetrySettings,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -78,7 +85,32 @@ impl Default for ServerConfig {
             topics: Vec::new(),
             auth: crate::auth::AuthConfig::default(),
             tls: None,
+            telemetry: TelemetrySettings::default(),
             planted: kaelix_core::planted::Planted::NONE,
+        }
+    }
+}
+
+/// The metrics endpoint `kaelix serve` runs beside the server (the server
+/// itself only keeps counters; `kaelix-telemetry` exports them).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Serve `/metrics` (Prometheus text format) and `/healthz`.
+    pub metrics: bool,
+    /// Where the endpoint listens (port 0: any free port).
+    pub metrics_listen: SocketAddr,
+    /// How often the performance monitor samples and histogram windows
+    /// are folded (milliseconds).
+    pub sample_interval_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            metrics: true,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            sample_interval_ms: 1000,
         }
     }
 }
@@ -298,6 +330,9 @@ impl ServerConfig {
                 "limits.max_pending",
                 format!("{} is smaller than limits.max_payload ({})", l.max_pending, l.max_payload),
             );
+        }
+        if self.telemetry.sample_interval_ms == 0 {
+            return invalid("telemetry.sample_interval_ms", "must be at least 1".to_owned());
         }
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1".to_owned());
