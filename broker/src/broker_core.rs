@@ -182,7 +182,9 @@ pub enum BrokerError {
     #[error("topic {0} is durable, but this broker has no storage (open it with Broker::open_durable)")]
     NoDurableStorage(Topic),
     /// A replicated topic on a broker without a replicator.
-    #[error("topic {0} is replicated, but this broker has no replicator (it runs replicated topics only as a cluster node)")]
+    #[error(
+        "topic {0} is replicated, but this broker has no replicator (it runs replicated topics only as a cluster node)"
+    )]
     NoReplication(Topic),
     /// A publish to a replicated topic through a call that cannot wait for
     /// its commit.

@@ -397,3 +397,23 @@ fn group_polls_honour_a_byte_limit_but_always_progress() {
     c.leave_group(member);
     assert!(matches!(c.group_assignment(member), Err(BrokerError::Group(_))));
 }
+
+#[test]
+fn group_lags_count_from_the_commit_or_the_earliest_offset() {
+    let mut c = core();
+    let t = Topic::new("lag").unwrap();
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, ..TopicConfig::default() }).unwrap();
+    publish_n(&mut c, "lag", 0, 5, 10);
+    publish_n(&mut c, "lag", 1, 2, 10);
+    assert!(c.group_lags().is_empty(), "no group, no lag");
+    let (member, _) = c.join_group("workers", &t).unwrap();
+    let (_, generation, _) = c.group_assignment(member).unwrap();
+    c.commit(member, generation, 0, 3).unwrap();
+    let lags: Vec<(&str, u32, Option<u64>, u64, u64)> = c
+        .group_lags()
+        .iter()
+        .map(|l| (if l.topic == t { "lag" } else { "?" }, l.partition, l.committed, l.end, l.lag))
+        .collect();
+    assert_eq!(lags, [("lag", 0, Some(3), 5, 2), ("lag", 1, None, 2, 2)]);
+    assert!(c.group_lags().iter().all(|l| &*l.group == "workers"));
+}

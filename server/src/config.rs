@@ -488,6 +488,20 @@ mod tests {
     }
 
     #[test]
+    fn the_telemetry_section_parses_and_is_checked() {
+        let c = ServerConfig::from_toml("[telemetry]\nmetrics_listen = \"0.0.0.0:9100\"\n", "f").unwrap();
+        assert_eq!(c.telemetry.metrics_listen, "0.0.0.0:9100".parse().unwrap());
+        assert!(c.telemetry.metrics, "on unless switched off");
+        assert_eq!(ServerConfig::default().telemetry.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+        let c = ServerConfig::from_toml("[telemetry]\nmetrics = false\n", "f").unwrap();
+        assert!(!c.telemetry.metrics);
+        let e = ServerConfig::from_toml("[telemetry]\nsample_interval_ms = 0\n", "k").unwrap_err();
+        assert_eq!(e.to_string(), "telemetry.sample_interval_ms: must be at least 1");
+        let e = ServerConfig::from_toml("[telemetry]\nmetrics_listen = \"nowhere\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().starts_with("k.toml:2:18: invalid socket address"), "{e}");
+    }
+
+    #[test]
     fn errors_name_position_and_key() {
         let e = ServerConfig::from_toml("[limits]\nmax_payloadd = 3\n", "kaelix.toml").unwrap_err();
         assert!(e.to_string().starts_with("kaelix.toml:2:1: unknown field `max_payloadd`"), "{e}");
