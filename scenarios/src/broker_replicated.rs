@@ -253,7 +253,13 @@ async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, checker:
 }
 
 /// Records what a subscription delivers, in order, under `key`.
-async fn reader(rt: SimRuntime, mut sub: Subscription<SimRuntime>, key: (NodeId, u64), live: bool, checker: Checker) {
+async fn reader(
+    rt: SimRuntime,
+    mut sub: Subscription<SimRuntime>,
+    key: (NodeId, u64),
+    live: bool,
+    checker: Checker,
+) {
     let mut rng = rt.rng();
     while let Some(m) = sub.next().await {
         let (Some(id), Some(partition), Some(offset)) = (identity(&m), m.partition(), m.offset()) else {
@@ -313,9 +319,7 @@ fn quiet(o: &Observed, rt: &SimRuntime, servers: &[NodeId]) -> Result<(), String
         };
         let settled = states.len() == servers.len()
             && leader.commit_term == Some(leader.term)
-            && states
-                .iter()
-                .all(|(_, m)| m.term == leader.term && m.commit == leader.commit && m.applied == leader.commit);
+            && states.iter().all(|(_, m)| m.term == leader.term && m.commit == leader.commit && m.applied == leader.commit);
         if !settled {
             return Err(format!("group {g} is not settled: {states:?}"));
         }
@@ -378,8 +382,7 @@ fn check(o: &Observed) -> Result<(), String> {
         for (part, entries) in parts {
             let theirs = &reference[part];
             if entries != theirs {
-                let at =
-                    entries.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(entries.len().min(theirs.len()));
+                let at = entries.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(entries.len().min(theirs.len()));
                 return Err(format!(
                     "replicas disagree on {}/{}: {node} holds {} records, {first} holds {}; first difference at position {at}: {:?} vs {:?}",
                     part.0,
