@@ -81,6 +81,11 @@ pub struct MetricsConfig {
     pub quantiles: Vec<f64>,
     /// The sliding window a summary's quantiles cover.
     pub summary_window: Duration,
+    /// A gauge not set for this long leaves the output (checked at each
+    /// render). Sources set theirs at every render, so this removes only
+    /// series whose subject is gone — a consumer group's lag after the group
+    /// is deleted, a thread that exited. `None`: gauges stay forever.
+    pub gauge_idle_timeout: Option<Duration>,
 }
 
 impl Default for MetricsConfig {
@@ -90,6 +95,7 @@ impl Default for MetricsConfig {
             histogram_buckets: Vec::new(),
             quantiles: vec![0.0, 0.5, 0.9, 0.99, 0.999, 1.0],
             summary_window: Duration::from_secs(60),
+            gauge_idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -122,7 +128,8 @@ impl MetricsCollector {
             .map_err(exporter)?
             .set_bucket_duration(config.summary_window / window_buckets)
             .map_err(exporter)?
-            .set_bucket_count(std::num::NonZeroU32::new(window_buckets).expect("six buckets"));
+            .set_bucket_count(std::num::NonZeroU32::new(window_buckets).expect("six buckets"))
+            .idle_timeout(metrics_util::MetricKindMask::GAUGE, config.gauge_idle_timeout);
         for (name, buckets) in &config.histogram_buckets {
             builder = builder.set_buckets_for_metric(Matcher::Full(name.clone()), buckets).map_err(exporter)?;
         }
@@ -368,6 +375,28 @@ mod tests {
         let text = c.render();
         assert!(text.contains("kaelix_test_read_total 42\n"), "{text}");
         assert!(text.contains("# HELP kaelix_test_read_total Counted elsewhere, copied at scrape time."), "{text}");
+    }
+
+    #[test]
+    fn gauges_no_source_sets_any_more_leave_the_output() {
+        let config = MetricsConfig { gauge_idle_timeout: Some(Duration::from_millis(50)), ..MetricsConfig::default() };
+        let c = MetricsCollector::new(&config).unwrap();
+        let groups = Arc::new(Mutex::new(vec!["a", "b"]));
+        let current = groups.clone();
+        c.add_source("groups", move || {
+            for g in current.lock().unwrap().iter() {
+                metrics::gauge!("kaelix_test_lag", "group" => *g).set(1.0);
+            }
+        });
+        c.counter("kaelix_test_once_total", &[]).increment(1);
+        let text = c.render();
+        assert!(text.contains("kaelix_test_lag{group=\"a\"} 1") && text.contains("kaelix_test_lag{group=\"b\"} 1"));
+        groups.lock().unwrap().retain(|g| *g != "a");
+        thread::sleep(Duration::from_millis(150));
+        let text = c.render();
+        assert!(!text.contains("group=\"a\""), "the deleted group's series is gone: {text}");
+        assert!(text.contains("kaelix_test_lag{group=\"b\"} 1"), "{text}");
+        assert!(text.contains("kaelix_test_once_total 1"), "counters never expire: {text}");
     }
 
     #[test]
