@@ -428,6 +428,9 @@ pub struct BrokerCore {
     /// Proposals taken or queued, until their caller takes the outcome.
     proposals: BTreeMap<ProposalId, ProposalState>,
     next_proposal: u64,
+    /// Planted [`PlantedBug::BrokerDeliverUncommitted`]: ids delivered at
+    /// proposal (empty otherwise).
+    delivered_early: std::collections::BTreeSet<uuid::Uuid>,
 }
 
 /// Where a proposal stands.
@@ -484,6 +487,7 @@ impl BrokerCore {
             replication_outputs: VecDeque::new(),
             proposals: BTreeMap::new(),
             next_proposal: 1,
+            delivered_early: std::collections::BTreeSet::new(),
         }
     }
 
@@ -1503,6 +1507,19 @@ impl BrokerCore {
         }
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
+        if self.config.planted.is_on(PlantedBug::BrokerDeliverUncommitted) {
+            // Planted bug: deliver now, at the offset it should get if
+            // every proposal before it commits, and not again at commit.
+            let pending = self.proposals.values().filter(|p| matches!(p, ProposalState::Pending { topic: t, partition: q } if *t == topic && *q == partition)).count() as u64;
+            let state = self.topics.get(&topic).expect("exists");
+            let offset = state.partitions[partition as usize].next_offset() + pending;
+            let early = message.clone().with_partition_offset(partition, offset);
+            let mut targets = std::mem::take(&mut self.route_scratch);
+            self.registry.route_into(&topic, &mut targets);
+            self.offer_to(&targets, &early, false);
+            self.route_scratch = targets;
+            self.delivered_early.insert(message.id());
+        }
         self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
         self.replication_outputs.push_back(Proposal { id, topic, partition, message });
         Ok(id)
@@ -1584,10 +1601,12 @@ impl BrokerCore {
         if self.log_streams > 0 {
             self.wake_log_streams(topic);
         }
-        let mut targets = std::mem::take(&mut self.route_scratch);
-        self.registry.route_into(topic, &mut targets);
-        self.offer_to(&targets, &message, false);
-        self.route_scratch = targets;
+        if self.delivered_early.is_empty() || !self.delivered_early.remove(&message.id()) {
+            let mut targets = std::mem::take(&mut self.route_scratch);
+            self.registry.route_into(topic, &mut targets);
+            self.offer_to(&targets, &message, false);
+            self.route_scratch = targets;
+        }
         for (member, group) in &self.member_groups {
             if self.groups[group].topic() == topic {
                 self.woken_members.push(*member);
