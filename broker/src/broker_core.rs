@@ -274,6 +274,23 @@ pub enum PublishOutcome {
 /// rest of the batch with the streams it waits on if one would block.
 pub type BatchOutcome = (Vec<Published>, Option<(MessageBatch, Vec<StreamId>)>);
 
+/// One consumer group's position on one partition (see [`BrokerCore::group_lags`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupLag {
+    /// The group.
+    pub group: Arc<str>,
+    /// Its topic.
+    pub topic: Topic,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset (next to read), if any.
+    pub committed: Option<u64>,
+    /// The partition's visible end.
+    pub end: u64,
+    /// Messages not yet committed.
+    pub lag: u64,
+}
+
 /// Broker-wide counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrokerStats {
@@ -1224,6 +1241,11 @@ impl BrokerCore {
         ids.iter().any(|id| self.registry.get(*id).is_none_or(|e| !e.buffer.would_block()))
     }
 
+    /// The subscription match cache's counters.
+    pub fn match_cache_stats(&self) -> crate::subscription::CacheStats {
+        self.registry.index().cache_stats()
+    }
+
     /// Active streams (the registry's view).
     pub fn active_streams(&self) -> Vec<StreamInfo> {
         self.registry.active_streams()
@@ -1324,6 +1346,29 @@ impl BrokerCore {
     /// The topic consumer group `group` consumes.
     pub fn group_topic(&self, group: &str) -> Option<&Topic> {
         self.groups.get(group).map(ConsumerGroup::topic)
+    }
+
+    /// Every consumer group's lag on every partition of its topic: the
+    /// visible end minus the committed offset (a partition never committed
+    /// counts from the earliest retained offset). For operators' metrics.
+    pub fn group_lags(&self) -> Vec<GroupLag> {
+        let mut lags = Vec::new();
+        for (group, g) in &self.groups {
+            let Some(state) = self.topics.get(g.topic()) else { continue };
+            for (partition, log) in state.partitions.iter().enumerate() {
+                let end = state.visible_end(partition);
+                let from = g.committed(partition as u32).unwrap_or_else(|| log.earliest_offset());
+                lags.push(GroupLag {
+                    group: group.clone(),
+                    topic: g.topic().clone(),
+                    partition: partition as u32,
+                    committed: g.committed(partition as u32),
+                    end,
+                    lag: end.saturating_sub(from),
+                });
+            }
+        }
+        lags
     }
 
     /// `member`'s group, the group's generation and the partitions assigned

@@ -53,7 +53,7 @@ use std::task::{Poll, Waker};
 
 pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
 pub use self::broker_core::{
-    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, DEFAULT_RETAINED_BYTES, PublishOutcome,
+    BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, DEFAULT_RETAINED_BYTES, GroupLag, PublishOutcome,
     Published, RangeRead, Routed, TopicConfig, dead_letter_headers, jump_hash, partition_for_key,
 };
 pub use self::groups::{GroupError, MemberId};
@@ -687,6 +687,16 @@ impl<C: Clock> Broker<C> {
     /// Counters.
     pub fn stats(&self) -> BrokerStats {
         self.lock().core.stats()
+    }
+
+    /// The subscription match cache's counters (hits, misses, evictions).
+    pub fn match_cache_stats(&self) -> subscription::CacheStats {
+        self.lock().core.match_cache_stats()
+    }
+
+    /// Every consumer group's lag per partition.
+    pub fn group_lags(&self) -> Vec<GroupLag> {
+        self.lock().core.group_lags()
     }
 
     /// The registry's view of every open stream.

@@ -415,3 +415,23 @@ fn retention_can_be_replaced_on_a_live_topic_and_applies_at_once() {
     assert_eq!(c.watermarks(&topic, 0).unwrap(), (7, 15), "and nothing trimmed on later appends");
     assert!(c.set_retention(&Topic::new("nope").unwrap(), keep_three, WallTime(1)).is_err());
 }
+
+#[test]
+fn group_lags_count_from_the_commit_or_the_earliest_offset() {
+    let mut c = core();
+    let t = Topic::new("lag").unwrap();
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, ..TopicConfig::default() }).unwrap();
+    publish_n(&mut c, "lag", 0, 5, 10);
+    publish_n(&mut c, "lag", 1, 2, 10);
+    assert!(c.group_lags().is_empty(), "no group, no lag");
+    let (member, _) = c.join_group("workers", &t).unwrap();
+    let (_, generation, _) = c.group_assignment(member).unwrap();
+    c.commit(member, generation, 0, 3).unwrap();
+    let lags: Vec<(&str, u32, Option<u64>, u64, u64)> = c
+        .group_lags()
+        .iter()
+        .map(|l| (if l.topic == t { "lag" } else { "?" }, l.partition, l.committed, l.end, l.lag))
+        .collect();
+    assert_eq!(lags, [("lag", 0, Some(3), 5, 2), ("lag", 1, None, 2, 2)]);
+    assert!(c.group_lags().iter().all(|l| &*l.group == "workers"));
+}

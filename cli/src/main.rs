@@ -17,13 +17,17 @@ use std::process::ExitCode;
 /// mimalloc: the simulator allocates and frees small objects (futures,
 /// packets, channel nodes) at a high rate, where it beats the system
 /// allocator. Allocation never feeds back into a run, so this changes speed,
-/// never a trace.
+/// never a trace. Wrapped in the counting allocator of the performance
+/// monitor, which counts only once `kaelix serve` starts it (one relaxed
+/// load per call until then).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kaelix_telemetry::perf::CountingAllocator<mimalloc::MiMalloc> =
+    kaelix_telemetry::perf::CountingAllocator::new(mimalloc::MiMalloc);
 
 mod bench;
 mod config_cmd;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -82,6 +82,13 @@ pub struct ServeArgs {
     /// Seconds a drain waits for connections to finish [default: 10; `node.shutdown_grace_secs`].
     #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Address of the metrics endpoint, /metrics and /healthz
+    /// [default: 127.0.0.1:9464; `telemetry.metrics_listen`].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve no metrics endpoint [`telemetry.metrics = false`].
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -140,6 +147,12 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
     if let Some(secs) = args.shutdown_grace_secs {
         loader = loader.with_override("node.shutdown_grace_secs", secs as i64, "--shutdown-grace-secs");
     }
+    if let Some(addr) = args.metrics_listen {
+        loader = loader.with_override("telemetry.metrics_listen", addr.to_string(), "--metrics-listen");
+    }
+    if args.no_metrics {
+        loader = loader.with_override("telemetry.metrics", false, "--no-metrics");
+    }
     loader
 }
 
@@ -189,6 +202,17 @@ fn run_with(
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = match crate::telemetry::start(&config.telemetry, exec.handle(), &rt) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kaelix serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(t) = &telemetry {
+        println!("kaelix serve: metrics on http://{}/metrics", t.endpoint.local_addr());
+    }
+    let collector = telemetry.as_ref().map(|t| t.collector.clone());
     let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<i32>();
     if let Err(e) = watch_signals(stop_tx) {
         eprintln!("kaelix serve: installing signal handlers: {e}");
@@ -200,6 +224,9 @@ fn run_with(
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
         };
+        if let Some(collector) = &collector {
+            kaelix_telemetry::sources::add_server(collector, server.observer());
+        }
         // Reloads from here on reach the running server.
         let _watch = match &reloader {
             Some(manager) => match start_reloading(manager, server.clone(), log_handle) {
@@ -221,6 +248,7 @@ fn run_with(
         Ok(())
     });
     exec.shutdown(Duration::from_secs(2));
+    drop(telemetry);
     match outcome {
         Ok(()) => {
             println!("kaelix serve: stopped cleanly");

@@ -146,3 +146,142 @@ fn serve_refuses_an_invalid_configuration_and_says_why() {
         text(&out.stderr)
     );
 }
+
+/// A `kaelix serve` child on free ports, killed when dropped.
+struct Served {
+    child: std::process::Child,
+    /// Kept open: the server prints to it after its addresses.
+    _stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    nats: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kaelix serve` with `config` and reads its addresses from stdout.
+#[allow(clippy::disallowed_methods, reason = "the test runs the real binary on real ports and files")]
+fn serve(name: &str, config: &str) -> Served {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("kaelix-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = temp_file(&format!("{name}.toml"), config);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kaelix"))
+        .args(["serve", "--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--log-level", "warn", "--config", config.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kaelix serve starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut nats, mut metrics) = (None, None);
+    while nats.is_none() || metrics.is_none() {
+        let line = lines.next().expect("kaelix serve prints its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("kaelix serve: NATS clients on nats://") {
+            nats = Some(rest.parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("kaelix serve: metrics on http://") {
+            metrics = Some(rest.trim_end_matches("/metrics").parse().unwrap());
+        }
+    }
+    Served { child, _stdout: lines, nats: nats.unwrap(), metrics: metrics.unwrap() }
+}
+
+/// One real HTTP GET; returns (status, body).
+#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "a real HTTP client socket")]
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint accepts");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a header block");
+    assert!(head.contains("Content-Type: text/plain"), "{head}");
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+}
+
+/// The value of the series named exactly `series` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "a real NATS client socket")]
+fn serve_exports_metrics_and_health_over_http() {
+    use std::io::{BufRead, Write};
+    let served = serve("metrics", "[[topics]]\nname = \"orders\"\nstorage = \"memory\"\n");
+    let (code, body) = http_get(served.metrics, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(["healthy", "unknown"].contains(&body.lines().next().unwrap()), "{body}");
+    assert!(body.contains("worker 0 (numa node "), "one line per worker: {body}");
+
+    // A NATS client: subscribe, publish three messages to the topic, and
+    // wait for the PONG that says they are stored and delivered.
+    let mut conn = std::net::TcpStream::connect(served.nats).unwrap();
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    let sent = "CONNECT {\"verbose\":false}\r\nSUB orders 1\r\nPUB orders 5\r\nhello\r\nPUB orders 5\r\nhello\r\nPUB orders 5\r\nhello\r\nPING\r\n";
+    conn.write_all(sent.as_bytes()).unwrap();
+    // The PONG says the publishes are stored; the deliveries may come
+    // before or after it.
+    let mut received = info.len();
+    let (mut msgs, mut pong) = (0, false);
+    while msgs < 3 || !pong {
+        let mut line = String::new();
+        assert_ne!(reader.read_line(&mut line).unwrap(), 0, "the server closed the connection");
+        received += line.len();
+        if line.starts_with("MSG ") {
+            msgs += 1;
+            let mut payload = String::new();
+            reader.read_line(&mut payload).unwrap();
+            received += payload.len();
+        } else {
+            assert_eq!(line, "PONG\r\n");
+            pong = true;
+        }
+    }
+
+    let (code, text) = http_get(served.metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(sample(&text, "kaelix_server_connections"), 1.0);
+    assert_eq!(sample(&text, "kaelix_server_connections_accepted_total"), 1.0);
+    assert_eq!(sample(&text, "kaelix_server_received_bytes_total{protocol=\"nats\"}"), sent.len() as f64);
+    assert_eq!(sample(&text, "kaelix_server_sent_bytes_total{protocol=\"nats\"}"), received as f64);
+    assert_eq!(sample(&text, "kaelix_server_received_bytes_total{protocol=\"native\"}"), 0.0);
+    assert_eq!(sample(&text, "kaelix_broker_topics"), 1.0);
+    assert_eq!(sample(&text, "kaelix_broker_published_messages_total"), 3.0);
+    assert_eq!(sample(&text, "kaelix_broker_delivered_messages_total{to=\"stream\"}"), 3.0);
+    assert_eq!(sample(&text, "kaelix_broker_streams"), 1.0);
+    assert!(sample(&text, "kaelix_executor_workers") >= 1.0);
+    let polls: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("kaelix_executor_polls_total{worker="))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(polls > 0.0, "{text}");
+    assert!(text.contains("# TYPE kaelix_executor_polls_total counter"), "{text}");
+    assert_eq!(sample(&text, "kaelix_telemetry_scrapes_total"), 1.0, "only this scrape");
+    assert_eq!(http_get(served.metrics, "/nothing").0, 404);
+
+    // promtool's own check of the exposition when CI provides it (`.ci/run`
+    // also checks a scrape taken under load).
+    if let Some(promtool) = std::env::var_os("KAELIX_PROMTOOL") {
+        let mut check = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(out.status.success(), "promtool: {}{}", self::text(&out.stdout), self::text(&out.stderr));
+    }
+}

@@ -158,6 +158,11 @@ impl RealRuntime {
         self.inner.transport.as_ref().map(|t| &t.stats)
     }
 
+    /// IO counters of the node's data directory.
+    pub fn storage_stats(&self) -> &Arc<crate::storage::StorageStats> {
+        self.inner.storage.stats()
+    }
+
     /// The seed this node's rngs derive from (to reproduce a run's draws).
     pub fn seed(&self) -> u64 {
         self.inner.seed

@@ -75,6 +75,25 @@ struct StorageInner {
     /// Also serialises open and remove, which are rare.
     open_files: Mutex<BTreeMap<String, Weak<FileState>>>,
     pool: BlockingPool,
+    stats: Arc<StorageStats>,
+}
+
+/// IO counters of one [`FileStorage`] over all its files (telemetry reads
+/// them; relaxed atomics, each number exact, a snapshot may mix instants).
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    /// Bytes read by `read_at`.
+    pub bytes_read: AtomicU64,
+    /// Bytes written by `write_at` and `append`.
+    pub bytes_written: AtomicU64,
+    /// Completed writes and appends.
+    pub writes: AtomicU64,
+    /// Completed syncs (`fdatasync`, or `fsync` after a truncate).
+    pub syncs: AtomicU64,
+    /// Syncs that failed.
+    pub sync_failures: AtomicU64,
+    /// How long each sync took, in nanoseconds.
+    pub sync_latency: crate::executor::metrics::LatencyHistogram,
 }
 
 /// An open file of a [`FileStorage`]. Cloning gives another handle to the
@@ -83,6 +102,7 @@ struct StorageInner {
 pub struct DiskFile {
     state: Arc<FileState>,
     pool: BlockingPool,
+    stats: Arc<StorageStats>,
 }
 
 struct FileState {
@@ -110,13 +130,24 @@ impl FileStorage {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             File::open(parent).and_then(|p| p.sync_all()).map_err(|e| fail("sync parent directory", e))?;
         }
-        let inner = StorageInner { dir, dir_handle, open_files: Mutex::new(BTreeMap::new()), pool };
+        let inner = StorageInner {
+            dir,
+            dir_handle,
+            open_files: Mutex::new(BTreeMap::new()),
+            pool,
+            stats: Arc::new(StorageStats::default()),
+        };
         Ok(FileStorage { inner: Arc::new(inner) })
     }
 
     /// The directory holding the files.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// IO counters over every file of this storage.
+    pub fn stats(&self) -> &Arc<StorageStats> {
+        &self.inner.stats
     }
 }
 
@@ -215,7 +246,7 @@ impl Storage for FileStorage {
             checked?;
             let pool = inner.pool.clone();
             let state = pool.run(move || inner.open_blocking(&name)).await?;
-            Ok(DiskFile { state, pool })
+            Ok(DiskFile { state, pool, stats: self.inner.stats.clone() })
         }
     }
 
@@ -274,6 +305,7 @@ impl StorageFile for DiskFile {
                 _ => Err(StorageError::OutOfBounds { offset, len, file_len }),
             }
         });
+        let stats = self.stats.clone();
         let pending = in_bounds.map(|()| {
             self.on_pool(move |state| {
                 let mut buf = vec![0; len];
@@ -281,6 +313,7 @@ impl StorageFile for DiskFile {
                     .file
                     .read_exact_at(&mut buf, offset)
                     .map_err(|e| io_error(&state.name, format_args!("read of {len} bytes at offset {offset}"), e))?;
+                stats.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
                 Ok(Bytes::from(buf))
             })
         });
@@ -288,12 +321,14 @@ impl StorageFile for DiskFile {
     }
 
     fn write_at(&self, offset: u64, data: Bytes) -> impl Future<Output = Result<(), StorageError>> + Send {
+        let stats = self.stats.clone();
         self.on_pool(move |state| {
             let end = extent_end(offset, data.len()).ok_or_else(|| too_large(&state.name, offset, data.len()))?;
             state.file.write_all_at(&data, offset).map_err(|e| {
                 io_error(&state.name, format_args!("write of {} bytes at offset {offset}", data.len()), e)
             })?;
             state.len.fetch_max(end, Ordering::AcqRel);
+            stats.record_write(data.len());
             Ok(())
         })
     }
@@ -307,11 +342,13 @@ impl StorageFile for DiskFile {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| extent_end(len, data.len()))
                 .map_err(|len| too_large(&state.name, len, data.len()))
         });
+        let stats = self.stats.clone();
         let pending = reserved.map(|offset| {
             self.on_pool(move |state| {
                 state.file.write_all_at(&data, offset).map_err(|e| {
                     io_error(&state.name, format_args!("append of {} bytes at offset {offset}", data.len()), e)
                 })?;
+                stats.record_write(data.len());
                 Ok(offset)
             })
         });
@@ -329,7 +366,8 @@ impl StorageFile for DiskFile {
     }
 
     fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
-        self.on_pool(|state| {
+        let stats = self.stats.clone();
+        self.on_pool(move |state| {
             if state.sync_failed.load(Ordering::Acquire) {
                 return Err(StorageError::Io(format!(
                     "{}: an earlier sync failed; its unsynced writes may be lost, reopen and recover",
@@ -337,12 +375,33 @@ impl StorageFile for DiskFile {
                 )));
             }
             let full = state.needs_full_sync.swap(false, Ordering::AcqRel);
-            let synced = if full { state.file.sync_all() } else { state.file.sync_data() };
+            let synced = stats.time_sync(|| if full { state.file.sync_all() } else { state.file.sync_data() });
             synced.map_err(|e| {
                 state.sync_failed.store(true, Ordering::Release);
                 io_error(&state.name, if full { "fsync" } else { "fdatasync" }, e)
             })
         })
+    }
+}
+
+impl StorageStats {
+    fn record_write(&self, len: usize) {
+        self.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs a sync, counting it and its duration (on the real clock: this is
+    /// the OS layer, and what is measured is the disk).
+    #[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "measures a real fsync")]
+    fn time_sync(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = sync();
+        self.sync_latency.record(started.elapsed().as_nanos() as u64);
+        match &result {
+            Ok(()) => self.syncs.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.sync_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        result
     }
 }
 

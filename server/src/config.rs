@@ -31,6 +31,11 @@
 //! [tls]                          # see `crate::tls`
 //! cert = "server.pem"
 //! key = "server.key"
+//!
+//! [telemetry]                    # served by `kaelix serve` (kaelix-telemetry)
+//! metrics = true
+//! metrics_listen = "127.0.0.1:9464"
+//! sample_interval_ms = 1000
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -70,6 +75,8 @@ pub struct ServerConfig {
     /// drain grace (read by `kaelix serve`; the server itself runs on
     /// whatever runtime it is given).
     pub node: NodeSettings,
+    /// The metrics endpoint (`/metrics`, `/healthz`).
+    pub telemetry: TelemetrySettings,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -87,6 +94,7 @@ impl Default for ServerConfig {
             tls: None,
             log: LogConfig::default(),
             node: NodeSettings::default(),
+            telemetry: TelemetrySettings::default(),
             planted: kaelix_core::planted::Planted::NONE,
         }
     }
@@ -145,6 +153,30 @@ pub struct NodeSettings {
 impl Default for NodeSettings {
     fn default() -> Self {
         NodeSettings { data_dir: "./kaelix-data".to_owned(), workers: None, shutdown_grace_secs: 10 }
+    }
+}
+
+/// The metrics endpoint `kaelix serve` runs beside the server (the server
+/// itself only keeps counters; `kaelix-telemetry` exports them).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Serve `/metrics` (Prometheus text format) and `/healthz`.
+    pub metrics: bool,
+    /// Where the endpoint listens (port 0: any free port).
+    pub metrics_listen: SocketAddr,
+    /// How often the performance monitor samples and histogram windows
+    /// are folded (milliseconds).
+    pub sample_interval_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            metrics: true,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            sample_interval_ms: 1000,
+        }
     }
 }
 
@@ -378,6 +410,9 @@ impl ServerConfig {
                 "limits.max_pending",
                 format!("{} is smaller than limits.max_payload ({})", l.max_pending, l.max_payload),
             );
+        }
+        if self.telemetry.sample_interval_ms == 0 {
+            f.error(Telemetry, "telemetry.sample_interval_ms", "must be at least 1");
         }
         if l.max_connections == 0 {
             f.error(Network, "limits.max_connections", "must be at least 1");
@@ -718,6 +753,20 @@ mod tests {
         assert!(e.to_string().starts_with("native.max_frame_bytes: 1000 cannot hold a message"), "{e}");
         let e = ServerConfig::from_toml("[native]\nlisten = \"127.0.0.1:1\"\nretry = 1\n", "k").unwrap_err();
         assert!(e.to_string().contains("unknown field `retry`"), "{e}");
+    }
+
+    #[test]
+    fn the_telemetry_section_parses_and_is_checked() {
+        let c = ServerConfig::from_toml("[telemetry]\nmetrics_listen = \"0.0.0.0:9100\"\n", "f").unwrap();
+        assert_eq!(c.telemetry.metrics_listen, "0.0.0.0:9100".parse().unwrap());
+        assert!(c.telemetry.metrics, "on unless switched off");
+        assert_eq!(ServerConfig::default().telemetry.metrics_listen, "127.0.0.1:9464".parse().unwrap());
+        let c = ServerConfig::from_toml("[telemetry]\nmetrics = false\n", "f").unwrap();
+        assert!(!c.telemetry.metrics);
+        let e = ServerConfig::from_toml("[telemetry]\nsample_interval_ms = 0\n", "k").unwrap_err();
+        assert_eq!(e.to_string(), "telemetry.sample_interval_ms: must be at least 1");
+        let e = ServerConfig::from_toml("[telemetry]\nmetrics_listen = \"nowhere\"\n", "k.toml").unwrap_err();
+        assert!(e.to_string().starts_with("k.toml:2:18: invalid socket address"), "{e}");
     }
 
     #[test]

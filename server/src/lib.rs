@@ -109,6 +109,21 @@ pub struct ServerStats {
     pub revoked: AtomicU64,
     /// Reconfigurations applied.
     pub reconfigurations: AtomicU64,
+    /// Bytes to and from NATS clients.
+    pub nats: Traffic,
+    /// Bytes to and from native clients.
+    pub native: Traffic,
+}
+
+/// Bytes through one front end's connections: protocol bytes as the
+/// connection's reader and writer see them (with TLS, the plaintext inside
+/// the records; the plaintext NATS `INFO` included).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Bytes read from clients.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to clients (counted once the write completed).
+    pub bytes_out: AtomicU64,
 }
 
 /// What every connection task shares.
@@ -285,6 +300,12 @@ impl<R: Runtime> Server<R> {
         &self.shared.stats
     }
 
+    /// A cloneable view of the server for observers on other threads (the
+    /// metrics exporter reads counters through it at scrape time).
+    pub fn observer(&self) -> ServerObserver<R> {
+        ServerObserver { shared: self.shared.clone() }
+    }
+
     /// Consumer-group members native clients hold now.
     pub fn group_member_count(&self) -> usize {
         self.shared.memberships.len()
@@ -400,5 +421,39 @@ impl<R: Runtime> Server<R> {
         }
         shared.broker.shutdown();
         tracing::info!(now = ?shared.rt.now(), "server stopped");
+    }
+}
+
+/// A read-only view of a running server that outlives borrows of it
+/// (see [`Server::observer`]).
+pub struct ServerObserver<R: Runtime> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Runtime> Clone for ServerObserver<R> {
+    fn clone(&self) -> Self {
+        ServerObserver { shared: self.shared.clone() }
+    }
+}
+
+impl<R: Runtime> ServerObserver<R> {
+    /// The server's counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    /// The broker behind the server.
+    pub fn broker(&self) -> &Broker<R> {
+        &self.shared.broker
+    }
+
+    /// Connections open now.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Consumer-group members native clients hold now.
+    pub fn group_member_count(&self) -> usize {
+        self.shared.memberships.len()
     }
 }

@@ -11,6 +11,7 @@
 //! of small messages costs one system call.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -136,9 +137,10 @@ impl Outbound {
         .await;
     }
 
-    /// The writer: sends the buffer as it fills until closed or broken.
+    /// The writer: sends the buffer as it fills until closed or broken,
+    /// adding every byte written to `sent` (the server's traffic counter).
     /// Returns the error that broke the stream, if any.
-    pub async fn run_writer<S: ByteStream>(&self, stream: S) -> Result<(), NetError> {
+    pub async fn run_writer<S: ByteStream>(&self, stream: S, sent: &AtomicU64) -> Result<(), NetError> {
         loop {
             let chunk = poll_fn(|cx| {
                 let mut s = self.lock();
@@ -159,7 +161,11 @@ impl Outbound {
                 self.wake_drain_waiters();
                 return Ok(());
             };
+            let len = chunk.len() as u64;
             let result = stream.write(chunk).await;
+            if result.is_ok() {
+                sent.fetch_add(len, Ordering::Relaxed);
+            }
             let mut s = self.lock();
             s.in_flight = 0;
             if let Err(e) = result {

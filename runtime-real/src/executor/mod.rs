@@ -583,7 +583,7 @@ impl Executor {
         };
         for (index, deques) in deques.into_iter().enumerate() {
             let worker_shared = shared.clone();
-            let name = format!("{}-w{index}", config.name);
+            let name = worker_thread_name(&config.name, index);
             let cpu = shared.workers[index].cpu;
             let spawned = thread::Builder::new().name(name.clone()).stack_size(config.stack_size).spawn(move || {
                 if let Some(cpu) = cpu {
@@ -610,50 +610,6 @@ impl Executor {
     /// A handle for spawning (and for the drivers).
     pub fn handle(&self) -> ExecutorHandle {
         self.handle.clone()
-    }
-
-    /// Number of worker threads.
-    pub fn worker_count(&self) -> usize {
-        self.handle.shared.workers.len()
-    }
-
-    /// Per-worker counters.
-    pub fn worker_metrics(&self) -> Vec<WorkerSnapshot> {
-        self.handle.shared.workers.iter().map(|w| w.metrics.snapshot()).collect()
-    }
-
-    /// Wake-to-poll latency over all workers.
-    pub fn wake_to_poll(&self) -> LatencyHistogram {
-        let all = LatencyHistogram::default();
-        for w in &self.handle.shared.workers {
-            all.merge_from(&w.metrics.wake_to_poll);
-        }
-        all
-    }
-
-    /// Each worker's health.
-    pub fn worker_health(&self) -> Vec<Health> {
-        let now = self.handle.shared.now_nanos();
-        let stall = self.handle.shared.config.stall_threshold;
-        self.handle.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
-    }
-
-    /// The executor's health: the worst of its workers' (Unknown only if
-    /// every worker is).
-    pub fn health(&self) -> Health {
-        let all = self.worker_health();
-        let known: Vec<Health> = all.iter().copied().filter(|h| *h != Health::Unknown).collect();
-        known.into_iter().max().unwrap_or(Health::Unknown)
-    }
-
-    /// Which NUMA node each worker belongs to and the CPU it is pinned to.
-    pub fn layout(&self) -> Vec<(usize, Option<usize>)> {
-        self.handle.shared.workers.iter().map(|w| (self.handle.shared.pools[w.pool].numa_node, w.cpu)).collect()
-    }
-
-    /// Tasks spawned and not yet finished.
-    pub fn live_tasks(&self) -> usize {
-        self.handle.shared.live_count.load(Ordering::Acquire)
     }
 
     /// Graceful shutdown (see the module docs). Must not be called from a
@@ -711,6 +667,10 @@ impl Executor {
     }
 }
 
+fn worker_thread_name(executor: &str, index: usize) -> String {
+    format!("{executor}-w{index}")
+}
+
 impl std::ops::Deref for Executor {
     type Target = ExecutorHandle;
 
@@ -726,6 +686,57 @@ impl Drop for Executor {
 }
 
 impl ExecutorHandle {
+    /// Number of worker threads (metrics and health live on the handle so
+    /// that an exporter holding a clone can read them at scrape time).
+    pub fn worker_count(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Per-worker counters.
+    pub fn worker_metrics(&self) -> Vec<WorkerSnapshot> {
+        self.shared.workers.iter().map(|w| w.metrics.snapshot()).collect()
+    }
+
+    /// Wake-to-poll latency over all workers.
+    pub fn wake_to_poll(&self) -> LatencyHistogram {
+        let all = LatencyHistogram::default();
+        for w in &self.shared.workers {
+            all.merge_from(&w.metrics.wake_to_poll);
+        }
+        all
+    }
+
+    /// Each worker's health.
+    pub fn worker_health(&self) -> Vec<Health> {
+        let now = self.shared.now_nanos();
+        let stall = self.shared.config.stall_threshold;
+        self.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
+    }
+
+    /// The executor's health: the worst of its workers' (Unknown only if
+    /// every worker is).
+    pub fn health(&self) -> Health {
+        let all = self.worker_health();
+        let known: Vec<Health> = all.iter().copied().filter(|h| *h != Health::Unknown).collect();
+        known.into_iter().max().unwrap_or(Health::Unknown)
+    }
+
+    /// Each worker's thread name, in worker order (what `/proc` and
+    /// debuggers show; the performance monitor matches threads by it).
+    pub fn worker_thread_names(&self) -> Vec<String> {
+        (0..self.shared.workers.len()).map(|i| worker_thread_name(&self.shared.config.name, i)).collect()
+    }
+
+    /// Which NUMA node each worker belongs to and the CPU it is pinned to.
+    pub fn layout(&self) -> Vec<(usize, Option<usize>)> {
+        self.shared.workers.iter().map(|w| (self.shared.pools[w.pool].numa_node, w.cpu)).collect()
+    }
+
+    /// Tasks spawned and not yet finished.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.live_count.load(Ordering::Acquire)
+    }
+
     /// Spawns `future` at `priority`.
     pub fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
     where

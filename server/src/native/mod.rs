@@ -199,8 +199,10 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
     tracing::debug!(client = id, %peer, "native connection open");
     let outbound = Outbound::new(shared.config().limits.max_pending);
     let writer = {
-        let (outbound, stream) = (outbound.clone(), stream.clone());
-        shared.rt.spawn(Priority::High, "native-writer", async move { outbound.run_writer(stream).await })
+        let (outbound, stream, shared) = (outbound.clone(), stream.clone(), shared.clone());
+        shared.rt.clone().spawn(Priority::High, "native-writer", async move {
+            outbound.run_writer(stream, &shared.stats.native.bytes_out).await
+        })
     };
     let conn = Arc::new(Conn {
         shared: shared.clone(),
@@ -250,7 +252,10 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
             }
         };
         match event {
-            Event::Read(Ok(Some(chunk))) => decoder.extend(&chunk),
+            Event::Read(Ok(Some(chunk))) => {
+                shared.stats.native.bytes_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                decoder.extend(&chunk)
+            }
             Event::Read(Ok(None)) => break 'serve "client closed the connection".to_owned(),
             Event::Read(Err(e)) => break 'serve format!("read failed: {e}"),
             Event::Stop => {

@@ -153,7 +153,9 @@ async fn serve_connection<R: Runtime>(
     // once it has read `tls_required`.
     let mut first = BytesMut::new();
     write_info(&mut first, &info);
+    let info_len = first.len() as u64;
     if stream.write(first.freeze()).await.is_ok() {
+        shared.stats.nats.bytes_out.fetch_add(info_len, Ordering::Relaxed);
         match &shared.tls {
             None => drive(&shared, id, &stop, stream.clone()).await,
             Some(config) => match TlsStream::accept(stream.clone(), config.clone()) {
@@ -173,8 +175,10 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
     tracing::debug!(client = id, peer = %client.peer, "NATS connection open");
     let outbound = Outbound::new(limits.max_pending);
     let writer = {
-        let (outbound, stream) = (outbound.clone(), stream.clone());
-        shared.rt.spawn(Priority::High, "nats-writer", async move { outbound.run_writer(stream).await })
+        let (outbound, stream, shared) = (outbound.clone(), stream.clone(), shared.clone());
+        shared.rt.clone().spawn(Priority::High, "nats-writer", async move {
+            outbound.run_writer(stream, &shared.stats.nats.bytes_out).await
+        })
     };
     let session_auth = shared.auth();
     let mut session = Session::new(shared.rt.now(), limits.clone(), session_auth.clone());
@@ -223,6 +227,7 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         };
         match event {
             Event::Read(Ok(Some(chunk))) => {
+                shared.stats.nats.bytes_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 session.handle_bytes(shared.rt.now(), &chunk);
                 if let Some(login) = session.take_login() {
                     // Registered first, then compared with the rules in

@@ -17,7 +17,7 @@ CONFIG="$DATA/kaelix.toml"
 printf '[[topics]]\nname = "orders"\nstorage = "durable"\n' > "$CONFIG"
 start() {
     "$KAELIX" serve --data-dir "$DATA/data" --config "$CONFIG" --nats-listen "127.0.0.1:$PORT" \
-        --listen 127.0.0.1:0 >>"$DATA/serve.log" 2>&1 &
+        --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 >>"$DATA/serve.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 100); do
         grep -q "NATS clients on" "$DATA/serve.log" && return 0
