@@ -121,7 +121,7 @@ fn catalog() -> Vec<Entry> {
             t("listen = \"127.0.0.1:4222\"\n"),
             vec![],
             vec![
-                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`",
+                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`",
             ],
         ),
         (
@@ -137,7 +137,7 @@ fn catalog() -> Vec<Entry> {
             t("[network]\nmax_connections = 5\n"),
             vec![],
             vec![
-                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`",
+                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`",
             ],
         ),
         (
