@@ -30,6 +30,7 @@ use kaelix_scenarios::history::History;
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 use kaelix_scenarios::membership::table::{self, JobResult, TablePlan};
 use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
+use kaelix_sim::CoverageTotals;
 use kaelix_sim::trace::TraceEvent;
 
 #[derive(Parser)]
@@ -77,6 +78,11 @@ enum SimCommand {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Seeds run in parallel (each simulation is single-threaded and
+        /// deterministic; results and report figures do not depend on this,
+        /// only the wall time). Default: the machine's core count.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Measure SWIM membership at 5, 20 and 100 nodes, Kaelix's defaults
     /// against the reference configuration (see `kaelix_scenarios::membership::table`).
@@ -148,13 +154,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Sim(SimCommand::Run { scenario, seeds, first_seed, seed, no_determinism_check, quiet }) => {
+        Command::Sim(SimCommand::Run { scenario, seeds, first_seed, seed, no_determinism_check, quiet, jobs }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
             let range = match seed {
                 Some(one) => one..one + 1,
                 None => first_seed..first_seed + seeds,
             };
-            sim_run(s, range, !no_determinism_check, quiet)
+            sim_run(s, range, !no_determinism_check, quiet, jobs.unwrap_or_else(default_jobs))
         }
         Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
             membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
@@ -206,7 +212,78 @@ struct Failure {
     message: String,
 }
 
-fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: bool, quiet: bool) -> ExitCode {
+/// What one seed gave `kaelix sim run`.
+struct SeedResult {
+    report: kaelix_scenarios::RunReport,
+    tallies: kaelix_scenarios::Tallies,
+    replay_hash: Option<u64>,
+    /// Wall time of one run of the seed.
+    run_nanos: u128,
+}
+
+fn run_seed(s: &dyn Scenario, seed: u64, determinism_check: bool) -> SeedResult {
+    let t0 = WallTimer::start();
+    let (report, tallies, replay_hash) = if determinism_check {
+        let checked = run_checked(s, seed);
+        (checked.report, checked.tallies, Some(checked.replay_hash))
+    } else {
+        let (report, tallies) = s.run_tallied(seed, None);
+        (report, tallies, None)
+    };
+    let runs = if determinism_check { 2 } else { 1 };
+    SeedResult { report, tallies, replay_hash, run_nanos: t0.elapsed().as_nanos() / runs }
+}
+
+/// Runs `scenario` on every seed of `seeds` with `jobs` threads (each
+/// simulation stays on the thread that started it) and returns the results
+/// in seed order, so what is summed and reported does not depend on `jobs`.
+#[allow(clippy::disallowed_methods, reason = "the cli runs independent simulations side by side on real threads")]
+fn run_seeds(
+    seeds: &[(&'static dyn Scenario, u64)],
+    determinism_check: bool,
+    jobs: usize,
+    bar: &ProgressBar,
+    on_result: &(dyn Fn(&SeedResult) + Sync),
+) -> Vec<SeedResult> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, SeedResult)>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1).min(seeds.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(s, seed)) = seeds.get(i) else { return };
+                    let r = run_seed(s, seed, determinism_check);
+                    on_result(&r);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The default of `--jobs`: the machine's cores.
+#[allow(clippy::disallowed_methods, reason = "the default worker count is the machine's core count")]
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A failure's one-line reason (determinism first).
+fn failure_of(r: &SeedResult) -> Option<String> {
+    match r.replay_hash {
+        Some(h) if h != r.report.trace_hash => {
+            Some(format!("NONDETERMINISM: trace hash {:016x} then {h:016x}", r.report.trace_hash))
+        }
+        _ if !r.report.verdict.passed() => Some(r.report.verdict.to_string()),
+        _ => None,
+    }
+}
+
+fn sim_run(s: &'static dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: bool, quiet: bool, jobs: usize) -> ExitCode {
     let total = seeds.end - seeds.start;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
@@ -214,6 +291,17 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
             .expect("valid template"),
     );
     let started = WallTimer::start();
+    let failed = std::sync::atomic::AtomicU64::new(0);
+    let work: Vec<(&'static dyn Scenario, u64)> = seeds.map(|seed| (s, seed)).collect();
+    let results = run_seeds(&work, determinism_check, jobs, &bar, &|r| {
+        if failure_of(r).is_some() {
+            let n = failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} failed"));
+        }
+    });
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+
     let mut failures: Vec<Failure> = Vec::new();
     let mut sim_nanos: u128 = 0;
     let mut run_nanos: u128 = 0;
@@ -223,26 +311,20 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     let mut acked: u64 = 0;
     let mut submitted: u64 = 0;
     let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut coverage = CoverageTotals::default();
     // In the scenario's own order.
     let mut counters: Vec<(&'static str, u64)> = Vec::new();
-    for seed in seeds {
-        let t0 = WallTimer::start();
-        let (report, tallies, replay_hash) = if determinism_check {
-            let checked = run_checked(s, seed);
-            (checked.report, checked.tallies, Some(checked.replay_hash))
-        } else {
-            let (report, tallies) = s.run_tallied(seed, None);
-            (report, tallies, None)
-        };
-        let runs = if determinism_check { 2 } else { 1 };
-        run_nanos += t0.elapsed().as_nanos() / runs;
+    for r in &results {
+        let report = &r.report;
+        run_nanos += r.run_nanos;
         sim_nanos += report.sim_time.as_nanos();
         events += report.stats.events;
         polls += report.stats.polls;
         faults += report.faults_applied as u64;
         submitted += report.workload.0;
         acked += report.workload.1;
-        for &(name, n) in &tallies {
+        coverage.add(&report.coverage);
+        for &(name, n) in &r.tallies {
             match counters.iter_mut().find(|(k, _)| *k == name) {
                 Some((_, total)) => *total += n,
                 None => counters.push((name, n)),
@@ -251,21 +333,10 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         for m in &report.fault_mix {
             *mix.entry(m).or_default() += 1;
         }
-        if let Some(h) = replay_hash
-            && h != report.trace_hash
-        {
-            failures.push(Failure {
-                seed,
-                message: format!("NONDETERMINISM: trace hash {:016x} then {h:016x}", report.trace_hash),
-            });
-        } else if !report.verdict.passed() {
-            failures.push(Failure { seed, message: report.verdict.to_string() });
+        if let Some(message) = failure_of(r) {
+            failures.push(Failure { seed: report.seed, message });
         }
-        bar.set_message(format!("{} failed", failures.len()));
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    let wall = started.elapsed();
 
     let secs = |n: u128| n as f64 / 1e9;
     out!("scenario        {}", s.name());
@@ -275,7 +346,7 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         "determinism     {}",
         if determinism_check { "every seed run twice, trace hashes compared" } else { "not checked" }
     );
-    out!("wall time       {:.2} s", wall.as_secs_f64());
+    out!("wall time       {:.2} s  ({} job(s))", wall.as_secs_f64(), jobs.max(1));
     out!("simulated time  {:.1} s", secs(sim_nanos));
     out!(
         "sim/real ratio  {:.0}x  (simulated time / wall time of one run per seed)",
@@ -296,6 +367,8 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     }
     let mix_line: Vec<String> = mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out!("fault mix       (seeds with each fault on) {}", mix_line.join(", "));
+    out!("");
+    print_text(&coverage.render());
     for f in failures.iter().take(20) {
         out!("\nFAILED seed {}: {}", f.seed, f.message);
         out!("  reproduce: {}", replay_command(s, f.seed));
@@ -304,6 +377,14 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         out!("\n… and {} more failing seeds", failures.len() - 20);
     }
     if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Prints `text` (already line-terminated) through [`out!`]'s broken-pipe
+/// handling.
+fn print_text(text: &str) {
+    for line in text.lines() {
+        out!("{line}");
+    }
 }
 
 fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {

@@ -55,7 +55,7 @@ use kaelix_core::planted::Planted;
 use kaelix_core::time::Duration;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::trace::digest;
-use kaelix_sim::{Sim, SimStats};
+use kaelix_sim::{Coverage, Sim, SimStats};
 
 use crate::history::History;
 
@@ -123,6 +123,8 @@ pub struct RunReport {
     /// Workload counters, as the scenario's [`Scenario::workload_units`]
     /// name them.
     pub workload: (u64, u64),
+    /// Fault points and `sometimes!` assertions reached.
+    pub coverage: Coverage,
 }
 
 impl RunReport {
@@ -145,6 +147,7 @@ impl RunReport {
             fault_mix,
             faults_applied: sim.fault_log().len(),
             workload,
+            coverage: sim.coverage(),
             verdict,
         };
         sim.shutdown();

@@ -20,12 +20,15 @@
 //!   misdirected writes, corrupt reads;
 //! * [`faults`] — fault profiles, swarm testing, the safety / liveness
 //!   phases and fault schedules;
-//! * [`trace`] — the running trace hash and readable trace.
+//! * [`trace`] — the running trace hash and readable trace;
+//! * [`coverage`] — how often each `buggify!` fault point and `sometimes!`
+//!   assertion was reached and fired, per run and over many runs.
 //!
 //! The runtime contract of `kaelix-core` is implemented on top of this in
 //! `kaelix-runtime-sim`; scenarios live in `kaelix-scenarios`.
 
 pub mod clock;
+pub mod coverage;
 pub mod disk;
 pub mod dist;
 pub mod faults;
@@ -35,6 +38,7 @@ pub mod table;
 pub mod trace;
 pub mod world;
 
+pub use coverage::{Coverage, CoverageTotals};
 pub use faults::{Fault, FaultProfile, FaultSchedule, Tolerance};
 pub use world::{
     NodeHandle, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats, Step, addr_node, node_addr, node_ip,
