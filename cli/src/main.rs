@@ -84,6 +84,30 @@ enum SimCommand {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Run random seeds of every scenario until time is up, then write a
+    /// report: seeds run per scenario, failures with replay commands, and
+    /// the coverage of fault points and `sometimes!` assertions.
+    Swarm {
+        /// How long to run, in minutes (fractions allowed).
+        #[arg(long)]
+        minutes: f64,
+        /// Seeds run in parallel. Default: the machine's core count.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Where to write the report (Markdown).
+        #[arg(long, value_name = "FILE", default_value = "sim-swarm-report.md")]
+        report: PathBuf,
+        /// The seed the run's seeds are drawn from (default: from the
+        /// clock; printed, so a swarm's seed list can be drawn again).
+        #[arg(long)]
+        master_seed: Option<u64>,
+        /// Also run the planted-bug variants (which are expected to fail).
+        #[arg(long)]
+        include_planted: bool,
+        /// Skip the run-twice determinism check.
+        #[arg(long)]
+        no_determinism_check: bool,
+    },
     /// Measure SWIM membership at 5, 20 and 100 nodes, Kaelix's defaults
     /// against the reference configuration (see `kaelix_scenarios::membership::table`).
     MembershipTable {
@@ -161,6 +185,27 @@ fn main() -> ExitCode {
                 None => first_seed..first_seed + seeds,
             };
             sim_run(s, range, !no_determinism_check, quiet, jobs.unwrap_or_else(default_jobs))
+        }
+        Command::Sim(SimCommand::Swarm {
+            minutes,
+            jobs,
+            report,
+            master_seed,
+            include_planted,
+            no_determinism_check,
+        }) => {
+            if !(minutes.is_finite() && minutes > 0.0) {
+                eprintln!("error: --minutes must be a positive number, not {minutes}");
+                return ExitCode::from(2);
+            }
+            let plan = SwarmPlan {
+                minutes,
+                jobs: jobs.unwrap_or_else(default_jobs),
+                master_seed: master_seed.unwrap_or_else(clock_seed),
+                include_planted,
+                determinism_check: !no_determinism_check,
+            };
+            sim_swarm(&plan, &report)
         }
         Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
             membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
@@ -283,7 +328,13 @@ fn failure_of(r: &SeedResult) -> Option<String> {
     }
 }
 
-fn sim_run(s: &'static dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: bool, quiet: bool, jobs: usize) -> ExitCode {
+fn sim_run(
+    s: &'static dyn Scenario,
+    seeds: std::ops::Range<u64>,
+    determinism_check: bool,
+    quiet: bool,
+    jobs: usize,
+) -> ExitCode {
     let total = seeds.end - seeds.start;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
@@ -385,6 +436,124 @@ fn print_text(text: &str) {
     for line in text.lines() {
         out!("{line}");
     }
+}
+
+/// A seed from the wall clock, for a swarm nobody gave a seed to.
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a swarm without --master-seed draws its seeds from the clock (printed)"
+)]
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What `kaelix sim swarm` was asked to do.
+struct SwarmPlan {
+    minutes: f64,
+    jobs: usize,
+    master_seed: u64,
+    include_planted: bool,
+    determinism_check: bool,
+}
+
+/// Per scenario: seeds run, failures.
+#[derive(Default)]
+struct SwarmTally {
+    seeds: u64,
+    failures: Vec<Failure>,
+}
+
+fn sim_swarm(plan: &SwarmPlan, report_path: &Path) -> ExitCode {
+    use kaelix_core::rng::RngExt;
+    let scenarios: Vec<&'static dyn Scenario> =
+        catalog().into_iter().filter(|s| plan.include_planted || !s.planted_bug()).collect();
+    let budget = std::time::Duration::from_secs_f64(plan.minutes * 60.0);
+    let mut seeds = kaelix_core::rng::seeded(plan.master_seed);
+    let started = WallTimer::start();
+    let bar = ProgressBar::new(budget.as_secs());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} swarm  {msg}").expect("valid template"),
+    );
+    let mut tallies: Vec<SwarmTally> = scenarios.iter().map(|_| SwarmTally::default()).collect();
+    let mut coverage = CoverageTotals::default();
+    let mut next_scenario = 0usize;
+    let (mut total, mut failed) = (0u64, 0usize);
+    // Batches of a few seeds per worker, round-robin over the scenarios,
+    // until the budget is spent (a batch started before the end finishes)
+    // and every scenario has run at least once.
+    while started.elapsed() < budget || next_scenario < scenarios.len() {
+        let batch: Vec<(&'static dyn Scenario, u64)> = (0..plan.jobs.max(1) * 2)
+            .map(|_| {
+                let s = scenarios[next_scenario % scenarios.len()];
+                next_scenario += 1;
+                (s, seeds.random::<u64>())
+            })
+            .collect();
+        let results = run_seeds(&batch, plan.determinism_check, plan.jobs, &ProgressBar::hidden(), &|_| {});
+        for ((s, _), r) in batch.iter().zip(&results) {
+            let i = scenarios.iter().position(|x| std::ptr::eq(*x, *s)).expect("batch scenario is listed");
+            tallies[i].seeds += 1;
+            total += 1;
+            coverage.add(&r.report.coverage);
+            if let Some(message) = failure_of(r) {
+                tallies[i].failures.push(Failure { seed: r.report.seed, message });
+                failed += 1;
+            }
+        }
+        bar.set_position(started.elapsed().as_secs().min(budget.as_secs()));
+        bar.set_message(format!("{total} seeds, {failed} failed"));
+    }
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+
+    let mut md = String::new();
+    {
+        use std::fmt::Write as _;
+        let _ = writeln!(md, "# kaelix sim swarm\n");
+        let _ = writeln!(
+            md,
+            "master seed {} · {:.1} min wall time · {} job(s) · {} seeds · {} failed · determinism {}\n",
+            plan.master_seed,
+            wall.as_secs_f64() / 60.0,
+            plan.jobs.max(1),
+            total,
+            failed,
+            if plan.determinism_check { "checked (every seed run twice)" } else { "not checked" }
+        );
+        let _ = writeln!(md, "| scenario | seeds | failures |\n|---|---:|---:|");
+        for (s, t) in scenarios.iter().zip(&tallies) {
+            let _ = writeln!(md, "| {} | {} | {} |", s.name(), t.seeds, t.failures.len());
+        }
+        if failed > 0 {
+            let _ = writeln!(md, "\n## Failures\n");
+            for (s, t) in scenarios.iter().zip(&tallies) {
+                for f in &t.failures {
+                    let _ = writeln!(
+                        md,
+                        "- `{}` seed {}: {}\n  `{}`",
+                        s.name(),
+                        f.seed,
+                        f.message,
+                        replay_command(*s, f.seed)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md, "\n## Coverage\n\n```text\n{}```", coverage.render());
+    }
+    if let Err(e) = write_text(report_path, &md) {
+        eprintln!("error: cannot write the report to {}: {e}", report_path.display());
+        return ExitCode::from(2);
+    }
+    print_text(&md);
+    out!("\nreport written to {}", report_path.display());
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+#[allow(clippy::disallowed_methods, reason = "the cli writes the report file it was asked for")]
+fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
 }
 
 fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {

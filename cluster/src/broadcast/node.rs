@@ -98,7 +98,8 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
 
     let (input_tx, mut inputs) = mpsc::unbounded::<Input>();
     let (persist_tx, persist_rx) = mpsc::unbounded::<(WriteId, Value)>();
-    let _writer = rt.spawn(Priority::High, "broadcast-log-writer", log_writer(rt.clone(), file, persist_rx, input_tx.clone()));
+    let _writer =
+        rt.spawn(Priority::High, "broadcast-log-writer", log_writer(rt.clone(), file, persist_rx, input_tx.clone()));
     let _acceptor = match rt.listen() {
         Ok(listener) => {
             let inputs = input_tx.clone();

@@ -56,7 +56,7 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use kaelix_core::rng::{self, DetRng};
-use kaelix_core::runtime::{CoverageSink, CoveragePoint};
+use kaelix_core::runtime::{CoveragePoint, CoverageSink};
 use kaelix_core::{Instant, NodeId};
 
 use crate::coverage::Coverage;
