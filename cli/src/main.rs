@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kaelix_scenarios::history::History;
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 use kaelix_scenarios::membership::table::{self, JobResult, TablePlan};
-use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
+use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked, run_with_schedule};
 use kaelix_sim::CoverageTotals;
 use kaelix_sim::trace::TraceEvent;
 
@@ -140,6 +140,32 @@ enum SimCommand {
         /// record one; see the kaelix-scenarios crate docs for the format).
         #[arg(long, value_name = "FILE")]
         history: Option<PathBuf>,
+        /// Replace the seed's fault schedule by the one in FILE (written by
+        /// `kaelix sim shrink`); everything else is the seed's.
+        #[arg(long, value_name = "FILE", conflicts_with = "history")]
+        schedule: Option<PathBuf>,
+    },
+    /// Shrink a failing seed's fault schedule: remove and shorten faults
+    /// (delta debugging), replaying each candidate under the same seed,
+    /// until removing any one remaining fault makes the failure go away.
+    /// Prints the minimal schedule and writes it for `sim replay --schedule`.
+    Shrink {
+        /// Scenario name.
+        #[arg(long)]
+        scenario: String,
+        /// The failing seed.
+        #[arg(long)]
+        seed: u64,
+        /// Where to write the minimal schedule (JSON).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Stop searching after this many seconds (the schedule found so
+        /// far is kept, and reported as not proven 1-minimal).
+        #[arg(long, default_value_t = 300)]
+        max_seconds: u64,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Check a JSON-lines client history: linearizability per partition and
     /// the offset rules (duplicated, lost, skipped, non-monotonic).
@@ -210,9 +236,17 @@ fn main() -> ExitCode {
         Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
             membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
         }
-        Command::Sim(SimCommand::Replay { scenario, seed, trace, history }) => {
+        Command::Sim(SimCommand::Replay { scenario, seed, trace, history, schedule }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
-            sim_replay(s, seed, trace, history.as_deref())
+            match schedule {
+                Some(file) => sim_replay_schedule(s, seed, trace, &file),
+                None => sim_replay(s, seed, trace, history.as_deref()),
+            }
+        }
+        Command::Sim(SimCommand::Shrink { scenario, seed, out, max_seconds, quiet }) => {
+            let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("shrunk-{}-{seed}.json", s.name())));
+            sim_shrink(s, seed, &out, std::time::Duration::from_secs(max_seconds), quiet)
         }
         Command::Sim(SimCommand::CheckHistory { file, max_search_steps }) => {
             sim_check_history(&file, &CheckConfig { max_search_steps })
@@ -556,15 +590,133 @@ fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
+fn trace_printer() -> kaelix_sim::trace::TraceSink {
+    Box::new(|e: &TraceEvent| {
+        let node = e.node.map_or_else(|| "-".to_string(), |n| n.to_string());
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`| head`) just ends the listing.
+        let _ = writeln!(out, "{:>16} {:>5} {:<15} {}", e.time.to_string(), node, e.kind, e.detail);
+    })
+}
+
+fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Duration, quiet: bool) -> ExitCode {
+    let started = WallTimer::start();
+    let (first, drawn) = run_with_schedule(s, seed, None, None);
+    let Some(check) = first.verdict.check() else {
+        eprintln!("error: seed {seed} of {} passes; there is no failure to shrink", s.name());
+        return ExitCode::from(2);
+    };
+    // The drawn schedule given back must reproduce the run bit for bit, or
+    // a candidate's result would say nothing about the original.
+    let (again, _) = run_with_schedule(s, seed, Some(&drawn), None);
+    if again.trace_hash != first.trace_hash {
+        eprintln!(
+            "error: replaying the recorded schedule changed the run (trace hash {:016x}, then {:016x}): {} schedules its faults in a way the shrinker cannot replace",
+            first.trace_hash,
+            again.trace_hash,
+            s.name()
+        );
+        return ExitCode::FAILURE;
+    }
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("fails       {}", first.verdict);
+    out!("check       {check}");
+    out!("schedule    {} faults drawn", drawn.len());
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] shrinking: {pos} candidates run  {msg}")
+            .expect("valid template"),
+    );
+    let mut smallest = drawn.len();
+    let outcome = kaelix_sim::shrink::shrink(
+        &drawn,
+        &mut |candidate| {
+            let (report, _) = run_with_schedule(s, seed, Some(candidate), None);
+            let same = report.verdict.check().as_deref() == Some(check.as_str());
+            if same {
+                smallest = smallest.min(candidate.len());
+            }
+            bar.inc(1);
+            bar.set_message(format!("smallest failing: {smallest} faults"));
+            same
+        },
+        &mut || started.elapsed() > bound,
+    );
+    bar.finish_and_clear();
+    let (last, _) = run_with_schedule(s, seed, Some(&outcome.schedule), None);
+    let still = last.verdict.check().as_deref() == Some(check.as_str());
+    let file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &check, &outcome.schedule);
+    if let Err(e) = write_text(out_path, &file.to_json()) {
+        eprintln!("error: cannot write the schedule to {}: {e}", out_path.display());
+        return ExitCode::from(2);
+    }
+    out!(
+        "shrunk      {} -> {} faults in {} candidate runs, {:.1} s{}",
+        drawn.len(),
+        outcome.schedule.len(),
+        outcome.runs,
+        started.elapsed().as_secs_f64(),
+        if outcome.one_minimal { " (1-minimal)" } else { " (time bound hit: not proven 1-minimal)" }
+    );
+    out!("minimal schedule:");
+    print_text(&kaelix_sim::shrink::render(&outcome.schedule));
+    out!("replay fails {}", last.verdict);
+    out!("written to  {}", out_path.display());
+    let features = if s.planted_bug() { " --features planted-bugs" } else { "" };
+    out!(
+        "reproduce:  cargo run --release -p kaelix{features} -- sim replay --scenario {} --seed {seed} --schedule {}",
+        s.name(),
+        out_path.display()
+    );
+    if still { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+#[allow(clippy::disallowed_methods, reason = "the cli reads the schedule file it was given")]
+fn read_schedule(path: &Path) -> Result<kaelix_sim::shrink::ScheduleFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    kaelix_sim::shrink::ScheduleFile::parse(&text)
+}
+
+fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) -> ExitCode {
+    let file = match read_schedule(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if file.scenario != s.name() || file.seed != seed {
+        eprintln!(
+            "error: {} is a schedule of {} seed {}, not of {} seed {seed}",
+            path.display(),
+            file.scenario,
+            file.seed,
+            s.name()
+        );
+        return ExitCode::from(2);
+    }
+    let schedule = file.schedule().expect("checked when parsed");
+    let (first, _) = run_with_schedule(s, seed, Some(&schedule), trace.then(trace_printer));
+    let (second, _) = run_with_schedule(s, seed, Some(&schedule), None);
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("schedule    {} faults from {}", schedule.len(), path.display());
+    print_text(&kaelix_sim::shrink::render(&schedule));
+    out!("verdict     {}", first.verdict);
+    let same_check = first.verdict.check().as_deref() == Some(file.check.as_str());
+    out!("check       {}  ({})", file.check, if same_check { "same check fails" } else { "NOT the recorded check" });
+    out!("trace hash  {:016x}", first.trace_hash);
+    out!(
+        "replay hash {:016x}  ({})",
+        second.trace_hash,
+        if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
+    );
+    if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {
-    let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(|| {
-        Box::new(|e: &TraceEvent| {
-            let node = e.node.map_or_else(|| "-".to_string(), |n| n.to_string());
-            let mut out = std::io::stdout().lock();
-            // A closed pipe (`| head`) just ends the listing.
-            let _ = writeln!(out, "{:>16} {:>5} {:<15} {}", e.time.to_string(), node, e.kind, e.detail);
-        }) as kaelix_sim::trace::TraceSink
-    });
+    let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(trace_printer);
     let (first, second, history) = if let Some(path) = history_file {
         let (first, recorded) = s.run_recording(seed, sink);
         let Some(history) = recorded else {

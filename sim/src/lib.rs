@@ -21,6 +21,8 @@
 //! * [`faults`] — fault profiles, swarm testing, the safety / liveness
 //!   phases and fault schedules;
 //! * [`trace`] — the running trace hash and readable trace;
+//! * [`shrink`] — running a scenario under a given fault schedule, and
+//!   shrinking a failing one by delta debugging;
 //! * [`coverage`] — how often each `buggify!` fault point and `sometimes!`
 //!   assertion was reached and fired, per run and over many runs.
 //!
@@ -34,6 +36,7 @@ pub mod dist;
 pub mod faults;
 pub mod net;
 pub mod queue;
+pub mod shrink;
 pub mod table;
 pub mod trace;
 pub mod world;
