@@ -18,6 +18,7 @@ use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 use crate::registry::{LogCursor, RegistryError, StartPosition, StreamId, StreamInfo, StreamRegistry};
+use crate::replication::{Proposal, ProposalId};
 use crate::storage::{DurableConfig, MetaRecord, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::planted::{Planted, PlantedBug};
@@ -180,6 +181,34 @@ pub enum BrokerError {
     /// A durable topic on a broker opened without storage.
     #[error("topic {0} is durable, but this broker has no storage (open it with Broker::open_durable)")]
     NoDurableStorage(Topic),
+    /// A replicated topic on a broker without a replicator.
+    #[error("topic {0} is replicated, but this broker has no replicator (it runs replicated topics only as a cluster node)")]
+    NoReplication(Topic),
+    /// A publish to a replicated topic through a call that cannot wait for
+    /// its commit.
+    #[error("topic {0} is replicated: its publishes are acknowledged at commit, through Broker::publish")]
+    ReplicatedNeedsCommit(Topic),
+    /// This node does not lead the partition's group: publish to the leader.
+    #[error("this node does not lead {topic}/{partition}{}", leader.map(|l| format!(" (the leader is node {l})")).unwrap_or_default())]
+    NotLeader {
+        /// The topic.
+        topic: Topic,
+        /// The partition.
+        partition: u32,
+        /// The leader, if known.
+        leader: Option<u64>,
+    },
+    /// Leadership moved while the proposal waited: it may or may not
+    /// commit (retry; a duplicate is possible).
+    #[error("{topic}/{partition}: the outcome is unknown ({reason})")]
+    ReplicationUnknown {
+        /// The topic.
+        topic: Topic,
+        /// The partition.
+        partition: u32,
+        /// Why.
+        reason: String,
+    },
     /// A topic exists with another storage kind.
     #[error("topic {topic} already exists with storage {existing:?}")]
     StorageMismatch {
@@ -298,17 +327,36 @@ struct TopicState {
 }
 
 impl TopicState {
+    /// The partition `message` goes to: the one it names, its key's, or the
+    /// next in round robin.
+    fn choose_partition(&mut self, topic: &Topic, message: &Message) -> Result<u32, BrokerError> {
+        let partitions = self.config.partitions;
+        Ok(match (message.partition(), message.key()) {
+            (Some(p), _) if p >= partitions => {
+                return Err(BrokerError::NoSuchPartition { topic: topic.clone(), partitions, requested: p });
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => {
+                let p = (self.round_robin % u64::from(partitions)) as u32;
+                self.round_robin += 1;
+                p
+            }
+        })
+    }
+
     fn durable(&self) -> Option<DurableConfig> {
         match self.config.storage {
             StorageKind::Durable(d) => Some(d),
-            StorageKind::Memory => None,
+            StorageKind::Memory | StorageKind::Replicated(_) => None,
         }
     }
 
     /// The end of what reads and groups may see on `partition`.
     fn visible_end(&self, partition: usize) -> u64 {
         match self.config.storage {
-            StorageKind::Memory => self.partitions[partition].next_offset(),
+            // A replicated log holds committed records only.
+            StorageKind::Memory | StorageKind::Replicated(_) => self.partitions[partition].next_offset(),
             StorageKind::Durable(_) if self.planted_unsynced => self.partitions[partition].next_offset(),
             StorageKind::Durable(_) => self.durable_end[partition],
         }
@@ -353,6 +401,21 @@ pub struct BrokerCore {
     log_streams: usize,
     /// The latest `now` seen: time only moves forward.
     last_now: Instant,
+    /// Whether a replicator is attached (replicated topics allowed; see
+    /// [`crate::replication`]).
+    has_replication: bool,
+    /// Proposals waiting for the replicator to take them.
+    replication_outputs: VecDeque<Proposal>,
+    /// Proposals taken or queued, until their caller takes the outcome.
+    proposals: BTreeMap<ProposalId, ProposalState>,
+    next_proposal: u64,
+}
+
+/// Where a proposal stands.
+#[derive(Clone, Debug)]
+enum ProposalState {
+    Pending { topic: Topic, partition: u32 },
+    Done(Result<Published, BrokerError>),
 }
 
 /// Jump consistent hash (Lamping & Veach): `key_hash` → bucket in
@@ -398,6 +461,10 @@ impl BrokerCore {
             topology_version: 0,
             log_streams: 0,
             last_now: Instant::ZERO,
+            has_replication: false,
+            replication_outputs: VecDeque::new(),
+            proposals: BTreeMap::new(),
+            next_proposal: 1,
         }
     }
 
@@ -414,6 +481,17 @@ impl BrokerCore {
         let mut core = BrokerCore::new(config);
         core.has_storage = true;
         core
+    }
+
+    /// Attaches a replicator: replicated topics are allowed, their publishes
+    /// become [`Proposal`]s (see [`crate::replication`]).
+    pub fn enable_replication(&mut self) {
+        self.has_replication = true;
+    }
+
+    /// Whether a replicator is attached.
+    pub fn has_replication(&self) -> bool {
+        self.has_replication
     }
 
     /// Whether a driver performs storage outputs (durable topics allowed).
@@ -435,6 +513,9 @@ impl BrokerCore {
         }
         if matches!(config.storage, StorageKind::Durable(_)) && !self.has_storage {
             return Err(BrokerError::NoDurableStorage(topic));
+        }
+        if matches!(config.storage, StorageKind::Replicated(_)) && !self.has_replication {
+            return Err(BrokerError::NoReplication(topic));
         }
         match self.topics.get_mut(&topic) {
             None => {
@@ -610,19 +691,10 @@ impl BrokerCore {
     ) -> Result<Result<Published, (Message, Vec<StreamId>)>, BrokerError> {
         let topic = message.topic().clone();
         let state = self.topic_state(&topic)?;
-        let partitions = state.config.partitions;
-        let partition = match (message.partition(), message.key()) {
-            (Some(p), _) if p >= partitions => {
-                return Err(BrokerError::NoSuchPartition { topic, partitions, requested: p });
-            }
-            (Some(p), _) => p,
-            (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => {
-                let p = (state.round_robin % u64::from(partitions)) as u32;
-                state.round_robin += 1;
-                p
-            }
-        };
+        if matches!(state.config.storage, StorageKind::Replicated(_)) {
+            return Err(BrokerError::ReplicatedNeedsCommit(topic));
+        }
+        let partition = state.choose_partition(&topic, &message)?;
         let mut targets = std::mem::take(&mut self.route_scratch);
         self.registry.route_into(&topic, &mut targets);
         let blocked: Vec<StreamId> = targets
@@ -1274,7 +1346,8 @@ impl BrokerCore {
     /// always for a memory topic; once synced for a durable one.
     pub fn is_acknowledged(&self, topic: &Topic, partition: u32, offset: u64) -> bool {
         self.topics.get(topic).is_none_or(|t| match t.config.storage {
-            StorageKind::Memory => true,
+            // A replicated log holds committed (acknowledged) records only.
+            StorageKind::Memory | StorageKind::Replicated(_) => true,
             StorageKind::Durable(_) => t.durable_end.get(partition as usize).is_none_or(|&end| offset < end),
         })
     }
@@ -1341,6 +1414,7 @@ impl BrokerCore {
     /// they buffered for their consumers to drain.
     pub fn shutdown(&mut self) {
         self.shut_down = true;
+        self.replication_outputs.clear();
         self.woken_streams.extend(self.registry.ids());
         let members: Vec<MemberId> = self.member_groups.keys().copied().collect();
         self.woken_members.extend(members);
@@ -1349,6 +1423,129 @@ impl BrokerCore {
     /// Whether [`BrokerCore::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.shut_down
+    }
+
+    // ----- replicated topics (see `crate::replication`) -----------------
+
+    /// Whether `topic` is replicated.
+    pub fn is_replicated(&self, topic: &Topic) -> bool {
+        self.topics.get(topic).is_some_and(|t| matches!(t.config.storage, StorageKind::Replicated(_)))
+    }
+
+    /// Turns a publish to a replicated topic into a [`Proposal`] for the
+    /// replicator: picks the partition, stamps the message (id from `rng`,
+    /// timestamp `wall`), and queues it. Nothing is stored or delivered
+    /// until the record commits.
+    pub fn propose(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        mut message: Message,
+    ) -> Result<ProposalId, BrokerError> {
+        self.observe(now);
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let topic = message.topic().clone();
+        let state = self.topics.get_mut(&topic).ok_or_else(|| BrokerError::UnknownTopic(topic.clone()))?;
+        assert!(matches!(state.config.storage, StorageKind::Replicated(_)), "{topic} is not replicated");
+        let partition = state.choose_partition(&topic, &message)?;
+        if !message.is_stamped() {
+            message.stamp(new_message_id(rng, wall), wall);
+        }
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
+        self.replication_outputs.push_back(Proposal { id, topic, partition, message });
+        Ok(id)
+    }
+
+    /// The next proposal for the replicator, in order.
+    pub fn poll_replication_output(&mut self) -> Option<Proposal> {
+        self.replication_outputs.pop_front()
+    }
+
+    /// Whether proposals wait for the replicator.
+    pub fn has_replication_output(&self) -> bool {
+        !self.replication_outputs.is_empty()
+    }
+
+    /// The replicator learned a proposal's outcome: `Ok(offset)`, the offset
+    /// it was committed at (it is acknowledged), or the refusal. Unknown ids
+    /// (the caller gave up) are ignored.
+    pub fn handle_proposal_done(&mut self, id: ProposalId, outcome: Result<u64, BrokerError>) {
+        let Some(state) = self.proposals.get_mut(&id) else { return };
+        let ProposalState::Pending { partition, .. } = *state else {
+            panic!("proposal {id:?} reported twice");
+        };
+        let result = outcome.map(|offset| Published { partition, offset, buffered_for: 0, acknowledged: true });
+        *state = ProposalState::Done(result);
+    }
+
+    /// The outcome of proposal `id` once known (taken: asked once); `None`
+    /// while it is pending.
+    pub fn take_proposal_outcome(&mut self, id: ProposalId) -> Option<Result<Published, BrokerError>> {
+        match self.proposals.get(&id)? {
+            ProposalState::Pending { .. } if self.shut_down => {
+                self.proposals.remove(&id);
+                Some(Err(BrokerError::ShutDown))
+            }
+            ProposalState::Pending { .. } => None,
+            ProposalState::Done(_) => match self.proposals.remove(&id) {
+                Some(ProposalState::Done(result)) => Some(result),
+                _ => unreachable!("checked above"),
+            },
+        }
+    }
+
+    /// The caller of proposal `id` stopped waiting: forget its outcome.
+    pub fn forget_proposal(&mut self, id: ProposalId) {
+        self.proposals.remove(&id);
+    }
+
+    /// The topic and partition proposal `id` waits on, while pending.
+    pub fn proposal_target(&self, id: ProposalId) -> Option<(&Topic, u32)> {
+        match self.proposals.get(&id)? {
+            ProposalState::Pending { topic, partition } => Some((topic, *partition)),
+            ProposalState::Done(_) => None,
+        }
+    }
+
+    /// A committed record of replicated `topic`'s `partition`, applied at
+    /// `offset` — which must be the partition's next offset: every replica
+    /// applies the same records in the same order. It is stored and
+    /// delivered like a memory topic's publish (a full `block` stream
+    /// counts it as refused: a commit cannot wait for a reader).
+    pub fn handle_replicated_append(
+        &mut self,
+        now: Instant,
+        topic: &Topic,
+        partition: u32,
+        offset: u64,
+        message: Message,
+    ) {
+        self.observe(now);
+        let state = self.topics.get_mut(topic).unwrap_or_else(|| panic!("replicated topic {topic} exists"));
+        assert!(matches!(state.config.storage, StorageKind::Replicated(_)), "{topic} is replicated");
+        assert_eq!(message.topic(), topic, "a record applied to {topic}/{partition} names its topic");
+        let log = &mut state.partitions[partition as usize];
+        assert_eq!(log.next_offset(), offset, "{topic}/{partition}: committed records apply densely, in order");
+        let message = message.with_partition_offset(partition, offset);
+        log.append(message.clone());
+        self.stats.published += 1;
+        if self.log_streams > 0 {
+            self.wake_log_streams(topic);
+        }
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.registry.route_into(topic, &mut targets);
+        self.offer_to(&targets, &message, false);
+        self.route_scratch = targets;
+        for (member, group) in &self.member_groups {
+            if self.groups[group].topic() == topic {
+                self.woken_members.push(*member);
+            }
+        }
     }
 
     /// The registry (for inspection and benchmarks).

@@ -37,6 +37,7 @@ pub mod groups;
 pub mod message;
 pub mod partition;
 pub mod registry;
+pub mod replication;
 pub mod storage;
 pub mod subscription;
 #[cfg(feature = "testing")]
@@ -62,6 +63,7 @@ use kaelix_core::runtime::Clock;
 use kaelix_core::time::{Duration, Instant, WallTime};
 
 use crate::message::{Message, MessageBatch};
+use crate::replication::{Proposal, ProposalId};
 use crate::topic::{Pattern, Topic};
 
 /// How to subscribe.
@@ -85,6 +87,10 @@ struct State {
     writer_waker: Option<Waker>,
     /// The housekeeping task, sleeping until its next round.
     housekeeping_waker: Option<Waker>,
+    /// The replicator, waiting for proposals.
+    replicator_waker: Option<Waker>,
+    /// Publishers waiting for their proposal's outcome.
+    proposal_wakers: BTreeMap<ProposalId, Waker>,
     /// The latest clock reading handed to the core.
     last_now: Instant,
     /// Publishers waiting for their record to be synced: (topic, partition, offset).
@@ -140,6 +146,14 @@ impl State {
         {
             wakers.push(w);
         }
+        if (self.core.has_replication_output() || self.core.is_shut_down())
+            && let Some(w) = self.replicator_waker.take()
+        {
+            wakers.push(w);
+        }
+        if self.core.is_shut_down() {
+            wakers.extend(std::mem::take(&mut self.proposal_wakers).into_values());
+        }
         if !self.read_waiters.is_empty() {
             let core = &self.core;
             self.read_waiters.retain(|_, w| {
@@ -172,11 +186,19 @@ pub struct Broker<C: Clock> {
     /// Whether durable topics are possible (opened with storage): a memory
     /// broker skips every acknowledgement bookkeeping.
     has_storage: bool,
+    /// Whether replicated topics are possible (a replicator is attached):
+    /// only then does a publish look up whether its topic is replicated.
+    has_replication: bool,
 }
 
 impl<C: Clock> Clone for Broker<C> {
     fn clone(&self) -> Self {
-        Broker { state: self.state.clone(), clock: self.clock.clone(), has_storage: self.has_storage }
+        Broker {
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            has_storage: self.has_storage,
+            has_replication: self.has_replication,
+        }
     }
 }
 
@@ -186,13 +208,24 @@ impl<C: Clock> Broker<C> {
         Self::from_core(clock, rng, BrokerCore::new(config))
     }
 
+    /// A memory broker to which a replicator attaches (see
+    /// [`replication`]): replicated topics may be created, and the
+    /// replicator takes their proposals with [`Broker::next_proposals`].
+    pub fn with_replication(clock: C, rng: DetRng, config: BrokerConfig) -> Self {
+        let mut core = BrokerCore::new(config);
+        core.enable_replication();
+        Self::from_core(clock, rng, core)
+    }
+
     fn from_core(clock: C, rng: DetRng, core: BrokerCore) -> Self {
-        let has_storage = core.has_storage();
+        let (has_storage, has_replication) = (core.has_storage(), core.has_replication());
         let state = State {
             core,
             rng,
             writer_waker: None,
             housekeeping_waker: None,
+            replicator_waker: None,
+            proposal_wakers: BTreeMap::new(),
             last_now: Instant::ZERO,
             ack_waiters: Vec::new(),
             read_waiters: BTreeMap::new(),
@@ -203,7 +236,7 @@ impl<C: Clock> Broker<C> {
             scratch_streams: Vec::new(),
             scratch_members: Vec::new(),
         };
-        Broker { state: Arc::new(Mutex::new(state)), clock, has_storage }
+        Broker { state: Arc::new(Mutex::new(state)), clock, has_storage, has_replication }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -234,6 +267,9 @@ impl<C: Clock> Broker<C> {
     /// Publishes `message`, waiting while a blocking subscriber is full and,
     /// on a durable topic, until the record is synced (the acknowledgement).
     pub async fn publish(&self, message: Message) -> Result<Published, BrokerError> {
+        if self.is_replicated(message.topic()) {
+            return self.publish_replicated(message).await;
+        }
         let topic = message.topic().clone();
         let mut published = self.publish_unacknowledged(message).await?;
         if !published.acknowledged {
@@ -263,6 +299,9 @@ impl<C: Clock> Broker<C> {
     /// [`Broker::wait_acknowledged`] returns for it. Still waits while a
     /// blocking subscriber is full.
     pub async fn publish_unacknowledged(&self, message: Message) -> Result<Published, BrokerError> {
+        if self.is_replicated(message.topic()) {
+            return self.publish_replicated(message).await;
+        }
         self.until_unblocked(message, BrokerCore::publish_or_return).await
     }
 
@@ -304,6 +343,9 @@ impl<C: Clock> Broker<C> {
     /// it (see [`Routed`]). Waits while a matching blocking subscriber is
     /// full and, when stored on a durable topic, until synced.
     pub async fn route(&self, message: Message) -> Result<Routed, BrokerError> {
+        if self.is_replicated(message.topic()) {
+            return self.publish_replicated(message).await.map(Routed::Stored);
+        }
         let topic = message.topic().clone();
         Ok(match self.route_unacknowledged(message).await? {
             Routed::Stored(mut published) if !published.acknowledged => {
@@ -320,6 +362,9 @@ impl<C: Clock> Broker<C> {
     /// [`Broker::wait_acknowledged`] returns for it (or for a later offset
     /// of the same partition: a partition is synced in offset order).
     pub async fn route_unacknowledged(&self, message: Message) -> Result<Routed, BrokerError> {
+        if self.is_replicated(message.topic()) {
+            return self.publish_replicated(message).await.map(Routed::Stored);
+        }
         self.until_unblocked(message, BrokerCore::route_or_return).await
     }
 
@@ -336,6 +381,106 @@ impl<C: Clock> Broker<C> {
     /// every earlier one, is acknowledged (at once on a memory topic).
     pub async fn wait_acknowledged(&self, topic: &Topic, partition: u32, offset: u64) {
         self.acknowledged(topic, partition, offset).await;
+    }
+
+    /// Whether `topic` is replicated (always false without a replicator:
+    /// no lock taken).
+    pub fn is_replicated(&self, topic: &Topic) -> bool {
+        self.has_replication && self.lock().core.is_replicated(topic)
+    }
+
+    /// A batch on a broker with a replicator: each message in order, each
+    /// acknowledged (committed, or synced) before the next is published.
+    async fn publish_batch_replicating(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        let mut all = Vec::with_capacity(batch.len());
+        for message in batch {
+            all.push(self.publish(message).await?);
+        }
+        Ok(all)
+    }
+
+    /// Publishes to a replicated topic: proposes, then waits for the outcome
+    /// (see [`replication`]). Dropping the future forgets the proposal's
+    /// outcome (the record may still commit).
+    async fn publish_replicated(&self, message: Message) -> Result<Published, BrokerError> {
+        struct Waiting<'a, C: Clock> {
+            broker: &'a Broker<C>,
+            id: Option<ProposalId>,
+        }
+        impl<C: Clock> Drop for Waiting<'_, C> {
+            fn drop(&mut self) {
+                if let Some(id) = self.id {
+                    let mut s = self.broker.lock();
+                    s.core.forget_proposal(id);
+                    s.proposal_wakers.remove(&id);
+                }
+            }
+        }
+        let id = self.with(|s, now, wall| {
+            let State { core, rng, .. } = &mut *s;
+            core.propose(now, wall, rng, message)
+        })?;
+        let mut waiting = Waiting { broker: self, id: Some(id) };
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            match s.core.take_proposal_outcome(id) {
+                Some(outcome) => {
+                    s.proposal_wakers.remove(&id);
+                    waiting.id = None;
+                    Poll::Ready(outcome)
+                }
+                None => {
+                    s.proposal_wakers.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The replicator's next proposals, in order (see [`replication`]);
+    /// `None` once the broker is shut down.
+    pub async fn next_proposals(&self) -> Option<Vec<Proposal>> {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if s.core.is_shut_down() {
+                return Poll::Ready(None);
+            }
+            if s.core.has_replication_output() {
+                let mut out = Vec::new();
+                while let Some(p) = s.core.poll_replication_output() {
+                    out.push(p);
+                }
+                return Poll::Ready(Some(out));
+            }
+            s.replicator_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The replicator applies a committed record of `topic`'s `partition`
+    /// at `offset` (see [`BrokerCore::handle_replicated_append`]).
+    pub fn replicated_append(&self, topic: &Topic, partition: u32, offset: u64, message: Message) {
+        self.with(|s, now, _| s.core.handle_replicated_append(now, topic, partition, offset, message));
+    }
+
+    /// The replicator reports proposal `id`'s outcome (see
+    /// [`BrokerCore::handle_proposal_done`]).
+    pub fn proposal_done(&self, id: ProposalId, outcome: Result<u64, BrokerError>) {
+        let waker = self.with(|s, _, _| {
+            s.core.handle_proposal_done(id, outcome);
+            s.proposal_wakers.remove(&id)
+        });
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Where proposal `id` waits: its topic and partition (`None` once
+    /// answered or forgotten).
+    pub fn proposal_target(&self, id: ProposalId) -> Option<(Topic, u32)> {
+        self.lock().core.proposal_target(id).map(|(t, p)| (t.clone(), p))
     }
 
     /// Whether `topic` exists.
@@ -442,6 +587,9 @@ impl<C: Clock> Broker<C> {
     /// Publishes a batch in order, waiting where a message would block and,
     /// on durable topics, until every record is synced.
     pub async fn publish_batch(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        if self.has_replication {
+            return self.publish_batch_replicating(batch).await;
+        }
         if !self.has_storage {
             // Every topic is in memory: published means acknowledged.
             return self.publish_batch_unacknowledged(batch).await;
@@ -461,6 +609,9 @@ impl<C: Clock> Broker<C> {
     /// topics (see [`Broker::publish_unacknowledged`]). On an error, the
     /// messages before the failing one are published.
     pub async fn publish_batch_unacknowledged(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        if self.has_replication {
+            return self.publish_batch_replicating(batch).await;
+        }
         let mut all = Vec::with_capacity(batch.len());
         let mut pending = Some(batch);
         poll_fn(|cx| {

@@ -11,6 +11,9 @@
 //!   publish is acknowledged once its record is synced, as the topic's
 //!   [`FlushPolicy`] schedules syncs; consumer-group commits are written
 //!   too, so a group resumes after a restart where it left off.
+//! * [`StorageKind::Replicated`]: each partition is a Raft group across
+//!   `factor` nodes; the broker's log holds committed records only, applied
+//!   in commit order on every replica (see [`crate::replication`]).
 //!
 //! # The sans-IO boundary
 //!
@@ -74,6 +77,27 @@ pub enum StorageKind {
     Memory,
     /// Segment files, acknowledged once synced.
     Durable(DurableConfig),
+    /// A Raft group per partition, acknowledged once committed (see
+    /// [`crate::replication`]).
+    Replicated(ReplicationConfig),
+}
+
+/// Settings of a replicated topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Replicas of each partition: 3 or 5 (a majority survives one or two
+    /// failures).
+    pub factor: u8,
+}
+
+impl ReplicationConfig {
+    /// `factor` replicas, which must be 3 or 5.
+    pub fn new(factor: u8) -> Result<Self, String> {
+        match factor {
+            3 | 5 => Ok(ReplicationConfig { factor }),
+            other => Err(format!("replication factor must be 3 or 5, not {other}")),
+        }
+    }
 }
 
 /// Settings of a durable topic.

@@ -44,6 +44,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod broker_backpressure;
 pub mod broker_durable;
+pub mod broker_replicated;
 pub mod checker;
 pub mod history;
 pub mod linearizability;
@@ -217,11 +218,12 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 10] = [
+    let correct: [&'static dyn Scenario; 11] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
         &broker_backpressure::BROKER_BACKPRESSURE,
+        &broker_replicated::BROKER_REPLICATED,
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
@@ -250,6 +252,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &raft::RAFT_ACK_BEFORE_COMMIT,
         &broker_durable::BROKER_DURABLE_ACK_BEFORE_SYNC,
         &broker_durable::BROKER_DURABLE_GROUP_READS_UNSYNCED,
+        &broker_replicated::BROKER_REPLICATED_ACK_BEFORE_COMMIT,
         &broker_backpressure::BROKER_BACKPRESSURE_DROP_NEWEST,
         &broker_backpressure::BROKER_BACKPRESSURE_BLOCK_DROPS,
         &broker_backpressure::BROKER_BACKPRESSURE_GROW_STUCK,

@@ -809,7 +809,15 @@ impl Raft {
             }
             Body::Heartbeat { commit, round } => {
                 self.follow(from);
-                let commit = commit.min(self.log.last_index());
+                let last = self.log.last_index();
+                if commit > last {
+                    // The leader counts entries up to `commit` as ours, and
+                    // we no longer hold them (a replaced or rotten disk).
+                    // With nothing new to send it would never find out:
+                    // refuse, so it backs up to what we have.
+                    self.send(from, Body::AppendResponse { success: false, index: commit, hint: last.max(self.commit) });
+                }
+                let commit = commit.min(last);
                 self.advance_commit_to(commit);
                 self.send(from, Body::HeartbeatResponse { round });
             }

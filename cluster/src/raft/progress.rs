@@ -120,7 +120,16 @@ impl Progress {
     pub fn refused(&mut self, rejected: u64, hint: u64) -> bool {
         match self.state {
             ProgressState::Replicate => {
-                if rejected <= self.match_index {
+                let lost = rejected == self.match_index && hint < self.match_index;
+                if lost {
+                    // A refusal at exactly the match point, naming less:
+                    // the follower no longer holds what it acknowledged (a
+                    // replaced or rotten disk; it says so when a heartbeat
+                    // counts entries it lacks). Match from what it has.
+                    // Lowering the match point never moves the commit
+                    // index back.
+                    self.match_index = hint;
+                } else if rejected <= self.match_index {
                     return false;
                 }
                 self.become_probe();
@@ -246,5 +255,15 @@ mod tests {
         assert!(!p.refused(7, 3), "answers an append older than the match point");
         assert!(p.refused(9, 8));
         assert_eq!((p.state, p.next_index), (ProgressState::Probe, 9));
+    }
+
+    #[test]
+    fn a_follower_that_lost_its_log_is_matched_from_what_it_has() {
+        let mut p = Progress::new(10);
+        p.acknowledged(8);
+        assert_eq!(p.state, ProgressState::Replicate);
+        // Refused at the match point, with a hint below it: entries gone.
+        assert!(p.refused(8, 2));
+        assert_eq!((p.state, p.match_index, p.next_index), (ProgressState::Probe, 2, 3));
     }
 }

@@ -33,6 +33,7 @@
 //! [`protocol`] is the client wire format; [`client::PartitionClient`] the
 //! retrying client.
 
+pub mod broker_node;
 pub mod client;
 pub mod node;
 pub mod protocol;

@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::{FutureExt, StreamExt};
+use kaelix_broker::replication::Proposal;
 use kaelix_core::NodeId;
 use kaelix_core::planted::Planted;
 use kaelix_core::rng::{DetRng, RngExt};
@@ -42,6 +43,7 @@ use kaelix_core::runtime::{ClientStream, Priority, Runtime, Storage, StorageFile
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::{Duration, Instant};
 
+use super::broker_node::Mirror;
 use super::protocol::{Request, Response};
 use super::replica::{ClientRef, GroupBoot, Output, ReplicaCore};
 use crate::driver::{Event, accept_clients, next_event};
@@ -110,6 +112,8 @@ impl ReplicaObserver for NoObserver {}
 
 /// What the main task hears from the other tasks.
 enum Input {
+    /// Publishes of the node's broker to propose (a broker node only).
+    Proposals(Vec<Proposal>),
     Request(ClientRef, Request),
     Malformed(ClientRef, String),
     ClientConnected(ClientRef, mpsc::UnboundedSender<Bytes>),
@@ -312,6 +316,17 @@ async fn client_reader<S: ClientStream>(stream: S, client: ClientRef, inputs: mp
 /// before the next event is taken; a timeout is handled group by group,
 /// with the leadership fault point after each group.
 pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedConfig, observer: O) {
+    run(rt, config, observer, None).await;
+}
+
+/// [`run_node`], mirroring the groups into a broker when `mirror` is given
+/// (see [`super::broker_node`]).
+pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
+    rt: R,
+    config: ReplicatedConfig,
+    observer: O,
+    mut mirror: Option<Mirror<R>>,
+) {
     let me = rt.node_id();
     assert!(config.members.contains(&me), "{me} is not a member");
     observer.booted(me);
@@ -352,10 +367,20 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
         Err(_) => None,
     };
 
+    let _proposals = mirror.as_ref().map(|m| {
+        let (broker, inputs) = (m.broker().clone(), input_tx.clone());
+        rt.spawn(Priority::Critical, "broker-proposals", async move {
+            while let Some(proposals) = broker.next_proposals().await {
+                if inputs.unbounded_send(Input::Proposals(proposals)).is_err() {
+                    return;
+                }
+            }
+        })
+    });
     let others: Vec<NodeId> = config.members.iter().copied().filter(|&n| n != me).collect();
     let mut core = ReplicaCore::new(me, config, observer, rt.now(), boots);
     let mut io = Io { writes, clients: BTreeMap::new(), stats: NodeStats::default() };
-    io.drain(&rt, &mut core);
+    io.drain(&rt, &mut core, &mut mirror);
     let deadline_of = |core: &ReplicaCore<O>| core.poll_timeout().unwrap_or(Instant::MAX);
     let mut timer_deadline = deadline_of(&core);
     let mut sleep = Box::pin(rt.sleep_until(timer_deadline));
@@ -370,6 +395,13 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
         match event {
             Event::Input(None) => return,
             Event::Input(Some(Input::WritesDone(g, ids))) => core.handle_write_complete(now, g, ids),
+            Event::Input(Some(Input::Proposals(proposals))) => {
+                let mirror = mirror.as_mut().expect("only a broker node has proposals");
+                for proposal in proposals {
+                    mirror.propose(&mut core, now, rt.wall_clock(), proposal);
+                    io.drain(&rt, &mut core, &mut Some(&mut *mirror));
+                }
+            }
             Event::Input(Some(Input::Request(client, request))) => {
                 core.handle_request(now, rt.wall_clock(), client, request)
             }
@@ -391,20 +423,20 @@ pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedC
             Event::Timeout => {
                 for g in 0..core.partitions() {
                     core.handle_group_timeout(now, g);
-                    io.drain(&rt, &mut core);
+                    io.drain(&rt, &mut core, &mut mirror);
                     // Fault point: hand leadership away now and then, so
                     // leader changes happen under load, not only on failure.
                     if core.raft(g).role() == Role::Leader && kaelix_core::buggify!(rt) && !others.is_empty() {
                         let to = others[rng.random_range(0..others.len())];
                         let moved = core.transfer_leadership(now, g, to).is_ok();
                         kaelix_core::sometimes!(rt, "a fault point handed Raft leadership away", moved);
-                        io.drain(&rt, &mut core);
+                        io.drain(&rt, &mut core, &mut mirror);
                     }
                 }
                 timer_deadline = Instant::MAX;
             }
         }
-        io.drain(&rt, &mut core);
+        io.drain(&rt, &mut core, &mut mirror);
     }
 }
 
@@ -415,9 +447,22 @@ impl Io {
         }
     }
 
-    /// Performs the core's outputs until it has none.
-    fn drain<R: Runtime, O: ReplicaObserver>(&self, rt: &R, core: &mut ReplicaCore<O>) {
+    /// Performs the core's outputs until it has none (a broker node's
+    /// mirror takes the records applied and the answers to its proposals).
+    fn drain<R: Runtime, O: ReplicaObserver, M: std::borrow::BorrowMut<Mirror<R>>>(
+        &self,
+        rt: &R,
+        core: &mut ReplicaCore<O>,
+        mirror: &mut Option<M>,
+    ) {
         while let Some(out) = core.poll_output() {
+            let out = match mirror.as_mut() {
+                Some(m) => match m.borrow_mut().take(core, out) {
+                    Some(out) => out,
+                    None => continue,
+                },
+                None => out,
+            };
             match out {
                 Output::Send { to, group, message } => {
                     // Fault point: a send the OS refused (full socket
@@ -429,6 +474,8 @@ impl Io {
                 // The writer lives as long as this task.
                 Output::Persist { group, write } => drop(self.writes[group as usize].unbounded_send(write)),
                 Output::Reply { client, response } => self.reply(client, response),
+                // Nothing mirrors the partitions here.
+                Output::Applied { .. } | Output::Restored { .. } => {}
             }
         }
     }

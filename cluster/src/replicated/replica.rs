@@ -58,7 +58,7 @@ use kaelix_core::time::Instant;
 
 use super::node::{NoObserver, ReplicaObserver, ReplicatedConfig};
 use super::protocol::{Request, Response};
-use super::{PartitionMachine, Produce};
+use super::{PartitionMachine, Produce, Record};
 use crate::raft::{self, EntryPayload, Output as RaftOutput, ProposeError, Raft, Recovered, Role, Write};
 
 /// Names a client connection (the driver's choice; answers go back to it).
@@ -91,6 +91,26 @@ pub enum Output {
         group: u32,
         /// The write.
         write: Write,
+    },
+    /// A record of `group` was committed and applied at `offset`. Every
+    /// replica emits these, for every record, in offset order (a retried
+    /// produce that was applied before emits nothing). A driver that mirrors
+    /// the partition elsewhere — the broker of `broker_node` — applies them;
+    /// others ignore them.
+    Applied {
+        /// The group (partition).
+        group: u32,
+        /// The record's offset.
+        offset: u64,
+        /// The record.
+        record: Record,
+    },
+    /// `group`'s machine was replaced by a snapshot (its records are
+    /// [`ReplicaCore::machine`]'s when this output is taken): a mirror
+    /// catches up from the machine; `Applied` follows for later records.
+    Restored {
+        /// The group (partition).
+        group: u32,
     },
     /// Answer a client.
     Reply {
@@ -421,7 +441,12 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                 let offset = match &entry.payload {
                     EntryPayload::Normal(bytes) => {
                         let command = Produce::decode(bytes.clone()).expect("entries hold commands this node encoded");
-                        g.machine.apply(command).map(|a| a.offset)
+                        let applied = g.machine.apply(command);
+                        if let Some(a) = applied.filter(|a| !a.duplicate) {
+                            let record = g.machine.get(a.offset).expect("just appended").clone();
+                            self.outputs.push_back(Output::Applied { group, offset: a.offset, record });
+                        }
+                        applied.map(|a| a.offset)
                     }
                     EntryPayload::Noop | EntryPayload::Config(_) => None,
                 };
@@ -442,6 +467,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                 g.machine =
                     PartitionMachine::restore(snapshot.data.clone()).expect("snapshots hold state this code encoded");
                 g.applied = snapshot.index;
+                self.outputs.push_back(Output::Restored { group });
                 let covered: Vec<u64> = g.produces.range(..=snapshot.index).map(|(&i, _)| i).collect();
                 for index in covered {
                     for w in g.produces.remove(&index).unwrap_or_default() {

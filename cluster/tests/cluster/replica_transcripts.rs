@@ -250,6 +250,10 @@ impl Node {
                     self.pending[group as usize].push_back(write);
                     line
                 }
+                Output::Applied { group, offset, record } => {
+                    format!("applied p{group} offset={offset} {:?}", String::from_utf8_lossy(&record.payload))
+                }
+                Output::Restored { group } => format!("restored p{group}"),
                 Output::Reply { client, response } => format!("reply {client} {}", show_response(&response)),
             });
         }

@@ -29,7 +29,12 @@ pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
         }
         BrokerError::GroupTopicMismatch { .. }
         | BrokerError::InvalidSubscription(_)
-        | BrokerError::NoDurableStorage(_) => ErrorCode::InvalidRequest,
+        | BrokerError::NoDurableStorage(_)
+        | BrokerError::NoReplication(_)
+        | BrokerError::ReplicatedNeedsCommit(_) => ErrorCode::InvalidRequest,
+        BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
+        // Leadership moved before commit: the produce may or may not land.
+        BrokerError::ReplicationUnknown { .. } => ErrorCode::Timeout,
         BrokerError::ShutDown => ErrorCode::ShuttingDown,
         // Dead-letter construction and closed streams are not reachable
         // from a request: a bug if they are.

@@ -847,7 +847,7 @@ impl<R: Runtime> Conn<R> {
             // Memory topics stay bounded unless they ask for a byte limit.
             max_bytes: retention.max_bytes.or(match storage {
                 StorageKind::Memory => Some(DEFAULT_RETAINED_BYTES),
-                StorageKind::Durable(_) => None,
+                StorageKind::Durable(_) | StorageKind::Replicated(_) => None,
             }),
             max_age: retention.max_age_ms.map(Duration::from_millis),
         };
@@ -893,6 +893,7 @@ fn storage_spec(storage: &StorageKind) -> StorageSpec {
     match storage {
         StorageKind::Memory => StorageSpec::Memory,
         StorageKind::Durable(_) => StorageSpec::Durable,
+        StorageKind::Replicated(r) => StorageSpec::Replicated { replication_factor: r.factor },
     }
 }
 

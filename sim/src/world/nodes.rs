@@ -185,6 +185,11 @@ impl Sim {
         self.world().nodes[&id].status
     }
 
+    /// A node's current incarnation (bumped by every restart).
+    pub fn incarnation(&self, id: NodeId) -> u64 {
+        self.world().nodes[&id].incarnation
+    }
+
     /// Every node and its status.
     pub fn nodes(&self) -> Vec<(NodeId, NodeKind, NodeStatus)> {
         self.world().nodes.iter().map(|(id, n)| (*id, n.kind, n.status)).collect()

@@ -1,0 +1,591 @@
+//! Scenario `broker-replicated`: the broker over replicated topics on 3
+//! or 5 nodes under every fault.
+//!
+//! * **Cluster**: 3 or 5 servers (the seed picks), each running
+//!   `kaelix_cluster::replicated::broker_node::start_broker_node`: a broker
+//!   whose replicated topics `orders.eu` (2 partitions) and `audit.log`
+//!   (1 partition) are three Raft groups over every server (replication
+//!   factor = cluster size); snapshots every 40 entries, so compaction,
+//!   snapshot transfer and a broker caught up from a snapshot happen in
+//!   most runs.
+//! * **Workload**, per server incarnation, during the 5 s of faults: 2
+//!   publishers publish numbered messages one at a time through the
+//!   node's own broker (keyed or not); a refusal because the node does not
+//!   lead the partition is retried after a pause, as is an unknown outcome
+//!   (leadership moved before the commit: the record may land twice). A
+//!   log-backed subscriber reads `orders.eu` from the earliest offset and a
+//!   live subscriber takes what the node applies.
+//! * **Faults** (swarm-drawn per seed): crashes and restarts of a minority,
+//!   wiped disks on a minority of "faulty" nodes, whole-cluster power loss,
+//!   partitions of every kind, loss, duplication, reordering, delay,
+//!   pauses, clock skew / drift / steps, torn and lost unsynced writes,
+//!   slow syncs, corrupt reads, `buggify!` points (leaders hand leadership
+//!   away under load). Bit rot and misdirected writes are off, as in
+//!   `raft-partitions` (synced data lost silently is outside Raft's model).
+//! * **End**: after the faults, an auditor waits until the cluster is
+//!   quiet — every server up, each group led by a member that committed an
+//!   entry of its own term, every member at that commit and applied to it
+//!   — and takes every server's broker log of every partition.
+//!
+//! # Checks (judged from what publishers and subscribers saw and from the
+//! brokers' logs, never from the brokers' counters)
+//!
+//! * **Agreement**: every server's broker holds the same records at the
+//!   same offsets, dense from 0.
+//! * **Durability**: every acknowledged publish is in the final log at the
+//!   partition and offset its acknowledgement named.
+//! * **Integrity**: every record is one some publisher sent; a message is
+//!   stored more than once only if its publisher retried it after an
+//!   unknown outcome (duplicates are counted).
+//! * **Order**: per publisher, within a partition, sequence numbers never
+//!   go down.
+//! * **Committed reads**: each log-backed subscriber reads every partition
+//!   as a prefix of the final log, offsets consecutive from 0; each live
+//!   subscriber's records are in the final log at the offsets they came
+//!   with, in increasing order. A record taken back after a reader saw it
+//!   (a read of something not committed) breaks both.
+//!
+//! Not checked here yet: consumer-group commits of replicated topics (they
+//! are not replicated; see `kaelix_broker::replication`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kaelix_broker::message::Message;
+use kaelix_broker::partition::RetentionPolicy;
+use kaelix_broker::storage::{ReplicationConfig, StorageKind};
+use kaelix_broker::topic::Topic;
+use kaelix_broker::{Broker, BrokerConfig, BrokerError, StartPosition, SubscribeOptions, Subscription, TopicConfig};
+use kaelix_cluster::raft::{Raft, Role};
+use kaelix_cluster::replicated::broker_node::start_broker_node;
+use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
+use kaelix_core::NodeId;
+use kaelix_core::planted::Planted;
+#[cfg(feature = "planted-bugs")]
+use kaelix_core::planted::PlantedBug;
+use kaelix_core::rng::{self, DetRng, RngExt};
+use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner};
+use kaelix_core::time::Duration;
+use kaelix_runtime_sim::SimRuntime;
+use kaelix_sim::trace::TraceSink;
+use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, Tolerance};
+
+use crate::checker::Observations;
+use crate::{RunReport, Scenario, Tallies, Verdict};
+
+/// The replicated-broker scenario (or a planted-bug variant of it).
+pub struct BrokerReplicatedScenario {
+    name: &'static str,
+    description: &'static str,
+    planted: Planted,
+}
+
+/// The registered instance.
+pub static BROKER_REPLICATED: BrokerReplicatedScenario = BrokerReplicatedScenario {
+    name: "broker-replicated",
+    description: "broker over Raft-replicated topics on 3 or 5 nodes, every fault: replicas agree, acknowledged publishes survive, order per publisher, readers see committed records only",
+    planted: Planted::NONE,
+};
+
+/// Planted: a replicated publish acknowledged when proposed, before commit.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_REPLICATED_ACK_BEFORE_COMMIT: BrokerReplicatedScenario = BrokerReplicatedScenario {
+    name: "broker-replicated-ack-before-commit",
+    description: "[planted bug] replicated publishes acknowledged when proposed, before they commit",
+    planted: Planted::only(PlantedBug::ReplicatedAckBeforeCommit),
+};
+
+const SAFETY: Duration = Duration::from_secs(5);
+const LIVENESS_BOUND: Duration = Duration::from_secs(25);
+const AUDITOR: NodeId = NodeId(200);
+const ORDERS: &str = "orders.eu";
+const AUDIT: &str = "audit.log";
+
+/// (publisher, seq): a message's identity, from its payload.
+type Identity = (u32, u32);
+
+/// A partition: (topic, partition).
+type Part = (String, u32);
+
+/// The last state seen of one member of one group.
+#[derive(Clone, Copy, Debug)]
+struct MemberState {
+    role: Role,
+    term: u64,
+    commit: u64,
+    /// The term of the entry at `commit` (if the member's log has it).
+    commit_term: Option<u64>,
+    applied: u64,
+}
+
+#[derive(Default)]
+struct Observed {
+    /// Every message any publisher sent.
+    sent: BTreeSet<Identity>,
+    /// Acknowledged publishes: identity → (partition, offset).
+    acked: BTreeMap<Identity, (Part, u64)>,
+    /// Messages retried after an unknown outcome (may be stored twice).
+    retried_unknown: BTreeSet<Identity>,
+    /// Each server's current incarnation and its broker.
+    brokers: BTreeMap<NodeId, (u64, Broker<SimRuntime>)>,
+    /// (server, group) → the member's last state, this incarnation.
+    members: BTreeMap<(NodeId, u32), MemberState>,
+    /// Log-backed reads: (server, incarnation) → (partition, offset, identity) in order.
+    log_reads: BTreeMap<(NodeId, u64), Vec<(u32, u64, Identity)>>,
+    /// Live reads: (server, incarnation) → (partition, offset, identity) in order.
+    live_reads: BTreeMap<(NodeId, u64), Vec<(u32, u64, Identity)>>,
+    /// Every server's broker log once the cluster was quiet.
+    final_logs: Option<BTreeMap<NodeId, BTreeMap<Part, Vec<(u64, Identity)>>>>,
+    refusals: u64,
+    unknown: u64,
+    /// Why the auditor last found the cluster not quiet.
+    not_quiet: String,
+    violation: Option<String>,
+}
+
+impl Observations for Observed {
+    fn violation(&mut self) -> &mut Option<String> {
+        &mut self.violation
+    }
+}
+
+type Checker = crate::checker::Checker<Observed>;
+
+fn topics(factor: u8) -> Vec<(Topic, TopicConfig)> {
+    let storage = StorageKind::Replicated(ReplicationConfig::new(factor).expect("3 or 5"));
+    [(ORDERS, 2), (AUDIT, 1)]
+        .into_iter()
+        .map(|(name, partitions)| {
+            let config = TopicConfig { partitions, retention: RetentionPolicy::default(), storage };
+            (Topic::new(name).expect("valid topic"), config)
+        })
+        .collect()
+}
+
+/// Group `g` is the `g`-th (topic, partition) of [`topics`].
+fn groups() -> Vec<Part> {
+    vec![(ORDERS.to_owned(), 0), (ORDERS.to_owned(), 1), (AUDIT.to_owned(), 0)]
+}
+
+fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
+    let mut b = BytesMut::with_capacity(32);
+    b.put_u32_le(publisher);
+    b.put_u32_le(seq);
+    for _ in 0..rng.random_range(0..24) {
+        b.put_u8(rng.random());
+    }
+    b.freeze()
+}
+
+fn identity(m: &Message) -> Option<Identity> {
+    let p = m.payload();
+    (p.len() >= 8).then(|| {
+        (u32::from_le_bytes(p[..4].try_into().expect("4 bytes")), u32::from_le_bytes(p[4..8].try_into().expect("4")))
+    })
+}
+
+/// Watches every member of every group (for the auditor's "quiet" test).
+#[derive(Clone)]
+struct MemberWatch {
+    checker: Checker,
+}
+
+impl ReplicaObserver for MemberWatch {
+    fn booted(&self, node: NodeId) {
+        self.checker.lock().members.retain(|(n, _), _| *n != node);
+    }
+
+    fn stepped(&self, node: NodeId, group: u32, raft: &Raft) {
+        let commit = raft.commit();
+        let state = MemberState {
+            role: raft.role(),
+            term: raft.term(),
+            commit,
+            commit_term: raft.log().term(commit),
+            applied: raft.applied(),
+        };
+        self.checker.lock().members.insert((node, group), state);
+    }
+}
+
+/// Publishes numbered messages one at a time until the faults stop.
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, checker: Checker) {
+    let mut rng = rt.rng();
+    let mut seq = 0;
+    while !rt.sim().in_liveness() {
+        seq += 1;
+        let identity = (id, seq);
+        let data = payload(id, seq, &mut rng);
+        let (topic, key) = if rng.random_bool(0.75) {
+            let key = rng.random_bool(0.5).then(|| Bytes::from(format!("customer-{}", rng.random_range(0..12u32))));
+            (ORDERS, key)
+        } else {
+            (AUDIT, None)
+        };
+        checker.lock().sent.insert(identity);
+        loop {
+            rt.sleep(Duration::from_micros(rng.random_range(200..4000))).await;
+            let mut b = Message::builder().topic(topic).payload(data.clone());
+            if let Some(key) = &key {
+                b = b.key(key.clone());
+            }
+            let message = b.build().expect("valid message");
+            match broker.publish(message).await {
+                Ok(p) => {
+                    let part = (topic.to_owned(), p.partition);
+                    checker.lock().acked.insert(identity, (part, p.offset));
+                    break;
+                }
+                Err(BrokerError::NotLeader { .. }) => checker.lock().refusals += 1,
+                Err(BrokerError::ReplicationUnknown { .. }) => {
+                    let mut o = checker.lock();
+                    o.unknown += 1;
+                    o.retried_unknown.insert(identity);
+                }
+                Err(e) => return checker.fail(format!("publisher {id}: publish failed: {e}")),
+            }
+            if rt.sim().in_liveness() {
+                return;
+            }
+            rt.sleep(Duration::from_millis(rng.random_range(5..30))).await;
+        }
+    }
+}
+
+/// Records what a subscription delivers, in order, under `key`.
+async fn reader(
+    rt: SimRuntime,
+    mut sub: Subscription<SimRuntime>,
+    key: (NodeId, u64),
+    live: bool,
+    checker: Checker,
+) {
+    let mut rng = rt.rng();
+    while let Some(m) = sub.next().await {
+        let (Some(id), Some(partition), Some(offset)) = (identity(&m), m.partition(), m.offset()) else {
+            return checker.fail(format!("{}: a subscriber got {m}, not a stored record of a publisher", key.0));
+        };
+        {
+            let mut o = checker.lock();
+            let reads = if live { &mut o.live_reads } else { &mut o.log_reads };
+            reads.entry(key).or_default().push((partition, offset, id));
+        }
+        if !live {
+            rt.sleep(Duration::from_micros(rng.random_range(0..1500))).await;
+        }
+    }
+}
+
+async fn server(rt: SimRuntime, me: NodeId, config: ReplicatedConfig, factor: u8, checker: Checker) {
+    let incarnation = rt.handle().incarnation();
+    let broker_config = BrokerConfig { auto_create: None, ..BrokerConfig::default() };
+    let watch = MemberWatch { checker: checker.clone() };
+    let broker = match start_broker_node(rt.clone(), broker_config, &topics(factor), config, watch) {
+        Ok(b) => b,
+        Err(e) => return checker.fail(format!("{me}: starting the broker node failed: {e}")),
+    };
+    checker.lock().brokers.insert(me, (incarnation, broker.clone()));
+    let from_earliest = SubscribeOptions { start: Some(StartPosition::Earliest), ..SubscribeOptions::default() };
+    for (options, live) in [(from_earliest, false), (SubscribeOptions::default(), true)] {
+        match broker.subscribe(ORDERS, options) {
+            Ok(sub) => {
+                let task = reader(rt.clone(), sub, (me, incarnation), live, checker.clone());
+                drop(rt.spawn(Priority::Normal, "reader", task));
+            }
+            Err(e) => return checker.fail(format!("{me}: subscribing failed: {e}")),
+        }
+    }
+    for i in 0..2u32 {
+        let id = u32::try_from(me.0 * 1000 + incarnation * 10).expect("small ids") + i;
+        drop(rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, checker.clone())));
+    }
+}
+
+/// Whether the cluster is quiet: every server up with a broker, and each
+/// group led by a member that committed an entry of its term, with every
+/// member at that commit and applied to it.
+fn quiet(o: &Observed, rt: &SimRuntime, servers: &[NodeId]) -> Result<(), String> {
+    let sim = rt.sim();
+    for &s in servers {
+        if sim.status(s) != NodeStatus::Up || o.brokers.get(&s).is_none_or(|(inc, _)| *inc != sim.incarnation(s)) {
+            return Err(format!("{s} is not up with a broker"));
+        }
+    }
+    for g in 0..groups().len() as u32 {
+        let states: Vec<(NodeId, MemberState)> =
+            servers.iter().filter_map(|&s| o.members.get(&(s, g)).map(|m| (s, *m))).collect();
+        let Some((_, leader)) = states.iter().find(|(_, m)| m.role == Role::Leader) else {
+            return Err(format!("group {g} has no leader: {states:?}"));
+        };
+        let settled = states.len() == servers.len()
+            && leader.commit_term == Some(leader.term)
+            && states.iter().all(|(_, m)| m.term == leader.term && m.commit == leader.commit && m.applied == leader.commit);
+        if !settled {
+            return Err(format!("group {g} is not settled: {states:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// After the faults: waits for a quiet cluster, takes every broker's logs.
+async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker) {
+    loop {
+        rt.sleep(Duration::from_millis(50)).await;
+        if !rt.sim().in_liveness() {
+            continue;
+        }
+        let mut o = checker.lock();
+        if let Err(why) = quiet(&o, &rt, &servers) {
+            o.not_quiet = why;
+            continue;
+        }
+        let mut logs = BTreeMap::new();
+        for (&node, (_, broker)) in &o.brokers {
+            let mut parts = BTreeMap::new();
+            for (topic, partition) in groups() {
+                let records = match broker.read(&topic, partition, 0, usize::MAX) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        drop(o);
+                        return checker.fail(format!("{node}: reading {topic}/{partition} from 0 failed: {e}"));
+                    }
+                };
+                let mut entries = Vec::new();
+                for m in &records {
+                    match identity(m) {
+                        Some(id) => entries.push((m.offset().expect("stored records have offsets"), id)),
+                        None => {
+                            drop(o);
+                            return checker.fail(format!("{node}: {topic}/{partition} holds {m}, nobody sent it"));
+                        }
+                    }
+                }
+                parts.insert((topic, partition), entries);
+            }
+            logs.insert(node, parts);
+        }
+        drop(o);
+        checker.lock().final_logs = Some(logs);
+        checker.finish();
+        return;
+    }
+}
+
+/// The end-of-run checks (see the module docs).
+fn check(o: &Observed) -> Result<(), String> {
+    if let Some(v) = &o.violation {
+        return Err(v.clone());
+    }
+    let logs = o.final_logs.as_ref().ok_or("no final logs")?;
+    let (&first, reference) = logs.iter().next().ok_or("no servers")?;
+    for (&node, parts) in logs {
+        for (part, entries) in parts {
+            let theirs = &reference[part];
+            if entries != theirs {
+                let at = entries.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(entries.len().min(theirs.len()));
+                return Err(format!(
+                    "replicas disagree on {}/{}: {node} holds {} records, {first} holds {}; first difference at position {at}: {:?} vs {:?}",
+                    part.0,
+                    part.1,
+                    entries.len(),
+                    theirs.len(),
+                    entries.get(at),
+                    theirs.get(at)
+                ));
+            }
+        }
+    }
+    let mut places: BTreeMap<Identity, Vec<(Part, u64)>> = BTreeMap::new();
+    for (part, entries) in reference {
+        let mut last_seq: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+        for (i, &(offset, id)) in entries.iter().enumerate() {
+            if offset != i as u64 {
+                return Err(format!("{}/{}: record {i} is at offset {offset}", part.0, part.1));
+            }
+            if !o.sent.contains(&id) {
+                return Err(format!("{}/{}@{offset} holds {id:?}, which no publisher sent", part.0, part.1));
+            }
+            places.entry(id).or_default().push((part.clone(), offset));
+            if let Some((prev_seq, prev_offset)) = last_seq.insert(id.0, (id.1, offset))
+                && prev_seq > id.1
+            {
+                return Err(format!(
+                    "{}/{}: publisher {} seq {} at offset {offset}, after its seq {prev_seq} at {prev_offset}",
+                    part.0, part.1, id.0, id.1
+                ));
+            }
+        }
+    }
+    for (id, at) in &places {
+        if at.len() > 1 && !o.retried_unknown.contains(id) {
+            return Err(format!(
+                "publisher {} seq {} is stored {} times ({at:?}) but was never retried after an unknown outcome",
+                id.0,
+                id.1,
+                at.len()
+            ));
+        }
+    }
+    for (id, (part, offset)) in &o.acked {
+        let stored = reference.get(part).and_then(|e| e.get(*offset as usize)).map(|&(_, s)| s);
+        if stored != Some(*id) {
+            return Err(format!(
+                "publisher {} seq {} was acknowledged at {}/{}@{offset}, where the final log holds {stored:?}",
+                id.0, id.1, part.0, part.1
+            ));
+        }
+    }
+    let orders = |p: u32| reference.get(&(ORDERS.to_owned(), p));
+    for ((node, incarnation), reads) in &o.log_reads {
+        let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+        for &(partition, offset, id) in reads {
+            let want = next.entry(partition).or_insert(0);
+            if offset != *want {
+                return Err(format!(
+                    "{node} incarnation {incarnation}: the subscriber from the earliest offset read {ORDERS}/{partition}@{offset}, expected @{want}"
+                ));
+            }
+            *want += 1;
+            let stored = orders(partition).and_then(|e| e.get(offset as usize)).map(|&(_, s)| s);
+            if stored != Some(id) {
+                return Err(format!(
+                    "{node} incarnation {incarnation}: the log-backed subscriber read {id:?} at {ORDERS}/{partition}@{offset}, the final log has {stored:?}"
+                ));
+            }
+        }
+    }
+    for ((node, incarnation), reads) in &o.live_reads {
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        for &(partition, offset, id) in reads {
+            if let Some(prev) = last.insert(partition, offset)
+                && prev >= offset
+            {
+                return Err(format!(
+                    "{node} incarnation {incarnation}: the live subscriber got {ORDERS}/{partition}@{offset} after @{prev}"
+                ));
+            }
+            let stored = orders(partition).and_then(|e| e.get(offset as usize)).map(|&(_, s)| s);
+            if stored != Some(id) {
+                return Err(format!(
+                    "{node} incarnation {incarnation}: the live subscriber got {id:?} at {ORDERS}/{partition}@{offset}, the final log has {stored:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl BrokerReplicatedScenario {
+    fn execute(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        let mut setup = rng::derive(seed, 0xb40c_e401);
+        let n: u64 = if setup.random_bool(0.5) { 3 } else { 5 };
+        let servers: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let minority = ((n - 1) / 2) as usize;
+        let tolerance = Tolerance { max_down: minority, faulty_disks: minority, power_loss: true };
+        let mut profile = FaultProfile::swarm(&mut setup);
+        profile.restrict(&tolerance);
+        // Synced data lost silently: outside what Raft claims.
+        profile.bitrot_rate = 0.0;
+        profile.disk.misdirect = 0.0;
+        let mut faulty: Vec<NodeId> = Vec::new();
+        while faulty.len() < minority {
+            let candidate = servers[setup.random_range(0..servers.len())];
+            if !faulty.contains(&candidate) {
+                faulty.push(candidate);
+            }
+        }
+        let safety_end = kaelix_core::Instant::ZERO + SAFETY;
+        let schedule = FaultSchedule::generate(&profile, &tolerance, &servers, &faulty, safety_end, &mut setup);
+        let fault_mix = profile.mix();
+
+        let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
+        let checker = Checker::default();
+        let mut config = ReplicatedConfig::new(servers.clone(), 0);
+        config.snapshot_every = 40;
+        config.planted = self.planted;
+        let factor = n as u8;
+        for &id in &servers {
+            let (config, checker) = (config.clone(), checker.clone());
+            let init = SimRuntime::init(move |rt| {
+                let mut config = config.clone();
+                // A node whose disk was ever replaced must not take an
+                // empty disk for a new cluster.
+                let wiped = rt
+                    .sim()
+                    .fault_log()
+                    .iter()
+                    .any(|(_, f)| matches!(f, Fault::Restart { node, wipe: true } if *node == id));
+                config.bootstrap = !wiped;
+                server(rt, id, config, factor, checker.clone())
+            });
+            let spec = NodeSpec {
+                kind: NodeKind::Server,
+                name: format!("server-{}", id.0),
+                faulty_disk: faulty.contains(&id),
+                init,
+            };
+            sim.add_node(id, spec);
+        }
+        {
+            let (checker, servers) = (checker.clone(), servers.clone());
+            let init = SimRuntime::init(move |rt| auditor(rt, servers.clone(), checker.clone()));
+            let spec = NodeSpec { kind: NodeKind::Client, name: "auditor".into(), faulty_disk: false, init };
+            sim.add_node(AUDITOR, spec);
+        }
+        for (at, fault) in schedule.faults {
+            sim.schedule_fault(at, fault);
+        }
+        sim.schedule_liveness(safety_end);
+
+        let verdict = match checker.run_to_verdict(&sim, SAFETY + LIVENESS_BOUND, check) {
+            Verdict::LivenessViolation(v) => Verdict::LivenessViolation(format!("{v}: {}", checker.lock().not_quiet)),
+            other => other,
+        };
+        let o = checker.lock();
+        let stored: u64 = o
+            .final_logs
+            .as_ref()
+            .and_then(|l| l.values().next())
+            .map_or(0, |parts| parts.values().map(|e| e.len() as u64).sum());
+        let unique: u64 = o
+            .final_logs
+            .as_ref()
+            .and_then(|l| l.values().next())
+            .map_or(0, |parts| parts.values().flatten().map(|(_, id)| *id).collect::<BTreeSet<_>>().len() as u64);
+        let tallies = vec![
+            ("servers", n),
+            ("refused (not the leader)", o.refusals),
+            ("unknown outcomes", o.unknown),
+            ("stored twice or more", stored - unique),
+        ];
+        let workload = (o.sent.len() as u64, o.acked.len() as u64);
+        drop(o);
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, workload), tallies)
+    }
+}
+
+impl Scenario for BrokerReplicatedScenario {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn workload_units(&self) -> (&'static str, &'static str) {
+        ("messages sent", "acknowledged as committed")
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn planted(&self) -> Planted {
+        self.planted
+    }
+
+    fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        self.execute(seed, trace).0
+    }
+
+    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        self.execute(seed, trace)
+    }
+}
