@@ -2,7 +2,8 @@
 //!
 //! `kaelix serve` (see [`serve`]), `kaelix bench pub | pubsub | fanout |
 //! req | subs` (a NATS load generator, see [`bench`]) and `kaelix sim list
-//! | run | replay | check-history | membership-table`. `config check`
+//! | run [--jobs] | swarm | shrink | replay [--schedule] | check-history |
+//! membership-table`. `config check`
 //! arrives with the issue that builds what it drives.
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
