@@ -182,7 +182,9 @@ pub enum BrokerError {
     #[error("topic {0} is durable, but this broker has no storage (open it with Broker::open_durable)")]
     NoDurableStorage(Topic),
     /// A replicated topic on a broker without a replicator.
-    #[error("topic {0} is replicated, but this broker has no replicator (it runs replicated topics only as a cluster node)")]
+    #[error(
+        "topic {0} is replicated, but this broker has no replicator (it runs replicated topics only as a cluster node)"
+    )]
     NoReplication(Topic),
     /// A publish to a replicated topic through a call that cannot wait for
     /// its commit.
@@ -409,6 +411,9 @@ pub struct BrokerCore {
     /// Proposals taken or queued, until their caller takes the outcome.
     proposals: BTreeMap<ProposalId, ProposalState>,
     next_proposal: u64,
+    /// Planted [`PlantedBug::BrokerDeliverUncommitted`]: ids delivered at
+    /// proposal (empty otherwise).
+    delivered_early: std::collections::BTreeSet<uuid::Uuid>,
 }
 
 /// Where a proposal stands.
@@ -465,6 +470,7 @@ impl BrokerCore {
             replication_outputs: VecDeque::new(),
             proposals: BTreeMap::new(),
             next_proposal: 1,
+            delivered_early: std::collections::BTreeSet::new(),
         }
     }
 
@@ -1456,6 +1462,19 @@ impl BrokerCore {
         }
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
+        if self.config.planted.is_on(PlantedBug::BrokerDeliverUncommitted) {
+            // Planted bug: deliver now, at the offset it should get if
+            // every proposal before it commits, and not again at commit.
+            let pending = self.proposals.values().filter(|p| matches!(p, ProposalState::Pending { topic: t, partition: q } if *t == topic && *q == partition)).count() as u64;
+            let state = self.topics.get(&topic).expect("exists");
+            let offset = state.partitions[partition as usize].next_offset() + pending;
+            let early = message.clone().with_partition_offset(partition, offset);
+            let mut targets = std::mem::take(&mut self.route_scratch);
+            self.registry.route_into(&topic, &mut targets);
+            self.offer_to(&targets, &early, false);
+            self.route_scratch = targets;
+            self.delivered_early.insert(message.id());
+        }
         self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
         self.replication_outputs.push_back(Proposal { id, topic, partition, message });
         Ok(id)
@@ -1537,10 +1556,12 @@ impl BrokerCore {
         if self.log_streams > 0 {
             self.wake_log_streams(topic);
         }
-        let mut targets = std::mem::take(&mut self.route_scratch);
-        self.registry.route_into(topic, &mut targets);
-        self.offer_to(&targets, &message, false);
-        self.route_scratch = targets;
+        if self.delivered_early.is_empty() || !self.delivered_early.remove(&message.id()) {
+            let mut targets = std::mem::take(&mut self.route_scratch);
+            self.registry.route_into(topic, &mut targets);
+            self.offer_to(&targets, &message, false);
+            self.route_scratch = targets;
+        }
         for (member, group) in &self.member_groups {
             if self.groups[group].topic() == topic {
                 self.woken_members.push(*member);

@@ -348,6 +348,11 @@ pub struct Message {
     /// Where an answer to this message goes (NATS request-reply).
     reply_to: Option<Topic>,
     headers: Headers,
+    /// The connection that published it, as its front end numbers them
+    /// (NATS `echo: false` suppresses deliveries back to it). Not encoded:
+    /// it means something only while the message is in flight in one
+    /// process, so a stored or replicated copy has none.
+    origin: Option<u64>,
 }
 
 /// Anything [`MessageBuilder::topic`] accepts: a [`Topic`], or text that is
@@ -402,6 +407,7 @@ pub struct MessageBuilder {
     header_error: Option<HeaderError>,
     id: Option<Uuid>,
     timestamp: Option<WallTime>,
+    origin: Option<u64>,
 }
 
 impl MessageBuilder {
@@ -426,6 +432,12 @@ impl MessageBuilder {
     /// The partitioning key: messages with equal keys go to one partition.
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+
+    /// The publishing connection (see [`Message::origin`]).
+    pub fn origin(mut self, connection: u64) -> Self {
+        self.origin = Some(connection);
         self
     }
 
@@ -483,6 +495,7 @@ impl MessageBuilder {
             key: self.key,
             reply_to,
             headers: self.headers,
+            origin: self.origin,
         })
     }
 }
@@ -561,6 +574,12 @@ impl Message {
     /// The topic an answer should be published to, if the sender wants one.
     pub fn reply_to(&self) -> Option<&Topic> {
         self.reply_to.as_ref()
+    }
+
+    /// The connection that published the message, if its front end said
+    /// (never encoded; see the field).
+    pub fn origin(&self) -> Option<u64> {
+        self.origin
     }
 
     /// The headers.
@@ -687,6 +706,7 @@ impl Message {
             key,
             reply_to,
             headers,
+            origin: None,
         })
     }
 }
@@ -747,6 +767,7 @@ impl CompactMessage {
             key: None,
             reply_to: None,
             headers: Headers::new(),
+            origin: None,
         }
     }
 

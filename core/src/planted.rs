@@ -84,11 +84,15 @@ pub enum PlantedBug {
     /// Server (NATS front end): answer a client's `PING` at once, without
     /// waiting for its earlier publishes to stored topics to be synced.
     ServerPongBeforeStored,
+    /// Broker: a publish to a replicated topic is delivered to the node's
+    /// live subscribers when proposed (at the offset it is expected to
+    /// get), not when it commits.
+    BrokerDeliverUncommitted,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 16] = [
+    pub const ALL: [PlantedBug; 17] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -105,6 +109,7 @@ impl PlantedBug {
         PlantedBug::BrokerGroupReadsUnsynced,
         PlantedBug::BrokerQueueGroupIgnoresRoom,
         PlantedBug::ServerPongBeforeStored,
+        PlantedBug::BrokerDeliverUncommitted,
     ];
 
     /// This bug's bit in a [`Planted`] set.

@@ -95,6 +95,14 @@ pub static BROKER_REPLICATED_ACK_BEFORE_COMMIT: BrokerReplicatedScenario = Broke
     planted: Planted::only(PlantedBug::ReplicatedAckBeforeCommit),
 };
 
+/// Planted: replicated publishes delivered to subscribers when proposed.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_REPLICATED_DELIVER_UNCOMMITTED: BrokerReplicatedScenario = BrokerReplicatedScenario {
+    name: "broker-replicated-deliver-uncommitted",
+    description: "[planted bug] replicated publishes delivered to the node's live subscribers when proposed, before they commit",
+    planted: Planted::only(PlantedBug::BrokerDeliverUncommitted),
+};
+
 const SAFETY: Duration = Duration::from_secs(5);
 const LIVENESS_BOUND: Duration = Duration::from_secs(25);
 const AUDITOR: NodeId = NodeId(200);
@@ -106,6 +114,12 @@ type Identity = (u32, u32);
 
 /// A partition: (topic, partition).
 type Part = (String, u32);
+
+/// What one subscriber took, in order: (partition, offset, identity).
+type Reads = Vec<(u32, u64, Identity)>;
+
+/// One server's broker log: partition → (offset, identity) in offset order.
+type Logs = BTreeMap<Part, Vec<(u64, Identity)>>;
 
 /// The last state seen of one member of one group.
 #[derive(Clone, Copy, Debug)]
@@ -131,11 +145,11 @@ struct Observed {
     /// (server, group) → the member's last state, this incarnation.
     members: BTreeMap<(NodeId, u32), MemberState>,
     /// Log-backed reads: (server, incarnation) → (partition, offset, identity) in order.
-    log_reads: BTreeMap<(NodeId, u64), Vec<(u32, u64, Identity)>>,
+    log_reads: BTreeMap<(NodeId, u64), Reads>,
     /// Live reads: (server, incarnation) → (partition, offset, identity) in order.
-    live_reads: BTreeMap<(NodeId, u64), Vec<(u32, u64, Identity)>>,
+    live_reads: BTreeMap<(NodeId, u64), Reads>,
     /// Every server's broker log once the cluster was quiet.
-    final_logs: Option<BTreeMap<NodeId, BTreeMap<Part, Vec<(u64, Identity)>>>>,
+    final_logs: Option<BTreeMap<NodeId, Logs>>,
     refusals: u64,
     unknown: u64,
     /// Why the auditor last found the cluster not quiet.
@@ -188,6 +202,7 @@ fn identity(m: &Message) -> Option<Identity> {
 #[derive(Clone)]
 struct MemberWatch {
     checker: Checker,
+    rt: SimRuntime,
 }
 
 impl ReplicaObserver for MemberWatch {
@@ -204,7 +219,22 @@ impl ReplicaObserver for MemberWatch {
             commit_term: raft.log().term(commit),
             applied: raft.applied(),
         };
-        self.checker.lock().members.insert((node, group), state);
+        let before = self.checker.lock().members.insert((node, group), state);
+        if before.is_none_or(|b| (b.role, b.term) != (state.role, state.term)) {
+            let digest = (u64::from(group) << 56) ^ (state.term << 2) ^ state.role as u64;
+            self.rt.sim().trace_event(Some(node), "raft-role", digest, || {
+                format!(
+                    "group {group}: {:?} in term {}, leader {:?}, commit {commit}",
+                    state.role,
+                    state.term,
+                    raft.leader()
+                )
+            });
+        }
+    }
+
+    fn sent(&self, node: NodeId, group: u32, to: NodeId, message: &kaelix_cluster::raft::Message) {
+        self.rt.sim().trace_event(Some(node), "raft-send", 0, || format!("group {group} -> {to}: {message:?}"));
     }
 }
 
@@ -253,13 +283,7 @@ async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, checker:
 }
 
 /// Records what a subscription delivers, in order, under `key`.
-async fn reader(
-    rt: SimRuntime,
-    mut sub: Subscription<SimRuntime>,
-    key: (NodeId, u64),
-    live: bool,
-    checker: Checker,
-) {
+async fn reader(rt: SimRuntime, mut sub: Subscription<SimRuntime>, key: (NodeId, u64), live: bool, checker: Checker) {
     let mut rng = rt.rng();
     while let Some(m) = sub.next().await {
         let (Some(id), Some(partition), Some(offset)) = (identity(&m), m.partition(), m.offset()) else {
@@ -278,8 +302,8 @@ async fn reader(
 
 async fn server(rt: SimRuntime, me: NodeId, config: ReplicatedConfig, factor: u8, checker: Checker) {
     let incarnation = rt.handle().incarnation();
-    let broker_config = BrokerConfig { auto_create: None, ..BrokerConfig::default() };
-    let watch = MemberWatch { checker: checker.clone() };
+    let broker_config = BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() };
+    let watch = MemberWatch { checker: checker.clone(), rt: rt.clone() };
     let broker = match start_broker_node(rt.clone(), broker_config, &topics(factor), config, watch) {
         Ok(b) => b,
         Err(e) => return checker.fail(format!("{me}: starting the broker node failed: {e}")),
@@ -319,7 +343,9 @@ fn quiet(o: &Observed, rt: &SimRuntime, servers: &[NodeId]) -> Result<(), String
         };
         let settled = states.len() == servers.len()
             && leader.commit_term == Some(leader.term)
-            && states.iter().all(|(_, m)| m.term == leader.term && m.commit == leader.commit && m.applied == leader.commit);
+            && states
+                .iter()
+                .all(|(_, m)| m.term == leader.term && m.commit == leader.commit && m.applied == leader.commit);
         if !settled {
             return Err(format!("group {g} is not settled: {states:?}"));
         }
@@ -382,7 +408,8 @@ fn check(o: &Observed) -> Result<(), String> {
         for (part, entries) in parts {
             let theirs = &reference[part];
             if entries != theirs {
-                let at = entries.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(entries.len().min(theirs.len()));
+                let at =
+                    entries.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(entries.len().min(theirs.len()));
                 return Err(format!(
                     "replicas disagree on {}/{}: {node} holds {} records, {first} holds {}; first difference at position {at}: {:?} vs {:?}",
                     part.0,

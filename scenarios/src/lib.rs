@@ -253,6 +253,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_durable::BROKER_DURABLE_ACK_BEFORE_SYNC,
         &broker_durable::BROKER_DURABLE_GROUP_READS_UNSYNCED,
         &broker_replicated::BROKER_REPLICATED_ACK_BEFORE_COMMIT,
+        &broker_replicated::BROKER_REPLICATED_DELIVER_UNCOMMITTED,
         &broker_backpressure::BROKER_BACKPRESSURE_DROP_NEWEST,
         &broker_backpressure::BROKER_BACKPRESSURE_BLOCK_DROPS,
         &broker_backpressure::BROKER_BACKPRESSURE_GROW_STUCK,

@@ -204,6 +204,22 @@ fn every_scenario_passes_and_replays_a_few_seeds() {
     }
 }
 
+/// Seeds of `broker-replicated` that once failed, kept as regressions:
+/// 393 — a member whose disk was replaced crashed before its recovering
+/// mark was durable, voted as an ordinary member on the next boot, and
+/// helped elect a leader that lacked entries committed with its help
+/// (replicas then disagreed on a committed offset).
+#[test]
+fn broker_replicated_regression_seeds_pass() {
+    let s = find("broker-replicated").expect("registered");
+    const REGRESSIONS: &[u64] = &[393];
+    for &seed in REGRESSIONS {
+        let run = run_checked(s, seed);
+        assert!(run.deterministic(), "seed {seed}: the replay differs");
+        assert_eq!(run.report.verdict, Verdict::Pass, "seed {seed}");
+    }
+}
+
 /// Each planted broker bug is caught, within a few seeds, by the check
 /// family it breaks (the model of its strategy, durability, the group).
 #[test]
@@ -217,6 +233,8 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
         ("broker-backpressure-queue-ignores-room", "queue group", 20),
         ("broker-durable-ack-before-sync", "is lost", 30),
         ("broker-durable-group-reads-unsynced", "the group processed", 30),
+        ("broker-replicated-ack-before-commit", "was acknowledged at", 10),
+        ("broker-replicated-deliver-uncommitted", "live subscriber", 5),
     ] {
         let s = find(name).expect("registered");
         assert!(s.planted_bug());

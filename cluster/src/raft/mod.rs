@@ -815,7 +815,10 @@ impl Raft {
                     // we no longer hold them (a replaced or rotten disk).
                     // With nothing new to send it would never find out:
                     // refuse, so it backs up to what we have.
-                    self.send(from, Body::AppendResponse { success: false, index: commit, hint: last.max(self.commit) });
+                    self.send(
+                        from,
+                        Body::AppendResponse { success: false, index: commit, hint: last.max(self.commit) },
+                    );
                 }
                 let commit = commit.min(last);
                 self.advance_commit_to(commit);

@@ -177,7 +177,13 @@ struct Booted<F> {
     generation: u64,
 }
 
-async fn recover_group<R: Runtime>(rt: &R, group: u32) -> Booted<<R as Storage>::File> {
+/// Boots `group` from the disk. An empty disk on a node that is not
+/// bootstrapping starts its first generation already marked recovering:
+/// the mark must be durable before anything else, or a crash right after
+/// this boot would leave a generation file that looks like an ordinary
+/// empty member, and the next boot would vote with a log that lost
+/// acknowledged entries.
+async fn recover_group<R: Runtime>(rt: &R, group: u32, bootstrap: bool) -> Booted<<R as Storage>::File> {
     let prefix = format!("raft-p{group}.");
     let names = retry(rt, || rt.list()).await;
     let mut generations: Vec<u64> =
@@ -211,7 +217,8 @@ async fn recover_group<R: Runtime>(rt: &R, group: u32) -> Booted<<R as Storage>:
         }
         None => {
             let generation = generations.first().map_or(1, |g| g + 1);
-            let state = DiskState::default();
+            let mut state = DiskState::default();
+            state.hard_state.recovering = !bootstrap;
             let file = start_generation(rt, group, generation, &state).await;
             Booted { state, empty: true, lost_synced: false, file, generation }
         }
@@ -337,7 +344,7 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
     let mut writes = Vec::new();
     let mut writers = Vec::new();
     for g in 0..config.partitions {
-        let booted = recover_group(&rt, g).await;
+        let booted = recover_group(&rt, g, config.bootstrap).await;
         let mut recovered = booted.state.recovered(booted.empty);
         recovered.hard_state.recovering |= booted.lost_synced;
         boots.push(GroupBoot { recovered, rng: rt.rng(), at: rt.now() });

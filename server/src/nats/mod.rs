@@ -30,9 +30,11 @@
 //! `PONG` is written. Each subscription sees each publisher's messages in
 //! order; two subscriptions of one connection are pumped independently.
 //!
-//! Not supported yet: `CONNECT.echo = false` is accepted but a client still
-//! receives its own publishes (the broker does not know a message's
-//! connection); nkey/JWT logins (`sig`, `jwt`, `nkey`) are refused as
+//! `CONNECT.echo = false`: every publish carries its connection as the
+//! message's origin (in memory only), and that connection's pumps skip
+//! messages of their own origin.
+//!
+//! Not supported yet: nkey/JWT logins (`sig`, `jwt`, `nkey`) are refused as
 //! unknown users; TLS-first handshakes (the client must read `INFO` first).
 
 pub mod session;
@@ -372,7 +374,7 @@ impl<R: Runtime> Conn<R> {
         payload: Bytes,
         ok: bool,
     ) {
-        let mut builder = Message::builder().topic(topic.clone()).payload(payload);
+        let mut builder = Message::builder().topic(topic.clone()).payload(payload).origin(self.client.id);
         if let Some(r) = &reply {
             builder = builder.reply_to(r.clone());
         }
@@ -437,6 +439,9 @@ impl<R: Runtime> Conn<R> {
             sid: sid.clone(),
             subject,
             headers: session.options().headers,
+            // `echo: false`: this connection's own publishes are not
+            // delivered back to it.
+            skip_origin: (!session.options().echo).then_some(self.client.id),
             limit: limit.clone(),
             done: self.done.clone(),
             filter,
@@ -456,6 +461,8 @@ struct PumpTask<R: Runtime> {
     sid: Bytes,
     subject: String,
     headers: bool,
+    /// Messages published by this connection are skipped (`echo: false`).
+    skip_origin: Option<u64>,
     limit: Arc<AtomicU64>,
     done: Arc<std::sync::Mutex<Vec<Bytes>>>,
     /// The user's subscribe rules: denied subjects are not delivered.
@@ -487,7 +494,8 @@ impl<R: Runtime> PumpTask<R> {
                     self.done.lock().unwrap_or_else(|e| e.into_inner()).push(self.sid.clone());
                     return;
                 }
-                if !self.filter.is_open() && !self.filter.delivers(message.topic()) {
+                let echo = self.skip_origin.is_some() && message.origin() == self.skip_origin;
+                if echo || (!self.filter.is_open() && !self.filter.delivers(message.topic())) {
                     next = sub.try_next();
                     continue;
                 }

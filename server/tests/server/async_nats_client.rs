@@ -126,3 +126,29 @@ fn durable_topic_keeps_flushed_publishes_across_a_restart() {
         assert_eq!(&next(&mut sub).await.payload[..], b"after-restart");
     });
 }
+
+/// `echo: false`: a connection does not get its own publishes back, while
+/// another connection's subscription on the same subjects gets everything.
+#[test]
+fn no_echo_connections_do_not_receive_their_own_publishes() {
+    let server = TestServer::start("async-nats-no-echo");
+    tokio().block_on(async {
+        let quiet = async_nats::ConnectOptions::new().no_echo().connect(server.url()).await.unwrap();
+        let other = async_nats::connect(server.url()).await.unwrap();
+        let mut own = quiet.subscribe("chat.>").await.unwrap();
+        let mut theirs = other.subscribe("chat.>").await.unwrap();
+        quiet.flush().await.unwrap();
+        other.flush().await.unwrap();
+        quiet.publish("chat.room1", "from quiet".into()).await.unwrap();
+        quiet.flush().await.unwrap();
+        other.publish("chat.room1", "from other".into()).await.unwrap();
+        other.flush().await.unwrap();
+        // The other connection sees both, in order; the quiet one only the
+        // other's: its own would have come first.
+        assert_eq!(&next(&mut theirs).await.payload[..], b"from quiet");
+        assert_eq!(&next(&mut theirs).await.payload[..], b"from other");
+        assert_eq!(&next(&mut own).await.payload[..], b"from other");
+        let nothing = tokio::time::timeout(Duration::from_millis(200), own.next()).await;
+        assert!(nothing.is_err(), "no echo of its own publish: {nothing:?}");
+    });
+}
