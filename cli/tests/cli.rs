@@ -134,3 +134,28 @@ fn swarm_writes_a_report_of_every_scenario() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--minutes must be a positive number"));
 }
+
+#[test]
+fn shrink_refuses_a_passing_seed_and_replay_checks_the_schedule_file() {
+    let out = kaelix(&["sim", "shrink", "--scenario", "broker", "--seed", "0", "--quiet"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("seed 0 of broker passes; there is no failure to shrink"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let other = temp_file("schedule-other.json", r#"{"scenario": "broadcast", "seed": 3, "check": "c", "faults": []}"#);
+    let out = kaelix(&["sim", "replay", "--scenario", "broker", "--seed", "0", "--schedule", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is a schedule of broadcast seed 3, not of broker seed 0"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let bad = temp_file("schedule-bad.json", "{\"scenario\": \"broker\",\n \"seed\": \"zero\"}");
+    let out = kaelix(&["sim", "replay", "--scenario", "broker", "--seed", "0", "--schedule", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("line 2, column"), "{}", text(&out.stderr));
+}
