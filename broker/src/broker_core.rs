@@ -568,6 +568,41 @@ impl BrokerCore {
         }
     }
 
+    /// Replaces a topic's retention and applies it at once (count, bytes,
+    /// and age against `wall`); a durable topic records the new policy in
+    /// its metadata (so a restart keeps it) and trims its segments. Returns
+    /// the records removed.
+    pub fn set_retention(
+        &mut self,
+        topic: &Topic,
+        policy: RetentionPolicy,
+        wall: WallTime,
+    ) -> Result<u64, BrokerError> {
+        let state = self.topic_state(topic)?;
+        state.config.retention = policy;
+        let durable = state.durable().is_some();
+        let mut outputs = Vec::new();
+        if durable {
+            outputs.push(state.output(topic));
+        }
+        let mut removed = 0;
+        for (partition, log) in state.partitions.iter_mut().enumerate() {
+            log.set_retention(policy);
+            let r = log.enforce_retention(wall).removed_records;
+            removed += r;
+            if durable && r > 0 {
+                outputs.push(StorageOutput::Trim {
+                    id: state.id,
+                    partition: partition as u32,
+                    earliest: log.earliest_offset(),
+                });
+            }
+        }
+        self.stats.retention_removed += removed;
+        self.storage_outputs.extend(outputs);
+        Ok(removed)
+    }
+
     /// The topic's partition count.
     pub fn partitions(&self, topic: &Topic) -> Option<u32> {
         self.topics.get(topic).map(|t| t.config.partitions)

@@ -264,6 +264,12 @@ impl<C: Clock> Broker<C> {
         self.with(|s, _, _| s.core.create_topic(topic, config))
     }
 
+    /// Replaces a topic's retention and applies it now (see
+    /// [`BrokerCore::set_retention`]); returns the records removed.
+    pub fn set_retention(&self, topic: &Topic, policy: partition::RetentionPolicy) -> Result<u64, BrokerError> {
+        self.with(|s, _, wall| s.core.set_retention(topic, policy, wall))
+    }
+
     /// Publishes `message`, waiting while a blocking subscriber is full and,
     /// on a durable topic, until the record is synced (the acknowledgement).
     pub async fn publish(&self, message: Message) -> Result<Published, BrokerError> {

@@ -397,3 +397,21 @@ fn group_polls_honour_a_byte_limit_but_always_progress() {
     c.leave_group(member);
     assert!(matches!(c.group_assignment(member), Err(BrokerError::Group(_))));
 }
+
+#[test]
+fn retention_can_be_replaced_on_a_live_topic_and_applies_at_once() {
+    use crate::partition::RetentionPolicy;
+    let mut c = core();
+    let topic = Topic::new("r").unwrap();
+    c.create_topic(topic.clone(), TopicConfig { retention: RetentionPolicy::default(), ..TopicConfig::default() })
+        .unwrap();
+    publish_n(&mut c, "r", 0, 10, 8);
+    let keep_three = RetentionPolicy { max_records: Some(3), ..RetentionPolicy::default() };
+    assert_eq!(c.set_retention(&topic, keep_three, WallTime(1)).unwrap(), 7, "lowered: the oldest 7 go now");
+    assert_eq!(c.topic_config(&topic).unwrap().retention, keep_three);
+    assert_eq!(c.watermarks(&topic, 0).unwrap(), (7, 10));
+    assert_eq!(c.set_retention(&topic, RetentionPolicy::default(), WallTime(1)).unwrap(), 0, "raised: nothing removed");
+    publish_n(&mut c, "r", 0, 5, 8);
+    assert_eq!(c.watermarks(&topic, 0).unwrap(), (7, 15), "and nothing trimmed on later appends");
+    assert!(c.set_retention(&Topic::new("nope").unwrap(), keep_three, WallTime(1)).is_err());
+}

@@ -3,8 +3,7 @@
 //! `kaelix serve` (see [`serve`]), `kaelix bench pub | pubsub | fanout |
 //! req | subs` (a NATS load generator, see [`bench`]) and `kaelix sim list
 //! | run [--jobs] | swarm | shrink | replay [--schedule] | check-history |
-//! membership-table`. `config check`
-//! arrives with the issue that builds what it drives.
+//! membership-table`, `kaelix config check | show` (see [`config_cmd`]).
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
 //! the checkers ran) and files (client histories): each such use is allowed
@@ -23,6 +22,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod config_cmd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +53,9 @@ enum Command {
     /// Deterministic simulation.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Check or show the configuration `kaelix serve` would run with.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
 }
 
 #[derive(Subcommand)]
@@ -199,6 +202,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Config(command) => config_cmd::run(command),
         Command::Sim(SimCommand::List) => {
             for s in catalog() {
                 out!("{:<28} {}", s.name(), s.description());

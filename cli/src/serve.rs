@@ -1,7 +1,13 @@
 //! `kaelix serve`: one node on the real executor.
 //!
-//! Reads the configuration file (if any), applies the flags on top, opens
-//! the data directory, starts the server and runs until SIGINT or SIGTERM.
+//! Loads the configuration (defaults → file → `KAELIX_` environment →
+//! flags → validation against this machine; see `kaelix_config`) and
+//! refuses to start on any error, naming each. Then opens the data
+//! directory, starts the server and runs until SIGINT or SIGTERM. The file
+//! is watched and reloaded on change (1 s debounce) and on SIGHUP: the
+//! reloadable keys (`ServerConfig::RELOADABLE`) apply to the running server
+//! and the log filter; any other change, or an invalid file, is refused
+//! whole and logged, and the running configuration stays.
 //! The first signal drains (stop accepting, answer what was read, sync,
 //! exit 0); a second one exits at once.
 
@@ -12,90 +18,163 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
+use kaelix_config::{ConfigLoader, HotReloadManager, Loaded, ReloadPolicy};
 use kaelix_core::NodeId;
 use kaelix_core::time::Duration;
 use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
+use kaelix_server::config::{LogFormat, LogLevel};
 use kaelix_server::{Server, ServerConfig};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::reload;
 
 /// How log lines look.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
+pub enum LogFormatArg {
     /// One readable line per event.
     Human,
     /// One JSON object per line.
     Json,
 }
 
-/// `kaelix serve` flags. Flags override the configuration file.
+/// Least severe level logged.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogLevelArg {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle events, refusals, slow consumers.
+    Info,
+    /// Per-connection events.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// `kaelix serve` flags. Flags override the environment (`KAELIX_…`),
+/// which overrides the configuration file, which overrides the defaults.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Where durable topics live (created if missing).
-    #[arg(long, default_value = "./kaelix-data")]
-    pub data_dir: PathBuf,
-    /// TOML configuration file (see `kaelix_server::config`).
+    /// Where durable topics live (created if missing) [default: ./kaelix-data; `node.data_dir`].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (default: the first of ./kaelix.toml,
+    /// $XDG_CONFIG_HOME/kaelix/kaelix.toml, /etc/kaelix/kaelix.toml that
+    /// exists). Watched and reloaded on change and on SIGHUP.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// NATS-protocol listener address [default: 127.0.0.1:4222].
+    /// NATS-protocol listener address [default: 127.0.0.1:4222; `nats.listen`].
     #[arg(long)]
     pub nats_listen: Option<SocketAddr>,
-    /// Native-protocol listener address [default: 127.0.0.1:7422].
+    /// Native-protocol listener address [default: 127.0.0.1:7422; `native.listen`].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Log line format.
-    #[arg(long, value_enum, default_value = "human")]
-    pub log_format: LogFormat,
-    /// Least severe level logged (error, warn, info, debug, trace).
-    #[arg(long, default_value = "info")]
-    pub log_level: tracing::Level,
-    /// Worker threads (default: one per CPU).
+    /// Log line format [default: human; `log.format`].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Least severe level logged [default: info; `log.level`, reloadable].
+    #[arg(long, value_enum)]
+    pub log_level: Option<LogLevelArg>,
+    /// Worker threads [default: one per CPU; `node.workers`].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Seconds a drain waits for connections to finish.
-    #[arg(long, default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
+    /// Seconds a drain waits for connections to finish [default: 10; `node.shutdown_grace_secs`].
+    #[arg(long)]
+    pub shutdown_grace_secs: Option<u64>,
 }
 
-fn init_logging(format: LogFormat, level: tracing::Level) {
-    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+fn level_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
     }
 }
 
-fn load_config(args: &ServeArgs) -> Result<ServerConfig, String> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("reading config {}: {e}", path.display()))?;
-            ServerConfig::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?
-        }
-        None => ServerConfig::default(),
-    };
+/// Installs the log subscriber; the handle changes its level on reload.
+fn init_logging(format: LogFormat, level: LogLevel) -> reload::Handle<LevelFilter, tracing_subscriber::Registry> {
+    let (filter, handle) = reload::Layer::new(level_filter(level));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Human => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init(),
+    }
+    handle
+}
+
+/// The loader with the flags on top (what a reload reuses).
+fn loader(args: &ServeArgs) -> ConfigLoader {
+    let mut loader = crate::config_cmd::loader(args.config.clone());
+    if let Some(dir) = &args.data_dir {
+        loader = loader.with_override("node.data_dir", dir.display().to_string(), "--data-dir");
+    }
     if let Some(addr) = args.nats_listen {
-        config.nats.listen = addr;
+        loader = loader.with_override("nats.listen", addr.to_string(), "--nats-listen");
     }
     if let Some(addr) = args.listen {
-        config.native.listen = addr;
+        loader = loader.with_override("native.listen", addr.to_string(), "--listen");
     }
-    config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    if let Some(format) = args.log_format {
+        let name = match format {
+            LogFormatArg::Human => "human",
+            LogFormatArg::Json => "json",
+        };
+        loader = loader.with_override("log.format", name, "--log-format");
+    }
+    if let Some(level) = args.log_level {
+        let name = match level {
+            LogLevelArg::Error => "error",
+            LogLevelArg::Warn => "warn",
+            LogLevelArg::Info => "info",
+            LogLevelArg::Debug => "debug",
+            LogLevelArg::Trace => "trace",
+        };
+        loader = loader.with_override("log.level", name, "--log-level");
+    }
+    if let Some(workers) = args.workers {
+        loader = loader.with_override("node.workers", workers as i64, "--workers");
+    }
+    if let Some(secs) = args.shutdown_grace_secs {
+        loader = loader.with_override("node.shutdown_grace_secs", secs as i64, "--shutdown-grace-secs");
+    }
+    loader
 }
 
 /// Runs the server until a signal; the exit code says how it ended.
 pub fn run(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format, args.log_level);
-    let config = match load_config(&args) {
-        Ok(c) => c,
+    let loader = loader(&args);
+    let loaded: Loaded<ServerConfig> = match loader.load() {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("kaelix serve: {e}");
+            eprintln!("kaelix serve: refusing to start: the configuration is invalid:\n{e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
-        eprintln!("kaelix serve: creating data directory {}: {e}", args.data_dir.display());
+    let log_handle = init_logging(loaded.config.log.format, loaded.config.log.level);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config.clone();
+    let reloader = HotReloadManager::new(loader, loaded, ReloadPolicy::new(ServerConfig::RELOADABLE.iter().copied()));
+    let data_dir = PathBuf::from(&config.node.data_dir);
+    let args = (data_dir, config.node.workers, config.node.shutdown_grace_secs);
+    run_with(args, config, reloader, log_handle)
+}
+
+fn run_with(
+    (data_dir, workers, grace_secs): (PathBuf, Option<usize>, u64),
+    config: ServerConfig,
+    reloader: Option<HotReloadManager<ServerConfig>>,
+    log_handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&data_dir) {
+        eprintln!("kaelix serve: creating data directory {}: {e}", data_dir.display());
         return ExitCode::from(2);
     }
-    let exec_config = ExecutorConfig { max_workers: args.workers, ..ExecutorConfig::default() };
+    let exec_config = ExecutorConfig { max_workers: workers, ..ExecutorConfig::default() };
     let exec = match Executor::new(exec_config) {
         Ok(e) => e,
         Err(e) => {
@@ -103,7 +182,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), &args.data_dir)) {
+    let rt = match RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), &data_dir)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kaelix serve: starting the runtime: {e}");
@@ -115,12 +194,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
         eprintln!("kaelix serve: installing signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let grace = Duration::from_secs(args.shutdown_grace_secs);
-    let data_dir = args.data_dir.clone();
+    let grace = Duration::from_secs(grace_secs);
     let outcome = exec.block_on(async move {
         let server = match Server::start(rt, config).await {
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
+        };
+        // Reloads from here on reach the running server.
+        let _watch = match &reloader {
+            Some(manager) => match start_reloading(manager, server.clone(), log_handle) {
+                Ok(watch) => Some(watch),
+                Err(e) => return Err(format!("watching {}: {e}", manager.path().display())),
+            },
+            None => {
+                watch_sighup(None);
+                None
+            }
         };
         println!("kaelix serve: NATS clients on nats://{}", server.nats_addr());
         println!("kaelix serve: native clients on {}", server.native_addr());
@@ -141,6 +230,68 @@ pub fn run(args: ServeArgs) -> ExitCode {
             eprintln!("kaelix serve: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Applies every change the manager accepts to the running server and the
+/// log filter; watches the file (1 s debounce) and SIGHUP.
+fn start_reloading(
+    manager: &HotReloadManager<ServerConfig>,
+    server: Server<RealRuntime>,
+    log_handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+) -> notify::Result<kaelix_config::reload::WatchHandle> {
+    let changes = manager.subscribe();
+    std::thread::Builder::new()
+        .name("kaelix-reconfigure".into())
+        .spawn(move || {
+            for change in changes {
+                if change.touches("log.level")
+                    && let Err(e) = log_handle.modify(|f| *f = level_filter(change.new.log.level))
+                {
+                    tracing::warn!(error = %e, "changing the log level");
+                }
+                match server.reconfigure(&change.new) {
+                    Ok(report) => tracing::info!(
+                        generation = change.generation,
+                        changed = ?change.changed,
+                        disconnected = report.disconnected,
+                        "configuration reloaded"
+                    ),
+                    // Validated before it was applied: this is a bug, but the
+                    // server keeps its previous configuration.
+                    Err(e) => tracing::error!(error = %e, "the server refused a validated configuration"),
+                }
+            }
+        })
+        .map_err(notify::Error::io)?;
+    let watch = manager.watch(kaelix_config::reload::DEFAULT_DEBOUNCE)?;
+    watch_sighup(Some(manager.clone()));
+    tracing::info!(file = %manager.path().display(), "watching the configuration (reload also on SIGHUP)");
+    Ok(watch)
+}
+
+/// SIGHUP reloads the configuration file now (without one, says so).
+fn watch_sighup(manager: Option<HotReloadManager<ServerConfig>>) {
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP will not reload: installing its handler failed");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("kaelix-sighup".into()).spawn(move || {
+        for _ in signals.forever() {
+            match &manager {
+                Some(m) => {
+                    let outcome = m.reload_now();
+                    tracing::info!(?outcome, stats = ?m.stats(), "SIGHUP: configuration reload");
+                }
+                None => tracing::warn!("SIGHUP: no configuration file to reload (started without one)"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "SIGHUP will not reload");
     }
 }
 

@@ -159,3 +159,70 @@ fn shrink_refuses_a_passing_seed_and_replay_checks_the_schedule_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("line 2, column"), "{}", text(&out.stderr));
 }
+
+/// `kaelix` with no `KAELIX_` variables from the test's environment.
+fn kaelix_clean_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
+    command.args(args).env_clear().env("PATH", "/usr/bin:/bin").env("HOME", std::env::temp_dir());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("the kaelix binary runs")
+}
+
+#[test]
+fn config_check_lists_errors_and_warnings_and_exits_1_when_invalid() {
+    let path = temp_file(
+        "bad.toml",
+        "[nats]\nlisten = \"127.0.0.1:0\"\n[native]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_payload = 0\n[log]\nlevel = \"trace\"\n",
+    );
+    let p = path.to_str().unwrap();
+    let out = kaelix_clean_env(&["config", "check", p], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{p}:6:15: limits.max_payload: 0 is outside 1..=8388608\n\
+             {p}:8:9: warning: log.level: trace logs every operation: expect it to cost throughput\n\
+             {p}: invalid (1 error, 1 warning)\n"
+        )
+    );
+}
+
+#[test]
+fn config_check_accepts_a_valid_file_and_show_names_origins() {
+    let path = temp_file("good.toml", "[nats]\nlisten = \"127.0.0.1:0\"\n[native]\nlisten = \"127.0.0.1:0\"\n");
+    let p = path.to_str().unwrap();
+    let out = kaelix_clean_env(&["config", "check", p], &[("KAELIX_LIMITS__MAX_PAYLOAD", "2048")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(text(&out.stdout), format!("{p}: valid (0 warnings)\n"));
+    let out =
+        kaelix_clean_env(&["config", "show", "--config", p, "--origin"], &[("KAELIX_LIMITS__MAX_PAYLOAD", "2048")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "# {p}\n\
+             limits.max_payload = 2048  # environment KAELIX_LIMITS__MAX_PAYLOAD\n\
+             native.listen = \"127.0.0.1:0\"  # {p}:4:10\n\
+             nats.listen = \"127.0.0.1:0\"  # {p}:2:10\n"
+        )
+    );
+}
+
+#[test]
+fn serve_refuses_an_invalid_configuration_and_says_why() {
+    let out = kaelix_clean_env(
+        &["serve", "--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        &[("KAELIX_LIMITS__MAX_PAYLOADD", "1")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with(
+            "kaelix serve: refusing to start: the configuration is invalid:\n\
+             environment KAELIX_LIMITS__MAX_PAYLOADD: limits.max_payloadd: unknown field `max_payloadd`"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

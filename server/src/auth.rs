@@ -18,10 +18,10 @@
 //! `secret.x` message.
 
 use kaelix_broker::topic::{Pattern, Topic};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `[auth]` section.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A shared token (mutually exclusive with `users`).
@@ -33,7 +33,7 @@ pub struct AuthConfig {
 }
 
 /// One user.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The user name (`CONNECT.user`).
@@ -49,7 +49,7 @@ pub struct UserConfig {
 }
 
 /// Allow and deny lists of subjects (wildcards allowed).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectRules {
     /// Permitted subjects (absent: everything not denied).

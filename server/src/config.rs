@@ -42,11 +42,12 @@ use kaelix_broker::TopicConfig;
 use kaelix_broker::partition::RetentionPolicy;
 use kaelix_broker::storage::{DurableConfig, FlushPolicy, StorageKind};
 use kaelix_broker::topic::Topic;
+use kaelix_config::validate::{Category, Findings, Phase, Validate, ValidationContext};
 use kaelix_core::time::Duration;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `kaelix serve` needs besides its data directory.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Name reported to clients (NATS `INFO.server_name`).
@@ -63,6 +64,12 @@ pub struct ServerConfig {
     pub auth: crate::auth::AuthConfig,
     /// TLS for client connections (absent: plaintext).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Logging (read by the binary: `kaelix serve` installs the subscriber).
+    pub log: LogConfig,
+    /// The process around the server: data directory, worker threads,
+    /// drain grace (read by `kaelix serve`; the server itself runs on
+    /// whatever runtime it is given).
+    pub node: NodeSettings,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -78,13 +85,71 @@ impl Default for ServerConfig {
             topics: Vec::new(),
             auth: crate::auth::AuthConfig::default(),
             tls: None,
+            log: LogConfig::default(),
+            node: NodeSettings::default(),
             planted: kaelix_core::planted::Planted::NONE,
         }
     }
 }
 
+/// Least severe level logged.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default: lifecycle events, refusals, slow consumers.
+    #[default]
+    Info,
+    /// Per-connection events.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Least severe level logged (reloadable).
+    pub level: LogLevel,
+    /// Line format (fixed at start).
+    pub format: LogFormat,
+}
+
+/// `[node]`: the process around the server.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSettings {
+    /// Where durable topics live (created if missing).
+    pub data_dir: String,
+    /// Executor worker threads (absent: one per CPU).
+    pub workers: Option<usize>,
+    /// Seconds a drain waits for connections to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings { data_dir: "./kaelix-data".to_owned(), workers: None, shutdown_grace_secs: 10 }
+    }
+}
+
 /// Where a listener binds.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port (port 0: any free port).
@@ -92,7 +157,7 @@ pub struct ListenerConfig {
 }
 
 /// The native-protocol listener (see `PROTOCOL.md`) and its limits.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NativeConfig {
     /// Address and port (port 0: any free port).
@@ -149,7 +214,7 @@ impl NativeConfig {
 
 /// What happens to a connection whose unsent bytes pass
 /// [`Limits::max_pending`].
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlowConsumerPolicy {
     /// Tell the client (`-ERR 'Slow Consumer'`), close the connection.
@@ -161,7 +226,7 @@ pub enum SlowConsumerPolicy {
 }
 
 /// Connection limits and keep-alive. The defaults are nats-server's.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Most client connections at once (NATS and native together).
@@ -213,7 +278,7 @@ impl Limits {
 }
 
 /// Where a configured topic's partitions live.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StorageChoice {
     /// In memory: lost on restart.
@@ -225,7 +290,7 @@ pub enum StorageChoice {
 }
 
 /// A topic the server creates at start.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// The topic (a literal NATS subject).
@@ -280,36 +345,55 @@ impl ServerConfig {
         Ok(config)
     }
 
-    /// Checks every value that the types alone do not.
+    /// Checks every value that the types alone do not, without asking the
+    /// machine: the first error of [`ServerConfig::rules`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, why: String| Err(ConfigError::Invalid { key: key.to_owned(), why });
+        let mut findings = Findings::default();
+        self.rules(&mut findings);
+        match findings.first_error() {
+            Some(f) => Err(ConfigError::Invalid { key: f.key.clone(), why: f.message.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// The rules that need only the configuration (every error and
+    /// warning, in this order: performance, network, integration,
+    /// security, storage, telemetry).
+    pub fn rules(&self, f: &mut Findings) {
+        use Category::*;
         let l = &self.limits;
         if l.max_payload == 0 || l.max_payload > kaelix_broker::message::MAX_PAYLOAD_BYTES {
-            return invalid(
+            f.error(
+                Performance,
                 "limits.max_payload",
                 format!("{} is outside 1..={}", l.max_payload, kaelix_broker::message::MAX_PAYLOAD_BYTES),
             );
         }
         if l.max_control_line < 64 {
-            return invalid("limits.max_control_line", format!("{} is below 64 bytes", l.max_control_line));
+            f.error(Performance, "limits.max_control_line", format!("{} is below 64 bytes", l.max_control_line));
         }
         if l.max_pending < l.max_payload {
-            return invalid(
+            f.error(
+                Performance,
                 "limits.max_pending",
                 format!("{} is smaller than limits.max_payload ({})", l.max_pending, l.max_payload),
             );
         }
         if l.max_connections == 0 {
-            return invalid("limits.max_connections", "must be at least 1".to_owned());
+            f.error(Network, "limits.max_connections", "must be at least 1");
         }
         if l.ping_interval_ms == 0 || l.max_pings_out == 0 {
-            return invalid("limits.ping_interval_ms", "ping interval and max_pings_out must be positive".to_owned());
+            f.error(Network, "limits.ping_interval_ms", "ping interval and max_pings_out must be positive");
+        }
+        if l.auth_timeout_ms == 0 {
+            f.error(Network, "limits.auth_timeout_ms", "must be positive: no client could finish CONNECT");
         }
         let n = &self.native;
         // A message of max_payload with a key, headers and the frame around it.
         let smallest_frame = l.max_payload + (256 << 10);
         if (n.max_frame_bytes as usize) < smallest_frame {
-            return invalid(
+            f.error(
+                Integration,
                 "native.max_frame_bytes",
                 format!(
                     "{} cannot hold a message of limits.max_payload ({}): at least {smallest_frame} is needed",
@@ -318,37 +402,221 @@ impl ServerConfig {
             );
         }
         if n.max_batch == 0 {
-            return invalid("native.max_batch", "must be at least 1".to_owned());
+            f.error(Performance, "native.max_batch", "must be at least 1");
         }
         if n.max_partitions == 0 {
-            return invalid("native.max_partitions", "must be at least 1".to_owned());
+            f.error(Storage, "native.max_partitions", "must be at least 1");
         }
         if n.group_session_timeout_ms == 0 || n.ack_timeout_ms == 0 {
-            return invalid(
+            f.error(
+                Network,
                 "native.group_session_timeout_ms",
-                "session and acknowledgement timeouts must be positive".to_owned(),
+                "session and acknowledgement timeouts must be positive",
+            );
+        }
+        if n.max_wait_ms == 0 {
+            f.error(Network, "native.max_wait_ms", "must be positive: a long poll could not wait at all");
+        }
+        if self.nats.listen.port() != 0 && self.nats.listen == n.listen {
+            f.error(
+                Network,
+                "native.listen",
+                format!("{} is also nats.listen: the two listeners need distinct ports", n.listen),
+            );
+        } else if self.nats.listen.port() != 0
+            && self.nats.listen.port() == n.listen.port()
+            && (self.nats.listen.ip().is_unspecified() || n.listen.ip().is_unspecified())
+        {
+            f.error(
+                Network,
+                "native.listen",
+                format!(
+                    "{} overlaps nats.listen {}: the two listeners need distinct ports",
+                    n.listen, self.nats.listen
+                ),
             );
         }
         if let Err(why) = crate::auth::Authenticator::new(&self.auth) {
-            return Err(ConfigError::Invalid { key: "auth".to_owned(), why });
+            // The authenticator names the key in its message ("auth.users[1].user: …").
+            match why.split_once(": ") {
+                Some((key, rest)) if key.starts_with("auth") && !key.contains(' ') => f.error(Security, key, rest),
+                _ => f.error(Security, "auth", why),
+            }
+        }
+        let open = self.auth.token.is_none() && self.auth.users.is_empty();
+        if open && !self.nats.listen.ip().is_loopback() {
+            f.warn(
+                Security,
+                "nats.listen",
+                format!(
+                    "no [auth] token or users: anyone who can reach {} may publish and subscribe",
+                    self.nats.listen
+                ),
+            );
+        }
+        if self.auth.token.as_ref().is_some_and(|t| t.len() < 8) {
+            f.warn(Security, "auth.token", "shorter than 8 characters: easy to guess");
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, t) in self.topics.iter().enumerate() {
             let key = format!("topics[{i}]");
             if let Err(e) = Topic::new(&t.name) {
-                return invalid(&format!("{key}.name"), e.to_string());
-            }
-            if !seen.insert(t.name.as_str()) {
-                return invalid(&format!("{key}.name"), format!("topic {:?} is configured twice", t.name));
+                f.error(Storage, format!("{key}.name"), e.to_string());
+            } else if !seen.insert(t.name.as_str()) {
+                f.error(Storage, format!("{key}.name"), format!("topic {:?} is configured twice", t.name));
             }
             if t.partitions == 0 {
-                return invalid(&format!("{key}.partitions"), "must be at least 1".to_owned());
+                f.error(Storage, format!("{key}.partitions"), "must be at least 1");
+            } else if n.max_partitions != 0 && t.partitions > n.max_partitions {
+                f.error(
+                    Integration,
+                    format!("{key}.partitions"),
+                    format!("{} is more than native.max_partitions ({})", t.partitions, n.max_partitions),
+                );
             }
             if t.storage == StorageChoice::Memory && t.flush_interval_ms.is_some() {
-                return invalid(&format!("{key}.flush_interval_ms"), "only durable topics are flushed".to_owned());
+                f.error(Integration, format!("{key}.flush_interval_ms"), "only durable topics are flushed");
+            }
+            if t.flush_interval_ms == Some(0) {
+                f.error(
+                    Storage,
+                    format!("{key}.flush_interval_ms"),
+                    "must be positive (leave it out to sync every batch)",
+                );
+            }
+            for (field, value) in
+                [("max_bytes", t.max_bytes), ("max_records", t.max_records), ("max_age_secs", t.max_age_secs)]
+            {
+                if value == Some(0) {
+                    f.error(Storage, format!("{key}.{field}"), "0 would retain nothing (leave it out for no limit)");
+                }
+            }
+            if let Some(bytes) = t.max_bytes
+                && bytes != 0
+                && bytes < l.max_payload as u64
+            {
+                f.warn(
+                    Storage,
+                    format!("{key}.max_bytes"),
+                    format!(
+                        "{bytes} is smaller than limits.max_payload ({}): one message may evict all others",
+                        l.max_payload
+                    ),
+                );
+            }
+            if t.storage == StorageChoice::Memory && t.max_bytes.is_none() && t.max_records.is_none() {
+                f.warn(
+                    Storage,
+                    format!("{key}.storage"),
+                    "a memory topic without max_bytes or max_records grows without bound",
+                );
             }
         }
-        Ok(())
+        if self.node.workers == Some(0) {
+            f.error(Performance, "node.workers", "must be at least 1 (leave it out for one per CPU)");
+        }
+        if self.node.data_dir.is_empty() {
+            f.error(Storage, "node.data_dir", "must not be empty");
+        }
+        if matches!(self.log.level, LogLevel::Trace) {
+            f.warn(Telemetry, "log.level", "trace logs every operation: expect it to cost throughput");
+        }
+    }
+
+    /// Keys a running server takes from a reloaded file (see
+    /// `kaelix_config::ReloadPolicy`): limits, users and permissions, the
+    /// log level and topics' retention. Listeners, TLS, the data directory,
+    /// workers and the set of topics need a restart.
+    pub const RELOADABLE: &'static [&'static str] =
+        &["limits", "auth", "log.level", "topics[*].max_bytes", "topics[*].max_records", "topics[*].max_age_secs"];
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self, ctx: &ValidationContext<'_>, f: &mut Findings) {
+        use Category::*;
+        self.rules(f);
+        let probe = ctx.probe;
+        // Network: the listeners must be able to bind here.
+        for (key, addr) in [("nats.listen", self.nats.listen), ("native.listen", self.native.listen)] {
+            if !probe.is_local_address(addr.ip()) {
+                f.error(Network, key, format!("{} is not an address of this machine", addr.ip()));
+            } else if ctx.phase == Phase::Start && !probe.port_is_free(addr) {
+                f.error(Network, key, format!("{addr} is already in use by another process"));
+            }
+        }
+        // Performance: threads against cores, buffers against memory.
+        let cores = probe.cpu_cores();
+        if let Some(workers) = self.node.workers
+            && workers > cores
+        {
+            f.warn(
+                Performance,
+                "node.workers",
+                format!("{workers} worker threads on {cores} cores: threads will contend for CPUs"),
+            );
+        }
+        if let Some(memory) = probe.total_memory_bytes() {
+            let l = &self.limits;
+            if l.max_pending as u64 > memory {
+                f.error(
+                    Performance,
+                    "limits.max_pending",
+                    format!("{} bytes for one connection is more than this machine's memory ({memory})", l.max_pending),
+                );
+            } else if l.max_pending as u64 > memory / 8 {
+                f.warn(
+                    Performance,
+                    "limits.max_pending",
+                    format!(
+                        "{} bytes for one connection is over an eighth of this machine's memory ({memory}): a few slow consumers could exhaust it",
+                        l.max_pending
+                    ),
+                );
+            }
+            let in_memory: u64 = self
+                .topics
+                .iter()
+                .filter(|t| t.storage == StorageChoice::Memory)
+                .filter_map(|t| t.max_bytes.map(|b| b.saturating_mul(u64::from(t.partitions))))
+                .fold(0, u64::saturating_add);
+            if in_memory > memory {
+                f.error(
+                    Storage,
+                    "topics",
+                    format!("memory topics may retain {in_memory} bytes, more than this machine's memory ({memory})"),
+                );
+            }
+        }
+        // Storage: retention by bytes against the free disk.
+        let on_disk: u64 = self
+            .topics
+            .iter()
+            .filter(|t| t.storage == StorageChoice::Durable)
+            .filter_map(|t| t.max_bytes.map(|b| b.saturating_mul(u64::from(t.partitions))))
+            .fold(0, u64::saturating_add);
+        if on_disk > 0
+            && let Some(free) = probe.free_disk_bytes(std::path::Path::new(&self.node.data_dir))
+        {
+            if on_disk > free {
+                f.error(
+                    Storage,
+                    "topics",
+                    format!(
+                        "durable topics may retain {on_disk} bytes, more than the {free} bytes free for {}",
+                        self.node.data_dir
+                    ),
+                );
+            } else if on_disk > free / 10 * 8 {
+                f.warn(
+                    Storage,
+                    "topics",
+                    format!(
+                        "durable topics may retain {on_disk} bytes, over 80% of the {free} bytes free for {}",
+                        self.node.data_dir
+                    ),
+                );
+            }
+        }
     }
 }
 

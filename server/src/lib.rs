@@ -24,6 +24,17 @@
 //! that drains the connection's [`outbound::Outbound`] buffer, and one pump
 //! per subscription that moves messages from the broker into that buffer.
 //! A slow reader fills only its own buffer (see [`config::SlowConsumerPolicy`]).
+//!
+//! **Reconfiguration.** [`Server::reconfigure`] takes the reloadable part of
+//! a new configuration ([`ServerConfig::RELOADABLE`]) while serving: the
+//! limits (read through an `ArcSwap`, so the hot path takes no lock; a new
+//! connection gets the new limits, an open one keeps those its `INFO`
+//! announced, except `max_connections` and `max_subscriptions`, checked at
+//! each accept and subscribe), users and permissions (every open NATS login
+//! is checked again: one the new rules refuse, or whose permissions
+//! changed, is told `-ERR 'Authorization Violation'` and closed, and
+//! reconnects under the new rules; native connections are closed when
+//! authentication is turned on), and topics' retention (applied at once).
 
 pub mod auth;
 pub mod config;
@@ -33,11 +44,12 @@ pub mod outbound;
 pub mod shutdown;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::{ArcSwap, Guard};
 use kaelix_broker::{Broker, BrokerConfig, BrokerError, durable::DurableError};
 use kaelix_core::runtime::{ByteListener, NetError, Priority, Runtime};
 use kaelix_core::time::Duration;
@@ -92,13 +104,19 @@ pub struct ServerStats {
     pub protocol_errors: AtomicU64,
     /// Connections closed as stale (unanswered PINGs).
     pub stale_closes: AtomicU64,
+    /// Connections closed because a reloaded configuration no longer
+    /// permits their login.
+    pub revoked: AtomicU64,
+    /// Reconfigurations applied.
+    pub reconfigurations: AtomicU64,
 }
 
 /// What every connection task shares.
 pub(crate) struct Shared<R: Runtime> {
     pub(crate) rt: R,
     pub(crate) broker: Broker<R>,
-    pub(crate) config: ServerConfig,
+    /// The configuration in force (reloadable parts swap atomically).
+    pub(crate) config: ArcSwap<ServerConfig>,
     pub(crate) stats: ServerStats,
     /// Raised by [`Server::shutdown`]: stop accepting, stop reading.
     pub(crate) stopping: Signal,
@@ -111,17 +129,33 @@ pub(crate) struct Shared<R: Runtime> {
     pub(crate) server_id: String,
     /// Consumer-group members of native clients (they outlive connections).
     pub(crate) memberships: native::groups::Memberships<R>,
-    /// Logins and permissions.
-    pub(crate) auth: Arc<auth::Authenticator>,
+    /// Logins and permissions (swapped by a reconfiguration).
+    pub(crate) auth: ArcSwap<auth::Authenticator>,
+    /// Open NATS connections' logins, re-checked by a reconfiguration.
+    pub(crate) logins: Mutex<BTreeMap<u64, nats::session::Login>>,
+    /// Open native connections.
+    pub(crate) native_connections: Mutex<BTreeSet<u64>>,
+    /// Connections a reconfiguration closes for their login.
+    pub(crate) revoked: Mutex<BTreeSet<u64>>,
     /// TLS for client connections.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<R: Runtime> Shared<R> {
+    /// The configuration in force (no lock).
+    pub(crate) fn config(&self) -> Guard<Arc<ServerConfig>> {
+        self.config.load()
+    }
+
+    /// The authenticator in force.
+    pub(crate) fn auth(&self) -> Arc<auth::Authenticator> {
+        self.auth.load_full()
+    }
+
     /// Registers a new connection unless `max_connections` are open.
     pub(crate) fn open_connection(&self) -> Option<(u64, Signal)> {
         let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        if open.len() >= self.config.limits.max_connections || self.stopping.is_raised() {
+        if open.len() >= self.config().limits.max_connections || self.stopping.is_raised() {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -136,13 +170,29 @@ impl<R: Runtime> Shared<R> {
     pub(crate) fn close_connection(&self, id: u64) {
         let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         open.remove(&id);
+        self.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.native_connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.revoked.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         if open.is_empty() && self.stopping.is_raised() {
             self.all_closed.raise();
         }
     }
 }
 
-/// A running server.
+/// What [`Server::reconfigure`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Connections closed because their login is no longer permitted (or
+    /// grants other permissions now).
+    pub disconnected: usize,
+    /// Topics whose retention changed.
+    pub retention_changed: usize,
+    /// Records removed by the new retention.
+    pub records_removed: u64,
+}
+
+/// A running server (cheap to clone: a handle on shared state).
+#[derive(Clone)]
 pub struct Server<R: Runtime> {
     shared: Arc<Shared<R>>,
     nats_addr: SocketAddr,
@@ -159,9 +209,17 @@ impl<R: Runtime> Server<R> {
         let broker_config = BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() };
         let broker = Broker::open_durable(rt.clone(), broker_config).await?;
         for spec in &config.topics {
+            let topic_config = spec.topic_config();
             broker
-                .create_topic(&spec.name, spec.topic_config())
+                .create_topic(&spec.name, topic_config.clone())
                 .map_err(|error| ServerError::Topic { topic: spec.name.clone(), error })?;
+            // An existing durable topic keeps its recorded retention unless
+            // the configuration says otherwise now.
+            if broker.topic_config(&spec.topic()).is_some_and(|c| c.retention != topic_config.retention) {
+                broker
+                    .set_retention(&spec.topic(), topic_config.retention)
+                    .map_err(|error| ServerError::Topic { topic: spec.name.clone(), error })?;
+            }
         }
         let nats_listener = rt.bind_tcp(config.nats.listen).map_err(|error| ServerError::Bind {
             listener: "NATS",
@@ -177,7 +235,7 @@ impl<R: Runtime> Server<R> {
         let native_addr = native_listener.local_addr();
         let mut id_rng = rt.rng();
         let server_id = format!("K{:016X}", kaelix_core::rng::RngExt::random::<u64>(&mut id_rng));
-        let auth = Arc::new(
+        let auth = ArcSwap::from_pointee(
             auth::Authenticator::new(&config.auth)
                 .map_err(|why| ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why }))?,
         );
@@ -185,7 +243,7 @@ impl<R: Runtime> Server<R> {
         let shared = Arc::new(Shared {
             rt: rt.clone(),
             broker,
-            config,
+            config: ArcSwap::from_pointee(config),
             stats: ServerStats::default(),
             stopping: Signal::new(),
             connections: Mutex::new(BTreeMap::new()),
@@ -194,6 +252,9 @@ impl<R: Runtime> Server<R> {
             server_id,
             memberships: native::groups::Memberships::default(),
             auth,
+            logins: Mutex::new(BTreeMap::new()),
+            native_connections: Mutex::new(BTreeSet::new()),
+            revoked: Mutex::new(BTreeSet::new()),
             tls,
         });
         drop(rt.spawn(Priority::High, "nats-accept", nats::accept_loop(shared.clone(), nats_listener)));
@@ -227,6 +288,93 @@ impl<R: Runtime> Server<R> {
     /// Consumer-group members native clients hold now.
     pub fn group_member_count(&self) -> usize {
         self.shared.memberships.len()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.shared.config.load_full()
+    }
+
+    /// Takes the reloadable part of `new` (see the crate docs and
+    /// [`ServerConfig::RELOADABLE`]): limits, users and permissions, topics'
+    /// retention. Everything else of `new` is ignored (it needs a
+    /// restart). Open logins the new rules refuse, or to which they grant
+    /// other permissions, are closed. An invalid `new` changes nothing.
+    pub fn reconfigure(&self, new: &ServerConfig) -> Result<Reconfigured, ServerError> {
+        new.validate()?;
+        let authenticator = auth::Authenticator::new(&new.auth)
+            .map_err(|why| ServerError::Config(config::ConfigError::Invalid { key: "auth".to_owned(), why }))?;
+        let shared = &self.shared;
+        let mut report = Reconfigured::default();
+        let mut next = ServerConfig::clone(&shared.config());
+        next.limits = new.limits.clone();
+        next.auth = new.auth.clone();
+        next.log = new.log.clone();
+        for spec in &new.topics {
+            let Some(current) = next.topics.iter_mut().find(|t| t.name == spec.name) else { continue };
+            if (current.max_bytes, current.max_records, current.max_age_secs)
+                != (spec.max_bytes, spec.max_records, spec.max_age_secs)
+            {
+                current.max_bytes = spec.max_bytes;
+                current.max_records = spec.max_records;
+                current.max_age_secs = spec.max_age_secs;
+                report.records_removed += shared
+                    .broker
+                    .set_retention(&current.topic(), current.topic_config().retention)
+                    .map_err(|error| ServerError::Topic { topic: spec.name.clone(), error })?;
+                report.retention_changed += 1;
+            }
+        }
+        let auth_changed = shared.config().auth != new.auth;
+        shared.config.store(Arc::new(next));
+        if !auth_changed {
+            // Logins stand as they are (re-checking each costs a bcrypt
+            // verification).
+            shared.stats.reconfigurations.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                retention_changed = report.retention_changed,
+                records_removed = report.records_removed,
+                "reconfigured"
+            );
+            return Ok(report);
+        }
+        shared.auth.store(Arc::new(authenticator));
+        let auth = shared.auth();
+        // Who must go: logins refused or changed, and native connections
+        // once authentication is required.
+        let mut gone: Vec<u64> = shared
+            .logins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, login)| {
+                auth.login(login.token.as_deref(), login.user.as_deref(), login.pass.as_deref())
+                    .map_or(true, |p| p != login.permissions)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if auth.required() {
+            gone.extend(shared.native_connections.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
+        }
+        if !gone.is_empty() {
+            shared.revoked.lock().unwrap_or_else(|e| e.into_inner()).extend(gone.iter().copied());
+            let open = shared.connections.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &gone {
+                if let Some(signal) = open.get(id) {
+                    signal.raise();
+                    report.disconnected += 1;
+                }
+            }
+        }
+        shared.stats.revoked.fetch_add(report.disconnected as u64, Ordering::Relaxed);
+        shared.stats.reconfigurations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            disconnected = report.disconnected,
+            retention_changed = report.retention_changed,
+            records_removed = report.records_removed,
+            "reconfigured"
+        );
+        Ok(report)
     }
 
     /// Connections open now.

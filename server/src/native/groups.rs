@@ -102,7 +102,7 @@ impl<C: Clock> Memberships<C> {
 
 /// Removes silent members until the server stops.
 pub(crate) async fn expire_sessions<R: Runtime>(shared: Arc<Shared<R>>) {
-    let timeout = shared.config.native.group_session_timeout();
+    let timeout = shared.config().native.group_session_timeout();
     let interval = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     while unless(&shared.stopping, shared.rt.sleep(interval)).await.is_some() {
         for (group, member) in shared.memberships.expire(shared.rt.now(), timeout) {

@@ -97,6 +97,9 @@ pub(crate) async fn accept_loop<R: Runtime>(shared: Arc<Shared<R>>, mut listener
         match accepted {
             Ok(stream) => match shared.open_connection() {
                 Some((id, stop)) => {
+                    // Native clients carry no credentials: a reload that
+                    // turns authentication on closes them.
+                    shared.native_connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
                     let task = serve_tcp(shared.clone(), id, stop, stream);
                     drop(shared.rt.spawn(Priority::High, "native-connection", task));
                 }
@@ -194,7 +197,7 @@ async fn serve_tcp<R: Runtime>(shared: Arc<Shared<R>>, id: u64, stop: Signal, st
 async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop: &Signal, stream: S) {
     let peer = stream.peer_addr();
     tracing::debug!(client = id, %peer, "native connection open");
-    let outbound = Outbound::new(shared.config.limits.max_pending);
+    let outbound = Outbound::new(shared.config().limits.max_pending);
     let writer = {
         let (outbound, stream) = (outbound.clone(), stream.clone());
         shared.rt.spawn(Priority::High, "native-writer", async move { outbound.run_writer(stream).await })
@@ -208,9 +211,9 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
         subs: Mutex::new(BTreeMap::new()),
         tasks: Tasks::default(),
     });
-    let mut decoder = FrameDecoder::new(shared.config.native.max_frame_bytes as usize);
+    let mut decoder = FrameDecoder::new(shared.config().native.max_frame_bytes as usize);
     let mut handshaken = false;
-    let hello_deadline = shared.rt.now() + shared.config.limits.auth_timeout();
+    let hello_deadline = shared.rt.now() + shared.config().limits.auth_timeout();
     let reason = 'serve: loop {
         loop {
             match decoder.next_frame() {
@@ -255,7 +258,7 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
                     .to_owned();
             }
             Event::HelloTimeout => {
-                let text = format!("no Hello within {:?}", shared.config.limits.auth_timeout());
+                let text = format!("no Hello within {:?}", shared.config().limits.auth_timeout());
                 conn.protocol_error(0, ErrorCode::HandshakeRequired, &text);
                 break 'serve text;
             }
@@ -359,7 +362,7 @@ impl<R: Runtime> Conn<R> {
                 return Some(text.to_owned());
             }
             return match Request::decode(&frame) {
-                Ok(Request::Hello { .. }) if self.shared.auth.required() => {
+                Ok(Request::Hello { .. }) if self.shared.auth().required() => {
                     // Version 1 has no way to present credentials: a server
                     // that requires them serves no native client.
                     let text = "this server requires authentication, which native protocol version 1 cannot carry; use the NATS listener";
@@ -406,8 +409,8 @@ impl<R: Runtime> Conn<R> {
             version,
             server_id: self.shared.rt.node_id(),
             server_version: name,
-            max_frame_bytes: self.shared.config.native.max_frame_bytes,
-            max_batch: self.shared.config.native.max_batch,
+            max_frame_bytes: self.shared.config().native.max_frame_bytes,
+            max_batch: self.shared.config().native.max_batch,
         }
     }
 
@@ -511,7 +514,7 @@ impl<R: Runtime> Conn<R> {
                 tracing::debug!(client = self.id, %code, text, "fire-and-forget produce refused");
             }
         };
-        let native = &self.shared.config.native;
+        let native = &self.shared.config().native;
         if messages.len() > native.max_batch as usize {
             let text = format!("{} messages in one Produce; the limit is {}", messages.len(), native.max_batch);
             return refuse(ErrorCode::BatchTooLarge, text);
@@ -525,7 +528,7 @@ impl<R: Runtime> Conn<R> {
             let text = format!("topic {topic} has {} partitions; partition {p} does not exist", config.partitions);
             return refuse(ErrorCode::UnknownPartition, text);
         }
-        let max_payload = self.shared.config.limits.max_payload;
+        let max_payload = self.shared.config().limits.max_payload;
         if let Some(m) = messages.iter().find(|m| m.payload().len() > max_payload) {
             let text = format!("a payload of {} bytes exceeds the limit of {max_payload} bytes", m.payload().len());
             return refuse(ErrorCode::PayloadTooLarge, text);
@@ -563,7 +566,7 @@ impl<R: Runtime> Conn<R> {
                             broker.wait_acknowledged(&topic, partition, offset).await;
                         }
                     };
-                    let limit = conn.shared.config.native.ack_timeout();
+                    let limit = conn.shared.config().native.ack_timeout();
                     match timeout(&conn.shared.rt, limit, synced).await {
                         Ok(()) => conn.respond(correlation, &Response::ProduceAck { positions }),
                         Err(_) => conn.error(
@@ -606,7 +609,7 @@ impl<R: Runtime> Conn<R> {
 
     /// How long a fetch with `limits` may wait (capped by the server).
     fn wait_for(&self, limits: &FetchLimits) -> Duration {
-        Duration::from_millis(u64::from(limits.max_wait_ms)).min(self.shared.config.native.max_wait())
+        Duration::from_millis(u64::from(limits.max_wait_ms)).min(self.shared.config().native.max_wait())
     }
 
     fn read(
@@ -616,7 +619,7 @@ impl<R: Runtime> Conn<R> {
         offset: u64,
         limits: &FetchLimits,
     ) -> Result<kaelix_broker::RangeRead, BrokerError> {
-        let max = limits.max_messages.min(self.shared.config.native.max_batch) as usize;
+        let max = limits.max_messages.min(self.shared.config().native.max_batch) as usize;
         let max_bytes = (limits.max_bytes as usize).min(FETCH_FRAME_BUDGET);
         self.broker().read_range(topic, partition, offset, max, max_bytes)
     }
@@ -667,7 +670,7 @@ impl<R: Runtime> Conn<R> {
         start: StartPosition,
         credit: u32,
     ) {
-        let limit = self.shared.config.limits.max_subscriptions;
+        let limit = self.shared.config().limits.max_subscriptions;
         {
             let subs = self.subs();
             if subs.contains_key(&id) {
@@ -770,7 +773,7 @@ impl<R: Runtime> Conn<R> {
             return self.error(correlation, ErrorCode::InvalidRequest, "max messages must be at least 1");
         }
         let Some(member) = self.member(correlation, group, id) else { return };
-        let max = limits.max_messages.min(self.shared.config.native.max_batch) as usize;
+        let max = limits.max_messages.min(self.shared.config().native.max_batch) as usize;
         let max_bytes = (limits.max_bytes as usize).min(FETCH_FRAME_BUDGET);
         let wait = self.wait_for(&limits);
         // What is readable now, without waiting (`None`: nothing yet).
@@ -827,7 +830,7 @@ impl<R: Runtime> Conn<R> {
         storage: StorageSpec,
         retention: Retention,
     ) {
-        let max = self.shared.config.native.max_partitions;
+        let max = self.shared.config().native.max_partitions;
         if partitions == 0 || partitions > max {
             let text = format!("a topic has 1..={max} partitions on this server; {partitions} asked");
             return self.error(correlation, ErrorCode::InvalidRequest, text);

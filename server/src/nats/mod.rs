@@ -130,11 +130,11 @@ async fn serve_connection<R: Runtime>(
     local: SocketAddr,
     stream: R::ByteStream,
 ) {
-    let limits = shared.config.limits.clone();
+    let limits = shared.config().limits.clone();
     let peer = stream.peer_addr();
     let info = Info {
         server_id: shared.server_id.clone(),
-        server_name: shared.config.server_name.clone(),
+        server_name: shared.config().server_name.clone(),
         version: NATS_COMPAT_VERSION.to_owned(),
         proto: 1,
         go: None,
@@ -144,7 +144,7 @@ async fn serve_connection<R: Runtime>(
         max_payload: limits.max_payload as u64,
         client_id: id,
         client_ip: Some(peer.ip().to_string()),
-        auth_required: shared.auth.required(),
+        auth_required: shared.auth().required(),
         tls_required: shared.tls.is_some(),
         tls_available: shared.tls.is_some(),
         ..Info::default()
@@ -168,7 +168,7 @@ async fn serve_connection<R: Runtime>(
 
 /// Serves one connection (after `INFO`) until it closes.
 async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop: &Signal, stream: S) {
-    let limits = shared.config.limits.clone();
+    let limits = shared.config().limits.clone();
     let client = ClientId { id, peer: stream.peer_addr() };
     tracing::debug!(client = id, peer = %client.peer, "NATS connection open");
     let outbound = Outbound::new(limits.max_pending);
@@ -176,7 +176,8 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         let (outbound, stream) = (outbound.clone(), stream.clone());
         shared.rt.spawn(Priority::High, "nats-writer", async move { outbound.run_writer(stream).await })
     };
-    let mut session = Session::new(shared.rt.now(), limits.clone(), shared.auth.clone());
+    let session_auth = shared.auth();
+    let mut session = Session::new(shared.rt.now(), limits.clone(), session_auth.clone());
     let mut conn = Conn {
         shared: shared.clone(),
         client: client.clone(),
@@ -221,20 +222,47 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
             }
         };
         match event {
-            Event::Read(Ok(Some(chunk))) => session.handle_bytes(shared.rt.now(), &chunk),
+            Event::Read(Ok(Some(chunk))) => {
+                session.handle_bytes(shared.rt.now(), &chunk);
+                if let Some(login) = session.take_login() {
+                    // Registered first, then compared with the rules in
+                    // force: a reconfiguration either sees this login or
+                    // swapped the rules before, and then it is checked here.
+                    shared.logins.lock().unwrap_or_else(|e| e.into_inner()).insert(id, login.clone());
+                    let current = shared.auth();
+                    if !Arc::ptr_eq(&current, &session_auth)
+                        && current.login(login.token.as_deref(), login.user.as_deref(), login.pass.as_deref())
+                            != Ok(login.permissions)
+                    {
+                        shared.stats.revoked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        session.revoke();
+                    }
+                }
+            }
             Event::Read(Ok(None)) => break 'serve "client closed the connection".to_owned(),
             Event::Read(Err(e)) => break 'serve format!("read failed: {e}"),
             Event::Timer => session.handle_timeout(shared.rt.now()),
             Event::Stop => {
                 // Shutdown or slow consumer: what was read is answered
                 // (publishes are stored before the close), nothing more.
+                // A login a reload no longer permits is told why.
+                let revoked = shared.revoked.lock().unwrap_or_else(|e| e.into_inner()).contains(&id);
+                if revoked {
+                    session.revoke();
+                }
                 while let Some(action) = session.poll_output() {
                     if conn.perform(&mut session, action).await.is_some() {
                         break;
                     }
                 }
-                break 'serve if shared.stopping.is_raised() { "server shutting down" } else { "closed by the server" }
-                    .to_owned();
+                break 'serve if revoked {
+                    "login no longer permitted after a configuration reload"
+                } else if shared.stopping.is_raised() {
+                    "server shutting down"
+                } else {
+                    "closed by the server"
+                }
+                .to_owned();
             }
         }
     };
@@ -342,7 +370,7 @@ impl<R: Runtime> Conn<R> {
                 }
             },
             Action::PongWhenStored => {
-                let planted = self.shared.config.planted.is_on(PlantedBug::ServerPongBeforeStored);
+                let planted = self.shared.config().planted.is_on(PlantedBug::ServerPongBeforeStored);
                 for ((topic, partition), offset) in std::mem::take(&mut self.unacknowledged) {
                     if !planted {
                         self.shared.broker.wait_acknowledged(&topic, partition, offset).await;
@@ -540,7 +568,7 @@ impl<R: Runtime> PumpTask<R> {
 
     /// Applies the slow-consumer policy; `true` ends the pump.
     fn slow_consumer(&self, message: &Message, pending: usize, lost: u64, already_dropping: bool) -> bool {
-        let policy = self.shared.config.limits.slow_consumer;
+        let policy = self.shared.config().limits.slow_consumer;
         let stats = &self.shared.stats;
         match policy {
             SlowConsumerPolicy::Disconnect => {

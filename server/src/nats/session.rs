@@ -117,6 +117,22 @@ pub struct Session {
     outputs: VecDeque<Action>,
     auth: Arc<Authenticator>,
     permissions: Permissions,
+    /// Set by a successful CONNECT until the driver takes it (the server
+    /// re-checks it when the configuration is reloaded).
+    new_login: Option<Login>,
+}
+
+/// The credentials a client logged in with and what they granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    /// CONNECT `auth_token`.
+    pub token: Option<String>,
+    /// CONNECT `user`.
+    pub user: Option<String>,
+    /// CONNECT `pass`.
+    pub pass: Option<String>,
+    /// The permissions granted.
+    pub permissions: Permissions,
 }
 
 impl Session {
@@ -137,12 +153,30 @@ impl Session {
             outputs: VecDeque::new(),
             auth,
             permissions: Permissions::default(),
+            new_login: None,
         }
     }
 
     /// The client's `CONNECT` options (defaults until it arrives).
     pub fn options(&self) -> &Connect {
         &self.options
+    }
+
+    /// The login of a CONNECT just accepted (once).
+    pub fn take_login(&mut self) -> Option<Login> {
+        self.new_login.take()
+    }
+
+    /// The configuration changed and this client's login is refused or
+    /// grants other permissions now: tell it and close (it reconnects
+    /// under the new rules).
+    pub fn revoke(&mut self) {
+        if !self.is_closed() {
+            self.close(
+                Some("Authorization Violation"),
+                "login no longer permitted after a configuration reload".into(),
+            );
+        }
     }
 
     /// Whether the session is closing (the driver stops reading).
@@ -199,7 +233,15 @@ impl Session {
                         connect.pass.as_deref(),
                     );
                     match login {
-                        Ok(permissions) => self.permissions = permissions,
+                        Ok(permissions) => {
+                            self.new_login = Some(Login {
+                                token: connect.auth_token.clone(),
+                                user: connect.user.clone(),
+                                pass: connect.pass.clone(),
+                                permissions: permissions.clone(),
+                            });
+                            self.permissions = permissions;
+                        }
                         Err(refusal) => {
                             let who = connect.user.clone().unwrap_or_default();
                             self.close(

@@ -3,8 +3,10 @@
 mod async_nats_client;
 mod auth;
 mod bad_input;
+mod config_catalog;
 mod limits;
 mod native_client;
+mod reconfigure;
 mod slow_consumer;
 mod support;
 mod tls;

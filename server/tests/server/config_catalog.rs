@@ -1,0 +1,472 @@
+//! A catalog of bad configurations for `kaelix serve`, each with the exact
+//! diagnostics the loader prints: syntax, types, unknown keys, ranges,
+//! contradictions between sections, and what this machine cannot do (a
+//! fixed probe: 4 cores, 8 GiB, 100 GiB free, loopback only, port 4333
+//! taken), from the file, the environment and flags.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kaelix_config::{ConfigLoader, FixedProbe, Phase};
+use kaelix_server::ServerConfig;
+
+fn probe() -> FixedProbe {
+    FixedProbe { busy: vec!["127.0.0.1:4333".parse().unwrap()], ..FixedProbe::default() }
+}
+
+/// Every diagnostic of loading `text` as `kaelix.toml` with `env`, one per line.
+fn diagnostics(text: &str, env: &[(&str, &str)]) -> Result<Vec<String>, Vec<String>> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let loader = ConfigLoader::new().with_probe(Arc::new(probe())).with_env_vars("KAELIX", env);
+    match loader.load_text::<ServerConfig>(Some(Path::new("kaelix.toml")), Some(text), Phase::Start) {
+        Ok(loaded) => Ok(loaded.warnings.iter().map(|d| d.to_string()).collect()),
+        Err(e) => Err(e.diagnostics.iter().map(|d| d.to_string()).collect()),
+    }
+}
+
+const HASH: &str = "$2b$04$SMcX1ayNf6kAxsmzPbRG9OkAKXQyWZ0Ucd5tX7s2wT2ATeB6RvZEG";
+
+/// (name, file, environment, the exact diagnostics)
+type Entry = (&'static str, String, Vec<(&'static str, &'static str)>, Vec<&'static str>);
+
+fn catalog() -> Vec<Entry> {
+    let t = |s: &str| s.to_owned();
+    vec![
+        // --- syntax
+        (
+            "unclosed table header",
+            t("[limits\nmax_payload = 1\n"),
+            vec![],
+            vec!["kaelix.toml:1:8: unclosed table, expected `]`"],
+        ),
+        (
+            "missing value",
+            t("server_name =\n"),
+            vec![],
+            vec!["kaelix.toml:1:14: string values must be quoted, expected literal string"],
+        ),
+        (
+            "unterminated string",
+            t("server_name = \"abc\n"),
+            vec![],
+            vec!["kaelix.toml:1:19: invalid basic string, expected `\"`"],
+        ),
+        (
+            "duplicate key",
+            t("server_name = \"a\"\nserver_name = \"b\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:1: duplicate key"],
+        ),
+        ("duplicate table", t("[limits]\n[limits]\n"), vec![], vec!["kaelix.toml:2:2: duplicate key"]),
+        // --- types
+        (
+            "string for an integer",
+            t("[limits]\nmax_payload = \"big\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:15: limits.max_payload: invalid type: string \"big\", expected usize"],
+        ),
+        (
+            "negative size",
+            t("[limits]\nmax_connections = -1\n"),
+            vec![],
+            vec!["kaelix.toml:2:19: limits.max_connections: invalid value: integer `-1`, expected usize"],
+        ),
+        (
+            "bad socket address",
+            t("[nats]\nlisten = \"localhost\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:10: nats.listen: invalid socket address syntax"],
+        ),
+        (
+            "unknown policy",
+            t("[limits]\nslow_consumer = \"block\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:17: limits.slow_consumer: unknown variant `block`, expected `disconnect` or `drop`"],
+        ),
+        (
+            "unknown storage",
+            t("[[topics]]\nname = \"a\"\nstorage = \"disk\"\n"),
+            vec![],
+            vec!["kaelix.toml:3:11: topics[0].storage: unknown variant `disk`, expected `memory` or `durable`"],
+        ),
+        (
+            "unknown log level",
+            t("[log]\nlevel = \"loud\"\n"),
+            vec![],
+            vec![
+                "kaelix.toml:2:9: log.level: unknown variant `loud`, expected one of `error`, `warn`, `info`, `debug`, `trace`",
+            ],
+        ),
+        (
+            "topics not an array",
+            t("topics = 3\n"),
+            vec![],
+            vec!["kaelix.toml:1:10: topics: invalid type: integer `3`, expected a sequence"],
+        ),
+        (
+            "topic without a name",
+            t("[[topics]]\npartitions = 2\n"),
+            vec![],
+            vec!["kaelix.toml:1:1: topics[0]: missing field `name`"],
+        ),
+        (
+            "partitions too large for u32",
+            t("[[topics]]\nname = \"a\"\npartitions = 5000000000\n"),
+            vec![],
+            vec!["kaelix.toml:3:14: topics[0].partitions: invalid value: integer `5000000000`, expected u32"],
+        ),
+        // --- unknown keys
+        (
+            "unknown top-level key",
+            t("listen = \"127.0.0.1:4222\"\n"),
+            vec![],
+            vec![
+                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`",
+            ],
+        ),
+        (
+            "unknown limits key",
+            t("[limits]\nmax_payloadd = 3\n"),
+            vec![],
+            vec![
+                "kaelix.toml:2:1: limits.max_payloadd: unknown field `max_payloadd`, expected one of `max_connections`, `max_subscriptions`, `max_payload`, `max_control_line`, `max_pending`, `slow_consumer`, `ping_interval_ms`, `max_pings_out`, `auth_timeout_ms`",
+            ],
+        ),
+        (
+            "unknown section",
+            t("[network]\nmax_connections = 5\n"),
+            vec![],
+            vec![
+                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`",
+            ],
+        ),
+        (
+            "unknown topic key",
+            t("[[topics]]\nname = \"a\"\nretention = 5\n"),
+            vec![],
+            vec![
+                "kaelix.toml:3:1: topics[0].retention: unknown field `retention`, expected one of `name`, `partitions`, `storage`, `flush_interval_ms`, `max_bytes`, `max_records`, `max_age_secs`",
+            ],
+        ),
+        (
+            "unknown variable",
+            t(""),
+            vec![("KAELIX_LIMITS__MAX_PAYLOADD", "5")],
+            vec![
+                "environment KAELIX_LIMITS__MAX_PAYLOADD: limits.max_payloadd: unknown field `max_payloadd`, expected one of `max_connections`, `max_subscriptions`, `max_payload`, `max_control_line`, `max_pending`, `slow_consumer`, `ping_interval_ms`, `max_pings_out`, `auth_timeout_ms`",
+            ],
+        ),
+        (
+            "variable of the wrong type",
+            t(""),
+            vec![("KAELIX_LIMITS__MAX_PAYLOAD", "lots")],
+            vec![
+                "environment KAELIX_LIMITS__MAX_PAYLOAD: limits.max_payload: invalid type: string \"lots\", expected usize",
+            ],
+        ),
+        (
+            "variable into a non-table",
+            t(""),
+            vec![("KAELIX_SERVER_NAME__X", "1")],
+            vec![
+                "environment KAELIX_SERVER_NAME__X: server_name.x: server_name is not a table, so it has no key \"x\"",
+            ],
+        ),
+        // --- ranges
+        (
+            "zero payload",
+            t("[limits]\nmax_payload = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:15: limits.max_payload: 0 is outside 1..=8388608"],
+        ),
+        (
+            "payload above the broker's maximum",
+            t("[limits]\nmax_payload = 9000000\nmax_pending = 90000000\n[native]\nmax_frame_bytes = 99000000\n"),
+            vec![],
+            vec!["kaelix.toml:2:15: limits.max_payload: 9000000 is outside 1..=8388608"],
+        ),
+        (
+            "tiny control line",
+            t("[limits]\nmax_control_line = 10\n"),
+            vec![],
+            vec!["kaelix.toml:2:20: limits.max_control_line: 10 is below 64 bytes"],
+        ),
+        (
+            "zero connections",
+            t("[limits]\nmax_connections = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:19: limits.max_connections: must be at least 1"],
+        ),
+        (
+            "zero ping interval",
+            t("[limits]\nping_interval_ms = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:20: limits.ping_interval_ms: ping interval and max_pings_out must be positive"],
+        ),
+        (
+            "zero auth timeout",
+            t("[limits]\nauth_timeout_ms = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:19: limits.auth_timeout_ms: must be positive: no client could finish CONNECT"],
+        ),
+        (
+            "zero batch",
+            t("[native]\nmax_batch = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:13: native.max_batch: must be at least 1"],
+        ),
+        (
+            "zero max partitions",
+            t("[native]\nmax_partitions = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:18: native.max_partitions: must be at least 1"],
+        ),
+        (
+            "zero long poll",
+            t("[native]\nmax_wait_ms = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:15: native.max_wait_ms: must be positive: a long poll could not wait at all"],
+        ),
+        (
+            "zero partitions",
+            t("[[topics]]\nname = \"a\"\npartitions = 0\n"),
+            vec![],
+            vec!["kaelix.toml:3:14: topics[0].partitions: must be at least 1"],
+        ),
+        (
+            "zero retention bytes",
+            t("[[topics]]\nname = \"a\"\nmax_bytes = 0\n"),
+            vec![],
+            vec!["kaelix.toml:3:13: topics[0].max_bytes: 0 would retain nothing (leave it out for no limit)"],
+        ),
+        (
+            "zero retention age",
+            t("[[topics]]\nname = \"a\"\nmax_age_secs = 0\n"),
+            vec![],
+            vec!["kaelix.toml:3:16: topics[0].max_age_secs: 0 would retain nothing (leave it out for no limit)"],
+        ),
+        (
+            "zero flush interval",
+            t("[[topics]]\nname = \"a\"\nflush_interval_ms = 0\n"),
+            vec![],
+            vec!["kaelix.toml:3:21: topics[0].flush_interval_ms: must be positive (leave it out to sync every batch)"],
+        ),
+        (
+            "zero workers",
+            t("[node]\nworkers = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:11: node.workers: must be at least 1 (leave it out for one per CPU)"],
+        ),
+        (
+            "empty data directory",
+            t("[node]\ndata_dir = \"\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:12: node.data_dir: must not be empty"],
+        ),
+        (
+            "bad topic name",
+            t("[[topics]]\nname = \"a..b\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:8: topics[0].name: topic \"a..b\" has an empty token at position 1"],
+        ),
+        (
+            "zero range from the environment",
+            t(""),
+            vec![("KAELIX_NATIVE__MAX_BATCH", "0")],
+            vec!["environment KAELIX_NATIVE__MAX_BATCH: native.max_batch: must be at least 1"],
+        ),
+        // --- contradictions between sections
+        (
+            "pending below payload",
+            t("[limits]\nmax_payload = 4096\nmax_pending = 1024\n"),
+            vec![],
+            vec!["kaelix.toml:3:15: limits.max_pending: 1024 is smaller than limits.max_payload (4096)"],
+        ),
+        (
+            "frame cannot hold a payload",
+            t("[native]\nmax_frame_bytes = 1000\n"),
+            vec![],
+            vec![
+                "kaelix.toml:2:19: native.max_frame_bytes: 1000 cannot hold a message of limits.max_payload (1048576): at least 1310720 is needed",
+            ],
+        ),
+        (
+            "payload raised past the frame",
+            t("[limits]\nmax_payload = 8000000\n[native]\nmax_frame_bytes = 8000000\n"),
+            vec![],
+            vec![
+                "kaelix.toml:4:19: native.max_frame_bytes: 8000000 cannot hold a message of limits.max_payload (8000000): at least 8262144 is needed",
+            ],
+        ),
+        (
+            "same listener twice",
+            t("[nats]\nlisten = \"127.0.0.1:5000\"\n[native]\nlisten = \"127.0.0.1:5000\"\n"),
+            vec![],
+            vec![
+                "kaelix.toml:4:10: native.listen: 127.0.0.1:5000 is also nats.listen: the two listeners need distinct ports",
+            ],
+        ),
+        (
+            "wildcard overlaps a listener",
+            t(
+                "[nats]\nlisten = \"0.0.0.0:5000\"\n[native]\nlisten = \"127.0.0.1:5000\"\n[auth]\ntoken = \"long-enough-token\"\n",
+            ),
+            vec![],
+            vec![
+                "kaelix.toml:4:10: native.listen: 127.0.0.1:5000 overlaps nats.listen 0.0.0.0:5000: the two listeners need distinct ports",
+            ],
+        ),
+        (
+            "memory topic flushed",
+            t("[[topics]]\nname = \"a\"\nstorage = \"memory\"\nmax_records = 10\nflush_interval_ms = 5\n"),
+            vec![],
+            vec!["kaelix.toml:5:21: topics[0].flush_interval_ms: only durable topics are flushed"],
+        ),
+        (
+            "topic configured twice",
+            t("[[topics]]\nname = \"a\"\n[[topics]]\nname = \"a\"\n"),
+            vec![],
+            vec!["kaelix.toml:4:8: topics[1].name: topic \"a\" is configured twice"],
+        ),
+        (
+            "more partitions than allowed",
+            t("[native]\nmax_partitions = 4\n[[topics]]\nname = \"a\"\npartitions = 8\n"),
+            vec![],
+            vec!["kaelix.toml:5:14: topics[0].partitions: 8 is more than native.max_partitions (4)"],
+        ),
+        (
+            "token and users",
+            t(&format!("[auth]\ntoken = \"abcdefghij\"\n[[auth.users]]\nuser = \"a\"\npassword = \"{HASH}\"\n")),
+            vec![],
+            vec!["kaelix.toml:1:2: auth: configure either token or users, not both"],
+        ),
+        (
+            "plain password",
+            t("[[auth.users]]\nuser = \"a\"\npassword = \"secret\"\n"),
+            vec![],
+            vec!["kaelix.toml:3:12: auth.users[0].password: not a bcrypt hash (it must start with $2)"],
+        ),
+        (
+            "user twice",
+            t(&format!(
+                "[[auth.users]]\nuser = \"a\"\npassword = \"{HASH}\"\n[[auth.users]]\nuser = \"a\"\npassword = \"{HASH}\"\n"
+            )),
+            vec![],
+            vec!["kaelix.toml:5:8: auth.users[1].user: \"a\" is configured twice"],
+        ),
+        (
+            "bad permission pattern",
+            t(&format!(
+                "[[auth.users]]\nuser = \"a\"\npassword = \"{HASH}\"\n[auth.users.publish]\nallow = [\"a.>.b\"]\n"
+            )),
+            vec![],
+            vec!["kaelix.toml:4:13: auth.users[0].publish: pattern \"a.>.b\": '>' may only be the last token"],
+        ),
+        // --- impossible on this machine
+        (
+            "address of another machine",
+            t("[nats]\nlisten = \"10.1.2.3:4222\"\n[auth]\ntoken = \"long-enough-token\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:10: nats.listen: 10.1.2.3 is not an address of this machine"],
+        ),
+        (
+            "port taken",
+            t("[nats]\nlisten = \"127.0.0.1:4333\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:10: nats.listen: 127.0.0.1:4333 is already in use by another process"],
+        ),
+        (
+            "port taken, from a variable",
+            t(""),
+            vec![("KAELIX_NATIVE__LISTEN", "127.0.0.1:4333")],
+            vec![
+                "environment KAELIX_NATIVE__LISTEN: native.listen: 127.0.0.1:4333 is already in use by another process",
+            ],
+        ),
+        (
+            "pending beyond memory",
+            t("[limits]\nmax_pending = 9000000000\n"),
+            vec![],
+            vec![
+                "kaelix.toml:2:15: limits.max_pending: 9000000000 bytes for one connection is more than this machine's memory (8589934592)",
+            ],
+        ),
+        (
+            "retention beyond the disk",
+            t(
+                "[node]\ndata_dir = \"/var/lib/kaelix\"\n[[topics]]\nname = \"a\"\npartitions = 4\nmax_bytes = 30000000000\n",
+            ),
+            vec![],
+            vec![
+                "kaelix.toml:3:3: topics: durable topics may retain 120000000000 bytes, more than the 107374182400 bytes free for /var/lib/kaelix",
+            ],
+        ),
+        (
+            "memory topics beyond memory",
+            t("[[topics]]\nname = \"a\"\nstorage = \"memory\"\nmax_bytes = 9000000000\n"),
+            vec![],
+            vec![
+                "kaelix.toml:1:3: topics: memory topics may retain 9000000000 bytes, more than this machine's memory (8589934592)",
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn every_bad_configuration_is_refused_with_its_exact_message() {
+    let catalog = catalog();
+    assert!(catalog.len() >= 40, "the catalog must hold at least 40 bad configurations, has {}", catalog.len());
+    let mut wrong = Vec::new();
+    for (name, text, env, expected) in &catalog {
+        match diagnostics(text, env) {
+            Ok(warnings) => wrong.push(format!("{name}: accepted (warnings: {warnings:?})")),
+            Err(got) if got.iter().map(String::as_str).collect::<Vec<_>>() != *expected => {
+                wrong.push(format!("{name}:\n  expected {expected:?}\n  got      {got:?}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} entries differ:\n{}", wrong.len(), catalog.len(), wrong.join("\n"));
+}
+
+#[test]
+fn warnings_inform_without_stopping() {
+    let warnings = diagnostics(
+        "[nats]\nlisten = \"0.0.0.0:4222\"\n[node]\nworkers = 16\n[log]\nlevel = \"trace\"\n[[topics]]\nname = \"m\"\nstorage = \"memory\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        warnings,
+        vec![
+            "kaelix.toml:2:10: warning: nats.listen: no [auth] token or users: anyone who can reach 0.0.0.0:4222 may publish and subscribe",
+            "kaelix.toml:9:11: warning: topics[0].storage: a memory topic without max_bytes or max_records grows without bound",
+            "kaelix.toml:6:9: warning: log.level: trace logs every operation: expect it to cost throughput",
+            "kaelix.toml:4:11: warning: node.workers: 16 worker threads on 4 cores: threads will contend for CPUs",
+        ]
+    );
+}
+
+#[test]
+fn the_effective_configuration_records_every_origin() {
+    let loader = ConfigLoader::new()
+        .with_probe(Arc::new(probe()))
+        .with_env_vars("KAELIX", [("KAELIX_LIMITS__MAX_PAYLOAD".to_owned(), "2048".to_owned())])
+        .with_override("nats.listen", "127.0.0.1:0", "--nats-listen");
+    let loaded = loader
+        .load_text::<ServerConfig>(Some(Path::new("k.toml")), Some("server_name = \"n1\"\n"), Phase::Start)
+        .unwrap();
+    assert_eq!(loaded.config.limits.max_payload, 2048);
+    assert_eq!(loaded.config.server_name, "n1");
+    assert_eq!(
+        loaded.origin_lines(false),
+        vec![
+            "limits.max_payload = 2048  # environment KAELIX_LIMITS__MAX_PAYLOAD",
+            "nats.listen = \"127.0.0.1:0\"  # flag --nats-listen",
+            "server_name = \"n1\"  # k.toml:1:15",
+        ]
+    );
+    assert!(loaded.origin_lines(true).contains(&"limits.max_connections = 65536  # default".to_owned()));
+    let back: ServerConfig = toml::from_str(&loaded.effective_toml()).unwrap();
+    assert_eq!(back, loaded.config, "the effective TOML reads back as the same configuration");
+}
