@@ -402,6 +402,7 @@ impl<R: Runtime> Writer<R> {
         let name = segment_name(id, partition, base);
         let rt = self.rt.clone();
         let file = Self::retry(&self.rt, || rt.open(&name)).await;
+        kaelix_core::sometimes!(self.rt, "broker rolled onto a segment left by a crashed run", file.len() > 0);
         // A file left by a run whose records never synced: start it empty.
         if file.len() > 0 {
             Self::retry(&self.rt, || file.truncate(0)).await;
@@ -437,6 +438,13 @@ impl<R: Runtime> Writer<R> {
                 self.broker.persisted(id, partition, end);
             }
         }
+        // Fault point: a slow fsync. Publishes waiting on it stay
+        // unacknowledged for longer; a crash inside the window must lose
+        // nothing acknowledged.
+        if kaelix_core::buggify!(self.rt) {
+            self.rt.sleep(Duration::from_millis(15)).await;
+        }
+        kaelix_core::sometimes!(self.rt, "broker sync covered several partitions", self.dirty.len() > 1);
         if self.meta_dirty {
             let meta = self.meta.clone();
             Self::retry(&self.rt, || meta.sync()).await;

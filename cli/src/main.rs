@@ -2,8 +2,8 @@
 //!
 //! `kaelix serve` (see [`serve`]), `kaelix bench pub | pubsub | fanout |
 //! req | subs` (a NATS load generator, see [`bench`]) and `kaelix sim list
-//! | run | replay | check-history | membership-table`, `kaelix config check
-//! | show` (see [`config_cmd`]).
+//! | run [--jobs] | swarm | shrink | replay [--schedule] | check-history |
+//! membership-table`, `kaelix config check | show` (see [`config_cmd`]).
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
 //! the checkers ran) and files (client histories): each such use is allowed
@@ -34,7 +34,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kaelix_scenarios::history::History;
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 use kaelix_scenarios::membership::table::{self, JobResult, TablePlan};
-use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
+use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked, run_with_schedule};
+use kaelix_sim::CoverageTotals;
 use kaelix_sim::trace::TraceEvent;
 
 #[derive(Parser)]
@@ -85,6 +86,35 @@ enum SimCommand {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Seeds run in parallel (each simulation is single-threaded and
+        /// deterministic; results and report figures do not depend on this,
+        /// only the wall time). Default: the machine's core count.
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Run random seeds of every scenario until time is up, then write a
+    /// report: seeds run per scenario, failures with replay commands, and
+    /// the coverage of fault points and `sometimes!` assertions.
+    Swarm {
+        /// How long to run, in minutes (fractions allowed).
+        #[arg(long)]
+        minutes: f64,
+        /// Seeds run in parallel. Default: the machine's core count.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Where to write the report (Markdown).
+        #[arg(long, value_name = "FILE", default_value = "sim-swarm-report.md")]
+        report: PathBuf,
+        /// The seed the run's seeds are drawn from (default: from the
+        /// clock; printed, so a swarm's seed list can be drawn again).
+        #[arg(long)]
+        master_seed: Option<u64>,
+        /// Also run the planted-bug variants (which are expected to fail).
+        #[arg(long)]
+        include_planted: bool,
+        /// Skip the run-twice determinism check.
+        #[arg(long)]
+        no_determinism_check: bool,
     },
     /// Measure SWIM membership at 5, 20 and 100 nodes, Kaelix's defaults
     /// against the reference configuration (see `kaelix_scenarios::membership::table`).
@@ -118,6 +148,32 @@ enum SimCommand {
         /// record one; see the kaelix-scenarios crate docs for the format).
         #[arg(long, value_name = "FILE")]
         history: Option<PathBuf>,
+        /// Replace the seed's fault schedule by the one in FILE (written by
+        /// `kaelix sim shrink`); everything else is the seed's.
+        #[arg(long, value_name = "FILE", conflicts_with = "history")]
+        schedule: Option<PathBuf>,
+    },
+    /// Shrink a failing seed's fault schedule: remove and shorten faults
+    /// (delta debugging), replaying each candidate under the same seed,
+    /// until removing any one remaining fault makes the failure go away.
+    /// Prints the minimal schedule and writes it for `sim replay --schedule`.
+    Shrink {
+        /// Scenario name.
+        #[arg(long)]
+        scenario: String,
+        /// The failing seed.
+        #[arg(long)]
+        seed: u64,
+        /// Where to write the minimal schedule (JSON).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Stop searching after this many seconds (the schedule found so
+        /// far is kept, and reported as not proven 1-minimal).
+        #[arg(long, default_value_t = 300)]
+        max_seconds: u64,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Check a JSON-lines client history: linearizability per partition and
     /// the offset rules (duplicated, lost, skipped, non-monotonic).
@@ -157,20 +213,49 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Sim(SimCommand::Run { scenario, seeds, first_seed, seed, no_determinism_check, quiet }) => {
+        Command::Sim(SimCommand::Run { scenario, seeds, first_seed, seed, no_determinism_check, quiet, jobs }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
             let range = match seed {
                 Some(one) => one..one + 1,
                 None => first_seed..first_seed + seeds,
             };
-            sim_run(s, range, !no_determinism_check, quiet)
+            sim_run(s, range, !no_determinism_check, quiet, jobs.unwrap_or_else(default_jobs))
+        }
+        Command::Sim(SimCommand::Swarm {
+            minutes,
+            jobs,
+            report,
+            master_seed,
+            include_planted,
+            no_determinism_check,
+        }) => {
+            if !(minutes.is_finite() && minutes > 0.0) {
+                eprintln!("error: --minutes must be a positive number, not {minutes}");
+                return ExitCode::from(2);
+            }
+            let plan = SwarmPlan {
+                minutes,
+                jobs: jobs.unwrap_or_else(default_jobs),
+                master_seed: master_seed.unwrap_or_else(clock_seed),
+                include_planted,
+                determinism_check: !no_determinism_check,
+            };
+            sim_swarm(&plan, &report)
         }
         Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
             membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
         }
-        Command::Sim(SimCommand::Replay { scenario, seed, trace, history }) => {
+        Command::Sim(SimCommand::Replay { scenario, seed, trace, history, schedule }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
-            sim_replay(s, seed, trace, history.as_deref())
+            match schedule {
+                Some(file) => sim_replay_schedule(s, seed, trace, &file),
+                None => sim_replay(s, seed, trace, history.as_deref()),
+            }
+        }
+        Command::Sim(SimCommand::Shrink { scenario, seed, out, max_seconds, quiet }) => {
+            let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("shrunk-{}-{seed}.json", s.name())));
+            sim_shrink(s, seed, &out, std::time::Duration::from_secs(max_seconds), quiet)
         }
         Command::Sim(SimCommand::CheckHistory { file, max_search_steps }) => {
             sim_check_history(&file, &CheckConfig { max_search_steps })
@@ -215,7 +300,84 @@ struct Failure {
     message: String,
 }
 
-fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: bool, quiet: bool) -> ExitCode {
+/// What one seed gave `kaelix sim run`.
+struct SeedResult {
+    report: kaelix_scenarios::RunReport,
+    tallies: kaelix_scenarios::Tallies,
+    replay_hash: Option<u64>,
+    /// Wall time of one run of the seed.
+    run_nanos: u128,
+}
+
+fn run_seed(s: &dyn Scenario, seed: u64, determinism_check: bool) -> SeedResult {
+    let t0 = WallTimer::start();
+    let (report, tallies, replay_hash) = if determinism_check {
+        let checked = run_checked(s, seed);
+        (checked.report, checked.tallies, Some(checked.replay_hash))
+    } else {
+        let (report, tallies) = s.run_tallied(seed, None);
+        (report, tallies, None)
+    };
+    let runs = if determinism_check { 2 } else { 1 };
+    SeedResult { report, tallies, replay_hash, run_nanos: t0.elapsed().as_nanos() / runs }
+}
+
+/// Runs `scenario` on every seed of `seeds` with `jobs` threads (each
+/// simulation stays on the thread that started it) and returns the results
+/// in seed order, so what is summed and reported does not depend on `jobs`.
+#[allow(clippy::disallowed_methods, reason = "the cli runs independent simulations side by side on real threads")]
+fn run_seeds(
+    seeds: &[(&'static dyn Scenario, u64)],
+    determinism_check: bool,
+    jobs: usize,
+    bar: &ProgressBar,
+    on_result: &(dyn Fn(&SeedResult) + Sync),
+) -> Vec<SeedResult> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<(usize, SeedResult)>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1).min(seeds.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(s, seed)) = seeds.get(i) else { return };
+                    let r = run_seed(s, seed, determinism_check);
+                    on_result(&r);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The default of `--jobs`: the machine's cores.
+#[allow(clippy::disallowed_methods, reason = "the default worker count is the machine's core count")]
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A failure's one-line reason (determinism first).
+fn failure_of(r: &SeedResult) -> Option<String> {
+    match r.replay_hash {
+        Some(h) if h != r.report.trace_hash => {
+            Some(format!("NONDETERMINISM: trace hash {:016x} then {h:016x}", r.report.trace_hash))
+        }
+        _ if !r.report.verdict.passed() => Some(r.report.verdict.to_string()),
+        _ => None,
+    }
+}
+
+fn sim_run(
+    s: &'static dyn Scenario,
+    seeds: std::ops::Range<u64>,
+    determinism_check: bool,
+    quiet: bool,
+    jobs: usize,
+) -> ExitCode {
     let total = seeds.end - seeds.start;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
@@ -223,6 +385,17 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
             .expect("valid template"),
     );
     let started = WallTimer::start();
+    let failed = std::sync::atomic::AtomicU64::new(0);
+    let work: Vec<(&'static dyn Scenario, u64)> = seeds.map(|seed| (s, seed)).collect();
+    let results = run_seeds(&work, determinism_check, jobs, &bar, &|r| {
+        if failure_of(r).is_some() {
+            let n = failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} failed"));
+        }
+    });
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+
     let mut failures: Vec<Failure> = Vec::new();
     let mut sim_nanos: u128 = 0;
     let mut run_nanos: u128 = 0;
@@ -232,26 +405,20 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     let mut acked: u64 = 0;
     let mut submitted: u64 = 0;
     let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut coverage = CoverageTotals::default();
     // In the scenario's own order.
     let mut counters: Vec<(&'static str, u64)> = Vec::new();
-    for seed in seeds {
-        let t0 = WallTimer::start();
-        let (report, tallies, replay_hash) = if determinism_check {
-            let checked = run_checked(s, seed);
-            (checked.report, checked.tallies, Some(checked.replay_hash))
-        } else {
-            let (report, tallies) = s.run_tallied(seed, None);
-            (report, tallies, None)
-        };
-        let runs = if determinism_check { 2 } else { 1 };
-        run_nanos += t0.elapsed().as_nanos() / runs;
+    for r in &results {
+        let report = &r.report;
+        run_nanos += r.run_nanos;
         sim_nanos += report.sim_time.as_nanos();
         events += report.stats.events;
         polls += report.stats.polls;
         faults += report.faults_applied as u64;
         submitted += report.workload.0;
         acked += report.workload.1;
-        for &(name, n) in &tallies {
+        coverage.add(&report.coverage);
+        for &(name, n) in &r.tallies {
             match counters.iter_mut().find(|(k, _)| *k == name) {
                 Some((_, total)) => *total += n,
                 None => counters.push((name, n)),
@@ -260,21 +427,10 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         for m in &report.fault_mix {
             *mix.entry(m).or_default() += 1;
         }
-        if let Some(h) = replay_hash
-            && h != report.trace_hash
-        {
-            failures.push(Failure {
-                seed,
-                message: format!("NONDETERMINISM: trace hash {:016x} then {h:016x}", report.trace_hash),
-            });
-        } else if !report.verdict.passed() {
-            failures.push(Failure { seed, message: report.verdict.to_string() });
+        if let Some(message) = failure_of(r) {
+            failures.push(Failure { seed: report.seed, message });
         }
-        bar.set_message(format!("{} failed", failures.len()));
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    let wall = started.elapsed();
 
     let secs = |n: u128| n as f64 / 1e9;
     out!("scenario        {}", s.name());
@@ -284,7 +440,7 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
         "determinism     {}",
         if determinism_check { "every seed run twice, trace hashes compared" } else { "not checked" }
     );
-    out!("wall time       {:.2} s", wall.as_secs_f64());
+    out!("wall time       {:.2} s  ({} job(s))", wall.as_secs_f64(), jobs.max(1));
     out!("simulated time  {:.1} s", secs(sim_nanos));
     out!(
         "sim/real ratio  {:.0}x  (simulated time / wall time of one run per seed)",
@@ -305,6 +461,8 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     }
     let mix_line: Vec<String> = mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out!("fault mix       (seeds with each fault on) {}", mix_line.join(", "));
+    out!("");
+    print_text(&coverage.render());
     for f in failures.iter().take(20) {
         out!("\nFAILED seed {}: {}", f.seed, f.message);
         out!("  reproduce: {}", replay_command(s, f.seed));
@@ -315,15 +473,259 @@ fn sim_run(s: &dyn Scenario, seeds: std::ops::Range<u64>, determinism_check: boo
     if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
+/// Prints `text` (already line-terminated) through [`out!`]'s broken-pipe
+/// handling.
+fn print_text(text: &str) {
+    for line in text.lines() {
+        out!("{line}");
+    }
+}
+
+/// A seed from the wall clock, for a swarm nobody gave a seed to.
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "a swarm without --master-seed draws its seeds from the clock (printed)"
+)]
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What `kaelix sim swarm` was asked to do.
+struct SwarmPlan {
+    minutes: f64,
+    jobs: usize,
+    master_seed: u64,
+    include_planted: bool,
+    determinism_check: bool,
+}
+
+/// Per scenario: seeds run, failures.
+#[derive(Default)]
+struct SwarmTally {
+    seeds: u64,
+    failures: Vec<Failure>,
+}
+
+fn sim_swarm(plan: &SwarmPlan, report_path: &Path) -> ExitCode {
+    use kaelix_core::rng::RngExt;
+    let scenarios: Vec<&'static dyn Scenario> =
+        catalog().into_iter().filter(|s| plan.include_planted || !s.planted_bug()).collect();
+    let budget = std::time::Duration::from_secs_f64(plan.minutes * 60.0);
+    let mut seeds = kaelix_core::rng::seeded(plan.master_seed);
+    let started = WallTimer::start();
+    let bar = ProgressBar::new(budget.as_secs());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} swarm  {msg}").expect("valid template"),
+    );
+    let mut tallies: Vec<SwarmTally> = scenarios.iter().map(|_| SwarmTally::default()).collect();
+    let mut coverage = CoverageTotals::default();
+    let mut next_scenario = 0usize;
+    let (mut total, mut failed) = (0u64, 0usize);
+    // Batches of a few seeds per worker, round-robin over the scenarios,
+    // until the budget is spent (a batch started before the end finishes)
+    // and every scenario has run at least once.
+    while started.elapsed() < budget || next_scenario < scenarios.len() {
+        let batch: Vec<(&'static dyn Scenario, u64)> = (0..plan.jobs.max(1) * 2)
+            .map(|_| {
+                let s = scenarios[next_scenario % scenarios.len()];
+                next_scenario += 1;
+                (s, seeds.random::<u64>())
+            })
+            .collect();
+        let results = run_seeds(&batch, plan.determinism_check, plan.jobs, &ProgressBar::hidden(), &|_| {});
+        for ((s, _), r) in batch.iter().zip(&results) {
+            let i = scenarios.iter().position(|x| std::ptr::eq(*x, *s)).expect("batch scenario is listed");
+            tallies[i].seeds += 1;
+            total += 1;
+            coverage.add(&r.report.coverage);
+            if let Some(message) = failure_of(r) {
+                tallies[i].failures.push(Failure { seed: r.report.seed, message });
+                failed += 1;
+            }
+        }
+        bar.set_position(started.elapsed().as_secs().min(budget.as_secs()));
+        bar.set_message(format!("{total} seeds, {failed} failed"));
+    }
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+
+    let mut md = String::new();
+    {
+        use std::fmt::Write as _;
+        let _ = writeln!(md, "# kaelix sim swarm\n");
+        let _ = writeln!(
+            md,
+            "master seed {} · {:.1} min wall time · {} job(s) · {} seeds · {} failed · determinism {}\n",
+            plan.master_seed,
+            wall.as_secs_f64() / 60.0,
+            plan.jobs.max(1),
+            total,
+            failed,
+            if plan.determinism_check { "checked (every seed run twice)" } else { "not checked" }
+        );
+        let _ = writeln!(md, "| scenario | seeds | failures |\n|---|---:|---:|");
+        for (s, t) in scenarios.iter().zip(&tallies) {
+            let _ = writeln!(md, "| {} | {} | {} |", s.name(), t.seeds, t.failures.len());
+        }
+        if failed > 0 {
+            let _ = writeln!(md, "\n## Failures\n");
+            for (s, t) in scenarios.iter().zip(&tallies) {
+                for f in &t.failures {
+                    let _ = writeln!(
+                        md,
+                        "- `{}` seed {}: {}\n  `{}`",
+                        s.name(),
+                        f.seed,
+                        f.message,
+                        replay_command(*s, f.seed)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md, "\n## Coverage\n\n```text\n{}```", coverage.render());
+    }
+    if let Err(e) = write_text(report_path, &md) {
+        eprintln!("error: cannot write the report to {}: {e}", report_path.display());
+        return ExitCode::from(2);
+    }
+    print_text(&md);
+    out!("\nreport written to {}", report_path.display());
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+#[allow(clippy::disallowed_methods, reason = "the cli writes the report file it was asked for")]
+fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+fn trace_printer() -> kaelix_sim::trace::TraceSink {
+    Box::new(|e: &TraceEvent| {
+        let node = e.node.map_or_else(|| "-".to_string(), |n| n.to_string());
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`| head`) just ends the listing.
+        let _ = writeln!(out, "{:>16} {:>5} {:<15} {}", e.time.to_string(), node, e.kind, e.detail);
+    })
+}
+
+fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Duration, quiet: bool) -> ExitCode {
+    let started = WallTimer::start();
+    let (first, drawn) = run_with_schedule(s, seed, None, None);
+    let Some(check) = first.verdict.check() else {
+        eprintln!("error: seed {seed} of {} passes; there is no failure to shrink", s.name());
+        return ExitCode::from(2);
+    };
+    // The drawn schedule given back must reproduce the run bit for bit, or
+    // a candidate's result would say nothing about the original.
+    let (again, _) = run_with_schedule(s, seed, Some(&drawn), None);
+    if again.trace_hash != first.trace_hash {
+        eprintln!(
+            "error: replaying the recorded schedule changed the run (trace hash {:016x}, then {:016x}): {} schedules its faults in a way the shrinker cannot replace",
+            first.trace_hash,
+            again.trace_hash,
+            s.name()
+        );
+        return ExitCode::FAILURE;
+    }
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("fails       {}", first.verdict);
+    out!("check       {check}");
+    out!("schedule    {} faults drawn", drawn.len());
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] shrinking: {pos} candidates run  {msg}")
+            .expect("valid template"),
+    );
+    let mut smallest = drawn.len();
+    let outcome = kaelix_sim::shrink::shrink(
+        &drawn,
+        &mut |candidate| {
+            let (report, _) = run_with_schedule(s, seed, Some(candidate), None);
+            let same = report.verdict.check().as_deref() == Some(check.as_str());
+            if same {
+                smallest = smallest.min(candidate.len());
+            }
+            bar.inc(1);
+            bar.set_message(format!("smallest failing: {smallest} faults"));
+            same
+        },
+        &mut || started.elapsed() > bound,
+    );
+    bar.finish_and_clear();
+    let (last, _) = run_with_schedule(s, seed, Some(&outcome.schedule), None);
+    let still = last.verdict.check().as_deref() == Some(check.as_str());
+    let file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &check, &outcome.schedule);
+    if let Err(e) = write_text(out_path, &file.to_json()) {
+        eprintln!("error: cannot write the schedule to {}: {e}", out_path.display());
+        return ExitCode::from(2);
+    }
+    out!(
+        "shrunk      {} -> {} faults in {} candidate runs, {:.1} s{}",
+        drawn.len(),
+        outcome.schedule.len(),
+        outcome.runs,
+        started.elapsed().as_secs_f64(),
+        if outcome.one_minimal { " (1-minimal)" } else { " (time bound hit: not proven 1-minimal)" }
+    );
+    out!("minimal schedule:");
+    print_text(&kaelix_sim::shrink::render(&outcome.schedule));
+    out!("replay fails {}", last.verdict);
+    out!("written to  {}", out_path.display());
+    let features = if s.planted_bug() { " --features planted-bugs" } else { "" };
+    out!(
+        "reproduce:  cargo run --release -p kaelix{features} -- sim replay --scenario {} --seed {seed} --schedule {}",
+        s.name(),
+        out_path.display()
+    );
+    if still { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+#[allow(clippy::disallowed_methods, reason = "the cli reads the schedule file it was given")]
+fn read_schedule(path: &Path) -> Result<kaelix_sim::shrink::ScheduleFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    kaelix_sim::shrink::ScheduleFile::parse(&text)
+}
+
+fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) -> ExitCode {
+    let file = match read_schedule(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if file.scenario != s.name() || file.seed != seed {
+        eprintln!(
+            "error: {} is a schedule of {} seed {}, not of {} seed {seed}",
+            path.display(),
+            file.scenario,
+            file.seed,
+            s.name()
+        );
+        return ExitCode::from(2);
+    }
+    let schedule = file.schedule().expect("checked when parsed");
+    let (first, _) = run_with_schedule(s, seed, Some(&schedule), trace.then(trace_printer));
+    let (second, _) = run_with_schedule(s, seed, Some(&schedule), None);
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("schedule    {} faults from {}", schedule.len(), path.display());
+    print_text(&kaelix_sim::shrink::render(&schedule));
+    out!("verdict     {}", first.verdict);
+    let same_check = first.verdict.check().as_deref() == Some(file.check.as_str());
+    out!("check       {}  ({})", file.check, if same_check { "same check fails" } else { "NOT the recorded check" });
+    out!("trace hash  {:016x}", first.trace_hash);
+    out!(
+        "replay hash {:016x}  ({})",
+        second.trace_hash,
+        if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
+    );
+    if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {
-    let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(|| {
-        Box::new(|e: &TraceEvent| {
-            let node = e.node.map_or_else(|| "-".to_string(), |n| n.to_string());
-            let mut out = std::io::stdout().lock();
-            // A closed pipe (`| head`) just ends the listing.
-            let _ = writeln!(out, "{:>16} {:>5} {:<15} {}", e.time.to_string(), node, e.kind, e.detail);
-        }) as kaelix_sim::trace::TraceSink
-    });
+    let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(trace_printer);
     let (first, second, history) = if let Some(path) = history_file {
         let (first, recorded) = s.run_recording(seed, sink);
         let Some(history) = recorded else {

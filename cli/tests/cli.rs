@@ -1,4 +1,5 @@
-//! The `kaelix` binary end to end: history export and `sim check-history`.
+//! The `kaelix` binary end to end: history export, `sim check-history`,
+//! `sim run --jobs`, `sim swarm`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -78,6 +79,85 @@ fn replay_history_of_a_scenario_that_records_none_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("scenario \"broker\" records no client history"), "{}", text(&out.stderr));
     assert!(!path.exists(), "nothing is written");
+}
+
+/// The lines of a `sim run` report that must not depend on `--jobs` (all
+/// but the timings).
+fn figures(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| !(l.starts_with("wall time") || l.starts_with("sim/real") || l.starts_with("events/s")))
+        .collect()
+}
+
+#[test]
+fn sim_run_in_parallel_reports_what_one_job_reports() {
+    let args =
+        |jobs: &'static str| ["sim", "run", "--scenario", "broker-durable", "--seeds", "24", "--quiet", "--jobs", jobs];
+    let one = kaelix(&args("1"));
+    let three = kaelix(&args("3"));
+    let (one, three) = (text(&one.stdout), text(&three.stdout));
+    assert_eq!(figures(&one), figures(&three), "--jobs 1:\n{one}\n--jobs 3:\n{three}");
+    assert!(one.contains("(1 job(s))") && three.contains("(3 job(s))"));
+    // The coverage table names the broker's fault point and assertions.
+    assert!(one.contains("coverage over 24 run(s):"), "{one}");
+    assert!(one.contains("broker/src/durable.rs:"), "{one}");
+    assert!(one.contains("broker sync covered several partitions"), "{one}");
+}
+
+#[test]
+fn swarm_writes_a_report_of_every_scenario() {
+    let path = std::env::temp_dir().join(format!("kaelix-cli-{}-swarm.md", std::process::id()));
+    let out = kaelix(&[
+        "sim",
+        "swarm",
+        "--minutes",
+        "0.01",
+        "--master-seed",
+        "7",
+        "--jobs",
+        "2",
+        "--no-determinism-check",
+        "--report",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    #[allow(clippy::disallowed_methods, reason = "the test reads the report the binary wrote")]
+    let report = std::fs::read_to_string(&path).expect("the report is written");
+    assert!(report.contains("master seed 7"), "{report}");
+    for name in ["broadcast", "broker-durable", "raft-partitions", "serve"] {
+        assert!(report.contains(&format!("| {name} | ")), "{name} missing:\n{report}");
+    }
+    assert!(report.contains("## Coverage"), "{report}");
+    assert!(report.contains("never fired") || report.contains("every point fired"), "{report}");
+    let bad = kaelix(&["sim", "swarm", "--minutes", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("--minutes must be a positive number"));
+}
+
+#[test]
+fn shrink_refuses_a_passing_seed_and_replay_checks_the_schedule_file() {
+    let out = kaelix(&["sim", "shrink", "--scenario", "broker", "--seed", "0", "--quiet"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("seed 0 of broker passes; there is no failure to shrink"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let other = temp_file("schedule-other.json", r#"{"scenario": "broadcast", "seed": 3, "check": "c", "faults": []}"#);
+    let out = kaelix(&["sim", "replay", "--scenario", "broker", "--seed", "0", "--schedule", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is a schedule of broadcast seed 3, not of broker seed 0"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let bad = temp_file("schedule-bad.json", "{\"scenario\": \"broker\",\n \"seed\": \"zero\"}");
+    let out = kaelix(&["sim", "replay", "--scenario", "broker", "--seed", "0", "--schedule", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("line 2, column"), "{}", text(&out.stderr));
 }
 
 /// `kaelix` with no `KAELIX_` variables from the test's environment.

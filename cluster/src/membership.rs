@@ -187,7 +187,12 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
             }
         }
         // Nothing scheduled is a sleep that never ends.
-        let deadline = swim.poll_timeout().unwrap_or(kaelix_core::Instant::MAX);
+        let mut deadline = swim.poll_timeout().unwrap_or(kaelix_core::Instant::MAX);
+        // Fault point: the timer fires late (a descheduled thread, a busy
+        // event loop); SWIM's timeouts must absorb it.
+        if deadline != kaelix_core::Instant::MAX && kaelix_core::buggify!(rt) {
+            deadline += kaelix_core::time::Duration::from_millis(10);
+        }
         let mut sleep = pin!(rt.sleep_until(deadline));
         let mut recv = pin!(rt.recv());
         enum Event {
@@ -213,7 +218,12 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
         let now = rt.now();
         match event {
             Event::Message(from, bytes) => swim.handle_message(now, from, bytes),
-            Event::Timeout => swim.handle_timeout(now),
+            Event::Timeout => {
+                let stats = swim.stats();
+                kaelix_core::sometimes!(rt, "a SWIM probe went unanswered", stats.probes_failed > 0);
+                kaelix_core::sometimes!(rt, "a member refuted a statement about itself", stats.refutations > 0);
+                swim.handle_timeout(now)
+            }
             Event::Leave => {}
         }
     }

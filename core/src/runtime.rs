@@ -335,23 +335,104 @@ pub trait StorageFile: Clone + Send + Sync + 'static {
     fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
-/// Code-level fault points (FoundationDB's BUGGIFY).
+/// Code-level fault points (FoundationDB's BUGGIFY) and "sometimes"
+/// assertions (FoundationDB's `TEST`, Antithesis' `sometimes`).
 ///
 /// Code marks a place where an unusual-but-legal behaviour could happen
 /// (a slow path, an early timeout, a small buffer) with [`buggify!`]. Under
 /// simulation each site is enabled in only some seeds and, when enabled, fires
 /// on some calls; the real runtime always answers `false`.
+///
+/// [`sometimes!`] states a condition a test campaign wants to see hold at
+/// least once (a leader change under load, a torn tail recovered): the
+/// simulator counts how often each was reached and held, the real runtime
+/// ignores it. Neither changes what a run does when it does not fire: the
+/// simulator draws a site's decisions from generators of their own.
+///
+/// Every site of either macro registers itself at link time in
+/// [`COVERAGE_POINTS`], so a coverage report names the points a run never
+/// reached, not only those it did.
 pub trait FaultPoints: Clone + Send + Sync + 'static {
     /// Whether the fault point at `site` fires now.
     fn buggify(&self, site: &'static str) -> bool;
+    /// Counts one evaluation of a "sometimes" assertion (nothing else).
+    fn sometimes(&self, point: &'static CoveragePoint, condition: bool) {
+        let _ = (point, condition);
+    }
 }
+
+/// Where `sometimes!` counts: every [`FaultPoints`] implementation, and
+/// harnesses outside a node (the simulator itself, for checkers).
+pub trait CoverageSink {
+    /// Counts one evaluation of the assertion `point`.
+    fn count_sometimes(&self, point: &'static CoveragePoint, condition: bool);
+}
+
+impl<T: FaultPoints> CoverageSink for T {
+    fn count_sometimes(&self, point: &'static CoveragePoint, condition: bool) {
+        FaultPoints::sometimes(self, point, condition);
+    }
+}
+
+/// What a coverage point counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PointKind {
+    /// A `buggify!` fault point: reached, and fired.
+    Buggify,
+    /// A `sometimes!` assertion: reached, and held.
+    Sometimes,
+}
+
+/// One `buggify!` or `sometimes!` site, registered at link time.
+#[derive(Debug)]
+pub struct CoveragePoint {
+    /// Which macro.
+    pub kind: PointKind,
+    /// `file:line` of the site (a `buggify!` site's identity in the
+    /// simulator: moving one renames it).
+    pub site: &'static str,
+    /// What it means: the text of a `sometimes!`, `"fault point"` for a
+    /// `buggify!`.
+    pub name: &'static str,
+}
+
+/// Every coverage point linked into this binary (see [`FaultPoints`]).
+#[linkme::distributed_slice]
+pub static COVERAGE_POINTS: [CoveragePoint];
+
+#[doc(hidden)]
+pub use linkme as __linkme;
 
 /// `buggify!(rt)` is true when the simulator fires this site's fault point.
 #[macro_export]
 macro_rules! buggify {
-    ($rt:expr) => {
-        $crate::runtime::FaultPoints::buggify(&$rt, concat!(file!(), ":", line!()))
-    };
+    ($rt:expr) => {{
+        #[$crate::runtime::__linkme::distributed_slice($crate::runtime::COVERAGE_POINTS)]
+        #[linkme(crate = $crate::runtime::__linkme)]
+        static POINT: $crate::runtime::CoveragePoint = $crate::runtime::CoveragePoint {
+            kind: $crate::runtime::PointKind::Buggify,
+            site: concat!(file!(), ":", line!()),
+            name: "fault point",
+        };
+        $crate::runtime::FaultPoints::buggify(&$rt, POINT.site)
+    }};
+}
+
+/// `sometimes!(rt, "what", condition)`: counts whether `condition` holds
+/// here (see [`FaultPoints`]); evaluates `condition` once and returns
+/// nothing.
+#[macro_export]
+macro_rules! sometimes {
+    ($rt:expr, $name:literal, $condition:expr) => {{
+        #[$crate::runtime::__linkme::distributed_slice($crate::runtime::COVERAGE_POINTS)]
+        #[linkme(crate = $crate::runtime::__linkme)]
+        static POINT: $crate::runtime::CoveragePoint = $crate::runtime::CoveragePoint {
+            kind: $crate::runtime::PointKind::Sometimes,
+            site: concat!(file!(), ":", line!()),
+            name: $name,
+        };
+        $crate::runtime::CoverageSink::count_sometimes(&$rt, &POINT, $condition)
+    }};
 }
 
 /// Everything a node service needs, in one bound.

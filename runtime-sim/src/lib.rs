@@ -536,6 +536,10 @@ impl FaultPoints for SimRuntime {
     fn buggify(&self, site: &'static str) -> bool {
         self.handle.buggify(site)
     }
+
+    fn sometimes(&self, point: &'static kaelix_core::runtime::CoveragePoint, condition: bool) {
+        self.handle.sometimes(point, condition);
+    }
 }
 
 impl Runtime for SimRuntime {

@@ -1306,6 +1306,52 @@ fn buggify_never_fires_when_off_or_in_the_liveness_phase() {
     assert!(checked >= 5, "only {checked} seeds enabled a site");
 }
 
+/// A node that sleeps 40 times, asking a fault point each time if `ask`;
+/// returns how often it fired, the trace hash and the run's coverage.
+fn fault_point_run(seed: u64, ask: bool) -> (u32, u64, kaelix_sim::Coverage) {
+    let sim = with_profile(seed, FaultProfile { buggify: true, ..FaultProfile::calm() });
+    let out = shared(0u32);
+    server(&sim, 1, out.clone(), move |rt, out| async move {
+        for i in 0..40u32 {
+            if ask && buggify!(rt) {
+                *get(&out) += 1;
+            }
+            kaelix_core::sometimes!(rt, "an even iteration", i % 2 == 0);
+            rt.sleep(Duration::from_millis(1)).await;
+        }
+    });
+    run(&sim, ms(100));
+    let fired = *get(&out);
+    let (hash, coverage) = (sim.trace_hash(), sim.coverage());
+    sim.shutdown();
+    (fired, hash, coverage)
+}
+
+/// Coverage counts every evaluation, and a fault point that does not fire
+/// leaves the run exactly as if it were not there (its decisions come from
+/// generators of their own).
+#[test]
+fn coverage_counts_points_and_a_silent_fault_point_changes_nothing() {
+    let (mut silent, mut fired_somewhere) = (0, 0);
+    for seed in 0..60 {
+        let (fired, hash, coverage) = fault_point_run(seed, true);
+        let (_, hash_without, coverage_without) = fault_point_run(seed, false);
+        let points: Vec<_> = coverage.points.values().copied().collect();
+        // The fault point (reached 40 times) and the assertion (held 20).
+        assert!(points.iter().any(|c| c.reached == 40 && c.fired == u64::from(fired)), "seed {seed}: {coverage:?}");
+        assert!(points.iter().any(|c| c.reached == 40 && c.fired == 20), "seed {seed}: {coverage:?}");
+        assert_eq!(coverage_without.points.len(), 1, "seed {seed}");
+        if fired == 0 {
+            silent += 1;
+            assert_eq!(hash, hash_without, "seed {seed}: a fault point that never fired changed the run");
+        } else {
+            fired_somewhere += 1;
+            assert_ne!(hash, hash_without, "seed {seed}: firing is in the trace");
+        }
+    }
+    assert!(silent > 10 && fired_somewhere > 3, "{silent} silent seeds, {fired_somewhere} firing");
+}
+
 // ---------------------------------------------------------------- broker
 
 /// The embedded broker's conformance checks, under the simulator (several

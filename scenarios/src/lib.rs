@@ -56,7 +56,7 @@ use kaelix_core::planted::Planted;
 use kaelix_core::time::Duration;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::trace::digest;
-use kaelix_sim::{Sim, SimStats};
+use kaelix_sim::{Coverage, Sim, SimStats};
 
 use crate::history::History;
 
@@ -93,6 +93,23 @@ impl std::fmt::Display for Verdict {
 }
 
 impl Verdict {
+    /// Which check failed, for telling whether two failing runs fail "the
+    /// same check" (the shrinker's test): the verdict's kind and the first
+    /// six words of its message that hold no digit (node ids, offsets,
+    /// terms and times change between runs; the check's wording does not).
+    /// `None` for a pass.
+    pub fn check(&self) -> Option<String> {
+        let (kind, message) = match self {
+            Verdict::Pass => return None,
+            Verdict::SafetyViolation(m) => ("SAFETY VIOLATION", m),
+            Verdict::LivenessViolation(m) => ("LIVENESS VIOLATION", m),
+            Verdict::Panic(m) => ("PANIC", m),
+        };
+        let words: Vec<&str> =
+            message.split_whitespace().filter(|w| !w.chars().any(|c| c.is_ascii_digit())).take(6).collect();
+        Some(format!("{kind}: {}", words.join(" ")))
+    }
+
     /// The verdict for a run whose stepping panicked with `payload`.
     pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Verdict {
         let message = payload
@@ -124,6 +141,8 @@ pub struct RunReport {
     /// Workload counters, as the scenario's [`Scenario::workload_units`]
     /// name them.
     pub workload: (u64, u64),
+    /// Fault points and `sometimes!` assertions reached.
+    pub coverage: Coverage,
 }
 
 impl RunReport {
@@ -146,6 +165,7 @@ impl RunReport {
             fault_mix,
             faults_applied: sim.fault_log().len(),
             workload,
+            coverage: sim.coverage(),
             verdict,
         };
         sim.shutdown();
@@ -272,6 +292,18 @@ pub fn run_checked(scenario: &dyn Scenario, seed: u64) -> CheckedRun {
     let (report, tallies) = scenario.run_tallied(seed, None);
     let replay = scenario.run(seed, None);
     CheckedRun { replay_hash: replay.trace_hash, report, tallies }
+}
+
+/// Runs `seed` of `scenario` with its drawn fault schedule replaced by
+/// `schedule` (see [`kaelix_sim::shrink`]); everything else is the seed's.
+/// Returns the report and the schedule the seed drew.
+pub fn run_with_schedule(
+    scenario: &dyn Scenario,
+    seed: u64,
+    schedule: Option<&kaelix_sim::FaultSchedule>,
+    trace: Option<TraceSink>,
+) -> (RunReport, kaelix_sim::FaultSchedule) {
+    kaelix_sim::shrink::with_schedule(schedule, || scenario.run(seed, trace))
 }
 
 /// The command that reproduces a run (a planted-bug variant needs the

@@ -269,3 +269,35 @@ fn every_planted_bug_is_caught() {
         assert!(caught.is_some(), "planted bug {} was not caught in {limit} seeds", s.name());
     }
 }
+
+/// The schedule a seed drew, given back, reproduces the run bit for bit in
+/// every scenario (what makes the shrinker's candidates mean anything).
+#[test]
+fn a_recorded_schedule_replays_its_run_exactly() {
+    for s in catalog() {
+        for seed in 0..2 {
+            let (report, drawn) = kaelix_scenarios::run_with_schedule(s, seed, None, None);
+            let (again, _) = kaelix_scenarios::run_with_schedule(s, seed, Some(&drawn), None);
+            assert_eq!(report.trace_hash, again.trace_hash, "{} seed {seed}", s.name());
+            assert_eq!(report.faults_applied, again.faults_applied, "{} seed {seed}", s.name());
+        }
+    }
+}
+
+/// Shrinking a planted bug's failing seed through the library: fewer faults,
+/// 1-minimal, and the shrunk schedule fails the same check.
+#[test]
+fn shrinking_a_planted_raft_bug_keeps_its_check() {
+    let s = find("raft-partitions-vote-before-persist").expect("registered");
+    let (seed, verdict) = first_failure(s.name(), 300).expect("the planted bug is caught");
+    let check = verdict.check().expect("a failure");
+    let (_, drawn) = kaelix_scenarios::run_with_schedule(s, seed, None, None);
+    let mut same = |candidate: &kaelix_sim::FaultSchedule| {
+        kaelix_scenarios::run_with_schedule(s, seed, Some(candidate), None).0.verdict.check().as_deref()
+            == Some(check.as_str())
+    };
+    let outcome = kaelix_sim::shrink::shrink(&drawn, &mut same, &mut || false);
+    assert!(outcome.one_minimal);
+    assert!(outcome.schedule.len() < drawn.len(), "{} of {} faults left", outcome.schedule.len(), drawn.len());
+    assert!(same(&outcome.schedule));
+}

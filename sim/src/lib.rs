@@ -20,21 +20,28 @@
 //!   misdirected writes, corrupt reads;
 //! * [`faults`] — fault profiles, swarm testing, the safety / liveness
 //!   phases and fault schedules;
-//! * [`trace`] — the running trace hash and readable trace.
+//! * [`trace`] — the running trace hash and readable trace;
+//! * [`shrink`] — running a scenario under a given fault schedule, and
+//!   shrinking a failing one by delta debugging;
+//! * [`coverage`] — how often each `buggify!` fault point and `sometimes!`
+//!   assertion was reached and fired, per run and over many runs.
 //!
 //! The runtime contract of `kaelix-core` is implemented on top of this in
 //! `kaelix-runtime-sim`; scenarios live in `kaelix-scenarios`.
 
 pub mod clock;
+pub mod coverage;
 pub mod disk;
 pub mod dist;
 pub mod faults;
 pub mod net;
 pub mod queue;
+pub mod shrink;
 pub mod table;
 pub mod trace;
 pub mod world;
 
+pub use coverage::{Coverage, CoverageTotals};
 pub use faults::{Fault, FaultProfile, FaultSchedule, Tolerance};
 pub use world::{
     NodeHandle, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, SimStats, Step, addr_node, node_addr, node_ip,

@@ -83,6 +83,8 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
             }
         };
         let s = scan(data, !config.planted.is_on(PlantedBug::BroadcastSkipChecksum));
+        kaelix_core::sometimes!(rt, "broadcast recovery cut a torn or corrupt log tail", s.valid_len < len);
+        kaelix_core::sometimes!(rt, "broadcast recovery found values on disk", !s.values.is_empty());
         if s.valid_len < len {
             // Cut the torn/corrupt tail durably before appending again.
             if file.truncate(s.valid_len).await.is_err() || file.sync().await.is_err() {
@@ -96,7 +98,8 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
 
     let (input_tx, mut inputs) = mpsc::unbounded::<Input>();
     let (persist_tx, persist_rx) = mpsc::unbounded::<(WriteId, Value)>();
-    let _writer = rt.spawn(Priority::High, "broadcast-log-writer", log_writer(file, persist_rx, input_tx.clone()));
+    let _writer =
+        rt.spawn(Priority::High, "broadcast-log-writer", log_writer(rt.clone(), file, persist_rx, input_tx.clone()));
     let _acceptor = match rt.listen() {
         Ok(listener) => {
             let inputs = input_tx.clone();
@@ -173,7 +176,8 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
 }
 
 /// Group commit: append everything queued, sync once, report.
-async fn log_writer<F: StorageFile>(
+async fn log_writer<R: Runtime, F: StorageFile>(
+    rt: R,
     file: F,
     mut queue: mpsc::UnboundedReceiver<(WriteId, Value)>,
     done: mpsc::UnboundedSender<Input>,
@@ -182,6 +186,11 @@ async fn log_writer<F: StorageFile>(
         let mut batch = vec![first];
         while let Some(Some(more)) = queue.next().now_or_never() {
             batch.push(more);
+        }
+        // Fault point: a slow disk. Acknowledgements wait for this write, so
+        // a crash inside the window must lose nothing acknowledged.
+        if kaelix_core::buggify!(rt) {
+            rt.sleep(Duration::from_millis(15)).await;
         }
         // One append and one sync for the whole batch.
         let mut records = BytesMut::new();

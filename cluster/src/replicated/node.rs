@@ -435,7 +435,8 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
                     // leader changes happen under load, not only on failure.
                     if core.raft(g).role() == Role::Leader && kaelix_core::buggify!(rt) && !others.is_empty() {
                         let to = others[rng.random_range(0..others.len())];
-                        let _ = core.transfer_leadership(now, g, to);
+                        let moved = core.transfer_leadership(now, g, to).is_ok();
+                        kaelix_core::sometimes!(rt, "a fault point handed Raft leadership away", moved);
                         io.drain(&rt, &mut core, &mut mirror);
                     }
                 }
@@ -470,7 +471,13 @@ impl Io {
                 None => out,
             };
             match out {
-                Output::Send { to, group, message } => rt.send(to, wire::encode(u64::from(group), &message)),
+                Output::Send { to, group, message } => {
+                    // Fault point: a send the OS refused (full socket
+                    // buffer); Raft retransmits.
+                    if !kaelix_core::buggify!(*rt) {
+                        rt.send(to, wire::encode(u64::from(group), &message));
+                    }
+                }
                 // The writer lives as long as this task.
                 Output::Persist { group, write } => drop(self.writes[group as usize].unbounded_send(write)),
                 Output::Reply { client, response } => self.reply(client, response),

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use kaelix_core::rng::{self, DetRng, RngExt};
+use kaelix_core::runtime::CoveragePoint;
 use kaelix_core::{Instant, NodeId, WallTime};
 
 use crate::trace::digest;
@@ -123,11 +124,15 @@ impl NodeHandle {
     /// Whether a code-level fault point fires (see `kaelix_core::buggify!`).
     /// Each site is enabled in a seed with probability ¼ the first time it is
     /// reached, and then fires on ¼ of its calls; never in the liveness
-    /// phase or when the profile turned buggify off.
+    /// phase or when the profile turned buggify off. Both decisions come
+    /// from generators of their own (per site, and the world's
+    /// `buggify_rng`), so a site that does not fire leaves the run as if it
+    /// were absent. Every call is counted in the run's coverage.
     pub fn buggify(&self, site: &'static str) -> bool {
         let shared = self.shared();
         let mut w = shared.world();
         if !w.buggify_enabled {
+            w.coverage.record(site, false);
             return false;
         }
         let enabled = match w.buggify_sites.get(site) {
@@ -139,7 +144,8 @@ impl NodeHandle {
                 e
             }
         };
-        let fire = enabled && w.rng.random_bool(0.25);
+        let fire = enabled && w.buggify_rng.random_bool(0.25);
+        w.coverage.record(site, fire);
         if fire {
             w.stats.buggify_fired += 1;
             let now = w.now;
@@ -148,6 +154,11 @@ impl NodeHandle {
             });
         }
         fire
+    }
+
+    /// Counts one evaluation of a `sometimes!` assertion on this node.
+    pub fn sometimes(&self, point: &'static CoveragePoint, condition: bool) {
+        self.shared().world().coverage.record(point.site, condition);
     }
 
     /// A fresh generator for this node, derived from the seed, the node and

@@ -56,8 +56,10 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use kaelix_core::rng::{self, DetRng};
+use kaelix_core::runtime::{CoveragePoint, CoverageSink};
 use kaelix_core::{Instant, NodeId};
 
+use crate::coverage::Coverage;
 use crate::disk::DiskConfig;
 use crate::faults::{Fault, FaultProfile};
 use crate::net::{LinkConfig, NetModel};
@@ -226,6 +228,12 @@ struct World {
     tcp_rng: DetRng,
     buggify_sites: BTreeMap<&'static str, bool>,
     buggify_enabled: bool,
+    /// Decides whether an enabled fault point fires; derived from the seed
+    /// apart from `rng`, so adding a fault point (or reaching one that does
+    /// not fire) never shifts the scheduler's or the faults' draws.
+    buggify_rng: DetRng,
+    /// Fault points and `sometimes!` assertions reached (changes no run).
+    coverage: Coverage,
     liveness: bool,
     calm_disk: DiskConfig,
     trace: Trace,
@@ -235,6 +243,9 @@ struct World {
     calm_link: LinkConfig,
     boots: Vec<NodeId>,
 }
+
+/// The stream label of [`World::buggify_rng`] ("buggify!").
+const BUGGIFY_RNG_LABEL: u64 = 0x6275_6767_6966_7921;
 
 /// The stream label of [`World::tcp_rng`] ("tcp-cuts").
 const TCP_RNG_LABEL: u64 = 0x7463_702d_6375_7473;
@@ -295,6 +306,8 @@ impl Sim {
             tcp_rng: rng::derive(config.seed, TCP_RNG_LABEL),
             buggify_sites: BTreeMap::new(),
             buggify_enabled: config.profile.buggify,
+            buggify_rng: rng::derive(config.seed, BUGGIFY_RNG_LABEL),
+            coverage: Coverage::default(),
             liveness: false,
             calm_disk: config.calm_disk,
             trace: Trace::new(config.trace_sink),
@@ -345,6 +358,17 @@ impl Sim {
         self.world().fault_log.clone()
     }
 
+    /// The fault points and `sometimes!` assertions this run reached so far.
+    pub fn coverage(&self) -> Coverage {
+        self.world().coverage.clone()
+    }
+
+    /// Counts one evaluation of a `sometimes!` assertion made by harness
+    /// code (checkers); nodes count theirs through their runtime.
+    pub fn sometimes(&self, point: &'static CoveragePoint, condition: bool) {
+        self.world().coverage.record(point.site, condition);
+    }
+
     /// Whether the liveness phase has started.
     pub fn in_liveness(&self) -> bool {
         self.world().liveness
@@ -384,5 +408,12 @@ impl Sim {
         };
         drop(tasks);
         drop(events);
+    }
+}
+
+/// `kaelix_core::sometimes!(sim, "…", condition)` in checkers.
+impl CoverageSink for Sim {
+    fn count_sometimes(&self, point: &'static CoveragePoint, condition: bool) {
+        self.sometimes(point, condition);
     }
 }

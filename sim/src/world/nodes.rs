@@ -147,8 +147,12 @@ impl Sim {
     }
 
     /// Schedules `fault` at true time `at`.
+    /// Under [`crate::shrink::with_schedule`] the fault is recorded and may
+    /// be replaced by a given schedule.
     pub fn schedule_fault(&self, at: Instant, fault: Fault) {
-        self.world().events.push(at, Event::Fault(fault));
+        for (at, fault) in crate::shrink::intercept(at, fault) {
+            self.world().events.push(at, Event::Fault(fault));
+        }
     }
 
     /// Schedules the start of the liveness phase at `at` (see the faults
