@@ -91,7 +91,7 @@ const GROUP: &str = "billing";
 const BOUND: Duration = Duration::from_secs(90);
 
 /// (publisher, seq): a message's identity, from its payload.
-type Identity = (u32, u32);
+pub(crate) type Identity = (u32, u32);
 
 /// A read-back: (topic, partition) → (offset, identity) in offset order.
 type ReadBack = BTreeMap<(String, u32), Vec<(u64, Identity)>>;
@@ -156,7 +156,8 @@ fn topics() -> [(&'static str, TopicConfig); 2] {
     ]
 }
 
-fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
+/// A unique payload: publisher and sequence number, then 0–23 random bytes.
+pub(crate) fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
     let mut b = BytesMut::with_capacity(32);
     b.put_u32_le(publisher);
     b.put_u32_le(seq);
@@ -166,7 +167,8 @@ fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
     b.freeze()
 }
 
-fn identity(m: &Message) -> Option<Identity> {
+/// The identity a [`payload`] carries (`None`: not one of ours).
+pub(crate) fn identity(m: &Message) -> Option<Identity> {
     let p = m.payload();
     (p.len() >= 8).then(|| {
         (u32::from_le_bytes(p[..4].try_into().expect("4 bytes")), u32::from_le_bytes(p[4..8].try_into().expect("4")))

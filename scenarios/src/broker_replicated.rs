@@ -50,7 +50,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kaelix_broker::message::Message;
 use kaelix_broker::partition::RetentionPolicy;
 use kaelix_broker::storage::{ReplicationConfig, StorageKind};
@@ -63,14 +63,16 @@ use kaelix_core::NodeId;
 use kaelix_core::planted::Planted;
 #[cfg(feature = "planted-bugs")]
 use kaelix_core::planted::PlantedBug;
-use kaelix_core::rng::{self, DetRng, RngExt};
+use kaelix_core::rng::{self, RngExt};
 use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner};
 use kaelix_core::time::Duration;
 use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::TraceSink;
-use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig, Tolerance};
+use kaelix_sim::{Fault, FaultSchedule, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig};
 
+use crate::broker_durable::{Identity, identity, payload};
 use crate::checker::Observations;
+use crate::raft::{ClusterPlan, plan_cluster};
 use crate::{RunReport, Scenario, Tallies, Verdict};
 
 /// The replicated-broker scenario (or a planted-bug variant of it).
@@ -108,9 +110,6 @@ const LIVENESS_BOUND: Duration = Duration::from_secs(25);
 const AUDITOR: NodeId = NodeId(200);
 const ORDERS: &str = "orders.eu";
 const AUDIT: &str = "audit.log";
-
-/// (publisher, seq): a message's identity, from its payload.
-type Identity = (u32, u32);
 
 /// A partition: (topic, partition).
 type Part = (String, u32);
@@ -179,23 +178,6 @@ fn topics(factor: u8) -> Vec<(Topic, TopicConfig)> {
 /// Group `g` is the `g`-th (topic, partition) of [`topics`].
 fn groups() -> Vec<Part> {
     vec![(ORDERS.to_owned(), 0), (ORDERS.to_owned(), 1), (AUDIT.to_owned(), 0)]
-}
-
-fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
-    let mut b = BytesMut::with_capacity(32);
-    b.put_u32_le(publisher);
-    b.put_u32_le(seq);
-    for _ in 0..rng.random_range(0..24) {
-        b.put_u8(rng.random());
-    }
-    b.freeze()
-}
-
-fn identity(m: &Message) -> Option<Identity> {
-    let p = m.payload();
-    (p.len() >= 8).then(|| {
-        (u32::from_le_bytes(p[..4].try_into().expect("4 bytes")), u32::from_le_bytes(p[4..8].try_into().expect("4")))
-    })
 }
 
 /// Watches every member of every group (for the auditor's "quiet" test).
@@ -505,22 +487,8 @@ fn check(o: &Observed) -> Result<(), String> {
 impl BrokerReplicatedScenario {
     fn execute(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
         let mut setup = rng::derive(seed, 0xb40c_e401);
-        let n: u64 = if setup.random_bool(0.5) { 3 } else { 5 };
-        let servers: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        let minority = ((n - 1) / 2) as usize;
-        let tolerance = Tolerance { max_down: minority, faulty_disks: minority, power_loss: true };
-        let mut profile = FaultProfile::swarm(&mut setup);
-        profile.restrict(&tolerance);
-        // Synced data lost silently: outside what Raft claims.
-        profile.bitrot_rate = 0.0;
-        profile.disk.misdirect = 0.0;
-        let mut faulty: Vec<NodeId> = Vec::new();
-        while faulty.len() < minority {
-            let candidate = servers[setup.random_range(0..servers.len())];
-            if !faulty.contains(&candidate) {
-                faulty.push(candidate);
-            }
-        }
+        let ClusterPlan { servers, tolerance, profile, faulty } = plan_cluster(&mut setup);
+        let n = servers.len() as u64;
         let safety_end = kaelix_core::Instant::ZERO + SAFETY;
         let schedule = FaultSchedule::generate(&profile, &tolerance, &servers, &faulty, safety_end, &mut setup);
         let fault_mix = profile.mix();

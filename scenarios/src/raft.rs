@@ -57,7 +57,7 @@ use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig, run_no
 use kaelix_core::planted::Planted;
 #[cfg(feature = "planted-bugs")]
 use kaelix_core::planted::PlantedBug;
-use kaelix_core::rng::{self, RngExt};
+use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::runtime::{Clock, Runtime};
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId};
@@ -449,6 +449,40 @@ async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker, history
     checker.lock().read_back = Some(read_back);
 }
 
+/// One seed's Raft cluster: its servers, the faults it must survive and
+/// which servers' disks may be replaced.
+pub(crate) struct ClusterPlan {
+    /// 3 or 5 servers, `NodeId(1)` up.
+    pub(crate) servers: Vec<NodeId>,
+    /// A minority down at once, a minority of replaced disks, power loss.
+    pub(crate) tolerance: Tolerance,
+    /// The swarm-drawn fault profile, restricted to the tolerance.
+    pub(crate) profile: FaultProfile,
+    /// The servers whose disks may be replaced.
+    pub(crate) faulty: Vec<NodeId>,
+}
+
+/// Draws a [`ClusterPlan`] from `setup`. Bit rot and misdirected writes are
+/// off: synced data lost silently is outside what Raft claims (module docs).
+pub(crate) fn plan_cluster(setup: &mut DetRng) -> ClusterPlan {
+    let n: u64 = if setup.random_bool(0.5) { 3 } else { 5 };
+    let servers: Vec<NodeId> = (1..=n).map(NodeId).collect();
+    let minority = ((n - 1) / 2) as usize;
+    let tolerance = Tolerance { max_down: minority, faulty_disks: minority, power_loss: true };
+    let mut profile = FaultProfile::swarm(setup);
+    profile.restrict(&tolerance);
+    profile.bitrot_rate = 0.0;
+    profile.disk.misdirect = 0.0;
+    let mut faulty: Vec<NodeId> = Vec::new();
+    while faulty.len() < minority {
+        let candidate = servers[setup.random_range(0..servers.len())];
+        if !faulty.contains(&candidate) {
+            faulty.push(candidate);
+        }
+    }
+    ClusterPlan { servers, tolerance, profile, faulty }
+}
+
 impl RaftScenario {
     /// Durability: every acknowledged produce is where it was acknowledged.
     fn lost(&self, checker: &Checker) -> Option<String> {
@@ -474,22 +508,7 @@ impl RaftScenario {
 
     fn run_inner(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, History) {
         let mut setup = rng::derive(seed, 0x4af7_0001);
-        let n: u64 = if setup.random_bool(0.5) { 3 } else { 5 };
-        let servers: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        let minority = ((n - 1) / 2) as usize;
-        let tolerance = Tolerance { max_down: minority, faulty_disks: minority, power_loss: true };
-        let mut profile = FaultProfile::swarm(&mut setup);
-        profile.restrict(&tolerance);
-        // Synced data lost silently: outside what Raft claims (module docs).
-        profile.bitrot_rate = 0.0;
-        profile.disk.misdirect = 0.0;
-        let mut faulty: Vec<NodeId> = Vec::new();
-        while faulty.len() < minority {
-            let candidate = servers[setup.random_range(0..servers.len())];
-            if !faulty.contains(&candidate) {
-                faulty.push(candidate);
-            }
-        }
+        let ClusterPlan { servers, tolerance, profile, faulty } = plan_cluster(&mut setup);
         let safety_end = Instant::ZERO + SAFETY;
         let schedule = FaultSchedule::generate(&profile, &tolerance, &servers, &faulty, safety_end, &mut setup);
         let fault_mix = profile.mix();
