@@ -155,7 +155,7 @@ impl<R: Runtime> Mirror<R> {
                 let from = self.broker.next_offset(topic.as_str(), *partition).unwrap_or(0);
                 for offset in from..machine.next_offset() {
                     let record = machine.get(offset).expect("a machine keeps every record");
-                    self.apply(group, offset, &record.payload.clone());
+                    self.apply(group, offset, &record.payload);
                 }
                 None
             }
