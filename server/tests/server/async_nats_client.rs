@@ -106,11 +106,18 @@ fn durable_topic_keeps_flushed_publishes_across_a_restart() {
     let mut server = TestServer::start_in(dir.clone(), config());
     tokio().block_on(async {
         let client = async_nats::connect(server.url()).await.unwrap();
+        let mut marker = client.subscribe("marker").await.unwrap();
         for i in 0..500 {
             client.publish("orders", format!("order-{i}").into()).await.unwrap();
         }
-        // flush = PING/PONG: the PONG comes once all 500 are synced.
+        // async-nats' flush only empties its socket buffer (no PING/PONG),
+        // so a relayed marker published after the orders proves the server
+        // has taken all 500 (one connection is served in order); the
+        // graceful stop then keeps everything taken. (The PONG-after-sync
+        // barrier is checked by the serve scenario and nats-py.)
+        client.publish("marker", "after the orders".into()).await.unwrap();
         client.flush().await.unwrap();
+        next(&mut marker).await;
     });
     server.stop();
     let server = TestServer::start_in(dir, config());
@@ -129,6 +136,11 @@ fn durable_topic_keeps_flushed_publishes_across_a_restart() {
 
 /// `echo: false`: a connection does not get its own publishes back, while
 /// another connection's subscription on the same subjects gets everything.
+///
+/// async-nats' `flush` only empties the socket buffer (no PING/PONG round
+/// trip), and the server serves connections independently, so nothing
+/// orders one connection's SUB before another's PUB unless the test waits
+/// for a message that proves it. Each step below waits for such a message.
 #[test]
 fn no_echo_connections_do_not_receive_their_own_publishes() {
     let server = TestServer::start("async-nats-no-echo");
@@ -136,20 +148,31 @@ fn no_echo_connections_do_not_receive_their_own_publishes() {
         let quiet = async_nats::ConnectOptions::new().no_echo().connect(server.url()).await.unwrap();
         let other = async_nats::connect(server.url()).await.unwrap();
         let mut own = quiet.subscribe("chat.>").await.unwrap();
+        // Subscribed after `chat.>` on the same connection: once it gets a
+        // message, the server has registered `chat.>` too.
+        let mut quiet_ready = quiet.subscribe("ready.quiet").await.unwrap();
         let mut theirs = other.subscribe("chat.>").await.unwrap();
-        quiet.flush().await.unwrap();
         other.flush().await.unwrap();
+        // Published by `other` after its SUB: a probe delivered to `quiet`
+        // proves both connections' subscriptions are live. Repeated because
+        // a probe routed before `quiet`'s SUB reaches nobody.
+        loop {
+            other.publish("ready.quiet", "probe".into()).await.unwrap();
+            other.flush().await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(100), quiet_ready.next()).await.is_ok() {
+                break;
+            }
+        }
         quiet.publish("chat.room1", "from quiet".into()).await.unwrap();
         quiet.flush().await.unwrap();
+        assert_eq!(&next(&mut theirs).await.payload[..], b"from quiet", "another connection gets it");
+        // `from quiet` has been routed; `from other` is routed after it, so
+        // an echo would reach `own` first.
         other.publish("chat.room1", "from other".into()).await.unwrap();
         other.flush().await.unwrap();
-        // The other connection sees both (two publishers: no order between
-        // them is promised); the quiet one only the other's.
-        let mut both = vec![next(&mut theirs).await.payload, next(&mut theirs).await.payload];
-        both.sort();
-        assert_eq!(both, [&b"from other"[..], &b"from quiet"[..]]);
-        assert_eq!(&next(&mut own).await.payload[..], b"from other");
+        assert_eq!(&next(&mut theirs).await.payload[..], b"from other");
+        assert_eq!(&next(&mut own).await.payload[..], b"from other", "no echo of its own publish");
         let nothing = tokio::time::timeout(Duration::from_millis(200), own.next()).await;
-        assert!(nothing.is_err(), "no echo of its own publish: {nothing:?}");
+        assert!(nothing.is_err(), "nothing more for the quiet connection: {nothing:?}");
     });
 }
