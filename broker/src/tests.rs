@@ -534,3 +534,36 @@ fn live_streams_behind_on_stored_topics_read_the_log_instead_of_dropping() {
     c.handle_replicated_append(now, &stored, 0, next[0], msg("s.r", 50));
     assert_eq!(drain(&mut c, oldest).iter().map(n).collect::<Vec<_>>(), [50]);
 }
+
+/// On a durable topic a spilled stream reads on from the log, which shows
+/// synced records only: what it had buffered comes back once synced, in
+/// order, with nothing dropped.
+#[test]
+fn spilled_streams_on_durable_topics_read_synced_records() {
+    use crate::backpressure::Strategy;
+    use crate::storage::{DurableConfig, StorageKind, StorageOutput};
+    let mut c = BrokerCore::with_storage(BrokerConfig { auto_create: None, ..BrokerConfig::default() });
+    let mut rng = seeded(5);
+    let (now, wall) = (Instant::ZERO, WallTime(1_000));
+    let t = Topic::new("d").unwrap();
+    let storage = StorageKind::Durable(DurableConfig::default());
+    c.create_topic(t.clone(), TopicConfig { partitions: 1, storage, ..TopicConfig::default() }).unwrap();
+    let s = c.subscribe(now, Pattern::new("d").unwrap(), None, Some(Strategy::DropOldest { capacity: 2 })).unwrap();
+    for i in 0..6 {
+        c.publish(now, wall, &mut rng, msg("d", i)).unwrap();
+    }
+    assert_eq!(c.poll_stream(now, s).unwrap(), None, "spilled: nothing synced to read yet");
+    let id = std::iter::from_fn(|| c.poll_storage_output())
+        .find_map(|o| match o {
+            StorageOutput::Append { id, .. } => Some(id),
+            _ => None,
+        })
+        .expect("appends to write");
+    c.handle_persisted(id, 0, 4);
+    let got: Vec<u8> = std::iter::from_fn(|| c.poll_stream(now, s).unwrap()).map(|m| n(&m)).collect();
+    assert_eq!(got, [0, 1, 2, 3], "up to the synced end, in order");
+    c.handle_persisted(id, 0, 6);
+    let got: Vec<u8> = std::iter::from_fn(|| c.poll_stream(now, s).unwrap()).map(|m| n(&m)).collect();
+    assert_eq!(got, [4, 5]);
+    assert_eq!(c.stream_drops(s).unwrap().total(), 0);
+}
