@@ -303,7 +303,7 @@ where
         }
         if matches!(outcome, ReloadOutcome::Applied { .. })
             && let Some(previous) = previous
-            && let Err(e) = std::fs::write(self.backup_path(), previous)
+            && let Err(e) = write_replacing(&self.backup_path(), &previous)
         {
             tracing::warn!(backup = %self.backup_path().display(), error = %e, "configuration applied; keeping the previous file as a backup failed");
         }
@@ -407,6 +407,26 @@ where
 )]
 fn wall_now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes `text` over `path` in place (created if missing): the old bytes
+/// overwritten, the file cut to the new length. Not truncating to zero
+/// first nor renaming over it is the point: either makes ext4 flush the
+/// file's data at close or rename (`auto_da_alloc`), 0.3 to 2 ms per apply
+/// on this machine's disk, against microseconds in place. The price: a
+/// crash in the middle of it can leave the backup torn (the backup is a
+/// convenience copy; the configuration file itself is never written here).
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "hot reload keeps the previous file as a backup"
+)]
+fn write_replacing(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(text.as_bytes())?;
+    file.set_len(text.len() as u64)
 }
 
 #[cfg(test)]
