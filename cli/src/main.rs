@@ -152,6 +152,16 @@ enum SimCommand {
         /// `kaelix sim shrink`); everything else is the seed's.
         #[arg(long, value_name = "FILE", conflicts_with = "history")]
         schedule: Option<PathBuf>,
+        /// Draw the run as a space-time diagram into FILE: one self-contained
+        /// HTML page (lanes per node and client, messages as arrows, faults
+        /// marked, client operations as spans, the failed check at its
+        /// moment; zoom and filters in the page).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// How many messages the page holds: the last N before the failure
+        /// (or the run's end); 0 embeds the whole run.
+        #[arg(long, value_name = "N", default_value_t = kaelix_sim::picture::DEFAULT_MAX_MESSAGES, requires = "html")]
+        html_max_messages: usize,
     },
     /// Shrink a failing seed's fault schedule: remove and shorten faults
     /// (delta debugging), replaying each candidate under the same seed,
@@ -245,11 +255,12 @@ fn main() -> ExitCode {
         Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
             membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
         }
-        Command::Sim(SimCommand::Replay { scenario, seed, trace, history, schedule }) => {
+        Command::Sim(SimCommand::Replay { scenario, seed, trace, history, schedule, html, html_max_messages }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            let html = html.as_deref().map(|path| (path, html_max_messages));
             match schedule {
-                Some(file) => sim_replay_schedule(s, seed, trace, &file),
-                None => sim_replay(s, seed, trace, history.as_deref()),
+                Some(file) => sim_replay_schedule(s, seed, trace, &file, html),
+                None => sim_replay(s, seed, trace, history.as_deref(), html),
             }
         }
         Command::Sim(SimCommand::Shrink { scenario, seed, out, max_seconds, quiet }) => {
@@ -687,7 +698,44 @@ fn read_schedule(path: &Path) -> Result<kaelix_sim::shrink::ScheduleFile, String
     kaelix_sim::shrink::ScheduleFile::parse(&text)
 }
 
-fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) -> ExitCode {
+/// Draws the run into `path` (see `kaelix_scenarios::picture`) and says
+/// what the page holds. The drawn run must be the replayed one: its trace
+/// hash is compared with `expected_hash`.
+fn write_picture(
+    s: &dyn Scenario,
+    seed: u64,
+    schedule: Option<&kaelix_sim::FaultSchedule>,
+    (path, max_messages): (&Path, usize),
+    expected_hash: u64,
+) -> Result<(), ExitCode> {
+    let drawn = kaelix_scenarios::picture::draw(s, seed, schedule, max_messages);
+    if let Err(e) = write_text(path, &drawn.html) {
+        eprintln!("error: cannot write the picture to {}: {e}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    out!(
+        "picture     {} ({} KiB): {:.3} s to {:.3} s of the run, {} of its {} messages{}",
+        path.display(),
+        drawn.html.len().div_ceil(1024),
+        drawn.window.0 as f64 / 1e9,
+        drawn.window.1 as f64 / 1e9,
+        drawn.messages.1,
+        drawn.messages.0,
+        if drawn.report.trace_hash == expected_hash { "" } else { "  (DIFFERENT run: nondeterminism)" }
+    );
+    if drawn.report.trace_hash != expected_hash {
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
+}
+
+fn sim_replay_schedule(
+    s: &dyn Scenario,
+    seed: u64,
+    trace: bool,
+    path: &Path,
+    html: Option<(&Path, usize)>,
+) -> ExitCode {
     let file = match read_schedule(path) {
         Ok(f) => f,
         Err(e) => {
@@ -721,10 +769,21 @@ fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) ->
         second.trace_hash,
         if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
     );
+    if let Some(html) = html
+        && let Err(code) = write_picture(s, seed, Some(&schedule), html, first.trace_hash)
+    {
+        return code;
+    }
     if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {
+fn sim_replay(
+    s: &dyn Scenario,
+    seed: u64,
+    trace: bool,
+    history_file: Option<&Path>,
+    html: Option<(&Path, usize)>,
+) -> ExitCode {
     let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(trace_printer);
     let (first, second, history) = if let Some(path) = history_file {
         let (first, recorded) = s.run_recording(seed, sink);
@@ -767,6 +826,11 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Pa
             if same { "identical" } else { "DIFFERENT: nondeterminism" }
         );
         history_ok = same;
+    }
+    if let Some(html) = html
+        && let Err(code) = write_picture(s, seed, None, html, first.trace_hash)
+    {
+        return code;
     }
     if first.trace_hash != second.trace_hash || !history_ok || !first.verdict.passed() {
         ExitCode::FAILURE

@@ -49,6 +49,7 @@ pub mod checker;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
+pub mod picture;
 pub mod raft;
 pub mod serve;
 
