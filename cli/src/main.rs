@@ -621,59 +621,41 @@ fn trace_printer() -> kaelix_sim::trace::TraceSink {
 
 fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Duration, quiet: bool) -> ExitCode {
     let started = WallTimer::start();
-    let (first, drawn) = run_with_schedule(s, seed, None, None);
-    let Some(check) = first.verdict.check() else {
-        eprintln!("error: seed {seed} of {} passes; there is no failure to shrink", s.name());
-        return ExitCode::from(2);
-    };
-    // The drawn schedule given back must reproduce the run bit for bit, or
-    // a candidate's result would say nothing about the original.
-    let (again, _) = run_with_schedule(s, seed, Some(&drawn), None);
-    if again.trace_hash != first.trace_hash {
-        eprintln!(
-            "error: replaying the recorded schedule changed the run (trace hash {:016x}, then {:016x}): {} schedules its faults in a way the shrinker cannot replace",
-            first.trace_hash,
-            again.trace_hash,
-            s.name()
-        );
-        return ExitCode::FAILURE;
-    }
-    out!("scenario    {}", s.name());
-    out!("seed        {seed}");
-    out!("fails       {}", first.verdict);
-    out!("check       {check}");
-    out!("schedule    {} faults drawn", drawn.len());
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] shrinking: {pos} candidates run  {msg}")
             .expect("valid template"),
     );
-    let mut smallest = drawn.len();
-    let outcome = kaelix_sim::shrink::shrink(
-        &drawn,
-        &mut |candidate| {
-            let (report, _) = run_with_schedule(s, seed, Some(candidate), None);
-            let same = report.verdict.check().as_deref() == Some(check.as_str());
-            if same {
-                smallest = smallest.min(candidate.len());
-            }
-            bar.inc(1);
-            bar.set_message(format!("smallest failing: {smallest} faults"));
-            same
-        },
-        &mut || started.elapsed() > bound,
-    );
+    let shrunk = kaelix_scenarios::shrink_seed(s, seed, &mut || started.elapsed() > bound, &mut |smallest| {
+        bar.inc(1);
+        bar.set_message(format!("smallest failing: {smallest} faults"));
+    });
     bar.finish_and_clear();
-    let (last, _) = run_with_schedule(s, seed, Some(&outcome.schedule), None);
-    let still = last.verdict.check().as_deref() == Some(check.as_str());
-    let file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &check, &outcome.schedule);
+    let shrunk = match shrunk {
+        Ok(shrunk) => shrunk,
+        Err(kaelix_scenarios::ShrinkError::Passes) => {
+            eprintln!("error: seed {seed} of {} passes; there is no failure to shrink", s.name());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {} seed {seed}: {e}", s.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("fails       {}", shrunk.first.verdict);
+    out!("check       {}", shrunk.check);
+    out!("schedule    {} faults drawn", shrunk.drawn.len());
+    let outcome = &shrunk.outcome;
+    let file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &shrunk.check, &outcome.schedule);
     if let Err(e) = write_text(out_path, &file.to_json()) {
         eprintln!("error: cannot write the schedule to {}: {e}", out_path.display());
         return ExitCode::from(2);
     }
     out!(
         "shrunk      {} -> {} faults in {} candidate runs, {:.1} s{}",
-        drawn.len(),
+        shrunk.drawn.len(),
         outcome.schedule.len(),
         outcome.runs,
         started.elapsed().as_secs_f64(),
@@ -681,7 +663,7 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
     );
     out!("minimal schedule:");
     print_text(&kaelix_sim::shrink::render(&outcome.schedule));
-    out!("replay fails {}", last.verdict);
+    out!("replay fails {}", shrunk.replay.verdict);
     out!("written to  {}", out_path.display());
     let features = if s.planted_bug() { " --features planted-bugs" } else { "" };
     out!(
@@ -689,7 +671,7 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
         s.name(),
         out_path.display()
     );
-    if still { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if shrunk.still_fails() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 #[allow(clippy::disallowed_methods, reason = "the cli reads the schedule file it was given")]

@@ -46,6 +46,7 @@ pub mod broker_backpressure;
 pub mod broker_durable;
 pub mod broker_replicated;
 pub mod checker;
+pub mod harness;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
@@ -305,6 +306,94 @@ pub fn run_with_schedule(
     trace: Option<TraceSink>,
 ) -> (RunReport, kaelix_sim::FaultSchedule) {
     kaelix_sim::shrink::with_schedule(schedule, || scenario.run(seed, trace))
+}
+
+/// A failing seed's fault schedule, shrunk ([`shrink_seed`]).
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    /// The check the seed fails ([`Verdict::check`]); every candidate kept
+    /// fails this same check.
+    pub check: String,
+    /// The seed's own run.
+    pub first: RunReport,
+    /// The schedule the seed drew.
+    pub drawn: kaelix_sim::FaultSchedule,
+    /// The smallest failing schedule found, candidates run, 1-minimality.
+    pub outcome: kaelix_sim::shrink::ShrinkOutcome,
+    /// The run under the shrunk schedule.
+    pub replay: RunReport,
+}
+
+impl Shrunk {
+    /// Whether the run under the shrunk schedule fails the same check.
+    pub fn still_fails(&self) -> bool {
+        self.replay.verdict.check().as_deref() == Some(self.check.as_str())
+    }
+}
+
+/// Why a seed cannot be shrunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShrinkError {
+    /// The seed passes: nothing to shrink.
+    Passes,
+    /// Giving the drawn schedule back changed the run (trace hashes), so
+    /// the scenario schedules faults in a way the shrinker cannot replace.
+    NotReplaceable {
+        /// The seed's own run.
+        first: u64,
+        /// The run with its drawn schedule given back.
+        again: u64,
+    },
+}
+
+impl std::fmt::Display for ShrinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShrinkError::Passes => write!(f, "the seed passes; there is no failure to shrink"),
+            ShrinkError::NotReplaceable { first, again } => write!(
+                f,
+                "replaying the recorded schedule changed the run (trace hash {first:016x}, then {again:016x}): the scenario schedules its faults in a way the shrinker cannot replace"
+            ),
+        }
+    }
+}
+
+/// Shrinks the fault schedule of a failing `seed` of `scenario` (see
+/// [`kaelix_sim::shrink`]): the seed's run, its drawn schedule checked to
+/// reproduce it, delta debugging over candidates run under the same seed
+/// (each must fail the same check), and the run under the result.
+/// `out_of_time` is asked before each candidate; `progress` hears the
+/// smallest failing schedule's length after each.
+pub fn shrink_seed(
+    scenario: &dyn Scenario,
+    seed: u64,
+    out_of_time: &mut dyn FnMut() -> bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Shrunk, ShrinkError> {
+    let (first, drawn) = run_with_schedule(scenario, seed, None, None);
+    let check = first.verdict.check().ok_or(ShrinkError::Passes)?;
+    // The drawn schedule given back must reproduce the run bit for bit, or
+    // a candidate's result would say nothing about the original.
+    let (again, _) = run_with_schedule(scenario, seed, Some(&drawn), None);
+    if again.trace_hash != first.trace_hash {
+        return Err(ShrinkError::NotReplaceable { first: first.trace_hash, again: again.trace_hash });
+    }
+    let mut smallest = drawn.len();
+    let outcome = kaelix_sim::shrink::shrink(
+        &drawn,
+        &mut |candidate| {
+            let (report, _) = run_with_schedule(scenario, seed, Some(candidate), None);
+            let same = report.verdict.check().as_deref() == Some(check.as_str());
+            if same {
+                smallest = smallest.min(candidate.len());
+            }
+            progress(smallest);
+            same
+        },
+        out_of_time,
+    );
+    let (replay, _) = run_with_schedule(scenario, seed, Some(&outcome.schedule), None);
+    Ok(Shrunk { check, first, drawn, outcome, replay })
 }
 
 /// The command that reproduces a run (a planted-bug variant needs the
