@@ -18,7 +18,7 @@ use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 use crate::registry::{LogCursor, RegistryError, StartPosition, StreamId, StreamInfo, StreamRegistry};
-use crate::replication::{Proposal, ProposalId};
+use crate::replication::{Proposal, ProposalId, ProposalOp};
 use crate::storage::{DurableConfig, MetaRecord, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::planted::{Planted, PlantedBug};
@@ -188,7 +188,9 @@ pub enum BrokerError {
     NoReplication(Topic),
     /// A publish to a replicated topic through a call that cannot wait for
     /// its commit.
-    #[error("topic {0} is replicated: its publishes are acknowledged at commit, through Broker::publish")]
+    #[error(
+        "topic {0} is replicated: its publishes and group commits are acknowledged at commit, through Broker::publish and GroupMember::commit_acknowledged"
+    )]
     ReplicatedNeedsCommit(Topic),
     /// This node does not lead the partition's group: publish to the leader.
     #[error("this node does not lead {topic}/{partition}{}", leader.map(|l| format!(" (the leader is node {l})")).unwrap_or_default())]
@@ -1113,6 +1115,9 @@ impl BrokerCore {
     pub fn commit(&mut self, member: MemberId, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
         let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
         let g = self.groups.get_mut(group).expect("exists");
+        if self.topics.get(g.topic()).is_some_and(|t| matches!(t.config.storage, StorageKind::Replicated(_))) {
+            return Err(BrokerError::ReplicatedNeedsCommit(g.topic().clone()));
+        }
         g.commit(member, generation, partition, next)?;
         let state = &self.topics[g.topic()];
         if state.durable().is_some() {
@@ -1556,8 +1561,70 @@ impl BrokerCore {
             self.delivered_early.insert(message.id());
         }
         self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
-        self.replication_outputs.push_back(Proposal { id, topic, partition, message });
+        self.replication_outputs.push_back(Proposal { id, topic, partition, op: ProposalOp::Publish(message) });
         Ok(id)
+    }
+
+    /// Turns `member`'s commit on a replicated topic's `partition` into a
+    /// [`Proposal`] for the replicator, once it passes the checks of a
+    /// commit (member, generation, assignment, not backwards). The group's
+    /// committed offset changes only when the commit applies
+    /// ([`BrokerCore::handle_replicated_commit`]); the outcome is the
+    /// committed offset then.
+    pub fn propose_commit(
+        &mut self,
+        now: Instant,
+        member: MemberId,
+        generation: u64,
+        partition: u32,
+        next: u64,
+    ) -> Result<ProposalId, BrokerError> {
+        self.observe(now);
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
+        let g = &self.groups[group];
+        let topic = g.topic().clone();
+        assert!(self.is_replicated(&topic), "{topic} is not replicated");
+        g.check_commit(member, generation, partition, next)?;
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
+        let op = ProposalOp::Commit { group: group.to_string(), next };
+        self.replication_outputs.push_back(Proposal { id, topic, partition, op });
+        Ok(id)
+    }
+
+    /// A committed consumer-group commit of replicated `topic`'s
+    /// `partition`: group `group` (created here if this node has not seen
+    /// it) has processed it below `next`. Raises the group's committed
+    /// offset and its read position, never lowers them (see
+    /// [`ConsumerGroup::apply_replicated_commit`]). A group this node
+    /// already has over another topic keeps its own commits: names are per
+    /// node, and the other topic's commits are not this one's.
+    pub fn handle_replicated_commit(&mut self, now: Instant, topic: &Topic, partition: u32, group: &str, next: u64) {
+        self.observe(now);
+        let state = self.topics.get(topic).unwrap_or_else(|| panic!("replicated topic {topic} exists"));
+        assert!(matches!(state.config.storage, StorageKind::Replicated(_)), "{topic} is replicated");
+        let partitions = state.config.partitions;
+        assert!(partition < partitions, "{topic} has no partition {partition}");
+        let g = self.groups.entry(Arc::from(group)).or_insert_with(|| ConsumerGroup::new(topic.clone(), partitions));
+        if g.topic() != topic {
+            return;
+        }
+        if self.config.planted.is_on(PlantedBug::BrokerGroupCommitAllPartitions) {
+            // Planted bug: the commit lands on every partition of the topic.
+            (0..partitions).for_each(|p| g.apply_replicated_commit(p, next));
+        } else {
+            g.apply_replicated_commit(partition, next);
+        }
+        // Members polling the partition may now start further on.
+        for (member, name) in &self.member_groups {
+            if &**name == group {
+                self.woken_members.push(*member);
+            }
+        }
     }
 
     /// The next proposal for the replicator, in order.

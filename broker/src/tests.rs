@@ -435,3 +435,51 @@ fn group_lags_count_from_the_commit_or_the_earliest_offset() {
     assert_eq!(lags, [("lag", 0, Some(3), 5, 2), ("lag", 1, None, 2, 2)]);
     assert!(c.group_lags().iter().all(|l| &*l.group == "workers"));
 }
+
+/// A group commit on a replicated topic: refused by the plain commit,
+/// proposed after the commit checks, applied only when committed, and a
+/// committed commit only ever raises the group's offset and position (also
+/// for a group this node first hears of through the log).
+#[test]
+fn replicated_group_commits_apply_when_committed_and_only_raise() {
+    use crate::replication::ProposalOp;
+    use crate::storage::{ReplicationConfig, StorageKind};
+    let mut c = core();
+    c.enable_replication();
+    let now = Instant::ZERO;
+    let t = Topic::new("r").unwrap();
+    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
+    for offset in 0..4 {
+        c.handle_replicated_append(now, &t, 0, offset, msg("r", offset as u8));
+    }
+    let (member, generation) = c.join_group("workers", &t).unwrap();
+    let (_, read) = c.poll_group(member, 2).unwrap();
+    assert_eq!(read.len(), 2);
+    assert!(matches!(c.commit(member, generation, 0, 2), Err(BrokerError::ReplicatedNeedsCommit(_))));
+    assert!(matches!(c.propose_commit(now, member, generation + 1, 0, 2), Err(BrokerError::Group(_))), "stale");
+
+    let id = c.propose_commit(now, member, generation, 0, 2).unwrap();
+    let proposal = c.poll_replication_output().expect("queued for the replicator");
+    assert_eq!((proposal.id, &proposal.topic, proposal.partition), (id, &t, 0));
+    assert_eq!(proposal.op, ProposalOp::Commit { group: "workers".into(), next: 2 });
+    assert_eq!(c.group_committed("workers", 0), None, "nothing changes before the commit applies");
+    c.handle_replicated_commit(now, &t, 0, "workers", 2);
+    c.handle_proposal_done(id, Ok(2));
+    assert_eq!(c.take_proposal_outcome(id).unwrap().unwrap().offset, 2);
+    assert_eq!(c.group_committed("workers", 0), Some(2));
+
+    // Another node's commit went further: this member skips what it covers.
+    c.handle_replicated_commit(now, &t, 0, "workers", 3);
+    let (_, next) = c.poll_group(member, 10).unwrap();
+    assert_eq!(next.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [3]);
+    // An older commit applied later lowers nothing.
+    c.handle_replicated_commit(now, &t, 0, "workers", 1);
+    assert_eq!(c.group_committed("workers", 0), Some(3));
+    assert_eq!(c.group_committed("workers", 1), None, "the other partition is untouched");
+    // A group known only from the log starts where it committed.
+    c.handle_replicated_commit(now, &t, 0, "audit", 3);
+    let (auditor, _) = c.join_group("audit", &t).unwrap();
+    let (_, got) = c.poll_group(auditor, 10).unwrap();
+    assert_eq!(got.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [3]);
+}

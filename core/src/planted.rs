@@ -88,11 +88,15 @@ pub enum PlantedBug {
     /// live subscribers when proposed (at the offset it is expected to
     /// get), not when it commits.
     BrokerDeliverUncommitted,
+    /// Broker: a consumer-group commit of a replicated topic, when it
+    /// applies, raises the group's committed offset on every partition of
+    /// the topic, not only on its own.
+    BrokerGroupCommitAllPartitions,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -110,6 +114,7 @@ impl PlantedBug {
         PlantedBug::BrokerQueueGroupIgnoresRoom,
         PlantedBug::ServerPongBeforeStored,
         PlantedBug::BrokerDeliverUncommitted,
+        PlantedBug::BrokerGroupCommitAllPartitions,
     ];
 
     /// This bug's bit in a [`Planted`] set.
