@@ -34,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kaelix_scenarios::history::History;
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 use kaelix_scenarios::membership::table::{self, JobResult, TablePlan};
-use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked, run_with_schedule};
+use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
 use kaelix_sim::CoverageTotals;
 use kaelix_sim::trace::TraceEvent;
 
@@ -648,7 +648,8 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
     out!("check       {}", shrunk.check);
     out!("schedule    {} faults drawn", shrunk.drawn.len());
     let outcome = &shrunk.outcome;
-    let file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &shrunk.check, &outcome.schedule);
+    let mut file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &shrunk.check, &outcome.schedule);
+    file.workload = shrunk.workload.as_ref().map(|w| w.keep.clone());
     if let Err(e) = write_text(out_path, &file.to_json()) {
         eprintln!("error: cannot write the schedule to {}: {e}", out_path.display());
         return ExitCode::from(2);
@@ -663,6 +664,16 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
     );
     out!("minimal schedule:");
     print_text(&kaelix_sim::shrink::render(&outcome.schedule));
+    match &shrunk.workload {
+        Some(w) => out!(
+            "workload    {} -> {} operations in {} candidate runs{}",
+            shrunk.drawn_workload.len(),
+            w.keep.len(),
+            w.runs,
+            if w.one_minimal { " (1-minimal)" } else { " (time bound hit)" }
+        ),
+        None => out!("workload    not shrunk ({} draws its workload while it runs: no recorded list)", s.name()),
+    }
     out!("replay fails {}", shrunk.replay.verdict);
     out!("written to  {}", out_path.display());
     let features = if s.planted_bug() { " --features planted-bugs" } else { "" };
@@ -687,10 +698,11 @@ fn write_picture(
     s: &dyn Scenario,
     seed: u64,
     schedule: Option<&kaelix_sim::FaultSchedule>,
+    workload: Option<&kaelix_sim::shrink::WorkloadKeep>,
     (path, max_messages): (&Path, usize),
     expected_hash: u64,
 ) -> Result<(), ExitCode> {
-    let drawn = kaelix_scenarios::picture::draw(s, seed, schedule, max_messages);
+    let drawn = kaelix_scenarios::picture::draw_with(s, seed, schedule, workload, max_messages);
     if let Err(e) = write_text(path, &drawn.html) {
         eprintln!("error: cannot write the picture to {}: {e}", path.display());
         return Err(ExitCode::from(2));
@@ -736,8 +748,9 @@ fn sim_replay_schedule(
         return ExitCode::from(2);
     }
     let schedule = file.schedule().expect("checked when parsed");
-    let (first, _) = run_with_schedule(s, seed, Some(&schedule), trace.then(trace_printer));
-    let (second, _) = run_with_schedule(s, seed, Some(&schedule), None);
+    let workload = file.workload.as_ref();
+    let (first, _) = kaelix_scenarios::run_with(s, seed, Some(&schedule), workload, trace.then(trace_printer));
+    let (second, _) = kaelix_scenarios::run_with(s, seed, Some(&schedule), workload, None);
     out!("scenario    {}", s.name());
     out!("seed        {seed}");
     out!("schedule    {} faults from {}", schedule.len(), path.display());
@@ -752,7 +765,7 @@ fn sim_replay_schedule(
         if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
     );
     if let Some(html) = html
-        && let Err(code) = write_picture(s, seed, Some(&schedule), html, first.trace_hash)
+        && let Err(code) = write_picture(s, seed, Some(&schedule), workload, html, first.trace_hash)
     {
         return code;
     }
@@ -810,7 +823,7 @@ fn sim_replay(
         history_ok = same;
     }
     if let Some(html) = html
-        && let Err(code) = write_picture(s, seed, None, html, first.trace_hash)
+        && let Err(code) = write_picture(s, seed, None, None, html, first.trace_hash)
     {
         return code;
     }

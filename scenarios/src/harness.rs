@@ -9,7 +9,10 @@
 //!   async init function on its [`SimRuntime`] (called again on every
 //!   restart, with only its disk kept);
 //! * **clients** — the workload: `m` client nodes, each running an async
-//!   function that drives the servers and records what it saw;
+//!   function that drives the servers and records what it saw; with
+//!   [`SimScenario::clients_with_workload`] each client's operations are a
+//!   list drawn from the seed before the run, which the shrinker can cut
+//!   (`kaelix_sim::shrink::workload_list`);
 //! * **observations** — a state `S` shared by nodes, clients and checks
 //!   ([`Observed`]), fresh for every run; any of them may record a safety
 //!   violation with [`Observed::fail`];
@@ -189,6 +192,8 @@ type StateCheck<S> = Arc<dyn Fn(&S) -> Result<(), String> + Send + Sync>;
 type Converged<S> = Arc<dyn Fn(&S, Progress) -> bool + Send + Sync>;
 type Diagnose<S> = Arc<dyn Fn(&S, Progress) -> String + Send + Sync>;
 type Workload<S> = Arc<dyn Fn(&S) -> (u64, u64) + Send + Sync>;
+/// Per run and client: the client's body with its drawn operation list.
+type ClientLists<S> = Arc<dyn Fn(u64, u64) -> NodeBody<S> + Send + Sync>;
 
 /// A declared scenario (see the module header); a [`Scenario`] itself.
 pub struct SimScenario<S> {
@@ -198,6 +203,7 @@ pub struct SimScenario<S> {
     server: Option<NodeBody<S>>,
     clients: u64,
     client: Option<NodeBody<S>>,
+    client_lists: Option<ClientLists<S>>,
     tolerance: Tolerance,
     safety: Duration,
     liveness_bound: Duration,
@@ -227,6 +233,7 @@ impl<S: Default + Send + 'static> SimScenario<S> {
             server: None,
             clients: 0,
             client: None,
+            client_lists: None,
             tolerance: Tolerance { max_down: 0, faulty_disks: 0, power_loss: false },
             safety: Duration::from_secs(5),
             liveness_bound: Duration::from_secs(10),
@@ -260,6 +267,31 @@ impl<S: Default + Send + 'static> SimScenario<S> {
     {
         self.clients = n;
         self.client = Some(boxed(workload));
+        self.client_lists = None;
+        self
+    }
+
+    /// `n` clients whose workload is a recorded list: `draw` makes client
+    /// `i`'s operations from a generator derived from the seed and `i`
+    /// (before the run, so the list is the same on every replay), and
+    /// `body` runs them. [`crate::shrink_seed`] removes operations from
+    /// these lists as it does faults from the schedule.
+    pub fn clients_with_workload<Op, D, F, Fut>(mut self, n: u64, draw: D, body: F) -> Self
+    where
+        Op: Send + Sync + 'static,
+        D: Fn(&mut kaelix_core::rng::DetRng, u64) -> Vec<Op> + Send + Sync + 'static,
+        F: Fn(SimRuntime, Ctx<S>, Arc<Vec<Op>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.clients = n;
+        let body = Arc::new(body);
+        self.client = None;
+        self.client_lists = Some(Arc::new(move |seed: u64, index: u64| -> NodeBody<S> {
+            let mut rng = rng::derive(seed, 0x776f_726b_6c6f_6164 ^ index);
+            let ops = Arc::new(kaelix_sim::shrink::workload_list(index, draw(&mut rng, index)));
+            let body = body.clone();
+            Arc::new(move |rt, ctx| Box::pin(body(rt, ctx, ops.clone())))
+        }));
         self
     }
 
@@ -384,9 +416,14 @@ impl<S: Default + Send + 'static> Scenario for SimScenario<S> {
             };
             sim.add_node(id, spec);
         }
-        if let Some(client) = &self.client {
+        if self.client.is_some() || self.client_lists.is_some() {
             for c in 0..self.clients {
-                let (body, observed, servers_list) = (client.clone(), observed.clone(), servers.clone());
+                let client = match (&self.client, &self.client_lists) {
+                    (Some(body), _) => body.clone(),
+                    (None, Some(lists)) => lists(seed, c),
+                    (None, None) => unreachable!("checked"),
+                };
+                let (body, observed, servers_list) = (client, observed.clone(), servers.clone());
                 let init = SimRuntime::init(move |rt| {
                     body(rt, Ctx { observed: observed.clone(), servers: servers_list.clone(), index: c })
                 });

@@ -321,7 +321,13 @@ pub struct Shrunk {
     pub drawn: kaelix_sim::FaultSchedule,
     /// The smallest failing schedule found, candidates run, 1-minimality.
     pub outcome: kaelix_sim::shrink::ShrinkOutcome,
-    /// The run under the shrunk schedule.
+    /// The workload the seed drew, for scenarios with recorded workload
+    /// lists (empty otherwise).
+    pub drawn_workload: kaelix_sim::shrink::WorkloadKeep,
+    /// The smallest failing workload found under the shrunk schedule
+    /// (`None`: the scenario records no workload list).
+    pub workload: Option<kaelix_sim::shrink::WorkloadOutcome>,
+    /// The run under the shrunk schedule (and workload).
     pub replay: RunReport,
 }
 
@@ -393,8 +399,37 @@ pub fn shrink_seed(
         },
         out_of_time,
     );
-    let (replay, _) = run_with_schedule(scenario, seed, Some(&outcome.schedule), None);
-    Ok(Shrunk { check, first, drawn, outcome, replay })
+    // Then the workload, under the shrunk schedule.
+    let (_, drawn_workload) =
+        kaelix_sim::shrink::with_workload(None, || run_with_schedule(scenario, seed, Some(&outcome.schedule), None));
+    let workload = (!drawn_workload.is_empty()).then(|| {
+        kaelix_sim::shrink::shrink_workload(
+            &drawn_workload,
+            &mut |keep| {
+                let (report, _) = run_with(scenario, seed, Some(&outcome.schedule), Some(keep), None);
+                let same = report.verdict.check().as_deref() == Some(check.as_str());
+                progress(outcome.schedule.len());
+                same
+            },
+            out_of_time,
+        )
+    });
+    let (replay, _) = run_with(scenario, seed, Some(&outcome.schedule), workload.as_ref().map(|w| &w.keep), None);
+    Ok(Shrunk { check, first, drawn, outcome, drawn_workload, workload, replay })
+}
+
+/// Runs `seed` of `scenario` with its fault schedule replaced by
+/// `schedule` and its recorded workload lists cut to `workload` (see
+/// [`kaelix_sim::shrink`]); everything else is the seed's. Returns the
+/// report and the schedule the seed drew.
+pub fn run_with(
+    scenario: &dyn Scenario,
+    seed: u64,
+    schedule: Option<&kaelix_sim::FaultSchedule>,
+    workload: Option<&kaelix_sim::shrink::WorkloadKeep>,
+    trace: Option<TraceSink>,
+) -> (RunReport, kaelix_sim::FaultSchedule) {
+    kaelix_sim::shrink::with_workload(workload, || run_with_schedule(scenario, seed, schedule, trace)).0
 }
 
 /// The command that reproduces a run (a planted-bug variant needs the

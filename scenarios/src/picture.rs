@@ -8,6 +8,7 @@
 
 use kaelix_sim::FaultSchedule;
 use kaelix_sim::picture::{PictureRecorder, Span};
+use kaelix_sim::shrink::WorkloadKeep;
 
 use crate::history::History;
 use crate::{RunReport, Scenario};
@@ -30,9 +31,22 @@ pub struct Drawn {
 /// ends just after the failure (or the run's end) with the last
 /// `max_messages` messages before it (`0`: the whole run).
 pub fn draw(scenario: &dyn Scenario, seed: u64, schedule: Option<&FaultSchedule>, max_messages: usize) -> Drawn {
+    draw_with(scenario, seed, schedule, None, max_messages)
+}
+
+/// [`draw`] with the scenario's recorded workload lists cut to `workload`
+/// (a shrunk run: [`crate::Shrunk`]).
+pub fn draw_with(
+    scenario: &dyn Scenario,
+    seed: u64,
+    schedule: Option<&FaultSchedule>,
+    workload: Option<&WorkloadKeep>,
+    max_messages: usize,
+) -> Drawn {
     let recorder = PictureRecorder::new();
-    let ((report, history), _) =
-        kaelix_sim::shrink::with_schedule(schedule, || scenario.run_recording(seed, Some(recorder.sink())));
+    let (((report, history), _), _) = kaelix_sim::shrink::with_workload(workload, || {
+        kaelix_sim::shrink::with_schedule(schedule, || scenario.run_recording(seed, Some(recorder.sink())))
+    });
     if let Some(history) = &history {
         add_history(&recorder, history, &cited_operations(&report.verdict.to_string()));
     }
@@ -42,7 +56,12 @@ pub fn draw(scenario: &dyn Scenario, seed: u64, schedule: Option<&FaultSchedule>
     let title = format!(
         "{} seed {seed}{}: {}",
         scenario.name(),
-        if schedule.is_some() { " (given fault schedule)" } else { "" },
+        match (schedule.is_some(), workload.is_some()) {
+            (false, false) => "",
+            (true, false) => " (given fault schedule)",
+            (false, true) => " (given workload)",
+            (true, true) => " (given fault schedule and workload)",
+        },
         report.verdict.check().unwrap_or_else(|| "pass".into())
     );
     let html = picture.to_html(&title, window.0, window.1);

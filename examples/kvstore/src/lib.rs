@@ -265,6 +265,11 @@ impl<R: Runtime> StoreClient<R> {
     pub fn now(&self) -> kaelix_core::Instant {
         self.rt.now()
     }
+
+    /// Waits `d` on the client's clock.
+    pub async fn sleep(&self, d: Duration) {
+        self.rt.sleep(d).await;
+    }
 }
 
 #[cfg(test)]
