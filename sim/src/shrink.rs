@@ -373,6 +373,17 @@ impl ScheduleFile {
         let file: ScheduleFile =
             serde_json::from_str(text).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))?;
         file.schedule()?;
+        if let Some(workload) = &file.workload {
+            for (list, kept) in &workload.lists {
+                if let Some(i) = kept.windows(2).position(|w| w[1] <= w[0]) {
+                    return Err(format!(
+                        "workload.lists.{list}[{}]: index {} is not above the previous one (kept indices ascend)",
+                        i + 1,
+                        kept[i + 1]
+                    ));
+                }
+            }
+        }
         Ok(file)
     }
 
@@ -529,6 +540,18 @@ pub fn render(schedule: &FaultSchedule) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_file_keeps_its_workload_and_refuses_unordered_indices() {
+        let mut file = ScheduleFile::new("s", 1, "c", &FaultSchedule::default());
+        file.workload = Some(WorkloadKeep { lists: [(2, vec![0, 5])].into_iter().collect() });
+        assert_eq!(ScheduleFile::parse(&file.to_json()), Ok(file));
+        let bad = r#"{"scenario": "s", "seed": 1, "check": "c", "faults": [], "workload": {"lists": {"2": [5, 5]}}}"#;
+        assert_eq!(
+            ScheduleFile::parse(bad),
+            Err("workload.lists.2[1]: index 5 is not above the previous one (kept indices ascend)".into())
+        );
+    }
 
     #[test]
     fn workload_lists_are_recorded_cut_and_shrunk_to_a_one_minimal_set() {
