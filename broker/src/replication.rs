@@ -39,10 +39,12 @@
 //! group commit is acknowledged only once committed, and a group's
 //! committed offset on a replica comes only from committed commits.
 //!
-//! What is not here: a blocking subscriber cannot hold back a commit that
-//! already happened — a full `block` stream on a replicated topic counts
-//! the record as refused instead (log-backed subscriptions never miss a
-//! retained record); and only the partition's leader proposes (a follower
+//! A subscriber cannot hold back a commit that already happened: a live
+//! stream that falls behind on a replicated topic (a full buffer, `block`
+//! included) spills onto the partition log and reads on from there, as on
+//! a durable topic (see `BrokerCore::offer_to`), so it misses nothing.
+//!
+//! What is not here: only the partition's leader proposes (a follower
 //! refuses with the leader's id: forwarding is the cluster's front end).
 
 use crate::message::Message;

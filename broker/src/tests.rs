@@ -483,3 +483,87 @@ fn replicated_group_commits_apply_when_committed_and_only_raise() {
     let (_, got) = c.poll_group(auditor, 10).unwrap();
     assert_eq!(got.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [3]);
 }
+
+/// A live stream that falls behind on a stored topic spills onto the log
+/// instead of dropping: every record arrives once, in offset order per
+/// partition, while a memory topic's messages through the same stream keep
+/// the stream's strategy; a full `block` stream refuses nothing a commit
+/// already decided.
+#[test]
+fn live_streams_behind_on_stored_topics_read_the_log_instead_of_dropping() {
+    use crate::backpressure::Strategy;
+    use crate::storage::{ReplicationConfig, StorageKind};
+    let mut c = core();
+    c.enable_replication();
+    let mut rng = seeded(4);
+    let (now, wall) = (Instant::ZERO, WallTime(1_000));
+    let stored = Topic::new("s.r").unwrap();
+    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+    c.create_topic(stored.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
+    c.create_topic(Topic::new("s.m").unwrap(), TopicConfig::default()).unwrap();
+    let oldest =
+        c.subscribe(now, Pattern::new("s.*").unwrap(), None, Some(Strategy::DropOldest { capacity: 2 })).unwrap();
+    let block = c.subscribe(now, Pattern::new("s.r").unwrap(), None, Some(Strategy::Block { capacity: 1 })).unwrap();
+    let mut next = [0u64; 2];
+    for i in 0..12u8 {
+        let p = u32::from(i % 3 == 0);
+        c.handle_replicated_append(now, &stored, p, next[p as usize], msg("s.r", i));
+        next[p as usize] += 1;
+        if i % 4 == 0 {
+            c.publish(now, wall, &mut rng, msg("s.m", 100 + i)).unwrap();
+        }
+    }
+    let drain = |c: &mut BrokerCore, id| std::iter::from_fn(|| c.poll_stream(now, id).unwrap()).collect::<Vec<_>>();
+    let got = drain(&mut c, oldest);
+    let stored_got = |got: &[Message], p: u32| {
+        got.iter().filter(|m| m.topic() == &stored && m.partition() == Some(p)).map(n).collect::<Vec<_>>()
+    };
+    let want = |p: u32| (0..12u8).filter(|i| u32::from(i % 3 == 0) == p).collect::<Vec<_>>();
+    for p in 0..2 {
+        assert_eq!(stored_got(&got, p), want(p), "partition {p}: every record, in order");
+    }
+    let memory: Vec<u8> = got.iter().filter(|m| m.topic().as_str() == "s.m").map(n).collect();
+    assert_eq!(memory, [104, 108], "the memory topic keeps drop-oldest (capacity 2)");
+    assert_eq!(c.stream_drops(oldest).unwrap().oldest, 1, "only the memory topic's oldest");
+    let got = drain(&mut c, block);
+    for p in 0..2 {
+        assert_eq!(stored_got(&got, p), want(p));
+    }
+    assert_eq!(c.stream_drops(block).unwrap().total(), 0, "block: nothing refused");
+    // Caught up, the spilled stream goes on reading new records from the log.
+    c.handle_replicated_append(now, &stored, 0, next[0], msg("s.r", 50));
+    assert_eq!(drain(&mut c, oldest).iter().map(n).collect::<Vec<_>>(), [50]);
+}
+
+/// On a durable topic a spilled stream reads on from the log, which shows
+/// synced records only: what it had buffered comes back once synced, in
+/// order, with nothing dropped.
+#[test]
+fn spilled_streams_on_durable_topics_read_synced_records() {
+    use crate::backpressure::Strategy;
+    use crate::storage::{DurableConfig, StorageKind, StorageOutput};
+    let mut c = BrokerCore::with_storage(BrokerConfig { auto_create: None, ..BrokerConfig::default() });
+    let mut rng = seeded(5);
+    let (now, wall) = (Instant::ZERO, WallTime(1_000));
+    let t = Topic::new("d").unwrap();
+    let storage = StorageKind::Durable(DurableConfig::default());
+    c.create_topic(t.clone(), TopicConfig { partitions: 1, storage, ..TopicConfig::default() }).unwrap();
+    let s = c.subscribe(now, Pattern::new("d").unwrap(), None, Some(Strategy::DropOldest { capacity: 2 })).unwrap();
+    for i in 0..6 {
+        c.publish(now, wall, &mut rng, msg("d", i)).unwrap();
+    }
+    assert_eq!(c.poll_stream(now, s).unwrap(), None, "spilled: nothing synced to read yet");
+    let id = std::iter::from_fn(|| c.poll_storage_output())
+        .find_map(|o| match o {
+            StorageOutput::Append { id, .. } => Some(id),
+            _ => None,
+        })
+        .expect("appends to write");
+    c.handle_persisted(id, 0, 4);
+    let got: Vec<u8> = std::iter::from_fn(|| c.poll_stream(now, s).unwrap()).map(|m| n(&m)).collect();
+    assert_eq!(got, [0, 1, 2, 3], "up to the synced end, in order");
+    c.handle_persisted(id, 0, 6);
+    let got: Vec<u8> = std::iter::from_fn(|| c.poll_stream(now, s).unwrap()).map(|m| n(&m)).collect();
+    assert_eq!(got, [4, 5]);
+    assert_eq!(c.stream_drops(s).unwrap().total(), 0);
+}

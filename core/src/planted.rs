@@ -92,11 +92,15 @@ pub enum PlantedBug {
     /// applies, raises the group's committed offset on every partition of
     /// the topic, not only on its own.
     BrokerGroupCommitAllPartitions,
+    /// Broker: a live stream that spills onto the log after falling behind
+    /// resumes each partition after the newest record it had buffered, so
+    /// the buffered records it took out are never delivered.
+    BrokerSpillForgetsBuffered,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 18] = [
+    pub const ALL: [PlantedBug; 19] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -115,6 +119,7 @@ impl PlantedBug {
         PlantedBug::ServerPongBeforeStored,
         PlantedBug::BrokerDeliverUncommitted,
         PlantedBug::BrokerGroupCommitAllPartitions,
+        PlantedBug::BrokerSpillForgetsBuffered,
     ];
 
     /// This bug's bit in a [`Planted`] set.
