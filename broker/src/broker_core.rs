@@ -730,6 +730,9 @@ impl BrokerCore {
     /// Queue-group members keep their strategy (a message is one member's).
     fn offer_to(&mut self, targets: &[StreamId], message: &Message, may_wait: bool) -> usize {
         let mut buffered_for = 0;
+        // Only a broker with storage or a replicator has stored topics: a
+        // memory broker never looks.
+        let may_spill = self.has_storage || self.has_replication;
         for &id in targets {
             let entry = self.registry.get_mut(id).expect("routed streams are open");
             if let (Some(cursor), Some(partition)) = (&entry.log, message.partition())
@@ -740,7 +743,7 @@ impl BrokerCore {
                 self.woken_streams.push(id);
                 continue;
             }
-            if entry.queue_group.is_none() && entry.buffer.would_drop(message) {
+            if may_spill && entry.queue_group.is_none() && entry.buffer.would_drop(message) {
                 let forget = self.config.planted.is_on(PlantedBug::BrokerSpillForgetsBuffered);
                 let (took_message, new_cursor) = spill_stored(&self.topics, entry, message, forget);
                 if new_cursor {

@@ -220,7 +220,7 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 11] = [
+    let correct: [&'static dyn Scenario; 12] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
@@ -232,6 +232,7 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &membership::MEMBERSHIP_20_SLOW_NODE,
         &raft::RAFT_PARTITIONS,
         &serve::SERVE,
+        &serve::SERVE_RELOAD,
     ];
     let all = correct.to_vec();
     #[cfg(feature = "planted-bugs")]

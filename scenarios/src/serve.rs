@@ -23,6 +23,16 @@
 //!   subscriber of `orders` from the latest offset (live once subscribed),
 //!   recorded like the NATS ones — so NATS subscribers must see native
 //!   publishes and the native subscriber NATS publishes.
+//! * **Reloads** (`serve-reload` only): during the faults, a reloader on the
+//!   server node reconfigures the running server (`Server::reconfigure`,
+//!   what a file change or SIGHUP does in `kaelix serve`) every 50–400 ms:
+//!   `max_payload` lowered below some messages' size or raised back,
+//!   `max_pending` lowered (slow consumers) or raised, `max_connections`
+//!   lowered to a few or raised. Each applied configuration is "the file":
+//!   a restarted server starts from it. When the faults stop it restores
+//!   the defaults. Clients take the refusals a real client would: `-ERR
+//!   'Maximum Payload Violation'` (the connection closes, its unacknowledged
+//!   burst is not acknowledged), `-ERR 'Slow Consumer'`, connections refused.
 //! * Once the faults stop, publishers finish their quota; the server's last
 //!   incarnation waits for them, lets the subscribers drain, and reads
 //!   `orders` back from offset 0.
@@ -39,6 +49,10 @@
 //! * **Delivery completeness**: a subscriber session that was live before
 //!   a publish was sent and stayed open to the end received it, if it was
 //!   acknowledged — for stored and relayed subjects alike.
+//! * **Limits as announced** (`serve-reload`): a NATS publish larger than the
+//!   `max_payload` its connection's `INFO` announced is never acknowledged,
+//!   stored or delivered, and a connection is never refused a payload
+//!   within the limit it announced.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -50,7 +64,7 @@ use kaelix_client::{AckLevel, Connection, Consumer, Producer, SubscribeOptions a
 use kaelix_core::NodeId;
 use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{self, DetRng, RngExt};
-use kaelix_core::runtime::{ByteNetwork, ByteStream, Clock, NetError, Runtime, timeout};
+use kaelix_core::runtime::{ByteNetwork, ByteStream, Clock, NetError, Priority, Runtime, Spawner, timeout};
 use kaelix_core::time::{Duration, Instant};
 use kaelix_nats::{Connect, ServerOp, ServerOpParser, write_connect, write_ping, write_pong, write_pub, write_sub};
 use kaelix_runtime_sim::SimRuntime;
@@ -67,6 +81,8 @@ pub struct ServeScenario {
     name: &'static str,
     description: &'static str,
     planted: Option<PlantedBug>,
+    /// Whether a reloader reconfigures the server during the faults.
+    reloads: bool,
 }
 
 /// The registered instance.
@@ -74,6 +90,15 @@ pub static SERVE: ServeScenario = ServeScenario {
     name: "serve",
     description: "kaelix serve on a crashing node with NATS and native publishers and subscribers over simulated TCP: acknowledged publishes survive and reach every live subscriber in order",
     planted: None,
+    reloads: false,
+};
+
+/// The serve scenario with the configuration reloaded under load.
+pub static SERVE_RELOAD: ServeScenario = ServeScenario {
+    name: "serve-reload",
+    description: "serve with the server reconfigured while clients publish (payload, pending and connection limits lowered and raised): every serve check holds, and limits are enforced as each connection's INFO announced them",
+    planted: None,
+    reloads: true,
 };
 
 /// Planted: PONG answered before the publishes it covers are synced.
@@ -82,6 +107,7 @@ pub static SERVE_PONG_BEFORE_STORED: ServeScenario = ServeScenario {
     name: "serve-pong-before-stored",
     description: "[planted bug] the NATS front end answers PING before earlier publishes to stored topics are synced",
     planted: Some(PlantedBug::ServerPongBeforeStored),
+    reloads: false,
 };
 
 const SERVER: NodeId = NodeId(1);
@@ -106,6 +132,13 @@ type Identity = (u32, u32);
 struct Observed {
     /// Every publish sent: identity → (subject, true time sent).
     sent: BTreeMap<Identity, (String, Instant)>,
+    /// NATS publishes larger than their connection's announced `max_payload`.
+    oversize: BTreeSet<Identity>,
+    /// The configuration last applied by the reloader ("the file"): a
+    /// restarted server starts from it.
+    config_file: Option<ServerConfig>,
+    /// Reconfigurations applied.
+    reloads: u64,
     /// Publishes a PONG acknowledged.
     acked: BTreeSet<Identity>,
     /// Subscriber sessions: (subscriber, session) → live-from time, open at
@@ -174,14 +207,16 @@ fn decode_payload(payload: &[u8]) -> Option<Identity> {
 struct Client {
     stream: <SimRuntime as ByteNetwork>::ByteStream,
     parser: ServerOpParser,
+    /// The `max_payload` the server's `INFO` announced.
+    max_payload: u64,
 }
 
 impl Client {
     async fn connect(rt: &SimRuntime) -> Result<Client, NetError> {
         let stream = rt.connect_tcp(kaelix_sim::node_addr(SERVER, PORT)).await?;
-        let mut client = Client { stream, parser: ServerOpParser::new() };
+        let mut client = Client { stream, parser: ServerOpParser::new(), max_payload: 0 };
         match client.next_op().await? {
-            ServerOp::Info(_) => {}
+            ServerOp::Info(info) => client.max_payload = info.max_payload,
             other => return Err(NetError::Io(format!("expected INFO, got {other:?}"))),
         }
         let mut buf = BytesMut::new();
@@ -211,7 +246,7 @@ impl Client {
     }
 }
 
-async fn publisher(rt: SimRuntime, index: u32, checker: Checker) {
+async fn publisher(rt: SimRuntime, index: u32, reloads: bool, checker: Checker) {
     let mut rng = rt.rng();
     let mut seq = 0u32;
     while seq < QUOTA {
@@ -230,13 +265,19 @@ async fn publisher(rt: SimRuntime, index: u32, checker: Checker) {
             let burst = rng.random_range(1..8u32).min(QUOTA - seq);
             let mut buf = BytesMut::new();
             let mut ids = Vec::new();
+            let mut oversize = false;
             {
                 let mut o = checker.lock();
                 for _ in 0..burst {
                     seq += 1;
                     let id = (index, seq);
                     let subject = if rng.random_bool(0.7) { "orders".to_owned() } else { format!("live.{index}") };
-                    write_pub(&mut buf, subject.as_bytes(), None, &encode_payload(id, &mut rng));
+                    let payload = encode_payload(id, &mut rng);
+                    if payload.len() as u64 > client.max_payload {
+                        o.oversize.insert(id);
+                        oversize = true;
+                    }
+                    write_pub(&mut buf, subject.as_bytes(), None, &payload);
                     o.sent.insert(id, (subject, true_now(&rt)));
                     ids.push(id);
                 }
@@ -249,6 +290,16 @@ async fn publisher(rt: SimRuntime, index: u32, checker: Checker) {
                 Ok(Ok(ServerOp::Pong)) => {
                     let mut o = checker.lock();
                     o.acked.extend(ids);
+                }
+                // The server closes a connection that sent too large a payload.
+                Ok(Ok(ServerOp::Err(text))) if reloads && text == "Maximum Payload Violation" => {
+                    if !oversize {
+                        return checker.fail(format!(
+                            "publisher {index}: refused a payload within the announced max_payload {}",
+                            client.max_payload
+                        ));
+                    }
+                    break true;
                 }
                 Ok(Ok(other)) => {
                     return checker.fail(format!("publisher {index}: expected PONG, got {other:?}"));
@@ -265,7 +316,7 @@ async fn publisher(rt: SimRuntime, index: u32, checker: Checker) {
     checker.lock().publishers_done += 1;
 }
 
-async fn subscriber(rt: SimRuntime, index: u64, checker: Checker) {
+async fn subscriber(rt: SimRuntime, index: u64, reloads: bool, checker: Checker) {
     let mut rng = rt.rng();
     let mut session = 0u32;
     loop {
@@ -301,6 +352,9 @@ async fn subscriber(rt: SimRuntime, index: u64, checker: Checker) {
                         let mut o = checker.lock();
                         o.sessions.get_mut(&key).expect("registered").deliveries.push((subject, id));
                     }
+                    // A lowered max_pending makes a subscriber slow: the
+                    // server closes its connection (the default policy).
+                    Ok(ServerOp::Err(text)) if reloads && text == "Slow Consumer" => break,
                     Ok(ServerOp::Err(text)) => {
                         return checker.fail(format!("subscriber {index}: the server sent -ERR '{text}'"));
                     }
@@ -384,12 +438,63 @@ async fn native_subscriber(rt: SimRuntime, checker: Checker) {
     }
 }
 
-async fn server_node(rt: SimRuntime, planted: Planted, checker: Checker) {
-    checker.lock().incarnations += 1;
-    let server = match Server::start(rt.clone(), config(planted)).await {
+/// Reconfigures the running server until the faults stop, then restores
+/// `base` (see the module docs).
+async fn reloader(rt: SimRuntime, server: Server<SimRuntime>, base: ServerConfig, checker: Checker) {
+    let mut rng = rt.rng();
+    loop {
+        rt.sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        let done = rt.sim().in_liveness();
+        let mut next = base.clone();
+        if !done {
+            let limits = &mut next.limits;
+            if rng.random_bool(0.5) {
+                // Payloads are 4 to ~25 bytes: some go over.
+                limits.max_payload = rng.random_range(8..32);
+            }
+            // At least max_payload (the validator's rule), so only with a
+            // lowered max_payload.
+            let floor = limits.max_payload.max(64);
+            if rng.random_bool(0.4) && floor < 4096 {
+                limits.max_pending = rng.random_range(floor..4096);
+            }
+            if rng.random_bool(0.3) {
+                limits.max_connections = rng.random_range(1..8);
+            }
+        }
+        let l = &next.limits;
+        let what = format!(
+            "max_payload {} max_pending {} max_connections {}",
+            l.max_payload, l.max_pending, l.max_connections
+        );
+        if let Err(e) = server.reconfigure(&next) {
+            return checker.fail(format!("reconfiguring ({what}) failed: {e}"));
+        }
+        rt.sim().trace_event(Some(SERVER), "config-reload", 0, || what.clone());
+        let mut o = checker.lock();
+        o.config_file = Some(next);
+        o.reloads += 1;
+        drop(o);
+        if done {
+            return;
+        }
+    }
+}
+
+async fn server_node(rt: SimRuntime, planted: Planted, reloads: bool, checker: Checker) {
+    let file = {
+        let mut o = checker.lock();
+        o.incarnations += 1;
+        o.config_file.clone()
+    };
+    let server = match Server::start(rt.clone(), file.unwrap_or_else(|| config(planted))).await {
         Ok(s) => s,
         Err(e) => return checker.fail(format!("the server did not start: {e}")),
     };
+    if reloads {
+        let task = reloader(rt.clone(), server.clone(), config(planted), checker.clone());
+        drop(rt.spawn(Priority::Normal, "reloader", task));
+    }
     // Only a fault-free incarnation can do the final read-back.
     while !rt.sim().in_liveness() || checker.lock().publishers_done < PUBLISHERS + 1 {
         rt.sleep(Duration::from_millis(50)).await;
@@ -434,6 +539,12 @@ fn check(o: &Observed) -> Result<(), String> {
             return Err(format!("orders@{offset}: publisher {} seq {} after seq {prev}", id.0, id.1));
         }
     }
+    if let Some(id) = o.oversize.iter().find(|id| stored.contains(id) || o.acked.contains(id)) {
+        return Err(format!(
+            "publisher {} seq {} was larger than its connection's announced max_payload, yet acknowledged or stored",
+            id.0, id.1
+        ));
+    }
     for id in &o.acked {
         if o.sent[id].0 == "orders" && !stored.contains(id) {
             return Err(format!("publisher {} seq {} was acknowledged (PONG) and is lost", id.0, id.1));
@@ -454,6 +565,11 @@ fn check(o: &Observed) -> Result<(), String> {
             }
             if !seen.insert(*id) {
                 return Err(format!("subscriber {sub} session {session}: {id:?} delivered twice"));
+            }
+            if o.oversize.contains(id) {
+                return Err(format!(
+                    "subscriber {sub} session {session}: {id:?} was delivered, though larger than its publisher's announced max_payload"
+                ));
             }
             if let Some(prev) = last.insert((subject.clone(), id.0), id.1)
                 && prev > id.1
@@ -495,19 +611,20 @@ impl ServeScenario {
         let checker = Checker::default();
         let planted = self.planted();
         let c = checker.clone();
-        let init = SimRuntime::init(move |rt| server_node(rt, planted, c.clone()));
+        let reloads = self.reloads;
+        let init = SimRuntime::init(move |rt| server_node(rt, planted, reloads, c.clone()));
         sim.add_node(SERVER, NodeSpec { kind: NodeKind::Server, name: "server".into(), faulty_disk: false, init });
         for p in 0..PUBLISHERS {
             let c = checker.clone();
             let index = u32::try_from(p).expect("few publishers") + 1;
-            let init = SimRuntime::init(move |rt| publisher(rt, index, c.clone()));
+            let init = SimRuntime::init(move |rt| publisher(rt, index, reloads, c.clone()));
             let spec =
                 NodeSpec { kind: NodeKind::Client, name: format!("publisher-{index}"), faulty_disk: false, init };
             sim.add_node(NodeId(100 + p), spec);
         }
         for s in 0..SUBSCRIBERS {
             let c = checker.clone();
-            let init = SimRuntime::init(move |rt| subscriber(rt, s + 1, c.clone()));
+            let init = SimRuntime::init(move |rt| subscriber(rt, s + 1, reloads, c.clone()));
             let spec =
                 NodeSpec { kind: NodeKind::Client, name: format!("subscriber-{}", s + 1), faulty_disk: false, init };
             sim.add_node(NodeId(200 + s), spec);
@@ -533,6 +650,8 @@ impl ServeScenario {
             ("incarnations", o.incarnations),
             ("subscriber sessions", o.sessions.len() as u64),
             ("deliveries", delivered),
+            ("reconfigurations", o.reloads),
+            ("publishes over the announced max_payload", o.oversize.len() as u64),
         ];
         drop(o);
         (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, acked)), tallies)
