@@ -34,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kaelix_scenarios::history::History;
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 use kaelix_scenarios::membership::table::{self, JobResult, TablePlan};
-use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked, run_with_schedule};
+use kaelix_scenarios::{Scenario, catalog, find, replay_command, run_checked};
 use kaelix_sim::CoverageTotals;
 use kaelix_sim::trace::TraceEvent;
 
@@ -152,6 +152,16 @@ enum SimCommand {
         /// `kaelix sim shrink`); everything else is the seed's.
         #[arg(long, value_name = "FILE", conflicts_with = "history")]
         schedule: Option<PathBuf>,
+        /// Draw the run as a space-time diagram into FILE: one self-contained
+        /// HTML page (lanes per node and client, messages as arrows, faults
+        /// marked, client operations as spans, the failed check at its
+        /// moment; zoom and filters in the page).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// How many messages the page holds: the last N before the failure
+        /// (or the run's end); 0 embeds the whole run.
+        #[arg(long, value_name = "N", default_value_t = kaelix_sim::picture::DEFAULT_MAX_MESSAGES, requires = "html")]
+        html_max_messages: usize,
     },
     /// Shrink a failing seed's fault schedule: remove and shorten faults
     /// (delta debugging), replaying each candidate under the same seed,
@@ -245,11 +255,12 @@ fn main() -> ExitCode {
         Command::Sim(SimCommand::MembershipTable { seeds_5, seeds_20, seeds_100, threads }) => {
             membership_table(TablePlan { sizes: vec![(5, seeds_5), (20, seeds_20), (100, seeds_100)] }, threads)
         }
-        Command::Sim(SimCommand::Replay { scenario, seed, trace, history, schedule }) => {
+        Command::Sim(SimCommand::Replay { scenario, seed, trace, history, schedule, html, html_max_messages }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            let html = html.as_deref().map(|path| (path, html_max_messages));
             match schedule {
-                Some(file) => sim_replay_schedule(s, seed, trace, &file),
-                None => sim_replay(s, seed, trace, history.as_deref()),
+                Some(file) => sim_replay_schedule(s, seed, trace, &file, html),
+                None => sim_replay(s, seed, trace, history.as_deref(), html),
             }
         }
         Command::Sim(SimCommand::Shrink { scenario, seed, out, max_seconds, quiet }) => {
@@ -610,59 +621,42 @@ fn trace_printer() -> kaelix_sim::trace::TraceSink {
 
 fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Duration, quiet: bool) -> ExitCode {
     let started = WallTimer::start();
-    let (first, drawn) = run_with_schedule(s, seed, None, None);
-    let Some(check) = first.verdict.check() else {
-        eprintln!("error: seed {seed} of {} passes; there is no failure to shrink", s.name());
-        return ExitCode::from(2);
-    };
-    // The drawn schedule given back must reproduce the run bit for bit, or
-    // a candidate's result would say nothing about the original.
-    let (again, _) = run_with_schedule(s, seed, Some(&drawn), None);
-    if again.trace_hash != first.trace_hash {
-        eprintln!(
-            "error: replaying the recorded schedule changed the run (trace hash {:016x}, then {:016x}): {} schedules its faults in a way the shrinker cannot replace",
-            first.trace_hash,
-            again.trace_hash,
-            s.name()
-        );
-        return ExitCode::FAILURE;
-    }
-    out!("scenario    {}", s.name());
-    out!("seed        {seed}");
-    out!("fails       {}", first.verdict);
-    out!("check       {check}");
-    out!("schedule    {} faults drawn", drawn.len());
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] shrinking: {pos} candidates run  {msg}")
             .expect("valid template"),
     );
-    let mut smallest = drawn.len();
-    let outcome = kaelix_sim::shrink::shrink(
-        &drawn,
-        &mut |candidate| {
-            let (report, _) = run_with_schedule(s, seed, Some(candidate), None);
-            let same = report.verdict.check().as_deref() == Some(check.as_str());
-            if same {
-                smallest = smallest.min(candidate.len());
-            }
-            bar.inc(1);
-            bar.set_message(format!("smallest failing: {smallest} faults"));
-            same
-        },
-        &mut || started.elapsed() > bound,
-    );
+    let shrunk = kaelix_scenarios::shrink_seed(s, seed, &mut || started.elapsed() > bound, &mut |smallest| {
+        bar.inc(1);
+        bar.set_message(format!("smallest failing: {smallest} faults"));
+    });
     bar.finish_and_clear();
-    let (last, _) = run_with_schedule(s, seed, Some(&outcome.schedule), None);
-    let still = last.verdict.check().as_deref() == Some(check.as_str());
-    let file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &check, &outcome.schedule);
+    let shrunk = match shrunk {
+        Ok(shrunk) => shrunk,
+        Err(kaelix_scenarios::ShrinkError::Passes) => {
+            eprintln!("error: seed {seed} of {} passes; there is no failure to shrink", s.name());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {} seed {seed}: {e}", s.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    out!("scenario    {}", s.name());
+    out!("seed        {seed}");
+    out!("fails       {}", shrunk.first.verdict);
+    out!("check       {}", shrunk.check);
+    out!("schedule    {} faults drawn", shrunk.drawn.len());
+    let outcome = &shrunk.outcome;
+    let mut file = kaelix_sim::shrink::ScheduleFile::new(s.name(), seed, &shrunk.check, &outcome.schedule);
+    file.workload = shrunk.workload.as_ref().map(|w| w.keep.clone());
     if let Err(e) = write_text(out_path, &file.to_json()) {
         eprintln!("error: cannot write the schedule to {}: {e}", out_path.display());
         return ExitCode::from(2);
     }
     out!(
         "shrunk      {} -> {} faults in {} candidate runs, {:.1} s{}",
-        drawn.len(),
+        shrunk.drawn.len(),
         outcome.schedule.len(),
         outcome.runs,
         started.elapsed().as_secs_f64(),
@@ -670,7 +664,17 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
     );
     out!("minimal schedule:");
     print_text(&kaelix_sim::shrink::render(&outcome.schedule));
-    out!("replay fails {}", last.verdict);
+    match &shrunk.workload {
+        Some(w) => out!(
+            "workload    {} -> {} operations in {} candidate runs{}",
+            shrunk.drawn_workload.len(),
+            w.keep.len(),
+            w.runs,
+            if w.one_minimal { " (1-minimal)" } else { " (time bound hit)" }
+        ),
+        None => out!("workload    not shrunk ({} draws its workload while it runs: no recorded list)", s.name()),
+    }
+    out!("replay fails {}", shrunk.replay.verdict);
     out!("written to  {}", out_path.display());
     let features = if s.planted_bug() { " --features planted-bugs" } else { "" };
     out!(
@@ -678,7 +682,7 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
         s.name(),
         out_path.display()
     );
-    if still { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if shrunk.still_fails() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 #[allow(clippy::disallowed_methods, reason = "the cli reads the schedule file it was given")]
@@ -687,7 +691,45 @@ fn read_schedule(path: &Path) -> Result<kaelix_sim::shrink::ScheduleFile, String
     kaelix_sim::shrink::ScheduleFile::parse(&text)
 }
 
-fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) -> ExitCode {
+/// Draws the run into `path` (see `kaelix_scenarios::picture`) and says
+/// what the page holds. The drawn run must be the replayed one: its trace
+/// hash is compared with `expected_hash`.
+fn write_picture(
+    s: &dyn Scenario,
+    seed: u64,
+    schedule: Option<&kaelix_sim::FaultSchedule>,
+    workload: Option<&kaelix_sim::shrink::WorkloadKeep>,
+    (path, max_messages): (&Path, usize),
+    expected_hash: u64,
+) -> Result<(), ExitCode> {
+    let drawn = kaelix_scenarios::picture::draw_with(s, seed, schedule, workload, max_messages);
+    if let Err(e) = write_text(path, &drawn.html) {
+        eprintln!("error: cannot write the picture to {}: {e}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    out!(
+        "picture     {} ({} KiB): {:.3} s to {:.3} s of the run, {} of its {} messages{}",
+        path.display(),
+        drawn.html.len().div_ceil(1024),
+        drawn.window.0 as f64 / 1e9,
+        drawn.window.1 as f64 / 1e9,
+        drawn.messages.1,
+        drawn.messages.0,
+        if drawn.report.trace_hash == expected_hash { "" } else { "  (DIFFERENT run: nondeterminism)" }
+    );
+    if drawn.report.trace_hash != expected_hash {
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
+}
+
+fn sim_replay_schedule(
+    s: &dyn Scenario,
+    seed: u64,
+    trace: bool,
+    path: &Path,
+    html: Option<(&Path, usize)>,
+) -> ExitCode {
     let file = match read_schedule(path) {
         Ok(f) => f,
         Err(e) => {
@@ -706,8 +748,9 @@ fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) ->
         return ExitCode::from(2);
     }
     let schedule = file.schedule().expect("checked when parsed");
-    let (first, _) = run_with_schedule(s, seed, Some(&schedule), trace.then(trace_printer));
-    let (second, _) = run_with_schedule(s, seed, Some(&schedule), None);
+    let workload = file.workload.as_ref();
+    let (first, _) = kaelix_scenarios::run_with(s, seed, Some(&schedule), workload, trace.then(trace_printer));
+    let (second, _) = kaelix_scenarios::run_with(s, seed, Some(&schedule), workload, None);
     out!("scenario    {}", s.name());
     out!("seed        {seed}");
     out!("schedule    {} faults from {}", schedule.len(), path.display());
@@ -721,10 +764,21 @@ fn sim_replay_schedule(s: &dyn Scenario, seed: u64, trace: bool, path: &Path) ->
         second.trace_hash,
         if first.trace_hash == second.trace_hash { "identical" } else { "DIFFERENT: nondeterminism" }
     );
+    if let Some(html) = html
+        && let Err(code) = write_picture(s, seed, Some(&schedule), workload, html, first.trace_hash)
+    {
+        return code;
+    }
     if first.trace_hash != second.trace_hash || !first.verdict.passed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Path>) -> ExitCode {
+fn sim_replay(
+    s: &dyn Scenario,
+    seed: u64,
+    trace: bool,
+    history_file: Option<&Path>,
+    html: Option<(&Path, usize)>,
+) -> ExitCode {
     let sink: Option<kaelix_sim::trace::TraceSink> = trace.then(trace_printer);
     let (first, second, history) = if let Some(path) = history_file {
         let (first, recorded) = s.run_recording(seed, sink);
@@ -767,6 +821,11 @@ fn sim_replay(s: &dyn Scenario, seed: u64, trace: bool, history_file: Option<&Pa
             if same { "identical" } else { "DIFFERENT: nondeterminism" }
         );
         history_ok = same;
+    }
+    if let Some(html) = html
+        && let Err(code) = write_picture(s, seed, None, None, html, first.trace_hash)
+    {
+        return code;
     }
     if first.trace_hash != second.trace_hash || !history_ok || !first.verdict.passed() {
         ExitCode::FAILURE

@@ -160,6 +160,41 @@ fn shrink_refuses_a_passing_seed_and_replay_checks_the_schedule_file() {
     assert!(text(&out.stderr).contains("line 2, column"), "{}", text(&out.stderr));
 }
 
+#[test]
+#[allow(clippy::disallowed_methods, reason = "the test reads the page the binary wrote")]
+fn replay_draws_the_run_into_one_self_contained_page() {
+    let page = std::env::temp_dir().join(format!("kaelix-cli-{}-broadcast.html", std::process::id()));
+    let out = kaelix(&["sim", "replay", "--scenario", "broadcast", "--seed", "3", "--html", page.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("picture     {}", page.display())), "{stdout}");
+    let html = std::fs::read_to_string(&page).expect("the page was written");
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains(r#"<script type="application/json" id="data">{"title":"broadcast seed 3: pass""#));
+    assert!(html.contains(r#""failure":null"#), "a passing run has no failure");
+    assert!(html.contains(r#""lanes":[{"id":"#), "lanes are embedded");
+
+    // Fewer messages asked: a smaller window, said so.
+    let out = kaelix(&[
+        "sim",
+        "replay",
+        "--scenario",
+        "broadcast",
+        "--seed",
+        "3",
+        "--html",
+        page.to_str().unwrap(),
+        "--html-max-messages",
+        "10",
+    ]);
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("picture")).expect("a picture line");
+    let held: usize =
+        line.split(" of its ").next().and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).expect("a count");
+    // The last 10 arrivals, plus the messages in flight across the window.
+    assert!((10..100).contains(&held), "{line}");
+}
+
 /// `kaelix` with no `KAELIX_` variables from the test's environment.
 fn kaelix_clean_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));

@@ -46,9 +46,11 @@ pub mod broker_backpressure;
 pub mod broker_durable;
 pub mod broker_replicated;
 pub mod checker;
+pub mod harness;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
+pub mod picture;
 pub mod raft;
 pub mod serve;
 
@@ -307,6 +309,129 @@ pub fn run_with_schedule(
     trace: Option<TraceSink>,
 ) -> (RunReport, kaelix_sim::FaultSchedule) {
     kaelix_sim::shrink::with_schedule(schedule, || scenario.run(seed, trace))
+}
+
+/// A failing seed's fault schedule, shrunk ([`shrink_seed`]).
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    /// The check the seed fails ([`Verdict::check`]); every candidate kept
+    /// fails this same check.
+    pub check: String,
+    /// The seed's own run.
+    pub first: RunReport,
+    /// The schedule the seed drew.
+    pub drawn: kaelix_sim::FaultSchedule,
+    /// The smallest failing schedule found, candidates run, 1-minimality.
+    pub outcome: kaelix_sim::shrink::ShrinkOutcome,
+    /// The workload the seed drew, for scenarios with recorded workload
+    /// lists (empty otherwise).
+    pub drawn_workload: kaelix_sim::shrink::WorkloadKeep,
+    /// The smallest failing workload found under the shrunk schedule
+    /// (`None`: the scenario records no workload list).
+    pub workload: Option<kaelix_sim::shrink::WorkloadOutcome>,
+    /// The run under the shrunk schedule (and workload).
+    pub replay: RunReport,
+}
+
+impl Shrunk {
+    /// Whether the run under the shrunk schedule fails the same check.
+    pub fn still_fails(&self) -> bool {
+        self.replay.verdict.check().as_deref() == Some(self.check.as_str())
+    }
+}
+
+/// Why a seed cannot be shrunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShrinkError {
+    /// The seed passes: nothing to shrink.
+    Passes,
+    /// Giving the drawn schedule back changed the run (trace hashes), so
+    /// the scenario schedules faults in a way the shrinker cannot replace.
+    NotReplaceable {
+        /// The seed's own run.
+        first: u64,
+        /// The run with its drawn schedule given back.
+        again: u64,
+    },
+}
+
+impl std::fmt::Display for ShrinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShrinkError::Passes => write!(f, "the seed passes; there is no failure to shrink"),
+            ShrinkError::NotReplaceable { first, again } => write!(
+                f,
+                "replaying the recorded schedule changed the run (trace hash {first:016x}, then {again:016x}): the scenario schedules its faults in a way the shrinker cannot replace"
+            ),
+        }
+    }
+}
+
+/// Shrinks the fault schedule of a failing `seed` of `scenario` (see
+/// [`kaelix_sim::shrink`]): the seed's run, its drawn schedule checked to
+/// reproduce it, delta debugging over candidates run under the same seed
+/// (each must fail the same check), and the run under the result.
+/// `out_of_time` is asked before each candidate; `progress` hears the
+/// smallest failing schedule's length after each.
+pub fn shrink_seed(
+    scenario: &dyn Scenario,
+    seed: u64,
+    out_of_time: &mut dyn FnMut() -> bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Shrunk, ShrinkError> {
+    let (first, drawn) = run_with_schedule(scenario, seed, None, None);
+    let check = first.verdict.check().ok_or(ShrinkError::Passes)?;
+    // The drawn schedule given back must reproduce the run bit for bit, or
+    // a candidate's result would say nothing about the original.
+    let (again, _) = run_with_schedule(scenario, seed, Some(&drawn), None);
+    if again.trace_hash != first.trace_hash {
+        return Err(ShrinkError::NotReplaceable { first: first.trace_hash, again: again.trace_hash });
+    }
+    let mut smallest = drawn.len();
+    let outcome = kaelix_sim::shrink::shrink(
+        &drawn,
+        &mut |candidate| {
+            let (report, _) = run_with_schedule(scenario, seed, Some(candidate), None);
+            let same = report.verdict.check().as_deref() == Some(check.as_str());
+            if same {
+                smallest = smallest.min(candidate.len());
+            }
+            progress(smallest);
+            same
+        },
+        out_of_time,
+    );
+    // Then the workload, under the shrunk schedule.
+    let (_, drawn_workload) =
+        kaelix_sim::shrink::with_workload(None, || run_with_schedule(scenario, seed, Some(&outcome.schedule), None));
+    let workload = (!drawn_workload.is_empty()).then(|| {
+        kaelix_sim::shrink::shrink_workload(
+            &drawn_workload,
+            &mut |keep| {
+                let (report, _) = run_with(scenario, seed, Some(&outcome.schedule), Some(keep), None);
+                let same = report.verdict.check().as_deref() == Some(check.as_str());
+                progress(outcome.schedule.len());
+                same
+            },
+            out_of_time,
+        )
+    });
+    let (replay, _) = run_with(scenario, seed, Some(&outcome.schedule), workload.as_ref().map(|w| &w.keep), None);
+    Ok(Shrunk { check, first, drawn, outcome, drawn_workload, workload, replay })
+}
+
+/// Runs `seed` of `scenario` with its fault schedule replaced by
+/// `schedule` and its recorded workload lists cut to `workload` (see
+/// [`kaelix_sim::shrink`]); everything else is the seed's. Returns the
+/// report and the schedule the seed drew.
+pub fn run_with(
+    scenario: &dyn Scenario,
+    seed: u64,
+    schedule: Option<&kaelix_sim::FaultSchedule>,
+    workload: Option<&kaelix_sim::shrink::WorkloadKeep>,
+    trace: Option<TraceSink>,
+) -> (RunReport, kaelix_sim::FaultSchedule) {
+    kaelix_sim::shrink::with_workload(workload, || run_with_schedule(scenario, seed, schedule, trace)).0
 }
 
 /// The command that reproduces a run (a planted-bug variant needs the

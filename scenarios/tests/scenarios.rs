@@ -1,6 +1,9 @@
 //! Scenario-level tests: determinism across many seeds, and the simulator's
 //! power to catch planted bugs.
 
+#[path = "scenarios/picture.rs"]
+mod picture;
+
 use std::collections::BTreeSet;
 
 use kaelix_core::planted::PlantedBug;

@@ -21,6 +21,8 @@
 //! * [`faults`] — fault profiles, swarm testing, the safety / liveness
 //!   phases and fault schedules;
 //! * [`trace`] — the running trace hash and readable trace;
+//! * [`picture`] — the run as a space-time diagram in one HTML page, drawn
+//!   from the trace;
 //! * [`shrink`] — running a scenario under a given fault schedule, and
 //!   shrinking a failing one by delta debugging;
 //! * [`coverage`] — how often each `buggify!` fault point and `sometimes!`
@@ -35,6 +37,7 @@ pub mod disk;
 pub mod dist;
 pub mod faults;
 pub mod net;
+pub mod picture;
 pub mod queue;
 pub mod shrink;
 pub mod table;

@@ -23,8 +23,23 @@
 //! fails), and repeats until nothing changes. The result is **1-minimal**:
 //! removing any one remaining unit makes the failure go away — unless the
 //! time bound cut it short, which the outcome says.
+//!
+//! # Workload operations
+//!
+//! A scenario whose workload is a **recorded list** of operations per
+//! client (drawn from the seed before the run, e.g. by
+//! `kaelix_scenarios::harness::SimScenario::clients_with_workload`) passes
+//! each list through [`workload_list`]. Under [`with_workload`] the lists'
+//! lengths are recorded and, if a [`WorkloadKeep`] is given, each list is
+//! cut to the operations it keeps (by index, order kept); nothing else of
+//! the run changes. [`shrink_workload`] removes operations by ddmin while
+//! the run still fails the same check, down to a 1-minimal set. Operations
+//! are opaque to the simulator, so they are removed, not shortened. The
+//! built-in scenarios draw their workloads while they run and record no
+//! list: their workloads are not shrunk.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use kaelix_core::NodeId;
 use kaelix_core::time::Instant;
@@ -236,6 +251,10 @@ pub struct ScheduleFile {
     pub check: String,
     /// The faults, in time order.
     pub faults: Vec<FaultEntry>,
+    /// The workload operations kept, for scenarios that record workload
+    /// lists (absent: the seed's whole workload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadKeep>,
 }
 
 /// One fault of a [`ScheduleFile`].
@@ -331,6 +350,7 @@ impl ScheduleFile {
                 .iter()
                 .map(|(t, f)| FaultEntry { at_nanos: t.as_nanos(), fault: f.into() })
                 .collect(),
+            workload: None,
         }
     }
 
@@ -353,6 +373,17 @@ impl ScheduleFile {
         let file: ScheduleFile =
             serde_json::from_str(text).map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))?;
         file.schedule()?;
+        if let Some(workload) = &file.workload {
+            for (list, kept) in &workload.lists {
+                if let Some(i) = kept.windows(2).position(|w| w[1] <= w[0]) {
+                    return Err(format!(
+                        "workload.lists.{list}[{}]: index {} is not above the previous one (kept indices ascend)",
+                        i + 1,
+                        kept[i + 1]
+                    ));
+                }
+            }
+        }
         Ok(file)
     }
 
@@ -360,6 +391,145 @@ impl ScheduleFile {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a schedule always serializes")
     }
+}
+
+/// Which operations of each recorded workload list a run keeps: list id →
+/// kept indices, ascending. A list not named keeps everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadKeep {
+    /// Kept indices per list.
+    pub lists: BTreeMap<u64, Vec<usize>>,
+}
+
+impl WorkloadKeep {
+    /// Operations kept over all lists.
+    pub fn len(&self) -> usize {
+        self.lists.values().map(Vec::len).sum()
+    }
+
+    /// Whether no operation is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn pairs(&self) -> Vec<(u64, usize)> {
+        self.lists.iter().flat_map(|(l, ix)| ix.iter().map(move |i| (*l, *i))).collect()
+    }
+
+    fn from_pairs(lists: impl Iterator<Item = u64>, pairs: &[(u64, usize)]) -> WorkloadKeep {
+        let mut out: BTreeMap<u64, Vec<usize>> = lists.map(|l| (l, Vec::new())).collect();
+        for (l, i) in pairs {
+            out.entry(*l).or_default().push(*i);
+        }
+        WorkloadKeep { lists: out }
+    }
+}
+
+#[derive(Default)]
+struct WorkloadCapture {
+    keep: Option<WorkloadKeep>,
+    drawn: BTreeMap<u64, usize>,
+}
+
+thread_local! {
+    static WORKLOAD: RefCell<Option<WorkloadCapture>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, recording the workload lists it draws ([`workload_list`]) and
+/// cutting them to `keep` if given. Returns `f`'s result and the drawn
+/// workload as a keep-everything [`WorkloadKeep`] (empty if none recorded).
+pub fn with_workload<T>(keep: Option<&WorkloadKeep>, f: impl FnOnce() -> T) -> (T, WorkloadKeep) {
+    let capture = WorkloadCapture { keep: keep.cloned(), drawn: BTreeMap::new() };
+    let previous = WORKLOAD.with(|c| c.borrow_mut().replace(capture));
+    struct Restore(Option<Option<WorkloadCapture>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take().expect("restored once");
+            WORKLOAD.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let restore = Restore(Some(previous));
+    let out = f();
+    let captured = WORKLOAD.with(|c| c.borrow_mut().take()).expect("capture in place");
+    drop(restore);
+    let drawn = captured.drawn.into_iter().map(|(l, n)| (l, (0..n).collect())).collect();
+    (out, WorkloadKeep { lists: drawn })
+}
+
+/// A scenario's recorded workload list `list` (see the module docs): the
+/// operations drawn, cut to the kept ones under [`with_workload`].
+pub fn workload_list<T>(list: u64, drawn: Vec<T>) -> Vec<T> {
+    WORKLOAD.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(capture) = c.as_mut() else { return drawn };
+        let previous = capture.drawn.insert(list, drawn.len());
+        assert!(previous.is_none(), "workload list {list} drawn twice in one run");
+        match capture.keep.as_ref().and_then(|k| k.lists.get(&list)) {
+            None => drawn,
+            Some(kept) => {
+                drawn.into_iter().enumerate().filter(|(i, _)| kept.binary_search(i).is_ok()).map(|(_, op)| op).collect()
+            }
+        }
+    })
+}
+
+/// How a workload shrink ended.
+#[derive(Clone, Debug)]
+pub struct WorkloadOutcome {
+    /// The smallest failing set of operations found.
+    pub keep: WorkloadKeep,
+    /// Candidates run.
+    pub runs: u64,
+    /// Whether every single-operation removal was tried and passed.
+    pub one_minimal: bool,
+}
+
+/// Shrinks the operations of `drawn` (which fails) by ddmin to a 1-minimal
+/// failing set: `fails` runs a candidate and says whether it fails the same
+/// check; `out_of_time` is asked before each candidate.
+pub fn shrink_workload(
+    drawn: &WorkloadKeep,
+    fails: &mut dyn FnMut(&WorkloadKeep) -> bool,
+    out_of_time: &mut dyn FnMut() -> bool,
+) -> WorkloadOutcome {
+    let lists: Vec<u64> = drawn.lists.keys().copied().collect();
+    let mut runs = 0u64;
+    let mut timed_out = false;
+    let mut test = |pairs: &[(u64, usize)], runs: &mut u64, timed_out: &mut bool| -> bool {
+        if *timed_out || out_of_time() {
+            *timed_out = true;
+            return false;
+        }
+        *runs += 1;
+        fails(&WorkloadKeep::from_pairs(lists.iter().copied(), pairs))
+    };
+    let mut current = drawn.pairs();
+    let mut n = 2usize;
+    while current.len() >= 2 && !timed_out {
+        let chunk = current.len().div_ceil(n);
+        let mut reduced = false;
+        for start in (0..current.len()).step_by(chunk) {
+            let complement: Vec<(u64, usize)> =
+                current[..start].iter().chain(current[(start + chunk).min(current.len())..].iter()).copied().collect();
+            if test(&complement, &mut runs, &mut timed_out) {
+                current = complement;
+                n = (n - 1).max(2);
+                reduced = true;
+                break;
+            }
+        }
+        if !reduced {
+            if n >= current.len() {
+                break;
+            }
+            n = (2 * n).min(current.len());
+        }
+    }
+    if current.len() == 1 && !timed_out && test(&[], &mut runs, &mut timed_out) {
+        current.clear();
+    }
+    WorkloadOutcome { keep: WorkloadKeep::from_pairs(lists.iter().copied(), &current), runs, one_minimal: !timed_out }
 }
 
 /// The schedule as readable lines: time, then the fault.
@@ -370,6 +540,38 @@ pub fn render(schedule: &FaultSchedule) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_file_keeps_its_workload_and_refuses_unordered_indices() {
+        let mut file = ScheduleFile::new("s", 1, "c", &FaultSchedule::default());
+        file.workload = Some(WorkloadKeep { lists: [(2, vec![0, 5])].into_iter().collect() });
+        assert_eq!(ScheduleFile::parse(&file.to_json()), Ok(file));
+        let bad = r#"{"scenario": "s", "seed": 1, "check": "c", "faults": [], "workload": {"lists": {"2": [5, 5]}}}"#;
+        assert_eq!(
+            ScheduleFile::parse(bad),
+            Err("workload.lists.2[1]: index 5 is not above the previous one (kept indices ascend)".into())
+        );
+    }
+
+    #[test]
+    fn workload_lists_are_recorded_cut_and_shrunk_to_a_one_minimal_set() {
+        let draw = || (workload_list(0, vec!['a', 'b', 'c', 'd']), workload_list(1, vec!['x', 'y']));
+        assert_eq!(draw(), (vec!['a', 'b', 'c', 'd'], vec!['x', 'y']), "outside a capture nothing changes");
+        let (full, drawn) = with_workload(None, draw);
+        assert_eq!(full.0.len(), 4);
+        assert_eq!(drawn.len(), 6);
+        let keep = WorkloadKeep { lists: [(0, vec![1, 3])].into_iter().collect() };
+        let (cut, _) = with_workload(Some(&keep), draw);
+        assert_eq!(cut, (vec!['b', 'd'], vec!['x', 'y']), "a list not named keeps everything");
+        // Fails while both 'c' and 'y' are run.
+        let mut fails = |k: &WorkloadKeep| {
+            let (ops, _) = with_workload(Some(k), draw);
+            ops.0.contains(&'c') && ops.1.contains(&'y')
+        };
+        let outcome = shrink_workload(&drawn, &mut fails, &mut || false);
+        assert!(outcome.one_minimal);
+        assert_eq!(outcome.keep.pairs(), vec![(0, 2), (1, 1)]);
+    }
 
     fn at(ms: u64) -> Instant {
         Instant::from_nanos(ms * 1_000_000)

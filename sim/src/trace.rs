@@ -10,8 +10,46 @@
 //! simulator. Two runs with the same seed and binary must end with the same
 //! [`Trace::hash`]. With a sink attached, the same events are also rendered
 //! readably (`kaelix sim replay --trace`). Payload digests use XXH3.
+//!
+//! Some events also carry structured [`EventInfo`] for the sink (the two
+//! ends of a message, the fault applied, a node's name): the picture of a
+//! run ([`crate::picture`]) is drawn from it. It is never folded into the
+//! hash, and [`Trace::note`] events (a node joining the world) reach only
+//! the sink, so drawing a run cannot change its hash.
 
 use kaelix_core::{Instant, NodeId};
+
+use crate::faults::Fault;
+
+/// Structured facts about a trace event, for sinks that draw rather than
+/// print (never part of the hash).
+#[derive(Clone, Debug, Default)]
+pub enum EventInfo {
+    /// Nothing beyond the readable detail.
+    #[default]
+    None,
+    /// A message between two nodes arrived (`delivered`) or was dropped, at
+    /// the event's time; it was sent at `sent_at`.
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// The receiver.
+        to: NodeId,
+        /// When it was sent (true time).
+        sent_at: Instant,
+        /// Whether it reached the receiver.
+        delivered: bool,
+    },
+    /// A node joined the world.
+    Node {
+        /// Its trace label.
+        name: String,
+        /// Whether it is a client participant (else a server).
+        client: bool,
+    },
+    /// A scheduled fault was applied.
+    Fault(Fault),
+}
 
 /// One readable trace line.
 #[derive(Clone, Debug)]
@@ -24,6 +62,8 @@ pub struct TraceEvent {
     pub kind: &'static str,
     /// Details.
     pub detail: String,
+    /// Structured facts, where the event has them.
+    pub info: EventInfo,
 }
 
 /// Receives readable trace events.
@@ -69,6 +109,20 @@ impl Trace {
         digest: u64,
         detail: impl FnOnce() -> String,
     ) {
+        self.record_with(time, node, kind, digest, detail, EventInfo::default);
+    }
+
+    /// [`Trace::record`] with structured facts for the sink (built only if
+    /// a sink is attached; never hashed).
+    pub fn record_with(
+        &mut self,
+        time: Instant,
+        node: Option<NodeId>,
+        kind: &'static str,
+        digest: u64,
+        detail: impl FnOnce() -> String,
+        info: impl FnOnce() -> EventInfo,
+    ) {
         self.events += 1;
         let node_bits = node.map_or(u64::MAX, |n| n.0);
         let kind_word = self.kind_word_cached(kind);
@@ -78,7 +132,22 @@ impl Trace {
         }
         self.state = h;
         if let Some(sink) = &mut self.sink {
-            sink(&TraceEvent { time, node, kind, detail: detail() });
+            sink(&TraceEvent { time, node, kind, detail: detail(), info: info() });
+        }
+    }
+
+    /// An event for the sink only: neither hashed nor counted, so runs with
+    /// and without a sink stay identical.
+    pub fn note(
+        &mut self,
+        time: Instant,
+        node: Option<NodeId>,
+        kind: &'static str,
+        detail: impl FnOnce() -> String,
+        info: impl FnOnce() -> EventInfo,
+    ) {
+        if let Some(sink) = &mut self.sink {
+            sink(&TraceEvent { time, node, kind, detail: detail(), info: info() });
         }
     }
 

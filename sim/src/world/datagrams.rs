@@ -7,11 +7,11 @@
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use kaelix_core::NodeId;
 use kaelix_core::runtime::MAX_DATAGRAM_BYTES;
+use kaelix_core::{Instant, NodeId};
 
 use crate::net::Route;
-use crate::trace::digest;
+use crate::trace::{EventInfo, digest};
 
 use super::handle::NodeHandle;
 use super::nodes::NodeStatus;
@@ -23,7 +23,7 @@ pub const INBOX_CAPACITY: usize = 65_536;
 
 impl World {
     /// Applies a packet event: delivers the datagram or drops it.
-    pub(super) fn deliver_packet(&mut self, from: NodeId, to: NodeId, payload: Bytes, d: u64) {
+    pub(super) fn deliver_packet(&mut self, from: NodeId, to: NodeId, payload: Bytes, d: u64, sent: Instant) {
         let now = self.now;
         let node = self.nodes.get_mut(&to).expect("packets go to known nodes");
         let blocked = self.net.is_blocked(from, to);
@@ -36,14 +36,28 @@ impl World {
             } else {
                 "inbox full"
             };
-            self.trace.record(now, Some(to), "packet-drop", d, || format!("drop {from}->{to} ({why})"));
+            self.trace.record_with(
+                now,
+                Some(to),
+                "packet-drop",
+                d,
+                || format!("drop {from}->{to} ({why})"),
+                || EventInfo::Message { from, to, sent_at: sent, delivered: false },
+            );
         } else {
             self.stats.packets_delivered += 1;
             node.inbox.push_back((from, payload));
             for w in node.recv_wakers.drain(..) {
                 w.wake();
             }
-            self.trace.record(now, Some(to), "packet-deliver", d, || format!("deliver {from}->{to}"));
+            self.trace.record_with(
+                now,
+                Some(to),
+                "packet-deliver",
+                d,
+                || format!("deliver {from}->{to}"),
+                || EventInfo::Message { from, to, sent_at: sent, delivered: true },
+            );
         }
     }
 }
@@ -62,22 +76,35 @@ impl NodeHandle {
         let d = digest(&payload);
         if payload.len() > MAX_DATAGRAM_BYTES {
             w.stats.packets_dropped += 1;
-            w.trace.record(now, Some(from), "packet-drop", d, || format!("drop {from}->{to} (oversize)"));
+            w.trace.record_with(
+                now,
+                Some(from),
+                "packet-drop",
+                d,
+                || format!("drop {from}->{to} (oversize)"),
+                || EventInfo::Message { from, to, sent_at: now, delivered: false },
+            );
             return;
         }
         match w.net.route(now, from, to) {
             Route::Blocked | Route::Lost => {
                 w.stats.packets_dropped += 1;
-                w.trace
-                    .record(now, Some(from), "packet-drop", d, || format!("drop {from}->{to} (lost or partitioned)"));
+                w.trace.record_with(
+                    now,
+                    Some(from),
+                    "packet-drop",
+                    d,
+                    || format!("drop {from}->{to} (lost or partitioned)"),
+                    || EventInfo::Message { from, to, sent_at: now, delivered: false },
+                );
             }
             Route::Deliver { at, duplicate_at } => {
                 w.trace
                     .record(now, Some(from), "packet-send", d, || format!("send {from}->{to} {} bytes", payload.len()));
                 if let Some(dup) = duplicate_at {
-                    w.events.push(dup, Event::Packet { from, to, payload: payload.clone(), digest: d });
+                    w.events.push(dup, Event::Packet { from, to, payload: payload.clone(), digest: d, sent: now });
                 }
-                w.events.push(at, Event::Packet { from, to, payload, digest: d });
+                w.events.push(at, Event::Packet { from, to, payload, digest: d, sent: now });
             }
         }
     }

@@ -127,6 +127,8 @@ enum Event {
         to: NodeId,
         payload: Bytes,
         digest: u64,
+        /// When it was sent (for the picture of the run; never hashed).
+        sent: Instant,
     },
     OpDone {
         op: OpId,
@@ -136,6 +138,8 @@ enum Event {
         conn: ConnId,
         to: End,
         frame: Option<Bytes>,
+        /// When it was sent (for the picture of the run; never hashed).
+        sent: Instant,
     },
     Connect {
         op: OpId,

@@ -21,7 +21,7 @@ use kaelix_core::{Instant, NodeId, WallTime};
 use crate::clock::NodeClock;
 use crate::disk::{DiskConfig, SimDisk};
 use crate::faults::Fault;
-use crate::trace::digest;
+use crate::trace::{EventInfo, digest};
 
 use super::byte_streams::{EPHEMERAL_FIRST, TcpListener};
 use super::handle::NodeHandle;
@@ -108,6 +108,15 @@ impl Sim {
         let mono_origin = node_rng.random_range(0..1_000_000_000_000u64);
         let disk_config = if is_server { profile.disk } else { w.calm_disk };
         let disk = SimDisk::new(disk_config, spec.faulty_disk && is_server, rng::fork(&mut node_rng));
+        let now = w.now;
+        let name = spec.name.clone();
+        w.trace.note(
+            now,
+            Some(id),
+            "node",
+            || format!("node {id} added: {name} ({})", if is_server { "server" } else { "client" }),
+            || EventInfo::Node { name: spec.name.clone(), client: !is_server },
+        );
         w.nodes.insert(
             id,
             Node {
@@ -256,7 +265,7 @@ impl World {
         }
         self.stats.faults += 1;
         let d = digest(fault.to_string().as_bytes());
-        self.trace.record(now, None, "fault", d, || format!("FAULT {fault}"));
+        self.trace.record_with(now, None, "fault", d, || format!("FAULT {fault}"), || EventInfo::Fault(fault.clone()));
         self.fault_log.push((now, fault.clone()));
         let mut dropped = Vec::new();
         match fault {

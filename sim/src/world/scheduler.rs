@@ -223,9 +223,9 @@ impl World {
                     w.wake();
                 }
             }
-            Event::Packet { from, to, payload, digest: d } => self.deliver_packet(from, to, payload, d),
+            Event::Packet { from, to, payload, digest: d, sent } => self.deliver_packet(from, to, payload, d, sent),
             Event::OpDone { op, sync } => self.complete_op(op, sync),
-            Event::Frame { conn, to, frame } => self.deliver_frame(conn, to, frame),
+            Event::Frame { conn, to, frame, sent } => self.deliver_frame(conn, to, frame, sent),
             Event::Connect { op, conn } => self.finish_connect(op, conn),
             Event::Fault(f) => return self.apply_fault(f),
             Event::Liveness => return self.start_liveness(),

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use kaelix_core::runtime::{MAX_FRAME_BYTES, NetError};
 use kaelix_core::{Instant, NodeId};
 
-use crate::trace::digest;
+use crate::trace::{EventInfo, digest};
 
 use super::byte_streams::TcpEnds;
 use super::disk_ops::OpResult;
@@ -70,7 +70,7 @@ impl World {
         }
     }
 
-    pub(super) fn deliver_frame(&mut self, id: ConnId, to: End, frame: Option<Bytes>) {
+    pub(super) fn deliver_frame(&mut self, id: ConnId, to: End, frame: Option<Bytes>, sent: Instant) {
         let now = self.now;
         let Some(c) = self.conns.get(&id) else { return };
         if c.broken {
@@ -79,14 +79,27 @@ impl World {
         let (src, dst) = (c.nodes[to.other() as usize], c.nodes[to as usize]);
         if self.net.is_blocked(src, dst) {
             self.break_conn(id);
-            self.trace.record(now, Some(dst), "stream-break", id.0, || format!("stream {} broken by partition", id.0));
+            self.trace.record_with(
+                now,
+                Some(dst),
+                "stream-break",
+                id.0,
+                || format!("stream {} broken by partition", id.0),
+                || EventInfo::Message { from: src, to: dst, sent_at: sent, delivered: false },
+            );
             return;
         }
         if frame.is_some() && c.tcp.as_ref().is_some_and(|t| t.closed[to as usize]) {
             // Data for a closed socket: its kernel answers with a reset.
             self.break_conn(id);
-            self.trace
-                .record(now, Some(dst), "stream-break", id.0, || format!("stream {} reset: data after close", id.0));
+            self.trace.record_with(
+                now,
+                Some(dst),
+                "stream-break",
+                id.0,
+                || format!("stream {} reset: data after close", id.0),
+                || EventInfo::Message { from: src, to: dst, sent_at: sent, delivered: false },
+            );
             return;
         }
         let c = self.conns.get_mut(&id).expect("checked");
@@ -98,7 +111,14 @@ impl World {
         if let Some(w) = c.wakers[to as usize].take() {
             w.wake();
         }
-        self.trace.record(now, Some(dst), "stream-frame", d ^ id.0, || format!("stream {} frame {src}->{dst}", id.0));
+        self.trace.record_with(
+            now,
+            Some(dst),
+            "stream-frame",
+            d ^ id.0,
+            || format!("stream {} frame {src}->{dst}", id.0),
+            || EventInfo::Message { from: src, to: dst, sent_at: sent, delivered: true },
+        );
     }
 
     pub(super) fn finish_connect(&mut self, op: OpId, conn: ConnId) {
@@ -206,7 +226,7 @@ impl World {
         let at = (now + delay).max(c.last_arrival[end.other() as usize]);
         c.last_arrival[end.other() as usize] = at;
         for frame in frames {
-            self.events.push(at, Event::Frame { conn, to: end.other(), frame });
+            self.events.push(at, Event::Frame { conn, to: end.other(), frame, sent: now });
         }
     }
 
