@@ -88,11 +88,14 @@ pub enum PlantedBug {
     /// live subscribers when proposed (at the offset it is expected to
     /// get), not when it commits.
     BrokerDeliverUncommitted,
+    /// Plugins: a quarantined processor is passed around (fail-open), so
+    /// messages skip the stage instead of being dead-lettered.
+    PluginQuarantineBypass,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -110,6 +113,7 @@ impl PlantedBug {
         PlantedBug::BrokerQueueGroupIgnoresRoom,
         PlantedBug::ServerPongBeforeStored,
         PlantedBug::BrokerDeliverUncommitted,
+        PlantedBug::PluginQuarantineBypass,
     ];
 
     /// This bug's bit in a [`Planted`] set.
