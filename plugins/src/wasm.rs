@@ -317,7 +317,7 @@ fn with_changes(
 fn wasm_error(e: wasmtime::Error) -> PluginError {
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => PluginError::new("out of fuel"),
-        Some(trap) => PluginError(format!("trap: {trap}")),
+        Some(trap) => PluginError(trap.to_string()),
         None => PluginError(format!("{e:#}")),
     }
 }

@@ -44,6 +44,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod broker_backpressure;
 pub mod broker_durable;
+pub mod broker_plugins;
 pub mod broker_replicated;
 pub mod checker;
 pub mod history;
@@ -218,12 +219,13 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 11] = [
+    let correct: [&'static dyn Scenario; 12] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
         &broker_backpressure::BROKER_BACKPRESSURE,
         &broker_replicated::BROKER_REPLICATED,
+        &broker_plugins::BROKER_PLUGINS,
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
@@ -260,6 +262,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_backpressure::BROKER_BACKPRESSURE_SHED_HIGH,
         &broker_backpressure::BROKER_BACKPRESSURE_QUEUE_IGNORES_ROOM,
         &serve::SERVE_PONG_BEFORE_STORED,
+        &broker_plugins::BROKER_PLUGINS_QUARANTINE_BYPASS,
     ]
 }
 

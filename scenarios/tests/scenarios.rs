@@ -239,6 +239,7 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
         ("broker-durable-group-reads-unsynced", "the group processed", 30),
         ("broker-replicated-ack-before-commit", "was acknowledged at", 10),
         ("broker-replicated-deliver-uncommitted", "live subscriber", 5),
+        ("broker-plugins-quarantine-bypass", "without passing plugin", 20),
     ] {
         let s = find(name).expect("registered");
         assert!(s.planted_bug());
