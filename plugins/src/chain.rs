@@ -150,8 +150,14 @@ impl<C: Clock> Chains<C> {
         };
         let mut current = message;
         for slot in &chain.stages {
+            // A reason is one header line: a plugin's multi-line error
+            // text is folded.
             let dead = |message: Message, reason: String| HookOutcome {
-                dead_letters: vec![HookDeadLetter { message, plugin: slot.name().to_owned(), reason }],
+                dead_letters: vec![HookDeadLetter {
+                    message,
+                    plugin: slot.name().to_owned(),
+                    reason: reason.replace(['\r', '\n'], " "),
+                }],
                 ..HookOutcome::default()
             };
             let stage = self.call(slot, &current);
