@@ -299,6 +299,46 @@ impl SubscriptionBuffer {
         }
     }
 
+    /// Whether offering `message` now would drop something (it, or a
+    /// buffered message) or be refused because the buffer is full: what
+    /// [`SubscriptionBuffer::offer`] would decide, without doing it.
+    pub fn would_drop(&self, message: &Message) -> bool {
+        let full = self.queue.len() >= self.capacity;
+        match self.strategy {
+            Strategy::DropOldest { .. } | Strategy::Block { .. } => full,
+            Strategy::Grow { max, .. } => {
+                full && (self.capacity >= max || self.planted.is_on(PlantedBug::BrokerGrowStuckAtInitial))
+            }
+            Strategy::ShedLowPriority { .. } => {
+                let sheddable = if self.planted.is_on(PlantedBug::BrokerShedHighPriority) {
+                    MessagePriority::of(message) <= MessagePriority::High
+                } else {
+                    MessagePriority::of(message) < MessagePriority::High
+                };
+                full || (sheddable && self.pressure() >= PressureLevel::Elevated)
+            }
+        }
+    }
+
+    /// Whether any buffered message satisfies `pred`.
+    pub fn holds_any(&self, pred: impl Fn(&Message) -> bool) -> bool {
+        self.queue.iter().any(pred)
+    }
+
+    /// Removes and returns the buffered messages satisfying `pred`, in
+    /// order (handed elsewhere, not dropped: nothing is counted).
+    pub fn take_where(&mut self, pred: impl Fn(&Message) -> bool) -> Vec<Message> {
+        let mut taken = Vec::new();
+        self.queue.retain(|m| {
+            let take = pred(m);
+            if take {
+                taken.push(m.clone());
+            }
+            !take
+        });
+        taken
+    }
+
     /// A message that could not wait for room (a dead letter) passed this
     /// full buffer by: counted as refused, under `newest`.
     pub fn count_refused(&mut self) {

@@ -17,8 +17,8 @@ use crate::backpressure::{DropCounts, Offer, Strategy, Thresholds};
 use crate::groups::{ConsumerGroup, GroupError, MemberId};
 use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
-use crate::registry::{LogCursor, RegistryError, StartPosition, StreamId, StreamInfo, StreamRegistry};
-use crate::replication::{Proposal, ProposalId};
+use crate::registry::{LogCursor, RegistryError, StartPosition, StreamEntry, StreamId, StreamInfo, StreamRegistry};
+use crate::replication::{Proposal, ProposalId, ProposalOp};
 use crate::storage::{DurableConfig, MetaRecord, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::planted::{Planted, PlantedBug};
@@ -196,7 +196,9 @@ pub enum BrokerError {
     NoReplication(Topic),
     /// A publish to a replicated topic through a call that cannot wait for
     /// its commit.
-    #[error("topic {0} is replicated: its publishes are acknowledged at commit, through Broker::publish")]
+    #[error(
+        "topic {0} is replicated: its publishes and group commits are acknowledged at commit, through Broker::publish and GroupMember::commit_acknowledged"
+    )]
     ReplicatedNeedsCommit(Topic),
     /// This node does not lead the partition's group: publish to the leader.
     #[error("this node does not lead {topic}/{partition}{}", leader.map(|l| format!(" (the leader is node {l})")).unwrap_or_default())]
@@ -721,11 +723,43 @@ impl BrokerCore {
     }
 
     /// Offers `message` to each stream of `targets`; returns how many
-    /// buffered it. With `may_wait`, no target may be a full blocking
-    /// stream (the caller checked).
+    /// buffered it (or will read it from the log). With `may_wait`, no
+    /// target may be a full blocking stream (the caller checked).
+    ///
+    /// **Spilling.** A plain live stream that falls behind on a stored
+    /// (durable or replicated) topic does not drop: when an offer would drop
+    /// something (or be refused by a full `block` stream that cannot make
+    /// the publisher wait) and the message or anything buffered is a stored
+    /// record, the stream's stored records leave the buffer and the stream
+    /// reads those partitions from the logs from its first undelivered
+    /// offset on ([`LogCursor::spilled`]), as a log-backed stream does: a
+    /// slow consumer costs log reads, not data. Records of memory topics and
+    /// relayed messages still go through the buffer and its strategy.
+    /// Queue-group members keep their strategy (a message is one member's).
     fn offer_to(&mut self, targets: &[StreamId], message: &Message, may_wait: bool) -> usize {
         let mut buffered_for = 0;
         for &id in targets {
+            let entry = self.registry.get_mut(id).expect("routed streams are open");
+            if let (Some(cursor), Some(partition)) = (&entry.log, message.partition())
+                && cursor.covers(message.topic(), partition)
+            {
+                // It reads this partition from the log.
+                buffered_for += 1;
+                self.woken_streams.push(id);
+                continue;
+            }
+            if entry.queue_group.is_none() && entry.buffer.would_drop(message) {
+                let forget = self.config.planted.is_on(PlantedBug::BrokerSpillForgetsBuffered);
+                let (took_message, new_cursor) = spill_stored(&self.topics, entry, message, forget);
+                if new_cursor {
+                    self.log_streams += 1;
+                }
+                if took_message {
+                    buffered_for += 1;
+                    self.woken_streams.push(id);
+                    continue;
+                }
+            }
             let entry = self.registry.get_mut(id).expect("routed streams are open");
             match entry.buffer.offer(message.clone()) {
                 Offer::Accepted | Offer::AcceptedDropping(_) => {
@@ -883,7 +917,14 @@ impl BrokerCore {
             }
         }
         let id = self.registry.open(now, pattern, None, Strategy::default())?;
-        let cursor = LogCursor { start, positions, seen_version: self.topology_version, last: None };
+        let cursor = LogCursor {
+            start,
+            positions,
+            seen_version: self.topology_version,
+            last: None,
+            spilled: false,
+            buffer_turn: false,
+        };
         self.registry.get_mut(id).expect("just opened").log = Some(Box::new(cursor));
         self.log_streams += 1;
         // It may have records to read at once.
@@ -904,7 +945,8 @@ impl BrokerCore {
     fn poll_log_stream(&mut self, id: StreamId) -> Option<Message> {
         let entry = self.registry.get_mut(id).expect("polled streams are open");
         let cursor = entry.log.as_mut().expect("a log-backed stream");
-        if cursor.seen_version != self.topology_version {
+        // A spilled stream reads only the partitions it spilled.
+        if !cursor.spilled && cursor.seen_version != self.topology_version {
             // New topics or partitions: read them from their first record.
             for (topic, state) in self.topics.iter().filter(|(t, _)| entry.pattern.matches(t)) {
                 for p in 0..state.partitions.len() {
@@ -982,11 +1024,28 @@ impl BrokerCore {
         self.observe(now);
         let entry = self.registry.get_mut(id).ok_or(BrokerError::StreamClosed(id))?;
         entry.last_active = now;
-        if entry.log.is_some() {
-            let m = self.poll_log_stream(id);
+        if let Some(cursor) = entry.log.as_mut() {
+            // A spilled stream takes from its buffer and the logs in turn.
+            let buffer_first = cursor.spilled && {
+                cursor.buffer_turn = !cursor.buffer_turn;
+                cursor.buffer_turn
+            };
+            let spilled = cursor.spilled;
+            let was_full = entry.buffer.would_block();
+            let mut m = if buffer_first { entry.buffer.pop() } else { None };
+            if m.is_none() {
+                m = self.poll_log_stream(id);
+            }
+            let entry = self.registry.get_mut(id).expect("open");
+            if m.is_none() && spilled && !buffer_first {
+                m = entry.buffer.pop();
+            }
             if m.is_some() {
-                self.registry.get_mut(id).expect("open").delivered += 1;
+                entry.delivered += 1;
                 self.stats.delivered += 1;
+                if was_full && !entry.buffer.would_block() {
+                    self.woken_streams.push(id);
+                }
             }
             return Ok(m);
         }
@@ -1121,6 +1180,9 @@ impl BrokerCore {
     pub fn commit(&mut self, member: MemberId, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
         let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
         let g = self.groups.get_mut(group).expect("exists");
+        if self.topics.get(g.topic()).is_some_and(|t| matches!(t.config.storage, StorageKind::Replicated(_))) {
+            return Err(BrokerError::ReplicatedNeedsCommit(g.topic().clone()));
+        }
         g.commit(member, generation, partition, next)?;
         let state = &self.topics[g.topic()];
         if state.durable().is_some() {
@@ -1583,8 +1645,70 @@ impl BrokerCore {
             self.delivered_early.insert(message.id());
         }
         self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
-        self.replication_outputs.push_back(Proposal { id, topic, partition, message });
+        self.replication_outputs.push_back(Proposal { id, topic, partition, op: ProposalOp::Publish(message) });
         Ok(id)
+    }
+
+    /// Turns `member`'s commit on a replicated topic's `partition` into a
+    /// [`Proposal`] for the replicator, once it passes the checks of a
+    /// commit (member, generation, assignment, not backwards). The group's
+    /// committed offset changes only when the commit applies
+    /// ([`BrokerCore::handle_replicated_commit`]); the outcome is the
+    /// committed offset then.
+    pub fn propose_commit(
+        &mut self,
+        now: Instant,
+        member: MemberId,
+        generation: u64,
+        partition: u32,
+        next: u64,
+    ) -> Result<ProposalId, BrokerError> {
+        self.observe(now);
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let group = self.member_groups.get(&member).ok_or(GroupError::NotMember(member))?;
+        let g = &self.groups[group];
+        let topic = g.topic().clone();
+        assert!(self.is_replicated(&topic), "{topic} is not replicated");
+        g.check_commit(member, generation, partition, next)?;
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.proposals.insert(id, ProposalState::Pending { topic: topic.clone(), partition });
+        let op = ProposalOp::Commit { group: group.to_string(), next };
+        self.replication_outputs.push_back(Proposal { id, topic, partition, op });
+        Ok(id)
+    }
+
+    /// A committed consumer-group commit of replicated `topic`'s
+    /// `partition`: group `group` (created here if this node has not seen
+    /// it) has processed it below `next`. Raises the group's committed
+    /// offset and its read position, never lowers them (see
+    /// [`ConsumerGroup::apply_replicated_commit`]). A group this node
+    /// already has over another topic keeps its own commits: names are per
+    /// node, and the other topic's commits are not this one's.
+    pub fn handle_replicated_commit(&mut self, now: Instant, topic: &Topic, partition: u32, group: &str, next: u64) {
+        self.observe(now);
+        let state = self.topics.get(topic).unwrap_or_else(|| panic!("replicated topic {topic} exists"));
+        assert!(matches!(state.config.storage, StorageKind::Replicated(_)), "{topic} is replicated");
+        let partitions = state.config.partitions;
+        assert!(partition < partitions, "{topic} has no partition {partition}");
+        let g = self.groups.entry(Arc::from(group)).or_insert_with(|| ConsumerGroup::new(topic.clone(), partitions));
+        if g.topic() != topic {
+            return;
+        }
+        if self.config.planted.is_on(PlantedBug::BrokerGroupCommitAllPartitions) {
+            // Planted bug: the commit lands on every partition of the topic.
+            (0..partitions).for_each(|p| g.apply_replicated_commit(p, next));
+        } else {
+            g.apply_replicated_commit(partition, next);
+        }
+        // Members polling the partition may now start further on.
+        for (member, name) in &self.member_groups {
+            if &**name == group {
+                self.woken_members.push(*member);
+            }
+        }
     }
 
     /// The next proposal for the replicator, in order.
@@ -1641,8 +1765,9 @@ impl BrokerCore {
     /// A committed record of replicated `topic`'s `partition`, applied at
     /// `offset` — which must be the partition's next offset: every replica
     /// applies the same records in the same order. It is stored and
-    /// delivered like a memory topic's publish (a full `block` stream
-    /// counts it as refused: a commit cannot wait for a reader).
+    /// delivered like a memory topic's publish (a commit cannot wait for a
+    /// reader: a stream without room spills onto the log, see
+    /// [`BrokerCore::offer_to`]).
     pub fn handle_replicated_append(
         &mut self,
         now: Instant,
@@ -1680,6 +1805,39 @@ impl BrokerCore {
     pub fn registry(&self) -> &StreamRegistry {
         &self.registry
     }
+}
+
+/// Spills `entry`'s stored records onto the logs (see
+/// [`BrokerCore::offer_to`]): every buffered record of a durable or
+/// replicated topic, and `incoming` if it is one, leaves the buffer; their
+/// partitions are read from the logs from the lowest such offset on.
+/// Returns whether `incoming` was taken that way and whether the stream
+/// got its cursor now. Nothing stored at stake: nothing happens.
+/// `planted_forget`: [`PlantedBug::BrokerSpillForgetsBuffered`].
+fn spill_stored(
+    topics: &BTreeMap<Topic, TopicState>,
+    entry: &mut StreamEntry,
+    incoming: &Message,
+    planted_forget: bool,
+) -> (bool, bool) {
+    let stored = |m: &Message| {
+        m.offset().is_some() && topics.get(m.topic()).is_some_and(|t| !matches!(t.config.storage, StorageKind::Memory))
+    };
+    let incoming_stored = stored(incoming);
+    if !incoming_stored && !entry.buffer.holds_any(stored) {
+        return (false, false);
+    }
+    let new_cursor = entry.log.is_none();
+    let cursor = entry.log.get_or_insert_with(|| Box::new(LogCursor::spilled()));
+    debug_assert!(cursor.spilled, "a log-backed stream is never offered messages");
+    let taken = entry.buffer.take_where(stored);
+    for m in taken.iter().chain(incoming_stored.then_some(incoming)) {
+        let partition = m.partition().expect("stored records have partitions");
+        let offset = m.offset().expect("stored records have offsets");
+        let position = cursor.positions.entry((m.topic().clone(), partition)).or_insert(offset);
+        *position = if planted_forget { (*position).max(offset + 1) } else { (*position).min(offset) };
+    }
+    (incoming_stored, new_cursor)
 }
 
 /// Where a log-backed stream starting at `start` begins on partition `p`.

@@ -148,6 +148,14 @@ impl ConsumerGroup {
 
     /// Commits that the group has processed `partition` below `next`.
     pub fn commit(&mut self, member: MemberId, generation: u64, partition: u32, next: u64) -> Result<(), GroupError> {
+        self.check_commit(member, generation, partition, next)?;
+        self.committed.insert(partition, next);
+        Ok(())
+    }
+
+    /// Whether `member` may commit `next` on `partition` in `generation`
+    /// (what [`ConsumerGroup::commit`] checks before it commits).
+    pub fn check_commit(&self, member: MemberId, generation: u64, partition: u32, next: u64) -> Result<(), GroupError> {
         let assigned = self.assignment(member)?;
         if generation != self.generation {
             return Err(GroupError::StaleGeneration { given: generation, current: self.generation });
@@ -159,8 +167,20 @@ impl ConsumerGroup {
         if next < committed {
             return Err(GroupError::Backwards { partition, offset: next, committed });
         }
-        self.committed.insert(partition, next);
         Ok(())
+    }
+
+    /// A commit of `partition` that came through the partition's replicated
+    /// log (from a member here or on another node): the committed offset
+    /// rises to `next` if it is behind, and so does the owner's read
+    /// position (what the group committed elsewhere is not read again
+    /// here). Never lowers either.
+    pub fn apply_replicated_commit(&mut self, partition: u32, next: u64) {
+        let committed = self.committed.entry(partition).or_insert(next);
+        *committed = (*committed).max(next);
+        let committed = *committed;
+        let position = self.positions.entry(partition).or_insert(committed);
+        *position = (*position).max(committed);
     }
 
     /// Sets the committed offset of `partition` from storage (start-up,

@@ -559,6 +559,16 @@ impl<C: Clock> Broker<C> {
     /// (see [`replication`]). Dropping the future forgets the proposal's
     /// outcome (the record may still commit).
     async fn publish_replicated(&self, message: Message) -> Result<Published, BrokerError> {
+        let id = self.with(|s, now, wall| {
+            let State { core, rng, .. } = &mut *s;
+            core.propose(now, wall, rng, message)
+        })?;
+        self.proposal_outcome(id).await
+    }
+
+    /// Waits for proposal `id`'s outcome. Dropping the future forgets it
+    /// (the proposal may still commit).
+    async fn proposal_outcome(&self, id: ProposalId) -> Result<Published, BrokerError> {
         struct Waiting<'a, C: Clock> {
             broker: &'a Broker<C>,
             id: Option<ProposalId>,
@@ -572,10 +582,6 @@ impl<C: Clock> Broker<C> {
                 }
             }
         }
-        let id = self.with(|s, now, wall| {
-            let State { core, rng, .. } = &mut *s;
-            core.propose(now, wall, rng, message)
-        })?;
         let mut waiting = Waiting { broker: self, id: Some(id) };
         poll_fn(|cx| {
             let mut s = self.lock();
@@ -619,6 +625,12 @@ impl<C: Clock> Broker<C> {
     /// at `offset` (see [`BrokerCore::handle_replicated_append`]).
     pub fn replicated_append(&self, topic: &Topic, partition: u32, offset: u64, message: Message) {
         self.with(|s, now, _| s.core.handle_replicated_append(now, topic, partition, offset, message));
+    }
+
+    /// The replicator applies a committed consumer-group commit of
+    /// `topic`'s `partition` (see [`BrokerCore::handle_replicated_commit`]).
+    pub fn replicated_commit(&self, topic: &Topic, partition: u32, group: &str, next: u64) {
+        self.with(|s, now, _| s.core.handle_replicated_commit(now, topic, partition, group, next));
     }
 
     /// The replicator reports proposal `id`'s outcome (see
@@ -1185,6 +1197,30 @@ impl<C: Clock> GroupMember<C> {
     /// next offset to read), in `generation`.
     pub fn commit_offset(&self, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
         self.broker.with(|s, _, _| s.core.commit(self.member, generation, partition, next))
+    }
+
+    /// Commits like [`GroupMember::commit_offset`], and on a replicated
+    /// topic (where `commit_offset` refuses) proposes the commit to the
+    /// partition's Raft group and returns once it committed (see
+    /// [`replication`]): the group resumes there on any node, after any
+    /// crash. Refusals are the publish's: `NotLeader` (this node does not
+    /// lead the partition; nothing was proposed) and `ReplicationUnknown`
+    /// (leadership moved: the commit may still apply). On memory and
+    /// durable topics it returns at once (a durable topic's commit is
+    /// written with the broker's next metadata sync).
+    pub async fn commit_acknowledged(&self, generation: u64, partition: u32, next: u64) -> Result<(), BrokerError> {
+        let member = self.member;
+        let replicated = self.broker.has_replication
+            && self.broker.with(|s, _, _| {
+                let (group, _, _) = s.core.group_assignment(member)?;
+                let topic = s.core.group_topic(group).expect("a member's group exists").clone();
+                Ok::<bool, BrokerError>(s.core.is_replicated(&topic))
+            })?;
+        if !replicated {
+            return self.commit_offset(generation, partition, next);
+        }
+        let id = self.broker.with(|s, now, _| s.core.propose_commit(now, member, generation, partition, next))?;
+        self.broker.proposal_outcome(id).await.map(|_| ())
     }
 
     /// Commits that everything up to and including `message` is processed.

@@ -54,6 +54,32 @@ pub struct LogCursor {
     /// The partition served last (the next poll looks after it first, so
     /// partitions take turns).
     pub last: Option<(Topic, u32)>,
+    /// A live stream that spilled onto the logs (see
+    /// `BrokerCore::offer_to`): `positions` covers only the stored
+    /// partitions it fell behind on, which it reads from the logs from then
+    /// on; everything else still comes through its buffer.
+    pub spilled: bool,
+    /// A spilled stream's turn: the buffer (true) or the logs go first.
+    pub buffer_turn: bool,
+}
+
+impl LogCursor {
+    /// A spilled stream's cursor (see [`LogCursor::spilled`]), covering nothing yet.
+    pub fn spilled() -> Self {
+        LogCursor {
+            start: StartPosition::Latest,
+            positions: BTreeMap::new(),
+            seen_version: 0,
+            last: None,
+            spilled: true,
+            buffer_turn: false,
+        }
+    }
+
+    /// Whether a spilled stream reads `topic`'s `partition` from the log.
+    pub fn covers(&self, topic: &Topic, partition: u32) -> bool {
+        self.positions.contains_key(&(topic.clone(), partition))
+    }
 }
 
 /// One active stream.
@@ -204,8 +230,10 @@ impl StreamRegistry {
         for &id in matched.iter() {
             let entry = &self.streams[&id];
             match &entry.queue_group {
-                // Log-backed streams read the logs; they are woken, not fed.
-                None if entry.log.is_some() => {}
+                // Log-backed streams read the logs; they are woken, not fed
+                // (a live stream that spilled onto the logs is still fed
+                // what it does not read from them).
+                None if entry.log.as_ref().is_some_and(|c| !c.spilled) => {}
                 None => targets.push(id),
                 Some(g) => groups.entry(g.clone()).or_default().push(id),
             }

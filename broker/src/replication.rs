@@ -25,17 +25,27 @@
 //!    with the leader; leadership was lost before commit: the outcome is
 //!    unknown, the record may still commit).
 //!
+//! Consumer-group commits of a replicated topic take the same road
+//! (`BrokerCore::propose_commit`): checked against the member's generation
+//! and assignment, proposed, and applied on every replica when committed
+//! (`BrokerCore::handle_replicated_commit`, which only ever raises the
+//! group's committed offset), so a group resumes from its last commit on
+//! any node, after any crash. The caller's
+//! [`crate::GroupMember::commit_acknowledged`] returns once it committed.
+//!
 //! Hence the invariants: a replicated partition's log holds committed
 //! records only, in the same order at the same offsets on every replica
-//! (reads and consumer groups see committed offsets only), and a publish is
-//! acknowledged only once committed.
+//! (reads and consumer groups see committed offsets only), a publish or a
+//! group commit is acknowledged only once committed, and a group's
+//! committed offset on a replica comes only from committed commits.
 //!
-//! What is not here yet: consumer-group commits of replicated topics live
-//! in the memory of each node (they are not replicated, so a group resumes
-//! from its last commit only while its node stays up), and a blocking
-//! subscriber cannot hold back a commit that already happened — a full
-//! `block` stream on a replicated topic counts the record as refused
-//! instead; log-backed subscriptions never miss a retained record.
+//! A subscriber cannot hold back a commit that already happened: a live
+//! stream that falls behind on a replicated topic (a full buffer, `block`
+//! included) spills onto the partition log and reads on from there, as on
+//! a durable topic (see `BrokerCore::offer_to`), so it misses nothing.
+//!
+//! What is not here: only the partition's leader proposes (a follower
+//! refuses with the leader's id: forwarding is the cluster's front end).
 
 use crate::message::Message;
 use crate::topic::Topic;
@@ -44,17 +54,33 @@ use crate::topic::Topic;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProposalId(pub u64);
 
-/// A publish to a replicated topic, waiting for the replicator to propose
-/// it to the partition's group.
+/// A publish or a consumer-group commit on a replicated topic, waiting for
+/// the replicator to propose it to the partition's group.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proposal {
     /// Its id; the outcome is reported under it.
     pub id: ProposalId,
     /// The topic.
     pub topic: Topic,
-    /// The partition (chosen by key, explicit, or round robin).
+    /// The partition (a publish's: chosen by key, explicit, or round robin).
     pub partition: u32,
-    /// The message, stamped (id and timestamp); the replica that applies it
-    /// sets its partition and offset.
-    pub message: Message,
+    /// What to replicate.
+    pub op: ProposalOp,
+}
+
+/// What a [`Proposal`] replicates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProposalOp {
+    /// A publish. The message is stamped (id and timestamp); the replica
+    /// that applies it sets its partition and offset. Its outcome is the
+    /// record's offset.
+    Publish(Message),
+    /// Consumer group `group` has processed the partition below `next`. Its
+    /// outcome is the group's committed offset after it.
+    Commit {
+        /// The consumer group.
+        group: String,
+        /// The next offset the group reads.
+        next: u64,
+    },
 }

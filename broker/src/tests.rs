@@ -435,3 +435,102 @@ fn group_lags_count_from_the_commit_or_the_earliest_offset() {
     assert_eq!(lags, [("lag", 0, Some(3), 5, 2), ("lag", 1, None, 2, 2)]);
     assert!(c.group_lags().iter().all(|l| &*l.group == "workers"));
 }
+
+/// A group commit on a replicated topic: refused by the plain commit,
+/// proposed after the commit checks, applied only when committed, and a
+/// committed commit only ever raises the group's offset and position (also
+/// for a group this node first hears of through the log).
+#[test]
+fn replicated_group_commits_apply_when_committed_and_only_raise() {
+    use crate::replication::ProposalOp;
+    use crate::storage::{ReplicationConfig, StorageKind};
+    let mut c = core();
+    c.enable_replication();
+    let now = Instant::ZERO;
+    let t = Topic::new("r").unwrap();
+    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
+    for offset in 0..4 {
+        c.handle_replicated_append(now, &t, 0, offset, msg("r", offset as u8));
+    }
+    let (member, generation) = c.join_group("workers", &t).unwrap();
+    let (_, read) = c.poll_group(member, 2).unwrap();
+    assert_eq!(read.len(), 2);
+    assert!(matches!(c.commit(member, generation, 0, 2), Err(BrokerError::ReplicatedNeedsCommit(_))));
+    assert!(matches!(c.propose_commit(now, member, generation + 1, 0, 2), Err(BrokerError::Group(_))), "stale");
+
+    let id = c.propose_commit(now, member, generation, 0, 2).unwrap();
+    let proposal = c.poll_replication_output().expect("queued for the replicator");
+    assert_eq!((proposal.id, &proposal.topic, proposal.partition), (id, &t, 0));
+    assert_eq!(proposal.op, ProposalOp::Commit { group: "workers".into(), next: 2 });
+    assert_eq!(c.group_committed("workers", 0), None, "nothing changes before the commit applies");
+    c.handle_replicated_commit(now, &t, 0, "workers", 2);
+    c.handle_proposal_done(id, Ok(2));
+    assert_eq!(c.take_proposal_outcome(id).unwrap().unwrap().offset, 2);
+    assert_eq!(c.group_committed("workers", 0), Some(2));
+
+    // Another node's commit went further: this member skips what it covers.
+    c.handle_replicated_commit(now, &t, 0, "workers", 3);
+    let (_, next) = c.poll_group(member, 10).unwrap();
+    assert_eq!(next.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [3]);
+    // An older commit applied later lowers nothing.
+    c.handle_replicated_commit(now, &t, 0, "workers", 1);
+    assert_eq!(c.group_committed("workers", 0), Some(3));
+    assert_eq!(c.group_committed("workers", 1), None, "the other partition is untouched");
+    // A group known only from the log starts where it committed.
+    c.handle_replicated_commit(now, &t, 0, "audit", 3);
+    let (auditor, _) = c.join_group("audit", &t).unwrap();
+    let (_, got) = c.poll_group(auditor, 10).unwrap();
+    assert_eq!(got.iter().map(|m| m.offset().unwrap()).collect::<Vec<_>>(), [3]);
+}
+
+/// A live stream that falls behind on a stored topic spills onto the log
+/// instead of dropping: every record arrives once, in offset order per
+/// partition, while a memory topic's messages through the same stream keep
+/// the stream's strategy; a full `block` stream refuses nothing a commit
+/// already decided.
+#[test]
+fn live_streams_behind_on_stored_topics_read_the_log_instead_of_dropping() {
+    use crate::backpressure::Strategy;
+    use crate::storage::{ReplicationConfig, StorageKind};
+    let mut c = core();
+    c.enable_replication();
+    let mut rng = seeded(4);
+    let (now, wall) = (Instant::ZERO, WallTime(1_000));
+    let stored = Topic::new("s.r").unwrap();
+    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+    c.create_topic(stored.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
+    c.create_topic(Topic::new("s.m").unwrap(), TopicConfig::default()).unwrap();
+    let oldest =
+        c.subscribe(now, Pattern::new("s.*").unwrap(), None, Some(Strategy::DropOldest { capacity: 2 })).unwrap();
+    let block = c.subscribe(now, Pattern::new("s.r").unwrap(), None, Some(Strategy::Block { capacity: 1 })).unwrap();
+    let mut next = [0u64; 2];
+    for i in 0..12u8 {
+        let p = u32::from(i % 3 == 0);
+        c.handle_replicated_append(now, &stored, p, next[p as usize], msg("s.r", i));
+        next[p as usize] += 1;
+        if i % 4 == 0 {
+            c.publish(now, wall, &mut rng, msg("s.m", 100 + i)).unwrap();
+        }
+    }
+    let drain = |c: &mut BrokerCore, id| std::iter::from_fn(|| c.poll_stream(now, id).unwrap()).collect::<Vec<_>>();
+    let got = drain(&mut c, oldest);
+    let stored_got = |got: &[Message], p: u32| {
+        got.iter().filter(|m| m.topic() == &stored && m.partition() == Some(p)).map(n).collect::<Vec<_>>()
+    };
+    let want = |p: u32| (0..12u8).filter(|i| u32::from(i % 3 == 0) == p).collect::<Vec<_>>();
+    for p in 0..2 {
+        assert_eq!(stored_got(&got, p), want(p), "partition {p}: every record, in order");
+    }
+    let memory: Vec<u8> = got.iter().filter(|m| m.topic().as_str() == "s.m").map(n).collect();
+    assert_eq!(memory, [104, 108], "the memory topic keeps drop-oldest (capacity 2)");
+    assert_eq!(c.stream_drops(oldest).unwrap().oldest, 1, "only the memory topic's oldest");
+    let got = drain(&mut c, block);
+    for p in 0..2 {
+        assert_eq!(stored_got(&got, p), want(p));
+    }
+    assert_eq!(c.stream_drops(block).unwrap().total(), 0, "block: nothing refused");
+    // Caught up, the spilled stream goes on reading new records from the log.
+    c.handle_replicated_append(now, &stored, 0, next[0], msg("s.r", 50));
+    assert_eq!(drain(&mut c, oldest).iter().map(n).collect::<Vec<_>>(), [50]);
+}

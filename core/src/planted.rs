@@ -88,6 +88,14 @@ pub enum PlantedBug {
     /// live subscribers when proposed (at the offset it is expected to
     /// get), not when it commits.
     BrokerDeliverUncommitted,
+    /// Broker: a consumer-group commit of a replicated topic, when it
+    /// applies, raises the group's committed offset on every partition of
+    /// the topic, not only on its own.
+    BrokerGroupCommitAllPartitions,
+    /// Broker: a live stream that spills onto the log after falling behind
+    /// resumes each partition after the newest record it had buffered, so
+    /// the buffered records it took out are never delivered.
+    BrokerSpillForgetsBuffered,
     /// Plugins: a quarantined processor is passed around (fail-open), so
     /// messages skip the stage instead of being dead-lettered.
     PluginQuarantineBypass,
@@ -95,7 +103,7 @@ pub enum PlantedBug {
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 18] = [
+    pub const ALL: [PlantedBug; 20] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -113,6 +121,8 @@ impl PlantedBug {
         PlantedBug::BrokerQueueGroupIgnoresRoom,
         PlantedBug::ServerPongBeforeStored,
         PlantedBug::BrokerDeliverUncommitted,
+        PlantedBug::BrokerGroupCommitAllPartitions,
+        PlantedBug::BrokerSpillForgetsBuffered,
         PlantedBug::PluginQuarantineBypass,
     ];
 

@@ -14,7 +14,14 @@
 //!   lead the partition is retried after a pause, as is an unknown outcome
 //!   (leadership moved before the commit: the record may land twice). A
 //!   log-backed subscriber reads `orders.eu` from the earliest offset and a
-//!   live subscriber takes what the node applies.
+//!   live subscriber (a drop-oldest buffer of 4, and slow at times, so it
+//!   falls behind and spills onto the log) takes what the node applies. A member of consumer
+//!   group `workers` (one per incarnation, on the node's own broker) polls
+//!   `orders.eu`, processes each batch (records it, takes a little time)
+//!   and then commits each partition's progress through the partition's
+//!   Raft group (`GroupMember::commit_acknowledged`); a node that does not
+//!   lead the partition is refused, and its group carries on uncommitted
+//!   there until a later commit or another node's commit covers it.
 //! * **Faults** (swarm-drawn per seed): crashes and restarts of a minority,
 //!   wiped disks on a minority of "faulty" nodes, whole-cluster power loss,
 //!   partitions of every kind, loss, duplication, reordering, delay,
@@ -42,15 +49,26 @@
 //! * **Committed reads**: each log-backed subscriber reads every partition
 //!   as a prefix of the final log, offsets consecutive from 0; each live
 //!   subscriber's records are in the final log at the offsets they came
-//!   with, in increasing order. A record taken back after a reader saw it
-//!   (a read of something not committed) breaks both.
-//!
-//! Not checked here yet: consumer-group commits of replicated topics (they
-//! are not replicated; see `kaelix_broker::replication`).
+//!   with, consecutive per partition from the first it got: a live stream
+//!   on a stored topic that falls behind reads on from the log, it never
+//!   skips. A record taken back after a reader saw it (a read of something
+//!   not committed) breaks both.
+//! * **Consumer group, no gap**: whenever a member of `workers` reads a
+//!   partition at an offset beyond the next one it expected (its first
+//!   read of the partition expects offset 0), every offset it skipped was
+//!   already processed by some member of the group, on any node, in any
+//!   incarnation: a group resumes from committed progress only, never
+//!   past what it processed (re-reads are duplicates, counted). What the
+//!   members process is the final log's record at that offset.
+//! * **Group commits are durable and agreed**: once quiet, every server's
+//!   broker holds the same committed offset of `workers` on each
+//!   partition, at least the highest commit any member had acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use kaelix_broker::backpressure::Strategy;
+use kaelix_broker::groups::GroupError;
 use kaelix_broker::message::Message;
 use kaelix_broker::partition::RetentionPolicy;
 use kaelix_broker::storage::{ReplicationConfig, StorageKind};
@@ -85,7 +103,7 @@ pub struct BrokerReplicatedScenario {
 /// The registered instance.
 pub static BROKER_REPLICATED: BrokerReplicatedScenario = BrokerReplicatedScenario {
     name: "broker-replicated",
-    description: "broker over Raft-replicated topics on 3 or 5 nodes, every fault: replicas agree, acknowledged publishes survive, order per publisher, readers see committed records only",
+    description: "broker over Raft-replicated topics on 3 or 5 nodes, every fault: replicas agree, acknowledged publishes survive, order per publisher, readers see committed records only, consumer groups resume without gaps and keep acknowledged commits",
     planted: Planted::NONE,
 };
 
@@ -95,6 +113,22 @@ pub static BROKER_REPLICATED_ACK_BEFORE_COMMIT: BrokerReplicatedScenario = Broke
     name: "broker-replicated-ack-before-commit",
     description: "[planted bug] replicated publishes acknowledged when proposed, before they commit",
     planted: Planted::only(PlantedBug::ReplicatedAckBeforeCommit),
+};
+
+/// Planted: a replicated group commit raises every partition's offset.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_REPLICATED_COMMIT_ALL_PARTITIONS: BrokerReplicatedScenario = BrokerReplicatedScenario {
+    name: "broker-replicated-commit-all-partitions",
+    description: "[planted bug] a replicated consumer-group commit raises the group's offset on every partition of the topic",
+    planted: Planted::only(PlantedBug::BrokerGroupCommitAllPartitions),
+};
+
+/// Planted: a live stream spilling onto the log forgets what it buffered.
+#[cfg(feature = "planted-bugs")]
+pub static BROKER_REPLICATED_SPILL_FORGETS: BrokerReplicatedScenario = BrokerReplicatedScenario {
+    name: "broker-replicated-spill-forgets",
+    description: "[planted bug] a live stream that falls behind spills onto the log after the records it had buffered, losing them",
+    planted: Planted::only(PlantedBug::BrokerSpillForgetsBuffered),
 };
 
 /// Planted: replicated publishes delivered to subscribers when proposed.
@@ -109,6 +143,8 @@ const SAFETY: Duration = Duration::from_secs(5);
 const LIVENESS_BOUND: Duration = Duration::from_secs(25);
 const AUDITOR: NodeId = NodeId(200);
 const ORDERS: &str = "orders.eu";
+/// The consumer group over `orders.eu`.
+const WORKERS: &str = "workers";
 const AUDIT: &str = "audit.log";
 
 /// A partition: (topic, partition).
@@ -149,6 +185,21 @@ struct Observed {
     live_reads: BTreeMap<(NodeId, u64), Reads>,
     /// Every server's broker log once the cluster was quiet.
     final_logs: Option<BTreeMap<NodeId, Logs>>,
+    /// Consumer group `workers`: what its members processed, in order:
+    /// (server, incarnation) → (partition, offset, identity).
+    group_reads: BTreeMap<(NodeId, u64), Reads>,
+    /// Offsets of `orders.eu` some member of `workers` processed, by partition.
+    group_processed: BTreeMap<u32, BTreeSet<u64>>,
+    /// Each member's next expected offset: (server, incarnation, partition) → offset.
+    group_expected: BTreeMap<(NodeId, u64, u32), u64>,
+    /// Offsets processed again (by any member), counted.
+    group_reprocessed: u64,
+    /// Acknowledged group commits: partition → highest next offset.
+    commits_acked: BTreeMap<u32, u64>,
+    /// Group commits refused because the node did not lead the partition.
+    commits_refused: u64,
+    /// Every server's committed offsets of `workers` once quiet: server → partition → next.
+    final_commits: Option<BTreeMap<NodeId, BTreeMap<u32, Option<u64>>>>,
     refusals: u64,
     unknown: u64,
     /// Why the auditor last found the cluster not quiet.
@@ -276,8 +327,77 @@ async fn reader(rt: SimRuntime, mut sub: Subscription<SimRuntime>, key: (NodeId,
             let reads = if live { &mut o.live_reads } else { &mut o.log_reads };
             reads.entry(key).or_default().push((partition, offset, id));
         }
-        if !live {
-            rt.sleep(Duration::from_micros(rng.random_range(0..1500))).await;
+        // Both fall behind at times: the log-backed one reads on, the live
+        // one (a small drop-oldest buffer) spills onto the log.
+        let pause = if live { rng.random_range(0..600) } else { rng.random_range(0..1500) };
+        rt.sleep(Duration::from_micros(pause)).await;
+    }
+}
+
+/// A member of consumer group `workers` on `broker`: polls `orders.eu`,
+/// processes (records) each batch, then commits each partition's progress
+/// through the partition's group; until the faults stop.
+async fn group_worker(rt: SimRuntime, broker: Broker<SimRuntime>, key: (NodeId, u64), checker: Checker) {
+    let mut rng = rt.rng();
+    let mut member = match broker.join_group(WORKERS, ORDERS) {
+        Ok(m) => m,
+        Err(e) => return checker.fail(format!("{}: joining group {WORKERS} failed: {e}", key.0)),
+    };
+    while !rt.sim().in_liveness() {
+        let batch = match member.poll(1 + rng.random_range(0..8)).await {
+            Ok(b) if b.messages.is_empty() => return,
+            Ok(b) => b,
+            Err(e) => return checker.fail(format!("{}: group poll failed: {e}", key.0)),
+        };
+        let mut progress: BTreeMap<u32, u64> = BTreeMap::new();
+        for m in &batch.messages {
+            let (Some(id), Some(partition), Some(offset)) = (identity(m), m.partition(), m.offset()) else {
+                return checker.fail(format!("{}: group {WORKERS} got {m}, not a stored record of a publisher", key.0));
+            };
+            let mut o = checker.lock();
+            let expected = o.group_expected.insert((key.0, key.1, partition), offset + 1).unwrap_or(0);
+            if offset > expected {
+                let processed = o.group_processed.entry(partition).or_default();
+                if let Some(skipped) = (expected..offset).find(|x| !processed.contains(x)) {
+                    let was = match expected {
+                        0 => "as its first read of the partition".to_owned(),
+                        e => format!("after @{}", e - 1),
+                    };
+                    let why = format!(
+                        "{} incarnation {}: group {WORKERS} read {ORDERS}/{partition}@{offset} {was}, but nobody in the group processed @{skipped}",
+                        key.0, key.1
+                    );
+                    drop(o);
+                    return checker.fail(why);
+                }
+            }
+            if !o.group_processed.entry(partition).or_default().insert(offset) {
+                o.group_reprocessed += 1;
+            }
+            o.group_reads.entry(key).or_default().push((partition, offset, id));
+            progress.insert(partition, offset + 1);
+        }
+        // Processing takes a while; the commit comes after it.
+        rt.sleep(Duration::from_micros(rng.random_range(100..3000))).await;
+        for (partition, next) in progress {
+            match member.commit_acknowledged(batch.generation, partition, next).await {
+                Ok(()) => {
+                    let mut o = checker.lock();
+                    let acked = o.commits_acked.entry(partition).or_insert(next);
+                    *acked = (*acked).max(next);
+                }
+                // Not the leader, leadership moved, or another node's
+                // commit went further meanwhile (the group is past it).
+                Err(
+                    BrokerError::NotLeader { .. }
+                    | BrokerError::ReplicationUnknown { .. }
+                    | BrokerError::Group(GroupError::Backwards { .. }),
+                ) => {
+                    checker.lock().commits_refused += 1;
+                }
+                Err(BrokerError::ShutDown) => return,
+                Err(e) => return checker.fail(format!("{}: group commit failed: {e}", key.0)),
+            }
         }
     }
 }
@@ -292,7 +412,8 @@ async fn server(rt: SimRuntime, me: NodeId, config: ReplicatedConfig, factor: u8
     };
     checker.lock().brokers.insert(me, (incarnation, broker.clone()));
     let from_earliest = SubscribeOptions { start: Some(StartPosition::Earliest), ..SubscribeOptions::default() };
-    for (options, live) in [(from_earliest, false), (SubscribeOptions::default(), true)] {
+    let live = SubscribeOptions { strategy: Some(Strategy::DropOldest { capacity: 4 }), ..SubscribeOptions::default() };
+    for (options, live) in [(from_earliest, false), (live, true)] {
         match broker.subscribe(ORDERS, options) {
             Ok(sub) => {
                 let task = reader(rt.clone(), sub, (me, incarnation), live, checker.clone());
@@ -301,6 +422,11 @@ async fn server(rt: SimRuntime, me: NodeId, config: ReplicatedConfig, factor: u8
             Err(e) => return checker.fail(format!("{me}: subscribing failed: {e}")),
         }
     }
+    drop(rt.spawn(
+        Priority::Normal,
+        "group-worker",
+        group_worker(rt.clone(), broker.clone(), (me, incarnation), checker.clone()),
+    ));
     for i in 0..2u32 {
         let id = u32::try_from(me.0 * 1000 + incarnation * 10).expect("small ids") + i;
         drop(rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, checker.clone())));
@@ -348,7 +474,9 @@ async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker) {
             continue;
         }
         let mut logs = BTreeMap::new();
+        let mut commits = BTreeMap::new();
         for (&node, (_, broker)) in &o.brokers {
+            commits.insert(node, (0..2).map(|p| (p, broker.committed(WORKERS, p))).collect());
             let mut parts = BTreeMap::new();
             for (topic, partition) in groups() {
                 let records = match broker.read(&topic, partition, 0, usize::MAX) {
@@ -373,7 +501,10 @@ async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker) {
             logs.insert(node, parts);
         }
         drop(o);
-        checker.lock().final_logs = Some(logs);
+        let mut o = checker.lock();
+        o.final_logs = Some(logs);
+        o.final_commits = Some(commits);
+        drop(o);
         checker.finish();
         return;
     }
@@ -463,14 +594,41 @@ fn check(o: &Observed) -> Result<(), String> {
             }
         }
     }
+    for ((node, incarnation), reads) in &o.group_reads {
+        for &(partition, offset, id) in reads {
+            let stored = orders(partition).and_then(|e| e.get(offset as usize)).map(|&(_, s)| s);
+            if stored != Some(id) {
+                return Err(format!(
+                    "{node} incarnation {incarnation}: group {WORKERS} processed {id:?} at {ORDERS}/{partition}@{offset}, the final log has {stored:?}"
+                ));
+            }
+        }
+    }
+    let commits = o.final_commits.as_ref().ok_or("no final commits")?;
+    let (&first, reference_commits) = commits.iter().next().ok_or("no servers")?;
+    for (&node, theirs) in commits {
+        if theirs != reference_commits {
+            return Err(format!(
+                "servers disagree on group {WORKERS}'s committed offsets: {node} has {theirs:?}, {first} has {reference_commits:?}"
+            ));
+        }
+    }
+    for (&partition, &acked) in &o.commits_acked {
+        let committed = reference_commits.get(&partition).copied().flatten();
+        if committed.is_none_or(|c| c < acked) {
+            return Err(format!(
+                "group {WORKERS} had a commit of {ORDERS}/{partition} at {acked} acknowledged, the servers hold {committed:?}"
+            ));
+        }
+    }
     for ((node, incarnation), reads) in &o.live_reads {
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
         for &(partition, offset, id) in reads {
             if let Some(prev) = last.insert(partition, offset)
-                && prev >= offset
+                && prev + 1 != offset
             {
                 return Err(format!(
-                    "{node} incarnation {incarnation}: the live subscriber got {ORDERS}/{partition}@{offset} after @{prev}"
+                    "{node} incarnation {incarnation}: the live subscriber got {ORDERS}/{partition}@{offset} after @{prev} (a stored topic's live stream neither skips nor repeats)"
                 ));
             }
             let stored = orders(partition).and_then(|e| e.get(offset as usize)).map(|&(_, s)| s);
@@ -546,6 +704,10 @@ impl BrokerReplicatedScenario {
             ("refused (not the leader)", o.refusals),
             ("unknown outcomes", o.unknown),
             ("stored twice or more", stored - unique as u64),
+            ("group: processed", o.group_reads.values().map(|r| r.len() as u64).sum()),
+            ("group: offsets processed again (any node, any incarnation)", o.group_reprocessed),
+            ("group: commits acknowledged (highest, summed)", o.commits_acked.values().sum()),
+            ("group: commits refused", o.commits_refused),
         ];
         let workload = (o.sent.len() as u64, o.acked.len() as u64);
         drop(o);

@@ -256,6 +256,8 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_durable::BROKER_DURABLE_GROUP_READS_UNSYNCED,
         &broker_replicated::BROKER_REPLICATED_ACK_BEFORE_COMMIT,
         &broker_replicated::BROKER_REPLICATED_DELIVER_UNCOMMITTED,
+        &broker_replicated::BROKER_REPLICATED_COMMIT_ALL_PARTITIONS,
+        &broker_replicated::BROKER_REPLICATED_SPILL_FORGETS,
         &broker_backpressure::BROKER_BACKPRESSURE_DROP_NEWEST,
         &broker_backpressure::BROKER_BACKPRESSURE_BLOCK_DROPS,
         &broker_backpressure::BROKER_BACKPRESSURE_GROW_STUCK,

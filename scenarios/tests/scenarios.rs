@@ -239,6 +239,8 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
         ("broker-durable-group-reads-unsynced", "the group processed", 30),
         ("broker-replicated-ack-before-commit", "was acknowledged at", 10),
         ("broker-replicated-deliver-uncommitted", "live subscriber", 5),
+        ("broker-replicated-commit-all-partitions", "nobody in the group processed", 5),
+        ("broker-replicated-spill-forgets", "neither skips nor repeats", 10),
         ("broker-plugins-quarantine-bypass", "without passing plugin", 20),
     ] {
         let s = find(name).expect("registered");

@@ -22,14 +22,19 @@
 //!   a proposal whose leader lost its leadership before the commit is
 //!   refused as unknown (`BrokerError::ReplicationUnknown`: it may still
 //!   commit under the next leader).
+//! * **Group commits.** A consumer-group commit on a replicated topic
+//!   becomes a proposal too; the mirror proposes it as a commit command of
+//!   the same session (the group's name and next offset).
 //! * **Apply.** Every committed record, on every member, is appended to
 //!   the member's broker at the offset the group's state machine gave it,
 //!   and delivered there to subscribers, log-backed streams and consumer
-//!   groups. A snapshot installed (a lagging or restarted member) is
-//!   caught up record by record from the machine.
+//!   groups; every committed group commit raises the group's committed
+//!   offset in the member's broker. A snapshot installed (a lagging or
+//!   restarted member) is caught up record by record from the machine, and
+//!   its groups' commits with it.
 //! * **Acknowledge.** The leader answers the proposal with the record's
-//!   offset once the entry has applied (so after commit): the publish
-//!   returns.
+//!   offset (a commit: the group's committed offset) once the entry has
+//!   applied (so after commit): the publish or commit returns.
 //!
 //! The broker itself keeps no file: the Raft log (write-ahead log and
 //! snapshots of `raft::disk`) is the partition's durable storage, and a
@@ -38,7 +43,7 @@
 use std::collections::BTreeMap;
 
 use kaelix_broker::message::Message;
-use kaelix_broker::replication::{Proposal, ProposalId};
+use kaelix_broker::replication::{Proposal, ProposalId, ProposalOp};
 use kaelix_broker::storage::StorageKind;
 use kaelix_broker::topic::Topic;
 use kaelix_broker::{Broker, BrokerConfig, BrokerError, TopicConfig};
@@ -127,7 +132,7 @@ impl<R: Runtime> Mirror<R> {
         wall: WallTime,
         proposal: Proposal,
     ) {
-        let Proposal { id, topic, partition, message } = proposal;
+        let Proposal { id, topic, partition, op } = proposal;
         let group = *self.group_of.get(&(topic.clone(), partition)).expect("replicated partitions are groups");
         let raft = core.raft(group);
         if raft.role() != Role::Leader {
@@ -136,8 +141,15 @@ impl<R: Runtime> Mirror<R> {
             return;
         }
         self.proposed.insert(id, group);
-        let payload = message.encode_to_bytes();
-        let request = Request::Produce { req: id.0, partition: group, client: self.session, seq: id.0, payload };
+        let (req, client, seq) = (id.0, self.session, id.0);
+        let request = match op {
+            ProposalOp::Publish(message) => {
+                Request::Produce { req, partition: group, client, seq, payload: message.encode_to_bytes() }
+            }
+            ProposalOp::Commit { group: consumer_group, next } => {
+                Request::Commit { req, partition: group, client, seq, group: consumer_group, next }
+            }
+        };
         core.handle_request(now, wall, BROKER_CLIENT, request);
     }
 
@@ -149,6 +161,11 @@ impl<R: Runtime> Mirror<R> {
                 self.apply(group, offset, &record.payload);
                 None
             }
+            Output::GroupCommitted { group, consumer_group, next } => {
+                let (topic, partition) = &self.groups[group as usize];
+                self.broker.replicated_commit(topic, *partition, &consumer_group, next);
+                None
+            }
             Output::Restored { group } => {
                 let (topic, partition) = &self.groups[group as usize];
                 let machine = core.machine(group);
@@ -156,6 +173,9 @@ impl<R: Runtime> Mirror<R> {
                 for offset in from..machine.next_offset() {
                     let record = machine.get(offset).expect("a machine keeps every record");
                     self.apply(group, offset, &record.payload);
+                }
+                for (consumer_group, &next) in machine.commits() {
+                    self.broker.replicated_commit(topic, *partition, consumer_group, next);
                 }
                 None
             }
@@ -175,13 +195,17 @@ impl<R: Runtime> Mirror<R> {
 
     fn answer(&mut self, response: Response) {
         let id = ProposalId(match &response {
-            Response::Produced { req, .. } | Response::NotLeader { req, .. } | Response::Error { req, .. } => *req,
+            Response::Produced { req, .. }
+            | Response::Committed { req, .. }
+            | Response::NotLeader { req, .. }
+            | Response::Error { req, .. } => *req,
             Response::ReadResult { req, .. } => *req,
         });
         let Some(group) = self.proposed.remove(&id) else { return };
         let (topic, partition) = self.groups[group as usize].clone();
         let outcome = match response {
             Response::Produced { offset, .. } => Ok(offset),
+            Response::Committed { next, .. } => Ok(next),
             Response::NotLeader { leader, .. } => Err(BrokerError::ReplicationUnknown {
                 topic,
                 partition,

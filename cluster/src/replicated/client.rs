@@ -88,6 +88,36 @@ impl<R: Runtime> PartitionClient<R> {
         }
     }
 
+    /// Commits consumer group `group`'s progress on `partition` (`next`: the
+    /// next offset it reads), once; the group's committed offset after it
+    /// (never lower than `next`).
+    pub async fn commit(
+        &mut self,
+        partition: u32,
+        group: &str,
+        next: u64,
+        deadline: Duration,
+    ) -> Result<u64, ClientError> {
+        self.seq += 1;
+        let seq = self.seq;
+        let session = self.session;
+        let group = group.to_owned();
+        let response = self
+            .call(partition, deadline, move |req| Request::Commit {
+                req,
+                partition,
+                client: session,
+                seq,
+                group: group.clone(),
+                next,
+            })
+            .await?;
+        match response {
+            Response::Committed { next, .. } => Ok(next),
+            other => Err(ClientError::Refused(format!("unexpected answer to a commit: {other:?}"))),
+        }
+    }
+
     /// The record at `offset` of `partition` (`None`: nothing there yet),
     /// linearizably.
     pub async fn read(
@@ -190,6 +220,7 @@ impl<R: Runtime> PartitionClient<R> {
 fn response_req(r: &Response) -> u64 {
     match r {
         Response::Produced { req, .. }
+        | Response::Committed { req, .. }
         | Response::ReadResult { req, .. }
         | Response::NotLeader { req, .. }
         | Response::Error { req, .. } => *req,

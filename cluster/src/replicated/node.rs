@@ -482,7 +482,7 @@ impl Io {
                 Output::Persist { group, write } => drop(self.writes[group as usize].unbounded_send(write)),
                 Output::Reply { client, response } => self.reply(client, response),
                 // Nothing mirrors the partitions here.
-                Output::Applied { .. } | Output::Restored { .. } => {}
+                Output::Applied { .. } | Output::GroupCommitted { .. } | Output::Restored { .. } => {}
             }
         }
     }

@@ -9,6 +9,8 @@
 //! ReadResult (4): found:u8 payload[rest]      (found 0: nothing there yet; rest empty)
 //! NotLeader  (5): known:u8 leader:u64
 //! Error      (6): reason[rest] (UTF-8)
+//! Commit     (7): partition:u32 client:u64 seq:u64 next:u64 group[rest] (UTF-8, 1..=255 bytes)
+//! Committed  (8): next:u64                     (the group's committed offset now)
 //! ```
 //!
 //! Integers are little-endian; `req` is the client's request id, echoed.
@@ -40,6 +42,22 @@ pub enum Request {
         /// The record.
         payload: Bytes,
     },
+    /// Raise consumer group `group`'s committed offset on `partition` to
+    /// `next`, as operation `seq` of session `client`.
+    Commit {
+        /// Request id.
+        req: u64,
+        /// Partition.
+        partition: u32,
+        /// Session id.
+        client: u64,
+        /// Operation number within the session.
+        seq: u64,
+        /// The consumer group.
+        group: String,
+        /// The next offset the group reads.
+        next: u64,
+    },
     /// Read the record at `offset` of `partition`.
     Read {
         /// Request id.
@@ -67,6 +85,14 @@ pub enum Response {
         req: u64,
         /// The record's bytes.
         payload: Option<Bytes>,
+    },
+    /// The commit applied: the group's committed offset is `next` (the
+    /// commit's, or a newer one it already had).
+    Committed {
+        /// Request id.
+        req: u64,
+        /// The committed offset.
+        next: u64,
     },
     /// This node does not lead the partition; try `leader`.
     NotLeader {
@@ -125,7 +151,16 @@ impl Request {
     /// The request id.
     pub fn req(&self) -> u64 {
         match self {
-            Request::Produce { req, .. } | Request::Read { req, .. } => *req,
+            Request::Produce { req, .. } | Request::Commit { req, .. } | Request::Read { req, .. } => *req,
+        }
+    }
+
+    /// The partition the request is for.
+    pub fn partition(&self) -> u32 {
+        match self {
+            Request::Produce { partition, .. }
+            | Request::Commit { partition, .. }
+            | Request::Read { partition, .. } => *partition,
         }
     }
 
@@ -138,6 +173,15 @@ impl Request {
                 b.put_u64_le(*client);
                 b.put_u64_le(*seq);
                 b.put_slice(payload);
+                b.freeze()
+            }
+            Request::Commit { req, partition, client, seq, group, next } => {
+                let mut b = header(7, *req, 28 + group.len());
+                b.put_u32_le(*partition);
+                b.put_u64_le(*client);
+                b.put_u64_le(*seq);
+                b.put_u64_le(*next);
+                b.put_slice(group.as_bytes());
                 b.freeze()
             }
             Request::Read { req, partition, offset } => {
@@ -166,6 +210,17 @@ impl Request {
                 r.finish("frame")?;
                 Ok(Request::Read { req, partition, offset })
             }
+            7 => {
+                let partition = r.u32("commit partition")?;
+                let client = r.u64("commit client")?;
+                let seq = r.u64("commit seq")?;
+                let next = r.u64("commit next")?;
+                let group = r.str(r.remaining(), "commit group")?.to_owned();
+                if group.is_empty() || group.len() > super::MAX_GROUP_NAME {
+                    return Err(ProtocolError::Invalid("a consumer group name is 1 to 255 bytes"));
+                }
+                Ok(Request::Commit { req, partition, client, seq, group, next })
+            }
             k => Err(ProtocolError::UnknownKind(k)),
         }
     }
@@ -186,6 +241,11 @@ impl Response {
                 if let Some(p) = payload {
                     b.put_slice(p);
                 }
+                b.freeze()
+            }
+            Response::Committed { req, next } => {
+                let mut b = header(8, *req, 8);
+                b.put_u64_le(*next);
                 b.freeze()
             }
             Response::NotLeader { req, leader } => {
@@ -238,6 +298,11 @@ impl Response {
                 let reason = r.str(r.remaining(), "error reason")?.to_owned();
                 Ok(Response::Error { req, reason })
             }
+            8 => {
+                let next = r.u64("committed next")?;
+                r.finish("frame")?;
+                Ok(Response::Committed { req, next })
+            }
             k => Err(ProtocolError::UnknownKind(k)),
         }
     }
@@ -258,6 +323,16 @@ mod tests {
                     seq,
                     payload: p.into()
                 }),
+            (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>(), "[a-z.]{1,20}", any::<u64>()).prop_map(
+                |(req, partition, client, seq, group, next)| Request::Commit {
+                    req,
+                    partition,
+                    client,
+                    seq,
+                    group,
+                    next
+                }
+            ),
             (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(req, partition, offset)| Request::Read {
                 req,
                 partition,
@@ -269,6 +344,7 @@ mod tests {
     fn responses() -> impl Strategy<Value = Response> {
         prop_oneof![
             (any::<u64>(), any::<u64>()).prop_map(|(req, offset)| Response::Produced { req, offset }),
+            (any::<u64>(), any::<u64>()).prop_map(|(req, next)| Response::Committed { req, next }),
             (any::<u64>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)))
                 .prop_map(|(req, p)| Response::ReadResult { req, payload: p.map(Bytes::from) }),
             (any::<u64>(), proptest::option::of(any::<u64>()))
@@ -324,6 +400,12 @@ mod tests {
         let e = Response::decode(Bytes::from_static(&[1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9]))
             .unwrap_err();
         assert_eq!(e.to_string(), "1 trailing bytes after the frame");
+        let mut empty_group = vec![1, 7, 0, 0, 0, 0, 0, 0, 0, 0];
+        empty_group.extend([0; 28]);
+        assert_eq!(
+            Request::decode(Bytes::from(empty_group)),
+            Err(ProtocolError::Invalid("a consumer group name is 1 to 255 bytes"))
+        );
         let e = Response::decode(Bytes::from_static(&[1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0xff])).unwrap_err();
         assert!(matches!(e, ProtocolError::Codec(CodecError::Invalid { field: "error reason", .. })), "{e}");
     }

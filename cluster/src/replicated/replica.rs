@@ -10,7 +10,8 @@
 //! until [`ReplicaCore::poll_timeout`] or the next input. Time only moves
 //! forward; every input asserts it.
 //!
-//! * [`ReplicaCore::handle_request`]: a client's produce or read;
+//! * [`ReplicaCore::handle_request`]: a client's produce, consumer-group
+//!   commit or read;
 //! * [`ReplicaCore::handle_message`]: a peer's Raft message for one group;
 //! * [`ReplicaCore::handle_write_complete`]: a batch of one group's writes
 //!   is durable (its log writer performs them in order);
@@ -23,11 +24,12 @@
 //!
 //! # The waiting tables
 //!
-//! * A **produce** on the leader is proposed and waits, keyed by its
-//!   entry's index, until that entry applies: it is answered with the
-//!   offset the state machine gave it (a retry of an applied `(client,
-//!   seq)` gets the offset it already has). Anywhere else it is answered
-//!   `NotLeader` with the member's leader hint.
+//! * A **produce** (or a consumer-group **commit**) on the leader is
+//!   proposed and waits, keyed by its entry's index, until that entry
+//!   applies: it is answered with the offset the state machine gave it (a
+//!   commit: the group's committed offset after it; a retry of an applied
+//!   `(client, seq)` gets the answer it already has). Anywhere else it is
+//!   answered `NotLeader` with the member's leader hint.
 //! * A **read** goes through ReadIndex: it waits for its round (keyed by a
 //!   context number), then, confirmed at a read index, until the machine
 //!   has applied that index; then it is answered from the machine.
@@ -58,7 +60,7 @@ use kaelix_core::time::Instant;
 
 use super::node::{NoObserver, ReplicaObserver, ReplicatedConfig};
 use super::protocol::{Request, Response};
-use super::{PartitionMachine, Produce, Record};
+use super::{Command, Commit, Effect, PartitionMachine, Produce, Record};
 use crate::raft::{self, EntryPayload, Output as RaftOutput, ProposeError, Raft, Recovered, Role, Write};
 
 /// Names a client connection (the driver's choice; answers go back to it).
@@ -105,9 +107,21 @@ pub enum Output {
         /// The record.
         record: Record,
     },
-    /// `group`'s machine was replaced by a snapshot (its records are
-    /// [`ReplicaCore::machine`]'s when this output is taken): a mirror
-    /// catches up from the machine; `Applied` follows for later records.
+    /// A consumer-group commit of `group` was committed and applied: the
+    /// consumer group's committed offset on the partition is now `next`.
+    /// Every replica emits these, in log order, like `Applied`.
+    GroupCommitted {
+        /// The group (partition).
+        group: u32,
+        /// The consumer group.
+        consumer_group: String,
+        /// Its committed offset (next to read).
+        next: u64,
+    },
+    /// `group`'s machine was replaced by a snapshot (its records and
+    /// consumer-group commits are [`ReplicaCore::machine`]'s when this
+    /// output is taken): a mirror catches up from the machine; `Applied`
+    /// and `GroupCommitted` follow for later entries.
     Restored {
         /// The group (partition).
         group: u32,
@@ -315,9 +329,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     pub fn handle_request(&mut self, now: Instant, wall: WallTime, client: ClientRef, request: Request) {
         self.advance(now);
         let req = request.req();
-        let partition = match &request {
-            Request::Produce { partition, .. } | Request::Read { partition, .. } => *partition,
-        };
+        let partition = request.partition();
         let Some(group) = self.groups.get_mut(partition as usize) else {
             let reason =
                 format!("partition {partition} does not exist: there are {} partitions", self.config.partitions);
@@ -326,7 +338,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         };
         match request {
             Request::Produce { client: session, seq, payload, .. } => {
-                let command = Produce { client: session, seq, timestamp: wall, payload };
+                let command = Command::Produce(Produce { client: session, seq, timestamp: wall, payload });
                 match group.raft.propose(now, command.encode()) {
                     Ok((index, term)) => {
                         if self.config.planted.is_on(PlantedBug::ReplicatedAckBeforeCommit) {
@@ -345,6 +357,13 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                             group.produces.entry(index).or_default().push(Waiting { client, req, term });
                         }
                     }
+                    Err(e) => self.refuse(client, req, e),
+                }
+            }
+            Request::Commit { client: session, seq, group: consumer_group, next, .. } => {
+                let command = Command::Commit(Commit { client: session, seq, group: consumer_group, next });
+                match group.raft.propose(now, command.encode()) {
+                    Ok((index, term)) => group.produces.entry(index).or_default().push(Waiting { client, req, term }),
                     Err(e) => self.refuse(client, req, e),
                 }
             }
@@ -438,22 +457,34 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             }
             RaftOutput::Apply(entry) => {
                 self.observer.applied(me, group, &entry);
-                let offset = match &entry.payload {
+                let effect = match &entry.payload {
                     EntryPayload::Normal(bytes) => {
-                        let command = Produce::decode(bytes.clone()).expect("entries hold commands this node encoded");
+                        let command = Command::decode(bytes.clone()).expect("entries hold commands this node encoded");
                         let applied = g.machine.apply(command);
-                        if let Some(a) = applied.filter(|a| !a.duplicate) {
-                            let record = g.machine.get(a.offset).expect("just appended").clone();
-                            self.outputs.push_back(Output::Applied { group, offset: a.offset, record });
+                        match applied.as_ref().filter(|a| !a.duplicate).map(|a| &a.effect) {
+                            Some(&Effect::Appended { offset }) => {
+                                let record = g.machine.get(offset).expect("just appended").clone();
+                                self.outputs.push_back(Output::Applied { group, offset, record });
+                            }
+                            Some(Effect::Committed { group: consumer_group, next }) => {
+                                let (consumer_group, next) = (consumer_group.clone(), *next);
+                                self.outputs.push_back(Output::GroupCommitted { group, consumer_group, next });
+                            }
+                            None => {}
                         }
-                        applied.map(|a| a.offset)
+                        applied.map(|a| a.effect)
                     }
                     EntryPayload::Noop | EntryPayload::Config(_) => None,
                 };
                 g.applied = entry.index;
                 for w in g.produces.remove(&entry.index).unwrap_or_default() {
-                    let response = match offset {
-                        Some(offset) if w.term == entry.term => Response::Produced { req: w.req, offset },
+                    let response = match &effect {
+                        Some(Effect::Appended { offset }) if w.term == entry.term => {
+                            Response::Produced { req: w.req, offset: *offset }
+                        }
+                        Some(Effect::Committed { next, .. }) if w.term == entry.term => {
+                            Response::Committed { req: w.req, next: *next }
+                        }
                         // Another entry took the index: the produce was lost
                         // with a leader; the client retries.
                         _ => Response::NotLeader { req: w.req, leader: g.raft.leader() },

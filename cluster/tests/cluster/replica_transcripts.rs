@@ -50,10 +50,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use kaelix_cluster::raft::text::{Data, parse_data, parse_message, parse_node, parse_nodes};
 use kaelix_cluster::raft::{Body, Entry, EntryPayload, Message, Raft, Snapshot, Write, wire};
-use kaelix_cluster::replicated::Produce;
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_cluster::replicated::protocol::{Request, Response};
 use kaelix_cluster::replicated::replica::{ClientRef, GroupBoot, Output, ReplicaCore};
+use kaelix_cluster::replicated::{Command, Commit, Produce};
 use kaelix_core::rng::seeded;
 use kaelix_core::time::Instant;
 use kaelix_core::{NodeId, WallTime};
@@ -107,15 +107,22 @@ impl ReplicaObserver for Log {
     }
 }
 
-/// An entry, with a produce command shown as one.
+/// An entry, with a produce or commit command shown as one.
 struct ShowEntry<'a>(&'a Entry);
 
 impl std::fmt::Display for ShowEntry<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = self.0;
         match &e.payload {
-            EntryPayload::Normal(bytes) => match Produce::decode(bytes.clone()) {
-                Ok(p) => {
+            EntryPayload::Normal(bytes) => match Command::decode(bytes.clone()) {
+                Ok(Command::Commit(c)) => {
+                    write!(
+                        f,
+                        "{}/{} commit session={} seq={} group={} next={}",
+                        e.index, e.term, c.client, c.seq, c.group, c.next
+                    )
+                }
+                Ok(Command::Produce(p)) => {
                     write!(
                         f,
                         "{}/{} produce session={} seq={} data={}",
@@ -176,6 +183,7 @@ fn show_write(w: &Write) -> String {
 fn show_response(response: &Response) -> String {
     match response {
         Response::Produced { req, offset } => format!("produced req={req} offset={offset}"),
+        Response::Committed { req, next } => format!("committed req={req} next={next}"),
         Response::ReadResult { req, payload: Some(p) } => format!("read req={req} data={}", Data(p)),
         Response::ReadResult { req, payload: None } => format!("read req={req} none"),
         Response::NotLeader { req, leader: Some(l) } => format!("not-leader req={req} leader={l}"),
@@ -252,6 +260,9 @@ impl Node {
                 }
                 Output::Applied { group, offset, record } => {
                     format!("applied p{group} offset={offset} {:?}", String::from_utf8_lossy(&record.payload))
+                }
+                Output::GroupCommitted { group, consumer_group, next } => {
+                    format!("group-committed p{group} group={consumer_group} next={next}")
                 }
                 Output::Restored { group } => format!("restored p{group}"),
                 Output::Reply { client, response } => format!("reply {client} {}", show_response(&response)),
@@ -333,6 +344,14 @@ impl Env {
                 client: number(rest, "session")?.unwrap_or(client.0),
                 seq: required(rest, "seq")?,
                 payload: parse_data(kv(rest, "data").ok_or("missing data=")?)?,
+            },
+            "commit" => Request::Commit {
+                req,
+                partition,
+                client: number(rest, "session")?.unwrap_or(client.0),
+                seq: required(rest, "seq")?,
+                group: kv(rest, "group").ok_or("missing group=")?.to_owned(),
+                next: required(rest, "next")?,
             },
             _ => Request::Read { req, partition, offset: required(rest, "offset")? },
         };
@@ -455,7 +474,7 @@ impl Harness for Env {
                 node.core.handle_message(*now, from, group, message);
                 node.drain(&mut out);
             }
-            "produce" | "read" => return self.request(*now, verb, &words),
+            "produce" | "commit" | "read" => return self.request(*now, verb, &words),
             "write-done" => {
                 let groups = self.groups(&words)?;
                 let n = match words.iter().find(|w| !w.starts_with('p')) {
@@ -499,8 +518,11 @@ impl Harness for Env {
 #[test]
 fn produce_entries_print_readably() {
     let command = Produce { client: 7, seq: 2, timestamp: WallTime(5), payload: Bytes::from_static(b"a") };
-    let entry = Entry { index: 3, term: 1, payload: EntryPayload::Normal(command.encode()) };
+    let entry = Entry { index: 3, term: 1, payload: EntryPayload::Normal(Command::Produce(command).encode()) };
     assert_eq!(ShowEntry(&entry).to_string(), "3/1 produce session=7 seq=2 data=a");
+    let command = Commit { client: 7, seq: 3, group: "billing".into(), next: 4 };
+    let entry = Entry { index: 4, term: 1, payload: EntryPayload::Normal(Command::Commit(command).encode()) };
+    assert_eq!(ShowEntry(&entry).to_string(), "4/1 commit session=7 seq=3 group=billing next=4");
 }
 
 transcripts! {
@@ -508,6 +530,7 @@ transcripts! {
     produce_on_leader => "produce-on-leader.txt",
     produce_on_follower => "produce-on-follower.txt",
     retried_produce => "retried-produce.txt",
+    group_commit => "group-commit.txt",
     read_index => "read-index.txt",
     read_after_apply => "read-after-apply.txt",
     leadership_lost => "leadership-lost.txt",
