@@ -37,6 +37,9 @@ pub mod dead_letter_headers {
     pub const SOURCE_OFFSET: &str = "dlq-source-offset";
     /// Delivery attempts made.
     pub const ATTEMPTS: &str = "dlq-attempts";
+    /// The plugin that refused or failed on it (messages dead-lettered by a
+    /// processor chain).
+    pub const PLUGIN: &str = "dlq-plugin";
 }
 
 /// A topic's settings.
@@ -175,6 +178,11 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shut down")]
     ShutDown,
+    /// The topic's publish hook (a plugin chain) kept the message from its
+    /// topic: a plugin dropped it or it was dead-lettered. Not a failure of
+    /// the publish: the message is accounted for as the disposition says.
+    #[error("message {0}")]
+    Intercepted(crate::intercept::Disposition),
     /// Subscription options that do not go together.
     #[error("invalid subscription: {0}")]
     InvalidSubscription(&'static str),
@@ -1199,6 +1207,22 @@ impl BrokerCore {
         reason: &str,
         attempts: u32,
     ) -> Result<Published, BrokerError> {
+        self.dead_letter_from(now, wall, rng, message, reason, attempts, None)
+    }
+
+    /// [`Self::dead_letter`], naming the plugin that refused the message
+    /// (header [`dead_letter_headers::PLUGIN`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dead_letter_from(
+        &mut self,
+        now: Instant,
+        wall: WallTime,
+        rng: &mut DetRng,
+        message: &Message,
+        reason: &str,
+        attempts: u32,
+        plugin: Option<&str>,
+    ) -> Result<Published, BrokerError> {
         use dead_letter_headers as h;
         self.observe(now);
         let dlq = Topic::new(format!("{}.{}", self.config.dead_letter_prefix, message.topic()))?;
@@ -1217,6 +1241,9 @@ impl BrokerCore {
         }
         if let Some(o) = message.offset() {
             builder = builder.header(h::SOURCE_OFFSET, Bytes::from(o.to_string()));
+        }
+        if let Some(plugin) = plugin {
+            builder = builder.header(h::PLUGIN, Bytes::from(plugin.to_owned()));
         }
         for (name, value) in message.headers().iter() {
             if !name.starts_with("dlq-") {

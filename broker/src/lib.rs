@@ -34,6 +34,7 @@ pub mod backpressure;
 mod broker_core;
 pub mod durable;
 pub mod groups;
+pub mod intercept;
 pub mod message;
 pub mod partition;
 pub mod registry;
@@ -48,7 +49,7 @@ pub mod topic;
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::task::{Poll, Waker};
 
 pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
@@ -62,6 +63,7 @@ use kaelix_core::rng::DetRng;
 use kaelix_core::runtime::Clock;
 use kaelix_core::time::{Duration, Instant, WallTime};
 
+use crate::intercept::{Disposition, HookOutcome, PublishHook};
 use crate::message::{Message, MessageBatch};
 use crate::replication::{Proposal, ProposalId};
 use crate::topic::{Pattern, Topic};
@@ -189,6 +191,9 @@ pub struct Broker<C: Clock> {
     /// Whether replicated topics are possible (a replicator is attached):
     /// only then does a publish look up whether its topic is replicated.
     has_replication: bool,
+    /// The publish hook (processor chains), shared by every clone; see
+    /// [`intercept`]. Read on every publish, replaced rarely.
+    hook: Arc<RwLock<Option<Arc<dyn PublishHook>>>>,
 }
 
 impl<C: Clock> Clone for Broker<C> {
@@ -198,8 +203,17 @@ impl<C: Clock> Clone for Broker<C> {
             clock: self.clock.clone(),
             has_storage: self.has_storage,
             has_replication: self.has_replication,
+            hook: self.hook.clone(),
         }
     }
+}
+
+/// A publish after the hook: what to publish, or what became of it.
+enum Hooked {
+    /// No hook covers the topic: publish the message as it is.
+    Untouched(Message),
+    /// The hook's outputs, in order (at least one).
+    Outputs(Vec<Message>),
 }
 
 impl<C: Clock> Broker<C> {
@@ -236,7 +250,51 @@ impl<C: Clock> Broker<C> {
             scratch_streams: Vec::new(),
             scratch_members: Vec::new(),
         };
-        Broker { state: Arc::new(Mutex::new(state)), clock, has_storage, has_replication }
+        Broker {
+            state: Arc::new(Mutex::new(state)),
+            clock,
+            has_storage,
+            has_replication,
+            hook: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// Installs `hook` in the publish path of this broker and its clones
+    /// (replacing the previous one; `None` removes it). Publishes already
+    /// past the hook finish as they were; later ones see the new hook.
+    pub fn set_publish_hook(&self, hook: Option<Arc<dyn PublishHook>>) {
+        *self.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Runs the hook on `message` if one covers its topic: writes the dead
+    /// letters it asks for and returns what is left to publish, or the
+    /// message's disposition as [`BrokerError::Intercepted`].
+    fn run_hook(&self, message: Message) -> Result<Hooked, BrokerError> {
+        let hook = {
+            let guard = self.hook.read().unwrap_or_else(|e| e.into_inner());
+            match &*guard {
+                Some(h) if h.applies_to(message.topic()) => h.clone(),
+                _ => return Ok(Hooked::Untouched(message)),
+            }
+        };
+        let HookOutcome { publish, dead_letters, dropped_by } = hook.on_publish(message);
+        let mut disposition = None;
+        for dead in &dead_letters {
+            self.with(|s, now, wall| {
+                let State { core, rng, .. } = &mut *s;
+                core.dead_letter_from(now, wall, rng, &dead.message, &dead.reason, 1, Some(&dead.plugin))
+            })?;
+            disposition.get_or_insert_with(|| Disposition::DeadLettered {
+                plugin: dead.plugin.clone(),
+                reason: dead.reason.clone(),
+            });
+        }
+        if !publish.is_empty() {
+            return Ok(Hooked::Outputs(publish));
+        }
+        let disposition = disposition
+            .unwrap_or_else(|| Disposition::Dropped { plugin: dropped_by.unwrap_or_else(|| "(unnamed)".to_owned()) });
+        Err(BrokerError::Intercepted(disposition))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -272,12 +330,30 @@ impl<C: Clock> Broker<C> {
 
     /// Publishes `message`, waiting while a blocking subscriber is full and,
     /// on a durable topic, until the record is synced (the acknowledgement).
+    ///
+    /// A [`PublishHook`] covering the topic sees the message first (see
+    /// [`intercept`]): the result is its first output's, or
+    /// [`BrokerError::Intercepted`] when no output is left.
     pub async fn publish(&self, message: Message) -> Result<Published, BrokerError> {
+        match self.run_hook(message)? {
+            Hooked::Untouched(m) => self.publish_direct(m).await,
+            Hooked::Outputs(outputs) => {
+                let mut first = None;
+                for m in outputs {
+                    let p = self.publish_direct(m).await?;
+                    first.get_or_insert(p);
+                }
+                Ok(first.expect("at least one output"))
+            }
+        }
+    }
+
+    async fn publish_direct(&self, message: Message) -> Result<Published, BrokerError> {
         if self.is_replicated(message.topic()) {
             return self.publish_replicated(message).await;
         }
         let topic = message.topic().clone();
-        let mut published = self.publish_unacknowledged(message).await?;
+        let mut published = self.publish_unacknowledged_direct(message).await?;
         if !published.acknowledged {
             self.acknowledged(&topic, published.partition, published.offset).await;
             published.acknowledged = true;
@@ -303,8 +379,23 @@ impl<C: Clock> Broker<C> {
     /// [`Broker::publish`] without waiting for the sync of a durable topic:
     /// `p.acknowledged` false is acknowledged once
     /// [`Broker::wait_acknowledged`] returns for it. Still waits while a
-    /// blocking subscriber is full.
+    /// blocking subscriber is full. Goes through the publish hook as
+    /// [`Broker::publish`] does.
     pub async fn publish_unacknowledged(&self, message: Message) -> Result<Published, BrokerError> {
+        match self.run_hook(message)? {
+            Hooked::Untouched(m) => self.publish_unacknowledged_direct(m).await,
+            Hooked::Outputs(outputs) => {
+                let mut first = None;
+                for m in outputs {
+                    let p = self.publish_unacknowledged_direct(m).await?;
+                    first.get_or_insert(p);
+                }
+                Ok(first.expect("at least one output"))
+            }
+        }
+    }
+
+    async fn publish_unacknowledged_direct(&self, message: Message) -> Result<Published, BrokerError> {
         if self.is_replicated(message.topic()) {
             return self.publish_replicated(message).await;
         }
@@ -348,12 +439,27 @@ impl<C: Clock> Broker<C> {
     /// else relays it to the matching live subscriptions without storing
     /// it (see [`Routed`]). Waits while a matching blocking subscriber is
     /// full and, when stored on a durable topic, until synced.
+    /// Goes through the publish hook as [`Broker::publish`] does.
     pub async fn route(&self, message: Message) -> Result<Routed, BrokerError> {
+        match self.run_hook(message)? {
+            Hooked::Untouched(m) => self.route_direct(m).await,
+            Hooked::Outputs(outputs) => {
+                let mut first = None;
+                for m in outputs {
+                    let r = self.route_direct(m).await?;
+                    first.get_or_insert(r);
+                }
+                Ok(first.expect("at least one output"))
+            }
+        }
+    }
+
+    async fn route_direct(&self, message: Message) -> Result<Routed, BrokerError> {
         if self.is_replicated(message.topic()) {
             return self.publish_replicated(message).await.map(Routed::Stored);
         }
         let topic = message.topic().clone();
-        Ok(match self.route_unacknowledged(message).await? {
+        Ok(match self.route_unacknowledged_direct(message).await? {
             Routed::Stored(mut published) if !published.acknowledged => {
                 self.acknowledged(&topic, published.partition, published.offset).await;
                 published.acknowledged = true;
@@ -367,7 +473,22 @@ impl<C: Clock> Broker<C> {
     /// `Stored(p)` with `p.acknowledged` false is acknowledged once
     /// [`Broker::wait_acknowledged`] returns for it (or for a later offset
     /// of the same partition: a partition is synced in offset order).
+    /// Goes through the publish hook as [`Broker::publish`] does.
     pub async fn route_unacknowledged(&self, message: Message) -> Result<Routed, BrokerError> {
+        match self.run_hook(message)? {
+            Hooked::Untouched(m) => self.route_unacknowledged_direct(m).await,
+            Hooked::Outputs(outputs) => {
+                let mut first = None;
+                for m in outputs {
+                    let r = self.route_unacknowledged_direct(m).await?;
+                    first.get_or_insert(r);
+                }
+                Ok(first.expect("at least one output"))
+            }
+        }
+    }
+
+    async fn route_unacknowledged_direct(&self, message: Message) -> Result<Routed, BrokerError> {
         if self.is_replicated(message.topic()) {
             return self.publish_replicated(message).await.map(Routed::Stored);
         }
@@ -376,7 +497,36 @@ impl<C: Clock> Broker<C> {
 
     /// [`Broker::route_unacknowledged`] without waiting: `Ok(None)` when a
     /// matching blocking subscriber is full (nothing happened).
+    ///
+    /// Through a publish hook, the chain has run once the call returns, so
+    /// its outputs are never left undone: an output that would block is
+    /// dead-lettered instead (reason `would block`), and `Ok(None)` is not
+    /// returned for them.
     pub fn try_route(&self, message: Message) -> Result<Option<Routed>, BrokerError> {
+        let outputs = match self.run_hook(message)? {
+            Hooked::Untouched(m) => return self.try_route_direct(m),
+            Hooked::Outputs(outputs) => outputs,
+        };
+        let mut first = None;
+        for m in outputs {
+            let r = match self.try_route_direct(m.clone())? {
+                Some(r) => Ok(r),
+                None => {
+                    Err(self.dead_letter(&m, "would block: a full blocking subscriber after the plugin chain", 1)?)
+                }
+            };
+            first.get_or_insert(r);
+        }
+        match first.expect("at least one output") {
+            Ok(r) => Ok(Some(r)),
+            Err(_) => Err(BrokerError::Intercepted(Disposition::DeadLettered {
+                plugin: "(broker)".to_owned(),
+                reason: "would block".to_owned(),
+            })),
+        }
+    }
+
+    fn try_route_direct(&self, message: Message) -> Result<Option<Routed>, BrokerError> {
         self.with(|s, now, wall| {
             let State { core, rng, .. } = &mut *s;
             Ok(core.route_or_return(now, wall, rng, message)?.ok())
@@ -595,7 +745,26 @@ impl<C: Clock> Broker<C> {
     /// [`PublishOutcome::WouldBlock`]. On a durable topic the outcome is not
     /// an acknowledgement: the record is synced later (use
     /// [`Broker::publish`] to wait for it).
+    ///
+    /// Through a publish hook: the outcome of its first output; later
+    /// outputs that would block are dead-lettered (reason `would block`).
     pub fn try_publish(&self, message: Message) -> Result<PublishOutcome, BrokerError> {
+        let outputs = match self.run_hook(message)? {
+            Hooked::Untouched(m) => return self.try_publish_direct(m),
+            Hooked::Outputs(outputs) => outputs,
+        };
+        let mut first = None;
+        for m in outputs {
+            let outcome = self.try_publish_direct(m.clone())?;
+            if first.is_some() && matches!(outcome, PublishOutcome::WouldBlock(_)) {
+                self.dead_letter(&m, "would block: a full blocking subscriber after the plugin chain", 1)?;
+            }
+            first.get_or_insert(outcome);
+        }
+        Ok(first.expect("at least one output"))
+    }
+
+    fn try_publish_direct(&self, message: Message) -> Result<PublishOutcome, BrokerError> {
         self.with(|s, now, wall| {
             let State { core, rng, .. } = &mut *s;
             core.publish(now, wall, rng, message)
@@ -604,7 +773,22 @@ impl<C: Clock> Broker<C> {
 
     /// Publishes a batch in order, waiting where a message would block and,
     /// on durable topics, until every record is synced.
+    ///
+    /// When a publish hook covers any of its topics, the batch is published
+    /// message by message through the hook (same order); a message the
+    /// chain kept from its topic has no entry in the result.
     pub async fn publish_batch(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        if self.hook_covers_any(&batch) {
+            let mut all = Vec::with_capacity(batch.len());
+            for m in batch {
+                match self.publish(m).await {
+                    Ok(p) => all.push(p),
+                    Err(BrokerError::Intercepted(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(all);
+        }
         if self.has_replication {
             return self.publish_batch_replicating(batch).await;
         }
@@ -627,6 +811,17 @@ impl<C: Clock> Broker<C> {
     /// topics (see [`Broker::publish_unacknowledged`]). On an error, the
     /// messages before the failing one are published.
     pub async fn publish_batch_unacknowledged(&self, batch: MessageBatch) -> Result<Vec<Published>, BrokerError> {
+        if self.hook_covers_any(&batch) {
+            let mut all = Vec::with_capacity(batch.len());
+            for m in batch {
+                match self.publish_unacknowledged(m).await {
+                    Ok(p) => all.push(p),
+                    Err(BrokerError::Intercepted(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(all);
+        }
         if self.has_replication {
             return self.publish_batch_replicating(batch).await;
         }
@@ -653,6 +848,12 @@ impl<C: Clock> Broker<C> {
         })
         .await?;
         Ok(all)
+    }
+
+    /// Whether the publish hook covers a topic of `batch`.
+    fn hook_covers_any(&self, batch: &MessageBatch) -> bool {
+        let guard = self.hook.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().is_some_and(|h| batch.iter().any(|m| h.applies_to(m.topic())))
     }
 
     /// Subscribes to `pattern`.

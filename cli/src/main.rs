@@ -26,6 +26,7 @@ static ALLOCATOR: kaelix_telemetry::perf::CountingAllocator<mimalloc::MiMalloc> 
 
 mod bench;
 mod config_cmd;
+mod plugins;
 mod serve;
 mod telemetry;
 

@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use kaelix_config::{ConfigLoader, HotReloadManager, Loaded, ReloadPolicy};
@@ -220,7 +221,12 @@ fn run_with(
     }
     let grace = Duration::from_secs(grace_secs);
     let outcome = exec.block_on(async move {
-        let server = match Server::start(rt, config).await {
+        let plugins = match crate::plugins::ServePlugins::build(&rt, &config.plugins) {
+            Ok(p) => Arc::new(p),
+            Err(e) => return Err(e),
+        };
+        let hook: Arc<dyn kaelix_broker::intercept::PublishHook> = plugins.hook();
+        let server = match Server::start_with_hook(rt, config, Some(hook)).await {
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
         };
@@ -229,7 +235,7 @@ fn run_with(
         }
         // Reloads from here on reach the running server.
         let _watch = match &reloader {
-            Some(manager) => match start_reloading(manager, server.clone(), log_handle) {
+            Some(manager) => match start_reloading(manager, server.clone(), plugins.clone(), log_handle) {
                 Ok(watch) => Some(watch),
                 Err(e) => return Err(format!("watching {}: {e}", manager.path().display())),
             },
@@ -266,6 +272,7 @@ fn run_with(
 fn start_reloading(
     manager: &HotReloadManager<ServerConfig>,
     server: Server<RealRuntime>,
+    plugins: Arc<crate::plugins::ServePlugins>,
     log_handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
 ) -> notify::Result<kaelix_config::reload::WatchHandle> {
     let changes = manager.subscribe();
@@ -277,6 +284,13 @@ fn start_reloading(
                     && let Err(e) = log_handle.modify(|f| *f = level_filter(change.new.log.level))
                 {
                     tracing::warn!(error = %e, "changing the log level");
+                }
+                if change.touches("plugins") {
+                    match plugins.apply(&change.new.plugins, Some(server.broker())) {
+                        Ok(done) => tracing::info!(?done, "plugins reloaded"),
+                        // The running plugins and chains stay as they were.
+                        Err(e) => tracing::error!(error = %e, "plugins not reloaded"),
+                    }
                 }
                 match server.reconfigure(&change.new) {
                     Ok(report) => tracing::info!(

@@ -96,11 +96,14 @@ pub enum PlantedBug {
     /// resumes each partition after the newest record it had buffered, so
     /// the buffered records it took out are never delivered.
     BrokerSpillForgetsBuffered,
+    /// Plugins: a quarantined processor is passed around (fail-open), so
+    /// messages skip the stage instead of being dead-lettered.
+    PluginQuarantineBypass,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 19] = [
+    pub const ALL: [PlantedBug; 20] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -120,6 +123,7 @@ impl PlantedBug {
         PlantedBug::BrokerDeliverUncommitted,
         PlantedBug::BrokerGroupCommitAllPartitions,
         PlantedBug::BrokerSpillForgetsBuffered,
+        PlantedBug::PluginQuarantineBypass,
     ];
 
     /// This bug's bit in a [`Planted`] set.

@@ -44,6 +44,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod broker_backpressure;
 pub mod broker_durable;
+pub mod broker_plugins;
 pub mod broker_replicated;
 pub mod checker;
 pub mod harness;
@@ -226,6 +227,7 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &broker_durable::BROKER_DURABLE,
         &broker_backpressure::BROKER_BACKPRESSURE,
         &broker_replicated::BROKER_REPLICATED,
+        &broker_plugins::BROKER_PLUGINS,
         &membership::MEMBERSHIP_5,
         &membership::MEMBERSHIP_20,
         &membership::MEMBERSHIP_100,
@@ -265,6 +267,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_backpressure::BROKER_BACKPRESSURE_SHED_HIGH,
         &broker_backpressure::BROKER_BACKPRESSURE_QUEUE_IGNORES_ROOM,
         &serve::SERVE_PONG_BEFORE_STORED,
+        &broker_plugins::BROKER_PLUGINS_QUARANTINE_BYPASS,
     ]
 }
 

@@ -244,6 +244,7 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
         ("broker-replicated-deliver-uncommitted", "live subscriber", 5),
         ("broker-replicated-commit-all-partitions", "nobody in the group processed", 5),
         ("broker-replicated-spill-forgets", "neither skips nor repeats", 10),
+        ("broker-plugins-quarantine-bypass", "without passing plugin", 20),
     ] {
         let s = find(name).expect("registered");
         assert!(s.planted_bug());

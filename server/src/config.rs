@@ -36,6 +36,14 @@
 //! metrics = true
 //! metrics_listen = "127.0.0.1:9464"
 //! sample_interval_ms = 1000
+//!
+//! [[plugins.wasm]]               # see `crate::plugins`
+//! name = "redact"
+//! module = "redact.wasm"
+//!
+//! [[plugins.chains]]
+//! pattern = "orders.*"
+//! stages = ["redact"]
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -77,6 +85,8 @@ pub struct ServerConfig {
     pub node: NodeSettings,
     /// The metrics endpoint (`/metrics`, `/healthz`).
     pub telemetry: TelemetrySettings,
+    /// WebAssembly plugins and their chains (see [`crate::plugins`]).
+    pub plugins: crate::plugins::PluginsConfig,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -95,6 +105,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             node: NodeSettings::default(),
             telemetry: TelemetrySettings::default(),
+            plugins: crate::plugins::PluginsConfig::default(),
             planted: kaelix_core::planted::Planted::NONE,
         }
     }
@@ -411,6 +422,7 @@ impl ServerConfig {
                 format!("{} is smaller than limits.max_payload ({})", l.max_pending, l.max_payload),
             );
         }
+        self.plugins.rules(f);
         if self.telemetry.sample_interval_ms == 0 {
             f.error(Telemetry, "telemetry.sample_interval_ms", "must be at least 1");
         }
@@ -562,8 +574,15 @@ impl ServerConfig {
     /// `kaelix_config::ReloadPolicy`): limits, users and permissions, the
     /// log level and topics' retention. Listeners, TLS, the data directory,
     /// workers and the set of topics need a restart.
-    pub const RELOADABLE: &'static [&'static str] =
-        &["limits", "auth", "log.level", "topics[*].max_bytes", "topics[*].max_records", "topics[*].max_age_secs"];
+    pub const RELOADABLE: &'static [&'static str] = &[
+        "limits",
+        "auth",
+        "log.level",
+        "plugins",
+        "topics[*].max_bytes",
+        "topics[*].max_records",
+        "topics[*].max_age_secs",
+    ];
 }
 
 impl Validate for ServerConfig {

@@ -41,6 +41,7 @@ pub mod config;
 pub mod native;
 pub mod nats;
 pub mod outbound;
+pub mod plugins;
 pub mod shutdown;
 pub mod tls;
 
@@ -218,11 +219,23 @@ impl<R: Runtime> Server<R> {
     /// Opens the broker on `rt`'s storage, creates the configured topics,
     /// binds the listeners and starts accepting.
     pub async fn start(rt: R, config: ServerConfig) -> Result<Server<R>, ServerError> {
+        Self::start_with_hook(rt, config, None).await
+    }
+
+    /// [`Server::start`] with `hook` (plugin chains, see
+    /// `kaelix_plugins::Chains`) in the broker's publish path from before
+    /// the listeners accept: no client publish escapes it.
+    pub async fn start_with_hook(
+        rt: R,
+        config: ServerConfig,
+        hook: Option<Arc<dyn kaelix_broker::intercept::PublishHook>>,
+    ) -> Result<Server<R>, ServerError> {
         config.validate()?;
         // Subjects that name no configured topic are relayed, not stored:
         // no auto-creation.
         let broker_config = BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() };
         let broker = Broker::open_durable(rt.clone(), broker_config).await?;
+        broker.set_publish_hook(hook);
         for spec in &config.topics {
             let topic_config = spec.topic_config();
             broker

@@ -36,6 +36,10 @@ pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
         // Leadership moved before commit: the produce may or may not land.
         BrokerError::ReplicationUnknown { .. } => ErrorCode::Timeout,
         BrokerError::ShutDown => ErrorCode::ShuttingDown,
+        // A plugin chain dropped or dead-lettered the message: the request
+        // was handled, but the message did not land on its topic (the
+        // error's text names the plugin and why).
+        BrokerError::Intercepted(_) => ErrorCode::InvalidRequest,
         // Dead-letter construction and closed streams are not reachable
         // from a request: a bug if they are.
         BrokerError::Message(_) | BrokerError::StreamClosed(_) => ErrorCode::Internal,
@@ -88,6 +92,10 @@ mod tests {
             (BrokerError::InvalidSubscription("x"), ErrorCode::InvalidRequest),
             (BrokerError::NoDurableStorage(t.clone()), ErrorCode::InvalidRequest),
             (BrokerError::ShutDown, ErrorCode::ShuttingDown),
+            (
+                BrokerError::Intercepted(kaelix_broker::intercept::Disposition::Dropped { plugin: "p".into() }),
+                ErrorCode::InvalidRequest,
+            ),
             (BrokerError::Message("x".into()), ErrorCode::Internal),
             (BrokerError::StreamClosed(StreamId(1)), ErrorCode::Internal),
         ];

@@ -452,6 +452,15 @@ impl<R: Runtime> Conn<R> {
                         .append_control(|buf| write_hmsg(buf, reply.as_str().as_bytes(), sid, None, block, b""));
                 }
             }
+            // A plugin chain dropped or dead-lettered it: accounted for,
+            // as a publish to a subject nobody listens on is (core NATS
+            // tells the publisher nothing more).
+            Err(BrokerError::Intercepted(disposition)) => {
+                tracing::debug!(client = self.client.id, %disposition, "publish intercepted by a plugin");
+                if ok {
+                    self.reply(&Reply::Ok);
+                }
+            }
             Err(e) => {
                 tracing::warn!(client = self.client.id, error = %e, "publish failed");
                 self.reply(&Reply::Err(match e {

@@ -121,7 +121,7 @@ fn catalog() -> Vec<Entry> {
             t("listen = \"127.0.0.1:4222\"\n"),
             vec![],
             vec![
-                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`",
+                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`",
             ],
         ),
         (
@@ -137,7 +137,7 @@ fn catalog() -> Vec<Entry> {
             t("[network]\nmax_connections = 5\n"),
             vec![],
             vec![
-                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`",
+                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`",
             ],
         ),
         (
@@ -244,6 +244,14 @@ fn catalog() -> Vec<Entry> {
             t("[[topics]]\nname = \"a\"\nmax_age_secs = 0\n"),
             vec![],
             vec!["kaelix.toml:3:16: topics[0].max_age_secs: 0 would retain nothing (leave it out for no limit)"],
+        ),
+        (
+            "a plugin chain naming an undeclared plugin",
+            t(
+                "[[plugins.wasm]]\nname = \"redact\"\nmodule = \"r.wasm\"\n[[plugins.chains]]\npattern = \"orders.*\"\nstages = [\"redact\", \"ghost\"]\n",
+            ),
+            vec![],
+            vec!["kaelix.toml:6:10: plugins.chains[0].stages: stage 1: no plugin named \"ghost\" (declared: redact)"],
         ),
         (
             "zero flush interval",
