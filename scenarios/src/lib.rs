@@ -221,7 +221,7 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 12] = [
+    let correct: [&'static dyn Scenario; 13] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
