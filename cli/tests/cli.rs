@@ -285,7 +285,16 @@ fn serve(name: &str, config: &str) -> Served {
     let dir = std::env::temp_dir().join(format!("kaelix-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = temp_file(&format!("{name}.toml"), config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kaelix"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
+    // The loader reads every `KAELIX_` variable as configuration and refuses
+    // unknown keys; a developer's or CI's own `KAELIX_` knobs (`KAELIX_BLESS`,
+    // `KAELIX_PROMTOOL`) must not reach the server under test.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KAELIX_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
         .args(["serve", "--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--log-level", "warn", "--config", config.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())

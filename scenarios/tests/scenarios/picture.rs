@@ -5,7 +5,7 @@
 //!
 //! Skipped, with the reason printed, when no Chromium binary is found
 //! (`KAELIX_CHROMIUM`, else `chromium` or `chromium-browser` on `PATH`) —
-//! unless `KAELIX_REQUIRE_CHROMIUM=1`, which `.ci/run` sets after
+//! unless `CI_REQUIRE_CHROMIUM=1`, which `.ci/run` sets after
 //! installing Debian's `chromium` package, so there it cannot be skipped.
 
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ fn chromium() -> Result<PathBuf, String> {
 
 #[allow(clippy::disallowed_methods, reason = "the test reads whether a browser is required")]
 fn chromium_required() -> bool {
-    std::env::var("KAELIX_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1")
+    std::env::var("CI_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1")
 }
 
 #[allow(clippy::disallowed_methods, reason = "the test hands the browser a real file")]
@@ -97,11 +97,11 @@ fn a_planted_failure_drawn_and_checked_in_headless_chromium() {
         Ok(b) => b,
         Err(why) if !chromium_required() => {
             eprintln!(
-                "SKIPPED: {why}; install Debian's chromium package (KAELIX_REQUIRE_CHROMIUM=1 makes this an error)"
+                "SKIPPED: {why}; install Debian's chromium package (CI_REQUIRE_CHROMIUM=1 makes this an error)"
             );
             return;
         }
-        Err(why) => panic!("KAELIX_REQUIRE_CHROMIUM=1 but {why}"),
+        Err(why) => panic!("CI_REQUIRE_CHROMIUM=1 but {why}"),
     };
     let dir = std::env::temp_dir();
     let page = dir.join(format!("kaelix-picture-{}.html", std::process::id()));
