@@ -96,9 +96,7 @@ fn a_planted_failure_drawn_and_checked_in_headless_chromium() {
     let browser = match chromium() {
         Ok(b) => b,
         Err(why) if !chromium_required() => {
-            eprintln!(
-                "SKIPPED: {why}; install Debian's chromium package (CI_REQUIRE_CHROMIUM=1 makes this an error)"
-            );
+            eprintln!("SKIPPED: {why}; install Debian's chromium package (CI_REQUIRE_CHROMIUM=1 makes this an error)");
             return;
         }
         Err(why) => panic!("CI_REQUIRE_CHROMIUM=1 but {why}"),
