@@ -22,6 +22,16 @@
 //!   a proposal whose leader lost its leadership before the commit is
 //!   refused as unknown (`BrokerError::ReplicationUnknown`: it may still
 //!   commit under the next leader).
+//! * **Forwarding** (`ReplicatedConfig::forward`, on in `kaelix serve
+//!   --cluster`). A member that does not lead the group but knows its
+//!   leader sends the produce (same session and sequence number) over a
+//!   client stream to the leader, which answers it after the commit like
+//!   any client's; the answer settles the proposal here. The record
+//!   reaches this member's broker as every committed record does, through
+//!   its own group member's apply. A stream that breaks before the answer
+//!   leaves the publish unknown (`ReplicationUnknown`: it may still
+//!   commit). Group commits are never forwarded (a consumer group's
+//!   members are on the leader's node or are told `NotLeader`).
 //! * **Group commits.** A consumer-group commit on a replicated topic
 //!   becomes a proposal too; the mirror proposes it as a commit command of
 //!   the same session (the group's name and next offset).
@@ -56,6 +66,7 @@ use super::node::{ReplicaObserver, ReplicatedConfig, run};
 use super::protocol::{Request, Response};
 use super::replica::{ClientRef, Output, ReplicaCore};
 use crate::raft::Role;
+use kaelix_core::NodeId;
 
 /// The connection name the mirror's proposals are answered on (client
 /// connections count up from 1 and never reach it).
@@ -111,12 +122,57 @@ pub(super) struct Mirror<R: Runtime> {
     session: u64,
     /// Proposals handed to a group, waiting for their answer: proposal → group.
     proposed: BTreeMap<ProposalId, u32>,
+    /// Whether publishes to groups led elsewhere are forwarded.
+    forward: bool,
+    /// Forwarded proposals waiting for the leader's answer: proposal → leader.
+    forwarded: BTreeMap<ProposalId, NodeId>,
+    /// Frames to forward, taken by the driver: (leader, produce request).
+    outbox: Vec<(NodeId, bytes::Bytes)>,
 }
 
 impl<R: Runtime> Mirror<R> {
     fn new(broker: Broker<R>, groups: Vec<(Topic, u32)>, session: u64) -> Self {
         let group_of = groups.iter().enumerate().map(|(g, tp)| (tp.clone(), g as u32)).collect();
-        Mirror { broker, groups, group_of, session, proposed: BTreeMap::new() }
+        Mirror {
+            broker,
+            groups,
+            group_of,
+            session,
+            proposed: BTreeMap::new(),
+            forward: false,
+            forwarded: BTreeMap::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    pub(super) fn set_forwarding(&mut self, forward: bool) {
+        self.forward = forward;
+    }
+
+    /// The produce frames to send to leaders since the last call.
+    pub(super) fn take_forwards(&mut self) -> Vec<(NodeId, bytes::Bytes)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// A leader's answer to a forwarded publish.
+    pub(super) fn answer_forwarded(&mut self, response: Response) {
+        if self.forwarded.remove(&ProposalId(response_req(&response))).is_some() {
+            self.answer(response);
+        }
+    }
+
+    /// The stream to `leader` broke: every publish forwarded to it and not
+    /// answered has an unknown outcome.
+    pub(super) fn forward_lost(&mut self, leader: NodeId) {
+        let lost: Vec<ProposalId> = self.forwarded.iter().filter(|&(_, &to)| to == leader).map(|(&id, _)| id).collect();
+        for id in lost {
+            self.forwarded.remove(&id);
+            if let Some(group) = self.proposed.remove(&id) {
+                let (topic, partition) = self.groups[group as usize].clone();
+                let reason = format!("the stream to node {} (the leader it was forwarded to) broke", leader.0);
+                self.broker.proposal_done(id, Err(BrokerError::ReplicationUnknown { topic, partition, reason }));
+            }
+        }
     }
 
     pub(super) fn broker(&self) -> &Broker<R> {
@@ -136,7 +192,24 @@ impl<R: Runtime> Mirror<R> {
         let group = *self.group_of.get(&(topic.clone(), partition)).expect("replicated partitions are groups");
         let raft = core.raft(group);
         if raft.role() != Role::Leader {
-            let leader = raft.leader().map(|n| n.0);
+            let leader = raft.leader();
+            if self.forward
+                && let (Some(to), ProposalOp::Publish(message)) = (leader, &op)
+                && to != core.node()
+            {
+                let request = Request::Produce {
+                    req: id.0,
+                    partition: group,
+                    client: self.session,
+                    seq: id.0,
+                    payload: message.encode_to_bytes(),
+                };
+                self.proposed.insert(id, group);
+                self.forwarded.insert(id, to);
+                self.outbox.push((to, request.encode()));
+                return;
+            }
+            let leader = leader.map(|n| n.0);
             self.broker.proposal_done(id, Err(BrokerError::NotLeader { topic, partition, leader }));
             return;
         }
@@ -194,13 +267,7 @@ impl<R: Runtime> Mirror<R> {
     }
 
     fn answer(&mut self, response: Response) {
-        let id = ProposalId(match &response {
-            Response::Produced { req, .. }
-            | Response::Committed { req, .. }
-            | Response::NotLeader { req, .. }
-            | Response::Error { req, .. } => *req,
-            Response::ReadResult { req, .. } => *req,
-        });
+        let id = ProposalId(response_req(&response));
         let Some(group) = self.proposed.remove(&id) else { return };
         let (topic, partition) = self.groups[group as usize].clone();
         let outcome = match response {
@@ -218,5 +285,16 @@ impl<R: Runtime> Mirror<R> {
             Response::ReadResult { .. } => unreachable!("the mirror never reads"),
         };
         self.broker.proposal_done(id, outcome);
+    }
+}
+
+/// The request a response answers.
+fn response_req(response: &Response) -> u64 {
+    match response {
+        Response::Produced { req, .. }
+        | Response::Committed { req, .. }
+        | Response::NotLeader { req, .. }
+        | Response::Error { req, .. }
+        | Response::ReadResult { req, .. } => *req,
     }
 }
