@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use kaelix_broker::Broker;
 use kaelix_broker::topic::Topic;
 use kaelix_cluster::raft::{Raft, Role};
-use kaelix_cluster::replicated::broker_node::start_broker_node;
+use kaelix_cluster::replicated::broker_node::start_forwarding_broker_node;
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_core::NodeId;
 use kaelix_runtime_real::{NodeConfig, RealRuntime};
@@ -105,21 +105,32 @@ pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Res
     Ok(config)
 }
 
+/// A member's groups in order: (topic, partition).
+pub type Groups = Vec<(Topic, u32)>;
+
+/// One member's view of a partition: (member, [role, term, leader, commit, applied]).
+type Views = Vec<(u64, [u64; 5])>;
+
 /// Starts this member's replicated groups and returns its broker (see the
 /// module docs).
 pub fn start_member(
     rt: &RealRuntime,
     config: &ServerConfig,
     view: ClusterView,
-) -> Result<(Broker<RealRuntime>, Vec<(Topic, u32)>), String> {
+) -> Result<(Broker<RealRuntime>, Groups), String> {
     let members = config.cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
     let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
     let topics = config.replicated_topics();
     let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
-    let mut replicated = ReplicatedConfig::new(ids, 0);
-    replicated.forward = true;
-    let broker = start_broker_node(rt.clone(), Server::<RealRuntime>::broker_config(config), &topics, replicated, view)
-        .map_err(|e| format!("starting the cluster member: {e}"))?;
+    let replicated = ReplicatedConfig::new(ids, 0);
+    let broker = start_forwarding_broker_node(
+        rt.clone(),
+        Server::<RealRuntime>::broker_config(config),
+        &topics,
+        replicated,
+        view,
+    )
+    .map_err(|e| format!("starting the cluster member: {e}"))?;
     Ok((broker, groups))
 }
 
@@ -226,7 +237,7 @@ pub fn status(nodes: &[String]) -> std::process::ExitCode {
             Err(e) => println!("  node   ?  {addr:<22} unreachable ({e})"),
         }
     }
-    let mut partitions: BTreeMap<(String, u32), Vec<(u64, [u64; 5])>> = BTreeMap::new();
+    let mut partitions: BTreeMap<(String, u32), Views> = BTreeMap::new();
     for r in &reports {
         for (tp, v) in &r.partitions {
             partitions.entry(tp.clone()).or_default().push((r.node.unwrap_or(0), *v));

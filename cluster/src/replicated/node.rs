@@ -68,26 +68,13 @@ pub struct ReplicatedConfig {
     /// (`ReplicatedAckBeforeCommit`) and for every group's Raft; none in
     /// production, see [`kaelix_core::planted`].
     pub planted: Planted,
-    /// A broker node forwards a publish to a group it does not lead to the
-    /// group's leader (over a client stream to it, as a produce of the
-    /// node's session) instead of refusing it with `NotLeader` (see
-    /// [`super::broker_node`]). Off by default.
-    pub forward: bool,
 }
 
 impl ReplicatedConfig {
     /// Defaults: Raft's defaults, a snapshot every 1024 entries.
     pub fn new(members: Vec<NodeId>, partitions: u32) -> Self {
         let raft = RaftConfig::new(members[0], members.iter().copied());
-        ReplicatedConfig {
-            members,
-            partitions,
-            bootstrap: true,
-            raft,
-            snapshot_every: 1024,
-            planted: Planted::NONE,
-            forward: false,
-        }
+        ReplicatedConfig { members, partitions, bootstrap: true, raft, snapshot_every: 1024, planted: Planted::NONE }
     }
 
     /// The configuration of this node's member of every group.
@@ -132,71 +119,6 @@ enum Input {
     ClientConnected(ClientRef, mpsc::UnboundedSender<Bytes>),
     ClientGone(ClientRef),
     WritesDone(u32, Vec<WriteId>),
-    /// A leader's answer to a publish this node forwarded to it.
-    Forwarded(Response),
-    /// The stream to a leader forwarded publishes went to broke (or could
-    /// not be opened): what waits on it has an unknown outcome.
-    ForwardLost(NodeId),
-}
-
-/// What the forwarder task is asked to do.
-enum Forward {
-    /// Send this produce frame to that node's client listener.
-    Send(NodeId, Bytes),
-    /// The stream of this generation to that node ended.
-    Lost(NodeId, u64),
-}
-
-/// Sends forwarded publishes to the leaders they are for, one client
-/// stream per leader (opened on first use, opened again after it broke),
-/// and hands their answers to the main task.
-async fn forwarder<R: Runtime>(
-    rt: R,
-    mut queue: mpsc::UnboundedReceiver<Forward>,
-    to_self: mpsc::UnboundedSender<Forward>,
-    inputs: mpsc::UnboundedSender<Input>,
-) {
-    let mut streams: BTreeMap<NodeId, (u64, <R as kaelix_core::runtime::ClientNetwork>::Stream)> = BTreeMap::new();
-    let mut generation = 0u64;
-    while let Some(job) = queue.next().await {
-        let (to, frame) = match job {
-            Forward::Send(to, frame) => (to, frame),
-            Forward::Lost(to, g) => {
-                if streams.get(&to).is_some_and(|(current, _)| *current == g) {
-                    streams.remove(&to);
-                    let _ = inputs.unbounded_send(Input::ForwardLost(to));
-                }
-                continue;
-            }
-        };
-        let (g, stream) = match streams.get(&to) {
-            Some((g, s)) => (*g, s.clone()),
-            None => match rt.connect(to).await {
-                Ok(stream) => {
-                    generation += 1;
-                    let (g, reader, inputs, lost) = (generation, stream.clone(), inputs.clone(), to_self.clone());
-                    drop(rt.spawn(Priority::High, "raft-forward-reader", async move {
-                        while let Ok(Some(frame)) = reader.recv().await {
-                            if let Ok(response) = Response::decode(frame) {
-                                let _ = inputs.unbounded_send(Input::Forwarded(response));
-                            }
-                        }
-                        let _ = lost.unbounded_send(Forward::Lost(to, g));
-                    }));
-                    streams.insert(to, (g, stream.clone()));
-                    (g, stream)
-                }
-                Err(_) => {
-                    let _ = inputs.unbounded_send(Input::ForwardLost(to));
-                    continue;
-                }
-            },
-        };
-        if stream.send(frame).await.is_err() {
-            stream.close();
-            let _ = to_self.unbounded_send(Forward::Lost(to, g));
-        }
-    }
 }
 
 /// Counters of one node.
@@ -462,14 +384,6 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
             }
         })
     });
-    let (forward_tx, forward_rx) = mpsc::unbounded::<Forward>();
-    let _forwarder = (mirror.is_some() && config.forward).then(|| {
-        let task = forwarder(rt.clone(), forward_rx, forward_tx.clone(), input_tx.clone());
-        rt.spawn(Priority::High, "raft-forwarder", task)
-    });
-    if let Some(m) = mirror.as_mut() {
-        m.set_forwarding(config.forward);
-    }
     let others: Vec<NodeId> = config.members.iter().copied().filter(|&n| n != me).collect();
     let mut core = ReplicaCore::new(me, config, observer, rt.now(), boots);
     let mut io = Io { writes, clients: BTreeMap::new(), stats: NodeStats::default() };
@@ -492,20 +406,7 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
                 let mirror = mirror.as_mut().expect("only a broker node has proposals");
                 for proposal in proposals {
                     mirror.propose(&mut core, now, rt.wall_clock(), proposal);
-                    for (to, frame) in mirror.take_forwards() {
-                        let _ = forward_tx.unbounded_send(Forward::Send(to, frame));
-                    }
                     io.drain(&rt, &mut core, &mut Some(&mut *mirror));
-                }
-            }
-            Event::Input(Some(Input::Forwarded(response))) => {
-                if let Some(m) = mirror.as_mut() {
-                    m.answer_forwarded(response);
-                }
-            }
-            Event::Input(Some(Input::ForwardLost(node))) => {
-                if let Some(m) = mirror.as_mut() {
-                    m.forward_lost(node);
                 }
             }
             Event::Input(Some(Input::Request(client, request))) => {

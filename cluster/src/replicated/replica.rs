@@ -232,11 +232,6 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         self.me
     }
 
-    /// The node this core runs on.
-    pub fn node(&self) -> NodeId {
-        self.me
-    }
-
     /// How many groups (partitions) there are.
     pub fn partitions(&self) -> u32 {
         self.config.partitions
