@@ -1,9 +1,10 @@
 //! Three real `kaelix serve --cluster` processes on loopback: publish
-//! through a member that does not lead (forwarded), receive on another,
-//! `kill -9` the leader, measure the time until publishes are acknowledged
-//! again (failover), restart the killed member and check that every
-//! member's log ends identical, holding every acknowledged message once,
-//! in acknowledgement order.
+//! (NATS, verbose) through a member that does not lead (forwarded),
+//! receive on every member, `kill -9` the leader, measure the time until
+//! publishes are acknowledged again (failover), produce with the native
+//! client (`acks = committed`), restart the killed member and check that
+//! every member's log ends identical, holding every acknowledged message
+//! once, in acknowledgement order.
 //!
 //! What is checked comes from the clients' own records (the payloads the
 //! publisher had acknowledged, what the subscriber received, what a native
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kaelix_client::{Connection, Consumer, FetchOptions, Topic};
+use kaelix_client::{AckLevel, Connection, Consumer, FetchOptions, Message, Producer, Topic};
 use kaelix_core::NodeId;
 use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 
@@ -199,6 +200,46 @@ fn publish_acked(publisher: &mut Nats, name: &str, acked: &mut Vec<String>, unkn
     }
 }
 
+/// Produces `NAME-0`, `NAME-1`, ... with the native client and `acks =
+/// committed` until `count` are acknowledged, each at an offset above the
+/// previous one; a refused produce leaves that attempt unknown.
+fn produce_acked(
+    exec: &Executor,
+    rt: &RealRuntime,
+    native: SocketAddr,
+    (name, count): (&str, usize),
+    acked: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) {
+    let (rt, name) = (rt.clone(), name.to_owned());
+    let (mut ok, mut failed) = exec.block_on(async move {
+        let conn = Connection::connect(&rt, native).await.expect("native listener accepts");
+        let producer = Producer::new(conn).with_acks(AckLevel::Committed);
+        let topic = Topic::new("orders").unwrap();
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        let mut last = None;
+        for attempt in 0..count * 20 {
+            if ok.len() == count {
+                break;
+            }
+            let payload = format!("{name}-{attempt}");
+            let message = Message::builder().topic(&topic).payload(payload.clone()).build().unwrap();
+            match producer.send(message).await {
+                Ok(at) => {
+                    assert!(last.is_none_or(|l| at.offset > l), "offsets grow: {at:?} after {last:?}");
+                    last = Some(at.offset);
+                    ok.push(payload);
+                }
+                Err(_) => failed.push(payload),
+            }
+        }
+        (ok, failed)
+    });
+    assert_eq!(ok.len(), count, "native produces acknowledged");
+    acked.append(&mut ok);
+    unknown.append(&mut failed);
+}
+
 /// Every record of orders/0 on the member at `native`, read with the
 /// native client's fetch.
 fn read_log(exec: &Executor, rt: &RealRuntime, native: SocketAddr) -> Vec<String> {
@@ -294,11 +335,15 @@ fn three_processes_fail_over_and_the_restarted_member_catches_up() {
         publish_acked(&mut publisher, &format!("after{i}"), &mut acked, &mut unknown);
     }
 
+    // Native produces, acknowledged once committed, through a survivor.
+    let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
+    let native = members[pub_node as usize - 1].as_ref().unwrap().native;
+    produce_acked(&exec, &rt, native, ("native", 20), &mut acked, &mut unknown);
+
     // The killed member comes back on its data directory and catches up.
     members[leader as usize - 1] =
         Some(start_member(leader, ports[leader as usize - 1], &peers, &dirs[leader as usize - 1], &config));
-    let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
-    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
     let logs = wait_for("every member's log to hold every acknowledged message", Duration::from_secs(15), || {
         let logs: Vec<Vec<String>> =
             (1..=3).map(|id| read_log(&exec, &rt, members[id as usize - 1].as_ref().unwrap().native)).collect();
