@@ -25,6 +25,7 @@ static ALLOCATOR: kaelix_telemetry::perf::CountingAllocator<mimalloc::MiMalloc> 
     kaelix_telemetry::perf::CountingAllocator::new(mimalloc::MiMalloc);
 
 mod bench;
+mod cluster;
 mod config_cmd;
 mod plugins;
 mod serve;
@@ -61,6 +62,22 @@ enum Command {
     /// Check or show the configuration `kaelix serve` would run with.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// A running cluster's state, read from its members' metrics endpoints.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members (up or unreachable) and each replicated partition's leader,
+    /// term and commit index as each member sees them. Exit code 1 when a
+    /// member does not answer or a partition has no leader.
+    Status {
+        /// The members' metrics addresses (`telemetry.metrics_listen`),
+        /// comma-separated: HOST:PORT,HOST:PORT,...
+        #[arg(long)]
+        nodes: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +235,13 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Config(command) => config_cmd::run(command),
+        Command::Cluster(ClusterCommand::Status { nodes }) => match cluster::parse_nodes(&nodes) {
+            Ok(nodes) => cluster::status(&nodes),
+            Err(e) => {
+                eprintln!("kaelix cluster status: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Sim(SimCommand::List) => {
             for s in catalog() {
                 out!("{:<28} {}", s.name(), s.description());

@@ -8,6 +8,9 @@
 //! reloadable keys (`ServerConfig::RELOADABLE`) apply to the running server
 //! and the log filter; any other change, or an invalid file, is refused
 //! whole and logged, and the running configuration stays.
+//! With `--cluster` (or `[cluster] enabled = true`) it is a member of a
+//! static cluster: replicated topics are Raft groups of all the members
+//! and the server runs on the member's broker (see `crate::cluster`).
 //! The first signal drains (stop accepting, answer what was read, sync,
 //! exit 0); a second one exits at once.
 
@@ -90,6 +93,22 @@ pub struct ServeArgs {
     /// Serve no metrics endpoint [`telemetry.metrics = false`].
     #[arg(long)]
     pub no_metrics: bool,
+    /// Run as a member of a static cluster: replicated topics are Raft
+    /// groups of every member [`cluster.enabled = true`].
+    #[arg(long)]
+    pub cluster: bool,
+    /// This member's id, one of --peers [`cluster.node_id`].
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Where this member accepts its peers (its --peers entry, or a
+    /// wildcard address with that port) [`cluster.listen`].
+    #[arg(long)]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Every member, this one included: ID=HOST:PORT,ID=HOST:PORT,...
+    /// (each member also uses the port after its own for forwarded
+    /// publishes) [`cluster.peers`].
+    #[arg(long)]
+    pub peers: Option<String>,
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -154,6 +173,19 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
     if args.no_metrics {
         loader = loader.with_override("telemetry.metrics", false, "--no-metrics");
     }
+    if args.cluster {
+        loader = loader.with_override("cluster.enabled", true, "--cluster");
+    }
+    if let Some(id) = args.node_id {
+        loader = loader.with_override("cluster.node_id", i64::try_from(id).unwrap_or(i64::MAX), "--node-id");
+    }
+    if let Some(addr) = args.cluster_listen {
+        loader = loader.with_override("cluster.listen", addr.to_string(), "--cluster-listen");
+    }
+    if let Some(peers) = &args.peers {
+        let list: Vec<String> = peers.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        loader = loader.with_override("cluster.peers", list, "--peers");
+    }
     loader
 }
 
@@ -196,7 +228,18 @@ fn run_with(
             return ExitCode::FAILURE;
         }
     };
-    let rt = match RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), &data_dir)) {
+    let node_config = if config.cluster.enabled {
+        match crate::cluster::node_config(&config.cluster, &data_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kaelix serve: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        NodeConfig::new(NodeId(1), &data_dir)
+    };
+    let rt = match RealRuntime::start(exec.handle(), node_config) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kaelix serve: starting the runtime: {e}");
@@ -226,7 +269,23 @@ fn run_with(
             Err(e) => return Err(e),
         };
         let hook: Arc<dyn kaelix_broker::intercept::PublishHook> = plugins.hook();
-        let server = match Server::start_with_hook(rt, config, Some(hook)).await {
+        let started = if config.cluster.enabled {
+            let view = crate::cluster::ClusterView::default();
+            let (broker, groups) = crate::cluster::start_member(&rt, &config, view.clone())?;
+            if let Some(collector) = &collector {
+                crate::cluster::add_metrics(collector, config.cluster.node_id, view, groups.clone());
+            }
+            println!(
+                "kaelix serve: cluster member {} of {}: {} replicated partitions",
+                config.cluster.node_id,
+                config.cluster.peers.join(","),
+                groups.len()
+            );
+            Server::start_on(rt, config, Some(hook), broker)
+        } else {
+            Server::start_with_hook(rt, config, Some(hook)).await
+        };
+        let server = match started {
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
         };

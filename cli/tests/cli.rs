@@ -1,5 +1,9 @@
 //! The `kaelix` binary end to end: history export, `sim check-history`,
-//! `sim run --jobs`, `sim swarm`.
+//! `sim run --jobs`, `sim swarm`; `cluster`: three `kaelix serve --cluster`
+//! processes, failover and catch-up.
+
+#[path = "cli/cluster.rs"]
+mod cluster;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -381,9 +381,34 @@ fn error(origin: Origin, key: impl Into<String>, message: impl Into<String>) -> 
 }
 
 /// Where a finding about `key` is blamed: the layer that set it, the
-/// file's table of that name, a non-default value under it, or `default`.
+/// file's table of that name, a non-default value under it; failing all
+/// three, the same for the key around it (a default left in a table the
+/// file wrote, an element of an array the file set: `cluster.peers[1]`
+/// is blamed on `cluster.peers`); else `default`.
 fn locate(key: &str, origins: &BTreeMap<String, Origin>, spans: &SpanMap, text: Option<&str>, shown: &str) -> Origin {
-    if let Some(origin) = origins.get(key) {
+    let mut at = key;
+    loop {
+        let origin = locate_exactly(at, origins, spans, text, shown);
+        if origin != Origin::Default {
+            return origin;
+        }
+        match at.rfind(['.', '[']) {
+            Some(cut) if cut > 0 => at = &at[..cut],
+            _ => return Origin::Default,
+        }
+    }
+}
+
+fn locate_exactly(
+    key: &str,
+    origins: &BTreeMap<String, Origin>,
+    spans: &SpanMap,
+    text: Option<&str>,
+    shown: &str,
+) -> Origin {
+    if let Some(origin) = origins.get(key)
+        && *origin != Origin::Default
+    {
         return origin.clone();
     }
     let under: Vec<&Origin> =

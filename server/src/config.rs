@@ -44,6 +44,12 @@
 //! [[plugins.chains]]
 //! pattern = "orders.*"
 //! stages = ["redact"]
+//!
+//! [cluster]                      # see `ClusterSettings`
+//! enabled = true
+//! node_id = 1
+//! listen = "127.0.0.1:7101"
+//! peers = ["1=127.0.0.1:7101", "2=127.0.0.1:7111", "3=127.0.0.1:7121"]
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -53,7 +59,7 @@ use std::net::SocketAddr;
 
 use kaelix_broker::TopicConfig;
 use kaelix_broker::partition::RetentionPolicy;
-use kaelix_broker::storage::{DurableConfig, FlushPolicy, StorageKind};
+use kaelix_broker::storage::{DurableConfig, FlushPolicy, ReplicationConfig, StorageKind};
 use kaelix_broker::topic::Topic;
 use kaelix_config::validate::{Category, Findings, Phase, Validate, ValidationContext};
 use kaelix_core::time::Duration;
@@ -87,6 +93,8 @@ pub struct ServerConfig {
     pub telemetry: TelemetrySettings,
     /// WebAssembly plugins and their chains (see [`crate::plugins`]).
     pub plugins: crate::plugins::PluginsConfig,
+    /// Static cluster membership (read by `kaelix serve --cluster`).
+    pub cluster: ClusterSettings,
     /// Planted bugs switched on (simulation tests only; never in a file).
     #[serde(skip)]
     pub planted: kaelix_core::planted::Planted,
@@ -106,7 +114,138 @@ impl Default for ServerConfig {
             node: NodeSettings::default(),
             telemetry: TelemetrySettings::default(),
             plugins: crate::plugins::PluginsConfig::default(),
+            cluster: ClusterSettings::default(),
             planted: kaelix_core::planted::Planted::NONE,
+        }
+    }
+}
+
+/// A static cluster: this node's id, where it listens for its peers, and
+/// every member (`[cluster]`; `kaelix serve --cluster --node-id N
+/// --cluster-listen ADDR --peers 1=ADDR,2=ADDR,3=ADDR`).
+///
+/// Membership is fixed: every member lists the same peers, and every
+/// replicated topic's partitions are Raft groups of all of them (so 3 or 5
+/// members). A member's address `ADDR` carries Raft's messages between
+/// nodes; the port after it (`ADDR`'s port + 1) carries the publishes a
+/// member that does not lead a partition forwards to its leader. Both
+/// ports of every member must be free and distinct.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Run as a cluster member (off: a single node, the rest is ignored).
+    pub enabled: bool,
+    /// This member's id (1 or more), one of `peers`.
+    pub node_id: u64,
+    /// Where this member accepts its peers' connections (default: its own
+    /// entry in `peers`). A wildcard address (`0.0.0.0:P`) may stand for
+    /// the entry's; the port must be the entry's.
+    pub listen: Option<SocketAddr>,
+    /// Every member, this one included: `"ID=HOST:PORT"`.
+    pub peers: Vec<String>,
+}
+
+/// The port after a member's address carries forwarded publishes.
+pub fn forward_addr(peer: SocketAddr) -> Option<SocketAddr> {
+    peer.port().checked_add(1).map(|p| SocketAddr::new(peer.ip(), p))
+}
+
+impl ClusterSettings {
+    /// The members by id, or the first malformed entry (key path, why).
+    pub fn members(&self) -> Result<std::collections::BTreeMap<u64, SocketAddr>, (String, String)> {
+        let mut members = std::collections::BTreeMap::new();
+        // (ip, port) → (member, which of its ports).
+        let mut ports = std::collections::BTreeMap::new();
+        for (i, entry) in self.peers.iter().enumerate() {
+            let key = format!("cluster.peers[{i}]");
+            let malformed = || (key.clone(), format!("{entry:?} is not ID=HOST:PORT (e.g. \"2=127.0.0.1:7111\")"));
+            let (id, addr) = entry.split_once('=').ok_or_else(malformed)?;
+            let id: u64 = id.trim().parse().map_err(|_| malformed())?;
+            let addr: SocketAddr = addr.trim().parse().map_err(|_| malformed())?;
+            if id == 0 {
+                return Err((key, "member ids start at 1".to_owned()));
+            }
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err((key, format!("{addr} is not an address peers can connect to")));
+            }
+            if forward_addr(addr).is_none() {
+                return Err((key, format!("port {} leaves no port after it for forwarded publishes", addr.port())));
+            }
+            if members.insert(id, addr).is_some() {
+                return Err((key, format!("member {id} is listed twice")));
+            }
+            for (port, what) in [(addr.port(), "address"), (addr.port() + 1, "forwarding port")] {
+                if let Some((other, theirs)) = ports.insert((addr.ip(), port), (id, what)) {
+                    return Err((
+                        key,
+                        format!("member {id}'s {what} {}:{port} is also member {other}'s {theirs}", addr.ip()),
+                    ));
+                }
+            }
+        }
+        Ok(members)
+    }
+
+    /// Where this member binds for its peers (`listen`, else its entry).
+    pub fn bind_addr(&self) -> Option<SocketAddr> {
+        self.listen.or_else(|| self.members().ok()?.get(&self.node_id).copied())
+    }
+
+    /// The cluster's rules (only when enabled; see [`ClusterSettings`]).
+    fn rules(&self, config: &ServerConfig, f: &mut Findings) {
+        use Category::*;
+        if !self.enabled {
+            if self.node_id != 0 || !self.peers.is_empty() || self.listen.is_some() {
+                f.warn(Integration, "cluster.enabled", "false: node_id, listen and peers are ignored (a single node)");
+            }
+            return;
+        }
+        if self.node_id == 0 {
+            f.error(Integration, "cluster.node_id", "must be set (1 or more) to run as a cluster member");
+        }
+        let members = match self.members() {
+            Ok(m) => m,
+            Err((key, why)) => return f.error(Integration, key, why),
+        };
+        if members.len() != 3 && members.len() != 5 {
+            f.error(
+                Integration,
+                "cluster.peers",
+                format!(
+                    "{} members listed: a cluster has 3 or 5 (every replicated partition is a Raft group of all of them)",
+                    members.len()
+                ),
+            );
+        }
+        let ids = members.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let Some(&own) = members.get(&self.node_id) else {
+            if self.node_id != 0 {
+                f.error(
+                    Integration,
+                    "cluster.node_id",
+                    format!("member {} is not among cluster.peers (members {ids})", self.node_id),
+                );
+            }
+            return;
+        };
+        if let Some(listen) = self.listen
+            && (listen.port() != own.port() || !(listen.ip() == own.ip() || listen.ip().is_unspecified()))
+        {
+            f.error(
+                Network,
+                "cluster.listen",
+                format!(
+                    "{listen} is not member {}'s address in cluster.peers ({own}): peers would connect elsewhere",
+                    self.node_id
+                ),
+            );
+        }
+        for (key, addr) in [("nats.listen", config.nats.listen), ("native.listen", config.native.listen)] {
+            for (what, port) in [("address", own.port()), ("forwarding port", own.port() + 1)] {
+                if addr.port() == port && (addr.ip() == own.ip() || addr.ip().is_unspecified()) {
+                    f.error(Network, key, format!("{addr} is this member's cluster {what}"));
+                }
+            }
         }
     }
 }
@@ -330,6 +469,9 @@ pub enum StorageChoice {
     /// synced.
     #[default]
     Durable,
+    /// One Raft group per partition across every cluster member
+    /// (`[cluster]` only): acknowledged once committed by a majority.
+    Replicated,
 }
 
 /// A topic the server creates at start.
@@ -521,8 +663,22 @@ impl ServerConfig {
                     format!("{} is more than native.max_partitions ({})", t.partitions, n.max_partitions),
                 );
             }
-            if t.storage == StorageChoice::Memory && t.flush_interval_ms.is_some() {
+            if t.storage != StorageChoice::Durable && t.flush_interval_ms.is_some() {
                 f.error(Integration, format!("{key}.flush_interval_ms"), "only durable topics are flushed");
+            }
+            match (t.storage, self.cluster.enabled) {
+                (StorageChoice::Replicated, false) => f.error(
+                    Storage,
+                    format!("{key}.storage"),
+                    "a replicated topic needs a cluster ([cluster] enabled = true, or kaelix serve --cluster)",
+                ),
+                (StorageChoice::Durable, true) => f.error(
+                    Storage,
+                    format!("{key}.storage"),
+                    "a cluster member stores topics only as \"replicated\" (Raft groups of every member; \
+                     durable is per node) or keeps them in \"memory\"",
+                ),
+                _ => {}
             }
             if t.flush_interval_ms == Some(0) {
                 f.error(
@@ -559,6 +715,7 @@ impl ServerConfig {
                 );
             }
         }
+        self.cluster.rules(self, f);
         if self.node.workers == Some(0) {
             f.error(Performance, "node.workers", "must be at least 1 (leave it out for one per CPU)");
         }
@@ -568,6 +725,23 @@ impl ServerConfig {
         if matches!(self.log.level, LogLevel::Trace) {
             f.warn(Telemetry, "log.level", "trace logs every operation: expect it to cost throughput");
         }
+    }
+
+    /// The replicated topics in configuration order, each with the
+    /// cluster's member count as its replication factor (every member of
+    /// the cluster must list the same ones in the same order: they are the
+    /// Raft groups, numbered in that order).
+    pub fn replicated_topics(&self) -> Vec<(Topic, kaelix_broker::TopicConfig)> {
+        let factor = self.cluster.members().map_or(3, |m| u8::try_from(m.len()).unwrap_or(u8::MAX));
+        self.topics
+            .iter()
+            .filter(|t| t.storage == StorageChoice::Replicated)
+            .map(|t| {
+                let mut config = t.topic_config();
+                config.storage = StorageKind::Replicated(ReplicationConfig { factor });
+                (t.topic(), config)
+            })
+            .collect()
     }
 
     /// Keys a running server takes from a reloaded file (see
@@ -596,6 +770,25 @@ impl Validate for ServerConfig {
                 f.error(Network, key, format!("{} is not an address of this machine", addr.ip()));
             } else if ctx.phase == Phase::Start && !probe.port_is_free(addr) {
                 f.error(Network, key, format!("{addr} is already in use by another process"));
+            }
+        }
+        if self.cluster.enabled
+            && let Some(bind) = self.cluster.bind_addr()
+        {
+            let forward = forward_addr(bind).expect("checked by the rules");
+            // Blame where the address came from: the flag or key that set
+            // `listen`, else the member's entry in `peers`.
+            let key = if self.cluster.listen.is_some() { "cluster.listen" } else { "cluster.peers" };
+            for (addr, what) in [(bind, "cluster address"), (forward, "forwarding port")] {
+                if !addr.ip().is_unspecified() && !probe.is_local_address(addr.ip()) {
+                    f.error(Network, key, format!("{} is not an address of this machine", addr.ip()));
+                } else if ctx.phase == Phase::Start && !probe.port_is_free(addr) {
+                    f.error(
+                        Network,
+                        key,
+                        format!("{addr} (this member's {what}) is already in use by another process"),
+                    );
+                }
             }
         }
         // Performance: threads against cores, buffers against memory.
@@ -684,6 +877,9 @@ impl TopicSpec {
     pub fn topic_config(&self) -> TopicConfig {
         let storage = match self.storage {
             StorageChoice::Memory => StorageKind::Memory,
+            // The factor is the cluster's member count:
+            // `ServerConfig::replicated_topics` sets it.
+            StorageChoice::Replicated => StorageKind::Replicated(ReplicationConfig { factor: 3 }),
             StorageChoice::Durable => StorageKind::Durable(DurableConfig {
                 flush: match self.flush_interval_ms {
                     None => FlushPolicy::EveryBatch,
@@ -786,6 +982,30 @@ mod tests {
         assert_eq!(e.to_string(), "telemetry.sample_interval_ms: must be at least 1");
         let e = ServerConfig::from_toml("[telemetry]\nmetrics_listen = \"nowhere\"\n", "k.toml").unwrap_err();
         assert!(e.to_string().starts_with("k.toml:2:18: invalid socket address"), "{e}");
+    }
+
+    #[test]
+    fn a_cluster_section_parses_and_names_its_groups() {
+        let peers: Vec<String> = (1..=5).map(|i| format!("\"{i}=127.0.0.1:{}\"", 7000 + 10 * i)).collect();
+        let text = format!(
+            "[cluster]\nenabled = true\nnode_id = 3\nlisten = \"0.0.0.0:7030\"\npeers = [{}]\n\
+             [[topics]]\nname = \"orders\"\nstorage = \"replicated\"\npartitions = 2\n\
+             [[topics]]\nname = \"scratch\"\nstorage = \"memory\"\nmax_records = 10\n\
+             [[topics]]\nname = \"audit\"\nstorage = \"replicated\"\n",
+            peers.join(", ")
+        );
+        let c = ServerConfig::from_toml(&text, "f").unwrap();
+        assert_eq!(c.cluster.members().unwrap().len(), 5);
+        assert_eq!(c.cluster.bind_addr(), Some("0.0.0.0:7030".parse().unwrap()));
+        assert_eq!(forward_addr("127.0.0.1:7030".parse().unwrap()), Some("127.0.0.1:7031".parse().unwrap()));
+        let groups = c.replicated_topics();
+        let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["orders", "audit"], "configuration order, memory topics left out");
+        assert!(groups.iter().all(|(_, tc)| tc.storage == StorageKind::Replicated(ReplicationConfig { factor: 5 })));
+        assert_eq!(groups[0].1.partitions, 2);
+        // Off: the rest is ignored with a warning, and nothing is replicated.
+        let off = ServerConfig::from_toml("[cluster]\nnode_id = 2\n", "f").unwrap();
+        assert!(!off.cluster.enabled && off.replicated_topics().is_empty());
     }
 
     #[test]

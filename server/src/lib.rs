@@ -231,12 +231,39 @@ impl<R: Runtime> Server<R> {
         hook: Option<Arc<dyn kaelix_broker::intercept::PublishHook>>,
     ) -> Result<Server<R>, ServerError> {
         config.validate()?;
-        // Subjects that name no configured topic are relayed, not stored:
-        // no auto-creation.
-        let broker_config = BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() };
-        let broker = Broker::open_durable(rt.clone(), broker_config).await?;
+        let broker = Broker::open_durable(rt.clone(), Self::broker_config(&config)).await?;
+        Self::start_on(rt, config, hook, broker)
+    }
+
+    /// The broker settings a server's broker is opened with: subjects that
+    /// name no configured topic are relayed, not stored (no auto-creation).
+    pub fn broker_config(config: &ServerConfig) -> BrokerConfig {
+        BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() }
+    }
+
+    /// [`Server::start_with_hook`] on a broker opened by the caller with
+    /// [`Server::broker_config`] — a cluster member's, whose replicated
+    /// topics are its Raft groups (`kaelix serve --cluster`). The
+    /// configured topics it lacks are created on it; those it has (the
+    /// replicated ones) are kept as they are.
+    pub fn start_on(
+        rt: R,
+        config: ServerConfig,
+        hook: Option<Arc<dyn kaelix_broker::intercept::PublishHook>>,
+        broker: Broker<R>,
+    ) -> Result<Server<R>, ServerError> {
+        config.validate()?;
         broker.set_publish_hook(hook);
         for spec in &config.topics {
+            if spec.storage == config::StorageChoice::Replicated {
+                if broker.topic_config(&spec.topic()).is_none() {
+                    return Err(ServerError::Topic {
+                        topic: spec.name.clone(),
+                        error: BrokerError::Message("a replicated topic is created by the cluster node".into()),
+                    });
+                }
+                continue;
+            }
             let topic_config = spec.topic_config();
             broker
                 .create_topic(&spec.name, topic_config.clone())

@@ -22,6 +22,20 @@
 //!   a proposal whose leader lost its leadership before the commit is
 //!   refused as unknown (`BrokerError::ReplicationUnknown`: it may still
 //!   commit under the next leader).
+//! * **Forwarding** ([`start_forwarding_broker_node`], what `kaelix serve
+//!   --cluster` runs). A member that does not lead the group but knows its
+//!   leader hands the publish to a forwarder task, which sends it as a
+//!   produce of the member's session (the proposal's number as sequence
+//!   number) over a client stream to the leader — one stream per leader,
+//!   opened on first use and again after it broke — and settles the
+//!   proposal with the leader's answer, given after the commit like any
+//!   client's. The record reaches this member's broker as every committed
+//!   record does, through its own group member's apply. A stream that
+//!   breaks (or cannot be opened) before the answer leaves the publish
+//!   unknown (`BrokerError::ReplicationUnknown`: it may still commit).
+//!   Group commits are not forwarded (`NotLeader`). [`start_broker_node`]
+//!   refuses instead, and is what the simulated scenarios run: forwarding
+//!   touches neither the driver nor its fault points.
 //! * **Group commits.** A consumer-group commit on a replicated topic
 //!   becomes a proposal too; the mirror proposes it as a commit command of
 //!   the same session (the group's name and next offset).
@@ -42,15 +56,18 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_util::StreamExt;
 use kaelix_broker::message::Message;
 use kaelix_broker::replication::{Proposal, ProposalId, ProposalOp};
 use kaelix_broker::storage::StorageKind;
 use kaelix_broker::topic::Topic;
 use kaelix_broker::{Broker, BrokerConfig, BrokerError, TopicConfig};
-use kaelix_core::WallTime;
 use kaelix_core::rng::RngExt;
-use kaelix_core::runtime::{Priority, Runtime};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime};
 use kaelix_core::time::Instant;
+use kaelix_core::{NodeId, WallTime};
 
 use super::node::{ReplicaObserver, ReplicatedConfig, run};
 use super::protocol::{Request, Response};
@@ -82,8 +99,33 @@ pub fn start_broker_node<R: Runtime, O: ReplicaObserver>(
     rt: R,
     broker_config: BrokerConfig,
     topics: &[(Topic, TopicConfig)],
+    config: ReplicatedConfig,
+    observer: O,
+) -> Result<Broker<R>, BrokerNodeError> {
+    start(rt, broker_config, topics, config, observer, false)
+}
+
+/// [`start_broker_node`], forwarding a publish to a group this node does
+/// not lead to the group's leader (see the module docs) instead of
+/// refusing it. The members' client addresses (`ClientNetwork::connect`)
+/// must be reachable.
+pub fn start_forwarding_broker_node<R: Runtime, O: ReplicaObserver>(
+    rt: R,
+    broker_config: BrokerConfig,
+    topics: &[(Topic, TopicConfig)],
+    config: ReplicatedConfig,
+    observer: O,
+) -> Result<Broker<R>, BrokerNodeError> {
+    start(rt, broker_config, topics, config, observer, true)
+}
+
+fn start<R: Runtime, O: ReplicaObserver>(
+    rt: R,
+    broker_config: BrokerConfig,
+    topics: &[(Topic, TopicConfig)],
     mut config: ReplicatedConfig,
     observer: O,
+    forward: bool,
 ) -> Result<Broker<R>, BrokerNodeError> {
     let broker = Broker::with_replication(rt.clone(), rt.rng(), broker_config);
     let mut groups = Vec::new();
@@ -95,7 +137,13 @@ pub fn start_broker_node<R: Runtime, O: ReplicaObserver>(
         groups.extend((0..topic_config.partitions).map(|p| (topic.clone(), p)));
     }
     config.partitions = u32::try_from(groups.len()).expect("group count fits");
-    let mirror = Mirror::new(broker.clone(), groups, rt.rng().random());
+    let mut mirror = Mirror::new(broker.clone(), groups, rt.rng().random(), rt.node_id());
+    if forward {
+        let (tx, rx) = mpsc::unbounded();
+        let task = forwarder(rt.clone(), broker.clone(), rx, tx.clone());
+        drop(rt.spawn(Priority::High, "broker-forwarder", task));
+        mirror.forward = Some(tx);
+    }
     drop(rt.spawn(Priority::Critical, "replica-main", run(rt.clone(), config, observer, Some(mirror))));
     Ok(broker)
 }
@@ -111,12 +159,17 @@ pub(super) struct Mirror<R: Runtime> {
     session: u64,
     /// Proposals handed to a group, waiting for their answer: proposal → group.
     proposed: BTreeMap<ProposalId, u32>,
+    /// This node.
+    me: NodeId,
+    /// The forwarder's queue, when publishes to groups led elsewhere are
+    /// forwarded.
+    forward: Option<mpsc::UnboundedSender<Job>>,
 }
 
 impl<R: Runtime> Mirror<R> {
-    fn new(broker: Broker<R>, groups: Vec<(Topic, u32)>, session: u64) -> Self {
+    fn new(broker: Broker<R>, groups: Vec<(Topic, u32)>, session: u64, me: NodeId) -> Self {
         let group_of = groups.iter().enumerate().map(|(g, tp)| (tp.clone(), g as u32)).collect();
-        Mirror { broker, groups, group_of, session, proposed: BTreeMap::new() }
+        Mirror { broker, groups, group_of, session, proposed: BTreeMap::new(), me, forward: None }
     }
 
     pub(super) fn broker(&self) -> &Broker<R> {
@@ -136,6 +189,16 @@ impl<R: Runtime> Mirror<R> {
         let group = *self.group_of.get(&(topic.clone(), partition)).expect("replicated partitions are groups");
         let raft = core.raft(group);
         if raft.role() != Role::Leader {
+            if let (Some(queue), Some(to), ProposalOp::Publish(message)) = (&self.forward, raft.leader(), &op)
+                && to != self.me
+            {
+                let (client, seq, payload) = (self.session, id.0, message.encode_to_bytes());
+                let frame = Request::Produce { req: id.0, partition: group, client, seq, payload }.encode();
+                let job = Job::Send { to, id, topic: topic.clone(), partition, frame };
+                if queue.unbounded_send(job).is_ok() {
+                    return;
+                }
+            }
             let leader = raft.leader().map(|n| n.0);
             self.broker.proposal_done(id, Err(BrokerError::NotLeader { topic, partition, leader }));
             return;
@@ -194,29 +257,118 @@ impl<R: Runtime> Mirror<R> {
     }
 
     fn answer(&mut self, response: Response) {
-        let id = ProposalId(match &response {
-            Response::Produced { req, .. }
-            | Response::Committed { req, .. }
-            | Response::NotLeader { req, .. }
-            | Response::Error { req, .. } => *req,
-            Response::ReadResult { req, .. } => *req,
-        });
+        let id = ProposalId(response_req(&response));
         let Some(group) = self.proposed.remove(&id) else { return };
         let (topic, partition) = self.groups[group as usize].clone();
-        let outcome = match response {
-            Response::Produced { offset, .. } => Ok(offset),
-            Response::Committed { next, .. } => Ok(next),
-            Response::NotLeader { leader, .. } => Err(BrokerError::ReplicationUnknown {
-                topic,
-                partition,
-                reason: match leader {
-                    Some(l) => format!("leadership moved to node {} before the commit", l.0),
-                    None => "leadership was lost before the commit".to_owned(),
-                },
-            }),
-            Response::Error { reason, .. } => Err(BrokerError::ReplicationUnknown { topic, partition, reason }),
-            Response::ReadResult { .. } => unreachable!("the mirror never reads"),
-        };
-        self.broker.proposal_done(id, outcome);
+        self.broker.proposal_done(id, outcome_of(response, topic, partition));
+    }
+}
+
+/// The request a response answers.
+fn response_req(response: &Response) -> u64 {
+    match response {
+        Response::Produced { req, .. }
+        | Response::Committed { req, .. }
+        | Response::NotLeader { req, .. }
+        | Response::Error { req, .. }
+        | Response::ReadResult { req, .. } => *req,
+    }
+}
+
+/// A proposal's outcome from the answer of its group's leader.
+fn outcome_of(response: Response, topic: Topic, partition: u32) -> Result<u64, BrokerError> {
+    match response {
+        Response::Produced { offset, .. } => Ok(offset),
+        Response::Committed { next, .. } => Ok(next),
+        Response::NotLeader { leader, .. } => Err(BrokerError::ReplicationUnknown {
+            topic,
+            partition,
+            reason: match leader {
+                Some(l) => format!("leadership moved to node {} before the commit", l.0),
+                None => "leadership was lost before the commit".to_owned(),
+            },
+        }),
+        Response::Error { reason, .. } => Err(BrokerError::ReplicationUnknown { topic, partition, reason }),
+        Response::ReadResult { .. } => unreachable!("the mirror never reads"),
+    }
+}
+
+/// What the forwarder task is given.
+pub(super) enum Job {
+    /// Send this produce frame to `to` (the group's leader) for proposal `id`.
+    Send { to: NodeId, id: ProposalId, topic: Topic, partition: u32, frame: Bytes },
+    /// A leader's answer, read from the stream to it.
+    Answer(Response),
+    /// The stream of this generation to that leader ended.
+    Lost(NodeId, u64),
+}
+
+/// Forwards publishes to their groups' leaders and settles them with the
+/// answers (see the module docs).
+async fn forwarder<R: Runtime>(
+    rt: R,
+    broker: Broker<R>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    to_self: mpsc::UnboundedSender<Job>,
+) {
+    let mut streams: BTreeMap<NodeId, (u64, <R as ClientNetwork>::Stream)> = BTreeMap::new();
+    // Forwarded and not answered: proposal → (leader, topic, partition).
+    let mut waiting: BTreeMap<ProposalId, (NodeId, Topic, u32)> = BTreeMap::new();
+    let mut generation = 0u64;
+    let unknown =
+        |topic: Topic, partition: u32, reason: String| BrokerError::ReplicationUnknown { topic, partition, reason };
+    while let Some(job) = jobs.next().await {
+        match job {
+            Job::Answer(response) => {
+                let id = ProposalId(response_req(&response));
+                if let Some((_, topic, partition)) = waiting.remove(&id) {
+                    broker.proposal_done(id, outcome_of(response, topic, partition));
+                }
+            }
+            Job::Lost(node, g) => {
+                if streams.get(&node).is_some_and(|(current, _)| *current == g) {
+                    streams.remove(&node);
+                }
+                let lost: Vec<ProposalId> =
+                    waiting.iter().filter(|(_, (to, _, _))| *to == node).map(|(&id, _)| id).collect();
+                for id in lost {
+                    let (_, topic, partition) = waiting.remove(&id).expect("listed");
+                    let reason = format!("the stream to node {} (the leader it was forwarded to) broke", node.0);
+                    broker.proposal_done(id, Err(unknown(topic, partition, reason)));
+                }
+            }
+            Job::Send { to, id, topic, partition, frame } => {
+                let stream = match streams.get(&to) {
+                    Some((_, stream)) => stream.clone(),
+                    None => match rt.connect(to).await {
+                        Ok(stream) => {
+                            generation += 1;
+                            let (g, reader, answers) = (generation, stream.clone(), to_self.clone());
+                            drop(rt.spawn(Priority::High, "broker-forward-reader", async move {
+                                while let Ok(Some(frame)) = reader.recv().await {
+                                    if let Ok(response) = Response::decode(frame) {
+                                        let _ = answers.unbounded_send(Job::Answer(response));
+                                    }
+                                }
+                                let _ = answers.unbounded_send(Job::Lost(to, g));
+                            }));
+                            streams.insert(to, (g, stream.clone()));
+                            stream
+                        }
+                        Err(e) => {
+                            let reason = format!("the leader, node {}, is unreachable: {e}", to.0);
+                            broker.proposal_done(id, Err(unknown(topic, partition, reason)));
+                            continue;
+                        }
+                    },
+                };
+                waiting.insert(id, (to, topic, partition));
+                if stream.send(frame).await.is_err() {
+                    // The reader sees the stream end and reports it lost,
+                    // settling this proposal with the others sent on it.
+                    stream.close();
+                }
+            }
+        }
     }
 }

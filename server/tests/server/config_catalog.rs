@@ -87,7 +87,9 @@ fn catalog() -> Vec<Entry> {
             "unknown storage",
             t("[[topics]]\nname = \"a\"\nstorage = \"disk\"\n"),
             vec![],
-            vec!["kaelix.toml:3:11: topics[0].storage: unknown variant `disk`, expected `memory` or `durable`"],
+            vec![
+                "kaelix.toml:3:11: topics[0].storage: unknown variant `disk`, expected one of `memory`, `durable`, `replicated`",
+            ],
         ),
         (
             "unknown log level",
@@ -121,7 +123,7 @@ fn catalog() -> Vec<Entry> {
             t("listen = \"127.0.0.1:4222\"\n"),
             vec![],
             vec![
-                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`",
+                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`, `cluster`",
             ],
         ),
         (
@@ -137,7 +139,7 @@ fn catalog() -> Vec<Entry> {
             t("[network]\nmax_connections = 5\n"),
             vec![],
             vec![
-                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`",
+                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`, `cluster`",
             ],
         ),
         (
@@ -417,8 +419,109 @@ fn catalog() -> Vec<Entry> {
                 "kaelix.toml:1:3: topics: memory topics may retain 9000000000 bytes, more than this machine's memory (8589934592)",
             ],
         ),
+        // --- [cluster]
+        (
+            "own id missing from the peers",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 4\npeers = {PEERS}\n")),
+            vec![],
+            vec!["kaelix.toml:3:11: cluster.node_id: member 4 is not among cluster.peers (members 1, 2, 3)"],
+        ),
+        (
+            "cluster without a node id",
+            t(&format!("[cluster]\nenabled = true\npeers = {PEERS}\n")),
+            vec![],
+            vec!["kaelix.toml:1:2: cluster.node_id: must be set (1 or more) to run as a cluster member"],
+        ),
+        (
+            "a malformed peer",
+            t(
+                "[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:7101\", \"2@127.0.0.1:7111\", \"3=127.0.0.1:7121\"]\n",
+            ),
+            vec![],
+            vec![
+                "kaelix.toml:4:9: cluster.peers[1]: \"2@127.0.0.1:7111\" is not ID=HOST:PORT (e.g. \"2=127.0.0.1:7111\")",
+            ],
+        ),
+        (
+            "two members",
+            t("[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:7101\", \"2=127.0.0.1:7111\"]\n"),
+            vec![],
+            vec![
+                "kaelix.toml:4:9: cluster.peers: 2 members listed: a cluster has 3 or 5 (every replicated partition is a Raft group of all of them)",
+            ],
+        ),
+        (
+            "a member's address on another's forwarding port",
+            t(
+                "[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:7101\", \"2=127.0.0.1:7102\", \"3=127.0.0.1:7121\"]\n",
+            ),
+            vec![],
+            vec![
+                "kaelix.toml:4:9: cluster.peers[1]: member 2's address 127.0.0.1:7102 is also member 1's forwarding port",
+            ],
+        ),
+        (
+            "a member listed twice",
+            t(
+                "[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:7101\", \"1=127.0.0.1:7111\", \"3=127.0.0.1:7121\"]\n",
+            ),
+            vec![],
+            vec!["kaelix.toml:4:9: cluster.peers[1]: member 1 is listed twice"],
+        ),
+        (
+            "listening elsewhere than the own entry",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 2\nlisten = \"127.0.0.1:7200\"\npeers = {PEERS}\n")),
+            vec![],
+            vec![
+                "kaelix.toml:4:10: cluster.listen: 127.0.0.1:7200 is not member 2's address in cluster.peers (127.0.0.1:7111): peers would connect elsewhere",
+            ],
+        ),
+        (
+            "the NATS listener on the cluster's forwarding port",
+            t(&format!(
+                "[nats]\nlisten = \"127.0.0.1:7102\"\n[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\n"
+            )),
+            vec![],
+            vec!["kaelix.toml:2:10: nats.listen: 127.0.0.1:7102 is this member's cluster forwarding port"],
+        ),
+        (
+            "a replicated topic without a cluster",
+            t("[[topics]]\nname = \"orders\"\nstorage = \"replicated\"\n"),
+            vec![],
+            vec![
+                "kaelix.toml:3:11: topics[0].storage: a replicated topic needs a cluster ([cluster] enabled = true, or kaelix serve --cluster)",
+            ],
+        ),
+        (
+            "a durable topic in a cluster",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\n[[topics]]\nname = \"orders\"\n")),
+            vec![],
+            vec![
+                "kaelix.toml:5:1: topics[0].storage: a cluster member stores topics only as \"replicated\" (Raft groups of every member; durable is per node) or keeps them in \"memory\"",
+            ],
+        ),
+        (
+            "own id missing, from a variable",
+            t(&format!("[cluster]\nenabled = true\npeers = {PEERS}\n")),
+            vec![("KAELIX_CLUSTER__NODE_ID", "7")],
+            vec![
+                "environment KAELIX_CLUSTER__NODE_ID: cluster.node_id: member 7 is not among cluster.peers (members 1, 2, 3)",
+            ],
+        ),
+        (
+            "the cluster port taken",
+            t(
+                "[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:4332\", \"2=127.0.0.1:7111\", \"3=127.0.0.1:7121\"]\n",
+            ),
+            vec![],
+            vec![
+                "kaelix.toml:4:9: cluster.peers: 127.0.0.1:4333 (this member's forwarding port) is already in use by another process",
+            ],
+        ),
     ]
 }
+
+const PEERS: &str = "[\"1=127.0.0.1:7101\", \"2=127.0.0.1:7111\", \"3=127.0.0.1:7121\"]";
 
 #[test]
 fn every_bad_configuration_is_refused_with_its_exact_message() {

@@ -1,0 +1,311 @@
+//! `kaelix serve --cluster` and `kaelix cluster status`.
+//!
+//! # Model
+//!
+//! A static cluster (`[cluster]`, see `kaelix_server::config::ClusterSettings`):
+//! every member is started with the same peers and the same configured
+//! topics. Each topic with `storage = "replicated"` is, partition by
+//! partition, a Raft group of all the members
+//! (`kaelix_cluster::replicated::broker_node::start_broker_node` on the real
+//! runtime; groups numbered in configuration order), and the server (NATS
+//! and native listeners) runs on that node's broker, so:
+//!
+//! * a publish to a replicated topic on the partition's leader is proposed
+//!   there; on any other member it is **forwarded** to the leader over the
+//!   cluster's forwarding port (the member's cluster port + 1), as a
+//!   produce of the member's session; either way the publisher is
+//!   acknowledged (NATS `+OK` with `verbose`, native `acks = committed`)
+//!   only once the record is committed;
+//! * every member appends every committed record to its broker, so a
+//!   subscriber on any member receives it;
+//! * a publish while no leader is known is refused (NATS `-ERR`), and one
+//!   whose forwarding stream broke has an unknown outcome: the publisher
+//!   retries.
+//!
+//! Memory topics stay local to each member (a NATS subject with no
+//! configured topic is relayed to that member's subscribers only).
+//! Durable topics are refused in cluster mode: stored data is replicated.
+//!
+//! `kaelix cluster status --nodes ADDR,...` reads each member's metrics
+//! endpoint (`kaelix_cluster_*` gauges, written by the observer below at
+//! every Raft step) and prints members and each partition's leader, term
+//! and commit index as each member sees them.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // the binary's edge: a status table, HTTP scrapes
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+
+use kaelix_broker::Broker;
+use kaelix_broker::topic::Topic;
+use kaelix_cluster::raft::{Raft, Role};
+use kaelix_cluster::replicated::broker_node::start_forwarding_broker_node;
+use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
+use kaelix_core::NodeId;
+use kaelix_runtime_real::{NodeConfig, RealRuntime};
+use kaelix_server::config::{ClusterSettings, forward_addr};
+use kaelix_server::{Server, ServerConfig};
+use kaelix_telemetry::MetricsCollector;
+
+/// One group as this member last saw it.
+#[derive(Clone, Debug, Default)]
+struct GroupView {
+    role: u8,
+    term: u64,
+    leader: u64,
+    commit: u64,
+    applied: u64,
+}
+
+/// The observer that keeps each group's state for the metrics endpoint.
+#[derive(Clone, Default)]
+pub struct ClusterView {
+    groups: Arc<Mutex<Vec<GroupView>>>,
+}
+
+impl ReplicaObserver for ClusterView {
+    fn stepped(&self, _node: NodeId, group: u32, raft: &Raft) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let g = group as usize;
+        if groups.len() <= g {
+            groups.resize(g + 1, GroupView::default());
+        }
+        groups[g] = GroupView {
+            role: match raft.role() {
+                Role::Follower => 0,
+                Role::PreCandidate | Role::Candidate => 1,
+                Role::Leader => 2,
+            },
+            term: raft.term(),
+            leader: raft.leader().map_or(0, |n| n.0),
+            commit: raft.commit(),
+            applied: raft.applied(),
+        };
+    }
+}
+
+/// The real runtime's node configuration of this member: the peers'
+/// addresses (this member's own bound where `cluster.listen` says) and
+/// their forwarding addresses.
+pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Result<NodeConfig, String> {
+    let members = cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
+    let me = NodeId(cluster.node_id);
+    let mut config = NodeConfig::new(me, data_dir);
+    for (&id, &addr) in &members {
+        let forward = forward_addr(addr).ok_or_else(|| format!("member {id}: no forwarding port"))?;
+        config.peers.insert(NodeId(id), addr);
+        config.clients.insert(NodeId(id), forward);
+    }
+    if let Some(listen) = cluster.listen {
+        config.peers.insert(me, listen);
+        config.clients.insert(me, forward_addr(listen).ok_or("cluster.listen: no forwarding port")?);
+    }
+    Ok(config)
+}
+
+/// A member's groups in order: (topic, partition).
+pub type Groups = Vec<(Topic, u32)>;
+
+/// One member's view of a partition: (member, [role, term, leader, commit, applied]).
+type Views = Vec<(u64, [u64; 5])>;
+
+/// Starts this member's replicated groups and returns its broker (see the
+/// module docs).
+pub fn start_member(
+    rt: &RealRuntime,
+    config: &ServerConfig,
+    view: ClusterView,
+) -> Result<(Broker<RealRuntime>, Groups), String> {
+    let members = config.cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
+    let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
+    let topics = config.replicated_topics();
+    let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
+    let replicated = ReplicatedConfig::new(ids, 0);
+    let broker = start_forwarding_broker_node(
+        rt.clone(),
+        Server::<RealRuntime>::broker_config(config),
+        &topics,
+        replicated,
+        view,
+    )
+    .map_err(|e| format!("starting the cluster member: {e}"))?;
+    Ok((broker, groups))
+}
+
+/// Publishes the member's groups as gauges at scrape time.
+pub fn add_metrics(collector: &MetricsCollector, node: u64, view: ClusterView, groups: Vec<(Topic, u32)>) {
+    let node_gauge = collector.gauge("kaelix_cluster_node_id", &[]);
+    let handles: Vec<_> = groups
+        .iter()
+        .map(|(topic, partition)| {
+            let labels = [("topic", topic.as_str().to_owned()), ("partition", partition.to_string())];
+            [
+                collector.gauge("kaelix_cluster_partition_role", &labels),
+                collector.gauge("kaelix_cluster_partition_term", &labels),
+                collector.gauge("kaelix_cluster_partition_leader", &labels),
+                collector.gauge("kaelix_cluster_partition_commit_index", &labels),
+                collector.gauge("kaelix_cluster_partition_applied_index", &labels),
+            ]
+        })
+        .collect();
+    collector.add_source("cluster", move || {
+        node_gauge.set(node as f64);
+        let seen = view.groups.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (g, gauges) in handles.iter().enumerate() {
+            let v = seen.get(g).cloned().unwrap_or_default();
+            for (gauge, value) in gauges.iter().zip([u64::from(v.role), v.term, v.leader, v.commit, v.applied]) {
+                gauge.set(value as f64);
+            }
+        }
+    });
+}
+
+/// What one member's endpoint said.
+struct MemberReport {
+    node: Option<u64>,
+    /// (topic, partition) → (role, term, leader, commit, applied).
+    partitions: BTreeMap<(String, u32), [u64; 5]>,
+}
+
+fn scrape(addr: &str) -> Result<MemberReport, String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).map_err(|e| format!("{addr}: {e}"))?;
+    parse_metrics(&body).ok_or_else(|| format!("{addr}: no kaelix_cluster_node_id: not a cluster member's metrics"))
+}
+
+/// Reads the `kaelix_cluster_*` samples of a Prometheus text page.
+fn parse_metrics(page: &str) -> Option<MemberReport> {
+    let mut report = MemberReport { node: None, partitions: BTreeMap::new() };
+    for line in page.lines().filter(|l| l.starts_with("kaelix_cluster_")) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.parse::<f64>().ok()? as u64;
+        if series == "kaelix_cluster_node_id" {
+            report.node = Some(value);
+            continue;
+        }
+        let Some((name, labels)) = series.split_once('{') else { continue };
+        let field = match name {
+            "kaelix_cluster_partition_role" => 0,
+            "kaelix_cluster_partition_term" => 1,
+            "kaelix_cluster_partition_leader" => 2,
+            "kaelix_cluster_partition_commit_index" => 3,
+            "kaelix_cluster_partition_applied_index" => 4,
+            _ => continue,
+        };
+        let mut topic = None;
+        let mut partition = None;
+        for pair in labels.trim_end_matches('}').split(',') {
+            let Some((k, v)) = pair.split_once('=') else { continue };
+            let v = v.trim_matches('"');
+            match k {
+                "topic" => topic = Some(v.to_owned()),
+                "partition" => partition = v.parse().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(t), Some(p)) = (topic, partition) {
+            report.partitions.entry((t, p)).or_insert([0; 5])[field] = value;
+        }
+    }
+    report.node.map(|_| report)
+}
+
+/// `kaelix cluster status`: prints members and partitions; exit code 1 if
+/// a member did not answer or no partition has one agreed leader.
+pub fn status(nodes: &[String]) -> std::process::ExitCode {
+    let mut reports = Vec::new();
+    println!("members:");
+    for addr in nodes {
+        match scrape(addr) {
+            Ok(r) => {
+                println!("  node {:>3}  {addr:<22} up", r.node.unwrap_or(0));
+                reports.push(r);
+            }
+            Err(e) => println!("  node   ?  {addr:<22} unreachable ({e})"),
+        }
+    }
+    let mut partitions: BTreeMap<(String, u32), Views> = BTreeMap::new();
+    for r in &reports {
+        for (tp, v) in &r.partitions {
+            partitions.entry(tp.clone()).or_default().push((r.node.unwrap_or(0), *v));
+        }
+    }
+    println!("partitions:");
+    println!(
+        "  {:<24} {:>6} {:>6} {:>8}  members (node: role term commit)",
+        "topic/partition", "leader", "term", "commit"
+    );
+    let mut healthy = reports.len() == nodes.len();
+    for ((topic, partition), views) in &partitions {
+        // The leader is the member that says it leads in the highest term.
+        let leading = views.iter().filter(|(_, v)| v[0] == 2).max_by_key(|(_, v)| v[1]);
+        let (leader, term, commit) = match leading {
+            Some((node, v)) => (node.to_string(), v[1].to_string(), v[3].to_string()),
+            None => {
+                healthy = false;
+                ("none".into(), "-".into(), "-".into())
+            }
+        };
+        let each: Vec<String> = views
+            .iter()
+            .map(|(node, v)| {
+                let role = ["follower", "candidate", "leader"].get(v[0] as usize).copied().unwrap_or("?");
+                format!("{node}: {role} {} {}", v[1], v[3])
+            })
+            .collect();
+        println!("  {:<24} {leader:>6} {term:>6} {commit:>8}  {}", format!("{topic}/{partition}"), each.join(", "));
+    }
+    if healthy { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
+}
+
+/// The addresses `--nodes` names, each `HOST:PORT`.
+pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
+    let nodes: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if nodes.is_empty() {
+        return Err("--nodes: give at least one metrics address (HOST:PORT)".into());
+    }
+    for n in &nodes {
+        if n.parse::<SocketAddr>().is_err() && n.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+            return Err(format!("--nodes: {n:?} is not HOST:PORT"));
+        }
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_cluster_gauges_of_a_metrics_page() {
+        let page = "# TYPE kaelix_cluster_node_id gauge\nkaelix_cluster_node_id 2\n\
+            kaelix_cluster_partition_term{topic=\"orders\",partition=\"1\"} 7\n\
+            kaelix_cluster_partition_leader{topic=\"orders\",partition=\"1\"} 3\n\
+            kaelix_cluster_partition_commit_index{topic=\"orders\",partition=\"1\"} 42\n\
+            kaelix_server_connections 4\n";
+        let r = parse_metrics(page).expect("a member's page");
+        assert_eq!(r.node, Some(2));
+        assert_eq!(r.partitions[&("orders".to_owned(), 1)], [0, 7, 3, 42, 0]);
+        assert!(parse_metrics("kaelix_server_connections 4\n").is_none(), "not a cluster member");
+    }
+
+    #[test]
+    fn node_lists_are_checked() {
+        assert_eq!(parse_nodes("127.0.0.1:9464, localhost:9465").unwrap().len(), 2);
+        assert!(parse_nodes("").is_err());
+        assert!(parse_nodes("127.0.0.1").unwrap_err().contains("not HOST:PORT"));
+    }
+}

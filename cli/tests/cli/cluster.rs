@@ -1,0 +1,383 @@
+//! Three real `kaelix serve --cluster` processes on loopback: publish
+//! (NATS, verbose) through a member that does not lead (forwarded),
+//! receive on every member, `kill -9` the leader, measure the time until
+//! publishes are acknowledged again (failover), produce with the native
+//! client (`acks = committed`), restart the killed member and check that
+//! every member's log ends identical, holding every acknowledged message
+//! once, in acknowledgement order.
+//!
+//! What is checked comes from the clients' own records (the payloads the
+//! publisher had acknowledged, what the subscriber received, what a native
+//! fetch reads from each member), never from the members' counters; the
+//! leader is found with `kaelix cluster status`, whose output is checked
+//! too. Bounded: every wait has a deadline (about 20 s in all here).
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "real processes, sockets, clocks")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kaelix_client::{AckLevel, Connection, Consumer, FetchOptions, Message, Producer, Topic};
+use kaelix_core::NodeId;
+use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
+
+const CONFIG: &str = "[[topics]]\nname = \"orders\"\nstorage = \"replicated\"\n";
+
+/// A port `p` with `p + 1` free too (a member's cluster and forwarding
+/// ports), distinct from `taken`.
+fn free_port_pair(taken: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65535
+            && !taken.iter().any(|&t| t == p || t == p + 1 || t + 1 == p)
+            && TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free pair of ports on loopback");
+}
+
+/// One member process, killed (SIGKILL) when dropped.
+struct Member {
+    child: Child,
+    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    nats: SocketAddr,
+    native: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KAELIX_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["serve", "--cluster", "--node-id", &id.to_string()])
+        .args(["--cluster-listen", &format!("127.0.0.1:{port}"), "--peers", peers])
+        .args(["--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--log-level", "error", "--workers", "1", "--config", config.to_str().unwrap()])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kaelix serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut nats, mut native, mut metrics) = (None, None, None);
+    while nats.is_none() || native.is_none() || metrics.is_none() {
+        let line = lines.next().expect("kaelix serve prints its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("kaelix serve: NATS clients on nats://") {
+            nats = Some(rest.parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("kaelix serve: native clients on ") {
+            native = Some(rest.parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("kaelix serve: metrics on http://") {
+            metrics = Some(rest.trim_end_matches("/metrics").parse().unwrap());
+        }
+    }
+    Member { child, _stdout: lines, nats: nats.unwrap(), native: native.unwrap(), metrics: metrics.unwrap() }
+}
+
+/// `kaelix cluster status` over `members`; the leader of orders/0 once
+/// every one of them names the same one.
+fn leader_by_status(members: &[&Member]) -> Option<u64> {
+    let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
+    let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
+    let stdout = super::text(&out.stdout);
+    if out.status.code() != Some(0) {
+        return None;
+    }
+    assert_eq!(stdout.lines().filter(|l| l.contains(" up")).count(), members.len(), "{stdout}");
+    let row = stdout.lines().find(|l| l.trim_start().starts_with("orders/0"))?;
+    let leader: u64 = row.split_whitespace().nth(1)?.parse().ok()?;
+    // Every member follows that leader: "N: follower T C" / "N: leader T C".
+    let roles = row.matches(": leader ").count();
+    (roles == 1).then_some(leader)
+}
+
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A raw NATS connection (verbose: every PUB is answered `+OK` or `-ERR`).
+struct Nats {
+    conn: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Nats {
+    fn connect(addr: SocketAddr) -> Nats {
+        let conn = TcpStream::connect(addr).expect("NATS listener accepts");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut info = String::new();
+        reader.read_line(&mut info).unwrap();
+        assert!(info.starts_with("INFO "), "{info}");
+        let mut n = Nats { conn, reader };
+        n.conn.write_all(b"CONNECT {\"verbose\":true}\r\n").unwrap();
+        assert_eq!(n.line(), "+OK", "CONNECT is acknowledged");
+        n
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        assert_ne!(self.reader.read_line(&mut line).expect("the server answers in time"), 0, "connection closed");
+        line.trim_end().to_owned()
+    }
+
+    /// Publishes and returns whether it was acknowledged (`+OK`).
+    fn publish(&mut self, subject: &str, payload: &str) -> bool {
+        write!(self.conn, "PUB {subject} {}\r\n{payload}\r\n", payload.len()).unwrap();
+        loop {
+            match self.line().as_str() {
+                "+OK" => return true,
+                l if l.starts_with("-ERR") => return false,
+                "PING" => self.conn.write_all(b"PONG\r\n").unwrap(),
+                other => panic!("unexpected reply to PUB: {other}"),
+            }
+        }
+    }
+
+    fn subscribe(&mut self, subject: &str) {
+        write!(self.conn, "SUB {subject} 1\r\n").unwrap();
+        assert_eq!(self.line(), "+OK");
+    }
+
+    /// Next delivered payload (`None` once `timeout` passes without one).
+    fn next_message(&mut self, timeout: Duration) -> Option<String> {
+        self.conn.set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        let got = match self.reader.read_line(&mut line) {
+            Ok(0) => panic!("subscriber connection closed"),
+            Ok(_) => {
+                if line.starts_with("PING") {
+                    self.conn.write_all(b"PONG\r\n").unwrap();
+                    return self.next_message(timeout);
+                }
+                assert!(line.starts_with("MSG orders 1 "), "{line}");
+                Some(self.line())
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e) => panic!("subscriber: {e}"),
+        };
+        self.conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        got
+    }
+}
+
+/// Publishes `NAME-0`, `NAME-1`, ... until one is acknowledged; a refusal
+/// (a leader change on a loaded machine) leaves that attempt's outcome
+/// unknown.
+fn publish_acked(publisher: &mut Nats, name: &str, acked: &mut Vec<String>, unknown: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 0.. {
+        let payload = format!("{name}-{attempt}");
+        if publisher.publish("orders", &payload) {
+            acked.push(payload);
+            return;
+        }
+        unknown.push(payload);
+        assert!(Instant::now() < deadline, "{name}: no publish acknowledged within 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Produces `NAME-0`, `NAME-1`, ... with the native client and `acks =
+/// committed` until `count` are acknowledged, each at an offset above the
+/// previous one; a refused produce leaves that attempt unknown.
+fn produce_acked(
+    exec: &Executor,
+    rt: &RealRuntime,
+    native: SocketAddr,
+    (name, count): (&str, usize),
+    acked: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) {
+    let (rt, name) = (rt.clone(), name.to_owned());
+    let (mut ok, mut failed) = exec.block_on(async move {
+        let conn = Connection::connect(&rt, native).await.expect("native listener accepts");
+        let producer = Producer::new(conn).with_acks(AckLevel::Committed);
+        let topic = Topic::new("orders").unwrap();
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        let mut last = None;
+        for attempt in 0..count * 20 {
+            if ok.len() == count {
+                break;
+            }
+            let payload = format!("{name}-{attempt}");
+            let message = Message::builder().topic(&topic).payload(payload.clone()).build().unwrap();
+            match producer.send(message).await {
+                Ok(at) => {
+                    assert!(last.is_none_or(|l| at.offset > l), "offsets grow: {at:?} after {last:?}");
+                    last = Some(at.offset);
+                    ok.push(payload);
+                }
+                Err(_) => failed.push(payload),
+            }
+        }
+        (ok, failed)
+    });
+    assert_eq!(ok.len(), count, "native produces acknowledged");
+    acked.append(&mut ok);
+    unknown.append(&mut failed);
+}
+
+/// Every record of orders/0 on the member at `native`, read with the
+/// native client's fetch.
+fn read_log(exec: &Executor, rt: &RealRuntime, native: SocketAddr) -> Vec<String> {
+    let rt = rt.clone();
+    exec.block_on(async move {
+        let conn = Connection::connect(&rt, native).await.expect("native listener accepts");
+        let consumer = Consumer::new(conn);
+        let topic = Topic::new("orders").unwrap();
+        let mut out = Vec::new();
+        let mut next = 0;
+        loop {
+            let f = consumer.fetch(&topic, 0, next, FetchOptions::default()).await.expect("fetch");
+            for m in &f.messages {
+                assert_eq!(m.offset(), Some(next), "offsets are dense from 0");
+                next += 1;
+                out.push(String::from_utf8(m.payload().to_vec()).unwrap());
+            }
+            if f.messages.is_empty() || next >= f.high_watermark {
+                return out;
+            }
+        }
+    })
+}
+
+#[test]
+fn three_processes_fail_over_and_the_restarted_member_catches_up() {
+    let base = std::env::temp_dir().join(format!("kaelix-cli-{}-cluster", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let config = super::temp_file("cluster.toml", CONFIG);
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let p = free_port_pair(&ports);
+        ports.push(p);
+    }
+    let peers = (1..=3u64).map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1])).collect::<Vec<_>>().join(",");
+    let dirs: Vec<PathBuf> = (1..=3).map(|id| base.join(format!("node{id}"))).collect();
+    let mut members: Vec<Option<Member>> = (1..=3u64)
+        .map(|id| Some(start_member(id, ports[id as usize - 1], &peers, &dirs[id as usize - 1], &config)))
+        .collect();
+
+    let status = |members: &Vec<Option<Member>>| {
+        wait_for("a leader every member names", Duration::from_secs(15), || {
+            leader_by_status(&members.iter().flatten().collect::<Vec<_>>())
+        })
+    };
+    let nats_of = |members: &Vec<Option<Member>>, id: u64| members[id as usize - 1].as_ref().unwrap().nats;
+    let first_leader = status(&members);
+    // A subscriber on every member; a publisher on a member that does not
+    // lead: its publishes are forwarded to the leader and acknowledged
+    // after the commit.
+    let mut subscribers: Vec<(u64, Nats)> = (1..=3)
+        .map(|id| {
+            let mut s = Nats::connect(nats_of(&members, id));
+            s.subscribe("orders");
+            (id, s)
+        })
+        .collect();
+    let mut pub_node = (1..=3).find(|&n| n != first_leader).unwrap();
+    let mut publisher = Nats::connect(nats_of(&members, pub_node));
+    let mut acked = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..50 {
+        publish_acked(&mut publisher, &format!("before{i}"), &mut acked, &mut unknown);
+    }
+
+    // kill -9 the leader (as the members say now); publish until one is
+    // acknowledged again.
+    let leader = status(&members);
+    let killed = members[leader as usize - 1].take().unwrap();
+    let killed_at = Instant::now();
+    drop(killed);
+    if pub_node == leader {
+        pub_node = (1..=3).find(|&n| n != leader).unwrap();
+        publisher = Nats::connect(nats_of(&members, pub_node));
+    }
+    let mut attempts = 0;
+    let failover = loop {
+        let payload = format!("failover-{attempts}");
+        attempts += 1;
+        if publisher.publish("orders", &payload) {
+            acked.push(payload);
+            break killed_at.elapsed();
+        }
+        unknown.push(payload);
+        assert!(killed_at.elapsed() < Duration::from_secs(20), "no publish acknowledged 20 s after the kill");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    println!(
+        "failover: {failover:?} from kill -9 of leader {leader} to the first publish acknowledged through member {pub_node} ({attempts} attempts)"
+    );
+    for i in 0..50 {
+        publish_acked(&mut publisher, &format!("after{i}"), &mut acked, &mut unknown);
+    }
+
+    // Native produces, acknowledged once committed, through a survivor.
+    let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
+    let native = members[pub_node as usize - 1].as_ref().unwrap().native;
+    produce_acked(&exec, &rt, native, ("native", 20), &mut acked, &mut unknown);
+
+    // The killed member comes back on its data directory and catches up.
+    members[leader as usize - 1] =
+        Some(start_member(leader, ports[leader as usize - 1], &peers, &dirs[leader as usize - 1], &config));
+    let logs = wait_for("every member's log to hold every acknowledged message", Duration::from_secs(15), || {
+        let logs: Vec<Vec<String>> =
+            (1..=3).map(|id| read_log(&exec, &rt, members[id as usize - 1].as_ref().unwrap().native)).collect();
+        let complete = logs.iter().all(|l| acked.iter().all(|a| l.contains(a)) && *l == logs[0]);
+        complete.then_some(logs)
+    });
+    let log = &logs[0];
+    // Each acknowledged message once, in acknowledgement order; anything
+    // else is a publish whose outcome the publisher was not told.
+    let positions: Vec<usize> = acked.iter().map(|a| log.iter().position(|r| r == a).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "acknowledged messages out of order: {log:?}");
+    for r in log {
+        assert_eq!(log.iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
+        assert!(acked.contains(r) || unknown.contains(r), "{r} was never published");
+    }
+    // The subscribers on the members that stayed up got the whole log, in
+    // order.
+    for (id, subscriber) in subscribers.iter_mut().filter(|(id, _)| *id != leader) {
+        let mut received = Vec::new();
+        while received.len() < log.len() {
+            match subscriber.next_message(Duration::from_secs(5)) {
+                Some(p) => received.push(p),
+                None => break,
+            }
+        }
+        assert_eq!(&received, log, "the subscriber on member {id} received the committed log in order");
+    }
+    println!(
+        "cluster: {} records on each of 3 members ({} acknowledged, {} unknown during failover); failover {failover:?}",
+        log.len(),
+        acked.len(),
+        log.len() - acked.len()
+    );
+    drop(members);
+    exec.shutdown(kaelix_core::time::Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&base);
+}
