@@ -48,6 +48,15 @@ fn native(c: &mut Criterion) {
     let mut group = c.benchmark_group("plugins/native_call");
     let mut bare: Box<dyn StreamProcessor> = Box::new(NonEmpty);
     group.bench_function("bare_dyn_process", |b| b.iter(|| black_box(bare.process(black_box(&m)).is_ok())));
+    // What the chain's caller pays around any call: the message handed over
+    // (a clone of reference counts) and dropped after. The chain's own
+    // overhead is the difference between a chain run and this.
+    group.bench_function("bare_dyn_process_owned_message", |b| {
+        b.iter(|| {
+            let owned = black_box(m.clone());
+            black_box(bare.process(&owned).is_ok())
+        })
+    });
     for (name, budget) in
         [("chain_no_budget", None), ("chain_with_time_budget", Some(std::time::Duration::from_millis(100)))]
     {

@@ -19,8 +19,14 @@
 //! (a chain cannot loop through its own outputs); dead letters bypass the
 //! hook too.
 
+pub use smallvec::{SmallVec, smallvec};
+
 use crate::message::Message;
 use crate::topic::Topic;
+
+/// The messages a hook lets through, in order. One message inline: the
+/// common outcome (passed or replaced) costs no allocation per publish.
+pub type HookOutputs = SmallVec<[Message; 1]>;
 
 /// Decides what becomes of messages published to the topics it covers.
 /// Called outside the broker's lock, from the publisher's task.
@@ -38,7 +44,7 @@ pub trait PublishHook: Send + Sync {
 pub struct HookOutcome {
     /// Publish these, in this order (the first one's result answers the
     /// publisher). Empty: the message goes nowhere but `dead_letters`.
-    pub publish: Vec<Message>,
+    pub publish: HookOutputs,
     /// Write these to their topics' dead-letter topics.
     pub dead_letters: Vec<HookDeadLetter>,
     /// When `publish` and `dead_letters` are empty: the plugin that dropped

@@ -213,7 +213,7 @@ enum Hooked {
     /// No hook covers the topic: publish the message as it is.
     Untouched(Message),
     /// The hook's outputs, in order (at least one).
-    Outputs(Vec<Message>),
+    Outputs(intercept::HookOutputs),
 }
 
 impl<C: Clock> Broker<C> {

@@ -41,9 +41,11 @@
 //! registry's ([`crate::PluginRegistry::replace`]). Both happen between two
 //! messages of any one publisher, so no message is lost or reordered.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use kaelix_broker::intercept::{HookDeadLetter, HookOutcome, PublishHook};
+use arc_swap::ArcSwap;
+
+use kaelix_broker::intercept::{HookDeadLetter, HookOutcome, PublishHook, smallvec};
 use kaelix_broker::message::Message;
 use kaelix_broker::topic::{Pattern, Topic};
 use kaelix_core::planted::{Planted, PlantedBug};
@@ -98,22 +100,49 @@ pub enum ChainError {
 
 /// The chains of one broker: its publish hook (see the module docs).
 pub struct Chains<C: Clock> {
-    chains: RwLock<Arc<Vec<Chain>>>,
+    /// Read on every publish without a lock or a reference-count bump
+    /// (`ArcSwap::load`); `set` swaps in a new list.
+    chains: ArcSwap<Vec<Chain>>,
     policy: IsolationPolicy,
     clock: C,
 }
 
 /// What one stage did.
 enum Stage {
-    Done(Action),
+    Done(Decision),
     Failed(String),
+}
+
+/// A processor's [`Action`], made small the moment it returns: an `Action`
+/// holds a whole `Message` inline (about 200 bytes) even when it says
+/// `Pass`, and the isolation wrapper moves the answer several times per
+/// call, so a pass would cost a few hundred bytes of copying. A replacement
+/// is boxed instead (one allocation, only when a plugin changes a message).
+enum Decision {
+    Pass,
+    Replace(Box<Message>),
+    Drop,
+    Route(Vec<Message>),
+    DeadLetter(String),
+}
+
+impl From<Action> for Decision {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Pass => Decision::Pass,
+            Action::Replace(m) => Decision::Replace(Box::new(m)),
+            Action::Drop => Decision::Drop,
+            Action::Route(ms) => Decision::Route(ms),
+            Action::DeadLetter(reason) => Decision::DeadLetter(reason),
+        }
+    }
 }
 
 impl<C: Clock> Chains<C> {
     /// No chains yet; `clock` times calls against the policy's budget.
     pub fn new(clock: C, policy: IsolationPolicy) -> Self {
         assert!(policy.quarantine_after >= 1, "quarantine after at least one failure");
-        Chains { chains: RwLock::new(Arc::new(Vec::new())), policy, clock }
+        Chains { chains: ArcSwap::from_pointee(Vec::new()), policy, clock }
     }
 
     /// Replaces the chains (hot reload; see the module docs). Refuses a
@@ -132,21 +161,22 @@ impl<C: Clock> Chains<C> {
                 }
             }
         }
-        *self.chains.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(chains);
+        self.chains.store(Arc::new(chains));
         Ok(())
     }
 
     /// The current chains.
     pub fn current(&self) -> Arc<Vec<Chain>> {
-        self.chains.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.chains.load_full()
     }
 
     /// Runs `message` through the first chain matching its topic (see the
     /// module docs); a topic no chain matches passes unchanged.
     pub fn run(&self, message: Message) -> HookOutcome {
-        let chains = self.current();
+        // This message's snapshot of the chains (see "Hot reload").
+        let chains = self.chains.load();
         let Some(chain) = chains.iter().find(|c| c.pattern.matches(message.topic())) else {
-            return HookOutcome { publish: vec![message], ..HookOutcome::default() };
+            return HookOutcome { publish: smallvec![message], ..HookOutcome::default() };
         };
         let mut current = message;
         for slot in &chain.stages {
@@ -168,20 +198,20 @@ impl<C: Clock> Chains<C> {
                 continue;
             }
             match stage {
-                Stage::Done(Action::Pass) => {}
-                Stage::Done(Action::Replace(m)) => current = m,
-                Stage::Done(Action::Drop) => {
+                Stage::Done(Decision::Pass) => {}
+                Stage::Done(Decision::Replace(m)) => current = *m,
+                Stage::Done(Decision::Drop) => {
                     return HookOutcome { dropped_by: Some(slot.name().to_owned()), ..HookOutcome::default() };
                 }
-                Stage::Done(Action::Route(messages)) => {
+                Stage::Done(Decision::Route(messages)) => {
                     let dropped_by = messages.is_empty().then(|| slot.name().to_owned());
-                    return HookOutcome { publish: messages, dropped_by, ..HookOutcome::default() };
+                    return HookOutcome { publish: messages.into(), dropped_by, ..HookOutcome::default() };
                 }
-                Stage::Done(Action::DeadLetter(reason)) => return dead(current, format!("rejected: {reason}")),
+                Stage::Done(Decision::DeadLetter(reason)) => return dead(current, format!("rejected: {reason}")),
                 Stage::Failed(reason) => return dead(current, reason),
             }
         }
-        HookOutcome { publish: vec![current], ..HookOutcome::default() }
+        HookOutcome { publish: smallvec![current], ..HookOutcome::default() }
     }
 
     /// One processor's call, isolated: state and permission checks, panics
@@ -203,7 +233,8 @@ impl<C: Clock> Chains<C> {
         }
         let started = self.policy.time_budget.map(|_| self.clock.now());
         let processor = &mut inner.processor;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(message)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(message).map(Decision::from)));
         let mut outcome = match result {
             Ok(Ok(action)) => match forbidden(&inner.permissions, message, &action) {
                 None => Ok(action),
@@ -224,10 +255,10 @@ impl<C: Clock> Chains<C> {
             Ok(action) => {
                 stats.consecutive_failures = 0;
                 match &action {
-                    Action::Drop => stats.dropped += 1,
-                    Action::DeadLetter(_) => stats.rejected += 1,
-                    Action::Route(_) => stats.routed += 1,
-                    Action::Pass | Action::Replace(_) => {}
+                    Decision::Drop => stats.dropped += 1,
+                    Decision::DeadLetter(_) => stats.rejected += 1,
+                    Decision::Route(_) => stats.routed += 1,
+                    Decision::Pass | Decision::Replace(_) => {}
                 }
                 Stage::Done(action)
             }
@@ -244,7 +275,7 @@ impl<C: Clock> Chains<C> {
 }
 
 /// Why `action` on `message` is outside `permissions`, if it is.
-fn forbidden(permissions: &crate::Permissions, message: &Message, action: &Action) -> Option<String> {
+fn forbidden(permissions: &crate::Permissions, message: &Message, action: &Decision) -> Option<String> {
     let check = |out: &Message| -> Option<String> {
         if out.topic() != message.topic() && !permissions.may_publish(out.topic()) {
             return Some(format!("may not publish to {}", out.topic()));
@@ -252,9 +283,9 @@ fn forbidden(permissions: &crate::Permissions, message: &Message, action: &Actio
         permissions.forbidden_header_change(message, out).map(|h| format!("may not touch header {h:?}"))
     };
     match action {
-        Action::Replace(m) => check(m),
-        Action::Route(ms) => ms.iter().find_map(check),
-        Action::Pass | Action::Drop | Action::DeadLetter(_) => None,
+        Decision::Replace(m) => check(m),
+        Decision::Route(ms) => ms.iter().find_map(check),
+        Decision::Pass | Decision::Drop | Decision::DeadLetter(_) => None,
     }
 }
 
@@ -272,7 +303,7 @@ pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 impl<C: Clock> PublishHook for Chains<C> {
     fn applies_to(&self, topic: &Topic) -> bool {
-        self.chains.read().unwrap_or_else(|e| e.into_inner()).iter().any(|c| c.pattern.matches(topic))
+        self.chains.load().iter().any(|c| c.pattern.matches(topic))
     }
 
     fn on_publish(&self, message: Message) -> HookOutcome {
