@@ -257,21 +257,10 @@ impl<R: Runtime> Mirror<R> {
     }
 
     fn answer(&mut self, response: Response) {
-        let id = ProposalId(response_req(&response));
+        let id = ProposalId(response.req());
         let Some(group) = self.proposed.remove(&id) else { return };
         let (topic, partition) = self.groups[group as usize].clone();
         self.broker.proposal_done(id, outcome_of(response, topic, partition));
-    }
-}
-
-/// The request a response answers.
-fn response_req(response: &Response) -> u64 {
-    match response {
-        Response::Produced { req, .. }
-        | Response::Committed { req, .. }
-        | Response::NotLeader { req, .. }
-        | Response::Error { req, .. }
-        | Response::ReadResult { req, .. } => *req,
     }
 }
 
@@ -320,7 +309,7 @@ async fn forwarder<R: Runtime>(
     while let Some(job) = jobs.next().await {
         match job {
             Job::Answer(response) => {
-                let id = ProposalId(response_req(&response));
+                let id = ProposalId(response.req());
                 if let Some((_, topic, partition)) = waiting.remove(&id) {
                     broker.proposal_done(id, outcome_of(response, topic, partition));
                 }

@@ -195,7 +195,7 @@ impl<R: Runtime> PartitionClient<R> {
                 let frame = stream.recv().await.ok()??;
                 match Response::decode(frame) {
                     Ok(Response::NotLeader { req: r, leader }) if r == req => return Some(Attempt::Redirect(leader)),
-                    Ok(response) if response_req(&response) == req => return Some(Attempt::Done(response)),
+                    Ok(response) if response.req() == req => return Some(Attempt::Done(response)),
                     // A late answer to an earlier attempt, or an error about
                     // a frame we did not send: not ours.
                     _ => continue,
@@ -214,15 +214,5 @@ impl<R: Runtime> PartitionClient<R> {
     /// When the client's clock says it is now.
     pub fn now(&self) -> Instant {
         self.rt.now()
-    }
-}
-
-fn response_req(r: &Response) -> u64 {
-    match r {
-        Response::Produced { req, .. }
-        | Response::Committed { req, .. }
-        | Response::ReadResult { req, .. }
-        | Response::NotLeader { req, .. }
-        | Response::Error { req, .. } => *req,
     }
 }

@@ -227,6 +227,17 @@ impl Request {
 }
 
 impl Response {
+    /// The request id this response answers.
+    pub fn req(&self) -> u64 {
+        match self {
+            Response::Produced { req, .. }
+            | Response::Committed { req, .. }
+            | Response::ReadResult { req, .. }
+            | Response::NotLeader { req, .. }
+            | Response::Error { req, .. } => *req,
+        }
+    }
+
     /// Encodes the frame.
     pub fn encode(&self) -> Bytes {
         match self {
