@@ -21,10 +21,11 @@
 //!
 //! # Zero copy
 //!
-//! Payload, key and header values are [`Bytes`]: cloning a message shares
-//! them, and [`Message::decode`] returns slices of the input buffer rather
-//! than copies. Only the topic and header names (short, validated text) are
-//! copied out.
+//! A [`Message`] is one pointer to a shared body: cloning it (into a log, a
+//! subscriber's buffer, a delivery) copies nothing. Payload, key and header
+//! values are [`Bytes`], and [`Message::decode`] returns slices of the input
+//! buffer rather than copies. Only the topic and header names (short,
+//! validated text) are copied out.
 //!
 //! # Encoding (format version 1)
 //!
@@ -52,6 +53,7 @@
 //! A compact message stops after the payload.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
@@ -336,8 +338,23 @@ pub fn new_message_id(rng: &mut DetRng, now: WallTime) -> Uuid {
 
 /// One message. Valid by construction: built by [`Message::builder`] or
 /// [`Message::decode`], both of which enforce every limit of this module.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// A handle to a shared, immutable body: a clone is one reference-count
+/// increment and the handle is one pointer wide, so the broker keeps one
+/// body per publish however many logs, buffers and subscribers hold it
+/// (fan-out costs a pointer per subscriber, not a copy of every field).
+/// The few changes a message gets after it is built (its stamp, its
+/// partition and offset) happen before it is shared; on a shared body they
+/// copy it first ([`Arc::make_mut`]), so no holder ever sees another's
+/// change.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Message {
+    body: Arc<MessageBody>,
+}
+
+/// The fields of a [`Message`].
+#[derive(Clone, PartialEq, Eq)]
+struct MessageBody {
     id: Uuid,
     topic: Topic,
     payload: Bytes,
@@ -353,6 +370,36 @@ pub struct Message {
     /// it means something only while the message is in flight in one
     /// process, so a stored or replicated copy has none.
     origin: Option<u64>,
+}
+
+impl Message {
+    fn from_body(body: MessageBody) -> Message {
+        Message { body: Arc::new(body) }
+    }
+
+    /// The body to change: this handle's own (copied first if shared).
+    fn body_mut(&mut self) -> &mut MessageBody {
+        Arc::make_mut(&mut self.body)
+    }
+}
+
+impl fmt::Debug for Message {
+    /// As a plain struct of its fields (the handle is not shown).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &*self.body;
+        f.debug_struct("Message")
+            .field("id", &b.id)
+            .field("topic", &b.topic)
+            .field("payload", &b.payload)
+            .field("timestamp", &b.timestamp)
+            .field("partition", &b.partition)
+            .field("offset", &b.offset)
+            .field("key", &b.key)
+            .field("reply_to", &b.reply_to)
+            .field("headers", &b.headers)
+            .field("origin", &b.origin)
+            .finish()
+    }
 }
 
 /// Anything [`MessageBuilder::topic`] accepts: a [`Topic`], or text that is
@@ -485,7 +532,7 @@ impl MessageBuilder {
         if let Some(e) = self.header_error {
             return Err(e.into());
         }
-        Ok(Message {
+        Ok(Message::from_body(MessageBody {
             id: self.id.unwrap_or(Uuid::nil()),
             topic,
             payload: self.payload,
@@ -496,7 +543,7 @@ impl MessageBuilder {
             reply_to,
             headers: self.headers,
             origin: self.origin,
-        })
+        }))
     }
 }
 
@@ -537,119 +584,122 @@ impl Message {
 
     /// The id ([`Uuid::nil`] until stamped).
     pub fn id(&self) -> Uuid {
-        self.id
+        self.body.id
     }
 
     /// The topic.
     pub fn topic(&self) -> &Topic {
-        &self.topic
+        &self.body.topic
     }
 
     /// The payload.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.body.payload
     }
 
     /// When the message was stamped, on the stamping node's wall clock
     /// (`WallTime(0)` until stamped, unless the producer set it).
     pub fn timestamp(&self) -> WallTime {
-        self.timestamp
+        self.body.timestamp
     }
 
     /// The partition, once chosen.
     pub fn partition(&self) -> Option<u32> {
-        self.partition
+        self.body.partition
     }
 
     /// The offset in its partition, once appended.
     pub fn offset(&self) -> Option<u64> {
-        self.offset
+        self.body.offset
     }
 
     /// The partitioning key.
     pub fn key(&self) -> Option<&Bytes> {
-        self.key.as_ref()
+        self.body.key.as_ref()
     }
 
     /// The topic an answer should be published to, if the sender wants one.
     pub fn reply_to(&self) -> Option<&Topic> {
-        self.reply_to.as_ref()
+        self.body.reply_to.as_ref()
     }
 
     /// The connection that published the message, if its front end said
     /// (never encoded; see the field).
     pub fn origin(&self) -> Option<u64> {
-        self.origin
+        self.body.origin
     }
 
     /// The headers.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        &self.body.headers
     }
 
     /// Whether the message has an id (see [`Message::stamp`]).
     pub fn is_stamped(&self) -> bool {
-        !self.id.is_nil()
+        !self.body.id.is_nil()
     }
 
     /// Gives the message its identity: `id` (from [`new_message_id`]) and
     /// `timestamp` (the runtime's wall clock). A nil `id` leaves it unstamped.
     pub fn stamp(&mut self, id: Uuid, timestamp: WallTime) {
-        self.id = id;
-        self.timestamp = timestamp;
+        let body = self.body_mut();
+        body.id = id;
+        body.timestamp = timestamp;
     }
 
     /// The message bound for `partition` (its offset unset): a producer
     /// naming the partition, before the broker appends it.
     #[must_use]
     pub fn with_partition(mut self, partition: u32) -> Message {
-        self.partition = Some(partition);
-        self.offset = None;
+        let body = self.body_mut();
+        body.partition = Some(partition);
+        body.offset = None;
         self
     }
 
     /// The message as appended at `offset` of `partition`.
     #[must_use]
     pub fn with_partition_offset(mut self, partition: u32, offset: u64) -> Message {
-        self.partition = Some(partition);
-        self.offset = Some(offset);
+        let body = self.body_mut();
+        body.partition = Some(partition);
+        body.offset = Some(offset);
         self
     }
 
     /// The exact length of [`Message::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
-        head_len(&self.topic, self.partition, self.offset)
-            + self.key.as_ref().map_or(0, |k| 4 + k.len())
-            + self.reply_to.as_ref().map_or(0, |t| 1 + t.as_str().len())
+        head_len(&self.body.topic, self.body.partition, self.body.offset)
+            + self.body.key.as_ref().map_or(0, |k| 4 + k.len())
+            + self.body.reply_to.as_ref().map_or(0, |t| 1 + t.as_str().len())
             + 4
-            + self.payload.len()
-            + self.headers.encoded_len()
+            + self.body.payload.len()
+            + self.body.headers.encoded_len()
     }
 
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
-        let key_flag = if self.key.is_some() { FLAG_KEY } else { 0 };
-        let reply_flag = if self.reply_to.is_some() { FLAG_REPLY } else { 0 };
+        let key_flag = if self.body.key.is_some() { FLAG_KEY } else { 0 };
+        let reply_flag = if self.body.reply_to.is_some() { FLAG_REPLY } else { 0 };
         put_head(
             out,
             MESSAGE_FORMAT_V1,
             key_flag | reply_flag,
-            self.id,
-            self.timestamp,
-            self.partition,
-            self.offset,
-            &self.topic,
+            self.body.id,
+            self.body.timestamp,
+            self.body.partition,
+            self.body.offset,
+            &self.body.topic,
         );
-        if let Some(key) = &self.key {
+        if let Some(key) = &self.body.key {
             codec::put_bytes_u32(out, key);
         }
-        if let Some(reply_to) = &self.reply_to {
+        if let Some(reply_to) = &self.body.reply_to {
             put_topic(out, reply_to);
         }
-        codec::put_bytes_u32(out, &self.payload);
-        out.put_u8(u8::try_from(self.headers.len()).expect("at most MAX_HEADERS headers"));
-        for (name, value) in self.headers.iter() {
+        codec::put_bytes_u32(out, &self.body.payload);
+        out.put_u8(u8::try_from(self.body.headers.len()).expect("at most MAX_HEADERS headers"));
+        for (name, value) in self.body.headers.iter() {
             out.put_u8(u8::try_from(name.len()).expect("header names are at most 255 bytes"));
             out.put_slice(name.as_bytes());
             codec::put_bytes_u32(out, value);
@@ -696,7 +746,7 @@ impl Message {
             headers.entries.push((name, value));
         }
         r.finish(Format::Message.name())?;
-        Ok(Message {
+        Ok(Message::from_body(MessageBody {
             id: head.id,
             topic: head.topic,
             payload,
@@ -707,20 +757,20 @@ impl Message {
             reply_to,
             headers,
             origin: None,
-        })
+        }))
     }
 }
 
 impl fmt::Display for Message {
     /// `topic[partition@offset] id (n bytes)`, for logs and traces.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.topic)?;
-        match (self.partition, self.offset) {
+        write!(f, "{}", self.body.topic)?;
+        match (self.body.partition, self.body.offset) {
             (Some(p), Some(o)) => write!(f, "[{p}@{o}]")?,
             (Some(p), None) => write!(f, "[{p}]")?,
             _ => {}
         }
-        write!(f, " {} ({} bytes)", self.id, self.payload.len())
+        write!(f, " {} ({} bytes)", self.body.id, self.body.payload.len())
     }
 }
 
@@ -743,10 +793,11 @@ pub struct CompactMessage {
 impl From<Message> for CompactMessage {
     /// Drops the key, the reply-to and the headers.
     fn from(m: Message) -> Self {
+        let m = &*m.body;
         CompactMessage {
             id: m.id,
-            topic: m.topic,
-            payload: m.payload,
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
             timestamp: m.timestamp,
             partition: m.partition,
             offset: m.offset,
@@ -757,7 +808,7 @@ impl From<Message> for CompactMessage {
 impl CompactMessage {
     /// The full form, with no key and no headers.
     pub fn into_message(self) -> Message {
-        Message {
+        Message::from_body(MessageBody {
             id: self.id,
             topic: self.topic,
             payload: self.payload,
@@ -768,7 +819,7 @@ impl CompactMessage {
             reply_to: None,
             headers: Headers::new(),
             origin: None,
-        }
+        })
     }
 
     /// The id ([`Uuid::nil`] if never stamped).
@@ -1590,7 +1641,8 @@ mod tests {
                     b = b.header(n, v);
                 }
                 // The builder only sets a partition; decoding can meet any combination.
-                Message { partition, offset, ..b.build().unwrap() }
+                let built = b.build().unwrap();
+                Message::from_body(MessageBody { partition, offset, ..(*built.body).clone() })
             })
     }
 
