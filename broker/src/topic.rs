@@ -179,29 +179,43 @@ impl Pattern {
 
     /// Whether `topic` matches: token by token, `*` matching any one token
     /// and a final `>` one or more. Called per message on hot paths (chains,
-    /// permissions), so it walks the bytes once instead of splitting both
-    /// strings (the split iterators cost more than the comparison).
+    /// permissions, routing), so it walks both strings once, byte by byte,
+    /// with no token slicing: validation guarantees `*` and `>` only ever
+    /// stand as whole tokens, so meeting one at a token start is enough.
     pub fn matches(&self, topic: &Topic) -> bool {
-        /// The first token and what follows its dot (`None`: it was the last).
-        fn first_token(s: &[u8]) -> (&[u8], Option<&[u8]>) {
-            match s.iter().position(|&b| b == b'.') {
-                Some(dot) => (&s[..dot], Some(&s[dot + 1..])),
-                None => (s, None),
+        let (p, t) = (self.0.as_bytes(), topic.0.as_bytes());
+        let (mut i, mut j) = (0, 0);
+        // Invariant at the top of the loop: `i` and `j` start a token of
+        // the pattern and of the topic, and every earlier token matched.
+        loop {
+            match p[i] {
+                b'>' => return true,
+                b'*' => {
+                    i += 1;
+                    while j < t.len() && t[j] != b'.' {
+                        j += 1;
+                    }
+                }
+                _ => {
+                    while i < p.len() && p[i] != b'.' {
+                        if j == t.len() || t[j] != p[i] {
+                            return false;
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                    if j < t.len() && t[j] != b'.' {
+                        return false;
+                    }
+                }
             }
-        }
-        let (mut pattern, mut topic) = (Some(self.0.as_bytes()), Some(topic.0.as_bytes()));
-        while let Some(p) = pattern {
-            let Some(t) = topic else { return false };
-            let ((p_token, p_rest), (t_token, t_rest)) = (first_token(p), first_token(t));
-            match p_token {
-                b">" => return true,
-                b"*" => {}
-                literal if literal == t_token => {}
+            // Both at a dot or at their end.
+            match (i == p.len(), j == t.len()) {
+                (true, true) => return true,
+                (false, false) => (i, j) = (i + 1, j + 1),
                 _ => return false,
             }
-            (pattern, topic) = (p_rest, t_rest);
         }
-        topic.is_none()
     }
 }
 
