@@ -73,6 +73,16 @@ pub trait Clock: Clone + Send + Sync + 'static {
     /// This node's monotonic time.
     fn now(&self) -> Instant;
 
+    /// [`Clock::now`] at a coarser resolution (at most a few milliseconds
+    /// behind it) and cheaper to read: for spans that matter in tens of
+    /// milliseconds measured on a hot path (a plugin's time budget, read
+    /// twice per call), where precise readings would cost more than the
+    /// call. Monotonic like `now`. A virtual clock has nothing cheaper to
+    /// offer: the default is `now`, so simulated runs see exact times.
+    fn now_coarse(&self) -> Instant {
+        self.now()
+    }
+
     /// This node's civil time. May jump (also backwards); use only for
     /// timestamps, never for timeouts.
     fn wall_clock(&self) -> WallTime;

@@ -60,8 +60,10 @@ use crate::registry::{PluginSlot, PluginState};
 pub struct IsolationPolicy {
     /// Consecutive failures after which a plugin is quarantined (≥ 1).
     pub quarantine_after: u32,
-    /// A native call running longer than this (on the broker's clock) is a
-    /// failure and its result discarded. `None`: no budget (no clock read).
+    /// A native call running longer than this (on the broker's clock, read
+    /// coarsely: `Clock::now_coarse`, a few milliseconds of resolution on
+    /// the real runtime) is a failure and its result discarded. `None`: no
+    /// budget (no clock read).
     pub time_budget: Option<Duration>,
     /// Planted bugs (scenario variants only; see `kaelix_core::planted`).
     pub planted: Planted,
@@ -231,7 +233,9 @@ impl<C: Clock> Chains<C> {
             inner.stats.refused_not_running += 1;
             return Stage::Failed(format!("may not read {}", message.topic()));
         }
-        let started = self.policy.time_budget.map(|_| self.clock.now());
+        // The coarse clock: two precise readings would cost more than a
+        // cheap plugin's call, and a budget is tens of milliseconds.
+        let started = self.policy.time_budget.map(|_| self.clock.now_coarse());
         let processor = &mut inner.processor;
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(message).map(Decision::from)));
@@ -244,7 +248,7 @@ impl<C: Clock> Chains<C> {
             Err(panic) => Err(format!("panicked: {}", panic_text(&panic))),
         };
         if let (Some(budget), Some(started)) = (self.policy.time_budget, started) {
-            let ran = self.clock.now().saturating_duration_since(started);
+            let ran = self.clock.now_coarse().saturating_duration_since(started);
             if ran > budget && outcome.is_ok() {
                 outcome = Err(format!("ran {ran:?}, over its {budget:?} budget"));
             }

@@ -30,12 +30,16 @@ use std::time::Instant as OsInstant;
 
 use kaelix_core::Instant;
 use mio::{Events, Interest, Poll as MioPoll, Registry, Token};
+use rustix::time::{ClockId, Timespec, clock_gettime};
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 
 /// The driver shared by an executor's workers and IO objects.
 pub(crate) struct Driver {
     epoch: OsInstant,
+    /// `epoch` on the kernel's monotonic clock, which the coarse clock
+    /// shares (see [`Driver::now_coarse`]).
+    epoch_monotonic: Timespec,
     registry: Registry,
     interrupt: mio::Waker,
     state: Mutex<DriverState>,
@@ -83,6 +87,7 @@ impl Driver {
         let interrupt = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
         let driver = Arc::new(Driver {
             epoch: OsInstant::now(),
+            epoch_monotonic: clock_gettime(ClockId::Monotonic),
             registry,
             interrupt,
             state: Mutex::new(DriverState::default()),
@@ -99,6 +104,17 @@ impl Driver {
     /// after the first nanosecond, which the metrics rely on).
     pub(crate) fn now_nanos(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The executor's clock read from the kernel's coarse monotonic clock:
+    /// the same timeline at the resolution of the kernel's tick (1-4 ms),
+    /// read without the TSC (a few nanoseconds instead of tens). Saturates
+    /// at the epoch (a reading in the first tick may precede it).
+    pub(crate) fn now_coarse(&self) -> Instant {
+        let (now, epoch) = (clock_gettime(ClockId::MonotonicCoarse), self.epoch_monotonic);
+        let nanos = (i128::from(now.tv_sec) - i128::from(epoch.tv_sec)) * 1_000_000_000
+            + (i128::from(now.tv_nsec) - i128::from(epoch.tv_nsec));
+        Instant::from_nanos(u64::try_from(nanos).unwrap_or(0))
     }
 
     /// The executor's monotonic clock as a contract [`Instant`].

@@ -174,6 +174,10 @@ impl Clock for RealRuntime {
         self.inner.exec.now()
     }
 
+    fn now_coarse(&self) -> Instant {
+        self.inner.exec.now_coarse()
+    }
+
     fn wall_clock(&self) -> WallTime {
         wall_clock_now()
     }

@@ -782,6 +782,12 @@ impl ExecutorHandle {
         self.shared.driver.now()
     }
 
+    /// [`ExecutorHandle::now`] at the kernel tick's resolution, cheaper to
+    /// read (see `kaelix_core::runtime::Clock::now_coarse`).
+    pub fn now_coarse(&self) -> kaelix_core::Instant {
+        self.shared.driver.now_coarse()
+    }
+
     /// A future that completes at `deadline` on [`ExecutorHandle::now`]'s clock.
     pub fn sleep_until(&self, deadline: kaelix_core::Instant) -> crate::Sleep {
         self.shared.driver.sleep_until(deadline)

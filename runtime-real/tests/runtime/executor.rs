@@ -275,3 +275,23 @@ fn outside_wakes_are_served_while_workers_feed_themselves() {
     stop.store(true, Ordering::Relaxed);
     assert!(waited < Duration::from_millis(500), "served after {waited:?}");
 }
+
+/// The coarse clock is the precise clock's timeline at a lower resolution:
+/// it never goes backwards, never runs ahead of `now`, and lags it by less
+/// than a kernel tick (generously bounded: the machine may be loaded).
+#[test]
+fn the_coarse_clock_follows_the_precise_one() {
+    let ex = executor(1);
+    let handle = ex.handle();
+    let mut last = handle.now_coarse();
+    for _ in 0..2_000 {
+        let coarse = handle.now_coarse();
+        let precise = handle.now();
+        assert!(coarse >= last, "coarse went back: {coarse:?} after {last:?}");
+        assert!(coarse <= precise, "coarse {coarse:?} ahead of now {precise:?}");
+        let lag = precise.saturating_duration_since(coarse);
+        assert!(lag < kaelix_core::time::Duration::from_millis(50), "coarse lags now by {lag:?}");
+        last = coarse;
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
