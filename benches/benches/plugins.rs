@@ -1,7 +1,8 @@
 //! What a plugin costs on the publish path: a native processor called
 //! through a chain (the whole isolation wrapper: chain lookup, the plugin's
 //! lock, `catch_unwind`, permission check, counters) against the bare
-//! dynamic call; a WebAssembly processor's call (fuel reset, payload copy
+//! dynamic call — without a time budget, with one on a manual clock, and
+//! with one on the real runtime's clock (`kaelix serve`'s default); a WebAssembly processor's call (fuel reset, payload copy
 //! into the guest, the guest's `alloc` and `process`); and the resident
 //! memory each sandboxed instance adds (printed before the timings).
 //!
@@ -11,10 +12,14 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use kaelix_broker::message::Message;
 use kaelix_broker::testing::ManualClock;
 use kaelix_broker::topic::Pattern;
+use kaelix_core::NodeId;
+use kaelix_core::runtime::Clock;
+use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 use kaelix_plugins::wasm::{PASS_THROUGH_WAT, WasmEngine, WasmLimits, WasmProcessor};
 use kaelix_plugins::{
     Action, Chain, Chains, IsolationPolicy, Permissions, Plugin, PluginContext, PluginError, PluginRegistry,
@@ -43,6 +48,7 @@ fn message() -> Message {
     Message::builder().topic("orders.eu").payload(vec![7u8; 100]).build().expect("valid")
 }
 
+#[allow(clippy::disallowed_methods, reason = "the real runtime's clock comes with a node, which needs a scratch data directory")]
 fn native(c: &mut Criterion) {
     let m = message();
     let mut group = c.benchmark_group("plugins/native_call");
@@ -57,20 +63,38 @@ fn native(c: &mut Criterion) {
             black_box(bare.process(&owned).is_ok())
         })
     });
-    for (name, budget) in
-        [("chain_no_budget", None), ("chain_with_time_budget", Some(std::time::Duration::from_millis(100)))]
-    {
-        let mut registry = PluginRegistry::new();
-        let slot = registry.register(Box::new(NonEmpty), Permissions::all(), BTreeMap::new()).expect("registers");
-        registry.start().expect("starts");
-        let policy = IsolationPolicy { time_budget: budget, ..IsolationPolicy::default() };
-        let chains = Chains::new(ManualClock::default(), policy);
-        chains.set(vec![Chain { pattern: Pattern::new("orders.*").expect("valid"), stages: vec![slot] }]).expect("set");
-        // `run` takes the message by value (it is what gets published):
-        // the clone is a reference-count bump, part of the cost.
-        group.bench_function(name, |b| b.iter(|| black_box(chains.run(black_box(m.clone())).publish.len())));
-    }
+    // The time budget reads the broker's clock twice per call: on a manual
+    // clock that is an atomic load, on the real runtime's (what `kaelix
+    // serve` uses, with the default 100 ms budget) a monotonic clock read.
+    let budget = Some(std::time::Duration::from_millis(100));
+    chain_bench(&mut group, "chain_no_budget", ManualClock::default(), None, &m);
+    chain_bench(&mut group, "chain_with_time_budget", ManualClock::default(), budget, &m);
+    let dir = std::env::temp_dir().join(format!("kaelix-bench-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let exec = Executor::new(ExecutorConfig::default()).expect("executor");
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(1), &dir)).expect("runtime");
+    chain_bench(&mut group, "chain_with_time_budget_real_clock", rt, budget, &m);
+    let _ = std::fs::remove_dir_all(&dir);
     group.finish();
+}
+
+/// One chain of [`NonEmpty`] on `orders.*`, timed on `clock`.
+fn chain_bench<C: Clock>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    clock: C,
+    budget: Option<std::time::Duration>,
+    m: &Message,
+) {
+    let mut registry = PluginRegistry::new();
+    let slot = registry.register(Box::new(NonEmpty), Permissions::all(), BTreeMap::new()).expect("registers");
+    registry.start().expect("starts");
+    let policy = IsolationPolicy { time_budget: budget, ..IsolationPolicy::default() };
+    let chains = Chains::new(clock, policy);
+    chains.set(vec![Chain { pattern: Pattern::new("orders.*").expect("valid"), stages: vec![slot] }]).expect("set");
+    // `run` takes the message by value (it is what gets published):
+    // the clone is a reference-count bump, part of the cost.
+    group.bench_function(name, |b| b.iter(|| black_box(chains.run(black_box(m.clone())).publish.len())));
 }
 
 fn wasm_processor(engine: &WasmEngine) -> WasmProcessor {
