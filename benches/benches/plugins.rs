@@ -19,12 +19,12 @@ use kaelix_broker::testing::ManualClock;
 use kaelix_broker::topic::Pattern;
 use kaelix_core::NodeId;
 use kaelix_core::runtime::Clock;
-use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 use kaelix_plugins::wasm::{PASS_THROUGH_WAT, WasmEngine, WasmLimits, WasmProcessor};
 use kaelix_plugins::{
     Action, Chain, Chains, IsolationPolicy, Permissions, Plugin, PluginContext, PluginError, PluginRegistry,
     StreamProcessor,
 };
+use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 
 /// The cheapest useful plugin: looks at the payload, passes.
 struct NonEmpty;
@@ -48,7 +48,10 @@ fn message() -> Message {
     Message::builder().topic("orders.eu").payload(vec![7u8; 100]).build().expect("valid")
 }
 
-#[allow(clippy::disallowed_methods, reason = "the real runtime's clock comes with a node, which needs a scratch data directory")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real runtime's clock comes with a node, which needs a scratch data directory"
+)]
 fn native(c: &mut Criterion) {
     let m = message();
     let mut group = c.benchmark_group("plugins/native_call");
