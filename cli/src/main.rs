@@ -3,7 +3,8 @@
 //! `kaelix serve` (see [`serve`]), `kaelix bench pub | pubsub | fanout |
 //! req | subs` (a NATS load generator, see [`bench`]) and `kaelix sim list
 //! | run [--jobs] | swarm | shrink | replay [--schedule] | check-history |
-//! membership-table`, `kaelix config check | show` (see [`config_cmd`]).
+//! membership-table`, `kaelix config check | show` (see [`config_cmd`]),
+//! `kaelix top` (a live view of a server's metrics, see [`top`]).
 //!
 //! This crate may read the OS clock (to report how fast the simulator and
 //! the checkers ran) and files (client histories): each such use is allowed
@@ -30,6 +31,7 @@ mod config_cmd;
 mod plugins;
 mod serve;
 mod telemetry;
+mod top;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,6 +67,10 @@ enum Command {
     /// A running cluster's state, read from its members' metrics endpoints.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// A live terminal view of a running server (rates, latencies,
+    /// connections, slow consumers, partitions and their leaders), read
+    /// from its metrics endpoint; q quits.
+    Top(top::TopArgs),
 }
 
 #[derive(Subcommand)]
@@ -235,6 +241,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Config(command) => config_cmd::run(command),
+        Command::Top(args) => top::run(args),
         Command::Cluster(ClusterCommand::Status { nodes }) => match cluster::parse_nodes(&nodes) {
             Ok(nodes) => cluster::status(&nodes),
             Err(e) => {

@@ -1,9 +1,12 @@
 //! The `kaelix` binary end to end: history export, `sim check-history`,
 //! `sim run --jobs`, `sim swarm`; `cluster`: three `kaelix serve --cluster`
-//! processes, failover and catch-up.
+//! processes, failover and catch-up; `top`: `kaelix top` in a real terminal
+//! (tmux).
 
 #[path = "cli/cluster.rs"]
 mod cluster;
+#[path = "cli/top.rs"]
+mod top;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
