@@ -4,7 +4,10 @@
 //! publishes are acknowledged again (failover), produce with the native
 //! client (`acks = committed`), restart the killed member and check that
 //! every member's log ends identical, holding every acknowledged message
-//! once, in acknowledgement order.
+//! once, in acknowledgement order. On the way, the leader and another
+//! member are frozen (SIGSTOP: sockets open, nothing answered) and a
+//! publish forwarded to the frozen leader must be refused within the
+//! forward timeout, not hang.
 //!
 //! What is checked comes from the clients' own records (the payloads the
 //! publisher had acknowledged, what the subscriber received, what a native
@@ -87,6 +90,13 @@ fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> M
         }
     }
     Member { child, _stdout: lines, nats: nats.unwrap(), native: native.unwrap(), metrics: metrics.unwrap() }
+}
+
+/// Sends `kill SIGNAL` (`-STOP`, `-CONT`) to a member's process.
+fn signal(member: &Option<Member>, signal: &str) {
+    let pid = member.as_ref().expect("running").child.id().to_string();
+    let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 /// `kaelix cluster status` over `members`; the leader of orders/0 once
@@ -344,6 +354,34 @@ fn three_processes_fail_over_and_the_restarted_member_catches_up() {
     // The killed member comes back on its data directory and catches up.
     members[leader as usize - 1] =
         Some(start_member(leader, ports[leader as usize - 1], &peers, &dirs[leader as usize - 1], &config));
+
+    // A leader that stops answering without closing anything (SIGSTOP: its
+    // sockets stay open, as behind a partition that drops packets), and the
+    // third member frozen too, so no other leader can be elected and
+    // nothing can commit. A publish through the member left, which still
+    // names the frozen leader, is forwarded to it: it must be answered —
+    // refused, since nothing can commit — once the forward times out, not
+    // left hanging. Then both resume and publishes are acknowledged again.
+    let frozen = status(&members);
+    // A member that stayed up throughout: it has followed the leader long
+    // enough to name it (the restarted one may still be finding it).
+    let via = (1..=3).find(|&n| n != frozen && n != leader).unwrap();
+    let third = (1..=3).find(|&n| n != frozen && n != via).unwrap();
+    let mut publisher = Nats::connect(nats_of(&members, via));
+    signal(&members[frozen as usize - 1], "-STOP");
+    signal(&members[third as usize - 1], "-STOP");
+    let stopped_at = Instant::now();
+    let refused = !publisher.publish("orders", "frozen-first");
+    let answered_in = stopped_at.elapsed();
+    unknown.push("frozen-first".to_owned());
+    assert!(refused, "a publish was acknowledged while two of three members were frozen");
+    assert!(answered_in < Duration::from_secs(8), "a publish through member {via} took {answered_in:?} to be answered");
+    signal(&members[frozen as usize - 1], "-CONT");
+    signal(&members[third as usize - 1], "-CONT");
+    publish_acked(&mut publisher, "resumed", &mut acked, &mut unknown);
+    println!(
+        "frozen leader {frozen} and member {third}: a publish through member {via} was refused after {answered_in:?}"
+    );
     let logs = wait_for("every member's log to hold every acknowledged message", Duration::from_secs(15), || {
         let logs: Vec<Vec<String>> =
             (1..=3).map(|id| read_log(&exec, &rt, members[id as usize - 1].as_ref().unwrap().native)).collect();
@@ -359,8 +397,8 @@ fn three_processes_fail_over_and_the_restarted_member_catches_up() {
         assert_eq!(log.iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
         assert!(acked.contains(r) || unknown.contains(r), "{r} was never published");
     }
-    // The subscribers on the members that stayed up got the whole log, in
-    // order.
+    // The subscribers on the members that were not killed (the frozen ones
+    // too) got the whole log, in order.
     for (id, subscriber) in subscribers.iter_mut().filter(|(id, _)| *id != leader) {
         let mut received = Vec::new();
         while received.len() < log.len() {

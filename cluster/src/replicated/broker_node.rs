@@ -32,7 +32,10 @@
 //!   client's. The record reaches this member's broker as every committed
 //!   record does, through its own group member's apply. A stream that
 //!   breaks (or cannot be opened) before the answer leaves the publish
-//!   unknown (`BrokerError::ReplicationUnknown`: it may still commit).
+//!   unknown (`BrokerError::ReplicationUnknown`: it may still commit), and
+//!   so does a leader that has not answered within
+//!   [`ReplicatedConfig::forward_timeout`] (a frozen or partitioned leader
+//!   keeps its stream open and says nothing); its stream is then closed.
 //!   Group commits are not forwarded (`NotLeader`). [`start_broker_node`]
 //!   refuses instead, and is what the simulated scenarios run: forwarding
 //!   touches neither the driver nor its fault points.
@@ -59,6 +62,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_channel::mpsc;
 use futures_util::StreamExt;
+use futures_util::future::{Either, select};
 use kaelix_broker::message::Message;
 use kaelix_broker::replication::{Proposal, ProposalId, ProposalOp};
 use kaelix_broker::storage::StorageKind;
@@ -66,7 +70,7 @@ use kaelix_broker::topic::Topic;
 use kaelix_broker::{Broker, BrokerConfig, BrokerError, TopicConfig};
 use kaelix_core::rng::RngExt;
 use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime};
-use kaelix_core::time::Instant;
+use kaelix_core::time::{Duration, Instant};
 use kaelix_core::{NodeId, WallTime};
 
 use super::node::{ReplicaObserver, ReplicatedConfig, run};
@@ -140,7 +144,7 @@ fn start<R: Runtime, O: ReplicaObserver>(
     let mut mirror = Mirror::new(broker.clone(), groups, rt.rng().random(), rt.node_id());
     if forward {
         let (tx, rx) = mpsc::unbounded();
-        let task = forwarder(rt.clone(), broker.clone(), rx, tx.clone());
+        let task = forwarder(rt.clone(), broker.clone(), config.forward_timeout, rx, tx.clone());
         drop(rt.spawn(Priority::High, "broker-forwarder", task));
         mirror.forward = Some(tx);
     }
@@ -292,45 +296,99 @@ pub(super) enum Job {
     Lost(NodeId, u64),
 }
 
+/// A forwarded publish waiting for its leader's answer.
+struct Forwarded {
+    /// The leader it was sent to, and the generation of the stream it
+    /// went out on.
+    leader: NodeId,
+    generation: u64,
+    topic: Topic,
+    partition: u32,
+    /// When it is given up as unknown (see [`ReplicatedConfig::forward_timeout`]).
+    deadline: Instant,
+}
+
 /// Forwards publishes to their groups' leaders and settles them with the
 /// answers (see the module docs).
+///
+/// Nothing waits forever: connecting to a leader and handing it a frame
+/// are bounded by `timeout`, and so is its answer — a leader that is
+/// partitioned away keeps its TCP stream open and never answers. A
+/// publish past its deadline is settled as unknown (it may still commit)
+/// and the stream it went out on is closed, so the next publish to that
+/// node connects afresh (and fails fast while the node stays unreachable)
+/// instead of queueing behind a silent peer.
 async fn forwarder<R: Runtime>(
     rt: R,
     broker: Broker<R>,
+    timeout: Duration,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     to_self: mpsc::UnboundedSender<Job>,
 ) {
     let mut streams: BTreeMap<NodeId, (u64, <R as ClientNetwork>::Stream)> = BTreeMap::new();
-    // Forwarded and not answered: proposal → (leader, topic, partition).
-    let mut waiting: BTreeMap<ProposalId, (NodeId, Topic, u32)> = BTreeMap::new();
+    let mut waiting: BTreeMap<ProposalId, Forwarded> = BTreeMap::new();
     let mut generation = 0u64;
     let unknown =
         |topic: Topic, partition: u32, reason: String| BrokerError::ReplicationUnknown { topic, partition, reason };
-    while let Some(job) = jobs.next().await {
+    loop {
+        let job = match waiting.values().map(|w| w.deadline).min() {
+            None => jobs.next().await,
+            Some(deadline) => {
+                let sleep = std::pin::pin!(rt.sleep_until(deadline));
+                match select(jobs.next(), sleep).await {
+                    Either::Left((job, _)) => job,
+                    Either::Right(((), _)) => {
+                        let now = rt.now();
+                        let expired: Vec<ProposalId> =
+                            waiting.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
+                        for id in expired {
+                            let w = waiting.remove(&id).expect("listed");
+                            if let Some((g, stream)) = streams.get(&w.leader)
+                                && *g == w.generation
+                            {
+                                // Its reader reports the stream lost, which
+                                // settles what else went out on it.
+                                stream.close();
+                                streams.remove(&w.leader);
+                            }
+                            let reason = format!(
+                                "node {}, the leader it was forwarded to, did not answer within {timeout:?}",
+                                w.leader.0
+                            );
+                            broker.proposal_done(id, Err(unknown(w.topic, w.partition, reason)));
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(job) = job else { break };
         match job {
             Job::Answer(response) => {
                 let id = ProposalId(response.req());
-                if let Some((_, topic, partition)) = waiting.remove(&id) {
-                    broker.proposal_done(id, outcome_of(response, topic, partition));
+                if let Some(w) = waiting.remove(&id) {
+                    broker.proposal_done(id, outcome_of(response, w.topic, w.partition));
                 }
             }
             Job::Lost(node, g) => {
                 if streams.get(&node).is_some_and(|(current, _)| *current == g) {
                     streams.remove(&node);
                 }
+                // Only what went out on that stream: a newer stream to the
+                // same node may carry others.
                 let lost: Vec<ProposalId> =
-                    waiting.iter().filter(|(_, (to, _, _))| *to == node).map(|(&id, _)| id).collect();
+                    waiting.iter().filter(|(_, w)| w.leader == node && w.generation == g).map(|(&id, _)| id).collect();
                 for id in lost {
-                    let (_, topic, partition) = waiting.remove(&id).expect("listed");
+                    let w = waiting.remove(&id).expect("listed");
                     let reason = format!("the stream to node {} (the leader it was forwarded to) broke", node.0);
-                    broker.proposal_done(id, Err(unknown(topic, partition, reason)));
+                    broker.proposal_done(id, Err(unknown(w.topic, w.partition, reason)));
                 }
             }
             Job::Send { to, id, topic, partition, frame } => {
-                let stream = match streams.get(&to) {
-                    Some((_, stream)) => stream.clone(),
-                    None => match rt.connect(to).await {
-                        Ok(stream) => {
+                let (g, stream) = match streams.get(&to) {
+                    Some((g, stream)) => (*g, stream.clone()),
+                    None => match kaelix_core::runtime::timeout(&rt, timeout, rt.connect(to)).await {
+                        Ok(Ok(stream)) => {
                             generation += 1;
                             let (g, reader, answers) = (generation, stream.clone(), to_self.clone());
                             drop(rt.spawn(Priority::High, "broker-forward-reader", async move {
@@ -342,19 +400,28 @@ async fn forwarder<R: Runtime>(
                                 let _ = answers.unbounded_send(Job::Lost(to, g));
                             }));
                             streams.insert(to, (g, stream.clone()));
-                            stream
+                            (g, stream)
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             let reason = format!("the leader, node {}, is unreachable: {e}", to.0);
+                            broker.proposal_done(id, Err(unknown(topic, partition, reason)));
+                            continue;
+                        }
+                        Err(_) => {
+                            let reason =
+                                format!("the leader, node {}, did not accept a connection within {timeout:?}", to.0);
                             broker.proposal_done(id, Err(unknown(topic, partition, reason)));
                             continue;
                         }
                     },
                 };
-                waiting.insert(id, (to, topic, partition));
-                if stream.send(frame).await.is_err() {
-                    // The reader sees the stream end and reports it lost,
-                    // settling this proposal with the others sent on it.
+                let deadline = rt.now() + timeout;
+                waiting.insert(id, Forwarded { leader: to, generation: g, topic, partition, deadline });
+                let sent = kaelix_core::runtime::timeout(&rt, timeout, stream.send(frame)).await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    // A failed or stuck send: the reader sees the stream
+                    // end and reports it lost, settling this proposal with
+                    // the others sent on it.
                     stream.close();
                 }
             }

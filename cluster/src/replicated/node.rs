@@ -64,6 +64,12 @@ pub struct ReplicatedConfig {
     pub raft: RaftConfig,
     /// Snapshot a group's state after this many applied entries.
     pub snapshot_every: u64,
+    /// How long a member forwarding a publish to its group's leader (see
+    /// `start_forwarding_broker_node`) waits to connect, to hand the
+    /// publish over, and for the answer, before it settles the publish as
+    /// unknown (it may still commit). Above a commit's worst latency under
+    /// load; below what a client waits for an acknowledgement.
+    pub forward_timeout: Duration,
     /// Planted bugs switched on, for this node's core
     /// (`ReplicatedAckBeforeCommit`) and for every group's Raft; none in
     /// production, see [`kaelix_core::planted`].
@@ -71,10 +77,19 @@ pub struct ReplicatedConfig {
 }
 
 impl ReplicatedConfig {
-    /// Defaults: Raft's defaults, a snapshot every 1024 entries.
+    /// Defaults: Raft's defaults, a snapshot every 1024 entries, forwarded
+    /// publishes given up after 5 s.
     pub fn new(members: Vec<NodeId>, partitions: u32) -> Self {
         let raft = RaftConfig::new(members[0], members.iter().copied());
-        ReplicatedConfig { members, partitions, bootstrap: true, raft, snapshot_every: 1024, planted: Planted::NONE }
+        ReplicatedConfig {
+            members,
+            partitions,
+            bootstrap: true,
+            raft,
+            snapshot_every: 1024,
+            forward_timeout: Duration::from_secs(5),
+            planted: Planted::NONE,
+        }
     }
 
     /// The configuration of this node's member of every group.
