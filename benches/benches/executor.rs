@@ -50,9 +50,13 @@ const SPAWNED_TASKS: u64 = 10_000;
 /// Fresh runtimes per table cell; the table shows medians.
 const REPETITIONS: usize = 5;
 const WAKES_PER_RUN: usize = 10_000;
-/// Between the task starting to wait and the wake: long enough for an idle
-/// worker to park.
+/// Between the task starting to wait and the wake, in the `idle` scenario:
+/// a wake soon after the last (inside kaelix's default 50 µs `idle_spin`,
+/// so its worker is still looking; tokio's has parked by then).
 const PAUSE_BEFORE_WAKE: Duration = Duration::from_micros(20);
+/// ... and in the `idle, parked` scenario: past the spin window, so every
+/// wake unparks a worker on both runtimes.
+const PAUSE_PARKED: Duration = Duration::from_micros(200);
 /// Load tasks per worker, so that every worker always has one queued.
 const LOAD_TASKS_PER_WORKER: usize = 4;
 const LOAD_SLICE: Duration = Duration::from_micros(50);
@@ -139,8 +143,14 @@ impl Runtime for Tokio {
     }
 }
 
+/// Kaelix with its defaults; `KAELIX_IDLE_SPIN_US` overrides `idle_spin`
+/// (0 turns spinning off) to measure what the spin buys and costs.
 fn start_kaelix() -> Executor {
-    Executor::new(ExecutorConfig { workers_per_node: Some(WORKERS), ..Default::default() }).expect("kaelix starts")
+    let mut config = ExecutorConfig { workers_per_node: Some(WORKERS), ..Default::default() };
+    if let Some(micros) = std::env::var("KAELIX_IDLE_SPIN_US").ok().and_then(|v| v.parse().ok()) {
+        config.idle_spin = Duration::from_micros(micros);
+    }
+    Executor::new(config).expect("kaelix starts")
 }
 
 fn start_tokio() -> tokio::runtime::Runtime {
@@ -248,6 +258,21 @@ struct WakeRun {
     worst: u64,
     served: usize,
     starved: bool,
+    /// CPU the whole process used over the run, in cores (1.0: one core
+    /// busy all along): the price of spinning, next to what it buys.
+    cpu_cores: f64,
+}
+
+/// CPU seconds this process has used (user + system), from
+/// `/proc/self/stat` in clock ticks of 10 ms.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
 }
 
 fn take_sender(mailbox: &Mailbox, limit: Duration) -> Option<oneshot::Sender<Instant>> {
@@ -265,7 +290,7 @@ fn take_sender(mailbox: &Mailbox, limit: Duration) -> Option<oneshot::Sender<Ins
 
 /// One run: [`WAKES_PER_RUN`] wakes of a task at `measured`, fired from
 /// this thread, with CPU load at `load` if any.
-fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>) -> WakeRun {
+fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>, pause: Duration) -> WakeRun {
     let mailbox = Mailbox::default();
     let task_mailbox = mailbox.clone();
     let waiter = rt.spawn(measured, async move {
@@ -288,14 +313,16 @@ fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>) 
     let senders =
         std::iter::once(Some(first)).chain(std::iter::repeat_with(|| take_sender(&mailbox, STARVATION_LIMIT)));
     let mut starved = false;
+    let (cpu_before, wall_before) = (process_cpu_seconds(), Instant::now());
     for sender in senders.take(WAKES_PER_RUN) {
         let Some(sender) = sender else {
             starved = true;
             break;
         };
-        thread::sleep(PAUSE_BEFORE_WAKE);
+        thread::sleep(pause);
         let _ = sender.send(Instant::now());
     }
+    let cpu_cores = (process_cpu_seconds() - cpu_before) / wall_before.elapsed().as_secs_f64();
     if let Some(load) = load {
         load.stop();
     }
@@ -314,6 +341,7 @@ fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>) 
         worst: histogram.max(),
         served: latencies.len(),
         starved,
+        cpu_cores,
     }
 }
 
@@ -335,11 +363,13 @@ fn benches(c: &mut Criterion) {
     kaelix_executor.shutdown(Duration::from_secs(1));
 }
 
-/// The wake-to-poll scenarios: (name, measured task, load).
-const SCENARIOS: [(&str, Priority, Option<Priority>); 3] = [
-    ("idle", Priority::Normal, None),
-    ("saturated (Normal load)", Priority::Normal, Some(Priority::Normal)),
-    ("Critical, Background load", Priority::Critical, Some(Priority::Background)),
+/// The wake-to-poll scenarios: (name, measured task, load, pause before
+/// each wake).
+const SCENARIOS: [(&str, Priority, Option<Priority>, Duration); 4] = [
+    ("idle", Priority::Normal, None, PAUSE_BEFORE_WAKE),
+    ("idle, parked", Priority::Normal, None, PAUSE_PARKED),
+    ("saturated (Normal load)", Priority::Normal, Some(Priority::Normal), PAUSE_BEFORE_WAKE),
+    ("Critical, Background load", Priority::Critical, Some(Priority::Background), PAUSE_BEFORE_WAKE),
 ];
 
 /// Everything one fresh runtime measures.
@@ -352,7 +382,7 @@ fn measure<R: Runtime>(rt: &R) -> Run {
     tasks_per_second(rt); // warm-up
     Run {
         tasks_per_second: tasks_per_second(rt),
-        wakes: SCENARIOS.map(|(_, measured, load)| wake_to_poll(rt, measured, load)),
+        wakes: SCENARIOS.map(|(_, measured, load, pause)| wake_to_poll(rt, measured, load, pause)),
     }
 }
 
@@ -389,7 +419,7 @@ fn table() {
     println!("{:<44} {:>10} {:>10} {:<4} {:>12}", "metric", "kaelix", "tokio", "unit", "kaelix/tokio");
     let throughput = |runs: &[Run]| median(runs.iter().map(|r| r.tasks_per_second / 1e6).collect());
     print_row("spawn+join 10k tasks", "M/s", throughput(&kaelix_runs), throughput(&tokio_runs));
-    for (i, (scenario, _, _)) in SCENARIOS.iter().enumerate() {
+    for (i, (scenario, ..)) in SCENARIOS.iter().enumerate() {
         for (q, (name, _)) in QUANTILES.iter().enumerate() {
             // Starved runs have no meaningful percentiles: they are reported below.
             let micros = |runs: &[Run]| {
@@ -399,6 +429,8 @@ fn table() {
             };
             print_row(&format!("wake-to-poll {scenario} {name}"), "µs", micros(&kaelix_runs), micros(&tokio_runs));
         }
+        let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.wakes[i].cpu_cores * 100.0).collect());
+        print_row(&format!("CPU during {scenario}"), "%", cpu(&kaelix_runs), cpu(&tokio_runs));
         for (runtime, runs) in [("kaelix", &kaelix_runs), ("tokio", &tokio_runs)] {
             let starved: Vec<&WakeRun> = runs.iter().map(|r| &r.wakes[i]).filter(|w| w.starved).collect();
             if !starved.is_empty() {
@@ -415,7 +447,7 @@ fn table() {
 
     // Cross-check: the executor's own wake-to-poll histogram on an idle run.
     let executor = start_kaelix();
-    let measured = wake_to_poll(&Kaelix(executor.handle()), Priority::Normal, None);
+    let measured = wake_to_poll(&Kaelix(executor.handle()), Priority::Normal, None, PAUSE_BEFORE_WAKE);
     let internal = executor.wake_to_poll();
     let quantile = |q| internal.quantile(q).map_or(0.0, |d| d.as_nanos() as f64 / 1e3);
     println!(

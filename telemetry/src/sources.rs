@@ -48,6 +48,12 @@ pub fn add_executor(collector: &MetricsCollector, executor: ExecutorHandle) {
             (Counter, "kaelix_executor_parks_total", None, "Times a worker parked for lack of work."),
             (
                 Counter,
+                "kaelix_executor_spin_hits_total",
+                None,
+                "Times work showed up while an idle worker spun before parking.",
+            ),
+            (
+                Counter,
                 "kaelix_executor_tasks_completed_total",
                 None,
                 "Tasks that finished on a worker (panics included).",
@@ -93,6 +99,7 @@ pub fn add_executor(collector: &MetricsCollector, executor: ExecutorHandle) {
             counter!("kaelix_executor_polls_total", &labels).absolute(s.polls);
             counter!("kaelix_executor_steals_total", &labels).absolute(s.steals);
             counter!("kaelix_executor_parks_total", &labels).absolute(s.parks);
+            counter!("kaelix_executor_spin_hits_total", &labels).absolute(s.spin_hits);
             counter!("kaelix_executor_tasks_completed_total", &labels).absolute(s.completed);
             counter!("kaelix_executor_tasks_panicked_total", &labels).absolute(s.panicked);
             gauge!("kaelix_executor_queue_depth", &labels).set(s.queue_depth as f64);

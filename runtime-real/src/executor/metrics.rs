@@ -110,6 +110,7 @@ pub struct WorkerMetrics {
     pub(crate) polls: AtomicU64,
     pub(crate) steals: AtomicU64,
     pub(crate) parks: AtomicU64,
+    pub(crate) spin_hits: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) panicked: AtomicU64,
     pub(crate) queue_depth: AtomicU64,
@@ -169,6 +170,7 @@ impl WorkerMetrics {
             polls: self.polls.load(Ordering::Relaxed),
             steals: self.steals.load(Ordering::Relaxed),
             parks: self.parks.load(Ordering::Relaxed),
+            spin_hits: self.spin_hits.load(Ordering::Relaxed),
             completed: self.completed.load(Ordering::Relaxed),
             panicked: self.panicked.load(Ordering::Relaxed),
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
@@ -187,6 +189,9 @@ pub struct WorkerSnapshot {
     pub steals: u64,
     /// Times the worker parked for lack of work.
     pub parks: u64,
+    /// Times work showed up while the worker spun before parking (each one
+    /// a park and an unpark saved).
+    pub spin_hits: u64,
     /// Tasks that finished here (panics included).
     pub completed: u64,
     /// Tasks that panicked here.

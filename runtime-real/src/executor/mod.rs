@@ -24,8 +24,17 @@
 //!
 //! # Parking
 //!
-//! A worker without work parks (see [`idle`] for the protocol that never
-//! loses a wake-up); publishing work unparks one parked worker.
+//! A worker without work first spins for `idle_spin` (the seed's
+//! `target_latency_us`), looking at the queues between `spin_loop` hints:
+//! a wake that comes within that window is served without a futex wake-up
+//! on either side, which is what keeps idle wake-to-poll in single-digit
+//! microseconds. At most half the workers (at least one) spin at a time, so
+//! an idle executor never takes every CPU, and a spinner yields its thread
+//! every few hundred looks, so the thread that will publish the work gets
+//! the CPU on a machine with few cores. Past the window the worker parks
+//! (see [`idle`] for the protocol that never loses a wake-up); publishing
+//! work unparks one parked worker. Spinning is only an earlier look at the
+//! queues before that protocol starts, so it cannot lose a wake-up either.
 //!
 //! # Shutdown
 //!
@@ -84,6 +93,11 @@ pub struct ExecutorConfig {
     pub starvation_bound: u32,
     /// A poll running longer than this makes its worker Unhealthy.
     pub stall_threshold: Duration,
+    /// How long a worker that ran out of work keeps looking before it parks
+    /// (the seed's `target_latency_us`; see the module docs). Zero parks at
+    /// once. The cost: after each burst of work one worker burns up to this
+    /// much CPU; an executor with no work at all uses none.
+    pub idle_spin: Duration,
     /// Thread name prefix.
     pub name: String,
     /// The machine's layout; `None`: detect it.
@@ -99,6 +113,7 @@ impl Default for ExecutorConfig {
             pin_workers: true,
             starvation_bound: 32,
             stall_threshold: Duration::from_secs(1),
+            idle_spin: Duration::from_micros(50),
             name: "kaelix".to_owned(),
             topology: None,
         }
@@ -133,6 +148,8 @@ pub(crate) struct Shared {
     pools: Vec<Pool>,
     workers: Vec<WorkerSlot>,
     sleepers: Sleepers,
+    /// Workers spinning for work right now (see `WorkerLoop::spin_for_work`).
+    spinning: AtomicUsize,
     live: LiveTasks,
     live_count: AtomicUsize,
     next_task: AtomicU64,
@@ -442,6 +459,50 @@ impl WorkerLoop {
             || s.workers.iter().any(|w| w.stealers.iter().any(|st| !st.is_empty()))
     }
 
+    /// Looks at the queues for up to `idle_spin` before the worker parks;
+    /// true when work showed up (the caller picks it as usual). False at
+    /// once when the spin is off or enough other workers already spin.
+    fn spin_for_work(&self) -> bool {
+        /// Looks between two reads of the clock / two yields of the thread.
+        const LOOKS_PER_CLOCK_READ: u32 = 32;
+        const LOOKS_PER_YIELD: u32 = 256;
+        let shared = &self.shared;
+        let window = u64::try_from(shared.config.idle_spin.as_nanos()).unwrap_or(u64::MAX);
+        if window == 0 {
+            return false;
+        }
+        let allowed = (shared.workers.len() / 2).max(1);
+        if shared.spinning.fetch_add(1, Ordering::AcqRel) >= allowed {
+            shared.spinning.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let deadline = shared.now_nanos().saturating_add(window);
+        let mut looks: u32 = 0;
+        let found = loop {
+            if LOCAL.with(|local| self.any_work(&local.borrow().as_ref().expect("worker's deques").deques)) {
+                break true;
+            }
+            if shared.stopping.load(Ordering::Acquire) {
+                break false;
+            }
+            looks = looks.wrapping_add(1);
+            if looks.is_multiple_of(LOOKS_PER_YIELD) {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            if looks.is_multiple_of(LOOKS_PER_CLOCK_READ) && shared.now_nanos() >= deadline {
+                break false;
+            }
+        };
+        shared.spinning.fetch_sub(1, Ordering::AcqRel);
+        let metrics = &shared.workers[self.index].metrics;
+        if found {
+            metrics.spin_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     fn run(mut self, deques: [Deque<TaskRef>; TIERS]) {
         let shared = self.shared.clone();
         // The deques live in the thread-local so that wakes on this thread
@@ -463,6 +524,9 @@ impl WorkerLoop {
             }
             if shared.stopping.load(Ordering::Acquire) {
                 break;
+            }
+            if self.spin_for_work() {
+                continue;
             }
             shared.sleepers.register(self.index);
             let work = LOCAL.with(|local| self.any_work(&local.borrow().as_ref().expect("set above").deques));
@@ -567,6 +631,7 @@ impl Executor {
             pools,
             workers,
             sleepers: Sleepers::default(),
+            spinning: AtomicUsize::new(0),
             live: LiveTasks::default(),
             live_count: AtomicUsize::new(0),
             next_task: AtomicU64::new(0),

@@ -295,3 +295,42 @@ fn the_coarse_clock_follows_the_precise_one() {
         std::thread::sleep(Duration::from_micros(50));
     }
 }
+
+/// Twenty timer wakes, 1 ms apart, of one task on a one-worker executor
+/// with `idle_spin`; returns the worker's (spin hits, parks) over them.
+fn timer_wakes_with_spin(idle_spin: Duration) -> (u64, u64) {
+    let ex = Executor::new(ExecutorConfig {
+        workers_per_node: Some(1),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..1)),
+        idle_spin,
+        name: "spin".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    let h = ex.handle();
+    let ticker = ex.spawn(Priority::Normal, "ticker", async move {
+        for _ in 0..20 {
+            h.sleep_until(h.now() + Duration::from_millis(1)).await;
+        }
+    });
+    ex.block_on(ticker).unwrap();
+    let m = ex.worker_metrics()[0];
+    ex.shutdown(Duration::from_secs(1));
+    (m.spin_hits, m.parks)
+}
+
+#[test]
+fn an_idle_worker_spins_for_a_wake_before_it_parks() {
+    // A window far longer than the 1 ms between wakes: each timer wake is
+    // found by the spinning worker (a descheduled thread may miss a few).
+    let (hits, _) = timer_wakes_with_spin(Duration::from_millis(200));
+    assert!(hits >= 10, "{hits} of 20 wakes found while spinning");
+    // No window: every wait parks, nothing is found spinning.
+    let (hits, parks) = timer_wakes_with_spin(Duration::ZERO);
+    assert_eq!(hits, 0);
+    assert!(parks >= 20, "{parks} parks for 20 waits");
+    // A window far shorter than the wait: the worker spins, then parks.
+    let (_, parks) = timer_wakes_with_spin(Duration::from_micros(20));
+    assert!(parks >= 10, "{parks} parks for 20 waits of 1 ms with a 20 µs window");
+}
