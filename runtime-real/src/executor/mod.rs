@@ -66,7 +66,7 @@ use self::idle::Sleepers;
 use self::metrics::{Health, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
 use self::state::AfterPoll;
 pub use self::task::JoinHandle;
-use self::task::{Outcome, Task};
+use self::task::{Header, Outcome, Task};
 use crate::driver::Driver;
 use crate::topology::Topology;
 
@@ -283,35 +283,28 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (future, parts) = task::wrap(future);
         let pool = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => self.workers[w.index].pool,
             _ => self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
         });
-        let task = Arc::new(Task {
+        let header = Header {
             id: self.next_task.fetch_add(1, Ordering::Relaxed),
             name,
             priority,
             pool,
-            state: state::TaskState::new_scheduled(),
-            cancelled: AtomicBool::new(false),
-            woken_at: AtomicU64::new(self.now_nanos()),
-            live_slot: AtomicUsize::new(usize::MAX),
-            future: Mutex::new(Some(future)),
+            woken_at: self.now_nanos(),
             shared: self.clone(),
-        });
-        let handle = parts.into_handle(task.clone());
+        };
+        let (task, handle) = task::new_task(header, future);
         let accepted = self.live.insert(&task);
         if accepted {
             self.live_count.fetch_add(1, Ordering::AcqRel);
-        }
-        if accepted {
             self.schedule(task, false);
         } else {
             // Shutting down: the future is dropped unpolled; the handle
             // yields Cancelled.
             task.state.complete();
-            drop(task.future.lock().expect("task future lock").take());
+            task.body.drop_future();
         }
         handle
     }
@@ -325,33 +318,23 @@ impl Shared {
         let now = self.now_nanos();
         metrics.wake_to_poll.record(now.saturating_sub(task.woken_at.load(Ordering::Relaxed)));
         metrics.polls.fetch_add(1, Ordering::Relaxed);
-        let mut slot = task.future.lock().expect("task future lock");
         if task.cancelled.load(Ordering::Acquire) {
-            let future = slot.take();
-            drop(slot);
             task.state.complete();
-            drop(future); // the handle's guard reports Cancelled
+            task.body.drop_future(); // the handle gets Cancelled
             self.remove_live(&task);
             return;
         }
-        let Some(future) = slot.as_mut() else {
-            unreachable!("a RUNNING task has its future until it completes");
-        };
-        let waker = Waker::from(task.clone());
         metrics.poll_started.store(now.max(1), Ordering::Relaxed);
-        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        let poll = task.body.poll();
         metrics.poll_started.store(0, Ordering::Relaxed);
         match poll {
             Poll::Ready(outcome) => {
-                let future = slot.take();
-                drop(slot);
                 task.state.complete();
-                drop(future);
+                task.body.drop_future();
                 metrics.record_outcome(outcome == Outcome::Finished);
                 self.remove_live(&task);
             }
             Poll::Pending => {
-                drop(slot);
                 if task.state.end_poll_pending() == AfterPoll::Requeue {
                     self.schedule(task, true);
                 }
@@ -725,7 +708,7 @@ impl Executor {
         // Anything a stuck worker never reached: drop it here.
         for task in &remaining {
             task.state.complete();
-            drop(task.future.lock().unwrap_or_else(|e| e.into_inner()).take());
+            task.body.drop_future();
         }
         shared.driver.stop();
         ShutdownReport { finished_in_grace: at_start.saturating_sub(remaining.len()), cancelled }

@@ -334,3 +334,39 @@ fn an_idle_worker_spins_for_a_wake_before_it_parks() {
     let (_, parks) = timer_wakes_with_spin(Duration::from_micros(20));
     assert!(parks >= 10, "{parks} parks for 20 waits of 1 ms with a 20 µs window");
 }
+
+#[test]
+fn finished_aborted_and_shut_down_tasks_release_what_their_futures_hold() {
+    // A task's waker lives beside its future and points back at the task:
+    // each way a task ends must drop the future (breaking that cycle), or
+    // whatever the future holds leaks.
+    use kaelix_core::runtime::TaskHandle;
+    let ex = executor(2);
+    let held = Arc::new(());
+    let finished = {
+        let held = held.clone();
+        ex.spawn(Priority::Normal, "finishes", async move { drop(held) })
+    };
+    let aborted = {
+        let held = held.clone();
+        ex.spawn(Priority::Normal, "pending", async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        })
+    };
+    let stuck = {
+        let held = held.clone();
+        ex.spawn(Priority::Normal, "stuck", async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        })
+    };
+    ex.block_on(finished).unwrap();
+    aborted.abort();
+    assert!(matches!(ex.block_on(aborted), Err(JoinError::Cancelled)));
+    assert_eq!(Arc::strong_count(&held), 2, "only the stuck task still holds it");
+    let report = ex.shutdown(Duration::from_millis(50));
+    assert_eq!(report.cancelled, vec!["stuck"]);
+    assert!(stuck.is_finished());
+    assert_eq!(Arc::strong_count(&held), 1, "shutdown dropped the stuck task's future");
+}
