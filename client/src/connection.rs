@@ -22,8 +22,8 @@ use futures_util::StreamExt;
 use kaelix_core::runtime::{ByteStream, Priority, Runtime, timeout};
 use kaelix_core::time::Duration;
 use kaelix_protocol::{
-    DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, Message, Name, ProtocolError, Push, Request, Response,
-    SUPPORTED_VERSIONS, ServerFrame, ServerInfo,
+    Credentials, DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, MAX_SECRET_BYTES, Message, Name, ProtocolError, Push,
+    Request, Response, SUPPORTED_VERSIONS, ServerFrame, ServerInfo,
 };
 
 use crate::error::{ClientError, Result};
@@ -40,6 +40,10 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Largest frame accepted from the server (after the length prefix).
     pub max_frame_bytes: usize,
+    /// What to log in with, for a server with an `[auth]` section (a token,
+    /// or a user and password); `None` connects anonymously. `Debug`
+    /// shows no secret.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +53,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            credentials: None,
         }
     }
 }
@@ -123,8 +128,21 @@ impl<R: Runtime> Connection<R> {
     pub async fn connect_with(rt: &R, addr: SocketAddr, config: ClientConfig) -> Result<Connection<R>> {
         let name = Name::new(config.client_name.clone())
             .map_err(|e| ClientError::InvalidArgument(format!("client name: {e}")))?;
+        if let Some(credentials) = &config.credentials
+            && credentials.secret_len() > MAX_SECRET_BYTES
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "credentials: a secret of {} bytes (at most {MAX_SECRET_BYTES})",
+                credentials.secret_len()
+            )));
+        }
         let limit = config.connect_timeout;
-        let (stream, decoder, server) = timeout(rt, limit, handshake(rt, addr, name, config.max_frame_bytes))
+        let hello = Request::Hello {
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            client: name,
+            credentials: config.credentials.clone(),
+        };
+        let (stream, decoder, server) = timeout(rt, limit, handshake(rt, addr, hello, config.max_frame_bytes))
             .await
             .map_err(|_| ClientError::Timeout(limit))??;
         let routes: Shared = Arc::new(Mutex::new(Routes {
@@ -283,16 +301,17 @@ pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
     ClientError::Protocol(format!("expected {expected}, the server answered {}", got.kind().name()))
 }
 
-/// Connects, sends `Hello`, waits for the answer.
+/// Connects, sends `hello`, waits for the answer.
 async fn handshake<R: Runtime>(
     rt: &R,
     addr: SocketAddr,
-    client: Name,
+    hello: Request,
     max_frame_bytes: usize,
 ) -> Result<(R::ByteStream, FrameDecoder, ServerInfo)> {
     let stream = rt.connect_tcp(addr).await.map_err(ClientError::Connect)?;
-    let mut hello = BytesMut::new();
-    Request::Hello { versions: SUPPORTED_VERSIONS.to_vec(), client }.encode(1, &mut hello);
+    let mut encoded = BytesMut::new();
+    hello.encode(1, &mut encoded);
+    let hello = encoded;
     stream.write(hello.freeze()).await.map_err(|e| ClientError::Closed(format!("sending Hello: {e}")))?;
     let mut decoder = FrameDecoder::new(max_frame_bytes);
     let frame = loop {

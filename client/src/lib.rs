@@ -55,6 +55,6 @@ pub use self::error::{ClientError, Result};
 pub use self::producer::{AckLevel, Producer};
 pub use self::window::CreditWindow;
 pub use kaelix_protocol::{
-    ErrorCode, LeaderHint, MemberId, Message, PartitionInfo, Pattern, Position, Retention, ServerInfo, StartPosition,
-    StorageSpec, Topic, TopicDescription, TopicSummary,
+    Credentials, ErrorCode, LeaderHint, MemberId, Message, PartitionInfo, Pattern, Position, Retention, ServerInfo,
+    StartPosition, StorageSpec, Topic, TopicDescription, TopicSummary,
 };

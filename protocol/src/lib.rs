@@ -69,8 +69,8 @@ pub use self::frame::{Frame, FrameDecoder, FrameKind, LENGTH_PREFIX_BYTES};
 pub use self::request::Request;
 pub use self::response::{Push, Response, ServerFrame};
 pub use self::types::{
-    Acks, FetchLimits, LeaderHint, Name, NameError, PartitionInfo, Position, Retention, ServerInfo, StorageSpec,
-    TopicDescription, TopicSummary,
+    Acks, Credentials, FetchLimits, LeaderHint, Name, NameError, PartitionInfo, Position, Retention, ServerInfo,
+    StorageSpec, TopicDescription, TopicSummary,
 };
 pub use self::wire::MAX_MESSAGE_BYTES;
 pub use kaelix_broker::message::Message;
@@ -99,6 +99,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 /// Longest error message; longer ones are cut when encoded.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+/// Longest token or password a `Hello` may carry.
+pub const MAX_SECRET_BYTES: usize = 4096;
 
 /// Most versions a `Hello` may offer.
 pub const MAX_HELLO_VERSIONS: usize = 16;

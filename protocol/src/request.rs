@@ -10,7 +10,7 @@ use kaelix_core::codec::{self, Reader};
 
 use crate::error::ProtocolError;
 use crate::frame::{self, Frame, FrameKind};
-use crate::types::{Acks, FetchLimits, Name, Retention, StorageSpec};
+use crate::types::{Acks, Credentials, FetchLimits, Name, Retention, StorageSpec};
 use crate::wire::{self, finish};
 use crate::{HELLO_MAGIC, MAX_HELLO_VERSIONS};
 
@@ -26,6 +26,10 @@ pub enum Request {
         versions: Vec<u16>,
         /// The client's self-description, e.g. `kaelix-client/0.1.0`.
         client: Name,
+        /// What the client logs in with, for a server with an `[auth]`
+        /// section; `None` encodes as nothing at all (the Hello of a client
+        /// that predates credentials).
+        credentials: Option<Credentials>,
     },
     /// Asks for a `Pong`.
     Ping,
@@ -193,11 +197,14 @@ impl Request {
     pub fn encode(&self, correlation: u32, out: &mut BytesMut) {
         let start = frame::begin(out, self.kind().as_u8(), correlation);
         match self {
-            Request::Hello { versions, client } => {
+            Request::Hello { versions, client, credentials } => {
                 out.put_slice(&HELLO_MAGIC);
                 out.put_u8(u8::try_from(versions.len()).expect("at most 255 versions"));
                 versions.iter().for_each(|&v| out.put_u16_le(v));
                 wire::put_name(out, client);
+                if let Some(credentials) = credentials {
+                    wire::put_credentials(out, credentials);
+                }
             }
             Request::Ping | Request::ListTopics => {}
             Request::Produce { topic, partition, acks, messages } => {
@@ -271,7 +278,11 @@ impl Request {
                 }
                 let count = r.len_u8("hello versions", MAX_HELLO_VERSIONS)?;
                 let versions = (0..count).map(|_| r.u16("hello versions")).collect::<Result<_, _>>()?;
-                Request::Hello { versions, client: wire::read_name(&mut r, "hello client")? }
+                let client = wire::read_name(&mut r, "hello client")?;
+                // Credentials are the Hello's optional tail: present iff
+                // bytes remain.
+                let credentials = if r.remaining() > 0 { Some(wire::read_credentials(&mut r)?) } else { None };
+                Request::Hello { versions, client, credentials }
             }
             FrameKind::Ping => Request::Ping,
             FrameKind::Produce => {

@@ -133,10 +133,18 @@ fn arb_produce() -> impl Strategy<Value = Request> {
         })
 }
 
+fn arb_credentials() -> impl Strategy<Value = Option<Credentials>> {
+    prop_oneof![
+        Just(None),
+        "\\PC{0,64}".prop_map(|t| Some(Credentials::Token(t))),
+        (arb_name(), "\\PC{0,64}").prop_map(|(user, password)| Some(Credentials::User { user, password })),
+    ]
+}
+
 fn arb_request() -> impl Strategy<Value = Request> {
     let connection = prop_oneof![
-        (prop::collection::vec(any::<u16>(), 0..=MAX_HELLO_VERSIONS), arb_name())
-            .prop_map(|(versions, client)| Request::Hello { versions, client }),
+        (prop::collection::vec(any::<u16>(), 0..=MAX_HELLO_VERSIONS), arb_name(), arb_credentials())
+            .prop_map(|(versions, client, credentials)| Request::Hello { versions, client, credentials }),
         Just(Request::Ping),
     ];
     let data = prop_oneof![
@@ -827,11 +835,31 @@ fn encoded(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
 #[test]
 fn layouts_match_the_specification() {
     assert_eq!(encoded(|o| Request::Ping.encode(7, o)), [0, 0, 0, 5, 0x02, 7, 0, 0, 0]);
-    let hello = Request::Hello { versions: vec![1, 2], client: Name::new("c").unwrap() };
+    let hello = Request::Hello { versions: vec![1, 2], client: Name::new("c").unwrap(), credentials: None };
     assert_eq!(
         encoded(|o| hello.encode(1, o)),
         [&[0, 0, 0, 16, 0x01, 1, 0, 0, 0][..], b"KXNP", &[2, 1, 0, 2, 0, 1, b'c']].concat()
     );
+    let token = Request::Hello {
+        versions: vec![1],
+        client: Name::new("c").unwrap(),
+        credentials: Some(Credentials::Token("s3".into())),
+    };
+    assert_eq!(
+        encoded(|o| token.encode(1, o)),
+        [&[0, 0, 0, 19, 0x01, 1, 0, 0, 0][..], b"KXNP", &[1, 1, 0, 1, b'c', 1, 2, 0, b's', b'3']].concat()
+    );
+    let user = Request::Hello {
+        versions: vec![1],
+        client: Name::new("c").unwrap(),
+        credentials: Some(Credentials::User { user: Name::new("al").unwrap(), password: "pw".into() }),
+    };
+    assert_eq!(
+        encoded(|o| user.encode(1, o)),
+        [&[0, 0, 0, 22, 0x01, 1, 0, 0, 0][..], b"KXNP", &[1, 1, 0, 1, b'c', 2, 2, b'a', b'l', 2, 0, b'p', b'w']]
+            .concat()
+    );
+    assert!(!format!("{user:?}").contains("pw"), "Debug shows no password: {user:?}");
     let fetch = Request::Fetch {
         topic: Topic::new("t").unwrap(),
         partition: 1,

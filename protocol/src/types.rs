@@ -36,6 +36,45 @@ pub enum NameError {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
+/// What a client logs in with (the `Hello`'s optional tail), checked
+/// against the server's `[auth]` section as a NATS `CONNECT` is. A token
+/// or password is at most [`crate::MAX_SECRET_BYTES`] of UTF-8 (encoding
+/// a longer one panics; the client refuses it first). `Debug` never
+/// prints a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// The server's shared token.
+    Token(String),
+    /// A configured user and its password.
+    User {
+        /// The user's name.
+        user: Name,
+        /// The password, in clear over the connection (use TLS).
+        password: String,
+    },
+}
+
+impl Credentials {
+    /// The secret's length, to check against [`crate::MAX_SECRET_BYTES`].
+    pub fn secret_len(&self) -> usize {
+        match self {
+            Credentials::Token(token) => token.len(),
+            Credentials::User { password, .. } => password.len(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+            Credentials::User { user, .. } => {
+                f.debug_struct("User").field("user", user).field("password", &"<redacted>").finish()
+            }
+        }
+    }
+}
+
 impl Name {
     /// Validates `name`.
     pub fn new(name: impl Into<String>) -> Result<Name, NameError> {

@@ -11,8 +11,8 @@ use kaelix_core::WallTime;
 use kaelix_core::codec::{self, Reader};
 
 use crate::error::{ErrorCode, ProtocolError};
-use crate::types::{Name, Retention, StorageSpec};
-use crate::{MAX_ERROR_MESSAGE_BYTES, MAX_NAME_BYTES};
+use crate::types::{Credentials, Name, Retention, StorageSpec};
+use crate::{MAX_ERROR_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_SECRET_BYTES};
 
 /// Largest encoding of one message: a payload, key and headers at their
 /// limits plus the fixed fields (under 1 KiB even with a 255-byte topic
@@ -280,6 +280,46 @@ pub fn put_u32s(out: &mut BytesMut, values: &[u32]) {
 pub fn read_u32s(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<u32>, ProtocolError> {
     let count = read_count(r, field, 4)?;
     (0..count).map(|_| r.u32(field).map_err(ProtocolError::from)).collect()
+}
+
+/// A secret (token, password): `u16` length, then UTF-8, at most
+/// [`MAX_SECRET_BYTES`]. Never cut: a cut secret would be a wrong one.
+fn put_secret(out: &mut BytesMut, secret: &str) {
+    assert!(secret.len() <= MAX_SECRET_BYTES, "a secret of {} bytes (at most {MAX_SECRET_BYTES})", secret.len());
+    codec::put_bytes_u16(out, secret.as_bytes());
+}
+
+fn read_secret(r: &mut Reader<'_>, field: &'static str) -> Result<String, ProtocolError> {
+    let len = r.len_u16(field, MAX_SECRET_BYTES)?;
+    Ok(r.str(len, field)?.to_owned())
+}
+
+/// A Hello's credentials: a `u8` tag (1 token, 2 user and password), then
+/// the token, or the user's name and the password.
+pub fn put_credentials(out: &mut BytesMut, credentials: &Credentials) {
+    match credentials {
+        Credentials::Token(token) => {
+            out.put_u8(1);
+            put_secret(out, token);
+        }
+        Credentials::User { user, password } => {
+            out.put_u8(2);
+            put_name(out, user);
+            put_secret(out, password);
+        }
+    }
+}
+
+/// Reads [`put_credentials`]' encoding.
+pub fn read_credentials(r: &mut Reader<'_>) -> Result<Credentials, ProtocolError> {
+    match r.u8("hello credentials")? {
+        1 => Ok(Credentials::Token(read_secret(r, "hello token")?)),
+        2 => {
+            let user = read_name(r, "hello user")?;
+            Ok(Credentials::User { user, password: read_secret(r, "hello password")? })
+        }
+        tag => Err(ProtocolError::BadEnum { field: "hello credentials", value: u64::from(tag) }),
+    }
 }
 
 /// Fails with a codec error unless the body is fully consumed.

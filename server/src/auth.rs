@@ -91,6 +91,20 @@ pub fn covers(outer: &Pattern, inner: &Pattern) -> bool {
     }
 }
 
+/// Whether some subject matches both `a` and `b`.
+pub fn overlaps(a: &Pattern, b: &Pattern) -> bool {
+    let mut a = a.as_str().split('.');
+    let mut b = b.as_str().split('.');
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 impl Rules {
     fn compile(rules: &SubjectRules, key: &str) -> Result<Rules, String> {
         let parse = |s: &String| Pattern::new(s).map_err(|e| format!("{key}: {e}"));
@@ -110,6 +124,15 @@ impl Rules {
     pub fn permits_pattern(&self, pattern: &Pattern) -> bool {
         self.allow.as_ref().is_none_or(|a| a.iter().any(|p| covers(p, pattern)))
             && !self.deny.iter().any(|p| covers(p, pattern))
+    }
+
+    /// Whether subscribing to `pattern` is permitted with nothing to
+    /// filter: covered by an allow entry and overlapping no deny entry (the
+    /// native protocol's rule; it delivers whole ranges of a log, so it
+    /// cannot drop single denied messages as a NATS delivery does).
+    pub fn permits_whole_pattern(&self, pattern: &Pattern) -> bool {
+        self.allow.as_ref().is_none_or(|a| a.iter().any(|p| covers(p, pattern)))
+            && !self.deny.iter().any(|p| overlaps(p, pattern))
     }
 
     /// Whether a delivery of `topic` passes the deny list (for wide
@@ -207,6 +230,21 @@ mod tests {
 
     fn p(s: &str) -> Pattern {
         Pattern::new(s).unwrap()
+    }
+
+    #[test]
+    fn overlap_means_a_subject_matches_both() {
+        assert!(overlaps(&p(">"), &p("a.b")));
+        assert!(overlaps(&p("a.*"), &p("*.b")));
+        assert!(overlaps(&p("a.>"), &p("a.b.c")));
+        assert!(overlaps(&p("secret.>"), &p("*.x")));
+        assert!(!overlaps(&p("a.*"), &p("b.*")));
+        assert!(!overlaps(&p("a.*"), &p("a.b.c")));
+        assert!(!overlaps(&p("a.>"), &p("a")));
+        let rules = Rules { allow: None, deny: vec![p("secret.>")] };
+        assert!(rules.permits_pattern(&p(">")), "NATS filters the denied deliveries");
+        assert!(!rules.permits_whole_pattern(&p(">")), "the native protocol cannot");
+        assert!(rules.permits_whole_pattern(&p("orders.>")));
     }
 
     #[test]

@@ -33,8 +33,8 @@
 //! each accept and subscribe), users and permissions (every open NATS login
 //! is checked again: one the new rules refuse, or whose permissions
 //! changed, is told `-ERR 'Authorization Violation'` and closed, and
-//! reconnects under the new rules; native connections are closed when
-//! authentication is turned on), and topics' retention (applied at once).
+//! reconnects under the new rules; native logins alike, told with an
+//! `Unauthorized` error frame), and topics' retention (applied at once).
 
 pub mod auth;
 pub mod config;
@@ -149,8 +149,6 @@ pub(crate) struct Shared<R: Runtime> {
     pub(crate) auth: ArcSwap<auth::Authenticator>,
     /// Open NATS connections' logins, re-checked by a reconfiguration.
     pub(crate) logins: Mutex<BTreeMap<u64, nats::session::Login>>,
-    /// Open native connections.
-    pub(crate) native_connections: Mutex<BTreeSet<u64>>,
     /// Connections a reconfiguration closes for their login.
     pub(crate) revoked: Mutex<BTreeSet<u64>>,
     /// TLS for client connections.
@@ -187,7 +185,6 @@ impl<R: Runtime> Shared<R> {
         let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         open.remove(&id);
         self.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        self.native_connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         self.revoked.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         if open.is_empty() && self.stopping.is_raised() {
             self.all_closed.raise();
@@ -308,7 +305,6 @@ impl<R: Runtime> Server<R> {
             memberships: native::groups::Memberships::default(),
             auth,
             logins: Mutex::new(BTreeMap::new()),
-            native_connections: Mutex::new(BTreeSet::new()),
             revoked: Mutex::new(BTreeSet::new()),
             tls,
         });
@@ -401,9 +397,8 @@ impl<R: Runtime> Server<R> {
         }
         shared.auth.store(Arc::new(authenticator));
         let auth = shared.auth();
-        // Who must go: logins refused or changed, and native connections
-        // once authentication is required.
-        let mut gone: Vec<u64> = shared
+        // Who must go: logins (NATS and native) refused or changed.
+        let gone: Vec<u64> = shared
             .logins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -414,9 +409,6 @@ impl<R: Runtime> Server<R> {
             })
             .map(|(id, _)| *id)
             .collect();
-        if auth.required() {
-            gone.extend(shared.native_connections.lock().unwrap_or_else(|e| e.into_inner()).iter().copied());
-        }
         if !gone.is_empty() {
             shared.revoked.lock().unwrap_or_else(|e| e.into_inner()).extend(gone.iter().copied());
             let open = shared.connections.lock().unwrap_or_else(|e| e.into_inner());

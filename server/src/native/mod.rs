@@ -29,10 +29,20 @@
 //!
 //! Refused with a typed error because the broker cannot do it (yet):
 //! `DeleteTopic` (the broker cannot delete topics) and `replicated` storage
-//! (this server runs alone), both `InvalidRequest`. Version 1 of the
-//! protocol carries no credentials: a server with an `[auth]` section
-//! answers every `Hello` with `Unauthorized` and closes. With a `[tls]`
-//! section, native connections speak TLS from their first byte.
+//! (this server runs alone), both `InvalidRequest`.
+//!
+//! **Logins.** With an `[auth]` section the `Hello` must carry credentials
+//! (a token, or a user and password) that the same rules as a NATS
+//! `CONNECT` accept, or it is answered `Unauthorized` and the connection
+//! closes. The user's permissions then apply per request: `Produce` and
+//! `CreateTopic` need publish permission on the topic; `Fetch` and
+//! `GroupJoin` need subscribe permission on it; a `Subscribe` pattern must
+//! be covered by an allowed subject and overlap no denied one (a native
+//! subscription hands over ranges of a log, so unlike NATS it cannot drop
+//! single denied messages). Refusals are `Unauthorized` and the connection
+//! stays open. A reconfiguration re-checks every login and closes the
+//! connections whose login is refused or whose permissions changed. With a
+//! `[tls]` section, native connections speak TLS from their first byte.
 //!
 //! **Shutdown.** When the server stops, the driver stops reading; long polls
 //! answer at once with what they have, produces still waiting for their
@@ -67,12 +77,15 @@ use kaelix_broker::{
 use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, timeout};
 use kaelix_core::time::Duration;
 use kaelix_protocol::{
-    Acks, DEFAULT_MAX_FRAME_BYTES, ErrorCode, FetchLimits, FrameDecoder, FrameKind, Name, PartitionInfo, Position,
-    Request, Response, Retention, SUPPORTED_VERSIONS, ServerInfo, StorageSpec, TopicDescription, TopicSummary,
+    Acks, Credentials, DEFAULT_MAX_FRAME_BYTES, ErrorCode, FetchLimits, FrameDecoder, FrameKind, Name, PartitionInfo,
+    Position, Request, Response, Retention, SUPPORTED_VERSIONS, ServerInfo, StorageSpec, TopicDescription,
+    TopicSummary,
 };
 
 use self::subscription::SubState;
 use crate::Shared;
+use crate::auth::Permissions;
+use crate::nats::session::Login;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
 use crate::tls::TlsStream;
@@ -97,9 +110,6 @@ pub(crate) async fn accept_loop<R: Runtime>(shared: Arc<Shared<R>>, mut listener
         match accepted {
             Ok(stream) => match shared.open_connection() {
                 Some((id, stop)) => {
-                    // Native clients carry no credentials: a reload that
-                    // turns authentication on closes them.
-                    shared.native_connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
                     let task = serve_tcp(shared.clone(), id, stop, stream);
                     drop(shared.rt.spawn(Priority::High, "native-connection", task));
                 }
@@ -178,6 +188,8 @@ pub(crate) struct Conn<R: Runtime> {
     /// Open subscriptions by the client's id.
     subs: Mutex<BTreeMap<u32, Arc<SubState>>>,
     tasks: Tasks,
+    /// What the login of the `Hello` permits (set by the handshake).
+    permissions: std::sync::OnceLock<Permissions>,
 }
 
 /// One accepted TCP connection: TLS from the first byte when the server has
@@ -212,6 +224,7 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
         closing: Signal::new(),
         subs: Mutex::new(BTreeMap::new()),
         tasks: Tasks::default(),
+        permissions: std::sync::OnceLock::new(),
     });
     let mut decoder = FrameDecoder::new(shared.config().native.max_frame_bytes as usize);
     let mut handshaken = false;
@@ -259,6 +272,11 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
             Event::Read(Ok(None)) => break 'serve "client closed the connection".to_owned(),
             Event::Read(Err(e)) => break 'serve format!("read failed: {e}"),
             Event::Stop => {
+                if shared.revoked.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+                    let text = "authorization violation: the server's credentials or permissions changed";
+                    conn.protocol_error(0, ErrorCode::Unauthorized, text);
+                    break 'serve text.to_owned();
+                }
                 break 'serve if shared.stopping.is_raised() { "server shutting down" } else { "closed by the server" }
                     .to_owned();
             }
@@ -367,14 +385,11 @@ impl<R: Runtime> Conn<R> {
                 return Some(text.to_owned());
             }
             return match Request::decode(&frame) {
-                Ok(Request::Hello { .. }) if self.shared.auth().required() => {
-                    // Version 1 has no way to present credentials: a server
-                    // that requires them serves no native client.
-                    let text = "this server requires authentication, which native protocol version 1 cannot carry; use the NATS listener";
-                    self.protocol_error(correlation, ErrorCode::Unauthorized, text);
-                    Some(text.to_owned())
+                Ok(Request::Hello { credentials, .. }) if let Err(text) = self.log_in(credentials.as_ref()) => {
+                    self.protocol_error(correlation, ErrorCode::Unauthorized, &text);
+                    Some(text)
                 }
-                Ok(Request::Hello { versions, client }) => match kaelix_protocol::negotiate(&versions) {
+                Ok(Request::Hello { versions, client, .. }) => match kaelix_protocol::negotiate(&versions) {
                     Some(version) => {
                         *handshaken = true;
                         tracing::debug!(client = self.id, name = %client, version, "native handshake");
@@ -408,6 +423,62 @@ impl<R: Runtime> Conn<R> {
         }
     }
 
+    /// Checks the `Hello`'s credentials against the `[auth]` rules in force
+    /// and keeps the permissions; `Err` is the text of the refusal (the
+    /// log gets why; the client only "authorization violation", as a NATS
+    /// client does). The login is registered for reconfigurations to
+    /// re-check, then compared with the rules in force once more: a
+    /// reconfiguration either sees this login or swapped the rules before,
+    /// and then it is caught here.
+    fn log_in(&self, credentials: Option<&Credentials>) -> Result<(), String> {
+        let (token, user, pass) = match credentials {
+            None => (None, None, None),
+            Some(Credentials::Token(token)) => (Some(token.clone()), None, None),
+            Some(Credentials::User { user, password }) => {
+                (None, Some(user.as_str().to_owned()), Some(password.clone()))
+            }
+        };
+        let check = |auth: &crate::auth::Authenticator| auth.login(token.as_deref(), user.as_deref(), pass.as_deref());
+        let auth = self.shared.auth();
+        let refused = |why: crate::auth::Refusal| {
+            tracing::warn!(client = self.id, peer = %self.peer, user = ?user, reason = ?why, "native login refused");
+            match credentials {
+                None => "authorization violation: this server requires credentials in the Hello".to_owned(),
+                Some(_) => "authorization violation".to_owned(),
+            }
+        };
+        let permissions = check(&auth).map_err(refused)?;
+        let login =
+            Login { token: token.clone(), user: user.clone(), pass: pass.clone(), permissions: permissions.clone() };
+        self.shared.logins.lock().unwrap_or_else(|e| e.into_inner()).insert(self.id, login);
+        let current = self.shared.auth();
+        if !Arc::ptr_eq(&current, &auth) && check(&current) != Ok(permissions.clone()) {
+            self.shared.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+            return Err("authorization violation: the server's credentials changed during the login".to_owned());
+        }
+        let _ = self.permissions.set(permissions);
+        Ok(())
+    }
+
+    /// The connection's permissions (open before the handshake, which no
+    /// request but `Hello` passes anyway).
+    fn permissions(&self) -> &Permissions {
+        static OPEN: std::sync::OnceLock<Permissions> = std::sync::OnceLock::new();
+        self.permissions.get().unwrap_or_else(|| OPEN.get_or_init(Permissions::default))
+    }
+
+    /// `Some(text)` when this login may not publish to `topic`.
+    fn refuse_publish(&self, topic: &Topic) -> Option<String> {
+        (!self.permissions().publish.permits_topic(topic))
+            .then(|| format!("permissions violation: this login may not publish to {topic}"))
+    }
+
+    /// `Some(text)` when this login may not read `topic`.
+    fn refuse_read(&self, topic: &Topic) -> Option<String> {
+        (!self.permissions().subscribe.permits_topic(topic))
+            .then(|| format!("permissions violation: this login may not read {topic}"))
+    }
+
     fn server_info(&self, version: u16) -> ServerInfo {
         let name = Name::new(SERVER_VERSION).expect("a valid name");
         ServerInfo {
@@ -425,11 +496,27 @@ impl<R: Runtime> Conn<R> {
                 self.error(correlation, ErrorCode::InvalidRequest, "the connection's handshake is already done");
             }
             Request::Ping => self.respond(correlation, &Response::Pong),
+            Request::Produce { topic, acks, .. } if let Some(text) = self.refuse_publish(&topic) => {
+                // Acks `none` is never answered, not even with an error.
+                if acks != Acks::None {
+                    self.error(correlation, ErrorCode::Unauthorized, text);
+                }
+            }
             Request::Produce { topic, partition, acks, messages } => {
                 self.produce(correlation, topic, partition, acks, messages).await;
             }
+            Request::Fetch { topic, .. } if let Some(text) = self.refuse_read(&topic) => {
+                self.error(correlation, ErrorCode::Unauthorized, text);
+            }
             Request::Fetch { topic, partition, offset, limits } => {
                 self.fetch(correlation, topic, partition, offset, limits);
+            }
+            Request::Subscribe { pattern, .. } if !self.permissions().subscribe.permits_whole_pattern(&pattern) => {
+                let text = format!(
+                    "permissions violation: this login may not subscribe to {pattern} (a native subscription must be \
+                     covered by an allowed subject and overlap no denied one)"
+                );
+                self.error(correlation, ErrorCode::Unauthorized, text);
             }
             Request::Subscribe { subscription, pattern, queue_group, start, credit } => {
                 self.subscribe(correlation, subscription, &pattern, queue_group, start, credit);
@@ -446,6 +533,9 @@ impl<R: Runtime> Conn<R> {
                         self.error(correlation, ErrorCode::UnknownSubscription, unknown_subscription(subscription));
                     }
                 }
+            }
+            Request::GroupJoin { topic, .. } if let Some(text) = self.refuse_read(&topic) => {
+                self.error(correlation, ErrorCode::Unauthorized, text);
             }
             Request::GroupJoin { group, topic, member } => self.group_join(correlation, &group, &topic, member),
             Request::GroupHeartbeat { group, member } => {
@@ -474,6 +564,9 @@ impl<R: Runtime> Conn<R> {
                 }
                 None => self.error(correlation, self.missing(&group).code(), missing_text(&group, member)),
             },
+            Request::CreateTopic { topic, .. } if let Some(text) = self.refuse_publish(&topic) => {
+                self.error(correlation, ErrorCode::Unauthorized, text);
+            }
             Request::CreateTopic { topic, partitions, storage, retention } => {
                 self.create_topic(correlation, &topic, partitions, storage, retention);
             }

@@ -11,13 +11,15 @@ use std::net::{SocketAddr, TcpStream};
 use bytes::BytesMut;
 use futures_util::future::join;
 use kaelix_client::{
-    AckLevel, Admin, ClientError, Connection, Consumer, ErrorCode, FetchOptions, Message, Pattern, Producer, Retention,
-    StartPosition, StorageSpec, SubscribeOptions, Topic, TopicSettings,
+    AckLevel, Admin, ClientConfig, ClientError, Connection, Consumer, Credentials, ErrorCode, FetchOptions, Message,
+    Pattern, Producer, Retention, StartPosition, StorageSpec, SubscribeOptions, Topic, TopicSettings,
 };
 use kaelix_core::runtime::Clock;
 use kaelix_core::time::Duration;
 use kaelix_protocol::{FetchLimits, FrameDecoder, HELLO_MAGIC, Name, Push, Request, Response, ServerFrame, ServerInfo};
 use kaelix_runtime_real::RealRuntime;
+
+use kaelix_server::auth::{AuthConfig, SubjectRules, UserConfig};
 
 use crate::support::{Raw, TestServer, config, temp_dir};
 
@@ -67,7 +69,7 @@ impl NativeRaw {
     /// Connects and completes the handshake.
     fn ready(addr: SocketAddr) -> (NativeRaw, ServerInfo) {
         let mut raw = NativeRaw::connect(addr);
-        raw.send(1, &Request::Hello { versions: vec![1], client: Name::new("raw-test").unwrap() });
+        raw.send(1, &Request::Hello { versions: vec![1], client: Name::new("raw-test").unwrap(), credentials: None });
         match raw.next() {
             Got::Frame(ServerFrame::Response { correlation: 1, response: Response::HelloOk(info) }) => (raw, info),
             other => panic!("expected HelloOk, got {other:?}"),
@@ -523,7 +525,7 @@ fn refusals_carry_their_typed_errors() {
         matches!(raw.response(4), Response::FetchResult { messages, .. } if messages.len() == 1),
         "the first message comes whatever max bytes says"
     );
-    raw.send(5, &Request::Hello { versions: vec![1], client: Name::new("again").unwrap() });
+    raw.send(5, &Request::Hello { versions: vec![1], client: Name::new("again").unwrap(), credentials: None });
     assert_eq!(raw.error(5), ErrorCode::InvalidRequest, "a second Hello");
     // Acks none: not even an error.
     raw.send(
@@ -550,8 +552,9 @@ fn malformed_frames_get_an_error_and_a_close_where_the_spec_says_and_others_keep
         server.exec.block_on(async move { conn.ping().await }).unwrap();
     };
     ping(&conn);
-    let hello =
-        |raw: &mut NativeRaw| raw.send(1, &Request::Hello { versions: vec![1], client: Name::new("t").unwrap() });
+    let hello = |raw: &mut NativeRaw| {
+        raw.send(1, &Request::Hello { versions: vec![1], client: Name::new("t").unwrap(), credentials: None })
+    };
 
     // A length below the frame header: MalformedFrame (id 0), closed.
     let (mut raw, _) = NativeRaw::ready(addr);
@@ -580,7 +583,7 @@ fn malformed_frames_get_an_error_and_a_close_where_the_spec_says_and_others_keep
     // Another protocol on the port (a Hello without the magic).
     let mut raw = NativeRaw::connect(addr);
     let mut frame = BytesMut::new();
-    Request::Hello { versions: vec![1], client: Name::new("t").unwrap() }.encode(1, &mut frame);
+    Request::Hello { versions: vec![1], client: Name::new("t").unwrap(), credentials: None }.encode(1, &mut frame);
     let at = frame.iter().position(|b| *b == HELLO_MAGIC[0]).unwrap();
     frame[at] = b'X';
     raw.send_bytes(&frame);
@@ -588,7 +591,7 @@ fn malformed_frames_get_an_error_and_a_close_where_the_spec_says_and_others_keep
     assert!(raw.closed());
     // No version in common.
     let mut raw = NativeRaw::connect(addr);
-    raw.send(1, &Request::Hello { versions: vec![7, 9], client: Name::new("future").unwrap() });
+    raw.send(1, &Request::Hello { versions: vec![7, 9], client: Name::new("future").unwrap(), credentials: None });
     assert_eq!(raw.error(1), ErrorCode::UnsupportedVersion);
     assert!(raw.closed());
     // HTTP on the native port: an absurd length, refused and closed.
@@ -671,7 +674,7 @@ fn shutdown_ends_subscriptions_and_answers_long_polls() {
 }
 
 #[test]
-fn limits_auth_and_connection_counts_apply_to_native_clients() {
+fn the_connection_limit_applies_to_native_clients() {
     let mut c = config();
     c.limits.max_connections = 1;
     let server = TestServer::start_in(temp_dir("native-limits"), c);
@@ -683,15 +686,149 @@ fn limits_auth_and_connection_counts_apply_to_native_clients() {
         assert_eq!(refused.map(|_| ()).unwrap_err().code(), Some(ErrorCode::Throttled));
         first.ping().await.unwrap();
     });
-    drop(server);
+}
+
+/// Connects with `credentials` (no retry: a refusal is the answer).
+async fn connect_as(
+    rt: &RealRuntime,
+    addr: SocketAddr,
+    credentials: Option<Credentials>,
+) -> Result<Connection<RealRuntime>, ClientError> {
+    Connection::connect_with(rt, addr, ClientConfig { credentials, ..ClientConfig::default() }).await
+}
+
+#[test]
+fn a_token_server_admits_native_clients_with_the_token_only() {
     let mut c = config();
-    c.auth = kaelix_server::auth::AuthConfig { token: Some("s3cret".into()), users: vec![] };
-    let server = TestServer::start_in(temp_dir("native-auth"), c);
+    c.auth = AuthConfig { token: Some("s3cret".into()), users: vec![] };
+    let server = TestServer::start_in(temp_dir("native-token"), c);
     let rt = server.rt.clone();
     let addr = server.native_addr;
     server.exec.block_on(async move {
-        let refused = Connection::connect(&rt, addr).await;
-        assert_eq!(refused.map(|_| ()).unwrap_err().code(), Some(ErrorCode::Unauthorized));
+        assert_eq!(code(connect_as(&rt, addr, None).await), ErrorCode::Unauthorized);
+        let wrong = Some(Credentials::Token("guess".into()));
+        assert_eq!(code(connect_as(&rt, addr, wrong).await), ErrorCode::Unauthorized);
+        let right = connect_as(&rt, addr, Some(Credentials::Token("s3cret".into()))).await.unwrap();
+        right.ping().await.unwrap();
+        Producer::new(right).send(message("orders", "with the token")).await.unwrap();
+    });
+}
+
+/// A user who may publish to `orders` only and read everything but
+/// `secret.>`.
+fn writer() -> UserConfig {
+    UserConfig {
+        user: "writer".into(),
+        password: bcrypt::hash("pw", 4).unwrap(),
+        publish: Some(SubjectRules { allow: Some(vec!["orders".into()]), deny: vec![] }),
+        subscribe: Some(SubjectRules { allow: Some(vec![">".into()]), deny: vec!["secret.>".into()] }),
+    }
+}
+
+fn as_writer(password: &str) -> Option<Credentials> {
+    Some(Credentials::User { user: Name::new("writer").unwrap(), password: password.into() })
+}
+
+#[test]
+fn native_users_log_in_with_passwords_and_are_held_to_their_permissions() {
+    let mut c = config();
+    c.auth = AuthConfig { token: None, users: vec![writer()] };
+    let server = TestServer::start_in(temp_dir("native-users"), c);
+    let rt = server.rt.clone();
+    let addr = server.native_addr;
+    server.exec.block_on(async move {
+        assert_eq!(code(connect_as(&rt, addr, as_writer("nope")).await), ErrorCode::Unauthorized);
+        let nobody = Some(Credentials::User { user: Name::new("nobody").unwrap(), password: "pw".into() });
+        assert_eq!(code(connect_as(&rt, addr, nobody).await), ErrorCode::Unauthorized);
+        let conn = connect_as(&rt, addr, as_writer("pw")).await.unwrap();
+        let producer = Producer::new(conn.clone());
+        let stored = producer.send(message("orders", "allowed")).await.unwrap();
+        // Refusals name the rule and leave the connection open.
+        let admin = Admin::new(conn.clone());
+        assert_eq!(code(admin.create_topic(&topic("audit"), TopicSettings::default()).await), ErrorCode::Unauthorized);
+        let consumer = Consumer::new(conn.clone());
+        let secret = consumer.fetch(&topic("secret.plans"), 0, 0, FetchOptions::default()).await;
+        assert_eq!(code(secret), ErrorCode::Unauthorized);
+        let wide = consumer.subscribe(&Pattern::new(">").unwrap(), SubscribeOptions::default()).await;
+        assert_eq!(code(wide), ErrorCode::Unauthorized, "> overlaps the denied secret.>");
+        conn.ping().await.unwrap();
+        let fetched = consumer.fetch(&topic("orders"), stored.partition, stored.offset, FetchOptions::default()).await;
+        assert_eq!(payloads(&fetched.unwrap().messages), ["allowed"]);
+        let mut sub = consumer
+            .subscribe(
+                &Pattern::new("orders").unwrap(),
+                SubscribeOptions { start: StartPosition::Earliest, ..Default::default() },
+            )
+            .await
+            .unwrap();
+        assert_eq!(payloads(&[sub.next().await.unwrap().unwrap()]), ["allowed"]);
+    });
+}
+
+#[test]
+fn a_reconfiguration_closes_native_logins_it_refuses_and_keeps_the_others() {
+    let mut c = config();
+    let reader = UserConfig { user: "reader".into(), publish: None, subscribe: None, ..writer() };
+    c.auth = AuthConfig { token: None, users: vec![writer(), reader.clone()] };
+    let server = TestServer::start_in(temp_dir("native-reauth"), c.clone());
+    let rt = server.rt.clone();
+    let addr = server.native_addr;
+    let (writer_conn, reader_conn) = server.exec.block_on({
+        let rt = rt.clone();
+        async move {
+            let w = connect_as(&rt, addr, as_writer("pw")).await.unwrap();
+            let reader = Some(Credentials::User { user: Name::new("reader").unwrap(), password: "pw".into() });
+            let r = connect_as(&rt, addr, reader).await.unwrap();
+            (w, r)
+        }
+    });
+    // The writer's password changes; the reader is untouched.
+    let mut next = c.clone();
+    next.auth = AuthConfig {
+        token: None,
+        users: vec![UserConfig { password: bcrypt::hash("new", 4).unwrap(), ..writer() }, reader],
+    };
+    let report = server.server().reconfigure(&next).unwrap();
+    assert_eq!(report.disconnected, 1);
+    server.exec.block_on({
+        let rt = rt.clone();
+        async move {
+            let start = rt.now();
+            loop {
+                match writer_conn.ping().await {
+                    Err(e) => {
+                        assert!(
+                            e.code() == Some(ErrorCode::Unauthorized) || matches!(e, ClientError::Closed(_)),
+                            "{e}"
+                        );
+                        break;
+                    }
+                    Ok(_) => assert!(rt.now().saturating_duration_since(start) < Duration::from_secs(5), "still open"),
+                }
+                rt.sleep(Duration::from_millis(10)).await;
+            }
+            reader_conn.ping().await.unwrap();
+            assert_eq!(code(connect_as(&rt, addr, as_writer("pw")).await), ErrorCode::Unauthorized);
+            connect_as(&rt, addr, as_writer("new")).await.unwrap().ping().await.unwrap();
+        }
+    });
+    // Authentication turned off, then on again: anonymous native
+    // connections made meanwhile are closed by the second change.
+    let mut open = c.clone();
+    open.auth = AuthConfig::default();
+    server.server().reconfigure(&open).unwrap();
+    let anonymous = server.exec.block_on({
+        let rt = rt.clone();
+        async move { connect_as(&rt, addr, None).await.unwrap() }
+    });
+    let report = server.server().reconfigure(&next).unwrap();
+    assert!(report.disconnected >= 1, "{report:?}");
+    server.exec.block_on(async move {
+        let start = rt.now();
+        while anonymous.ping().await.is_ok() {
+            assert!(rt.now().saturating_duration_since(start) < Duration::from_secs(5), "anonymous still open");
+            rt.sleep(Duration::from_millis(10)).await;
+        }
     });
 }
 
@@ -717,7 +854,7 @@ fn with_tls_configured_native_connections_speak_tls_from_the_first_byte() {
     // A plaintext Hello is not a TLS ClientHello: at most a TLS alert comes
     // back (record type 0x15), never a frame, and the connection closes.
     let mut plain = NativeRaw::connect(server.native_addr);
-    plain.send(1, &Request::Hello { versions: vec![1], client: Name::new("plain").unwrap() });
+    plain.send(1, &Request::Hello { versions: vec![1], client: Name::new("plain").unwrap(), credentials: None });
     let mut answer = Vec::new();
     plain.stream.read_to_end(&mut answer).unwrap();
     assert!(answer.is_empty() || answer[0] == 0x15, "{answer:02x?}");
@@ -738,7 +875,7 @@ fn with_tls_configured_native_connections_speak_tls_from_the_first_byte() {
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
     let mut stream = rustls::StreamOwned::new(session, tcp);
     let mut wire = BytesMut::new();
-    Request::Hello { versions: vec![1], client: Name::new("tls").unwrap() }.encode(1, &mut wire);
+    Request::Hello { versions: vec![1], client: Name::new("tls").unwrap(), credentials: None }.encode(1, &mut wire);
     Request::Ping.encode(2, &mut wire);
     stream.write_all(&wire).unwrap();
     let mut decoder = FrameDecoder::new(1 << 20);
