@@ -115,6 +115,14 @@ enum SimCommand {
         /// only the wall time). Default: the machine's core count.
         #[arg(long)]
         jobs: Option<usize>,
+        /// With --seed: the metrics the run's components recorded (read when
+        /// the run ended, virtual time; same names as `serve`'s /metrics,
+        /// with a `node` label), sorted, in the Prometheus text format,
+        /// printed after the report or written to FILE. The same seed gives
+        /// byte-identical metrics (compared on the determinism check's
+        /// second run).
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        metrics: Option<PathBuf>,
     },
     /// Run random seeds of every scenario until time is up, then write a
     /// report: seeds run per scenario, failures with replay commands, and
@@ -255,13 +263,28 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Sim(SimCommand::Run { scenario, seeds, first_seed, seed, no_determinism_check, quiet, jobs }) => {
+        Command::Sim(SimCommand::Run {
+            scenario,
+            seeds,
+            first_seed,
+            seed,
+            no_determinism_check,
+            quiet,
+            jobs,
+            metrics,
+        }) => {
             let Some(s) = lookup(&scenario) else { return ExitCode::from(2) };
+            // Checked here: clap does not enforce `requires` on an option
+            // given without its (optional) value.
+            if metrics.is_some() && seed.is_none() {
+                eprintln!("error: --metrics needs --seed N (the metrics of one run)");
+                return ExitCode::from(2);
+            }
             let range = match seed {
                 Some(one) => one..one + 1,
                 None => first_seed..first_seed + seeds,
             };
-            sim_run(s, range, !no_determinism_check, quiet, jobs.unwrap_or_else(default_jobs))
+            sim_run(s, range, !no_determinism_check, quiet, jobs.unwrap_or_else(default_jobs), metrics.as_deref())
         }
         Command::Sim(SimCommand::Swarm {
             minutes,
@@ -350,10 +373,29 @@ struct SeedResult {
     replay_hash: Option<u64>,
     /// Wall time of one run of the seed.
     run_nanos: u128,
+    /// A metered run's metrics in the text format (`None`: not metered,
+    /// or the scenario exports none).
+    metrics: Option<String>,
+    /// A metered run checked for determinism: whether the second run's
+    /// metrics were byte-identical.
+    metrics_replayed_same: Option<bool>,
 }
 
-fn run_seed(s: &dyn Scenario, seed: u64, determinism_check: bool) -> SeedResult {
+fn run_seed(s: &dyn Scenario, seed: u64, determinism_check: bool, metered: bool) -> SeedResult {
     let t0 = WallTimer::start();
+    if metered {
+        let (report, tallies, metrics) = s.run_metered(seed, None);
+        let metrics = metrics.map(|m| m.render());
+        let (replay_hash, metrics_replayed_same) = if determinism_check {
+            let (replay, _, again) = s.run_metered(seed, None);
+            (Some(replay.trace_hash), Some(again.map(|m| m.render()) == metrics))
+        } else {
+            (None, None)
+        };
+        let runs = if determinism_check { 2 } else { 1 };
+        let run_nanos = t0.elapsed().as_nanos() / runs;
+        return SeedResult { report, tallies, replay_hash, run_nanos, metrics, metrics_replayed_same };
+    }
     let (report, tallies, replay_hash) = if determinism_check {
         let checked = run_checked(s, seed);
         (checked.report, checked.tallies, Some(checked.replay_hash))
@@ -362,7 +404,14 @@ fn run_seed(s: &dyn Scenario, seed: u64, determinism_check: bool) -> SeedResult 
         (report, tallies, None)
     };
     let runs = if determinism_check { 2 } else { 1 };
-    SeedResult { report, tallies, replay_hash, run_nanos: t0.elapsed().as_nanos() / runs }
+    SeedResult {
+        report,
+        tallies,
+        replay_hash,
+        run_nanos: t0.elapsed().as_nanos() / runs,
+        metrics: None,
+        metrics_replayed_same: None,
+    }
 }
 
 /// Runs `scenario` on every seed of `seeds` with `jobs` threads (each
@@ -372,6 +421,7 @@ fn run_seed(s: &dyn Scenario, seed: u64, determinism_check: bool) -> SeedResult 
 fn run_seeds(
     seeds: &[(&'static dyn Scenario, u64)],
     determinism_check: bool,
+    metered: bool,
     jobs: usize,
     bar: &ProgressBar,
     on_result: &(dyn Fn(&SeedResult) + Sync),
@@ -384,7 +434,7 @@ fn run_seeds(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(s, seed)) = seeds.get(i) else { return };
-                    let r = run_seed(s, seed, determinism_check);
+                    let r = run_seed(s, seed, determinism_check, metered);
                     on_result(&r);
                     results.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
                     bar.inc(1);
@@ -409,6 +459,9 @@ fn failure_of(r: &SeedResult) -> Option<String> {
         Some(h) if h != r.report.trace_hash => {
             Some(format!("NONDETERMINISM: trace hash {:016x} then {h:016x}", r.report.trace_hash))
         }
+        _ if r.metrics_replayed_same == Some(false) => {
+            Some("NONDETERMINISM: the second run's metrics differ from the first's".into())
+        }
         _ if !r.report.verdict.passed() => Some(r.report.verdict.to_string()),
         _ => None,
     }
@@ -420,6 +473,7 @@ fn sim_run(
     determinism_check: bool,
     quiet: bool,
     jobs: usize,
+    metrics: Option<&Path>,
 ) -> ExitCode {
     let total = seeds.end - seeds.start;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
@@ -430,7 +484,7 @@ fn sim_run(
     let started = WallTimer::start();
     let failed = std::sync::atomic::AtomicU64::new(0);
     let work: Vec<(&'static dyn Scenario, u64)> = seeds.map(|seed| (s, seed)).collect();
-    let results = run_seeds(&work, determinism_check, jobs, &bar, &|r| {
+    let results = run_seeds(&work, determinism_check, metrics.is_some(), jobs, &bar, &|r| {
         if failure_of(r).is_some() {
             let n = failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             bar.set_message(format!("{n} failed"));
@@ -513,7 +567,40 @@ fn sim_run(
     if failures.len() > 20 {
         out!("\n… and {} more failing seeds", failures.len() - 20);
     }
+    if let Some(path) = metrics
+        && let Err(code) = print_metrics(s, &results, path)
+    {
+        return code;
+    }
     if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The metrics of `sim run --seed N --metrics [FILE]`'s one seed: after the
+/// report (`-`) or into FILE.
+fn print_metrics(s: &dyn Scenario, results: &[SeedResult], path: &Path) -> Result<(), ExitCode> {
+    let Some(r) = results.first() else { return Ok(()) };
+    let Some(text) = &r.metrics else {
+        eprintln!("error: scenario {:?} exports no metrics", s.name());
+        return Err(ExitCode::from(2));
+    };
+    let replay = match r.metrics_replayed_same {
+        Some(true) => "  (second run: identical)",
+        Some(false) => "  (second run: DIFFERENT: nondeterminism)",
+        None => "",
+    };
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    if path == Path::new("-") {
+        out!("metrics         {series} series of seed {}{replay}:", r.report.seed);
+        out!("");
+        print_text(text);
+    } else {
+        if let Err(e) = write_text(path, text) {
+            eprintln!("error: cannot write the metrics to {}: {e}", path.display());
+            return Err(ExitCode::from(2));
+        }
+        out!("metrics         {series} series of seed {} written to {}{replay}", r.report.seed, path.display());
+    }
+    Ok(())
 }
 
 /// Prints `text` (already line-terminated) through [`out!`]'s broken-pipe
@@ -576,7 +663,7 @@ fn sim_swarm(plan: &SwarmPlan, report_path: &Path) -> ExitCode {
                 (s, seeds.random::<u64>())
             })
             .collect();
-        let results = run_seeds(&batch, plan.determinism_check, plan.jobs, &ProgressBar::hidden(), &|_| {});
+        let results = run_seeds(&batch, plan.determinism_check, false, plan.jobs, &ProgressBar::hidden(), &|_| {});
         for ((s, _), r) in batch.iter().zip(&results) {
             let i = scenarios.iter().position(|x| std::ptr::eq(*x, *s)).expect("batch scenario is listed");
             tallies[i].seeds += 1;

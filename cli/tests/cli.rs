@@ -1,5 +1,5 @@
 //! The `kaelix` binary end to end: history export, `sim check-history`,
-//! `sim run --jobs`, `sim swarm`; `cluster`: three `kaelix serve --cluster`
+//! `sim run --jobs`, `sim run --seed N --metrics`, `sim swarm`; `cluster`: three `kaelix serve --cluster`
 //! processes, failover and catch-up; `top`: `kaelix top` in a real terminal
 //! (tmux).
 
@@ -110,6 +110,47 @@ fn sim_run_in_parallel_reports_what_one_job_reports() {
     assert!(one.contains("coverage over 24 run(s):"), "{one}");
     assert!(one.contains("broker/src/durable.rs:"), "{one}");
     assert!(one.contains("broker sync covered several partitions"), "{one}");
+}
+
+/// What follows the `metrics` line of a `sim run --metrics` report.
+fn metrics_section(stdout: &str) -> &str {
+    let at = stdout.find("\nmetrics ").unwrap_or_else(|| panic!("no metrics in\n{stdout}"));
+    let rest = &stdout[at + 1..];
+    rest.split_once("\n\n").map_or("", |(_, text)| text)
+}
+
+#[test]
+fn sim_run_prints_a_seeds_metrics_byte_identically() {
+    let run =
+        |seed: &'static str| kaelix(&["sim", "run", "--scenario", "broker", "--seed", seed, "--quiet", "--metrics"]);
+    let (a, b, other) = (run("2"), run("2"), run("3"));
+    for out in [&a, &b, &other] {
+        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    }
+    let (a, b, other) = (text(&a.stdout), text(&b.stdout), text(&other.stdout));
+    assert!(a.contains("(second run: identical)"), "{a}");
+    let text_a = metrics_section(&a);
+    assert!(text_a.contains("# TYPE kaelix_broker_published_messages_total counter\n"), "{a}");
+    assert!(text_a.contains("kaelix_broker_dropped_messages_total{node=\"1\",reason=\"oldest\"} "), "{a}");
+    assert_eq!(text_a, metrics_section(&b), "same seed, other metrics");
+    assert_ne!(text_a, metrics_section(&other), "another seed, same metrics");
+
+    // Into a file: the same text.
+    let path = std::env::temp_dir().join(format!("kaelix-cli-{}-metrics.prom", std::process::id()));
+    let out =
+        kaelix(&["sim", "run", "--scenario", "broker", "--seed", "2", "--quiet", "--metrics", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    #[allow(clippy::disallowed_methods, reason = "the test reads the file the binary wrote")]
+    let written = std::fs::read_to_string(&path).expect("the metrics are written");
+    assert_eq!(written, text_a);
+
+    // Only for one seed, and only where the scenario exports metrics.
+    let many = kaelix(&["sim", "run", "--scenario", "broker", "--seeds", "2", "--metrics"]);
+    assert_eq!(many.status.code(), Some(2), "{}", text(&many.stderr));
+    assert!(text(&many.stderr).contains("--metrics needs --seed"), "{}", text(&many.stderr));
+    let none = kaelix(&["sim", "run", "--scenario", "broadcast", "--seed", "0", "--quiet", "--metrics"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(text(&none.stderr).contains("exports no metrics"), "{}", text(&none.stderr));
 }
 
 #[test]

@@ -45,7 +45,8 @@ use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
-use crate::{RunReport, Scenario};
+use crate::metrics::RunMetrics;
+use crate::{RunReport, Scenario, Tallies};
 
 /// The broker scenario.
 pub struct BrokerScenario;
@@ -115,6 +116,8 @@ struct Observed {
     group_final_commits: BTreeMap<u32, u64>,
     processor: (u64, u64),
     dead_letters: Vec<Message>,
+    /// The broker, for its metrics when the run ends.
+    broker: Option<Broker<SimRuntime>>,
     violation: Option<String>,
     finished: bool,
 }
@@ -246,6 +249,7 @@ async fn group_member(
 
 async fn workload(rt: SimRuntime, mut plan: DetRng, checker: Checker) {
     let broker = Broker::new(rt.clone(), rt.rng(), BrokerConfig { auto_create: None, ..BrokerConfig::default() });
+    checker.lock().broker = Some(broker.clone());
     for r in REGIONS {
         broker.create_topic(&format!("orders.{r}"), TopicConfig { partitions: 3, ..TopicConfig::default() }).unwrap();
     }
@@ -527,6 +531,22 @@ impl Scenario for BrokerScenario {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        self.execute(seed, trace, false).0
+    }
+
+    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        let (report, tallies, _) = self.execute(seed, trace, false);
+        (report, tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        self.execute(seed, trace, true)
+    }
+}
+
+impl BrokerScenario {
+    /// One run; with `meter`, the broker's metrics once it ended.
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Tallies, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0xb70c_e125);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
@@ -550,7 +570,22 @@ impl Scenario for BrokerScenario {
         let o = checker.lock();
         let sent = o.sent.len() as u64;
         let delivered: u64 = o.streams.values().chain(&o.queue_members).map(|t| t.received.len() as u64).sum();
+        // Counted from what the clients saw and from the dead-letter topics'
+        // records, never from the broker's counters.
+        let tallies = vec![
+            ("dead letters read back", o.dead_letters.len() as u64),
+            ("processor: accepted", o.processor.0),
+            ("processor: dead-lettered", o.processor.1),
+        ];
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            if let Some(broker) = &o.broker {
+                m.record_broker(NODE, broker);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         drop(o);
-        RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, delivered))
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, delivered)), tallies, metrics)
     }
 }

@@ -90,6 +90,7 @@ use kaelix_sim::{Fault, FaultSchedule, NodeKind, NodeSpec, NodeStatus, Sim, SimC
 
 use crate::broker_durable::{Identity, identity, payload};
 use crate::checker::Observations;
+use crate::metrics::{PartitionMember, RunMetrics};
 use crate::raft::{ClusterPlan, plan_cluster};
 use crate::{RunReport, Scenario, Tallies, Verdict};
 
@@ -179,6 +180,9 @@ struct Observed {
     brokers: BTreeMap<NodeId, (u64, Broker<SimRuntime>)>,
     /// (server, group) → the member's last state, this incarnation.
     members: BTreeMap<(NodeId, u32), MemberState>,
+    /// (server, group) → the member's figures for the run's metrics, this
+    /// incarnation (kept only by a metered run).
+    exported: Option<BTreeMap<(NodeId, u32), PartitionMember>>,
     /// Log-backed reads: (server, incarnation) → (partition, offset, identity) in order.
     log_reads: BTreeMap<(NodeId, u64), Reads>,
     /// Live reads: (server, incarnation) → (partition, offset, identity) in order.
@@ -240,7 +244,11 @@ struct MemberWatch {
 
 impl ReplicaObserver for MemberWatch {
     fn booted(&self, node: NodeId) {
-        self.checker.lock().members.retain(|(n, _), _| *n != node);
+        let mut o = self.checker.lock();
+        o.members.retain(|(n, _), _| *n != node);
+        if let Some(exported) = &mut o.exported {
+            exported.retain(|(n, _), _| *n != node);
+        }
     }
 
     fn stepped(&self, node: NodeId, group: u32, raft: &Raft) {
@@ -252,7 +260,13 @@ impl ReplicaObserver for MemberWatch {
             commit_term: raft.log().term(commit),
             applied: raft.applied(),
         };
-        let before = self.checker.lock().members.insert((node, group), state);
+        let before = {
+            let mut o = self.checker.lock();
+            if let Some(exported) = &mut o.exported {
+                exported.insert((node, group), PartitionMember::of(raft));
+            }
+            o.members.insert((node, group), state)
+        };
         if before.is_none_or(|b| (b.role, b.term) != (state.role, state.term)) {
             let digest = (u64::from(group) << 56) ^ (state.term << 2) ^ state.role as u64;
             self.rt.sim().trace_event(Some(node), "raft-role", digest, || {
@@ -643,7 +657,9 @@ fn check(o: &Observed) -> Result<(), String> {
 }
 
 impl BrokerReplicatedScenario {
-    fn execute(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+    /// One run; with `meter`, the brokers' and Raft members' metrics once
+    /// it ended.
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Tallies, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0xb40c_e401);
         let ClusterPlan { servers, tolerance, profile, faulty } = plan_cluster(&mut setup);
         let n = servers.len() as u64;
@@ -653,6 +669,9 @@ impl BrokerReplicatedScenario {
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker::default();
+        if meter {
+            checker.lock().exported = Some(BTreeMap::new());
+        }
         let mut config = ReplicatedConfig::new(servers.clone(), 0);
         config.snapshot_every = 40;
         config.planted = self.planted;
@@ -710,8 +729,21 @@ impl BrokerReplicatedScenario {
             ("group: commits refused", o.commits_refused),
         ];
         let workload = (o.sent.len() as u64, o.acked.len() as u64);
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            for (&node, (_, broker)) in &o.brokers {
+                m.record_broker(node, broker);
+            }
+            let parts = groups();
+            for (&(node, group), &member) in o.exported.iter().flatten() {
+                let (topic, partition) = &parts[group as usize];
+                m.record_partition(node, topic, *partition, member);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         drop(o);
-        (RunReport::conclude(&sim, seed, verdict, fault_mix, workload), tallies)
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, workload), tallies, metrics)
     }
 }
 
@@ -733,10 +765,15 @@ impl Scenario for BrokerReplicatedScenario {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
-        self.execute(seed, trace).0
+        self.execute(seed, trace, false).0
     }
 
     fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
-        self.execute(seed, trace)
+        let (report, tallies, _) = self.execute(seed, trace, false);
+        (report, tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        self.execute(seed, trace, true)
     }
 }

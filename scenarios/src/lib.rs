@@ -51,6 +51,7 @@ pub mod harness;
 pub mod history;
 pub mod linearizability;
 pub mod membership;
+pub mod metrics;
 pub mod picture;
 pub mod raft;
 pub mod serve;
@@ -62,6 +63,7 @@ use kaelix_sim::trace::digest;
 use kaelix_sim::{Coverage, Sim, SimStats};
 
 use crate::history::History;
+use crate::metrics::RunMetrics;
 
 /// Where a run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +213,15 @@ pub trait Scenario: Sync {
     /// (the default has none).
     fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
         (self.run(seed, trace), Vec::new())
+    }
+    /// Runs one seed like [`Scenario::run_tallied`] and also returns the
+    /// metrics its components recorded, read when the run ended
+    /// ([`metrics::RunMetrics`]; `kaelix sim run --seed N --metrics`).
+    /// Reading them changes nothing in the run: same trace hash. `None`:
+    /// this scenario exports no metrics (the default).
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        let (report, tallies) = self.run_tallied(seed, trace);
+        (report, tallies, None)
     }
 }
 

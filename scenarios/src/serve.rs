@@ -69,11 +69,12 @@ use kaelix_core::time::{Duration, Instant};
 use kaelix_nats::{Connect, ServerOp, ServerOpParser, write_connect, write_ping, write_pong, write_pub, write_sub};
 use kaelix_runtime_sim::SimRuntime;
 use kaelix_server::config::{StorageChoice, TopicSpec};
-use kaelix_server::{Server, ServerConfig};
+use kaelix_server::{Server, ServerConfig, ServerObserver};
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
+use crate::metrics::RunMetrics;
 use crate::{RunReport, Scenario, Tallies};
 
 /// The serve scenario (or a planted-bug variant of it).
@@ -148,6 +149,9 @@ struct Observed {
     /// The final read-back of `orders`.
     final_log: Option<Vec<Identity>>,
     incarnations: u64,
+    /// The server of the latest incarnation, for its metrics when the run
+    /// ends.
+    server: Option<ServerObserver<SimRuntime>>,
     violation: Option<String>,
 }
 
@@ -491,6 +495,7 @@ async fn server_node(rt: SimRuntime, planted: Planted, reloads: bool, checker: C
         Ok(s) => s,
         Err(e) => return checker.fail(format!("the server did not start: {e}")),
     };
+    checker.lock().server = Some(server.observer());
     if reloads {
         let task = reloader(rt.clone(), server.clone(), config(planted), checker.clone());
         drop(rt.spawn(Priority::Normal, "reloader", task));
@@ -599,7 +604,8 @@ fn check(o: &Observed) -> Result<(), String> {
 }
 
 impl ServeScenario {
-    fn execute(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+    /// One run; with `meter`, the server's metrics once it ended.
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Tallies, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0x5e7e_0001);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
@@ -653,8 +659,16 @@ impl ServeScenario {
             ("reconfigurations", o.reloads),
             ("publishes over the announced max_payload", o.oversize.len() as u64),
         ];
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            if let Some(server) = &o.server {
+                m.record_server(SERVER, server);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         drop(o);
-        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, acked)), tallies)
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, acked)), tallies, metrics)
     }
 }
 
@@ -676,10 +690,15 @@ impl Scenario for ServeScenario {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
-        self.execute(seed, trace).0
+        self.execute(seed, trace, false).0
     }
 
     fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
-        self.execute(seed, trace)
+        let (report, tallies, _) = self.execute(seed, trace, false);
+        (report, tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        self.execute(seed, trace, true)
     }
 }

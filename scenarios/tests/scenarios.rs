@@ -1,6 +1,8 @@
 //! Scenario-level tests: determinism across many seeds, and the simulator's
 //! power to catch planted bugs.
 
+#[path = "scenarios/metrics.rs"]
+mod metrics;
 #[path = "scenarios/picture.rs"]
 mod picture;
 

@@ -7,6 +7,10 @@
 //! dimension (`worker`, `protocol`, `reason`, …) rather than a name per
 //! value. A component's own counter that only grows is exported as a
 //! counter set to its absolute value.
+//!
+//! The simulator exports the broker's figures of a run under these same
+//! names and labels (`scenarios/src/metrics.rs`, `kaelix sim run --seed N
+//! --metrics`): a name changed here is changed there too.
 
 use std::sync::Arc;
 
