@@ -122,7 +122,8 @@ pub fn start_member(
     let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
     let topics = config.replicated_topics();
     let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
-    let replicated = ReplicatedConfig::new(ids, 0);
+    let mut replicated = ReplicatedConfig::new(ids, 0);
+    replicated.forward_timeout = config.cluster.forward_timeout();
     let broker = start_forwarding_broker_node(
         rt.clone(),
         Server::<RealRuntime>::broker_config(config),
