@@ -34,8 +34,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // the binary's edge: a status table, HTTP scrapes
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use kaelix_broker::Broker;
@@ -48,6 +47,8 @@ use kaelix_runtime_real::{NodeConfig, RealRuntime};
 use kaelix_server::config::{ClusterSettings, forward_addr};
 use kaelix_server::{Server, ServerConfig};
 use kaelix_telemetry::MetricsCollector;
+
+use crate::http_get::{self, Endpoint};
 
 /// One group as this member last saw it.
 #[derive(Clone, Debug, Default)]
@@ -122,7 +123,8 @@ pub fn start_member(
     let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
     let topics = config.replicated_topics();
     let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
-    let replicated = ReplicatedConfig::new(ids, 0);
+    let mut replicated = ReplicatedConfig::new(ids, 0);
+    replicated.forward_timeout = config.cluster.forward_timeout();
     let broker = start_forwarding_broker_node(
         rt.clone(),
         Server::<RealRuntime>::broker_config(config),
@@ -169,21 +171,13 @@ struct MemberReport {
     partitions: BTreeMap<(String, u32), [u64; 5]>,
 }
 
+/// One GET of a member's `/metrics` ([`crate::http_get`]), read for its
+/// cluster gauges; errors name the address.
 fn scrape(addr: &str) -> Result<MemberReport, String> {
-    let target = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
-    let timeout = std::time::Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let endpoint = Endpoint::parse(addr).map_err(|e| format!("{addr}: {e}"))?;
+    let page = http_get::get(&endpoint, std::time::Duration::from_secs(2), "kaelix-cluster-status")
         .map_err(|e| format!("{addr}: {e}"))?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).map_err(|e| format!("{addr}: {e}"))?;
-    parse_metrics(&body).ok_or_else(|| format!("{addr}: no kaelix_cluster_node_id: not a cluster member's metrics"))
+    parse_metrics(&page).ok_or_else(|| format!("{addr}: no kaelix_cluster_node_id: not a cluster member's metrics"))
 }
 
 /// Reads the `kaelix_cluster_*` samples of a Prometheus text page.

@@ -28,6 +28,7 @@ static ALLOCATOR: kaelix_telemetry::perf::CountingAllocator<mimalloc::MiMalloc> 
 mod bench;
 mod cluster;
 mod config_cmd;
+mod http_get;
 mod plugins;
 mod serve;
 mod telemetry;

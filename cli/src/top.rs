@@ -13,26 +13,22 @@
 //! view is whole text lines redrawn each interval, which needs no layout
 //! engine or widgets, so ratatui would add build time and no capability.
 //!
-//! HTTP: one plain `std::net::TcpStream` GET per scrape rather than a
-//! client crate. The request is HTTP/1.0, so the server answers with the
-//! body unchunked and closes the connection: the reply is read to its
-//! end, the status line checked and the head split off, which is all of
-//! HTTP a local, plain-text metrics endpoint needs (no TLS, redirects or
-//! keep-alive). A chunked reply (which an HTTP/1.0 request forbids) is
-//! refused with a message rather than misread.
+//! HTTP: one plain HTTP/1.0 GET per scrape ([`crate::http_get`], shared
+//! with `kaelix cluster status`).
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // the binary's edge: a socket, the OS clock, the terminal
 
 mod stats;
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::{cursor, execute, queue, style, terminal};
 use stats::Snapshot;
+
+use crate::http_get::{self, Endpoint};
 
 /// `kaelix top` options.
 #[derive(clap::Args)]
@@ -46,101 +42,14 @@ pub struct TopArgs {
     pub interval: u64,
 }
 
-/// Where to scrape.
-#[derive(Clone, Debug, PartialEq)]
-struct Endpoint {
-    /// HOST:PORT as given (the Host header and what `connect` resolves).
-    authority: String,
-    path: String,
+/// Where to scrape: `--metrics` as an endpoint, or what is wrong with it.
+fn endpoint(given: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(given).map_err(|why| format!("--metrics {given:?}: {why}"))
 }
-
-impl Endpoint {
-    fn parse(given: &str) -> Result<Endpoint, String> {
-        let rest = if let Some(rest) = given.strip_prefix("http://") {
-            rest
-        } else if given.contains("://") {
-            return Err(format!("--metrics {given:?}: only http:// endpoints (no TLS)"));
-        } else {
-            given
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/metrics"),
-        };
-        if authority.is_empty() {
-            return Err(format!("--metrics {given:?}: no host"));
-        }
-        // A port is required unless it is a URL (port 80 then).
-        let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok());
-        let authority = if has_port {
-            authority.to_owned()
-        } else if given.starts_with("http://") {
-            format!("{authority}:80")
-        } else {
-            return Err(format!("--metrics {given:?}: give HOST:PORT or an http:// URL"));
-        };
-        Ok(Endpoint { authority, path: path.to_owned() })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}{}", self.authority, self.path)
-    }
-}
-
-/// The body of an HTTP/1.0 reply, or why there is none.
-fn reply_body(reply: &[u8]) -> Result<String, String> {
-    let split = reply.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of the HTTP header in the reply")?;
-    let head = String::from_utf8_lossy(&reply[..split]);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    let code = status
-        .strip_prefix("HTTP/1.")
-        .and_then(|s| s.get(2..))
-        .and_then(|s| s.split(' ').next())
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP reply: {status:?}"))?;
-    if code != 200 {
-        return Err(format!("HTTP {}", status.get(9..).unwrap_or(status)));
-    }
-    for header in lines {
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("transfer-encoding")
-            && !value.trim().eq_ignore_ascii_case("identity")
-        {
-            return Err(format!("unsupported Transfer-Encoding {} in a reply to HTTP/1.0", value.trim()));
-        }
-    }
-    String::from_utf8(reply[split + 4..].to_vec()).map_err(|_| "the page is not UTF-8".to_owned())
-}
-
-/// The largest page read (a scrape of a big server is a few hundred KiB).
-const MAX_PAGE: u64 = 64 << 20;
 
 /// One GET of the endpoint.
 fn scrape(endpoint: &Endpoint, timeout: Duration) -> Result<String, String> {
-    let addrs: Vec<_> = endpoint.authority.to_socket_addrs().map_err(|e| e.to_string())?.collect();
-    let mut last = "no address".to_owned();
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = e.to_string(),
-        }
-    }
-    let mut stream = stream.ok_or(last)?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nAccept: text/plain\r\nUser-Agent: kaelix-top\r\n\r\n",
-        endpoint.path, endpoint.authority
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut reply = Vec::new();
-    stream.take(MAX_PAGE).read_to_end(&mut reply).map_err(|e| e.to_string())?;
-    reply_body(&reply)
+    http_get::get(endpoint, timeout, "kaelix-top")
 }
 
 /// Puts the terminal back as it was when dropped (also on a panic).
@@ -193,7 +102,7 @@ fn quits(event: &Event) -> bool {
 
 /// `kaelix top`.
 pub fn run(args: TopArgs) -> ExitCode {
-    let endpoint = match Endpoint::parse(&args.metrics) {
+    let endpoint = match endpoint(&args.metrics) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("kaelix top: {e}");
@@ -272,37 +181,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_are_addresses_or_http_urls() {
-        let e = Endpoint::parse("127.0.0.1:9464").unwrap();
-        assert_eq!(e, Endpoint { authority: "127.0.0.1:9464".into(), path: "/metrics".into() });
-        assert_eq!(e.url(), "http://127.0.0.1:9464/metrics");
-        let e = Endpoint::parse("http://node-1:9000/custom/metrics").unwrap();
-        assert_eq!(e, Endpoint { authority: "node-1:9000".into(), path: "/custom/metrics".into() });
-        assert_eq!(Endpoint::parse("http://node-1").unwrap().authority, "node-1:80");
-        assert_eq!(Endpoint::parse("[::1]:9464").unwrap().authority, "[::1]:9464");
-        assert!(Endpoint::parse("https://node-1:9464").unwrap_err().contains("no TLS"));
-        assert!(Endpoint::parse("node-1").unwrap_err().contains("HOST:PORT"));
-        assert!(Endpoint::parse("http:///metrics").unwrap_err().contains("no host"));
-    }
-
-    #[test]
-    fn replies_are_checked_before_their_body_is_read() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nup 1\n";
-        assert_eq!(reply_body(ok).unwrap(), "up 1\n");
-        let missing = b"HTTP/1.0 404 Not Found\r\n\r\nno";
-        assert_eq!(reply_body(missing).unwrap_err(), "HTTP 404 Not Found");
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nup 1\n\r\n0\r\n\r\n";
-        assert!(reply_body(chunked).unwrap_err().contains("chunked"));
-        assert!(reply_body(b"SSH-2.0-OpenSSH\r\n").unwrap_err().contains("no end of the HTTP header"));
-        assert!(reply_body(b"garbage\r\n\r\n").unwrap_err().contains("not an HTTP reply"));
-    }
-
-    #[test]
-    fn a_closed_port_is_an_error_not_a_panic() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let endpoint = Endpoint::parse(&addr.to_string()).unwrap();
-        assert!(scrape(&endpoint, Duration::from_secs(1)).is_err());
+    fn a_bad_endpoint_names_the_flag() {
+        assert_eq!(endpoint("127.0.0.1:9464").unwrap().url(), "http://127.0.0.1:9464/metrics");
+        assert_eq!(
+            endpoint("https://node-1:9464").unwrap_err(),
+            "--metrics \"https://node-1:9464\": only http:// endpoints (no TLS)"
+        );
+        assert_eq!(endpoint("node-1").unwrap_err(), "--metrics \"node-1\": give HOST:PORT or an http:// URL");
+        assert_eq!(endpoint("http:///metrics").unwrap_err(), "--metrics \"http:///metrics\": no host");
     }
 }

@@ -50,6 +50,7 @@
 //! node_id = 1
 //! listen = "127.0.0.1:7101"
 //! peers = ["1=127.0.0.1:7101", "2=127.0.0.1:7111", "3=127.0.0.1:7121"]
+//! forward_timeout_ms = 5000
 //! ```
 //!
 //! A NATS subject that names a configured topic is stored there; every
@@ -130,7 +131,7 @@ impl Default for ServerConfig {
 /// nodes; the port after it (`ADDR`'s port + 1) carries the publishes a
 /// member that does not lead a partition forwards to its leader. Both
 /// ports of every member must be free and distinct.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
     /// Run as a cluster member (off: a single node, the rest is ignored).
@@ -143,7 +144,35 @@ pub struct ClusterSettings {
     pub listen: Option<SocketAddr>,
     /// Every member, this one included: `"ID=HOST:PORT"`.
     pub peers: Vec<String>,
+    /// How long a publish this member forwards to its partition's leader
+    /// may wait to connect, to be handed over, and for the leader's
+    /// answer before it is refused as unknown (it may still commit), in
+    /// milliseconds (see `ReplicatedConfig::forward_timeout`). It bounds
+    /// how long a frozen or partitioned leader holds a publisher; it
+    /// should exceed a commit's worst latency under load. Fixed at start.
+    pub forward_timeout_ms: u64,
 }
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            enabled: false,
+            node_id: 0,
+            listen: None,
+            peers: Vec::new(),
+            forward_timeout_ms: DEFAULT_FORWARD_TIMEOUT_MS,
+        }
+    }
+}
+
+/// [`ClusterSettings::forward_timeout_ms`] by default.
+pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 5_000;
+
+/// The range of [`ClusterSettings::forward_timeout_ms`]: below 100 ms a
+/// publish forwarded across a loaded network would be refused before a
+/// healthy leader could commit it; above 10 minutes a frozen leader would
+/// hold publishers longer than any client waits.
+pub const FORWARD_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 
 /// The port after a member's address carries forwarded publishes.
 pub fn forward_addr(peer: SocketAddr) -> Option<SocketAddr> {
@@ -191,12 +220,39 @@ impl ClusterSettings {
         self.listen.or_else(|| self.members().ok()?.get(&self.node_id).copied())
     }
 
+    /// [`ClusterSettings::forward_timeout_ms`] as a duration.
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
+    }
+
     /// The cluster's rules (only when enabled; see [`ClusterSettings`]).
     fn rules(&self, config: &ServerConfig, f: &mut Findings) {
         use Category::*;
+        if !FORWARD_TIMEOUT_MS.contains(&self.forward_timeout_ms) {
+            // Checked even when off: a file that would fail once the
+            // cluster is switched on is refused now.
+            f.error(
+                Network,
+                "cluster.forward_timeout_ms",
+                format!(
+                    "{} is outside {}..={} (milliseconds)",
+                    self.forward_timeout_ms,
+                    FORWARD_TIMEOUT_MS.start(),
+                    FORWARD_TIMEOUT_MS.end()
+                ),
+            );
+        }
         if !self.enabled {
-            if self.node_id != 0 || !self.peers.is_empty() || self.listen.is_some() {
-                f.warn(Integration, "cluster.enabled", "false: node_id, listen and peers are ignored (a single node)");
+            if self.node_id != 0
+                || !self.peers.is_empty()
+                || self.listen.is_some()
+                || self.forward_timeout_ms != DEFAULT_FORWARD_TIMEOUT_MS
+            {
+                f.warn(
+                    Integration,
+                    "cluster.enabled",
+                    "false: node_id, listen, peers and forward_timeout_ms are ignored (a single node)",
+                );
             }
             return;
         }
@@ -1003,6 +1059,22 @@ mod tests {
         assert_eq!(names, ["orders", "audit"], "configuration order, memory topics left out");
         assert!(groups.iter().all(|(_, tc)| tc.storage == StorageKind::Replicated(ReplicationConfig { factor: 5 })));
         assert_eq!(groups[0].1.partitions, 2);
+        assert_eq!(c.cluster.forward_timeout(), Duration::from_secs(5), "the default");
+        let c = ServerConfig::from_toml(&text.replace("[cluster]\n", "[cluster]\nforward_timeout_ms = 1500\n"), "f");
+        assert_eq!(c.unwrap().cluster.forward_timeout(), Duration::from_millis(1500));
+        for (ms, ok) in [(0, false), (99, false), (100, true), (600_000, true), (600_001, false)] {
+            let c = ServerConfig::from_toml(&format!("[cluster]\nforward_timeout_ms = {ms}\n"), "f");
+            match c {
+                Ok(c) => assert!(ok, "{ms} ms accepted: {:?}", c.cluster),
+                Err(e) => {
+                    assert!(!ok, "{ms} ms refused: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!("cluster.forward_timeout_ms: {ms} is outside 100..=600000 (milliseconds)")
+                    );
+                }
+            }
+        }
         // Off: the rest is ignored with a warning, and nothing is replicated.
         let off = ServerConfig::from_toml("[cluster]\nnode_id = 2\n", "f").unwrap();
         assert!(!off.cluster.enabled && off.replicated_topics().is_empty());

@@ -68,7 +68,8 @@ pub struct ReplicatedConfig {
     /// `start_forwarding_broker_node`) waits to connect, to hand the
     /// publish over, and for the answer, before it settles the publish as
     /// unknown (it may still commit). Above a commit's worst latency under
-    /// load; below what a client waits for an acknowledgement.
+    /// load; below what a client waits for an acknowledgement. `kaelix
+    /// serve --cluster` sets it from `[cluster] forward_timeout_ms`.
     pub forward_timeout: Duration,
     /// Planted bugs switched on, for this node's core
     /// (`ReplicatedAckBeforeCommit`) and for every group's Raft; none in

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kaelix_config::{ConfigLoader, FixedProbe, Phase};
+use kaelix_config::reload::ReloadOutcome;
+use kaelix_config::{ConfigLoader, FixedProbe, HotReloadManager, Phase, ReloadPolicy};
 use kaelix_server::ServerConfig;
 
 fn probe() -> FixedProbe {
@@ -518,6 +519,35 @@ fn catalog() -> Vec<Entry> {
                 "kaelix.toml:4:9: cluster.peers: 127.0.0.1:4333 (this member's forwarding port) is already in use by another process",
             ],
         ),
+        (
+            "a forward timeout of zero",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nforward_timeout_ms = 0\n")),
+            vec![],
+            vec!["kaelix.toml:5:22: cluster.forward_timeout_ms: 0 is outside 100..=600000 (milliseconds)"],
+        ),
+        (
+            "a forward timeout of an hour",
+            t("[cluster]\nforward_timeout_ms = 3600000\n"),
+            vec![],
+            vec![
+                "kaelix.toml:2:22: cluster.forward_timeout_ms: 3600000 is outside 100..=600000 (milliseconds)",
+                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers and forward_timeout_ms are ignored (a single node)",
+            ],
+        ),
+        (
+            "a forward timeout too short, from a variable",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\n")),
+            vec![("KAELIX_CLUSTER__FORWARD_TIMEOUT_MS", "20")],
+            vec![
+                "environment KAELIX_CLUSTER__FORWARD_TIMEOUT_MS: cluster.forward_timeout_ms: 20 is outside 100..=600000 (milliseconds)",
+            ],
+        ),
+        (
+            "a forward timeout in seconds, as a string",
+            t("[cluster]\nforward_timeout_ms = \"5s\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:22: cluster.forward_timeout_ms: invalid type: string \"5s\", expected u64"],
+        ),
     ]
 }
 
@@ -580,4 +610,30 @@ fn the_effective_configuration_records_every_origin() {
     assert!(loaded.origin_lines(true).contains(&"limits.max_connections = 65536  # default".to_owned()));
     let back: ServerConfig = toml::from_str(&loaded.effective_toml()).unwrap();
     assert_eq!(back, loaded.config, "the effective TOML reads back as the same configuration");
+}
+
+#[test]
+fn a_reload_that_changes_the_forward_timeout_is_refused() {
+    // What `kaelix serve` does on a reload: the new file is loaded and
+    // offered to a manager holding the running configuration under the
+    // server's reload policy.
+    let path = Path::new("kaelix.toml");
+    let load = |ms: u64| {
+        let text = format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nforward_timeout_ms = {ms}\n");
+        ConfigLoader::new()
+            .with_probe(Arc::new(FixedProbe::default()))
+            .load_text::<ServerConfig>(Some(path), Some(&text), Phase::Reload)
+            .unwrap()
+    };
+    let running = load(2000);
+    assert_eq!(running.config.cluster.forward_timeout(), kaelix_core::time::Duration::from_millis(2000));
+    let policy = ReloadPolicy::new(ServerConfig::RELOADABLE.iter().copied());
+    let manager = HotReloadManager::new(ConfigLoader::new(), running, policy).unwrap();
+    assert_eq!(
+        manager.offer(load(9000)),
+        ReloadOutcome::Rejected {
+            reason: "changing these keys needs a restart: cluster.forward_timeout_ms".to_owned()
+        }
+    );
+    assert_eq!(manager.current().cluster.forward_timeout_ms, 2000, "the running value stays");
 }
