@@ -51,11 +51,11 @@ const SPAWNED_TASKS: u64 = 10_000;
 const REPETITIONS: usize = 5;
 const WAKES_PER_RUN: usize = 10_000;
 /// Between the task starting to wait and the wake, in the `idle` scenario:
-/// a wake soon after the last (inside kaelix's default 50 µs `idle_spin`,
-/// so its worker is still looking; tokio's has parked by then).
+/// a wake soon after the last (inside a 50 µs `idle_spin`, when
+/// `KAELIX_IDLE_SPIN_US=50` turns kaelix's spin on).
 const PAUSE_BEFORE_WAKE: Duration = Duration::from_micros(20);
-/// ... and in the `idle, parked` scenario: past the spin window, so every
-/// wake unparks a worker on both runtimes.
+/// ... and in the `idle, parked` scenario: past such a spin window, so
+/// every wake unparks a worker on both runtimes.
 const PAUSE_PARKED: Duration = Duration::from_micros(200);
 /// Load tasks per worker, so that every worker always has one queued.
 const LOAD_TASKS_PER_WORKER: usize = 4;
@@ -143,8 +143,8 @@ impl Runtime for Tokio {
     }
 }
 
-/// Kaelix with its defaults; `KAELIX_IDLE_SPIN_US` overrides `idle_spin`
-/// (0 turns spinning off) to measure what the spin buys and costs.
+/// Kaelix with its defaults; `KAELIX_IDLE_SPIN_US` sets `idle_spin` (off
+/// by default) to measure what spinning buys and costs.
 fn start_kaelix() -> Executor {
     let mut config = ExecutorConfig { workers_per_node: Some(WORKERS), ..Default::default() };
     if let Some(micros) = std::env::var("KAELIX_IDLE_SPIN_US").ok().and_then(|v| v.parse().ok()) {

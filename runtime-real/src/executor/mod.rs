@@ -24,17 +24,18 @@
 //!
 //! # Parking
 //!
-//! A worker without work first spins for `idle_spin` (the seed's
-//! `target_latency_us`), looking at the queues between `spin_loop` hints:
-//! a wake that comes within that window is served without a futex wake-up
-//! on either side, which is what keeps idle wake-to-poll in single-digit
-//! microseconds. At most half the workers (at least one) spin at a time, so
-//! an idle executor never takes every CPU, and a spinner yields its thread
-//! every few hundred looks, so the thread that will publish the work gets
-//! the CPU on a machine with few cores. Past the window the worker parks
-//! (see [`idle`] for the protocol that never loses a wake-up); publishing
-//! work unparks one parked worker. Spinning is only an earlier look at the
+//! A worker without work may first spin for `idle_spin` (the seed's
+//! `target_latency_us`), looking at the queues between `spin_loop` hints,
+//! so that a wake within that window needs no futex wake-up to be served.
+//! At most half the workers (at least one) spin at a time, so an idle
+//! executor never takes every CPU. Past the window the worker parks (see
+//! [`idle`] for the protocol that never loses a wake-up); publishing work
+//! unparks one parked worker. Spinning is only an earlier look at the
 //! queues before that protocol starts, so it cannot lose a wake-up either.
+//! It is off by default: on the 2-core machine it was measured on, a
+//! spinning worker takes the core the waking thread needs, and idle
+//! wake-to-poll did not improve while idle CPU rose by about half a core
+//! (`benches/benches/executor.rs` with `KAELIX_IDLE_SPIN_US`).
 //!
 //! # Shutdown
 //!
@@ -66,7 +67,7 @@ use self::idle::Sleepers;
 use self::metrics::{Health, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
 use self::state::AfterPoll;
 pub use self::task::JoinHandle;
-use self::task::{Header, Outcome, Task};
+use self::task::{Outcome, Task};
 use crate::driver::Driver;
 use crate::topology::Topology;
 
@@ -94,9 +95,9 @@ pub struct ExecutorConfig {
     /// A poll running longer than this makes its worker Unhealthy.
     pub stall_threshold: Duration,
     /// How long a worker that ran out of work keeps looking before it parks
-    /// (the seed's `target_latency_us`; see the module docs). Zero parks at
-    /// once. The cost: after each burst of work one worker burns up to this
-    /// much CPU; an executor with no work at all uses none.
+    /// (the seed's `target_latency_us`; see the module docs). Zero (the
+    /// default) parks at once. The cost: after each burst of work one
+    /// worker burns up to this much CPU; an executor with no work uses none.
     pub idle_spin: Duration,
     /// Thread name prefix.
     pub name: String,
@@ -113,7 +114,7 @@ impl Default for ExecutorConfig {
             pin_workers: true,
             starvation_bound: 32,
             stall_threshold: Duration::from_secs(1),
-            idle_spin: Duration::from_micros(50),
+            idle_spin: Duration::ZERO,
             name: "kaelix".to_owned(),
             topology: None,
         }
@@ -283,28 +284,35 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        let (future, parts) = task::wrap(future);
         let pool = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => self.workers[w.index].pool,
             _ => self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
         });
-        let header = Header {
+        let task = Arc::new(Task {
             id: self.next_task.fetch_add(1, Ordering::Relaxed),
             name,
             priority,
             pool,
-            woken_at: self.now_nanos(),
+            state: state::TaskState::new_scheduled(),
+            cancelled: AtomicBool::new(false),
+            woken_at: AtomicU64::new(self.now_nanos()),
+            live_slot: AtomicUsize::new(usize::MAX),
+            future: Mutex::new(Some(future)),
             shared: self.clone(),
-        };
-        let (task, handle) = task::new_task(header, future);
+        });
+        let handle = parts.into_handle(task.clone());
         let accepted = self.live.insert(&task);
         if accepted {
             self.live_count.fetch_add(1, Ordering::AcqRel);
+        }
+        if accepted {
             self.schedule(task, false);
         } else {
             // Shutting down: the future is dropped unpolled; the handle
             // yields Cancelled.
             task.state.complete();
-            task.body.drop_future();
+            drop(task.future.lock().expect("task future lock").take());
         }
         handle
     }
@@ -318,23 +326,33 @@ impl Shared {
         let now = self.now_nanos();
         metrics.wake_to_poll.record(now.saturating_sub(task.woken_at.load(Ordering::Relaxed)));
         metrics.polls.fetch_add(1, Ordering::Relaxed);
+        let mut slot = task.future.lock().expect("task future lock");
         if task.cancelled.load(Ordering::Acquire) {
+            let future = slot.take();
+            drop(slot);
             task.state.complete();
-            task.body.drop_future(); // the handle gets Cancelled
+            drop(future); // the handle's guard reports Cancelled
             self.remove_live(&task);
             return;
         }
+        let Some(future) = slot.as_mut() else {
+            unreachable!("a RUNNING task has its future until it completes");
+        };
+        let waker = Waker::from(task.clone());
         metrics.poll_started.store(now.max(1), Ordering::Relaxed);
-        let poll = task.body.poll();
+        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
         metrics.poll_started.store(0, Ordering::Relaxed);
         match poll {
             Poll::Ready(outcome) => {
+                let future = slot.take();
+                drop(slot);
                 task.state.complete();
-                task.body.drop_future();
+                drop(future);
                 metrics.record_outcome(outcome == Outcome::Finished);
                 self.remove_live(&task);
             }
             Poll::Pending => {
+                drop(slot);
                 if task.state.end_poll_pending() == AfterPoll::Requeue {
                     self.schedule(task, true);
                 }
@@ -446,9 +464,8 @@ impl WorkerLoop {
     /// true when work showed up (the caller picks it as usual). False at
     /// once when the spin is off or enough other workers already spin.
     fn spin_for_work(&self) -> bool {
-        /// Looks between two reads of the clock / two yields of the thread.
+        /// Looks between two reads of the clock.
         const LOOKS_PER_CLOCK_READ: u32 = 32;
-        const LOOKS_PER_YIELD: u32 = 256;
         let shared = &self.shared;
         let window = u64::try_from(shared.config.idle_spin.as_nanos()).unwrap_or(u64::MAX);
         if window == 0 {
@@ -469,11 +486,7 @@ impl WorkerLoop {
                 break false;
             }
             looks = looks.wrapping_add(1);
-            if looks.is_multiple_of(LOOKS_PER_YIELD) {
-                thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            std::hint::spin_loop();
             if looks.is_multiple_of(LOOKS_PER_CLOCK_READ) && shared.now_nanos() >= deadline {
                 break false;
             }
@@ -708,7 +721,7 @@ impl Executor {
         // Anything a stuck worker never reached: drop it here.
         for task in &remaining {
             task.state.complete();
-            task.body.drop_future();
+            drop(task.future.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
         shared.driver.stop();
         ShutdownReport { finished_in_grace: at_start.saturating_sub(remaining.len()), cancelled }
