@@ -57,7 +57,7 @@
 //! snapshots of `raft::disk`) is the partition's durable storage, and a
 //! restarted member rebuilds its broker's log by re-applying it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use futures_channel::mpsc;
@@ -308,6 +308,63 @@ struct Forwarded {
     deadline: Instant,
 }
 
+/// The forwarded publishes waiting for an answer, by proposal and by
+/// deadline: the forwarder sleeps until the earliest deadline on every
+/// turn, so that one is read off an ordered index (O(log n)) rather than
+/// found by scanning every waiting publish.
+#[derive(Default)]
+struct Waiting {
+    by_id: BTreeMap<ProposalId, Forwarded>,
+    /// `(deadline, id)` of every entry of `by_id`.
+    by_deadline: BTreeSet<(Instant, ProposalId)>,
+}
+
+impl Waiting {
+    fn insert(&mut self, id: ProposalId, forwarded: Forwarded) {
+        self.by_deadline.insert((forwarded.deadline, id));
+        if let Some(old) = self.by_id.insert(id, forwarded) {
+            self.by_deadline.remove(&(old.deadline, id));
+        }
+    }
+
+    fn remove(&mut self, id: ProposalId) -> Option<Forwarded> {
+        let forwarded = self.by_id.remove(&id)?;
+        self.by_deadline.remove(&(forwarded.deadline, id));
+        Some(forwarded)
+    }
+
+    /// The earliest deadline, if any publish waits.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// Removes every publish whose deadline is at or before `now`, in
+    /// proposal order (the order they are settled in).
+    fn take_expired(&mut self, now: Instant) -> Vec<(ProposalId, Forwarded)> {
+        let mut ids = Vec::new();
+        while let Some(&(deadline, id)) = self.by_deadline.first()
+            && deadline <= now
+        {
+            self.by_deadline.pop_first();
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        ids.into_iter().map(|id| (id, self.by_id.remove(&id).expect("indexed"))).collect()
+    }
+
+    /// Removes every publish that went out on `leader`'s stream of
+    /// `generation`, in proposal order.
+    fn take_sent_on(&mut self, leader: NodeId, generation: u64) -> Vec<(ProposalId, Forwarded)> {
+        let ids: Vec<ProposalId> = self
+            .by_id
+            .iter()
+            .filter(|(_, w)| w.leader == leader && w.generation == generation)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.into_iter().map(|id| (id, self.remove(id).expect("listed"))).collect()
+    }
+}
+
 /// Forwards publishes to their groups' leaders and settles them with the
 /// answers (see the module docs).
 ///
@@ -326,23 +383,19 @@ async fn forwarder<R: Runtime>(
     to_self: mpsc::UnboundedSender<Job>,
 ) {
     let mut streams: BTreeMap<NodeId, (u64, <R as ClientNetwork>::Stream)> = BTreeMap::new();
-    let mut waiting: BTreeMap<ProposalId, Forwarded> = BTreeMap::new();
+    let mut waiting = Waiting::default();
     let mut generation = 0u64;
     let unknown =
         |topic: Topic, partition: u32, reason: String| BrokerError::ReplicationUnknown { topic, partition, reason };
     loop {
-        let job = match waiting.values().map(|w| w.deadline).min() {
+        let job = match waiting.next_deadline() {
             None => jobs.next().await,
             Some(deadline) => {
                 let sleep = std::pin::pin!(rt.sleep_until(deadline));
                 match select(jobs.next(), sleep).await {
                     Either::Left((job, _)) => job,
                     Either::Right(((), _)) => {
-                        let now = rt.now();
-                        let expired: Vec<ProposalId> =
-                            waiting.iter().filter(|(_, w)| w.deadline <= now).map(|(&id, _)| id).collect();
-                        for id in expired {
-                            let w = waiting.remove(&id).expect("listed");
+                        for (id, w) in waiting.take_expired(rt.now()) {
                             if let Some((g, stream)) = streams.get(&w.leader)
                                 && *g == w.generation
                             {
@@ -366,7 +419,7 @@ async fn forwarder<R: Runtime>(
         match job {
             Job::Answer(response) => {
                 let id = ProposalId(response.req());
-                if let Some(w) = waiting.remove(&id) {
+                if let Some(w) = waiting.remove(id) {
                     broker.proposal_done(id, outcome_of(response, w.topic, w.partition));
                 }
             }
@@ -376,10 +429,7 @@ async fn forwarder<R: Runtime>(
                 }
                 // Only what went out on that stream: a newer stream to the
                 // same node may carry others.
-                let lost: Vec<ProposalId> =
-                    waiting.iter().filter(|(_, w)| w.leader == node && w.generation == g).map(|(&id, _)| id).collect();
-                for id in lost {
-                    let w = waiting.remove(&id).expect("listed");
+                for (id, w) in waiting.take_sent_on(node, g) {
                     let reason = format!("the stream to node {} (the leader it was forwarded to) broke", node.0);
                     broker.proposal_done(id, Err(unknown(w.topic, w.partition, reason)));
                 }
@@ -426,5 +476,70 @@ async fn forwarder<R: Runtime>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(leader: u64, generation: u64, deadline_ms: u64) -> Forwarded {
+        Forwarded {
+            leader: NodeId(leader),
+            generation,
+            topic: Topic::new("orders").unwrap(),
+            partition: 0,
+            deadline: Instant::ZERO + Duration::from_millis(deadline_ms),
+        }
+    }
+
+    fn ids(taken: &[(ProposalId, Forwarded)]) -> Vec<u64> {
+        taken.iter().map(|(id, _)| id.0).collect()
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_earliest_of_those_still_waiting() {
+        let mut w = Waiting::default();
+        assert_eq!(w.next_deadline(), None);
+        // Ids and deadlines in different orders (a connect can delay a send).
+        w.insert(ProposalId(3), forwarded(1, 1, 300));
+        w.insert(ProposalId(1), forwarded(1, 1, 200));
+        w.insert(ProposalId(2), forwarded(2, 1, 100));
+        assert_eq!(w.next_deadline(), Some(Instant::ZERO + Duration::from_millis(100)));
+        assert_eq!(w.remove(ProposalId(2)).map(|f| f.leader), Some(NodeId(2)));
+        assert!(w.remove(ProposalId(2)).is_none(), "answered once");
+        assert_eq!(w.next_deadline(), Some(Instant::ZERO + Duration::from_millis(200)));
+        // The same id again replaces its entry and its deadline.
+        w.insert(ProposalId(1), forwarded(1, 1, 400));
+        assert_eq!(w.next_deadline(), Some(Instant::ZERO + Duration::from_millis(300)));
+        assert_eq!(w.by_deadline.len(), w.by_id.len());
+    }
+
+    #[test]
+    fn expired_publishes_are_taken_in_proposal_order() {
+        let mut w = Waiting::default();
+        for (id, deadline) in [(5, 100), (4, 100), (9, 150), (1, 200), (7, 250)] {
+            w.insert(ProposalId(id), forwarded(1, 1, deadline));
+        }
+        assert!(w.take_expired(Instant::ZERO + Duration::from_millis(99)).is_empty());
+        let at = |ms| Instant::ZERO + Duration::from_millis(ms);
+        assert_eq!(ids(&w.take_expired(at(200))), [1, 4, 5, 9], "at or before now, by id");
+        assert_eq!(w.next_deadline(), Some(at(250)));
+        assert_eq!(ids(&w.take_expired(at(1000))), [7]);
+        assert_eq!((w.next_deadline(), w.by_id.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_lost_stream_takes_only_what_went_out_on_it() {
+        let mut w = Waiting::default();
+        w.insert(ProposalId(1), forwarded(1, 1, 100));
+        w.insert(ProposalId(2), forwarded(1, 2, 50));
+        w.insert(ProposalId(3), forwarded(2, 1, 150));
+        w.insert(ProposalId(4), forwarded(1, 1, 120));
+        assert_eq!(ids(&w.take_sent_on(NodeId(1), 1)), [1, 4]);
+        assert_eq!(w.next_deadline(), Some(Instant::ZERO + Duration::from_millis(50)));
+        assert_eq!(ids(&w.take_sent_on(NodeId(1), 2)), [2]);
+        assert_eq!(w.next_deadline(), Some(Instant::ZERO + Duration::from_millis(150)));
+        assert_eq!(w.by_deadline.len(), 1);
     }
 }
