@@ -321,10 +321,13 @@ struct Waiting {
 
 impl Waiting {
     fn insert(&mut self, id: ProposalId, forwarded: Forwarded) {
-        self.by_deadline.insert((forwarded.deadline, id));
-        if let Some(old) = self.by_id.insert(id, forwarded) {
+        // The old entry's index goes first: with the same deadline, removing
+        // it after indexing the new one would unindex the new one.
+        if let Some(old) = self.by_id.remove(&id) {
             self.by_deadline.remove(&(old.deadline, id));
         }
+        self.by_deadline.insert((forwarded.deadline, id));
+        self.by_id.insert(id, forwarded);
     }
 
     fn remove(&mut self, id: ProposalId) -> Option<Forwarded> {
@@ -513,6 +516,10 @@ mod tests {
         w.insert(ProposalId(1), forwarded(1, 1, 400));
         assert_eq!(w.next_deadline(), Some(Instant::ZERO + Duration::from_millis(300)));
         assert_eq!(w.by_deadline.len(), w.by_id.len());
+        // ... also with the same deadline: the entry stays indexed.
+        w.insert(ProposalId(3), forwarded(2, 1, 300));
+        assert_eq!(w.by_deadline.len(), w.by_id.len());
+        assert_eq!(ids(&w.take_expired(Instant::ZERO + Duration::from_millis(300))), [3]);
     }
 
     #[test]

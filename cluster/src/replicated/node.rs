@@ -68,8 +68,7 @@ pub struct ReplicatedConfig {
     /// `start_forwarding_broker_node`) waits to connect, to hand the
     /// publish over, and for the answer, before it settles the publish as
     /// unknown (it may still commit). Above a commit's worst latency under
-    /// load; below what a client waits for an acknowledgement. `kaelix
-    /// serve --cluster` sets it from `[cluster] forward_timeout_ms`.
+    /// load; below what a client waits for an acknowledgement.
     pub forward_timeout: Duration,
     /// Planted bugs switched on, for this node's core
     /// (`ReplicatedAckBeforeCommit`) and for every group's Raft; none in
