@@ -32,10 +32,10 @@
 //! [`idle`] for the protocol that never loses a wake-up); publishing work
 //! unparks one parked worker. Spinning is only an earlier look at the
 //! queues before that protocol starts, so it cannot lose a wake-up either.
-//! It is off by default: on the 2-core machine it was measured on, a
-//! spinning worker takes the core the waking thread needs, and idle
+//! It is off by default: on the 2-core machine it was measured on, idle
 //! wake-to-poll did not improve while idle CPU rose by about half a core
-//! (`benches/benches/executor.rs` with `KAELIX_IDLE_SPIN_US`).
+//! (`benches/benches/executor.rs` with `KAELIX_IDLE_SPIN_US`; a spare core
+//! for the spinner is probably what it lacks, not measured further).
 //!
 //! # Shutdown
 //!
