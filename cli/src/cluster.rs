@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use kaelix_broker::Broker;
 use kaelix_broker::topic::Topic;
-use kaelix_cluster::raft::{Raft, Role};
+use kaelix_cluster::raft::Raft;
 use kaelix_cluster::replicated::broker_node::start_forwarding_broker_node;
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_core::NodeId;
@@ -48,22 +48,14 @@ use kaelix_server::config::{ClusterSettings, forward_addr};
 use kaelix_server::{Server, ServerConfig};
 use kaelix_telemetry::MetricsCollector;
 
-use crate::http_get::{self, Endpoint};
+use kaelix_scenarios::metrics::PartitionMember;
 
-/// One group as this member last saw it.
-#[derive(Clone, Debug, Default)]
-struct GroupView {
-    role: u8,
-    term: u64,
-    leader: u64,
-    commit: u64,
-    applied: u64,
-}
+use crate::http_get::{self, Endpoint};
 
 /// The observer that keeps each group's state for the metrics endpoint.
 #[derive(Clone, Default)]
 pub struct ClusterView {
-    groups: Arc<Mutex<Vec<GroupView>>>,
+    groups: Arc<Mutex<Vec<PartitionMember>>>,
 }
 
 impl ReplicaObserver for ClusterView {
@@ -71,19 +63,10 @@ impl ReplicaObserver for ClusterView {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let g = group as usize;
         if groups.len() <= g {
-            groups.resize(g + 1, GroupView::default());
+            groups.resize(g + 1, PartitionMember::default());
         }
-        groups[g] = GroupView {
-            role: match raft.role() {
-                Role::Follower => 0,
-                Role::PreCandidate | Role::Candidate => 1,
-                Role::Leader => 2,
-            },
-            term: raft.term(),
-            leader: raft.leader().map_or(0, |n| n.0),
-            commit: raft.commit(),
-            applied: raft.applied(),
-        };
+        // The same figures, and role code, as a simulated run's metrics.
+        groups[g] = PartitionMember::of(raft);
     }
 }
 
@@ -157,7 +140,7 @@ pub fn add_metrics(collector: &MetricsCollector, node: u64, view: ClusterView, g
         let seen = view.groups.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (g, gauges) in handles.iter().enumerate() {
             let v = seen.get(g).cloned().unwrap_or_default();
-            for (gauge, value) in gauges.iter().zip([u64::from(v.role), v.term, v.leader, v.commit, v.applied]) {
+            for (gauge, value) in gauges.iter().zip([v.role, v.term, v.leader, v.commit, v.applied]) {
                 gauge.set(value as f64);
             }
         }
