@@ -21,7 +21,12 @@
 //! queue, and on failure reconnects with exponential backoff and jitter
 //! ([`Backoff`]). Inbound connections are accepted on the node's peer
 //! address; every frame goes to one bounded inbox (full: dropped and
-//! counted). Messages in flight when a connection breaks are lost — the
+//! counted). A peer that connects to us is up, so an inbound connection
+//! **kicks** our link to it: a link waiting out its backoff retries at
+//! once with the backoff reset. Without it a restarted peer would hear
+//! nothing from us for up to [`TransportConfig::backoff_max`] (a Raft
+//! follower that restarted would not learn its leader for that long), while
+//! its own messages reach us at once. Messages in flight when a connection breaks are lost — the
 //! protocols above retransmit, exactly as they must under the simulator's
 //! lossy network.
 
@@ -38,6 +43,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
+use futures_util::future::{Either, select};
 use kaelix_core::NodeId;
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::runtime::{ClientStream, Listener, MAX_DATAGRAM_BYTES, MAX_FRAME_BYTES, NetError, Priority};
@@ -659,6 +665,10 @@ struct Link {
 struct LinkState {
     queue: SendQueue,
     waker: Option<Waker>,
+    /// The peer connected to us since the link's last connection attempt.
+    kicked: bool,
+    /// The link task, while it waits out a backoff.
+    kick_waker: Option<Waker>,
 }
 
 pub(crate) struct Transport {
@@ -735,6 +745,8 @@ impl Transport {
                         state: Mutex::new(LinkState {
                             queue: SendQueue::new(self.config.queue_messages, self.config.queue_bytes),
                             waker: None,
+                            kicked: false,
+                            kick_waker: None,
                         }),
                     });
                     links.insert(to, link.clone());
@@ -756,6 +768,19 @@ impl Transport {
         if dropped > 0 {
             self.stats.dropped_queue_full.fetch_add(dropped, Ordering::Relaxed);
         }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// `peer` connected to us: our link to it, if it is waiting out a
+    /// backoff, retries now.
+    fn kick(&self, peer: NodeId) {
+        let Some(link) = self.links.lock().expect("links lock").get(&peer).cloned() else { return };
+        let mut state = link.state.lock().expect("link lock");
+        state.kicked = true;
+        let waker = state.kick_waker.take();
+        drop(state);
         if let Some(w) = waker {
             w.wake();
         }
@@ -799,11 +824,11 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
         if pending.is_empty() {
             pending = next_batch(&link).await;
         }
-        let deadline = driver.now() + config.connect_timeout;
+        // A kick before this attempt is answered by this attempt.
+        link.state.lock().expect("link lock").kicked = false;
         let attempt = connect(&driver, link.addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES);
         let connected =
             kaelix_core::runtime::timeout(&DriverClock(driver.clone()), config.connect_timeout, attempt).await;
-        let _ = deadline;
         let Some(t) = transport.upgrade() else { return };
         let conn = match connected {
             Ok(Ok(conn)) => {
@@ -814,7 +839,10 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
             _ => {
                 t.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 drop(t);
-                driver.sleep_until(driver.now() + backoff.next_delay(&mut rng)).await;
+                let backoff_over = std::pin::pin!(driver.sleep_until(driver.now() + backoff.next_delay(&mut rng)));
+                if let Either::Right(_) = select(backoff_over, std::pin::pin!(kicked(&link))).await {
+                    backoff.reset();
+                }
                 continue;
             }
         };
@@ -849,6 +877,22 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
     }
 }
 
+/// Resolves once the peer has connected to us since the last attempt
+/// ([`Transport::kick`]).
+async fn kicked(link: &Link) {
+    poll_fn(|cx| {
+        let mut state = link.state.lock().expect("link lock");
+        if state.kicked {
+            state.kick_waker = None;
+            Poll::Ready(())
+        } else {
+            state.kick_waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Like [`next_batch`], but `None` as soon as `conn` is closed by the peer.
 async fn next_batch_or_close(link: &Link, conn: &FramedConn) -> Option<Vec<Bytes>> {
     poll_fn(|cx| {
@@ -876,6 +920,7 @@ async fn accept_peers(transport: std::sync::Weak<Transport>, mut listener: Hello
         let Some(t) = transport.upgrade() else { return };
         match accepted {
             Ok(conn) if t.peers.contains_key(&conn.peer) && conn.peer != t.me => {
+                t.kick(conn.peer);
                 drop(t.exec.spawn(Priority::High, "transport-reader", read_peer(transport.clone(), conn)));
             }
             Ok(_) => {

@@ -100,3 +100,44 @@ fn transport_delivers_and_reconnects_after_the_peer_restarts() {
     assert_eq!(send_until_received(&a, &b, &ex2, 2), NodeId(1));
     assert!(stats.connects.load(std::sync::atomic::Ordering::Relaxed) >= 2, "a second connection was made");
 }
+
+#[test]
+fn a_peer_that_connects_to_us_cuts_our_backoff_to_it_short() {
+    // Node 1 retries its link to node 2 only every 30 to 60 s: without the
+    // kick, a node 2 that comes up after the first failed attempt would
+    // hear nothing from node 1 for that long.
+    let peers = BTreeMap::from([(NodeId(1), free_addr()), (NodeId(2), free_addr())]);
+    let ex1 = executor("kick1", 1);
+    let mut cfg = NodeConfig::new(NodeId(1), temp_dir("net"));
+    cfg.peers = peers.clone();
+    cfg.seed = Some(1);
+    cfg.transport.backoff_initial = Duration::from_secs(60);
+    cfg.transport.backoff_max = Duration::from_secs(60);
+    let a = RealRuntime::start(ex1.handle(), cfg).expect("node starts");
+    a.send(NodeId(2), Bytes::from_static(b"early"));
+    let stats = a.transport_stats().unwrap();
+    let failed = std::time::Instant::now() + Duration::from_secs(5);
+    while stats.connect_failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < failed, "node 2 is down, yet node 1's first attempt did not fail");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Node 2 comes up and speaks first; node 1's next message must reach it
+    // long before the backoff would have let the link retry.
+    let ex2 = executor("kick2", 1);
+    let b = node(&ex2, 2, &peers, &BTreeMap::new());
+    b.send(NodeId(1), Bytes::from_static(b"up"));
+    let (a2, b2) = (a.clone(), b.clone());
+    let delivered = ex2.block_on(async move {
+        let deadline = b2.now() + Duration::from_secs(10);
+        loop {
+            a2.send(NodeId(2), Bytes::from_static(b"after"));
+            match kaelix_core::runtime::timeout(&b2, Duration::from_millis(50), b2.recv()).await {
+                Ok((from, m)) if m[..] == *b"after" => return Some(from),
+                _ if b2.now() >= deadline => return None,
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(delivered, Some(NodeId(1)), "node 1 reached the restarted node 2 only after its backoff (60 s)");
+}
