@@ -441,7 +441,7 @@ impl<R: Runtime> Writer<R> {
         // Fault point: a slow fsync. Publishes waiting on it stay
         // unacknowledged for longer; a crash inside the window must lose
         // nothing acknowledged.
-        if kaelix_core::buggify!(self.rt) {
+        if kaelix_core::buggify!(self.rt, "durable broker: a slow fsync") {
             self.rt.sleep(Duration::from_millis(15)).await;
         }
         kaelix_core::sometimes!(self.rt, "broker sync covered several partitions", self.dirty.len() > 1);

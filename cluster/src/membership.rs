@@ -190,7 +190,7 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
         let mut deadline = swim.poll_timeout().unwrap_or(kaelix_core::Instant::MAX);
         // Fault point: the timer fires late (a descheduled thread, a busy
         // event loop); SWIM's timeouts must absorb it.
-        if deadline != kaelix_core::Instant::MAX && kaelix_core::buggify!(rt) {
+        if deadline != kaelix_core::Instant::MAX && kaelix_core::buggify!(rt, "SWIM: the timer fires 10 ms late") {
             deadline += kaelix_core::time::Duration::from_millis(10);
         }
         let mut sleep = pin!(rt.sleep_until(deadline));

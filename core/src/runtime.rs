@@ -363,8 +363,8 @@ pub trait StorageFile: Clone + Send + Sync + 'static {
 /// [`COVERAGE_POINTS`], so a coverage report names the points a run never
 /// reached, not only those it did.
 pub trait FaultPoints: Clone + Send + Sync + 'static {
-    /// Whether the fault point at `site` fires now.
-    fn buggify(&self, site: &'static str) -> bool;
+    /// Whether the fault point `point` fires now.
+    fn buggify(&self, point: &'static CoveragePoint) -> bool;
     /// Counts one evaluation of a "sometimes" assertion (nothing else).
     fn sometimes(&self, point: &'static CoveragePoint, condition: bool) {
         let _ = (point, condition);
@@ -398,11 +398,14 @@ pub enum PointKind {
 pub struct CoveragePoint {
     /// Which macro.
     pub kind: PointKind,
-    /// `file:line` of the site (a `buggify!` site's identity in the
-    /// simulator: moving one renames it).
+    /// `file:line` of the site, for reports (and a `sometimes!`'s key in
+    /// the coverage counts).
     pub site: &'static str,
-    /// What it means: the text of a `sometimes!`, `"fault point"` for a
-    /// `buggify!`.
+    /// What it means: the text of a `sometimes!`, or the fault of a
+    /// `buggify!`. A `buggify!` point's name is its identity in the
+    /// simulator (which seeds enable it), so editing the lines above a
+    /// fault point does not change which seeds exercise it; two fault
+    /// points may not share a name.
     pub name: &'static str,
 }
 
@@ -413,18 +416,20 @@ pub static COVERAGE_POINTS: [CoveragePoint];
 #[doc(hidden)]
 pub use linkme as __linkme;
 
-/// `buggify!(rt)` is true when the simulator fires this site's fault point.
+/// `buggify!(rt, "the fault")` is true when the simulator fires this fault
+/// point. The name says what the fault is and identifies the point (see
+/// [`CoveragePoint::name`]).
 #[macro_export]
 macro_rules! buggify {
-    ($rt:expr) => {{
+    ($rt:expr, $name:literal) => {{
         #[$crate::runtime::__linkme::distributed_slice($crate::runtime::COVERAGE_POINTS)]
         #[linkme(crate = $crate::runtime::__linkme)]
         static POINT: $crate::runtime::CoveragePoint = $crate::runtime::CoveragePoint {
             kind: $crate::runtime::PointKind::Buggify,
             site: concat!(file!(), ":", line!()),
-            name: "fault point",
+            name: $name,
         };
-        $crate::runtime::FaultPoints::buggify(&$rt, POINT.site)
+        $crate::runtime::FaultPoints::buggify(&$rt, &POINT)
     }};
 }
 

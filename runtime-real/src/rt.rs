@@ -279,7 +279,7 @@ impl Storage for RealRuntime {
 
 impl FaultPoints for RealRuntime {
     /// Production never injects faults.
-    fn buggify(&self, _site: &'static str) -> bool {
+    fn buggify(&self, _point: &'static kaelix_core::runtime::CoveragePoint) -> bool {
         false
     }
 }

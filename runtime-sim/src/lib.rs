@@ -533,8 +533,8 @@ impl Storage for SimRuntime {
 }
 
 impl FaultPoints for SimRuntime {
-    fn buggify(&self, site: &'static str) -> bool {
-        self.handle.buggify(site)
+    fn buggify(&self, point: &'static kaelix_core::runtime::CoveragePoint) -> bool {
+        self.handle.buggify(point)
     }
 
     fn sometimes(&self, point: &'static kaelix_core::runtime::CoveragePoint, condition: bool) {

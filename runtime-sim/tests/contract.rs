@@ -1237,8 +1237,8 @@ fn buggify_run(seed: u64, on: bool, liveness_at: Option<Instant>) -> (u32, u32, 
     let out = shared((0u32, 0u32, Vec::<Instant>::new()));
     server(&sim, 1, out.clone(), |rt, out| async move {
         for _ in 0..40 {
-            let a = buggify!(rt);
-            let b = buggify!(rt);
+            let a = buggify!(rt, "contract test: point a");
+            let b = buggify!(rt, "contract test: point b");
             {
                 let mut g = get(&out);
                 g.0 += u32::from(a);
@@ -1313,7 +1313,7 @@ fn fault_point_run(seed: u64, ask: bool) -> (u32, u64, kaelix_sim::Coverage) {
     let out = shared(0u32);
     server(&sim, 1, out.clone(), move |rt, out| async move {
         for i in 0..40u32 {
-            if ask && buggify!(rt) {
+            if ask && buggify!(rt, "contract test: asked point") {
                 *get(&out) += 1;
             }
             kaelix_core::sometimes!(rt, "an even iteration", i % 2 == 0);

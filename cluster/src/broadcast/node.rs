@@ -189,7 +189,7 @@ async fn log_writer<R: Runtime, F: StorageFile>(
         }
         // Fault point: a slow disk. Acknowledgements wait for this write, so
         // a crash inside the window must lose nothing acknowledged.
-        if kaelix_core::buggify!(rt) {
+        if kaelix_core::buggify!(rt, "broadcast: a slow log write") {
             rt.sleep(Duration::from_millis(15)).await;
         }
         // One append and one sync for the whole batch.

@@ -25,10 +25,11 @@
 //! module docs).
 //!
 //! Fault points: the log writer sleeps before a batch now and then (a slow
-//! disk), and on a timeout the main loop, between groups, hands a leading
-//! group's leadership to a random member (leader changes under load). Both
-//! `buggify!` sites are named by file and line: moving one renames it and
-//! changes the run of every seed that switches it on.
+//! disk), on a timeout the main loop, between groups, hands a leading
+//! group's leadership to a random member (leader changes under load), and
+//! a send is now and then refused (a full socket buffer). The simulator
+//! knows each `buggify!` point by its name, not its line, so editing this
+//! file does not change which seeds switch a point on.
 
 use std::collections::BTreeMap;
 
@@ -278,7 +279,7 @@ async fn log_writer<R: Runtime>(
         }
         // Fault point: a slow disk. Everything claimed waits for this write,
         // so a crash inside the window must lose nothing claimed.
-        if kaelix_core::buggify!(rt) {
+        if kaelix_core::buggify!(rt, "replicated partition: a slow log write") {
             rt.sleep(Duration::from_millis(20)).await;
         }
         if batch.iter().any(|w| w.snapshot.is_some()) {
@@ -448,7 +449,10 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
                     io.drain(&rt, &mut core, &mut mirror);
                     // Fault point: hand leadership away now and then, so
                     // leader changes happen under load, not only on failure.
-                    if core.raft(g).role() == Role::Leader && kaelix_core::buggify!(rt) && !others.is_empty() {
+                    if core.raft(g).role() == Role::Leader
+                        && kaelix_core::buggify!(rt, "replicated partition: the leader hands leadership away")
+                        && !others.is_empty()
+                    {
                         let to = others[rng.random_range(0..others.len())];
                         let moved = core.transfer_leadership(now, g, to).is_ok();
                         kaelix_core::sometimes!(rt, "a fault point handed Raft leadership away", moved);
@@ -489,7 +493,7 @@ impl Io {
                 Output::Send { to, group, message } => {
                     // Fault point: a send the OS refused (full socket
                     // buffer); Raft retransmits.
-                    if !kaelix_core::buggify!(*rt) {
+                    if !kaelix_core::buggify!(*rt, "replicated partition: the OS refuses a send") {
                         rt.send(to, wire::encode(u64::from(group), &message));
                     }
                 }

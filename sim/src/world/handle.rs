@@ -122,25 +122,31 @@ impl NodeHandle {
     }
 
     /// Whether a code-level fault point fires (see `kaelix_core::buggify!`).
-    /// Each site is enabled in a seed with probability ¼ the first time it is
-    /// reached, and then fires on ¼ of its calls; never in the liveness
+    /// Each point is enabled in a seed with probability ¼ the first time it
+    /// is reached, and then fires on ¼ of its calls; never in the liveness
     /// phase or when the profile turned buggify off. Both decisions come
-    /// from generators of their own (per site, and the world's
-    /// `buggify_rng`), so a site that does not fire leaves the run as if it
-    /// were absent. Every call is counted in the run's coverage.
-    pub fn buggify(&self, site: &'static str) -> bool {
+    /// from generators of their own (per point, derived from the seed and
+    /// the point's *name*, not its line, and the world's `buggify_rng`), so
+    /// a point that does not fire leaves the run as if it were absent, and
+    /// code moving around a point leaves its seeds alone. Every call is
+    /// counted in the run's coverage.
+    pub fn buggify(&self, point: &'static kaelix_core::runtime::CoveragePoint) -> bool {
+        let (site, name) = (point.site, point.name);
         let shared = self.shared();
         let mut w = shared.world();
         if !w.buggify_enabled {
             w.coverage.record(site, false);
             return false;
         }
-        let enabled = match w.buggify_sites.get(site) {
-            Some(&e) => e,
+        let enabled = match w.buggify_sites.get(name) {
+            Some(&(at, e)) => {
+                assert_eq!(at, site, "two fault points are named {name:?}: a name identifies one point");
+                e
+            }
             None => {
-                let mut site_rng = rng::derive(w.seed, digest(site.as_bytes()));
+                let mut site_rng = rng::derive(w.seed, digest(name.as_bytes()));
                 let e = site_rng.random_bool(0.25);
-                w.buggify_sites.insert(site, e);
+                w.buggify_sites.insert(name, (site, e));
                 e
             }
         };
@@ -149,8 +155,8 @@ impl NodeHandle {
         if fire {
             w.stats.buggify_fired += 1;
             let now = w.now;
-            w.trace.record(now, Some(self.node), "buggify", digest(site.as_bytes()), || {
-                format!("buggify fired at {site}")
+            w.trace.record(now, Some(self.node), "buggify", digest(name.as_bytes()), || {
+                format!("buggify fired: {name} ({site})")
             });
         }
         fire

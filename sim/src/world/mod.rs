@@ -230,7 +230,9 @@ struct World {
     /// Cuts byte-stream writes into chunks; derived from the seed apart from
     /// `rng`, so byte streams never shift the run's other draws.
     tcp_rng: DetRng,
-    buggify_sites: BTreeMap<&'static str, bool>,
+    /// Fault points reached, by name: their site and whether this seed
+    /// enables them.
+    buggify_sites: BTreeMap<&'static str, (&'static str, bool)>,
     buggify_enabled: bool,
     /// Decides whether an enabled fault point fires; derived from the seed
     /// apart from `rng`, so adding a fault point (or reaching one that does
