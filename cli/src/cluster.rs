@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use kaelix_broker::Broker;
 use kaelix_broker::topic::Topic;
 use kaelix_cluster::raft::Raft;
-use kaelix_cluster::replicated::broker_node::start_forwarding_broker_node;
+use kaelix_cluster::replicated::broker_node::{StepDown, start_forwarding_broker_node};
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_core::NodeId;
 use kaelix_runtime_real::{NodeConfig, RealRuntime};
@@ -95,20 +95,21 @@ pub type Groups = Vec<(Topic, u32)>;
 /// One member's view of a partition: (member, [role, term, leader, commit, applied]).
 type Views = Vec<(u64, [u64; 5])>;
 
-/// Starts this member's replicated groups and returns its broker (see the
-/// module docs).
+/// Starts this member's replicated groups and returns its broker, its
+/// groups, and the handle that hands its leaderships away at a graceful
+/// stop (see the module docs).
 pub fn start_member(
     rt: &RealRuntime,
     config: &ServerConfig,
     view: ClusterView,
-) -> Result<(Broker<RealRuntime>, Groups), String> {
+) -> Result<(Broker<RealRuntime>, Groups, StepDown), String> {
     let members = config.cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
     let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
     let topics = config.replicated_topics();
     let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
     let mut replicated = ReplicatedConfig::new(ids, 0);
     replicated.forward_timeout = config.cluster.forward_timeout();
-    let broker = start_forwarding_broker_node(
+    let (broker, step_down) = start_forwarding_broker_node(
         rt.clone(),
         Server::<RealRuntime>::broker_config(config),
         &topics,
@@ -116,7 +117,7 @@ pub fn start_member(
         view,
     )
     .map_err(|e| format!("starting the cluster member: {e}"))?;
-    Ok((broker, groups))
+    Ok((broker, groups, step_down))
 }
 
 /// Publishes the member's groups as gauges at scrape time.

@@ -11,8 +11,9 @@
 //! With `--cluster` (or `[cluster] enabled = true`) it is a member of a
 //! static cluster: replicated topics are Raft groups of all the members
 //! and the server runs on the member's broker (see `crate::cluster`).
-//! The first signal drains (stop accepting, answer what was read, sync,
-//! exit 0); a second one exits at once.
+//! The first signal drains (stop accepting, answer what was read, sync; a
+//! cluster member then hands the leadership of its partitions to other
+//! members, for at most 3 s; exit 0); a second one exits at once.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // the binary's edge: files, signals, threads
 
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use kaelix_config::{ConfigLoader, HotReloadManager, Loaded, ReloadPolicy};
 use kaelix_core::NodeId;
+use kaelix_core::runtime::Clock;
 use kaelix_core::time::Duration;
 use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 use kaelix_server::config::{LogFormat, LogLevel};
@@ -263,15 +265,18 @@ fn run_with(
         return ExitCode::FAILURE;
     }
     let grace = Duration::from_secs(grace_secs);
+    let clock = rt.clone();
     let outcome = exec.block_on(async move {
         let plugins = match crate::plugins::ServePlugins::build(&rt, &config.plugins) {
             Ok(p) => Arc::new(p),
             Err(e) => return Err(e),
         };
         let hook: Arc<dyn kaelix_broker::intercept::PublishHook> = plugins.hook();
+        let mut step_down = None;
         let started = if config.cluster.enabled {
             let view = crate::cluster::ClusterView::default();
-            let (broker, groups) = crate::cluster::start_member(&rt, &config, view.clone())?;
+            let (broker, groups, stepper) = crate::cluster::start_member(&rt, &config, view.clone())?;
+            step_down = Some(stepper);
             if let Some(collector) = &collector {
                 crate::cluster::add_metrics(collector, config.cluster.node_id, view, groups.clone());
             }
@@ -310,9 +315,22 @@ fn run_with(
         let signal = stop_rx.await.unwrap_or(0);
         tracing::info!(signal, "draining: no new connections; answering what was read, then syncing");
         server.shutdown(grace).await;
+        if let Some(step_down) = step_down {
+            let started = clock.now();
+            match kaelix_core::runtime::timeout(&clock, HAND_OFF_TIMEOUT, step_down.hand_off()).await {
+                Ok(()) => tracing::info!(took = ?(clock.now() - started), "handed the leadership of every partition away"),
+                Err(_) => tracing::warn!(
+                    after = ?HAND_OFF_TIMEOUT,
+                    "still leading a partition (no caught-up member took over); stopping anyway: the others elect a leader"
+                ),
+            }
+        }
         Ok(())
     });
-    exec.shutdown(Duration::from_secs(2));
+    // What is left (a cluster member's Raft driver, transport and SWIM
+    // tasks) never ends by itself; everything acknowledged is synced by now,
+    // so it is cancelled after a short grace rather than waited on.
+    exec.shutdown(Duration::from_millis(200));
     drop(telemetry);
     match outcome {
         Ok(()) => {
@@ -395,6 +413,11 @@ fn watch_sighup(manager: Option<HotReloadManager<ServerConfig>>) {
         tracing::warn!(error = %e, "SIGHUP will not reload");
     }
 }
+
+/// How long a stopping cluster member waits for its partitions' leadership
+/// to move to other members (each transfer is one catch-up and one
+/// election; a transfer that fails is retried).
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// First SIGINT/SIGTERM: sends on `stop`. Second: exits at once.
 fn watch_signals(stop: futures_channel::oneshot::Sender<i32>) -> std::io::Result<()> {

@@ -426,3 +426,95 @@ fn three_processes_fail_over_and_the_restarted_member_catches_up() {
     exec.shutdown(kaelix_core::time::Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// SIGTERM to the leader: it drains, hands the partition's leadership to
+/// another member and exits 0. The survivors therefore have a leader the
+/// moment it is gone: the first publish through a survivor right after the
+/// exit is acknowledged (after a `kill -9` it would be forwarded to the dead
+/// leader and refused until an election timeout passed). Then the stopped
+/// member comes back, and publishes through it are acknowledged too.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
+    let base = std::env::temp_dir().join(format!("kaelix-cli-{}-handoff", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let config = super::temp_file("handoff.toml", CONFIG);
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let p = free_port_pair(&ports);
+        ports.push(p);
+    }
+    let peers = (1..=3u64).map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1])).collect::<Vec<_>>().join(",");
+    let dirs: Vec<PathBuf> = (1..=3).map(|id| base.join(format!("node{id}"))).collect();
+    let mut members: Vec<Option<Member>> = (1..=3u64)
+        .map(|id| Some(start_member(id, ports[id as usize - 1], &peers, &dirs[id as usize - 1], &config)))
+        .collect();
+    let status = |members: &Vec<Option<Member>>| {
+        wait_for("a leader every member names", Duration::from_secs(15), || {
+            leader_by_status(&members.iter().flatten().collect::<Vec<_>>())
+        })
+    };
+    let leader = status(&members);
+    let survivor = (1..=3).find(|&n| n != leader).unwrap();
+    let mut publisher = Nats::connect(members[survivor as usize - 1].as_ref().unwrap().nats);
+    let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        publish_acked(&mut publisher, &format!("before{i}"), &mut acked, &mut unknown);
+    }
+
+    let mut stopping = members[leader as usize - 1].take().unwrap();
+    let signalled = Instant::now();
+    let pid = stopping.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = loop {
+        if let Some(exit) = stopping.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(15), "member {leader} still running 15 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let stopped_in = signalled.elapsed();
+    assert!(exit.success(), "member {leader} exited with {exit} on SIGTERM");
+    let first = publisher.publish("orders", "right-after-the-stop");
+    let answered_in = signalled.elapsed() - stopped_in;
+    assert!(
+        first,
+        "the first publish through member {survivor} after leader {leader} stopped was refused: the leadership was not handed over before the exit"
+    );
+    acked.push("right-after-the-stop".to_owned());
+    println!(
+        "SIGTERM to leader {leader}: exited 0 after {stopped_in:?}; a publish through member {survivor} was acknowledged {answered_in:?} later"
+    );
+    drop(stopping);
+
+    // Back on its data directory; publishes through it are acknowledged.
+    members[leader as usize - 1] =
+        Some(start_member(leader, ports[leader as usize - 1], &peers, &dirs[leader as usize - 1], &config));
+    let restarted_at = Instant::now();
+    status(&members);
+    let mut through_restarted = Nats::connect(members[leader as usize - 1].as_ref().unwrap().nats);
+    let before = unknown.len();
+    for i in 0..10 {
+        publish_acked(&mut through_restarted, &format!("restarted{i}"), &mut acked, &mut unknown);
+    }
+    println!(
+        "member {leader} restarted: 10 publishes through it acknowledged {:?} after its start ({} refused on the way)",
+        restarted_at.elapsed(),
+        unknown.len() - before
+    );
+    let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
+    let logs = wait_for("every member's log to hold every acknowledged message", Duration::from_secs(15), || {
+        let logs: Vec<Vec<String>> =
+            (1..=3).map(|id| read_log(&exec, &rt, members[id as usize - 1].as_ref().unwrap().native)).collect();
+        let complete = logs.iter().all(|l| acked.iter().all(|a| l.contains(a)) && *l == logs[0]);
+        complete.then_some(logs)
+    });
+    for r in &logs[0] {
+        assert_eq!(logs[0].iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
+        assert!(acked.contains(r) || unknown.contains(r), "{r} was never published");
+    }
+    drop(members);
+    exec.shutdown(kaelix_core::time::Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -498,6 +498,11 @@ impl Raft {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// Where a leadership transfer under way hands leadership (until it
+    /// succeeds or an election timeout passes).
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.transfer.map(|(to, _)| to)
+    }
     /// Commit index.
     pub fn commit(&self) -> u64 {
         self.commit

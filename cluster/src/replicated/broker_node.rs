@@ -39,6 +39,13 @@
 //!   Group commits are not forwarded (`NotLeader`). [`start_broker_node`]
 //!   refuses instead, and is what the simulated scenarios run: forwarding
 //!   touches neither the driver nor its fault points.
+//! * **Graceful stop** ([`StepDown`], forwarding nodes). Asked to step
+//!   down, the driver hands each group it leads to the most caught-up
+//!   other voter (Raft's leadership transfer: catch it up, then
+//!   `TimeoutNow`), retries transfers that time out, and answers once it
+//!   leads no group. `kaelix serve --cluster` does this on SIGTERM after
+//!   draining its clients, so the others go on without waiting out an
+//!   election timeout.
 //! * **Group commits.** A consumer-group commit on a replicated topic
 //!   becomes a proposal too; the mirror proposes it as a commit command of
 //!   the same session (the group's name and next offset).
@@ -60,7 +67,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use futures_channel::mpsc;
+use futures_channel::{mpsc, oneshot};
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use kaelix_broker::message::Message;
@@ -106,21 +113,23 @@ pub fn start_broker_node<R: Runtime, O: ReplicaObserver>(
     config: ReplicatedConfig,
     observer: O,
 ) -> Result<Broker<R>, BrokerNodeError> {
-    start(rt, broker_config, topics, config, observer, false)
+    start(rt, broker_config, topics, config, observer, None)
 }
 
 /// [`start_broker_node`], forwarding a publish to a group this node does
 /// not lead to the group's leader (see the module docs) instead of
-/// refusing it. The members' client addresses (`ClientNetwork::connect`)
-/// must be reachable.
+/// refusing it, and with a [`StepDown`] for a graceful stop. The members'
+/// client addresses (`ClientNetwork::connect`) must be reachable.
 pub fn start_forwarding_broker_node<R: Runtime, O: ReplicaObserver>(
     rt: R,
     broker_config: BrokerConfig,
     topics: &[(Topic, TopicConfig)],
     config: ReplicatedConfig,
     observer: O,
-) -> Result<Broker<R>, BrokerNodeError> {
-    start(rt, broker_config, topics, config, observer, true)
+) -> Result<(Broker<R>, StepDown), BrokerNodeError> {
+    let (requests, step_down) = mpsc::unbounded();
+    let broker = start(rt, broker_config, topics, config, observer, Some(step_down))?;
+    Ok((broker, StepDown { requests }))
 }
 
 fn start<R: Runtime, O: ReplicaObserver>(
@@ -129,7 +138,8 @@ fn start<R: Runtime, O: ReplicaObserver>(
     topics: &[(Topic, TopicConfig)],
     mut config: ReplicatedConfig,
     observer: O,
-    forward: bool,
+    // Forwarding, with the graceful-stop requests.
+    forward: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
 ) -> Result<Broker<R>, BrokerNodeError> {
     let broker = Broker::with_replication(rt.clone(), rt.rng(), broker_config);
     let mut groups = Vec::new();
@@ -142,7 +152,8 @@ fn start<R: Runtime, O: ReplicaObserver>(
     }
     config.partitions = u32::try_from(groups.len()).expect("group count fits");
     let mut mirror = Mirror::new(broker.clone(), groups, rt.rng().random(), rt.node_id());
-    if forward {
+    if let Some(step_down) = forward {
+        mirror.step_down = Some(step_down);
         let (tx, rx) = mpsc::unbounded();
         let task = forwarder(rt.clone(), broker.clone(), config.forward_timeout, rx, tx.clone());
         drop(rt.spawn(Priority::High, "broker-forwarder", task));
@@ -168,12 +179,36 @@ pub(super) struct Mirror<R: Runtime> {
     /// The forwarder's queue, when publishes to groups led elsewhere are
     /// forwarded.
     forward: Option<mpsc::UnboundedSender<Job>>,
+    /// Graceful-stop requests ([`StepDown`]), taken by the driver.
+    pub(super) step_down: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+}
+
+/// Asks a forwarding broker node to hand away the leadership of every
+/// group it leads, before its process stops: the other members then go on
+/// at once instead of waiting an election timeout to notice the leader is
+/// gone, and nothing acknowledged is at stake (a stopping leader's
+/// committed entries are on a majority already).
+#[derive(Clone, Debug)]
+pub struct StepDown {
+    requests: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+impl StepDown {
+    /// Completes once the member leads no group (or its driver is gone).
+    /// A transfer needs a reachable, caught-up member to take over: bound
+    /// the wait with a timeout.
+    pub async fn hand_off(&self) {
+        let (done, handed_off) = oneshot::channel();
+        if self.requests.unbounded_send(done).is_ok() {
+            let _ = handed_off.await;
+        }
+    }
 }
 
 impl<R: Runtime> Mirror<R> {
     fn new(broker: Broker<R>, groups: Vec<(Topic, u32)>, session: u64, me: NodeId) -> Self {
         let group_of = groups.iter().enumerate().map(|(g, tp)| (tp.clone(), g as u32)).collect();
-        Mirror { broker, groups, group_of, session, proposed: BTreeMap::new(), me, forward: None }
+        Mirror { broker, groups, group_of, session, proposed: BTreeMap::new(), me, forward: None, step_down: None }
     }
 
     pub(super) fn broker(&self) -> &Broker<R> {

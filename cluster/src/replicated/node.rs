@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use futures_channel::mpsc;
+use futures_channel::{mpsc, oneshot};
 use futures_util::{FutureExt, StreamExt};
 use kaelix_broker::replication::Proposal;
 use kaelix_core::NodeId;
@@ -135,6 +135,9 @@ enum Input {
     ClientConnected(ClientRef, mpsc::UnboundedSender<Bytes>),
     ClientGone(ClientRef),
     WritesDone(u32, Vec<WriteId>),
+    /// Hand every group this member leads to another member, then answer
+    /// (a broker node's graceful stop: `broker_node::StepDown`).
+    StepDown(oneshot::Sender<()>),
 }
 
 /// Counters of one node.
@@ -400,6 +403,17 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
             }
         })
     });
+    let _step_down = mirror.as_mut().and_then(|m| m.step_down.take()).map(|mut requests| {
+        let inputs = input_tx.clone();
+        rt.spawn(Priority::Critical, "member-step-down", async move {
+            while let Some(done) = requests.next().await {
+                if inputs.unbounded_send(Input::StepDown(done)).is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    let mut stepping_down: Vec<oneshot::Sender<()>> = Vec::new();
     let others: Vec<NodeId> = config.members.iter().copied().filter(|&n| n != me).collect();
     let mut core = ReplicaCore::new(me, config, observer, rt.now(), boots);
     let mut io = Io { writes, clients: BTreeMap::new(), stats: NodeStats::default() };
@@ -418,6 +432,7 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
         match event {
             Event::Input(None) => return,
             Event::Input(Some(Input::WritesDone(g, ids))) => core.handle_write_complete(now, g, ids),
+            Event::Input(Some(Input::StepDown(done))) => stepping_down.push(done),
             Event::Input(Some(Input::Proposals(proposals))) => {
                 let mirror = mirror.as_mut().expect("only a broker node has proposals");
                 for proposal in proposals {
@@ -463,7 +478,47 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
             }
         }
         io.drain(&rt, &mut core, &mut mirror);
+        if !stepping_down.is_empty() {
+            let handed_off = hand_off_leadership(now, &mut core, &others);
+            io.drain(&rt, &mut core, &mut mirror);
+            if handed_off {
+                for done in stepping_down.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        }
     }
+}
+
+/// One turn of a graceful stop: each group this member leads, and that is
+/// not being handed away already, is handed to the most caught-up other
+/// voter (ties broken by the group's number, so a stopping member's groups
+/// spread over the others). Called after every event until it returns
+/// true: this member leads no group (a transfer that timed out is tried
+/// again). A member alone in its groups has no one to hand them to.
+fn hand_off_leadership<O: ReplicaObserver>(now: Instant, core: &mut ReplicaCore<O>, others: &[NodeId]) -> bool {
+    if others.is_empty() {
+        return true;
+    }
+    let mut leads_any = false;
+    for g in 0..core.partitions() {
+        let raft = core.raft(g);
+        if raft.role() != Role::Leader {
+            continue;
+        }
+        leads_any = true;
+        if raft.transferring_to().is_some() {
+            continue;
+        }
+        let successor = (0..others.len())
+            .map(|k| others[(g as usize + k) % others.len()])
+            .filter(|&id| raft.configuration().is_voter(id))
+            .max_by_key(|&id| raft.progress(id).map(|p| p.match_index));
+        if let Some(to) = successor {
+            let _ = core.transfer_leadership(now, g, to);
+        }
+    }
+    !leads_any
 }
 
 impl Io {
