@@ -792,7 +792,7 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
             w.runs,
             if w.one_minimal { " (1-minimal)" } else { " (time bound hit)" }
         ),
-        None => out!("workload    not shrunk ({} draws its workload while it runs: no recorded list)", s.name()),
+        None => out!("workload    not shrunk ({} records no workload list: it has no client operations)", s.name()),
     }
     out!("replay fails {}", shrunk.replay.verdict);
     out!("written to  {}", out_path.display());
