@@ -875,6 +875,13 @@ fn sim_replay_schedule(
     out!("seed        {seed}");
     out!("schedule    {} faults from {}", schedule.len(), path.display());
     print_text(&kaelix_sim::shrink::render(&schedule));
+    if let Some(w) = workload {
+        out!(
+            "workload    {} operations kept in {} recorded lists (a list the file does not name keeps all)",
+            w.len(),
+            w.lists.len()
+        );
+    }
     out!("verdict     {}", first.verdict);
     let same_check = first.verdict.check().as_deref() == Some(file.check.as_str());
     out!("check       {}  ({})", file.check, if same_check { "same check fails" } else { "NOT the recorded check" });
