@@ -288,6 +288,8 @@ fn draw_sends(rng: &mut DetRng, largest: u32, live: f64) -> Vec<SendOp> {
         let len = rng.random_range(1..largest + 1).min(QUOTA - drawn);
         let messages = (0..len)
             .map(|_| {
+                // The draw of old (`orders` with 1 - live), and none for
+                // the native producer, which publishes to `orders` only.
                 let live = live > 0.0 && !rng.random_bool(1.0 - live);
                 MessageOp { live, pad: rng.random_range(0..16) }
             })
