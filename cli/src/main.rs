@@ -792,7 +792,7 @@ fn sim_shrink(s: &dyn Scenario, seed: u64, out_path: &Path, bound: std::time::Du
             w.runs,
             if w.one_minimal { " (1-minimal)" } else { " (time bound hit)" }
         ),
-        None => out!("workload    not shrunk ({} draws its workload while it runs: no recorded list)", s.name()),
+        None => out!("workload    not shrunk ({} records no workload list: it has no client operations)", s.name()),
     }
     out!("replay fails {}", shrunk.replay.verdict);
     out!("written to  {}", out_path.display());
@@ -875,6 +875,13 @@ fn sim_replay_schedule(
     out!("seed        {seed}");
     out!("schedule    {} faults from {}", schedule.len(), path.display());
     print_text(&kaelix_sim::shrink::render(&schedule));
+    if let Some(w) = workload {
+        out!(
+            "workload    {} operations kept in {} recorded lists (a list the file does not name keeps all)",
+            w.len(),
+            w.lists.len()
+        );
+    }
     out!("verdict     {}", first.verdict);
     let same_check = first.verdict.check().as_deref() == Some(file.check.as_str());
     out!("check       {}  ({})", file.check, if same_check { "same check fails" } else { "NOT the recorded check" });

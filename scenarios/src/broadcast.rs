@@ -5,7 +5,10 @@
 //! * **Workload**: each client, every 5–40 ms of its clock, submits a new
 //!   value (unique id, random payload) to a random server over a kept-open
 //!   stream, retrying on other servers when the outcome is unknown
-//!   (timeout, refused, broken) and reconnecting after a failure.
+//!   (timeout, refused, broken) and reconnecting after a failure, until
+//!   the safety phase ends. Each client's values (pause, payload, first
+//!   server) are a recorded list drawn before the run (`crate::workload`),
+//!   which `sim shrink` cuts; the retries are the client's own.
 //! * **Faults**: swarm-drawn per seed (see `kaelix_sim::faults`), limited to
 //!   what the protocol claims to survive: at most 2 servers down at once,
 //!   whole-cluster power loss, and one server (chosen by the seed) whose
@@ -29,7 +32,7 @@ use kaelix_cluster::broadcast::wire::Value;
 use kaelix_core::planted::Planted;
 #[cfg(feature = "planted-bugs")]
 use kaelix_core::planted::PlantedBug;
-use kaelix_core::rng::{self, RngExt};
+use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::runtime::{Clock, Runtime};
 use kaelix_core::time::Duration;
 use kaelix_core::{Instant, NodeId};
@@ -74,6 +77,8 @@ const CLIENTS: u64 = 3;
 const SAFETY: Duration = Duration::from_secs(5);
 const LIVENESS_BOUND: Duration = Duration::from_secs(10);
 const TOLERANCE: Tolerance = Tolerance { max_down: 2, faulty_disks: 1, power_loss: true };
+/// Labels the generators the clients' operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0xb40a_dca5;
 
 fn servers() -> Vec<NodeId> {
     (1..=SERVERS).map(NodeId).collect()
@@ -125,25 +130,54 @@ impl BroadcastObserver for Checker {
     }
 }
 
-async fn client(rt: SimRuntime, me: u64, checker: Checker) {
+/// One operation of a client: after `pause`, submit a new value with
+/// `payload`, first to server `first` (retries go to servers the client
+/// picks at run time).
+#[derive(Clone, Debug)]
+struct Submit {
+    pause: Duration,
+    first: usize,
+    payload: Bytes,
+}
+
+/// Client `me`'s operations: a new value every 5–40 ms, enough to fill the
+/// safety phase (see `crate::workload`).
+fn draw_submits(rng: &mut DetRng) -> Vec<Submit> {
+    crate::workload::filling(
+        rng,
+        SAFETY,
+        |op: &Submit| op.pause,
+        |rng| {
+            let pause = Duration::from_millis(rng.random_range(5..40));
+            let first = rng.random_range(0..SERVERS as usize);
+            let len = rng.random_range(8..64);
+            let payload: Bytes = (0..len).map(|_| rng.random::<u8>()).collect::<Vec<u8>>().into();
+            Submit { pause, first, payload }
+        },
+    )
+}
+
+async fn client(rt: SimRuntime, me: u64, ops: Arc<Vec<Submit>>, checker: Checker) {
     let mut rng = rt.rng();
     let start = rt.now();
     let servers = servers();
     let mut client = BroadcastClient::new(rt.clone());
     let mut seq = 0u64;
-    while rt.now() - start < SAFETY {
-        rt.sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    for op in ops.iter() {
+        if rt.now() - start >= SAFETY {
+            break;
+        }
+        rt.sleep(op.pause).await;
         seq += 1;
         let id = (me << 32) | seq;
-        let len = rng.random_range(8..64);
-        let payload: Bytes = (0..len).map(|_| rng.random::<u8>()).collect::<Vec<u8>>().into();
+        let payload = op.payload.clone();
         {
             let mut o = checker.lock();
             o.sent.insert(id, digest(&payload));
             o.submitted += 1;
         }
-        for _attempt in 0..6 {
-            let node = servers[rng.random_range(0..servers.len())];
+        for attempt in 0..6 {
+            let node = if attempt == 0 { servers[op.first] } else { servers[rng.random_range(0..servers.len())] };
             let value = Value { id, payload: payload.clone() };
             match client.submit(node, value, Duration::from_millis(300)).await {
                 Ok(true) => {
@@ -234,7 +268,8 @@ impl Scenario for Broadcast {
         }
         for c in 0..CLIENTS {
             let checker = checker.clone();
-            let init = SimRuntime::init(move |rt| client(rt, c, checker.clone()));
+            let ops = Arc::new(crate::workload::recorded(seed, WORKLOAD_LABEL, c, draw_submits));
+            let init = SimRuntime::init(move |rt| client(rt, c, ops.clone(), checker.clone()));
             sim.add_node(
                 NodeId(100 + c),
                 NodeSpec { kind: NodeKind::Client, name: format!("client-{c}"), faulty_disk: false, init },

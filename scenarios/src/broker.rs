@@ -8,7 +8,9 @@
 //!   with 1.
 //! * **Workload** (sizes drawn per seed): 3–6 publishers, each publishing a
 //!   numbered sequence — singly or in batches, keyed or not, with random
-//!   priorities — with random pauses; subscribers under every backpressure
+//!   priorities — with random pauses (each publisher's batches a recorded
+//!   list drawn before it starts, `crate::workload`, which `sim shrink`
+//!   cuts; sequence numbers are given as it publishes); subscribers under every backpressure
 //!   strategy (`orders.>` drop-oldest and slow, `orders.eu` blocking, `metrics.*`
 //!   growing, `*.*` shedding low priority); a queue group of 3 on
 //!   `orders.*`; a consumer group on `orders.eu` whose members join and
@@ -29,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kaelix_broker::message::{Message, MessageBatch};
 use kaelix_broker::topic::{Pattern, Topic};
 use kaelix_broker::{
@@ -61,6 +63,8 @@ const HOSTS: [&str; 2] = ["h1", "h2"];
 const MAX_ATTEMPTS: u32 = 3;
 /// Every task must be done by then (simulated).
 const BOUND: Duration = Duration::from_secs(60);
+/// Labels the generators the publishers' operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0xb70c_0a11;
 
 /// One published message as its publisher saw it.
 #[derive(Clone, Debug)]
@@ -77,16 +81,6 @@ struct Seen {
     seq: u32,
     partition: u32,
     offset: u64,
-}
-
-fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
-    let mut b = BytesMut::with_capacity(24);
-    b.put_u32_le(publisher);
-    b.put_u32_le(seq);
-    for _ in 0..rng.random_range(0..16) {
-        b.put_u8(rng.random());
-    }
-    b.freeze()
 }
 
 fn seen(m: &Message) -> Seen {
@@ -166,27 +160,69 @@ async fn consume(
     tally
 }
 
-async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, count: u32, checker: Checker) {
-    let mut rng = rt.rng();
+/// One message of a publisher's batch: its topic, the random bytes after
+/// its identity, its key (a customer number) and its priority header.
+#[derive(Clone, Debug)]
+struct MessageOp {
+    topic: String,
+    extra: Bytes,
+    key: Option<u32>,
+    priority: &'static str,
+}
+
+/// One operation of a publisher: after `pause`, publish `messages` (one
+/// alone, several as a batch). Sequence numbers are given at run time, in
+/// order, so a cut list still numbers its messages 1, 2, 3…
+#[derive(Clone, Debug)]
+struct PublishOp {
+    pause: Duration,
+    messages: Vec<MessageOp>,
+}
+
+/// A publisher's operations: `count` messages, singly or in batches of
+/// 2–5 (a fifth of the time), up to 2 ms apart.
+fn draw_publishes(rng: &mut DetRng, count: u32) -> Vec<PublishOp> {
+    let mut ops = Vec::new();
+    let mut drawn = 0;
+    while drawn < count {
+        let pause = Duration::from_micros(rng.random_range(0..2000));
+        let len = if rng.random_bool(0.2) { rng.random_range(2..6).min(count - drawn) } else { 1 };
+        let messages = (0..len)
+            .map(|_| {
+                let topic = if rng.random_bool(0.7) {
+                    format!("orders.{}", REGIONS[rng.random_range(0..REGIONS.len())])
+                } else {
+                    format!("metrics.{}", HOSTS[rng.random_range(0..HOSTS.len())])
+                };
+                let extra = crate::broker_durable::extra_bytes(rng, 16);
+                let key = rng.random_bool(0.5).then(|| rng.random_range(0..20u32));
+                let priority = ["low", "normal", "high", "critical"][rng.random_range(0..4)];
+                MessageOp { topic, extra, key, priority }
+            })
+            .collect();
+        drawn += len;
+        ops.push(PublishOp { pause, messages });
+    }
+    ops
+}
+
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, ops: Vec<PublishOp>, checker: Checker) {
     let mut seq = 0;
-    while seq < count {
-        rt.sleep(Duration::from_micros(rng.random_range(0..2000))).await;
-        let batch_len = if rng.random_bool(0.2) { rng.random_range(2..6).min(count - seq) } else { 1 };
+    for op in ops {
+        rt.sleep(op.pause).await;
         let mut batch = Vec::new();
-        for _ in 0..batch_len {
+        for m in op.messages {
             seq += 1;
-            let topic = if rng.random_bool(0.7) {
-                format!("orders.{}", REGIONS[rng.random_range(0..REGIONS.len())])
-            } else {
-                format!("metrics.{}", HOSTS[rng.random_range(0..HOSTS.len())])
-            };
-            let mut b = Message::builder().topic(topic.as_str()).payload(payload(id, seq, &mut rng));
-            if rng.random_bool(0.5) {
-                b = b.key(Bytes::from(format!("customer-{}", rng.random_range(0..20u32))));
+            let data = crate::broker_durable::payload(id, seq, &m.extra);
+            let mut b = Message::builder().topic(m.topic.as_str()).payload(data);
+            if let Some(k) = m.key {
+                b = b.key(Bytes::from(format!("customer-{k}")));
             }
-            let priority = ["low", "normal", "high", "critical"][rng.random_range(0..4)];
-            b = b.header("priority", Bytes::from_static(priority.as_bytes()));
+            b = b.header("priority", Bytes::from_static(m.priority.as_bytes()));
             batch.push(b.build().expect("valid message"));
+        }
+        if batch.is_empty() {
+            continue;
         }
         let first = seq - batch.len() as u32 + 1;
         let topics: Vec<Topic> = batch.iter().map(|m| m.topic().clone()).collect();
@@ -347,10 +383,12 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, checker: Checker) {
         })
         .collect();
 
+    let base: u64 = plan.clone().random();
     let publishers: Vec<_> = (0..plan.random_range(3..=6u32))
         .map(|id| {
             let count = plan.random_range(40..160);
-            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, count, checker.clone()))
+            let ops = crate::workload::recorded(base, WORKLOAD_LABEL, u64::from(id), |rng| draw_publishes(rng, count));
+            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, ops, checker.clone()))
         })
         .collect();
     for p in publishers {

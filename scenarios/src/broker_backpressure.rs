@@ -5,7 +5,8 @@
 //!   clock may be skewed, drift or step, and it may pause. Nothing crashes.
 //! * **Workload**: 2–4 publishers publish numbered messages one at a time
 //!   (random topic among `feed.a` / `feed.b`, random priority, bursts and
-//!   pauses); four subscribers, one per strategy with a capacity drawn per
+//!   pauses; each publisher's messages a recorded list drawn before it
+//!   starts, `crate::workload`, which `sim shrink` cuts); four subscribers, one per strategy with a capacity drawn per
 //!   seed, and a queue group of three consume with random delays, some
 //!   slower than the publishers.
 //!   Then the broker shuts down and every subscriber drains its buffer.
@@ -115,6 +116,8 @@ const NODE: NodeId = NodeId(1);
 const TOLERANCE: Tolerance = Tolerance { max_down: 0, faulty_disks: 0, power_loss: false };
 const BOUND: Duration = Duration::from_secs(60);
 const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
+/// Labels the generators the publishers' operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0xbac4_0a11;
 
 /// (publisher, seq).
 type Identity = (u32, u32);
@@ -170,18 +173,44 @@ fn identity(m: &Message) -> Identity {
     (u32::from_le_bytes(p[..4].try_into().expect("4 bytes")), u32::from_le_bytes(p[4..8].try_into().expect("4 bytes")))
 }
 
-async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, count: u32, checker: Checker) {
-    let mut rng = rt.rng();
+/// One operation of a publisher: after `pause` (zero inside a burst of
+/// back-to-back publishes), publish one message to `feed.a` or `feed.b`
+/// with priority `PRIORITIES[priority]`. Sequence numbers are given at run
+/// time, in order.
+#[derive(Clone, Debug)]
+struct PublishOp {
+    pause: Duration,
+    feed_a: bool,
+    priority: usize,
+}
+
+/// A publisher's operations: `count` messages in bursts of 1–11, each
+/// burst after a pause of up to 4 ms.
+fn draw_publishes(rng: &mut DetRng, count: u32) -> Vec<PublishOp> {
     let mut burst = 0u32;
-    for seq in 1..=count {
-        if burst == 0 {
+    (0..count)
+        .map(|_| {
+            let mut pause = Duration::ZERO;
+            if burst == 0 {
+                pause = Duration::from_micros(rng.random_range(0..4000));
+                burst = rng.random_range(1..12);
+            }
+            burst -= 1;
+            let feed_a = rng.random_bool(0.5);
+            let priority = rng.random_range(0..PRIORITIES.len());
+            PublishOp { pause, feed_a, priority }
+        })
+        .collect()
+}
+
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, ops: Vec<PublishOp>, checker: Checker) {
+    for (seq, op) in (1..).zip(ops) {
+        if !op.pause.is_zero() {
             // A pause, then a burst of back-to-back publishes.
-            rt.sleep(Duration::from_micros(rng.random_range(0..4000))).await;
-            burst = rng.random_range(1..12);
+            rt.sleep(op.pause).await;
         }
-        burst -= 1;
-        let topic = if rng.random_bool(0.5) { "feed.a" } else { "feed.b" };
-        let priority = rng.random_range(0..PRIORITIES.len());
+        let topic = if op.feed_a { "feed.a" } else { "feed.b" };
+        let priority = op.priority;
         let mut payload = BytesMut::with_capacity(8);
         payload.put_u32_le(id);
         payload.put_u32_le(seq);
@@ -245,10 +274,12 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: C
             rt.spawn(Priority::Normal, "queue-member", consumer(rt.clone(), sub, STREAMS + j, checker.clone()))
         })
         .collect();
+    let base: u64 = plan.clone().random();
     let publishers: Vec<_> = (0..plan.random_range(2..=4u32))
         .map(|id| {
             let count = plan.random_range(40..200);
-            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, count, checker.clone()))
+            let ops = crate::workload::recorded(base, WORKLOAD_LABEL, u64::from(id), |rng| draw_publishes(rng, count));
+            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, ops, checker.clone()))
         })
         .collect();
     for p in publishers {

@@ -11,7 +11,9 @@
 //!   3 ms or 4 KiB).
 //! * **Workload**, per incarnation: 2–4 publishers (fresh ids per
 //!   incarnation) publish numbered messages, singly or in batches, keyed or
-//!   not; a consumer group `billing` on `orders.eu` processes and commits as
+//!   not (each publisher's batches are a recorded list drawn when it
+//!   starts, `crate::workload`, which `sim shrink` cuts; sequence numbers
+//!   are given as it publishes); a consumer group `billing` on `orders.eu` processes and commits as
 //!   it goes. Once the faults stop (liveness), the incarnation then alive
 //!   finishes its quota, lets the group catch up, and reads every partition
 //!   back from offset 0.
@@ -89,6 +91,8 @@ const TOLERANCE: Tolerance = Tolerance { max_down: 1, faulty_disks: 0, power_los
 const GROUP: &str = "billing";
 /// Every incarnation's work and the final read-back must be done by then.
 const BOUND: Duration = Duration::from_secs(90);
+/// Labels the generators the publishers' operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0xd07a_0a11;
 
 /// (publisher, seq): a message's identity, from its payload.
 pub(crate) type Identity = (u32, u32);
@@ -156,15 +160,19 @@ fn topics() -> [(&'static str, TopicConfig); 2] {
     ]
 }
 
-/// A unique payload: publisher and sequence number, then 0–23 random bytes.
-pub(crate) fn payload(publisher: u32, seq: u32, rng: &mut DetRng) -> Bytes {
-    let mut b = BytesMut::with_capacity(32);
+/// A unique payload: publisher and sequence number, then `extra` (random
+/// bytes drawn with the operation).
+pub(crate) fn payload(publisher: u32, seq: u32, extra: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + extra.len());
     b.put_u32_le(publisher);
     b.put_u32_le(seq);
-    for _ in 0..rng.random_range(0..24) {
-        b.put_u8(rng.random());
-    }
+    b.put_slice(extra);
     b.freeze()
+}
+
+/// 0 to `max - 1` random bytes, a payload's tail.
+pub(crate) fn extra_bytes(rng: &mut DetRng, max: usize) -> Bytes {
+    (0..rng.random_range(0..max)).map(|_| rng.random::<u8>()).collect::<Vec<u8>>().into()
 }
 
 /// The identity a [`payload`] carries (`None`: not one of ours).
@@ -183,21 +191,62 @@ fn place(m: &Message) -> Place {
     }
 }
 
-async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, count: u32, checker: Checker) {
-    let mut rng = rt.rng();
+/// One message of a publisher's batch: its topic (`orders.eu` or
+/// `metrics.h1`), the random bytes after its identity, and its key.
+#[derive(Clone, Debug)]
+pub(crate) struct MessageOp {
+    orders: bool,
+    extra: Bytes,
+    key: Option<u32>,
+}
+
+/// One operation of a publisher: after `pause`, publish `messages` (one
+/// alone, several as a batch). Sequence numbers are given at run time, in
+/// order, so a cut list still numbers its messages 1, 2, 3…
+#[derive(Clone, Debug)]
+pub(crate) struct PublishOp {
+    pause: Duration,
+    messages: Vec<MessageOp>,
+}
+
+/// A publisher's operations: `count` messages, singly or in batches of
+/// 2–5 (a quarter of the time), 0–3 ms apart.
+fn draw_publishes(rng: &mut DetRng, count: u32) -> Vec<PublishOp> {
+    let mut ops = Vec::new();
+    let mut drawn = 0;
+    while drawn < count {
+        let pause = Duration::from_micros(rng.random_range(0..3000));
+        let len = if rng.random_bool(0.25) { rng.random_range(2..6).min(count - drawn) } else { 1 };
+        let messages = (0..len)
+            .map(|_| {
+                let orders = rng.random_bool(0.75);
+                let extra = extra_bytes(rng, 24);
+                let key = rng.random_bool(0.5).then(|| rng.random_range(0..12u32));
+                MessageOp { orders, extra, key }
+            })
+            .collect();
+        drawn += len;
+        ops.push(PublishOp { pause, messages });
+    }
+    ops
+}
+
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, ops: Vec<PublishOp>, checker: Checker) {
     let mut seq = 0;
-    while seq < count {
-        rt.sleep(Duration::from_micros(rng.random_range(0..3000))).await;
-        let batch_len = if rng.random_bool(0.25) { rng.random_range(2..6).min(count - seq) } else { 1 };
+    for op in ops {
+        rt.sleep(op.pause).await;
         let mut batch = Vec::new();
-        for _ in 0..batch_len {
+        for m in op.messages {
             seq += 1;
-            let topic = if rng.random_bool(0.75) { "orders.eu" } else { "metrics.h1" };
-            let mut b = Message::builder().topic(topic).payload(payload(id, seq, &mut rng));
-            if rng.random_bool(0.5) {
-                b = b.key(Bytes::from(format!("customer-{}", rng.random_range(0..12u32))));
+            let topic = if m.orders { "orders.eu" } else { "metrics.h1" };
+            let mut b = Message::builder().topic(topic).payload(payload(id, seq, &m.extra));
+            if let Some(k) = m.key {
+                b = b.key(Bytes::from(format!("customer-{k}")));
             }
             batch.push(b.build().expect("valid message"));
+        }
+        if batch.is_empty() {
+            continue;
         }
         let first = seq - batch.len() as u32 + 1;
         {
@@ -297,12 +346,16 @@ async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Check
         Err(e) => return checker.fail(format!("subscribing from the earliest offset failed: {e}")),
     };
     // Each incarnation draws its own sizes from the plan and its number.
-    let mut plan = rng::derive(plan.clone().random(), incarnation);
+    let base: u64 = plan.clone().random();
+    let mut plan = rng::derive(base, incarnation);
     let publishers: Vec<_> = (0..plan.random_range(2..=4u32))
         .map(|i| {
             let id = u32::try_from(incarnation).expect("few incarnations") * 16 + i;
             let count = plan.random_range(20..90);
-            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, count, checker.clone()))
+            // The publisher's operations, drawn before it starts; its id is
+            // unique in the run, so it names the recorded list.
+            let ops = crate::workload::recorded(base, WORKLOAD_LABEL, u64::from(id), |rng| draw_publishes(rng, count));
+            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, ops, checker.clone()))
         })
         .collect();
     for p in publishers {

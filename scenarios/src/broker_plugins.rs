@@ -19,7 +19,10 @@
 //!   `audit.*` (`p`). A hot-swapper replaces a random plugin with its next
 //!   generation (for `filter`, the other of two modules) at random times,
 //!   which also ends a quarantine. Subscribers on `orders.*`, `sensors.*`,
-//!   `plain.*`, `audit.>` and `_dlq.>`.
+//!   `plain.*`, `audit.>` and `_dlq.>`. Each publisher's messages and the
+//!   hot-swapper's swaps are recorded lists drawn before they start
+//!   (`crate::workload`), which `sim shrink` cuts; sequence numbers are
+//!   given as a publisher publishes.
 //! * **Checks**, from what publishers and subscribers saw (not the broker's
 //!   counters): **conservation** — every publish is stored and delivered
 //!   exactly once at the offset it was given, having passed every stage of
@@ -88,6 +91,8 @@ const NODE: NodeId = NodeId(1);
 const TOLERANCE: Tolerance = Tolerance { max_down: 0, faulty_disks: 0, power_loss: false };
 const BOUND: Duration = Duration::from_secs(60);
 const QUARANTINE_AFTER: u32 = 3;
+/// Labels the generators the workload's operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0x9106_0a11;
 const ORDER_TOPICS: [&str; 2] = ["orders.eu", "orders.us"];
 const SENSOR_TOPICS: [&str; 2] = ["sensors.a", "sensors.b"];
 
@@ -316,26 +321,42 @@ impl Rates {
     }
 }
 
-async fn publisher(
-    rt: SimRuntime,
-    broker: Broker<SimRuntime>,
-    id: u32,
-    count: u32,
-    rates: Arc<Rates>,
-    checker: Checker,
-) {
-    let mut rng = rt.rng();
-    for seq in 1..=count {
-        rt.sleep(Duration::from_micros(rng.random_range(0..1500))).await;
-        let topic = match rng.random_range(0..10u32) {
-            0..=4 => ORDER_TOPICS[rng.random_range(0..2)],
-            5..=8 => SENSOR_TOPICS[rng.random_range(0..2)],
-            _ => "plain.x",
-        };
-        let op = rates.pick(&mut rng);
-        let mut b = Message::builder().topic(topic).payload(payload(op, id, seq));
-        if rng.random_bool(0.5) {
-            b = b.key(Bytes::from(format!("k{}", rng.random_range(0..8u32))));
+/// One operation of a publisher: after `pause`, publish one message to
+/// `topic` whose payload asks the plugins for `op` (pass, drop, reject,
+/// fail, …), keyed `k{key}` or not. Sequence numbers are given at run
+/// time, in order.
+#[derive(Clone, Debug)]
+struct PublishOp {
+    pause: Duration,
+    topic: &'static str,
+    op: u8,
+    key: Option<u32>,
+}
+
+/// A publisher's operations: `count` messages up to 1.5 ms apart, half to
+/// the order topics, 40 % to the sensor topics, the rest plain.
+fn draw_publishes(rng: &mut DetRng, count: u32, rates: &Rates) -> Vec<PublishOp> {
+    (0..count)
+        .map(|_| {
+            let pause = Duration::from_micros(rng.random_range(0..1500));
+            let topic = match rng.random_range(0..10u32) {
+                0..=4 => ORDER_TOPICS[rng.random_range(0..2)],
+                5..=8 => SENSOR_TOPICS[rng.random_range(0..2)],
+                _ => "plain.x",
+            };
+            let op = rates.pick(rng);
+            let key = rng.random_bool(0.5).then(|| rng.random_range(0..8u32));
+            PublishOp { pause, topic, op, key }
+        })
+        .collect()
+}
+
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, ops: Vec<PublishOp>, checker: Checker) {
+    for (seq, op) in (1..).zip(ops) {
+        rt.sleep(op.pause).await;
+        let mut b = Message::builder().topic(op.topic).payload(payload(op.op, id, seq));
+        if let Some(k) = op.key {
+            b = b.key(Bytes::from(format!("k{k}")));
         }
         let message = b.build().expect("valid message");
         let topic = message.topic().clone();
@@ -350,25 +371,46 @@ async fn publisher(
                 return;
             }
         };
-        checker.lock().sent.insert((id, seq), Sent { op, topic, fate });
+        checker.lock().sent.insert((id, seq), Sent { op: op.op, topic, fate });
     }
 }
 
-/// Replaces a random plugin with its next generation at random times until
-/// `stop` is raised.
+/// One hot swap: after `pause`, replace plugin `which` (validate, enrich,
+/// the WASM filter) with its next generation.
+#[derive(Clone, Debug)]
+struct SwapOp {
+    pause: Duration,
+    which: u32,
+}
+
+/// The hot swapper's operations: every 5–60 ms, enough to outlast the
+/// publishers (at most 200 messages 1.5 ms apart each).
+fn draw_swaps(rng: &mut DetRng) -> Vec<SwapOp> {
+    crate::workload::filling(
+        rng,
+        Duration::from_secs(2),
+        |op: &SwapOp| op.pause,
+        |rng| SwapOp { pause: Duration::from_millis(rng.random_range(5..60)), which: rng.random_range(0..3u32) },
+    )
+}
+
+/// Replaces plugins with their next generation, as its operations say,
+/// until `stop` is raised or they run out.
 async fn hot_swapper(
     rt: SimRuntime,
     registry: Arc<Mutex<PluginRegistry>>,
+    ops: Vec<SwapOp>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     checker: Checker,
 ) {
-    let mut rng = rt.rng();
     let mut generation = 1;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        rt.sleep(Duration::from_millis(rng.random_range(5..60))).await;
+    for op in ops {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        rt.sleep(op.pause).await;
         generation += 1;
-        let which = rng.random_range(0..3u32);
-        let (name, replacement): (&str, Box<dyn StreamProcessor>) = match which {
+        let (name, replacement): (&str, Box<dyn StreamProcessor>) = match op.which {
             0 => ("validate", Box::new(Native { name: "validate", generation })),
             1 => ("enrich", Box::new(Native { name: "enrich", generation })),
             _ => ("filter", Box::new(filter(generation))),
@@ -430,20 +472,23 @@ async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: C
         })
         .collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The recorded lists (`crate::workload`): list 0 is the hot swapper's,
+    // list 1 + i publisher i's.
+    let base: u64 = plan.clone().random();
+    let swaps = crate::workload::recorded(base, WORKLOAD_LABEL, 0, draw_swaps);
     let swapper = rt.spawn(
         Priority::Normal,
         "hot-swapper",
-        hot_swapper(rt.clone(), registry.clone(), stop.clone(), checker.clone()),
+        hot_swapper(rt.clone(), registry.clone(), swaps, stop.clone(), checker.clone()),
     );
-    let rates = Arc::new(Rates::draw(&mut plan));
+    let rates = Rates::draw(&mut plan);
     let publishers: Vec<_> = (0..plan.random_range(3..=6u32))
         .map(|id| {
             let count = plan.random_range(60..200);
-            rt.spawn(
-                Priority::High,
-                "publisher",
-                publisher(rt.clone(), broker.clone(), id, count, rates.clone(), checker.clone()),
-            )
+            let ops = crate::workload::recorded(base, WORKLOAD_LABEL, 1 + u64::from(id), |rng| {
+                draw_publishes(rng, count, &rates)
+            });
+            rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, ops, checker.clone()))
         })
         .collect();
     for p in publishers {

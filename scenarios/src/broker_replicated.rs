@@ -10,7 +10,9 @@
 //!   most runs.
 //! * **Workload**, per server incarnation, during the 5 s of faults: 2
 //!   publishers publish numbered messages one at a time through the
-//!   node's own broker (keyed or not); a refusal because the node does not
+//!   node's own broker (keyed or not; each publisher's messages and pauses
+//!   are a recorded list drawn as it starts, `crate::workload`, which `sim
+//!   shrink` cuts; sequence numbers and retries are its own); a refusal because the node does not
 //!   lead the partition is retried after a pause, as is an unknown outcome
 //!   (leadership moved before the commit: the record may land twice). A
 //!   log-backed subscriber reads `orders.eu` from the earliest offset and a
@@ -81,14 +83,14 @@ use kaelix_core::NodeId;
 use kaelix_core::planted::Planted;
 #[cfg(feature = "planted-bugs")]
 use kaelix_core::planted::PlantedBug;
-use kaelix_core::rng::{self, RngExt};
+use kaelix_core::rng::{self, DetRng, RngExt};
 use kaelix_core::runtime::{Clock, Priority, Runtime, Spawner};
 use kaelix_core::time::Duration;
 use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{Fault, FaultSchedule, NodeKind, NodeSpec, NodeStatus, Sim, SimConfig};
 
-use crate::broker_durable::{Identity, identity, payload};
+use crate::broker_durable::{Identity, extra_bytes, identity, payload};
 use crate::checker::Observations;
 use crate::metrics::{PartitionMember, RunMetrics};
 use crate::raft::{ClusterPlan, plan_cluster};
@@ -147,6 +149,8 @@ const ORDERS: &str = "orders.eu";
 /// The consumer group over `orders.eu`.
 const WORKERS: &str = "workers";
 const AUDIT: &str = "audit.log";
+/// Labels the generators the publishers' operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0xb40c_0a11;
 
 /// A partition: (topic, partition).
 type Part = (String, u32);
@@ -285,23 +289,53 @@ impl ReplicaObserver for MemberWatch {
     }
 }
 
-/// Publishes numbered messages one at a time until the faults stop.
-async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, checker: Checker) {
+/// One operation of a publisher: after `pause`, publish one message —
+/// to `orders` (keyed by customer `key`, or not) or to `audit` — whose
+/// payload ends with `extra`. Its sequence number, the retries of an
+/// unknown or refused outcome and their pauses are the publisher's at run
+/// time.
+#[derive(Clone, Debug)]
+struct PublishOp {
+    pause: Duration,
+    orders: bool,
+    key: Option<u32>,
+    extra: Bytes,
+}
+
+/// A publisher's operations: enough that their pauses alone fill the
+/// safety phase (see `crate::workload`).
+fn draw_publishes(rng: &mut DetRng) -> Vec<PublishOp> {
+    crate::workload::filling(
+        rng,
+        SAFETY,
+        |op: &PublishOp| op.pause,
+        |rng| {
+            let extra = extra_bytes(rng, 24);
+            let orders = rng.random_bool(0.75);
+            let key = (orders && rng.random_bool(0.5)).then(|| rng.random_range(0..12u32));
+            let pause = Duration::from_micros(rng.random_range(200..4000));
+            PublishOp { pause, orders, key, extra }
+        },
+    )
+}
+
+/// Publishes its operations one at a time until the faults stop.
+async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, ops: Vec<PublishOp>, checker: Checker) {
     let mut rng = rt.rng();
     let mut seq = 0;
-    while !rt.sim().in_liveness() {
+    for op in ops {
+        if rt.sim().in_liveness() {
+            return;
+        }
         seq += 1;
         let identity = (id, seq);
-        let data = payload(id, seq, &mut rng);
-        let (topic, key) = if rng.random_bool(0.75) {
-            let key = rng.random_bool(0.5).then(|| Bytes::from(format!("customer-{}", rng.random_range(0..12u32))));
-            (ORDERS, key)
-        } else {
-            (AUDIT, None)
-        };
+        let data = payload(id, seq, &op.extra);
+        let (topic, key) =
+            if op.orders { (ORDERS, op.key.map(|k| Bytes::from(format!("customer-{k}")))) } else { (AUDIT, None) };
         checker.lock().sent.insert(identity);
+        let mut pause = op.pause;
         loop {
-            rt.sleep(Duration::from_micros(rng.random_range(200..4000))).await;
+            rt.sleep(pause).await;
             let mut b = Message::builder().topic(topic).payload(data.clone());
             if let Some(key) = &key {
                 b = b.key(key.clone());
@@ -325,6 +359,7 @@ async fn publisher(rt: SimRuntime, broker: Broker<SimRuntime>, id: u32, checker:
                 return;
             }
             rt.sleep(Duration::from_millis(rng.random_range(5..30))).await;
+            pause = Duration::from_micros(rng.random_range(200..4000));
         }
     }
 }
@@ -416,7 +451,7 @@ async fn group_worker(rt: SimRuntime, broker: Broker<SimRuntime>, key: (NodeId, 
     }
 }
 
-async fn server(rt: SimRuntime, me: NodeId, config: ReplicatedConfig, factor: u8, checker: Checker) {
+async fn server(rt: SimRuntime, seed: u64, me: NodeId, config: ReplicatedConfig, factor: u8, checker: Checker) {
     let incarnation = rt.handle().incarnation();
     let broker_config = BrokerConfig { auto_create: None, planted: config.planted, ..BrokerConfig::default() };
     let watch = MemberWatch { checker: checker.clone(), rt: rt.clone() };
@@ -443,7 +478,10 @@ async fn server(rt: SimRuntime, me: NodeId, config: ReplicatedConfig, factor: u8
     ));
     for i in 0..2u32 {
         let id = u32::try_from(me.0 * 1000 + incarnation * 10).expect("small ids") + i;
-        drop(rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, checker.clone())));
+        // Its operations, drawn as it starts; its id is unique in the run,
+        // so it names the recorded list.
+        let ops = crate::workload::recorded(seed, WORKLOAD_LABEL, u64::from(id), draw_publishes);
+        drop(rt.spawn(Priority::High, "publisher", publisher(rt.clone(), broker.clone(), id, ops, checker.clone())));
     }
 }
 
@@ -688,7 +726,7 @@ impl BrokerReplicatedScenario {
                     .iter()
                     .any(|(_, f)| matches!(f, Fault::Restart { node, wipe: true } if *node == id));
                 config.bootstrap = !wiped;
-                server(rt, id, config, factor, checker.clone())
+                server(rt, seed, id, config, factor, checker.clone())
             });
             let spec = NodeSpec {
                 kind: NodeKind::Server,

@@ -12,7 +12,8 @@
 //!   function that drives the servers and records what it saw; with
 //!   [`SimScenario::clients_with_workload`] each client's operations are a
 //!   list drawn from the seed before the run, which the shrinker can cut
-//!   (`kaelix_sim::shrink::workload_list`);
+//!   (`kaelix_sim::shrink::workload_list`), as it cuts the built-in
+//!   scenarios' recorded lists;
 //! * **observations** — a state `S` shared by nodes, clients and checks
 //!   ([`Observed`]), fresh for every run; any of them may record a safety
 //!   violation with [`Observed::fail`];

@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod picture;
 pub mod raft;
 pub mod serve;
+mod workload;
 
 use kaelix_core::planted::Planted;
 use kaelix_core::time::Duration;

@@ -8,7 +8,11 @@
 //!   to a random partition (65 %) or reading a random offset near the end
 //!   (35 %), through `PartitionClient` (leader discovery, retries with the
 //!   same session sequence number, 1 s deadline: after it the outcome is
-//!   **unknown**). Every operation is recorded in a client history.
+//!   **unknown**), until the safety phase ends. Every operation is recorded
+//!   in a client history. Each client's operations (pause, produce or read,
+//!   partition, how far from the end a read asks) are a recorded list drawn
+//!   before the run (`crate::workload`), which `sim shrink` cuts; payloads,
+//!   read offsets and retries are decided at run time.
 //! * **Faults** (swarm-drawn per seed, `kaelix_sim::faults`): crashes and
 //!   restarts of a minority, wiped disks on a minority of "faulty" nodes,
 //!   whole-cluster power loss, partitions of every kind, loss, duplication,
@@ -113,6 +117,8 @@ const AUDITOR: NodeId = NodeId(200);
 const SAFETY: Duration = Duration::from_secs(5);
 const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 const OP_DEADLINE: Duration = Duration::from_secs(1);
+/// Labels the generators the clients' operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0x4af7_0a11;
 
 fn partition_name(p: u32) -> String {
     format!("orders/{p}")
@@ -364,40 +370,88 @@ fn true_now(rt: &SimRuntime) -> Instant {
     rt.sim().now()
 }
 
-async fn client(rt: SimRuntime, me: u64, servers: Vec<NodeId>, checker: Checker, history: HistoryRecorder) {
-    let mut rng = rt.rng();
+/// One operation of a client, after its pause. What depends on the
+/// answers — the payload's sequence number, the offset a read asks for
+/// (near the highest offset this client saw acknowledged), leader
+/// discovery and retries — is the client's at run time.
+#[derive(Clone, Debug)]
+enum ClientOp {
+    /// Produce a unique payload to partition `partition`.
+    Produce { pause: Duration, partition: u32 },
+    /// Read partition `partition` at `ahead` past `back` before the highest
+    /// offset seen acknowledged (offset 0 before any).
+    Read { pause: Duration, partition: u32, back: u64, ahead: u64 },
+}
+
+impl ClientOp {
+    fn pause(&self) -> Duration {
+        match self {
+            ClientOp::Produce { pause, .. } | ClientOp::Read { pause, .. } => *pause,
+        }
+    }
+}
+
+/// A client's operations: every 2–25 ms a produce (65 %) or a read, enough
+/// to fill the safety phase (see `crate::workload`).
+fn draw_client_ops(rng: &mut DetRng) -> Vec<ClientOp> {
+    crate::workload::filling(rng, SAFETY, ClientOp::pause, |rng| {
+        let pause = Duration::from_millis(rng.random_range(2..25));
+        let partition = rng.random_range(0..PARTITIONS);
+        if rng.random_range(0..100) < 65 {
+            ClientOp::Produce { pause, partition }
+        } else {
+            ClientOp::Read { pause, partition, back: rng.random_range(0..4), ahead: rng.random_range(0..3) }
+        }
+    })
+}
+
+async fn client(
+    rt: SimRuntime,
+    me: u64,
+    ops: Arc<Vec<ClientOp>>,
+    servers: Vec<NodeId>,
+    checker: Checker,
+    history: HistoryRecorder,
+) {
     let mut client = PartitionClient::new(rt.clone(), servers, me + 1);
     let safety_end = Instant::ZERO + SAFETY;
     let mut produced = 0u64;
     let mut high: BTreeMap<u32, u64> = BTreeMap::new();
-    while true_now(&rt) < safety_end {
-        rt.sleep(Duration::from_millis(rng.random_range(2..25))).await;
-        let p = rng.random_range(0..PARTITIONS);
-        let name = partition_name(p);
-        if rng.random_range(0..100) < 65 {
-            produced += 1;
-            let payload = format!("c{me}-{produced}");
-            checker.lock().submitted += 1;
-            let op = history.call_produce(me, &name, &payload, true_now(&rt));
-            match client.produce(p, Bytes::from(payload.clone()), OP_DEADLINE).await {
-                Ok(offset) => {
-                    history.return_produce(op, offset, true_now(&rt));
-                    let h = high.entry(p).or_default();
-                    *h = (*h).max(offset);
-                    checker.lock().acked.insert((p, offset), payload);
-                    rt.sim()
-                        .trace_event(Some(rt.node_id()), "client-ack", offset, || format!("{name} offset {offset}"));
+    for op in ops.iter() {
+        if true_now(&rt) >= safety_end {
+            break;
+        }
+        rt.sleep(op.pause()).await;
+        match *op {
+            ClientOp::Produce { partition: p, .. } => {
+                let name = partition_name(p);
+                produced += 1;
+                let payload = format!("c{me}-{produced}");
+                checker.lock().submitted += 1;
+                let op = history.call_produce(me, &name, &payload, true_now(&rt));
+                match client.produce(p, Bytes::from(payload.clone()), OP_DEADLINE).await {
+                    Ok(offset) => {
+                        history.return_produce(op, offset, true_now(&rt));
+                        let h = high.entry(p).or_default();
+                        *h = (*h).max(offset);
+                        checker.lock().acked.insert((p, offset), payload);
+                        rt.sim().trace_event(Some(rt.node_id()), "client-ack", offset, || {
+                            format!("{name} offset {offset}")
+                        });
+                    }
+                    // Unknown: the produce may or may not have happened.
+                    Err(ClientError::Unknown) | Err(ClientError::Refused(_)) => {}
                 }
-                // Unknown: the produce may or may not have happened.
-                Err(ClientError::Unknown) | Err(ClientError::Refused(_)) => {}
             }
-        } else {
-            let offset = high.get(&p).map_or(0, |h| h.saturating_sub(rng.random_range(0..4)) + rng.random_range(0..3));
-            let op = history.call_read(me, &name, offset, true_now(&rt));
-            // An error leaves the read unknown.
-            if let Ok(payload) = client.read(p, offset, OP_DEADLINE).await {
-                let text = payload.map(|b| String::from_utf8_lossy(&b).into_owned());
-                history.return_read(op, text.as_deref(), true_now(&rt));
+            ClientOp::Read { partition: p, back, ahead, .. } => {
+                let name = partition_name(p);
+                let offset = high.get(&p).map_or(0, |h| h.saturating_sub(back) + ahead);
+                let op = history.call_read(me, &name, offset, true_now(&rt));
+                // An error leaves the read unknown.
+                if let Ok(payload) = client.read(p, offset, OP_DEADLINE).await {
+                    let text = payload.map(|b| String::from_utf8_lossy(&b).into_owned());
+                    history.return_read(op, text.as_deref(), true_now(&rt));
+                }
             }
         }
     }
@@ -544,7 +598,10 @@ impl RaftScenario {
         }
         for c in 0..CLIENTS {
             let (checker, history, servers) = (checker.clone(), history.clone(), servers.clone());
-            let init = SimRuntime::init(move |rt| client(rt, c, servers.clone(), checker.clone(), history.clone()));
+            let ops = Arc::new(crate::workload::recorded(seed, WORKLOAD_LABEL, c, draw_client_ops));
+            let init = SimRuntime::init(move |rt| {
+                client(rt, c, ops.clone(), servers.clone(), checker.clone(), history.clone())
+            });
             let spec = NodeSpec { kind: NodeKind::Client, name: format!("client-{c}"), faulty_disk: false, init };
             sim.add_node(NodeId(100 + c), spec);
         }

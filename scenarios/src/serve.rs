@@ -33,6 +33,10 @@
 //!   the defaults. Clients take the refusals a real client would: `-ERR
 //!   'Maximum Payload Violation'` (the connection closes, its unacknowledged
 //!   burst is not acknowledged), `-ERR 'Slow Consumer'`, connections refused.
+//! * **Recorded operations**: each publisher's bursts (or batches) and
+//!   each server incarnation's reconfigurations are recorded lists drawn
+//!   before they start (`crate::workload`), which `sim shrink` cuts;
+//!   sequence numbers, reconnecting and subscribing are the clients' own.
 //! * Once the faults stop, publishers finish their quota; the server's last
 //!   incarnation waits for them, lets the subscribers drain, and reads
 //!   `orders` back from offset 0.
@@ -123,8 +127,15 @@ const SUBSCRIBERS: u64 = 2;
 const TOLERANCE: Tolerance = Tolerance { max_down: 1, faulty_disks: 0, power_loss: true };
 /// Everything must be done by then.
 const BOUND: Duration = Duration::from_secs(120);
+/// How long the faults last.
+const SAFETY: Duration = Duration::from_secs(5);
 /// Messages each publisher sends in total.
 const QUOTA: u32 = 120;
+/// Labels the generators the workload's operation lists are drawn from.
+const WORKLOAD_LABEL: u64 = 0x5e7e_0a11;
+/// The reloader's recorded list of incarnation `i` is `RELOADER_LIST + i`
+/// (publishers' lists are their indices, the native producer's its id).
+const RELOADER_LIST: u64 = 100;
 
 /// (publisher, seq).
 type Identity = (u32, u32);
@@ -193,11 +204,10 @@ fn config(planted: Planted) -> ServerConfig {
     config
 }
 
-fn encode_payload(id: Identity, rng: &mut DetRng) -> Bytes {
+/// A payload: the identity, then `pad` filler bytes.
+fn encode_payload(id: Identity, pad: usize) -> Bytes {
     let mut text = format!("{}:{}:", id.0, id.1);
-    for _ in 0..rng.random_range(0..16) {
-        text.push('x');
-    }
+    text.extend(std::iter::repeat_n('x', pad));
     Bytes::from(text)
 }
 
@@ -250,10 +260,51 @@ impl Client {
     }
 }
 
-async fn publisher(rt: SimRuntime, index: u32, reloads: bool, checker: Checker) {
+/// One message of a burst or batch: to `live.<publisher>` rather than
+/// `orders` (NATS publishers only), and the payload's filler length.
+#[derive(Clone, Copy, Debug)]
+struct MessageOp {
+    live: bool,
+    pad: usize,
+}
+
+/// One operation of a publisher: send `messages` (a NATS burst and its
+/// `PING`, or a native batch), then pause `after`. Sequence numbers are
+/// given at run time, in order; a burst whose connection broke is not
+/// resent, and reconnecting (with its pauses) is the publisher's own.
+#[derive(Clone, Debug)]
+struct SendOp {
+    messages: Vec<MessageOp>,
+    after: Duration,
+}
+
+/// A publisher's operations: `QUOTA` messages in bursts of 1 to
+/// `largest`, each followed by 1–29 ms; `live` is the chance of a message
+/// to `live.<n>`.
+fn draw_sends(rng: &mut DetRng, largest: u32, live: f64) -> Vec<SendOp> {
+    let mut ops = Vec::new();
+    let mut drawn = 0;
+    while drawn < QUOTA {
+        let len = rng.random_range(1..largest + 1).min(QUOTA - drawn);
+        let messages = (0..len)
+            .map(|_| {
+                // The draw of old (`orders` with 1 - live), and none for
+                // the native producer, which publishes to `orders` only.
+                let live = live > 0.0 && !rng.random_bool(1.0 - live);
+                MessageOp { live, pad: rng.random_range(0..16) }
+            })
+            .collect();
+        drawn += len;
+        ops.push(SendOp { messages, after: Duration::from_millis(rng.random_range(1..30)) });
+    }
+    ops
+}
+
+async fn publisher(rt: SimRuntime, index: u32, ops: Vec<SendOp>, reloads: bool, checker: Checker) {
     let mut rng = rt.rng();
     let mut seq = 0u32;
-    while seq < QUOTA {
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
         let mut client = match Client::connect(&rt).await {
             Ok(c) => c,
             Err(_) => {
@@ -261,22 +312,22 @@ async fn publisher(rt: SimRuntime, index: u32, reloads: bool, checker: Checker) 
                 continue;
             }
         };
-        // Bursts until the quota is done or the connection breaks.
+        // Bursts until the operations are done or the connection breaks.
         let broken = loop {
-            if seq >= QUOTA {
-                break false;
+            let Some(op) = ops.next() else { break false };
+            if op.messages.is_empty() {
+                continue;
             }
-            let burst = rng.random_range(1..8u32).min(QUOTA - seq);
             let mut buf = BytesMut::new();
             let mut ids = Vec::new();
             let mut oversize = false;
             {
                 let mut o = checker.lock();
-                for _ in 0..burst {
+                for m in &op.messages {
                     seq += 1;
                     let id = (index, seq);
-                    let subject = if rng.random_bool(0.7) { "orders".to_owned() } else { format!("live.{index}") };
-                    let payload = encode_payload(id, &mut rng);
+                    let subject = if m.live { format!("live.{index}") } else { "orders".to_owned() };
+                    let payload = encode_payload(id, m.pad);
                     if payload.len() as u64 > client.max_payload {
                         o.oversize.insert(id);
                         oversize = true;
@@ -310,7 +361,7 @@ async fn publisher(rt: SimRuntime, index: u32, reloads: bool, checker: Checker) 
                 }
                 Ok(Err(_)) | Err(_) => break true,
             }
-            rt.sleep(Duration::from_millis(rng.random_range(1..30))).await;
+            rt.sleep(op.after).await;
         };
         client.stream.close();
         if !broken {
@@ -372,11 +423,12 @@ async fn subscriber(rt: SimRuntime, index: u64, reloads: bool, checker: Checker)
     }
 }
 
-async fn native_producer(rt: SimRuntime, checker: Checker) {
+async fn native_producer(rt: SimRuntime, ops: Vec<SendOp>, checker: Checker) {
     let mut rng = rt.rng();
     let orders = Topic::new("orders").expect("valid");
     let mut seq = 0u32;
-    while seq < QUOTA {
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
         let conn = match Connection::connect(&rt, kaelix_sim::node_addr(SERVER, NATIVE_PORT)).await {
             Ok(c) => c,
             Err(_) => {
@@ -385,16 +437,18 @@ async fn native_producer(rt: SimRuntime, checker: Checker) {
             }
         };
         let producer = Producer::new(conn.clone()).with_acks(AckLevel::Committed);
-        while seq < QUOTA {
-            let batch = rng.random_range(1..5u32).min(QUOTA - seq);
+        for op in ops.by_ref() {
+            if op.messages.is_empty() {
+                continue;
+            }
             let mut messages = Vec::new();
             let mut ids = Vec::new();
             {
                 let mut o = checker.lock();
-                for _ in 0..batch {
+                for m in &op.messages {
                     seq += 1;
                     let id = (NATIVE_PRODUCER, seq);
-                    let payload = encode_payload(id, &mut rng);
+                    let payload = encode_payload(id, m.pad);
                     messages.push(Message::builder().topic(&orders).payload(payload).build().expect("valid"));
                     o.sent.insert(id, ("orders".to_owned(), true_now(&rt)));
                     ids.push(id);
@@ -404,7 +458,7 @@ async fn native_producer(rt: SimRuntime, checker: Checker) {
                 Ok(_) => checker.lock().acked.extend(ids),
                 Err(_) => break,
             }
-            rt.sleep(Duration::from_millis(rng.random_range(1..30))).await;
+            rt.sleep(op.after).await;
         }
         conn.close();
     }
@@ -442,50 +496,86 @@ async fn native_subscriber(rt: SimRuntime, checker: Checker) {
     }
 }
 
-/// Reconfigures the running server until the faults stop, then restores
-/// `base` (see the module docs).
-async fn reloader(rt: SimRuntime, server: Server<SimRuntime>, base: ServerConfig, checker: Checker) {
-    let mut rng = rt.rng();
-    loop {
-        rt.sleep(Duration::from_millis(rng.random_range(50..400))).await;
-        let done = rt.sim().in_liveness();
-        let mut next = base.clone();
-        if !done {
-            let limits = &mut next.limits;
-            if rng.random_bool(0.5) {
-                // Payloads are 4 to ~25 bytes: some go over.
-                limits.max_payload = rng.random_range(8..32);
-            }
+/// One reconfiguration: after `pause`, the defaults with these limits
+/// changed (`None`: the default's).
+#[derive(Clone, Debug)]
+struct ReloadOp {
+    pause: Duration,
+    max_payload: Option<usize>,
+    max_pending: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+/// An incarnation's reconfigurations: every 50–400 ms, enough to fill the
+/// safety phase. `base` is the default configuration they change.
+fn draw_reloads(rng: &mut DetRng, base: &ServerConfig) -> Vec<ReloadOp> {
+    crate::workload::filling(
+        rng,
+        SAFETY,
+        |op: &ReloadOp| op.pause,
+        |rng| {
+            let pause = Duration::from_millis(rng.random_range(50..400));
+            // Payloads are 4 to ~25 bytes: some go over.
+            let max_payload = rng.random_bool(0.5).then(|| rng.random_range(8..32));
             // At least max_payload (the validator's rule), so only with a
             // lowered max_payload.
-            let floor = limits.max_payload.max(64);
-            if rng.random_bool(0.4) && floor < 4096 {
-                limits.max_pending = rng.random_range(floor..4096);
-            }
-            if rng.random_bool(0.3) {
-                limits.max_connections = rng.random_range(1..8);
-            }
-        }
+            let floor = max_payload.unwrap_or(base.limits.max_payload).max(64);
+            let max_pending = (rng.random_bool(0.4) && floor < 4096).then(|| rng.random_range(floor..4096));
+            let max_connections = rng.random_bool(0.3).then(|| rng.random_range(1..8));
+            ReloadOp { pause, max_payload, max_pending, max_connections }
+        },
+    )
+}
+
+/// Reconfigures the running server as its operations say until the faults
+/// stop, then restores `base` (see the module docs).
+async fn reloader(
+    rt: SimRuntime,
+    server: Server<SimRuntime>,
+    base: ServerConfig,
+    ops: Vec<ReloadOp>,
+    checker: Checker,
+) {
+    let apply = |next: ServerConfig| {
         let l = &next.limits;
         let what = format!(
             "max_payload {} max_pending {} max_connections {}",
             l.max_payload, l.max_pending, l.max_connections
         );
         if let Err(e) = server.reconfigure(&next) {
-            return checker.fail(format!("reconfiguring ({what}) failed: {e}"));
+            checker.fail(format!("reconfiguring ({what}) failed: {e}"));
+            return false;
         }
         rt.sim().trace_event(Some(SERVER), "config-reload", 0, || what.clone());
         let mut o = checker.lock();
         o.config_file = Some(next);
         o.reloads += 1;
-        drop(o);
-        if done {
+        true
+    };
+    for op in ops {
+        rt.sleep(op.pause).await;
+        if rt.sim().in_liveness() {
+            apply(base);
+            return;
+        }
+        let mut next = base.clone();
+        let limits = &mut next.limits;
+        limits.max_payload = op.max_payload.unwrap_or(limits.max_payload);
+        limits.max_pending = op.max_pending.unwrap_or(limits.max_pending);
+        limits.max_connections = op.max_connections.unwrap_or(limits.max_connections);
+        if !apply(next) {
             return;
         }
     }
+    // Fewer operations than the faults last (a cut list): the defaults
+    // come back when the faults stop all the same.
+    while !rt.sim().in_liveness() {
+        rt.sleep(Duration::from_millis(50)).await;
+    }
+    apply(base);
 }
 
-async fn server_node(rt: SimRuntime, planted: Planted, reloads: bool, checker: Checker) {
+async fn server_node(rt: SimRuntime, seed: u64, planted: Planted, reloads: bool, checker: Checker) {
     let file = {
         let mut o = checker.lock();
         o.incarnations += 1;
@@ -497,7 +587,11 @@ async fn server_node(rt: SimRuntime, planted: Planted, reloads: bool, checker: C
     };
     checker.lock().server = Some(server.observer());
     if reloads {
-        let task = reloader(rt.clone(), server.clone(), config(planted), checker.clone());
+        // Each incarnation's reloader has its own recorded list.
+        let base = config(planted);
+        let list = RELOADER_LIST + rt.handle().incarnation();
+        let ops = crate::workload::recorded(seed, WORKLOAD_LABEL, list, |rng| draw_reloads(rng, &base));
+        let task = reloader(rt.clone(), server.clone(), base, ops, checker.clone());
         drop(rt.spawn(Priority::Normal, "reloader", task));
     }
     // Only a fault-free incarnation can do the final read-back.
@@ -609,7 +703,7 @@ impl ServeScenario {
         let mut setup = rng::derive(seed, 0x5e7e_0001);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
-        let horizon = kaelix_core::Instant::ZERO + Duration::from_secs(5);
+        let horizon = kaelix_core::Instant::ZERO + SAFETY;
         let schedule = FaultSchedule::generate(&profile, &TOLERANCE, &[SERVER], &[], horizon, &mut setup);
         let fault_mix = profile.mix();
 
@@ -618,12 +712,13 @@ impl ServeScenario {
         let planted = self.planted();
         let c = checker.clone();
         let reloads = self.reloads;
-        let init = SimRuntime::init(move |rt| server_node(rt, planted, reloads, c.clone()));
+        let init = SimRuntime::init(move |rt| server_node(rt, seed, planted, reloads, c.clone()));
         sim.add_node(SERVER, NodeSpec { kind: NodeKind::Server, name: "server".into(), faulty_disk: false, init });
         for p in 0..PUBLISHERS {
             let c = checker.clone();
             let index = u32::try_from(p).expect("few publishers") + 1;
-            let init = SimRuntime::init(move |rt| publisher(rt, index, reloads, c.clone()));
+            let ops = crate::workload::recorded(seed, WORKLOAD_LABEL, u64::from(index), |rng| draw_sends(rng, 7, 0.3));
+            let init = SimRuntime::init(move |rt| publisher(rt, index, ops.clone(), reloads, c.clone()));
             let spec =
                 NodeSpec { kind: NodeKind::Client, name: format!("publisher-{index}"), faulty_disk: false, init };
             sim.add_node(NodeId(100 + p), spec);
@@ -636,7 +731,9 @@ impl ServeScenario {
             sim.add_node(NodeId(200 + s), spec);
         }
         let c = checker.clone();
-        let init = SimRuntime::init(move |rt| native_producer(rt, c.clone()));
+        let list = u64::from(NATIVE_PRODUCER);
+        let ops = crate::workload::recorded(seed, WORKLOAD_LABEL, list, |rng| draw_sends(rng, 4, 0.0));
+        let init = SimRuntime::init(move |rt| native_producer(rt, ops.clone(), c.clone()));
         let spec = NodeSpec { kind: NodeKind::Client, name: "native-producer".into(), faulty_disk: false, init };
         sim.add_node(NodeId(150), spec);
         let c = checker.clone();

@@ -5,6 +5,8 @@
 mod metrics;
 #[path = "scenarios/picture.rs"]
 mod picture;
+#[path = "scenarios/workload.rs"]
+mod workload;
 
 use std::collections::BTreeSet;
 

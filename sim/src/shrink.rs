@@ -35,8 +35,12 @@
 //! the run changes. [`shrink_workload`] removes operations by ddmin while
 //! the run still fails the same check, down to a 1-minimal set. Operations
 //! are opaque to the simulator, so they are removed, not shortened. The
-//! built-in scenarios draw their workloads while they run and record no
-//! list: their workloads are not shrunk.
+//! built-in scenarios record their workloads the same way (the
+//! `kaelix_scenarios` crate's `workload` module: one list per client or
+//! workload task, some drawn as a task starts, e.g. per incarnation of a
+//! restarted node — any time during the run, so long as each list id is
+//! drawn once per run); only the membership scenarios, which have no client
+//! operations, record none.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
