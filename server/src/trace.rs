@@ -139,8 +139,9 @@ pub enum FrontEnd {
 /// root the ratio left out).
 pub fn begin_publish(front: FrontEnd, subject: &str, carrier: Option<&Message>) -> Option<PublishTrace> {
     let sampler = sampler()?;
-    let parent = match carrier.map(|m| (m.headers().get(TRACEPARENT).is_some(), m)) {
-        Some((true, m)) => Some(sampled_parent(m)?),
+    let parent = match carrier {
+        // An unsampled caller: nothing to trace (parent-based).
+        Some(m) if m.headers().get(TRACEPARENT).is_some() => Some(sampled_parent(m)?),
         _ => None,
     };
     if parent.is_none() && !sampler.sample_root() {
@@ -176,7 +177,9 @@ pub fn begin_publish(front: FrontEnd, subject: &str, carrier: Option<&Message>) 
         }
         // Built now, on this thread: the root takes the trace id the
         // sampler decided on (see `RootSampler::sample_root`).
-        None => drop(request.context()),
+        None => {
+            let _ = request.context();
+        }
     }
     let broker = tracing::info_span!(
         target: TARGET,

@@ -64,8 +64,7 @@ impl Member {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
         assert!(status.success(), "kill -TERM {pid}");
-        let exited = wait_for("the member to exit", Duration::from_secs(15), || self.child.try_wait().unwrap());
-        exited
+        wait_for("the member to exit", Duration::from_secs(15), || self.child.try_wait().unwrap())
     }
 }
 
