@@ -404,11 +404,12 @@ impl Default for TelemetrySettings {
 /// without one starts a new trace with probability `sampling_ratio`
 /// (decided from the new trace id, as OpenTelemetry's `TraceIdRatioBased`
 /// does, so every node agrees). The default ratio, 0.001, is chosen by
-/// cost: a sampled publish costs tens of microseconds of CPU (its spans
-/// built, batched, encoded and sent), about a hundred publishes' worth, so
-/// at 0.01 tracing took several percent of a loaded server's CPU and at
-/// 0.001 about 1% (`benches/tracing/RESULTS.md`); a server publishing
-/// 100,000 messages a second still exports 100 traces a second. A client
+/// cost: a sampled publish costs several microseconds of CPU (its spans
+/// built, batched, encoded and sent), several publishes' worth, so at 0.01
+/// the spans alone would take several percent of a loaded server's CPU;
+/// at 0.001 tracing measured about 2% in all, most of it the per-publish
+/// decision (`benches/tracing/RESULTS.md`); a server publishing 100,000
+/// messages a second still exports 100 traces a second. A client
 /// that samples its own requests gets every one of them traced regardless.
 /// Not reloadable: the exporter and its sampler are installed once at
 /// start.
