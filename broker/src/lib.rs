@@ -559,11 +559,40 @@ impl<C: Clock> Broker<C> {
     /// (see [`replication`]). Dropping the future forgets the proposal's
     /// outcome (the record may still commit).
     async fn publish_replicated(&self, message: Message) -> Result<Published, BrokerError> {
+        // A traced publish runs in its front end's `broker.publish` span
+        // (`kaelix_server::trace`): the replication from proposal to
+        // outcome — forwarded to the leader or not — is a child span.
+        // Nothing is current for an untraced publish, so no span is made
+        // (a span without a parent would start a trace of its own).
+        let parent = tracing::Span::current();
+        let span = if parent.is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                target: "kaelix::trace",
+                parent: &parent,
+                "raft.commit",
+                messaging.destination.name = message.topic().as_str(),
+                messaging.destination.partition.id = tracing::field::Empty,
+                messaging.message.offset = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
         let id = self.with(|s, now, wall| {
             let State { core, rng, .. } = &mut *s;
             core.propose(now, wall, rng, message)
         })?;
-        self.proposal_outcome(id).await
+        let outcome = tracing::Instrument::instrument(self.proposal_outcome(id), span.clone()).await;
+        match &outcome {
+            Ok(p) => {
+                span.record("messaging.destination.partition.id", p.partition);
+                span.record("messaging.message.offset", p.offset);
+            }
+            Err(_) => {
+                span.record("otel.status_code", "error");
+            }
+        }
+        outcome
     }
 
     /// Waits for proposal `id`'s outcome. Dropping the future forgets it

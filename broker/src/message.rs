@@ -634,6 +634,13 @@ impl Message {
         &self.body.headers
     }
 
+    /// Sets header `name` before the message is shared (a front end adding
+    /// the W3C `traceparent` of the span that publishes it); on a shared
+    /// body it copies it first, like [`Message::stamp`].
+    pub fn set_header(&mut self, name: &str, value: impl Into<Bytes>) -> Result<Option<Bytes>, HeaderError> {
+        self.body_mut().headers.insert(name, value)
+    }
+
     /// Whether the message has an id (see [`Message::stamp`]).
     pub fn is_stamped(&self) -> bool {
         !self.body.id.is_nil()

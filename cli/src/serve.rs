@@ -14,6 +14,9 @@
 //! The first signal drains (stop accepting, answer what was read, sync; a
 //! cluster member then hands the leadership of its partitions to other
 //! members, for at most 3 s; exit 0); a second one exits at once.
+//! With `[tracing] enabled = true` the publishes' spans are exported to an
+//! OpenTelemetry collector over OTLP/HTTP (`kaelix_telemetry::otlp`; the
+//! span model is `kaelix_server::trace`), flushed after the drain.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // the binary's edge: files, signals, threads
 
@@ -30,6 +33,7 @@ use kaelix_core::time::Duration;
 use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 use kaelix_server::config::{LogFormat, LogLevel};
 use kaelix_server::{Server, ServerConfig};
+use kaelix_telemetry::OtlpTracing;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
@@ -123,15 +127,40 @@ fn level_filter(level: LogLevel) -> LevelFilter {
     }
 }
 
-/// Installs the log subscriber; the handle changes its level on reload.
-fn init_logging(format: LogFormat, level: LogLevel) -> reload::Handle<LevelFilter, tracing_subscriber::Registry> {
+type LogHandle = reload::Handle<LevelFilter, tracing_subscriber::Registry>;
+
+/// Installs the subscriber: the log lines (the handle changes their level
+/// on reload) and, with `[tracing] enabled`, the OpenTelemetry layer
+/// beside them. Each layer has its own filter: the log level never hides
+/// a span from the exporter, and the trace spans (`kaelix::trace`) never
+/// reach the log lines — so with tracing off no layer wants them and
+/// their callsites stay disabled (free).
+fn init_logging(format: LogFormat, level: LogLevel, otlp: Option<&OtlpTracing>) -> LogHandle {
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
     let (filter, handle) = reload::Layer::new(level_filter(level));
-    let registry = tracing_subscriber::registry().with(filter);
+    let not_traces = filter_fn(|meta| meta.target() != kaelix_server::trace::TARGET);
+    let logs = filter.and(not_traces);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Human => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init(),
+        LogFormat::Human => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(logs))
+            .with(otlp.map(|t| t.layer()))
+            .init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(logs))
+            .with(otlp.map(|t| t.layer()))
+            .init(),
     }
     handle
+}
+
+/// Builds the OTLP pipeline of `[tracing]` (`None` when off).
+fn start_tracing(config: &ServerConfig) -> Result<Option<OtlpTracing>, String> {
+    if !config.tracing.enabled {
+        return Ok(None);
+    }
+    let node = if config.cluster.enabled { config.cluster.node_id } else { 1 };
+    OtlpTracing::start(&config.tracing, node).map(Some).map_err(|e| e.to_string())
 }
 
 /// The loader with the flags on top (what a reload reuses).
@@ -201,7 +230,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_handle = init_logging(loaded.config.log.format, loaded.config.log.level);
+    let otlp = match start_tracing(&loaded.config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kaelix serve: refusing to start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_handle = init_logging(loaded.config.log.format, loaded.config.log.level, otlp.as_ref());
+    if let Some(t) = &otlp {
+        // From here on publishes are traced (see `kaelix_server::trace`).
+        kaelix_server::trace::install(Box::new(t.root_sampler()));
+        println!(
+            "kaelix serve: traces to {} (sampling ratio {})",
+            loaded.config.tracing.endpoint, loaded.config.tracing.sampling_ratio
+        );
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -209,14 +253,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let reloader = HotReloadManager::new(loader, loaded, ReloadPolicy::new(ServerConfig::RELOADABLE.iter().copied()));
     let data_dir = PathBuf::from(&config.node.data_dir);
     let args = (data_dir, config.node.workers, config.node.shutdown_grace_secs);
-    run_with(args, config, reloader, log_handle)
+    let code = run_with(args, config, reloader, log_handle);
+    if let Some(t) = otlp {
+        // After the drain: the spans of the last requests go out too.
+        t.shutdown();
+    }
+    code
 }
 
 fn run_with(
     (data_dir, workers, grace_secs): (PathBuf, Option<usize>, u64),
     config: ServerConfig,
     reloader: Option<HotReloadManager<ServerConfig>>,
-    log_handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+    log_handle: LogHandle,
 ) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
         eprintln!("kaelix serve: creating data directory {}: {e}", data_dir.display());
@@ -350,7 +399,7 @@ fn start_reloading(
     manager: &HotReloadManager<ServerConfig>,
     server: Server<RealRuntime>,
     plugins: Arc<crate::plugins::ServePlugins>,
-    log_handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+    log_handle: LogHandle,
 ) -> notify::Result<kaelix_config::reload::WatchHandle> {
     let changes = manager.subscribe();
     std::thread::Builder::new()

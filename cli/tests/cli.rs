@@ -1,12 +1,15 @@
 //! The `kaelix` binary end to end: history export, `sim check-history`,
 //! `sim run --jobs`, `sim run --seed N --metrics`, `sim swarm`; `cluster`: three `kaelix serve --cluster`
 //! processes, failover and catch-up; `top`: `kaelix top` in a real terminal
-//! (tmux).
+//! (tmux); `tracing`: the OTLP export of `kaelix serve` received and
+//! decoded by a test collector (one node and three).
 
 #[path = "cli/cluster.rs"]
 mod cluster;
 #[path = "cli/top.rs"]
 mod top;
+#[path = "cli/tracing.rs"]
+mod tracing;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -37,6 +37,12 @@
 //! metrics_listen = "127.0.0.1:9464"
 //! sample_interval_ms = 1000
 //!
+//! [tracing]                      # OTLP trace export (see `TracingSettings`)
+//! enabled = true
+//! service_name = "kaelix"
+//! endpoint = "http://127.0.0.1:4318/v1/traces"
+//! sampling_ratio = 0.001
+//!
 //! [[plugins.wasm]]               # see `crate::plugins`
 //! name = "redact"
 //! module = "redact.wasm"
@@ -92,6 +98,8 @@ pub struct ServerConfig {
     pub node: NodeSettings,
     /// The metrics endpoint (`/metrics`, `/healthz`).
     pub telemetry: TelemetrySettings,
+    /// Distributed tracing: spans exported over OTLP (read by `kaelix serve`).
+    pub tracing: TracingSettings,
     /// WebAssembly plugins and their chains (see [`crate::plugins`]).
     pub plugins: crate::plugins::PluginsConfig,
     /// Static cluster membership (read by `kaelix serve --cluster`).
@@ -114,6 +122,7 @@ impl Default for ServerConfig {
             log: LogConfig::default(),
             node: NodeSettings::default(),
             telemetry: TelemetrySettings::default(),
+            tracing: TracingSettings::default(),
             plugins: crate::plugins::PluginsConfig::default(),
             cluster: ClusterSettings::default(),
             planted: kaelix_core::planted::Planted::NONE,
@@ -386,6 +395,139 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// `[tracing]`: distributed tracing exported to an OpenTelemetry collector
+/// (OTLP over HTTP, protobuf bodies; `kaelix serve` runs the exporter, see
+/// `kaelix_telemetry::otlp` and `crate::trace` for the span model).
+///
+/// Sampling is parent-based: a publish that carries a W3C `traceparent`
+/// is traced exactly when its flags say the caller sampled it; a publish
+/// without one starts a new trace with probability `sampling_ratio`
+/// (decided from the new trace id, as OpenTelemetry's `TraceIdRatioBased`
+/// does, so every node agrees). The default ratio, 0.001, is chosen by
+/// cost: a sampled publish costs several microseconds of CPU (its spans
+/// built, batched, encoded and sent), several publishes' worth, so at 0.01
+/// the spans alone would take several percent of a loaded server's CPU;
+/// at 0.001 tracing measured about 2% in all, most of it the per-publish
+/// decision (`benches/tracing/RESULTS.md`); a server publishing 100,000
+/// messages a second still exports 100 traces a second. A client
+/// that samples its own requests gets every one of them traced regardless.
+/// Not reloadable: the exporter and its sampler are installed once at
+/// start.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSettings {
+    /// Export spans (off by default).
+    pub enabled: bool,
+    /// The `service.name` resource attribute of every span.
+    pub service_name: String,
+    /// The collector's OTLP/HTTP traces URL, used as given: plain
+    /// `http://HOST:PORT/PATH` (a collector's HTTP receiver listens on
+    /// 4318, path `/v1/traces`). TLS to the collector is not supported:
+    /// point it at a collector or agent on the same host or network.
+    pub endpoint: String,
+    /// Probability that a publish without a trace context starts a
+    /// sampled trace, 0.0..=1.0.
+    pub sampling_ratio: f64,
+}
+
+/// [`TracingSettings::sampling_ratio`] by default.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 0.001;
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            enabled: false,
+            service_name: "kaelix".to_owned(),
+            endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
+            sampling_ratio: DEFAULT_SAMPLING_RATIO,
+        }
+    }
+}
+
+/// A plain-HTTP URL taken apart: `http://HOST[:PORT]/PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpEndpoint {
+    /// Host name or address (IPv6 without its brackets).
+    pub host: String,
+    /// Port (80 when the URL names none).
+    pub port: u16,
+    /// Path with its query, starting with `/`.
+    pub path: String,
+}
+
+impl HttpEndpoint {
+    /// Parses `url`; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<HttpEndpoint, String> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(match url.split_once("://") {
+                Some(("https", _)) => {
+                    "https is not supported: use the collector's plain-HTTP OTLP receiver (http://HOST:4318/v1/traces)"
+                        .to_owned()
+                }
+                Some((scheme, _)) => format!("scheme {scheme:?} is not http"),
+                None => format!("{url:?} is not an http:// URL"),
+            });
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if path.len() <= 1 {
+            return Err("has no path: the collector's OTLP/HTTP traces path is /v1/traces".to_owned());
+        }
+        if authority.contains('@') {
+            return Err("credentials in the URL are not supported".to_owned());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| "unclosed [ in the host".to_owned())?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("has no host".to_owned());
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => {
+                p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("port {p:?} is not 1..=65535"))?
+            }
+        };
+        Ok(HttpEndpoint { host: host.to_owned(), port, path: path.to_owned() })
+    }
+}
+
+impl TracingSettings {
+    /// The `[tracing]` rules (checked even when off: a file that would
+    /// fail once tracing is switched on is refused now).
+    fn rules(&self, f: &mut Findings) {
+        use Category::Telemetry;
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            f.error(
+                Telemetry,
+                "tracing.sampling_ratio",
+                format!("{} is outside 0.0..=1.0 (a probability)", self.sampling_ratio),
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            f.error(Telemetry, "tracing.service_name", "must not be empty (it names this service in every trace)");
+        }
+        if let Err(why) = HttpEndpoint::parse(&self.endpoint) {
+            f.error(Telemetry, "tracing.endpoint", format!("{:?}: {why}", self.endpoint));
+        }
+        if self.enabled && self.sampling_ratio == 0.0 {
+            f.warn(
+                Telemetry,
+                "tracing.sampling_ratio",
+                "0: only publishes whose traceparent says sampled are traced (no trace starts here)",
+            );
+        }
+    }
+}
+
 /// Where a listener binds.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -624,6 +766,7 @@ impl ServerConfig {
         if self.telemetry.sample_interval_ms == 0 {
             f.error(Telemetry, "telemetry.sample_interval_ms", "must be at least 1");
         }
+        self.tracing.rules(f);
         if l.max_connections == 0 {
             f.error(Network, "limits.max_connections", "must be at least 1");
         }
@@ -1038,6 +1181,40 @@ mod tests {
         assert_eq!(e.to_string(), "telemetry.sample_interval_ms: must be at least 1");
         let e = ServerConfig::from_toml("[telemetry]\nmetrics_listen = \"nowhere\"\n", "k.toml").unwrap_err();
         assert!(e.to_string().starts_with("k.toml:2:18: invalid socket address"), "{e}");
+    }
+
+    #[test]
+    fn the_tracing_section_parses_and_is_checked() {
+        let d = ServerConfig::default().tracing;
+        assert!(!d.enabled, "off unless switched on");
+        assert_eq!((d.service_name.as_str(), d.sampling_ratio), ("kaelix", 0.001));
+        let c = ServerConfig::from_toml(
+            "[tracing]\nenabled = true\nendpoint = \"http://[::1]:4318/v1/traces\"\nsampling_ratio = 1\n",
+            "f",
+        )
+        .unwrap();
+        assert!(c.tracing.enabled);
+        assert_eq!(c.tracing.sampling_ratio, 1.0, "an integer ratio reads as a float");
+        let e = HttpEndpoint::parse(&c.tracing.endpoint).unwrap();
+        assert_eq!(e, HttpEndpoint { host: "::1".into(), port: 4318, path: "/v1/traces".into() });
+        assert_eq!(HttpEndpoint::parse("http://otel/v1/traces").unwrap().port, 80);
+        for (text, message) in [
+            ("sampling_ratio = 1.5", "tracing.sampling_ratio: 1.5 is outside 0.0..=1.0 (a probability)"),
+            ("sampling_ratio = -0.1", "tracing.sampling_ratio: -0.1 is outside 0.0..=1.0 (a probability)"),
+            ("sampling_ratio = nan", "tracing.sampling_ratio: NaN is outside 0.0..=1.0 (a probability)"),
+            ("service_name = \" \"", "tracing.service_name: must not be empty (it names this service in every trace)"),
+            (
+                "endpoint = \"http://127.0.0.1:4318\"",
+                "tracing.endpoint: \"http://127.0.0.1:4318\": has no path: the collector's OTLP/HTTP traces path is /v1/traces",
+            ),
+            (
+                "endpoint = \"http://h:0/v1/traces\"",
+                "tracing.endpoint: \"http://h:0/v1/traces\": port \"0\" is not 1..=65535",
+            ),
+        ] {
+            let e = ServerConfig::from_toml(&format!("[tracing]\n{text}\n"), "k").unwrap_err();
+            assert_eq!(e.to_string(), message, "{text}");
+        }
     }
 
     #[test]

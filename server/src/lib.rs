@@ -44,6 +44,7 @@ pub mod outbound;
 pub mod plugins;
 pub mod shutdown;
 pub mod tls;
+pub mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -48,6 +48,9 @@ pub enum TelemetryError {
     /// The exporter refused a setting (empty bucket list, quantile out of range).
     #[error("metrics exporter setting: {0}")]
     Exporter(String),
+    /// The trace exporter could not be built.
+    #[error("trace export: {0}")]
+    Tracing(String),
     /// Another recorder is already installed in this process.
     #[error("a global metrics recorder is already installed")]
     AlreadyInstalled,

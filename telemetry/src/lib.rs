@@ -8,6 +8,9 @@
 //!   on a thread of their own.
 //! * [`sources`]: the executor's, the server's and the broker's own
 //!   counters exported as metrics when scraped.
+//! * [`otlp`]: [`OtlpTracing`], distributed tracing for operators who run
+//!   an OpenTelemetry collector: the server's spans (`kaelix_server::trace`)
+//!   exported as OTLP/HTTP protobuf, sampled parent-based with a ratio.
 //!
 //! Why the `metrics` facade with `metrics-exporter-prometheus` rather than
 //! `prometheus-client`: the facade lets any crate record without depending
@@ -21,8 +24,10 @@
 
 pub mod collector;
 pub mod endpoint;
+pub mod otlp;
 pub mod perf;
 pub mod sources;
 
 pub use collector::{Kind, MetricsCollector, MetricsConfig, TelemetryError, Upkeep};
 pub use endpoint::{HealthReport, MetricsEndpoint};
+pub use otlp::OtlpTracing;

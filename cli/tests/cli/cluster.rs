@@ -34,7 +34,7 @@ const CONFIG: &str = "[[topics]]\nname = \"orders\"\nstorage = \"replicated\"\n[
 
 /// A port `p` with `p + 1` free too (a member's cluster and forwarding
 /// ports), distinct from `taken`.
-fn free_port_pair(taken: &[u16]) -> u16 {
+pub(super) fn free_port_pair(taken: &[u16]) -> u16 {
     for _ in 0..200 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
@@ -49,12 +49,23 @@ fn free_port_pair(taken: &[u16]) -> u16 {
 }
 
 /// One member process, killed (SIGKILL) when dropped.
-struct Member {
+pub(super) struct Member {
     child: Child,
     _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    nats: SocketAddr,
+    pub(super) nats: SocketAddr,
     native: SocketAddr,
     metrics: SocketAddr,
+}
+
+impl Member {
+    /// SIGTERM, then waits (up to 15 s) for the drain to end and the
+    /// process to exit; its exit status.
+    pub(super) fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid}");
+        wait_for("the member to exit", Duration::from_secs(15), || self.child.try_wait().unwrap())
+    }
 }
 
 impl Drop for Member {
@@ -64,7 +75,7 @@ impl Drop for Member {
     }
 }
 
-fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
+pub(super) fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("KAELIX_") {
@@ -104,7 +115,7 @@ fn signal(member: &Option<Member>, signal: &str) {
 
 /// `kaelix cluster status` over `members`; the leader of orders/0 once
 /// every one of them names the same one.
-fn leader_by_status(members: &[&Member]) -> Option<u64> {
+pub(super) fn leader_by_status(members: &[&Member]) -> Option<u64> {
     let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
     let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
     let stdout = super::text(&out.stdout);
@@ -119,7 +130,7 @@ fn leader_by_status(members: &[&Member]) -> Option<u64> {
     (roles == 1).then_some(leader)
 }
 
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(super) fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {

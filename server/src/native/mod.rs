@@ -81,6 +81,7 @@ use kaelix_protocol::{
     Position, Request, Response, Retention, SUPPORTED_VERSIONS, ServerInfo, StorageSpec, TopicDescription,
     TopicSummary,
 };
+use tracing::Instrument;
 
 use self::subscription::SubState;
 use crate::Shared;
@@ -89,6 +90,7 @@ use crate::nats::session::Login;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
 use crate::tls::TlsStream;
+use crate::trace::FrontEnd;
 
 /// The software version announced in `HelloOk`.
 pub const SERVER_VERSION: &str = concat!("kaelix/", env!("CARGO_PKG_VERSION"));
@@ -631,16 +633,33 @@ impl<R: Runtime> Conn<R> {
             let text = format!("a payload of {} bytes exceeds the limit of {max_payload} bytes", m.payload().len());
             return refuse(ErrorCode::PayloadTooLarge, text);
         }
+        // One request, one trace decision (see `crate::trace`): the first
+        // message's trace context, if sampled, is continued; the batch is
+        // one broker publish, whose context every message then carries.
+        let trace = crate::trace::begin_publish(FrontEnd::Native, topic.as_str(), messages.first());
         let batch: MessageBatch = messages
             .into_iter()
-            .map(|m| match partition {
-                Some(p) if m.partition().is_none() => m.with_partition(p),
-                _ => m,
+            .map(|m| {
+                let mut m = match partition {
+                    Some(p) if m.partition().is_none() => m.with_partition(p),
+                    _ => m,
+                };
+                if let Some(t) = &trace {
+                    t.inject(&mut m);
+                }
+                m
             })
             .collect();
-        let published = match self.broker().publish_batch_unacknowledged(batch).await {
+        let (request, broker_span) = match trace {
+            Some(t) => (t.request, t.broker),
+            None => (tracing::Span::none(), tracing::Span::none()),
+        };
+        let published = match self.broker().publish_batch_unacknowledged(batch).instrument(broker_span).await {
             Ok(published) => published,
-            Err(e) => return refuse(errors::code_of(&e), e.to_string()),
+            Err(e) => {
+                request.record("otel.status_code", "error");
+                return refuse(errors::code_of(&e), e.to_string());
+            }
         };
         let positions: Vec<Position> =
             published.iter().map(|p| Position { partition: p.partition, offset: p.offset }).collect();

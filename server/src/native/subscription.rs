@@ -29,6 +29,7 @@ use kaelix_protocol::{ErrorCode, Push};
 use super::credit::Credit;
 use super::{Conn, FETCH_FRAME_BUDGET, messages_len};
 use crate::shutdown::{Signal, unless};
+use crate::trace::FrontEnd;
 
 /// Bytes of messages after which a `Deliver` is sent without waiting for
 /// more already-buffered messages (a larger first message goes alone).
@@ -172,6 +173,12 @@ pub(crate) async fn run_pump<R: Runtime>(conn: Arc<Conn<R>>, id: u32, state: Arc
 async fn deliver<R: Runtime>(conn: &Conn<R>, id: u32, state: &SubState, messages: Vec<Message>) -> bool {
     let count = messages.len();
     let len = messages_len(&messages);
+    // Each traced message's delivery is a span of its trace (open until
+    // the push is appended or given up).
+    let _traced: Vec<tracing::Span> = match crate::trace::sampler() {
+        Some(_) => messages.iter().filter_map(|m| crate::trace::begin_delivery(FrontEnd::Native, m)).collect(),
+        None => Vec::new(),
+    };
     let push = Push::Deliver { subscription: id, messages };
     loop {
         {

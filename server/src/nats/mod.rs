@@ -53,6 +53,7 @@ use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, TaskHandle};
 use kaelix_core::time::Duration;
 use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, write_ping, write_pong};
+use tracing::{Instrument, Span};
 
 use self::session::{Action, Reply, Session};
 use crate::Shared;
@@ -61,6 +62,7 @@ use crate::config::SlowConsumerPolicy;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
 use crate::tls::TlsStream;
+use crate::trace::FrontEnd;
 
 /// The subject slow-consumer advisories are published on (relayed to
 /// whoever subscribes; a JSON object naming the client, subject and policy).
@@ -417,14 +419,27 @@ impl<R: Runtime> Conn<R> {
                 Err(text) => return self.reply(&Reply::Err(text)),
             }
         }
-        let message = match builder.build() {
+        let mut message = match builder.build() {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(client = self.client.id, error = %e, "publish refused");
                 return self.reply(&Reply::Err("Invalid Message"));
             }
         };
-        match self.shared.broker.route_unacknowledged(message).await {
+        // Traced or not is decided here, before any span exists (see
+        // `crate::trace`); the request span lives until this returns.
+        let (request, broker_span) = match crate::trace::begin_publish(FrontEnd::Nats, topic.as_str(), Some(&message)) {
+            Some(trace) => {
+                trace.inject(&mut message);
+                (trace.request, trace.broker)
+            }
+            None => (Span::none(), Span::none()),
+        };
+        let routed = self.shared.broker.route_unacknowledged(message).instrument(broker_span).await;
+        if routed.is_err() {
+            request.record("otel.status_code", "error");
+        }
+        match routed {
             Ok(Routed::Stored(p)) => {
                 if ok {
                     self.shared.broker.wait_acknowledged(&topic, p.partition, p.offset).await;
@@ -541,6 +556,8 @@ impl<R: Runtime> PumpTask<R> {
                     next = sub.try_next();
                     continue;
                 }
+                // A delivery of a traced message is a span of its trace.
+                let _deliver = crate::trace::begin_delivery(FrontEnd::Nats, &message);
                 let block = if self.headers && !message.headers().is_empty() {
                     Some(broker_headers_to_nats(&message))
                 } else {

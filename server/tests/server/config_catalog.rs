@@ -124,7 +124,7 @@ fn catalog() -> Vec<Entry> {
             t("listen = \"127.0.0.1:4222\"\n"),
             vec![],
             vec![
-                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`, `cluster`",
+                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `tracing`, `plugins`, `cluster`",
             ],
         ),
         (
@@ -140,7 +140,7 @@ fn catalog() -> Vec<Entry> {
             t("[network]\nmax_connections = 5\n"),
             vec![],
             vec![
-                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `plugins`, `cluster`",
+                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `tracing`, `plugins`, `cluster`",
             ],
         ),
         (
@@ -548,6 +548,48 @@ fn catalog() -> Vec<Entry> {
             vec![],
             vec!["kaelix.toml:2:22: cluster.forward_timeout_ms: invalid type: string \"5s\", expected u64"],
         ),
+        (
+            "a tracing sampling ratio above 1",
+            t("[tracing]\nenabled = true\nsampling_ratio = 1.5\n"),
+            vec![],
+            vec!["kaelix.toml:3:18: tracing.sampling_ratio: 1.5 is outside 0.0..=1.0 (a probability)"],
+        ),
+        (
+            "a negative tracing sampling ratio, from a variable",
+            t("[tracing]\nenabled = true\n"),
+            vec![("KAELIX_TRACING__SAMPLING_RATIO", "-0.5")],
+            vec![
+                "environment KAELIX_TRACING__SAMPLING_RATIO: tracing.sampling_ratio: -0.5 is outside 0.0..=1.0 (a probability)",
+            ],
+        ),
+        (
+            "a tracing sampling ratio as a percentage string",
+            t("[tracing]\nsampling_ratio = \"10%\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:18: tracing.sampling_ratio: invalid type: string \"10%\", expected f64"],
+        ),
+        (
+            "an https tracing endpoint",
+            t("[tracing]\nenabled = true\nendpoint = \"https://otel.example:4318/v1/traces\"\n"),
+            vec![],
+            vec![
+                "kaelix.toml:3:12: tracing.endpoint: \"https://otel.example:4318/v1/traces\": https is not supported: use the collector's plain-HTTP OTLP receiver (http://HOST:4318/v1/traces)",
+            ],
+        ),
+        (
+            "a tracing endpoint without the traces path",
+            t("[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:4318\"\n"),
+            vec![],
+            vec![
+                "kaelix.toml:3:12: tracing.endpoint: \"http://127.0.0.1:4318\": has no path: the collector's OTLP/HTTP traces path is /v1/traces",
+            ],
+        ),
+        (
+            "an empty tracing service name",
+            t("[tracing]\nservice_name = \"\"\n"),
+            vec![],
+            vec!["kaelix.toml:2:16: tracing.service_name: must not be empty (it names this service in every trace)"],
+        ),
     ]
 }
 
@@ -636,4 +678,25 @@ fn a_reload_that_changes_the_forward_timeout_is_refused() {
         }
     );
     assert_eq!(manager.current().cluster.forward_timeout_ms, 2000, "the running value stays");
+}
+
+#[test]
+fn a_reload_that_changes_tracing_is_refused() {
+    // The exporter and its sampler are installed once at start.
+    let path = Path::new("kaelix.toml");
+    let load = |ratio: f64| {
+        let text = format!("[tracing]\nenabled = true\nsampling_ratio = {ratio}\n");
+        ConfigLoader::new()
+            .with_probe(Arc::new(FixedProbe::default()))
+            .load_text::<ServerConfig>(Some(path), Some(&text), Phase::Reload)
+            .unwrap()
+    };
+    let running = load(0.5);
+    let policy = ReloadPolicy::new(ServerConfig::RELOADABLE.iter().copied());
+    let manager = HotReloadManager::new(ConfigLoader::new(), running, policy).unwrap();
+    assert_eq!(
+        manager.offer(load(0.25)),
+        ReloadOutcome::Rejected { reason: "changing these keys needs a restart: tracing.sampling_ratio".to_owned() }
+    );
+    assert_eq!(manager.current().tracing.sampling_ratio, 0.5, "the running value stays");
 }
