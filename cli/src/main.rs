@@ -117,11 +117,11 @@ enum SimCommand {
         #[arg(long)]
         jobs: Option<usize>,
         /// With --seed: the metrics the run's components recorded (read when
-        /// the run ended, virtual time; same names as `serve`'s /metrics,
-        /// with a `node` label), sorted, in the Prometheus text format,
-        /// printed after the report or written to FILE. The same seed gives
-        /// byte-identical metrics (compared on the determinism check's
-        /// second run).
+        /// the run ended, virtual time; `serve`'s names where `serve` has
+        /// such a figure, with a `node` label; every scenario has some),
+        /// sorted, in the Prometheus text format, printed after the report
+        /// or written to FILE. The same seed gives byte-identical metrics
+        /// (compared on the determinism check's second run).
         #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         metrics: Option<PathBuf>,
     },

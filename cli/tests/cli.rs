@@ -147,13 +147,18 @@ fn sim_run_prints_a_seeds_metrics_byte_identically() {
     let written = std::fs::read_to_string(&path).expect("the metrics are written");
     assert_eq!(written, text_a);
 
-    // Only for one seed, and only where the scenario exports metrics.
+    // Only for one seed.
     let many = kaelix(&["sim", "run", "--scenario", "broker", "--seeds", "2", "--metrics"]);
     assert_eq!(many.status.code(), Some(2), "{}", text(&many.stderr));
     assert!(text(&many.stderr).contains("--metrics needs --seed"), "{}", text(&many.stderr));
-    let none = kaelix(&["sim", "run", "--scenario", "broadcast", "--seed", "0", "--quiet", "--metrics"]);
-    assert_eq!(none.status.code(), Some(2));
-    assert!(text(&none.stderr).contains("exports no metrics"), "{}", text(&none.stderr));
+    // Every scenario exports its components' figures, the cluster ones too.
+    let raft = kaelix(&["sim", "run", "--scenario", "raft-partitions", "--seed", "0", "--quiet", "--metrics"]);
+    assert_eq!(raft.status.code(), Some(0), "{}{}", text(&raft.stdout), text(&raft.stderr));
+    let raft = text(&raft.stdout);
+    assert!(raft.contains("(second run: identical)"), "{raft}");
+    let raft = metrics_section(&raft);
+    assert!(raft.contains("# TYPE kaelix_cluster_partition_role gauge\n"), "{raft}");
+    assert!(raft.contains("kaelix_raft_terms_led_total{node=\"1\",partition=\"0\",topic=\"orders\"} "), "{raft}");
 }
 
 #[test]

@@ -40,7 +40,8 @@ use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::{TraceSink, digest};
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
-use crate::{RunReport, Scenario, Verdict};
+use crate::metrics::RunMetrics;
+use crate::{RunReport, Scenario, Tallies, Verdict};
 
 /// The broadcast scenario family.
 pub struct Broadcast {
@@ -93,6 +94,9 @@ struct Observed {
     acked: BTreeSet<u64>,
     /// What each server's current incarnation holds.
     held: BTreeMap<NodeId, BTreeSet<u64>>,
+    /// Acknowledgements each server's current incarnation sent, as the
+    /// node reported them (for the run's metrics).
+    node_acks: BTreeMap<NodeId, u64>,
     /// First safety violation.
     violation: Option<String>,
     /// Clients that finished their workload.
@@ -115,7 +119,13 @@ impl Checker {
 
 impl BroadcastObserver for Checker {
     fn booted(&self, node: NodeId) {
-        self.lock().held.entry(node).or_default().clear();
+        let mut o = self.lock();
+        o.held.entry(node).or_default().clear();
+        o.node_acks.insert(node, 0);
+    }
+
+    fn acked(&self, node: NodeId, _id: u64) {
+        *self.lock().node_acks.entry(node).or_default() += 1;
     }
 
     fn learned(&self, node: NodeId, value: &Value) {
@@ -240,6 +250,19 @@ impl Scenario for Broadcast {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        self.execute(seed, trace, false).0
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        let (report, metrics) = self.execute(seed, trace, true);
+        (report, Vec::new(), metrics)
+    }
+}
+
+impl Broadcast {
+    /// One run; with `meter`, what every node reported holding and
+    /// acknowledging (its current incarnation) once it ended.
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0x5ce7_a810);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
@@ -307,10 +330,29 @@ impl Scenario for Broadcast {
             Ok(Err(violation)) => Verdict::SafetyViolation(violation),
             Err(panic) => Verdict::from_panic(panic),
         };
-        let workload = {
-            let o = checker.lock();
-            (o.submitted, o.acked.len() as u64)
-        };
-        RunReport::conclude(&sim, seed, verdict, fault_mix, workload)
+        let o = checker.lock();
+        let workload = (o.submitted, o.acked.len() as u64);
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            for (&node, held) in &o.held {
+                let labels = [("node", node.0.to_string())];
+                m.gauge(
+                    "kaelix_broadcast_values",
+                    "Values this node holds (recovered from its log or received), as it reported them.",
+                    &labels,
+                    held.len() as f64,
+                );
+                m.counter(
+                    "kaelix_broadcast_acknowledged_values_total",
+                    "Values this node acknowledged to clients (durable on enough nodes).",
+                    &labels,
+                    o.node_acks.get(&node).copied().unwrap_or_default(),
+                );
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
+        drop(o);
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, workload), metrics)
     }
 }

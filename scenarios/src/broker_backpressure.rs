@@ -56,7 +56,8 @@ use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
-use crate::{RunReport, Scenario};
+use crate::metrics::RunMetrics;
+use crate::{RunReport, Scenario, Tallies};
 
 /// The backpressure scenario (or a planted-bug variant of it).
 pub struct BrokerBackpressureScenario {
@@ -142,6 +143,10 @@ enum Event {
 #[derive(Default)]
 struct Observed {
     events: Vec<Event>,
+    /// Whether the run is metered: then `broker` holds the broker, whose
+    /// counters are read once the run ends.
+    metered: bool,
+    broker: Option<Broker<SimRuntime>>,
     violation: Option<String>,
 }
 
@@ -245,6 +250,12 @@ async fn consumer(rt: SimRuntime, mut sub: Subscription<SimRuntime>, stream: usi
 async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: Checker) {
     let config = BrokerConfig { auto_create: None, planted, ..BrokerConfig::default() };
     let broker = Broker::new(rt.clone(), rt.rng(), config);
+    {
+        let mut o = checker.lock();
+        if o.metered {
+            o.broker = Some(broker.clone());
+        }
+    }
     for t in ["feed.a", "feed.b"] {
         broker.create_topic(t, TopicConfig { partitions: 2, ..TopicConfig::default() }).expect("creates");
     }
@@ -507,6 +518,18 @@ impl Scenario for BrokerBackpressureScenario {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
+        self.execute(seed, trace, false).0
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        let (report, metrics) = self.execute(seed, trace, true);
+        (report, Vec::new(), metrics)
+    }
+}
+
+impl BrokerBackpressureScenario {
+    /// One run; with `meter`, the broker's metrics once it ended.
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0xbac4_9e55);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
@@ -518,6 +541,7 @@ impl Scenario for BrokerBackpressureScenario {
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker::default();
+        checker.lock().metered = meter;
         let (c, p) = (checker.clone(), plan.clone());
         let init = SimRuntime::init(move |rt| workload(rt, p.clone(), planted, c.clone()));
         sim.add_node(NODE, NodeSpec { kind: NodeKind::Server, name: "broker".into(), faulty_disk: false, init });
@@ -529,8 +553,16 @@ impl Scenario for BrokerBackpressureScenario {
         let o = checker.lock();
         let published = o.events.iter().filter(|e| matches!(e, Event::Published { .. })).count() as u64;
         let delivered = o.events.iter().filter(|e| matches!(e, Event::Delivered { .. })).count() as u64;
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            if let Some(broker) = &o.broker {
+                m.record_broker(NODE, broker);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         drop(o);
-        RunReport::conclude(&sim, seed, verdict, fault_mix, (published, delivered))
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, (published, delivered)), metrics)
     }
 }
 

@@ -53,6 +53,7 @@ use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
 use crate::checker::Observations;
+use crate::metrics::RunMetrics;
 use crate::{RunReport, Scenario, Tallies};
 
 /// The durable-broker scenario (or a planted-bug variant of it).
@@ -125,6 +126,10 @@ struct Observed {
     /// The final read-back: (topic, partition) → records in offset order.
     final_log: Option<ReadBack>,
     incarnations: u64,
+    /// Whether the run is metered: then `broker` holds the current
+    /// incarnation's broker, whose counters are read once the run ends.
+    metered: bool,
+    broker: Option<Broker<SimRuntime>>,
     violation: Option<String>,
 }
 
@@ -334,6 +339,12 @@ async fn workload(rt: SimRuntime, plan: DetRng, planted: Planted, checker: Check
         Ok(b) => b,
         Err(e) => return checker.fail(format!("incarnation {incarnation}: opening the durable broker failed: {e}")),
     };
+    {
+        let mut o = checker.lock();
+        if o.metered {
+            o.broker = Some(broker.clone());
+        }
+    }
     for (topic, config) in topics() {
         if let Err(e) = broker.create_topic(topic, config) {
             return checker.fail(format!("creating {topic}: {e}"));
@@ -505,7 +516,9 @@ fn check(o: &Observed) -> Result<(), String> {
 }
 
 impl BrokerDurableScenario {
-    fn execute(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+    /// One run; with `meter`, the broker's metrics once it ended (the last
+    /// incarnation's: a restarted broker counts from its boot).
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Tallies, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0xd07a_b1e5);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
@@ -516,6 +529,7 @@ impl BrokerDurableScenario {
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker::default();
+        checker.lock().metered = meter;
         let c = checker.clone();
         let planted = self.planted();
         let init = SimRuntime::init(move |rt| workload(rt, plan.clone(), planted, c.clone()));
@@ -531,8 +545,16 @@ impl BrokerDurableScenario {
         let acked = o.acked.len() as u64;
         let reprocessed: u64 = o.processed.values().map(|p| p.len() as u64 - 1).sum();
         let tallies = vec![("incarnations", o.incarnations), ("reprocessed by the group", reprocessed)];
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            if let Some(broker) = &o.broker {
+                m.record_broker(NODE, broker);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         drop(o);
-        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, acked)), tallies)
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, acked)), tallies, metrics)
     }
 }
 
@@ -554,10 +576,15 @@ impl Scenario for BrokerDurableScenario {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
-        self.execute(seed, trace).0
+        self.execute(seed, trace, false).0
     }
 
     fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
-        self.execute(seed, trace)
+        let (report, tallies, _) = self.execute(seed, trace, false);
+        (report, tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        self.execute(seed, trace, true)
     }
 }

@@ -63,7 +63,8 @@ use kaelix_sim::{FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig
 use semver::Version;
 
 use crate::checker::Observations;
-use crate::{RunReport, Scenario};
+use crate::metrics::RunMetrics;
+use crate::{RunReport, Scenario, Tallies};
 
 /// The plugin-chain scenario (and its planted variant).
 pub struct PluginsScenario {
@@ -245,6 +246,10 @@ struct Observed {
     got: BTreeMap<&'static str, Vec<Got>>,
     dropped_by_streams: u64,
     swaps: u64,
+    /// Whether the run is metered: then `broker` holds the broker, whose
+    /// counters are read once the run ends.
+    metered: bool,
+    broker: Option<Broker<SimRuntime>>,
     violation: Option<String>,
 }
 
@@ -425,6 +430,12 @@ async fn hot_swapper(
 
 async fn workload(rt: SimRuntime, mut plan: DetRng, planted: Planted, checker: Checker) {
     let broker = Broker::new(rt.clone(), rt.rng(), BrokerConfig { auto_create: None, ..BrokerConfig::default() });
+    {
+        let mut o = checker.lock();
+        if o.metered {
+            o.broker = Some(broker.clone());
+        }
+    }
     for t in ORDER_TOPICS {
         broker.create_topic(t, TopicConfig { partitions: 2, ..TopicConfig::default() }).expect("creates");
     }
@@ -646,7 +657,19 @@ impl Scenario for PluginsScenario {
         self.run_tallied(seed, trace).0
     }
 
-    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, crate::Tallies) {
+    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        let (report, tallies, _) = self.execute(seed, trace, false);
+        (report, tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        self.execute(seed, trace, true)
+    }
+}
+
+impl PluginsScenario {
+    /// One run; with `meter`, the broker's metrics once it ended.
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Tallies, Option<RunMetrics>) {
         let mut setup = rng::derive(seed, 0x9106_1a5e);
         let mut profile = FaultProfile::swarm(&mut setup);
         profile.restrict(&TOLERANCE);
@@ -659,6 +682,7 @@ impl Scenario for PluginsScenario {
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker::default();
+        checker.lock().metered = meter;
         let c = checker.clone();
         let init = SimRuntime::init(move |rt| workload(rt, plan.clone(), planted, c.clone()));
         sim.add_node(NODE, NodeSpec { kind: NodeKind::Server, name: "broker".into(), faulty_disk: false, init });
@@ -686,7 +710,15 @@ impl Scenario for PluginsScenario {
             ),
             ("hot swaps", o.swaps),
         ];
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            if let Some(broker) = &o.broker {
+                m.record_broker(NODE, broker);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         drop(o);
-        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, delivered)), tallies)
+        (RunReport::conclude(&sim, seed, verdict, fault_mix, (sent, delivered)), tallies, metrics)
     }
 }

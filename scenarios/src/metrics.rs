@@ -30,16 +30,46 @@
 //! restarted node's broker or server starts counting from zero, as a
 //! restarted `kaelix serve` does).
 //!
-//! Exported today: `broker` (its broker), `broker-replicated` (every
-//! node's broker and Raft members), `serve` and `serve-reload` (the
-//! server, its broker); other scenarios export none
-//! ([`crate::Scenario::run_metered`] returns `None`).
+//! # What each scenario exports
+//!
+//! Every scenario of the catalog ([`crate::Scenario::run_metered`] returns
+//! `Some`; the trait's default, `None`, is left for scenarios built on the
+//! harness):
+//!
+//! * `broker`, `broker-durable`, `broker-backpressure`, `broker-plugins`:
+//!   the broker ([`RunMetrics::record_broker`]).
+//! * `broker-replicated`: every node's broker and its member of each
+//!   partition's Raft group ([`RunMetrics::record_partition`]).
+//! * `serve`, `serve-reload`: the server and its broker
+//!   ([`RunMetrics::record_server`]).
+//! * `raft-partitions`: every node's member of each partition's Raft group
+//!   (topic `orders`), as `broker-replicated`, plus the member's own
+//!   counters ([`RunMetrics::record_raft_stats`], `kaelix_raft_*`: `serve`
+//!   exports none of them, so the names are this module's).
+//! * `membership-*`: every node's SWIM service as its handle reports it
+//!   ([`RunMetrics::record_membership`], `kaelix_swim_*`): its view of the
+//!   members by state, its incarnation and local health, and the SWIM
+//!   core's own counters. Nothing is counted by the scenario itself.
+//! * `broadcast`: what each node reported through its observer — the
+//!   values it holds and the values it acknowledged
+//!   (`kaelix_broadcast_*`); the broadcast core's own counters
+//!   (retransmits, anti-entropy rounds) stay inside the node, which does
+//!   not expose them.
+//!
+//! All add `kaelix_sim_time_seconds`. Reading the figures never changes the
+//! run: a scenario keeps component handles (or their figures, copied at
+//! every Raft step) only when metered, through its observers and
+//! checkers, which neither schedule nor draw anything, and reads them once
+//! the run has ended; so a metered run has the trace hash of a plain one
+//! (checked by the tests).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use kaelix_broker::Broker;
-use kaelix_cluster::raft::{Raft, Role};
+use kaelix_cluster::membership::Membership;
+use kaelix_cluster::raft::{Raft, RaftStats, Role};
+use kaelix_cluster::swim::MemberState;
 use kaelix_core::NodeId;
 use kaelix_core::runtime::Runtime;
 use kaelix_server::ServerObserver;
@@ -396,6 +426,129 @@ impl RunMetrics {
         ];
         for (name, help, value) in figures {
             self.gauge(name, help, &labels, value as f64);
+        }
+    }
+
+    /// One Raft member's own counters ([`Raft::stats`]; `serve` exports
+    /// none of them, hence `kaelix_raft_*` names of their own), labelled
+    /// like [`RunMetrics::record_partition`]. They count since the member
+    /// booted: a restarted node starts again from zero.
+    pub fn record_raft_stats(&mut self, node: NodeId, topic: &str, partition: u32, stats: RaftStats) {
+        let labels = [("node", node.0.to_string()), ("topic", topic.to_owned()), ("partition", partition.to_string())];
+        let figures = [
+            ("kaelix_raft_campaigns_total", "Pre-campaigns and campaigns this member started.", stats.campaigns),
+            ("kaelix_raft_terms_led_total", "Terms this member became leader in.", stats.terms_led),
+            ("kaelix_raft_sent_messages_total", "Raft messages this member sent.", stats.sent),
+            ("kaelix_raft_writes_total", "Log and state writes this member issued.", stats.writes),
+            ("kaelix_raft_snapshots_sent_total", "Whole snapshots this member sent as leader.", stats.snapshots_sent),
+            (
+                "kaelix_raft_snapshots_installed_total",
+                "Snapshots this member installed from a leader.",
+                stats.snapshots_installed,
+            ),
+        ];
+        for (name, help, value) in figures {
+            self.counter(name, help, &labels, value);
+        }
+    }
+
+    /// One node's SWIM membership service as its own handle reports it:
+    /// the members it holds by state (itself included), its incarnation,
+    /// its Lifeguard local health and the core's counters ([`kaelix_cluster::swim::SwimStats`]).
+    /// `serve` exports no membership figures, hence `kaelix_swim_*` names
+    /// of their own. Counters count since the node's run booted.
+    pub fn record_membership(&mut self, node: NodeId, membership: &Membership) {
+        let n = ("node", node.0.to_string());
+        let one = std::slice::from_ref(&n);
+        let mut by_state =
+            [(MemberState::Alive, 0u64), (MemberState::Suspect, 0), (MemberState::Dead, 0), (MemberState::Left, 0)];
+        membership.with_members(|members| {
+            for m in members {
+                if let Some((_, count)) = by_state.iter_mut().find(|(s, _)| *s == m.state) {
+                    *count += 1;
+                }
+            }
+        });
+        for (state, count) in by_state {
+            let name = match state {
+                MemberState::Alive => "alive",
+                MemberState::Suspect => "suspect",
+                MemberState::Dead => "dead",
+                MemberState::Left => "left",
+            };
+            self.gauge(
+                "kaelix_swim_members",
+                "Members this node holds (itself included), by state: alive, suspect, dead and left (tombstones not yet collected).",
+                &[n.clone(), ("state", name.into())],
+                count as f64,
+            );
+        }
+        if let Some(incarnation) = membership.incarnation() {
+            self.gauge("kaelix_swim_incarnation", "This node's own incarnation.", one, incarnation as f64);
+        }
+        self.gauge(
+            "kaelix_swim_local_health",
+            "The Lifeguard local health multiplier (0 = healthy).",
+            one,
+            f64::from(membership.local_health()),
+        );
+        let s = membership.stats();
+        const MESSAGES: &str = "SWIM datagrams, by direction (sent: queued for sending, received: handled).";
+        const BYTES: &str = "Bytes of SWIM datagrams, by direction.";
+        for (direction, messages, bytes) in
+            [("sent", s.messages_sent, s.bytes_sent), ("received", s.messages_received, s.bytes_received)]
+        {
+            let labels = [n.clone(), ("direction", direction.to_owned())];
+            self.counter("kaelix_swim_messages_total", MESSAGES, &labels, messages);
+            self.counter("kaelix_swim_bytes_total", BYTES, &labels, bytes);
+        }
+        const NACKS: &str = "Nacks, by direction (sent as a relay, received for our probes).";
+        self.counter("kaelix_swim_nacks_total", NACKS, &[n.clone(), ("direction", "sent".into())], s.nacks_sent);
+        self.counter(
+            "kaelix_swim_nacks_total",
+            NACKS,
+            &[n.clone(), ("direction", "received".into())],
+            s.nacks_received,
+        );
+        for (name, help, value) in [
+            (
+                "kaelix_swim_malformed_messages_total",
+                "Datagrams dropped as undecodable (or from ourselves).",
+                s.malformed,
+            ),
+            ("kaelix_swim_probes_total", "Probes started.", s.probes),
+            ("kaelix_swim_failed_probes_total", "Probes that ended with no Ack.", s.probes_failed),
+            ("kaelix_swim_ping_reqs_sent_total", "Indirect probe requests (PingReq) sent.", s.ping_reqs_sent),
+            (
+                "kaelix_swim_relays_dropped_total",
+                "PingReqs refused because too many relays were running.",
+                s.relays_dropped,
+            ),
+            (
+                "kaelix_swim_refutations_total",
+                "Times this node raised its incarnation to refute a statement about it.",
+                s.refutations,
+            ),
+            (
+                "kaelix_swim_unrefutable_total",
+                "Statements about this node it could not outbid (incarnation at its maximum).",
+                s.unrefutable,
+            ),
+            (
+                "kaelix_swim_reasserted_total",
+                "Stale statements about this node answered by gossiping its current Alive again.",
+                s.reasserted,
+            ),
+            ("kaelix_swim_strangers_met_total", "Push-pulls with senders this node had no record of.", s.strangers_met),
+            ("kaelix_swim_announces_total", "Push-pulls started by announce (joining).", s.announces),
+            ("kaelix_swim_push_pulls_total", "Periodic push-pulls (anti-entropy) with an alive member.", s.push_pulls),
+            (
+                "kaelix_swim_tombstones_collected_total",
+                "Tombstones (dead or left members) forgotten.",
+                s.tombstones_collected,
+            ),
+        ] {
+            self.counter(name, help, one, value);
         }
     }
 

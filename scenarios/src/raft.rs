@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kaelix_cluster::raft::{Body, Entry, EntryPayload, Message, Raft, Role, Write};
+use kaelix_cluster::raft::{Body, Entry, EntryPayload, Message, Raft, RaftStats, Role, Write};
 use kaelix_cluster::replicated::client::{ClientError, PartitionClient};
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig, run_node};
 use kaelix_core::planted::Planted;
@@ -71,7 +71,8 @@ use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, Si
 
 use crate::history::{History, HistoryRecorder};
 use crate::linearizability::{CheckConfig, check_history};
-use crate::{RunReport, Scenario, Verdict};
+use crate::metrics::{PartitionMember, RunMetrics};
+use crate::{RunReport, Scenario, Tallies, Verdict};
 
 /// One variant of the Raft scenario.
 pub struct RaftScenario {
@@ -112,6 +113,10 @@ pub static RAFT_ACK_BEFORE_COMMIT: RaftScenario = RaftScenario {
 };
 
 const PARTITIONS: u32 = 2;
+/// The tally of each partition's acknowledged produces (one per partition:
+/// the array's length is checked against [`PARTITIONS`]).
+const ACKED_TALLIES: [&str; PARTITIONS as usize] =
+    ["acknowledged produces, partition 0", "acknowledged produces, partition 1"];
 const CLIENTS: u64 = 3;
 const AUDITOR: NodeId = NodeId(200);
 const SAFETY: Duration = Duration::from_secs(5);
@@ -152,6 +157,9 @@ struct Observed {
     submitted: u64,
     /// Clients whose workload ended (no operation of theirs in flight).
     clients_done: u64,
+    /// (node, group) → the member's figures and counters for the run's
+    /// metrics, this incarnation (kept only by a metered run).
+    exported: Option<BTreeMap<(NodeId, u32), (PartitionMember, RaftStats)>>,
     violation: Option<String>,
 }
 
@@ -199,6 +207,9 @@ impl ReplicaObserver for NodeObserver {
         });
         let mut o = self.checker.lock();
         o.last.retain(|(n, _), _| *n != node);
+        if let Some(exported) = &mut o.exported {
+            exported.retain(|(n, _), _| *n != node);
+        }
         if wiped == Some(true) {
             // A replaced disk forgets its votes by definition; the member
             // recovers instead (it votes again only once caught up).
@@ -226,6 +237,9 @@ impl ReplicaObserver for NodeObserver {
 impl Checker {
     fn stepped(&self, rt: &SimRuntime, node: NodeId, group: u32, raft: &Raft) {
         let mut o = self.lock();
+        if let Some(exported) = &mut o.exported {
+            exported.insert((node, group), (PartitionMember::of(raft), raft.stats()));
+        }
         let (term, vote, commit) = (raft.term(), raft.vote(), raft.commit());
         let role_digest = (u64::from(group) << 56) ^ (term << 2) ^ raft.role() as u64;
         if o.roles.insert((node, group), role_digest) != Some(role_digest) {
@@ -503,6 +517,14 @@ async fn auditor(rt: SimRuntime, servers: Vec<NodeId>, checker: Checker, history
     checker.lock().read_back = Some(read_back);
 }
 
+/// What one run produced.
+struct Run {
+    report: RunReport,
+    history: History,
+    tallies: Tallies,
+    metrics: Option<RunMetrics>,
+}
+
 /// One seed's Raft cluster: its servers, the faults it must survive and
 /// which servers' disks may be replaced.
 pub(crate) struct ClusterPlan {
@@ -560,7 +582,9 @@ impl RaftScenario {
         })
     }
 
-    fn run_inner(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, History) {
+    /// One run: its report, client history and tallies, and with `meter`
+    /// every Raft member's metrics once it ended.
+    fn run_inner(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> Run {
         let mut setup = rng::derive(seed, 0x4af7_0001);
         let ClusterPlan { servers, tolerance, profile, faulty } = plan_cluster(&mut setup);
         let safety_end = Instant::ZERO + SAFETY;
@@ -569,6 +593,9 @@ impl RaftScenario {
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker { observed: Arc::default(), violated: Arc::default() };
+        if meter {
+            checker.lock().exported = Some(BTreeMap::new());
+        }
         let history = HistoryRecorder::new();
         let mut config = ReplicatedConfig::new(servers.clone(), PARTITIONS);
         config.snapshot_every = 40;
@@ -658,11 +685,29 @@ impl RaftScenario {
             Ok(Err(violation)) => Verdict::SafetyViolation(violation),
             Err(panic) => Verdict::from_panic(panic),
         };
-        let workload = {
-            let o = checker.lock();
-            (o.submitted, o.acked.len() as u64)
-        };
-        (RunReport::conclude(&sim, seed, verdict, fault_mix, workload), recorded)
+        let o = checker.lock();
+        let workload = (o.submitted, o.acked.len() as u64);
+        let mut tallies: Tallies =
+            vec![("servers", servers.len() as u64), ("leaders elected (group, term)", o.leaders.len() as u64)];
+        for (p, name) in (0..PARTITIONS).zip(ACKED_TALLIES) {
+            tallies.push((name, o.acked.range((p, 0)..=(p, u64::MAX)).count() as u64));
+        }
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            for (&(node, group), &(member, stats)) in o.exported.iter().flatten() {
+                m.record_partition(node, "orders", group, member);
+                m.record_raft_stats(node, "orders", group, stats);
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
+        drop(o);
+        Run {
+            report: RunReport::conclude(&sim, seed, verdict, fault_mix, workload),
+            history: recorded,
+            tallies,
+            metrics,
+        }
     }
 }
 
@@ -684,11 +729,21 @@ impl Scenario for RaftScenario {
     }
 
     fn run(&self, seed: u64, trace: Option<TraceSink>) -> RunReport {
-        self.run_inner(seed, trace).0
+        self.run_inner(seed, trace, false).report
     }
 
     fn run_recording(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Option<History>) {
-        let (report, history) = self.run_inner(seed, trace);
-        (report, Some(history))
+        let run = self.run_inner(seed, trace, false);
+        (run.report, Some(run.history))
+    }
+
+    fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        let run = self.run_inner(seed, trace, false);
+        (run.report, run.tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        let run = self.run_inner(seed, trace, true);
+        (run.report, run.tallies, run.metrics)
     }
 }

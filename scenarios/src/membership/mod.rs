@@ -80,6 +80,7 @@ use kaelix_core::{Instant, NodeId};
 use kaelix_sim::trace::TraceSink;
 use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
+use crate::metrics::RunMetrics;
 use crate::{RunReport, Scenario, Tallies, Verdict};
 use oracle::{Oracle, OracleConfig, Registry, membership_node};
 
@@ -224,6 +225,20 @@ impl Scenario for MembershipScenario {
     }
 
     fn run_tallied(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies) {
+        let (report, tallies, _) = self.execute(seed, trace, false);
+        (report, tallies)
+    }
+
+    fn run_metered(&self, seed: u64, trace: Option<TraceSink>) -> (RunReport, Tallies, Option<RunMetrics>) {
+        self.execute(seed, trace, true)
+    }
+}
+
+impl MembershipScenario {
+    /// One run; with `meter`, every node's membership figures once it
+    /// ended (its current run's handle: a node restarted counts from its
+    /// last boot).
+    fn execute(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> (RunReport, Tallies, Option<RunMetrics>) {
         let planted = self.planted;
         let nodes: Vec<NodeId> = (1..=self.nodes).map(NodeId).collect();
         let seeds: Vec<NodeId> = nodes.iter().copied().take(3).collect();
@@ -360,7 +375,17 @@ impl Scenario for MembershipScenario {
             ("deaths", tally.deaths),
             ("false deaths", tally.false_deaths),
         ];
+        let metrics = meter.then(|| {
+            let mut m = RunMetrics::new();
+            for &id in &nodes {
+                if let Some(membership) = oracle.membership(id) {
+                    m.record_membership(id, membership);
+                }
+            }
+            m.record_sim_time(sim.now().since_origin().as_secs_f64());
+            m
+        });
         let report = RunReport::conclude(&sim, seed, verdict, fault_mix, (self.nodes, agreeing));
-        (report, tallies)
+        (report, tallies, metrics)
     }
 }

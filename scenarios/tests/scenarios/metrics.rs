@@ -1,7 +1,8 @@
 //! A run's metrics (`Scenario::run_metered`, `kaelix sim run --seed N
-//! --metrics`): byte-identical for a seed, different between seeds, the
-//! run itself unchanged by reading them, and the broker's figures equal to
-//! what the test counts from the clients' side of the run.
+//! --metrics`): every scenario exports some; byte-identical for a seed,
+//! different between seeds, the run itself unchanged by reading them, and
+//! the components' figures checked against what the clients or the
+//! scenario's oracle recorded of the run.
 
 use kaelix_scenarios::metrics::RunMetrics;
 use kaelix_scenarios::{RunReport, Scenario, Tallies, find};
@@ -128,12 +129,147 @@ fn replicated_metrics_hold_every_raft_member_and_broker() {
     assert_ne!(metrics.render(), metered(s, seed + 1).2.render(), "another seed, same metrics");
 }
 
+/// Runs `name`'s `seed` metered twice and plain once: it passes, the two
+/// metered runs render byte-identical text, and metering changed nothing
+/// in the run (the plain run has the same trace hash). The first run.
+fn checked(name: &str, seed: u64) -> (RunReport, Tallies, RunMetrics) {
+    let s = find(name).unwrap_or_else(|| panic!("scenario {name}"));
+    let (report, tallies, metrics) = metered(s, seed);
+    assert!(report.verdict.passed(), "{name} seed {seed}: {}", report.verdict);
+    let (again, _, again_metrics) = metered(s, seed);
+    assert_eq!(metrics.render(), again_metrics.render(), "{name} seed {seed}: metrics differ between two runs");
+    assert_eq!(report.trace_hash, again.trace_hash);
+    assert_eq!(report.trace_hash, s.run(seed, None).trace_hash, "{name} seed {seed}: metering changed the run");
+    assert_eq!(metrics.value("kaelix_sim_time_seconds", &[]), Some(report.sim_time.as_secs_f64()));
+    (report, tallies, metrics)
+}
+
 #[test]
-fn a_scenario_without_metrics_says_so() {
-    let s = find("broadcast").expect("broadcast");
-    let (report, _, metrics) = s.run_metered(0, None);
-    assert!(metrics.is_none());
-    assert_eq!(report.trace_hash, s.run(0, None).trace_hash);
+fn every_scenario_exports_metrics() {
+    // Only the cheapest seed of each is run here; the scenarios' own
+    // figures are checked by the tests below.
+    for s in kaelix_scenarios::catalog() {
+        if s.name().starts_with("membership-") && s.name() != "membership-5" {
+            continue; // the same code path as membership-5, much slower
+        }
+        let (_, _, metrics) = s.run_metered(0, None);
+        let metrics = metrics.unwrap_or_else(|| panic!("{} exports no metrics", s.name()));
+        assert!(metrics.names().len() > 1, "{}: only {:?}", s.name(), metrics.names());
+    }
+}
+
+#[test]
+fn raft_metrics_hold_every_member_and_agree_with_the_oracle() {
+    let mut renders = Vec::new();
+    for seed in [0, 1] {
+        let (report, tallies, metrics) = checked("raft-partitions", seed);
+        let text = metrics.render();
+        let servers = tally(&tallies, "servers");
+        let elected = tally(&tallies, "leaders elected (group, term)");
+        let mut led = 0.0;
+        for partition in ["0", "1"] {
+            let at = |name: &str, node: u64| {
+                let n = node.to_string();
+                metrics
+                    .value(name, &[("node", &n), ("topic", "orders"), ("partition", partition)])
+                    .unwrap_or_else(|| panic!("seed {seed}: no {name} of node {node} orders/{partition}:\n{text}"))
+            };
+            // Every acknowledged produce is a committed entry of its
+            // partition's log (noops and configurations come on top).
+            let acked = tally(&tallies, &format!("acknowledged produces, partition {partition}"));
+            let commit = (1..=servers).map(|n| at("kaelix_cluster_partition_commit_index", n)).fold(0.0, f64::max);
+            assert!(commit >= acked as f64, "seed {seed} orders/{partition}: commit {commit} < {acked} acknowledged");
+            for n in 1..=servers {
+                assert!(
+                    at("kaelix_cluster_partition_applied_index", n) <= at("kaelix_cluster_partition_commit_index", n)
+                );
+                led += at("kaelix_raft_terms_led_total", n);
+                if at("kaelix_cluster_partition_role", n) == 2.0 {
+                    // A leader campaigned and won in this incarnation.
+                    assert!(at("kaelix_raft_terms_led_total", n) >= 1.0, "seed {seed}: node {n} leads");
+                    assert!(at("kaelix_raft_campaigns_total", n) >= 1.0, "seed {seed}: node {n} leads");
+                    assert_eq!(at("kaelix_cluster_partition_leader", n), n as f64);
+                }
+                assert!(at("kaelix_raft_sent_messages_total", n) > 0.0, "seed {seed}: node {n} sent nothing");
+            }
+        }
+        // Each term a member led is a (group, term) the oracle saw led;
+        // restarts reset a member's count, so at most that many.
+        assert!(led >= 1.0 && led <= elected as f64, "seed {seed}: {led} terms led, oracle saw {elected}\n{text}");
+        assert!(report.workload.1 > 0, "seed {seed}: nothing acknowledged");
+        renders.push(text);
+    }
+    assert_ne!(renders[0], renders[1], "another seed, same metrics");
+}
+
+#[test]
+fn membership_metrics_show_every_view_converged() {
+    for seed in [0, 1] {
+        let (report, _, metrics) = checked("membership-5", seed);
+        let text = metrics.render();
+        // The oracle ended the run once every node saw every node alive
+        // at its current incarnation: the nodes' own tables say the same.
+        assert_eq!(report.workload, (5, 5), "seed {seed}");
+        for node in 1..=5u64 {
+            let n = node.to_string();
+            let members = |state: &str| {
+                metrics
+                    .value("kaelix_swim_members", &[("node", &n), ("state", state)])
+                    .unwrap_or_else(|| panic!("seed {seed}: no {state} members of node {node}:\n{text}"))
+            };
+            assert_eq!(members("alive"), 5.0, "seed {seed} node {node}\n{text}");
+            assert_eq!(members("suspect") + members("dead") + members("left"), 0.0, "seed {seed} node {node}");
+            assert!(metrics.value("kaelix_swim_incarnation", &[("node", &n)]).is_some_and(|i| i >= 1.0));
+            let sent = metrics.value("kaelix_swim_messages_total", &[("node", &n), ("direction", "sent")]);
+            assert!(sent.is_some_and(|s| s > 0.0), "seed {seed} node {node}");
+        }
+        // A node restarted just before the end may not have probed yet;
+        // the cluster as a whole has.
+        assert!(metrics.sum("kaelix_swim_probes_total", &[]) > 0.0, "seed {seed}:\n{text}");
+    }
+}
+
+#[test]
+fn broadcast_metrics_hold_every_acknowledged_value() {
+    for seed in [0, 1] {
+        let (report, _, metrics) = checked("broadcast", seed);
+        let text = metrics.render();
+        // The run ended with every server holding every value a client saw
+        // acknowledged; servers hold nothing no client sent.
+        let (sent, acked) = report.workload;
+        for node in 1..=5u64 {
+            let n = node.to_string();
+            let held = metrics.value("kaelix_broadcast_values", &[("node", &n)]).expect("held values");
+            assert!(held >= acked as f64 && held <= sent as f64, "seed {seed} node {node}: {held} of {sent}/{acked}");
+            assert!(metrics.value("kaelix_broadcast_acknowledged_values_total", &[("node", &n)]).is_some(), "{text}");
+        }
+    }
+}
+
+#[test]
+fn broker_scenarios_export_the_broker_figures() {
+    for seed in [0, 1] {
+        // Backpressure: every publish the publishers saw succeed, appended.
+        let (report, _, metrics) = checked("broker-backpressure", seed);
+        let published = metrics.value("kaelix_broker_published_messages_total", &[NODE1]);
+        assert_eq!(published, Some(report.workload.0 as f64), "seed {seed}: backpressure published");
+        let delivered = metrics.value("kaelix_broker_delivered_messages_total", &[NODE1, ("to", "stream")]);
+        assert!(delivered.is_some_and(|d| d >= report.workload.1 as f64), "seed {seed}: delivered {delivered:?}");
+
+        // Plugins: what the plugins dead-lettered, as the publishers saw.
+        let (_, tallies, metrics) = checked("broker-plugins", seed);
+        let dead = metrics.value("kaelix_broker_dead_lettered_messages_total", &[NODE1]);
+        assert_eq!(dead, Some(tally(&tallies, "dead-lettered") as f64), "seed {seed}: plugins dead letters");
+        let published = metrics.value("kaelix_broker_published_messages_total", &[NODE1]).expect("published");
+        let stored = tally(&tallies, "stored") + tally(&tallies, "dead-lettered");
+        assert!(published >= stored as f64, "seed {seed}: plugins published {published} < {stored}");
+
+        // Durable: the last incarnation's broker, counting from its boot.
+        let (report, _, metrics) = checked("broker-durable", seed);
+        let published = metrics.value("kaelix_broker_published_messages_total", &[NODE1]).expect("published");
+        assert!(published <= report.workload.0 as f64, "seed {seed}: durable published {published}");
+        assert!(metrics.value("kaelix_broker_topics", &[NODE1]).is_some_and(|t| t > 0.0), "seed {seed}");
+    }
 }
 
 #[test]
