@@ -34,7 +34,7 @@ const CONFIG: &str = "[[topics]]\nname = \"orders\"\nstorage = \"replicated\"\n[
 
 /// A port `p` with `p + 1` free too (a member's cluster and forwarding
 /// ports), distinct from `taken`.
-pub(super) fn free_port_pair(taken: &[u16]) -> u16 {
+fn free_port_pair(taken: &[u16]) -> u16 {
     for _ in 0..200 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
@@ -75,7 +75,7 @@ impl Drop for Member {
     }
 }
 
-pub(super) fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
+fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("KAELIX_") {
@@ -128,6 +128,50 @@ pub(super) fn leader_by_status(members: &[&Member]) -> Option<u64> {
     // Every member follows that leader: "N: follower T C" / "N: leader T C".
     let roles = row.matches(": leader ").count();
     (roles == 1).then_some(leader)
+}
+
+/// Three members on loopback: their cluster ports, the peer list, one data
+/// directory each under a fresh temporary base, and the file they share.
+pub(super) struct Layout {
+    pub(super) base: PathBuf,
+    ports: Vec<u16>,
+    peers: String,
+    config: PathBuf,
+}
+
+impl Layout {
+    /// Fresh directories for the test `tag`; every member reads `config`.
+    pub(super) fn new(tag: &str, config: &str) -> Layout {
+        let base = std::env::temp_dir().join(format!("kaelix-cli-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let config = super::temp_file(&format!("{tag}.toml"), config);
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let p = free_port_pair(&ports);
+            ports.push(p);
+        }
+        let peers = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1])).collect::<Vec<_>>().join(",");
+        Layout { base, ports, peers, config }
+    }
+
+    /// Starts member `id` (1 to 3) on its data directory, again after a stop.
+    pub(super) fn start(&self, id: u64) -> Member {
+        let dir = self.base.join(format!("node{id}"));
+        start_member(id, self.ports[id as usize - 1], &self.peers, &dir, &self.config)
+    }
+
+    /// All three members, member `id` at index `id - 1`.
+    pub(super) fn start_all(&self) -> Vec<Option<Member>> {
+        (1..=3).map(|id| Some(self.start(id))).collect()
+    }
+}
+
+/// The leader of orders/0 once every running member names it (15 s at most).
+fn leader_of(members: &[Option<Member>]) -> u64 {
+    wait_for("a leader every member names", Duration::from_secs(15), || {
+        leader_by_status(&members.iter().flatten().collect::<Vec<_>>())
+    })
 }
 
 pub(super) fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -290,26 +334,10 @@ fn read_log(exec: &Executor, rt: &RealRuntime, native: SocketAddr) -> Vec<String
 
 #[test]
 fn three_processes_fail_over_and_the_restarted_member_catches_up() {
-    let base = std::env::temp_dir().join(format!("kaelix-cli-{}-cluster", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).unwrap();
-    let config = super::temp_file("cluster.toml", CONFIG);
-    let mut ports = Vec::new();
-    for _ in 0..3 {
-        let p = free_port_pair(&ports);
-        ports.push(p);
-    }
-    let peers = (1..=3u64).map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1])).collect::<Vec<_>>().join(",");
-    let dirs: Vec<PathBuf> = (1..=3).map(|id| base.join(format!("node{id}"))).collect();
-    let mut members: Vec<Option<Member>> = (1..=3u64)
-        .map(|id| Some(start_member(id, ports[id as usize - 1], &peers, &dirs[id as usize - 1], &config)))
-        .collect();
-
-    let status = |members: &Vec<Option<Member>>| {
-        wait_for("a leader every member names", Duration::from_secs(15), || {
-            leader_by_status(&members.iter().flatten().collect::<Vec<_>>())
-        })
-    };
+    let layout = Layout::new("cluster", CONFIG);
+    let base = layout.base.clone();
+    let mut members = layout.start_all();
+    let status = |members: &Vec<Option<Member>>| leader_of(members);
     let nats_of = |members: &Vec<Option<Member>>, id: u64| members[id as usize - 1].as_ref().unwrap().nats;
     let first_leader = status(&members);
     // A subscriber on every member; a publisher on a member that does not
@@ -366,8 +394,7 @@ fn three_processes_fail_over_and_the_restarted_member_catches_up() {
     produce_acked(&exec, &rt, native, ("native", 20), &mut acked, &mut unknown);
 
     // The killed member comes back on its data directory and catches up.
-    members[leader as usize - 1] =
-        Some(start_member(leader, ports[leader as usize - 1], &peers, &dirs[leader as usize - 1], &config));
+    members[leader as usize - 1] = Some(layout.start(leader));
 
     // A leader that stops answering without closing anything (SIGSTOP: its
     // sockets stay open, as behind a partition that drops packets), and the
@@ -446,26 +473,9 @@ fn three_processes_fail_over_and_the_restarted_member_catches_up() {
 /// member comes back, and publishes through it are acknowledged too.
 #[test]
 fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
-    let base = std::env::temp_dir().join(format!("kaelix-cli-{}-handoff", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).unwrap();
-    let config = super::temp_file("handoff.toml", CONFIG);
-    let mut ports = Vec::new();
-    for _ in 0..3 {
-        let p = free_port_pair(&ports);
-        ports.push(p);
-    }
-    let peers = (1..=3u64).map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1])).collect::<Vec<_>>().join(",");
-    let dirs: Vec<PathBuf> = (1..=3).map(|id| base.join(format!("node{id}"))).collect();
-    let mut members: Vec<Option<Member>> = (1..=3u64)
-        .map(|id| Some(start_member(id, ports[id as usize - 1], &peers, &dirs[id as usize - 1], &config)))
-        .collect();
-    let status = |members: &Vec<Option<Member>>| {
-        wait_for("a leader every member names", Duration::from_secs(15), || {
-            leader_by_status(&members.iter().flatten().collect::<Vec<_>>())
-        })
-    };
-    let leader = status(&members);
+    let layout = Layout::new("handoff", CONFIG);
+    let mut members = layout.start_all();
+    let leader = leader_of(&members);
     let survivor = (1..=3).find(|&n| n != leader).unwrap();
     let mut publisher = Nats::connect(members[survivor as usize - 1].as_ref().unwrap().nats);
     let (mut acked, mut unknown) = (Vec::new(), Vec::new());
@@ -499,10 +509,9 @@ fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
     drop(stopping);
 
     // Back on its data directory; publishes through it are acknowledged.
-    members[leader as usize - 1] =
-        Some(start_member(leader, ports[leader as usize - 1], &peers, &dirs[leader as usize - 1], &config));
+    members[leader as usize - 1] = Some(layout.start(leader));
     let restarted_at = Instant::now();
-    status(&members);
+    leader_of(&members);
     let mut through_restarted = Nats::connect(members[leader as usize - 1].as_ref().unwrap().nats);
     let before = unknown.len();
     for i in 0..10 {
@@ -514,7 +523,7 @@ fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
         unknown.len() - before
     );
     let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
-    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), layout.base.join("client"))).unwrap();
     let logs = wait_for("every member's log to hold every acknowledged message", Duration::from_secs(15), || {
         let logs: Vec<Vec<String>> =
             (1..=3).map(|id| read_log(&exec, &rt, members[id as usize - 1].as_ref().unwrap().native)).collect();
@@ -527,5 +536,5 @@ fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
     }
     drop(members);
     exec.shutdown(kaelix_core::time::Duration::from_secs(1));
-    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&layout.base);
 }

@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,7 +38,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 
-use super::cluster::{Member, free_port_pair, leader_by_status, start_member, wait_for};
+use super::cluster::{Layout, Member, leader_by_status, wait_for};
 
 /// One exported span with the resource it came with.
 #[derive(Clone, Debug)]
@@ -405,25 +405,11 @@ fn the_sampling_ratio_holds_within_five_standard_deviations() {
 #[test]
 fn a_publish_forwarded_to_the_leader_is_one_trace_across_members() {
     let collector = Collector::start();
-    let base = std::env::temp_dir().join(format!("kaelix-cli-{}-trace-cluster", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).unwrap();
-    let config = super::temp_file(
-        "trace-cluster.toml",
+    let layout = Layout::new(
+        "trace-cluster",
         &tracing_config(&collector, 1.0, "[[topics]]\nname = \"orders\"\nstorage = \"replicated\"\n"),
     );
-    let mut ports = Vec::new();
-    for _ in 0..3 {
-        let p = free_port_pair(&ports);
-        ports.push(p);
-    }
-    let peers = (1..=3u64).map(|id| format!("{id}=127.0.0.1:{}", ports[id as usize - 1])).collect::<Vec<_>>().join(",");
-    let members: Vec<Member> = (1..=3u64)
-        .map(|id| {
-            let dir: &Path = &base.join(format!("node{id}"));
-            start_member(id, ports[id as usize - 1], &peers, dir, &config)
-        })
-        .collect();
+    let members: Vec<Member> = (1..=3).map(|id| layout.start(id)).collect();
     let leader = wait_for("a leader every member names", Duration::from_secs(15), || {
         leader_by_status(&members.iter().collect::<Vec<_>>())
     });
