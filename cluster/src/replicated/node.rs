@@ -492,8 +492,8 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
 
 /// One turn of a graceful stop: each group this member leads, and that is
 /// not being handed away already, is handed to the most caught-up other
-/// voter (ties broken by the group's number, so a stopping member's groups
-/// spread over the others). Called after every event until it returns
+/// voter among those it heard from lately (ties broken by the group's
+/// number, so a stopping member's groups spread over the others). Called after every event until it returns
 /// true: this member leads no group (a transfer that timed out is tried
 /// again). A member alone in its groups has no one to hand them to.
 fn hand_off_leadership<O: ReplicaObserver>(now: Instant, core: &mut ReplicaCore<O>, others: &[NodeId]) -> bool {
@@ -513,7 +513,9 @@ fn hand_off_leadership<O: ReplicaObserver>(now: Instant, core: &mut ReplicaCore<
         let successor = (0..others.len())
             .map(|k| others[(g as usize + k) % others.len()])
             .filter(|&id| raft.configuration().is_voter(id))
-            .max_by_key(|&id| raft.progress(id).map(|p| p.match_index));
+            // Heard from lately first (a dead member would only time the
+            // transfer out), then the longest matching log.
+            .max_by_key(|&id| raft.progress(id).map(|p| (p.recent_active, p.match_index)));
         if let Some(to) = successor {
             let _ = core.transfer_leadership(now, g, to);
         }
