@@ -30,7 +30,7 @@ use kaelix_config::{ConfigLoader, HotReloadManager, Loaded, ReloadPolicy};
 use kaelix_core::NodeId;
 use kaelix_core::runtime::Clock;
 use kaelix_core::time::Duration;
-use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
+use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime, RuntimeConfig};
 use kaelix_server::config::{LogFormat, LogLevel};
 use kaelix_server::{Server, ServerConfig};
 use kaelix_telemetry::OtlpTracing;
@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Least severe level logged [default: info; `log.level`, reloadable].
     #[arg(long, value_enum)]
     pub log_level: Option<LogLevelArg>,
-    /// Worker threads [default: one per CPU; `node.workers`].
+    /// Worker threads [default: one per CPU; `runtime.worker_threads`].
     #[arg(long)]
     pub workers: Option<usize>,
     /// Seconds a drain waits for connections to finish [default: 10; `node.shutdown_grace_secs`].
@@ -193,7 +193,7 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
         loader = loader.with_override("log.level", name, "--log-level");
     }
     if let Some(workers) = args.workers {
-        loader = loader.with_override("node.workers", workers as i64, "--workers");
+        loader = loader.with_override("runtime.worker_threads", workers as i64, "--workers");
     }
     if let Some(secs) = args.shutdown_grace_secs {
         loader = loader.with_override("node.shutdown_grace_secs", secs as i64, "--shutdown-grace-secs");
@@ -218,6 +218,17 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
         loader = loader.with_override("cluster.peers", list, "--peers");
     }
     loader
+}
+
+/// The executor's settings from `[runtime]` (validated by the loader).
+fn runtime_config(settings: &kaelix_server::config::RuntimeSettings) -> RuntimeConfig {
+    RuntimeConfig {
+        worker_threads: settings.worker_threads,
+        task_queue_depth: settings.task_queue_depth,
+        target_latency_us: settings.target_latency_us,
+        numa_aware: settings.numa_aware,
+        priority_levels: settings.priority_levels,
+    }
 }
 
 /// Runs the server until a signal; the exit code says how it ended.
@@ -252,7 +263,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let config = loaded.config.clone();
     let reloader = HotReloadManager::new(loader, loaded, ReloadPolicy::new(ServerConfig::RELOADABLE.iter().copied()));
     let data_dir = PathBuf::from(&config.node.data_dir);
-    let args = (data_dir, config.node.workers, config.node.shutdown_grace_secs);
+    let args = (data_dir, runtime_config(&config.runtime), config.node.shutdown_grace_secs);
     let code = run_with(args, config, reloader, log_handle);
     if let Some(t) = otlp {
         // After the drain: the spans of the last requests go out too.
@@ -262,7 +273,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 fn run_with(
-    (data_dir, workers, grace_secs): (PathBuf, Option<usize>, u64),
+    (data_dir, runtime, grace_secs): (PathBuf, RuntimeConfig, u64),
     config: ServerConfig,
     reloader: Option<HotReloadManager<ServerConfig>>,
     log_handle: LogHandle,
@@ -271,8 +282,7 @@ fn run_with(
         eprintln!("kaelix serve: creating data directory {}: {e}", data_dir.display());
         return ExitCode::from(2);
     }
-    let exec_config = ExecutorConfig { max_workers: workers, ..ExecutorConfig::default() };
-    let exec = match Executor::new(exec_config) {
+    let exec = match Executor::new(ExecutorConfig::from(&runtime)) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("kaelix serve: starting the executor: {e}");

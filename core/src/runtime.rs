@@ -121,11 +121,39 @@ pub trait Spawner: Clone + Send + Sync + 'static {
     type Handle<T: Send + 'static>: TaskHandle<T>;
 
     /// Runs `future` concurrently on this node. `name` labels it in traces
-    /// and metrics.
+    /// and metrics. A runtime may refuse the task (a bound on live tasks is
+    /// reached, or it is shutting down): the future is then dropped
+    /// unpolled and the handle yields [`JoinError::Cancelled`] at once.
     fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> Self::Handle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static;
+
+    /// [`Spawner::spawn`] that says whether the task was refused, for
+    /// callers that must answer for it (a connection to close, a request or
+    /// subscription to refuse with an error) instead of finding out later.
+    /// The default never refuses.
+    fn try_spawn<F>(
+        &self,
+        priority: Priority,
+        name: &'static str,
+        future: F,
+    ) -> Result<Self::Handle<F::Output>, SpawnRefused>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Ok(self.spawn(priority, name, future))
+    }
+}
+
+/// A task the runtime would not start (see [`Spawner::try_spawn`]); its
+/// future was dropped unpolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the runtime refused to start task {name}: its live-task bound is reached or it is shutting down")]
+pub struct SpawnRefused {
+    /// The refused task's name.
+    pub name: &'static str,
 }
 
 /// The largest datagram [`Network::send`] accepts.

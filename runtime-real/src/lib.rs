@@ -25,7 +25,7 @@ mod sync;
 pub mod topology;
 
 pub use driver::Sleep;
-pub use executor::{Executor, ExecutorConfig, ExecutorHandle, JoinHandle, ShutdownReport};
+pub use executor::{Executor, ExecutorConfig, ExecutorHandle, JoinHandle, RuntimeConfig, ShutdownReport};
 pub(crate) use rt::wall_clock_now;
 pub use rt::{NodeConfig, RealRuntime, StartError};
 

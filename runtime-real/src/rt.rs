@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use kaelix_core::rng::{self, DetRng};
 use kaelix_core::runtime::{
-    ByteNetwork, ClientNetwork, Clock, FaultPoints, NetError, Network, Priority, Runtime, Spawner, Storage,
-    StorageError,
+    ByteNetwork, ClientNetwork, Clock, FaultPoints, NetError, Network, Priority, Runtime, SpawnRefused, Spawner,
+    Storage, StorageError,
 };
 use kaelix_core::{Instant, NodeId, WallTime};
 
@@ -196,6 +196,19 @@ impl Spawner for RealRuntime {
         F::Output: Send + 'static,
     {
         self.inner.exec.spawn(priority, name, future)
+    }
+
+    fn try_spawn<F>(
+        &self,
+        priority: Priority,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnRefused>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.exec.try_spawn(priority, name, future)
     }
 }
 

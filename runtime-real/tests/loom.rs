@@ -1,6 +1,6 @@
 //! Loom models of the executor's lock-free parts: the task scheduling state
-//! machine (`executor::state`) and the park/notify protocol
-//! (`executor::idle`). `src/sync.rs` swaps their atomics and mutex for
+//! machine (`executor::state`), the park/notify protocol
+//! (`executor::idle`) and the live-task bound (`executor::admission`). `src/sync.rs` swaps their atomics and mutex for
 //! loom's, so these models explore exactly the code that ships.
 //!
 //! Run with:
@@ -20,6 +20,7 @@
 //! in C11 and lets every model here run.
 #![cfg(loom)]
 
+use kaelix_runtime_real::executor::admission::LiveCount;
 use kaelix_runtime_real::executor::idle::Sleepers;
 use kaelix_runtime_real::executor::state::{AfterPoll, TaskState};
 use loom::cell::UnsafeCell;
@@ -359,4 +360,53 @@ fn sleepers_one_publisher() {
 fn sleepers_two_publishers() {
     // Exhaustive takes minutes; bounded to 3 preemptions per execution.
     explore("park/notify, 2 publishers (preemption bound 3)", Some(3), || park_notify(2));
+}
+
+// ---------------------------------------------------------------------------
+// LiveCount
+// ---------------------------------------------------------------------------
+
+/// `spawners` threads each try to admit one task under a bound of `bound`;
+/// the first `releasers` of them that get in finish again at once (their
+/// place is released). Places held at once never exceed the bound, and
+/// when nobody releases, exactly `min(spawners, bound)` get in.
+fn admission_race(spawners: usize, bound: usize, releasers: usize) {
+    let live = Arc::new(LiveCount::new(Some(bound)));
+    // Ground truth beside the count under test: places held right now.
+    let held = Arc::new(AtomicUsize::new(0));
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..spawners)
+        .map(|i| {
+            let (live, held, admitted) = (live.clone(), held.clone(), admitted.clone());
+            thread::spawn(move || {
+                if live.try_admit() {
+                    let now_held = held.fetch_add(1, AcqRel) + 1;
+                    assert!(now_held <= bound, "{now_held} live tasks under a bound of {bound}");
+                    admitted.fetch_add(1, AcqRel);
+                    if i < releasers {
+                        held.fetch_sub(1, AcqRel);
+                        live.release();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let admitted = admitted.load(Acquire);
+    if releasers == 0 {
+        assert_eq!(admitted, spawners.min(bound), "a spawn was refused with room left, or let past the bound");
+    }
+    assert_eq!(live.get(), held.load(Acquire), "the count disagrees with the places held");
+}
+
+#[test]
+fn live_count_three_spawners_bound_two() {
+    explore("3 spawns under a bound of 2", None, || admission_race(3, 2, 0));
+}
+
+#[test]
+fn live_count_spawners_and_a_release_bound_one() {
+    explore("3 spawns under a bound of 1, one finishing", None, || admission_race(3, 1, 1));
 }

@@ -92,10 +92,12 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Logging (read by the binary: `kaelix serve` installs the subscriber).
     pub log: LogConfig,
-    /// The process around the server: data directory, worker threads,
-    /// drain grace (read by `kaelix serve`; the server itself runs on
-    /// whatever runtime it is given).
+    /// The process around the server: data directory and drain grace
+    /// (read by `kaelix serve`; the server itself runs on whatever runtime
+    /// it is given).
     pub node: NodeSettings,
+    /// The executor `kaelix serve` runs the server on.
+    pub runtime: RuntimeSettings,
     /// The metrics endpoint (`/metrics`, `/healthz`).
     pub telemetry: TelemetrySettings,
     /// Distributed tracing: spans exported over OTLP (read by `kaelix serve`).
@@ -121,6 +123,7 @@ impl Default for ServerConfig {
             tls: None,
             log: LogConfig::default(),
             node: NodeSettings::default(),
+            runtime: RuntimeSettings::default(),
             telemetry: TelemetrySettings::default(),
             tracing: TracingSettings::default(),
             plugins: crate::plugins::PluginsConfig::default(),
@@ -359,15 +362,58 @@ pub struct LogConfig {
 pub struct NodeSettings {
     /// Where durable topics live (created if missing).
     pub data_dir: String,
-    /// Executor worker threads (absent: one per CPU).
-    pub workers: Option<usize>,
     /// Seconds a drain waits for connections to finish.
     pub shutdown_grace_secs: u64,
 }
 
 impl Default for NodeSettings {
     fn default() -> Self {
-        NodeSettings { data_dir: "./kaelix-data".to_owned(), workers: None, shutdown_grace_secs: 10 }
+        NodeSettings { data_dir: "./kaelix-data".to_owned(), shutdown_grace_secs: 10 }
+    }
+}
+
+/// `[runtime]`: the seed's `RuntimeConfig`, the executor's settings
+/// (`kaelix_runtime_real::RuntimeConfig`, which `kaelix serve` builds from
+/// this; read at start, a change needs a restart).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Worker threads in all (absent: one per CPU; `--workers`).
+    pub worker_threads: Option<usize>,
+    /// The most live tasks — each connection, subscription and stream is
+    /// one — and so the most the run queues hold: a spawn past it is
+    /// refused (counted as `kaelix_executor_spawns_refused_total` and
+    /// logged; a refused connection is closed, the others go on).
+    pub task_queue_depth: usize,
+    /// Microseconds an idle worker keeps looking for work before it parks:
+    /// a wake within it is served without a futex wake-up, at the cost of
+    /// that much CPU after each burst of work (0: park at once).
+    pub target_latency_us: u64,
+    /// One worker pool per NUMA node (false: one pool over all CPUs).
+    pub numa_aware: bool,
+    /// Priority tiers kept apart, 1 to 4 (Critical, High, Normal,
+    /// Background; lower ones fold into the last kept tier).
+    pub priority_levels: usize,
+}
+
+impl RuntimeSettings {
+    /// Equal to `kaelix_runtime_real::RuntimeConfig::DEFAULT_TASK_QUEUE_DEPTH`
+    /// (a test holds them together; this crate does not link the real
+    /// runtime).
+    pub const DEFAULT_TASK_QUEUE_DEPTH: usize = 1 << 22;
+    /// Above this a spinning worker is mostly burning a core.
+    pub const MAX_TARGET_LATENCY_US: u64 = 10_000;
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            worker_threads: None,
+            task_queue_depth: Self::DEFAULT_TASK_QUEUE_DEPTH,
+            target_latency_us: 0,
+            numa_aware: true,
+            priority_levels: 4,
+        }
     }
 }
 
@@ -915,8 +961,35 @@ impl ServerConfig {
             }
         }
         self.cluster.rules(self, f);
-        if self.node.workers == Some(0) {
-            f.error(Performance, "node.workers", "must be at least 1 (leave it out for one per CPU)");
+        let r = &self.runtime;
+        if r.worker_threads == Some(0) {
+            f.error(Performance, "runtime.worker_threads", "must be at least 1 (leave it out for one per CPU)");
+        }
+        if r.task_queue_depth == 0 {
+            f.error(Performance, "runtime.task_queue_depth", "must be at least 1: every connection needs a task");
+        } else if r.task_queue_depth < 1024 {
+            f.warn(
+                Performance,
+                "runtime.task_queue_depth",
+                format!(
+                    "{} live tasks: each connection, subscription and stream takes one, so few clients fit",
+                    r.task_queue_depth
+                ),
+            );
+        }
+        if !(1..=4).contains(&r.priority_levels) {
+            f.error(Performance, "runtime.priority_levels", format!("must be 1 to 4, not {}", r.priority_levels));
+        }
+        if r.target_latency_us > RuntimeSettings::MAX_TARGET_LATENCY_US {
+            f.error(
+                Performance,
+                "runtime.target_latency_us",
+                format!(
+                    "{} µs of spinning per idle worker is more than {} µs: that is a core burnt, not a latency target",
+                    r.target_latency_us,
+                    RuntimeSettings::MAX_TARGET_LATENCY_US
+                ),
+            );
         }
         if self.node.data_dir.is_empty() {
             f.error(Storage, "node.data_dir", "must not be empty");
@@ -992,12 +1065,12 @@ impl Validate for ServerConfig {
         }
         // Performance: threads against cores, buffers against memory.
         let cores = probe.cpu_cores();
-        if let Some(workers) = self.node.workers
+        if let Some(workers) = self.runtime.worker_threads
             && workers > cores
         {
             f.warn(
                 Performance,
-                "node.workers",
+                "runtime.worker_threads",
                 format!("{workers} worker threads on {cores} cores: threads will contend for CPUs"),
             );
         }

@@ -167,8 +167,10 @@ impl<R: Runtime> Shared<R> {
         self.auth.load_full()
     }
 
-    /// Registers a new connection unless `max_connections` are open.
-    pub(crate) fn open_connection(&self) -> Option<(u64, Signal)> {
+    /// Registers a new connection unless `max_connections` are open. The
+    /// slot forgets it when dropped, so a connection task that never runs
+    /// (refused by a full executor, cancelled at shutdown) frees its place.
+    pub(crate) fn open_connection(self: &Arc<Self>) -> Option<(ConnectionSlot<R>, Signal)> {
         let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         if open.len() >= self.config().limits.max_connections || self.stopping.is_raised() {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -178,11 +180,11 @@ impl<R: Runtime> Shared<R> {
         let signal = Signal::new();
         open.insert(id, signal.clone());
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        Some((id, signal))
+        Some((ConnectionSlot { shared: self.clone(), id }, signal))
     }
 
     /// Forgets a closed connection.
-    pub(crate) fn close_connection(&self, id: u64) {
+    fn close_connection(&self, id: u64) {
         let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         open.remove(&id);
         self.logins.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
@@ -190,6 +192,19 @@ impl<R: Runtime> Shared<R> {
         if open.is_empty() && self.stopping.is_raised() {
             self.all_closed.raise();
         }
+    }
+}
+
+/// An open connection's place among `max_connections`; dropping it closes
+/// the books on the connection.
+pub(crate) struct ConnectionSlot<R: Runtime> {
+    shared: Arc<Shared<R>>,
+    pub(crate) id: u64,
+}
+
+impl<R: Runtime> Drop for ConnectionSlot<R> {
+    fn drop(&mut self) {
+        self.shared.close_connection(self.id);
     }
 }
 

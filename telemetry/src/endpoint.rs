@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 
-use kaelix_runtime_real::executor::metrics::Health;
+use kaelix_runtime_real::executor::metrics::HealthStatus;
 
 use crate::collector::{Kind, MetricsCollector, TelemetryError};
 
@@ -22,8 +22,8 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What `/healthz` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthReport {
-    /// The overall status (HTTP 503 when [`Health::Unhealthy`]).
-    pub status: Health,
+    /// The overall status (HTTP 503 when [`HealthStatus::Unhealthy`]).
+    pub status: HealthStatus,
     /// Lines explaining it (one per worker).
     pub detail: Vec<String>,
 }
@@ -124,7 +124,7 @@ fn respond(
         }
         "/healthz" => {
             let report = health();
-            let status = if report.status == Health::Unhealthy { 503 } else { 200 };
+            let status = if report.status == HealthStatus::Unhealthy { 503 } else { 200 };
             let mut body = format!("{}\n", health_name(report.status));
             for line in &report.detail {
                 body.push_str(line);
@@ -150,12 +150,12 @@ fn timed<T>(histogram: &metrics::Histogram, f: impl FnOnce() -> T) -> T {
 }
 
 /// Lower-case name of a health status (as `/healthz` and the metrics say it).
-pub fn health_name(health: Health) -> &'static str {
+pub fn health_name(health: HealthStatus) -> &'static str {
     match health {
-        Health::Healthy => "healthy",
-        Health::Degraded => "degraded",
-        Health::Unhealthy => "unhealthy",
-        Health::Unknown => "unknown",
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Degraded => "degraded",
+        HealthStatus::Unhealthy => "unhealthy",
+        HealthStatus::Unknown => "unknown",
     }
 }
 
@@ -183,7 +183,7 @@ mod tests {
     fn serves_metrics_and_health_over_http() {
         let collector = MetricsCollector::new(&MetricsConfig::default()).unwrap();
         collector.counter("kaelix_test_things_total", &[]).increment(9);
-        let status = Arc::new(Mutex::new(Health::Healthy));
+        let status = Arc::new(Mutex::new(HealthStatus::Healthy));
         let read = status.clone();
         let health: HealthFn = Arc::new(move || HealthReport {
             status: *read.lock().unwrap(),
@@ -203,9 +203,9 @@ mod tests {
 
         let (code, _, body) = get(addr, "GET", "/healthz");
         assert_eq!((code, body.as_str()), (200, "healthy\nworker 0: as set by the test\n"));
-        *status.lock().unwrap() = Health::Degraded;
+        *status.lock().unwrap() = HealthStatus::Degraded;
         assert_eq!(get(addr, "GET", "/healthz").0, 200, "degraded still serves");
-        *status.lock().unwrap() = Health::Unhealthy;
+        *status.lock().unwrap() = HealthStatus::Unhealthy;
         let (code, _, body) = get(addr, "GET", "/healthz");
         assert_eq!((code, body.lines().next()), (503, Some("unhealthy")));
 
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn a_taken_port_is_a_bind_error_naming_the_address() {
         let collector = MetricsCollector::new(&MetricsConfig::default()).unwrap();
-        let health: HealthFn = Arc::new(|| HealthReport { status: Health::Unknown, detail: vec![] });
+        let health: HealthFn = Arc::new(|| HealthReport { status: HealthStatus::Unknown, detail: vec![] });
         let first = MetricsEndpoint::start("127.0.0.1:0".parse().unwrap(), collector.clone(), health.clone()).unwrap();
         let err = MetricsEndpoint::start(first.local_addr(), collector, health).err().expect("the port is taken");
         assert!(err.to_string().contains(&first.local_addr().to_string()), "{err}");

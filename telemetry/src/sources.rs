@@ -17,7 +17,7 @@ use std::sync::Arc;
 use kaelix_broker::Broker;
 use kaelix_core::runtime::Runtime;
 use kaelix_runtime_real::ExecutorHandle;
-use kaelix_runtime_real::executor::metrics::Health;
+use kaelix_runtime_real::executor::metrics::HealthStatus;
 use kaelix_runtime_real::storage::StorageStats;
 use kaelix_server::ServerObserver;
 use metrics::{Unit, counter, gauge};
@@ -25,7 +25,8 @@ use metrics::{Unit, counter, gauge};
 use crate::collector::{Kind, MetricsCollector};
 use crate::endpoint::{HealthReport, health_name};
 
-const HEALTH_STATES: [Health; 4] = [Health::Healthy, Health::Degraded, Health::Unhealthy, Health::Unknown];
+const HEALTH_STATES: [HealthStatus; 4] =
+    [HealthStatus::Healthy, HealthStatus::Degraded, HealthStatus::Unhealthy, HealthStatus::Unknown];
 
 fn describe_all(collector: &MetricsCollector, list: &[(Kind, &'static str, Option<Unit>, &'static str)]) {
     for &(kind, name, unit, help) in list {
@@ -42,6 +43,12 @@ pub fn add_executor(collector: &MetricsCollector, executor: ExecutorHandle) {
         &[
             (Gauge, "kaelix_executor_workers", None, "Worker threads of the executor."),
             (Gauge, "kaelix_executor_live_tasks", None, "Tasks spawned and not yet finished."),
+            (
+                Counter,
+                "kaelix_executor_spawns_refused_total",
+                None,
+                "Spawns refused because the live-task bound (runtime.task_queue_depth) was reached.",
+            ),
             (Counter, "kaelix_executor_polls_total", None, "Task polls, per worker."),
             (
                 Counter,
@@ -96,6 +103,7 @@ pub fn add_executor(collector: &MetricsCollector, executor: ExecutorHandle) {
         let layout = executor.layout();
         gauge!("kaelix_executor_workers").set(snapshots.len() as f64);
         gauge!("kaelix_executor_live_tasks").set(executor.live_tasks() as f64);
+        counter!("kaelix_executor_spawns_refused_total").absolute(executor.spawns_refused());
         for (i, s) in snapshots.iter().enumerate() {
             let worker = i.to_string();
             let node = layout.get(i).map_or_else(String::new, |(node, _)| node.to_string());
@@ -113,7 +121,7 @@ pub fn add_executor(collector: &MetricsCollector, executor: ExecutorHandle) {
             if let Some(p99) = s.wake_to_poll_p99 {
                 gauge!("kaelix_executor_wake_to_poll_p99_seconds", &labels).set(p99.as_secs_f64());
             }
-            let current = health.get(i).copied().unwrap_or(Health::Unknown);
+            let current = health.get(i).copied().unwrap_or(HealthStatus::Unknown);
             for state in HEALTH_STATES {
                 let value = if state == current { 1.0 } else { 0.0 };
                 gauge!("kaelix_executor_worker_health", "worker" => worker.clone(), "status" => health_name(state))

@@ -7,7 +7,7 @@
 //! a lock on the hot path; the benchmarks measure exact latencies
 //! separately with hdrhistogram.
 //!
-//! Health ([`Health`]) is judged from a worker's recent operations — task
+//! Health ([`HealthStatus`], the seed's name) is judged from a worker's recent operations — task
 //! completions, where a panic counts as a failure — over the last one to two
 //! windows of [`OUTCOME_WINDOW`] completions, and from whether its current
 //! poll has run past the stall threshold.
@@ -93,7 +93,7 @@ impl LatencyHistogram {
 
 /// Health of a worker or of the whole executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Health {
+pub enum HealthStatus {
     /// Recent operations mostly succeed.
     Healthy,
     /// More than 10 % of recent operations failed.
@@ -147,20 +147,20 @@ impl WorkerMetrics {
     }
 
     /// The worker's health at executor time `now_nanos`.
-    pub fn health(&self, now_nanos: u64, stall_threshold: Duration) -> Health {
+    pub fn health(&self, now_nanos: u64, stall_threshold: Duration) -> HealthStatus {
         let started = self.poll_started.load(Ordering::Relaxed);
         if started != 0 && now_nanos.saturating_sub(started) > stall_threshold.as_nanos() as u64 {
-            return Health::Unhealthy;
+            return HealthStatus::Unhealthy;
         }
         let (failures, ops) = self.recent();
         if ops == 0 {
-            Health::Unknown
+            HealthStatus::Unknown
         } else if failures * 2 > ops {
-            Health::Unhealthy
+            HealthStatus::Unhealthy
         } else if failures * 10 > ops {
-            Health::Degraded
+            HealthStatus::Degraded
         } else {
-            Health::Healthy
+            HealthStatus::Healthy
         }
     }
 
@@ -241,25 +241,25 @@ mod tests {
     fn health_follows_the_failure_rate() {
         let stall = Duration::from_secs(1);
         let m = WorkerMetrics::default();
-        assert_eq!(m.health(1, stall), Health::Unknown);
+        assert_eq!(m.health(1, stall), HealthStatus::Unknown);
         for _ in 0..95 {
             m.record_outcome(true);
         }
-        assert_eq!(m.health(1, stall), Health::Healthy);
+        assert_eq!(m.health(1, stall), HealthStatus::Healthy);
         for _ in 0..15 {
             m.record_outcome(false);
         }
-        assert_eq!(m.health(1, stall), Health::Degraded, "15 of 110 failed");
+        assert_eq!(m.health(1, stall), HealthStatus::Degraded, "15 of 110 failed");
         for _ in 0..200 {
             m.record_outcome(false);
         }
-        assert_eq!(m.health(1, stall), Health::Unhealthy);
+        assert_eq!(m.health(1, stall), HealthStatus::Unhealthy);
         // Old windows age out.
         for _ in 0..3 * OUTCOME_WINDOW {
             m.record_outcome(true);
         }
-        assert_eq!(m.health(1, stall), Health::Healthy);
+        assert_eq!(m.health(1, stall), HealthStatus::Healthy);
         m.poll_started.store(10, Ordering::Relaxed);
-        assert_eq!(m.health(10 + 2_000_000_000, stall), Health::Unhealthy, "stalled poll");
+        assert_eq!(m.health(10 + 2_000_000_000, stall), HealthStatus::Unhealthy, "stalled poll");
     }
 }

@@ -37,6 +37,25 @@
 //! (`benches/benches/executor.rs` with `KAELIX_IDLE_SPIN_US`; a spare core
 //! for the spinner is probably what it lacks, not measured further).
 //!
+//! Priorities: [`ExecutorConfig::priority_levels`] keeps the first N tiers
+//! apart and folds the lower priorities into the last kept one (1: one
+//! FIFO tier for everything). Pools: one per NUMA node, or one over the
+//! whole machine when [`ExecutorConfig::numa_aware`] is off.
+//!
+//! # Bounded queues
+//!
+//! A task sits in at most one queue at a time (its state machine admits one
+//! wake-up per poll), so the live tasks bound what every queue holds
+//! together. [`ExecutorConfig::max_live_tasks`] (the seed's
+//! `task_queue_depth`) is that bound: a spawn that finds it reached is
+//! refused — its future is dropped unpolled, its handle yields
+//! [`JoinError::Cancelled`](kaelix_core::runtime::JoinError), the refusal
+//! is counted ([`ExecutorHandle::spawns_refused`], exported as
+//! `kaelix_executor_spawns_refused_total`) and logged at most once a
+//! second. Wake-ups are never refused: a task already admitted always runs
+//! again. A server whose accept loop is refused a connection task thus
+//! closes that connection and goes on serving the others.
+//!
 //! # Shutdown
 //!
 //! [`Executor::shutdown`] stops accepting spawns (later spawns are
@@ -47,6 +66,7 @@
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // threads and the OS clock are this module's job
 
+pub mod admission;
 pub mod idle;
 pub mod metrics;
 pub mod state;
@@ -60,11 +80,11 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker as Deque};
-use kaelix_core::runtime::Priority;
+use kaelix_core::runtime::{Priority, SpawnRefused};
 use kaelix_core::time::Duration;
 
 use self::idle::Sleepers;
-use self::metrics::{Health, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
+use self::metrics::{HealthStatus, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
 use self::state::AfterPoll;
 pub use self::task::JoinHandle;
 use self::task::{Outcome, Task};
@@ -103,6 +123,17 @@ pub struct ExecutorConfig {
     pub name: String,
     /// The machine's layout; `None`: detect it.
     pub topology: Option<Topology>,
+    /// One pool per NUMA node (true), or one pool over every CPU of the
+    /// machine, as if it had a single node (false).
+    pub numa_aware: bool,
+    /// How many of the four [`Priority`] tiers are kept apart (1 to 4): a
+    /// task of a lower priority runs in the lowest kept tier, so 1 means
+    /// first come, first served for everything.
+    pub priority_levels: usize,
+    /// The most live tasks (spawned, not yet finished or cancelled) the
+    /// executor holds; see the module docs ("Bounded queues"). `None`: no
+    /// bound.
+    pub max_live_tasks: Option<usize>,
 }
 
 impl Default for ExecutorConfig {
@@ -117,6 +148,67 @@ impl Default for ExecutorConfig {
             idle_spin: Duration::ZERO,
             name: "kaelix".to_owned(),
             topology: None,
+            numa_aware: true,
+            priority_levels: TIERS,
+            max_live_tasks: None,
+        }
+    }
+}
+
+/// The seed's `RuntimeConfig`: the executor's settings as an operator
+/// states them (`[runtime]` in `kaelix serve`'s configuration). Everything
+/// else in [`ExecutorConfig`] keeps its default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Worker threads in all; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
+    /// The most live tasks, each queued at most once, so also the most
+    /// queued ones ([`ExecutorConfig::max_live_tasks`]).
+    pub task_queue_depth: usize,
+    /// How long an idle worker keeps looking for work before it parks, in
+    /// microseconds ([`ExecutorConfig::idle_spin`]).
+    pub target_latency_us: u64,
+    /// Pools per NUMA node ([`ExecutorConfig::numa_aware`]).
+    pub numa_aware: bool,
+    /// Priority tiers kept apart, 1 to 4 ([`ExecutorConfig::priority_levels`]).
+    pub priority_levels: usize,
+}
+
+impl RuntimeConfig {
+    /// The default bound on live tasks: a million NATS subscriptions (a
+    /// task each) fit four times over, and a runaway spawner is stopped
+    /// before its tasks exhaust memory (a parked task with a small future is
+    /// a few hundred bytes).
+    pub const DEFAULT_TASK_QUEUE_DEPTH: usize = 1 << 22;
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_threads: None,
+            task_queue_depth: Self::DEFAULT_TASK_QUEUE_DEPTH,
+            target_latency_us: 0,
+            numa_aware: true,
+            priority_levels: TIERS,
+        }
+    }
+}
+
+impl From<&RuntimeConfig> for ExecutorConfig {
+    fn from(runtime: &RuntimeConfig) -> Self {
+        assert!(
+            (1..=TIERS).contains(&runtime.priority_levels),
+            "priority_levels must be 1 to {TIERS}, not {}",
+            runtime.priority_levels
+        );
+        assert!(runtime.task_queue_depth >= 1, "task_queue_depth must be at least 1");
+        ExecutorConfig {
+            max_workers: runtime.worker_threads,
+            max_live_tasks: Some(runtime.task_queue_depth),
+            idle_spin: Duration::from_micros(runtime.target_latency_us),
+            numa_aware: runtime.numa_aware,
+            priority_levels: runtime.priority_levels,
+            ..ExecutorConfig::default()
         }
     }
 }
@@ -152,10 +244,14 @@ pub(crate) struct Shared {
     /// Workers spinning for work right now (see `WorkerLoop::spin_for_work`).
     spinning: AtomicUsize,
     live: LiveTasks,
-    live_count: AtomicUsize,
+    live_count: admission::LiveCount,
     next_task: AtomicU64,
     next_pool: AtomicUsize,
     stopping: AtomicBool,
+    /// Spawns refused at `config.max_live_tasks`.
+    spawns_refused: AtomicU64,
+    /// Executor-clock nanoseconds of the last refusal logged (0: none).
+    refusal_logged_at: AtomicU64,
     config: ExecutorConfig,
     pub(crate) driver: Arc<Driver>,
 }
@@ -276,15 +372,19 @@ impl Shared {
 
     fn remove_live(&self, task: &Task) {
         self.live.remove(task);
-        self.live_count.fetch_sub(1, Ordering::AcqRel);
+        self.live_count.release();
     }
 
-    fn spawn<F>(self: &Arc<Self>, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
+    /// Spawns `future`; the flag says whether it was admitted (see
+    /// "Bounded queues" and "Shutdown" in the module docs).
+    fn spawn<F>(self: &Arc<Self>, priority: Priority, name: &'static str, future: F) -> (JoinHandle<F::Output>, bool)
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let (future, parts) = task::wrap(future);
+        // Tiers beyond `priority_levels` fold into the lowest kept one.
+        let priority = Priority::ALL[(priority as usize).min(self.config.priority_levels - 1)];
         let pool = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => self.workers[w.index].pool,
             _ => self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
@@ -302,19 +402,42 @@ impl Shared {
             shared: self.clone(),
         });
         let handle = parts.into_handle(task.clone());
-        let accepted = self.live.insert(&task);
-        if accepted {
-            self.live_count.fetch_add(1, Ordering::AcqRel);
-        }
+        let within_bound = self.live_count.try_admit();
+        let accepted = within_bound && self.live.insert(&task);
         if accepted {
             self.schedule(task, false);
         } else {
-            // Shutting down: the future is dropped unpolled; the handle
-            // yields Cancelled.
+            if within_bound {
+                self.live_count.release();
+            } else {
+                self.refuse(&task);
+            }
+            // Shutting down or full: the future is dropped unpolled; the
+            // handle yields Cancelled.
             task.state.complete();
             drop(task.future.lock().expect("task future lock").take());
         }
-        handle
+        (handle, accepted)
+    }
+
+    /// Counts a spawn refused at the live-task bound and says so in the log
+    /// at most once a second (a refusal storm must not become a log storm;
+    /// the counter has the full count).
+    fn refuse(&self, task: &Task) {
+        let refused = self.spawns_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.now_nanos().max(1);
+        let last = self.refusal_logged_at.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1_000_000_000)
+            && self.refusal_logged_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                task = task.name,
+                live_tasks = self.live_count.get(),
+                bound = self.live_count.bound().unwrap_or(usize::MAX),
+                refused_so_far = refused,
+                "executor: spawn refused, the live-task bound (task_queue_depth) is reached; the task is cancelled unpolled"
+            );
+        }
     }
 
     /// Polls `task` on worker `index`.
@@ -578,10 +701,18 @@ pub enum ExecutorError {
 impl Executor {
     /// Starts the workers and the driver.
     pub fn new(config: ExecutorConfig) -> Result<Executor, ExecutorError> {
-        let topology = match &config.topology {
+        assert!(
+            (1..=TIERS).contains(&config.priority_levels),
+            "priority_levels must be 1 to {TIERS}, not {}",
+            config.priority_levels
+        );
+        let mut topology = match &config.topology {
             Some(t) => t.clone(),
             None => Topology::detect().map_err(|e| ExecutorError::Topology(e.to_string()))?,
         };
+        if !config.numa_aware {
+            topology = Topology::single_node(topology.cpus().collect::<Vec<_>>());
+        }
         let driver = Driver::start(&config.name)
             .map_err(|source| ExecutorError::Thread { name: format!("{}-driver", config.name), source })?;
 
@@ -629,10 +760,12 @@ impl Executor {
             sleepers: Sleepers::default(),
             spinning: AtomicUsize::new(0),
             live: LiveTasks::default(),
-            live_count: AtomicUsize::new(0),
+            live_count: admission::LiveCount::new(config.max_live_tasks),
             next_task: AtomicU64::new(0),
             next_pool: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            spawns_refused: AtomicU64::new(0),
+            refusal_logged_at: AtomicU64::new(0),
             config: config.clone(),
             driver,
         });
@@ -686,9 +819,9 @@ impl Executor {
                 "shutdown called from one of the executor's own workers"
             )
         });
-        let at_start = shared.live_count.load(Ordering::Acquire);
+        let at_start = shared.live_count.get();
         let deadline = std::time::Instant::now() + grace;
-        while shared.live_count.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        while shared.live_count.get() > 0 && std::time::Instant::now() < deadline {
             thread::sleep(std::time::Duration::from_micros(200));
         }
         // Stop accepting, and cancel whatever is left.
@@ -768,7 +901,7 @@ impl ExecutorHandle {
     }
 
     /// Each worker's health.
-    pub fn worker_health(&self) -> Vec<Health> {
+    pub fn worker_health(&self) -> Vec<HealthStatus> {
         let now = self.shared.now_nanos();
         let stall = self.shared.config.stall_threshold;
         self.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
@@ -776,10 +909,10 @@ impl ExecutorHandle {
 
     /// The executor's health: the worst of its workers' (Unknown only if
     /// every worker is).
-    pub fn health(&self) -> Health {
+    pub fn health(&self) -> HealthStatus {
         let all = self.worker_health();
-        let known: Vec<Health> = all.iter().copied().filter(|h| *h != Health::Unknown).collect();
-        known.into_iter().max().unwrap_or(Health::Unknown)
+        let known: Vec<HealthStatus> = all.iter().copied().filter(|h| *h != HealthStatus::Unknown).collect();
+        known.into_iter().max().unwrap_or(HealthStatus::Unknown)
     }
 
     /// Each worker's thread name, in worker order (what `/proc` and
@@ -793,23 +926,49 @@ impl ExecutorHandle {
         self.shared.workers.iter().map(|w| (self.shared.pools[w.pool].numa_node, w.cpu)).collect()
     }
 
-    /// Tasks spawned and not yet finished.
-    pub fn live_tasks(&self) -> usize {
-        self.shared.live_count.load(Ordering::Acquire)
+    /// Spawns refused because the live-task bound was reached (see the
+    /// module docs, "Bounded queues").
+    pub fn spawns_refused(&self) -> u64 {
+        self.shared.spawns_refused.load(Ordering::Relaxed)
     }
 
-    /// Spawns `future` at `priority`.
+    /// Tasks spawned and not yet finished or cancelled.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.live_count.get()
+    }
+
+    /// Spawns `future` at `priority` (a refused task's handle yields
+    /// `Cancelled` at once).
     pub fn spawn<F>(&self, priority: Priority, name: &'static str, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.shared.spawn(priority, name, future)
+        self.shared.spawn(priority, name, future).0
+    }
+
+    /// Spawns `future` at `priority`, or says it was refused: the live-task
+    /// bound is reached or the executor is shutting down (the future was
+    /// dropped unpolled).
+    pub fn try_spawn<F>(
+        &self,
+        priority: Priority,
+        name: &'static str,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnRefused>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.shared.spawn(priority, name, future) {
+            (handle, true) => Ok(handle),
+            (_, false) => Err(SpawnRefused { name }),
+        }
     }
 
     /// Runs `future` on the executor and blocks this (non-worker) thread
     /// until it finishes. Panics if the future was cancelled (the executor
-    /// shut down) or panicked.
+    /// shut down, or refused it at the live-task bound) or panicked.
     pub fn block_on<F>(&self, future: F) -> F::Output
     where
         F: Future + Send + 'static,

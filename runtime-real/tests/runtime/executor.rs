@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use kaelix_core::runtime::{JoinError, Priority};
-use kaelix_runtime_real::executor::metrics::Health;
+use kaelix_runtime_real::executor::metrics::HealthStatus;
 use kaelix_runtime_real::topology::Topology;
 use kaelix_runtime_real::{Executor, ExecutorConfig};
 
@@ -129,7 +129,7 @@ fn a_panic_is_counted_in_the_metrics() {
 #[test]
 fn health_degrades_with_failures() {
     let ex = executor(1);
-    assert_eq!(ex.health(), Health::Unknown, "nothing ran yet");
+    assert_eq!(ex.health(), HealthStatus::Unknown, "nothing ran yet");
     let run = |fail: bool| {
         ex.spawn(Priority::Normal, "op", async move {
             assert!(!fail, "operation failed");
@@ -141,7 +141,7 @@ fn health_degrades_with_failures() {
             h.await.unwrap();
         }
     });
-    assert_eq!(ex.health(), Health::Healthy);
+    assert_eq!(ex.health(), HealthStatus::Healthy);
     let fails: Vec<_> = (0..20).map(|_| run(true)).collect();
     ex.block_on(async move {
         for h in fails {
@@ -149,7 +149,7 @@ fn health_degrades_with_failures() {
         }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while ex.health() != Health::Degraded {
+    while ex.health() != HealthStatus::Degraded {
         assert!(std::time::Instant::now() < deadline, "20 of 111 operations failed, yet {:?}", ex.health());
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -234,6 +234,159 @@ fn layout_follows_the_topology() {
         t
     });
     assert_eq!(total, (0..64).sum());
+}
+
+#[test]
+fn one_priority_level_runs_everything_in_spawn_order() {
+    let ex = Executor::new(ExecutorConfig {
+        workers_per_node: Some(1),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..1)),
+        starvation_bound: u32::MAX,
+        priority_levels: 1,
+        name: "one-level".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    let release = gate(&ex);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let prio = Priority::ALL[3 - i % 4];
+        let order = order.clone();
+        handles.push(ex.spawn(prio, "record", async move { order.lock().unwrap().push(i) }));
+    }
+    release.send(()).unwrap();
+    ex.block_on(async move {
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    // Spawned Background, Normal, High, Critical, …: in one tier the first
+    // four run in spawn order (later ones may interleave with the
+    // injector's fairness picks), where four tiers would run Critical first.
+    let order = order.lock().unwrap();
+    assert_eq!(order[..4], [0, 1, 2, 3], "first come, first served whatever the priority: {order:?}");
+    assert_eq!(order.len(), 40);
+}
+
+#[test]
+fn two_priority_levels_keep_critical_apart_and_fold_the_rest() {
+    let ex = Executor::new(ExecutorConfig {
+        workers_per_node: Some(1),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..1)),
+        starvation_bound: u32::MAX,
+        priority_levels: 2,
+        name: "two-levels".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    let release = gate(&ex);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let prio = Priority::ALL[3 - i % 4];
+        let order = order.clone();
+        handles.push(ex.spawn(prio, "record", async move { order.lock().unwrap().push((prio, i)) }));
+    }
+    release.send(()).unwrap();
+    ex.block_on(async move {
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    let order = order.lock().unwrap();
+    let (critical, rest) = order.split_at(10);
+    assert!(critical.iter().all(|(p, _)| *p == Priority::Critical), "Critical first: {order:?}");
+    let rest_order: Vec<usize> = rest.iter().map(|(_, i)| *i).collect();
+    assert_eq!(rest_order[..3], [0, 1, 2], "Background, Normal and High share one tier, in spawn order: {order:?}");
+}
+
+#[test]
+fn a_spawn_past_the_live_task_bound_is_refused_and_counted() {
+    let ex = Executor::new(ExecutorConfig {
+        workers_per_node: Some(1),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..1)),
+        max_live_tasks: Some(3),
+        name: "bounded".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    // The gate is one live task; two more fill the bound.
+    let release = gate(&ex);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let spawn = |ran: &Arc<AtomicUsize>| {
+        let ran = ran.clone();
+        ex.spawn(Priority::Normal, "counted", async move {
+            ran.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let admitted: Vec<_> = (0..2).map(|_| spawn(&ran)).collect();
+    assert_eq!(ex.live_tasks(), 3);
+    let refused = spawn(&ran);
+    assert_eq!(ex.spawns_refused(), 1);
+    // (Not through block_on: it is a task too, and would be refused.)
+    use futures_util::FutureExt;
+    assert_eq!(refused.now_or_never(), Some(Err(JoinError::Cancelled)), "the refused task's handle says so at once");
+    let refused_again = ex.try_spawn(Priority::Normal, "counted", async {});
+    assert!(refused_again.is_err(), "try_spawn says so too");
+    assert_eq!(ex.spawns_refused(), 2);
+    assert_eq!(ex.live_tasks(), 3, "a refusal takes no place");
+    release.send(()).unwrap();
+    drop(admitted);
+    // Places come back as tasks finish (the gate and the two admitted):
+    // spawning works again.
+    let start = std::time::Instant::now();
+    while ex.live_tasks() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "live tasks never drained");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ex.block_on(spawn(&ran)).unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 3, "the two admitted and the later one ran, the refused one never");
+    assert_eq!(ex.spawns_refused(), 2);
+}
+
+#[test]
+fn without_numa_awareness_one_pool_spans_every_node() {
+    let topo = Topology {
+        nodes: vec![
+            kaelix_runtime_real::topology::NumaNode { id: 0, cpus: vec![0, 1] },
+            kaelix_runtime_real::topology::NumaNode { id: 1, cpus: vec![2, 3] },
+        ],
+    };
+    let ex = Executor::new(ExecutorConfig {
+        topology: Some(topo),
+        pin_workers: true,
+        numa_aware: false,
+        name: "flat".into(),
+        ..ExecutorConfig::default()
+    })
+    .unwrap();
+    assert_eq!(ex.layout(), vec![(0, Some(0)), (0, Some(1)), (0, Some(2)), (0, Some(3))], "one pool of four");
+}
+
+#[test]
+fn runtime_config_maps_onto_the_executor() {
+    use kaelix_runtime_real::RuntimeConfig;
+    let runtime = RuntimeConfig {
+        worker_threads: Some(3),
+        task_queue_depth: 1000,
+        target_latency_us: 25,
+        numa_aware: false,
+        priority_levels: 2,
+    };
+    let config = ExecutorConfig::from(&runtime);
+    assert_eq!(config.max_workers, Some(3));
+    assert_eq!(config.max_live_tasks, Some(1000));
+    assert_eq!(config.idle_spin, Duration::from_micros(25));
+    assert!(!config.numa_aware);
+    assert_eq!(config.priority_levels, 2);
+    let defaults = ExecutorConfig::from(&RuntimeConfig::default());
+    assert_eq!(defaults.max_live_tasks, Some(RuntimeConfig::DEFAULT_TASK_QUEUE_DEPTH));
+    assert_eq!(defaults.priority_levels, 4);
+    assert!(defaults.numa_aware);
 }
 
 /// A future that yields once (wakes itself and returns Pending).

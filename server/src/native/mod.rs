@@ -84,13 +84,13 @@ use kaelix_protocol::{
 use tracing::Instrument;
 
 use self::subscription::SubState;
-use crate::Shared;
 use crate::auth::Permissions;
 use crate::nats::session::Login;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
 use crate::tls::TlsStream;
 use crate::trace::FrontEnd;
+use crate::{ConnectionSlot, Shared};
 
 /// The software version announced in `HelloOk`.
 pub const SERVER_VERSION: &str = concat!("kaelix/", env!("CARGO_PKG_VERSION"));
@@ -111,9 +111,16 @@ pub(crate) async fn accept_loop<R: Runtime>(shared: Arc<Shared<R>>, mut listener
         let Some(accepted) = unless(&shared.stopping, listener.accept()).await else { break };
         match accepted {
             Ok(stream) => match shared.open_connection() {
-                Some((id, stop)) => {
-                    let task = serve_tcp(shared.clone(), id, stop, stream);
-                    drop(shared.rt.spawn(Priority::High, "native-connection", task));
+                Some((slot, stop)) => {
+                    let task = serve_tcp(shared.clone(), slot, stop, stream.clone());
+                    if let Err(refused) = shared.rt.try_spawn(Priority::High, "native-connection", task) {
+                        // Its slot went with the dropped task.
+                        tracing::warn!(peer = %stream.peer_addr(), "refusing a native connection: {refused}");
+                        let mut buf = BytesMut::new();
+                        Response::error(ErrorCode::Throttled, "the server is at its task capacity").encode(0, &mut buf);
+                        let _ = stream.write(buf.freeze()).await;
+                        stream.close();
+                    }
                 }
                 None => {
                     tracing::warn!(peer = %stream.peer_addr(), "refusing a native connection: maximum connections reached");
@@ -196,7 +203,8 @@ pub(crate) struct Conn<R: Runtime> {
 
 /// One accepted TCP connection: TLS from the first byte when the server has
 /// a `[tls]` section, then the protocol.
-async fn serve_tcp<R: Runtime>(shared: Arc<Shared<R>>, id: u64, stop: Signal, stream: R::ByteStream) {
+async fn serve_tcp<R: Runtime>(shared: Arc<Shared<R>>, slot: ConnectionSlot<R>, stop: Signal, stream: R::ByteStream) {
+    let id = slot.id;
     match &shared.tls {
         None => serve_connection(&shared, id, &stop, stream.clone()).await,
         Some(config) => match TlsStream::accept(stream.clone(), config.clone()) {
@@ -205,7 +213,7 @@ async fn serve_tcp<R: Runtime>(shared: Arc<Shared<R>>, id: u64, stop: Signal, st
         },
     }
     stream.close();
-    shared.close_connection(id);
+    drop(slot);
 }
 
 async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop: &Signal, stream: S) {
@@ -214,9 +222,19 @@ async fn serve_connection<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id
     let outbound = Outbound::new(shared.config().limits.max_pending);
     let writer = {
         let (outbound, stream, shared) = (outbound.clone(), stream.clone(), shared.clone());
-        shared.rt.clone().spawn(Priority::High, "native-writer", async move {
+        shared.rt.clone().try_spawn(Priority::High, "native-writer", async move {
             outbound.run_writer(stream, &shared.stats.native.bytes_out).await
         })
+    };
+    let writer = match writer {
+        Ok(writer) => writer,
+        Err(refused) => {
+            tracing::warn!(client = id, %peer, "closing a native connection: {refused}");
+            let mut buf = BytesMut::new();
+            Response::error(ErrorCode::Throttled, "the server is at its task capacity").encode(0, &mut buf);
+            let _ = stream.write(buf.freeze()).await;
+            return;
+        }
     };
     let conn = Arc::new(Conn {
         shared: shared.clone(),
@@ -347,13 +365,19 @@ impl<R: Runtime> Conn<R> {
         }
     }
 
-    /// Runs `work` in a task of its own, counted until it ends.
-    fn spawn_op(&self, name: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+    /// Runs `work`, which answers request `correlation`, in a task of its
+    /// own, counted until it ends; if the runtime refuses the task, answers
+    /// `Throttled` now instead.
+    fn spawn_op(&self, correlation: u32, name: &'static str, work: impl Future<Output = ()> + Send + 'static) {
         let guard = self.tasks.enter();
-        drop(self.shared.rt.spawn(Priority::High, name, async move {
+        let spawned = self.shared.rt.try_spawn(Priority::High, name, async move {
             let _guard = guard;
             work.await;
-        }));
+        });
+        if let Err(refused) = spawned {
+            tracing::warn!(client = self.id, "a request not carried out: {refused}");
+            self.error(correlation, ErrorCode::Throttled, format!("the server is at its task capacity ({refused})"));
+        }
     }
 
     /// Closing: long polls answer, running operations get a moment to
@@ -676,7 +700,7 @@ impl<R: Runtime> Conn<R> {
             }
             Acks::Committed => {
                 let conn = self.clone();
-                self.spawn_op("native-produce-ack", async move {
+                self.spawn_op(correlation, "native-produce-ack", async move {
                     let broker = conn.broker();
                     let synced = async {
                         for (partition, offset) in unacknowledged {
@@ -712,7 +736,7 @@ impl<R: Runtime> Conn<R> {
             }
             Ok(_) => {
                 let conn = self.clone();
-                self.spawn_op("native-fetch", async move {
+                self.spawn_op(correlation, "native-fetch", async move {
                     let readable = conn.broker().wait_readable(&topic, partition, offset);
                     let _ = unless(&conn.closing, timeout(&conn.shared.rt, wait, readable)).await;
                     match conn.read(&topic, partition, offset, &limits) {
@@ -823,8 +847,20 @@ impl<R: Runtime> Conn<R> {
         self.subs().insert(id, state.clone());
         // SubscribeOk goes out before the pump can push anything.
         self.respond(correlation, &Response::SubscribeOk { subscription: id });
-        let pump = subscription::run_pump(self.clone(), id, state, sub);
-        drop(self.shared.rt.spawn(Priority::High, "native-subscription", pump));
+        let pump = subscription::run_pump(self.clone(), id, state.clone(), sub);
+        if let Err(refused) = self.shared.rt.try_spawn(Priority::High, "native-subscription", pump) {
+            // SubscribeOk is out: end the subscription the way a pump that
+            // stops does (the broker subscription went with the pump).
+            tracing::warn!(client = self.id, "a subscription ended at once: {refused}");
+            self.forget_subscription(id, &state);
+            state.end(|was_open| {
+                if was_open {
+                    self.outbound.append_control(|buf| {
+                        subscription::ended(id, ErrorCode::Throttled, "the server is at its task capacity").encode(buf);
+                    });
+                }
+            });
+        }
     }
 
     /// Forgets subscription `id` if it is still `state` (a pump that ended
@@ -904,7 +940,7 @@ impl<R: Runtime> Conn<R> {
             None => {
                 let conn = self.clone();
                 let group = group.clone();
-                self.spawn_op("native-group-fetch", async move {
+                self.spawn_op(correlation, "native-group-fetch", async move {
                     let poll = timeout(&conn.shared.rt, wait, member.poll_limited(max, max_bytes));
                     let batch = match unless(&conn.closing, poll).await {
                         Some(Ok(Ok(batch))) => batch,

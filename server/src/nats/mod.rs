@@ -50,19 +50,19 @@ use kaelix_broker::message::Message;
 use kaelix_broker::topic::Topic;
 use kaelix_broker::{BrokerError, Routed, Strategy, SubscribeOptions, Subscription};
 use kaelix_core::planted::PlantedBug;
-use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, TaskHandle};
+use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, SpawnRefused, TaskHandle};
 use kaelix_core::time::Duration;
 use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, write_ping, write_pong};
 use tracing::{Instrument, Span};
 
 use self::session::{Action, Reply, Session};
-use crate::Shared;
 use crate::auth::Rules;
 use crate::config::SlowConsumerPolicy;
 use crate::outbound::Outbound;
 use crate::shutdown::{Signal, unless};
 use crate::tls::TlsStream;
 use crate::trace::FrontEnd;
+use crate::{ConnectionSlot, Shared};
 
 /// The subject slow-consumer advisories are published on (relayed to
 /// whoever subscribes; a JSON object naming the client, subject and policy).
@@ -88,9 +88,16 @@ pub(crate) async fn accept_loop<R: Runtime>(shared: Arc<Shared<R>>, mut listener
         let Some(accepted) = unless(&shared.stopping, listener.accept()).await else { break };
         match accepted {
             Ok(stream) => match shared.open_connection() {
-                Some((id, stop)) => {
-                    let task = serve_connection(shared.clone(), id, stop, local, stream);
-                    drop(shared.rt.spawn(Priority::High, "nats-connection", task));
+                Some((slot, stop)) => {
+                    let task = serve_connection(shared.clone(), slot, stop, local, stream.clone());
+                    if let Err(refused) = shared.rt.try_spawn(Priority::High, "nats-connection", task) {
+                        // Its slot went with the dropped task.
+                        tracing::warn!(peer = %stream.peer_addr(), "refusing a NATS connection: {refused}");
+                        let mut buf = BytesMut::new();
+                        write_err(&mut buf, "server is at its task capacity");
+                        let _ = stream.write(buf.freeze()).await;
+                        stream.close();
+                    }
                 }
                 None => {
                     tracing::warn!(peer = %stream.peer_addr(), "refusing a NATS connection: maximum connections reached");
@@ -127,11 +134,12 @@ struct ClientId {
 
 async fn serve_connection<R: Runtime>(
     shared: Arc<Shared<R>>,
-    id: u64,
+    slot: ConnectionSlot<R>,
     stop: Signal,
     local: SocketAddr,
     stream: R::ByteStream,
 ) {
+    let id = slot.id;
     let limits = shared.config().limits.clone();
     let peer = stream.peer_addr();
     let info = Info {
@@ -167,7 +175,7 @@ async fn serve_connection<R: Runtime>(
         }
     }
     stream.close();
-    shared.close_connection(id);
+    drop(slot);
 }
 
 /// Serves one connection (after `INFO`) until it closes.
@@ -178,9 +186,19 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
     let outbound = Outbound::new(limits.max_pending);
     let writer = {
         let (outbound, stream, shared) = (outbound.clone(), stream.clone(), shared.clone());
-        shared.rt.clone().spawn(Priority::High, "nats-writer", async move {
+        shared.rt.clone().try_spawn(Priority::High, "nats-writer", async move {
             outbound.run_writer(stream, &shared.stats.nats.bytes_out).await
         })
+    };
+    let writer = match writer {
+        Ok(writer) => writer,
+        Err(refused) => {
+            tracing::warn!(client = id, peer = %client.peer, "closing a NATS connection: {refused}");
+            let mut buf = BytesMut::new();
+            write_err(&mut buf, "server is at its task capacity");
+            let _ = stream.write(buf.freeze()).await;
+            return;
+        }
     };
     let session_auth = shared.auth();
     let mut session = Session::new(shared.rt.now(), limits.clone(), session_auth.clone());
@@ -353,7 +371,17 @@ impl<R: Runtime> Conn<R> {
                     ..SubscribeOptions::default()
                 };
                 match self.shared.broker.subscribe(pattern.as_str(), options) {
-                    Ok(sub) => self.start_pump(session, sid, pattern.as_str().to_owned(), sub, filter),
+                    Ok(sub) => {
+                        if let Err(refused) =
+                            self.start_pump(session, sid.clone(), pattern.as_str().to_owned(), sub, filter)
+                        {
+                            // The broker subscription went with the dropped
+                            // pump; the connection keeps its others.
+                            tracing::warn!(client = self.client.id, "subscribe refused: {refused}");
+                            session.handle_subscription_done(&sid);
+                            self.reply(&Reply::Err("Subscription Refused: server is at its task capacity"));
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(client = self.client.id, error = %e, "subscribe refused");
                         session.handle_subscription_done(&sid);
@@ -486,7 +514,14 @@ impl<R: Runtime> Conn<R> {
         }
     }
 
-    fn start_pump(&mut self, session: &Session, sid: Bytes, subject: String, sub: Subscription<R>, filter: Rules) {
+    fn start_pump(
+        &mut self,
+        session: &Session,
+        sid: Bytes,
+        subject: String,
+        sub: Subscription<R>,
+        filter: Rules,
+    ) -> Result<(), SpawnRefused> {
         let limit = Arc::new(AtomicU64::new(u64::MAX));
         let pump = PumpTask {
             shared: self.shared.clone(),
@@ -503,8 +538,9 @@ impl<R: Runtime> Conn<R> {
             done: self.done.clone(),
             filter,
         };
-        let task = self.shared.rt.spawn(Priority::High, "nats-subscription", pump.run(sub));
+        let task = self.shared.rt.try_spawn(Priority::High, "nats-subscription", pump.run(sub))?;
         self.pumps.insert(sid, Pump { task, limit });
+        Ok(())
     }
 }
 

@@ -124,7 +124,7 @@ fn catalog() -> Vec<Entry> {
             t("listen = \"127.0.0.1:4222\"\n"),
             vec![],
             vec![
-                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `tracing`, `plugins`, `cluster`",
+                "kaelix.toml:1:1: listen: unknown field `listen`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `runtime`, `telemetry`, `tracing`, `plugins`, `cluster`",
             ],
         ),
         (
@@ -140,7 +140,7 @@ fn catalog() -> Vec<Entry> {
             t("[network]\nmax_connections = 5\n"),
             vec![],
             vec![
-                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `telemetry`, `tracing`, `plugins`, `cluster`",
+                "kaelix.toml:1:2: network: unknown field `network`, expected one of `server_name`, `nats`, `native`, `limits`, `topics`, `auth`, `tls`, `log`, `node`, `runtime`, `telemetry`, `tracing`, `plugins`, `cluster`",
             ],
         ),
         (
@@ -264,9 +264,35 @@ fn catalog() -> Vec<Entry> {
         ),
         (
             "zero workers",
-            t("[node]\nworkers = 0\n"),
+            t("[runtime]\nworker_threads = 0\n"),
             vec![],
-            vec!["kaelix.toml:2:11: node.workers: must be at least 1 (leave it out for one per CPU)"],
+            vec!["kaelix.toml:2:18: runtime.worker_threads: must be at least 1 (leave it out for one per CPU)"],
+        ),
+        (
+            "no room for any task",
+            t("[runtime]\ntask_queue_depth = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:20: runtime.task_queue_depth: must be at least 1: every connection needs a task"],
+        ),
+        (
+            "more priority levels than tiers",
+            t("[runtime]\npriority_levels = 7\n"),
+            vec![],
+            vec!["kaelix.toml:2:19: runtime.priority_levels: must be 1 to 4, not 7"],
+        ),
+        (
+            "zero priority levels",
+            t("[runtime]\npriority_levels = 0\n"),
+            vec![],
+            vec!["kaelix.toml:2:19: runtime.priority_levels: must be 1 to 4, not 0"],
+        ),
+        (
+            "a spin longer than a latency target",
+            t("[runtime]\ntarget_latency_us = 50000\n"),
+            vec![],
+            vec![
+                "kaelix.toml:2:21: runtime.target_latency_us: 50000 µs of spinning per idle worker is more than 10000 µs: that is a core burnt, not a latency target",
+            ],
         ),
         (
             "empty data directory",
@@ -615,7 +641,7 @@ fn every_bad_configuration_is_refused_with_its_exact_message() {
 #[test]
 fn warnings_inform_without_stopping() {
     let warnings = diagnostics(
-        "[nats]\nlisten = \"0.0.0.0:4222\"\n[node]\nworkers = 16\n[log]\nlevel = \"trace\"\n[[topics]]\nname = \"m\"\nstorage = \"memory\"\n",
+        "[nats]\nlisten = \"0.0.0.0:4222\"\n[runtime]\nworker_threads = 16\n[log]\nlevel = \"trace\"\n[[topics]]\nname = \"m\"\nstorage = \"memory\"\n",
         &[],
     )
     .unwrap();
@@ -625,7 +651,7 @@ fn warnings_inform_without_stopping() {
             "kaelix.toml:2:10: warning: nats.listen: no [auth] token or users: anyone who can reach 0.0.0.0:4222 may publish and subscribe",
             "kaelix.toml:9:11: warning: topics[0].storage: a memory topic without max_bytes or max_records grows without bound",
             "kaelix.toml:6:9: warning: log.level: trace logs every operation: expect it to cost throughput",
-            "kaelix.toml:4:11: warning: node.workers: 16 worker threads on 4 cores: threads will contend for CPUs",
+            "kaelix.toml:4:18: warning: runtime.worker_threads: 16 worker threads on 4 cores: threads will contend for CPUs",
         ]
     );
 }
@@ -699,4 +725,26 @@ fn a_reload_that_changes_tracing_is_refused() {
         ReloadOutcome::Rejected { reason: "changing these keys needs a restart: tracing.sampling_ratio".to_owned() }
     );
     assert_eq!(manager.current().tracing.sampling_ratio, 0.5, "the running value stays");
+}
+
+#[test]
+fn a_small_task_bound_is_a_warning() {
+    let warnings = diagnostics("[runtime]\ntask_queue_depth = 100\n", &[]).unwrap();
+    assert_eq!(
+        warnings,
+        vec![
+            "kaelix.toml:2:20: warning: runtime.task_queue_depth: 100 live tasks: each connection, subscription and stream takes one, so few clients fit"
+        ]
+    );
+}
+
+#[test]
+fn the_runtime_section_defaults_to_the_executors_own_defaults() {
+    let ours = kaelix_server::config::RuntimeSettings::default();
+    let executor = kaelix_runtime_real::RuntimeConfig::default();
+    assert_eq!(ours.worker_threads, executor.worker_threads);
+    assert_eq!(ours.task_queue_depth, executor.task_queue_depth);
+    assert_eq!(ours.target_latency_us, executor.target_latency_us);
+    assert_eq!(ours.numa_aware, executor.numa_aware);
+    assert_eq!(ours.priority_levels, executor.priority_levels);
 }
