@@ -13,6 +13,7 @@ mod tracing;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use kaelix_scenarios::linearizability::synthetic::{self, Shape};
 
@@ -428,8 +429,22 @@ fn serve_exports_metrics_and_health_over_http() {
         }
     }
 
-    let (code, text) = http_get(served.metrics, "/metrics");
-    assert_eq!(code, 200);
+    // The server counts bytes it sent once its write returns, which can be
+    // after this client has read them: scrape until the count catches up
+    // (it must, and it must never pass what was received).
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let mut scrapes = 0;
+    let text = loop {
+        let (code, text) = http_get(served.metrics, "/metrics");
+        assert_eq!(code, 200);
+        scrapes += 1;
+        let sent_by_server = sample(&text, "kaelix_server_sent_bytes_total{protocol=\"nats\"}");
+        assert!(sent_by_server <= received as f64, "the server counts more bytes sent than arrived:\n{text}");
+        if sent_by_server == received as f64 || std::time::Instant::now() > give_up {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(sample(&text, "kaelix_server_connections"), 1.0);
     assert_eq!(sample(&text, "kaelix_server_connections_accepted_total"), 1.0);
     assert_eq!(sample(&text, "kaelix_server_received_bytes_total{protocol=\"nats\"}"), sent.len() as f64);
@@ -447,7 +462,7 @@ fn serve_exports_metrics_and_health_over_http() {
         .sum();
     assert!(polls > 0.0, "{text}");
     assert!(text.contains("# TYPE kaelix_executor_polls_total counter"), "{text}");
-    assert_eq!(sample(&text, "kaelix_telemetry_scrapes_total"), 1.0, "only this scrape");
+    assert_eq!(sample(&text, "kaelix_telemetry_scrapes_total"), f64::from(scrapes), "only this test's scrapes");
     assert_eq!(http_get(served.metrics, "/nothing").0, 404);
 
     // promtool's own check of the exposition when CI provides it (`.ci/run`
@@ -463,5 +478,89 @@ fn serve_exports_metrics_and_health_over_http() {
         check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         let out = check.wait_with_output().unwrap();
         assert!(out.status.success(), "promtool: {}{}", self::text(&out.stdout), self::text(&out.stderr));
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "real NATS client sockets")]
+fn a_server_at_its_task_bound_refuses_new_work_with_errors_and_keeps_serving() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // Every connection, its writer and each subscription is a task: with
+    // room for 64, one connection's subscriptions soon fill the executor.
+    let served = serve("task-bound", "[runtime]\ntask_queue_depth = 64\n");
+    let connect = || {
+        let conn = std::net::TcpStream::connect(served.nats).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let reader = BufReader::new(conn.try_clone().unwrap());
+        (conn, reader)
+    };
+    let line = |reader: &mut BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    let (mut a, mut a_in) = connect();
+    assert!(line(&mut a_in).starts_with("INFO "));
+    a.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").unwrap();
+    assert_eq!(line(&mut a_in), "PONG\r\n");
+
+    // Subscribe until the server refuses one; each refusal is an -ERR and
+    // the connection stays.
+    let mut accepted = 0;
+    let refusal = loop {
+        assert!(accepted < 64, "64 subscriptions accepted under a bound of 64 live tasks");
+        let sid = accepted + 1;
+        a.write_all(format!("SUB s.{sid} {sid}\r\nPING\r\n").as_bytes()).unwrap();
+        let reply = line(&mut a_in);
+        if reply == "PONG\r\n" {
+            accepted += 1;
+            continue;
+        }
+        assert_eq!(line(&mut a_in), "PONG\r\n", "the connection goes on after {reply:?}");
+        break reply;
+    };
+    assert_eq!(refusal, "-ERR 'Subscription Refused: server is at its task capacity'\r\n");
+    assert!(accepted >= 1, "no subscription fit at all");
+
+    // What was accepted still works: a publish reaches subscription 1.
+    // (Its pump may deliver before or after the PONG.)
+    a.write_all(b"PUB s.1 2\r\nhi\r\nPING\r\n").unwrap();
+    let mut heard = vec![line(&mut a_in), line(&mut a_in), line(&mut a_in)];
+    heard.sort();
+    assert_eq!(heard, ["MSG s.1 1 2\r\n", "PONG\r\n", "hi\r\n"]);
+
+    // A new connection is refused with an error and closed: its task (or,
+    // if a transient task had just ended, its writer's) could not start.
+    let (_b, mut b_in) = connect();
+    let mut heard = String::new();
+    b_in.read_to_string(&mut heard).unwrap();
+    let lines: Vec<&str> = heard.lines().filter(|l| !l.starts_with("INFO ")).collect();
+    assert_eq!(lines, ["-ERR 'server is at its task capacity'"], "then closed: {heard:?}");
+
+    let (_, text) = http_get(served.metrics, "/metrics");
+    assert!(sample(&text, "kaelix_executor_spawns_refused_total") >= 2.0, "{text}");
+    assert!(sample(&text, "kaelix_executor_live_tasks") <= 64.0, "{text}");
+    assert_eq!(sample(&text, "kaelix_server_connections"), 1.0, "the refused connection holds no place");
+
+    // Room comes back as subscriptions end: a new connection is served.
+    for sid in 1..=accepted {
+        a.write_all(format!("UNSUB {sid}\r\n").as_bytes()).unwrap();
+    }
+    a.write_all(b"PING\r\n").unwrap();
+    assert_eq!(line(&mut a_in), "PONG\r\n");
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut c, mut c_in) = connect();
+        let mut reply = line(&mut c_in);
+        if reply.starts_with("INFO ") {
+            c.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").unwrap();
+            reply = line(&mut c_in);
+            if reply == "PONG\r\n" {
+                break;
+            }
+        }
+        assert_eq!(reply, "-ERR 'server is at its task capacity'\r\n");
+        assert!(std::time::Instant::now() < give_up, "no room came back after the subscriptions ended");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
