@@ -113,15 +113,27 @@ impl OtlpTracing {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let tracer = self.provider.tracer("kaelix");
-        // No source location, thread or busy/idle attributes: a span carries
-        // what an operator looks for (the messaging attributes) and costs
-        // less to record and encode.
+        // No source location, thread, target or busy/idle attributes: a
+        // span carries what an operator looks for (the messaging
+        // attributes) and costs less to record and encode. No context
+        // activation: nothing reads OpenTelemetry's current context (spans
+        // name their parents and the headers carry the context), so
+        // entering a traced span need not build and attach one at every
+        // poll. The filter's level hint (the trace spans are INFO) keeps
+        // this layer from lifting the process's maximum level to TRACE,
+        // which would send every disabled `debug!`/`trace!` to its
+        // callsite's interest instead of one level compare.
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
             .with_location(false)
             .with_threads(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.target() == kaelix_server::trace::TARGET))
+            .with_target(false)
+            .with_context_activation(false)
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| meta.target() == kaelix_server::trace::TARGET)
+                    .with_max_level_hint(tracing::Level::INFO),
+            )
     }
 
     /// The root sampler `kaelix_server::trace` consults (install it with
