@@ -139,24 +139,20 @@ impl Sampling {
     /// sampler on the thread's first draw.
     #[inline]
     fn draw(&self) -> u64 {
-        DRAWS.with(|state| {
-            let mut x = state.get();
-            if x == 0 {
-                x = self.seed_thread();
-            }
-            let mut rng = SplitMix64::from_seed(x.to_le_bytes());
+        DRAWS.with(|cell| {
+            // The generator itself moves out and back (a u64 and a tag):
+            // no borrow flag, and nothing of rand_xoshiro's left out of line.
+            let mut rng = cell.take().unwrap_or_else(|| self.seed_thread());
             let bits = rng.next_u64();
-            // A state that wraps to exactly 0 is only reseeded.
-            state.set(u64::from_le_bytes(rng.state()));
+            cell.set(Some(rng));
             bits
         })
     }
 
     #[cold]
     #[inline(never)]
-    fn seed_thread(&self) -> u64 {
-        // Never 0: 0 marks a thread not yet seeded.
-        self.source.seed().max(1)
+    fn seed_thread(&self) -> SplitMix64 {
+        SplitMix64::seed_from_u64(self.source.seed())
     }
 
     /// Whether a publish whose first message is `carrier` is traced, and
@@ -203,9 +199,10 @@ pub enum Decision {
 }
 
 thread_local! {
-    /// This thread's `SplitMix64` state for root decisions (0: not yet
-    /// seeded). A `Cell`: no borrow flag, no destructor, a plain TLS slot.
-    static DRAWS: Cell<u64> = const { Cell::new(0) };
+    /// This thread's generator for root decisions (`None`: not yet
+    /// seeded). A `Cell` of a plain value: no borrow flag, no destructor,
+    /// a TLS slot read and written in place.
+    static DRAWS: Cell<Option<SplitMix64>> = const { Cell::new(None) };
 }
 
 static SAMPLING: OnceLock<Sampling> = OnceLock::new();
@@ -467,7 +464,8 @@ mod tests {
             // sampler, seeing that id, says yes too.
             assert_eq!(*recorder.handed.lock().unwrap(), roots);
             assert!(roots.iter().all(|&id| sdk_samples(ratio, id) && id != TraceId::INVALID));
-            let distinct: std::collections::BTreeSet<_> = roots.iter().collect();
+            let distinct: std::collections::BTreeSet<u128> =
+                roots.iter().map(|id| u128::from_be_bytes(id.to_bytes())).collect();
             assert_eq!(distinct.len(), roots.len(), "trace ids repeat");
         }
     }
