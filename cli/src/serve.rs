@@ -138,7 +138,12 @@ type LogHandle = reload::Handle<LevelFilter, tracing_subscriber::Registry>;
 fn init_logging(format: LogFormat, level: LogLevel, otlp: Option<&OtlpTracing>) -> LogHandle {
     use tracing_subscriber::filter::{FilterExt, filter_fn};
     let (filter, handle) = reload::Layer::new(level_filter(level));
-    let not_traces = filter_fn(|meta| meta.target() != kaelix_server::trace::TARGET);
+    // A level hint, so the pair's hint is the log level's: without one
+    // the combined filter has none and the process's maximum level is
+    // TRACE, every disabled `debug!`/`trace!` then consulting its callsite
+    // instead of failing one level compare.
+    let not_traces =
+        filter_fn(|meta| meta.target() != kaelix_server::trace::TARGET).with_max_level_hint(LevelFilter::TRACE);
     let logs = filter.and(not_traces);
     let registry = tracing_subscriber::registry();
     match format {

@@ -13,14 +13,16 @@
 //! queued, and `kaelix serve` calls it after the drain.
 //!
 //! **Sampling before spans.** `kaelix_server::trace` decides whether a
-//! root publish is traced before it creates any span, through
-//! [`RatioRootSampler`]: it draws a trace id, applies the same
-//! `TraceIdRatioBased` rule to it, and on a yes leaves the id with
-//! [`HandOffIdGenerator`], the tracer's id generator, which gives it to
-//! the root span built next on that thread. The exporter's sampler then
-//! sees the id that was decided on and says the same: the decision is
-//! the SDK's rule, made once per publish, and spans exist only for the
-//! publishes that are exported.
+//! root publish is traced before it creates any span, by the
+//! `TraceIdRatioBased` rule applied to the low half of a trace id drawn
+//! from a per-thread generator of its own. [`RatioRootSampler`] is what it
+//! is installed with: the ratio, the seeds of those generators (drawn from
+//! the SDK's random generator, once per thread), and the hand-off of a
+//! sampled root's trace id to [`HandOffIdGenerator`], the tracer's id
+//! generator, which gives it to the root span built next on that thread.
+//! The exporter's sampler then sees the id that was decided on and says
+//! the same: the decision is the SDK's rule, made once per publish, and
+//! spans exist only for the publishes that are exported.
 //!
 //! **The HTTP client.** The exporter runs on the batch processor's own
 //! thread and blocks on each export; [`StdHttpClient`] sends one POST per
@@ -47,15 +49,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kaelix_server::config::{HttpEndpoint, TracingSettings};
-use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracerProvider, ShouldSample,
-};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
@@ -113,15 +113,27 @@ impl OtlpTracing {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let tracer = self.provider.tracer("kaelix");
-        // No source location, thread or busy/idle attributes: a span carries
-        // what an operator looks for (the messaging attributes) and costs
-        // less to record and encode.
+        // No source location, thread, target or busy/idle attributes: a
+        // span carries what an operator looks for (the messaging
+        // attributes) and costs less to record and encode. No context
+        // activation: nothing reads OpenTelemetry's current context (spans
+        // name their parents and the headers carry the context), so
+        // entering a traced span need not build and attach one at every
+        // poll. The filter's level hint (the trace spans are INFO) keeps
+        // this layer from lifting the process's maximum level to TRACE,
+        // which would send every disabled `debug!`/`trace!` to its
+        // callsite's interest instead of one level compare.
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
             .with_location(false)
             .with_threads(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.target() == kaelix_server::trace::TARGET))
+            .with_target(false)
+            .with_context_activation(false)
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| meta.target() == kaelix_server::trace::TARGET)
+                    .with_max_level_hint(tracing::Level::INFO),
+            )
     }
 
     /// The root sampler `kaelix_server::trace` consults (install it with
@@ -148,8 +160,8 @@ thread_local! {
 }
 
 /// The tracer's id generator: random ids, except that the next root on a
-/// thread where [`RatioRootSampler`] just said yes gets the id it decided
-/// on.
+/// thread where a sampled root's id was just handed off
+/// ([`RatioRootSampler`]) gets that id.
 #[derive(Debug, Default)]
 pub struct HandOffIdGenerator {
     random: RandomIdGenerator,
@@ -165,59 +177,36 @@ impl IdGenerator for HandOffIdGenerator {
     }
 }
 
-/// Decides roots by `TraceIdRatioBased` on a freshly drawn trace id (see
-/// the module docs).
-///
-/// It runs on every publish without a trace context, so it applies the
-/// rule itself rather than through `Sampler::should_sample` (whose result
-/// carries a vector and a trace state: about 3% of a publish in a
-/// profile): the SDK's rule samples a trace id whose low 64 bits, shifted
-/// right by one, are below `ratio * 2^63`. So the low half is drawn first
-/// and the high half only for a yes. `decides` equals the SDK's decision
-/// on every id (tested against `Sampler::should_sample`).
+/// The root sampler installed in `kaelix_server::trace` (see the module
+/// docs): the configured ratio, thread seeds from the SDK's random
+/// generator, and sampled roots' ids handed to [`HandOffIdGenerator`].
+/// It is consulted once per thread (the seed) and once per sampled root
+/// (the hand-off), not per publish: the per-publish decision is inlined
+/// in the server.
 pub struct RatioRootSampler {
     ratio: f64,
-    /// `ratio * 2^63`, as the SDK computes it (unused at ratio 1).
-    bound: u64,
     ids: RandomIdGenerator,
 }
 
 impl RatioRootSampler {
     /// A root sampler at `ratio` (0.0..=1.0).
     pub fn new(ratio: f64) -> RatioRootSampler {
-        let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
-        RatioRootSampler { ratio, bound, ids: RandomIdGenerator::default() }
-    }
-
-    /// The decision for a trace id whose low 64 bits are `low`.
-    #[inline]
-    pub fn decides(&self, low: u64) -> bool {
-        self.ratio >= 1.0 || (low >> 1) < self.bound
-    }
-
-    /// The decision for `trace_id` as the tracer's own sampler makes it for
-    /// a root (the reference `decides` is tested against).
-    pub fn samples(&self, trace_id: TraceId) -> bool {
-        let sampler = Sampler::TraceIdRatioBased(self.ratio);
-        let result = sampler.should_sample(None, trace_id, "", &SpanKind::Server, &[], &[]);
-        result.decision == SamplingDecision::RecordAndSample
-    }
-
-    /// 64 random bits from the SDK's generator (a span id is one draw).
-    fn draw(&self) -> u64 {
-        u64::from_be_bytes(self.ids.new_span_id().to_bytes())
+        RatioRootSampler { ratio, ids: RandomIdGenerator::default() }
     }
 }
 
 impl kaelix_server::trace::RootSampler for RatioRootSampler {
-    fn sample_root(&self) -> bool {
-        let low = self.draw();
-        if !self.decides(low) {
-            return false;
-        }
-        let id = TraceId::from((u128::from(self.draw()) << 64) | u128::from(low));
-        DECIDED.with(|d| d.set(Some(id)));
-        true
+    fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    fn seed(&self) -> u64 {
+        // The SDK's generator (OS-seeded, per thread): a span id is 64 bits.
+        u64::from_be_bytes(self.ids.new_span_id().to_bytes())
+    }
+
+    fn hand_off(&self, trace_id: TraceId) {
+        DECIDED.with(|d| d.set(Some(trace_id)));
     }
 }
 
@@ -362,6 +351,9 @@ impl HttpClient for StdHttpClient {
 mod tests {
     use std::net::TcpListener;
 
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
     use super::*;
 
     #[test]
@@ -418,37 +410,42 @@ mod tests {
     }
 
     #[test]
-    fn the_root_sampler_hands_its_id_to_the_next_root() {
+    fn a_handed_off_id_goes_to_the_next_root_only() {
         use kaelix_server::trace::RootSampler;
-        let always = RatioRootSampler::new(1.0);
-        let never = RatioRootSampler::new(0.0);
+        let sampler = RatioRootSampler::new(0.25);
+        assert_eq!(sampler.ratio(), 0.25);
         let ids = HandOffIdGenerator::default();
-        assert!(!never.sample_root());
-        let a = ids.new_trace_id();
-        assert!(always.sample_root());
-        let decided = DECIDED.with(Cell::get).expect("a yes leaves its id");
+        let before = ids.new_trace_id();
+        let decided = TraceId::from(0x1234_5678_9abc_def0_0fed_cba9_8765_4321u128);
+        sampler.hand_off(decided);
         assert_eq!(ids.new_trace_id(), decided, "the next root takes it");
-        assert_ne!(ids.new_trace_id(), decided, "only once");
-        assert_ne!(a, decided);
-        // About a quarter of roots pass 0.25.
-        let quarter = RatioRootSampler::new(0.25);
-        let yes = (0..20_000).filter(|_| quarter.sample_root()).count();
-        // Binomial(20000, 0.25): sd ≈ 61; 6 sd either side.
-        assert!((4_634..=5_366).contains(&yes), "{yes} of 20000");
+        let after = ids.new_trace_id();
+        assert_ne!(after, decided, "only once");
+        assert!(before != TraceId::INVALID && after != TraceId::INVALID && before != after);
+        // Seeds differ from one to the next (random, not a constant).
+        let seeds: std::collections::BTreeSet<u64> = (0..100).map(|_| sampler.seed()).collect();
+        assert_eq!(seeds.len(), 100);
     }
 
     #[test]
-    fn the_fast_decision_is_the_sdks_on_every_id() {
-        let ids = RandomIdGenerator::default();
-        for ratio in [0.0, 1e-4, 0.001, 0.01, 0.25, 0.5, 0.999, 1.0] {
-            let sampler = RatioRootSampler::new(ratio);
-            let mut edge = vec![0u64, 1, 2, u64::MAX, u64::MAX - 1, sampler.bound << 1, (sampler.bound << 1) | 1];
-            edge.extend([(sampler.bound.wrapping_sub(1)) << 1, (sampler.bound + 1) << 1]);
-            let random = (0..20_000).map(|_| u64::from_be_bytes(ids.new_span_id().to_bytes()));
-            for low in edge.into_iter().chain(random) {
-                let id = TraceId::from((u128::from(ids.new_span_id().to_bytes()[0]) << 64) | u128::from(low));
-                assert_eq!(sampler.decides(low), sampler.samples(id), "ratio {ratio}, low {low:#x}");
+    fn the_installed_decision_is_the_tracers_on_the_handed_off_id() {
+        // The server's rule, seeded and handed off through this sampler,
+        // against the tracer's sampler on the ids its generator then gives.
+        use kaelix_server::trace::{Decision, Sampling};
+        let sampling = Sampling::new(Box::new(RatioRootSampler::new(0.01)));
+        let ids = HandOffIdGenerator::default();
+        let sdk = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01)));
+        let mut roots = 0;
+        for _ in 0..100_000 {
+            if let Some(Decision::Root(id)) = sampling.decide(None) {
+                roots += 1;
+                let given = ids.new_trace_id();
+                assert_eq!(given, id);
+                let result = sdk.should_sample(None, given, "nats.publish", &SpanKind::Server, &[], &[]);
+                assert_eq!(result.decision, SamplingDecision::RecordAndSample);
             }
         }
+        // Binomial(100000, 0.01): sd ≈ 31.5; 6 sd either side.
+        assert!((811..=1189).contains(&roots), "{roots} of 100000");
     }
 }
