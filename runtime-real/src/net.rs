@@ -29,6 +29,15 @@
 //! its own messages reach us at once. Messages in flight when a connection breaks are lost — the
 //! protocols above retransmit, exactly as they must under the simulator's
 //! lossy network.
+//!
+//! The transport has [`CHANNELS`] channels, each with its own inbox and
+//! inbox bound: every datagram travels with its channel's number in its
+//! frame ([`crate::frame::encode_channel_frame`]) over the one connection
+//! per peer, and lands in that channel's inbox. Independent services of one
+//! node (the Raft groups of a cluster member on channel 0, its SWIM
+//! membership on another — see `RealRuntime::channel`) thus share the
+//! connections without reading each other's datagrams, and a channel
+//! nobody reads fills only its own inbox.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // sockets are this module's job
 
@@ -56,7 +65,7 @@ pub use byte_streams::{RealByteListener, RealByteStream, UNKNOWN_NODE};
 
 use crate::driver::{Direction, Driver, IoSlot, Sleep};
 use crate::executor::ExecutorHandle;
-use crate::frame::{CLIENT_MAGIC, FrameDecoder, PEER_MAGIC, encode_frame, encode_hello};
+use crate::frame::{CLIENT_MAGIC, FrameDecoder, PEER_MAGIC, encode_channel_frame, encode_frame, encode_hello};
 
 /// How long an accepted connection may take to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -312,6 +321,14 @@ impl FramedConn {
         self.conn.enqueue(|out| encode_frame(out, frame))
     }
 
+    /// Queues a node-to-node frame: `channel`, then `datagram`.
+    fn enqueue_channel_frame(&self, channel: u8, datagram: &[u8]) -> Result<u64, NetError> {
+        if datagram.len() + 1 > self.max_frame {
+            return Err(NetError::FrameTooLarge { len: datagram.len() + 1, max: self.max_frame });
+        }
+        self.conn.enqueue(|out| encode_channel_frame(out, channel, datagram))
+    }
+
     fn poll_flush(&self, cx: &mut Context<'_>, until: u64) -> Poll<Result<(), NetError>> {
         self.conn.poll_flush(cx, until)
     }
@@ -557,11 +574,11 @@ impl Backoff {
     }
 }
 
-/// A bounded queue of outgoing datagrams (sans-IO). Full: the oldest
-/// message is dropped and counted.
+/// A bounded queue of outgoing datagrams (sans-IO), each with its
+/// channel. Full: the oldest message is dropped and counted.
 #[derive(Debug)]
 pub struct SendQueue {
-    messages: VecDeque<Bytes>,
+    messages: VecDeque<(u8, Bytes)>,
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
@@ -575,20 +592,20 @@ impl SendQueue {
         SendQueue { messages: VecDeque::new(), bytes: 0, max_messages, max_bytes, dropped: 0 }
     }
 
-    /// Queues `message`, dropping the oldest ones to make room.
-    pub fn push(&mut self, message: Bytes) {
+    /// Queues `message` of `channel`, dropping the oldest ones to make room.
+    pub fn push(&mut self, channel: u8, message: Bytes) {
         assert!(message.len() <= MAX_DATAGRAM_BYTES, "oversize datagrams are refused before queueing");
         while self.messages.len() >= self.max_messages || self.bytes + message.len() > self.max_bytes {
-            let old = self.messages.pop_front().expect("a full queue is not empty");
+            let (_, old) = self.messages.pop_front().expect("a full queue is not empty");
             self.bytes -= old.len();
             self.dropped += 1;
         }
         self.bytes += message.len();
-        self.messages.push_back(message);
+        self.messages.push_back((channel, message));
     }
 
-    /// Takes everything queued.
-    pub fn take_all(&mut self) -> Vec<Bytes> {
+    /// Takes everything queued, each with its channel.
+    pub fn take_all(&mut self) -> Vec<(u8, Bytes)> {
         self.bytes = 0;
         self.messages.drain(..).collect()
     }
@@ -611,7 +628,7 @@ pub struct TransportConfig {
     pub queue_messages: usize,
     /// Per-peer send queue: bytes.
     pub queue_bytes: usize,
-    /// Inbox capacity (messages) shared by all peers.
+    /// Inbox capacity (messages) of each channel, shared by all peers.
     pub inbox_messages: usize,
     /// First reconnect delay.
     pub backoff_initial: Duration,
@@ -655,6 +672,25 @@ pub struct TransportStats {
     pub connect_failures: AtomicU64,
     /// Inbound connections refused (bad hello or unknown node).
     pub refused_inbound: AtomicU64,
+    /// Dropped: a received frame named no channel of this transport.
+    pub dropped_bad_channel: AtomicU64,
+}
+
+/// Channels of the node-to-node transport (see the module docs).
+pub const CHANNELS: u8 = 4;
+
+/// One channel's inbox.
+struct Inbox {
+    tx: mpsc::UnboundedSender<(NodeId, Bytes)>,
+    rx: Mutex<mpsc::UnboundedReceiver<(NodeId, Bytes)>>,
+    len: AtomicUsize,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        let (tx, rx) = mpsc::unbounded();
+        Inbox { tx, rx: Mutex::new(rx), len: AtomicUsize::new(0) }
+    }
 }
 
 struct Link {
@@ -677,9 +713,8 @@ pub(crate) struct Transport {
     config: TransportConfig,
     exec: ExecutorHandle,
     links: Mutex<BTreeMap<NodeId, Arc<Link>>>,
-    inbox_tx: mpsc::UnboundedSender<(NodeId, Bytes)>,
-    inbox_rx: Mutex<mpsc::UnboundedReceiver<(NodeId, Bytes)>>,
-    inbox_len: AtomicUsize,
+    /// One per channel, indexed by channel.
+    inboxes: Vec<Inbox>,
     rng: Mutex<DetRng>,
     pub(crate) stats: TransportStats,
 }
@@ -694,17 +729,14 @@ impl Transport {
         rng: DetRng,
     ) -> io::Result<Arc<Transport>> {
         let addr = *peers.get(&me).ok_or_else(|| io::Error::other(format!("{me} has no peer address")))?;
-        let listener = HelloListener::bind(exec.driver(), addr, PEER_MAGIC, MAX_DATAGRAM_BYTES)?;
-        let (inbox_tx, inbox_rx) = mpsc::unbounded();
+        let listener = HelloListener::bind(exec.driver(), addr, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1)?;
         let transport = Arc::new(Transport {
             me,
             peers,
             config,
             exec: exec.clone(),
             links: Mutex::new(BTreeMap::new()),
-            inbox_tx,
-            inbox_rx: Mutex::new(inbox_rx),
-            inbox_len: AtomicUsize::new(0),
+            inboxes: (0..CHANNELS).map(|_| Inbox::new()).collect(),
             rng: Mutex::new(rng),
             stats: TransportStats::default(),
         });
@@ -712,23 +744,29 @@ impl Transport {
         Ok(transport)
     }
 
-    fn deliver(&self, from: NodeId, message: Bytes) {
-        if self.inbox_len.load(Ordering::Acquire) >= self.config.inbox_messages {
+    fn deliver(&self, channel: u8, from: NodeId, message: Bytes) {
+        let Some(inbox) = self.inboxes.get(usize::from(channel)) else {
+            self.stats.dropped_bad_channel.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if inbox.len.load(Ordering::Acquire) >= self.config.inbox_messages {
             self.stats.dropped_inbox_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.inbox_len.fetch_add(1, Ordering::AcqRel);
+        inbox.len.fetch_add(1, Ordering::AcqRel);
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let _ = self.inbox_tx.unbounded_send((from, message));
+        let _ = inbox.tx.unbounded_send((from, message));
     }
 
-    pub(crate) fn send(self: &Arc<Self>, to: NodeId, message: Bytes) {
+    /// Sends `message` to `to`'s inbox of `channel` (best effort).
+    pub(crate) fn send(self: &Arc<Self>, channel: u8, to: NodeId, message: Bytes) {
+        assert!(channel < CHANNELS, "channel {channel} of {CHANNELS}");
         if message.len() > MAX_DATAGRAM_BYTES {
             self.stats.dropped_oversize.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if to == self.me {
-            self.deliver(to, message);
+            self.deliver(channel, to, message);
             return;
         }
         let Some(&addr) = self.peers.get(&to) else {
@@ -761,7 +799,7 @@ impl Transport {
         };
         let mut state = link.state.lock().expect("link lock");
         let before = state.queue.dropped();
-        state.queue.push(message);
+        state.queue.push(channel, message);
         let dropped = state.queue.dropped() - before;
         let waker = state.waker.take();
         drop(state);
@@ -786,11 +824,13 @@ impl Transport {
         }
     }
 
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<(NodeId, Bytes)> {
-        let mut rx = self.inbox_rx.lock().expect("inbox lock");
+    /// The next datagram of `channel`'s inbox.
+    pub(crate) fn poll_recv(&self, channel: u8, cx: &mut Context<'_>) -> Poll<(NodeId, Bytes)> {
+        let inbox = &self.inboxes[usize::from(channel)];
+        let mut rx = inbox.rx.lock().expect("inbox lock");
         match rx.poll_next_unpin(cx) {
             Poll::Ready(Some(m)) => {
-                self.inbox_len.fetch_sub(1, Ordering::AcqRel);
+                inbox.len.fetch_sub(1, Ordering::AcqRel);
                 Poll::Ready(m)
             }
             // The transport holds a sender: the stream never ends.
@@ -800,7 +840,7 @@ impl Transport {
 }
 
 /// Waits until `link` has messages, then takes them all.
-async fn next_batch(link: &Link) -> Vec<Bytes> {
+async fn next_batch(link: &Link) -> Vec<(u8, Bytes)> {
     poll_fn(|cx| {
         let mut state = link.state.lock().expect("link lock");
         if state.queue.is_empty() {
@@ -819,14 +859,14 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut rng = kaelix_core::rng::fork(&mut t.rng.lock().expect("rng lock"));
     drop(t);
-    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending: Vec<(u8, Bytes)> = Vec::new();
     loop {
         if pending.is_empty() {
             pending = next_batch(&link).await;
         }
         // A kick before this attempt is answered by this attempt.
         link.state.lock().expect("link lock").kicked = false;
-        let attempt = connect(&driver, link.addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES);
+        let attempt = connect(&driver, link.addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1);
         let connected =
             kaelix_core::runtime::timeout(&DriverClock(driver.clone()), config.connect_timeout, attempt).await;
         let Some(t) = transport.upgrade() else { return };
@@ -851,8 +891,8 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
         loop {
             let mut until = 0;
             let mut failed = false;
-            for m in &pending {
-                match conn.enqueue_frame(m) {
+            for (channel, m) in &pending {
+                match conn.enqueue_channel_frame(*channel, m) {
                     Ok(u) => until = u,
                     Err(_) => failed = true,
                 }
@@ -894,7 +934,7 @@ async fn kicked(link: &Link) {
 }
 
 /// Like [`next_batch`], but `None` as soon as `conn` is closed by the peer.
-async fn next_batch_or_close(link: &Link, conn: &FramedConn) -> Option<Vec<Bytes>> {
+async fn next_batch_or_close(link: &Link, conn: &FramedConn) -> Option<Vec<(u8, Bytes)>> {
     poll_fn(|cx| {
         loop {
             match conn.poll_recv(cx) {
@@ -938,9 +978,15 @@ async fn accept_peers(transport: std::sync::Weak<Transport>, mut listener: Hello
 
 async fn read_peer(transport: std::sync::Weak<Transport>, conn: FramedConn) {
     let from = conn.peer;
-    while let Ok(Some(frame)) = poll_fn(|cx| conn.poll_recv(cx)).await {
+    while let Ok(Some(mut frame)) = poll_fn(|cx| conn.poll_recv(cx)).await {
         let Some(t) = transport.upgrade() else { return };
-        t.deliver(from, frame);
+        if frame.is_empty() {
+            // A frame without even its channel byte.
+            t.stats.dropped_bad_channel.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let channel = frame.split_to(1)[0];
+        t.deliver(channel, from, frame);
     }
 }
 
@@ -982,20 +1028,20 @@ mod tests {
     fn send_queue_drops_oldest_when_full() {
         let mut q = SendQueue::new(3, MAX_DATAGRAM_BYTES);
         for i in 0..5u8 {
-            q.push(Bytes::from(vec![i]));
+            q.push(i % 2, Bytes::from(vec![i]));
         }
         assert_eq!(q.dropped(), 2);
-        let left: Vec<u8> = q.take_all().iter().map(|b| b[0]).collect();
-        assert_eq!(left, vec![2, 3, 4]);
+        let left: Vec<(u8, u8)> = q.take_all().iter().map(|(c, b)| (*c, b[0])).collect();
+        assert_eq!(left, vec![(0, 2), (1, 3), (0, 4)], "each message keeps its channel");
         assert!(q.is_empty());
     }
 
     #[test]
     fn send_queue_bounds_bytes() {
         let mut q = SendQueue::new(100, MAX_DATAGRAM_BYTES);
-        q.push(Bytes::from(vec![0u8; MAX_DATAGRAM_BYTES / 2 + 1]));
-        q.push(Bytes::from(vec![1u8; MAX_DATAGRAM_BYTES / 2 + 1]));
+        q.push(0, Bytes::from(vec![0u8; MAX_DATAGRAM_BYTES / 2 + 1]));
+        q.push(0, Bytes::from(vec![1u8; MAX_DATAGRAM_BYTES / 2 + 1]));
         assert_eq!(q.dropped(), 1, "two halves-plus do not fit in one datagram's worth");
-        assert_eq!(q.take_all()[0][0], 1);
+        assert_eq!(q.take_all()[0].1[0], 1);
     }
 }
