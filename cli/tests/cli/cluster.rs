@@ -538,3 +538,98 @@ fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
     exec.shutdown(kaelix_core::time::Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&layout.base);
 }
+
+/// Each member's SWIM view as `kaelix cluster status` prints it over
+/// `members`: member → [(seen by node, state, incarnation, phi)].
+type SwimViews = std::collections::BTreeMap<u64, Vec<(u64, String, u64, f64)>>;
+
+fn swim_by_status(members: &[&Member]) -> SwimViews {
+    let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
+    let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
+    let stdout = super::text(&out.stdout);
+    let mut views = SwimViews::new();
+    // "  member   3  1: alive 1765… 0.12, 2: dead 1765… 8.31"
+    for row in stdout.lines().filter_map(|l| l.trim_start().strip_prefix("member ")) {
+        let (member, cells) = row.trim_start().split_once("  ").unwrap_or_else(|| panic!("{stdout}"));
+        let member: u64 = member.trim().parse().unwrap_or_else(|_| panic!("{stdout}"));
+        for cell in cells.split(", ") {
+            let (node, rest) = cell.split_once(": ").unwrap_or_else(|| panic!("{stdout}"));
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "{stdout}");
+            views.entry(member).or_default().push((
+                node.trim().parse().unwrap(),
+                f[0].to_owned(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            ));
+        }
+    }
+    views
+}
+
+/// Whether every node in `seen_by` holds `member` in `state` (and, with
+/// `above`, at an incarnation higher than that).
+fn all_see(views: &SwimViews, member: u64, seen_by: &[u64], state: &str, above: Option<u64>) -> bool {
+    let Some(row) = views.get(&member) else { return false };
+    seen_by.iter().all(|n| row.iter().any(|(by, s, inc, _)| by == n && s == state && above.is_none_or(|a| *inc > a)))
+}
+
+/// SWIM on three real processes: every member sees every member alive;
+/// after `kill -9` of one, both survivors declare it dead within a bound
+/// derived from the SWIM configuration the members run
+/// (`SwimConfig::default`), and `kaelix cluster status` shows it; restarted
+/// on its data directory, it is alive again on every member at a higher
+/// incarnation than before.
+#[test]
+fn swim_declares_a_killed_member_dead_and_its_restart_alive_at_a_higher_incarnation() {
+    use kaelix_cluster::swim::SwimConfig;
+    use kaelix_cluster::swim::suspicion::min_timeout;
+
+    let layout = Layout::new("swim", CONFIG);
+    let mut members = layout.start_all();
+    let running = |members: &Vec<Option<Member>>| swim_by_status(&members.iter().flatten().collect::<Vec<_>>());
+    let views = wait_for("every member alive on every member", Duration::from_secs(20), || {
+        let v = running(&members);
+        (1..=3).all(|m| all_see(&v, m, &[1, 2, 3], "alive", None)).then_some(v)
+    });
+    let before = views[&3].iter().map(|(_, _, inc, _)| *inc).max().unwrap();
+    assert!(views.values().flatten().all(|(_, _, _, phi)| phi.is_finite()), "{views:?}");
+
+    // The bound: the survivors probe the killed member within one round of
+    // the other n − 1 members (its place in the shuffled order may move to
+    // the end of the next round: 2 · (n − 1) periods), the failed probe
+    // takes one period, its suspicion lasts the minimum timeout for n = 3
+    // (too few members to confirm it: Lifeguard's k is 0, so no longer
+    // timeout), and the Dead spreads by gossip (200 ms rounds) or each
+    // survivor's own timer; 2 s cover gossip and process scheduling.
+    let swim = SwimConfig::default();
+    let n = 3u32;
+    let round = swim.probe_interval * (2 * (n - 1) + 1);
+    // Phi has history only once a probe of the member was answered: let
+    // every member probe every other one first (two rounds: Lifeguard may
+    // stretch the first periods while the members were still starting).
+    std::thread::sleep(round * 2);
+    let bound = round + min_timeout(swim.suspicion_mult, n as usize, swim.probe_interval) + Duration::from_secs(2);
+    let killed_at = Instant::now();
+    drop(members[2].take());
+    let views = wait_for("both survivors to declare member 3 dead", bound, || {
+        let v = running(&members);
+        all_see(&v, 3, &[1, 2], "dead", None).then_some(v)
+    });
+    let declared = killed_at.elapsed();
+    eprintln!("swim: member 3 declared dead by both survivors {declared:?} after kill -9 (bound {bound:?})");
+    assert!(all_see(&views, 1, &[1, 2], "alive", None) && all_see(&views, 2, &[1, 2], "alive", None), "{views:?}");
+    // The survivors' phi for the silent member is past the detector's
+    // threshold; for each other (probed every other period) it is not.
+    let threshold = kaelix_cluster::phi::PhiConfig::default().threshold;
+    let phi_of = |member: u64, by: u64| views[&member].iter().find(|v| v.0 == by).unwrap().3;
+    assert!(phi_of(3, 1) > threshold && phi_of(3, 2) > threshold, "{views:?}");
+    assert!(phi_of(2, 1) < threshold && phi_of(1, 2) < threshold, "{views:?}");
+
+    members[2] = Some(layout.start(3));
+    let views = wait_for("the restarted member 3 alive on every member", Duration::from_secs(20), || {
+        let v = running(&members);
+        all_see(&v, 3, &[1, 2, 3], "alive", Some(before)).then_some(v)
+    });
+    assert!((1..=3).all(|m| all_see(&views, m, &[1, 2, 3], "alive", None)), "{views:?}");
+}
