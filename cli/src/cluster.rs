@@ -38,7 +38,20 @@
 //! on its data directory comes back above the incarnation the others hold
 //! for it. A member stopped by SIGTERM leaves (the others mark it `left`);
 //! one killed is suspected, then declared dead (memberlist's LAN timings,
-//! `SwimConfig::default`). Its view — each member's state, incarnation and
+//! `SwimConfig::default`). `--join ADDR,...` (`cluster.join`) adds seeds
+//! known only by address: each gets a provisional id (from `u64::MAX`
+//! down, [`join_seed_id`]) in the transport's address book, so SWIM's
+//! `Join` reaches it and whoever answers is learned under its real id;
+//! every member's `cluster=ADDR` metadata goes into the address book as it
+//! arrives ([`learn_addresses`]), which is how members that know only one
+//! address reach every other (answers to a stranger are dropped until its
+//! record has arrived; SWIM retries the join every announce interval). The
+//! provisional seeds never become members: SWIM keeps announcing to them
+//! (a push-pull every 5 s), which also merges a partitioned member back.
+//! A member with `join` and no `peers` runs membership only: its broker is
+//! local, it holds no replicated partitions (they are Raft groups of the
+//! configured peers; placement on joined members is not built), and it
+//! forwards nothing. Its view — each member's state, incarnation and
 //! the phi of its accrual detector — is exported as `kaelix_swim_*` metrics,
 //! the names the simulator's membership scenarios use
 //! (`RunMetrics::record_swim`, `record_swim_members`). SWIM does not yet
@@ -68,6 +81,7 @@ use kaelix_cluster::raft::Raft;
 use kaelix_cluster::replicated::broker_node::{StepDown, start_forwarding_broker_node};
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_core::NodeId;
+use kaelix_core::runtime::{Priority, Spawner};
 use kaelix_runtime_real::{NodeConfig, RealRuntime};
 use kaelix_server::config::{ClusterSettings, forward_addr};
 use kaelix_server::{Server, ServerConfig};
@@ -99,6 +113,7 @@ impl ReplicaObserver for ClusterView {
 /// addresses (this member's own bound where `cluster.listen` says) and
 /// their forwarding addresses.
 pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Result<NodeConfig, String> {
+    // A member joining by address knows only itself; the rest is learned.
     let members = cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
     let me = NodeId(cluster.node_id);
     let mut config = NodeConfig::new(me, data_dir);
@@ -117,14 +132,64 @@ pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Res
 /// The transport channel of SWIM's datagrams (the Raft groups use 0).
 pub const SWIM_CHANNEL: u8 = 1;
 
+/// The provisional id of the `i`-th join address: from `u64::MAX` down,
+/// far above any configured member id.
+pub fn join_seed_id(i: usize) -> NodeId {
+    NodeId(u64::MAX - i as u64)
+}
+
 /// Starts this member's SWIM membership service (see the module docs):
-/// seeds are the configured members, metadata its own address.
+/// seeds are the configured members and the join addresses, metadata its
+/// own address; the members' addresses are learned as they arrive.
 pub fn start_membership(rt: &RealRuntime, cluster: &ClusterSettings) -> Result<Membership, String> {
     let members = cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
-    let me = members.get(&cluster.node_id).ok_or_else(|| format!("member {} has no address", cluster.node_id))?;
-    let seeds = members.keys().map(|&id| NodeId(id)).collect();
+    let joins = cluster.join_addrs().map_err(|(key, why)| format!("{key}: {why}"))?;
+    let me = members
+        .get(&cluster.node_id)
+        .copied()
+        .or(cluster.listen)
+        .ok_or_else(|| format!("member {} has no address", cluster.node_id))?;
+    let mut seeds: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
+    for (i, &addr) in joins.iter().enumerate() {
+        let id = join_seed_id(i);
+        rt.learn_peer(id, addr);
+        seeds.push(id);
+    }
     let config = MembershipConfig::new(seeds, bytes::Bytes::from(format!("cluster={me}")));
-    Ok(membership::start(&rt.channel(SWIM_CHANNEL), config))
+    let membership = membership::start(&rt.channel(SWIM_CHANNEL), config);
+    let events = membership.subscribe();
+    drop(rt.spawn(Priority::Normal, "swim-addresses", learn_addresses(rt.clone(), membership.clone(), events)));
+    Ok(membership)
+}
+
+/// The node-to-node address a member's SWIM metadata names.
+pub fn metadata_addr(metadata: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(metadata).ok()?.split(',').find_map(|kv| kv.strip_prefix("cluster="))?.parse().ok()
+}
+
+/// Puts every member's address (its metadata) into the transport's
+/// address book, now and after every membership event, until the service
+/// stops.
+async fn learn_addresses(
+    rt: RealRuntime,
+    membership: Membership,
+    mut events: futures_channel::mpsc::UnboundedReceiver<kaelix_cluster::swim::MembershipEvent>,
+) {
+    use futures_util::StreamExt;
+    loop {
+        membership.with_members(|members| {
+            for m in members {
+                if let Some(addr) = metadata_addr(&m.metadata)
+                    && rt.learn_peer(m.id, addr)
+                {
+                    tracing::info!(member = m.id.0, %addr, "learned a member's cluster address");
+                }
+            }
+        });
+        if events.next().await.is_none() {
+            return;
+        }
+    }
 }
 
 /// Publishes the membership service's view at scrape time, under the
@@ -419,5 +484,14 @@ mod tests {
         assert_eq!(parse_nodes("127.0.0.1:9464, localhost:9465").unwrap().len(), 2);
         assert!(parse_nodes("").is_err());
         assert!(parse_nodes("127.0.0.1").unwrap_err().contains("not HOST:PORT"));
+    }
+
+    #[test]
+    fn a_members_address_is_read_from_its_metadata() {
+        assert_eq!(metadata_addr(b"cluster=127.0.0.1:7111"), Some("127.0.0.1:7111".parse().unwrap()));
+        assert_eq!(metadata_addr(b"role=x,cluster=[::1]:7"), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(metadata_addr(b"node=3"), None);
+        assert_eq!(metadata_addr(b"cluster=nowhere"), None);
+        assert!(join_seed_id(0).0 > join_seed_id(1).0 && join_seed_id(1).0 > 1 << 60);
     }
 }

@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// publishes) [`cluster.peers`].
     #[arg(long)]
     pub peers: Option<String>,
+    /// Cluster addresses of members to join through (SWIM), HOST:PORT,...;
+    /// without --peers this member holds no replicated partitions
+    /// [`cluster.join`].
+    #[arg(long)]
+    pub join: Option<String>,
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -218,6 +223,10 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
     if let Some(peers) = &args.peers {
         let list: Vec<String> = peers.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
         loader = loader.with_override("cluster.peers", list, "--peers");
+    }
+    if let Some(join) = &args.join {
+        let list: Vec<String> = join.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        loader = loader.with_override("cluster.join", list, "--join");
     }
     loader
 }
@@ -325,7 +334,22 @@ fn run_with(
         let hook: Arc<dyn kaelix_broker::intercept::PublishHook> = plugins.hook();
         let mut step_down = None;
         let mut membership = None;
-        let started = if config.cluster.enabled {
+        let started = if config.cluster.enabled && config.cluster.peers.is_empty() {
+            // Joined by address: membership only, the broker local.
+            let swim = crate::cluster::start_membership(&rt, &config.cluster)?;
+            if let Some(collector) = &collector {
+                let view = crate::cluster::ClusterView::default();
+                crate::cluster::add_metrics(collector, config.cluster.node_id, view, Vec::new());
+                crate::cluster::add_membership_metrics(collector, swim.clone());
+            }
+            membership = Some(swim);
+            println!(
+                "kaelix serve: cluster member {} joining through {} (membership only: no replicated partitions)",
+                config.cluster.node_id,
+                config.cluster.join.join(",")
+            );
+            Server::start_with_hook(rt, config, Some(hook)).await
+        } else if config.cluster.enabled {
             let view = crate::cluster::ClusterView::default();
             let (broker, groups, stepper) = crate::cluster::start_member(&rt, &config, view.clone())?;
             step_down = Some(stepper);

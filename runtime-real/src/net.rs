@@ -38,6 +38,18 @@
 //! membership on another — see `RealRuntime::channel`) thus share the
 //! connections without reading each other's datagrams, and a channel
 //! nobody reads fills only its own inbox.
+//!
+//! Peers' addresses form an **address book** that grows at run time: it
+//! starts as the configured peers, and [`Transport::learn`]
+//! (`RealRuntime::learn_peer`) adds or moves an entry — how a member
+//! learned through SWIM (whose record carries its address) becomes
+//! reachable. A moved address takes effect at the link's next connection
+//! attempt (a link waiting out a backoff retries at once). Inbound
+//! connections are accepted from any node but ourselves, in the book or
+//! not: a node joining by address is a stranger until its SWIM record
+//! arrives, and its datagrams must reach the protocols (which decide what a
+//! stranger's message is worth); answers to it are dropped as addressed to
+//! an unknown peer until its address is learned, and retransmitted.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // sockets are this module's job
 
@@ -670,7 +682,7 @@ pub struct TransportStats {
     pub connects: AtomicU64,
     /// Outbound connection attempts that failed.
     pub connect_failures: AtomicU64,
-    /// Inbound connections refused (bad hello or unknown node).
+    /// Inbound connections refused (a hello in our own name).
     pub refused_inbound: AtomicU64,
     /// Dropped: a received frame named no channel of this transport.
     pub dropped_bad_channel: AtomicU64,
@@ -694,7 +706,8 @@ impl Inbox {
 }
 
 struct Link {
-    addr: SocketAddr,
+    /// Where the link connects (moved by [`Transport::learn`]).
+    addr: Mutex<SocketAddr>,
     state: Mutex<LinkState>,
 }
 
@@ -709,7 +722,8 @@ struct LinkState {
 
 pub(crate) struct Transport {
     me: NodeId,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    /// The address book (see the module docs).
+    peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     config: TransportConfig,
     exec: ExecutorHandle,
     links: Mutex<BTreeMap<NodeId, Arc<Link>>>,
@@ -732,7 +746,7 @@ impl Transport {
         let listener = HelloListener::bind(exec.driver(), addr, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1)?;
         let transport = Arc::new(Transport {
             me,
-            peers,
+            peers: Mutex::new(peers),
             config,
             exec: exec.clone(),
             links: Mutex::new(BTreeMap::new()),
@@ -769,7 +783,7 @@ impl Transport {
             self.deliver(channel, to, message);
             return;
         }
-        let Some(&addr) = self.peers.get(&to) else {
+        let Some(addr) = self.peer_addr(to) else {
             self.stats.dropped_unknown_peer.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -779,7 +793,7 @@ impl Transport {
                 Some(l) => l.clone(),
                 None => {
                     let link = Arc::new(Link {
-                        addr,
+                        addr: Mutex::new(addr),
                         state: Mutex::new(LinkState {
                             queue: SendQueue::new(self.config.queue_messages, self.config.queue_bytes),
                             waker: None,
@@ -809,6 +823,30 @@ impl Transport {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// `node`'s address in the book.
+    pub(crate) fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.peers.lock().expect("peers lock").get(&node).copied()
+    }
+
+    /// Adds `node` at `addr` to the address book, or moves it there;
+    /// whether anything changed. Our own entry is the address we listen
+    /// on: it never moves.
+    pub(crate) fn learn(&self, node: NodeId, addr: SocketAddr) -> bool {
+        if node == self.me {
+            return false;
+        }
+        let before = self.peers.lock().expect("peers lock").insert(node, addr);
+        if before == Some(addr) {
+            return false;
+        }
+        if let Some(link) = self.links.lock().expect("links lock").get(&node).cloned() {
+            *link.addr.lock().expect("link address lock") = addr;
+            // A link waiting out its backoff tries the new address now.
+            self.kick(node);
+        }
+        true
     }
 
     /// `peer` connected to us: our link to it, if it is waiting out a
@@ -866,7 +904,8 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
         }
         // A kick before this attempt is answered by this attempt.
         link.state.lock().expect("link lock").kicked = false;
-        let attempt = connect(&driver, link.addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1);
+        let addr = *link.addr.lock().expect("link address lock");
+        let attempt = connect(&driver, addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1);
         let connected =
             kaelix_core::runtime::timeout(&DriverClock(driver.clone()), config.connect_timeout, attempt).await;
         let Some(t) = transport.upgrade() else { return };
@@ -959,7 +998,7 @@ async fn accept_peers(transport: std::sync::Weak<Transport>, mut listener: Hello
         let accepted = poll_fn(|cx| listener.poll_accept(cx)).await;
         let Some(t) = transport.upgrade() else { return };
         match accepted {
-            Ok(conn) if t.peers.contains_key(&conn.peer) && conn.peer != t.me => {
+            Ok(conn) if conn.peer != t.me => {
                 t.kick(conn.peer);
                 drop(t.exec.spawn(Priority::High, "transport-reader", read_peer(transport.clone(), conn)));
             }

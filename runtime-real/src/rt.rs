@@ -170,6 +170,19 @@ impl RealRuntime {
         RealRuntime { inner: self.inner.clone(), channel }
     }
 
+    /// Adds `node` at `addr` to the node-to-node transport's address book,
+    /// or moves it there (see `net`'s module docs); whether anything
+    /// changed. Shared by every channel. A node without a transport learns
+    /// nothing.
+    pub fn learn_peer(&self, node: NodeId, addr: SocketAddr) -> bool {
+        self.inner.transport.as_ref().is_some_and(|t| t.learn(node, addr))
+    }
+
+    /// `node`'s node-to-node address in the transport's address book.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.inner.transport.as_ref().and_then(|t| t.peer_addr(node))
+    }
+
     /// The transport's counters (`None` for a node without a peer address).
     pub fn transport_stats(&self) -> Option<&TransportStats> {
         self.inner.transport.as_ref().map(|t| &t.stats)

@@ -76,6 +76,12 @@ impl Drop for Member {
 }
 
 fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
+    spawn_member(id, port, &["--peers", peers], dir, config)
+}
+
+/// `kaelix serve --cluster` as member `id` on `port` with `cluster` (its
+/// `--peers` or `--join`).
+fn spawn_member(id: u64, port: u16, cluster: &[&str], dir: &Path, config: &Path) -> Member {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("KAELIX_") {
@@ -84,7 +90,8 @@ fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> M
     }
     let mut child = command
         .args(["serve", "--cluster", "--node-id", &id.to_string()])
-        .args(["--cluster-listen", &format!("127.0.0.1:{port}"), "--peers", peers])
+        .args(["--cluster-listen", &format!("127.0.0.1:{port}")])
+        .args(cluster)
         .args(["--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--log-level", "error", "--workers", "1", "--config", config.to_str().unwrap()])
         .args(["--data-dir", dir.to_str().unwrap()])
@@ -632,4 +639,38 @@ fn swim_declares_a_killed_member_dead_and_its_restart_alive_at_a_higher_incarnat
         all_see(&v, 3, &[1, 2, 3], "alive", Some(before)).then_some(v)
     });
     assert!((1..=3).all(|m| all_see(&views, m, &[1, 2, 3], "alive", None)), "{views:?}");
+}
+
+/// Joining by address: member 1 starts alone (no peers, nothing to join),
+/// member 2 joins through member 1's address, member 3 through member 2's
+/// only; SWIM makes each a member on every node, each learning the others'
+/// addresses from their records (member 1 never hears member 3's address
+/// from its configuration). They hold no replicated topics (only
+/// `cluster.peers` members do).
+#[test]
+fn members_that_know_one_address_join_and_become_alive_everywhere() {
+    let layout = Layout::new("join", "");
+    let port = |id: u64| layout.ports[id as usize - 1];
+    let addr = |id: u64| format!("127.0.0.1:{}", port(id));
+    let dir = |id: u64| layout.base.join(format!("node{id}"));
+    let first = spawn_member(1, port(1), &[], &dir(1), &layout.config);
+    let second = spawn_member(2, port(2), &["--join", &addr(1)], &dir(2), &layout.config);
+    let started = Instant::now();
+    let third = spawn_member(3, port(3), &["--join", &addr(2)], &dir(3), &layout.config);
+    let members = [&first, &second, &third];
+    // Joins are retried every announce interval (5 s): a few rounds.
+    let views = wait_for("all three alive on all three", Duration::from_secs(30), || {
+        let v = swim_by_status(&members);
+        (1..=3).all(|m| all_see(&v, m, &[1, 2, 3], "alive", None)).then_some(v)
+    });
+    eprintln!(
+        "join: member 3 (knowing only member 2's address) alive on all three {:?} after its start",
+        started.elapsed()
+    );
+    assert_eq!(views.len(), 3, "no provisional join id shows as a member: {views:?}");
+    let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
+    let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
+    let stdout = super::text(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains(" up")).count(), 3, "{stdout}");
+    assert_eq!(out.status.code(), Some(0), "no partition, every member answers: {stdout}");
 }

@@ -180,3 +180,46 @@ fn channels_share_the_connection_but_not_the_inbox() {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spare.channel(kaelix_runtime_real::net::CHANNELS)));
     assert!(refused.is_err());
 }
+
+#[test]
+fn a_stranger_is_heard_and_reachable_once_its_address_is_learned() {
+    let (addr1, addr2) = (free_addr(), free_addr());
+    let ex1 = executor("book1", 1);
+    // Node 1 knows node 2; node 2 knows only itself.
+    let a = node(&ex1, 1, &BTreeMap::from([(NodeId(1), addr1), (NodeId(2), addr2)]), &BTreeMap::new());
+    let ex2 = executor("book2", 1);
+    let b = node(&ex2, 2, &BTreeMap::from([(NodeId(2), addr2)]), &BTreeMap::new());
+    assert_eq!(b.peer_addr(NodeId(1)), None);
+    let (a2, b2) = (a.clone(), b.clone());
+    let heard = ex2.block_on(async move {
+        let deadline = b2.now() + Duration::from_secs(10);
+        loop {
+            a2.send(NodeId(2), Bytes::from_static(b"hi"));
+            match kaelix_core::runtime::timeout(&b2, Duration::from_millis(50), b2.recv()).await {
+                Ok(m) => return m,
+                Err(_) => assert!(b2.now() < deadline, "the stranger's datagram never arrived"),
+            }
+        }
+    });
+    assert_eq!(heard, (NodeId(1), Bytes::from_static(b"hi")), "a node not in the book is heard");
+    // Answers to it are dropped until its address is learned.
+    b.send(NodeId(1), Bytes::from_static(b"lost"));
+    let stats = b.transport_stats().unwrap();
+    assert_eq!(stats.dropped_unknown_peer.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(b.learn_peer(NodeId(1), addr1), "a new entry");
+    assert!(!b.learn_peer(NodeId(1), addr1), "learning it again changes nothing");
+    assert!(!b.learn_peer(NodeId(2), addr1), "our own entry never moves");
+    assert_eq!(b.peer_addr(NodeId(1)), Some(addr1));
+    let (a3, b3) = (a.clone(), b.clone());
+    let answered = ex1.block_on(async move {
+        let deadline = a3.now() + Duration::from_secs(10);
+        loop {
+            b3.send(NodeId(1), Bytes::from_static(b"back"));
+            match kaelix_core::runtime::timeout(&a3, Duration::from_millis(50), a3.recv()).await {
+                Ok((from, m)) if m[..] == *b"back" => return from,
+                _ => assert!(a3.now() < deadline, "the learned address was never used"),
+            }
+        }
+    });
+    assert_eq!(answered, NodeId(2));
+}
