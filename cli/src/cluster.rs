@@ -26,10 +26,47 @@
 //! configured topic is relayed to that member's subscribers only).
 //! Durable topics are refused in cluster mode: stored data is replicated.
 //!
+//! # Membership
+//!
+//! Every member also runs SWIM (`kaelix_cluster::membership`, the driver
+//! the simulator's membership scenarios prove) on the real runtime: its
+//! datagrams travel over the same node-to-node transport as the Raft
+//! groups' but on a channel of their own ([`SWIM_CHANNEL`], see
+//! `RealRuntime::channel`), the configured peers are its seeds, and its
+//! metadata is `cluster=ADDR`, the member's node-to-node address. It boots
+//! with its wall clock in milliseconds as incarnation, so a member restarted
+//! on its data directory comes back above the incarnation the others hold
+//! for it. A member stopped by SIGTERM leaves (the others mark it `left`);
+//! one killed is suspected, then declared dead (memberlist's LAN timings,
+//! `SwimConfig::default`). `--join ADDR,...` (`cluster.join`) adds seeds
+//! known only by address: each gets a provisional id (from `u64::MAX`
+//! down, [`join_seed_id`]) in the transport's address book, so SWIM's
+//! `Join` reaches it and whoever answers is learned under its real id;
+//! every member's `cluster=ADDR` metadata goes into the address book as it
+//! arrives ([`learn_addresses`]), which is how members that know only one
+//! address reach every other (answers to a stranger are dropped until its
+//! record has arrived; SWIM retries the join every announce interval). The
+//! provisional seeds never become members: SWIM keeps announcing to them
+//! (a push-pull every 5 s), which also merges a partitioned member back.
+//! A member with `join` and no `peers` runs membership only: its broker is
+//! local, it holds no replicated partitions (they are Raft groups of the
+//! configured peers; placement on joined members is not built), and it
+//! forwards nothing. Its view — each member's state, incarnation and
+//! the phi of its accrual detector — is exported as `kaelix_swim_*` metrics,
+//! the names the simulator's membership scenarios use
+//! (`RunMetrics::record_swim`, `record_swim_members`). SWIM does not yet
+//! decide anything here: Raft groups keep the configured members, and a
+//! member SWIM declares dead stays in every group (placement on live
+//! members is a later step of the cluster work).
+//!
+//! # Status
+//!
 //! `kaelix cluster status --nodes ADDR,...` reads each member's metrics
 //! endpoint (`kaelix_cluster_*` gauges, written by the observer below at
-//! every Raft step) and prints members and each partition's leader, term
-//! and commit index as each member sees them.
+//! every Raft step, and the `kaelix_swim_member_*` gauges) and prints
+//! members, each member's SWIM state, incarnation and phi as each node sees
+//! it, and each partition's leader, term and commit index as each member
+//! sees them.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // the binary's edge: a status table, HTTP scrapes
 
@@ -39,16 +76,18 @@ use std::sync::{Arc, Mutex};
 
 use kaelix_broker::Broker;
 use kaelix_broker::topic::Topic;
+use kaelix_cluster::membership::{self, Membership, MembershipConfig};
 use kaelix_cluster::raft::Raft;
 use kaelix_cluster::replicated::broker_node::{StepDown, start_forwarding_broker_node};
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_core::NodeId;
+use kaelix_core::runtime::{Priority, Spawner};
 use kaelix_runtime_real::{NodeConfig, RealRuntime};
 use kaelix_server::config::{ClusterSettings, forward_addr};
 use kaelix_server::{Server, ServerConfig};
 use kaelix_telemetry::MetricsCollector;
 
-use kaelix_scenarios::metrics::PartitionMember;
+use kaelix_scenarios::metrics::{Kind, PartitionMember, RunMetrics};
 
 use crate::http_get::{self, Endpoint};
 
@@ -74,6 +113,7 @@ impl ReplicaObserver for ClusterView {
 /// addresses (this member's own bound where `cluster.listen` says) and
 /// their forwarding addresses.
 pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Result<NodeConfig, String> {
+    // A member joining by address knows only itself; the rest is learned.
     let members = cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
     let me = NodeId(cluster.node_id);
     let mut config = NodeConfig::new(me, data_dir);
@@ -87,6 +127,95 @@ pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Res
         config.clients.insert(me, forward_addr(listen).ok_or("cluster.listen: no forwarding port")?);
     }
     Ok(config)
+}
+
+/// The transport channel of SWIM's datagrams (the Raft groups use 0).
+pub const SWIM_CHANNEL: u8 = 1;
+
+/// The provisional id of the `i`-th join address: from `u64::MAX` down,
+/// far above any configured member id.
+pub fn join_seed_id(i: usize) -> NodeId {
+    NodeId(u64::MAX - i as u64)
+}
+
+/// Starts this member's SWIM membership service (see the module docs):
+/// seeds are the configured members and the join addresses, metadata its
+/// own address; the members' addresses are learned as they arrive.
+pub fn start_membership(rt: &RealRuntime, cluster: &ClusterSettings) -> Result<Membership, String> {
+    let members = cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
+    let joins = cluster.join_addrs().map_err(|(key, why)| format!("{key}: {why}"))?;
+    let me = members
+        .get(&cluster.node_id)
+        .copied()
+        .or(cluster.listen)
+        .ok_or_else(|| format!("member {} has no address", cluster.node_id))?;
+    let mut seeds: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
+    for (i, &addr) in joins.iter().enumerate() {
+        let id = join_seed_id(i);
+        rt.learn_peer(id, addr);
+        seeds.push(id);
+    }
+    let config = MembershipConfig::new(seeds, bytes::Bytes::from(format!("cluster={me}")));
+    let membership = membership::start(&rt.channel(SWIM_CHANNEL), config);
+    let events = membership.subscribe();
+    drop(rt.spawn(Priority::Normal, "swim-addresses", learn_addresses(rt.clone(), membership.clone(), events)));
+    Ok(membership)
+}
+
+/// The node-to-node address a member's SWIM metadata names.
+pub fn metadata_addr(metadata: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(metadata).ok()?.split(',').find_map(|kv| kv.strip_prefix("cluster="))?.parse().ok()
+}
+
+/// Puts every member's address (its metadata) into the transport's
+/// address book, now and after every membership event, until the service
+/// stops.
+async fn learn_addresses(
+    rt: RealRuntime,
+    membership: Membership,
+    mut events: futures_channel::mpsc::UnboundedReceiver<kaelix_cluster::swim::MembershipEvent>,
+) {
+    use futures_util::StreamExt;
+    loop {
+        membership.with_members(|members| {
+            for m in members {
+                if let Some(addr) = metadata_addr(&m.metadata)
+                    && rt.learn_peer(m.id, addr)
+                {
+                    tracing::info!(member = m.id.0, %addr, "learned a member's cluster address");
+                }
+            }
+        });
+        if events.next().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Publishes the membership service's view at scrape time, under the
+/// names of the simulator's membership metrics (no `node` label: one node
+/// per process; `kaelix_cluster_node_id` names it).
+pub fn add_membership_metrics(collector: &Arc<MetricsCollector>, membership: Membership) {
+    // The collector owns its sources: a strong reference would be a cycle.
+    let weak = Arc::downgrade(collector);
+    collector.add_source("swim", move || {
+        let Some(collector) = weak.upgrade() else { return };
+        let mut figures = RunMetrics::new();
+        figures.record_swim(&[], &membership);
+        figures.record_swim_members(&[], &membership);
+        for (kind, name, help, labels, value) in figures.samples() {
+            match kind {
+                Kind::Counter => {
+                    collector.describe(kaelix_telemetry::Kind::Counter, name, None, help);
+                    collector.counter(name, labels).absolute(value as u64);
+                }
+                Kind::Gauge => {
+                    collector.describe(kaelix_telemetry::Kind::Gauge, name, None, help);
+                    collector.gauge(name, labels).set(value);
+                }
+            }
+        }
+    });
 }
 
 /// A member's groups in order: (topic, partition).
@@ -153,6 +282,23 @@ struct MemberReport {
     node: Option<u64>,
     /// (topic, partition) → (role, term, leader, commit, applied).
     partitions: BTreeMap<(String, u32), [u64; 5]>,
+    /// SWIM member → its view of it.
+    swim: BTreeMap<u64, SwimView>,
+}
+
+/// One node's SWIM view of one member.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct SwimView {
+    /// `kaelix_swim_member_state`'s code.
+    state: u64,
+    incarnation: u64,
+    phi: f64,
+}
+
+impl SwimView {
+    fn state_name(&self) -> &'static str {
+        ["alive", "suspect", "dead", "left"].get(self.state as usize).copied().unwrap_or("?")
+    }
 }
 
 /// One GET of a member's `/metrics` ([`crate::http_get`]), read for its
@@ -166,7 +312,27 @@ fn scrape(addr: &str) -> Result<MemberReport, String> {
 
 /// Reads the `kaelix_cluster_*` samples of a Prometheus text page.
 fn parse_metrics(page: &str) -> Option<MemberReport> {
-    let mut report = MemberReport { node: None, partitions: BTreeMap::new() };
+    let mut report = MemberReport { node: None, partitions: BTreeMap::new(), swim: BTreeMap::new() };
+    for line in page.lines().filter(|l| l.starts_with("kaelix_swim_member_")) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((name, labels)) = series.split_once('{') else { continue };
+        // Rust's float parser reads the text format's "+Inf" too.
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let member = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "member")
+            .and_then(|(_, v)| v.trim_matches('"').parse::<u64>().ok());
+        let Some(member) = member else { continue };
+        let view = report.swim.entry(member).or_default();
+        match name {
+            "kaelix_swim_member_state" => view.state = value as u64,
+            "kaelix_swim_member_incarnation" => view.incarnation = value as u64,
+            "kaelix_swim_member_phi" => view.phi = value,
+            _ => {}
+        }
+    }
     for line in page.lines().filter(|l| l.starts_with("kaelix_cluster_")) {
         let (series, value) = line.rsplit_once(' ')?;
         let value = value.parse::<f64>().ok()? as u64;
@@ -214,6 +380,22 @@ pub fn status(nodes: &[String]) -> std::process::ExitCode {
             }
             Err(e) => println!("  node   ?  {addr:<22} unreachable ({e})"),
         }
+    }
+    // One row per member, one "node: state incarnation phi" per node that
+    // answered (a killed member stays listed as the others saw it last).
+    let mut swim: BTreeMap<u64, Vec<(u64, SwimView)>> = BTreeMap::new();
+    for r in &reports {
+        for (&member, &view) in &r.swim {
+            swim.entry(member).or_default().push((r.node.unwrap_or(0), view));
+        }
+    }
+    println!("swim (seen by node: state incarnation phi):");
+    for (member, views) in &swim {
+        let each: Vec<String> = views
+            .iter()
+            .map(|(node, v)| format!("{node}: {} {} {:.2}", v.state_name(), v.incarnation, v.phi))
+            .collect();
+        println!("  member {member:>3}  {}", each.join(", "));
     }
     let mut partitions: BTreeMap<(String, u32), Views> = BTreeMap::new();
     for r in &reports {
@@ -278,6 +460,23 @@ mod tests {
         assert_eq!(r.node, Some(2));
         assert_eq!(r.partitions[&("orders".to_owned(), 1)], [0, 7, 3, 42, 0]);
         assert!(parse_metrics("kaelix_server_connections 4\n").is_none(), "not a cluster member");
+        assert!(r.swim.is_empty());
+    }
+
+    #[test]
+    fn reads_each_members_swim_view() {
+        let page = "kaelix_cluster_node_id 1\n\
+            kaelix_swim_members{state=\"alive\"} 2\n\
+            kaelix_swim_member_state{member=\"2\"} 0\n\
+            kaelix_swim_member_incarnation{member=\"2\"} 1765000000123\n\
+            kaelix_swim_member_phi{member=\"2\"} 0.25\n\
+            kaelix_swim_member_state{member=\"3\"} 2\n\
+            kaelix_swim_member_phi{member=\"3\"} +Inf\n";
+        let r = parse_metrics(page).expect("a member's page");
+        assert_eq!(r.swim[&2], SwimView { state: 0, incarnation: 1_765_000_000_123, phi: 0.25 });
+        assert_eq!(r.swim[&3].state_name(), "dead");
+        assert!(r.swim[&3].phi.is_infinite());
+        assert_eq!(r.swim.len(), 2, "kaelix_swim_members is no member");
     }
 
     #[test]
@@ -285,5 +484,14 @@ mod tests {
         assert_eq!(parse_nodes("127.0.0.1:9464, localhost:9465").unwrap().len(), 2);
         assert!(parse_nodes("").is_err());
         assert!(parse_nodes("127.0.0.1").unwrap_err().contains("not HOST:PORT"));
+    }
+
+    #[test]
+    fn a_members_address_is_read_from_its_metadata() {
+        assert_eq!(metadata_addr(b"cluster=127.0.0.1:7111"), Some("127.0.0.1:7111".parse().unwrap()));
+        assert_eq!(metadata_addr(b"role=x,cluster=[::1]:7"), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(metadata_addr(b"node=3"), None);
+        assert_eq!(metadata_addr(b"cluster=nowhere"), None);
+        assert!(join_seed_id(0).0 > join_seed_id(1).0 && join_seed_id(1).0 > 1 << 60);
     }
 }

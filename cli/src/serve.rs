@@ -10,10 +10,12 @@
 //! whole and logged, and the running configuration stays.
 //! With `--cluster` (or `[cluster] enabled = true`) it is a member of a
 //! static cluster: replicated topics are Raft groups of all the members
-//! and the server runs on the member's broker (see `crate::cluster`).
+//! and the server runs on the member's broker (see `crate::cluster`); the
+//! members also run SWIM membership, shown by `kaelix cluster status`.
 //! The first signal drains (stop accepting, answer what was read, sync; a
 //! cluster member then hands the leadership of its partitions to other
-//! members, for at most 3 s; exit 0); a second one exits at once.
+//! members, for at most 3 s, and leaves the SWIM membership; exit 0); a
+//! second one exits at once.
 //! With `[tracing] enabled = true` the publishes' spans are exported to an
 //! OpenTelemetry collector over OTLP/HTTP (`kaelix_telemetry::otlp`; the
 //! span model is `kaelix_server::trace`), flushed after the drain.
@@ -115,6 +117,11 @@ pub struct ServeArgs {
     /// publishes) [`cluster.peers`].
     #[arg(long)]
     pub peers: Option<String>,
+    /// Cluster addresses of members to join through (SWIM), HOST:PORT,...;
+    /// without --peers this member holds no replicated partitions
+    /// [`cluster.join`].
+    #[arg(long)]
+    pub join: Option<String>,
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -221,6 +228,10 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
     if let Some(peers) = &args.peers {
         let list: Vec<String> = peers.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
         loader = loader.with_override("cluster.peers", list, "--peers");
+    }
+    if let Some(join) = &args.join {
+        let list: Vec<String> = join.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        loader = loader.with_override("cluster.join", list, "--join");
     }
     loader
 }
@@ -337,13 +348,32 @@ fn run_with(
         };
         let hook: Arc<dyn kaelix_broker::intercept::PublishHook> = plugins.hook();
         let mut step_down = None;
-        let started = if config.cluster.enabled {
+        let mut membership = None;
+        let started = if config.cluster.enabled && config.cluster.peers.is_empty() {
+            // Joined by address: membership only, the broker local.
+            let swim = crate::cluster::start_membership(&rt, &config.cluster)?;
+            if let Some(collector) = &collector {
+                let view = crate::cluster::ClusterView::default();
+                crate::cluster::add_metrics(collector, config.cluster.node_id, view, Vec::new());
+                crate::cluster::add_membership_metrics(collector, swim.clone());
+            }
+            membership = Some(swim);
+            println!(
+                "kaelix serve: cluster member {} joining through {} (membership only: no replicated partitions)",
+                config.cluster.node_id,
+                config.cluster.join.join(",")
+            );
+            Server::start_with_hook(rt, config, Some(hook)).await
+        } else if config.cluster.enabled {
             let view = crate::cluster::ClusterView::default();
             let (broker, groups, stepper) = crate::cluster::start_member(&rt, &config, view.clone())?;
             step_down = Some(stepper);
+            let swim = crate::cluster::start_membership(&rt, &config.cluster)?;
             if let Some(collector) = &collector {
                 crate::cluster::add_metrics(collector, config.cluster.node_id, view, groups.clone());
+                crate::cluster::add_membership_metrics(collector, swim.clone());
             }
+            membership = Some(swim);
             println!(
                 "kaelix serve: cluster member {} of {}: {} replicated partitions",
                 config.cluster.node_id,
@@ -388,6 +418,13 @@ fn run_with(
                     "still leading a partition (no caught-up member took over); stopping anyway: the others elect a leader"
                 ),
             }
+        }
+        if let Some(membership) = membership {
+            // Gossiped at once; the executor's grace below lets the
+            // transport hand it to the kernel, so the others mark this
+            // member left rather than suspecting it.
+            membership.leave();
+            tracing::info!("left the SWIM membership");
         }
         Ok(())
     });

@@ -4,6 +4,13 @@
 //!
 //! Connections open with a 12-byte hello: a 4-byte magic naming the
 //! protocol (peer transport or client stream) and the sender's node id.
+//!
+//! A frame of the node-to-node transport carries one datagram and starts
+//! with a channel byte ([`encode_channel_frame`]): services of one node that
+//! share the transport (Raft groups on channel 0, SWIM on its own) each
+//! receive only their own datagrams. The peer magic's version (`KXP2`) says
+//! so: a member speaking the earlier, channel-less frames (`KXP1`) is
+//! refused at its hello instead of having its datagrams misread.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kaelix_core::NodeId;
@@ -13,7 +20,7 @@ pub const HEADER_BYTES: usize = 4;
 /// Bytes of a hello.
 pub const HELLO_BYTES: usize = 12;
 /// Hello magic of the node-to-node transport.
-pub const PEER_MAGIC: [u8; 4] = *b"KXP1";
+pub const PEER_MAGIC: [u8; 4] = *b"KXP2";
 /// Hello magic of client streams.
 pub const CLIENT_MAGIC: [u8; 4] = *b"KXC1";
 
@@ -44,6 +51,15 @@ pub fn encode_frame(out: &mut BytesMut, frame: &[u8]) {
     out.reserve(HEADER_BYTES + frame.len());
     out.put_u32_le(len);
     out.put_slice(frame);
+}
+
+/// Appends a node-to-node frame: its header, `channel`, then `datagram`.
+pub fn encode_channel_frame(out: &mut BytesMut, channel: u8, datagram: &[u8]) {
+    let len = u32::try_from(datagram.len() + 1).expect("frame length checked by the caller");
+    out.reserve(HEADER_BYTES + 1 + datagram.len());
+    out.put_u32_le(len);
+    out.put_u8(channel);
+    out.put_slice(datagram);
 }
 
 /// A hello for `magic` from `node`.
@@ -181,6 +197,18 @@ mod tests {
                 while let Ok(Some(_)) = dec.next_frame() {}
             }
         }
+    }
+
+    #[test]
+    fn a_channel_frame_is_its_channel_byte_then_the_datagram() {
+        let mut wire = BytesMut::new();
+        encode_channel_frame(&mut wire, 1, b"swim");
+        encode_channel_frame(&mut wire, 0, b"");
+        let mut dec = FrameDecoder::new(16, None);
+        dec.extend(&wire);
+        assert_eq!(&dec.next_frame().unwrap().unwrap()[..], b"\x01swim");
+        assert_eq!(&dec.next_frame().unwrap().unwrap()[..], b"\x00");
+        assert_eq!(dec.next_frame(), Ok(None));
     }
 
     #[test]

@@ -29,6 +29,27 @@
 //! its own messages reach us at once. Messages in flight when a connection breaks are lost — the
 //! protocols above retransmit, exactly as they must under the simulator's
 //! lossy network.
+//!
+//! The transport has [`CHANNELS`] channels, each with its own inbox and
+//! inbox bound: every datagram travels with its channel's number in its
+//! frame ([`crate::frame::encode_channel_frame`]) over the one connection
+//! per peer, and lands in that channel's inbox. Independent services of one
+//! node (the Raft groups of a cluster member on channel 0, its SWIM
+//! membership on another — see `RealRuntime::channel`) thus share the
+//! connections without reading each other's datagrams, and a channel
+//! nobody reads fills only its own inbox.
+//!
+//! Peers' addresses form an **address book** that grows at run time: it
+//! starts as the configured peers, and [`Transport::learn`]
+//! (`RealRuntime::learn_peer`) adds or moves an entry — how a member
+//! learned through SWIM (whose record carries its address) becomes
+//! reachable. A moved address takes effect at the link's next connection
+//! attempt (a link waiting out a backoff retries at once). Inbound
+//! connections are accepted from any node but ourselves, in the book or
+//! not: a node joining by address is a stranger until its SWIM record
+//! arrives, and its datagrams must reach the protocols (which decide what a
+//! stranger's message is worth); answers to it are dropped as addressed to
+//! an unknown peer until its address is learned, and retransmitted.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // sockets are this module's job
 
@@ -56,7 +77,7 @@ pub use byte_streams::{RealByteListener, RealByteStream, UNKNOWN_NODE};
 
 use crate::driver::{Direction, Driver, IoSlot, Sleep};
 use crate::executor::ExecutorHandle;
-use crate::frame::{CLIENT_MAGIC, FrameDecoder, PEER_MAGIC, encode_frame, encode_hello};
+use crate::frame::{CLIENT_MAGIC, FrameDecoder, PEER_MAGIC, encode_channel_frame, encode_frame, encode_hello};
 
 /// How long an accepted connection may take to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -312,6 +333,14 @@ impl FramedConn {
         self.conn.enqueue(|out| encode_frame(out, frame))
     }
 
+    /// Queues a node-to-node frame: `channel`, then `datagram`.
+    fn enqueue_channel_frame(&self, channel: u8, datagram: &[u8]) -> Result<u64, NetError> {
+        if datagram.len() + 1 > self.max_frame {
+            return Err(NetError::FrameTooLarge { len: datagram.len() + 1, max: self.max_frame });
+        }
+        self.conn.enqueue(|out| encode_channel_frame(out, channel, datagram))
+    }
+
     fn poll_flush(&self, cx: &mut Context<'_>, until: u64) -> Poll<Result<(), NetError>> {
         self.conn.poll_flush(cx, until)
     }
@@ -557,11 +586,11 @@ impl Backoff {
     }
 }
 
-/// A bounded queue of outgoing datagrams (sans-IO). Full: the oldest
-/// message is dropped and counted.
+/// A bounded queue of outgoing datagrams (sans-IO), each with its
+/// channel. Full: the oldest message is dropped and counted.
 #[derive(Debug)]
 pub struct SendQueue {
-    messages: VecDeque<Bytes>,
+    messages: VecDeque<(u8, Bytes)>,
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
@@ -575,20 +604,20 @@ impl SendQueue {
         SendQueue { messages: VecDeque::new(), bytes: 0, max_messages, max_bytes, dropped: 0 }
     }
 
-    /// Queues `message`, dropping the oldest ones to make room.
-    pub fn push(&mut self, message: Bytes) {
+    /// Queues `message` of `channel`, dropping the oldest ones to make room.
+    pub fn push(&mut self, channel: u8, message: Bytes) {
         assert!(message.len() <= MAX_DATAGRAM_BYTES, "oversize datagrams are refused before queueing");
         while self.messages.len() >= self.max_messages || self.bytes + message.len() > self.max_bytes {
-            let old = self.messages.pop_front().expect("a full queue is not empty");
+            let (_, old) = self.messages.pop_front().expect("a full queue is not empty");
             self.bytes -= old.len();
             self.dropped += 1;
         }
         self.bytes += message.len();
-        self.messages.push_back(message);
+        self.messages.push_back((channel, message));
     }
 
-    /// Takes everything queued.
-    pub fn take_all(&mut self) -> Vec<Bytes> {
+    /// Takes everything queued, each with its channel.
+    pub fn take_all(&mut self) -> Vec<(u8, Bytes)> {
         self.bytes = 0;
         self.messages.drain(..).collect()
     }
@@ -611,7 +640,7 @@ pub struct TransportConfig {
     pub queue_messages: usize,
     /// Per-peer send queue: bytes.
     pub queue_bytes: usize,
-    /// Inbox capacity (messages) shared by all peers.
+    /// Inbox capacity (messages) of each channel, shared by all peers.
     pub inbox_messages: usize,
     /// First reconnect delay.
     pub backoff_initial: Duration,
@@ -653,12 +682,32 @@ pub struct TransportStats {
     pub connects: AtomicU64,
     /// Outbound connection attempts that failed.
     pub connect_failures: AtomicU64,
-    /// Inbound connections refused (bad hello or unknown node).
+    /// Inbound connections refused (a hello in our own name).
     pub refused_inbound: AtomicU64,
+    /// Dropped: a received frame named no channel of this transport.
+    pub dropped_bad_channel: AtomicU64,
+}
+
+/// Channels of the node-to-node transport (see the module docs).
+pub const CHANNELS: u8 = 4;
+
+/// One channel's inbox.
+struct Inbox {
+    tx: mpsc::UnboundedSender<(NodeId, Bytes)>,
+    rx: Mutex<mpsc::UnboundedReceiver<(NodeId, Bytes)>>,
+    len: AtomicUsize,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        let (tx, rx) = mpsc::unbounded();
+        Inbox { tx, rx: Mutex::new(rx), len: AtomicUsize::new(0) }
+    }
 }
 
 struct Link {
-    addr: SocketAddr,
+    /// Where the link connects (moved by [`Transport::learn`]).
+    addr: Mutex<SocketAddr>,
     state: Mutex<LinkState>,
 }
 
@@ -673,13 +722,13 @@ struct LinkState {
 
 pub(crate) struct Transport {
     me: NodeId,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    /// The address book (see the module docs).
+    peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     config: TransportConfig,
     exec: ExecutorHandle,
     links: Mutex<BTreeMap<NodeId, Arc<Link>>>,
-    inbox_tx: mpsc::UnboundedSender<(NodeId, Bytes)>,
-    inbox_rx: Mutex<mpsc::UnboundedReceiver<(NodeId, Bytes)>>,
-    inbox_len: AtomicUsize,
+    /// One per channel, indexed by channel.
+    inboxes: Vec<Inbox>,
     rng: Mutex<DetRng>,
     pub(crate) stats: TransportStats,
 }
@@ -694,17 +743,14 @@ impl Transport {
         rng: DetRng,
     ) -> io::Result<Arc<Transport>> {
         let addr = *peers.get(&me).ok_or_else(|| io::Error::other(format!("{me} has no peer address")))?;
-        let listener = HelloListener::bind(exec.driver(), addr, PEER_MAGIC, MAX_DATAGRAM_BYTES)?;
-        let (inbox_tx, inbox_rx) = mpsc::unbounded();
+        let listener = HelloListener::bind(exec.driver(), addr, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1)?;
         let transport = Arc::new(Transport {
             me,
-            peers,
+            peers: Mutex::new(peers),
             config,
             exec: exec.clone(),
             links: Mutex::new(BTreeMap::new()),
-            inbox_tx,
-            inbox_rx: Mutex::new(inbox_rx),
-            inbox_len: AtomicUsize::new(0),
+            inboxes: (0..CHANNELS).map(|_| Inbox::new()).collect(),
             rng: Mutex::new(rng),
             stats: TransportStats::default(),
         });
@@ -712,26 +758,32 @@ impl Transport {
         Ok(transport)
     }
 
-    fn deliver(&self, from: NodeId, message: Bytes) {
-        if self.inbox_len.load(Ordering::Acquire) >= self.config.inbox_messages {
+    fn deliver(&self, channel: u8, from: NodeId, message: Bytes) {
+        let Some(inbox) = self.inboxes.get(usize::from(channel)) else {
+            self.stats.dropped_bad_channel.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if inbox.len.load(Ordering::Acquire) >= self.config.inbox_messages {
             self.stats.dropped_inbox_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.inbox_len.fetch_add(1, Ordering::AcqRel);
+        inbox.len.fetch_add(1, Ordering::AcqRel);
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let _ = self.inbox_tx.unbounded_send((from, message));
+        let _ = inbox.tx.unbounded_send((from, message));
     }
 
-    pub(crate) fn send(self: &Arc<Self>, to: NodeId, message: Bytes) {
+    /// Sends `message` to `to`'s inbox of `channel` (best effort).
+    pub(crate) fn send(self: &Arc<Self>, channel: u8, to: NodeId, message: Bytes) {
+        assert!(channel < CHANNELS, "channel {channel} of {CHANNELS}");
         if message.len() > MAX_DATAGRAM_BYTES {
             self.stats.dropped_oversize.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if to == self.me {
-            self.deliver(to, message);
+            self.deliver(channel, to, message);
             return;
         }
-        let Some(&addr) = self.peers.get(&to) else {
+        let Some(addr) = self.peer_addr(to) else {
             self.stats.dropped_unknown_peer.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -741,7 +793,7 @@ impl Transport {
                 Some(l) => l.clone(),
                 None => {
                     let link = Arc::new(Link {
-                        addr,
+                        addr: Mutex::new(addr),
                         state: Mutex::new(LinkState {
                             queue: SendQueue::new(self.config.queue_messages, self.config.queue_bytes),
                             waker: None,
@@ -761,7 +813,7 @@ impl Transport {
         };
         let mut state = link.state.lock().expect("link lock");
         let before = state.queue.dropped();
-        state.queue.push(message);
+        state.queue.push(channel, message);
         let dropped = state.queue.dropped() - before;
         let waker = state.waker.take();
         drop(state);
@@ -771,6 +823,30 @@ impl Transport {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// `node`'s address in the book.
+    pub(crate) fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.peers.lock().expect("peers lock").get(&node).copied()
+    }
+
+    /// Adds `node` at `addr` to the address book, or moves it there;
+    /// whether anything changed. Our own entry is the address we listen
+    /// on: it never moves.
+    pub(crate) fn learn(&self, node: NodeId, addr: SocketAddr) -> bool {
+        if node == self.me {
+            return false;
+        }
+        let before = self.peers.lock().expect("peers lock").insert(node, addr);
+        if before == Some(addr) {
+            return false;
+        }
+        if let Some(link) = self.links.lock().expect("links lock").get(&node).cloned() {
+            *link.addr.lock().expect("link address lock") = addr;
+            // A link waiting out its backoff tries the new address now.
+            self.kick(node);
+        }
+        true
     }
 
     /// `peer` connected to us: our link to it, if it is waiting out a
@@ -786,11 +862,13 @@ impl Transport {
         }
     }
 
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<(NodeId, Bytes)> {
-        let mut rx = self.inbox_rx.lock().expect("inbox lock");
+    /// The next datagram of `channel`'s inbox.
+    pub(crate) fn poll_recv(&self, channel: u8, cx: &mut Context<'_>) -> Poll<(NodeId, Bytes)> {
+        let inbox = &self.inboxes[usize::from(channel)];
+        let mut rx = inbox.rx.lock().expect("inbox lock");
         match rx.poll_next_unpin(cx) {
             Poll::Ready(Some(m)) => {
-                self.inbox_len.fetch_sub(1, Ordering::AcqRel);
+                inbox.len.fetch_sub(1, Ordering::AcqRel);
                 Poll::Ready(m)
             }
             // The transport holds a sender: the stream never ends.
@@ -800,7 +878,7 @@ impl Transport {
 }
 
 /// Waits until `link` has messages, then takes them all.
-async fn next_batch(link: &Link) -> Vec<Bytes> {
+async fn next_batch(link: &Link) -> Vec<(u8, Bytes)> {
     poll_fn(|cx| {
         let mut state = link.state.lock().expect("link lock");
         if state.queue.is_empty() {
@@ -819,14 +897,15 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut rng = kaelix_core::rng::fork(&mut t.rng.lock().expect("rng lock"));
     drop(t);
-    let mut pending: Vec<Bytes> = Vec::new();
+    let mut pending: Vec<(u8, Bytes)> = Vec::new();
     loop {
         if pending.is_empty() {
             pending = next_batch(&link).await;
         }
         // A kick before this attempt is answered by this attempt.
         link.state.lock().expect("link lock").kicked = false;
-        let attempt = connect(&driver, link.addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES);
+        let addr = *link.addr.lock().expect("link address lock");
+        let attempt = connect(&driver, addr, me, PEER_MAGIC, MAX_DATAGRAM_BYTES + 1);
         let connected =
             kaelix_core::runtime::timeout(&DriverClock(driver.clone()), config.connect_timeout, attempt).await;
         let Some(t) = transport.upgrade() else { return };
@@ -851,8 +930,8 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
         loop {
             let mut until = 0;
             let mut failed = false;
-            for m in &pending {
-                match conn.enqueue_frame(m) {
+            for (channel, m) in &pending {
+                match conn.enqueue_channel_frame(*channel, m) {
                     Ok(u) => until = u,
                     Err(_) => failed = true,
                 }
@@ -894,7 +973,7 @@ async fn kicked(link: &Link) {
 }
 
 /// Like [`next_batch`], but `None` as soon as `conn` is closed by the peer.
-async fn next_batch_or_close(link: &Link, conn: &FramedConn) -> Option<Vec<Bytes>> {
+async fn next_batch_or_close(link: &Link, conn: &FramedConn) -> Option<Vec<(u8, Bytes)>> {
     poll_fn(|cx| {
         loop {
             match conn.poll_recv(cx) {
@@ -919,7 +998,7 @@ async fn accept_peers(transport: std::sync::Weak<Transport>, mut listener: Hello
         let accepted = poll_fn(|cx| listener.poll_accept(cx)).await;
         let Some(t) = transport.upgrade() else { return };
         match accepted {
-            Ok(conn) if t.peers.contains_key(&conn.peer) && conn.peer != t.me => {
+            Ok(conn) if conn.peer != t.me => {
                 t.kick(conn.peer);
                 drop(t.exec.spawn(Priority::High, "transport-reader", read_peer(transport.clone(), conn)));
             }
@@ -938,9 +1017,15 @@ async fn accept_peers(transport: std::sync::Weak<Transport>, mut listener: Hello
 
 async fn read_peer(transport: std::sync::Weak<Transport>, conn: FramedConn) {
     let from = conn.peer;
-    while let Ok(Some(frame)) = poll_fn(|cx| conn.poll_recv(cx)).await {
+    while let Ok(Some(mut frame)) = poll_fn(|cx| conn.poll_recv(cx)).await {
         let Some(t) = transport.upgrade() else { return };
-        t.deliver(from, frame);
+        if frame.is_empty() {
+            // A frame without even its channel byte.
+            t.stats.dropped_bad_channel.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let channel = frame.split_to(1)[0];
+        t.deliver(channel, from, frame);
     }
 }
 
@@ -982,20 +1067,20 @@ mod tests {
     fn send_queue_drops_oldest_when_full() {
         let mut q = SendQueue::new(3, MAX_DATAGRAM_BYTES);
         for i in 0..5u8 {
-            q.push(Bytes::from(vec![i]));
+            q.push(i % 2, Bytes::from(vec![i]));
         }
         assert_eq!(q.dropped(), 2);
-        let left: Vec<u8> = q.take_all().iter().map(|b| b[0]).collect();
-        assert_eq!(left, vec![2, 3, 4]);
+        let left: Vec<(u8, u8)> = q.take_all().iter().map(|(c, b)| (*c, b[0])).collect();
+        assert_eq!(left, vec![(0, 2), (1, 3), (0, 4)], "each message keeps its channel");
         assert!(q.is_empty());
     }
 
     #[test]
     fn send_queue_bounds_bytes() {
         let mut q = SendQueue::new(100, MAX_DATAGRAM_BYTES);
-        q.push(Bytes::from(vec![0u8; MAX_DATAGRAM_BYTES / 2 + 1]));
-        q.push(Bytes::from(vec![1u8; MAX_DATAGRAM_BYTES / 2 + 1]));
+        q.push(0, Bytes::from(vec![0u8; MAX_DATAGRAM_BYTES / 2 + 1]));
+        q.push(0, Bytes::from(vec![1u8; MAX_DATAGRAM_BYTES / 2 + 1]));
         assert_eq!(q.dropped(), 1, "two halves-plus do not fit in one datagram's worth");
-        assert_eq!(q.take_all()[0][0], 1);
+        assert_eq!(q.take_all()[0].1[0], 1);
     }
 }

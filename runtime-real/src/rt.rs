@@ -108,14 +108,21 @@ impl Drop for Inner {
 }
 
 /// The runtime contract on real threads, sockets and files, for one node.
+///
+/// Its datagrams ([`Network`]) go on one channel of the node's transport:
+/// channel 0 for the runtime [`RealRuntime::start`] returns, another for a
+/// [`RealRuntime::channel`] view, so two services of the node that each
+/// read every datagram they are sent (a cluster member's Raft groups and
+/// its SWIM membership) can share the node's connections.
 #[derive(Clone)]
 pub struct RealRuntime {
     inner: Arc<Inner>,
+    channel: u8,
 }
 
 impl std::fmt::Debug for RealRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealRuntime").field("node", &self.inner.node).finish()
+        f.debug_struct("RealRuntime").field("node", &self.inner.node).field("channel", &self.channel).finish()
     }
 }
 
@@ -150,7 +157,30 @@ impl RealRuntime {
                 seed,
                 rng_draws: AtomicU64::new(0),
             }),
+            channel: 0,
         })
+    }
+
+    /// The same node (executor, storage, client streams, rng) whose
+    /// datagrams travel on transport channel `channel` (below
+    /// [`crate::net::CHANNELS`]): it receives only what is sent on that
+    /// channel, and what it sends arrives on that channel at the peer.
+    pub fn channel(&self, channel: u8) -> RealRuntime {
+        assert!(channel < crate::net::CHANNELS, "transport channel {channel} of {}", crate::net::CHANNELS);
+        RealRuntime { inner: self.inner.clone(), channel }
+    }
+
+    /// Adds `node` at `addr` to the node-to-node transport's address book,
+    /// or moves it there (see `net`'s module docs); whether anything
+    /// changed. Shared by every channel. A node without a transport learns
+    /// nothing.
+    pub fn learn_peer(&self, node: NodeId, addr: SocketAddr) -> bool {
+        self.inner.transport.as_ref().is_some_and(|t| t.learn(node, addr))
+    }
+
+    /// `node`'s node-to-node address in the transport's address book.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.inner.transport.as_ref().and_then(|t| t.peer_addr(node))
     }
 
     /// The transport's counters (`None` for a node without a peer address).
@@ -219,14 +249,15 @@ impl Network for RealRuntime {
 
     fn send(&self, to: NodeId, message: Bytes) {
         if let Some(t) = &self.inner.transport {
-            t.send(to, message);
+            t.send(self.channel, to, message);
         }
     }
 
     fn recv(&self) -> impl Future<Output = (NodeId, Bytes)> + Send {
         let transport = self.inner.transport.clone();
+        let channel = self.channel;
         poll_fn(move |cx| match &transport {
-            Some(t) => t.poll_recv(cx),
+            Some(t) => t.poll_recv(channel, cx),
             None => std::task::Poll::Pending, // a node without peers never receives
         })
     }

@@ -455,11 +455,21 @@ impl RunMetrics {
     /// One node's SWIM membership service as its own handle reports it:
     /// the members it holds by state (itself included), its incarnation,
     /// its Lifeguard local health and the core's counters ([`kaelix_cluster::swim::SwimStats`]).
-    /// `serve` exports no membership figures, hence `kaelix_swim_*` names
-    /// of their own. Counters count since the node's run booted.
+    /// The simulated `serve` exports no membership figures, hence
+    /// `kaelix_swim_*` names of their own (which `kaelix serve --cluster`
+    /// exports too, through [`RunMetrics::record_swim`]). Counters count
+    /// since the node's run booted.
     pub fn record_membership(&mut self, node: NodeId, membership: &Membership) {
-        let n = ("node", node.0.to_string());
-        let one = std::slice::from_ref(&n);
+        self.record_swim(&[("node", node.0.to_string())], membership);
+    }
+
+    /// [`RunMetrics::record_membership`]'s figures with `labels` on every
+    /// sample: `kaelix serve --cluster`, one node per process, exports them
+    /// with none (it copies them into its metrics endpoint at scrape time).
+    pub fn record_swim(&mut self, labels: &[(&'static str, String)], membership: &Membership) {
+        let with = |extra: Option<(&'static str, String)>| -> Labels { labels.iter().cloned().chain(extra).collect() };
+        let plain = with(None);
+        let one = &plain[..];
         let mut by_state =
             [(MemberState::Alive, 0u64), (MemberState::Suspect, 0), (MemberState::Dead, 0), (MemberState::Left, 0)];
         membership.with_members(|members| {
@@ -479,7 +489,7 @@ impl RunMetrics {
             self.gauge(
                 "kaelix_swim_members",
                 "Members this node holds (itself included), by state: alive, suspect, dead and left (tombstones not yet collected).",
-                &[n.clone(), ("state", name.into())],
+                &with(Some(("state", name.into()))),
                 count as f64,
             );
         }
@@ -498,18 +508,13 @@ impl RunMetrics {
         for (direction, messages, bytes) in
             [("sent", s.messages_sent, s.bytes_sent), ("received", s.messages_received, s.bytes_received)]
         {
-            let labels = [n.clone(), ("direction", direction.to_owned())];
+            let labels = with(Some(("direction", direction.to_owned())));
             self.counter("kaelix_swim_messages_total", MESSAGES, &labels, messages);
             self.counter("kaelix_swim_bytes_total", BYTES, &labels, bytes);
         }
         const NACKS: &str = "Nacks, by direction (sent as a relay, received for our probes).";
-        self.counter("kaelix_swim_nacks_total", NACKS, &[n.clone(), ("direction", "sent".into())], s.nacks_sent);
-        self.counter(
-            "kaelix_swim_nacks_total",
-            NACKS,
-            &[n.clone(), ("direction", "received".into())],
-            s.nacks_received,
-        );
+        self.counter("kaelix_swim_nacks_total", NACKS, &with(Some(("direction", "sent".into()))), s.nacks_sent);
+        self.counter("kaelix_swim_nacks_total", NACKS, &with(Some(("direction", "received".into()))), s.nacks_received);
         for (name, help, value) in [
             (
                 "kaelix_swim_malformed_messages_total",
@@ -552,10 +557,61 @@ impl RunMetrics {
         }
     }
 
+    /// Each member as this node's membership service sees it, with
+    /// `labels` and `member` on every sample: its state
+    /// (`kaelix_swim_member_state`: 0 alive, 1 suspect, 2 dead, 3 left —
+    /// [`member_state_code`]), its incarnation and the phi of this node's
+    /// accrual detector for it (0 without probe history; it grows while a
+    /// member stays silent). `kaelix serve --cluster` exports them for
+    /// `kaelix cluster status`; the membership scenarios do not (a
+    /// 100-node run would hold 10,000 samples of each).
+    pub fn record_swim_members(&mut self, labels: &[(&'static str, String)], membership: &Membership) {
+        for m in membership.members() {
+            let mut l: Labels = labels.to_vec();
+            l.push(("member", m.id.0.to_string()));
+            self.gauge(
+                "kaelix_swim_member_state",
+                "Each member's state as this node sees it: 0 alive, 1 suspect, 2 dead, 3 left.",
+                &l,
+                member_state_code(m.state) as f64,
+            );
+            self.gauge(
+                "kaelix_swim_member_incarnation",
+                "Each member's incarnation as this node knows it.",
+                &l,
+                m.incarnation as f64,
+            );
+            self.gauge(
+                "kaelix_swim_member_phi",
+                "This node's phi-accrual suspicion of each member (0 without history).",
+                &l,
+                membership.phi(m.id),
+            );
+        }
+    }
+
+    /// The samples set so far: (kind, name, help, labels, value), by name
+    /// then labels (for copying them into another exporter).
+    pub fn samples(&self) -> impl Iterator<Item = (Kind, &'static str, &'static str, &Labels, f64)> + '_ {
+        self.families
+            .iter()
+            .flat_map(|(name, f)| f.0.samples.iter().map(move |(l, v)| (f.0.kind, *name, f.0.help, l, *v)))
+    }
+
     /// The simulated time the run covered, so a reader can turn counters
     /// into rates over virtual time.
     pub fn record_sim_time(&mut self, seconds: f64) {
         self.gauge("kaelix_sim_time_seconds", "Simulated (virtual) time the run covered.", &[], seconds);
+    }
+}
+
+/// The code of a member state in `kaelix_swim_member_state`.
+pub fn member_state_code(state: MemberState) -> u64 {
+    match state {
+        MemberState::Alive => 0,
+        MemberState::Suspect => 1,
+        MemberState::Dead => 2,
+        MemberState::Left => 3,
     }
 }
 

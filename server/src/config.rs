@@ -133,13 +133,19 @@ impl Default for ServerConfig {
     }
 }
 
-/// A static cluster: this node's id, where it listens for its peers, and
+/// A cluster member: this node's id, where it listens for its peers, and
 /// every member (`[cluster]`; `kaelix serve --cluster --node-id N
-/// --cluster-listen ADDR --peers 1=ADDR,2=ADDR,3=ADDR`).
+/// --cluster-listen ADDR --peers 1=ADDR,2=ADDR,3=ADDR`), or the addresses
+/// of members to join through (`--join ADDR,...`).
 ///
-/// Membership is fixed: every member lists the same peers, and every
+/// Replication is static: every member lists the same peers, and every
 /// replicated topic's partitions are Raft groups of all of them (so 3 or 5
-/// members). A member's address `ADDR` carries Raft's messages between
+/// members). Every member also runs SWIM membership, whose seeds are the
+/// peers and the `join` addresses; a member with `join` and no `peers`
+/// needs to know only one member's address: SWIM makes it a member on
+/// every node and teaches every node its address (and it theirs), but it
+/// holds no replicated partitions (placing partitions on members that join
+/// is not built yet), so it may not configure replicated topics. A member's address `ADDR` carries Raft's messages between
 /// nodes; the port after it (`ADDR`'s port + 1) carries the publishes a
 /// member that does not lead a partition forwards to its leader. Both
 /// ports of every member must be free and distinct.
@@ -154,8 +160,14 @@ pub struct ClusterSettings {
     /// entry in `peers`). A wildcard address (`0.0.0.0:P`) may stand for
     /// the entry's; the port must be the entry's.
     pub listen: Option<SocketAddr>,
-    /// Every member, this one included: `"ID=HOST:PORT"`.
+    /// Every member, this one included: `"ID=HOST:PORT"`. Empty: a member
+    /// that only joins by address (see above), which needs `listen`.
     pub peers: Vec<String>,
+    /// Cluster addresses (`"HOST:PORT"`, another member's `listen` or
+    /// `peers` entry) of members to join the SWIM membership through; one
+    /// member that is up is enough. Tried again every 5 s (SWIM's
+    /// announce) while none has answered, and after, as anti-entropy.
+    pub join: Vec<String>,
     /// How long a publish this member forwards to its partition's leader
     /// may wait to connect, to be handed over, and for the leader's
     /// answer before it is refused as unknown (it may still commit), in
@@ -172,6 +184,7 @@ impl Default for ClusterSettings {
             node_id: 0,
             listen: None,
             peers: Vec::new(),
+            join: Vec::new(),
             forward_timeout_ms: DEFAULT_FORWARD_TIMEOUT_MS,
         }
     }
@@ -232,9 +245,51 @@ impl ClusterSettings {
         self.listen.or_else(|| self.members().ok()?.get(&self.node_id).copied())
     }
 
+    /// The `join` addresses, or the first malformed entry (key path, why).
+    pub fn join_addrs(&self) -> Result<Vec<SocketAddr>, (String, String)> {
+        let mut addrs = Vec::new();
+        for (i, entry) in self.join.iter().enumerate() {
+            let key = format!("cluster.join[{i}]");
+            let addr: SocketAddr = entry
+                .trim()
+                .parse()
+                .map_err(|_| (key.clone(), format!("{entry:?} is not HOST:PORT (e.g. \"127.0.0.1:7111\")")))?;
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err((key, format!("{addr} is not an address a member can be reached at")));
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
     /// [`ClusterSettings::forward_timeout_ms`] as a duration.
     pub fn forward_timeout(&self) -> Duration {
         Duration::from_millis(self.forward_timeout_ms)
+    }
+
+    /// The rules of a member without `peers` (see [`ClusterSettings`]).
+    fn join_only_rules(&self, config: &ServerConfig, f: &mut Findings) {
+        use Category::*;
+        match self.listen {
+            None => f.error(
+                Integration,
+                "cluster.listen",
+                "must be set when cluster.peers is empty: it is the address the other members reach this one at",
+            ),
+            Some(l) if l.ip().is_unspecified() || forward_addr(l).is_none() => f.error(
+                Network,
+                "cluster.listen",
+                format!("{l}: a member without cluster.peers gives the others its listen address: name one they can connect to"),
+            ),
+            Some(_) => {}
+        }
+        if config.topics.iter().any(|t| t.storage == StorageChoice::Replicated) {
+            f.error(
+                Integration,
+                "cluster.peers",
+                "empty, yet replicated topics are configured: their Raft groups are the members cluster.peers lists (a member that only joins by address holds no replicated partitions yet)",
+            );
+        }
     }
 
     /// The cluster's rules (only when enabled; see [`ClusterSettings`]).
@@ -257,19 +312,26 @@ impl ClusterSettings {
         if !self.enabled {
             if self.node_id != 0
                 || !self.peers.is_empty()
+                || !self.join.is_empty()
                 || self.listen.is_some()
                 || self.forward_timeout_ms != DEFAULT_FORWARD_TIMEOUT_MS
             {
                 f.warn(
                     Integration,
                     "cluster.enabled",
-                    "false: node_id, listen, peers and forward_timeout_ms are ignored (a single node)",
+                    "false: node_id, listen, peers, join and forward_timeout_ms are ignored (a single node)",
                 );
             }
             return;
         }
         if self.node_id == 0 {
             f.error(Integration, "cluster.node_id", "must be set (1 or more) to run as a cluster member");
+        }
+        if let Err((key, why)) = self.join_addrs() {
+            return f.error(Integration, key, why);
+        }
+        if self.peers.is_empty() {
+            return self.join_only_rules(config, f);
         }
         let members = match self.members() {
             Ok(m) => m,

@@ -76,6 +76,12 @@ impl Drop for Member {
 }
 
 fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> Member {
+    spawn_member(id, port, &["--peers", peers], dir, config)
+}
+
+/// `kaelix serve --cluster` as member `id` on `port` with `cluster` (its
+/// `--peers` or `--join`).
+fn spawn_member(id: u64, port: u16, cluster: &[&str], dir: &Path, config: &Path) -> Member {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kaelix"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("KAELIX_") {
@@ -84,7 +90,8 @@ fn start_member(id: u64, port: u16, peers: &str, dir: &Path, config: &Path) -> M
     }
     let mut child = command
         .args(["serve", "--cluster", "--node-id", &id.to_string()])
-        .args(["--cluster-listen", &format!("127.0.0.1:{port}"), "--peers", peers])
+        .args(["--cluster-listen", &format!("127.0.0.1:{port}")])
+        .args(cluster)
         .args(["--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--log-level", "error", "--workers", "1", "--config", config.to_str().unwrap()])
         .args(["--data-dir", dir.to_str().unwrap()])
@@ -537,4 +544,133 @@ fn a_leader_stopped_with_sigterm_hands_its_partitions_over_first() {
     drop(members);
     exec.shutdown(kaelix_core::time::Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&layout.base);
+}
+
+/// Each member's SWIM view as `kaelix cluster status` prints it over
+/// `members`: member → [(seen by node, state, incarnation, phi)].
+type SwimViews = std::collections::BTreeMap<u64, Vec<(u64, String, u64, f64)>>;
+
+fn swim_by_status(members: &[&Member]) -> SwimViews {
+    let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
+    let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
+    let stdout = super::text(&out.stdout);
+    let mut views = SwimViews::new();
+    // "  member   3  1: alive 1765… 0.12, 2: dead 1765… 8.31"
+    for row in stdout.lines().filter_map(|l| l.trim_start().strip_prefix("member ")) {
+        let (member, cells) = row.trim_start().split_once("  ").unwrap_or_else(|| panic!("{stdout}"));
+        let member: u64 = member.trim().parse().unwrap_or_else(|_| panic!("{stdout}"));
+        for cell in cells.split(", ") {
+            let (node, rest) = cell.split_once(": ").unwrap_or_else(|| panic!("{stdout}"));
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "{stdout}");
+            views.entry(member).or_default().push((
+                node.trim().parse().unwrap(),
+                f[0].to_owned(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            ));
+        }
+    }
+    views
+}
+
+/// Whether every node in `seen_by` holds `member` in `state` (and, with
+/// `above`, at an incarnation higher than that).
+fn all_see(views: &SwimViews, member: u64, seen_by: &[u64], state: &str, above: Option<u64>) -> bool {
+    let Some(row) = views.get(&member) else { return false };
+    seen_by.iter().all(|n| row.iter().any(|(by, s, inc, _)| by == n && s == state && above.is_none_or(|a| *inc > a)))
+}
+
+/// SWIM on three real processes: every member sees every member alive;
+/// after `kill -9` of one, both survivors declare it dead within a bound
+/// derived from the SWIM configuration the members run
+/// (`SwimConfig::default`), and `kaelix cluster status` shows it; restarted
+/// on its data directory, it is alive again on every member at a higher
+/// incarnation than before.
+#[test]
+fn swim_declares_a_killed_member_dead_and_its_restart_alive_at_a_higher_incarnation() {
+    use kaelix_cluster::swim::SwimConfig;
+    use kaelix_cluster::swim::suspicion::min_timeout;
+
+    let layout = Layout::new("swim", CONFIG);
+    let mut members = layout.start_all();
+    let running = |members: &Vec<Option<Member>>| swim_by_status(&members.iter().flatten().collect::<Vec<_>>());
+    let views = wait_for("every member alive on every member", Duration::from_secs(20), || {
+        let v = running(&members);
+        (1..=3).all(|m| all_see(&v, m, &[1, 2, 3], "alive", None)).then_some(v)
+    });
+    let before = views[&3].iter().map(|(_, _, inc, _)| *inc).max().unwrap();
+    assert!(views.values().flatten().all(|(_, _, _, phi)| phi.is_finite()), "{views:?}");
+
+    // The bound: the survivors probe the killed member within one round of
+    // the other n − 1 members (its place in the shuffled order may move to
+    // the end of the next round: 2 · (n − 1) periods), the failed probe
+    // takes one period, its suspicion lasts the minimum timeout for n = 3
+    // (too few members to confirm it: Lifeguard's k is 0, so no longer
+    // timeout), and the Dead spreads by gossip (200 ms rounds) or each
+    // survivor's own timer; 2 s cover gossip and process scheduling.
+    let swim = SwimConfig::default();
+    let n = 3u32;
+    let round = swim.probe_interval * (2 * (n - 1) + 1);
+    // Phi has history only once a probe of the member was answered: let
+    // every member probe every other one first (two rounds: Lifeguard may
+    // stretch the first periods while the members were still starting).
+    std::thread::sleep(round * 2);
+    let bound = round + min_timeout(swim.suspicion_mult, n as usize, swim.probe_interval) + Duration::from_secs(2);
+    let killed_at = Instant::now();
+    drop(members[2].take());
+    let views = wait_for("both survivors to declare member 3 dead", bound, || {
+        let v = running(&members);
+        all_see(&v, 3, &[1, 2], "dead", None).then_some(v)
+    });
+    let declared = killed_at.elapsed();
+    eprintln!("swim: member 3 declared dead by both survivors {declared:?} after kill -9 (bound {bound:?})");
+    assert!(all_see(&views, 1, &[1, 2], "alive", None) && all_see(&views, 2, &[1, 2], "alive", None), "{views:?}");
+    // The survivors' phi for the silent member is past the detector's
+    // threshold; for each other (probed every other period) it is not.
+    let threshold = kaelix_cluster::phi::PhiConfig::default().threshold;
+    let phi_of = |member: u64, by: u64| views[&member].iter().find(|v| v.0 == by).unwrap().3;
+    assert!(phi_of(3, 1) > threshold && phi_of(3, 2) > threshold, "{views:?}");
+    assert!(phi_of(2, 1) < threshold && phi_of(1, 2) < threshold, "{views:?}");
+
+    members[2] = Some(layout.start(3));
+    let views = wait_for("the restarted member 3 alive on every member", Duration::from_secs(20), || {
+        let v = running(&members);
+        all_see(&v, 3, &[1, 2, 3], "alive", Some(before)).then_some(v)
+    });
+    assert!((1..=3).all(|m| all_see(&views, m, &[1, 2, 3], "alive", None)), "{views:?}");
+}
+
+/// Joining by address: member 1 starts alone (no peers, nothing to join),
+/// member 2 joins through member 1's address, member 3 through member 2's
+/// only; SWIM makes each a member on every node, each learning the others'
+/// addresses from their records (member 1 never hears member 3's address
+/// from its configuration). They hold no replicated topics (only
+/// `cluster.peers` members do).
+#[test]
+fn members_that_know_one_address_join_and_become_alive_everywhere() {
+    let layout = Layout::new("join", "");
+    let port = |id: u64| layout.ports[id as usize - 1];
+    let addr = |id: u64| format!("127.0.0.1:{}", port(id));
+    let dir = |id: u64| layout.base.join(format!("node{id}"));
+    let first = spawn_member(1, port(1), &[], &dir(1), &layout.config);
+    let second = spawn_member(2, port(2), &["--join", &addr(1)], &dir(2), &layout.config);
+    let started = Instant::now();
+    let third = spawn_member(3, port(3), &["--join", &addr(2)], &dir(3), &layout.config);
+    let members = [&first, &second, &third];
+    // Joins are retried every announce interval (5 s): a few rounds.
+    let views = wait_for("all three alive on all three", Duration::from_secs(30), || {
+        let v = swim_by_status(&members);
+        (1..=3).all(|m| all_see(&v, m, &[1, 2, 3], "alive", None)).then_some(v)
+    });
+    eprintln!(
+        "join: member 3 (knowing only member 2's address) alive on all three {:?} after its start",
+        started.elapsed()
+    );
+    assert_eq!(views.len(), 3, "no provisional join id shows as a member: {views:?}");
+    let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
+    let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
+    let stdout = super::text(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains(" up")).count(), 3, "{stdout}");
+    assert_eq!(out.status.code(), Some(0), "no partition, every member answers: {stdout}");
 }

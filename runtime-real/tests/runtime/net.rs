@@ -141,3 +141,85 @@ fn a_peer_that_connects_to_us_cuts_our_backoff_to_it_short() {
     });
     assert_eq!(delivered, Some(NodeId(1)), "node 1 reached the restarted node 2 only after its backoff (60 s)");
 }
+
+#[test]
+fn channels_share_the_connection_but_not_the_inbox() {
+    let peers = BTreeMap::from([(NodeId(1), free_addr()), (NodeId(2), free_addr())]);
+    let ex1 = executor("chan1", 1);
+    let a = node(&ex1, 1, &peers, &BTreeMap::new());
+    let ex2 = executor("chan2", 1);
+    let b = node(&ex2, 2, &peers, &BTreeMap::new());
+    let (a1, b1, b2, spare) = (a.channel(1), b.channel(1), b.channel(2), a.clone());
+    let got = ex2.block_on(async move {
+        // Interleaved sends on channels 0 and 1 until both have arrived;
+        // each inbox must hold only its own channel's datagrams.
+        let deadline = b.now() + Duration::from_secs(10);
+        let (mut zero, mut one) = (Vec::new(), Vec::new());
+        while zero.is_empty() || one.is_empty() {
+            assert!(b.now() < deadline, "no delivery on both channels within 10 s");
+            a.send(NodeId(2), Bytes::from_static(b"raft"));
+            a1.send(NodeId(2), Bytes::from_static(b"swim"));
+            if let Ok(m) = kaelix_core::runtime::timeout(&b, Duration::from_millis(20), b.recv()).await {
+                zero.push(m);
+            }
+            if let Ok(m) = kaelix_core::runtime::timeout(&b1, Duration::from_millis(20), b1.recv()).await {
+                one.push(m);
+            }
+        }
+        // A self-send loops back on its own channel too.
+        b2.send(NodeId(2), Bytes::from_static(b"me"));
+        let mine = b2.recv().await;
+        (zero, one, mine)
+    });
+    let (zero, one, mine) = got;
+    assert!(zero.iter().all(|(from, m)| *from == NodeId(1) && &m[..] == b"raft"), "{zero:?}");
+    assert!(one.iter().all(|(from, m)| *from == NodeId(1) && &m[..] == b"swim"), "{one:?}");
+    assert_eq!(mine, (NodeId(2), Bytes::from_static(b"me")));
+    // A channel beyond the transport's is refused loudly, not misdelivered.
+    let refused =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spare.channel(kaelix_runtime_real::net::CHANNELS)));
+    assert!(refused.is_err());
+}
+
+#[test]
+fn a_stranger_is_heard_and_reachable_once_its_address_is_learned() {
+    let (addr1, addr2) = (free_addr(), free_addr());
+    let ex1 = executor("book1", 1);
+    // Node 1 knows node 2; node 2 knows only itself.
+    let a = node(&ex1, 1, &BTreeMap::from([(NodeId(1), addr1), (NodeId(2), addr2)]), &BTreeMap::new());
+    let ex2 = executor("book2", 1);
+    let b = node(&ex2, 2, &BTreeMap::from([(NodeId(2), addr2)]), &BTreeMap::new());
+    assert_eq!(b.peer_addr(NodeId(1)), None);
+    let (a2, b2) = (a.clone(), b.clone());
+    let heard = ex2.block_on(async move {
+        let deadline = b2.now() + Duration::from_secs(10);
+        loop {
+            a2.send(NodeId(2), Bytes::from_static(b"hi"));
+            match kaelix_core::runtime::timeout(&b2, Duration::from_millis(50), b2.recv()).await {
+                Ok(m) => return m,
+                Err(_) => assert!(b2.now() < deadline, "the stranger's datagram never arrived"),
+            }
+        }
+    });
+    assert_eq!(heard, (NodeId(1), Bytes::from_static(b"hi")), "a node not in the book is heard");
+    // Answers to it are dropped until its address is learned.
+    b.send(NodeId(1), Bytes::from_static(b"lost"));
+    let stats = b.transport_stats().unwrap();
+    assert_eq!(stats.dropped_unknown_peer.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(b.learn_peer(NodeId(1), addr1), "a new entry");
+    assert!(!b.learn_peer(NodeId(1), addr1), "learning it again changes nothing");
+    assert!(!b.learn_peer(NodeId(2), addr1), "our own entry never moves");
+    assert_eq!(b.peer_addr(NodeId(1)), Some(addr1));
+    let (a3, b3) = (a.clone(), b.clone());
+    let answered = ex1.block_on(async move {
+        let deadline = a3.now() + Duration::from_secs(10);
+        loop {
+            b3.send(NodeId(1), Bytes::from_static(b"back"));
+            match kaelix_core::runtime::timeout(&a3, Duration::from_millis(50), a3.recv()).await {
+                Ok((from, m)) if m[..] == *b"back" => return from,
+                _ => assert!(a3.now() < deadline, "the learned address was never used"),
+            }
+        }
+    });
+    assert_eq!(answered, NodeId(2));
+}

@@ -488,6 +488,30 @@ fn catalog() -> Vec<Entry> {
             ],
         ),
         (
+            "a malformed join address",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\njoin = [\"127.0.0.1\"]\n")),
+            vec![],
+            vec!["kaelix.toml:5:8: cluster.join[0]: \"127.0.0.1\" is not HOST:PORT (e.g. \"127.0.0.1:7111\")"],
+        ),
+        (
+            "joining by address without a listen address",
+            t("[cluster]\nenabled = true\nnode_id = 4\njoin = [\"127.0.0.1:7101\"]\n"),
+            vec![],
+            vec![
+                "kaelix.toml:1:2: cluster.listen: must be set when cluster.peers is empty: it is the address the other members reach this one at",
+            ],
+        ),
+        (
+            "joining by address with replicated topics",
+            t(
+                "[[topics]]\nname = \"orders\"\nstorage = \"replicated\"\n[cluster]\nenabled = true\nnode_id = 4\nlisten = \"127.0.0.1:7131\"\njoin = [\"127.0.0.1:7101\"]\n",
+            ),
+            vec![],
+            vec![
+                "kaelix.toml:4:2: cluster.peers: empty, yet replicated topics are configured: their Raft groups are the members cluster.peers lists (a member that only joins by address holds no replicated partitions yet)",
+            ],
+        ),
+        (
             "a member listed twice",
             t(
                 "[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:7101\", \"1=127.0.0.1:7111\", \"3=127.0.0.1:7121\"]\n",
@@ -557,7 +581,7 @@ fn catalog() -> Vec<Entry> {
             vec![],
             vec![
                 "kaelix.toml:2:22: cluster.forward_timeout_ms: 3600000 is outside 100..=600000 (milliseconds)",
-                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers and forward_timeout_ms are ignored (a single node)",
+                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join and forward_timeout_ms are ignored (a single node)",
             ],
         ),
         (
