@@ -236,49 +236,18 @@ fn layout_follows_the_topology() {
     assert_eq!(total, (0..64).sum());
 }
 
-#[test]
-fn one_priority_level_runs_everything_in_spawn_order() {
+/// On one gated worker with `priority_levels` tiers and no fairness picks,
+/// spawns 40 tasks cycling Background, Normal, High, Critical, releases
+/// the worker, and returns the (priority, spawn index) of each in the order
+/// they ran.
+fn run_order_with_levels(priority_levels: usize) -> Vec<(Priority, usize)> {
     let ex = Executor::new(ExecutorConfig {
         workers_per_node: Some(1),
         pin_workers: false,
         topology: Some(Topology::single_node(0..1)),
         starvation_bound: u32::MAX,
-        priority_levels: 1,
-        name: "one-level".into(),
-        ..ExecutorConfig::default()
-    })
-    .unwrap();
-    let release = gate(&ex);
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let mut handles = Vec::new();
-    for i in 0..40 {
-        let prio = Priority::ALL[3 - i % 4];
-        let order = order.clone();
-        handles.push(ex.spawn(prio, "record", async move { order.lock().unwrap().push(i) }));
-    }
-    release.send(()).unwrap();
-    ex.block_on(async move {
-        for h in handles {
-            h.await.unwrap();
-        }
-    });
-    // Spawned Background, Normal, High, Critical, …: in one tier the first
-    // four run in spawn order (later ones may interleave with the
-    // injector's fairness picks), where four tiers would run Critical first.
-    let order = order.lock().unwrap();
-    assert_eq!(order[..4], [0, 1, 2, 3], "first come, first served whatever the priority: {order:?}");
-    assert_eq!(order.len(), 40);
-}
-
-#[test]
-fn two_priority_levels_keep_critical_apart_and_fold_the_rest() {
-    let ex = Executor::new(ExecutorConfig {
-        workers_per_node: Some(1),
-        pin_workers: false,
-        topology: Some(Topology::single_node(0..1)),
-        starvation_bound: u32::MAX,
-        priority_levels: 2,
-        name: "two-levels".into(),
+        priority_levels,
+        name: "levels".into(),
         ..ExecutorConfig::default()
     })
     .unwrap();
@@ -296,7 +265,24 @@ fn two_priority_levels_keep_critical_apart_and_fold_the_rest() {
             h.await.unwrap();
         }
     });
-    let order = order.lock().unwrap();
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 40);
+    order
+}
+
+#[test]
+fn one_priority_level_runs_everything_in_spawn_order() {
+    // In one tier the first four run in spawn order (later ones may
+    // interleave with the injector's fairness picks), where four tiers
+    // would run Critical first.
+    let order = run_order_with_levels(1);
+    let first: Vec<usize> = order[..4].iter().map(|(_, i)| *i).collect();
+    assert_eq!(first, [0, 1, 2, 3], "first come, first served whatever the priority: {order:?}");
+}
+
+#[test]
+fn two_priority_levels_keep_critical_apart_and_fold_the_rest() {
+    let order = run_order_with_levels(2);
     let (critical, rest) = order.split_at(10);
     assert!(critical.iter().all(|(p, _)| *p == Priority::Critical), "Critical first: {order:?}");
     let rest_order: Vec<usize> = rest.iter().map(|(_, i)| *i).collect();
