@@ -8,6 +8,10 @@
 //! pushes to that worker's own deque (the task's data is warm in its
 //! cache); any other wake goes to the injector of the task's home pool.
 //!
+//! A task is one allocation shared by everything that refers to it — the
+//! queues, the live-task registry, its wakers and its handle — plus the box
+//! that pins its future (see the `task` module's docs, "Layout").
+//!
 //! # Choosing the next task
 //!
 //! Tiers are tried highest first; within a tier: own deque, own pool's
@@ -87,11 +91,10 @@ use self::idle::Sleepers;
 use self::metrics::{HealthStatus, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
 use self::state::AfterPoll;
 pub use self::task::JoinHandle;
-use self::task::{Outcome, Task};
+use self::task::{Header, Outcome, Task, TaskRef};
 use crate::driver::Driver;
 use crate::topology::Topology;
 
-type TaskRef = Arc<Task>;
 const TIERS: usize = Priority::ALL.len();
 /// How often (in picks) a worker serves its pool's injector before its own deque.
 const INJECTOR_INTERVAL: u32 = 31;
@@ -276,13 +279,13 @@ struct LiveShard {
 }
 
 impl LiveTasks {
-    fn shard(&self, task: &Task) -> &Mutex<LiveShard> {
+    fn shard(&self, task: &Header) -> &Mutex<LiveShard> {
         &self.shards[task.id as usize % LIVE_SHARDS]
     }
 
     /// Registers `task`; false once shutdown has begun.
     fn insert(&self, task: &TaskRef) -> bool {
-        let mut shard = self.shard(task).lock().expect("live shard lock");
+        let mut shard = self.shard(task.header()).lock().expect("live shard lock");
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
@@ -296,14 +299,14 @@ impl LiveTasks {
                 shard.slots.len() - 1
             }
         };
-        task.live_slot.store(slot, Ordering::Relaxed);
+        task.header().live_slot.store(slot, Ordering::Relaxed);
         true
     }
 
-    fn remove(&self, task: &Task) {
+    fn remove(&self, task: &Header) {
         let mut shard = self.shard(task).lock().expect("live shard lock");
         let slot = task.live_slot.load(Ordering::Relaxed);
-        if shard.slots.get(slot).is_some_and(|t| t.as_ref().is_some_and(|t| t.id == task.id)) {
+        if shard.slots.get(slot).is_some_and(|t| t.as_ref().is_some_and(|t| t.header().id == task.id)) {
             shard.slots[slot] = None;
             shard.free.push(slot);
         }
@@ -343,9 +346,9 @@ impl Shared {
     /// Queues a task that is SCHEDULED. `from_wake`: stamp wake-to-poll.
     pub(crate) fn schedule(&self, task: TaskRef, from_wake: bool) {
         if from_wake {
-            task.woken_at.store(self.now_nanos(), Ordering::Relaxed);
+            task.header().woken_at.store(self.now_nanos(), Ordering::Relaxed);
         }
-        let tier = task.priority_index();
+        let tier = task.header().priority_index();
         // On one of our workers: its own deque. That worker runs the task
         // next unless it already has a backlog, so only then is a parked
         // worker worth an unpark (a futex syscall on the waker's path).
@@ -357,7 +360,7 @@ impl Shared {
             _ => (Some(task), usize::MAX),
         });
         if let Some(task) = task {
-            self.pools[task.pool].injectors[tier].push(task);
+            self.pools[task.header().pool].injectors[tier].push(task);
         }
         if backlog > 1 {
             self.notify_one();
@@ -370,7 +373,7 @@ impl Shared {
         }
     }
 
-    fn remove_live(&self, task: &Task) {
+    fn remove_live(&self, task: &Header) {
         self.live.remove(task);
         self.live_count.release();
     }
@@ -382,14 +385,13 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (future, parts) = task::wrap(future);
         // Tiers beyond `priority_levels` fold into the lowest kept one.
         let priority = Priority::ALL[(priority as usize).min(self.config.priority_levels - 1)];
         let pool = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => self.workers[w.index].pool,
             _ => self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
         });
-        let task = Arc::new(Task {
+        let header = Header {
             id: self.next_task.fetch_add(1, Ordering::Relaxed),
             name,
             priority,
@@ -398,10 +400,14 @@ impl Shared {
             cancelled: AtomicBool::new(false),
             woken_at: AtomicU64::new(self.now_nanos()),
             live_slot: AtomicUsize::new(usize::MAX),
-            future: Mutex::new(Some(future)),
             shared: self.clone(),
-        });
-        let handle = parts.into_handle(task.clone());
+        };
+        // The spawn's allocations: this `Arc` (header, output slot and the
+        // pinned future's box, which is the other one); the handle, the
+        // registry and the queues share it (see `task`, "Layout").
+        let task = Arc::new(Task::new(header, future));
+        let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
+        let task: TaskRef = task;
         let within_bound = self.live_count.try_admit();
         let accepted = within_bound && self.live.insert(&task);
         if accepted {
@@ -410,12 +416,11 @@ impl Shared {
             if within_bound {
                 self.live_count.release();
             } else {
-                self.refuse(&task);
+                self.refuse(task.header());
             }
             // Shutting down or full: the future is dropped unpolled; the
             // handle yields Cancelled.
-            task.state.complete();
-            drop(task.future.lock().expect("task future lock").take());
+            task.finish();
         }
         (handle, accepted)
     }
@@ -423,7 +428,7 @@ impl Shared {
     /// Counts a spawn refused at the live-task bound and says so in the log
     /// at most once a second (a refusal storm must not become a log storm;
     /// the counter has the full count).
-    fn refuse(&self, task: &Task) {
+    fn refuse(&self, task: &Header) {
         let refused = self.spawns_refused.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.now_nanos().max(1);
         let last = self.refusal_logged_at.load(Ordering::Relaxed);
@@ -442,41 +447,35 @@ impl Shared {
 
     /// Polls `task` on worker `index`.
     fn run_task(&self, index: usize, task: TaskRef) {
-        if !task.state.start_poll() {
+        let header = task.header();
+        if !header.state.start_poll() {
             return; // cancelled while queued
         }
         let metrics = &self.workers[index].metrics;
         let now = self.now_nanos();
-        metrics.wake_to_poll.record(now.saturating_sub(task.woken_at.load(Ordering::Relaxed)));
+        metrics.wake_to_poll.record(now.saturating_sub(header.woken_at.load(Ordering::Relaxed)));
         metrics.polls.fetch_add(1, Ordering::Relaxed);
-        let mut slot = task.future.lock().expect("task future lock");
-        if task.cancelled.load(Ordering::Acquire) {
-            let future = slot.take();
-            drop(slot);
-            task.state.complete();
-            drop(future); // the handle's guard reports Cancelled
-            self.remove_live(&task);
+        // RUNNING is this worker's: no other poll, and `abort`'s store of
+        // the flag comes before its wake (see `state`), so a cancellation
+        // is seen here or leads to another poll.
+        if header.cancelled.load(Ordering::Acquire) {
+            task.finish(); // the future is dropped, the handle yields Cancelled
+            self.remove_live(header);
             return;
         }
-        let Some(future) = slot.as_mut() else {
-            unreachable!("a RUNNING task has its future until it completes");
-        };
-        let waker = Waker::from(task.clone());
+        // One more reference to the task's allocation, not a new one.
+        let waker = task.clone().into_waker();
         metrics.poll_started.store(now.max(1), Ordering::Relaxed);
-        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        let poll = task.poll_future(&mut Context::from_waker(&waker));
         metrics.poll_started.store(0, Ordering::Relaxed);
         match poll {
             Poll::Ready(outcome) => {
-                let future = slot.take();
-                drop(slot);
-                task.state.complete();
-                drop(future);
+                task.finish();
                 metrics.record_outcome(outcome == Outcome::Finished);
-                self.remove_live(&task);
+                self.remove_live(header);
             }
             Poll::Pending => {
-                drop(slot);
-                if task.state.end_poll_pending() == AfterPoll::Requeue {
+                if header.state.end_poll_pending() == AfterPoll::Requeue {
                     self.schedule(task, true);
                 }
             }
@@ -826,17 +825,17 @@ impl Executor {
         }
         // Stop accepting, and cancel whatever is left.
         let remaining: Vec<TaskRef> = shared.live.close();
-        let mut cancelled: Vec<&'static str> = remaining.iter().map(|t| t.name).collect();
+        let mut cancelled: Vec<&'static str> = remaining.iter().map(|t| t.header().name).collect();
         cancelled.sort_unstable();
         for task in &remaining {
-            task.cancelled.store(true, Ordering::Release);
-            if task.state.wake() {
+            task.header().cancelled.store(true, Ordering::Release);
+            if task.header().state.wake() {
                 shared.schedule(task.clone(), false);
             }
         }
         // Workers drop the cancelled futures; wait for them briefly.
         let drain_deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while remaining.iter().any(|t| !t.state.is_complete()) && std::time::Instant::now() < drain_deadline {
+        while remaining.iter().any(|t| !t.header().state.is_complete()) && std::time::Instant::now() < drain_deadline {
             thread::sleep(std::time::Duration::from_micros(200));
         }
         shared.stopping.store(true, Ordering::Release);
@@ -853,8 +852,7 @@ impl Executor {
         }
         // Anything a stuck worker never reached: drop it here.
         for task in &remaining {
-            task.state.complete();
-            drop(task.future.lock().unwrap_or_else(|e| e.into_inner()).take());
+            task.finish();
         }
         shared.driver.stop();
         ShutdownReport { finished_in_grace: at_start.saturating_sub(remaining.len()), cancelled }

@@ -1,30 +1,59 @@
 //! Spawned tasks and their join handles.
+//!
+//! # Layout
+//!
+//! A spawn of `future: F` makes one [`Task<F>`], allocated once as an
+//! `Arc<Task<F>>`: the scheduling [`Header`] (id, name, priority, pool,
+//! state, cancellation flag, wake stamp, registry slot), the slot where the
+//! output waits for its [`JoinHandle`] (with the handle's waker), and the
+//! future. Everything else refers to that allocation without allocating
+//! again: the queues, the live-task registry and the polling worker hold it
+//! as a [`TaskRef`] (`Arc<dyn Schedulable>`, an unsized coercion), the
+//! handle as an `Arc<dyn JoinTarget<T>>`, and a poll's waker is
+//! `Waker::from(arc)` through [`Wake`] (a reference count, no allocation).
+//!
+//! The future itself is the one other allocation of a spawn: it sits in
+//! `Pin<Box<F>>` inside the task. Polling needs `Pin<&mut F>`, and safe Rust
+//! cannot project a pin through the shared `Arc` and the lock that guards
+//! the future (`Pin::new_unchecked` would be the one line of `unsafe`, and
+//! the workspace has none); a `Box` is pinned by construction. A spawn is
+//! therefore two allocations, where it used to be three (a join slot of its
+//! own, a boxed wrapper future around the user's, and the task).
+//!
+//! # Ending
+//!
+//! Every way a task ends goes through [`Schedulable::finish`]: the state
+//! becomes COMPLETE (later wakes do nothing), the future is dropped, and a
+//! handle still waiting gets `Cancelled` — after the future is dropped, and
+//! even if dropping it panics. A poll that returns `Ready` or panics
+//! (caught around each poll) delivers the output or the panic's message to
+//! the handle first, so `finish` finds the handle served and leaves it be.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures_util::FutureExt;
 use kaelix_core::runtime::{JoinError, Priority, TaskHandle};
 
 use super::Shared;
 use super::state::TaskState;
 
-/// A task's future, type-erased; its output says whether it panicked.
-pub(crate) type TaskFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A task as the queues, the registry and the workers hold it: the same
+/// allocation as the typed [`Task<F>`], its future's type erased.
+pub(crate) type TaskRef = Arc<dyn Schedulable>;
 
-/// How a task's future ended.
+/// How a task's poll ended it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Finished,
     Panicked,
 }
 
-/// One spawned task.
-pub(crate) struct Task {
+/// What the scheduler knows of a task, whatever its future's type.
+pub(crate) struct Header {
     pub(crate) id: u64,
     pub(crate) name: &'static str,
     pub(crate) priority: Priority,
@@ -36,66 +65,104 @@ pub(crate) struct Task {
     /// Executor-clock nanoseconds of the wake that queued it (wake-to-poll).
     pub(crate) woken_at: AtomicU64,
     /// Its slot in the executor's live-task registry.
-    pub(crate) live_slot: std::sync::atomic::AtomicUsize,
-    /// Only the worker that moved the state to RUNNING touches it (and
-    /// shutdown, after workers stopped): the lock is never contended.
-    pub(crate) future: Mutex<Option<TaskFuture>>,
+    pub(crate) live_slot: AtomicUsize,
     pub(crate) shared: Arc<Shared>,
 }
 
-impl Task {
+impl Header {
     pub(crate) fn priority_index(&self) -> usize {
         self.priority as usize
     }
 }
 
-impl Wake for Task {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
+/// The scheduler's view of a [`Task<F>`] (object safe: it is used as
+/// `dyn Schedulable`).
+pub(crate) trait Schedulable: Send + Sync + 'static {
+    fn header(&self) -> &Header;
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.state.wake() {
-            self.shared.schedule(self.clone(), true);
-        }
-    }
+    /// A waker for this task: the same allocation, one more reference.
+    fn into_waker(self: Arc<Self>) -> Waker;
+
+    /// Polls the future once, catching a panic. `Ready` means the output
+    /// (or the panic's message) is with the handle; the caller then
+    /// [`finish`](Schedulable::finish)es the task. Only the worker that
+    /// moved the state to RUNNING may call it.
+    fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Outcome>;
+
+    /// Ends the task (see the module docs, "Ending"): COMPLETE, future
+    /// dropped, a handle still waiting gets `Cancelled`. Called by the
+    /// polling worker, for a refused spawn, or by shutdown once the workers
+    /// have stopped.
+    fn finish(&self);
+}
+
+/// The handle's view of a [`Task<F>`] whose output is `T`.
+pub(crate) trait JoinTarget<T>: Schedulable {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>>;
+    fn is_finished(&self) -> bool;
+}
+
+/// One spawned task: header, future and output in one allocation (see the
+/// module docs, "Layout").
+pub(crate) struct Task<F: Future> {
+    header: Header,
+    /// Only the worker that moved the state to RUNNING touches it (and
+    /// `finish`, once no worker can poll it): the lock is never contended.
+    future: Mutex<Option<Pin<Box<F>>>>,
+    join: Mutex<JoinSlot<F::Output>>,
 }
 
 /// Where a task's result waits for its handle.
 struct JoinSlot<T> {
-    inner: Mutex<JoinInner<T>>,
-}
-
-struct JoinInner<T> {
     result: Option<Result<T, JoinError>>,
     waker: Option<Waker>,
     finished: bool,
 }
 
-impl<T> JoinSlot<T> {
-    fn complete(&self, result: Result<T, JoinError>) {
-        let mut inner = self.inner.lock().expect("join slot lock");
-        if inner.finished {
+impl<F> Task<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    pub(crate) fn new(header: Header, future: F) -> Self {
+        Task {
+            header,
+            future: Mutex::new(Some(Box::pin(future))),
+            join: Mutex::new(JoinSlot { result: None, waker: None, finished: false }),
+        }
+    }
+
+    /// Hands `result` to the handle; a second call (the `Cancelled` of
+    /// `finish` after an output) does nothing.
+    fn complete_join(&self, result: Result<F::Output, JoinError>) {
+        let mut join = self.join.lock().expect("join slot lock");
+        if join.finished {
             return;
         }
-        inner.finished = true;
-        inner.result = Some(result);
-        let waker = inner.waker.take();
-        drop(inner);
+        join.finished = true;
+        join.result = Some(result);
+        let waker = join.waker.take();
+        drop(join);
         if let Some(w) = waker {
             w.wake();
         }
     }
 }
 
-/// Completes the slot with `Cancelled` if the future is dropped unfinished.
-struct CompletionGuard<T> {
-    slot: Arc<JoinSlot<T>>,
-}
+/// Gives the handle `Cancelled` when dropped, so that it does so even if
+/// dropping the future panics.
+struct CancelJoin<'a, F>(&'a Task<F>)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static;
 
-impl<T> Drop for CompletionGuard<T> {
+impl<F> Drop for CancelJoin<'_, F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     fn drop(&mut self) {
-        self.slot.complete(Err(JoinError::Cancelled));
+        self.0.complete_join(Err(JoinError::Cancelled));
     }
 }
 
@@ -109,84 +176,118 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Wraps `future` so that its output (or panic) lands in a slot; returns
-/// the erased future and the handle's half.
-pub(crate) fn wrap<F>(future: F) -> (TaskFuture, JoinHandleParts<F::Output>)
+impl<F> Schedulable for Task<F>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let slot = Arc::new(JoinSlot { inner: Mutex::new(JoinInner { result: None, waker: None, finished: false }) });
-    let guard = CompletionGuard { slot: slot.clone() };
-    let erased = async move {
-        let guard = guard;
-        match AssertUnwindSafe(future).catch_unwind().await {
-            Ok(v) => {
-                guard.slot.complete(Ok(v));
-                Outcome::Finished
-            }
-            Err(payload) => {
-                guard.slot.complete(Err(JoinError::Panicked(panic_message(payload))));
-                Outcome::Panicked
-            }
-        }
-    };
-    (Box::pin(erased), JoinHandleParts { slot })
-}
+    fn header(&self) -> &Header {
+        &self.header
+    }
 
-/// The handle's half of [`wrap`], completed into a [`JoinHandle`] once the
-/// task exists.
-pub(crate) struct JoinHandleParts<T> {
-    slot: Arc<JoinSlot<T>>,
-}
+    fn into_waker(self: Arc<Self>) -> Waker {
+        Waker::from(self)
+    }
 
-impl<T> JoinHandleParts<T> {
-    pub(crate) fn into_handle(self, task: Arc<Task>) -> JoinHandle<T> {
-        JoinHandle { slot: self.slot, task }
+    fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut slot = self.future.lock().expect("task future lock");
+        let Some(future) = slot.as_mut() else {
+            unreachable!("a RUNNING task has its future until it completes");
+        };
+        let (result, outcome) = match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => (Ok(output), Outcome::Finished),
+            Err(payload) => (Err(JoinError::Panicked(panic_message(payload))), Outcome::Panicked),
+        };
+        drop(slot);
+        self.complete_join(result);
+        Poll::Ready(outcome)
+    }
+
+    fn finish(&self) {
+        self.header.state.complete();
+        let future = self.future.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let _cancel = CancelJoin(self);
+        drop(future);
     }
 }
 
-/// A handle to a task of the real executor. Dropping it detaches the task.
-pub struct JoinHandle<T> {
-    slot: Arc<JoinSlot<T>>,
-    task: Arc<Task>,
-}
-
-impl<T> std::fmt::Debug for JoinHandle<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinHandle").field("task", &self.task.name).field("id", &self.task.id).finish()
-    }
-}
-
-impl<T> JoinHandle<T> {
-    /// Whether the task has finished (or was cancelled).
-    pub fn is_finished(&self) -> bool {
-        self.slot.inner.lock().expect("join slot lock").finished
-    }
-}
-
-impl<T> Future for JoinHandle<T> {
-    type Output = Result<T, JoinError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut inner = self.slot.inner.lock().expect("join slot lock");
-        if let Some(result) = inner.result.take() {
+impl<F> JoinTarget<F::Output> for Task<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<F::Output, JoinError>> {
+        let mut join = self.join.lock().expect("join slot lock");
+        if let Some(result) = join.result.take() {
             return Poll::Ready(result);
         }
-        assert!(!inner.finished, "JoinHandle polled after it returned its result");
-        match &mut inner.waker {
+        assert!(!join.finished, "JoinHandle polled after it returned its result");
+        match &mut join.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
+
+    fn is_finished(&self) -> bool {
+        self.join.lock().expect("join slot lock").finished
+    }
+}
+
+impl<F> Wake for Task<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.header.state.wake() {
+            self.header.shared.schedule(self.clone(), true);
+        }
+    }
+}
+
+/// A handle to a task of the real executor. Dropping it detaches the task.
+pub struct JoinHandle<T> {
+    task: Arc<dyn JoinTarget<T>>,
+}
+
+impl<T: 'static> JoinHandle<T> {
+    pub(crate) fn new(task: Arc<dyn JoinTarget<T>>) -> Self {
+        JoinHandle { task }
+    }
+
+    /// Whether the task has finished (or was cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl<T: 'static> std::fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header = self.task.header();
+        f.debug_struct("JoinHandle").field("task", &header.name).field("id", &header.id).finish()
+    }
+}
+
+impl<T: 'static> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.task.poll_join(cx)
+    }
 }
 
 impl<T: Send + 'static> TaskHandle<T> for JoinHandle<T> {
     fn abort(&self) {
-        self.task.cancelled.store(true, Ordering::Release);
-        if self.task.state.wake() {
-            self.task.shared.schedule(self.task.clone(), true);
+        let header = self.task.header();
+        header.cancelled.store(true, Ordering::Release);
+        if header.state.wake() {
+            header.shared.schedule(self.task.clone(), true);
         }
     }
 }
