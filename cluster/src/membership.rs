@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -73,6 +74,10 @@ struct Shared {
 #[derive(Clone, Default)]
 pub struct Membership {
     shared: Arc<Mutex<Shared>>,
+    /// Bumped whenever the driver replaces the member list (or this node's
+    /// incarnation changes), so an observer that looks after every step
+    /// re-reads only the lists that changed, without taking the lock.
+    version: Arc<AtomicU64>,
 }
 
 impl Membership {
@@ -97,6 +102,14 @@ impl Membership {
     /// [`Membership::members`].
     pub fn incarnation(&self) -> Option<u64> {
         self.lock().incarnation
+    }
+
+    /// A number that changes whenever [`Membership::members`] or
+    /// [`Membership::incarnation`] changes: a cheap test of "anything new?"
+    /// for observers that look very often (the simulator's oracle looks
+    /// after every step).
+    pub fn view_version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Events about other members from now on.
@@ -171,11 +184,15 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
         }
         {
             let mut shared = membership.lock();
+            let changed = swim.revision() != copied_revision || shared.incarnation != Some(swim.incarnation());
             if swim.revision() != copied_revision {
                 copied_revision = swim.revision();
                 shared.members = swim.members();
             }
             shared.incarnation = Some(swim.incarnation());
+            if changed {
+                membership.version.fetch_add(1, Ordering::Release);
+            }
             shared.stats = swim.stats();
             shared.local_health = swim.local_health();
             shared.now = Some(now);

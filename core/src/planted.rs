@@ -99,11 +99,15 @@ pub enum PlantedBug {
     /// Plugins: a quarantined processor is passed around (fail-open), so
     /// messages skip the stage instead of being dead-lettered.
     PluginQuarantineBypass,
+    /// SWIM: an `Alive` at the incarnation we hold replaces a `Suspect` or
+    /// `Dead` record (the merge rule's `>` taken as `≥`), so stale gossip
+    /// revives a suspect or a dead member without any refutation.
+    SwimAliveIgnoresIncarnation,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 20] = [
+    pub const ALL: [PlantedBug; 21] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -124,6 +128,7 @@ impl PlantedBug {
         PlantedBug::BrokerGroupCommitAllPartitions,
         PlantedBug::BrokerSpillForgetsBuffered,
         PlantedBug::PluginQuarantineBypass,
+        PlantedBug::SwimAliveIgnoresIncarnation,
     ];
 
     /// This bug's bit in a [`Planted`] set.

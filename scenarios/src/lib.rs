@@ -264,6 +264,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &membership::MEMBERSHIP_20_REFUTE_BUG,
         &membership::MEMBERSHIP_20_ACCUSE_NEXT_BUG,
         &membership::MEMBERSHIP_20_IGNORE_TOMBSTONE_BUG,
+        &membership::MEMBERSHIP_20_ALIVE_IGNORES_INCARNATION_BUG,
         &raft::RAFT_VOTE_BEFORE_PERSIST,
         &raft::RAFT_COMMIT_PREVIOUS_TERM,
         &raft::RAFT_ACK_BEFORE_COMMIT,

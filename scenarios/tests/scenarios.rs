@@ -187,6 +187,7 @@ fn membership_planted_bugs_are_caught_by_their_checks() {
         ("membership-20-accuse-next-incarnation", "which no run of", 5),
         ("membership-20-refute-without-incarnation", "false death", 20),
         ("membership-20-ignore-own-tombstone", "every node alive 25s after heal", 40),
+        ("membership-20-alive-ignores-incarnation", "no revival without a higher incarnation", 20),
     ] {
         let s = find(name).expect("registered");
         assert!(s.planted_bug());

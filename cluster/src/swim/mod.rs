@@ -1184,7 +1184,11 @@ impl Swim {
                     self.event(MembershipEventKind::Joined, id);
                     return;
                 };
-                if inc <= m.incarnation {
+                // Planted bug: an Alive at the incarnation held wins too.
+                let stale_wins = inc == m.incarnation
+                    && m.state != MemberState::Alive
+                    && self.config.planted.is_on(PlantedBug::SwimAliveIgnoresIncarnation);
+                if inc <= m.incarnation && !stale_wins {
                     return;
                 }
                 let before = m.state;

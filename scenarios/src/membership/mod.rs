@@ -16,9 +16,17 @@
 //!   again for 60 s — runs of 50–500 ms between pauses of 100 ms up to a
 //!   per-seed maximum of 0.5–3 s (about three quarters of its time frozen:
 //!   a node starved of CPU or stuck in GC). Nothing else goes wrong.
-//! * **Liveness**: then faults stop, crashed nodes restart, partitions
-//!   heal; within 25 s every node must see every node alive, and within
-//!   90 s at its current incarnation (the oracle's check 4). 25 s is
+//! * **One node lost for good** (every scenario): a non-seed node (never
+//!   the slow one), drawn per seed apart from the fault schedule, is
+//!   crashed when the liveness phase starts and never restarted
+//!   (`Sim::retire_at_liveness`).
+//! * **Liveness**: then faults stop, crashed nodes restart (but the lost
+//!   one), partitions heal; within 25 s every node must see every other
+//!   node alive, and within 90 s at its current incarnation (the oracle's
+//!   check 4); and every node must drop the lost node within the
+//!   completeness bound the oracle derives from the SWIM configuration
+//!   (check 6: 74–288 s by cluster size, worst case; the tallies show how
+//!   long it really took). 25 s is
 //!   shorter than the 30 s after which tombstones are forgotten, so a
 //!   restarted node has to be readmitted by outbidding its tombstone, not
 //!   by being forgotten; 90 s leaves anti-entropy (push-pull every 30 s)
@@ -26,8 +34,12 @@
 //!
 //! **Checked at every simulator event** (see [`oracle`]): incarnations only
 //! grow (per run, with the exact exceptions restarts and forgetting
-//! allow), nobody holds an incarnation no run of the member ever held, and
-//! the **false-positive budget**.
+//! allow), nobody holds an incarnation no run of the member ever held, no
+//! record goes from suspect or dead back to alive without a higher
+//! incarnation (check 5), every refutation of a false suspicion reaches
+//! every live node within the shortest suspicion timeout (check 7; its
+//! spread is tallied in buckets, summed over seeds by `sim run`), and the
+//! **false-positive budget**.
 //!
 //! # False-positive budget
 //!
@@ -63,7 +75,10 @@
 //! had, the oracle's check 3) and `membership-20-ignore-own-tombstone`
 //! (memberlist#345: a node restarted below its tombstone never outbids it,
 //! so it is not readmitted before its tombstone is forgotten: the 25 s
-//! liveness check).
+//! liveness check) and `membership-20-alive-ignores-incarnation` (the
+//! merge rule's `>` taken as `≥`: an `Alive` at the incarnation held
+//! replaces a `Suspect` or `Dead` record, so stale gossip revives members:
+//! check 5).
 
 pub mod oracle;
 pub mod table;
@@ -163,6 +178,17 @@ pub static MEMBERSHIP_20_REFUTE_BUG: MembershipScenario = MembershipScenario {
     nodes: 20,
     faults: Faults::Swarm,
     planted: Planted::only(PlantedBug::SwimRefuteWithoutIncarnation),
+};
+
+/// Planted bug: an `Alive` at the incarnation held revives a suspect or a
+/// dead member.
+#[cfg(feature = "planted-bugs")]
+pub static MEMBERSHIP_20_ALIVE_IGNORES_INCARNATION_BUG: MembershipScenario = MembershipScenario {
+    name: "membership-20-alive-ignores-incarnation",
+    description: "[planted bug] SWIM, 20 nodes, an Alive at the incarnation held replaces a Suspect or Dead record",
+    nodes: 20,
+    faults: Faults::Swarm,
+    planted: Planted::only(PlantedBug::SwimAliveIgnoresIncarnation),
 };
 
 const SAFETY: Duration = Duration::from_secs(20);
@@ -280,11 +306,23 @@ impl MembershipScenario {
             fault_mix.push("boot-at-incarnation-1");
         }
 
+        // One member is lost for good: crashed when the calm phase starts
+        // and never restarted, so every other node must declare it dead
+        // (check 6). Never a seed node, nor the slow one; drawn apart so the
+        // fault schedule is the one this seed always drew.
+        let lost = {
+            let mut draw = rng::derive(seed, 0x10_57);
+            let candidates: Vec<NodeId> = nodes[seeds.len()..].iter().copied().filter(|&n| Some(n) != slow).collect();
+            candidates[draw.random_range(0..candidates.len())]
+        };
+        fault_mix.push("one-node-lost-for-good");
+        let max_drift_ppm = profile.max_drift_ppm.unsigned_abs();
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let registry = Registry::default();
         let swim = SwimConfig { planted, ..SwimConfig::default() };
         let mut oracle_config = OracleConfig::for_swim(&swim);
         oracle_config.watched = slow;
+        oracle_config.max_drift_ppm = max_drift_ppm;
         if nodes.len() > 20 {
             oracle_config.sample_every = Duration::from_millis(250);
         }
@@ -305,11 +343,16 @@ impl MembershipScenario {
             sim.schedule_fault(at, fault);
         }
         sim.schedule_liveness(safety_end);
+        sim.retire_at_liveness(lost);
 
-        let deadline = safety_end + AGREEMENT_BOUND;
+        // Long enough for check 6 to fire (it is judged every sample) rather
+        // than the run to end first; a passing run ends much sooner.
+        let completeness = oracle.bounds().completeness;
+        let deadline = safety_end + AGREEMENT_BOUND.max(completeness + Duration::from_secs(1));
         let mut last_check = Instant::ZERO;
         let mut alive_agreed = false;
         let mut converged = false;
+        let mut dropped = false;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sim.run_until_done(
                 deadline,
@@ -329,8 +372,16 @@ impl MembershipScenario {
                             return now > safety_end + ALIVE_BOUND;
                         }
                     }
-                    converged = oracle.converged();
-                    converged
+                    if !converged {
+                        converged = oracle.converged();
+                        if !converged {
+                            return now > safety_end + AGREEMENT_BOUND;
+                        }
+                    }
+                    // Check 6's end state: nobody holds the lost node live
+                    // (its time bound is the oracle's to judge).
+                    dropped = oracle.lost_members_dropped(now);
+                    dropped
                 },
                 |_| Ok::<(), ()>(()),
             )
@@ -348,8 +399,12 @@ impl MembershipScenario {
                         tally.false_deaths,
                         oracle.false_deaths()[0]
                     ))
-                } else if converged {
+                } else if converged && dropped {
                     Verdict::Pass
+                } else if converged {
+                    Verdict::LivenessViolation(format!(
+                        "completeness (check 6): {lost} stayed crashed and is still held live at the deadline"
+                    ))
                 } else {
                     let (exact, bound, what) = if alive_agreed {
                         (true, AGREEMENT_BOUND, "alive at their current incarnation")
@@ -367,13 +422,29 @@ impl MembershipScenario {
                 }
             }
         };
-        let agreeing = self.nodes - oracle.disagreements(true).len() as u64;
+        let agreeing = (self.nodes - 1).saturating_sub(oracle.disagreements(true).len() as u64);
+        let s = tally.refutation_spread;
+        let c = tally.completeness;
         let tallies = vec![
             ("suspicions", tally.suspicions),
             ("false suspicions", tally.false_suspicions),
             ("false suspicions by the slow node", tally.false_suspicions_by_watched),
             ("deaths", tally.deaths),
             ("false deaths", tally.false_deaths),
+            ("refutations timed", tally.refutations_judged),
+            ("refutations interrupted by faults", tally.refutations_interrupted),
+            ("refutation everywhere <=250ms", s[0]),
+            ("refutation everywhere <=500ms", s[1]),
+            ("refutation everywhere <=1s", s[2]),
+            ("refutation everywhere <=2s", s[3]),
+            ("refutation everywhere <=4s", s[4]),
+            ("refutation everywhere >4s", s[5]),
+            ("lost node dead everywhere <=5s", c[0]),
+            ("lost node dead everywhere <=10s", c[1]),
+            ("lost node dead everywhere <=20s", c[2]),
+            ("lost node dead everywhere <=40s", c[3]),
+            ("lost node dead everywhere <=80s", c[4]),
+            ("lost node dead everywhere >80s", c[5]),
         ];
         let metrics = meter.then(|| {
             let mut m = RunMetrics::new();
@@ -385,7 +456,7 @@ impl MembershipScenario {
             m.record_sim_time(sim.now().since_origin().as_secs_f64());
             m
         });
-        let report = RunReport::conclude(&sim, seed, verdict, fault_mix, (self.nodes, agreeing));
+        let report = RunReport::conclude(&sim, seed, verdict, fault_mix, (self.nodes - 1, agreeing));
         (report, tallies, metrics)
     }
 }

@@ -391,6 +391,10 @@ fn window(job: &Job) -> (Window, Option<String>) {
         false_deaths: t.false_deaths - tally_before.false_deaths,
         false_deaths_by_watched: t.false_deaths_by_watched - tally_before.false_deaths_by_watched,
         dead_events: t.dead_events - tally_before.dead_events,
+        refutations_judged: t.refutations_judged - tally_before.refutations_judged,
+        refutations_interrupted: t.refutations_interrupted - tally_before.refutations_interrupted,
+        refutation_spread: std::array::from_fn(|i| t.refutation_spread[i] - tally_before.refutation_spread[i]),
+        completeness: std::array::from_fn(|i| t.completeness[i] - tally_before.completeness[i]),
     };
     out.hours = FP_WINDOW.as_secs_f64() / 3600.0;
     let healthy = h.nodes.len() - usize::from(slow.is_some());

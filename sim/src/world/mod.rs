@@ -248,6 +248,9 @@ struct World {
     profile: FaultProfile,
     calm_link: LinkConfig,
     boots: Vec<NodeId>,
+    /// Nodes lost for good at the liveness phase (see
+    /// [`Sim::retire_at_liveness`]).
+    retired: BTreeSet<NodeId>,
 }
 
 /// The stream label of [`World::buggify_rng`] ("buggify!").
@@ -322,6 +325,7 @@ impl Sim {
             profile: config.profile,
             calm_link: config.calm_link,
             boots: Vec::new(),
+            retired: BTreeSet::new(),
         };
         let id = NEXT_SIM_ID.fetch_add(1, Ordering::Relaxed);
         Sim { shared: Rc::new(Shared { id, world: RefCell::new(world), woken: RefCell::new(Vec::new()) }) }

@@ -7,7 +7,8 @@
 //! fault schedule to nodes — crash (tasks, ops, inbox and streams dropped;
 //! unsynced writes lost or torn), restart with or without a wiped disk,
 //! pause / resume, partitions, clock steps and drift, bit rot — and the
-//! liveness phase that stops faults and brings every node back.
+//! liveness phase that stops faults and brings every node back, but those
+//! retired for good ([`Sim::retire_at_liveness`]), which it crashes.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -170,6 +171,18 @@ impl Sim {
         self.world().events.push(at, Event::Liveness);
     }
 
+    /// Marks `id` as lost for good: when the liveness phase starts it is
+    /// crashed (if up) and, unlike every other node, never restarted; a
+    /// scheduled restart of it after that is ignored. The failure a
+    /// membership protocol must *complete* on: a member that never comes
+    /// back has to be declared dead by everyone.
+    pub fn retire_at_liveness(&self, id: NodeId) {
+        let mut w = self.world();
+        assert!(w.nodes.contains_key(&id), "retiring unknown node {id}");
+        assert!(!w.liveness, "the liveness phase has started already");
+        w.retired.insert(id);
+    }
+
     /// Applies `fault` now.
     pub fn apply_fault(&self, fault: Fault) {
         let _entered = self.enter();
@@ -278,8 +291,9 @@ impl World {
                 }
             }
             Fault::Restart { node, wipe } => {
+                let retired = self.liveness && self.retired.contains(&node);
                 let n = self.nodes.get_mut(&node).expect("known node");
-                if n.status == NodeStatus::Down {
+                if n.status == NodeStatus::Down && !retired {
                     if wipe {
                         n.disk.wipe();
                     }
@@ -362,7 +376,14 @@ impl World {
         self.net.heal();
         self.net.set_default_link(self.calm_link);
         let calm_disk = self.calm_disk;
+        let mut dropped = Vec::new();
+        for id in self.retired.clone() {
+            dropped.extend(self.crash_node(id));
+        }
         for (id, n) in self.nodes.iter_mut() {
+            if self.retired.contains(id) {
+                continue;
+            }
             n.disk.set_corruption_enabled(false);
             n.disk.set_config(DiskConfig { lost_write: n.disk.config().lost_write, ..calm_disk });
             match n.status {
@@ -387,6 +408,6 @@ impl World {
         }
         self.trace
             .record(now, None, "liveness", 0, || "LIVENESS PHASE: faults stop, partitions heal, nodes restart".into());
-        Vec::new()
+        dropped
     }
 }
