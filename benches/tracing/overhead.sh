@@ -11,6 +11,8 @@
 # than wall-clock throughput.
 # Usage: overhead.sh PATH/TO/kaelix [ROUNDS] [MSGS] [pub|pubsub]
 # RATIO=r sets "on"'s sampling_ratio (default: the configuration's default).
+# SERVE_ENV="NAME=VALUE ..." sets environment variables of the server only
+# (e.g. SERVE_ENV=MIMALLOC_ALLOW_THP=0 or =1 for the allocator's huge pages).
 set -euo pipefail
 K=$(realpath "$1")
 ROUNDS=${2:-5}
@@ -40,7 +42,7 @@ for _ in $(seq "$ROUNDS"); do
     for mode in off on; do
         D=$(mktemp -d -p "$W")
         : >"$W/sink.log"
-        "$K" serve --config "$W/$mode.toml" --data-dir "$D/data" --nats-listen "127.0.0.1:$PORT" --listen 127.0.0.1:0 \
+        env ${SERVE_ENV:-} "$K" serve --config "$W/$mode.toml" --data-dir "$D/data" --nats-listen "127.0.0.1:$PORT" --listen 127.0.0.1:0 \
             --metrics-listen 127.0.0.1:0 --log-level warn >"$D/log" 2>&1 &
         S=$!
         for _ in $(seq 100); do grep -qs "NATS clients on" "$D/log" && break; sleep 0.05; done

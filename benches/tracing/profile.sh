@@ -13,7 +13,8 @@
 # a Python sink on loopback that answers every OTLP POST 200. Code inlined
 # into its callers (the root decision in the front ends) has no symbol of
 # its own and is not in the share. Not run by CI; results in RESULTS.md.
-# Usage: profile.sh PATH/TO/kaelix [ROUNDS]    (RATIO=r: "on"'s ratio)
+# Usage: profile.sh PATH/TO/kaelix [ROUNDS]    (RATIO=r: "on"'s ratio;
+# SERVE_ENV="NAME=VALUE ...": environment variables of the server only)
 set -euo pipefail
 K=$(realpath "$1")
 ROUNDS=${2:-3}
@@ -38,7 +39,7 @@ for _ in $(seq "$ROUNDS"); do
     for mode in off on; do
         D=$(mktemp -d -p "$W")
         PORT=$(free_port)
-        "$K" serve --config "$W/$mode.toml" --data-dir "$D/data" --nats-listen "127.0.0.1:$PORT" --listen 127.0.0.1:0 \
+        env ${SERVE_ENV:-} "$K" serve --config "$W/$mode.toml" --data-dir "$D/data" --nats-listen "127.0.0.1:$PORT" --listen 127.0.0.1:0 \
             --metrics-listen 127.0.0.1:0 --log-level warn >"$D/log" 2>&1 &
         S=$!
         for _ in $(seq 100); do grep -qs "NATS clients on" "$D/log" && break; sleep 0.05; done

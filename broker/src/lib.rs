@@ -32,6 +32,7 @@
 
 pub mod backpressure;
 mod broker_core;
+pub mod commit_trace;
 pub mod durable;
 pub mod groups;
 pub mod intercept;
@@ -49,7 +50,7 @@ pub mod topic;
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::task::{Poll, Waker};
 
 pub use self::backpressure::{DropCounts, MessagePriority, PressureLevel, Strategy, Thresholds};
@@ -57,6 +58,7 @@ pub use self::broker_core::{
     BatchOutcome, BrokerConfig, BrokerCore, BrokerError, BrokerStats, DEFAULT_RETAINED_BYTES, GroupLag, PublishOutcome,
     Published, RangeRead, Routed, TopicConfig, dead_letter_headers, jump_hash, partition_for_key,
 };
+pub use self::commit_trace::{CommitSpan, CommitTracer};
 pub use self::groups::{GroupError, MemberId};
 pub use self::registry::{StartPosition, StreamId, StreamInfo};
 use kaelix_core::rng::DetRng;
@@ -194,6 +196,9 @@ pub struct Broker<C: Clock> {
     /// The publish hook (processor chains), shared by every clone; see
     /// [`intercept`]. Read on every publish, replaced rarely.
     hook: Arc<RwLock<Option<Arc<dyn PublishHook>>>>,
+    /// What traces replicated publishes (see [`commit_trace`]), shared by
+    /// every clone; installed at most once.
+    commit_tracer: Arc<OnceLock<Arc<dyn CommitTracer>>>,
 }
 
 impl<C: Clock> Clone for Broker<C> {
@@ -204,6 +209,7 @@ impl<C: Clock> Clone for Broker<C> {
             has_storage: self.has_storage,
             has_replication: self.has_replication,
             hook: self.hook.clone(),
+            commit_tracer: self.commit_tracer.clone(),
         }
     }
 }
@@ -256,7 +262,15 @@ impl<C: Clock> Broker<C> {
             has_storage,
             has_replication,
             hook: Arc::new(RwLock::new(None)),
+            commit_tracer: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Installs what traces this broker's replicated publishes (see
+    /// [`commit_trace`]), for it and its clones; `false` if one was
+    /// installed already (it stays).
+    pub fn set_commit_tracer(&self, tracer: Arc<dyn CommitTracer>) -> bool {
+        self.commit_tracer.set(tracer).is_ok()
     }
 
     /// Installs `hook` in the publish path of this broker and its clones
@@ -559,38 +573,20 @@ impl<C: Clock> Broker<C> {
     /// (see [`replication`]). Dropping the future forgets the proposal's
     /// outcome (the record may still commit).
     async fn publish_replicated(&self, message: Message) -> Result<Published, BrokerError> {
-        // A traced publish runs in its front end's `broker.publish` span
-        // (`kaelix_server::trace`): the replication from proposal to
-        // outcome — forwarded to the leader or not — is a child span.
-        // Nothing is current for an untraced publish, so no span is made
-        // (a span without a parent would start a trace of its own).
-        let parent = tracing::Span::current();
-        let span = if parent.is_none() {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-                target: "kaelix::trace",
-                parent: &parent,
-                "raft.commit",
-                messaging.destination.name = message.topic().as_str(),
-                messaging.destination.partition.id = tracing::field::Empty,
-                messaging.message.offset = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-            )
-        };
+        // A traced publish's message carries its `broker.publish` span's
+        // context: the installed tracer follows the replication from
+        // proposal to outcome — forwarded to the leader or not — as that
+        // span's child (see [`commit_trace`]).
+        let span = self.commit_tracer.get().and_then(|t| t.begin(&message));
         let id = self.with(|s, now, wall| {
             let State { core, rng, .. } = &mut *s;
             core.propose(now, wall, rng, message)
         })?;
-        let outcome = tracing::Instrument::instrument(self.proposal_outcome(id), span.clone()).await;
-        match &outcome {
-            Ok(p) => {
-                span.record("messaging.destination.partition.id", p.partition);
-                span.record("messaging.message.offset", p.offset);
-            }
-            Err(_) => {
-                span.record("otel.status_code", "error");
-            }
+        let outcome = self.proposal_outcome(id).await;
+        match (span, &outcome) {
+            (Some(span), Ok(p)) => span.committed(p.partition, p.offset),
+            (Some(span), Err(_)) => span.failed(),
+            (None, _) => {}
         }
         outcome
     }

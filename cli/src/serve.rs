@@ -136,31 +136,21 @@ fn level_filter(level: LogLevel) -> LevelFilter {
 
 type LogHandle = reload::Handle<LevelFilter, tracing_subscriber::Registry>;
 
-/// Installs the subscriber: the log lines (the handle changes their level
-/// on reload) and, with `[tracing] enabled`, the OpenTelemetry layer
-/// beside them. Each layer has its own filter: the log level never hides
-/// a span from the exporter, and the trace spans (`kaelix::trace`) never
-/// reach the log lines — so with tracing off no layer wants them and
-/// their callsites stay disabled (free).
-fn init_logging(format: LogFormat, level: LogLevel, otlp: Option<&OtlpTracing>) -> LogHandle {
-    use tracing_subscriber::filter::{FilterExt, filter_fn};
+/// Installs the subscriber: the log lines, whose level the handle changes
+/// on reload. (Trace spans do not go through it: `kaelix_server::trace`
+/// builds them with the exporter's tracer directly.)
+fn init_logging(format: LogFormat, level: LogLevel) -> LogHandle {
+    // A per-layer filter, whose level hint is the log level: the process's
+    // maximum level stays the log level, so a disabled `debug!`/`trace!`
+    // fails one level compare.
     let (filter, handle) = reload::Layer::new(level_filter(level));
-    // A level hint, so the pair's hint is the log level's: without one
-    // the combined filter has none and the process's maximum level is
-    // TRACE, every disabled `debug!`/`trace!` then consulting its callsite
-    // instead of failing one level compare.
-    let not_traces =
-        filter_fn(|meta| meta.target() != kaelix_server::trace::TARGET).with_max_level_hint(LevelFilter::TRACE);
-    let logs = filter.and(not_traces);
     let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Human => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(logs))
-            .with(otlp.map(|t| t.layer()))
-            .init(),
+        LogFormat::Human => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter)).init()
+        }
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(logs))
-            .with(otlp.map(|t| t.layer()))
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter))
             .init(),
     }
     handle
@@ -247,8 +237,26 @@ fn runtime_config(settings: &kaelix_server::config::RuntimeSettings) -> RuntimeC
     }
 }
 
+/// Turns transparent huge pages off for this process (the kernel's
+/// `PR_SET_THP_DISABLE`, from now on and for every thread), unless
+/// `MIMALLOC_ALLOW_THP` is set, which leaves the choice to mimalloc.
+///
+/// mimalloc advises its arenas `MADV_HUGEPAGE`, so where the kernel's THP
+/// mode is `madvise` every fresh page it faults in is a 2 MiB huge page
+/// the kernel zeroes whole; memory that comes and goes (the span
+/// exporter's batches, buffers that grow under load) then costs page
+/// clearing out of proportion to what is used. Measured both ways, with
+/// tracing off and on, in `benches/tracing/RESULTS.md`.
+fn without_huge_pages() -> rustix::io::Result<()> {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return Ok(());
+    }
+    rustix::thread::disable_transparent_huge_pages(true)
+}
+
 /// Runs the server until a signal; the exit code says how it ended.
 pub fn run(args: ServeArgs) -> ExitCode {
+    let huge_pages = without_huge_pages();
     let loader = loader(&args);
     let loaded: Loaded<ServerConfig> = match loader.load() {
         Ok(l) => l,
@@ -264,10 +272,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_handle = init_logging(loaded.config.log.format, loaded.config.log.level, otlp.as_ref());
+    let log_handle = init_logging(loaded.config.log.format, loaded.config.log.level);
     if let Some(t) = &otlp {
         // From here on publishes are traced (see `kaelix_server::trace`).
-        kaelix_server::trace::install(Box::new(t.root_sampler()));
+        kaelix_server::trace::install(Box::new(t.root_sampler()), t.tracer());
         println!(
             "kaelix serve: traces to {} (sampling ratio {})",
             loaded.config.tracing.endpoint, loaded.config.tracing.sampling_ratio
@@ -275,6 +283,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if let Err(e) = huge_pages {
+        tracing::warn!(error = %e, "transparent huge pages could not be turned off");
     }
     let config = loaded.config.clone();
     let reloader = HotReloadManager::new(loader, loaded, ReloadPolicy::new(ServerConfig::RELOADABLE.iter().copied()));

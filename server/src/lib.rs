@@ -267,6 +267,11 @@ impl<R: Runtime> Server<R> {
     ) -> Result<Server<R>, ServerError> {
         config.validate()?;
         broker.set_publish_hook(hook);
+        if let Some(tracer) = trace::commit_tracer() {
+            // Tracing is installed (`kaelix serve` only): a traced
+            // replicated publish gets its `raft.commit` span.
+            broker.set_commit_tracer(tracer);
+        }
         for spec in &config.topics {
             if spec.storage == config::StorageChoice::Replicated {
                 if broker.topic_config(&spec.topic()).is_none() {

@@ -2,12 +2,12 @@
 //! spans of `kaelix_server::trace` sent as OTLP over HTTP (protobuf
 //! bodies) to `[tracing] endpoint`.
 //!
-//! The pipeline: `tracing` spans of target `kaelix::trace` → the
-//! `tracing-opentelemetry` layer ([`OtlpTracing::layer`], beside the log
-//! layer) → the SDK's tracer (sampler `ParentBased(TraceIdRatioBased(r))`,
-//! resource `service.name`, `service.version`, `service.instance.id` and
-//! `kaelix.node.id`) → a batch span processor on its own thread → the
-//! OTLP/HTTP exporter → [`StdHttpClient`]. The batch processor's settings
+//! The pipeline: the SDK's tracer ([`OtlpTracing::tracer`], installed in
+//! `kaelix_server::trace`, which builds its spans with it directly; sampler
+//! `ParentBased(TraceIdRatioBased(r))`, resource `service.name`,
+//! `service.version`, `service.instance.id` and `kaelix.node.id`) → a
+//! batch span processor on its own thread → the OTLP/HTTP exporter →
+//! [`StdHttpClient`]. The batch processor's settings
 //! follow the standard `OTEL_BSP_*` variables (schedule delay 5 s, queue
 //! 2048, batch 512 by default); [`OtlpTracing::shutdown`] flushes what is
 //! queued, and `kaelix serve` calls it after the drain.
@@ -55,10 +55,7 @@ use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider};
-use tracing::Subscriber;
-use tracing_subscriber::Layer;
-use tracing_subscriber::registry::LookupSpan;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider};
 
 use crate::TelemetryError;
 
@@ -106,34 +103,10 @@ impl OtlpTracing {
         Ok(OtlpTracing { provider, ratio: settings.sampling_ratio })
     }
 
-    /// The `tracing` layer that turns the `kaelix::trace` spans into
-    /// OpenTelemetry spans (it sees no other span and no event).
-    pub fn layer<S>(&self) -> impl Layer<S>
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
-        let tracer = self.provider.tracer("kaelix");
-        // No source location, thread, target or busy/idle attributes: a
-        // span carries what an operator looks for (the messaging
-        // attributes) and costs less to record and encode. No context
-        // activation: nothing reads OpenTelemetry's current context (spans
-        // name their parents and the headers carry the context), so
-        // entering a traced span need not build and attach one at every
-        // poll. The filter's level hint (the trace spans are INFO) keeps
-        // this layer from lifting the process's maximum level to TRACE,
-        // which would send every disabled `debug!`/`trace!` to its
-        // callsite's interest instead of one level compare.
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_tracked_inactivity(false)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_context_activation(false)
-            .with_filter(
-                tracing_subscriber::filter::filter_fn(|meta| meta.target() == kaelix_server::trace::TARGET)
-                    .with_max_level_hint(tracing::Level::INFO),
-            )
+    /// The tracer the server builds its spans with (install it with
+    /// `kaelix_server::trace::install`, beside [`OtlpTracing::root_sampler`]).
+    pub fn tracer(&self) -> SdkTracer {
+        self.provider.tracer("kaelix")
     }
 
     /// The root sampler `kaelix_server::trace` consults (install it with

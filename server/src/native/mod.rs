@@ -81,7 +81,6 @@ use kaelix_protocol::{
     Position, Request, Response, Retention, SUPPORTED_VERSIONS, ServerInfo, StorageSpec, TopicDescription,
     TopicSummary,
 };
-use tracing::Instrument;
 
 use self::subscription::SubState;
 use crate::auth::Permissions;
@@ -660,7 +659,7 @@ impl<R: Runtime> Conn<R> {
         // One request, one trace decision (see `crate::trace`): the first
         // message's trace context, if sampled, is continued; the batch is
         // one broker publish, whose context every message then carries.
-        let trace = crate::trace::begin_publish(FrontEnd::Native, topic.as_str(), messages.first());
+        let mut trace = crate::trace::begin_publish(FrontEnd::Native, topic.as_str(), messages.first());
         let batch: MessageBatch = messages
             .into_iter()
             .map(|m| {
@@ -674,16 +673,13 @@ impl<R: Runtime> Conn<R> {
                 m
             })
             .collect();
-        let (request, broker_span) = match trace {
-            Some(t) => (t.request, t.broker),
-            None => (tracing::Span::none(), tracing::Span::none()),
-        };
-        let published = match self.broker().publish_batch_unacknowledged(batch).instrument(broker_span).await {
+        let published = self.broker().publish_batch_unacknowledged(batch).await;
+        if let Some(t) = &mut trace {
+            t.routed(published.is_ok());
+        }
+        let published = match published {
             Ok(published) => published,
-            Err(e) => {
-                request.record("otel.status_code", "error");
-                return refuse(errors::code_of(&e), e.to_string());
-            }
+            Err(e) => return refuse(errors::code_of(&e), e.to_string()),
         };
         let positions: Vec<Position> =
             published.iter().map(|p| Position { partition: p.partition, offset: p.offset }).collect();

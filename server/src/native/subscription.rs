@@ -175,8 +175,8 @@ async fn deliver<R: Runtime>(conn: &Conn<R>, id: u32, state: &SubState, messages
     let len = messages_len(&messages);
     // Each traced message's delivery is a span of its trace (open until
     // the push is appended or given up).
-    let _traced: Vec<tracing::Span> = match crate::trace::sampler() {
-        Some(_) => messages.iter().filter_map(|m| crate::trace::begin_delivery(FrontEnd::Native, m)).collect(),
+    let _traced: Vec<_> = match crate::trace::installed() {
+        Some(t) => messages.iter().filter_map(|m| t.begin_delivery(FrontEnd::Native, m)).collect(),
         None => Vec::new(),
     };
     let push = Push::Deliver { subscription: id, messages };

@@ -53,7 +53,6 @@ use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, SpawnRefused, TaskHandle};
 use kaelix_core::time::Duration;
 use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, write_ping, write_pong};
-use tracing::{Instrument, Span};
 
 use self::session::{Action, Reply, Session};
 use crate::auth::Rules;
@@ -456,16 +455,13 @@ impl<R: Runtime> Conn<R> {
         };
         // Traced or not is decided here, before any span exists (see
         // `crate::trace`); the request span lives until this returns.
-        let (request, broker_span) = match crate::trace::begin_publish(FrontEnd::Nats, topic.as_str(), Some(&message)) {
-            Some(trace) => {
-                trace.inject(&mut message);
-                (trace.request, trace.broker)
-            }
-            None => (Span::none(), Span::none()),
-        };
-        let routed = self.shared.broker.route_unacknowledged(message).instrument(broker_span).await;
-        if routed.is_err() {
-            request.record("otel.status_code", "error");
+        let mut trace = crate::trace::begin_publish(FrontEnd::Nats, topic.as_str(), Some(&message));
+        if let Some(t) = &trace {
+            t.inject(&mut message);
+        }
+        let routed = self.shared.broker.route_unacknowledged(message).await;
+        if let Some(t) = &mut trace {
+            t.routed(routed.is_ok());
         }
         match routed {
             Ok(Routed::Stored(p)) => {
