@@ -18,11 +18,17 @@
 //!     priorities: its run is the saturated one again).
 //!
 //!   A wake left unserved for [`STARVATION_LIMIT`] ends the run as starved.
+//!   Beside each scenario: the process's CPU use over it, and the mean gap
+//!   between two wakes as it really was (the pause plus the waking
+//!   thread's own delays) — what an idle worker's spin has to outlast.
+//! * CPU with no task at all, over [`FULLY_IDLE`] after the scenarios.
 //!
 //! After criterion, a table prints the medians over [`REPETITIONS`] fresh
 //! runtimes (throughput and each percentile), and kaelix / tokio. Kaelix
 //! runs with its default config (workers pinned to CPUs); tokio's workers
-//! are not pinned.
+//! are not pinned. Last, one more kaelix run of each idle scenario prints
+//! what each worker did by the executor's own counters (polls, parks, wakes
+//! found while spinning): why the latency is what it is, not a measurement.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // a benchmark of threads measures real time
 
@@ -51,8 +57,8 @@ const SPAWNED_TASKS: u64 = 10_000;
 const REPETITIONS: usize = 5;
 const WAKES_PER_RUN: usize = 10_000;
 /// Between the task starting to wait and the wake, in the `idle` scenario:
-/// a wake soon after the last (inside a 50 µs `idle_spin`, when
-/// `KAELIX_IDLE_SPIN_US=50` turns kaelix's spin on).
+/// a wake soon after the last (the mean gap row shows how soon it really
+/// was; an `idle_spin` longer than that catches it).
 const PAUSE_BEFORE_WAKE: Duration = Duration::from_micros(20);
 /// ... and in the `idle, parked` scenario: past such a spin window, so
 /// every wake unparks a worker on both runtimes.
@@ -79,6 +85,22 @@ trait Runtime: Clone + Send + Sync + 'static {
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static;
+
+    /// Each worker's (polls, parks, spin hits) so far, where the runtime
+    /// counts them.
+    fn worker_counters(&self) -> Option<Vec<WorkerCounters>> {
+        None
+    }
+}
+
+/// What one worker did, from the runtime's own counters: these explain a
+/// latency figure (who served the wake, did a worker park), they are not
+/// the measurement.
+#[derive(Clone, Copy, Debug, Default)]
+struct WorkerCounters {
+    polls: u64,
+    parks: u64,
+    spin_hits: u64,
 }
 
 /// A join handle whose error is a benchmark bug: unwraps it.
@@ -117,6 +139,16 @@ impl Runtime for Kaelix {
     {
         self.0.block_on(future)
     }
+
+    fn worker_counters(&self) -> Option<Vec<WorkerCounters>> {
+        Some(
+            self.0
+                .worker_metrics()
+                .iter()
+                .map(|m| WorkerCounters { polls: m.polls, parks: m.parks, spin_hits: m.spin_hits })
+                .collect(),
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -143,8 +175,8 @@ impl Runtime for Tokio {
     }
 }
 
-/// Kaelix with its defaults; `KAELIX_IDLE_SPIN_US` sets `idle_spin` (off
-/// by default) to measure what spinning buys and costs.
+/// Kaelix with its defaults; `KAELIX_IDLE_SPIN_US` sets `idle_spin` (the
+/// seed's `target_latency_us`) to measure what spinning buys and costs.
 fn start_kaelix() -> Executor {
     let mut config = ExecutorConfig { workers_per_node: Some(WORKERS), ..Default::default() };
     if let Some(micros) = std::env::var("KAELIX_IDLE_SPIN_US").ok().and_then(|v| v.parse().ok()) {
@@ -252,7 +284,7 @@ const QUANTILES: [(&str, f64); 3] = [("P50", 0.50), ("P99", 0.99), ("P99.9", 0.9
 /// One wake-to-poll run: [`QUANTILES`] and the worst latency in
 /// nanoseconds, the wakes served, and whether one went unserved for
 /// [`STARVATION_LIMIT`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct WakeRun {
     nanos: [u64; QUANTILES.len()],
     worst: u64,
@@ -261,6 +293,11 @@ struct WakeRun {
     /// CPU the whole process used over the run, in cores (1.0: one core
     /// busy all along): the price of spinning, next to what it buys.
     cpu_cores: f64,
+    /// Mean time from one wake to the next (what the worker waits between
+    /// wakes: the pause plus the waking thread's own delays).
+    mean_gap_nanos: u64,
+    /// Per worker, what its counters moved by over the run (kaelix only).
+    workers: Option<Vec<WorkerCounters>>,
 }
 
 /// CPU seconds this process has used (user + system), from
@@ -273,6 +310,31 @@ fn process_cpu_seconds() -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     ticks as f64 / 100.0
+}
+
+/// Makes this thread's sleeps as long as asked, until dropped. Linux lets
+/// a normal thread's timed sleep overrun by its timer slack (50 µs by
+/// default, to batch timer interrupts): with it, the `idle` scenario's
+/// 20 µs pause and 10 µs polls for the next sender put its wakes about
+/// 150 µs apart (measured, mean), far from the soon-after-the-last wake it
+/// is about. With a slack of 1 ns the pauses are the named ones plus the
+/// kernel's own wake-up delay. Only the waking thread is changed; both
+/// runtimes' workers keep theirs.
+struct ExactSleeps(Option<std::num::NonZeroU64>);
+
+impl ExactSleeps {
+    fn on_this_thread() -> Self {
+        let previous = rustix::thread::current_timer_slack().ok().and_then(std::num::NonZeroU64::new);
+        rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1)).expect("PR_SET_TIMERSLACK");
+        ExactSleeps(previous)
+    }
+}
+
+impl Drop for ExactSleeps {
+    fn drop(&mut self) {
+        // `None` restores the thread's default slack.
+        let _ = rustix::thread::set_current_timer_slack(self.0);
+    }
 }
 
 fn take_sender(mailbox: &Mailbox, limit: Duration) -> Option<oneshot::Sender<Instant>> {
@@ -291,6 +353,7 @@ fn take_sender(mailbox: &Mailbox, limit: Duration) -> Option<oneshot::Sender<Ins
 /// One run: [`WAKES_PER_RUN`] wakes of a task at `measured`, fired from
 /// this thread, with CPU load at `load` if any.
 fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>, pause: Duration) -> WakeRun {
+    let _slack = ExactSleeps::on_this_thread();
     let mailbox = Mailbox::default();
     let task_mailbox = mailbox.clone();
     let waiter = rt.spawn(measured, async move {
@@ -313,7 +376,9 @@ fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>, 
     let senders =
         std::iter::once(Some(first)).chain(std::iter::repeat_with(|| take_sender(&mailbox, STARVATION_LIMIT)));
     let mut starved = false;
+    let counters_before = rt.worker_counters();
     let (cpu_before, wall_before) = (process_cpu_seconds(), Instant::now());
+    let mut fired = 0u64;
     for sender in senders.take(WAKES_PER_RUN) {
         let Some(sender) = sender else {
             starved = true;
@@ -321,8 +386,22 @@ fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>, 
         };
         thread::sleep(pause);
         let _ = sender.send(Instant::now());
+        fired += 1;
     }
-    let cpu_cores = (process_cpu_seconds() - cpu_before) / wall_before.elapsed().as_secs_f64();
+    let wall = wall_before.elapsed();
+    let cpu_cores = (process_cpu_seconds() - cpu_before) / wall.as_secs_f64();
+    let mean_gap_nanos = (wall.as_nanos() / u128::from(fired.max(1))) as u64;
+    let workers = rt.worker_counters().zip(counters_before).map(|(after, before)| {
+        after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| WorkerCounters {
+                polls: a.polls - b.polls,
+                parks: a.parks - b.parks,
+                spin_hits: a.spin_hits - b.spin_hits,
+            })
+            .collect()
+    });
     if let Some(load) = load {
         load.stop();
     }
@@ -342,6 +421,8 @@ fn wake_to_poll<R: Runtime>(rt: &R, measured: Priority, load: Option<Priority>, 
         served: latencies.len(),
         starved,
         cpu_cores,
+        mean_gap_nanos,
+        workers,
     }
 }
 
@@ -372,18 +453,26 @@ const SCENARIOS: [(&str, Priority, Option<Priority>, Duration); 4] = [
     ("Critical, Background load", Priority::Critical, Some(Priority::Background), PAUSE_BEFORE_WAKE),
 ];
 
+/// How long the runtime is left without any task to measure its idle CPU.
+const FULLY_IDLE: Duration = Duration::from_secs(2);
+
 /// Everything one fresh runtime measures.
 struct Run {
     tasks_per_second: f64,
     wakes: [WakeRun; SCENARIOS.len()],
+    /// CPU in cores over [`FULLY_IDLE`] with no task at all (after the
+    /// scenarios: any spin after the last work is included).
+    idle_cpu_cores: f64,
 }
 
 fn measure<R: Runtime>(rt: &R) -> Run {
     tasks_per_second(rt); // warm-up
-    Run {
-        tasks_per_second: tasks_per_second(rt),
-        wakes: SCENARIOS.map(|(_, measured, load, pause)| wake_to_poll(rt, measured, load, pause)),
-    }
+    let tasks_per_second = tasks_per_second(rt);
+    let wakes = SCENARIOS.map(|(_, measured, load, pause)| wake_to_poll(rt, measured, load, pause));
+    let (cpu_before, wall_before) = (process_cpu_seconds(), Instant::now());
+    thread::sleep(FULLY_IDLE);
+    let idle_cpu_cores = (process_cpu_seconds() - cpu_before) / wall_before.elapsed().as_secs_f64();
+    Run { tasks_per_second, wakes, idle_cpu_cores }
 }
 
 /// The median, or `None` for no values.
@@ -394,7 +483,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 fn print_row(metric: &str, unit: &str, kaelix: Option<f64>, tokio: Option<f64>) {
     let cell = |v: Option<f64>| v.map_or("starved".to_owned(), |v| format!("{v:.2}"));
-    let ratio = kaelix.zip(tokio).map_or("-".to_owned(), |(k, t)| format!("{:.2}", k / t));
+    let ratio = kaelix.zip(tokio).filter(|&(_, t)| t > 0.0).map_or("-".to_owned(), |(k, t)| format!("{:.2}", k / t));
     println!("{metric:<44} {:>10} {:>10} {unit:<4} {ratio:>12}", cell(kaelix), cell(tokio));
 }
 
@@ -431,6 +520,8 @@ fn table() {
         }
         let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.wakes[i].cpu_cores * 100.0).collect());
         print_row(&format!("CPU during {scenario}"), "%", cpu(&kaelix_runs), cpu(&tokio_runs));
+        let gap = |runs: &[Run]| median(runs.iter().map(|r| r.wakes[i].mean_gap_nanos as f64 / 1e3).collect());
+        print_row(&format!("wake gap {scenario} (mean)"), "µs", gap(&kaelix_runs), gap(&tokio_runs));
         for (runtime, runs) in [("kaelix", &kaelix_runs), ("tokio", &tokio_runs)] {
             let starved: Vec<&WakeRun> = runs.iter().map(|r| &r.wakes[i]).filter(|w| w.starved).collect();
             if !starved.is_empty() {
@@ -445,7 +536,12 @@ fn table() {
         }
     }
 
-    // Cross-check: the executor's own wake-to-poll histogram on an idle run.
+    let idle_cpu = |runs: &[Run]| median(runs.iter().map(|r| r.idle_cpu_cores * 100.0).collect());
+    print_row(&format!("CPU with no task at all ({FULLY_IDLE:?})"), "%", idle_cpu(&kaelix_runs), idle_cpu(&tokio_runs));
+
+    // Cross-check: the executor's own wake-to-poll histogram on an idle run,
+    // and what each worker did in the two idle scenarios (who polled the
+    // measured task, how often each parked, how many wakes a spin caught).
     let executor = start_kaelix();
     let measured = wake_to_poll(&Kaelix(executor.handle()), Priority::Normal, None, PAUSE_BEFORE_WAKE);
     let internal = executor.wake_to_poll();
@@ -459,6 +555,17 @@ fn table() {
         quantile(0.99),
         internal.count(),
     );
+    let parked = wake_to_poll(&Kaelix(executor.handle()), Priority::Normal, None, PAUSE_PARKED);
+    for (scenario, run) in [("idle", &measured), ("idle, parked", &parked)] {
+        let per_worker: Vec<String> = run
+            .workers
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(w, c)| format!("w{w} polls {} parks {} spin hits {}", c.polls, c.parks, c.spin_hits))
+            .collect();
+        println!("kaelix {scenario}, {} wakes: {}", run.served, per_worker.join("; "));
+    }
     executor.shutdown(Duration::from_secs(1));
 }
 

@@ -28,18 +28,36 @@
 //!
 //! # Parking
 //!
-//! A worker without work may first spin for `idle_spin` (the seed's
-//! `target_latency_us`), looking at the queues between `spin_loop` hints,
-//! so that a wake within that window needs no futex wake-up to be served.
-//! At most half the workers (at least one) spin at a time, so an idle
-//! executor never takes every CPU. Past the window the worker parks (see
-//! [`idle`] for the protocol that never loses a wake-up); publishing work
-//! unparks one parked worker. Spinning is only an earlier look at the
-//! queues before that protocol starts, so it cannot lose a wake-up either.
-//! It is off by default: on the 2-core machine it was measured on, idle
-//! wake-to-poll did not improve while idle CPU rose by about half a core
-//! (`benches/benches/executor.rs` with `KAELIX_IDLE_SPIN_US`; a spare core
-//! for the spinner is probably what it lacks, not measured further).
+//! A worker that has just run a task and finds no more may first spin for
+//! `idle_spin` (the seed's `target_latency_us`), looking at every queue
+//! between `spin_loop` hints, so that a wake within that window is served
+//! without a futex wake-up. While a worker spins, publishers unpark
+//! nobody: the spinner takes the work (see [`idle`] for why that loses no
+//! wake-up), and a worker back from a spin or a park with a task wakes one
+//! more if work is still queued. At most half the workers (at least one)
+//! spin at a time, and only after running a task: an executor without work
+//! parks every worker and uses no CPU, and a worker woken for work another
+//! took parks again at once. Past the window the worker parks (see
+//! [`idle`]); publishing work unparks one parked worker when none spins.
+//!
+//! Why the spin first measured as useless (`benches/RESULTS.md`, "Idle
+//! wake-to-poll"): the benchmark's wakes came 130 µs or more apart, not
+//! the 20 µs it names (its waking thread's sleeps overran by the 50 µs
+//! timer slack), so a 50 µs window expired before nearly every wake — 10
+//! of 10 000 were caught — and every wake still unparked a worker. The
+//! code also let a publisher unpark a parked worker while another spun (it
+//! woke for nothing, then spun in turn); that run rarely hit it, as the
+//! spin seldom overlapped a wake. With the gap measured, a window
+//! longer than it catches most wakes (the executor's own counters: spin
+//! hits against parks) and the P50 falls (about 22 µs to 1–9 µs). It
+//! stays off by default: on the shared 2-core VM it was measured on (load
+//! average 4 to 10 from other builds), the P99 rose instead, to about 4 ms
+//! — one scheduler tick (HZ 250), as if a spinning pinned worker once
+//! preempted waits for the tick where a woken parked one preempts at once
+//! (not traced) — and a spinner whose window outlasts the gap between
+//! wakes keeps a core busy.
+//! No window met a P99 under 10 µs there; a quiet machine with a spare
+//! core was not measured.
 //!
 //! Priorities: [`ExecutorConfig::priority_levels`] keeps the first N tiers
 //! apart and folds the lower priorities into the last kept one (1: one
@@ -243,9 +261,8 @@ pub(crate) struct Shared {
     id: u64,
     pools: Vec<Pool>,
     workers: Vec<WorkerSlot>,
+    /// Parked and spinning workers (see [`idle`]).
     sleepers: Sleepers,
-    /// Workers spinning for work right now (see `WorkerLoop::spin_for_work`).
-    spinning: AtomicUsize,
     live: LiveTasks,
     live_count: admission::LiveCount,
     next_task: AtomicU64,
@@ -501,6 +518,14 @@ struct WorkerLoop {
     fair_tier: usize,
     /// Executor-clock time of the last injector-first pick.
     injector_checked_at: u64,
+    /// A task ran since the last spin began or the last park: the next
+    /// time the worker runs out of work it may spin (so an executor that
+    /// has no work at all, or a worker woken for work another took, parks
+    /// at once).
+    spin_armed: bool,
+    /// The worker just came back from a spin that saw work or from a park:
+    /// once it has a task, it hands any further work on.
+    back_from_idle: bool,
 }
 
 impl WorkerLoop {
@@ -584,18 +609,18 @@ impl WorkerLoop {
 
     /// Looks at the queues for up to `idle_spin` before the worker parks;
     /// true when work showed up (the caller picks it as usual). False at
-    /// once when the spin is off or enough other workers already spin.
-    fn spin_for_work(&self) -> bool {
+    /// once when the spin is off, not armed (no task ran since the last
+    /// spin or park) or enough other workers already spin.
+    fn spin_for_work(&mut self) -> bool {
         /// Looks between two reads of the clock.
         const LOOKS_PER_CLOCK_READ: u32 = 32;
-        let shared = &self.shared;
+        let shared = self.shared.clone();
         let window = u64::try_from(shared.config.idle_spin.as_nanos()).unwrap_or(u64::MAX);
-        if window == 0 {
+        if window == 0 || !std::mem::take(&mut self.spin_armed) {
             return false;
         }
         let allowed = (shared.workers.len() / 2).max(1);
-        if shared.spinning.fetch_add(1, Ordering::AcqRel) >= allowed {
-            shared.spinning.fetch_sub(1, Ordering::AcqRel);
+        if !shared.sleepers.try_start_spinning(allowed) {
             return false;
         }
         let deadline = shared.now_nanos().saturating_add(window);
@@ -613,12 +638,25 @@ impl WorkerLoop {
                 break false;
             }
         };
-        shared.spinning.fetch_sub(1, Ordering::AcqRel);
-        let metrics = &shared.workers[self.index].metrics;
+        // Publishers that saw this worker spinning woke nobody: after this
+        // the worker looks at the queues again (takes what it found, or
+        // registers and re-checks before parking), see `idle`.
+        shared.sleepers.stop_spinning();
         if found {
-            metrics.spin_hits.fetch_add(1, Ordering::Relaxed);
+            shared.workers[self.index].metrics.spin_hits.fetch_add(1, Ordering::Relaxed);
         }
         found
+    }
+
+    /// Called with the first task after a spin that saw work or a park:
+    /// if more work is queued, wakes another worker for it. Publishers
+    /// that found a worker spinning unparked nobody, so a burst published
+    /// during a spin would otherwise wait for this one worker; and a worker
+    /// unparked for a burst passes the wake-up on the same way.
+    fn hand_off_after_idle(&mut self, deques: &[Deque<TaskRef>; TIERS]) {
+        if std::mem::take(&mut self.back_from_idle) && self.any_work(deques) {
+            self.shared.notify_one();
+        }
     }
 
     fn run(mut self, deques: [Deque<TaskRef>; TIERS]) {
@@ -634,16 +672,22 @@ impl WorkerLoop {
                 let found = self.find_task(&w.deques);
                 let depth: usize = w.deques.iter().map(|d| d.len()).sum();
                 shared.workers[self.index].metrics.queue_depth.store(depth as u64, Ordering::Relaxed);
+                if found.is_some() {
+                    self.hand_off_after_idle(&w.deques);
+                }
                 found
             });
             if let Some(task) = next {
                 shared.run_task(self.index, task);
+                self.spin_armed = true;
                 continue;
             }
+            self.back_from_idle = false;
             if shared.stopping.load(Ordering::Acquire) {
                 break;
             }
             if self.spin_for_work() {
+                self.back_from_idle = true;
                 continue;
             }
             shared.sleepers.register(self.index);
@@ -655,6 +699,7 @@ impl WorkerLoop {
             shared.workers[self.index].metrics.parks.fetch_add(1, Ordering::Relaxed);
             thread::park();
             shared.sleepers.unregister(self.index);
+            self.back_from_idle = true;
         }
         LOCAL.with(|local| local.borrow_mut().take());
     }
@@ -757,7 +802,6 @@ impl Executor {
             pools,
             workers,
             sleepers: Sleepers::default(),
-            spinning: AtomicUsize::new(0),
             live: LiveTasks::default(),
             live_count: admission::LiveCount::new(config.max_live_tasks),
             next_task: AtomicU64::new(0),
@@ -787,7 +831,16 @@ impl Executor {
                 // Published by the worker itself, before it can ever park:
                 // whoever pops it from the sleepers finds a handle to unpark.
                 let _ = worker_shared.workers[index].thread.set(thread::current());
-                WorkerLoop { shared: worker_shared, index, picks: 0, fair_tier: 0, injector_checked_at: 0 }.run(deques);
+                WorkerLoop {
+                    shared: worker_shared,
+                    index,
+                    picks: 0,
+                    fair_tier: 0,
+                    injector_checked_at: 0,
+                    spin_armed: false,
+                    back_from_idle: false,
+                }
+                .run(deques);
             });
             match spawned {
                 Ok(handle) => executor.threads.lock().expect("threads lock").push(handle),
