@@ -207,9 +207,13 @@ fn membership_metrics_show_every_view_converged() {
     for seed in [0, 1] {
         let (report, _, metrics) = checked("membership-5", seed);
         let text = metrics.render();
-        // The oracle ended the run once every node saw every node alive
-        // at its current incarnation: the nodes' own tables say the same.
-        assert_eq!(report.workload, (5, 5), "seed {seed}");
+        // One member of five is lost for good at the liveness phase; the
+        // oracle ended the run once every live node saw every live node
+        // alive at its current incarnation and no longer held the lost one
+        // live. The live nodes' own tables must say the same; the lost
+        // node's table stopped when it crashed, so it is not judged.
+        assert_eq!(report.workload, (4, 4), "seed {seed}");
+        let mut converged = 0;
         for node in 1..=5u64 {
             let n = node.to_string();
             let members = |state: &str| {
@@ -217,12 +221,14 @@ fn membership_metrics_show_every_view_converged() {
                     .value("kaelix_swim_members", &[("node", &n), ("state", state)])
                     .unwrap_or_else(|| panic!("seed {seed}: no {state} members of node {node}:\n{text}"))
             };
-            assert_eq!(members("alive"), 5.0, "seed {seed} node {node}\n{text}");
-            assert_eq!(members("suspect") + members("dead") + members("left"), 0.0, "seed {seed} node {node}");
+            if members("alive") == 4.0 && members("suspect") == 0.0 {
+                converged += 1;
+            }
             assert!(metrics.value("kaelix_swim_incarnation", &[("node", &n)]).is_some_and(|i| i >= 1.0));
             let sent = metrics.value("kaelix_swim_messages_total", &[("node", &n), ("direction", "sent")]);
             assert!(sent.is_some_and(|s| s > 0.0), "seed {seed} node {node}");
         }
+        assert!(converged >= 4, "seed {seed}: {converged} nodes see the 4 live members alive and none suspect\n{text}");
         // A node restarted just before the end may not have probed yet;
         // the cluster as a whole has.
         assert!(metrics.sum("kaelix_swim_probes_total", &[]) > 0.0, "seed {seed}:\n{text}");
