@@ -678,6 +678,11 @@ pub struct TransportStats {
     pub dropped_unknown_peer: AtomicU64,
     /// Dropped: in flight when a connection broke.
     pub dropped_in_flight: AtomicU64,
+    /// Messages written to a connection and flushed into the kernel. TCP
+    /// acknowledges nothing to the sender here: a connection the peer has
+    /// already closed accepts writes until its reset arrives, so some of
+    /// these may never be delivered (the transport is at most once).
+    pub sent: AtomicU64,
     /// Outbound connections established.
     pub connects: AtomicU64,
     /// Outbound connection attempts that failed.
@@ -943,6 +948,9 @@ async fn run_link(transport: std::sync::Weak<Transport>, link: Arc<Link>) {
                     t.stats.dropped_in_flight.fetch_add(sent as u64, Ordering::Relaxed);
                 }
                 break;
+            }
+            if let Some(t) = transport.upgrade() {
+                t.stats.sent.fetch_add(sent as u64, Ordering::Relaxed);
             }
             // Wait for more to send, watching the connection: the peer never
             // writes on it, so readable means closed — reconnect at once

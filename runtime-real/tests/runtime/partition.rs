@@ -141,25 +141,39 @@ fn partition_drops_and_counts_then_heals_by_itself() {
     // A cut proxy accepts and then resets, so an attempt may count as a
     // connect (then a broken pump) or as a failure: count both.
     let attempts = || stats.connect_failures.load(Ordering::Relaxed) + stats.connects.load(Ordering::Relaxed);
+    let dropped = || stats.dropped_queue_full.load(Ordering::Relaxed) + stats.dropped_in_flight.load(Ordering::Relaxed);
     let attempts_before = attempts();
+    let (dropped_before, sent_before) = (dropped(), stats.sent.load(Ordering::Relaxed));
     for seq in 11..=1000 {
         send(seq);
     }
+    // Conservation, exact at any instant, so no wait: each of the 990
+    // messages sent into the partition is still held by the link (its queue
+    // of 64, or the one batch of at most 64 it is writing or waiting to
+    // write), was dropped and counted, or was flushed into a connection.
+    // Through the cut proxy that connection is a socket the peer has closed,
+    // which TCP accepts until the reset arrives, and how many batches go in
+    // before the reactor sees the close depends on scheduling: the transport
+    // is at most once, so that loss is allowed, but it must show in `sent`.
+    let held_at_most = 2 * 64;
+    let accounted = (dropped() - dropped_before) + (stats.sent.load(Ordering::Relaxed) - sent_before);
+    assert!(
+        accounted + held_at_most >= 990,
+        "sent 990 into the partition: {} counted drops and {} flushed, at most {held_at_most} held",
+        dropped() - dropped_before,
+        stats.sent.load(Ordering::Relaxed) - sent_before
+    );
     std::thread::sleep(Duration::from_millis(300));
     let at_cut = received.load(Ordering::Relaxed);
     assert!(at_cut < 1000, "a partition delivers nothing new through the proxy");
-    // Every message sent during the partition is still queued (at most the
-    // queue's 64), dropped and counted, or swallowed: each connection
-    // attempt can lose at most one queue's worth into a socket the peer
-    // already closed (TCP accepts the write) before the link notices.
-    let dropped = stats.dropped_queue_full.load(Ordering::Relaxed) + stats.dropped_in_flight.load(Ordering::Relaxed);
-    let swallowed_at_most = 64 * (attempts() - attempts_before + 1);
-    let queued_at_most = 64;
-    assert!(
-        dropped + swallowed_at_most + queued_at_most >= 1000 - 10 - at_cut,
-        "sent 990 during the partition: {dropped} counted drops, at most {swallowed_at_most} swallowed, {queued_at_most} queued"
-    );
-    assert!(attempts() > attempts_before, "the broken connection was noticed and a reconnect attempted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while attempts() == attempts_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken connection was noticed and a reconnect attempted within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     proxy.heal();
     send(2000);
