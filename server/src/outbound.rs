@@ -1,7 +1,7 @@
 //! A connection's outbound bytes: one buffer that every producer of output
-//! (the reader answering PINGs, the broker delivering into the
-//! connection's sink, a native subscription's pump) appends to under a short lock, and one writer task that
-//! drains it onto the stream.
+//! (the reader answering PINGs, the broker delivering into a NATS
+//! connection's sink, a native subscription's pump) appends to under a
+//! short lock, and one writer task that drains it onto the stream.
 //!
 //! Appends never wait: a connection whose unsent bytes would pass the
 //! limit is refused the append ([`Full`]) and the caller applies the slow
