@@ -19,6 +19,7 @@ use crate::message::{Message, MessageBatch, new_message_id};
 use crate::partition::{LogRecord, PartitionLog, ReadError, RetentionPolicy};
 use crate::registry::{LogCursor, RegistryError, StartPosition, StreamEntry, StreamId, StreamInfo, StreamRegistry};
 use crate::replication::{Proposal, ProposalId, ProposalOp};
+use crate::sink::{Delivery, Sink, SinkId, is_sink_subscription};
 use crate::storage::{DurableConfig, MetaRecord, StorageKind, StorageOutput};
 use crate::topic::{Pattern, Topic, TopicError};
 use kaelix_core::planted::{Planted, PlantedBug};
@@ -324,6 +325,8 @@ pub struct BrokerStats {
     pub dead_lettered: u64,
     /// Open streams.
     pub streams: usize,
+    /// Sink subscriptions (see [`crate::sink`]), over every sink.
+    pub sink_subscriptions: usize,
     /// Streams closed for idleness.
     pub idle_closed: u64,
     /// Consumer groups.
@@ -742,6 +745,19 @@ impl BrokerCore {
         // memory broker never looks.
         let may_spill = self.has_storage || self.has_replication;
         for &id in targets {
+            if is_sink_subscription(id) {
+                // Handed over at once; a refusal is the sink's to account
+                // for (see `crate::sink`), never buffered here.
+                match self.registry.deliver_to_sink(id, message) {
+                    Delivery::Delivered => {
+                        buffered_for += 1;
+                        self.stats.delivered += 1;
+                    }
+                    Delivery::Skipped => buffered_for += 1,
+                    Delivery::Refused => {}
+                }
+                continue;
+            }
             let entry = self.registry.get_mut(id).expect("routed streams are open");
             if let (Some(cursor), Some(partition)) = (&entry.log, message.partition())
                 && cursor.covers(message.topic(), partition)
@@ -893,6 +909,48 @@ impl BrokerCore {
         }
         let strategy = strategy.unwrap_or_else(|| self.strategy_for(&pattern));
         Ok(self.registry.open(now, pattern, queue_group.map(Arc::from), strategy)?)
+    }
+
+    /// Opens a sink: one delivery path for many subscriptions (see
+    /// [`crate::sink`]).
+    pub fn open_sink(&mut self, sink: Arc<dyn Sink>) -> Result<SinkId, BrokerError> {
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        Ok(self.registry.open_sink(sink))
+    }
+
+    /// Closes `sink` and its subscriptions; returns how many it had.
+    pub fn close_sink(&mut self, sink: SinkId) -> usize {
+        self.registry.close_sink(sink)
+    }
+
+    /// Subscribes `pattern` on `sink` under `tag`, optionally in a queue
+    /// group. Counts toward [`BrokerConfig::max_streams`].
+    pub fn subscribe_sink(
+        &mut self,
+        now: Instant,
+        sink: SinkId,
+        pattern: Pattern,
+        queue_group: Option<&str>,
+        tag: u64,
+    ) -> Result<StreamId, BrokerError> {
+        self.observe(now);
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        Ok(self.registry.subscribe_sink(sink, pattern, queue_group.map(Arc::from), tag)?)
+    }
+
+    /// Removes `sink`'s subscription `tag`; false if it has none.
+    pub fn unsubscribe_sink(&mut self, sink: SinkId, tag: u64) -> bool {
+        self.registry.unsubscribe_sink(sink, tag)
+    }
+
+    /// Ends `sink`'s subscription `tag` after `max` deliveries in total
+    /// (at once, `Some(true)`, if it had that many); `None` if it has none.
+    pub fn limit_sink(&mut self, sink: SinkId, tag: u64, max: u64) -> Option<bool> {
+        self.registry.limit_sink(sink, tag, max)
     }
 
     /// Opens a **log-backed** stream on `pattern`: instead of a buffer fed
@@ -1578,6 +1636,7 @@ impl BrokerCore {
         s.topics = self.topics.len();
         s.partitions = self.topics.values().map(|t| t.partitions.len()).sum();
         s.streams = self.registry.len();
+        s.sink_subscriptions = self.registry.sink_subscriptions();
         s.groups = self.groups.len();
         let mut dropped = self.closed_drops;
         for info in self.registry.ids() {

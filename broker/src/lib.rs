@@ -40,6 +40,7 @@ pub mod message;
 pub mod partition;
 pub mod registry;
 pub mod replication;
+pub mod sink;
 pub mod storage;
 pub mod subscription;
 #[cfg(feature = "testing")]
@@ -61,6 +62,7 @@ pub use self::broker_core::{
 pub use self::commit_trace::{CommitSpan, CommitTracer};
 pub use self::groups::{GroupError, MemberId};
 pub use self::registry::{StartPosition, StreamId, StreamInfo};
+pub use self::sink::{Delivery, Sink, SinkId};
 use kaelix_core::rng::DetRng;
 use kaelix_core::runtime::Clock;
 use kaelix_core::time::{Duration, Instant, WallTime};
@@ -898,6 +900,14 @@ impl<C: Clock> Broker<C> {
         Ok(Subscription { broker: self.clone(), id })
     }
 
+    /// Opens a sink: one delivery path for many subscriptions, each only a
+    /// small record (see [`sink`]). Dropping the handle closes the sink and
+    /// its subscriptions.
+    pub fn open_sink(&self, sink: Arc<dyn Sink>) -> Result<SinkHandle<C>, BrokerError> {
+        let id = self.with(|s, _, _| s.core.open_sink(sink))?;
+        Ok(SinkHandle { broker: self.clone(), id })
+    }
+
     /// Joins consumer group `group` over `topic`.
     pub fn join_group(&self, group: &str, topic: &str) -> Result<GroupMember<C>, BrokerError> {
         let topic = Topic::new(topic)?;
@@ -1161,6 +1171,70 @@ impl<C: Clock> Drop for Subscription<C> {
             s.stream_wakers.remove(&id);
             s.core.unsubscribe(id);
         });
+    }
+}
+
+/// An open sink (see [`sink`]). Dropping it closes the sink and every
+/// subscription on it.
+pub struct SinkHandle<C: Clock> {
+    broker: Broker<C>,
+    id: SinkId,
+}
+
+impl<C: Clock> SinkHandle<C> {
+    /// The sink's id.
+    pub fn id(&self) -> SinkId {
+        self.id
+    }
+
+    /// Subscribes `pattern` on this sink as `tag`, optionally in a queue
+    /// group: from now on every message routed to it goes to
+    /// [`Sink::deliver`] with `tag`. A tag in use is refused
+    /// ([`registry::RegistryError::DuplicateTag`]).
+    pub fn subscribe(&self, pattern: &Pattern, queue_group: Option<&str>, tag: u64) -> Result<(), BrokerError> {
+        let id = self.id;
+        self.broker.with(|s, now, _| s.core.subscribe_sink(now, id, pattern.clone(), queue_group, tag)).map(|_| ())
+    }
+
+    /// Removes the subscription `tag`; false if there is none.
+    pub fn unsubscribe(&self, tag: u64) -> bool {
+        let id = self.id;
+        self.broker.with(|s, _, _| s.core.unsubscribe_sink(id, tag))
+    }
+
+    /// Ends the subscription `tag` once `max` messages in total were
+    /// delivered to it (NATS `UNSUB <sid> <max>`): `Some(true)` if it
+    /// ended at once (it had that many), `None` if there is none.
+    pub fn limit(&self, tag: u64, max: u64) -> Option<bool> {
+        let id = self.id;
+        self.broker.with(|s, _, _| s.core.limit_sink(id, tag, max))
+    }
+
+    /// The tag of a subscription on this sink matching `topic`, if any.
+    pub fn matching(&self, topic: &Topic) -> Option<u64> {
+        self.broker.lock().core.registry().sink_tag_matching(self.id, topic)
+    }
+
+    /// Subscriptions on this sink.
+    pub fn len(&self) -> usize {
+        self.broker.lock().core.registry().sink_len(self.id)
+    }
+
+    /// Whether this sink has no subscription.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the subscription `tag` exists.
+    pub fn contains(&self, tag: u64) -> bool {
+        self.broker.lock().core.registry().sink_contains(self.id, tag)
+    }
+}
+
+impl<C: Clock> Drop for SinkHandle<C> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.broker.with(|s, _, _| s.core.close_sink(id));
     }
 }
 

@@ -9,6 +9,11 @@
 //! matching plain stream, plus exactly one member of each matching queue
 //! group — chosen round-robin among members with room, so a slow member
 //! does not receive more than its share.
+//!
+//! The registry also holds **sink subscriptions** (see [`crate::sink`]):
+//! many subscriptions delivered through one [`Sink`] each, with no buffer
+//! of their own, in a slab beside the streams. The router treats them as
+//! it treats plain streams and queue-group members.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +21,8 @@ use std::sync::Arc;
 use kaelix_core::planted::{Planted, PlantedBug};
 
 use crate::backpressure::{Strategy, SubscriptionBuffer, Thresholds};
+use crate::message::Message;
+use crate::sink::{Delivery, SINK_BIT, Sink, SinkId, SinkSubscription, Slab, is_sink_subscription};
 use crate::subscription::SubscriptionIndex;
 use crate::topic::{Pattern, Topic};
 use kaelix_core::WallTime;
@@ -128,6 +135,28 @@ pub enum RegistryError {
         /// The limit.
         limit: usize,
     },
+    /// The sink already has a subscription with this tag.
+    #[error("the sink already has a subscription tagged {tag}")]
+    DuplicateTag {
+        /// The tag.
+        tag: u64,
+    },
+    /// The sink is closed (or never was opened).
+    #[error("unknown sink {0:?}")]
+    UnknownSink(SinkId),
+}
+
+/// One open sink: the delivery path and its subscriptions by tag.
+struct SinkEntry {
+    sink: Arc<dyn Sink>,
+    /// Tag → the subscription's id.
+    subscriptions: BTreeMap<u64, StreamId>,
+}
+
+impl std::fmt::Debug for SinkEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkEntry").field("subscriptions", &self.subscriptions.len()).finish_non_exhaustive()
+    }
 }
 
 /// Active streams (see the module docs).
@@ -143,6 +172,10 @@ pub struct StreamRegistry {
     planted: Planted,
     /// Round-robin cursor per queue group.
     group_cursors: BTreeMap<Arc<str>, u64>,
+    /// Open sinks, by [`SinkId`].
+    sinks: Slab<SinkEntry>,
+    /// Sink subscriptions, by the slot their id names (id without [`SINK_BIT`]).
+    sink_subscriptions: Slab<SinkSubscription>,
 }
 
 impl StreamRegistry {
@@ -157,6 +190,8 @@ impl StreamRegistry {
             thresholds,
             planted: Planted::NONE,
             group_cursors: BTreeMap::new(),
+            sinks: Slab::new(),
+            sink_subscriptions: Slab::new(),
         }
     }
 
@@ -176,9 +211,7 @@ impl StreamRegistry {
         queue_group: Option<Arc<str>>,
         strategy: Strategy,
     ) -> Result<StreamId, RegistryError> {
-        if self.streams.len() >= self.max_streams {
-            return Err(RegistryError::TooManyStreams { limit: self.max_streams });
-        }
+        self.check_capacity()?;
         let id = StreamId(self.next_id);
         self.next_id += 1;
         self.index.insert(&pattern, id);
@@ -228,6 +261,14 @@ impl StreamRegistry {
         let matched = self.index.matches(topic);
         let mut groups: BTreeMap<Arc<str>, Vec<StreamId>> = BTreeMap::new();
         for &id in matched.iter() {
+            if is_sink_subscription(id) {
+                let sub = self.sink_subscription(id);
+                match &sub.queue_group {
+                    None => targets.push(id),
+                    Some(g) => groups.entry(g.clone()).or_default().push(id),
+                }
+                continue;
+            }
             let entry = &self.streams[&id];
             match &entry.queue_group {
                 // Log-backed streams read the logs; they are woken, not fed
@@ -247,6 +288,10 @@ impl StreamRegistry {
             // what the buffer may still take without dropping: a growing
             // buffer below its cap has room even when it would have to grow.
             let has_room = |id: &StreamId| {
+                if is_sink_subscription(*id) {
+                    let sink = self.sink_subscription(*id).sink;
+                    return self.sinks.get(sink.0).expect("a subscribed sink is open").sink.has_room();
+                }
                 let b = &self.streams[id].buffer;
                 b.len() < b.strategy().max_capacity()
             };
@@ -263,6 +308,139 @@ impl StreamRegistry {
     /// log-backed alike).
     pub fn index_matches(&mut self, topic: &Topic) -> Arc<[StreamId]> {
         self.index.matches(topic)
+    }
+
+    fn check_capacity(&self) -> Result<(), RegistryError> {
+        if self.streams.len() + self.sink_subscriptions.len() >= self.max_streams {
+            return Err(RegistryError::TooManyStreams { limit: self.max_streams });
+        }
+        Ok(())
+    }
+
+    fn sink_subscription(&self, id: StreamId) -> &SinkSubscription {
+        debug_assert!(is_sink_subscription(id));
+        self.sink_subscriptions.get((id.0 & !SINK_BIT) as u32).expect("an indexed sink subscription exists")
+    }
+
+    /// Opens a sink (see [`crate::sink`]).
+    pub fn open_sink(&mut self, sink: Arc<dyn Sink>) -> SinkId {
+        SinkId(self.sinks.insert(SinkEntry { sink, subscriptions: BTreeMap::new() }))
+    }
+
+    /// Closes a sink and every subscription on it; returns how many there were.
+    pub fn close_sink(&mut self, sink: SinkId) -> usize {
+        let Some(entry) = self.sinks.remove(sink.0) else { return 0 };
+        for &id in entry.subscriptions.values() {
+            let sub = self.sink_subscriptions.remove((id.0 & !SINK_BIT) as u32).expect("listed subscriptions exist");
+            let removed = self.index.remove(&sub.pattern, id);
+            debug_assert!(removed, "a sink subscription is in the index");
+        }
+        entry.subscriptions.len()
+    }
+
+    /// Subscribes `pattern` on `sink` as `tag` (optionally in a queue group).
+    pub fn subscribe_sink(
+        &mut self,
+        sink: SinkId,
+        pattern: Pattern,
+        queue_group: Option<Arc<str>>,
+        tag: u64,
+    ) -> Result<StreamId, RegistryError> {
+        self.check_capacity()?;
+        let entry = self.sinks.get(sink.0).ok_or(RegistryError::UnknownSink(sink))?;
+        if entry.subscriptions.contains_key(&tag) {
+            return Err(RegistryError::DuplicateTag { tag });
+        }
+        let slot = self.sink_subscriptions.insert(SinkSubscription {
+            pattern: pattern.clone(),
+            queue_group,
+            sink,
+            tag,
+            delivered: 0,
+            max: u64::MAX,
+        });
+        let id = StreamId(SINK_BIT | u64::from(slot));
+        self.sinks.get_mut(sink.0).expect("checked").subscriptions.insert(tag, id);
+        let inserted = self.index.insert(&pattern, id);
+        debug_assert!(inserted, "a new id is not in the index yet");
+        Ok(id)
+    }
+
+    /// Removes `sink`'s subscription `tag`; false if there is none.
+    pub fn unsubscribe_sink(&mut self, sink: SinkId, tag: u64) -> bool {
+        let Some(id) = self.sinks.get_mut(sink.0).and_then(|e| e.subscriptions.remove(&tag)) else { return false };
+        let sub = self.sink_subscriptions.remove((id.0 & !SINK_BIT) as u32).expect("listed subscriptions exist");
+        let removed = self.index.remove(&sub.pattern, id);
+        debug_assert!(removed, "a sink subscription is in the index");
+        true
+    }
+
+    /// Ends `sink`'s subscription `tag` once `max` messages in total were
+    /// delivered to it: at once (removed, `Some(true)`) if that many were
+    /// already; `None` if there is no such subscription.
+    pub fn limit_sink(&mut self, sink: SinkId, tag: u64, max: u64) -> Option<bool> {
+        let id = *self.sinks.get(sink.0)?.subscriptions.get(&tag)?;
+        let sub = self.sink_subscriptions.get_mut((id.0 & !SINK_BIT) as u32).expect("listed subscriptions exist");
+        sub.max = max;
+        if sub.delivered >= max {
+            self.unsubscribe_sink(sink, tag);
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// Hands `message` to the sink subscription `id` (routed to it); after
+    /// its last allowed delivery the subscription is removed and its sink
+    /// told ([`Sink::ended`]).
+    pub fn deliver_to_sink(&mut self, id: StreamId, message: &Message) -> Delivery {
+        let slot = (id.0 & !SINK_BIT) as u32;
+        let sub = self.sink_subscriptions.get_mut(slot).expect("routed sink subscriptions exist");
+        debug_assert!(sub.delivered < sub.max, "a subscription past its limit was removed");
+        let entry = self.sinks.get(sub.sink.0).expect("a subscribed sink is open");
+        let outcome = entry.sink.deliver(sub.tag, &sub.pattern, message);
+        if outcome == Delivery::Delivered {
+            sub.delivered += 1;
+            if sub.delivered >= sub.max {
+                let (sink, tag) = (sub.sink, sub.tag);
+                let sink_ref = entry.sink.clone();
+                self.unsubscribe_sink(sink, tag);
+                sink_ref.ended(tag);
+            }
+        }
+        outcome
+    }
+
+    /// The tag of a subscription of `sink` whose pattern matches `topic`
+    /// (the lowest id's, so the answer is deterministic), if any. Leaves
+    /// the match cache alone (one-off topics such as reply inboxes).
+    pub fn sink_tag_matching(&self, sink: SinkId, topic: &Topic) -> Option<u64> {
+        self.index
+            .matches_uncached(topic)
+            .into_iter()
+            .filter(|id| is_sink_subscription(*id))
+            .map(|id| self.sink_subscription(id))
+            .find(|sub| sub.sink == sink)
+            .map(|sub| sub.tag)
+    }
+
+    /// How many subscriptions `sink` has.
+    pub fn sink_len(&self, sink: SinkId) -> usize {
+        self.sinks.get(sink.0).map_or(0, |e| e.subscriptions.len())
+    }
+
+    /// Whether `sink` has a subscription tagged `tag`.
+    pub fn sink_contains(&self, sink: SinkId, tag: u64) -> bool {
+        self.sinks.get(sink.0).is_some_and(|e| e.subscriptions.contains_key(&tag))
+    }
+
+    /// Sink subscriptions over every sink.
+    pub fn sink_subscriptions(&self) -> usize {
+        self.sink_subscriptions.len()
+    }
+
+    /// Heap bytes of the sink subscriptions' slab (benchmarks, tests).
+    pub fn sink_subscription_heap_bytes(&self) -> usize {
+        self.sink_subscriptions.heap_bytes()
     }
 
     /// Closes streams idle for longer than the idle timeout; returns them.
@@ -283,7 +461,7 @@ impl StreamRegistry {
         self.streams.values().map(|e| e.last_active + timeout).min()
     }
 
-    /// Open streams.
+    /// Open streams (sink subscriptions not counted: [`StreamRegistry::sink_subscriptions`]).
     pub fn len(&self) -> usize {
         self.streams.len()
     }

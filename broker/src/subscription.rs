@@ -34,6 +34,18 @@
 //! seen in practice. Empty nodes are pruned on removal, so subscribe /
 //! unsubscribe churn leaves the trie as it found it.
 //!
+//! # Literal patterns beside the trie
+//!
+//! A pattern without wildcards matches exactly one topic, so it does not
+//! need a path of nodes: literal patterns live in one ordered map, pattern
+//! text → ids (the key is the subscriber's own `Pattern`, a shared string,
+//! so the map adds no copy of it), and a match looks the topic up there
+//! besides walking the trie, which holds wildcard patterns only. This is
+//! what keeps a million subscriptions to distinct subjects (an inbox, a
+//! device each) small: a trie leaf per subject costs a node (four
+//! vectors), its token's allocation and its id list's allocation; a map
+//! entry costs the pattern handle and one id, inline.
+//!
 //! # A bounded match cache
 //!
 //! Publish traffic is dominated by a few hot topics, so results are cached:
@@ -262,6 +274,61 @@ impl<'a, T> Iterator for LiteralsIter<'a, T> {
         match self {
             LiteralsIter::Few(i) => i.next().map(|(label, node)| (&**label, node)),
             LiteralsIter::Many(i) => i.next().map(|(label, node)| (&**label, node)),
+        }
+    }
+}
+
+/// The ids of one literal pattern: most patterns have one subscriber, kept
+/// inline; more go to a sorted vector.
+enum Ids<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Ids<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Ids::One(id) => std::slice::from_ref(id),
+            Ids::Many(v) => v,
+        }
+    }
+}
+
+impl<T: Copy + Ord> Ids<T> {
+    /// Adds `id`; false if it was there.
+    fn insert(&mut self, id: T) -> bool {
+        match self {
+            Ids::One(one) if *one == id => false,
+            Ids::One(one) => {
+                let mut v = vec![*one, id];
+                v.sort_unstable();
+                *self = Ids::Many(v);
+                true
+            }
+            Ids::Many(v) => insert_sorted(v, id),
+        }
+    }
+
+    /// Removes `id`; `None` if it was not there, `Some(empty)` after.
+    fn remove(&mut self, id: T) -> Option<bool> {
+        match self {
+            Ids::One(one) => (*one == id).then_some(true),
+            Ids::Many(v) => {
+                if !remove_sorted(v, id) {
+                    return None;
+                }
+                if let [last] = v.as_slice() {
+                    *self = Ids::One(*last);
+                }
+                Some(false)
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Ids::One(_) => 0,
+            Ids::Many(v) => v.capacity() * size_of::<T>(),
         }
     }
 }
@@ -611,6 +678,8 @@ fn literal_prefix_len(pattern: &str) -> usize {
 /// ```
 pub struct SubscriptionIndex<T> {
     root: Node<T>,
+    /// Literal patterns (see the module docs): pattern text → ids.
+    exact: BTreeMap<Pattern, Ids<T>>,
     /// (pattern, id) pairs held.
     subscriptions: usize,
     /// Trie nodes, the root included.
@@ -630,6 +699,7 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
     pub fn with_cache_capacity(capacity: usize) -> Self {
         SubscriptionIndex {
             root: Node::new(),
+            exact: BTreeMap::new(),
             subscriptions: 0,
             nodes: 1,
             cache: MatchCache::new(capacity),
@@ -640,6 +710,20 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
     /// Subscribes `id` to `pattern`. Idempotent: false if the pair was
     /// already there (nothing changes).
     pub fn insert(&mut self, pattern: &Pattern, id: T) -> bool {
+        if pattern.is_literal() {
+            let inserted = match self.exact.get_mut(pattern.as_str()) {
+                Some(ids) => ids.insert(id),
+                None => {
+                    self.exact.insert(pattern.clone(), Ids::One(id));
+                    true
+                }
+            };
+            if inserted {
+                self.subscriptions += 1;
+                self.cache.invalidate(pattern, Some(id));
+            }
+            return inserted;
+        }
         let mut created = 0;
         let mut node = &mut self.root;
         for token in pattern.tokens() {
@@ -666,10 +750,19 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
     /// Unsubscribes `id` from `pattern`, pruning trie nodes left empty.
     /// False if the pair was not there.
     pub fn remove(&mut self, pattern: &Pattern, id: T) -> bool {
-        let tokens = Tokens::of(pattern.as_str());
-        let mut pruned = 0;
-        let removed = self.root.remove(tokens.as_slice(), id, &mut pruned);
-        self.nodes -= pruned;
+        let removed = if pattern.is_literal() {
+            match self.exact.get_mut(pattern.as_str()).and_then(|ids| ids.remove(id)) {
+                None => false,
+                Some(emptied) => {
+                    if emptied {
+                        self.exact.remove(pattern.as_str());
+                    }
+                    true
+                }
+            }
+        } else {
+            self.remove_from_trie(pattern, id)
+        };
         if removed {
             self.subscriptions -= 1;
             self.cache.invalidate(pattern, None);
@@ -677,8 +770,19 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
         removed
     }
 
+    fn remove_from_trie(&mut self, pattern: &Pattern, id: T) -> bool {
+        let tokens = Tokens::of(pattern.as_str());
+        let mut pruned = 0;
+        let removed = self.root.remove(tokens.as_slice(), id, &mut pruned);
+        self.nodes -= pruned;
+        removed
+    }
+
     /// Whether `id` is subscribed to exactly `pattern`.
     pub fn contains(&self, pattern: &Pattern, id: T) -> bool {
+        if pattern.is_literal() {
+            return self.exact.get(pattern.as_str()).is_some_and(|ids| ids.as_slice().binary_search(&id).is_ok());
+        }
         let tokens = Tokens::of(pattern.as_str());
         self.root.find(tokens.as_slice()).is_some_and(|(node, tail)| {
             let ids = if tail { &node.tail } else { &node.ending };
@@ -710,6 +814,9 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
     fn collect(&self, topic: &Topic) -> Collected<T> {
         let tokens = Tokens::of(topic.as_str());
         let mut found = Collected { ids: Vec::new(), lists: 0, visited: 0 };
+        if let Some(ids) = self.exact.get(topic.as_str()) {
+            found.take(ids.as_slice());
+        }
         self.root.collect(tokens.as_slice(), &mut found);
         found
     }
@@ -724,17 +831,21 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
         self.subscriptions == 0
     }
 
-    /// Number of trie nodes, the root included (1 when empty). Churn that
-    /// ends where it started leaves this unchanged.
+    /// Number of trie nodes, the root included (1 when empty; literal
+    /// patterns take none). Churn that ends where it started leaves this
+    /// unchanged.
     pub fn node_count(&self) -> usize {
         self.nodes
     }
 
-    /// Every pattern with its sorted subscriber ids, in trie order
-    /// (deterministic). Patterns are rebuilt from the trie path, one small
-    /// allocation each; meant for diagnostics and snapshots, not the hot path.
+    /// Every pattern with its sorted subscriber ids: the literal patterns
+    /// in text order, then the wildcard patterns in trie order
+    /// (deterministic). Wildcard patterns are rebuilt from the trie path, one
+    /// small allocation each; meant for diagnostics and snapshots, not the
+    /// hot path.
     pub fn patterns(&self) -> Patterns<'_, T> {
-        let mut patterns = Patterns { frames: Vec::new(), path: String::new(), ready: Vec::new() };
+        let mut patterns =
+            Patterns { exact: self.exact.iter(), frames: Vec::new(), path: String::new(), ready: Vec::new() };
         patterns.enter(&self.root);
         patterns
     }
@@ -752,7 +863,10 @@ impl<T: Copy + Ord + fmt::Debug> SubscriptionIndex<T> {
     /// A rough count of heap bytes held by the trie and the cache, for
     /// benchmarks (walks the whole trie; ignores allocator rounding).
     pub fn approx_heap_bytes(&self) -> usize {
-        self.root.heap_bytes() + self.cache.heap_bytes()
+        // B-tree nodes hold up to 11 entries; count them about two thirds full.
+        let exact = self.exact.len() * size_of::<(Pattern, Ids<T>)>() * 3 / 2
+            + self.exact.values().map(Ids::heap_bytes).sum::<usize>();
+        self.root.heap_bytes() + exact + self.cache.heap_bytes()
     }
 }
 
@@ -777,6 +891,8 @@ impl<T: Copy + Ord + fmt::Debug> fmt::Debug for SubscriptionIndex<T> {
 /// Iterator over an index's patterns and their subscriber ids; see
 /// [`SubscriptionIndex::patterns`].
 pub struct Patterns<'a, T> {
+    /// The literal patterns, listed first.
+    exact: std::collections::btree_map::Iter<'a, Pattern, Ids<T>>,
     /// The depth-first walk: one frame per node on the current path.
     frames: Vec<Frame<'a, T>>,
     /// The current node's path, as pattern text.
@@ -823,6 +939,9 @@ impl<'a, T> Iterator for Patterns<'a, T> {
     type Item = (Pattern, &'a [T]);
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some((pattern, ids)) = self.exact.next() {
+            return Some((pattern.clone(), ids.as_slice()));
+        }
         loop {
             if let Some(item) = self.ready.pop() {
                 return Some(item);
@@ -1029,31 +1148,53 @@ mod tests {
     #[test]
     fn wide_nodes_switch_to_a_map_and_back_without_changing_answers() {
         let mut index = SubscriptionIndex::new();
-        let users: Vec<Pattern> = (0..300).map(|u| Pattern::new(format!("inbox.user{u}")).unwrap()).collect();
+        // Wildcard patterns: literal ones live beside the trie.
+        let users: Vec<Pattern> = (0..300).map(|u| Pattern::new(format!("inbox.user{u}.>")).unwrap()).collect();
         for (id, p) in users.iter().enumerate() {
             assert!(index.insert(p, id as u32));
         }
-        index.insert(&Pattern::new("inbox.*").unwrap(), 1000);
+        index.insert(&Pattern::new("inbox.*.msg").unwrap(), 1000);
         for u in [0usize, 150, 299] {
-            let t = Topic::new(format!("inbox.user{u}")).unwrap();
+            let t = Topic::new(format!("inbox.user{u}.msg")).unwrap();
             assert_eq!(&*index.matches(&t), &[u as u32, 1000]);
         }
         let listed: Vec<String> = index.patterns().map(|(p, _)| p.as_str().to_owned()).collect();
         assert_eq!(listed.len(), 301);
-        assert_eq!(listed.last().map(String::as_str), Some("inbox.*"), "the * child after the literals");
+        assert_eq!(listed.last().map(String::as_str), Some("inbox.*.msg"), "the * child after the literals");
         assert!(listed[..300].is_sorted(), "literals in token order in the map form too");
         for (id, p) in users.iter().enumerate() {
             assert!(index.remove(p, id as u32));
         }
-        assert_eq!(&*index.matches(&Topic::new("inbox.user7").unwrap()), &[1000]);
-        assert!(index.remove(&Pattern::new("inbox.*").unwrap(), 1000));
+        assert_eq!(&*index.matches(&Topic::new("inbox.user7.msg").unwrap()), &[1000]);
+        assert!(index.remove(&Pattern::new("inbox.*.msg").unwrap(), 1000));
         assert_eq!(index.node_count(), 1);
+    }
+
+    #[test]
+    fn literal_patterns_live_beside_the_trie_and_share_ids_with_it() {
+        let mut index = index_of(&[("a.b", 1), ("a.b", 2), ("a.*", 3), ("a.b.c", 4)]);
+        assert_eq!(index.node_count(), 1 + 2, "only `a.*` made nodes");
+        assert_eq!(matched(&mut index, "a.b"), [1, 2, 3]);
+        assert!(index.insert(&pattern("a.b"), 3), "3 through a second pattern");
+        assert!(!index.insert(&pattern("a.b"), 3), "idempotent");
+        assert_eq!(matched(&mut index, "a.b"), [1, 2, 3], "delivered once");
+        assert!(index.contains(&pattern("a.b"), 2) && !index.contains(&pattern("a.b"), 4));
+        assert_eq!(index.len(), 5);
+        for (p, id) in [("a.b", 1), ("a.b", 2), ("a.b", 3)] {
+            assert!(index.remove(&pattern(p), id));
+        }
+        assert!(!index.remove(&pattern("a.b"), 3), "once");
+        assert_eq!(matched(&mut index, "a.b"), [3], "through `a.*` still");
+        assert_eq!(matched(&mut index, "a.b.c"), [4]);
+        let heap = index.approx_heap_bytes();
+        index.remove(&pattern("a.b.c"), 4);
+        assert!(index.approx_heap_bytes() < heap);
     }
 
     #[test]
     fn churn_returns_the_trie_to_its_baseline() {
         let mut index = index_of(&[("orders.>", 1), ("orders.eu.created", 2)]);
-        assert_eq!(index.node_count(), 1 + 3);
+        assert_eq!(index.node_count(), 1 + 1, "the literal pattern takes no node");
         let (nodes, heap) = (index.node_count(), index.approx_heap_bytes());
         for round in 0..3u32 {
             let churn: Vec<Pattern> =

@@ -567,3 +567,156 @@ fn spilled_streams_on_durable_topics_read_synced_records() {
     assert_eq!(got, [4, 5]);
     assert_eq!(c.stream_drops(s).unwrap().total(), 0);
 }
+
+// ------------------------------------------------------------ sink subscriptions
+
+/// A sink recording what it is handed: (tag, payload byte). It refuses
+/// once `room` messages are held, skips payloads in `skip`.
+#[derive(Default)]
+struct RecordingSink {
+    got: std::sync::Mutex<Vec<(u64, u8)>>,
+    ended: std::sync::Mutex<Vec<u64>>,
+    room: std::sync::atomic::AtomicUsize,
+    skip: Vec<u8>,
+}
+
+impl RecordingSink {
+    fn with_room(room: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(RecordingSink { room: room.into(), ..RecordingSink::default() })
+    }
+
+    fn got(&self) -> Vec<(u64, u8)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl crate::sink::Sink for RecordingSink {
+    fn deliver(&self, tag: u64, _pattern: &Pattern, message: &Message) -> crate::sink::Delivery {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.skip.contains(&n(message)) {
+            return crate::sink::Delivery::Skipped;
+        }
+        if self.room.load(Relaxed) == 0 {
+            return crate::sink::Delivery::Refused;
+        }
+        self.room.fetch_sub(1, Relaxed);
+        self.got.lock().unwrap().push((tag, n(message)));
+        crate::sink::Delivery::Delivered
+    }
+
+    fn has_room(&self) -> bool {
+        self.room.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    fn ended(&self, tag: u64) {
+        self.ended.lock().unwrap().push(tag);
+    }
+}
+
+fn relay(c: &mut BrokerCore, m: Message) -> Routed {
+    c.route_or_return(Instant::ZERO, WallTime(1), &mut seeded(5), m).unwrap().unwrap()
+}
+
+#[test]
+fn sink_subscriptions_receive_by_pattern_under_their_tags_and_buffer_nothing() {
+    let mut c = core();
+    let sink = RecordingSink::with_room(100);
+    let id = c.open_sink(sink.clone()).unwrap();
+    let now = Instant::ZERO;
+    c.subscribe_sink(now, id, Pattern::new("a.*").unwrap(), None, 1).unwrap();
+    c.subscribe_sink(now, id, Pattern::new("a.>").unwrap(), None, 2).unwrap();
+    c.subscribe_sink(now, id, Pattern::new("b").unwrap(), None, 3).unwrap();
+    assert!(matches!(
+        c.subscribe_sink(now, id, Pattern::new("c").unwrap(), None, 3),
+        Err(BrokerError::Registry(RegistryError::DuplicateTag { tag: 3 }))
+    ));
+    assert_eq!(relay(&mut c, msg("a.x", 0)), Routed::Relayed { buffered_for: 2 });
+    assert_eq!(relay(&mut c, msg("a.x.y", 1)), Routed::Relayed { buffered_for: 1 });
+    assert_eq!(relay(&mut c, msg("b", 2)), Routed::Relayed { buffered_for: 1 });
+    assert_eq!(relay(&mut c, msg("c", 3)), Routed::Relayed { buffered_for: 0 });
+    assert_eq!(sink.got(), vec![(1, 0), (2, 0), (2, 1), (3, 2)], "at once, in routing order");
+    assert_eq!(c.stats().sink_subscriptions, 3);
+    assert_eq!(c.stats().streams, 0, "no stream was opened");
+    assert!(c.unsubscribe_sink(id, 2));
+    assert!(!c.unsubscribe_sink(id, 2), "once");
+    relay(&mut c, msg("a.x.y", 4));
+    assert_eq!(c.registry().sink_tag_matching(id, &Topic::new("a.q").unwrap()), Some(1));
+    assert_eq!(c.registry().sink_tag_matching(id, &Topic::new("a.q.r").unwrap()), None);
+    assert_eq!(c.close_sink(id), 2);
+    relay(&mut c, msg("b", 5));
+    assert_eq!(sink.got().len(), 4, "nothing after the sink closed");
+    assert_eq!(c.registry().index().len(), 0, "closing the sink left nothing in the index");
+    assert_eq!(c.registry().sink_subscription_heap_bytes(), 0);
+}
+
+#[test]
+fn a_sink_subscription_ends_after_its_limit_and_refusals_do_not_count() {
+    let mut c = core();
+    let sink = std::sync::Arc::new(RecordingSink { room: 2.into(), skip: vec![1], ..RecordingSink::default() });
+    let id = c.open_sink(sink.clone()).unwrap();
+    c.subscribe_sink(Instant::ZERO, id, Pattern::new("t").unwrap(), None, 9).unwrap();
+    assert_eq!(c.limit_sink(id, 9, 3), Some(false));
+    relay(&mut c, msg("t", 0)); // delivered (1 of 3)
+    relay(&mut c, msg("t", 1)); // skipped: not counted
+    relay(&mut c, msg("t", 2)); // delivered (2 of 3)
+    assert_eq!(relay(&mut c, msg("t", 3)), Routed::Relayed { buffered_for: 0 }, "refused: the sink is full");
+    assert!(c.registry().sink_contains(id, 9), "a refusal is not a delivery");
+    sink.room.store(5, std::sync::atomic::Ordering::Relaxed);
+    relay(&mut c, msg("t", 4)); // delivered (3 of 3): ends
+    relay(&mut c, msg("t", 5));
+    assert_eq!(sink.got(), vec![(9, 0), (9, 2), (9, 4)]);
+    assert_eq!(*sink.ended.lock().unwrap(), vec![9], "told once, when it ended");
+    assert!(!c.registry().sink_contains(id, 9));
+    assert_eq!(c.limit_sink(id, 9, 1), None, "gone");
+    // A limit already reached ends the subscription at once.
+    c.subscribe_sink(Instant::ZERO, id, Pattern::new("t").unwrap(), None, 10).unwrap();
+    relay(&mut c, msg("t", 6));
+    assert_eq!(c.limit_sink(id, 10, 1), Some(true));
+    assert!(!c.registry().sink_contains(id, 10));
+}
+
+#[test]
+fn queue_groups_mix_sinks_and_streams_and_prefer_members_with_room() {
+    let mut c = core();
+    let now = Instant::ZERO;
+    let full = RecordingSink::with_room(0);
+    let roomy = RecordingSink::with_room(100);
+    let (a, b) = (c.open_sink(full.clone()).unwrap(), c.open_sink(roomy.clone()).unwrap());
+    c.subscribe_sink(now, a, Pattern::new("q.*").unwrap(), Some("g"), 1).unwrap();
+    c.subscribe_sink(now, b, Pattern::new("q.*").unwrap(), Some("g"), 1).unwrap();
+    let stream = c.subscribe(now, Pattern::new("q.>").unwrap(), Some("g"), None).unwrap();
+    for i in 0..30 {
+        assert_eq!(relay(&mut c, msg("q.x", i)), Routed::Relayed { buffered_for: 1 }, "one member each");
+    }
+    let streamed = drain_stream(&mut c, stream);
+    let sunk: Vec<u8> = roomy.got().into_iter().map(|(_, m)| m).collect();
+    assert!(full.got().is_empty(), "the full member is passed over while others have room");
+    let mut all: Vec<u8> = streamed.iter().copied().chain(sunk.iter().copied()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..30).collect::<Vec<_>>(), "each message to exactly one member");
+    assert!(!streamed.is_empty() && !sunk.is_empty(), "round-robin reaches both members with room");
+}
+
+#[test]
+fn sink_subscriptions_count_toward_the_stream_limit() {
+    let mut c = BrokerCore::new(BrokerConfig { max_streams: 2, ..BrokerConfig::default() });
+    let id = c.open_sink(RecordingSink::with_room(1)).unwrap();
+    c.subscribe_sink(Instant::ZERO, id, Pattern::new("a").unwrap(), None, 1).unwrap();
+    c.subscribe(Instant::ZERO, Pattern::new("b").unwrap(), None, None).unwrap();
+    assert!(matches!(
+        c.subscribe_sink(Instant::ZERO, id, Pattern::new("c").unwrap(), None, 2),
+        Err(BrokerError::Registry(RegistryError::TooManyStreams { limit: 2 }))
+    ));
+}
+
+#[test]
+fn a_sink_sees_stored_records_with_their_offsets() {
+    let mut c = core();
+    c.create_topic(Topic::new("s").unwrap(), TopicConfig::default()).unwrap();
+    let sink = RecordingSink::with_room(10);
+    let id = c.open_sink(sink.clone()).unwrap();
+    c.subscribe_sink(Instant::ZERO, id, Pattern::new("s").unwrap(), None, 4).unwrap();
+    assert!(matches!(relay(&mut c, msg("s", 7)), Routed::Stored(p) if p.buffered_for == 1));
+    assert_eq!(sink.got(), vec![(4, 7)]);
+    assert_eq!(c.read(&Topic::new("s").unwrap(), 0, 0, 10).unwrap().len(), 1, "and it is stored");
+}

@@ -154,6 +154,14 @@ impl std::str::FromStr for Topic {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pattern(Arc<str>);
 
+/// Ordered, compared and hashed as its text (the derives above), so maps
+/// keyed by patterns are looked up by `&str`.
+impl std::borrow::Borrow<str> for Pattern {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Pattern {
     /// Validates `s` as a pattern.
     pub fn new(s: impl AsRef<str>) -> Result<Pattern, TopicError> {

@@ -1,7 +1,7 @@
 //! A connection's outbound bytes: one buffer that every producer of output
-//! (the reader answering PINGs, each subscription's pump encoding
-//! messages) appends to under a short lock, and one writer task that
-//! drains it onto the stream.
+//! (the reader answering PINGs, the broker delivering into a NATS
+//! connection's sink, a native subscription's pump) appends to under a
+//! short lock, and one writer task that drains it onto the stream.
 //!
 //! Appends never wait: a connection whose unsent bytes would pass the
 //! limit is refused the append ([`Full`]) and the caller applies the slow
@@ -97,6 +97,11 @@ impl Outbound {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// The limit on unsent bytes.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
     }
 
     /// Unsent bytes (buffered and in flight).

@@ -2,10 +2,13 @@
 //!
 //! A connection is driven by one task that reads, feeds the sans-IO
 //! [`session::Session`] and performs its [`session::Action`]s in order; a
-//! writer task drains the connection's [`Outbound`] buffer; each
-//! subscription has a pump task that moves messages from its broker
-//! stream into that buffer (as `MSG`, or `HMSG` when the message has
-//! headers and the client negotiated them).
+//! writer task drains the connection's [`Outbound`] buffer. Subscriptions
+//! cost no task: every subscription of a connection is a subscription on
+//! the connection's one broker sink ([`delivery::ConnSink`]), and the
+//! broker, while routing a publish, has the sink encode the message into
+//! that buffer (as `MSG`, or `HMSG` when the message has headers and the
+//! client negotiated them). An idle subscription is a small record in the
+//! broker and its routing-index entry.
 //!
 //! **Storage barrier.** A publish to a subject that names a stored topic
 //! is performed without waiting for its sync; the connection remembers the
@@ -16,44 +19,47 @@
 //! publish.
 //!
 //! **Slow consumers.** Appends that would take a connection's unsent bytes
-//! past `max_pending` are refused; the subscription's pump then applies the
-//! policy: `disconnect` sends `-ERR 'Slow Consumer'` and closes the
-//! connection, `drop` drops the message. Either way the event is counted,
-//! logged with the client and subject, and announced on
-//! [`SLOW_CONSUMER_ADVISORY`]. Publishers and other subscribers never wait
-//! for a slow connection.
+//! past `max_pending` are refused; the sink then applies the policy:
+//! `disconnect` sends `-ERR 'Slow Consumer'` and closes the connection,
+//! `drop` drops the message. Either way the event is counted, logged with
+//! the client and subject, and announced on [`SLOW_CONSUMER_ADVISORY`]
+//! (the last two by this connection's driver, outside the broker's lock).
+//! Nothing is dropped anywhere else: the broker buffers nothing for a
+//! NATS subscription. Publishers and other subscribers never wait for a
+//! slow connection.
 //!
-//! **Delivery is asynchronous to the publisher.** A `PONG` means the
-//! connection's earlier publishes were routed (and stored, where the
-//! subject is a topic); the pumps of the matching subscriptions move them
-//! into their connections' buffers right after, not necessarily before the
-//! `PONG` is written. Each subscription sees each publisher's messages in
-//! order; two subscriptions of one connection are pumped independently.
+//! **Delivery happens inside the publish.** A message is in every matching
+//! connection's buffer when its publish returns, so a `PONG` follows the
+//! deliveries of the publishes before its `PING`, and each connection sees
+//! each publisher's messages in order, over all its subscriptions.
 //!
 //! `CONNECT.echo = false`: every publish carries its connection as the
-//! message's origin (in memory only), and that connection's pumps skip
+//! message's origin (in memory only), and that connection's sink skips
 //! messages of their own origin.
 //!
 //! Not supported yet: nkey/JWT logins (`sig`, `jwt`, `nkey`) are refused as
 //! unknown users; TLS-first handshakes (the client must read `INFO` first).
 
+pub mod delivery;
 pub mod session;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{Either, select};
 use kaelix_broker::message::Message;
-use kaelix_broker::topic::Topic;
-use kaelix_broker::{BrokerError, Routed, Strategy, SubscribeOptions, Subscription};
+use kaelix_broker::registry::RegistryError;
+use kaelix_broker::topic::{Pattern, Topic};
+use kaelix_broker::{BrokerError, Routed, SinkHandle};
 use kaelix_core::planted::PlantedBug;
-use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime, SpawnRefused, TaskHandle};
+use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime};
 use kaelix_core::time::Duration;
-use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_msg, write_ok, write_ping, write_pong};
+use kaelix_nats::{Info, write_err, write_hmsg, write_info, write_ok, write_ping, write_pong};
 
+use self::delivery::{ConnSink, Event, ODD_SID, numeric_tag};
 use self::session::{Action, Reply, Session};
 use crate::auth::Rules;
 use crate::config::SlowConsumerPolicy;
@@ -67,13 +73,9 @@ use crate::{ConnectionSlot, Shared};
 /// whoever subscribes; a JSON object naming the client, subject and policy).
 pub const SLOW_CONSUMER_ADVISORY: &str = "$SYS.KAELIX.ADVISORY.SLOW_CONSUMER";
 
-/// Messages a subscription's broker stream holds for its pump; past it the
-/// oldest are dropped and the connection is a slow consumer.
-pub const SUBSCRIPTION_BUFFER: usize = 16 * 1024;
-
-/// Operations the reader performs before it lets other tasks (the pumps
-/// delivering what it publishes) run: a client flooding one connection
-/// must not starve the deliveries on its worker.
+/// Operations the reader performs before it lets other tasks (the writers
+/// sending what it publishes, other connections) run: a client flooding
+/// one connection must not starve the rest of its worker.
 const OPS_PER_YIELD: usize = 64;
 
 /// The version reported in `INFO` (clients gate features on it: headers
@@ -117,16 +119,9 @@ pub(crate) async fn accept_loop<R: Runtime>(shared: Arc<Shared<R>>, mut listener
     tracing::info!(addr = %local, "NATS listener closed");
 }
 
-/// One subscription's pump and its delivery limit.
-struct Pump<R: Runtime> {
-    task: R::Handle<()>,
-    /// Total deliveries after which the pump ends (`u64::MAX`: none).
-    limit: Arc<AtomicU64>,
-}
-
 /// Who a connection is, for logs and advisories.
 #[derive(Clone, Debug)]
-struct ClientId {
+pub struct ClientId {
     id: u64,
     peer: SocketAddr,
 }
@@ -206,9 +201,11 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         client: client.clone(),
         outbound: outbound.clone(),
         stop: stop.clone(),
-        pumps: BTreeMap::new(),
+        subscriptions: None,
+        odd_tags: BTreeMap::new(),
+        next_odd_tag: 0,
+        max_subscriptions: limits.max_subscriptions,
         unacknowledged: BTreeMap::new(),
-        done: Arc::new(std::sync::Mutex::new(Vec::new())),
     };
     let reason = 'serve: loop {
         let mut performed = 0;
@@ -221,10 +218,7 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
                 yield_now().await;
             }
         }
-        for sid in conn.take_done() {
-            conn.pumps.remove(&sid);
-            session.handle_subscription_done(&sid);
-        }
+        conn.handle_events();
         if outbound.is_broken() {
             break 'serve "write failed".to_owned();
         }
@@ -238,14 +232,22 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
                     None => std::future::pending().await,
                 }
             });
-            match select(read, select(stopped, timer)).await {
-                Either::Left((read, _)) => Event::Read(read),
-                Either::Right((Either::Left(_), _)) => Event::Stop,
-                Either::Right((Either::Right(_), _)) => Event::Timer,
+            // The sink's slow-consumer and ended-subscription notices.
+            let noticed = std::pin::pin!(async {
+                match &conn.subscriptions {
+                    Some(subs) => subs.sink.event().await,
+                    None => std::future::pending().await,
+                }
+            });
+            match select(read, select(stopped, select(timer, noticed))).await {
+                Either::Left((read, _)) => Wake::Read(read),
+                Either::Right((Either::Left(_), _)) => Wake::Stop,
+                Either::Right((Either::Right((Either::Left(_), _)), _)) => Wake::Timer,
+                Either::Right((Either::Right((Either::Right(_), _)), _)) => Wake::Notice,
             }
         };
         match event {
-            Event::Read(Ok(Some(chunk))) => {
+            Wake::Read(Ok(Some(chunk))) => {
                 shared.stats.nats.bytes_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 session.handle_bytes(shared.rt.now(), &chunk);
                 if let Some(login) = session.take_login() {
@@ -263,10 +265,11 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
                     }
                 }
             }
-            Event::Read(Ok(None)) => break 'serve "client closed the connection".to_owned(),
-            Event::Read(Err(e)) => break 'serve format!("read failed: {e}"),
-            Event::Timer => session.handle_timeout(shared.rt.now()),
-            Event::Stop => {
+            Wake::Read(Ok(None)) => break 'serve "client closed the connection".to_owned(),
+            Wake::Read(Err(e)) => break 'serve format!("read failed: {e}"),
+            Wake::Timer => session.handle_timeout(shared.rt.now()),
+            Wake::Notice => {}
+            Wake::Stop => {
                 // Shutdown or slow consumer: what was read is answered
                 // (publishes are stored before the close), nothing more.
                 // A login a reload no longer permits is told why.
@@ -279,6 +282,9 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
                         break;
                     }
                 }
+                // A slow consumer closed by its policy is logged and
+                // announced before it goes.
+                conn.handle_events();
                 break 'serve if revoked {
                     "login no longer permitted after a configuration reload"
                 } else if shared.stopping.is_raised() {
@@ -291,10 +297,8 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         }
     };
     tracing::debug!(client = id, peer = %client.peer, reason, "NATS connection closed");
-    for pump in conn.pumps.values() {
-        pump.task.abort();
-    }
-    conn.pumps.clear();
+    // Its subscriptions leave the broker with the sink.
+    conn.subscriptions = None;
     outbound.close();
     // The writer sends what is queued (the final -ERR among it), then closes.
     let _ = kaelix_core::runtime::timeout(&shared.rt, Duration::from_secs(5), writer).await;
@@ -317,10 +321,17 @@ async fn yield_now() {
     .await;
 }
 
-enum Event<E> {
+enum Wake<E> {
     Read(Result<Option<Bytes>, E>),
     Stop,
     Timer,
+    Notice,
+}
+
+/// A connection's subscriptions: its sink and the broker's handle on it.
+struct Subscriptions<R: Runtime> {
+    sink: Arc<ConnSink<R>>,
+    handle: SinkHandle<R>,
 }
 
 /// The driver side of one connection.
@@ -329,17 +340,161 @@ struct Conn<R: Runtime> {
     client: ClientId,
     outbound: Outbound,
     stop: Signal,
-    pumps: BTreeMap<Bytes, Pump<R>>,
+    /// Opened at the first subscription (the CONNECT options are known then).
+    subscriptions: Option<Subscriptions<R>>,
+    /// Tags of the sids that are not their own tag (see [`delivery`]).
+    odd_tags: BTreeMap<Bytes, u64>,
+    /// The next odd sid's tag (without [`ODD_SID`]).
+    next_odd_tag: u64,
+    /// Subscriptions allowed at once (0: no limit).
+    max_subscriptions: usize,
     /// Highest offset published per stored partition and not yet known
     /// acknowledged: what the next `PONG` waits for.
     unacknowledged: BTreeMap<(Topic, u32), u64>,
-    /// Sids whose pumps ended by reaching their limit.
-    done: Arc<std::sync::Mutex<Vec<Bytes>>>,
 }
 
 impl<R: Runtime> Conn<R> {
-    fn take_done(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The tag of an existing subscription's sid.
+    fn tag_of(&self, sid: &[u8]) -> Option<u64> {
+        numeric_tag(sid).or_else(|| self.odd_tags.get(sid).copied())
+    }
+
+    /// The sid of a subscription matching `topic` (where a no-responders
+    /// status for a request with that reply subject goes).
+    fn sid_matching(&self, topic: &Topic) -> Option<Bytes> {
+        let subs = self.subscriptions.as_ref()?;
+        subs.sink.sid(subs.handle.matching(topic)?)
+    }
+
+    /// Does what the sink noticed during deliveries: forgets the sids of
+    /// subscriptions that ended, logs and announces slow consumers.
+    fn handle_events(&mut self) {
+        let Some(subs) = &self.subscriptions else { return };
+        let events = subs.sink.take_events();
+        for event in events {
+            match event {
+                Event::Ended(tag) => self.forget(tag),
+                Event::Slow { subscription, subject, pending, policy } => {
+                    self.announce_slow_consumer(&subscription, &subject, pending, policy);
+                }
+            }
+        }
+    }
+
+    /// Forgets the odd sid of `tag`, if it has one.
+    fn forget(&mut self, tag: u64) {
+        if tag & ODD_SID != 0
+            && let Some(subs) = &self.subscriptions
+        {
+            // The sid may have been subscribed again under a new tag
+            // before this one's end was handled.
+            if let Some(sid) = subs.sink.sid(tag)
+                && self.odd_tags.get(&sid) == Some(&tag)
+            {
+                self.odd_tags.remove(&sid);
+            }
+            subs.sink.forget_odd_sid(tag);
+        }
+    }
+
+    /// The log line and advisory of a slow-consumer episode.
+    fn announce_slow_consumer(
+        &self,
+        subscription: &Pattern,
+        subject: &str,
+        pending: usize,
+        policy: SlowConsumerPolicy,
+    ) {
+        tracing::warn!(
+            client = self.client.id,
+            peer = %self.client.peer,
+            subscription = %subscription,
+            subject = %subject,
+            pending,
+            ?policy,
+            "slow consumer"
+        );
+        let advisory = format!(
+            "{{\"type\":\"slow_consumer\",\"client_id\":{},\"peer\":\"{}\",\"subscription\":{:?},\"subject\":{:?},\"pending_bytes\":{},\"policy\":\"{}\"}}",
+            self.client.id,
+            self.client.peer,
+            subscription.as_str(),
+            subject,
+            pending,
+            match policy {
+                SlowConsumerPolicy::Disconnect => "disconnect",
+                SlowConsumerPolicy::Drop => "drop",
+            }
+        );
+        if let Ok(m) = Message::builder().topic(SLOW_CONSUMER_ADVISORY).payload(advisory).build() {
+            // Relayed (never blocks on a stored topic's sync); a full
+            // advisory subscriber just misses it.
+            let _ = self.shared.broker.try_route(m);
+        }
+    }
+
+    /// Subscribes `sid`; the error text to send if refused.
+    fn subscribe(
+        &mut self,
+        session: &Session,
+        sid: &Bytes,
+        pattern: &Pattern,
+        queue: Option<&str>,
+        filter: Rules,
+    ) -> Result<(), &'static str> {
+        if self.subscriptions.is_none() {
+            let options = session.options();
+            let sink = Arc::new(ConnSink::new(
+                self.shared.clone(),
+                &self.client,
+                self.outbound.clone(),
+                self.stop.clone(),
+                options.headers,
+                options.echo,
+                filter,
+            ));
+            let handle = self.shared.broker.open_sink(sink.clone()).map_err(|_| "Server Shutting Down")?;
+            self.subscriptions = Some(Subscriptions { sink, handle });
+        }
+        let subs = self.subscriptions.as_ref().expect("opened above");
+        if let Some(tag) = self.tag_of(sid)
+            && subs.handle.contains(tag)
+        {
+            // nats-server replaces nothing on a duplicate sid; the old
+            // subscription stays. Say so instead of silently merging two
+            // subjects into one sid.
+            return Err("Duplicate Subscription ID");
+        }
+        if self.max_subscriptions != 0 && subs.handle.len() >= self.max_subscriptions {
+            return Err("Maximum Subscriptions Exceeded");
+        }
+        let tag = match numeric_tag(sid) {
+            Some(tag) => tag,
+            None => {
+                // Never reused within the connection (2^63 of them).
+                let tag = ODD_SID | self.next_odd_tag;
+                self.next_odd_tag += 1;
+                // A copy: the parsed sid points into the read buffer.
+                let sid = Bytes::copy_from_slice(sid);
+                subs.sink.register_odd_sid(tag, sid.clone());
+                self.odd_tags.insert(sid, tag);
+                tag
+            }
+        };
+        let subs = self.subscriptions.as_ref().expect("opened above");
+        match subs.handle.subscribe(pattern, queue, tag) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(client = self.client.id, error = %e, "subscribe refused");
+                self.forget(tag);
+                Err(match e {
+                    BrokerError::Registry(RegistryError::DuplicateTag { .. }) => "Duplicate Subscription ID",
+                    BrokerError::Registry(_) => "Maximum Subscriptions Exceeded",
+                    BrokerError::ShutDown => "Server Shutting Down",
+                    _ => "Invalid Subject",
+                })
+            }
+        }
     }
 
     fn reply(&self, reply: &Reply) {
@@ -361,48 +516,24 @@ impl<R: Runtime> Conn<R> {
             Action::Publish { topic, reply, headers, payload, ok } => {
                 self.publish(session, topic, reply, headers, payload, ok).await;
             }
-            Action::Subscribe { sid, pattern, queue, filter } => {
-                // A deep buffer, and drops in it are a slow consumer like a
-                // full outbound buffer (see PumpTask::run): never silent.
-                let options = SubscribeOptions {
-                    queue_group: queue,
-                    strategy: Some(Strategy::DropOldest { capacity: SUBSCRIPTION_BUFFER }),
-                    ..SubscribeOptions::default()
-                };
-                match self.shared.broker.subscribe(pattern.as_str(), options) {
-                    Ok(sub) => {
-                        if let Err(refused) =
-                            self.start_pump(session, sid.clone(), pattern.as_str().to_owned(), sub, filter)
-                        {
-                            // The broker subscription went with the dropped
-                            // pump; the connection keeps its others.
-                            tracing::warn!(client = self.client.id, "subscribe refused: {refused}");
-                            session.handle_subscription_done(&sid);
-                            self.reply(&Reply::Err("Subscription Refused: server is at its task capacity"));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(client = self.client.id, error = %e, "subscribe refused");
-                        session.handle_subscription_done(&sid);
-                        self.reply(&Reply::Err(match e {
-                            BrokerError::Registry(_) => "Maximum Subscriptions Exceeded",
-                            _ => "Invalid Subject",
-                        }));
+            Action::Subscribe { sid, pattern, queue, filter, ok } => {
+                match self.subscribe(session, &sid, &pattern, queue.as_deref(), filter) {
+                    Ok(()) if ok => self.reply(&Reply::Ok),
+                    Ok(()) => {}
+                    Err(text) => self.reply(&Reply::Err(text)),
+                }
+            }
+            Action::Unsubscribe { sid, max } => {
+                if let (Some(tag), Some(subs)) = (self.tag_of(&sid), &self.subscriptions) {
+                    let ended = match max {
+                        None => subs.handle.unsubscribe(tag),
+                        Some(n) => subs.handle.limit(tag, n) == Some(true),
+                    };
+                    if ended {
+                        self.forget(tag);
                     }
                 }
             }
-            Action::Unsubscribe { sid, max } => match max {
-                None => {
-                    if let Some(pump) = self.pumps.remove(&sid) {
-                        pump.task.abort();
-                    }
-                }
-                Some(n) => {
-                    if let Some(pump) = self.pumps.get(&sid) {
-                        pump.limit.store(n, Ordering::Release);
-                    }
-                }
-            },
             Action::PongWhenStored => {
                 let planted = self.shared.config().planted.is_on(PlantedBug::ServerPongBeforeStored);
                 for ((topic, partition), offset) in std::mem::take(&mut self.unacknowledged) {
@@ -482,13 +613,13 @@ impl<R: Runtime> Conn<R> {
                     && options.no_responders
                     && options.headers
                     && let Some(reply) = &reply
-                    && let Some(sid) = session.sid_matching(reply)
+                    && let Some(sid) = self.sid_matching(reply)
                 {
                     // A request nobody can answer: tell the requester at
                     // once (status 503) instead of letting it time out.
                     let block = b"NATS/1.0 503\r\n\r\n";
                     self.outbound
-                        .append_control(|buf| write_hmsg(buf, reply.as_str().as_bytes(), sid, None, block, b""));
+                        .append_control(|buf| write_hmsg(buf, reply.as_str().as_bytes(), &sid, None, block, b""));
                 }
             }
             // A plugin chain dropped or dead-lettered it: accounted for,
@@ -508,171 +639,6 @@ impl<R: Runtime> Conn<R> {
                 }));
             }
         }
-    }
-
-    fn start_pump(
-        &mut self,
-        session: &Session,
-        sid: Bytes,
-        subject: String,
-        sub: Subscription<R>,
-        filter: Rules,
-    ) -> Result<(), SpawnRefused> {
-        let limit = Arc::new(AtomicU64::new(u64::MAX));
-        let pump = PumpTask {
-            shared: self.shared.clone(),
-            client: self.client.clone(),
-            outbound: self.outbound.clone(),
-            stop: self.stop.clone(),
-            sid: sid.clone(),
-            subject,
-            headers: session.options().headers,
-            // `echo: false`: this connection's own publishes are not
-            // delivered back to it.
-            skip_origin: (!session.options().echo).then_some(self.client.id),
-            limit: limit.clone(),
-            done: self.done.clone(),
-            filter,
-        };
-        let task = self.shared.rt.try_spawn(Priority::High, "nats-subscription", pump.run(sub))?;
-        self.pumps.insert(sid, Pump { task, limit });
-        Ok(())
-    }
-}
-
-/// Moves one subscription's messages into the connection's buffer.
-struct PumpTask<R: Runtime> {
-    shared: Arc<Shared<R>>,
-    client: ClientId,
-    outbound: Outbound,
-    /// Raised to close the connection (slow consumer, `disconnect`).
-    stop: Signal,
-    sid: Bytes,
-    subject: String,
-    headers: bool,
-    /// Messages published by this connection are skipped (`echo: false`).
-    skip_origin: Option<u64>,
-    limit: Arc<AtomicU64>,
-    done: Arc<std::sync::Mutex<Vec<Bytes>>>,
-    /// The user's subscribe rules: denied subjects are not delivered.
-    filter: Rules,
-}
-
-impl<R: Runtime> PumpTask<R> {
-    async fn run(self, mut sub: Subscription<R>) {
-        let mut delivered = 0u64;
-        let mut dropping = false;
-        let mut broker_drops = 0u64;
-        while let Some(first) = sub.next().await {
-            // Messages the broker stream dropped because this pump fell
-            // behind: the same slow consumer as a full outbound buffer.
-            let drops = sub.drops().map_or(0, |d| d.total());
-            if drops > broker_drops {
-                let lost = drops - broker_drops;
-                broker_drops = drops;
-                if self.slow_consumer(&first, self.outbound.pending(), lost, dropping) {
-                    return;
-                }
-                dropping = true;
-            }
-            let mut next = Some(first);
-            // Everything already buffered goes out in one pass (one wake of
-            // the writer for a burst).
-            while let Some(message) = next {
-                if delivered >= self.limit.load(Ordering::Acquire) {
-                    self.done.lock().unwrap_or_else(|e| e.into_inner()).push(self.sid.clone());
-                    return;
-                }
-                let echo = self.skip_origin.is_some() && message.origin() == self.skip_origin;
-                if echo || (!self.filter.is_open() && !self.filter.delivers(message.topic())) {
-                    next = sub.try_next();
-                    continue;
-                }
-                // A delivery of a traced message is a span of its trace.
-                let _deliver = crate::trace::begin_delivery(FrontEnd::Nats, &message);
-                let block = if self.headers && !message.headers().is_empty() {
-                    Some(broker_headers_to_nats(&message))
-                } else {
-                    None
-                };
-                let subject = message.topic().as_str().as_bytes();
-                let reply = message.reply_to().map(|r| r.as_str().as_bytes());
-                let len = 48
-                    + subject.len()
-                    + self.sid.len()
-                    + reply.map_or(0, <[u8]>::len)
-                    + message.payload().len()
-                    + block.as_ref().map_or(0, Bytes::len);
-                let appended = self.outbound.append(len, |buf| match &block {
-                    Some(b) => write_hmsg(buf, subject, &self.sid, reply, b, message.payload()),
-                    None => write_msg(buf, subject, &self.sid, reply, message.payload()),
-                });
-                match appended {
-                    Ok(true) => {
-                        delivered += 1;
-                        dropping = false;
-                    }
-                    Ok(false) => return,
-                    Err(full) => {
-                        if self.slow_consumer(&message, full.pending, 1, dropping) {
-                            return;
-                        }
-                        dropping = true;
-                    }
-                }
-                if delivered >= self.limit.load(Ordering::Acquire) {
-                    self.done.lock().unwrap_or_else(|e| e.into_inner()).push(self.sid.clone());
-                    return;
-                }
-                next = sub.try_next();
-            }
-        }
-    }
-
-    /// Applies the slow-consumer policy; `true` ends the pump.
-    fn slow_consumer(&self, message: &Message, pending: usize, lost: u64, already_dropping: bool) -> bool {
-        let policy = self.shared.config().limits.slow_consumer;
-        let stats = &self.shared.stats;
-        match policy {
-            SlowConsumerPolicy::Disconnect => {
-                stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-                self.outbound.append_control(|buf| write_err(buf, "Slow Consumer"));
-                self.stop.raise();
-            }
-            SlowConsumerPolicy::Drop => {
-                stats.slow_consumer_drops.fetch_add(lost, Ordering::Relaxed);
-            }
-        }
-        if !already_dropping {
-            // Once per episode (a run of refused appends), not per message.
-            tracing::warn!(
-                client = self.client.id,
-                peer = %self.client.peer,
-                subscription = %self.subject,
-                subject = %message.topic(),
-                pending,
-                ?policy,
-                "slow consumer"
-            );
-            let advisory = format!(
-                "{{\"type\":\"slow_consumer\",\"client_id\":{},\"peer\":\"{}\",\"subscription\":{:?},\"subject\":{:?},\"pending_bytes\":{},\"policy\":\"{}\"}}",
-                self.client.id,
-                self.client.peer,
-                self.subject,
-                message.topic().as_str(),
-                pending,
-                match policy {
-                    SlowConsumerPolicy::Disconnect => "disconnect",
-                    SlowConsumerPolicy::Drop => "drop",
-                }
-            );
-            if let Ok(m) = Message::builder().topic(SLOW_CONSUMER_ADVISORY).payload(advisory).build() {
-                // Relayed (never blocks on a stored topic's sync); a full
-                // advisory subscriber just misses it.
-                let _ = self.shared.broker.try_route(m);
-            }
-        }
-        policy == SlowConsumerPolicy::Disconnect
     }
 }
 
@@ -706,7 +672,7 @@ fn nats_headers_to_broker(
 }
 
 /// The message's headers as a NATS header block.
-fn broker_headers_to_nats(message: &Message) -> Bytes {
+pub(crate) fn broker_headers_to_nats(message: &Message) -> Bytes {
     let mut headers = kaelix_nats::Headers::new();
     for (name, value) in message.headers().iter() {
         // Values that are not UTF-8 cannot be NATS header values; they are

@@ -7,14 +7,15 @@
 //! that order is the protocol's: a `PONG` follows every publish read
 //! before its `PING`, a `+OK` follows its operation.
 //!
-//! The session knows the client's options (`CONNECT`), its subscriptions
-//! (sid → subject, so a no-responders status can be addressed) and its
-//! keep-alive state: a `PING` every `ping_interval`, and after
+//! The session knows the client's options (`CONNECT`) and its keep-alive
+//! state (subscriptions live in the broker, on the connection's sink: see
+//! [`super::delivery`]; the driver checks the subscription limit and
+//! duplicate sids there): a `PING` every `ping_interval`, and after
 //! `max_pings_out` unanswered ones the connection is stale. Before
 //! `CONNECT` only `CONNECT` (and `PING`) is accepted, within the auth
 //! timeout.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,7 +44,8 @@ pub enum Action {
         /// Verbose mode: answer `+OK` once the publish is stored.
         ok: bool,
     },
-    /// Start delivering `pattern` (to one member of `queue`) as `sid`.
+    /// Start delivering `pattern` (to one member of `queue`) as `sid`;
+    /// then, if `ok`, send `+OK` (unless the subscription is refused).
     Subscribe {
         /// The client's subscription id.
         sid: Bytes,
@@ -53,6 +55,8 @@ pub enum Action {
         queue: Option<String>,
         /// Deliveries of subjects these rules deny are filtered out.
         filter: Rules,
+        /// Verbose mode.
+        ok: bool,
     },
     /// Stop `sid` after `max` deliveries in total (`None`: now).
     Unsubscribe {
@@ -110,8 +114,6 @@ pub struct Session {
     limits: Limits,
     phase: Phase,
     options: Connect,
-    /// sid → what it matches.
-    subscriptions: BTreeMap<Bytes, Pattern>,
     pings_out: u32,
     next_ping: Instant,
     outputs: VecDeque<Action>,
@@ -148,7 +150,6 @@ impl Session {
             next_ping: now + limits.ping_interval(),
             limits,
             options: Connect::default(),
-            subscriptions: BTreeMap::new(),
             pings_out: 0,
             outputs: VecDeque::new(),
             auth,
@@ -316,28 +317,11 @@ impl Session {
                         .outputs
                         .push_back(Action::Reply(Reply::PermissionViolation { what: "Subscription", subject }));
                 }
-                let max = self.limits.max_subscriptions;
-                if max != 0 && self.subscriptions.len() >= max && !self.subscriptions.contains_key(&s.sid) {
-                    return self.outputs.push_back(Action::Reply(Reply::Err("Maximum Subscriptions Exceeded")));
-                }
-                if self.subscriptions.contains_key(&s.sid) {
-                    // nats-server replaces nothing on a duplicate sid; the
-                    // old subscription stays. Say so instead of silently
-                    // merging two subjects into one sid.
-                    return self.outputs.push_back(Action::Reply(Reply::Err("Duplicate Subscription ID")));
-                }
-                self.subscriptions.insert(s.sid.clone(), pattern.clone());
                 let filter = self.permissions.subscribe.clone();
-                self.outputs.push_back(Action::Subscribe { sid: s.sid, pattern, queue, filter });
-                self.ok();
+                let ok = self.options.verbose;
+                self.outputs.push_back(Action::Subscribe { sid: s.sid, pattern, queue, filter, ok });
             }
             ClientOp::Unsub(u) => {
-                match u.max_msgs {
-                    Some(max) if max > 0 => {}
-                    _ => {
-                        self.subscriptions.remove(&u.sid);
-                    }
-                }
                 // UNSUB of an unknown sid is not an error (the
                 // subscription may have ended by itself).
                 self.outputs.push_back(Action::Unsubscribe { sid: u.sid, max: u.max_msgs.filter(|&m| m > 0) });
@@ -352,17 +336,6 @@ impl Session {
         if self.options.verbose && self.phase == Phase::Open {
             self.outputs.push_back(Action::Reply(Reply::Ok));
         }
-    }
-
-    /// A subscription ended by itself (its maximum was delivered).
-    pub fn handle_subscription_done(&mut self, sid: &Bytes) {
-        self.subscriptions.remove(sid);
-    }
-
-    /// The sid of a subscription of this connection matching `topic` (where
-    /// a no-responders status for a request with that reply subject goes).
-    pub fn sid_matching(&self, topic: &Topic) -> Option<&Bytes> {
-        self.subscriptions.iter().find(|(_, p)| p.matches(topic)).map(|(sid, _)| sid)
     }
 
     /// Time passed: the auth deadline and the keep-alive.

@@ -8,5 +8,6 @@ mod limits;
 mod native_client;
 mod reconfigure;
 mod slow_consumer;
+mod subscriptions;
 mod support;
 mod tls;
