@@ -11,6 +11,8 @@
 mod cluster;
 #[path = "cli/netns.rs"]
 mod netns;
+#[path = "cli/netns_proxy.rs"]
+mod netns_proxy;
 #[path = "cli/top.rs"]
 mod top;
 #[path = "cli/tracing.rs"]

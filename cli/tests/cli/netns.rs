@@ -13,15 +13,20 @@
 //! * `kxnf<pid>-br`: a bridge `br0`, one port per endpoint (`kxnf<pid>p<x>`);
 //! * `kxnf<pid>-n1` .. `-n3`: member `i`'s `eth0` at `10.77.0.i/24`, the
 //!   other end of a veth pair on the bridge;
-//! * `kxnf<pid>-c`: the clients' `eth0` at `10.77.0.100/24`.
+//! * `kxnf<pid>-c`: the clients' `eth0` at `10.77.0.100/24`;
+//! * `kxnf<pid>-px`: the fault proxy's `eth0` at `10.77.0.201` to `.203/24`
+//!   (`netns_proxy.rs`).
 //!
 //! Addresses exist only inside these namespaces (the veth ends are created
 //! directly in them); nothing is added to the machine's own namespace.
 //! Member `i` runs as `ip netns exec kxnf<pid>-ni kaelix serve --cluster`
 //! (`ip netns exec` execs, so the child's pid is the member's: `kill -9`,
-//! SIGSTOP and SIGCONT reach it), Raft on `10.77.0.i:7000`, forwarding on
-//! 7001, native clients on 7422, metrics on 9464; topic `orders` has 2
-//! replicated partitions (two Raft groups).
+//! SIGSTOP and SIGCONT reach it), Raft and SWIM on `0.0.0.0:7000`,
+//! forwarding on 7001, native clients on `10.77.0.i:7422`, metrics on 9464;
+//! topic `orders` has 2 replicated partitions (two Raft groups). Member
+//! `i`'s entry in every member's `--peers` is the proxy's `10.77.0.20i:7000`,
+//! which passes to `10.77.0.i:7000` (and 7001 to 7001): every connection
+//! between members goes through the proxy; clients connect directly.
 //!
 //! # The clients
 //!
@@ -57,10 +62,11 @@
 //!
 //! # The faults
 //!
-//! One cycle (about 90 s), each fault held 9 s and followed by 4 s healed:
+//! One cycle (about 90 s), each fault held 6 s and followed by 2 s healed:
 //!
 //! 1. symmetric partition: the target member drops everything from and to
-//!    the other members (nftables in its namespace; clients still reach it);
+//!    the other members and the proxy, that is every address but the
+//!    clients' (nftables in its namespace; clients still reach it);
 //! 2. one-way partition: the target's packets to the other members are
 //!    dropped (it hears them, they do not hear it);
 //! 3. the reverse: the target hears nothing from the other members;
@@ -68,14 +74,21 @@
 //!    (`numgen random mod 100 < 25`);
 //! 5. bandwidth: `tc tbf` at 96 kbit/s on both directions of the target's
 //!    link;
-//! 6. `kill -9` of the target, down 9 s, restarted on the same data
+//! 6. `kill -9` of the target, down 6 s, restarted on the same data
 //!    directory;
-//! 7. SIGSTOP of the target for 9 s, then SIGCONT.
+//! 7. SIGSTOP of the target for 6 s, then SIGCONT;
+//! 8. the proxy delays the datagrams between every pair of members
+//!    (order kept),
+//! 9. reorders them,
+//! 10. duplicates them;
+//! 11. the proxy holds every connection to the target (open, nothing
+//!     passed either way), releasing what it kept at the heal.
 //!
 //! Targets alternate between the leader of `orders/0` (asked with `kaelix
 //! cluster status` just before the fault) and one of its followers. The
-//! default run is one cycle; `KAELIX_NETNS_SECONDS=600` runs cycles until
-//! that many seconds of faults have passed (roles swap every cycle).
+//! default run is one cycle (88 s of faults); `KAELIX_NETNS_SECONDS=600`
+//! runs as many cycles as end within that many seconds (roles swap every
+//! cycle).
 //!
 //! # What is checked
 //!
@@ -85,7 +98,9 @@
 //!   (`linearizability::check_history`, the library function behind `kaelix
 //!   sim check-history`), and the command, run on the written file, agrees;
 //! * at least 200 acknowledged produces and 100 reads that returned a
-//!   record, so a run in which nothing succeeds cannot pass.
+//!   record, so a run in which nothing succeeds cannot pass;
+//! * the proxy did delay, reorder (a frame released before one that
+//!   arrived earlier) and duplicate frames.
 //!
 //! The history file (`$TMPDIR/kaelix-netns-<pid>.jsonl`) and the fault
 //! schedule (`.schedule.txt` beside it) are always kept; the data
@@ -118,6 +133,8 @@ use kaelix_runtime_real::{Executor, ExecutorConfig, NodeConfig, RealRuntime};
 use kaelix_scenarios::history::{Completion, History, HistoryOp, OpKind, Output};
 use kaelix_scenarios::linearizability::{CheckConfig, check_history};
 
+use super::netns_proxy::{Mode, Proxy, Route};
+
 /// Every name this test creates starts with it (then the process id).
 const PREFIX: &str = "kxnf";
 const MEMBERS: u64 = 3;
@@ -133,8 +150,8 @@ const CLIENT_IP: &str = "10.77.0.100";
 const CONFIG: &str =
     "[[topics]]\nname = \"orders\"\npartitions = 2\nstorage = \"replicated\"\n[cluster]\nforward_timeout_ms = 1500\n";
 /// How long each fault is held, and how long the cluster runs healed after it.
-const HOLD: Duration = Duration::from_secs(9);
-const SETTLE: Duration = Duration::from_secs(4);
+const HOLD: Duration = Duration::from_secs(6);
+const SETTLE: Duration = Duration::from_secs(2);
 /// Bounds of the run: at least this many acknowledged produces and reads
 /// that returned a record.
 const MIN_ACKED_PRODUCES: usize = 200;
@@ -142,6 +159,11 @@ const MIN_VALUE_READS: usize = 100;
 
 fn member_ip(id: u64) -> String {
     format!("10.77.0.{id}")
+}
+
+/// The proxy's address for member `id`: its `--peers` entry.
+fn proxy_ip(id: u64) -> String {
+    format!("10.77.0.{}", 200 + id)
 }
 
 /// `Err` with the command and its stderr unless it exits 0.
@@ -217,6 +239,7 @@ struct Lab {
     keep_dir: bool,
     /// Tells the client workers to stop.
     stop_clients: Arc<AtomicBool>,
+    proxy: Option<Proxy>,
 }
 
 impl Lab {
@@ -234,6 +257,7 @@ impl Lab {
             dir,
             keep_dir: true,
             stop_clients: Arc::new(AtomicBool::new(false)),
+            proxy: None,
         }
     }
 
@@ -253,21 +277,25 @@ impl Lab {
         Ok(ns)
     }
 
-    /// The bridge, the members' and the clients' namespaces, wired.
+    /// The bridge, the members', the clients' and the proxy's namespaces,
+    /// wired.
     fn build_network(&mut self) -> Result<(), String> {
         let br = self.add_namespace("br")?;
         run(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &br, "link", "set", "br0", "up"])?;
-        let mut endpoints: Vec<(String, String, String)> =
-            (1..=MEMBERS).map(|id| (format!("n{id}"), id.to_string(), member_ip(id))).collect();
-        endpoints.push(("c".to_owned(), "c".to_owned(), CLIENT_IP.to_owned()));
-        for (name, x, ip) in endpoints {
+        let mut endpoints: Vec<(String, String, Vec<String>)> =
+            (1..=MEMBERS).map(|id| (format!("n{id}"), id.to_string(), vec![member_ip(id)])).collect();
+        endpoints.push(("c".to_owned(), "c".to_owned(), vec![CLIENT_IP.to_owned()]));
+        endpoints.push(("px".to_owned(), "x".to_owned(), (1..=MEMBERS).map(proxy_ip).collect()));
+        for (name, x, ips) in endpoints {
             let ns = self.add_namespace(&name)?;
             let (inner, port) = (format!("{}v{x}", self.prefix), format!("{}p{x}", self.prefix));
             // Both ends created directly in their namespaces.
             run(&["ip", "link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &br])?;
             run(&["ip", "-n", &ns, "link", "set", &inner, "name", "eth0"])?;
-            run(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            for ip in ips {
+                run(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            }
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
             run(&["ip", "-n", &br, "link", "set", &port, "master", "br0"])?;
             run(&["ip", "-n", &br, "link", "set", &port, "up"])?;
@@ -283,7 +311,7 @@ impl Lab {
     /// waits until it listens for native clients.
     fn start_member(&mut self, id: u64) {
         assert!(self.members[id as usize - 1].is_none(), "member {id} is running");
-        let peers = (1..=MEMBERS).map(|p| format!("{p}={}:{CLUSTER_PORT}", member_ip(p))).collect::<Vec<_>>().join(",");
+        let peers = (1..=MEMBERS).map(|p| format!("{p}={}:{CLUSTER_PORT}", proxy_ip(p))).collect::<Vec<_>>().join(",");
         let ip = member_ip(id);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("node{id}.log"))).unwrap();
@@ -296,7 +324,7 @@ impl Lab {
         let mut child = command
             .args(["netns", "exec", &self.member_ns(id), env!("CARGO_BIN_EXE_kaelix")])
             .args(["serve", "--cluster", "--node-id", &id.to_string()])
-            .args(["--cluster-listen", &format!("{ip}:{CLUSTER_PORT}"), "--peers", &peers])
+            .args(["--cluster-listen", &format!("0.0.0.0:{CLUSTER_PORT}"), "--peers", &peers])
             .args(["--listen", &format!("{ip}:{NATIVE_PORT}"), "--nats-listen", "127.0.0.1:4222"])
             .args(["--metrics-listen", &format!("{ip}:{METRICS_PORT}")])
             .args(["--log-level", "warn", "--workers", "1"])
@@ -374,6 +402,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_clients.store(true, Ordering::Relaxed);
+        drop(self.proxy.take());
         for (i, member) in self.members.iter_mut().enumerate() {
             if let Some(mut child) = member.take() {
                 if self.paused[i] {
@@ -411,15 +440,13 @@ enum Fault {
     Kill(u64),
     /// SIGSTOP, SIGCONT at the heal.
     Pause(u64),
+    /// The proxy in this mode on the connections to one member or all.
+    Proxy(Mode, Option<u64>),
 }
 
 const TBF: [&str; 8] = ["root", "tbf", "rate", "96kbit", "burst", "8kb", "latency", "200ms"];
 
 impl Fault {
-    fn others(id: u64) -> String {
-        (1..=MEMBERS).filter(|&p| p != id).map(member_ip).collect::<Vec<_>>().join(", ")
-    }
-
     fn apply(self, lab: &mut Lab) {
         let chain = |hook: &str, rule: &str| {
             format!(
@@ -427,13 +454,18 @@ impl Fault {
             )
         };
         match self {
+            // The other members reach a member through the proxy: every
+            // address but the clients' is a member's or the proxy's.
             Fault::Isolate(id) => {
-                let others = Fault::others(id);
-                lab.nft(id, &chain("input", &format!("ip saddr {{ {others} }} drop")));
-                lab.nft(id, &chain("output", &format!("ip daddr {{ {others} }} drop")));
+                lab.nft(id, &chain("input", &format!("iifname \"eth0\" ip saddr != {CLIENT_IP} drop")));
+                lab.nft(id, &chain("output", &format!("oifname \"eth0\" ip daddr != {CLIENT_IP} drop")));
             }
-            Fault::Mute(id) => lab.nft(id, &chain("output", &format!("ip daddr {{ {} }} drop", Fault::others(id)))),
-            Fault::Deafen(id) => lab.nft(id, &chain("input", &format!("ip saddr {{ {} }} drop", Fault::others(id)))),
+            Fault::Mute(id) => {
+                lab.nft(id, &chain("output", &format!("oifname \"eth0\" ip daddr != {CLIENT_IP} drop")));
+            }
+            Fault::Deafen(id) => {
+                lab.nft(id, &chain("input", &format!("iifname \"eth0\" ip saddr != {CLIENT_IP} drop")));
+            }
             Fault::Loss(percent) => {
                 for id in 1..=MEMBERS {
                     lab.nft(id, &chain("input", &format!("iifname \"eth0\" numgen random mod 100 < {percent} drop")));
@@ -448,6 +480,7 @@ impl Fault {
             }
             Fault::Kill(id) => lab.kill9(id),
             Fault::Pause(id) => lab.signal(id, "-STOP"),
+            Fault::Proxy(mode, member) => lab.proxy.as_ref().unwrap().set_mode(member, mode),
         }
     }
 
@@ -462,6 +495,7 @@ impl Fault {
             }
             Fault::Kill(id) => lab.start_member(id),
             Fault::Pause(id) => lab.signal(id, "-CONT"),
+            Fault::Proxy(_, member) => lab.proxy.as_ref().unwrap().set_mode(member, Mode::Pass),
         }
     }
 
@@ -474,6 +508,16 @@ impl Fault {
             Fault::Throttle(id) => format!("tc tbf 96 kbit/s on both directions of member {id}'s link"),
             Fault::Kill(id) => format!("kill -9 of member {id}, restarted on its data directory at the heal"),
             Fault::Pause(id) => format!("SIGSTOP of member {id}, SIGCONT at the heal"),
+            Fault::Proxy(mode, member) => {
+                let to = member.map_or("every member".to_owned(), |id| format!("member {id}"));
+                match mode {
+                    Mode::Delay => format!("proxy: datagrams to {to} delayed 20-250 ms, order kept"),
+                    Mode::Reorder => format!("proxy: datagrams to {to} held 0-200 ms each, reordered"),
+                    Mode::Duplicate => format!("proxy: 30 % of the datagrams to {to} duplicated"),
+                    Mode::Hold => format!("proxy: connections to {to} held open, nothing passed"),
+                    Mode::Pass => format!("proxy: connections to {to} passed"),
+                }
+            }
         }
     }
 }
@@ -675,6 +719,10 @@ fn cycle(cycle: u32) -> Vec<Step> {
         (!on_leader, Fault::Throttle),
         (on_leader, Fault::Kill),
         (!on_leader, Fault::Pause),
+        (on_leader, |_| Fault::Proxy(Mode::Delay, None)),
+        (on_leader, |_| Fault::Proxy(Mode::Reorder, None)),
+        (on_leader, |_| Fault::Proxy(Mode::Duplicate, None)),
+        (on_leader, |id| Fault::Proxy(Mode::Hold, Some(id))),
     ]
 }
 
@@ -695,6 +743,18 @@ fn a_three_member_cluster_in_network_namespaces_stays_linearizable_under_real_fa
         eprintln!("netns: SKIPPED: the namespaces cannot be built: {e}");
         return;
     }
+    let proxy_seed = u64::from(std::process::id());
+    let routes = (1..=MEMBERS)
+        .flat_map(|id| {
+            [(CLUSTER_PORT, true), (CLUSTER_PORT + 1, false)].map(|(port, frames)| Route {
+                member: id,
+                listen: format!("{}:{port}", proxy_ip(id)).parse().unwrap(),
+                upstream: format!("{}:{port}", member_ip(id)).parse().unwrap(),
+                frames,
+            })
+        })
+        .collect();
+    lab.proxy = Some(Proxy::start(&lab.ns("px"), routes, proxy_seed));
     for id in 1..=MEMBERS {
         lab.start_member(id);
     }
@@ -721,10 +781,13 @@ fn a_three_member_cluster_in_network_namespaces_stays_linearizable_under_real_fa
     let faults_from = Instant::now();
     let mut faults = 0;
     for c in 0.. {
-        if c > 0 && faults_from.elapsed() >= Duration::from_secs(fault_seconds) {
+        // One cycle at least; another only if it ends within the budget.
+        let steps = cycle(c);
+        let length = (HOLD + SETTLE) * steps.len() as u32;
+        if c > 0 && faults_from.elapsed() + length > Duration::from_secs(fault_seconds) {
             break;
         }
-        for (on_leader, make) in cycle(c) {
+        for (on_leader, make) in steps {
             let leaders = lab.leaders();
             let leader = leaders.as_ref().map(|l| l[&0]);
             let target = match leader {
@@ -733,7 +796,10 @@ fn a_three_member_cluster_in_network_namespaces_stays_linearizable_under_real_fa
                 None => (faults % MEMBERS) + 1,
             };
             let fault = make(target);
-            note(format!("{} [leaders {leaders:?}]", fault.describe()));
+            let named = leaders.as_ref().map_or("unknown".to_owned(), |l| {
+                l.iter().map(|(p, id)| format!("orders/{p}: {id}")).collect::<Vec<_>>().join(", ")
+            });
+            note(format!("{} [leaders {named}]", fault.describe()));
             fault.apply(&mut lab);
             std::thread::sleep(HOLD);
             fault.heal(&mut lab);
@@ -751,7 +817,7 @@ fn a_three_member_cluster_in_network_namespaces_stays_linearizable_under_real_fa
         || shared.last_ack.iter().all(|t| t.load(Ordering::Relaxed) > healed).then_some(()),
     );
     note(format!("every worker acknowledged again {:.1} s after the last heal", (shared.now() - healed) as f64 / 1e9));
-    note(format!("final leaders {:?}", lab.leaders()));
+    note(format!("final leaders {:?}", lab.leaders().unwrap_or_default()));
     shared.stop.store(true, Ordering::Relaxed);
     clients.join().expect("the client thread ends");
 
@@ -778,6 +844,16 @@ fn a_three_member_cluster_in_network_namespaces_stays_linearizable_under_real_fa
         started.elapsed().as_secs_f64(),
         path.display(),
     );
+    let counts = lab.proxy.as_ref().unwrap().counts();
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (delayed, overtaking, duplicated) =
+        (count(&counts.delayed), count(&counts.overtaking), count(&counts.duplicated));
+    println!(
+        "proxy (seed {proxy_seed}): {} connections, {} frames; {delayed} items delayed, {overtaking} frames overtook \
+         an earlier one, {duplicated} duplicated",
+        count(&counts.connections),
+        count(&counts.frames),
+    );
     let misplaced = shared.misplaced.lock().unwrap();
     assert!(misplaced.is_empty(), "fetches returned records at other offsets than asked: {misplaced:?}");
     assert!(
@@ -790,5 +866,9 @@ fn a_three_member_cluster_in_network_namespaces_stays_linearizable_under_real_fa
     assert_eq!(cli.status.code(), Some(0), "kaelix sim check-history disagrees:\n{}", super::text(&cli.stdout));
     assert!(acked >= MIN_ACKED_PRODUCES, "only {acked} produces acknowledged (at least {MIN_ACKED_PRODUCES} needed)");
     assert!(value_reads >= MIN_VALUE_READS, "only {value_reads} reads returned a record (at least {MIN_VALUE_READS})");
+    assert!(
+        delayed > 0 && overtaking > 0 && duplicated > 0,
+        "the proxy's faults did not happen: {delayed} delayed, {overtaking} overtaking, {duplicated} duplicated"
+    );
     lab.keep_dir = false;
 }
