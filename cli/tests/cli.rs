@@ -1,11 +1,18 @@
 //! The `kaelix` binary end to end: history export, `sim check-history`,
 //! `sim run --jobs`, `sim run --seed N --metrics`, `sim swarm`; `cluster`: three `kaelix serve --cluster`
-//! processes, failover and catch-up; `top`: `kaelix top` in a real terminal
+//! processes, failover and catch-up; `netns`: three of them in network
+//! namespaces under nftables partitions and loss, tc bandwidth limits,
+//! `kill -9` and SIGSTOP, their clients' history checked for
+//! linearizability; `top`: `kaelix top` in a real terminal
 //! (tmux); `tracing`: the OTLP export of `kaelix serve` received and
 //! decoded by a test collector (one node and three).
 
 #[path = "cli/cluster.rs"]
 mod cluster;
+#[path = "cli/netns.rs"]
+mod netns;
+#[path = "cli/netns_proxy.rs"]
+mod netns_proxy;
 #[path = "cli/top.rs"]
 mod top;
 #[path = "cli/tracing.rs"]
