@@ -390,8 +390,8 @@ impl Shared {
             shared: self.clone(),
         };
         // The spawn's allocations: this `Arc` (header, output slot and the
-        // pinned future's box, which is the other one); the handle, the
-        // registry and the queues share it (see `task`, "Layout").
+        // pinned future's box, which is the other one); the handle and the
+        // queues share it, the registry holds a `Weak` (see `task`, "Layout").
         let task = Arc::new(Task::new(header, future));
         let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
         let task: TaskRef = task;

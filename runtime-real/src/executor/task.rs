@@ -4,10 +4,10 @@
 //!
 //! A spawn of `future: F` makes one [`Task<F>`], allocated once as an
 //! `Arc<Task<F>>`: the scheduling [`Header`] (id, name, priority, pool,
-//! state, cancellation flag, wake stamp, registry slot), the slot where the
+//! state, cancellation flag, wake stamp, registry shard), the slot where the
 //! output waits for its [`JoinHandle`] (with the handle's waker), and the
 //! future. Everything else refers to that allocation without allocating
-//! again: the queues, the live-task registry and the polling worker hold it
+//! again: the queues and the polling worker hold it
 //! as a [`TaskRef`] (`Arc<dyn Schedulable>`, an unsized coercion), the
 //! handle as an `Arc<dyn JoinTarget<T>>`, and a poll's waker is
 //! `Waker::from(arc)` through [`Wake`] (a reference count, no allocation).
@@ -43,7 +43,7 @@ use super::Shared;
 use super::registry::Registered;
 use super::state::TaskState;
 
-/// A task as the queues, the registry and the workers hold it: the same
+/// A task as the queues, and the workers hold it: the same
 /// allocation as the typed [`Task<F>`], its future's type erased.
 pub(crate) type TaskRef = Arc<dyn Schedulable>;
 
