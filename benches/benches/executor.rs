@@ -569,7 +569,46 @@ fn table() {
     executor.shutdown(Duration::from_secs(1));
 }
 
+/// `executor --spawn-join-only kaelix|tokio ROUNDS`: only spawn+join, ROUNDS
+/// rounds of [`SPAWNED_TASKS`] on one fresh runtime, then exit — for
+/// `perf stat` / `perf record`, whose counts divide by the tasks printed
+/// (the runtime's start and stop are in them too, a small constant).
+fn spawn_join_only(runtime: &str, rounds: u64) {
+    let start = Instant::now();
+    match runtime {
+        "kaelix" => {
+            let executor = start_kaelix();
+            let rt = Kaelix(executor.handle());
+            for _ in 0..rounds {
+                black_box(spawn_and_join(&rt, SPAWNED_TASKS));
+            }
+            executor.shutdown(Duration::from_secs(1));
+        }
+        "tokio" => {
+            let runtime = start_tokio();
+            let rt = Tokio(runtime.handle().clone());
+            for _ in 0..rounds {
+                black_box(spawn_and_join(&rt, SPAWNED_TASKS));
+            }
+        }
+        other => panic!("--spawn-join-only kaelix|tokio ROUNDS, not {other}"),
+    }
+    let tasks = rounds * SPAWNED_TASKS;
+    println!(
+        "{runtime}: {tasks} tasks spawned and joined in {:.3} s ({:.3} M/s)",
+        start.elapsed().as_secs_f64(),
+        tasks as f64 / start.elapsed().as_secs_f64() / 1e6
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--spawn-join-only") {
+        let runtime = args.get(at + 1).map_or("kaelix", String::as_str);
+        let rounds = args.get(at + 2).and_then(|r| r.parse().ok()).unwrap_or(100);
+        spawn_join_only(runtime, rounds);
+        return;
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))

@@ -9,8 +9,21 @@
 //! cache); any other wake goes to the injector of the task's home pool.
 //!
 //! A task is one allocation shared by everything that refers to it — the
-//! queues, the live-task registry, its wakers and its handle — plus the box
-//! that pins its future (see the `task` module's docs, "Layout").
+//! queues, its wakers and its handle, and weakly the live-task registry —
+//! plus the box that pins its future (see the `task` module's docs,
+//! "Layout").
+//!
+//! # The spawn and poll paths
+//!
+//! What a spawn, a wake and a poll touch is kept to the worker's own cache
+//! lines where it can be (measured in `benches/RESULTS.md`, "Spawn cost"):
+//! the registry shard a spawn locks is the spawning worker's own, and
+//! ending a task does not touch it (see [`registry`]); the worker's
+//! counters have one writer and lines of their own (see [`metrics`]); the
+//! precise clock is read only for a sampled wake-to-poll stamp and when a
+//! pool's injector holds work (to decide whether it is due first), the
+//! stall detector's poll stamp is the coarse clock; an empty queue of
+//! another worker is seen as empty without pinning the deque's epoch.
 //!
 //! # Choosing the next task
 //!
@@ -91,10 +104,11 @@
 pub mod admission;
 pub mod idle;
 pub mod metrics;
+mod registry;
 pub mod state;
 mod task;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -106,10 +120,11 @@ use kaelix_core::runtime::{Priority, SpawnRefused};
 use kaelix_core::time::Duration;
 
 use self::idle::Sleepers;
-use self::metrics::{HealthStatus, LatencyHistogram, WorkerMetrics, WorkerSnapshot};
+use self::metrics::{HealthStatus, LatencyHistogram, WAKE_SAMPLE_INTERVAL, WorkerMetrics, WorkerSnapshot, bump};
+use self::registry::{LiveTasks, Padded};
 use self::state::AfterPoll;
 pub use self::task::JoinHandle;
-use self::task::{Header, Outcome, Task, TaskRef};
+use self::task::{Header, Outcome, Schedulable, Task, TaskRef};
 use crate::driver::Driver;
 use crate::topology::Topology;
 
@@ -254,18 +269,24 @@ struct WorkerSlot {
     cpu: Option<usize>,
     stealers: [Stealer<TaskRef>; TIERS],
     thread: OnceLock<Thread>,
-    metrics: WorkerMetrics,
+    /// Written by this slot's worker only; on lines of their own, apart
+    /// from the stealers and thread handle other workers read.
+    metrics: Padded<WorkerMetrics>,
 }
 
 pub(crate) struct Shared {
     id: u64,
     pools: Vec<Pool>,
     workers: Vec<WorkerSlot>,
+    // The atomics every spawn or completion writes, each on lines of its
+    // own: next to the `Arc`'s reference count (the allocation's first
+    // line) or to what the workers read, every write would also evict
+    // those from the other cores.
     /// Parked and spinning workers (see [`idle`]).
-    sleepers: Sleepers,
-    live: LiveTasks,
-    live_count: admission::LiveCount,
-    next_task: AtomicU64,
+    sleepers: Padded<Sleepers>,
+    live: LiveTasks<dyn Schedulable>,
+    live_count: Padded<admission::LiveCount>,
+    next_task: Padded<AtomicU64>,
     next_pool: AtomicUsize,
     stopping: AtomicBool,
     /// Spawns refused at `config.max_live_tasks`.
@@ -274,72 +295,6 @@ pub(crate) struct Shared {
     refusal_logged_at: AtomicU64,
     config: ExecutorConfig,
     pub(crate) driver: Arc<Driver>,
-}
-
-const LIVE_SHARDS: usize = 16;
-
-/// Every live task (for shutdown to cancel), in shards so that spawns and
-/// completions on different workers rarely share a lock. Each shard is a
-/// slab: a task knows its slot, so removal is O(1).
-#[derive(Default)]
-struct LiveTasks {
-    shards: [Mutex<LiveShard>; LIVE_SHARDS],
-    /// Cleared by shutdown before it drains the shards: a spawn that finds
-    /// it cleared under its shard's lock is refused.
-    closed: AtomicBool,
-}
-
-#[derive(Default)]
-struct LiveShard {
-    slots: Vec<Option<TaskRef>>,
-    free: Vec<usize>,
-}
-
-impl LiveTasks {
-    fn shard(&self, task: &Header) -> &Mutex<LiveShard> {
-        &self.shards[task.id as usize % LIVE_SHARDS]
-    }
-
-    /// Registers `task`; false once shutdown has begun.
-    fn insert(&self, task: &TaskRef) -> bool {
-        let mut shard = self.shard(task.header()).lock().expect("live shard lock");
-        if self.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        let slot = match shard.free.pop() {
-            Some(slot) => {
-                shard.slots[slot] = Some(task.clone());
-                slot
-            }
-            None => {
-                shard.slots.push(Some(task.clone()));
-                shard.slots.len() - 1
-            }
-        };
-        task.header().live_slot.store(slot, Ordering::Relaxed);
-        true
-    }
-
-    fn remove(&self, task: &Header) {
-        let mut shard = self.shard(task).lock().expect("live shard lock");
-        let slot = task.live_slot.load(Ordering::Relaxed);
-        if shard.slots.get(slot).is_some_and(|t| t.as_ref().is_some_and(|t| t.header().id == task.id)) {
-            shard.slots[slot] = None;
-            shard.free.push(slot);
-        }
-    }
-
-    /// Stops registration and takes every live task.
-    fn close(&self) -> Vec<TaskRef> {
-        self.closed.store(true, Ordering::Release);
-        let mut all = Vec::new();
-        for shard in &self.shards {
-            let mut shard = shard.lock().expect("live shard lock");
-            all.extend(shard.slots.drain(..).flatten());
-            shard.free.clear();
-        }
-        all
-    }
 }
 
 thread_local! {
@@ -351,6 +306,9 @@ struct LocalWorker {
     executor: u64,
     index: usize,
     deques: [Deque<TaskRef>; TIERS],
+    /// Wakes and spawns on this worker until the next one is stamped for
+    /// the wake-to-poll histogram (see [`metrics`]).
+    until_sample: Cell<u32>,
 }
 
 static NEXT_EXECUTOR: AtomicU64 = AtomicU64::new(1);
@@ -360,23 +318,33 @@ impl Shared {
         self.driver.now_nanos()
     }
 
-    /// Queues a task that is SCHEDULED. `from_wake`: stamp wake-to-poll.
-    pub(crate) fn schedule(&self, task: TaskRef, from_wake: bool) {
-        if from_wake {
-            task.header().woken_at.store(self.now_nanos(), Ordering::Relaxed);
-        }
+    /// Queues a task that is SCHEDULED (spawned or woken). `sampled`: a
+    /// wake the wake-to-poll histogram may sample (see [`metrics`]).
+    pub(crate) fn schedule(&self, task: TaskRef, sampled: bool) {
         let tier = task.header().priority_index();
         // On one of our workers: its own deque. That worker runs the task
         // next unless it already has a backlog, so only then is a parked
         // worker worth an unpark (a futex syscall on the waker's path).
         let (task, backlog) = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => {
+                if sampled {
+                    let left = w.until_sample.get();
+                    if left == 0 {
+                        task.header().woken_at.store(self.now_nanos().max(1), Ordering::Relaxed);
+                        w.until_sample.set(WAKE_SAMPLE_INTERVAL - 1);
+                    } else {
+                        w.until_sample.set(left - 1);
+                    }
+                }
                 w.deques[tier].push(task);
                 (None, w.deques.iter().map(|d| d.len()).sum::<usize>())
             }
             _ => (Some(task), usize::MAX),
         });
         if let Some(task) = task {
+            if sampled {
+                task.header().woken_at.store(self.now_nanos().max(1), Ordering::Relaxed);
+            }
             self.pools[task.header().pool].injectors[tier].push(task);
         }
         if backlog > 1 {
@@ -390,8 +358,9 @@ impl Shared {
         }
     }
 
-    fn remove_live(&self, task: &Header) {
-        self.live.remove(task);
+    /// Worker `index` ended `task` (a registered one).
+    fn remove_live(&self, index: usize, task: &Header) {
+        self.live.ended(index, task.registry_shard);
         self.live_count.release();
     }
 
@@ -404,10 +373,11 @@ impl Shared {
     {
         // Tiers beyond `priority_levels` fold into the lowest kept one.
         let priority = Priority::ALL[(priority as usize).min(self.config.priority_levels - 1)];
-        let pool = LOCAL.with(|local| match &*local.borrow() {
-            Some(w) if w.executor == self.id => self.workers[w.index].pool,
-            _ => self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
+        let (pool, worker) = LOCAL.with(|local| match &*local.borrow() {
+            Some(w) if w.executor == self.id => (self.workers[w.index].pool, Some(w.index)),
+            _ => (self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(), None),
         });
+        let registry_shard = self.live.shard_of(worker);
         let header = Header {
             id: self.next_task.fetch_add(1, Ordering::Relaxed),
             name,
@@ -415,20 +385,20 @@ impl Shared {
             pool,
             state: state::TaskState::new_scheduled(),
             cancelled: AtomicBool::new(false),
-            woken_at: AtomicU64::new(self.now_nanos()),
-            live_slot: AtomicUsize::new(usize::MAX),
+            woken_at: AtomicU64::new(0),
+            registry_shard,
             shared: self.clone(),
         };
         // The spawn's allocations: this `Arc` (header, output slot and the
-        // pinned future's box, which is the other one); the handle, the
-        // registry and the queues share it (see `task`, "Layout").
+        // pinned future's box, which is the other one); the handle and the
+        // queues share it, the registry holds a `Weak` (see `task`, "Layout").
         let task = Arc::new(Task::new(header, future));
         let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
         let task: TaskRef = task;
         let within_bound = self.live_count.try_admit();
-        let accepted = within_bound && self.live.insert(&task);
+        let accepted = within_bound && self.live.insert(registry_shard, &task);
         if accepted {
-            self.schedule(task, false);
+            self.schedule(task, true);
         } else {
             if within_bound {
                 self.live_count.release();
@@ -469,27 +439,32 @@ impl Shared {
             return; // cancelled while queued
         }
         let metrics = &self.workers[index].metrics;
-        let now = self.now_nanos();
-        metrics.wake_to_poll.record(now.saturating_sub(header.woken_at.load(Ordering::Relaxed)));
-        metrics.polls.fetch_add(1, Ordering::Relaxed);
+        let woken_at = header.woken_at.load(Ordering::Relaxed);
+        if woken_at != 0 {
+            // A sampled wake (see `metrics`): the only poll that reads the
+            // precise clock.
+            header.woken_at.store(0, Ordering::Relaxed);
+            metrics.wake_to_poll.record(self.now_nanos().saturating_sub(woken_at));
+        }
+        bump(&metrics.polls);
         // RUNNING is this worker's: no other poll, and `abort`'s store of
         // the flag comes before its wake (see `state`), so a cancellation
         // is seen here or leads to another poll.
         if header.cancelled.load(Ordering::Acquire) {
             task.finish(); // the future is dropped, the handle yields Cancelled
-            self.remove_live(header);
+            self.remove_live(index, header);
             return;
         }
         // One more reference to the task's allocation, not a new one.
         let waker = task.clone().into_waker();
-        metrics.poll_started.store(now.max(1), Ordering::Relaxed);
+        metrics.poll_started.store(self.driver.now_coarse().as_nanos().max(1), Ordering::Relaxed);
         let poll = task.poll_future(&mut Context::from_waker(&waker));
         metrics.poll_started.store(0, Ordering::Relaxed);
         match poll {
             Poll::Ready(outcome) => {
                 task.finish();
                 metrics.record_outcome(outcome == Outcome::Finished);
-                self.remove_live(header);
+                self.remove_live(index, header);
             }
             Poll::Pending => {
                 if header.state.end_poll_pending() == AfterPoll::Requeue {
@@ -498,6 +473,18 @@ impl Shared {
             }
         }
     }
+}
+
+/// Steals one task of `tier` from `worker`'s deque, moving a batch into
+/// `dest`. An empty deque is seen as empty by two loads: a steal attempt
+/// would pin the deque's epoch first (a fence), on every pick and every
+/// tier above the one with work.
+fn steal_from_worker(dest: &Deque<TaskRef>, worker: &WorkerSlot, tier: usize) -> Option<TaskRef> {
+    let stealer = &worker.stealers[tier];
+    if stealer.is_empty() {
+        return None;
+    }
+    steal_into(dest, |d| stealer.steal_batch_and_pop(d))
 }
 
 /// Steals one task for `tier` from `source`, moving a batch into `dest`.
@@ -546,53 +533,64 @@ impl WorkerLoop {
         order
     }
 
+    /// Whether this pick serves the pool's injector before the own deque
+    /// (see the module docs). Asked only when the injector holds work, so
+    /// that a worker fed by its own deque alone never reads the clock here.
+    fn injector_due(shared: &Shared, picks: u32, checked_at: &mut u64) -> bool {
+        let now = shared.now_nanos();
+        let due = picks.is_multiple_of(INJECTOR_INTERVAL) || now.saturating_sub(*checked_at) >= INJECTOR_MAX_WAIT_NANOS;
+        if due {
+            *checked_at = now;
+        }
+        due
+    }
+
     fn find_task(&mut self, deques: &[Deque<TaskRef>; TIERS]) -> Option<TaskRef> {
         let order = self.tier_order();
-        let now = self.shared.now_nanos();
-        let injector_due = self.picks.is_multiple_of(INJECTOR_INTERVAL)
-            || now.saturating_sub(self.injector_checked_at) >= INJECTOR_MAX_WAIT_NANOS;
-        if injector_due {
-            self.injector_checked_at = now;
-        }
-        let shared = &self.shared;
+        let (shared, picks, checked_at) = (&*self.shared, self.picks, &mut self.injector_checked_at);
         let me = &shared.workers[self.index];
+        let pool = &shared.pools[me.pool];
+        // Decided at the first tier whose injector holds work, for the
+        // whole pick (as if decided at its start: an injector that was
+        // empty had nothing to serve first).
+        let mut injector_due: Option<bool> = None;
         for tier in order {
             let dest = &deques[tier];
-            let pool = &shared.pools[me.pool];
-            // Every INJECTOR_INTERVAL-th pick looks at the pool's injector
-            // before the worker's own deque: wakes from outside the workers
-            // (IO, timers, other threads) land there and must not wait behind
-            // a worker that keeps feeding itself.
-            let injector_first = injector_due;
-            if injector_first && let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
+            let injector = &pool.injectors[tier];
+            // Every INJECTOR_INTERVAL-th pick, or the first 50 µs after the
+            // last such, looks at the pool's injector before the worker's
+            // own deque: wakes from outside the workers (IO, timers, other
+            // threads) land there and must not wait behind a worker that
+            // keeps feeding itself.
+            let injector_first = !injector.is_empty()
+                && *injector_due.get_or_insert_with(|| Self::injector_due(shared, picks, checked_at));
+            if injector_first && let Some(t) = steal_into(dest, |d| injector.steal_batch_and_pop(d)) {
                 return Some(t);
             }
             if let Some(t) = dest.pop() {
                 return Some(t);
             }
-            if !injector_first && let Some(t) = steal_into(dest, |d| pool.injectors[tier].steal_batch_and_pop(d)) {
+            if !injector_first
+                && !injector.is_empty()
+                && let Some(t) = steal_into(dest, |d| injector.steal_batch_and_pop(d))
+            {
                 return Some(t);
             }
             let siblings = pool.workers.iter().copied().filter(|&w| w != self.index);
-            if let Some(t) = siblings
-                .into_iter()
-                .find_map(|w| steal_into(dest, |d| shared.workers[w].stealers[tier].steal_batch_and_pop(d)))
-            {
-                me.metrics.steals.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = siblings.into_iter().find_map(|w| steal_from_worker(dest, &shared.workers[w], tier)) {
+                bump(&me.metrics.steals);
                 return Some(t);
             }
             for (p, other) in shared.pools.iter().enumerate() {
                 if p == me.pool {
                     continue;
                 }
-                let found = steal_into(dest, |d| other.injectors[tier].steal_batch_and_pop(d)).or_else(|| {
-                    other
-                        .workers
-                        .iter()
-                        .find_map(|&w| steal_into(dest, |d| shared.workers[w].stealers[tier].steal_batch_and_pop(d)))
-                });
+                let found = (!other.injectors[tier].is_empty())
+                    .then(|| steal_into(dest, |d| other.injectors[tier].steal_batch_and_pop(d)))
+                    .flatten()
+                    .or_else(|| other.workers.iter().find_map(|&w| steal_from_worker(dest, &shared.workers[w], tier)));
                 if found.is_some() {
-                    me.metrics.steals.fetch_add(1, Ordering::Relaxed);
+                    bump(&me.metrics.steals);
                     return found;
                 }
             }
@@ -643,7 +641,7 @@ impl WorkerLoop {
         // registers and re-checks before parking), see `idle`.
         shared.sleepers.stop_spinning();
         if found {
-            shared.workers[self.index].metrics.spin_hits.fetch_add(1, Ordering::Relaxed);
+            bump(&shared.workers[self.index].metrics.spin_hits);
         }
         found
     }
@@ -664,7 +662,10 @@ impl WorkerLoop {
         // The deques live in the thread-local so that wakes on this thread
         // can push to them; the loop borrows them only while picking a task,
         // never while polling one (a poll may wake tasks onto them).
-        LOCAL.with(|local| *local.borrow_mut() = Some(LocalWorker { executor: shared.id, index: self.index, deques }));
+        LOCAL.with(|local| {
+            *local.borrow_mut() =
+                Some(LocalWorker { executor: shared.id, index: self.index, deques, until_sample: Cell::new(0) })
+        });
         loop {
             let next = LOCAL.with(|local| {
                 let local = local.borrow();
@@ -686,6 +687,7 @@ impl WorkerLoop {
             if shared.stopping.load(Ordering::Acquire) {
                 break;
             }
+            shared.live.sweep_if_due(self.index);
             if self.spin_for_work() {
                 self.back_from_idle = true;
                 continue;
@@ -696,7 +698,7 @@ impl WorkerLoop {
                 shared.sleepers.unregister(self.index);
                 continue;
             }
-            shared.workers[self.index].metrics.parks.fetch_add(1, Ordering::Relaxed);
+            bump(&shared.workers[self.index].metrics.parks);
             thread::park();
             shared.sleepers.unregister(self.index);
             self.back_from_idle = true;
@@ -794,17 +796,17 @@ impl Executor {
                 cpu,
                 stealers: std::array::from_fn(|t| d[t].stealer()),
                 thread: OnceLock::new(),
-                metrics: WorkerMetrics::default(),
+                metrics: Padded(WorkerMetrics::default()),
             })
             .collect();
         let shared = Arc::new(Shared {
             id: NEXT_EXECUTOR.fetch_add(1, Ordering::Relaxed),
             pools,
             workers,
-            sleepers: Sleepers::default(),
-            live: LiveTasks::default(),
-            live_count: admission::LiveCount::new(config.max_live_tasks),
-            next_task: AtomicU64::new(0),
+            sleepers: Padded(Sleepers::default()),
+            live: LiveTasks::new(layout.len()),
+            live_count: Padded(admission::LiveCount::new(config.max_live_tasks)),
+            next_task: Padded(AtomicU64::new(0)),
             next_pool: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             spawns_refused: AtomicU64::new(0),
@@ -953,7 +955,7 @@ impl ExecutorHandle {
 
     /// Each worker's health.
     pub fn worker_health(&self) -> Vec<HealthStatus> {
-        let now = self.shared.now_nanos();
+        let now = self.shared.driver.now_coarse().as_nanos();
         let stall = self.shared.config.stall_threshold;
         self.shared.workers.iter().map(|w| w.metrics.health(now, stall)).collect()
     }

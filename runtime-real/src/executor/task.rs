@@ -4,13 +4,14 @@
 //!
 //! A spawn of `future: F` makes one [`Task<F>`], allocated once as an
 //! `Arc<Task<F>>`: the scheduling [`Header`] (id, name, priority, pool,
-//! state, cancellation flag, wake stamp, registry slot), the slot where the
+//! state, cancellation flag, wake stamp, registry shard), the slot where the
 //! output waits for its [`JoinHandle`] (with the handle's waker), and the
 //! future. Everything else refers to that allocation without allocating
-//! again: the queues, the live-task registry and the polling worker hold it
+//! again: the queues and the polling worker hold it
 //! as a [`TaskRef`] (`Arc<dyn Schedulable>`, an unsized coercion), the
 //! handle as an `Arc<dyn JoinTarget<T>>`, and a poll's waker is
 //! `Waker::from(arc)` through [`Wake`] (a reference count, no allocation).
+//! The live-task registry holds a `Weak` to it (see `registry`).
 //!
 //! The future itself is the one other allocation of a spawn: it sits in
 //! `Pin<Box<F>>` inside the task. Polling needs `Pin<&mut F>`, and safe Rust
@@ -32,16 +33,17 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use kaelix_core::runtime::{JoinError, Priority, TaskHandle};
 
 use super::Shared;
+use super::registry::Registered;
 use super::state::TaskState;
 
-/// A task as the queues, the registry and the workers hold it: the same
+/// A task as the queues, and the workers hold it: the same
 /// allocation as the typed [`Task<F>`], its future's type erased.
 pub(crate) type TaskRef = Arc<dyn Schedulable>;
 
@@ -62,10 +64,13 @@ pub(crate) struct Header {
     pub(crate) pool: usize,
     pub(crate) state: TaskState,
     pub(crate) cancelled: AtomicBool,
-    /// Executor-clock nanoseconds of the wake that queued it (wake-to-poll).
+    /// Executor-clock nanoseconds of the wake that queued it, when that
+    /// wake is one the wake-to-poll histogram samples; 0 otherwise (the
+    /// poll that takes a stamp clears it).
     pub(crate) woken_at: AtomicU64,
-    /// Its slot in the executor's live-task registry.
-    pub(crate) live_slot: AtomicUsize,
+    /// Its shard of the executor's live-task registry (the spawning
+    /// thread's).
+    pub(crate) registry_shard: usize,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -96,6 +101,12 @@ pub(crate) trait Schedulable: Send + Sync + 'static {
     fn finish(&self);
 }
 
+impl Registered for dyn Schedulable {
+    fn has_ended(&self) -> bool {
+        self.header().state.is_complete()
+    }
+}
+
 /// The handle's view of a [`Task<F>`] whose output is `T`.
 pub(crate) trait JoinTarget<T>: Schedulable {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>>;
@@ -110,6 +121,10 @@ pub(crate) struct Task<F: Future> {
     /// `finish`, once no worker can poll it): the lock is never contended.
     future: Mutex<Option<Pin<Box<F>>>>,
     join: Mutex<JoinSlot<F::Output>>,
+    /// Set once the join slot has its result, so that `finish` after an
+    /// output skips the lock (set under it; read without it only by the
+    /// thread that set it or one that saw COMPLETE after it).
+    join_served: AtomicBool,
 }
 
 /// Where a task's result waits for its handle.
@@ -129,6 +144,7 @@ where
             header,
             future: Mutex::new(Some(Box::pin(future))),
             join: Mutex::new(JoinSlot { result: None, waker: None, finished: false }),
+            join_served: AtomicBool::new(false),
         }
     }
 
@@ -141,6 +157,7 @@ where
         }
         join.finished = true;
         join.result = Some(result);
+        self.join_served.store(true, Ordering::Release);
         let waker = join.waker.take();
         drop(join);
         if let Some(w) = waker {
@@ -162,6 +179,9 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
+        if self.0.join_served.load(Ordering::Acquire) {
+            return; // the output (or the panic) is already with the handle
+        }
         self.0.complete_join(Err(JoinError::Cancelled));
     }
 }

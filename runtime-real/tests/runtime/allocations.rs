@@ -10,8 +10,8 @@
 //! spawns and everything the executor does for them (queueing, polling,
 //! waking, completing the handles) happen on that worker's thread, which is
 //! the thread whose allocations are counted. What grows and then keeps its
-//! room is warmed first: the live-task registry's shards and their free
-//! lists, and the worker's deque (a round queues at most [`ROUND`] + 1
+//! room is warmed first: the worker's shard of the live-task registry (a
+//! vector of entries, swept when full before it may grow), and the worker's deque (a round queues at most [`ROUND`] + 1
 //! tasks, below its initial room of 64, so it never grows or shrinks).
 //! After that every allocation on the thread is a task's own. (A spawn from
 //! a thread outside the executor also pushes to a pool's injector, which

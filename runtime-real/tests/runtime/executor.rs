@@ -155,6 +155,42 @@ fn health_degrades_with_failures() {
     }
 }
 
+/// A poll stamped with the coarse clock is still seen past the stall
+/// threshold, and the worker is healthy again once the poll returns.
+#[test]
+fn a_poll_past_the_stall_threshold_makes_the_worker_unhealthy_until_it_returns() {
+    let ex = Executor::new(ExecutorConfig {
+        workers_per_node: Some(1),
+        pin_workers: false,
+        topology: Some(Topology::single_node(0..1)),
+        name: "stall".into(),
+        stall_threshold: kaelix_core::time::Duration::from_millis(20),
+        ..ExecutorConfig::default()
+    })
+    .expect("executor starts");
+    ex.block_on(async {}); // one completion: the health is known
+    assert_eq!(ex.health(), HealthStatus::Healthy);
+    let (release, stalled) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let task = ex.spawn(Priority::Normal, "stuck", {
+        let (release, stalled) = (release.clone(), stalled.clone());
+        async move {
+            stalled.store(true, Ordering::Release);
+            while !release.load(Ordering::Acquire) {
+                std::hint::spin_loop(); // a poll that never yields
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ex.health() != HealthStatus::Unhealthy {
+        assert!(std::time::Instant::now() < deadline, "a poll stuck for 10 s, yet {:?}", ex.health());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(stalled.load(Ordering::Acquire), "unhealthy only once the stuck poll runs");
+    release.store(true, Ordering::Release);
+    ex.block_on(task).expect("the stuck task finished");
+    assert_eq!(ex.health(), HealthStatus::Healthy, "no poll running, no failure");
+}
+
 #[test]
 fn timers_fire_at_their_deadline_not_before() {
     let ex = executor(2);
