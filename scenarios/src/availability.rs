@@ -339,3 +339,89 @@ impl Availability {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kaelix_runtime_sim::SimRuntime;
+    use kaelix_sim::{NodeKind, NodeSpec, SimConfig};
+
+    const CLIENT: NodeId = NodeId(100);
+    const B: Duration = Duration::from_secs(2);
+
+    /// Three idle servers and one idle client: the oracle only reads the
+    /// simulator's ground truth, which the tests move with faults.
+    fn world() -> (Sim, Availability) {
+        let sim = Sim::new(SimConfig::new(7));
+        let servers: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        for &id in servers.iter().chain([&CLIENT]) {
+            let kind = if id == CLIENT { NodeKind::Client } else { NodeKind::Server };
+            let init = SimRuntime::init(|_| std::future::pending::<()>());
+            sim.add_node(id, NodeSpec { kind, name: id.to_string(), faulty_disk: false, init });
+        }
+        let oracle = Availability::new(&sim, servers, vec![CLIENT], 2, B, Instant::ZERO + Duration::from_secs(60));
+        (sim, oracle)
+    }
+
+    /// Moves the simulation to `at` (it has no events) and steps the oracle.
+    fn advance(sim: &Sim, oracle: &mut Availability, at: Duration) {
+        sim.run_until(Instant::ZERO + at, |_| Ok::<(), ()>(())).expect("no check");
+        oracle.step(sim);
+    }
+
+    #[test]
+    fn a_group_silent_for_the_bound_while_a_majority_is_up_is_a_violation() {
+        let (sim, mut oracle) = world();
+        oracle.acknowledged(0, Instant::ZERO + Duration::from_millis(300));
+        advance(&sim, &mut oracle, B - Duration::from_millis(1));
+        assert!(oracle.violation().is_none(), "judged before its bound");
+        advance(&sim, &mut oracle, B + Duration::from_millis(1));
+        let v = oracle.violation().expect("group 1 never answered");
+        assert!(v.starts_with("availability: group 1 "), "{v}");
+        // Group 0's answer was measured: one window, 300 ms.
+        assert_eq!(oracle.tally().first_produce[2], 1);
+        assert_eq!(oracle.tally().windows_judged, 1);
+    }
+
+    #[test]
+    fn a_harmful_fault_anywhere_restarts_the_window() {
+        let (sim, mut oracle) = world();
+        oracle.acknowledged(0, Instant::ZERO + Duration::from_millis(10));
+        oracle.acknowledged(1, Instant::ZERO + Duration::from_millis(10));
+        advance(&sim, &mut oracle, Duration::from_secs(1));
+        // Node 3 pauses: {1, 2} is still a healthy majority, but the time it
+        // is owed starts again, and the earlier answers do not count.
+        sim.apply_fault(Fault::Pause(NodeId(3)));
+        advance(&sim, &mut oracle, Duration::from_secs(1));
+        oracle.acknowledged(0, Instant::ZERO + Duration::from_millis(1500));
+        advance(&sim, &mut oracle, Duration::from_secs(1) + B + Duration::from_millis(1));
+        let v = oracle.violation().expect("group 1 silent since the pause");
+        assert!(v.contains("group 1") && v.contains("n1, n2"), "{v}");
+        // The first window (from 0) was cut at 1 s, before its bound.
+        assert_eq!(oracle.tally().windows_judged, 1);
+    }
+
+    #[test]
+    fn no_window_without_a_connected_majority_and_none_for_a_wiped_member() {
+        let (sim, mut oracle) = world();
+        sim.apply_fault(Fault::PartitionSymmetric(vec![vec![NodeId(1)], vec![NodeId(2)], vec![NodeId(3)]]));
+        advance(&sim, &mut oracle, Duration::ZERO);
+        advance(&sim, &mut oracle, B * 2);
+        assert!(oracle.violation().is_none(), "three singletons are no majority");
+        assert_eq!(oracle.tally().windows_judged, 0);
+        // Heal, but with node 1 crashed and back on a replaced disk (it
+        // recovers, so it counts for nothing) and node 2 down: no majority.
+        sim.apply_fault(Fault::Crash(NodeId(1)));
+        sim.apply_fault(Fault::Crash(NodeId(2)));
+        sim.apply_fault(Fault::Restart { node: NodeId(1), wipe: true });
+        sim.apply_fault(Fault::Heal);
+        advance(&sim, &mut oracle, B * 2);
+        advance(&sim, &mut oracle, B * 4);
+        assert!(oracle.violation().is_none(), "a recovering member and one up member are no majority");
+        // Node 2 back: {2, 3} is, and owes its produces from then on.
+        sim.apply_fault(Fault::Restart { node: NodeId(2), wipe: false });
+        advance(&sim, &mut oracle, B * 4);
+        advance(&sim, &mut oracle, B * 5 + Duration::from_millis(1));
+        assert!(oracle.violation().expect("owed since the restart").contains("n2, n3"));
+    }
+}
