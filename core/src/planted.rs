@@ -103,11 +103,19 @@ pub enum PlantedBug {
     /// `Dead` record (the merge rule's `>` taken as `≥`), so stale gossip
     /// revives a suspect or a dead member without any refutation.
     SwimAliveIgnoresIncarnation,
+    /// Raft: a leader pipelining appends to a follower takes the follower's
+    /// refusal of the append after a lost one for a stale answer, and a
+    /// heartbeat answer no longer makes it presume unacknowledged appends
+    /// lost (etcd raft#52): after one lost append the follower is never
+    /// sent another for the rest of the term. Safety holds (nothing counts
+    /// as replicated that was not acknowledged); the group stalls once too
+    /// few followers are left.
+    RaftLostAppendNeverResent,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 21] = [
+    pub const ALL: [PlantedBug; 22] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -129,6 +137,7 @@ impl PlantedBug {
         PlantedBug::BrokerSpillForgetsBuffered,
         PlantedBug::PluginQuarantineBypass,
         PlantedBug::SwimAliveIgnoresIncarnation,
+        PlantedBug::RaftLostAppendNeverResent,
     ];
 
     /// This bug's bit in a [`Planted`] set.

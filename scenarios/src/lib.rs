@@ -40,6 +40,7 @@
 //! check-history FILE` reads such a file back (rejecting a malformed line
 //! with its number and the problem) and checks it. Details: [`history`].
 
+pub mod availability;
 pub mod broadcast;
 pub mod broker;
 pub mod broker_backpressure;
@@ -268,6 +269,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &raft::RAFT_VOTE_BEFORE_PERSIST,
         &raft::RAFT_COMMIT_PREVIOUS_TERM,
         &raft::RAFT_ACK_BEFORE_COMMIT,
+        &raft::RAFT_STRAND_FOLLOWER,
         &broker_durable::BROKER_DURABLE_ACK_BEFORE_SYNC,
         &broker_durable::BROKER_DURABLE_GROUP_READS_UNSYNCED,
         &broker_replicated::BROKER_REPLICATED_ACK_BEFORE_COMMIT,

@@ -8,7 +8,8 @@
 //!   to a random partition (65 %) or reading a random offset near the end
 //!   (35 %), through `PartitionClient` (leader discovery, retries with the
 //!   same session sequence number, 1 s deadline: after it the outcome is
-//!   **unknown**), until the safety phase ends. Every operation is recorded
+//!   **unknown**), until 3 s after the safety phase ends (after it at most
+//!   one operation per 100 ms). Every operation is recorded
 //!   in a client history. Each client's operations (pause, produce or read,
 //!   partition, how far from the end a read asks) are a recorded list drawn
 //!   before the run (`crate::workload`), which `sim shrink` cuts; payloads,
@@ -37,6 +38,13 @@
 //!     index never decrease, and its vote in a term never changes;
 //!   - *current-term commitment*: a leader's commit index only ever moves
 //!     onto an entry of its own term.
+//! * **Availability during faults** (`crate::availability`, judged from the
+//!   simulator's ground truth and the clients' acknowledgements): whenever
+//!   a majority of the servers is up, unpaused, connected with each other
+//!   and the clients, with no crash, pause or partition anywhere, for a
+//!   bound `B` derived there from the Raft and client configuration (2.31 s
+//!   with perfect clocks), every partition acknowledges a produce within
+//!   `B` of that window's start.
 //! * **Liveness**: the safety phase lasts 5 s; then faults stop, nodes come
 //!   back and an auditor client must, within 20 s, produce a marker to every
 //!   partition and read each back from offset 0 to its end.
@@ -48,7 +56,8 @@
 //!
 //! Planted-bug variants (vote answered before it is durable; commit of an
 //! earlier term's entry by counting replicas; produce acknowledged before
-//! commit) must fail.
+//! commit; lost appends never presumed lost, which strands followers and
+//! breaks only availability) must fail.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +65,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use kaelix_cluster::raft::{Body, Entry, EntryPayload, Message, Raft, RaftStats, Role, Write};
-use kaelix_cluster::replicated::client::{ClientError, PartitionClient};
+use kaelix_cluster::replicated::client::{ClientError, DEFAULT_ATTEMPT_TIMEOUT, PartitionClient};
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig, run_node};
 use kaelix_core::planted::Planted;
 #[cfg(feature = "planted-bugs")]
@@ -69,6 +78,7 @@ use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::trace::{TraceSink, digest};
 use kaelix_sim::{Fault, FaultProfile, FaultSchedule, NodeKind, NodeSpec, Sim, SimConfig, Tolerance};
 
+use crate::availability::{self, Availability};
 use crate::history::{History, HistoryRecorder};
 use crate::linearizability::{CheckConfig, check_history};
 use crate::metrics::{PartitionMember, RunMetrics};
@@ -112,6 +122,16 @@ pub static RAFT_ACK_BEFORE_COMMIT: RaftScenario = RaftScenario {
     planted: Planted::only(PlantedBug::ReplicatedAckBeforeCommit),
 };
 
+/// Planted bug: a lost append is never sent again, so one loss strands a
+/// follower for the rest of its leader's term (a liveness bug: no safety
+/// check can see it).
+#[cfg(feature = "planted-bugs")]
+pub static RAFT_STRAND_FOLLOWER: RaftScenario = RaftScenario {
+    name: "raft-partitions-strand-follower",
+    description: "[planted bug] Raft partitions whose leaders never resend a lost append (refusal ignored, etcd raft#52), stranding followers",
+    planted: Planted::only(PlantedBug::RaftLostAppendNeverResent),
+};
+
 const PARTITIONS: u32 = 2;
 /// The tally of each partition's acknowledged produces (one per partition:
 /// the array's length is checked against [`PARTITIONS`]).
@@ -120,6 +140,14 @@ const ACKED_TALLIES: [&str; PARTITIONS as usize] =
 const CLIENTS: u64 = 3;
 const AUDITOR: NodeId = NodeId(200);
 const SAFETY: Duration = Duration::from_secs(5);
+/// How long the clients keep producing into the liveness phase, so that
+/// the availability window opening at heal is judged in every seed (the
+/// bound, at most 2.4 s, fits: asserted).
+const CLIENTS_AFTER_HEAL: Duration = Duration::from_secs(3);
+/// After heal a client pauses at least this long between operations: the
+/// window at heal needs produces asked for, not thousands more records for
+/// the auditor to read back one by one.
+const PAUSE_AFTER_HEAL: Duration = Duration::from_millis(100);
 const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 const OP_DEADLINE: Duration = Duration::from_secs(1);
 /// Labels the generators the clients' operation lists are drawn from.
@@ -157,6 +185,9 @@ struct Observed {
     submitted: u64,
     /// Clients whose workload ended (no operation of theirs in flight).
     clients_done: u64,
+    /// The availability oracle (`crate::availability`), fed every
+    /// acknowledged produce and stepped after every simulator step.
+    availability: Option<Availability>,
     /// (node, group) → the member's figures and counters for the run's
     /// metrics, this incarnation (kept only by a metered run).
     exported: Option<BTreeMap<(NodeId, u32), (PartitionMember, RaftStats)>>,
@@ -408,7 +439,7 @@ impl ClientOp {
 /// A client's operations: every 2–25 ms a produce (65 %) or a read, enough
 /// to fill the safety phase (see `crate::workload`).
 fn draw_client_ops(rng: &mut DetRng) -> Vec<ClientOp> {
-    crate::workload::filling(rng, SAFETY, ClientOp::pause, |rng| {
+    crate::workload::filling(rng, SAFETY + CLIENTS_AFTER_HEAL, ClientOp::pause, |rng| {
         let pause = Duration::from_millis(rng.random_range(2..25));
         let partition = rng.random_range(0..PARTITIONS);
         if rng.random_range(0..100) < 65 {
@@ -428,14 +459,18 @@ async fn client(
     history: HistoryRecorder,
 ) {
     let mut client = PartitionClient::new(rt.clone(), servers, me + 1);
-    let safety_end = Instant::ZERO + SAFETY;
+    let clients_end = Instant::ZERO + SAFETY + CLIENTS_AFTER_HEAL;
     let mut produced = 0u64;
     let mut high: BTreeMap<u32, u64> = BTreeMap::new();
     for op in ops.iter() {
-        if true_now(&rt) >= safety_end {
+        if true_now(&rt) >= clients_end {
             break;
         }
-        rt.sleep(op.pause()).await;
+        let pause = match true_now(&rt) >= Instant::ZERO + SAFETY {
+            true => op.pause().max(PAUSE_AFTER_HEAL),
+            false => op.pause(),
+        };
+        rt.sleep(pause).await;
         match *op {
             ClientOp::Produce { partition: p, .. } => {
                 let name = partition_name(p);
@@ -448,7 +483,12 @@ async fn client(
                         history.return_produce(op, offset, true_now(&rt));
                         let h = high.entry(p).or_default();
                         *h = (*h).max(offset);
-                        checker.lock().acked.insert((p, offset), payload);
+                        let mut o = checker.lock();
+                        o.acked.insert((p, offset), payload);
+                        if let Some(a) = &mut o.availability {
+                            a.acknowledged(p, true_now(&rt));
+                        }
+                        drop(o);
                         rt.sim().trace_event(Some(rt.node_id()), "client-ack", offset, || {
                             format!("{name} offset {offset}")
                         });
@@ -590,6 +630,7 @@ impl RaftScenario {
         let safety_end = Instant::ZERO + SAFETY;
         let schedule = FaultSchedule::generate(&profile, &tolerance, &servers, &faulty, safety_end, &mut setup);
         let fault_mix = profile.mix();
+        let max_drift_ppm = profile.max_drift_ppm;
 
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let checker = Checker { observed: Arc::default(), violated: Arc::default() };
@@ -642,19 +683,35 @@ impl RaftScenario {
             sim.schedule_fault(at, fault);
         }
         sim.schedule_liveness(safety_end);
+        let clients: Vec<NodeId> = (0..CLIENTS).map(|c| NodeId(100 + c)).collect();
+        let bound = availability::bound(&config.raft, DEFAULT_ATTEMPT_TIMEOUT, max_drift_ppm);
+        assert!(bound < CLIENTS_AFTER_HEAL, "the window opening at heal is judged while the clients produce");
+        let clients_end = safety_end + CLIENTS_AFTER_HEAL;
+        checker.lock().availability =
+            Some(Availability::new(&sim, servers.clone(), clients, PARTITIONS, bound, clients_end));
 
         let deadline = safety_end + LIVENESS_BOUND;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sim.run_until_done(
                 deadline,
                 |_| checker.lock().read_back.is_some(),
-                |_| match checker.violated.load(Ordering::Relaxed) {
-                    true => Err(checker.lock().violation.clone().expect("set before the flag")),
-                    false => Ok(()),
+                |sim| {
+                    if checker.violated.load(Ordering::Relaxed) {
+                        return Err(checker.lock().violation.clone().expect("set before the flag"));
+                    }
+                    if let Some(a) = &mut checker.lock().availability {
+                        a.step(sim);
+                    }
+                    Ok(())
                 },
             )
         }));
         let recorded = history.history();
+        // Availability is judged after the safety checks (a safety
+        // violation is the graver finding) and before the auditor's
+        // end-of-run liveness check, whose outcome it names: a planted
+        // liveness bug caught only here is one the older checks miss.
+        let unavailable = checker.lock().availability.as_ref().and_then(|a| a.violation().map(str::to_owned));
         let verdict = match outcome {
             Ok(Ok(true)) => match self.lost(&checker) {
                 Some(lost) => Verdict::SafetyViolation(lost),
@@ -665,10 +722,19 @@ impl RaftScenario {
                         None if !report.passed() => {
                             Verdict::SafetyViolation(format!("client history check inconclusive: {report}"))
                         }
-                        None => Verdict::Pass,
+                        None => match unavailable {
+                            Some(u) => Verdict::LivenessViolation(format!(
+                                "{u} (the auditor did finish after heal, and durability and the client history hold)"
+                            )),
+                            None => Verdict::Pass,
+                        },
                     }
                 }
             },
+            Ok(Ok(false)) if unavailable.is_some() => Verdict::LivenessViolation(format!(
+                "{} (and the auditor did not finish within {LIVENESS_BOUND:?} of heal)",
+                unavailable.unwrap_or_default()
+            )),
             Ok(Ok(false)) => {
                 let o = checker.lock();
                 let leaders: Vec<String> = (0..PARTITIONS)
@@ -691,6 +757,12 @@ impl RaftScenario {
             vec![("servers", servers.len() as u64), ("leaders elected (group, term)", o.leaders.len() as u64)];
         for (p, name) in (0..PARTITIONS).zip(ACKED_TALLIES) {
             tallies.push((name, o.acked.range((p, 0)..=(p, u64::MAX)).count() as u64));
+        }
+        if let Some(a) = &o.availability {
+            let t = a.tally();
+            tallies.push(("available windows judged", t.windows_judged));
+            tallies.push(("available windows cut short by a fault", t.windows_too_short));
+            tallies.extend(availability::TALLY_NAMES.into_iter().zip(t.first_produce));
         }
         let metrics = meter.then(|| {
             let mut m = RunMetrics::new();

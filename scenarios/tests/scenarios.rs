@@ -267,6 +267,45 @@ fn broker_planted_bugs_are_caught_by_their_checks() {
     }
 }
 
+/// The availability oracle of `raft-partitions` judges windows in every
+/// seed (at least the one opening at heal, while the clients still
+/// produce), and each judged window of each partition got its produce
+/// within the bound (a pass could otherwise hide an oracle that never
+/// judges).
+#[test]
+fn raft_availability_windows_are_judged_in_every_seed() {
+    let s = find("raft-partitions").expect("registered");
+    for seed in 0..6 {
+        let (report, tallies) = s.run_tallied(seed, None);
+        assert_eq!(report.verdict, Verdict::Pass, "seed {seed}");
+        let tally = |name: &str| tallies.iter().find(|(n, _)| *n == name).map(|&(_, v)| v).expect(name);
+        let judged = tally("available windows judged");
+        assert!(judged >= 1, "seed {seed}: no window judged");
+        let measured: u64 =
+            tallies.iter().filter(|(n, _)| n.starts_with("available window: first produce")).map(|&(_, v)| v).sum();
+        assert_eq!(measured, judged * 2, "seed {seed}: one measurement per judged window and partition");
+    }
+}
+
+/// The planted Raft liveness bug (a lost append is never sent again, so
+/// followers are stranded) breaks no safety check: every failing seed
+/// fails a liveness check, and the availability oracle is what catches
+/// most, before the end-of-run auditor.
+#[test]
+fn raft_liveness_bug_is_caught_by_the_availability_check() {
+    let s = find("raft-partitions-strand-follower").expect("registered");
+    let mut by_availability = 0;
+    for seed in 0..12 {
+        let verdict = s.run(seed, None).verdict;
+        assert!(
+            matches!(verdict, Verdict::Pass | Verdict::LivenessViolation(_)),
+            "seed {seed}: a liveness bug failed another check: {verdict}"
+        );
+        by_availability += u32::from(verdict.to_string().contains("availability: group"));
+    }
+    assert!(by_availability >= 4, "the availability oracle caught {by_availability} of 12 seeds");
+}
+
 /// Every planted bug of every crate is caught by some seed within a small
 /// budget (README's test command; CI runs the large seed counts and checks
 /// which check catches each).

@@ -248,8 +248,9 @@ pub struct RaftConfig {
     pub max_append_bytes: usize,
     /// Bytes per snapshot chunk.
     pub max_snapshot_chunk: usize,
-    /// Planted bugs switched on (Raft checks `RaftVoteBeforePersist` and
-    /// `RaftCommitPreviousTerm`); none in production, see
+    /// Planted bugs switched on (Raft checks `RaftVoteBeforePersist`,
+    /// `RaftCommitPreviousTerm` and `RaftLostAppendNeverResent`); none in
+    /// production, see
     /// [`kaelix_core::planted`].
     pub planted: Planted,
 }
@@ -937,6 +938,11 @@ impl Raft {
             {
                 self.send_append(from, false);
             }
+        } else if pr.state == ProgressState::Replicate
+            && self.config.planted.is_on(PlantedBug::RaftLostAppendNeverResent)
+        {
+            // Planted bug: the refusal that follows a lost append is taken
+            // for a stale one, so the lost append is never sent again.
         } else if pr.refused(index, hint) {
             self.send_append(from, true);
         }
@@ -945,7 +951,7 @@ impl Raft {
     fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
-        pr.heartbeat_answered();
+        pr.heartbeat_answered(!self.config.planted.is_on(PlantedBug::RaftLostAppendNeverResent));
         let (state, matched) = (pr.state, pr.match_index);
         match state {
             ProgressState::Snapshot { .. } => self.send_snapshot_chunk(from),

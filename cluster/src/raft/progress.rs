@@ -177,10 +177,11 @@ impl Progress {
 
     /// A heartbeat answer arrived: the follower is reachable. Unpauses a
     /// probe; outstanding appends with no progress for a whole round are
-    /// presumed lost (see the module docs).
-    pub fn heartbeat_answered(&mut self) {
+    /// presumed lost (see the module docs) — unless `presume_lost` is false,
+    /// which only the planted bug `RaftLostAppendNeverResent` passes.
+    pub fn heartbeat_answered(&mut self, presume_lost: bool) {
         self.paused = false;
-        if self.state == ProgressState::Replicate && !self.inflight.is_empty() && !self.progressed {
+        if presume_lost && self.state == ProgressState::Replicate && !self.inflight.is_empty() && !self.progressed {
             self.become_probe();
         }
         self.progressed = false;
@@ -202,7 +203,7 @@ mod tests {
         assert!(p.can_send(4));
         p.sent(7);
         assert!(!p.can_send(4));
-        p.heartbeat_answered();
+        p.heartbeat_answered(true);
         assert!(p.can_send(4), "a heartbeat answer unpauses a probe");
     }
 
@@ -226,11 +227,11 @@ mod tests {
     fn outstanding_appends_without_progress_fall_back_to_probe() {
         let mut p = Progress::new(1);
         p.acknowledged(0);
-        p.heartbeat_answered();
+        p.heartbeat_answered(true);
         p.sent(3);
         p.sent(6);
         // Every append (or its answer) was lost; a heartbeat gets through.
-        p.heartbeat_answered();
+        p.heartbeat_answered(true);
         assert_eq!(p.state, ProgressState::Probe);
         assert_eq!(p.next_index, 1);
         assert!(p.can_send(2));

@@ -36,6 +36,10 @@ enum Attempt {
     Redirect(Option<NodeId>),
 }
 
+/// How long one attempt of a [`PartitionClient`] waits for its answer
+/// unless told otherwise ([`PartitionClient::attempt_timeout`]).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// A retrying, leader-following client (see the module docs).
 pub struct PartitionClient<R: Runtime> {
     rt: R,
@@ -64,7 +68,7 @@ impl<R: Runtime> PartitionClient<R> {
             leaders: BTreeMap::new(),
             streams: BTreeMap::new(),
             rng,
-            attempt_timeout: Duration::from_millis(300),
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 

@@ -368,6 +368,13 @@ impl Sim {
         self.world().fault_log.clone()
     }
 
+    /// The faults applied since the first `from` of them (`fault_log()[from..]`),
+    /// with their times: what a checker stepped after every event reads to
+    /// learn what changed without copying the whole log. Records nothing.
+    pub fn faults_since(&self, from: usize) -> Vec<(Instant, Fault)> {
+        self.world().fault_log.get(from..).map_or_else(Vec::new, <[_]>::to_vec)
+    }
+
     /// The fault points and `sometimes!` assertions this run reached so far.
     pub fn coverage(&self) -> Coverage {
         self.world().coverage.clone()
