@@ -103,11 +103,17 @@ pub enum PlantedBug {
     /// `Dead` record (the merge rule's `>` taken as `≥`), so stale gossip
     /// revives a suspect or a dead member without any refutation.
     SwimAliveIgnoresIncarnation,
+    /// Replicated partitions: a forwarded publish whose outcome the
+    /// forwarding member does not know (the stream to the leader broke, or
+    /// the leader did not answer in time) is refused as `NotLeader` (a
+    /// publish that was never proposed) instead of settled as unknown, so
+    /// the publisher is told "not done" about a record that may commit.
+    ForwardUnknownAsRefused,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 21] = [
+    pub const ALL: [PlantedBug; 22] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -129,6 +135,7 @@ impl PlantedBug {
         PlantedBug::BrokerSpillForgetsBuffered,
         PlantedBug::PluginQuarantineBypass,
         PlantedBug::SwimAliveIgnoresIncarnation,
+        PlantedBug::ForwardUnknownAsRefused,
     ];
 
     /// This bug's bit in a [`Planted`] set.
