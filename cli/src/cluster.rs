@@ -6,9 +6,13 @@
 //! every member is started with the same peers and the same configured
 //! topics. Each topic with `storage = "replicated"` is, partition by
 //! partition, a Raft group of all the members
-//! (`kaelix_cluster::replicated::broker_node::start_broker_node` on the real
-//! runtime; groups numbered in configuration order), and the server (NATS
-//! and native listeners) runs on that node's broker, so:
+//! (`kaelix_cluster::replicated::broker_node::start_forwarding_broker_node`
+//! on the real runtime; groups numbered in configuration order), and the
+//! server (NATS and native listeners) runs on that node's broker. That
+//! composition is `kaelix_server::cluster_member::start`, generic over the
+//! runtime, which the simulator's `cluster` scenario runs too; what stays
+//! here is what only a real process does (join addresses, learning
+//! addresses, metrics, status). So:
 //!
 //! * a publish to a replicated topic on the partition's leader is proposed
 //!   there; on any other member it is **forwarded** to the leader over the
@@ -74,17 +78,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use kaelix_broker::Broker;
 use kaelix_broker::topic::Topic;
-use kaelix_cluster::membership::{self, Membership, MembershipConfig};
+use kaelix_cluster::membership::Membership;
 use kaelix_cluster::raft::Raft;
-use kaelix_cluster::replicated::broker_node::{StepDown, start_forwarding_broker_node};
-use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
+use kaelix_cluster::replicated::node::ReplicaObserver;
 use kaelix_core::NodeId;
 use kaelix_core::runtime::{Priority, Spawner};
 use kaelix_runtime_real::{NodeConfig, RealRuntime};
+use kaelix_server::ServerConfig;
+use kaelix_server::cluster_member::{self, ClusterMember};
 use kaelix_server::config::{ClusterSettings, forward_addr};
-use kaelix_server::{Server, ServerConfig};
 use kaelix_telemetry::MetricsCollector;
 
 use kaelix_scenarios::metrics::{Kind, PartitionMember, RunMetrics};
@@ -130,7 +133,7 @@ pub fn node_config(cluster: &ClusterSettings, data_dir: &std::path::Path) -> Res
 }
 
 /// The transport channel of SWIM's datagrams (the Raft groups use 0).
-pub const SWIM_CHANNEL: u8 = 1;
+pub use kaelix_server::cluster_member::SWIM_CHANNEL;
 
 /// The provisional id of the `i`-th join address: from `u64::MAX` down,
 /// far above any configured member id.
@@ -138,27 +141,35 @@ pub fn join_seed_id(i: usize) -> NodeId {
     NodeId(u64::MAX - i as u64)
 }
 
-/// Starts this member's SWIM membership service (see the module docs):
-/// seeds are the configured members and the join addresses, metadata its
-/// own address; the members' addresses are learned as they arrive.
-pub fn start_membership(rt: &RealRuntime, cluster: &ClusterSettings) -> Result<Membership, String> {
-    let members = cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
+/// The join addresses (`cluster.join`) put into the transport's address
+/// book under provisional ids: the extra seeds of this member's SWIM.
+pub fn join_seeds(rt: &RealRuntime, cluster: &ClusterSettings) -> Result<Vec<NodeId>, String> {
     let joins = cluster.join_addrs().map_err(|(key, why)| format!("{key}: {why}"))?;
-    let me = members
-        .get(&cluster.node_id)
-        .copied()
-        .or(cluster.listen)
-        .ok_or_else(|| format!("member {} has no address", cluster.node_id))?;
-    let mut seeds: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
-    for (i, &addr) in joins.iter().enumerate() {
-        let id = join_seed_id(i);
-        rt.learn_peer(id, addr);
-        seeds.push(id);
-    }
-    let config = MembershipConfig::new(seeds, bytes::Bytes::from(format!("cluster={me}")));
-    let membership = membership::start(&rt.channel(SWIM_CHANNEL), config);
+    Ok(joins
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let id = join_seed_id(i);
+            rt.learn_peer(id, addr);
+            id
+        })
+        .collect())
+}
+
+/// Learns every member's address from `membership` as it arrives (see the
+/// module docs), in a task of its own.
+pub fn learn_member_addresses(rt: &RealRuntime, membership: &Membership) {
     let events = membership.subscribe();
     drop(rt.spawn(Priority::Normal, "swim-addresses", learn_addresses(rt.clone(), membership.clone(), events)));
+}
+
+/// Starts the SWIM membership of a member with `join` and no `peers`
+/// (membership only; see the module docs).
+pub fn start_membership(rt: &RealRuntime, cluster: &ClusterSettings) -> Result<Membership, String> {
+    let seeds = join_seeds(rt, cluster)?;
+    let membership =
+        cluster_member::start_membership(&rt.channel(SWIM_CHANNEL), cluster, &seeds).map_err(|e| e.to_string())?;
+    learn_member_addresses(rt, &membership);
     Ok(membership)
 }
 
@@ -218,35 +229,27 @@ pub fn add_membership_metrics(collector: &Arc<MetricsCollector>, membership: Mem
     });
 }
 
-/// A member's groups in order: (topic, partition).
-pub type Groups = Vec<(Topic, u32)>;
-
 /// One member's view of a partition: (member, [role, term, leader, commit, applied]).
 type Views = Vec<(u64, [u64; 5])>;
 
-/// Starts this member's replicated groups and returns its broker, its
-/// groups, and the handle that hands its leaderships away at a graceful
-/// stop (see the module docs).
+/// Starts this member (`kaelix_server::cluster_member::start`, the
+/// composition the simulator's `cluster` scenario runs): its replicated
+/// groups, SWIM on [`SWIM_CHANNEL`] with the join addresses as extra seeds,
+/// and the front ends on its broker; then learns the members' addresses
+/// from their SWIM metadata (see the module docs).
 pub fn start_member(
     rt: &RealRuntime,
-    config: &ServerConfig,
+    config: ServerConfig,
+    hook: Option<Arc<dyn kaelix_broker::intercept::PublishHook>>,
     view: ClusterView,
-) -> Result<(Broker<RealRuntime>, Groups, StepDown), String> {
-    let members = config.cluster.members().map_err(|(key, why)| format!("{key}: {why}"))?;
-    let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
-    let topics = config.replicated_topics();
-    let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
-    let mut replicated = ReplicatedConfig::new(ids, 0);
-    replicated.forward_timeout = config.cluster.forward_timeout();
-    let (broker, step_down) = start_forwarding_broker_node(
-        rt.clone(),
-        Server::<RealRuntime>::broker_config(config),
-        &topics,
-        replicated,
-        view,
-    )
-    .map_err(|e| format!("starting the cluster member: {e}"))?;
-    Ok((broker, groups, step_down))
+) -> Result<ClusterMember<RealRuntime>, String> {
+    let seeds = join_seeds(rt, &config.cluster)?;
+    // An empty data directory is a new member of a new cluster (a member
+    // whose disk was replaced cannot say so yet: see the module docs).
+    let member = cluster_member::start(rt.clone(), &rt.channel(SWIM_CHANNEL), config, hook, view, true, &seeds)
+        .map_err(|e| e.to_string())?;
+    learn_member_addresses(rt, &member.membership);
+    Ok(member)
 }
 
 /// Publishes the member's groups as gauges at scrape time.

@@ -377,21 +377,19 @@ fn run_with(
             Server::start_with_hook(rt, config, Some(hook)).await
         } else if config.cluster.enabled {
             let view = crate::cluster::ClusterView::default();
-            let (broker, groups, stepper) = crate::cluster::start_member(&rt, &config, view.clone())?;
-            step_down = Some(stepper);
-            let swim = crate::cluster::start_membership(&rt, &config.cluster)?;
+            let (node_id, peers) = (config.cluster.node_id, config.cluster.peers.join(","));
+            let member = crate::cluster::start_member(&rt, config, Some(hook), view.clone())?;
+            step_down = Some(member.step_down);
             if let Some(collector) = &collector {
-                crate::cluster::add_metrics(collector, config.cluster.node_id, view, groups.clone());
-                crate::cluster::add_membership_metrics(collector, swim.clone());
+                crate::cluster::add_metrics(collector, node_id, view, member.groups.clone());
+                crate::cluster::add_membership_metrics(collector, member.membership.clone());
             }
-            membership = Some(swim);
+            membership = Some(member.membership);
             println!(
-                "kaelix serve: cluster member {} of {}: {} replicated partitions",
-                config.cluster.node_id,
-                config.cluster.peers.join(","),
-                groups.len()
+                "kaelix serve: cluster member {node_id} of {peers}: {} replicated partitions",
+                member.groups.len()
             );
-            Server::start_on(rt, config, Some(hook), broker)
+            Ok(member.server)
         } else {
             Server::start_with_hook(rt, config, Some(hook)).await
         };

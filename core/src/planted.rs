@@ -111,11 +111,17 @@ pub enum PlantedBug {
     /// as replicated that was not acknowledged); the group stalls once too
     /// few followers are left.
     RaftLostAppendNeverResent,
+    /// Replicated partitions: a forwarded publish whose outcome the
+    /// forwarding member does not know (the stream to the leader broke, or
+    /// the leader did not answer in time) is refused as `NotLeader` (a
+    /// publish that was never proposed) instead of settled as unknown, so
+    /// the publisher is told "not done" about a record that may commit.
+    ForwardUnknownAsRefused,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 22] = [
+    pub const ALL: [PlantedBug; 23] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -138,6 +144,7 @@ impl PlantedBug {
         PlantedBug::PluginQuarantineBypass,
         PlantedBug::SwimAliveIgnoresIncarnation,
         PlantedBug::RaftLostAppendNeverResent,
+        PlantedBug::ForwardUnknownAsRefused,
     ];
 
     /// This bug's bit in a [`Planted`] set.

@@ -11,6 +11,22 @@
 //!
 //! Nothing here is conditionally compiled: the node code that runs on this
 //! runtime is the very code `kaelix-runtime-real` runs.
+//!
+//! # Channels
+//!
+//! Like `RealRuntime::channel`, [`SimRuntime::channel`] gives the same node
+//! whose datagrams travel on a channel of their own, so two services of one
+//! node (a cluster member's Raft groups and its SWIM membership) share the
+//! network without reading each other's datagrams. The simulator has one
+//! inbox per node; a channel runtime sends its channel number as one byte
+//! before the datagram (the real transport frames each datagram with its
+//! channel byte too) and a receiver on any channel routes what it takes from
+//! the inbox to the channel named, in a queue per channel shared by the
+//! incarnation's runtimes. A plain runtime (not made by `channel`) sends
+//! and receives untagged datagrams exactly as before: a node uses either
+//! the plain runtime's datagrams or channels, not both. The byte counts
+//! toward the simulator's datagram limit, so a channel's datagram may be
+//! at most `MAX_DATAGRAM_BYTES - 1` bytes long.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,12 +48,36 @@ use kaelix_sim::{NodeHandle, Sim};
 #[derive(Clone, Debug)]
 pub struct SimRuntime {
     handle: NodeHandle,
+    /// The datagram channel of this runtime (`None`: untagged datagrams).
+    channel: Option<u8>,
+    /// Datagrams taken from the inbox for other channels than the taker's,
+    /// shared by every runtime of this incarnation.
+    channels: Arc<Mutex<Demux>>,
+}
+
+/// Channels a simulated node's datagrams may use (as many as the real
+/// transport's).
+pub const CHANNELS: u8 = 4;
+
+/// Per channel, the datagrams routed to it and the receivers waiting.
+#[derive(Debug, Default)]
+struct Demux {
+    queues: [std::collections::VecDeque<(NodeId, Bytes)>; CHANNELS as usize],
+    wakers: [Vec<Waker>; CHANNELS as usize],
 }
 
 impl SimRuntime {
     /// Wraps a node handle (what a node's init function receives).
     pub fn new(handle: NodeHandle) -> Self {
-        SimRuntime { handle }
+        SimRuntime { handle, channel: None, channels: Arc::default() }
+    }
+
+    /// The same node whose datagrams travel on channel `channel` (below
+    /// [`CHANNELS`]): it receives only what was sent on that channel, and
+    /// what it sends arrives on that channel (see the module docs).
+    pub fn channel(&self, channel: u8) -> SimRuntime {
+        assert!(channel < CHANNELS, "datagram channel {channel} of {CHANNELS}");
+        SimRuntime { handle: self.handle.clone(), channel: Some(channel), channels: self.channels.clone() }
     }
 
     /// The underlying simulator handle.
@@ -187,13 +227,59 @@ impl Spawner for SimRuntime {
 // ---------------------------------------------------------------- network
 
 struct Recv<'a> {
-    handle: &'a NodeHandle,
+    rt: &'a SimRuntime,
 }
 
 impl Future for Recv<'_> {
     type Output = (NodeId, Bytes);
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.handle.poll_recv(cx)
+        let rt = self.rt;
+        let Some(mine) = rt.channel else {
+            return rt.handle.poll_recv(cx);
+        };
+        let mine = usize::from(mine);
+        loop {
+            if let Some(m) = rt.demux().queues[mine].pop_front() {
+                return Poll::Ready(m);
+            }
+            match rt.handle.poll_recv(cx) {
+                Poll::Ready((from, datagram)) => {
+                    // Untagged or of no channel: not for a channel runtime.
+                    let Some(&tag) = datagram.first() else { continue };
+                    let tag = usize::from(tag);
+                    if tag >= usize::from(CHANNELS) {
+                        continue;
+                    }
+                    let payload = datagram.slice(1..);
+                    if tag == mine {
+                        return Poll::Ready((from, payload));
+                    }
+                    let mut demux = rt.demux();
+                    // A full queue drops, as a full inbox does.
+                    if demux.queues[tag].len() < kaelix_sim::world::INBOX_CAPACITY {
+                        demux.queues[tag].push_back((from, payload));
+                    }
+                    for w in demux.wakers[tag].drain(..) {
+                        w.wake();
+                    }
+                }
+                Poll::Pending => {
+                    // Woken by the inbox (registered above) or by another
+                    // channel's receiver routing a datagram here.
+                    let mut demux = rt.demux();
+                    if !demux.wakers[mine].iter().any(|w| w.will_wake(cx.waker())) {
+                        demux.wakers[mine].push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl SimRuntime {
+    fn demux(&self) -> std::sync::MutexGuard<'_, Demux> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -203,11 +289,19 @@ impl Network for SimRuntime {
     }
 
     fn send(&self, to: NodeId, message: Bytes) {
-        self.handle.send(to, message);
+        match self.channel {
+            None => self.handle.send(to, message),
+            Some(channel) => {
+                let mut tagged = bytes::BytesMut::with_capacity(message.len() + 1);
+                tagged.extend_from_slice(&[channel]);
+                tagged.extend_from_slice(&message);
+                self.handle.send(to, tagged.freeze());
+            }
+        }
     }
 
     fn recv(&self) -> impl Future<Output = (NodeId, Bytes)> + Send {
-        Recv { handle: &self.handle }
+        Recv { rt: self }
     }
 }
 

@@ -1372,3 +1372,48 @@ fn embedded_broker_conformance() {
         assert_eq!(snapshot(&result), Some(Ok(())), "seed {seed}");
     }
 }
+
+/// Two services of one node on channels of their own (a cluster member's
+/// Raft groups and SWIM): each receives exactly what was sent on its
+/// channel, whichever receiver took it from the node's inbox, and the
+/// sender is kept.
+#[test]
+fn channels_share_the_inbox_but_not_the_datagrams() {
+    let sim = calm(12);
+    let inboxes: [Inbox; 2] = [shared(Vec::new()), shared(Vec::new())];
+    server(&sim, 1, inboxes.clone(), |rt, inboxes| async move {
+        for (c, inbox) in inboxes.into_iter().enumerate() {
+            let rx = rt.channel(c as u8);
+            drop(rt.spawn(Priority::High, "rx", async move {
+                loop {
+                    let (from, msg) = rx.recv().await;
+                    push(&inbox, (from, msg, rx.sim().now()));
+                }
+            }));
+        }
+    });
+    server(&sim, 2, (), |rt, ()| async move {
+        let (raft, swim) = (rt.channel(0), rt.channel(1));
+        for i in 0..20u8 {
+            // Interleaved, so either receiver takes the other's datagrams.
+            if i % 3 == 0 {
+                swim.send(NodeId(1), Bytes::from(vec![1, i]))
+            } else {
+                raft.send(NodeId(1), Bytes::from(vec![0, i]))
+            }
+            rt.sleep(Duration::from_micros(50)).await;
+        }
+        // Untagged datagrams (a plain runtime's) reach no channel.
+        rt.send(NodeId(1), b("plain"));
+    });
+    run(&sim, ms(50));
+    for (c, inbox) in inboxes.iter().enumerate() {
+        let got: Vec<(NodeId, Vec<u8>)> = snapshot(inbox).into_iter().map(|(f, m, _)| (f, m.to_vec())).collect();
+        let sent: Vec<(NodeId, Vec<u8>)> =
+            (0..20u8).filter(|i| (i % 3 == 0) == (c == 1)).map(|i| (NodeId(2), vec![c as u8, i])).collect();
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(got_sorted, sent, "channel {c}");
+    }
+    sim.shutdown();
+}

@@ -48,6 +48,7 @@ pub mod broker_durable;
 pub mod broker_plugins;
 pub mod broker_replicated;
 pub mod checker;
+pub mod cluster;
 pub mod harness;
 pub mod history;
 pub mod linearizability;
@@ -234,7 +235,7 @@ pub const PLANTED_BUGS: bool = cfg!(feature = "planted-bugs");
 /// Every scenario, in listing order: the correct protocols, then (only with
 /// the `planted-bugs` feature) the `planted()` variants.
 pub fn catalog() -> Vec<&'static dyn Scenario> {
-    let correct: [&'static dyn Scenario; 13] = [
+    let correct: [&'static dyn Scenario; 14] = [
         &broadcast::BROADCAST,
         &broker::BROKER,
         &broker_durable::BROKER_DURABLE,
@@ -248,6 +249,7 @@ pub fn catalog() -> Vec<&'static dyn Scenario> {
         &raft::RAFT_PARTITIONS,
         &serve::SERVE,
         &serve::SERVE_RELOAD,
+        &cluster::CLUSTER,
     ];
     let all = correct.to_vec();
     #[cfg(feature = "planted-bugs")]
@@ -283,6 +285,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_backpressure::BROKER_BACKPRESSURE_QUEUE_IGNORES_ROOM,
         &serve::SERVE_PONG_BEFORE_STORED,
         &broker_plugins::BROKER_PLUGINS_QUARANTINE_BYPASS,
+        &cluster::CLUSTER_FORWARD_UNKNOWN_AS_REFUSED,
     ]
 }
 

@@ -37,6 +37,7 @@
 //! `Unauthorized` error frame), and topics' retention (applied at once).
 
 pub mod auth;
+pub mod cluster_member;
 pub mod config;
 pub mod native;
 pub mod nats;

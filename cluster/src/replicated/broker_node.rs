@@ -75,6 +75,7 @@ use kaelix_broker::replication::{Proposal, ProposalId, ProposalOp};
 use kaelix_broker::storage::StorageKind;
 use kaelix_broker::topic::Topic;
 use kaelix_broker::{Broker, BrokerConfig, BrokerError, TopicConfig};
+use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::RngExt;
 use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime};
 use kaelix_core::time::{Duration, Instant};
@@ -155,7 +156,7 @@ fn start<R: Runtime, O: ReplicaObserver>(
     if let Some(step_down) = forward {
         mirror.step_down = Some(step_down);
         let (tx, rx) = mpsc::unbounded();
-        let task = forwarder(rt.clone(), broker.clone(), config.forward_timeout, rx, tx.clone());
+        let task = forwarder(rt.clone(), broker.clone(), config.forward_timeout, config.planted, rx, tx.clone());
         drop(rt.spawn(Priority::High, "broker-forwarder", task));
         mirror.forward = Some(tx);
     }
@@ -417,14 +418,20 @@ async fn forwarder<R: Runtime>(
     rt: R,
     broker: Broker<R>,
     timeout: Duration,
+    planted: Planted,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     to_self: mpsc::UnboundedSender<Job>,
 ) {
     let mut streams: BTreeMap<NodeId, (u64, <R as ClientNetwork>::Stream)> = BTreeMap::new();
     let mut waiting = Waiting::default();
     let mut generation = 0u64;
-    let unknown =
-        |topic: Topic, partition: u32, reason: String| BrokerError::ReplicationUnknown { topic, partition, reason };
+    let unknown = |topic: Topic, partition: u32, reason: String| {
+        if planted.is_on(PlantedBug::ForwardUnknownAsRefused) {
+            // Planted: "not done" about a publish that may still commit.
+            return BrokerError::NotLeader { topic, partition, leader: None };
+        }
+        BrokerError::ReplicationUnknown { topic, partition, reason }
+    };
     loop {
         let job = match waiting.next_deadline() {
             None => jobs.next().await,
