@@ -460,7 +460,9 @@ fn serve_exports_metrics_and_health_over_http() {
     assert_eq!(sample(&text, "kaelix_broker_topics"), 1.0);
     assert_eq!(sample(&text, "kaelix_broker_published_messages_total"), 3.0);
     assert_eq!(sample(&text, "kaelix_broker_delivered_messages_total{to=\"stream\"}"), 3.0);
-    assert_eq!(sample(&text, "kaelix_broker_streams"), 1.0);
+    // The NATS subscription is on its connection's sink, not a stream.
+    assert_eq!(sample(&text, "kaelix_broker_streams"), 0.0);
+    assert_eq!(sample(&text, "kaelix_broker_sink_subscriptions"), 1.0);
     assert!(sample(&text, "kaelix_executor_workers") >= 1.0);
     let polls: f64 = text
         .lines()

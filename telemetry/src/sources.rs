@@ -258,6 +258,12 @@ fn add_broker_descriptions(collector: &MetricsCollector) {
             ),
             (Counter, "kaelix_broker_dead_lettered_messages_total", None, "Messages sent to dead-letter topics."),
             (Gauge, "kaelix_broker_streams", None, "Open streams (subscriptions inside the broker)."),
+            (
+                Gauge,
+                "kaelix_broker_sink_subscriptions",
+                None,
+                "Subscriptions on sinks (each NATS connection's subscriptions: no stream, no buffer).",
+            ),
             (Gauge, "kaelix_broker_stream_buffered_messages", None, "Messages buffered in open streams."),
             (Counter, "kaelix_broker_idle_closed_streams_total", None, "Streams closed for idleness."),
             (Gauge, "kaelix_broker_consumer_groups", None, "Consumer groups."),
@@ -297,6 +303,7 @@ fn record_broker<R: Runtime>(broker: &Broker<R>) {
     }
     counter!("kaelix_broker_dead_lettered_messages_total").absolute(stats.dead_lettered);
     gauge!("kaelix_broker_streams").set(stats.streams as f64);
+    gauge!("kaelix_broker_sink_subscriptions").set(stats.sink_subscriptions as f64);
     let buffered: usize = broker.active_streams().iter().map(|s| s.buffered).sum();
     gauge!("kaelix_broker_stream_buffered_messages").set(buffered as f64);
     counter!("kaelix_broker_idle_closed_streams_total").absolute(stats.idle_closed);
