@@ -29,7 +29,8 @@ pub struct Drawn {
 /// Runs `seed` of `scenario` (under `schedule` instead of the seed's drawn
 /// fault schedule, if given) and draws it; the page holds the window that
 /// ends just after the failure (or the run's end) with the last
-/// `max_messages` messages before it (`0`: the whole run).
+/// `max_messages` messages before it (`0`: the whole run), reaching further
+/// back when needed to hold every operation the failed check names.
 pub fn draw(scenario: &dyn Scenario, seed: u64, schedule: Option<&FaultSchedule>, max_messages: usize) -> Drawn {
     draw_with(scenario, seed, schedule, None, max_messages)
 }
@@ -51,7 +52,14 @@ pub fn draw_with(
         add_history(&recorder, history, &cited_operations(&report.verdict.to_string()));
     }
     let picture = recorder.picture();
-    let window = picture.default_window(max_messages);
+    let mut window = picture.default_window(max_messages);
+    // A history check fails when the run ends, which can be seconds after
+    // the operations it names: the window reaches back to them, past the
+    // message budget, since a picture of the failure without its cited
+    // operations shows nothing of what went wrong.
+    if let Some(first_cited) = picture.spans.iter().filter(|s| s.cited).map(|s| s.start).min() {
+        window.0 = window.0.min(first_cited.saturating_sub(1_000_000));
+    }
     let in_window = picture.arrows.iter().filter(|a| a.sent <= window.1 && a.at >= window.0).count();
     let title = format!(
         "{} seed {seed}{}: {}",
