@@ -244,9 +244,10 @@ pub fn start_member(
     view: ClusterView,
 ) -> Result<ClusterMember<RealRuntime>, String> {
     let seeds = join_seeds(rt, &config.cluster)?;
-    // An empty data directory is a new member of a new cluster (a member
-    // whose disk was replaced cannot say so yet: see the module docs).
-    let member = cluster_member::start(rt.clone(), &rt.channel(SWIM_CHANNEL), config, hook, view, true, &seeds)
+    // An empty data directory is what `cluster.initial_state` says: a new
+    // member of a new cluster, or a member whose disk was lost (recovering).
+    let bootstrap = config.cluster.initial_state.bootstrap();
+    let member = cluster_member::start(rt.clone(), &rt.channel(SWIM_CHANNEL), config, hook, view, bootstrap, &seeds)
         .map_err(|e| e.to_string())?;
     learn_member_addresses(rt, &member.membership);
     Ok(member)

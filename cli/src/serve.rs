@@ -122,6 +122,21 @@ pub struct ServeArgs {
     /// [`cluster.join`].
     #[arg(long)]
     pub join: Option<String>,
+    /// What an empty --data-dir means: `new` (a member of a cluster
+    /// starting for the first time) or `existing` (this member's disk was
+    /// lost or replaced: it recovers from the others before it votes)
+    /// [default: new; `cluster.initial_state`].
+    #[arg(long, value_enum)]
+    pub initial_cluster_state: Option<InitialStateArg>,
+}
+
+/// `--initial-cluster-state` (`cluster.initial_state`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum InitialStateArg {
+    /// An empty data directory is a new member of a new cluster.
+    New,
+    /// An empty data directory is a member whose disk was lost.
+    Existing,
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -222,6 +237,13 @@ fn loader(args: &ServeArgs) -> ConfigLoader {
     if let Some(join) = &args.join {
         let list: Vec<String> = join.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
         loader = loader.with_override("cluster.join", list, "--join");
+    }
+    if let Some(state) = args.initial_cluster_state {
+        let name = match state {
+            InitialStateArg::New => "new",
+            InitialStateArg::Existing => "existing",
+        };
+        loader = loader.with_override("cluster.initial_state", name, "--initial-cluster-state");
     }
     loader
 }

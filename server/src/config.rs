@@ -175,6 +175,45 @@ pub struct ClusterSettings {
     /// how long a frozen or partitioned leader holds a publisher; it
     /// should exceed a commit's worst latency under load. Fixed at start.
     pub forward_timeout_ms: u64,
+    /// What an empty data directory means at start (`"new"`, the default:
+    /// a member of a cluster starting for the first time; `"existing"`: a
+    /// member of a running cluster whose disk was lost or replaced). A
+    /// data directory that holds a member's state is used as it is,
+    /// whatever this says. See [`InitialState`].
+    pub initial_state: InitialState,
+}
+
+/// What an empty data directory means to a cluster member
+/// ([`ClusterSettings::initial_state`]; `RaftConfig::bootstrap`).
+///
+/// Raft's safety rests on a member never forgetting what it voted for or
+/// acknowledged. A member whose disk was wiped that came back as a fresh
+/// voter could elect a leader lacking entries the lost disk helped
+/// commit, and those entries would be overwritten. Started `existing`, it
+/// is **recovering** instead: it neither votes nor campaigns in a group
+/// until it durably holds a committed entry of the group's current
+/// leader's term, so the others' majorities decide until it has caught
+/// up. The cost of the mark: a cluster whose members all start
+/// `existing` on empty disks has no voter and never elects a leader, so a
+/// new cluster starts `new`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitialState {
+    /// An empty data directory is a new member of a new cluster: it votes
+    /// at once.
+    #[default]
+    New,
+    /// An empty data directory is a member of a running cluster whose
+    /// disk was lost: it recovers from the others before it votes.
+    Existing,
+}
+
+impl InitialState {
+    /// `RaftConfig::bootstrap` for this state: whether an empty disk may
+    /// vote at once.
+    pub fn bootstrap(self) -> bool {
+        self == InitialState::New
+    }
 }
 
 impl Default for ClusterSettings {
@@ -186,6 +225,7 @@ impl Default for ClusterSettings {
             peers: Vec::new(),
             join: Vec::new(),
             forward_timeout_ms: DEFAULT_FORWARD_TIMEOUT_MS,
+            initial_state: InitialState::New,
         }
     }
 }
@@ -315,11 +355,12 @@ impl ClusterSettings {
                 || !self.join.is_empty()
                 || self.listen.is_some()
                 || self.forward_timeout_ms != DEFAULT_FORWARD_TIMEOUT_MS
+                || self.initial_state != InitialState::New
             {
                 f.warn(
                     Integration,
                     "cluster.enabled",
-                    "false: node_id, listen, peers, join and forward_timeout_ms are ignored (a single node)",
+                    "false: node_id, listen, peers, join, forward_timeout_ms and initial_state are ignored (a single node)",
                 );
             }
             return;

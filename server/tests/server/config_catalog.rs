@@ -581,7 +581,7 @@ fn catalog() -> Vec<Entry> {
             vec![],
             vec![
                 "kaelix.toml:2:22: cluster.forward_timeout_ms: 3600000 is outside 100..=600000 (milliseconds)",
-                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join and forward_timeout_ms are ignored (a single node)",
+                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms and initial_state are ignored (a single node)",
             ],
         ),
         (
@@ -597,6 +597,12 @@ fn catalog() -> Vec<Entry> {
             t("[cluster]\nforward_timeout_ms = \"5s\"\n"),
             vec![],
             vec!["kaelix.toml:2:22: cluster.forward_timeout_ms: invalid type: string \"5s\", expected u64"],
+        ),
+        (
+            "an initial cluster state that is neither new nor existing",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\ninitial_state = \"fresh\"\n")),
+            vec![],
+            vec!["kaelix.toml:5:17: cluster.initial_state: unknown variant `fresh`, expected `new` or `existing`"],
         ),
         (
             "a tracing sampling ratio above 1",
