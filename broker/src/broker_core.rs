@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -429,6 +430,12 @@ pub struct BrokerCore {
     /// Grows whenever a topic or partition appears (log-backed streams
     /// refresh their partition lists when it moved).
     topology_version: u64,
+    /// Grows whenever a publish may start reaching something it did not
+    /// (a topic appears, a subscription opens, the broker shuts down): a
+    /// front end that found no interest in a subject may skip publishing
+    /// to it while this has not moved (see [`BrokerCore::has_interest`]).
+    /// Shared so that it is read without the broker's lock.
+    interest_epoch: Arc<AtomicU64>,
     /// Open log-backed streams (publishes wake them only if there are any).
     log_streams: usize,
     /// The latest `now` seen: time only moves forward.
@@ -494,6 +501,7 @@ impl BrokerCore {
             next_topic_id: 1,
             topic_ids: BTreeMap::new(),
             topology_version: 0,
+            interest_epoch: Arc::new(AtomicU64::new(0)),
             log_streams: 0,
             last_now: Instant::ZERO,
             has_replication: false,
@@ -523,6 +531,37 @@ impl BrokerCore {
     /// become [`Proposal`]s (see [`crate::replication`]).
     pub fn enable_replication(&mut self) {
         self.has_replication = true;
+    }
+
+    /// Notes that publishes may reach more than before (see
+    /// `interest_epoch`). Release: whoever reads the new value also sees
+    /// the state change made before it under the broker's lock.
+    fn interest_grew(&self) {
+        self.interest_epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The interest epoch (see [`BrokerCore::has_interest`]), shared: it
+    /// may be read without the broker's lock.
+    pub fn interest_epoch(&self) -> Arc<AtomicU64> {
+        self.interest_epoch.clone()
+    }
+
+    /// Whether a publish to `topic` ([`BrokerCore::route_or_return`]) would
+    /// do anything beyond counting a relay to nobody: the topic is stored
+    /// (or would be created), a live subscription matches it, or the broker
+    /// is shut down (the publish fails). `false` stays true until the
+    /// interest epoch moves: every change that could make it `true` moves
+    /// it. (Publish hooks are the async layer's; see `Broker::interest`.)
+    pub fn has_interest(&mut self, topic: &Topic) -> bool {
+        if self.shut_down || self.config.auto_create.is_some() || self.topics.contains_key(topic) {
+            return true;
+        }
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.registry.route_into(topic, &mut targets);
+        let any = !targets.is_empty();
+        targets.clear();
+        self.route_scratch = targets;
+        any
     }
 
     /// Whether a replicator is attached.
@@ -567,6 +606,7 @@ impl BrokerCore {
                 self.topic_ids.insert(id, topic.clone());
                 self.topics.insert(topic, state);
                 self.topology_version += 1;
+                self.interest_grew();
                 Ok(())
             }
             Some(state) if state.config.storage != config.storage => {
@@ -908,7 +948,9 @@ impl BrokerCore {
             return Err(BrokerError::ShutDown);
         }
         let strategy = strategy.unwrap_or_else(|| self.strategy_for(&pattern));
-        Ok(self.registry.open(now, pattern, queue_group.map(Arc::from), strategy)?)
+        let id = self.registry.open(now, pattern, queue_group.map(Arc::from), strategy)?;
+        self.interest_grew();
+        Ok(id)
     }
 
     /// Opens a sink: one delivery path for many subscriptions (see
@@ -939,7 +981,9 @@ impl BrokerCore {
         if self.shut_down {
             return Err(BrokerError::ShutDown);
         }
-        Ok(self.registry.subscribe_sink(sink, pattern, queue_group.map(Arc::from), tag)?)
+        let id = self.registry.subscribe_sink(sink, pattern, queue_group.map(Arc::from), tag)?;
+        self.interest_grew();
+        Ok(id)
     }
 
     /// Removes `sink`'s subscription `tag`; false if it has none.
@@ -978,6 +1022,7 @@ impl BrokerCore {
             }
         }
         let id = self.registry.open(now, pattern, None, Strategy::default())?;
+        self.interest_grew();
         let cursor = LogCursor {
             start,
             positions,
@@ -1616,6 +1661,7 @@ impl BrokerCore {
         self.topic_ids.insert(id, topic.clone());
         self.topics.insert(topic, state);
         self.topology_version += 1;
+        self.interest_grew();
     }
 
     /// Restores a consumer group's commit at start-up (`id`: the topic's).
@@ -1651,6 +1697,8 @@ impl BrokerCore {
     /// they buffered for their consumers to drain.
     pub fn shutdown(&mut self) {
         self.shut_down = true;
+        // A publish must now fail, not be skipped.
+        self.interest_grew();
         self.replication_outputs.clear();
         self.woken_streams.extend(self.registry.ids());
         let members: Vec<MemberId> = self.member_groups.keys().copied().collect();

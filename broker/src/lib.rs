@@ -51,6 +51,7 @@ pub mod topic;
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::task::{Poll, Waker};
 
@@ -198,9 +199,18 @@ pub struct Broker<C: Clock> {
     /// The publish hook (processor chains), shared by every clone; see
     /// [`intercept`]. Read on every publish, replaced rarely.
     hook: Arc<RwLock<Option<Arc<dyn PublishHook>>>>,
+    /// Whether `hook` holds one: a publish without hooks takes no lock for
+    /// them. Changed only under `hook`'s write lock.
+    has_hook: Arc<AtomicBool>,
     /// What traces replicated publishes (see [`commit_trace`]), shared by
     /// every clone; installed at most once.
     commit_tracer: Arc<OnceLock<Arc<dyn CommitTracer>>>,
+    /// The core's interest epoch (see [`Broker::interest`]), moved also
+    /// when the hook changes.
+    interest_epoch: Arc<AtomicU64>,
+    /// Publishes front ends skipped for lack of interest (counted as
+    /// relayed in [`Broker::stats`]).
+    unheard: Arc<AtomicU64>,
 }
 
 impl<C: Clock> Clone for Broker<C> {
@@ -211,7 +221,10 @@ impl<C: Clock> Clone for Broker<C> {
             has_storage: self.has_storage,
             has_replication: self.has_replication,
             hook: self.hook.clone(),
+            has_hook: self.has_hook.clone(),
             commit_tracer: self.commit_tracer.clone(),
+            interest_epoch: self.interest_epoch.clone(),
+            unheard: self.unheard.clone(),
         }
     }
 }
@@ -241,6 +254,7 @@ impl<C: Clock> Broker<C> {
 
     fn from_core(clock: C, rng: DetRng, core: BrokerCore) -> Self {
         let (has_storage, has_replication) = (core.has_storage(), core.has_replication());
+        let interest_epoch = core.interest_epoch();
         let state = State {
             core,
             rng,
@@ -264,7 +278,10 @@ impl<C: Clock> Broker<C> {
             has_storage,
             has_replication,
             hook: Arc::new(RwLock::new(None)),
+            has_hook: Arc::new(AtomicBool::new(false)),
             commit_tracer: Arc::new(OnceLock::new()),
+            interest_epoch,
+            unheard: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -279,13 +296,54 @@ impl<C: Clock> Broker<C> {
     /// (replacing the previous one; `None` removes it). Publishes already
     /// past the hook finish as they were; later ones see the new hook.
     pub fn set_publish_hook(&self, hook: Option<Arc<dyn PublishHook>>) {
-        *self.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+        {
+            let mut slot = self.hook.write().unwrap_or_else(|e| e.into_inner());
+            self.has_hook.store(hook.is_some(), Ordering::Release);
+            *slot = hook;
+        }
+        // A subject nobody was interested in may be the hook's now.
+        self.interest_epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The interest epoch now: see [`Broker::interest`].
+    pub fn interest_epoch(&self) -> u64 {
+        self.interest_epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether a publish to `topic` ([`Broker::route`] and its variants)
+    /// would do anything but count a relay to nobody — a hook covers the
+    /// topic, it is stored (or would be created), a live subscription
+    /// matches it, or the broker is shut down — and the epoch this answer
+    /// holds for. A `false` stays true while [`Broker::interest_epoch`]
+    /// returns that epoch (every change that could make it `true` moves
+    /// the epoch), so a front end may skip such publishes without the
+    /// broker's lock until then, counting them with
+    /// [`Broker::count_unheard`].
+    pub fn interest(&self, topic: &Topic) -> (bool, u64) {
+        // Read before looking: a change after this moves the epoch past it.
+        let epoch = self.interest_epoch();
+        if self.has_hook.load(Ordering::Acquire) {
+            let guard = self.hook.read().unwrap_or_else(|e| e.into_inner());
+            if guard.as_ref().is_some_and(|h| h.applies_to(topic)) {
+                return (true, epoch);
+            }
+        }
+        (self.lock().core.has_interest(topic), epoch)
+    }
+
+    /// Counts `n` publishes skipped for lack of interest (see
+    /// [`Broker::interest`]) as relayed.
+    pub fn count_unheard(&self, n: u64) {
+        self.unheard.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Runs the hook on `message` if one covers its topic: writes the dead
     /// letters it asks for and returns what is left to publish, or the
     /// message's disposition as [`BrokerError::Intercepted`].
     fn run_hook(&self, message: Message) -> Result<Hooked, BrokerError> {
+        if !self.has_hook.load(Ordering::Acquire) {
+            return Ok(Hooked::Untouched(message));
+        }
         let hook = {
             let guard = self.hook.read().unwrap_or_else(|e| e.into_inner());
             match &*guard {
@@ -540,6 +598,41 @@ impl<C: Clock> Broker<C> {
                 reason: "would block".to_owned(),
             })),
         }
+    }
+
+    /// [`Broker::try_route`] for many messages, in order, under one lock
+    /// and one clock reading: each routed message's result is pushed to
+    /// `routed` and the message taken from the front of `messages`. Stops
+    /// at the first message that would block on a full blocking stream
+    /// (it stays at the front, for the caller to route and wait with
+    /// [`Broker::route_unacknowledged`]). A front end reading a burst of
+    /// publishes pays the lock, the clocks and the wake-ups once per burst.
+    ///
+    /// Only for what needs nothing but the core: returns `false` (nothing
+    /// done) when a publish hook is installed or a replicator attached,
+    /// whose paths take each message on its own.
+    pub fn try_route_many(
+        &self,
+        messages: &mut std::collections::VecDeque<Message>,
+        routed: &mut Vec<Result<Routed, BrokerError>>,
+    ) -> bool {
+        if self.has_replication || self.has_hook.load(Ordering::Acquire) {
+            return false;
+        }
+        self.with(|s, now, wall| {
+            let State { core, rng, .. } = &mut *s;
+            while let Some(message) = messages.pop_front() {
+                match core.route_or_return(now, wall, rng, message) {
+                    Ok(Ok(r)) => routed.push(Ok(r)),
+                    Ok(Err((message, _))) => {
+                        messages.push_front(message);
+                        break;
+                    }
+                    Err(e) => routed.push(Err(e)),
+                }
+            }
+        });
+        true
     }
 
     fn try_route_direct(&self, message: Message) -> Result<Option<Routed>, BrokerError> {
@@ -934,7 +1027,9 @@ impl<C: Clock> Broker<C> {
 
     /// Counters.
     pub fn stats(&self) -> BrokerStats {
-        self.lock().core.stats()
+        let mut stats = self.lock().core.stats();
+        stats.relayed += self.unheard.load(Ordering::Relaxed);
+        stats
     }
 
     /// The subscription match cache's counters (hits, misses, evictions).
@@ -1428,6 +1523,128 @@ mod async_tests {
         // Past the head, or an unknown partition: nothing to wait for.
         assert!(futures_util::FutureExt::now_or_never(b.wait_readable(&t, 0, 5)).is_some());
         assert!(futures_util::FutureExt::now_or_never(b.wait_readable(&t, 3, 0)).is_some());
+    }
+
+    /// A hook that covers topics starting with `prefix` and drops them.
+    struct PrefixHook(&'static str);
+
+    impl PublishHook for PrefixHook {
+        fn applies_to(&self, topic: &Topic) -> bool {
+            topic.as_str().starts_with(self.0)
+        }
+
+        fn on_publish(&self, _message: Message) -> HookOutcome {
+            HookOutcome { dropped_by: Some("test".into()), ..HookOutcome::default() }
+        }
+    }
+
+    struct Nowhere;
+
+    impl Sink for Nowhere {
+        fn deliver(&self, _tag: u64, _pattern: &Pattern, _message: &Message) -> Delivery {
+            Delivery::Delivered
+        }
+
+        fn has_room(&self) -> bool {
+            true
+        }
+
+        fn ended(&self, _tag: u64) {}
+    }
+
+    /// The contract front ends rely on to skip publishes: a "no interest"
+    /// answer is invalidated (the epoch moves) by every change that could
+    /// make a publish to the subject reach something, and the answer then
+    /// says so.
+    #[test]
+    fn no_interest_holds_until_the_epoch_moves_and_every_new_interest_moves_it() {
+        let b = broker();
+        let t = Topic::new("a.b").unwrap();
+        let (any, epoch) = b.interest(&t);
+        assert!(!any, "nothing listens yet");
+        assert_eq!(b.interest_epoch(), epoch);
+        // Unrelated subscriptions and publishes may move it, but a later
+        // "no" answer is again a "no".
+        let other = b.open_sink(std::sync::Arc::new(Nowhere)).unwrap();
+        other.subscribe(&Pattern::new("x.>").unwrap(), None, 1).unwrap();
+        let (any, epoch) = b.interest(&t);
+        assert!(!any);
+
+        // Each kind of interest, checked on its own broker state.
+        let sink = b.open_sink(std::sync::Arc::new(Nowhere)).unwrap();
+        sink.subscribe(&Pattern::new("a.*").unwrap(), None, 1).unwrap();
+        assert_ne!(b.interest_epoch(), epoch, "a matching subscription moves the epoch");
+        assert!(b.interest(&t).0);
+        assert!(sink.unsubscribe(1));
+        let (any, epoch) = b.interest(&t);
+        assert!(!any, "the subscription left");
+
+        b.set_publish_hook(Some(std::sync::Arc::new(PrefixHook("a."))));
+        assert_ne!(b.interest_epoch(), epoch, "a hook moves the epoch");
+        assert!(b.interest(&t).0, "the hook covers the subject");
+        assert!(!b.interest(&Topic::new("z").unwrap()).0, "but not this one");
+        b.set_publish_hook(None);
+        let (any, epoch) = b.interest(&t);
+        assert!(!any);
+
+        b.create_topic("a.b", TopicConfig::default()).unwrap();
+        assert_ne!(b.interest_epoch(), epoch, "a topic moves the epoch");
+        assert!(b.interest(&t).0, "a stored topic is interest");
+        let u = Topic::new("u").unwrap();
+        let (any, epoch) = b.interest(&u);
+        assert!(!any);
+
+        b.shutdown();
+        assert_ne!(b.interest_epoch(), epoch, "shutting down moves the epoch");
+        assert!(b.interest(&u).0, "a publish must fail now, not be skipped");
+    }
+
+    /// A burst is routed in order, each message as `try_route` would, and
+    /// stops (keeping the rest, in order) at the first message that would
+    /// block; nothing routes in a batch past a hook.
+    #[test]
+    fn a_burst_routes_in_order_and_stops_where_a_publisher_would_wait() {
+        let b = broker();
+        let msg = |t: &str, p: u8| Message::builder().topic(t).payload(vec![p]).build().unwrap();
+        let mut blocking = b
+            .subscribe(
+                "slow",
+                SubscribeOptions { strategy: Some(Strategy::Block { capacity: 1 }), ..Default::default() },
+            )
+            .unwrap();
+        let mut fast = b.subscribe("a.*", SubscribeOptions::default()).unwrap();
+        b.create_topic("stored", TopicConfig::default()).unwrap();
+        let mut burst: std::collections::VecDeque<Message> =
+            [msg("a.x", 0), msg("stored", 1), msg("a.y", 2), msg("slow", 3), msg("slow", 4), msg("a.z", 5)].into();
+        let mut routed = Vec::new();
+        assert!(b.try_route_many(&mut burst, &mut routed));
+        assert_eq!(routed.len(), 4, "up to the first full blocking stream");
+        assert!(matches!(routed[0], Ok(Routed::Relayed { buffered_for: 1 })));
+        assert!(matches!(routed[1], Ok(Routed::Stored(Published { offset: 0, .. }))));
+        assert!(matches!(routed[3], Ok(Routed::Relayed { buffered_for: 1 })));
+        let left: Vec<u8> = burst.iter().map(|m| m.payload()[0]).collect();
+        assert_eq!(left, vec![4, 5], "the rest stays, in order");
+        let got: Vec<u8> = std::iter::from_fn(|| fast.try_next()).map(|m| m.payload()[0]).collect();
+        assert_eq!(got, vec![0, 2]);
+        assert_eq!(blocking.try_next().map(|m| m.payload()[0]), Some(3));
+        // Room again: the rest goes through.
+        routed.clear();
+        assert!(b.try_route_many(&mut burst, &mut routed));
+        assert!(burst.is_empty() && routed.len() == 2);
+        assert_eq!(fast.try_next().map(|m| m.payload()[0]), Some(5));
+
+        b.set_publish_hook(Some(std::sync::Arc::new(PrefixHook("a."))));
+        let mut burst: std::collections::VecDeque<Message> = [msg("a.x", 6)].into();
+        assert!(!b.try_route_many(&mut burst, &mut routed), "a hook takes each message itself");
+        assert_eq!(burst.len(), 1);
+    }
+
+    #[test]
+    fn skipped_publishes_count_as_relayed() {
+        let b = broker();
+        b.try_route(Message::builder().topic("q").payload("x").build().unwrap()).unwrap();
+        b.count_unheard(41);
+        assert_eq!(b.stats().relayed, 42);
     }
 
     #[derive(Default)]

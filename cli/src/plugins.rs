@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kaelix_broker::Broker;
+use kaelix_broker::intercept::PublishHook;
 use kaelix_broker::topic::Pattern;
 use kaelix_core::time::Duration;
 use kaelix_plugins::wasm::{WasmEngine, WasmLimits, WasmProcessor};
@@ -67,9 +68,11 @@ impl ServePlugins {
         Ok(plugins)
     }
 
-    /// The publish hook to install in the broker.
-    pub fn hook(&self) -> Arc<Chains<RealRuntime>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).chains.clone()
+    /// The publish hook to install in the broker: `None` while no chain is
+    /// configured (then a publish takes no look at the plugins at all).
+    pub fn hook(&self) -> Option<Arc<dyn PublishHook>> {
+        let chains = self.state.lock().unwrap_or_else(|e| e.into_inner()).chains.clone();
+        installed_hook(chains)
     }
 
     fn processor(&self, key: &str, spec: &WasmPluginSpec, bytes: &[u8]) -> Result<Box<dyn StreamProcessor>, String> {
@@ -136,9 +139,17 @@ impl ServePlugins {
         }
         state.chains.set(chains).map_err(|e| format!("plugins.chains: {e}"))?;
         if let Some(broker) = broker {
-            broker.set_publish_hook(Some(state.chains.clone()));
+            // After `set`: the broker's interest epoch moves with the new
+            // hook, so a subject no chain covered before is looked at again.
+            broker.set_publish_hook(installed_hook(state.chains.clone()));
         }
         done.push(format!("{} chain(s) in force", config.chains.len()));
         Ok(done)
     }
+}
+
+/// `chains` as the broker's publish hook, or `None` when it has no chain:
+/// an empty hook applies to nothing, and no hook costs a publish nothing.
+fn installed_hook(chains: Arc<Chains<RealRuntime>>) -> Option<Arc<dyn PublishHook>> {
+    if chains.current().is_empty() { None } else { Some(chains) }
 }

@@ -379,7 +379,7 @@ fn run_with(
             Ok(p) => Arc::new(p),
             Err(e) => return Err(e),
         };
-        let hook: Arc<dyn kaelix_broker::intercept::PublishHook> = plugins.hook();
+        let hook = plugins.hook();
         let mut step_down = None;
         let mut membership = None;
         let started = if config.cluster.enabled && config.cluster.peers.is_empty() {
@@ -396,11 +396,11 @@ fn run_with(
                 config.cluster.node_id,
                 config.cluster.join.join(",")
             );
-            Server::start_with_hook(rt, config, Some(hook)).await
+            Server::start_with_hook(rt, config, hook).await
         } else if config.cluster.enabled {
             let view = crate::cluster::ClusterView::default();
             let (node_id, peers) = (config.cluster.node_id, config.cluster.peers.join(","));
-            let member = crate::cluster::start_member(&rt, config, Some(hook), view.clone())?;
+            let member = crate::cluster::start_member(&rt, config, hook, view.clone())?;
             step_down = Some(member.step_down);
             if let Some(collector) = &collector {
                 crate::cluster::add_metrics(collector, node_id, view, member.groups.clone());
@@ -413,7 +413,7 @@ fn run_with(
             );
             Ok(member.server)
         } else {
-            Server::start_with_hook(rt, config, Some(hook)).await
+            Server::start_with_hook(rt, config, hook).await
         };
         let server = match started {
             Ok(s) => s,

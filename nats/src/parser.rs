@@ -111,6 +111,22 @@ impl Framer {
         }
     }
 
+    fn push_bytes(&mut self, chunk: Bytes) {
+        if self.failed {
+            return;
+        }
+        if self.buf.is_empty() {
+            // Nothing left over: the chunk itself becomes the buffer
+            // (no copy when it is not shared).
+            match chunk.try_into_mut() {
+                Ok(owned) => self.buf = owned,
+                Err(shared) => self.buf.extend_from_slice(&shared),
+            }
+        } else {
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
     fn fail<T>(&mut self, err: ProtoError) -> Option<Result<T, ProtoError>> {
         self.failed = true;
         self.buf = BytesMut::new();
@@ -225,6 +241,13 @@ macro_rules! parser {
             /// Appends received bytes.
             pub fn push(&mut self, chunk: &[u8]) {
                 self.framer.push(chunk);
+            }
+
+            /// Appends received bytes the caller owns: [`push`](Self::push)
+            /// without copying them when nothing is left over from
+            /// earlier pushes and `chunk` is not shared.
+            pub fn push_bytes(&mut self, chunk: Bytes) {
+                self.framer.push_bytes(chunk);
             }
 
             /// Bytes received but not yet returned as operations.
@@ -452,15 +475,18 @@ fn message_line(line: &Bytes, from: usize, shape: &Shape, limits: &Limits) -> Re
     let subject = take();
     let sid = if shape.sid { take() } else { Bytes::new() };
     let reply = (n == fixed + 1).then(&mut take);
+    // The sizes are read in place (no slice handle for them).
+    let (first_size, last) = (next, n - 1);
+    let number = |i: usize| parse_number(&line[args[i].0..args[i].1]);
     let (header_len, total) = if shape.headers {
-        let header = parse_number(&take()).ok_or(ProtoError::BadSize { op: shape.op, field: "header size" })?;
-        let total = parse_number(&take()).ok_or(ProtoError::BadSize { op: shape.op, field: "total size" })?;
+        let header = number(first_size).ok_or(ProtoError::BadSize { op: shape.op, field: "header size" })?;
+        let total = number(last).ok_or(ProtoError::BadSize { op: shape.op, field: "total size" })?;
         if header > total {
             return Err(ProtoError::HeaderSizeExceedsTotal { op: shape.op, header, total });
         }
         (Some(header), total)
     } else {
-        (None, parse_number(&take()).ok_or(ProtoError::BadSize { op: shape.op, field: "size" })?)
+        (None, number(last).ok_or(ProtoError::BadSize { op: shape.op, field: "size" })?)
     };
     if total > limits.max_payload as u64 {
         return Err(ProtoError::PayloadTooLarge { size: total, max: limits.max_payload });
@@ -648,6 +674,34 @@ mod tests {
         // One buffer: the payload sits 7 bytes after the subject.
         assert_eq!(op.payload.as_ptr() as usize - op.subject.as_ptr() as usize, 7);
         assert_eq!(p.buffered(), 0);
+    }
+
+    /// Chunks handed over as owned `Bytes` (taken as the buffer when
+    /// nothing is left over) parse exactly as copied ones, wherever the
+    /// chunk boundaries fall.
+    #[test]
+    fn owned_chunks_parse_as_copied_ones() {
+        let input: &[u8] =
+            b"PUB a 5\r\nhello\r\nPING\r\nHPUB b r 12 14\r\nNATS/1.0\r\n\r\nhi\r\nSUB c 1\r\nPUB d 0\r\n\r\n";
+        let expected = client_ops(input);
+        assert_eq!(expected.len(), 5);
+        assert!(expected.iter().all(Result::is_ok));
+        for size in 1..=input.len() {
+            let mut p = Parser::new();
+            let mut got = Vec::new();
+            for chunk in input.chunks(size) {
+                p.push_bytes(Bytes::copy_from_slice(chunk));
+                got.extend(p.by_ref());
+            }
+            assert_eq!(got, expected, "chunks of {size}");
+            assert_eq!(p.buffered(), 0);
+        }
+        // A shared chunk is copied, not taken: the caller's view stays.
+        let shared = Bytes::copy_from_slice(input);
+        let mut p = Parser::new();
+        p.push_bytes(shared.clone());
+        assert_eq!(p.by_ref().collect::<Vec<_>>(), expected);
+        assert_eq!(&shared[..], input);
     }
 
     #[test]

@@ -33,6 +33,17 @@
 //! deliveries of the publishes before its `PING`, and each connection sees
 //! each publisher's messages in order, over all its subscriptions.
 //!
+//! **Publishing cheaply.** A `PUB` to a subject that no subscription,
+//! stored topic or plugin chain is interested in is skipped before any
+//! message is built (as core NATS drops it): the connection remembers the
+//! broker's answer for its last subject with the broker's interest epoch,
+//! and while the epoch stands — every new subscription, topic or hook moves
+//! it — a repeat costs one atomic load (`Broker::interest`). The other
+//! non-verbose `PUB`s of one read are gathered and routed in bursts, each
+//! burst under one broker lock and one clock reading
+//! (`Broker::try_route_many`); any other operation routes the burst first,
+//! so replies keep their order.
+//!
 //! `CONNECT.echo = false`: every publish carries its connection as the
 //! message's origin (in memory only), and that connection's sink skips
 //! messages of their own origin.
@@ -43,7 +54,7 @@
 pub mod delivery;
 pub mod session;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -206,19 +217,38 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         next_odd_tag: 0,
         max_subscriptions: limits.max_subscriptions,
         unacknowledged: BTreeMap::new(),
+        interest: None,
+        unheard: 0,
+        burst: VecDeque::new(),
+        burst_routing: VecDeque::new(),
+        burst_routed: Vec::new(),
     };
     let reason = 'serve: loop {
         let mut performed = 0;
+        let batching = conn.may_batch();
         while let Some(action) = session.poll_output() {
-            if let Some(reason) = conn.perform(&mut session, action).await {
-                break 'serve reason;
+            match action {
+                // Gathered and routed together; any other action routes
+                // what was gathered first (the order is the protocol's).
+                Action::Publish { topic, reply, headers, payload, ok: false } if batching => {
+                    conn.queue_publish(&session, topic, reply, headers, payload).await;
+                }
+                action => {
+                    conn.flush_publishes(&session).await;
+                    if let Some(reason) = conn.perform(&mut session, action).await {
+                        break 'serve reason;
+                    }
+                }
             }
             performed += 1;
             if performed % OPS_PER_YIELD == 0 {
+                conn.flush_publishes(&session).await;
                 yield_now().await;
             }
         }
+        conn.flush_publishes(&session).await;
         conn.handle_events();
+        conn.count_unheard();
         if outbound.is_broken() {
             break 'serve "write failed".to_owned();
         }
@@ -249,7 +279,7 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         match event {
             Wake::Read(Ok(Some(chunk))) => {
                 shared.stats.nats.bytes_in.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                session.handle_bytes(shared.rt.now(), &chunk);
+                session.handle_chunk(shared.rt.now(), chunk);
                 if let Some(login) = session.take_login() {
                     // Registered first, then compared with the rules in
                     // force: a reconfiguration either sees this login or
@@ -296,6 +326,7 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
             }
         }
     };
+    conn.count_unheard();
     tracing::debug!(client = id, peer = %client.peer, reason, "NATS connection closed");
     // Its subscriptions leave the broker with the sink.
     conn.subscriptions = None;
@@ -351,9 +382,48 @@ struct Conn<R: Runtime> {
     /// Highest offset published per stored partition and not yet known
     /// acknowledged: what the next `PONG` waits for.
     unacknowledged: BTreeMap<(Topic, u32), u64>,
+    /// The broker's last answer about the interest in a subject (see
+    /// `Broker::interest`): the subject, the epoch the answer holds for,
+    /// and whether anything was interested.
+    interest: Option<(Topic, u64, bool)>,
+    /// Publishes skipped for lack of interest, not yet counted by the broker.
+    unheard: u64,
+    /// Non-verbose publishes gathered to be routed together, and what
+    /// follows each one's routing (see [`Conn::queue_publish`]).
+    burst: VecDeque<Message>,
+    burst_routing: VecDeque<Routing>,
+    /// Reused for the results of routing a burst.
+    burst_routed: Vec<Result<Routed, BrokerError>>,
 }
 
 impl<R: Runtime> Conn<R> {
+    /// Whether a publish to `topic` would reach nothing (no subscription,
+    /// no stored topic, no hook: see `Broker::interest`), so that it can be
+    /// skipped. Asks the broker only when the subject changed or the
+    /// broker's interest epoch moved since it last asked: a publisher
+    /// repeating a subject nobody listens to costs one atomic load.
+    fn unheard(&mut self, topic: &Topic) -> bool {
+        let broker = &self.shared.broker;
+        if let Some((known, epoch, any)) = &self.interest
+            && known == topic
+            && broker.interest_epoch() == *epoch
+        {
+            // `any` may be stale `true` (an unsubscribe does not move the
+            // epoch): then the publish takes the full path, which is right.
+            return !any;
+        }
+        let (any, epoch) = broker.interest(topic);
+        self.interest = Some((topic.clone(), epoch, any));
+        !any
+    }
+
+    /// Hands the count of skipped publishes to the broker's statistics.
+    fn count_unheard(&mut self) {
+        if self.unheard > 0 {
+            self.shared.broker.count_unheard(std::mem::take(&mut self.unheard));
+        }
+    }
+
     /// The tag of an existing subscription's sid.
     fn tag_of(&self, sid: &[u8]) -> Option<u64> {
         numeric_tag(sid).or_else(|| self.odd_tags.get(sid).copied())
@@ -558,6 +628,49 @@ impl<R: Runtime> Conn<R> {
         None
     }
 
+    /// Turns a `PUB` into the message to route, or handles it at once:
+    /// skipped for lack of interest (see [`Conn::unheard`]), or refused
+    /// with an error reply (`Err(text)`, for the caller to send in order).
+    fn prepare_publish(
+        &mut self,
+        session: &Session,
+        topic: Topic,
+        reply: Option<Topic>,
+        headers: Option<Bytes>,
+        payload: Bytes,
+        ok: bool,
+    ) -> Result<Option<(Message, Routing)>, &'static str> {
+        // Core NATS drops a message nobody listens to; so does this, before
+        // any message is built. Not when something else must happen: the
+        // headers must be checked, a request may need its no-responders
+        // answer, a publish may be traced.
+        let options = session.options();
+        let may_need_no_responders = reply.is_some() && options.no_responders && options.headers;
+        if headers.is_none() && !may_need_no_responders && crate::trace::installed().is_none() && self.unheard(&topic) {
+            self.unheard += 1;
+            if ok {
+                self.reply(&Reply::Ok);
+            }
+            return Ok(None);
+        }
+        let mut builder = Message::builder().topic(topic.clone()).payload(payload).origin(self.client.id);
+        if let Some(r) = &reply {
+            builder = builder.reply_to(r.clone());
+        }
+        if let Some(block) = &headers {
+            builder = nats_headers_to_broker(block, builder)?;
+        }
+        match builder.build() {
+            Ok(m) => Ok(Some((m, Routing { topic, reply, ok }))),
+            Err(e) => {
+                tracing::debug!(client = self.client.id, error = %e, "publish refused");
+                Err("Invalid Message")
+            }
+        }
+    }
+
+    /// Publishes one `PUB` on its own (verbose mode, traced publishes, or
+    /// where a burst cannot be routed at once).
     async fn publish(
         &mut self,
         session: &Session,
@@ -567,26 +680,14 @@ impl<R: Runtime> Conn<R> {
         payload: Bytes,
         ok: bool,
     ) {
-        let mut builder = Message::builder().topic(topic.clone()).payload(payload).origin(self.client.id);
-        if let Some(r) = &reply {
-            builder = builder.reply_to(r.clone());
-        }
-        if let Some(block) = &headers {
-            match nats_headers_to_broker(block, builder) {
-                Ok(b) => builder = b,
-                Err(text) => return self.reply(&Reply::Err(text)),
-            }
-        }
-        let mut message = match builder.build() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(client = self.client.id, error = %e, "publish refused");
-                return self.reply(&Reply::Err("Invalid Message"));
-            }
+        let (mut message, routing) = match self.prepare_publish(session, topic, reply, headers, payload, ok) {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => return,
+            Err(text) => return self.reply(&Reply::Err(text)),
         };
         // Traced or not is decided here, before any span exists (see
         // `crate::trace`); the request span lives until this returns.
-        let mut trace = crate::trace::begin_publish(FrontEnd::Nats, topic.as_str(), Some(&message));
+        let mut trace = crate::trace::begin_publish(FrontEnd::Nats, routing.topic.as_str(), Some(&message));
         if let Some(t) = &trace {
             t.inject(&mut message);
         }
@@ -594,6 +695,73 @@ impl<R: Runtime> Conn<R> {
         if let Some(t) = &mut trace {
             t.routed(routed.is_ok());
         }
+        self.routed(session, routing, routed).await;
+    }
+
+    /// Whether non-verbose `PUB`s may be gathered into bursts
+    /// ([`Conn::queue_publish`]): not while publishes are traced (each
+    /// gets its spans around its own routing).
+    fn may_batch(&self) -> bool {
+        crate::trace::installed().is_none()
+    }
+
+    /// Adds a non-verbose `PUB` to the burst being gathered (routed by
+    /// [`Conn::flush_publishes`] before any other action, so order holds).
+    async fn queue_publish(
+        &mut self,
+        session: &Session,
+        topic: Topic,
+        reply: Option<Topic>,
+        headers: Option<Bytes>,
+        payload: Bytes,
+    ) {
+        debug_assert!(self.may_batch());
+        match self.prepare_publish(session, topic, reply, headers, payload, false) {
+            Ok(Some((message, routing))) => {
+                self.burst.push_back(message);
+                self.burst_routing.push_back(routing);
+                if self.burst.len() >= OPS_PER_YIELD {
+                    self.flush_publishes(session).await;
+                }
+            }
+            Ok(None) => {}
+            Err(text) => {
+                // After the publishes before it.
+                self.flush_publishes(session).await;
+                self.reply(&Reply::Err(text));
+            }
+        }
+    }
+
+    /// Routes the gathered burst: as much as can go at once under one
+    /// broker lock (`Broker::try_route_many`), a message that must wait
+    /// for a full blocking subscriber on its own, and so on until done.
+    async fn flush_publishes(&mut self, session: &Session) {
+        let broker = self.shared.broker.clone();
+        while !self.burst.is_empty() {
+            let mut routed = std::mem::take(&mut self.burst_routed);
+            if broker.try_route_many(&mut self.burst, &mut routed) {
+                for result in routed.drain(..) {
+                    let routing = self.burst_routing.pop_front().expect("one routing per message");
+                    self.routed(session, routing, result).await;
+                }
+            }
+            self.burst_routed = routed;
+            // A message that would wait (or a broker that routes each
+            // message itself): on its own.
+            if let Some(message) = self.burst.pop_front() {
+                let routing = self.burst_routing.pop_front().expect("one routing per message");
+                let result = broker.route_unacknowledged(message).await;
+                self.routed(session, routing, result).await;
+            }
+        }
+        debug_assert!(self.burst_routing.is_empty());
+    }
+
+    /// What follows a publish's routing: its `+OK` (verbose), the storage
+    /// barrier's bookkeeping, a no-responders answer, or its error.
+    async fn routed(&mut self, session: &Session, routing: Routing, routed: Result<Routed, BrokerError>) {
+        let Routing { topic, reply, ok } = routing;
         match routed {
             Ok(Routed::Stored(p)) => {
                 if ok {
@@ -640,6 +808,14 @@ impl<R: Runtime> Conn<R> {
             }
         }
     }
+}
+
+/// Where a publish came from and what follows its routing.
+struct Routing {
+    topic: Topic,
+    reply: Option<Topic>,
+    /// Verbose: `+OK` once stored.
+    ok: bool,
 }
 
 /// Copies a NATS header block into the message's headers. Repeated names

@@ -122,6 +122,10 @@ pub struct Session {
     /// Set by a successful CONNECT until the driver takes it (the server
     /// re-checks it when the configuration is reloaded).
     new_login: Option<Login>,
+    /// The subject of the last valid `PUB` as a topic, and whether the
+    /// client may publish to it: a publisher usually repeats its subject,
+    /// and then it is neither validated nor allocated again.
+    last_subject: Option<(Topic, bool)>,
 }
 
 /// The credentials a client logged in with and what they granted.
@@ -155,6 +159,7 @@ impl Session {
             auth,
             permissions: Permissions::default(),
             new_login: None,
+            last_subject: None,
         }
     }
 
@@ -186,11 +191,17 @@ impl Session {
     }
 
     /// Bytes the client sent.
-    pub fn handle_bytes(&mut self, _now: Instant, chunk: &[u8]) {
+    pub fn handle_bytes(&mut self, now: Instant, chunk: &[u8]) {
+        self.handle_chunk(now, Bytes::copy_from_slice(chunk));
+    }
+
+    /// [`Session::handle_bytes`] for a chunk the caller hands over (parsed
+    /// in place when it can be).
+    pub fn handle_chunk(&mut self, _now: Instant, chunk: Bytes) {
         if self.is_closed() {
             return;
         }
-        self.parser.push(chunk);
+        self.parser.push_bytes(chunk);
         while let Some(parsed) = self.parser.next() {
             match parsed {
                 Ok(op) => self.handle_op(op),
@@ -268,12 +279,26 @@ impl Session {
                 self.ok();
             }
             ClientOp::Pub(p) => {
-                let topic = match std::str::from_utf8(&p.subject)
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| Topic::new(s).map_err(|e| e.to_string()))
-                {
-                    Ok(t) => t,
-                    Err(_) => return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Publish Subject"))),
+                let (topic, permitted) = match &self.last_subject {
+                    Some((topic, permitted)) if topic.as_str().as_bytes() == &p.subject[..] => {
+                        (topic.clone(), *permitted)
+                    }
+                    _ => {
+                        let topic = match std::str::from_utf8(&p.subject)
+                            .map_err(|e| e.to_string())
+                            .and_then(|s| Topic::new(s).map_err(|e| e.to_string()))
+                        {
+                            Ok(t) => t,
+                            Err(_) => {
+                                return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Publish Subject")));
+                            }
+                        };
+                        // The permissions are fixed for the session (a
+                        // reload that changes them closes it).
+                        let permitted = self.permissions.publish.permits_topic(&topic);
+                        self.last_subject = Some((topic.clone(), permitted));
+                        (topic, permitted)
+                    }
                 };
                 let reply =
                     match p.reply.as_deref().map(|r| std::str::from_utf8(r).ok().and_then(|s| Topic::new(s).ok())) {
@@ -283,7 +308,7 @@ impl Session {
                             return self.outputs.push_back(Action::Reply(Reply::Err("Invalid Reply Subject")));
                         }
                     };
-                if !self.permissions.publish.permits_topic(&topic) {
+                if !permitted {
                     let subject = topic.as_str().to_owned();
                     return self
                         .outputs

@@ -84,3 +84,51 @@ fn odd_sids_limits_and_duplicates_follow_the_sid() {
     assert_eq!(client.line(), "MSG a 007 1", "only 007 is left on a");
     assert_eq!(client.payload(1), b"r");
 }
+
+/// A publish to a subject nobody listens to is skipped before any broker
+/// work (see `Broker::interest`): that must never hide a subscription made
+/// since. Whatever the publisher sent before, a subscriber whose `SUB` was
+/// answered (its `PONG`) gets every later publish to the subject, in
+/// order, and none once unsubscribed; the skipped publishes are counted
+/// as relayed to nobody.
+#[test]
+fn a_subject_nobody_listened_to_reaches_whoever_subscribes_later() {
+    let ts = TestServer::start("subs-late");
+    let relayed_before = ts.server().broker().stats().relayed;
+    let mut publisher = Raw::connected(ts.addr);
+    let mut burst = String::new();
+    for i in 0..1_000 {
+        write!(burst, "PUB late.x 1\r\n{}\r\n", i % 10).unwrap();
+    }
+    burst.push_str("PING\r\n");
+    publisher.send(burst.as_bytes());
+    assert_eq!(publisher.line(), "PONG");
+    assert_eq!(ts.server().broker().stats().relayed - relayed_before, 1_000, "each counted as a relay to nobody");
+
+    let mut subscriber = Raw::connected(ts.addr);
+    subscriber.send(b"SUB late.* 1\r\nPING\r\n");
+    assert_eq!(subscriber.line(), "PONG");
+    publisher.send(b"PUB late.x 1\r\na\r\nPUB early.y 1\r\nb\r\nPUB late.x 1\r\nc\r\nPING\r\n");
+    assert_eq!(publisher.line(), "PONG");
+    for payload in [b"a", b"c"] {
+        assert_eq!(subscriber.line(), "MSG late.x 1 1");
+        assert_eq!(subscriber.payload(1), payload);
+    }
+
+    // Gone again: the next publishes reach nobody, and a subscription on
+    // another subject, published to after them, shows that they were
+    // routed (each connection sees a publisher's messages in order).
+    subscriber.send(b"UNSUB 1\r\nSUB other 2\r\nPING\r\n");
+    assert_eq!(subscriber.line(), "PONG");
+    publisher.send(b"PUB late.x 1\r\nd\r\nPUB other 1\r\ne\r\nPING\r\n");
+    assert_eq!(publisher.line(), "PONG");
+    assert_eq!(subscriber.line(), "MSG other 2 1");
+    assert_eq!(subscriber.payload(1), b"e");
+
+    // Verbose: a skipped publish is still answered `+OK`.
+    let (mut verbose, _) = Raw::connect(ts.addr);
+    verbose.send(b"CONNECT {\"verbose\":true}\r\nPUB nobody 1\r\nz\r\nPING\r\n");
+    assert_eq!(verbose.line(), "+OK", "CONNECT");
+    assert_eq!(verbose.line(), "+OK", "the publish");
+    assert_eq!(verbose.line(), "PONG");
+}
