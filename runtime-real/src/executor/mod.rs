@@ -297,6 +297,20 @@ pub(crate) struct Shared {
     pub(crate) driver: Arc<Driver>,
 }
 
+/// Why a task is queued (see [`Shared::schedule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// A new task.
+    Spawned,
+    /// A wake from its waker (or an abort).
+    Woken,
+    /// Its poll returned `Pending` after it woke itself during the poll (a
+    /// yield): the worker that polled it requeues it.
+    Yielded,
+    /// Shutdown's cancellation: not a wake the histogram samples.
+    Unsampled,
+}
+
 thread_local! {
     /// The deques of the worker running on this thread, if any.
     static LOCAL: RefCell<Option<LocalWorker>> = const { RefCell::new(None) };
@@ -309,7 +323,16 @@ struct LocalWorker {
     /// Wakes and spawns on this worker until the next one is stamped for
     /// the wake-to-poll histogram (see [`metrics`]).
     until_sample: Cell<u32>,
+    /// Tasks left in the deques when the task being polled was picked.
+    queued_at_pick: Cell<usize>,
+    /// Task ids this worker hands out before it takes another block from
+    /// the executor's counter: the next one, and the end of the block.
+    ids: Cell<(u64, u64)>,
 }
+
+/// Task ids a worker takes from the executor's counter at once, so that a
+/// spawn on a worker writes no shared line for its id.
+const ID_BLOCK: u64 = 1024;
 
 static NEXT_EXECUTOR: AtomicU64 = AtomicU64::new(1);
 
@@ -318,13 +341,16 @@ impl Shared {
         self.driver.now_nanos()
     }
 
-    /// Queues a task that is SCHEDULED (spawned or woken). `sampled`: a
-    /// wake the wake-to-poll histogram may sample (see [`metrics`]).
-    pub(crate) fn schedule(&self, task: TaskRef, sampled: bool) {
+    /// Queues a task that is SCHEDULED (spawned, woken, or requeued after a
+    /// poll during which it woke itself); `why` says which, for the
+    /// wake-to-poll sample and the unpark decision.
+    pub(crate) fn schedule(&self, task: TaskRef, why: Queued) {
         let tier = task.header().priority_index();
+        let sampled = why != Queued::Unsampled;
         // On one of our workers: its own deque. That worker runs the task
         // next unless it already has a backlog, so only then is a parked
-        // worker worth an unpark (a futex syscall on the waker's path).
+        // worker worth an unpark (a futex syscall on the waker's path, and
+        // a woken worker that finds the task already taken parks again).
         let (task, backlog) = LOCAL.with(|local| match &*local.borrow() {
             Some(w) if w.executor == self.id => {
                 if sampled {
@@ -337,11 +363,24 @@ impl Shared {
                     }
                 }
                 w.deques[tier].push(task);
-                (None, w.deques.iter().map(|d| d.len()).sum::<usize>())
+                let backlog = match why {
+                    // A yield is the worker's own continuation: the worker
+                    // was busy with it and stays as busy. It counts as a
+                    // backlog only behind tasks that were already queued
+                    // when this poll began (those did not get a worker of
+                    // their own either); the tasks this poll woke had their
+                    // own wake decide, and counting them would unpark a
+                    // worker on every wake-and-yield, in front of the woken
+                    // task (`benches/RESULTS.md`, "Task to task latency").
+                    Queued::Yielded => w.queued_at_pick.get() + 1,
+                    _ => w.deques.iter().map(|d| d.len()).sum::<usize>(),
+                };
+                (None, backlog)
             }
             _ => (Some(task), usize::MAX),
         });
         if let Some(task) = task {
+            debug_assert!(why != Queued::Yielded, "a yield is requeued by the worker that polled it");
             if sampled {
                 task.header().woken_at.store(self.now_nanos().max(1), Ordering::Relaxed);
             }
@@ -373,13 +412,25 @@ impl Shared {
     {
         // Tiers beyond `priority_levels` fold into the lowest kept one.
         let priority = Priority::ALL[(priority as usize).min(self.config.priority_levels - 1)];
-        let (pool, worker) = LOCAL.with(|local| match &*local.borrow() {
-            Some(w) if w.executor == self.id => (self.workers[w.index].pool, Some(w.index)),
-            _ => (self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(), None),
+        let (pool, worker, id) = LOCAL.with(|local| match &*local.borrow() {
+            Some(w) if w.executor == self.id => {
+                let (mut next, mut end) = w.ids.get();
+                if next == end {
+                    next = self.next_task.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                    end = next + ID_BLOCK;
+                }
+                w.ids.set((next + 1, end));
+                (self.workers[w.index].pool, Some(w.index), next)
+            }
+            _ => (
+                self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
+                None,
+                self.next_task.fetch_add(1, Ordering::Relaxed),
+            ),
         });
         let registry_shard = self.live.shard_of(worker);
         let header = Header {
-            id: self.next_task.fetch_add(1, Ordering::Relaxed),
+            id,
             name,
             priority,
             pool,
@@ -398,7 +449,7 @@ impl Shared {
         let within_bound = self.live_count.try_admit();
         let accepted = within_bound && self.live.insert(registry_shard, &task);
         if accepted {
-            self.schedule(task, true);
+            self.schedule(task, Queued::Spawned);
         } else {
             if within_bound {
                 self.live_count.release();
@@ -468,7 +519,7 @@ impl Shared {
             }
             Poll::Pending => {
                 if header.state.end_poll_pending() == AfterPoll::Requeue {
-                    self.schedule(task, true);
+                    self.schedule(task, Queued::Yielded);
                 }
             }
         }
@@ -663,8 +714,14 @@ impl WorkerLoop {
         // can push to them; the loop borrows them only while picking a task,
         // never while polling one (a poll may wake tasks onto them).
         LOCAL.with(|local| {
-            *local.borrow_mut() =
-                Some(LocalWorker { executor: shared.id, index: self.index, deques, until_sample: Cell::new(0) })
+            *local.borrow_mut() = Some(LocalWorker {
+                executor: shared.id,
+                index: self.index,
+                deques,
+                until_sample: Cell::new(0),
+                queued_at_pick: Cell::new(0),
+                ids: Cell::new((0, 0)),
+            })
         });
         loop {
             let next = LOCAL.with(|local| {
@@ -673,6 +730,7 @@ impl WorkerLoop {
                 let found = self.find_task(&w.deques);
                 let depth: usize = w.deques.iter().map(|d| d.len()).sum();
                 shared.workers[self.index].metrics.queue_depth.store(depth as u64, Ordering::Relaxed);
+                w.queued_at_pick.set(depth);
                 if found.is_some() {
                     self.hand_off_after_idle(&w.deques);
                 }
@@ -885,7 +943,7 @@ impl Executor {
         for task in &remaining {
             task.header().cancelled.store(true, Ordering::Release);
             if task.header().state.wake() {
-                shared.schedule(task.clone(), false);
+                shared.schedule(task.clone(), Queued::Unsampled);
             }
         }
         // Workers drop the cancelled futures; wait for them briefly.

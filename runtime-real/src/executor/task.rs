@@ -39,9 +39,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use kaelix_core::runtime::{JoinError, Priority, TaskHandle};
 
-use super::Shared;
 use super::registry::Registered;
 use super::state::TaskState;
+use super::{Queued, Shared};
 
 /// A task as the queues, and the workers hold it: the same
 /// allocation as the typed [`Task<F>`], its future's type erased.
@@ -56,6 +56,8 @@ pub(crate) enum Outcome {
 
 /// What the scheduler knows of a task, whatever its future's type.
 pub(crate) struct Header {
+    /// Unique within its executor (a worker hands out ids from blocks of
+    /// its own, so they are not in spawn order across workers).
     pub(crate) id: u64,
     pub(crate) name: &'static str,
     pub(crate) priority: Priority,
@@ -266,7 +268,7 @@ where
 
     fn wake_by_ref(self: &Arc<Self>) {
         if self.header.state.wake() {
-            self.header.shared.schedule(self.clone(), true);
+            self.header.shared.schedule(self.clone(), Queued::Woken);
         }
     }
 }
@@ -307,7 +309,7 @@ impl<T: Send + 'static> TaskHandle<T> for JoinHandle<T> {
         let header = self.task.header();
         header.cancelled.store(true, Ordering::Release);
         if header.state.wake() {
-            header.shared.schedule(self.task.clone(), true);
+            header.shared.schedule(self.task.clone(), Queued::Woken);
         }
     }
 }
