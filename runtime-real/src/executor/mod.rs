@@ -345,14 +345,20 @@ impl Shared {
     /// poll during which it woke itself); `why` says which, for the
     /// wake-to-poll sample and the unpark decision.
     pub(crate) fn schedule(&self, task: TaskRef, why: Queued) {
+        LOCAL.with(|local| self.schedule_on(local.borrow().as_ref().filter(|w| w.executor == self.id), task, why));
+    }
+
+    /// [`Shared::schedule`] from `local`, the worker of this executor
+    /// running on this thread (`None`: any other thread).
+    fn schedule_on(&self, local: Option<&LocalWorker>, task: TaskRef, why: Queued) {
         let tier = task.header().priority_index();
         let sampled = why != Queued::Unsampled;
         // On one of our workers: its own deque. That worker runs the task
         // next unless it already has a backlog, so only then is a parked
         // worker worth an unpark (a futex syscall on the waker's path, and
         // a woken worker that finds the task already taken parks again).
-        let (task, backlog) = LOCAL.with(|local| match &*local.borrow() {
-            Some(w) if w.executor == self.id => {
+        let (task, backlog) = match local {
+            Some(w) => {
                 if sampled {
                     let left = w.until_sample.get();
                     if left == 0 {
@@ -377,8 +383,8 @@ impl Shared {
                 };
                 (None, backlog)
             }
-            _ => (Some(task), usize::MAX),
-        });
+            None => (Some(task), usize::MAX),
+        };
         if let Some(task) = task {
             debug_assert!(why != Queued::Yielded, "a yield is requeued by the worker that polled it");
             if sampled {
@@ -412,55 +418,62 @@ impl Shared {
     {
         // Tiers beyond `priority_levels` fold into the lowest kept one.
         let priority = Priority::ALL[(priority as usize).min(self.config.priority_levels - 1)];
-        let (pool, worker, id) = LOCAL.with(|local| match &*local.borrow() {
-            Some(w) if w.executor == self.id => {
-                let (mut next, mut end) = w.ids.get();
-                if next == end {
-                    next = self.next_task.fetch_add(ID_BLOCK, Ordering::Relaxed);
-                    end = next + ID_BLOCK;
+        // One look at the thread-local for the whole spawn (it is borrowed
+        // shared throughout: a future dropped below may spawn again).
+        LOCAL.with(|local| {
+            let local = local.borrow();
+            let local = local.as_ref().filter(|w| w.executor == self.id);
+            let (pool, worker, id) = match local {
+                Some(w) => {
+                    let (mut next, mut end) = w.ids.get();
+                    if next == end {
+                        next = self.next_task.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                        end = next + ID_BLOCK;
+                    }
+                    w.ids.set((next + 1, end));
+                    (self.workers[w.index].pool, Some(w.index), next)
                 }
-                w.ids.set((next + 1, end));
-                (self.workers[w.index].pool, Some(w.index), next)
-            }
-            _ => (
-                self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
-                None,
-                self.next_task.fetch_add(1, Ordering::Relaxed),
-            ),
-        });
-        let registry_shard = self.live.shard_of(worker);
-        let header = Header {
-            id,
-            name,
-            priority,
-            pool,
-            state: state::TaskState::new_scheduled(),
-            cancelled: AtomicBool::new(false),
-            woken_at: AtomicU64::new(0),
-            registry_shard,
-            shared: self.clone(),
-        };
-        // The spawn's allocations: this `Arc` (header, output slot and the
-        // pinned future's box, which is the other one); the handle and the
-        // queues share it, the registry holds a `Weak` (see `task`, "Layout").
-        let task = Arc::new(Task::new(header, future));
-        let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
-        let task: TaskRef = task;
-        let within_bound = self.live_count.try_admit();
-        let accepted = within_bound && self.live.insert(registry_shard, &task);
-        if accepted {
-            self.schedule(task, Queued::Spawned);
-        } else {
-            if within_bound {
-                self.live_count.release();
+                None => (
+                    self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
+                    None,
+                    self.next_task.fetch_add(1, Ordering::Relaxed),
+                ),
+            };
+            let registry_shard = self.live.shard_of(worker);
+            let header = Header {
+                id,
+                name,
+                priority,
+                pool,
+                state: state::TaskState::new_scheduled(),
+                cancelled: AtomicBool::new(false),
+                woken_at: AtomicU64::new(0),
+                registry_shard,
+                shared: self.clone(),
+            };
+            // The spawn's allocations: this `Arc` (header, output slot and
+            // the pinned future's box, which is the other one); the handle
+            // and the queues share it, the registry holds a `Weak` (see
+            // `task`, "Layout").
+            let task = Arc::new(Task::new(header, future));
+            let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
+            let task: TaskRef = task;
+            let within_bound = self.live_count.try_admit();
+            let accepted = within_bound && self.live.insert(registry_shard, &task);
+            if accepted {
+                self.schedule_on(local, task, Queued::Spawned);
             } else {
-                self.refuse(task.header());
+                if within_bound {
+                    self.live_count.release();
+                } else {
+                    self.refuse(task.header());
+                }
+                // Shutting down or full: the future is dropped unpolled;
+                // the handle yields Cancelled.
+                task.finish();
             }
-            // Shutting down or full: the future is dropped unpolled; the
-            // handle yields Cancelled.
-            task.finish();
-        }
-        (handle, accepted)
+            (handle, accepted)
+        })
     }
 
     /// Counts a spawn refused at the live-task bound and says so in the log

@@ -28,7 +28,9 @@
 //! handle still waiting gets `Cancelled` — after the future is dropped, and
 //! even if dropping it panics. A poll that returns `Ready` or panics
 //! (caught around each poll) delivers the output or the panic's message to
-//! the handle first, so `finish` finds the handle served and leaves it be.
+//! the handle first and then drops the future itself (under the lock that
+//! poll holds), so `finish` finds the handle served and only marks the
+//! task COMPLETE.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -221,13 +223,25 @@ where
             Ok(Poll::Ready(output)) => (Ok(output), Outcome::Finished),
             Err(payload) => (Err(JoinError::Panicked(panic_message(payload))), Outcome::Panicked),
         };
+        // Taken here, under the lock this poll already holds, so that
+        // `finish` need not take it again (it skips the future once the
+        // handle is served); dropped after the handle has its result, as
+        // `finish` would (a panic in the drop leaves the handle served).
+        let done = slot.take();
         drop(slot);
         self.complete_join(result);
+        drop(done);
         Poll::Ready(outcome)
     }
 
     fn finish(&self) {
         self.header.state.complete();
+        if self.join_served.load(Ordering::Acquire) {
+            // Served by a poll that returned `Ready`: that poll took the
+            // future (`poll_future`); nothing else serves the handle
+            // before the future is taken.
+            return;
+        }
         let future = self.future.lock().unwrap_or_else(PoisonError::into_inner).take();
         let _cancel = CancelJoin(self);
         drop(future);
