@@ -7,6 +7,11 @@
 //! tasks woken or spawned from outside its workers. A wake on a worker
 //! pushes to that worker's own deque (the task's data is warm in its
 //! cache); any other wake goes to the injector of the task's home pool.
+//! A push to a worker's own deque unparks another worker only if the deque
+//! then holds a backlog (more than the one task the worker runs next); a
+//! task requeued after waking itself during its poll (a yield) is the
+//! worker's own continuation and counts as a backlog only behind tasks
+//! that were queued before that poll began (see [`Shared::schedule`]).
 //!
 //! A task is one allocation shared by everything that refers to it — the
 //! queues, its wakers and its handle, and weakly the live-task registry —
@@ -89,7 +94,12 @@
 //! `kaelix_executor_spawns_refused_total`) and logged at most once a
 //! second. Wake-ups are never refused: a task already admitted always runs
 //! again. A server whose accept loop is refused a connection task thus
-//! closes that connection and goes on serving the others.
+//! closes that connection and goes on serving the others. A worker gives
+//! back the places of the tasks it ends in small batches, all before it
+//! idles (see [`admission`]): while workers are busy the count, and
+//! [`ExecutorHandle::live_tasks`], may run ahead of the tasks really live
+//! by a few dozen per worker, so a spawn may be refused that much early,
+//! never admitted past the bound.
 //!
 //! # Shutdown
 //!
@@ -403,10 +413,11 @@ impl Shared {
         }
     }
 
-    /// Worker `index` ended `task` (a registered one).
+    /// Worker `index` ended `task` (a registered one); its place in the
+    /// live count is given back by the worker loop, in batches (see
+    /// `admission`).
     fn remove_live(&self, index: usize, task: &Header) {
         self.live.ended(index, task.registry_shard);
-        self.live_count.release();
     }
 
     /// Spawns `future`; the flag says whether it was admitted (see
@@ -496,11 +507,13 @@ impl Shared {
         }
     }
 
-    /// Polls `task` on worker `index`.
-    fn run_task(&self, index: usize, task: TaskRef) {
+    /// Polls `task` on worker `index`; true if that ended it (its place in
+    /// the live count is then the caller's to give back).
+    #[must_use]
+    fn run_task(&self, index: usize, task: TaskRef) -> bool {
         let header = task.header();
         if !header.state.start_poll() {
-            return; // cancelled while queued
+            return false; // cancelled while queued: its canceller ended it
         }
         let metrics = &self.workers[index].metrics;
         let woken_at = header.woken_at.load(Ordering::Relaxed);
@@ -517,7 +530,7 @@ impl Shared {
         if header.cancelled.load(Ordering::Acquire) {
             task.finish(); // the future is dropped, the handle yields Cancelled
             self.remove_live(index, header);
-            return;
+            return true;
         }
         // One more reference to the task's allocation, not a new one.
         let waker = task.clone().into_waker();
@@ -529,11 +542,13 @@ impl Shared {
                 task.finish();
                 metrics.record_outcome(outcome == Outcome::Finished);
                 self.remove_live(index, header);
+                true
             }
             Poll::Pending => {
                 if header.state.end_poll_pending() == AfterPoll::Requeue {
                     self.schedule(task, Queued::Yielded);
                 }
+                false
             }
         }
     }
@@ -736,6 +751,10 @@ impl WorkerLoop {
                 ids: Cell::new((0, 0)),
             })
         });
+        // Tasks this worker ended whose places it has not given back yet
+        // (see `admission`).
+        let mut unreleased = 0;
+        let release_batch = shared.live_count.release_batch(shared.workers.len());
         loop {
             let next = LOCAL.with(|local| {
                 let local = local.borrow();
@@ -750,9 +769,19 @@ impl WorkerLoop {
                 found
             });
             if let Some(task) = next {
-                shared.run_task(self.index, task);
+                if shared.run_task(self.index, task) {
+                    unreleased += 1;
+                    if unreleased >= release_batch {
+                        shared.live_count.release_many(std::mem::take(&mut unreleased));
+                    }
+                }
                 self.spin_armed = true;
                 continue;
+            }
+            // Out of work: every place held back goes back before this
+            // worker spins or parks, so an idle executor's count is exact.
+            if unreleased > 0 {
+                shared.live_count.release_many(std::mem::take(&mut unreleased));
             }
             self.back_from_idle = false;
             if shared.stopping.load(Ordering::Acquire) {
@@ -1056,7 +1085,9 @@ impl ExecutorHandle {
         self.shared.spawns_refused.load(Ordering::Relaxed)
     }
 
-    /// Tasks spawned and not yet finished or cancelled.
+    /// Tasks spawned and not yet finished or cancelled (while workers are
+    /// busy, plus the ended ones whose places they have not given back yet:
+    /// see the module docs, "Bounded queues").
     pub fn live_tasks(&self) -> usize {
         self.shared.live_count.get()
     }
