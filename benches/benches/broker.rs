@@ -101,6 +101,9 @@ const WIDE_TOPICS: usize = 64 * 1024;
 /// First argument that makes this binary a memory probe (see `rss_probe`).
 const PROBE_FLAG: &str = "--broker-rss-probe";
 const PROBE_TAG: &str = "RSS_PROBE";
+/// An argument that runs only the latency section of the table (no
+/// criterion, no other section).
+const LATENCY_FLAG: &str = "--latency-only";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -881,46 +884,7 @@ fn table() {
         per_sec(find("kaelix/1to1"))
     );
 
-    println!(
-        "3. publish -> deliver latency, {} messages one every {} µs (p50 / p99 / p99.9 / max)",
-        LATENCY_MESSAGES - LATENCY_WARMUP,
-        PAUSE.as_micros()
-    );
-    let show = |h: &Histogram<u64>| {
-        format!(
-            "{:.1}/{:.1}/{:.0}/{:.0}",
-            h.value_at_quantile(0.5) as f64 / 1e3,
-            h.value_at_quantile(0.99) as f64 / 1e3,
-            h.value_at_quantile(0.999) as f64 / 1e3,
-            h.max() as f64 / 1e3
-        )
-    };
-    let ((k_thread, thread_counters), t_thread, x_thread) =
-        (kaelix_latency(false, true), tokio_latency(false), crossbeam_latency());
-    row(
-        "thread -> awaiting task (µs)",
-        [&show(&k_thread), &show(&t_thread), &show(&x_thread)],
-        &format!(
-            "crossbeam: thread -> blocking recv; kaelix per message: {:.2} steals, {:.2} parks",
-            thread_counters.0, thread_counters.1
-        ),
-    );
-    let ((k_task, steals), t_task) = (kaelix_latency(true, true), tokio_latency(true));
-    row(
-        "task -> task, same runtime (µs)",
-        [&show(&k_task), &show(&t_task), "-"],
-        &format!("publisher yields after each; kaelix per message: {:.2} steals, {:.2} parks", steals.0, steals.1),
-    );
-    let ((k_thread_unpinned, _), (k_task_unpinned, steals)) =
-        (kaelix_latency(false, false), kaelix_latency(true, false));
-    row("thread -> task, kaelix unpinned (µs)", [&show(&k_thread_unpinned), "-", "-"], "pin_workers: false");
-    row(
-        "task -> task, kaelix unpinned (µs)",
-        [&show(&k_task_unpinned), "-", "-"],
-        &format!("pin_workers: false; per message: {:.2} steals, {:.2} parks", steals.0, steals.1),
-    );
-    let p99 = k_thread.value_at_quantile(0.99).max(k_task.value_at_quantile(0.99));
-    println!("  target p99 < 10 µs: {} (worst kaelix p99 {:.1} µs)", met(p99 < 10_000), p99 as f64 / 1e3);
+    latency_table();
 
     println!("4. memory per idle subscription, {IDLE_SUBS} on distinct patterns (RSS delta / count, fresh process)");
     let probes: Vec<Option<Probe>> =
@@ -979,10 +943,59 @@ fn table() {
     }
 }
 
+/// Section 3 of the table: publish → deliver latency (also run alone with
+/// [`LATENCY_FLAG`], for repeated runs and profiles).
+fn latency_table() {
+    println!(
+        "3. publish -> deliver latency, {} messages one every {} µs (p50 / p99 / p99.9 / max)",
+        LATENCY_MESSAGES - LATENCY_WARMUP,
+        PAUSE.as_micros()
+    );
+    let show = |h: &Histogram<u64>| {
+        format!(
+            "{:.1}/{:.1}/{:.0}/{:.0}",
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.value_at_quantile(0.999) as f64 / 1e3,
+            h.max() as f64 / 1e3
+        )
+    };
+    let ((k_thread, thread_counters), t_thread, x_thread) =
+        (kaelix_latency(false, true), tokio_latency(false), crossbeam_latency());
+    row(
+        "thread -> awaiting task (µs)",
+        [&show(&k_thread), &show(&t_thread), &show(&x_thread)],
+        &format!(
+            "crossbeam: thread -> blocking recv; kaelix per message: {:.2} steals, {:.2} parks",
+            thread_counters.0, thread_counters.1
+        ),
+    );
+    let ((k_task, steals), t_task) = (kaelix_latency(true, true), tokio_latency(true));
+    row(
+        "task -> task, same runtime (µs)",
+        [&show(&k_task), &show(&t_task), "-"],
+        &format!("publisher yields after each; kaelix per message: {:.2} steals, {:.2} parks", steals.0, steals.1),
+    );
+    let ((k_thread_unpinned, _), (k_task_unpinned, steals)) =
+        (kaelix_latency(false, false), kaelix_latency(true, false));
+    row("thread -> task, kaelix unpinned (µs)", [&show(&k_thread_unpinned), "-", "-"], "pin_workers: false");
+    row(
+        "task -> task, kaelix unpinned (µs)",
+        [&show(&k_task_unpinned), "-", "-"],
+        &format!("pin_workers: false; per message: {:.2} steals, {:.2} parks", steals.0, steals.1),
+    );
+    let p99 = k_thread.value_at_quantile(0.99).max(k_task.value_at_quantile(0.99));
+    println!("  target p99 < 10 µs: {} (worst kaelix p99 {:.1} µs)", met(p99 < 10_000), p99 as f64 / 1e3);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(PROBE_FLAG) {
         rss_probe(args.get(2).map_or("", String::as_str));
+    }
+    if args.iter().any(|a| a == LATENCY_FLAG) {
+        latency_table();
+        return;
     }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);

@@ -525,3 +525,48 @@ fn live_count_three_spawners_bound_two() {
     // Exhaustive takes minutes; bounded to 2 preemptions per execution.
     explore("3 spawns under a bound of 2 (preemption bound 2)", Some(2), || admission_race(3, 2, 0));
 }
+
+/// A worker gives back the places of two tasks it ended in one batch
+/// (`release_many`) while two spawners try to get in under a bound of 2
+/// that those two tasks fill: a spawner gets in only once the batch is
+/// given back, the places held never exceed the bound, and the count ends
+/// equal to the places held.
+fn batched_release(spawners: usize) {
+    let bound = 2;
+    let live = Arc::new(LiveCount::new(Some(bound)));
+    let held = Arc::new(AtomicUsize::new(0));
+    for _ in 0..bound {
+        assert!(live.try_admit());
+        held.fetch_add(1, AcqRel);
+    }
+    let worker = {
+        let (live, held) = (live.clone(), held.clone());
+        thread::spawn(move || {
+            // Both tasks end (their places are free in truth), then the
+            // worker gives them back at once.
+            held.fetch_sub(bound, AcqRel);
+            live.release_many(bound);
+        })
+    };
+    let threads: Vec<_> = (0..spawners)
+        .map(|_| {
+            let (live, held) = (live.clone(), held.clone());
+            thread::spawn(move || {
+                if live.try_admit() {
+                    let now_held = held.fetch_add(1, AcqRel) + 1;
+                    assert!(now_held <= bound, "{now_held} live tasks under a bound of {bound}");
+                }
+            })
+        })
+        .collect();
+    worker.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(live.get(), held.load(Acquire), "the count disagrees with the places held");
+}
+
+#[test]
+fn live_count_batched_release_two_spawners() {
+    explore("a batch of 2 given back beside 2 spawns under a bound of 2", None, || batched_release(2));
+}

@@ -7,6 +7,11 @@
 //! tasks woken or spawned from outside its workers. A wake on a worker
 //! pushes to that worker's own deque (the task's data is warm in its
 //! cache); any other wake goes to the injector of the task's home pool.
+//! A push to a worker's own deque unparks another worker only if the deque
+//! then holds a backlog (more than the one task the worker runs next); a
+//! task requeued after waking itself during its poll (a yield) is the
+//! worker's own continuation and counts as a backlog only behind tasks
+//! that were queued before that poll began (see [`Shared::schedule`]).
 //!
 //! A task is one allocation shared by everything that refers to it — the
 //! queues, its wakers and its handle, and weakly the live-task registry —
@@ -89,7 +94,12 @@
 //! `kaelix_executor_spawns_refused_total`) and logged at most once a
 //! second. Wake-ups are never refused: a task already admitted always runs
 //! again. A server whose accept loop is refused a connection task thus
-//! closes that connection and goes on serving the others.
+//! closes that connection and goes on serving the others. A worker gives
+//! back the places of the tasks it ends in small batches, all before it
+//! idles (see [`admission`]): while workers are busy the count, and
+//! [`ExecutorHandle::live_tasks`], may run ahead of the tasks really live
+//! by a few dozen per worker, so a spawn may be refused that much early,
+//! never admitted past the bound.
 //!
 //! # Shutdown
 //!
@@ -297,6 +307,20 @@ pub(crate) struct Shared {
     pub(crate) driver: Arc<Driver>,
 }
 
+/// Why a task is queued (see [`Shared::schedule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// A new task.
+    Spawned,
+    /// A wake from its waker (or an abort).
+    Woken,
+    /// Its poll returned `Pending` after it woke itself during the poll (a
+    /// yield): the worker that polled it requeues it.
+    Yielded,
+    /// Shutdown's cancellation: not a wake the histogram samples.
+    Unsampled,
+}
+
 thread_local! {
     /// The deques of the worker running on this thread, if any.
     static LOCAL: RefCell<Option<LocalWorker>> = const { RefCell::new(None) };
@@ -309,7 +333,16 @@ struct LocalWorker {
     /// Wakes and spawns on this worker until the next one is stamped for
     /// the wake-to-poll histogram (see [`metrics`]).
     until_sample: Cell<u32>,
+    /// Tasks left in the deques when the task being polled was picked.
+    queued_at_pick: Cell<usize>,
+    /// Task ids this worker hands out before it takes another block from
+    /// the executor's counter: the next one, and the end of the block.
+    ids: Cell<(u64, u64)>,
 }
+
+/// Task ids a worker takes from the executor's counter at once, so that a
+/// spawn on a worker writes no shared line for its id.
+const ID_BLOCK: u64 = 1024;
 
 static NEXT_EXECUTOR: AtomicU64 = AtomicU64::new(1);
 
@@ -318,15 +351,24 @@ impl Shared {
         self.driver.now_nanos()
     }
 
-    /// Queues a task that is SCHEDULED (spawned or woken). `sampled`: a
-    /// wake the wake-to-poll histogram may sample (see [`metrics`]).
-    pub(crate) fn schedule(&self, task: TaskRef, sampled: bool) {
+    /// Queues a task that is SCHEDULED (spawned, woken, or requeued after a
+    /// poll during which it woke itself); `why` says which, for the
+    /// wake-to-poll sample and the unpark decision.
+    pub(crate) fn schedule(&self, task: TaskRef, why: Queued) {
+        LOCAL.with(|local| self.schedule_on(local.borrow().as_ref().filter(|w| w.executor == self.id), task, why));
+    }
+
+    /// [`Shared::schedule`] from `local`, the worker of this executor
+    /// running on this thread (`None`: any other thread).
+    fn schedule_on(&self, local: Option<&LocalWorker>, task: TaskRef, why: Queued) {
         let tier = task.header().priority_index();
+        let sampled = why != Queued::Unsampled;
         // On one of our workers: its own deque. That worker runs the task
         // next unless it already has a backlog, so only then is a parked
-        // worker worth an unpark (a futex syscall on the waker's path).
-        let (task, backlog) = LOCAL.with(|local| match &*local.borrow() {
-            Some(w) if w.executor == self.id => {
+        // worker worth an unpark (a futex syscall on the waker's path, and
+        // a woken worker that finds the task already taken parks again).
+        let (task, backlog) = match local {
+            Some(w) => {
                 if sampled {
                     let left = w.until_sample.get();
                     if left == 0 {
@@ -337,11 +379,24 @@ impl Shared {
                     }
                 }
                 w.deques[tier].push(task);
-                (None, w.deques.iter().map(|d| d.len()).sum::<usize>())
+                let backlog = match why {
+                    // A yield is the worker's own continuation: the worker
+                    // was busy with it and stays as busy. It counts as a
+                    // backlog only behind tasks that were already queued
+                    // when this poll began (those did not get a worker of
+                    // their own either); the tasks this poll woke had their
+                    // own wake decide, and counting them would unpark a
+                    // worker on every wake-and-yield, in front of the woken
+                    // task (`benches/RESULTS.md`, "Task to task latency").
+                    Queued::Yielded => w.queued_at_pick.get() + 1,
+                    _ => w.deques.iter().map(|d| d.len()).sum::<usize>(),
+                };
+                (None, backlog)
             }
-            _ => (Some(task), usize::MAX),
-        });
+            None => (Some(task), usize::MAX),
+        };
         if let Some(task) = task {
+            debug_assert!(why != Queued::Yielded, "a yield is requeued by the worker that polled it");
             if sampled {
                 task.header().woken_at.store(self.now_nanos().max(1), Ordering::Relaxed);
             }
@@ -358,10 +413,11 @@ impl Shared {
         }
     }
 
-    /// Worker `index` ended `task` (a registered one).
+    /// Worker `index` ended `task` (a registered one); its place in the
+    /// live count is given back by the worker loop, in batches (see
+    /// `admission`).
     fn remove_live(&self, index: usize, task: &Header) {
         self.live.ended(index, task.registry_shard);
-        self.live_count.release();
     }
 
     /// Spawns `future`; the flag says whether it was admitted (see
@@ -373,43 +429,62 @@ impl Shared {
     {
         // Tiers beyond `priority_levels` fold into the lowest kept one.
         let priority = Priority::ALL[(priority as usize).min(self.config.priority_levels - 1)];
-        let (pool, worker) = LOCAL.with(|local| match &*local.borrow() {
-            Some(w) if w.executor == self.id => (self.workers[w.index].pool, Some(w.index)),
-            _ => (self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(), None),
-        });
-        let registry_shard = self.live.shard_of(worker);
-        let header = Header {
-            id: self.next_task.fetch_add(1, Ordering::Relaxed),
-            name,
-            priority,
-            pool,
-            state: state::TaskState::new_scheduled(),
-            cancelled: AtomicBool::new(false),
-            woken_at: AtomicU64::new(0),
-            registry_shard,
-            shared: self.clone(),
-        };
-        // The spawn's allocations: this `Arc` (header, output slot and the
-        // pinned future's box, which is the other one); the handle and the
-        // queues share it, the registry holds a `Weak` (see `task`, "Layout").
-        let task = Arc::new(Task::new(header, future));
-        let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
-        let task: TaskRef = task;
-        let within_bound = self.live_count.try_admit();
-        let accepted = within_bound && self.live.insert(registry_shard, &task);
-        if accepted {
-            self.schedule(task, true);
-        } else {
-            if within_bound {
-                self.live_count.release();
+        // One look at the thread-local for the whole spawn (it is borrowed
+        // shared throughout: a future dropped below may spawn again).
+        LOCAL.with(|local| {
+            let local = local.borrow();
+            let local = local.as_ref().filter(|w| w.executor == self.id);
+            let (pool, worker, id) = match local {
+                Some(w) => {
+                    let (mut next, mut end) = w.ids.get();
+                    if next == end {
+                        next = self.next_task.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                        end = next + ID_BLOCK;
+                    }
+                    w.ids.set((next + 1, end));
+                    (self.workers[w.index].pool, Some(w.index), next)
+                }
+                None => (
+                    self.next_pool.fetch_add(1, Ordering::Relaxed) % self.pools.len(),
+                    None,
+                    self.next_task.fetch_add(1, Ordering::Relaxed),
+                ),
+            };
+            let registry_shard = self.live.shard_of(worker);
+            let header = Header {
+                id,
+                name,
+                priority,
+                pool,
+                state: state::TaskState::new_scheduled(),
+                cancelled: AtomicBool::new(false),
+                woken_at: AtomicU64::new(0),
+                registry_shard,
+                shared: self.clone(),
+            };
+            // The spawn's allocations: this `Arc` (header, output slot and
+            // the pinned future's box, which is the other one); the handle
+            // and the queues share it, the registry holds a `Weak` (see
+            // `task`, "Layout").
+            let task = Arc::new(Task::new(header, future));
+            let handle: JoinHandle<F::Output> = JoinHandle::new(task.clone());
+            let task: TaskRef = task;
+            let within_bound = self.live_count.try_admit();
+            let accepted = within_bound && self.live.insert(registry_shard, &task);
+            if accepted {
+                self.schedule_on(local, task, Queued::Spawned);
             } else {
-                self.refuse(task.header());
+                if within_bound {
+                    self.live_count.release();
+                } else {
+                    self.refuse(task.header());
+                }
+                // Shutting down or full: the future is dropped unpolled;
+                // the handle yields Cancelled.
+                task.finish();
             }
-            // Shutting down or full: the future is dropped unpolled; the
-            // handle yields Cancelled.
-            task.finish();
-        }
-        (handle, accepted)
+            (handle, accepted)
+        })
     }
 
     /// Counts a spawn refused at the live-task bound and says so in the log
@@ -432,11 +507,13 @@ impl Shared {
         }
     }
 
-    /// Polls `task` on worker `index`.
-    fn run_task(&self, index: usize, task: TaskRef) {
+    /// Polls `task` on worker `index`; true if that ended it (its place in
+    /// the live count is then the caller's to give back).
+    #[must_use]
+    fn run_task(&self, index: usize, task: TaskRef) -> bool {
         let header = task.header();
         if !header.state.start_poll() {
-            return; // cancelled while queued
+            return false; // cancelled while queued: its canceller ended it
         }
         let metrics = &self.workers[index].metrics;
         let woken_at = header.woken_at.load(Ordering::Relaxed);
@@ -453,7 +530,7 @@ impl Shared {
         if header.cancelled.load(Ordering::Acquire) {
             task.finish(); // the future is dropped, the handle yields Cancelled
             self.remove_live(index, header);
-            return;
+            return true;
         }
         // One more reference to the task's allocation, not a new one.
         let waker = task.clone().into_waker();
@@ -465,11 +542,13 @@ impl Shared {
                 task.finish();
                 metrics.record_outcome(outcome == Outcome::Finished);
                 self.remove_live(index, header);
+                true
             }
             Poll::Pending => {
                 if header.state.end_poll_pending() == AfterPoll::Requeue {
-                    self.schedule(task, true);
+                    self.schedule(task, Queued::Yielded);
                 }
+                false
             }
         }
     }
@@ -663,9 +742,19 @@ impl WorkerLoop {
         // can push to them; the loop borrows them only while picking a task,
         // never while polling one (a poll may wake tasks onto them).
         LOCAL.with(|local| {
-            *local.borrow_mut() =
-                Some(LocalWorker { executor: shared.id, index: self.index, deques, until_sample: Cell::new(0) })
+            *local.borrow_mut() = Some(LocalWorker {
+                executor: shared.id,
+                index: self.index,
+                deques,
+                until_sample: Cell::new(0),
+                queued_at_pick: Cell::new(0),
+                ids: Cell::new((0, 0)),
+            })
         });
+        // Tasks this worker ended whose places it has not given back yet
+        // (see `admission`).
+        let mut unreleased = 0;
+        let release_batch = shared.live_count.release_batch(shared.workers.len());
         loop {
             let next = LOCAL.with(|local| {
                 let local = local.borrow();
@@ -673,15 +762,26 @@ impl WorkerLoop {
                 let found = self.find_task(&w.deques);
                 let depth: usize = w.deques.iter().map(|d| d.len()).sum();
                 shared.workers[self.index].metrics.queue_depth.store(depth as u64, Ordering::Relaxed);
+                w.queued_at_pick.set(depth);
                 if found.is_some() {
                     self.hand_off_after_idle(&w.deques);
                 }
                 found
             });
             if let Some(task) = next {
-                shared.run_task(self.index, task);
+                if shared.run_task(self.index, task) {
+                    unreleased += 1;
+                    if unreleased >= release_batch {
+                        shared.live_count.release_many(std::mem::take(&mut unreleased));
+                    }
+                }
                 self.spin_armed = true;
                 continue;
+            }
+            // Out of work: every place held back goes back before this
+            // worker spins or parks, so an idle executor's count is exact.
+            if unreleased > 0 {
+                shared.live_count.release_many(std::mem::take(&mut unreleased));
             }
             self.back_from_idle = false;
             if shared.stopping.load(Ordering::Acquire) {
@@ -885,7 +985,7 @@ impl Executor {
         for task in &remaining {
             task.header().cancelled.store(true, Ordering::Release);
             if task.header().state.wake() {
-                shared.schedule(task.clone(), false);
+                shared.schedule(task.clone(), Queued::Unsampled);
             }
         }
         // Workers drop the cancelled futures; wait for them briefly.
@@ -985,7 +1085,9 @@ impl ExecutorHandle {
         self.shared.spawns_refused.load(Ordering::Relaxed)
     }
 
-    /// Tasks spawned and not yet finished or cancelled.
+    /// Tasks spawned and not yet finished or cancelled (while workers are
+    /// busy, plus the ended ones whose places they have not given back yet:
+    /// see the module docs, "Bounded queues").
     pub fn live_tasks(&self) -> usize {
         self.shared.live_count.get()
     }

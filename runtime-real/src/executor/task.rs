@@ -28,7 +28,9 @@
 //! handle still waiting gets `Cancelled` — after the future is dropped, and
 //! even if dropping it panics. A poll that returns `Ready` or panics
 //! (caught around each poll) delivers the output or the panic's message to
-//! the handle first, so `finish` finds the handle served and leaves it be.
+//! the handle first and then drops the future itself (under the lock that
+//! poll holds), so `finish` finds the handle served and only marks the
+//! task COMPLETE.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -39,9 +41,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use kaelix_core::runtime::{JoinError, Priority, TaskHandle};
 
-use super::Shared;
 use super::registry::Registered;
 use super::state::TaskState;
+use super::{Queued, Shared};
 
 /// A task as the queues, and the workers hold it: the same
 /// allocation as the typed [`Task<F>`], its future's type erased.
@@ -56,6 +58,8 @@ pub(crate) enum Outcome {
 
 /// What the scheduler knows of a task, whatever its future's type.
 pub(crate) struct Header {
+    /// Unique within its executor (a worker hands out ids from blocks of
+    /// its own, so they are not in spawn order across workers).
     pub(crate) id: u64,
     pub(crate) name: &'static str,
     pub(crate) priority: Priority,
@@ -219,13 +223,25 @@ where
             Ok(Poll::Ready(output)) => (Ok(output), Outcome::Finished),
             Err(payload) => (Err(JoinError::Panicked(panic_message(payload))), Outcome::Panicked),
         };
+        // Taken here, under the lock this poll already holds, so that
+        // `finish` need not take it again (it skips the future once the
+        // handle is served); dropped after the handle has its result, as
+        // `finish` would (a panic in the drop leaves the handle served).
+        let done = slot.take();
         drop(slot);
         self.complete_join(result);
+        drop(done);
         Poll::Ready(outcome)
     }
 
     fn finish(&self) {
         self.header.state.complete();
+        if self.join_served.load(Ordering::Acquire) {
+            // Served by a poll that returned `Ready`: that poll took the
+            // future (`poll_future`); nothing else serves the handle
+            // before the future is taken.
+            return;
+        }
         let future = self.future.lock().unwrap_or_else(PoisonError::into_inner).take();
         let _cancel = CancelJoin(self);
         drop(future);
@@ -266,7 +282,7 @@ where
 
     fn wake_by_ref(self: &Arc<Self>) {
         if self.header.state.wake() {
-            self.header.shared.schedule(self.clone(), true);
+            self.header.shared.schedule(self.clone(), Queued::Woken);
         }
     }
 }
@@ -307,7 +323,7 @@ impl<T: Send + 'static> TaskHandle<T> for JoinHandle<T> {
         let header = self.task.header();
         header.cancelled.store(true, Ordering::Release);
         if header.state.wake() {
-            header.shared.schedule(self.task.clone(), true);
+            header.shared.schedule(self.task.clone(), Queued::Woken);
         }
     }
 }
