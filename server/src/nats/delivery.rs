@@ -196,6 +196,18 @@ impl<R: Runtime> ConnSink<R> {
     fn slow_consumer(&self, pattern: &Pattern, message: &Message, pending: usize) {
         let policy = self.shared.config().limits.slow_consumer;
         let stats = &self.shared.stats;
+        // Logged and announced once per episode, not per message. The
+        // notice goes in before the stop is raised: the driver, woken by
+        // the stop on another worker, handles the notices it finds and
+        // leaves, so a notice pushed after the stop could be lost.
+        if !self.dropping.swap(true, Ordering::Relaxed) {
+            self.push_event(Event::Slow {
+                subscription: pattern.clone(),
+                subject: message.topic().as_str().to_owned(),
+                pending,
+                policy,
+            });
+        }
         match policy {
             SlowConsumerPolicy::Disconnect => {
                 stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
@@ -205,15 +217,6 @@ impl<R: Runtime> ConnSink<R> {
             SlowConsumerPolicy::Drop => {
                 stats.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        // Logged and announced once per episode, not per message.
-        if !self.dropping.swap(true, Ordering::Relaxed) {
-            self.push_event(Event::Slow {
-                subscription: pattern.clone(),
-                subject: message.topic().as_str().to_owned(),
-                pending,
-                policy,
-            });
         }
     }
 }
