@@ -332,7 +332,8 @@ impl<R: Runtime> Mirror<R> {
         }
         let leader = raft.leader().filter(|&l| l != self.me);
         if let (Some(queue), Some(to)) = (&self.forward, leader) {
-            let job = Job::Send { to, id, asked: Asked::Read, topic: topic.clone(), partition, frame: request.encode() };
+            let job =
+                Job::Send { to, id, asked: Asked::Read, topic: topic.clone(), partition, frame: request.encode() };
             if queue.unbounded_send(job).is_ok() {
                 return;
             }
@@ -686,6 +687,31 @@ mod tests {
         assert_eq!(w.next_deadline(), Some(at(250)));
         assert_eq!(ids(&w.take_expired(at(1000))), [7]);
         assert_eq!((w.next_deadline(), w.by_id.len()), (None, 0));
+    }
+
+    /// A refusal of a read round changed nothing — the read is unconfirmed,
+    /// retried — while the same refusal of a write leaves its outcome
+    /// unknown (it may still commit); a prefix confirms the read.
+    #[test]
+    fn a_refused_read_round_is_unconfirmed_and_a_refused_write_unknown() {
+        let t = || Topic::new("orders").unwrap();
+        let not_leader = || Response::NotLeader { req: 1, leader: Some(NodeId(3)) };
+        let error = || Response::Error { req: 1, reason: "partition 9 does not exist".into() };
+        assert_eq!(outcome_of(Response::ReadPrefix { req: 1, next: 7 }, Asked::Read, t(), 0), Ok(7));
+        for refusal in [not_leader(), error()] {
+            assert!(
+                matches!(outcome_of(refusal.clone(), Asked::Read, t(), 0), Err(BrokerError::ReadUnconfirmed { .. })),
+                "{refusal:?}"
+            );
+            assert!(
+                matches!(
+                    outcome_of(refusal.clone(), Asked::Write, t(), 0),
+                    Err(BrokerError::ReplicationUnknown { .. })
+                ),
+                "{refusal:?}"
+            );
+        }
+        assert_eq!(outcome_of(Response::Produced { req: 1, offset: 4 }, Asked::Write, t(), 0), Ok(4));
     }
 
     #[test]

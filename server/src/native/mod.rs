@@ -786,9 +786,8 @@ impl<R: Runtime> Conn<R> {
                     return conn.error(correlation, ErrorCode::ShuttingDown, text);
                 }
                 Some(Err(_)) => {
-                    let text = format!(
-                        "{topic}/{partition}: no leader confirmed the read within {confirm_within:?}; retry"
-                    );
+                    let text =
+                        format!("{topic}/{partition}: no leader confirmed the read within {confirm_within:?}; retry");
                     return conn.error(correlation, ErrorCode::Unavailable, text);
                 }
                 Some(Ok(Err(e))) => return conn.read_error(correlation, &topic, partition, &e),
