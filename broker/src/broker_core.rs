@@ -212,6 +212,18 @@ pub enum BrokerError {
         /// The leader, if known.
         leader: Option<u64>,
     },
+    /// No leader confirmed a read of the partition (none known, it could
+    /// not be reached or answer in time, or it lost its leadership): a
+    /// linearizable read cannot be served now. Nothing changed: retry.
+    #[error("{topic}/{partition}: no leader confirmed the read ({reason})")]
+    ReadUnconfirmed {
+        /// The topic.
+        topic: Topic,
+        /// The partition.
+        partition: u32,
+        /// Why.
+        reason: String,
+    },
     /// Leadership moved while the proposal waited: it may or may not
     /// commit (retry; a duplicate is possible).
     #[error("{topic}/{partition}: the outcome is unknown ({reason})")]
@@ -445,12 +457,28 @@ pub struct BrokerCore {
     has_replication: bool,
     /// Proposals waiting for the replicator to take them.
     replication_outputs: VecDeque<Proposal>,
-    /// Proposals taken or queued, until their caller takes the outcome.
+    /// Proposals taken or queued, until their caller takes the outcome (a
+    /// read round's readers too, each under its own id).
     proposals: BTreeMap<ProposalId, ProposalState>,
     next_proposal: u64,
+    /// Read rounds per partition (see `crate::replication`).
+    read_rounds: BTreeMap<(Topic, u32), ReadRounds>,
+    /// The partition of each read round handed out (queued or taken).
+    round_partition: BTreeMap<ProposalId, (Topic, u32)>,
     /// Planted [`PlantedBug::BrokerDeliverUncommitted`]: ids delivered at
     /// proposal (empty otherwise).
     delivered_early: std::collections::BTreeSet<uuid::Uuid>,
+}
+
+/// A partition's read rounds on this broker: at most one in flight, and
+/// the readers gathering for the next.
+#[derive(Clone, Debug, Default)]
+struct ReadRounds {
+    /// The round handed out: its id, whether the replicator has taken it
+    /// (until then a new reader may still join it), and its readers.
+    in_flight: Option<(ProposalId, bool, Vec<ProposalId>)>,
+    /// Readers that came after the round in flight was taken.
+    next: Vec<ProposalId>,
 }
 
 /// Where a proposal stands.
@@ -508,6 +536,8 @@ impl BrokerCore {
             replication_outputs: VecDeque::new(),
             proposals: BTreeMap::new(),
             next_proposal: 1,
+            read_rounds: BTreeMap::new(),
+            round_partition: BTreeMap::new(),
             delivered_early: std::collections::BTreeSet::new(),
         }
     }
@@ -1700,6 +1730,8 @@ impl BrokerCore {
         // A publish must now fail, not be skipped.
         self.interest_grew();
         self.replication_outputs.clear();
+        self.read_rounds.clear();
+        self.round_partition.clear();
         self.woken_streams.extend(self.registry.ids());
         let members: Vec<MemberId> = self.member_groups.keys().copied().collect();
         self.woken_members.extend(members);
@@ -1821,9 +1853,62 @@ impl BrokerCore {
         }
     }
 
+    /// A reader of replicated `topic`'s `partition` wants a linearizable
+    /// read: it rides a read round (see [`crate::replication`]) — the one
+    /// not yet taken by the replicator if there is one, else the next,
+    /// which starts when the round in flight ends. The outcome, under the
+    /// returned id, is the partition's next offset at the round's
+    /// confirmed read index (as [`Published::offset`]), or
+    /// [`BrokerError::ReadUnconfirmed`].
+    pub fn propose_read(&mut self, now: Instant, topic: &Topic, partition: u32) -> Result<ProposalId, BrokerError> {
+        self.observe(now);
+        if self.shut_down {
+            return Err(BrokerError::ShutDown);
+        }
+        let state = self.topics.get(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.clone()))?;
+        if !matches!(state.config.storage, StorageKind::Replicated(_)) {
+            return Err(BrokerError::NoReplication(topic.clone()));
+        }
+        let partitions = state.config.partitions;
+        if partition >= partitions {
+            return Err(BrokerError::NoSuchPartition { topic: topic.clone(), partitions, requested: partition });
+        }
+        let reader = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        self.proposals.insert(reader, ProposalState::Pending { topic: topic.clone(), partition });
+        let key = (topic.clone(), partition);
+        let rounds = self.read_rounds.entry(key.clone()).or_default();
+        match &mut rounds.in_flight {
+            Some((_, false, readers)) => readers.push(reader),
+            Some((_, true, _)) => rounds.next.push(reader),
+            None => self.start_read_round(key, vec![reader]),
+        }
+        Ok(reader)
+    }
+
+    /// Hands a read round for `readers` of `key` to the replicator.
+    fn start_read_round(&mut self, key: (Topic, u32), readers: Vec<ProposalId>) {
+        let round = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        let rounds = self.read_rounds.entry(key.clone()).or_default();
+        assert!(rounds.in_flight.is_none(), "one read round in flight per partition");
+        rounds.in_flight = Some((round, false, readers));
+        self.round_partition.insert(round, key.clone());
+        let (topic, partition) = key;
+        self.replication_outputs.push_back(Proposal { id: round, topic, partition, op: ProposalOp::ReadIndex });
+    }
+
     /// The next proposal for the replicator, in order.
     pub fn poll_replication_output(&mut self) -> Option<Proposal> {
-        self.replication_outputs.pop_front()
+        let proposal = self.replication_outputs.pop_front()?;
+        if proposal.op == ProposalOp::ReadIndex {
+            let key = (proposal.topic.clone(), proposal.partition);
+            if let Some(ReadRounds { in_flight: Some((round, taken, _)), .. }) = self.read_rounds.get_mut(&key) {
+                assert_eq!(*round, proposal.id, "the round queued is the round in flight");
+                *taken = true;
+            }
+        }
+        Some(proposal)
     }
 
     /// Whether proposals wait for the replicator.
@@ -1832,15 +1917,43 @@ impl BrokerCore {
     }
 
     /// The replicator learned a proposal's outcome: `Ok(offset)`, the offset
-    /// it was committed at (it is acknowledged), or the refusal. Unknown ids
-    /// (the caller gave up) are ignored.
-    pub fn handle_proposal_done(&mut self, id: ProposalId, outcome: Result<u64, BrokerError>) {
-        let Some(state) = self.proposals.get_mut(&id) else { return };
+    /// it was committed at (it is acknowledged), or the refusal; for a read
+    /// round, the prefix it confirmed (every reader of the round gets it,
+    /// and the readers gathered since start the next round). Unknown ids
+    /// (the caller gave up) are ignored. Returns the callers settled.
+    pub fn handle_proposal_done(&mut self, id: ProposalId, outcome: Result<u64, BrokerError>) -> Vec<ProposalId> {
+        if let Some(key) = self.round_partition.remove(&id) {
+            let rounds = self.read_rounds.get_mut(&key).expect("a round's partition has rounds");
+            let Some((round, _, readers)) = rounds.in_flight.take() else { unreachable!("round {id:?} in flight") };
+            assert_eq!(round, id, "one read round in flight per partition");
+            let next = std::mem::take(&mut rounds.next);
+            let mut settled = Vec::with_capacity(readers.len());
+            for reader in readers {
+                if self.settle(reader, outcome.clone()) {
+                    settled.push(reader);
+                }
+            }
+            // Readers that gave up meanwhile need no round.
+            let next: Vec<ProposalId> = next.into_iter().filter(|r| self.proposals.contains_key(r)).collect();
+            if next.is_empty() {
+                self.read_rounds.remove(&key);
+            } else {
+                self.start_read_round(key, next);
+            }
+            return settled;
+        }
+        if self.settle(id, outcome) { vec![id] } else { Vec::new() }
+    }
+
+    /// Records `id`'s outcome if its caller still waits for it.
+    fn settle(&mut self, id: ProposalId, outcome: Result<u64, BrokerError>) -> bool {
+        let Some(state) = self.proposals.get_mut(&id) else { return false };
         let ProposalState::Pending { partition, .. } = *state else {
             panic!("proposal {id:?} reported twice");
         };
         let result = outcome.map(|offset| Published { partition, offset, buffered_for: 0, acknowledged: true });
         *state = ProposalState::Done(result);
+        true
     }
 
     /// The outcome of proposal `id` once known (taken: asked once); `None`

@@ -756,12 +756,41 @@ impl<C: Clock> Broker<C> {
     /// The replicator reports proposal `id`'s outcome (see
     /// [`BrokerCore::handle_proposal_done`]).
     pub fn proposal_done(&self, id: ProposalId, outcome: Result<u64, BrokerError>) {
-        let waker = self.with(|s, _, _| {
-            s.core.handle_proposal_done(id, outcome);
-            s.proposal_wakers.remove(&id)
+        let wakers: Vec<Waker> = self.with(|s, _, _| {
+            let settled = s.core.handle_proposal_done(id, outcome);
+            settled.iter().filter_map(|id| s.proposal_wakers.remove(id)).collect()
         });
-        if let Some(w) = waker {
+        for w in wakers {
             w.wake();
+        }
+    }
+
+    /// A linearizable read's barrier on replicated `topic`'s `partition`
+    /// (see [`replication`]'s "Linearizable reads"): the group's leader
+    /// confirms the partition's committed prefix, `n` offsets, after this
+    /// call began, and this returns `n` once this broker's log holds all
+    /// of them. A read of the log served after it returns sees every
+    /// record committed before the call. Concurrent calls share rounds.
+    /// Refused with [`BrokerError::ReadUnconfirmed`] when no leader
+    /// confirms (retry), and with the topic's errors. It waits as long as
+    /// the replicator does: bound it with a timeout. Dropping the future
+    /// forgets the wait.
+    pub async fn confirm_read(&self, topic: &Topic, partition: u32) -> Result<u64, BrokerError> {
+        let id = self.with(|s, now, _| s.core.propose_read(now, topic, partition))?;
+        let prefix = self.proposal_outcome(id).await?.offset;
+        loop {
+            let next = {
+                let s = self.lock();
+                if s.core.is_shut_down() {
+                    return Err(BrokerError::ShutDown);
+                }
+                s.core.next_offset(topic, partition).unwrap_or(0)
+            };
+            if next >= prefix {
+                return Ok(prefix);
+            }
+            // Woken when the replicator appends the record at `next`.
+            self.wait_readable(topic, partition, next).await;
         }
     }
 

@@ -46,6 +46,26 @@
 //!
 //! What is not here: only the partition's leader proposes (a follower
 //! refuses with the leader's id: forwarding is the cluster's front end).
+//!
+//! # Linearizable reads
+//!
+//! A replica's log lags the group's commits (it applies them when its own
+//! group member learns of them), so a read served from it alone could miss
+//! a record acknowledged before the read began. [`crate::Broker::confirm_read`]
+//! closes that gap: it asks the replicator for a **read round**
+//! ([`ProposalOp::ReadIndex`]) — the group's leader confirms, after the
+//! request, that it still leads (Raft's ReadIndex) and names the
+//! partition's next offset `n` at that read index — then waits until this
+//! replica's log holds every offset below `n`. A read served from the log
+//! after that sees every record committed before it began (the read is
+//! linearizable at the read index, or later).
+//!
+//! Rounds are shared: concurrent readers of one partition on one broker
+//! ride one round (`BrokerCore::propose_read`). A reader joins the round
+//! not yet handed to the replicator; once it has been handed over (its read
+//! index may be fixed before a newer reader began), newer readers gather
+//! for the next round, which starts when that one ends. So a partition has
+//! at most one round in flight per broker, however many fetches wait.
 
 use crate::message::Message;
 use crate::topic::Topic;
@@ -58,7 +78,8 @@ pub struct ProposalId(pub u64);
 /// the replicator to propose it to the partition's group.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proposal {
-    /// Its id; the outcome is reported under it.
+    /// Its id; the outcome is reported under it (a read round's id names
+    /// the round: its readers have ids of their own).
     pub id: ProposalId,
     /// The topic.
     pub topic: Topic,
@@ -83,4 +104,11 @@ pub enum ProposalOp {
         /// The next offset the group reads.
         next: u64,
     },
+    /// Not a write: confirm the partition's committed prefix for a
+    /// linearizable read (a **read round**, see the module docs). The
+    /// replicator has the partition's leader confirm its leadership
+    /// (Raft's ReadIndex) and answers with the partition's next offset at
+    /// the confirmed read index; a refusal is
+    /// [`crate::BrokerError::ReadUnconfirmed`].
+    ReadIndex,
 }

@@ -720,3 +720,63 @@ fn a_sink_sees_stored_records_with_their_offsets() {
     assert_eq!(sink.got(), vec![(4, 7)]);
     assert_eq!(c.read(&Topic::new("s").unwrap(), 0, 0, 10).unwrap().len(), 1, "and it is stored");
 }
+
+/// Read rounds (`crate::replication`, "Linearizable reads"): readers that
+/// come before the replicator takes a round share it; readers after it
+/// gather for the next, which starts only when the one in flight ends, so
+/// a partition has one round in flight; every reader of a round gets its
+/// outcome, a refusal included; readers that gave up are neither settled
+/// nor given a round; partitions have rounds of their own.
+#[test]
+fn read_rounds_are_shared_and_one_is_in_flight_per_partition() {
+    use crate::replication::{ProposalId, ProposalOp};
+    use crate::storage::{ReplicationConfig, StorageKind};
+    let mut c = core();
+    c.enable_replication();
+    let now = Instant::ZERO;
+    let t = Topic::new("r").unwrap();
+    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
+    let memory = Topic::new("m").unwrap();
+    c.create_topic(memory.clone(), TopicConfig::default()).unwrap();
+    assert!(matches!(c.propose_read(now, &memory, 0), Err(BrokerError::NoReplication(_))));
+    assert!(matches!(c.propose_read(now, &t, 2), Err(BrokerError::NoSuchPartition { .. })));
+
+    // Two readers before the replicator looks: one round.
+    let (a, b) = (c.propose_read(now, &t, 0).unwrap(), c.propose_read(now, &t, 0).unwrap());
+    let other = c.propose_read(now, &t, 1).unwrap();
+    let first = c.poll_replication_output().expect("a round");
+    assert_eq!((first.op.clone(), first.partition), (ProposalOp::ReadIndex, 0));
+    assert!(![a, b].contains(&first.id), "a round has an id of its own");
+    let second = c.poll_replication_output().expect("partition 1's round");
+    assert_eq!(second.partition, 1);
+    assert!(c.poll_replication_output().is_none(), "a and b share partition 0's round");
+
+    // Taken: newer readers wait for the next round, not yet handed out.
+    let (d, gone) = (c.propose_read(now, &t, 0).unwrap(), c.propose_read(now, &t, 0).unwrap());
+    assert!(c.poll_replication_output().is_none(), "one round in flight per partition");
+    c.forget_proposal(gone);
+    assert_eq!(c.take_proposal_outcome(a), None, "pending");
+
+    // The round ends: both its readers get the prefix, the next starts.
+    let mut settled = c.handle_proposal_done(first.id, Ok(7));
+    settled.sort_unstable();
+    assert_eq!(settled, [a, b]);
+    assert_eq!(c.take_proposal_outcome(a).unwrap().unwrap().offset, 7);
+    assert_eq!(c.take_proposal_outcome(b).unwrap().unwrap().offset, 7);
+    let third = c.poll_replication_output().expect("the next round");
+    assert_eq!((third.op.clone(), third.partition), (ProposalOp::ReadIndex, 0));
+    assert_eq!(c.take_proposal_outcome(d), None, "d rides the third round, not the first");
+
+    // A refusal reaches every reader of its round; nobody is left waiting.
+    let refused = BrokerError::ReadUnconfirmed { topic: t.clone(), partition: 0, reason: "no leader".into() };
+    assert_eq!(c.handle_proposal_done(third.id, Err(refused)), [d], "the reader that gave up is not settled");
+    assert!(matches!(c.take_proposal_outcome(d), Some(Err(BrokerError::ReadUnconfirmed { .. }))));
+    assert!(c.poll_replication_output().is_none(), "no one gathered: no round");
+    assert_eq!(c.handle_proposal_done(second.id, Ok(0)), [other]);
+    assert_eq!(c.handle_proposal_done(second.id, Ok(0)), Vec::<ProposalId>::new(), "a round ends once");
+
+    // After all that, a new reader starts a fresh round at once.
+    c.propose_read(now, &t, 0).unwrap();
+    assert_eq!(c.poll_replication_output().map(|p| p.op), Some(ProposalOp::ReadIndex));
+}

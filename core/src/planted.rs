@@ -117,11 +117,17 @@ pub enum PlantedBug {
     /// publish that was never proposed) instead of settled as unknown, so
     /// the publisher is told "not done" about a record that may commit.
     ForwardUnknownAsRefused,
+    /// Replicated partitions: a member serves a fetch from its own copy of
+    /// the log without a read index confirmed by the group's leader (the
+    /// read round answers at once with the member's own next offset), so a
+    /// lagging member can answer "nothing there" about a record
+    /// acknowledged before the fetch began.
+    FetchSkipsReadIndex,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 23] = [
+    pub const ALL: [PlantedBug; 24] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -145,6 +151,7 @@ impl PlantedBug {
         PlantedBug::SwimAliveIgnoresIncarnation,
         PlantedBug::RaftLostAppendNeverResent,
         PlantedBug::ForwardUnknownAsRefused,
+        PlantedBug::FetchSkipsReadIndex,
     ];
 
     /// This bug's bit in a [`Planted`] set.

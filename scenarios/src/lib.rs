@@ -286,6 +286,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &serve::SERVE_PONG_BEFORE_STORED,
         &broker_plugins::BROKER_PLUGINS_QUARANTINE_BYPASS,
         &cluster::CLUSTER_FORWARD_UNKNOWN_AS_REFUSED,
+        &cluster::CLUSTER_FETCH_SKIPS_READ_INDEX,
     ]
 }
 

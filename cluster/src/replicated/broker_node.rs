@@ -39,6 +39,24 @@
 //!   Group commits are not forwarded (`NotLeader`). [`start_broker_node`]
 //!   refuses instead, and is what the simulated scenarios run: forwarding
 //!   touches neither the driver nor its fault points.
+//! * **Read rounds** (linearizable reads: `kaelix_broker::replication`,
+//!   "Linearizable reads"). The broker hands over a read round of a
+//!   partition (`ProposalOp::ReadIndex`); the group's leader confirms the
+//!   committed prefix with Raft's ReadIndex (a heartbeat round answered by
+//!   a majority, after the round was asked for) and answers, once it has
+//!   applied the read index, with the partition's next offset then
+//!   (`Request::ReadIndex` → `Response::ReadPrefix`). A member that leads
+//!   the group asks its own core; a forwarding member that does not sends
+//!   the request over its stream to the leader it knows, like a forwarded
+//!   publish — a new request rather than a `Read` of one offset, because
+//!   the member needs the length of the committed prefix (to serve a whole
+//!   batch from its own log, and to know when that log has caught up), not
+//!   one record's bytes. The broker waits until its own log holds the
+//!   prefix before it serves. With no leader known (or, without
+//!   forwarding, a leader elsewhere), an answer lost with its stream, or
+//!   none within `forward_timeout`, the round is refused
+//!   (`BrokerError::ReadUnconfirmed`): nothing changed, the reader
+//!   retries.
 //! * **Graceful stop** ([`StepDown`], forwarding nodes). Asked to step
 //!   down, the driver hands each group it leads to the most caught-up
 //!   other voter (Raft's leadership transfer: catch it up, then
@@ -152,7 +170,7 @@ fn start<R: Runtime, O: ReplicaObserver>(
         groups.extend((0..topic_config.partitions).map(|p| (topic.clone(), p)));
     }
     config.partitions = u32::try_from(groups.len()).expect("group count fits");
-    let mut mirror = Mirror::new(broker.clone(), groups, rt.rng().random(), rt.node_id());
+    let mut mirror = Mirror::new(broker.clone(), groups, rt.rng().random(), rt.node_id(), config.planted);
     if let Some(step_down) = forward {
         mirror.step_down = Some(step_down);
         let (tx, rx) = mpsc::unbounded();
@@ -173,8 +191,9 @@ pub(super) struct Mirror<R: Runtime> {
     group_of: BTreeMap<(Topic, u32), u32>,
     /// This incarnation's produce session.
     session: u64,
-    /// Proposals handed to a group, waiting for their answer: proposal → group.
-    proposed: BTreeMap<ProposalId, u32>,
+    /// Proposals and read rounds handed to a group this member leads,
+    /// waiting for their answer: id → (group, what was asked).
+    proposed: BTreeMap<ProposalId, (u32, Asked)>,
     /// This node.
     me: NodeId,
     /// The forwarder's queue, when publishes to groups led elsewhere are
@@ -182,6 +201,17 @@ pub(super) struct Mirror<R: Runtime> {
     forward: Option<mpsc::UnboundedSender<Job>>,
     /// Graceful-stop requests ([`StepDown`]), taken by the driver.
     pub(super) step_down: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+    /// Planted bugs switched on (`FetchSkipsReadIndex`).
+    planted: Planted,
+}
+
+/// What a proposal handed to a leader asks: a write (a publish or a group
+/// commit: of unknown outcome when its answer is lost) or a read round
+/// (nothing changes: a lost answer leaves the read unconfirmed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Asked {
+    Write,
+    Read,
 }
 
 /// Asks a forwarding broker node to hand away the leadership of every
@@ -207,9 +237,19 @@ impl StepDown {
 }
 
 impl<R: Runtime> Mirror<R> {
-    fn new(broker: Broker<R>, groups: Vec<(Topic, u32)>, session: u64, me: NodeId) -> Self {
+    fn new(broker: Broker<R>, groups: Vec<(Topic, u32)>, session: u64, me: NodeId, planted: Planted) -> Self {
         let group_of = groups.iter().enumerate().map(|(g, tp)| (tp.clone(), g as u32)).collect();
-        Mirror { broker, groups, group_of, session, proposed: BTreeMap::new(), me, forward: None, step_down: None }
+        Mirror {
+            broker,
+            groups,
+            group_of,
+            session,
+            proposed: BTreeMap::new(),
+            me,
+            forward: None,
+            step_down: None,
+            planted,
+        }
     }
 
     pub(super) fn broker(&self) -> &Broker<R> {
@@ -227,6 +267,9 @@ impl<R: Runtime> Mirror<R> {
     ) {
         let Proposal { id, topic, partition, op } = proposal;
         let group = *self.group_of.get(&(topic.clone(), partition)).expect("replicated partitions are groups");
+        if op == ProposalOp::ReadIndex {
+            return self.read_round(core, now, wall, id, topic, partition, group);
+        }
         let raft = core.raft(group);
         if raft.role() != Role::Leader {
             if let (Some(queue), Some(to), ProposalOp::Publish(message)) = (&self.forward, raft.leader(), &op)
@@ -234,7 +277,7 @@ impl<R: Runtime> Mirror<R> {
             {
                 let (client, seq, payload) = (self.session, id.0, message.encode_to_bytes());
                 let frame = Request::Produce { req: id.0, partition: group, client, seq, payload }.encode();
-                let job = Job::Send { to, id, topic: topic.clone(), partition, frame };
+                let job = Job::Send { to, id, asked: Asked::Write, topic: topic.clone(), partition, frame };
                 if queue.unbounded_send(job).is_ok() {
                     return;
                 }
@@ -243,7 +286,7 @@ impl<R: Runtime> Mirror<R> {
             self.broker.proposal_done(id, Err(BrokerError::NotLeader { topic, partition, leader }));
             return;
         }
-        self.proposed.insert(id, group);
+        self.proposed.insert(id, (group, Asked::Write));
         let (req, client, seq) = (id.0, self.session, id.0);
         let request = match op {
             ProposalOp::Publish(message) => {
@@ -252,8 +295,54 @@ impl<R: Runtime> Mirror<R> {
             ProposalOp::Commit { group: consumer_group, next } => {
                 Request::Commit { req, partition: group, client, seq, group: consumer_group, next }
             }
+            ProposalOp::ReadIndex => unreachable!("read rounds are handled above"),
         };
         core.handle_request(now, wall, BROKER_CLIENT, request);
+    }
+
+    /// A read round of the broker (see `kaelix_broker::replication`,
+    /// "Linearizable reads"): the group's leader confirms the committed
+    /// prefix — this member's own core if it leads (a ReadIndex round),
+    /// else, when forwarding, the leader it knows over the forwarder's
+    /// stream (a `ReadIndex` request). Without a leader to ask the round is
+    /// refused at once: the reader retries.
+    #[allow(clippy::too_many_arguments)]
+    fn read_round<O: ReplicaObserver>(
+        &mut self,
+        core: &mut ReplicaCore<O>,
+        now: Instant,
+        wall: WallTime,
+        id: ProposalId,
+        topic: Topic,
+        partition: u32,
+        group: u32,
+    ) {
+        if self.planted.is_on(PlantedBug::FetchSkipsReadIndex) {
+            // Planted: "confirmed" at whatever this member holds now.
+            let local = self.broker.next_offset(topic.as_str(), partition).unwrap_or(0);
+            self.broker.proposal_done(id, Ok(local));
+            return;
+        }
+        let request = Request::ReadIndex { req: id.0, partition: group };
+        let raft = core.raft(group);
+        if raft.role() == Role::Leader {
+            self.proposed.insert(id, (group, Asked::Read));
+            core.handle_request(now, wall, BROKER_CLIENT, request);
+            return;
+        }
+        let leader = raft.leader().filter(|&l| l != self.me);
+        if let (Some(queue), Some(to)) = (&self.forward, leader) {
+            let job =
+                Job::Send { to, id, asked: Asked::Read, topic: topic.clone(), partition, frame: request.encode() };
+            if queue.unbounded_send(job).is_ok() {
+                return;
+            }
+        }
+        let reason = match leader {
+            Some(l) => format!("this member does not forward to the leader, node {}", l.0),
+            None => "no leader is known".to_owned(),
+        };
+        self.broker.proposal_done(id, Err(BrokerError::ReadUnconfirmed { topic, partition, reason }));
     }
 
     /// Takes the outputs that are the mirror's (records applied, snapshots
@@ -298,14 +387,25 @@ impl<R: Runtime> Mirror<R> {
 
     fn answer(&mut self, response: Response) {
         let id = ProposalId(response.req());
-        let Some(group) = self.proposed.remove(&id) else { return };
+        let Some((group, asked)) = self.proposed.remove(&id) else { return };
         let (topic, partition) = self.groups[group as usize].clone();
-        self.broker.proposal_done(id, outcome_of(response, topic, partition));
+        self.broker.proposal_done(id, outcome_of(response, asked, topic, partition));
     }
 }
 
-/// A proposal's outcome from the answer of its group's leader.
-fn outcome_of(response: Response, topic: Topic, partition: u32) -> Result<u64, BrokerError> {
+/// A proposal's or read round's outcome from the answer of its group's
+/// leader.
+fn outcome_of(response: Response, asked: Asked, topic: Topic, partition: u32) -> Result<u64, BrokerError> {
+    if asked == Asked::Read {
+        let reason = match response {
+            Response::ReadPrefix { next, .. } => return Ok(next),
+            Response::NotLeader { leader: Some(l), .. } => format!("it no longer leads (node {} does)", l.0),
+            Response::NotLeader { leader: None, .. } => "it no longer leads".to_owned(),
+            Response::Error { reason, .. } => reason,
+            other => unreachable!("a read round is answered with a prefix or a refusal, not {other:?}"),
+        };
+        return Err(BrokerError::ReadUnconfirmed { topic, partition, reason });
+    }
     match response {
         Response::Produced { offset, .. } => Ok(offset),
         Response::Committed { next, .. } => Ok(next),
@@ -318,14 +418,17 @@ fn outcome_of(response: Response, topic: Topic, partition: u32) -> Result<u64, B
             },
         }),
         Response::Error { reason, .. } => Err(BrokerError::ReplicationUnknown { topic, partition, reason }),
-        Response::ReadResult { .. } => unreachable!("the mirror never reads"),
+        Response::ReadResult { .. } | Response::ReadPrefix { .. } => {
+            unreachable!("a write is answered with its outcome, not {response:?}")
+        }
     }
 }
 
 /// What the forwarder task is given.
 pub(super) enum Job {
-    /// Send this produce frame to `to` (the group's leader) for proposal `id`.
-    Send { to: NodeId, id: ProposalId, topic: Topic, partition: u32, frame: Bytes },
+    /// Send this produce (or read-index) frame to `to` (the group's leader)
+    /// for proposal (or read round) `id`.
+    Send { to: NodeId, id: ProposalId, asked: Asked, topic: Topic, partition: u32, frame: Bytes },
     /// A leader's answer, read from the stream to it.
     Answer(Response),
     /// The stream of this generation to that leader ended.
@@ -338,6 +441,8 @@ struct Forwarded {
     /// went out on.
     leader: NodeId,
     generation: u64,
+    /// A publish, or a read round.
+    asked: Asked,
     topic: Topic,
     partition: u32,
     /// When it is given up as unknown (see [`ReplicatedConfig::forward_timeout`]).
@@ -425,7 +530,12 @@ async fn forwarder<R: Runtime>(
     let mut streams: BTreeMap<NodeId, (u64, <R as ClientNetwork>::Stream)> = BTreeMap::new();
     let mut waiting = Waiting::default();
     let mut generation = 0u64;
-    let unknown = |topic: Topic, partition: u32, reason: String| {
+    // A forwarded publish whose answer is lost is of unknown outcome; a read
+    // round is merely unconfirmed (it changed nothing).
+    let unknown = |asked: Asked, topic: Topic, partition: u32, reason: String| {
+        if asked == Asked::Read {
+            return BrokerError::ReadUnconfirmed { topic, partition, reason };
+        }
         if planted.is_on(PlantedBug::ForwardUnknownAsRefused) {
             // Planted: "not done" about a publish that may still commit.
             return BrokerError::NotLeader { topic, partition, leader: None };
@@ -453,7 +563,7 @@ async fn forwarder<R: Runtime>(
                                 "node {}, the leader it was forwarded to, did not answer within {timeout:?}",
                                 w.leader.0
                             );
-                            broker.proposal_done(id, Err(unknown(w.topic, w.partition, reason)));
+                            broker.proposal_done(id, Err(unknown(w.asked, w.topic, w.partition, reason)));
                         }
                         continue;
                     }
@@ -465,7 +575,7 @@ async fn forwarder<R: Runtime>(
             Job::Answer(response) => {
                 let id = ProposalId(response.req());
                 if let Some(w) = waiting.remove(id) {
-                    broker.proposal_done(id, outcome_of(response, w.topic, w.partition));
+                    broker.proposal_done(id, outcome_of(response, w.asked, w.topic, w.partition));
                 }
             }
             Job::Lost(node, g) => {
@@ -476,10 +586,10 @@ async fn forwarder<R: Runtime>(
                 // same node may carry others.
                 for (id, w) in waiting.take_sent_on(node, g) {
                     let reason = format!("the stream to node {} (the leader it was forwarded to) broke", node.0);
-                    broker.proposal_done(id, Err(unknown(w.topic, w.partition, reason)));
+                    broker.proposal_done(id, Err(unknown(w.asked, w.topic, w.partition, reason)));
                 }
             }
-            Job::Send { to, id, topic, partition, frame } => {
+            Job::Send { to, id, asked, topic, partition, frame } => {
                 let (g, stream) = match streams.get(&to) {
                     Some((g, stream)) => (*g, stream.clone()),
                     None => match kaelix_core::runtime::timeout(&rt, timeout, rt.connect(to)).await {
@@ -499,19 +609,19 @@ async fn forwarder<R: Runtime>(
                         }
                         Ok(Err(e)) => {
                             let reason = format!("the leader, node {}, is unreachable: {e}", to.0);
-                            broker.proposal_done(id, Err(unknown(topic, partition, reason)));
+                            broker.proposal_done(id, Err(unknown(asked, topic, partition, reason)));
                             continue;
                         }
                         Err(_) => {
                             let reason =
                                 format!("the leader, node {}, did not accept a connection within {timeout:?}", to.0);
-                            broker.proposal_done(id, Err(unknown(topic, partition, reason)));
+                            broker.proposal_done(id, Err(unknown(asked, topic, partition, reason)));
                             continue;
                         }
                     },
                 };
                 let deadline = rt.now() + timeout;
-                waiting.insert(id, Forwarded { leader: to, generation: g, topic, partition, deadline });
+                waiting.insert(id, Forwarded { leader: to, generation: g, asked, topic, partition, deadline });
                 let sent = kaelix_core::runtime::timeout(&rt, timeout, stream.send(frame)).await;
                 if !matches!(sent, Ok(Ok(_))) {
                     // A failed or stuck send: the reader sees the stream
@@ -532,6 +642,7 @@ mod tests {
         Forwarded {
             leader: NodeId(leader),
             generation,
+            asked: Asked::Write,
             topic: Topic::new("orders").unwrap(),
             partition: 0,
             deadline: Instant::ZERO + Duration::from_millis(deadline_ms),
@@ -576,6 +687,31 @@ mod tests {
         assert_eq!(w.next_deadline(), Some(at(250)));
         assert_eq!(ids(&w.take_expired(at(1000))), [7]);
         assert_eq!((w.next_deadline(), w.by_id.len()), (None, 0));
+    }
+
+    /// A refusal of a read round changed nothing — the read is unconfirmed,
+    /// retried — while the same refusal of a write leaves its outcome
+    /// unknown (it may still commit); a prefix confirms the read.
+    #[test]
+    fn a_refused_read_round_is_unconfirmed_and_a_refused_write_unknown() {
+        let t = || Topic::new("orders").unwrap();
+        let not_leader = || Response::NotLeader { req: 1, leader: Some(NodeId(3)) };
+        let error = || Response::Error { req: 1, reason: "partition 9 does not exist".into() };
+        assert_eq!(outcome_of(Response::ReadPrefix { req: 1, next: 7 }, Asked::Read, t(), 0), Ok(7));
+        for refusal in [not_leader(), error()] {
+            assert!(
+                matches!(outcome_of(refusal.clone(), Asked::Read, t(), 0), Err(BrokerError::ReadUnconfirmed { .. })),
+                "{refusal:?}"
+            );
+            assert!(
+                matches!(
+                    outcome_of(refusal.clone(), Asked::Write, t(), 0),
+                    Err(BrokerError::ReplicationUnknown { .. })
+                ),
+                "{refusal:?}"
+            );
+        }
+        assert_eq!(outcome_of(Response::Produced { req: 1, offset: 4 }, Asked::Write, t(), 0), Ok(4));
     }
 
     #[test]

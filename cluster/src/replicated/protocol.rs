@@ -11,6 +11,8 @@
 //! Error      (6): reason[rest] (UTF-8)
 //! Commit     (7): partition:u32 client:u64 seq:u64 next:u64 group[rest] (UTF-8, 1..=255 bytes)
 //! Committed  (8): next:u64                     (the group's committed offset now)
+//! ReadIndex  (9): partition:u32
+//! ReadPrefix (10): next:u64                    (offsets below it were committed at a confirmed read index)
 //! ```
 //!
 //! Integers are little-endian; `req` is the client's request id, echoed.
@@ -67,6 +69,18 @@ pub enum Request {
         /// Offset.
         offset: u64,
     },
+    /// Confirm `partition`'s committed prefix: the leader runs a ReadIndex
+    /// round, waits until it has applied the read index, and answers
+    /// [`Response::ReadPrefix`] with its partition's next offset then. A
+    /// member that serves reads from its own copy of the log asks this
+    /// first, and serves once its copy holds that prefix (a linearizable
+    /// read through any member; see `broker_node`'s module docs).
+    ReadIndex {
+        /// Request id.
+        req: u64,
+        /// Partition.
+        partition: u32,
+    },
 }
 
 /// A server's answer.
@@ -92,6 +106,16 @@ pub enum Response {
         /// Request id.
         req: u64,
         /// The committed offset.
+        next: u64,
+    },
+    /// Answers [`Request::ReadIndex`]: every offset below `next` was
+    /// committed when the leader confirmed the read (after the request
+    /// arrived), and none at or after it had been applied by the leader
+    /// at that point.
+    ReadPrefix {
+        /// Request id.
+        req: u64,
+        /// The partition's next offset at the confirmed read index.
         next: u64,
     },
     /// This node does not lead the partition; try `leader`.
@@ -151,7 +175,10 @@ impl Request {
     /// The request id.
     pub fn req(&self) -> u64 {
         match self {
-            Request::Produce { req, .. } | Request::Commit { req, .. } | Request::Read { req, .. } => *req,
+            Request::Produce { req, .. }
+            | Request::Commit { req, .. }
+            | Request::Read { req, .. }
+            | Request::ReadIndex { req, .. } => *req,
         }
     }
 
@@ -160,7 +187,8 @@ impl Request {
         match self {
             Request::Produce { partition, .. }
             | Request::Commit { partition, .. }
-            | Request::Read { partition, .. } => *partition,
+            | Request::Read { partition, .. }
+            | Request::ReadIndex { partition, .. } => *partition,
         }
     }
 
@@ -188,6 +216,11 @@ impl Request {
                 let mut b = header(2, *req, 12);
                 b.put_u32_le(*partition);
                 b.put_u64_le(*offset);
+                b.freeze()
+            }
+            Request::ReadIndex { req, partition } => {
+                let mut b = header(9, *req, 4);
+                b.put_u32_le(*partition);
                 b.freeze()
             }
         }
@@ -221,6 +254,11 @@ impl Request {
                 }
                 Ok(Request::Commit { req, partition, client, seq, group, next })
             }
+            9 => {
+                let partition = r.u32("read-index partition")?;
+                r.finish("frame")?;
+                Ok(Request::ReadIndex { req, partition })
+            }
             k => Err(ProtocolError::UnknownKind(k)),
         }
     }
@@ -232,6 +270,7 @@ impl Response {
         match self {
             Response::Produced { req, .. }
             | Response::Committed { req, .. }
+            | Response::ReadPrefix { req, .. }
             | Response::ReadResult { req, .. }
             | Response::NotLeader { req, .. }
             | Response::Error { req, .. } => *req,
@@ -256,6 +295,11 @@ impl Response {
             }
             Response::Committed { req, next } => {
                 let mut b = header(8, *req, 8);
+                b.put_u64_le(*next);
+                b.freeze()
+            }
+            Response::ReadPrefix { req, next } => {
+                let mut b = header(10, *req, 8);
                 b.put_u64_le(*next);
                 b.freeze()
             }
@@ -314,6 +358,11 @@ impl Response {
                 r.finish("frame")?;
                 Ok(Response::Committed { req, next })
             }
+            10 => {
+                let next = r.u64("read-prefix next")?;
+                r.finish("frame")?;
+                Ok(Response::ReadPrefix { req, next })
+            }
             k => Err(ProtocolError::UnknownKind(k)),
         }
     }
@@ -349,6 +398,7 @@ mod tests {
                 partition,
                 offset
             }),
+            (any::<u64>(), any::<u32>()).prop_map(|(req, partition)| Request::ReadIndex { req, partition }),
         ]
     }
 
@@ -356,6 +406,7 @@ mod tests {
         prop_oneof![
             (any::<u64>(), any::<u64>()).prop_map(|(req, offset)| Response::Produced { req, offset }),
             (any::<u64>(), any::<u64>()).prop_map(|(req, next)| Response::Committed { req, next }),
+            (any::<u64>(), any::<u64>()).prop_map(|(req, next)| Response::ReadPrefix { req, next }),
             (any::<u64>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)))
                 .prop_map(|(req, p)| Response::ReadResult { req, payload: p.map(Bytes::from) }),
             (any::<u64>(), proptest::option::of(any::<u64>()))
@@ -396,8 +447,8 @@ mod tests {
             Err(ProtocolError::UnknownVersion(2))
         );
         assert_eq!(
-            Request::decode(Bytes::from_static(&[1, 9, 0, 0, 0, 0, 0, 0, 0, 0])),
-            Err(ProtocolError::UnknownKind(9))
+            Request::decode(Bytes::from_static(&[1, 11, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(ProtocolError::UnknownKind(11))
         );
         assert_eq!(
             Request::decode(Bytes::from_static(&[1, 2, 0, 0, 0, 0, 0, 0, 0, 0])),

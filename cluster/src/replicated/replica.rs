@@ -32,7 +32,10 @@
 //!   answered `NotLeader` with the member's leader hint.
 //! * A **read** goes through ReadIndex: it waits for its round (keyed by a
 //!   context number), then, confirmed at a read index, until the machine
-//!   has applied that index; then it is answered from the machine.
+//!   has applied that index; then it is answered from the machine — the
+//!   record at its offset ([`Request::Read`]), or the machine's next offset
+//!   ([`Request::ReadIndex`]: the committed prefix a member serving reads
+//!   from its own log must hold first).
 //! * When a member stops leading, every produce and read still waiting in
 //!   its group is answered `NotLeader` (the client retries at the new
 //!   leader; the session table makes a retried produce land once). So is a
@@ -159,7 +162,26 @@ struct Waiting {
 struct PendingRead {
     client: ClientRef,
     req: u64,
-    offset: u64,
+    what: ReadOf,
+}
+
+/// What a read answers once its index has applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadOf {
+    /// The record at this offset ([`Request::Read`]).
+    Record(u64),
+    /// The partition's next offset ([`Request::ReadIndex`]): the prefix
+    /// another member must hold before it serves a read from its own log.
+    Prefix,
+}
+
+impl fmt::Display for ReadOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadOf::Record(offset) => write!(f, "offset={offset}"),
+            ReadOf::Prefix => f.write_str("prefix"),
+        }
+    }
 }
 
 struct Group {
@@ -367,12 +389,16 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                     Err(e) => self.refuse(client, req, e),
                 }
             }
-            Request::Read { offset, .. } => {
+            Request::Read { .. } | Request::ReadIndex { .. } => {
+                let what = match request {
+                    Request::Read { offset, .. } => ReadOf::Record(offset),
+                    _ => ReadOf::Prefix,
+                };
                 let ctx = group.next_ctx;
                 group.next_ctx += 1;
                 match group.raft.read_index(now, ctx) {
                     Ok(()) => {
-                        group.reads.insert(ctx, PendingRead { client, req, offset });
+                        group.reads.insert(ctx, PendingRead { client, req, what });
                     }
                     Err(e) => self.refuse(client, req, e),
                 }
@@ -545,11 +571,14 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             std::mem::take(&mut g.ready).into_iter().partition(|(i, _)| *i <= applied);
         g.ready = wait;
         for (_, read) in serve {
-            let payload = g.machine.get(read.offset).map(|r| r.payload.clone());
-            self.outputs.push_back(Output::Reply {
-                client: read.client,
-                response: Response::ReadResult { req: read.req, payload },
-            });
+            let response = match read.what {
+                ReadOf::Record(offset) => {
+                    let payload = g.machine.get(offset).map(|r| r.payload.clone());
+                    Response::ReadResult { req: read.req, payload }
+                }
+                ReadOf::Prefix => Response::ReadPrefix { req: read.req, next: g.machine.next_offset() },
+            };
+            self.outputs.push_back(Output::Reply { client: read.client, response });
         }
     }
 }
@@ -557,7 +586,8 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
 /// A group's waiting requests ([`ReplicaCore::waiting`]), one line each:
 /// `produce index=I c1 req=R term=T`, `read ctx=C c1 req=R offset=O`
 /// (waiting for its round), `read index=I c1 req=R offset=O` (confirmed,
-/// waiting to apply); `none` when nothing waits.
+/// waiting to apply) — `prefix` instead of `offset=O` for a
+/// [`Request::ReadIndex`]; `none` when nothing waits.
 pub struct WaitingTables<'a> {
     produces: &'a BTreeMap<u64, Vec<Waiting>>,
     reads: &'a BTreeMap<u64, PendingRead>,
@@ -573,10 +603,10 @@ impl fmt::Display for WaitingTables<'_> {
             }
         }
         for (ctx, r) in self.reads {
-            lines.push(format!("read ctx={ctx} {} req={} offset={}", r.client, r.req, r.offset));
+            lines.push(format!("read ctx={ctx} {} req={} {}", r.client, r.req, r.what));
         }
         for (index, r) in self.ready {
-            lines.push(format!("read index={index} {} req={} offset={}", r.client, r.req, r.offset));
+            lines.push(format!("read index={index} {} req={} {}", r.client, r.req, r.what));
         }
         if lines.is_empty() {
             return f.write_str("none");

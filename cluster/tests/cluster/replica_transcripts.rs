@@ -20,6 +20,8 @@
 //!   (partition 0 and session `N` unless given); the record's timestamp is
 //!   the current time;
 //! * `read cN req=R [p=G] offset=O`: a client's read;
+//! * `read-index cN req=R [p=G]`: a member's request for the committed
+//!   prefix at a confirmed read index (answered `read-prefix req=R next=N`);
 //! * `write-done [pG] [N]`: the oldest `N` (default: all) writes in flight
 //!   of group `G` (default: of every group, group by group) complete, as
 //!   one batch of its log writer;
@@ -184,6 +186,7 @@ fn show_response(response: &Response) -> String {
     match response {
         Response::Produced { req, offset } => format!("produced req={req} offset={offset}"),
         Response::Committed { req, next } => format!("committed req={req} next={next}"),
+        Response::ReadPrefix { req, next } => format!("read-prefix req={req} next={next}"),
         Response::ReadResult { req, payload: Some(p) } => format!("read req={req} data={}", Data(p)),
         Response::ReadResult { req, payload: None } => format!("read req={req} none"),
         Response::NotLeader { req, leader: Some(l) } => format!("not-leader req={req} leader={l}"),
@@ -353,6 +356,7 @@ impl Env {
                 group: kv(rest, "group").ok_or("missing group=")?.to_owned(),
                 next: required(rest, "next")?,
             },
+            "read-index" => Request::ReadIndex { req, partition },
             _ => Request::Read { req, partition, offset: required(rest, "offset")? },
         };
         let node = self.node()?;
@@ -474,7 +478,7 @@ impl Harness for Env {
                 node.core.handle_message(*now, from, group, message);
                 node.drain(&mut out);
             }
-            "produce" | "commit" | "read" => return self.request(*now, verb, &words),
+            "produce" | "commit" | "read" | "read-index" => return self.request(*now, verb, &words),
             "write-done" => {
                 let groups = self.groups(&words)?;
                 let n = match words.iter().find(|w| !w.starts_with('p')) {
@@ -532,6 +536,7 @@ transcripts! {
     retried_produce => "retried-produce.txt",
     group_commit => "group-commit.txt",
     read_index => "read-index.txt",
+    read_prefix => "read-prefix.txt",
     read_after_apply => "read-after-apply.txt",
     leadership_lost => "leadership-lost.txt",
     step_down_no_hint => "step-down-no-hint.txt",

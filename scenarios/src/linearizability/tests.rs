@@ -205,6 +205,30 @@ fn present_then_absent() {
     assert!(v.explanation.ends_with("but 30 > 20"), "{}", v.explanation);
 }
 
+/// The `cluster` scenario's strict reading of an empty fetch: "nothing at
+/// `o`" means the log held at most `o` records at some instant of the
+/// fetch, so also nothing after `o` (dense offsets). Both ways: after the
+/// produce at `o` (or one above it) was acknowledged it is a violation — a
+/// lagging member's answer —, while the produce is still in flight, or of
+/// an offset past everything acknowledged, it is fine.
+#[test]
+fn nothing_at_or_after_an_offset() {
+    let v = violation(vec![p(1, "a", 0, 10, 0), r(2, 0, 20, 30, None)]);
+    assert_eq!(v.ops, vec![1, 0]);
+    // Acknowledged above `o`: `o` was written before it, so not empty.
+    let v = violation(vec![p(1, "a", 0, 10, 0), p(1, "b", 11, 15, 1), r(2, 0, 20, 30, None)]);
+    assert!(v.ops.contains(&2), "{v:?}");
+    let v = violation(vec![p(1, "a", 0, 10, 0), p(1, "b", 11, 15, 1), r(2, 1, 20, 30, None)]);
+    assert!(v.ops.contains(&2), "{v:?}");
+    // Concurrent with the produce: the read may come first.
+    linearizable(vec![p(1, "a", 0, 10, 0), r(2, 0, 5, 30, None)]);
+    // Past what is acknowledged, and before an unknown produce's point.
+    linearizable(vec![p(1, "a", 0, 10, 0), pu(1, "b", 11), r(2, 1, 20, 30, None), r(3, 1, 40, 50, Some("b"))]);
+    // Nothing at 1 after 0 was read present is fine; nothing at 0 after 1 was read is not.
+    linearizable(vec![pu(1, "a", 0), r(2, 0, 10, 20, Some("a")), r(3, 1, 30, 40, None)]);
+    violation(vec![pu(1, "a", 0), pu(1, "b", 0), r(2, 1, 10, 20, Some("b")), r(3, 0, 30, 40, None)]);
+}
+
 #[test]
 fn offsets_out_of_real_time_order() {
     let v = violation(vec![p(2, "b", 0, 50, 1), p(1, "a", 100, 110, 0)]);

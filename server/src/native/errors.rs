@@ -35,6 +35,8 @@ pub(crate) fn code_of(e: &BrokerError) -> ErrorCode {
         BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
         // Leadership moved before commit: the produce may or may not land.
         BrokerError::ReplicationUnknown { .. } => ErrorCode::Timeout,
+        // No leader confirmed a linearizable read: nothing changed, retry.
+        BrokerError::ReadUnconfirmed { .. } => ErrorCode::Unavailable,
         BrokerError::ShutDown => ErrorCode::ShuttingDown,
         // A plugin chain dropped or dead-lettered the message: the request
         // was handled, but the message did not land on its topic (the
@@ -92,6 +94,10 @@ mod tests {
             (BrokerError::InvalidSubscription("x"), ErrorCode::InvalidRequest),
             (BrokerError::NoDurableStorage(t.clone()), ErrorCode::InvalidRequest),
             (BrokerError::ShutDown, ErrorCode::ShuttingDown),
+            (
+                BrokerError::ReadUnconfirmed { topic: t.clone(), partition: 0, reason: "no leader".into() },
+                ErrorCode::Unavailable,
+            ),
             (
                 BrokerError::Intercepted(kaelix_broker::intercept::Disposition::Dropped { plugin: "p".into() }),
                 ErrorCode::InvalidRequest,

@@ -18,7 +18,11 @@
 //!   (or the request does not wait); otherwise a task waits — woken by the
 //!   broker when the partition becomes readable ([`Broker::wait_readable`]),
 //!   or by the consumer group's own wake-up — until data arrives or the
-//!   wait (capped by `native.max_wait_ms`) expires.
+//!   wait (capped by `native.max_wait_ms`) expires. A fetch of a
+//!   replicated topic (a cluster member) is linearizable through any
+//!   member: it is served only once the partition's leader confirmed a read
+//!   index and this member's log holds what was committed there
+//!   ([`Broker::confirm_read`]), else answered `Unavailable`.
 //! * **Subscriptions** are pumps ([`subscription`]): one task per
 //!   subscription moves messages from a broker stream into `Deliver`
 //!   pushes, only while the subscription has credit. A subscription without
@@ -51,6 +55,7 @@
 //! buffer is sent.
 //!
 //! [`Broker::wait_readable`]: kaelix_broker::Broker::wait_readable
+//! [`Broker::confirm_read`]: kaelix_broker::Broker::confirm_read
 
 pub(crate) mod credit;
 pub(crate) mod errors;
@@ -723,6 +728,9 @@ impl<R: Runtime> Conn<R> {
         if limits.max_messages == 0 {
             return self.error(correlation, ErrorCode::InvalidRequest, "max messages must be at least 1");
         }
+        if self.broker().is_replicated(&topic) {
+            return self.fetch_confirmed(correlation, topic, partition, offset, limits);
+        }
         let first = self.read(&topic, partition, offset, &limits);
         let wait = self.wait_for(&limits);
         match first {
@@ -742,6 +750,65 @@ impl<R: Runtime> Conn<R> {
                 });
             }
         }
+    }
+
+    /// A fetch of a replicated topic, linearizable through any member: the
+    /// partition's leader first confirms its committed prefix and this
+    /// member's log catches up to it ([`Broker::confirm_read`], read rounds
+    /// shared with the member's other fetches of the partition); only then
+    /// is the fetch served from the log, long-polling as any fetch (the
+    /// wait counted from the fetch's arrival, so confirming does not
+    /// lengthen it). A record acknowledged before the fetch arrived is
+    /// always seen, and "nothing at `offset`" is true at the confirmed
+    /// read index or later. If no leader confirms within
+    /// `cluster.forward_timeout_ms` (none known, unreachable, leadership
+    /// lost) the answer is `Unavailable`: retry.
+    ///
+    /// [`Broker::confirm_read`]: kaelix_broker::Broker::confirm_read
+    fn fetch_confirmed(
+        self: &Arc<Self>,
+        correlation: u32,
+        topic: Topic,
+        partition: u32,
+        offset: u64,
+        limits: FetchLimits,
+    ) {
+        let conn = self.clone();
+        let rt = &self.shared.rt;
+        let until = rt.now() + self.wait_for(&limits);
+        let confirm_within = self.shared.config().cluster.forward_timeout();
+        self.spawn_op(correlation, "native-fetch", async move {
+            let rt = &conn.shared.rt;
+            let confirmed = timeout(rt, confirm_within, conn.broker().confirm_read(&topic, partition));
+            match unless(&conn.closing, confirmed).await {
+                None => {
+                    let text = "the server is shutting down";
+                    return conn.error(correlation, ErrorCode::ShuttingDown, text);
+                }
+                Some(Err(_)) => {
+                    let text =
+                        format!("{topic}/{partition}: no leader confirmed the read within {confirm_within:?}; retry");
+                    return conn.error(correlation, ErrorCode::Unavailable, text);
+                }
+                Some(Ok(Err(e))) => return conn.read_error(correlation, &topic, partition, &e),
+                Some(Ok(Ok(_prefix))) => {}
+            }
+            let first = conn.read(&topic, partition, offset, &limits);
+            let now = rt.now();
+            let r = match first {
+                Err(e) => return conn.read_error(correlation, &topic, partition, &e),
+                Ok(r) if !r.messages.is_empty() || now >= until || conn.closing.is_raised() => r,
+                Ok(_) => {
+                    let readable = conn.broker().wait_readable(&topic, partition, offset);
+                    let _ = unless(&conn.closing, timeout(rt, until.saturating_duration_since(now), readable)).await;
+                    match conn.read(&topic, partition, offset, &limits) {
+                        Ok(r) => r,
+                        Err(e) => return conn.read_error(correlation, &topic, partition, &e),
+                    }
+                }
+            };
+            conn.send_fetch_result_large(correlation, offset, r).await;
+        });
     }
 
     /// How long a fetch with `limits` may wait (capped by the server).
