@@ -1133,3 +1133,23 @@ impl Oracle {
         self.disagreements(true).is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The completeness bound of the module docs, term by term, with and
+    /// without the phi gate's deferrals (no drift).
+    #[test]
+    fn completeness_bound_counts_the_phi_gates_deferrals() {
+        let gated = OracleConfig::for_swim(&SwimConfig::default()).swim;
+        let plain = OracleConfig::for_swim(&SwimConfig::default().without_phi_gate()).swim;
+        assert_eq!(gated.phi_gate_max_deferrals, 2);
+        assert_eq!(plain.phi_gate_max_deferrals, 0);
+        let secs = |b: Bounds| b.completeness.as_millis();
+        assert_eq!(secs(plain.bounds(5, 0)), 74_000);
+        assert_eq!(secs(gated.bounds(5, 0)), 90_000, "2 more probes, each up to 8 periods long");
+        assert_eq!(secs(gated.bounds(100, 0)), 304_000);
+        assert_eq!(secs(gated.bounds(100, 0)) - secs(plain.bounds(100, 0)), 16_000);
+    }
+}
