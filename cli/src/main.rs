@@ -259,7 +259,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Sim(SimCommand::List) => {
-            for s in catalog() {
+            for s in catalog().into_iter().chain(kaelix_scenarios::baselines()) {
                 out!("{:<28} {}", s.name(), s.description());
             }
             ExitCode::SUCCESS
@@ -333,7 +333,7 @@ fn main() -> ExitCode {
 fn lookup(name: &str) -> Option<&'static dyn Scenario> {
     let found = find(name);
     if found.is_none() {
-        let names: Vec<&str> = catalog().iter().map(|s| s.name()).collect();
+        let names: Vec<&str> = catalog().iter().chain(&kaelix_scenarios::baselines()).map(|s| s.name()).collect();
         eprintln!("error: unknown scenario {name:?}; known scenarios: {}", names.join(", "));
         if !kaelix_scenarios::PLANTED_BUGS {
             eprintln!("(planted-bug variants exist only in a build with `--features planted-bugs`)");

@@ -1,6 +1,8 @@
 //! The membership service (the seed's `MembershipManager`): a sans-IO
-//! [`Swim`] core wired to a [`Runtime`], plus a phi-accrual detector per
-//! member fed with the core's probe round trips.
+//! [`Swim`] core wired to a [`Runtime`]. The core keeps a phi-accrual
+//! detector per member and gates its suspicions with it (the `swim`
+//! module's *Phi gate*); this service shows that phi ([`Membership::phi`])
+//! from copies of the detectors' state taken whenever one changed.
 //!
 //! [`start`] spawns the driver loop and returns a [`Membership`] handle:
 //! the current member list, a stream of [`MembershipEvent`]s per
@@ -23,7 +25,7 @@ use futures_util::FutureExt;
 use kaelix_core::NodeId;
 use kaelix_core::runtime::{Priority, Runtime};
 
-use crate::phi::{PhiAccrual, PhiConfig};
+use crate::phi::PhiSnapshot;
 use crate::swim::{MemberInfo, MembershipEvent, Output, Swim, SwimConfig, SwimStats};
 
 /// How to run the membership service.
@@ -35,8 +37,6 @@ pub struct MembershipConfig {
     pub seeds: Vec<NodeId>,
     /// This node's metadata (e.g. its addresses and roles).
     pub metadata: Bytes,
-    /// The phi-accrual detector fed with probe round trips.
-    pub phi: PhiConfig,
     /// The incarnation to boot with; `None` (the default) takes the wall
     /// clock in milliseconds, so a restart starts above its earlier runs
     /// unless the clock was stepped back. `Some(1)` is memberlist's way:
@@ -47,13 +47,7 @@ pub struct MembershipConfig {
 impl MembershipConfig {
     /// memberlist's LAN defaults, joining through `seeds`.
     pub fn new(seeds: Vec<NodeId>, metadata: Bytes) -> Self {
-        MembershipConfig {
-            swim: SwimConfig::default(),
-            seeds,
-            metadata,
-            phi: PhiConfig::default(),
-            boot_incarnation: None,
-        }
+        MembershipConfig { swim: SwimConfig::default(), seeds, metadata, boot_incarnation: None }
     }
 }
 
@@ -64,7 +58,8 @@ struct Shared {
     stats: SwimStats,
     local_health: u32,
     subscribers: Vec<mpsc::UnboundedSender<MembershipEvent>>,
-    detectors: BTreeMap<NodeId, PhiAccrual>,
+    /// The core's detectors as of its last change.
+    phi: BTreeMap<NodeId, PhiSnapshot>,
     now: Option<kaelix_core::Instant>,
     leave_requested: bool,
     driver: Option<Waker>,
@@ -119,10 +114,12 @@ impl Membership {
         rx
     }
 
-    /// The phi-accrual suspicion level of `member` (0 without history).
+    /// The phi-accrual suspicion level of `member` (0 without history), as
+    /// the core's detector gives it at the driver's latest step: the phi
+    /// that gates this node's suspicions of `member`.
     pub fn phi(&self, member: NodeId) -> f64 {
         let shared = self.lock();
-        match (shared.detectors.get(&member), shared.now) {
+        match (shared.phi.get(&member), shared.now) {
             (Some(d), Some(now)) => d.phi(now),
             _ => 0.0,
         }
@@ -167,6 +164,7 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
     swim.join(rt.now(), &seeds);
     let mut left = false;
     let mut copied_revision = u64::MAX;
+    let mut copied_phi = u64::MAX;
     loop {
         let now = rt.now();
         while let Some(out) = swim.poll_output() {
@@ -176,10 +174,8 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
                     let mut shared = membership.lock();
                     shared.subscribers.retain(|s| s.unbounded_send(event.clone()).is_ok());
                 }
-                Output::ProbeRtt { member, .. } => {
-                    let mut shared = membership.lock();
-                    shared.detectors.entry(member).or_insert_with(|| PhiAccrual::new(config.phi)).heartbeat(now);
-                }
+                // The core feeds its own detectors (read below).
+                Output::ProbeRtt { .. } => {}
             }
         }
         {
@@ -192,6 +188,10 @@ async fn run<R: Runtime>(rt: R, config: MembershipConfig, membership: Membership
             shared.incarnation = Some(swim.incarnation());
             if changed {
                 membership.version.fetch_add(1, Ordering::Release);
+            }
+            if swim.phi_revision() != copied_phi {
+                copied_phi = swim.phi_revision();
+                shared.phi = swim.phi_snapshots();
             }
             shared.stats = swim.stats();
             shared.local_health = swim.local_health();

@@ -11,12 +11,14 @@
 //! such as GC), with the logistic approximation of its tail that Akka and
 //! Cassandra use.
 //!
-//! How it combines with SWIM: the SWIM core reports every answered probe's
-//! round trip (`swim::Output::ProbeRtt`); the membership service feeds them
-//! to one detector per member and exposes phi (`Membership::phi`). SWIM's
-//! own probe-and-suspect protocol still makes the decision; using phi to
-//! gate suspicion (accuse only when a probe failed *and* phi is above the
-//! threshold) is the next step of the membership work and not wired yet.
+//! How it combines with SWIM: the SWIM core keeps one detector per member,
+//! fed with the times (the core's `now`, never the OS clock) of its
+//! answered probe rounds of that member, and uses phi to **gate
+//! suspicion**: a failed probe round accuses a member only when phi is at
+//! or above the threshold, or when the gate has already deferred its
+//! allowed number of failed rounds in a row (see the `swim` module,
+//! *Phi gate*). The membership service shows the core's phi
+//! (`Membership::phi`) from [`PhiSnapshot`]s the driver copies.
 //!
 //! All arithmetic uses `kaelix_core::math`, so phi is bit-identical on
 //! every machine (simulator replays depend on it).
@@ -30,7 +32,8 @@ use kaelix_core::time::Duration;
 /// Settings of a [`PhiAccrual`] detector.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PhiConfig {
-    /// Phi above which the member counts as failed.
+    /// Phi at or above which the member counts as failed (and, in SWIM, a
+    /// failed probe round may accuse it at once).
     pub threshold: f64,
     /// Intervals remembered.
     pub window: usize,
@@ -106,20 +109,57 @@ impl PhiAccrual {
         self.sum_squares += interval * interval;
     }
 
-    /// Mean and standard deviation of the window, in milliseconds.
-    fn fit(&self) -> (f64, f64) {
+    /// The last heartbeat and the fitted distribution: everything phi at a
+    /// later time depends on (`None` before the first heartbeat).
+    pub fn snapshot(&self) -> Option<PhiSnapshot> {
+        let last = self.last?;
         let n = self.intervals.len() as f64;
         let mean = self.sum / n;
         let variance = (self.sum_squares / n - mean * mean).max(0.0);
-        (mean, variance.sqrt().max(millis(self.config.min_std_dev)))
+        Some(PhiSnapshot {
+            last,
+            mean_ms: mean + millis(self.config.acceptable_pause),
+            std_dev_ms: variance.sqrt().max(millis(self.config.min_std_dev)),
+        })
     }
 
     /// Suspicion level at `now` (0 before the first heartbeat).
     pub fn phi(&self, now: Instant) -> f64 {
-        let Some(last) = self.last else { return 0.0 };
-        let elapsed = millis(now.saturating_duration_since(last));
-        let (mean, std_dev) = self.fit();
-        let mean = mean + millis(self.config.acceptable_pause);
+        self.snapshot().map_or(0.0, |s| s.phi(now))
+    }
+
+    /// Whether phi at `now` is at or above the threshold.
+    pub fn is_suspect(&self, now: Instant) -> bool {
+        self.phi(now) >= self.config.threshold
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PhiConfig {
+        &self.config
+    }
+
+    /// Intervals remembered.
+    pub fn history_len(&self) -> usize {
+        self.intervals.len()
+    }
+}
+
+/// A detector's state as far as phi is concerned: the last heartbeat and
+/// the fitted distribution (`acceptable_pause` already in the mean). Cheap
+/// to copy, so a driver can show phi at any later time without holding
+/// the detector; gives exactly the detector's phi.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PhiSnapshot {
+    last: Instant,
+    mean_ms: f64,
+    std_dev_ms: f64,
+}
+
+impl PhiSnapshot {
+    /// Suspicion level at `now`.
+    pub fn phi(&self, now: Instant) -> f64 {
+        let elapsed = millis(now.saturating_duration_since(self.last));
+        let (mean, std_dev) = (self.mean_ms, self.std_dev_ms);
         let y = (elapsed - mean) / std_dev;
         let e = portable_exp(-y * (1.5976 + 0.070566 * y * y));
         let p_later = if elapsed > mean { e / (1.0 + e) } else { 1.0 - 1.0 / (1.0 + e) };
@@ -127,14 +167,9 @@ impl PhiAccrual {
         if p_later <= f64::MIN_POSITIVE { 308.0 } else { -portable_log10(p_later) }
     }
 
-    /// Whether phi at `now` is above the threshold.
-    pub fn is_suspect(&self, now: Instant) -> bool {
-        self.phi(now) > self.config.threshold
-    }
-
-    /// Intervals remembered.
-    pub fn history_len(&self) -> usize {
-        self.intervals.len()
+    /// The last heartbeat.
+    pub fn last_heartbeat(&self) -> Instant {
+        self.last
     }
 }
 

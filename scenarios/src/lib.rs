@@ -290,9 +290,22 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
     ]
 }
 
-/// The scenario named `name`.
+/// Comparison baselines: correct protocols run with a feature switched off,
+/// so a tally can be compared over the same seeds (the membership
+/// scenarios without the phi gate). Runnable by name ([`find`]); not in the
+/// [`catalog`], so the swarm and the catalog-wide tests skip them.
+pub fn baselines() -> Vec<&'static dyn Scenario> {
+    vec![
+        &membership::MEMBERSHIP_5_PHI_GATE_OFF,
+        &membership::MEMBERSHIP_20_PHI_GATE_OFF,
+        &membership::MEMBERSHIP_100_PHI_GATE_OFF,
+        &membership::MEMBERSHIP_20_SLOW_NODE_PHI_GATE_OFF,
+    ]
+}
+
+/// The scenario named `name` (the catalog's or a baseline).
 pub fn find(name: &str) -> Option<&'static dyn Scenario> {
-    catalog().into_iter().find(|s| s.name() == name)
+    catalog().into_iter().chain(baselines()).find(|s| s.name() == name)
 }
 
 /// A seed run twice: the report of the first run and whether the second

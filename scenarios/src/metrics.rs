@@ -525,6 +525,11 @@ impl RunMetrics {
             ("kaelix_swim_failed_probes_total", "Probes that ended with no Ack.", s.probes_failed),
             ("kaelix_swim_ping_reqs_sent_total", "Indirect probe requests (PingReq) sent.", s.ping_reqs_sent),
             (
+                "kaelix_swim_suspicions_deferred_total",
+                "Failed probe rounds the phi gate deferred instead of suspecting the member.",
+                s.suspicions_deferred,
+            ),
+            (
                 "kaelix_swim_relays_dropped_total",
                 "PingReqs refused because too many relays were running.",
                 s.relays_dropped,

@@ -701,13 +701,15 @@ fn swim_declares_a_killed_member_dead_and_its_restart_alive_at_a_higher_incarnat
     // The bound: the survivors probe the killed member within one round of
     // the other n − 1 members (its place in the shuffled order may move to
     // the end of the next round: 2 · (n − 1) periods), the failed probe
-    // takes one period, its suspicion lasts the minimum timeout for n = 3
+    // takes one period, the phi gate may defer that failure
+    // `phi_gate_max_deferrals` times (each a re-probe the next period:
+    // one period each), its suspicion lasts the minimum timeout for n = 3
     // (too few members to confirm it: Lifeguard's k is 0, so no longer
     // timeout), and the Dead spreads by gossip (200 ms rounds) or each
     // survivor's own timer; 2 s cover gossip and process scheduling.
     let swim = SwimConfig::default();
     let n = 3u32;
-    let round = swim.probe_interval * (2 * (n - 1) + 1);
+    let round = swim.probe_interval * (2 * (n - 1) + 1 + swim.phi_gate_max_deferrals);
     // Phi has history only once a probe of the member was answered: let
     // every member probe every other one first (two rounds: Lifeguard may
     // stretch the first periods while the members were still starting).

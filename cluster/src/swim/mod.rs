@@ -56,7 +56,8 @@
 //!   round-robin list gets a `Ping`. No `Ack` within the probe timeout: `k`
 //!   (`indirect_checks`) random alive members get a `PingReq`, ping the
 //!   target themselves and relay its `Ack`. No ack by the end of the period:
-//!   the target becomes `Suspect` at the incarnation it had when probed.
+//!   the target becomes `Suspect` at the incarnation it had when probed —
+//!   unless the *phi gate* defers it (below).
 //! * **Dissemination**: every accepted change is queued and piggybacked on
 //!   the next `Ping`/`Ack`/`PingReq`/`Nack`, least-sent first (newest first
 //!   among equals), within `max_packet_bytes`; an update is sent
@@ -102,9 +103,38 @@
 //! [`SwimConfig::lifeguard`] switches all four off (plain SWIM), so the
 //! simulator can measure what Lifeguard buys.
 //!
-//! **Seam for phi accrual**: every direct `Ack` yields an
-//! [`Output::ProbeRtt`]; a detector built on that history can combine with the
-//! suspicion timeout later.
+//! # Phi gate
+//!
+//! Each node keeps a phi-accrual detector ([`crate::phi`]) per member, fed
+//! with the times (`now`, the core's input, never the OS clock) of that
+//! member's **answered probe rounds** (a direct `Ack`, or one relayed by a
+//! helper). A failed probe round of a member we hold `Alive` at the probed
+//! incarnation accuses it only if
+//!
+//! * phi for it, at the end of the round, is at or above
+//!   `phi.threshold` (default 8: its answers are overdue by its own
+//!   history's measure, e.g. its earlier rounds failed too), or
+//! * the gate has already **deferred** `phi_gate_max_deferrals` failed
+//!   rounds of it in a row (default 2).
+//!
+//! Otherwise the failure is deferred: counted (`suspicions_deferred`) and
+//! the member is probed again in the **next** protocol period (not at its
+//! turn in the round), so a member that stays silent is accused at most
+//! `phi_gate_max_deferrals` periods later than without the gate. The count
+//! starts again after each answered round of the member and whenever its
+//! record changes state. A member we hold `Suspect` already is not gated
+//! (the failed round confirms the running suspicion). A member with no
+//! answered round yet has phi 0, so the cap alone decides. Why: one lost
+//! round is what loss does to a healthy member (at 10 % loss a round of
+//! 3 helpers fails with probability about 0.8 %, two in a row 0.006 %),
+//! while a crashed member fails every round; the gate trades at most
+//! `phi_gate_max_deferrals` protocol periods of detection time for far
+//! fewer false suspicions (the membership scenarios' tallies measure
+//! both). `phi_gate_max_deferrals = 0` switches the gate off: every failed
+//! round accuses at once, plain SWIM's rule.
+//!
+//! Every direct `Ack` also yields an [`Output::ProbeRtt`] (observers);
+//! [`Swim::phi`] and [`Swim::phi_snapshots`] expose the detectors.
 //!
 //! Restart is a new [`Swim`] with a fresh incarnation (any value works: the
 //! refutation rule raises it above whatever the cluster remembers), then
@@ -123,6 +153,7 @@ use kaelix_core::planted::{Planted, PlantedBug};
 use kaelix_core::rng::{DetRng, RngExt};
 use kaelix_core::time::{Duration, Instant};
 
+use crate::phi::{PhiAccrual, PhiConfig, PhiSnapshot};
 use broadcasts::Broadcasts;
 use suspicion::Suspicion;
 use wire::{MAX_HEADER_BYTES, MAX_METADATA, MAX_UPDATE_BYTES, MAX_UPDATES, Message, Packet, Update, UpdateKind};
@@ -130,8 +161,9 @@ use wire::{MAX_HEADER_BYTES, MAX_METADATA, MAX_UPDATE_BYTES, MAX_UPDATES, Messag
 /// The most ping-req relays one node runs at once (the rest are dropped).
 pub const MAX_RELAYS: usize = 1024;
 
-/// Tunables. [`SwimConfig::default`] is memberlist's LAN configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Tunables. [`SwimConfig::default`] is memberlist's LAN configuration,
+/// plus the phi gate (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
 pub struct SwimConfig {
     /// Length of a protocol period (one probe each), before LHM scaling.
     pub probe_interval: Duration,
@@ -176,6 +208,15 @@ pub struct SwimConfig {
     /// `suspicion_max_timeout_mult` unused), `PingReq`s ask for no `Nack`,
     /// and packets carry no buddy record.
     pub lifeguard: bool,
+    /// The phi-accrual detector kept per member, fed with its answered
+    /// probe rounds; its `threshold` is the phi gate's (default
+    /// [`PhiConfig::default`]: threshold 8, window 100).
+    pub phi: PhiConfig,
+    /// The phi gate: how many failed probe rounds of a member in a row may
+    /// be deferred while its phi is under `phi.threshold` (default 2; each
+    /// deferral probes it again the next period). 0 switches the gate off:
+    /// a failed round accuses at once.
+    pub phi_gate_max_deferrals: u32,
     /// Planted bugs switched on, so the simulator's power to catch them can
     /// be tested (SWIM checks the `Swim*` ones). Always none in production:
     /// see [`kaelix_core::planted`].
@@ -200,6 +241,8 @@ impl Default for SwimConfig {
             gossip_interval: Duration::from_millis(200),
             gossip_nodes: 3,
             lifeguard: true,
+            phi: PhiConfig::default(),
+            phi_gate_max_deferrals: 2,
             planted: Planted::NONE,
         }
     }
@@ -213,6 +256,13 @@ impl SwimConfig {
         SwimConfig { lifeguard: false, ..SwimConfig::default() }
     }
 
+    /// The same configuration with the phi gate off: a failed probe round
+    /// accuses at once (SWIM's own rule, the baseline the gate is measured
+    /// against).
+    pub fn without_phi_gate(self) -> Self {
+        SwimConfig { phi_gate_max_deferrals: 0, ..self }
+    }
+
     fn validate(&self) {
         assert!(!self.probe_interval.is_zero(), "probe_interval must be positive");
         assert!(self.probe_timeout < self.probe_interval, "probe_timeout must be shorter than probe_interval");
@@ -224,6 +274,10 @@ impl SwimConfig {
             "max_packet_bytes must hold a header and two of the largest updates"
         );
         assert!(self.max_sync_bytes >= self.max_packet_bytes, "max_sync_bytes must be at least max_packet_bytes");
+        assert!(
+            self.phi.threshold > 0.0 && self.phi.window >= 1,
+            "the phi detector needs a positive threshold and a window"
+        );
     }
 }
 
@@ -361,6 +415,8 @@ pub struct SwimStats {
     pub tombstones_collected: u64,
     /// `PingReq`s refused because [`MAX_RELAYS`] were running.
     pub relays_dropped: u64,
+    /// Failed probe rounds the phi gate deferred instead of accusing.
+    pub suspicions_deferred: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -372,6 +428,9 @@ struct Member {
     since: Instant,
     /// Present exactly when `state` is `Suspect`.
     suspicion: Option<Suspicion>,
+    /// Failed probe rounds the phi gate deferred in a row (reset by an
+    /// answered round and by every change of state).
+    deferred: u32,
 }
 
 impl Member {
@@ -397,6 +456,7 @@ impl Member {
         );
         if state != self.state {
             self.since = now;
+            self.deferred = 0;
         }
         self.incarnation = incarnation;
         self.state = state;
@@ -476,6 +536,12 @@ pub struct Swim {
     next_announce: Instant,
     next_push_pull: Instant,
     next_gossip: Instant,
+    /// A member whose failed round the phi gate deferred: probed next.
+    reprobe: Option<NodeId>,
+    /// Phi-accrual detectors of members with an answered probe round.
+    detectors: BTreeMap<NodeId, PhiAccrual>,
+    /// Bumped whenever a detector is fed or dropped.
+    phi_revision: u64,
     /// Bumped by every change of what [`Swim::members`] reports.
     revision: u64,
     /// What `members` reported at `revision` (tests check the bumps).
@@ -519,6 +585,9 @@ impl Swim {
                 now + config.push_pull_interval
             },
             next_gossip: if config.gossip_interval.is_zero() { Instant::MAX } else { now + config.gossip_interval },
+            reprobe: None,
+            detectors: BTreeMap::new(),
+            phi_revision: 0,
             revision: 0,
             #[cfg(test)]
             revised: (0, Vec::new()),
@@ -582,6 +651,22 @@ impl Swim {
     pub fn suspicion(&self, id: NodeId) -> Option<SuspicionInfo> {
         let s = self.members.get(&id)?.suspicion.as_ref()?;
         Some(SuspicionInfo { deadline: s.deadline(), confirmations: s.confirmations() })
+    }
+
+    /// Phi of `member` at `now` (0 without an answered probe round).
+    pub fn phi(&self, member: NodeId, now: Instant) -> f64 {
+        self.detectors.get(&member).map_or(0.0, |d| d.phi(now))
+    }
+
+    /// Every member's detector state (members with an answered probe
+    /// round), to evaluate phi later without the core.
+    pub fn phi_snapshots(&self) -> BTreeMap<NodeId, PhiSnapshot> {
+        self.detectors.iter().filter_map(|(&id, d)| d.snapshot().map(|s| (id, s))).collect()
+    }
+
+    /// A number that changes whenever [`Swim::phi_snapshots`] would.
+    pub fn phi_revision(&self) -> u64 {
+        self.phi_revision
     }
 
     /// A number that changes whenever anything [`Swim::members`] reports
@@ -920,6 +1005,12 @@ impl Swim {
     }
 
     fn next_probe_target(&mut self) -> Option<NodeId> {
+        // A failed round the phi gate deferred gets another one at once.
+        if let Some(id) = self.reprobe.take()
+            && self.members.get(&id).is_some_and(|m| m.state.is_live())
+        {
+            return Some(id);
+        }
         for _ in 0..2 {
             while let Some(&id) = self.probe_order.get(self.probe_index) {
                 self.probe_index += 1;
@@ -983,6 +1074,9 @@ impl Swim {
         // nobody to ask, the failure itself does.
         let missing = if p.helpers.is_empty() { 1 } else { (p.helpers.len() - p.nacked.len()) as u32 };
         self.lhm_add(missing);
+        if self.phi_gate_defers(&p) {
+            return;
+        }
         let incarnation = if self.config.planted.is_on(PlantedBug::SwimAccuseNextIncarnation) {
             p.incarnation.saturating_add(1)
         } else {
@@ -992,15 +1086,47 @@ impl Swim {
         self.apply(accusation, Origin::Local);
     }
 
+    /// The phi gate (see the module docs): whether the failed round `p`
+    /// is deferred rather than accusing; if so, counts it and has the
+    /// target probed again next period.
+    fn phi_gate_defers(&mut self, p: &Probe) -> bool {
+        let max = self.config.phi_gate_max_deferrals;
+        let phi = self.phi(p.target, self.now);
+        let threshold = self.config.phi.threshold;
+        let Some(m) = self.members.get_mut(&p.target) else { return false };
+        // Only a suspicion about to start is gated: a suspect's failed round
+        // confirms, a newer incarnation makes the accusation stale anyway.
+        if m.state != MemberState::Alive || m.incarnation != p.incarnation || m.deferred >= max || phi >= threshold {
+            return false;
+        }
+        m.deferred += 1;
+        self.stats.suspicions_deferred += 1;
+        self.reprobe = Some(p.target);
+        true
+    }
+
+    /// An answered probe round of `member`: a sign of life for its detector.
+    fn heartbeat(&mut self, member: NodeId) {
+        let now = self.now;
+        let config = self.config.phi;
+        // Detectors live and die with member records (collected together).
+        let Some(m) = self.members.get_mut(&member) else { return };
+        m.deferred = 0;
+        self.detectors.entry(member).or_insert_with(|| PhiAccrual::new(config)).heartbeat(now);
+        self.phi_revision += 1;
+    }
+
     fn on_ack(&mut self, from: NodeId, seq: u64) {
         if let Some(p) = &self.probe
             && p.seq == seq
             && (from == p.target || p.helpers.contains(&from))
         {
-            if from == p.target {
+            let target = p.target;
+            if from == target {
                 self.outputs.push_back(Output::ProbeRtt { member: from, rtt: self.now - p.sent });
             }
             self.probe = None;
+            self.heartbeat(target);
             self.lhm_sub();
             return;
         }
@@ -1095,6 +1221,9 @@ impl Swim {
             .collect();
         for id in due {
             self.members.remove(&id);
+            if self.detectors.remove(&id).is_some() {
+                self.phi_revision += 1;
+            }
             self.revision += 1;
             self.queue.remove(id);
             self.stats.tombstones_collected += 1;
@@ -1175,8 +1304,14 @@ impl Swim {
         match kind {
             UpdateKind::Alive { metadata } => {
                 let Some(m) = self.members.get_mut(&id) else {
-                    let m =
-                        Member { incarnation: inc, state: MemberState::Alive, metadata, since: now, suspicion: None };
+                    let m = Member {
+                        incarnation: inc,
+                        state: MemberState::Alive,
+                        metadata,
+                        since: now,
+                        suspicion: None,
+                        deferred: 0,
+                    };
                     self.members.insert(id, m);
                     self.revision += 1;
                     self.queue.push(self.members[&id].update(id));
@@ -1222,6 +1357,7 @@ impl Swim {
                         metadata: Bytes::new(),
                         since: now,
                         suspicion: None,
+                        deferred: 0,
                     };
                     self.members.insert(id, m);
                     self.revision += 1;
@@ -1360,7 +1496,10 @@ impl Swim {
         assert!(self.lhm <= self.config.lhm_max, "LHM over its maximum");
         for (id, m) in &self.members {
             assert_eq!(m.state == MemberState::Suspect, m.suspicion.is_some(), "{id}: suspicion iff suspect");
+            assert!(m.deferred <= self.config.phi_gate_max_deferrals, "{id}: phi gate over its deferrals");
+            assert!(m.deferred == 0 || m.state == MemberState::Alive, "{id}: only alive members are deferred");
         }
+        assert!(self.detectors.keys().all(|id| self.members.contains_key(id)), "a detector outlived its member");
         if let Some(p) = &self.probe {
             assert_ne!(p.target, self.me, "never probe ourselves");
             assert!(p.nacked.iter().all(|n| p.helpers.contains(n)), "nacks only from helpers");

@@ -20,9 +20,15 @@ fn node_with(me: NodeId, config: SwimConfig, incarnation: u64) -> Swim {
     Swim::new(me, config, seeded(me.0), t(0), incarnation, Bytes::new())
 }
 
-/// The defaults without the gossip timer: each rule test sees only the
-/// outputs of the rule it is about (gossip rounds have their own tests).
+/// The defaults without the gossip timer and without the phi gate: each
+/// rule test sees only the outputs of the rule it is about (gossip rounds
+/// and the gate have their own tests).
 fn quiet() -> SwimConfig {
+    gated().without_phi_gate()
+}
+
+/// The defaults without the gossip timer, phi gate on (as by default).
+fn gated() -> SwimConfig {
     SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }
 }
 
@@ -62,7 +68,11 @@ fn events(outs: &[Output]) -> Vec<String> {
 
 /// `me` knowing `others` alive at incarnation 1 (learned from a `Sync`).
 fn joined(me: NodeId, others: &[NodeId]) -> Swim {
-    let mut s = node(me);
+    joined_with(me, others, quiet())
+}
+
+fn joined_with(me: NodeId, others: &[NodeId], config: SwimConfig) -> Swim {
+    let mut s = node_with(me, config, 1);
     let state: Vec<String> = others.iter().map(|o| format!("alive {o} inc=1")).collect();
     s.handle_message(t(0), others[0], pkt(&format!("sync | {}", state.join(" | "))));
     drain(&mut s);
@@ -207,6 +217,156 @@ fn a_refutation_during_the_probe_is_not_overridden() {
     s.handle_timeout(t(2000));
     assert!(events(&drain(&mut s)).is_empty(), "the failed probe accused incarnation 1, the target is at 2");
     assert_eq!(state_of(&s, target), Some((MemberState::Alive, 2)));
+}
+
+// ----- phi gate ----------------------------------------------------------
+
+/// One protocol period of `s` starting at `start` (local health 0, so 1 s):
+/// returns the member it probed and the events its start produced (a round
+/// that failed is judged there). `answer(target)` is the ack's delay in ms
+/// (under the 500 ms probe timeout), or `None`: the round fails — no ack,
+/// direct or relayed — and every helper nacks, so the prober's own health
+/// is not blamed.
+fn period(s: &mut Swim, start: Instant, answer: impl Fn(NodeId) -> Option<u64>) -> (NodeId, Vec<String>) {
+    assert_eq!(s.local_health(), 0, "periods of 1 s");
+    s.handle_timeout(start);
+    let outs = drain(s);
+    let (target, seq) = sends(&outs)
+        .into_iter()
+        .find_map(|(to, p)| match p.message {
+            Message::Ping { seq } => Some((to, seq)),
+            _ => None,
+        })
+        .expect("a ping each period");
+    match answer(target) {
+        Some(ms) => {
+            assert!(ms < 500, "an ack within the probe timeout");
+            s.handle_message(start + Duration::from_millis(ms), target, pkt(&format!("ack seq={seq}")));
+        }
+        None => {
+            s.handle_timeout(start + Duration::from_millis(500));
+            let helpers: Vec<NodeId> = sends(&drain(s))
+                .into_iter()
+                .filter(|(_, p)| matches!(p.message, Message::PingReq { .. }))
+                .map(|(to, _)| to)
+                .collect();
+            assert!(!helpers.is_empty(), "indirect probes were asked for");
+            for h in helpers {
+                s.handle_message(start + Duration::from_millis(800), h, pkt(&format!("nack seq={seq}")));
+            }
+        }
+    }
+    drain(s);
+    (target, events(&outs))
+}
+
+/// Round trips of 5 ms to 444 ms, in no regular pattern.
+fn jitter(k: u64) -> u64 {
+    5 + (k * 137) % 440
+}
+
+/// `n1` knowing `n2` and `n3`, after 40 periods of answered rounds with
+/// jittery round trips (and rounds reshuffled, so each member's answered
+/// rounds come 1 to 3 s apart): an alive history for both.
+fn with_alive_history(config: SwimConfig) -> Swim {
+    let mut s = joined_with(N1, &[N2, N3], config);
+    for i in 1..=40 {
+        let (_, ev) = period(&mut s, t(1000 * i), |_| Some(jitter(i)));
+        assert!(ev.is_empty(), "{ev:?}");
+    }
+    s
+}
+
+#[test]
+fn phi_gate_spares_a_jittery_but_alive_member_one_lost_round() {
+    let mut s = with_alive_history(gated());
+    let (lost, _) = period(&mut s, t(41_000), |_| None);
+    let phi = s.phi(lost, t(42_000));
+    assert!(phi < s.config().phi.threshold, "its history makes one lost round unremarkable: phi {phi}");
+    let (again, ev) = period(&mut s, t(42_000), |_| Some(20));
+    assert!(ev.is_empty(), "one lost round of a member alive by its history accuses nobody: {ev:?}");
+    assert_eq!(again, lost, "the deferred member gets another round at once");
+    assert_eq!((s.stats().probes_failed, s.stats().suspicions_deferred), (1, 1));
+    // The answered round starts the count again: later single losses are
+    // spared too.
+    for i in 43..=60 {
+        let (_, ev) = period(&mut s, t(1000 * i), |_| if i % 6 == 0 { None } else { Some(jitter(i)) });
+        assert!(ev.is_empty(), "{ev:?}");
+    }
+    assert_eq!(s.stats().suspicions_deferred, s.stats().probes_failed);
+    assert_eq!((state_of(&s, N2), state_of(&s, N3)), (Some((MemberState::Alive, 1)), Some((MemberState::Alive, 1))));
+}
+
+#[test]
+fn with_the_phi_gate_off_one_lost_round_accuses_at_once() {
+    let mut s = with_alive_history(gated().without_phi_gate());
+    let (lost, _) = period(&mut s, t(41_000), |_| None);
+    let (_, ev) = period(&mut s, t(42_000), |_| Some(20));
+    assert_eq!(ev, vec![format!("suspect {lost} inc=1")], "plain SWIM: the failed round accuses");
+    assert_eq!(s.stats().suspicions_deferred, 0);
+}
+
+#[test]
+fn a_crashed_member_is_suspected_within_the_phi_gates_cap() {
+    let mut s = with_alive_history(gated());
+    let cap = s.config().phi_gate_max_deferrals;
+    assert_eq!(cap, 2, "the documented default");
+    // n2 crashes: from now on every round of it fails.
+    let mut rounds_of_n2 = Vec::new();
+    let mut suspected = None;
+    for i in 41..=60 {
+        let start = t(1000 * i);
+        let phi = s.phi(N2, start);
+        let (target, ev) = period(&mut s, start, |m| (m != N2).then_some(20));
+        if ev.contains(&"suspect n2 inc=1".to_string()) {
+            suspected = Some((i, phi));
+            break;
+        }
+        if target == N2 {
+            rounds_of_n2.push(i);
+        }
+    }
+    let (at, phi) = suspected.expect("the crashed member is suspected");
+    // Its first round failed, then the gate deferred `cap` failures, each
+    // probing it again the next period; the round after that accuses.
+    assert_eq!(rounds_of_n2.len() as u32, cap + 1, "{rounds_of_n2:?}");
+    assert!(rounds_of_n2.windows(2).all(|w| w[1] == w[0] + 1), "consecutive periods: {rounds_of_n2:?}");
+    assert_eq!(at, rounds_of_n2[cap as usize] + 1, "accused at the end of the last allowed round");
+    assert!(phi < s.config().phi.threshold, "the cap decided, not phi ({phi}): a hard bound whatever the history");
+    assert_eq!(s.stats().suspicions_deferred, u64::from(cap));
+}
+
+#[test]
+fn phi_over_the_threshold_accuses_on_the_first_failed_round() {
+    // One member, probed every period and always answering 10 ms later: a
+    // history so regular that one missing answer is already damning.
+    let mut s = joined_with(N1, &[N2], gated());
+    for i in 1..=30 {
+        s.handle_timeout(t(1000 * i));
+        let (to, p) = sends(&drain(&mut s)).into_iter().next().expect("a ping");
+        let Message::Ping { seq } = p.message else { panic!("{p}") };
+        s.handle_message(t(1000 * i + 10), to, pkt(&format!("ack seq={seq}")));
+        drain(&mut s);
+    }
+    s.handle_timeout(t(31_000));
+    drain(&mut s);
+    assert!(s.phi(N2, t(32_000)) >= s.config().phi.threshold, "phi {}", s.phi(N2, t(32_000)));
+    s.handle_timeout(t(32_000));
+    assert_eq!(events(&drain(&mut s)), vec!["suspect n2 inc=1"]);
+    assert_eq!(s.stats().suspicions_deferred, 0);
+}
+
+#[test]
+fn phi_is_fed_by_answered_rounds_only_and_read_at_the_given_time() {
+    let mut s = joined_with(N1, &[N2, N3], gated());
+    assert_eq!(s.phi(N2, t(5_000)), 0.0, "no history, no suspicion");
+    let (target, seq, _) = first_probe(&mut s);
+    s.handle_message(t(1_010), target, pkt(&format!("ack seq={seq}")));
+    drain(&mut s);
+    let snap = s.phi_snapshots()[&target];
+    assert_eq!(snap.last_heartbeat(), t(1_010), "the core's now, not any other clock");
+    assert!(s.phi(target, t(1_500)) < s.phi(target, t(4_000)), "phi grows with silence");
+    assert_eq!(snap.phi(t(4_000)), s.phi(target, t(4_000)), "a snapshot gives the detector's phi");
 }
 
 #[test]
@@ -380,8 +540,14 @@ fn periodic_push_pull_goes_to_one_alive_member() {
 #[test]
 #[should_panic(expected = "incarnation went backwards")]
 fn a_record_never_moves_to_a_lower_incarnation() {
-    let mut m =
-        Member { incarnation: 5, state: MemberState::Alive, metadata: Bytes::new(), since: t(0), suspicion: None };
+    let mut m = Member {
+        incarnation: 5,
+        state: MemberState::Alive,
+        metadata: Bytes::new(),
+        since: t(0),
+        suspicion: None,
+        deferred: 0,
+    };
     m.set(4, MemberState::Dead, t(1));
 }
 

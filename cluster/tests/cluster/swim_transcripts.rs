@@ -17,7 +17,8 @@
 //!   decode, if they do not);
 //! * `join nX…`, `leave`, `set-metadata M`;
 //! * `members` (with each suspect's deadline and confirmations), `health`,
-//!   `stats`: print state.
+//!   `stats`, `phi nX` (its phi now, and the failed rounds the phi gate
+//!   deferred so far): print state.
 //!
 //! Outputs print as `send nX <packet>`, `event <kind> nX inc=N [meta=M]`,
 //! `rtt nX T`.
@@ -60,11 +61,16 @@ impl Harness for Env {
     const QUIET_TICKS: bool = true;
 
     /// The configuration a transcript starts from: the defaults without the
-    /// gossip timer, so each transcript shows the rule it is about without
-    /// interleaved gossip rounds; `config gossip_interval=…` turns it on
-    /// (`gossip-timer.txt`).
+    /// gossip timer and without the phi gate, so each transcript shows the
+    /// rule it is about without interleaved gossip rounds or deferred
+    /// probe rounds; `config gossip_interval=…` turns the timer on
+    /// (`gossip-timer.txt`), `config phi_gate_max_deferrals=…` the gate
+    /// (`phi-gate-*.txt`).
     fn new() -> Self {
-        Env { config: SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }, swim: None }
+        Env {
+            config: SwimConfig { gossip_interval: Duration::ZERO, ..SwimConfig::default() }.without_phi_gate(),
+            swim: None,
+        }
     }
 
     fn started(&self) -> bool {
@@ -90,6 +96,10 @@ impl Harness for Env {
             "lifeguard" => c.lifeguard = value.parse().map_err(|_| format!("bad bool {value:?} for {key}"))?,
             "max_packet_bytes" => c.max_packet_bytes = num()? as usize,
             "max_sync_bytes" => c.max_sync_bytes = num()? as usize,
+            "phi_gate_max_deferrals" => c.phi_gate_max_deferrals = num()? as u32,
+            "phi_threshold" => {
+                c.phi.threshold = value.parse().map_err(|_| format!("bad number {value:?} for {key}"))?;
+            }
             _ => return Err(format!("unknown config key {key:?}")),
         }
         Ok(())
@@ -170,6 +180,15 @@ impl Harness for Env {
                     fmt_time(s.scaled_probe_timeout().as_nanos() as u64)
                 ));
             }
+            "phi" => {
+                let member = parse_node(words.first().ok_or("phi nX")?)?;
+                let s = self.swim()?;
+                out.push(format!(
+                    "phi {member}={:.2} deferred-so-far={}",
+                    s.phi(member, now),
+                    s.stats().suspicions_deferred
+                ));
+            }
             "stats" => {
                 let s = self.swim()?.stats();
                 out.push(format!(
@@ -212,6 +231,7 @@ transcripts! {
     malformed => "malformed.txt",
     gossip_timer => "gossip-timer.txt",
     stale_accusation => "stale-accusation.txt",
+    phi_gate => "phi-gate.txt",
 }
 
 #[test]

@@ -25,7 +25,7 @@
 //!   node alive, and within 90 s at its current incarnation (the oracle's
 //!   check 4); and every node must drop the lost node within the
 //!   completeness bound the oracle derives from the SWIM configuration
-//!   (check 6: 74–288 s by cluster size, worst case; the tallies show how
+//!   (check 6: 90–304 s by cluster size with the phi gate's deferrals, worst case; the tallies show how
 //!   long it really took). 25 s is
 //!   shorter than the 30 s after which tombstones are forgotten, so a
 //!   restarted node has to be readmitted by outbidding its tombstone, not
@@ -66,6 +66,17 @@
 //! accusations of healthy members are refuted before they kill anyone
 //! (its false deaths fall under the same budget), and the slow node itself
 //! is never counted (it is not healthy).
+//!
+//! **Phi gate.** Every scenario runs the default configuration, so SWIM's
+//! suspicions are gated by phi (see the `swim` module's *Phi gate*), and
+//! check 6's bound includes the rounds the gate may defer. The baselines
+//! `membership-5/20/100-phi-gate-off` and
+//! `membership-20-slow-node-phi-gate-off` (runnable by name, not in the
+//! catalog nor the swarm) run the same seeds — the same fault schedules —
+//! with the gate off, so the tallies compare the two: `false suspicions`
+//! (the oracle's judgement above) and `suspect events about up members`
+//! (every node's `Suspect` event about a member whose current run was up
+//! and unpaused at that moment, by the simulator's ground truth).
 //!
 //! Planted bugs must fail: `membership-20-refute-without-incarnation`
 //! (refutations that do not raise the incarnation, so a suspicion is never
@@ -118,6 +129,8 @@ pub struct MembershipScenario {
     nodes: u64,
     faults: Faults,
     planted: Planted,
+    /// The phi gate as configured by default (on), or off (the baselines).
+    phi_gate: bool,
 }
 
 /// 5 nodes.
@@ -127,6 +140,7 @@ pub static MEMBERSHIP_5: MembershipScenario = MembershipScenario {
     nodes: 5,
     faults: Faults::Swarm,
     planted: Planted::NONE,
+    phi_gate: true,
 };
 /// 20 nodes.
 pub static MEMBERSHIP_20: MembershipScenario = MembershipScenario {
@@ -135,6 +149,7 @@ pub static MEMBERSHIP_20: MembershipScenario = MembershipScenario {
     nodes: 20,
     faults: Faults::Swarm,
     planted: Planted::NONE,
+    phi_gate: true,
 };
 /// 100 nodes.
 pub static MEMBERSHIP_100: MembershipScenario = MembershipScenario {
@@ -143,6 +158,7 @@ pub static MEMBERSHIP_100: MembershipScenario = MembershipScenario {
     nodes: 100,
     faults: Faults::Swarm,
     planted: Planted::NONE,
+    phi_gate: true,
 };
 /// 20 nodes, one of them slow, 10 % loss.
 pub static MEMBERSHIP_20_SLOW_NODE: MembershipScenario = MembershipScenario {
@@ -151,6 +167,7 @@ pub static MEMBERSHIP_20_SLOW_NODE: MembershipScenario = MembershipScenario {
     nodes: 20,
     faults: Faults::SlowNode,
     planted: Planted::NONE,
+    phi_gate: true,
 };
 /// Planted bug: accusations of an incarnation the member never had.
 #[cfg(feature = "planted-bugs")]
@@ -159,6 +176,7 @@ pub static MEMBERSHIP_20_ACCUSE_NEXT_BUG: MembershipScenario = MembershipScenari
     description: "[planted bug] SWIM, 20 nodes, a failed probe accuses the incarnation after the one probed",
     nodes: 20,
     faults: Faults::Swarm,
+    phi_gate: true,
     planted: Planted::only(PlantedBug::SwimAccuseNextIncarnation),
 };
 /// Planted bug: a node ignores its own tombstone (memberlist#345).
@@ -168,6 +186,7 @@ pub static MEMBERSHIP_20_IGNORE_TOMBSTONE_BUG: MembershipScenario = MembershipSc
     description: "[planted bug] SWIM, 20 nodes, a node ignores deaths declared about itself (memberlist#345)",
     nodes: 20,
     faults: Faults::Swarm,
+    phi_gate: true,
     planted: Planted::only(PlantedBug::SwimIgnoreOwnTombstone),
 };
 /// Planted bug: refutations that do not raise the incarnation.
@@ -177,6 +196,7 @@ pub static MEMBERSHIP_20_REFUTE_BUG: MembershipScenario = MembershipScenario {
     description: "[planted bug] SWIM, 20 nodes, refuting a suspicion without raising the incarnation",
     nodes: 20,
     faults: Faults::Swarm,
+    phi_gate: true,
     planted: Planted::only(PlantedBug::SwimRefuteWithoutIncarnation),
 };
 
@@ -188,7 +208,37 @@ pub static MEMBERSHIP_20_ALIVE_IGNORES_INCARNATION_BUG: MembershipScenario = Mem
     description: "[planted bug] SWIM, 20 nodes, an Alive at the incarnation held replaces a Suspect or Dead record",
     nodes: 20,
     faults: Faults::Swarm,
+    phi_gate: true,
     planted: Planted::only(PlantedBug::SwimAliveIgnoresIncarnation),
+};
+
+/// Baseline: `membership-5` with the phi gate off.
+pub static MEMBERSHIP_5_PHI_GATE_OFF: MembershipScenario = MembershipScenario {
+    name: "membership-5-phi-gate-off",
+    description: "[baseline] membership-5 with the phi gate off (every failed probe round accuses at once)",
+    phi_gate: false,
+    ..MEMBERSHIP_5
+};
+/// Baseline: `membership-20` with the phi gate off.
+pub static MEMBERSHIP_20_PHI_GATE_OFF: MembershipScenario = MembershipScenario {
+    name: "membership-20-phi-gate-off",
+    description: "[baseline] membership-20 with the phi gate off (every failed probe round accuses at once)",
+    phi_gate: false,
+    ..MEMBERSHIP_20
+};
+/// Baseline: `membership-100` with the phi gate off.
+pub static MEMBERSHIP_100_PHI_GATE_OFF: MembershipScenario = MembershipScenario {
+    name: "membership-100-phi-gate-off",
+    description: "[baseline] membership-100 with the phi gate off (every failed probe round accuses at once)",
+    phi_gate: false,
+    ..MEMBERSHIP_100
+};
+/// Baseline: `membership-20-slow-node` with the phi gate off.
+pub static MEMBERSHIP_20_SLOW_NODE_PHI_GATE_OFF: MembershipScenario = MembershipScenario {
+    name: "membership-20-slow-node-phi-gate-off",
+    description: "[baseline] membership-20-slow-node with the phi gate off (every failed probe round accuses at once)",
+    phi_gate: false,
+    ..MEMBERSHIP_20_SLOW_NODE
 };
 
 const SAFETY: Duration = Duration::from_secs(20);
@@ -320,6 +370,7 @@ impl MembershipScenario {
         let sim = Sim::new(SimConfig { seed, profile, trace_sink: trace, ..SimConfig::new(seed) });
         let registry = Registry::default();
         let swim = SwimConfig { planted, ..SwimConfig::default() };
+        let swim = if self.phi_gate { swim } else { swim.without_phi_gate() };
         let mut oracle_config = OracleConfig::for_swim(&swim);
         oracle_config.watched = slow;
         oracle_config.max_drift_ppm = max_drift_ppm;
@@ -428,6 +479,7 @@ impl MembershipScenario {
         let tallies = vec![
             ("suspicions", tally.suspicions),
             ("false suspicions", tally.false_suspicions),
+            ("suspect events about up members", tally.suspect_events_of_up_members),
             ("false suspicions by the slow node", tally.false_suspicions_by_watched),
             ("deaths", tally.deaths),
             ("false deaths", tally.false_deaths),

@@ -81,16 +81,22 @@
 //!    * `O` probes every member it holds live once per round, rounds in a
 //!      fresh shuffle: `X` is probed within `2L − 1 ≤ 2n − 3` probes (it
 //!      may have just been passed, and be last in the next round). It
-//!      cannot answer, nor can anyone relay for it, so that probe fails and
-//!      starts (or confirms) `O`'s suspicion of `X`, at the latest.
+//!      cannot answer, nor can anyone relay for it, so that probe fails.
+//!    * The **phi gate** may defer that failure, and each deferral probes
+//!      `X` again the very next period; after `G`
+//!      (`phi_gate_max_deferrals`, 0 with the gate off) deferrals in a row
+//!      the gate must let the next failure through, whatever phi says. So
+//!      within `2n − 3 + G` probes a failed probe of `X` starts (or
+//!      confirms) `O`'s suspicion of `X`, at the latest.
 //!    * Those probes last `(h + 1)·T`. In the calm phase an answered probe
 //!      lowers `h` by one and no probe raises it (a probe of `X` is nacked
 //!      by the helpers, which are up and reachable; nobody's probe of `O`
 //!      fails), so the probes' excess over `T` is at most
-//!      `(1 + 2 + … + lhm_max)·T`, plus `lhm_max·T` for the probe of `X`
-//!      that lowers nothing. (Refuting a suspicion of itself raises `h`;
-//!      in the calm phase only a suspicion left over from before can reach
-//!      `O`, and the other terms' slack covers a few of those.)
+//!      `(1 + 2 + … + lhm_max)·T`, plus `lhm_max·T` for each of the
+//!      `G + 1` probes of `X`, which lower nothing. (Refuting a suspicion of
+//!      itself raises `h`; in the calm phase only a suspicion left over
+//!      from before can reach `O`, and the other terms' slack covers a few
+//!      of those.)
 //!    * `O`'s suspicion lasts at most the longest Lifeguard allows:
 //!      `suspicion_max_timeout_mult · suspicion_mult · max(1, log10 n) · T`
 //!      (dogpile confirmations only shorten it; `n` bounds the live count
@@ -98,9 +104,10 @@
 //!    * Timers run on node clocks, up to the profile's drift slow: the sum
 //!      is stretched by `1 + max_drift`.
 //!
-//!    `B = (1 + drift)·[(lhm_max + 1)T + (2n − 3)T + (lhm_max(lhm_max+1)/2 +
-//!    lhm_max)T + S_max(n)]`; with the default configuration 74 s at 5
-//!    nodes, 111.2 s at 20, 288 s at 100, before drift. It is a worst case
+//!    `B = (1 + drift)·[(lhm_max + 1)T + (2n − 3 + G)T + (lhm_max(lhm_max+1)/2 +
+//!    (G + 1)·lhm_max)T + S_max(n)]`; with the default configuration
+//!    (`G = 2`) 90 s at 5 nodes, 127.2 s at 20, 304 s at 100, before drift
+//!    (74 s, 111.2 s and 288 s with the gate off). It is a worst case
 //!    (one observer alone, every probe at the slowest scale its health
 //!    allows, no dogpile): the cluster normally does far better, as the
 //!    scenarios' tallies show (most lost nodes are dead everywhere within
@@ -210,6 +217,12 @@ pub struct Observed {
 pub struct Tally {
     /// Distinct member incarnations suspected.
     pub suspicions: u64,
+    /// `Suspect` events, every observer's each (a suspicion raised or
+    /// learned), about a member whose current run was up and not paused at
+    /// that moment by the simulator's ground truth, at an incarnation of
+    /// that run: suspicions of members that were alive, however they
+    /// spread (what the phi gate is meant to cut under loss).
+    pub suspect_events_of_up_members: u64,
     /// Of those, about a healthy, reachable member (see the module docs).
     pub false_suspicions: u64,
     /// False suspicions whose accuser was the watched node (see
@@ -281,6 +294,9 @@ pub struct SwimNumbers {
     pub lhm_max: u32,
     /// Tombstones are forgotten this long after the death.
     pub gc_after: Duration,
+    /// Failed probe rounds of one member the phi gate may defer in a row
+    /// (`G`; 0 with the gate off).
+    pub phi_gate_max_deferrals: u32,
 }
 
 impl OracleConfig {
@@ -298,6 +314,7 @@ impl OracleConfig {
                 suspicion_max_mult: if swim.lifeguard { swim.suspicion_max_timeout_mult.max(1) } else { 1 },
                 lhm_max: if swim.lifeguard { swim.lhm_max } else { 0 },
                 gc_after: swim.gc_after,
+                phi_gate_max_deferrals: swim.phi_gate_max_deferrals,
             },
             max_drift_ppm: 50_000,
         }
@@ -329,16 +346,18 @@ impl SwimNumbers {
         // The crashed member is probed within 2L − 1 of the observer's own
         // probes, L ≤ n − 1 the live members it knows (it may have just
         // passed it this round, and the next round's shuffle may put it
-        // last).
-        let probes = u32::try_from(2 * (n - 1) - 1).unwrap_or(u32::MAX);
+        // last); the phi gate may defer G failed rounds of it in a row,
+        // each probing it again the next period.
+        let g = u64::from(self.phi_gate_max_deferrals);
+        let probes = u32::try_from(2 * (n as u64 - 1) - 1 + g).unwrap_or(u32::MAX);
         let round = t * probes;
         // Those probes are longer while local health decays from its
         // maximum: a probe at multiplier h lasts (h + 1)·T and an answered
         // one lowers h by one, so the extra over T is at most
-        // 1 + 2 + … + lhm_max periods, plus lhm_max more for the probes of
-        // the crashed member itself, which are not answered (its helpers
-        // nack, so they do not raise h either).
-        let decay = t * u32::try_from(l * (l + 1) / 2 + l).unwrap_or(u32::MAX);
+        // 1 + 2 + … + lhm_max periods, plus lhm_max more for each of the
+        // G + 1 probes of the crashed member itself, which are not
+        // answered (its helpers nack, so they do not raise h either).
+        let decay = t * u32::try_from(l * (l + 1) / 2 + (g + 1) * l).unwrap_or(u32::MAX);
         // The failed probe starts (or confirms) a suspicion at the
         // observer, which expires at most the longest suspicion later:
         // dogpile only ever shortens it.
@@ -465,7 +484,7 @@ impl Truth {
         self.blocked.is_empty() && self.disturbed_at.is_none_or(|d| d < t)
     }
 
-    /// Whether `node` is up and scheduled.
+    /// Whether `node` is up and scheduled (not crashed, not paused).
     fn up(&self, node: NodeId) -> bool {
         self.status.get(&node) == Some(&NodeStatus::Up)
     }
@@ -714,6 +733,9 @@ impl Oracle {
         let key = (e.member, e.incarnation);
         match e.kind {
             MembershipEventKind::Suspect => {
+                if self.names_current_run(e.member, e.incarnation) && self.truth.up(e.member) {
+                    self.tally.suspect_events_of_up_members += 1;
+                }
                 if self.suspected.contains_key(&key) {
                     return;
                 }
@@ -758,6 +780,16 @@ impl Oracle {
             | MembershipEventKind::Left
             | MembershipEventKind::Updated => {}
         }
+    }
+
+    /// Whether `incarnation` belongs to `member`'s current run (at least its
+    /// first, above everything its earlier runs held, at most its own).
+    fn names_current_run(&self, member: NodeId, incarnation: u64) -> bool {
+        let Some(&run) = self.current.get(&member) else { return false };
+        let run = &self.runs[run];
+        let (Some(first), Some(own)) = (run.first, run.own_now()) else { return false };
+        let earlier = self.earlier.get(&member).copied();
+        incarnation >= first && incarnation <= own && earlier.is_none_or(|e| incarnation > e)
     }
 
     /// Whether a declaration by `observer` about `member` at `incarnation`
@@ -1099,5 +1131,25 @@ impl Oracle {
     /// incarnation.
     pub fn converged(&self) -> bool {
         self.disagreements(true).is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The completeness bound of the module docs, term by term, with and
+    /// without the phi gate's deferrals (no drift).
+    #[test]
+    fn completeness_bound_counts_the_phi_gates_deferrals() {
+        let gated = OracleConfig::for_swim(&SwimConfig::default()).swim;
+        let plain = OracleConfig::for_swim(&SwimConfig::default().without_phi_gate()).swim;
+        assert_eq!(gated.phi_gate_max_deferrals, 2);
+        assert_eq!(plain.phi_gate_max_deferrals, 0);
+        let secs = |b: Bounds| b.completeness.as_millis();
+        assert_eq!(secs(plain.bounds(5, 0)), 74_000);
+        assert_eq!(secs(gated.bounds(5, 0)), 90_000, "2 more probes, each up to 8 periods long");
+        assert_eq!(secs(gated.bounds(100, 0)), 304_000);
+        assert_eq!(secs(gated.bounds(100, 0)) - secs(plain.bounds(100, 0)), 16_000);
     }
 }

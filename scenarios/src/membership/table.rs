@@ -12,8 +12,9 @@
 //!   Lifeguard on, plus what Kaelix's SWIM adds to memberlist's: announce
 //!   to tombstones and unseen seeds every 5 s (and join retries), push-pull
 //!   with strangers, and answers to stale statements about oneself.
-//! * **reference**: `SwimConfig::without_lifeguard()` — the same numbers
-//!   with Lifeguard off: no local health scaling, suspicion timeout fixed
+//! * **reference**: `SwimConfig::without_lifeguard().without_phi_gate()` —
+//!   the same numbers with Lifeguard and the phi gate off (memberlist has
+//!   no phi gate; kaelix's row has it on, the default): no local health scaling, suspicion timeout fixed
 //!   at its minimum `4 · max(1, log10 N) · 1 s` (no dogpile), no nacks, no
 //!   buddy records. This is memberlist's protocol with its Lifeguard
 //!   extensions switched off, run by Kaelix's SWIM core, not memberlist's
@@ -63,7 +64,7 @@ use super::slow_node_pauses;
 pub enum Variant {
     /// `SwimConfig::default()`: memberlist's numbers with Lifeguard.
     Kaelix,
-    /// The same numbers without Lifeguard.
+    /// The same numbers without Lifeguard and without the phi gate.
     Reference,
 }
 
@@ -75,7 +76,7 @@ impl Variant {
     pub fn swim(self) -> SwimConfig {
         match self {
             Variant::Kaelix => SwimConfig::default(),
-            Variant::Reference => SwimConfig::without_lifeguard(),
+            Variant::Reference => SwimConfig::without_lifeguard().without_phi_gate(),
         }
     }
 
@@ -386,6 +387,7 @@ fn window(job: &Job) -> (Window, Option<String>) {
     out.tally = Tally {
         suspicions: t.suspicions - tally_before.suspicions,
         false_suspicions: t.false_suspicions - tally_before.false_suspicions,
+        suspect_events_of_up_members: t.suspect_events_of_up_members - tally_before.suspect_events_of_up_members,
         false_suspicions_by_watched: t.false_suspicions_by_watched - tally_before.false_suspicions_by_watched,
         deaths: t.deaths - tally_before.deaths,
         false_deaths: t.false_deaths - tally_before.false_deaths,
@@ -454,8 +456,11 @@ pub fn render(plan: &TablePlan, results: &[JobResult]) -> String {
     let mut out = String::new();
     let seeds: Vec<String> = plan.sizes.iter().map(|(n, s)| format!("{n} nodes × {s} seeds")).collect();
     let _ = writeln!(out, "SWIM membership, measured in the simulator ({}).", seeds.join(", "));
-    let _ = writeln!(out, "kaelix = SwimConfig::default() (memberlist LAN numbers, Lifeguard on);");
-    let _ = writeln!(out, "reference = SwimConfig::without_lifeguard() (the same numbers, Lifeguard off).");
+    let _ = writeln!(out, "kaelix = SwimConfig::default() (memberlist LAN numbers, Lifeguard and the phi gate on);");
+    let _ = writeln!(
+        out,
+        "reference = SwimConfig::without_lifeguard().without_phi_gate() (the same numbers, Lifeguard and the phi gate off)."
+    );
     let _ = writeln!(out, "Times in seconds of simulated time: median (p99, nearest rank) over seeds.\n");
 
     let lifecycles = |n: u64, v: Variant| -> Vec<Lifecycle> {
