@@ -32,8 +32,10 @@
 //!   connection, until the member leaves or its session times out.
 //!
 //! Refused with a typed error because the broker cannot do it (yet):
-//! `DeleteTopic` (the broker cannot delete topics) and `replicated` storage
-//! (this server runs alone), both `InvalidRequest`.
+//! `DeleteTopic` (the broker cannot delete topics) and `CreateTopic` with
+//! `replicated` storage (a cluster member's replicated topics are the ones
+//! its file declares; placing new ones needs the controller), both
+//! `InvalidRequest`.
 //!
 //! **Logins.** With an `[auth]` section the `Hello` must carry credentials
 //! (a token, or a user and password) that the same rules as a NATS
@@ -1056,7 +1058,7 @@ impl<R: Runtime> Conn<R> {
             StorageSpec::Durable => StorageKind::Durable(DurableConfig::default()),
             StorageSpec::Replicated { replication_factor } => {
                 let text = format!(
-                    "replicated topics (replication factor {replication_factor}) need a cluster; this server runs alone and is not supported yet"
+                    "replicated topics (replication factor {replication_factor}) cannot be created at run time: a cluster member's are the topics its configuration file declares with storage = \"replicated\" (placing new ones needs the cluster controller, not built yet)"
                 );
                 return self.error(correlation, ErrorCode::InvalidRequest, text);
             }
