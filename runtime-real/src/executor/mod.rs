@@ -134,7 +134,7 @@ use self::metrics::{HealthStatus, LatencyHistogram, WAKE_SAMPLE_INTERVAL, Worker
 use self::registry::{LiveTasks, Padded};
 use self::state::AfterPoll;
 pub use self::task::JoinHandle;
-use self::task::{Header, Outcome, Schedulable, Task, TaskRef};
+use self::task::{Header, Schedulable, Task, TaskRef};
 use crate::driver::Driver;
 use crate::topology::Topology;
 
@@ -535,12 +535,13 @@ impl Shared {
         // One more reference to the task's allocation, not a new one.
         let waker = task.clone().into_waker();
         metrics.poll_started.store(self.driver.now_coarse().as_nanos().max(1), Ordering::Relaxed);
-        let poll = task.poll_future(&mut Context::from_waker(&waker));
+        let poll = task.poll_future(&mut Context::from_waker(&waker), metrics);
         metrics.poll_started.store(0, Ordering::Relaxed);
         match poll {
-            Poll::Ready(outcome) => {
+            Poll::Ready(_) => {
+                // The outcome is recorded: `poll_future` did it before it
+                // served the handle.
                 task.finish();
-                metrics.record_outcome(outcome == Outcome::Finished);
                 self.remove_live(index, header);
                 true
             }

@@ -41,6 +41,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use kaelix_core::runtime::{JoinError, Priority, TaskHandle};
 
+use super::metrics::WorkerMetrics;
 use super::registry::Registered;
 use super::state::TaskState;
 use super::{Queued, Shared};
@@ -92,11 +93,13 @@ pub(crate) trait Schedulable: Send + Sync + 'static {
     /// A waker for this task: the same allocation, one more reference.
     fn into_waker(self: Arc<Self>) -> Waker;
 
-    /// Polls the future once, catching a panic. `Ready` means the output
-    /// (or the panic's message) is with the handle; the caller then
-    /// [`finish`](Schedulable::finish)es the task. Only the worker that
-    /// moved the state to RUNNING may call it.
-    fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Outcome>;
+    /// Polls the future once, catching a panic. `Ready` means the outcome
+    /// is recorded in `metrics` (the polling worker's) and then the output
+    /// (or the panic's message) is with the handle, in that order, so a
+    /// joiner that has the result also sees the completion in the
+    /// executor's health; the caller then [`finish`](Schedulable::finish)es
+    /// the task. Only the worker that moved the state to RUNNING may call it.
+    fn poll_future(&self, cx: &mut Context<'_>, metrics: &WorkerMetrics) -> Poll<Outcome>;
 
     /// Ends the task (see the module docs, "Ending"): COMPLETE, future
     /// dropped, a handle still waiting gets `Cancelled`. Called by the
@@ -213,7 +216,7 @@ where
         Waker::from(self)
     }
 
-    fn poll_future(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll_future(&self, cx: &mut Context<'_>, metrics: &WorkerMetrics) -> Poll<Outcome> {
         let mut slot = self.future.lock().expect("task future lock");
         let Some(future) = slot.as_mut() else {
             unreachable!("a RUNNING task has its future until it completes");
@@ -229,6 +232,7 @@ where
         // `finish` would (a panic in the drop leaves the handle served).
         let done = slot.take();
         drop(slot);
+        metrics.record_outcome(outcome == Outcome::Finished);
         self.complete_join(result);
         drop(done);
         Poll::Ready(outcome)
