@@ -5,7 +5,9 @@
 //! A static cluster (`[cluster]`, see `kaelix_server::config::ClusterSettings`):
 //! every member is started with the same peers and the same configured
 //! topics. Each topic with `storage = "replicated"` is, partition by
-//! partition, a Raft group of all the members
+//! partition, a Raft group of all the members — `cluster.replication_factor`
+//! voters spread over them, the others learners, a voter SWIM has held dead
+//! for `cluster.replace_dead_after_ms` swapped with a live learner —
 //! (`kaelix_cluster::replicated::broker_node::start_forwarding_broker_node`
 //! on the real runtime; groups numbered in configuration order), and the
 //! server (NATS and native listeners) runs on that node's broker. That
@@ -426,7 +428,7 @@ pub fn status(nodes: &[String]) -> std::process::ExitCode {
         let each: Vec<String> = views
             .iter()
             .map(|(node, v)| {
-                let role = ["follower", "candidate", "leader"].get(v[0] as usize).copied().unwrap_or("?");
+                let role = ["follower", "candidate", "leader", "learner"].get(v[0] as usize).copied().unwrap_or("?");
                 format!("{node}: {role} {} {}", v[1], v[3])
             })
             .collect();

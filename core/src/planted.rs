@@ -123,11 +123,15 @@ pub enum PlantedBug {
     /// lagging member can answer "nothing there" about a record
     /// acknowledged before the fetch began.
     FetchSkipsReadIndex,
+    /// Replicated partitions: the leader replacing a voter SWIM has held
+    /// dead removes it without promoting a learner in its place, so the
+    /// group shrinks below its replication factor.
+    ReplacementShrinksGroup,
 }
 
 impl PlantedBug {
     /// Every planted bug, in declaration order.
-    pub const ALL: [PlantedBug; 24] = [
+    pub const ALL: [PlantedBug; 25] = [
         PlantedBug::BroadcastAckBeforeSync,
         PlantedBug::BroadcastSkipChecksum,
         PlantedBug::SwimRefuteWithoutIncarnation,
@@ -152,6 +156,7 @@ impl PlantedBug {
         PlantedBug::RaftLostAppendNeverResent,
         PlantedBug::ForwardUnknownAsRefused,
         PlantedBug::FetchSkipsReadIndex,
+        PlantedBug::ReplacementShrinksGroup,
     ];
 
     /// This bug's bit in a [`Planted`] set.

@@ -4,8 +4,10 @@
 //! * **Members**: 3 or 5 (the seed picks, as `raft-partitions` does); every
 //!   incarnation of each runs `kaelix_server::cluster_member::start` on the
 //!   simulated runtime: the replicated partitions (Raft groups of all
-//!   members, a publish for a group led elsewhere forwarded to its leader,
-//!   `forward_timeout_ms = 500`), SWIM on its own datagram channel
+//!   members — 3 voters each, placed by the members alike, so on 5 members
+//!   each partition has 2 learners —, a voter SWIM has held dead for 1 s
+//!   swapped with a live learner by its leader, a publish for a group led
+//!   elsewhere forwarded to its leader, `forward_timeout_ms = 500`), SWIM on its own datagram channel
 //!   (`SimRuntime::channel`, as `RealRuntime::channel` in `kaelix serve`),
 //!   and the NATS and native front ends on the member's broker. `orders`
 //!   is a replicated topic of 2 partitions. A member restarted on a
@@ -27,7 +29,9 @@
 //!   once): crashes and restarts, power loss, wiped disks on a minority,
 //!   partitions of every kind, loss, duplication, reordering, delay,
 //!   pauses, clock skew / drift / steps, torn and lost unsynced writes,
-//!   slow syncs, corrupt reads, `buggify!` points. On every 5-member seed
+//!   slow syncs, corrupt reads, `buggify!` points. Disk faults (wipes
+//!   among them) hit one member only, also on 5 members: two wiped
+//!   members could be two of a partition's 3 voters. On every 5-member seed
 //!   and half the 3-member ones, one member (one whose disk may be wiped)
 //!   is **lost for good** when the faults stop (`Sim::retire_at_liveness`):
 //!   a majority of every group is still there, so everything must go on.
@@ -38,8 +42,11 @@
 //!   come back (but the lost one), and within 30 s an auditor client must
 //!   produce a marker to every partition through the live members and read
 //!   each partition back from offset 0 through a member whose log holds
-//!   the marker; and every live member's SWIM view must hold every other
-//!   live member alive.
+//!   the marker; every live member's SWIM view must hold every other
+//!   live member alive; and every partition must be back to 3 voters, all
+//!   of them live when at least 3 members are (the lost member's voter
+//!   slots taken over by learners), as every live member's Raft
+//!   configuration says.
 //! * **Durability**: every acknowledged produce is at its offset in the
 //!   read-back; no produce refused as "not done" is in it.
 //! * **The history**: produces and fetches are recorded
@@ -63,7 +70,9 @@
 //! wrote) catch. `cluster-fetch-skips-read-index` — a member serves a
 //! fetch from its own log without a read index confirmed by the leader; a
 //! lagging member's "nothing there" about a record acknowledged before the
-//! fetch is caught by the history check.
+//! fetch is caught by the history check. `cluster-replacement-shrinks-group`
+//! — a leader drops a dead voter without promoting a learner; the
+//! partition's voters fall below 3, which the liveness check catches.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -74,8 +83,8 @@ use kaelix_broker::message::Message;
 use kaelix_broker::topic::Topic;
 use kaelix_client::{AckLevel, Connection, Consumer, ErrorCode, FetchOptions, Producer};
 use kaelix_cluster::membership::Membership;
-use kaelix_cluster::raft::{Entry, EntryPayload, Raft, RaftStats, Role};
-use kaelix_cluster::replicated::node::ReplicaObserver;
+use kaelix_cluster::raft::{Configuration, Entry, EntryPayload, Raft, RaftStats, Role};
+use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
 use kaelix_cluster::swim::MemberState;
 use kaelix_core::planted::Planted;
 #[cfg(feature = "planted-bugs")]
@@ -119,6 +128,14 @@ pub static CLUSTER_FORWARD_UNKNOWN_AS_REFUSED: ClusterScenario = ClusterScenario
     planted: Planted::only(PlantedBug::ForwardUnknownAsRefused),
 };
 
+/// Planted bug: a dead voter removed, no learner promoted in its place.
+#[cfg(feature = "planted-bugs")]
+pub static CLUSTER_REPLACEMENT_SHRINKS_GROUP: ClusterScenario = ClusterScenario {
+    name: "cluster-replacement-shrinks-group",
+    description: "[planted bug] cluster members whose partition leaders drop a voter SWIM holds dead without promoting a learner in its place",
+    planted: Planted::only(PlantedBug::ReplacementShrinksGroup),
+};
+
 /// Planted bug: fetches served from the member's own log, no read index.
 #[cfg(feature = "planted-bugs")]
 pub static CLUSTER_FETCH_SKIPS_READ_INDEX: ClusterScenario = ClusterScenario {
@@ -141,6 +158,13 @@ const OP_DEADLINE: Duration = Duration::from_secs(1);
 /// Shorter than a client's deadline, so a forward's unknown outcome
 /// reaches the client as such.
 const FORWARD_TIMEOUT_MS: u64 = 500;
+/// Voters per partition: on 5 members, each partition has 2 learners to
+/// replace a dead voter with; on 3, every member is a voter.
+const REPLICATION_FACTOR: u32 = 3;
+/// How long SWIM must hold a voter dead before its leader replaces it:
+/// short, so the replacement of the member lost for good lands within the
+/// liveness bound (SWIM's completeness bound plus this plus a commit).
+const REPLACE_DEAD_AFTER_MS: u64 = 1_000;
 /// Labels the generators the clients' operation lists are drawn from.
 const WORKLOAD_LABEL: u64 = 0xc1a5_7e11;
 
@@ -163,6 +187,8 @@ fn member_config(servers: &[NodeId], me: NodeId, planted: Planted) -> ServerConf
     config.cluster.peers =
         servers.iter().map(|s| format!("{}={}", s.0, kaelix_sim::node_addr(*s, CLUSTER_PORT))).collect();
     config.cluster.forward_timeout_ms = FORWARD_TIMEOUT_MS;
+    config.cluster.replication_factor = REPLICATION_FACTOR;
+    config.cluster.replace_dead_after_ms = REPLACE_DEAD_AFTER_MS;
     config.topics.push(TopicSpec {
         name: TOPIC.into(),
         partitions: PARTITIONS,
@@ -187,6 +213,9 @@ struct Observed {
     roles: BTreeMap<(NodeId, u32), u64>,
     /// Each member's SWIM view, of its latest incarnation.
     swim: BTreeMap<NodeId, Membership>,
+    /// (node, group) → the member's newest configuration (voters, outgoing
+    /// voters while joint, learners), as its Raft holds it.
+    configs: BTreeMap<(NodeId, u32), Configuration>,
     /// (partition, offset) → payload, of acknowledged produces.
     acked: BTreeMap<(u32, u64), String>,
     /// Payloads of produces refused as not done.
@@ -247,6 +276,9 @@ impl ReplicaObserver for MemberObserver {
         let mut o = self.checker.lock();
         if let Some(exported) = &mut o.exported {
             exported.insert((node, group), (PartitionMember::of(raft), raft.stats()));
+        }
+        if o.configs.get(&(node, group)) != Some(raft.configuration()) {
+            o.configs.insert((node, group), raft.configuration().clone());
         }
         let (term, commit) = (raft.term(), raft.commit());
         let role_digest = (u64::from(group) << 56) ^ (term << 2) ^ raft.role() as u64;
@@ -600,6 +632,67 @@ fn swim_converged(o: &Observed, live: &[NodeId]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether every group is back to its replication factor on live members:
+/// every live member holds the same configuration of the group, not joint,
+/// with `REPLICATION_FACTOR` voters — all of them live whenever enough
+/// members are (a voter lost for good was replaced by a live learner).
+/// Judged from the members' Raft configurations, not from what the
+/// replacement code says it did.
+fn replicas_placed(o: &Observed, live: &[NodeId]) -> Result<(), String> {
+    let want = REPLICATION_FACTOR as usize;
+    for g in 0..PARTITIONS {
+        let mut agreed: Option<(NodeId, &Configuration)> = None;
+        for &m in live {
+            let Some(config) = o.configs.get(&(m, g)) else {
+                return Err(format!("member {m} holds no configuration of group {g}"));
+            };
+            if let Some((first, other)) = agreed
+                && other != config
+            {
+                return Err(format!(
+                    "group {g}: member {first} holds voters {:?} learners {:?}, member {m} voters {:?} learners {:?}",
+                    other.voters, other.learners, config.voters, config.learners
+                ));
+            }
+            agreed = Some((m, config));
+        }
+        let Some((_, config)) = agreed else { continue };
+        if config.is_joint() {
+            return Err(format!("group {g} is still joint: {:?} → {:?}", config.outgoing, config.voters));
+        }
+        if config.voters.len() != want {
+            return Err(format!(
+                "group {g} has {} voters {:?}, not its replication factor {want}",
+                config.voters.len(),
+                config.voters
+            ));
+        }
+        if live.len() >= want
+            && let Some(gone) = config.voters.iter().find(|v| !live.contains(v))
+        {
+            return Err(format!(
+                "group {g}'s voters {:?} still count member {gone}, lost for good, though {} members are live",
+                config.voters,
+                live.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Groups whose newest voters, as any member holds them, differ from the
+/// initial placement (a replacement happened).
+fn voters_changed(o: &Observed, servers: &[NodeId]) -> u64 {
+    let mut placed = ReplicatedConfig::new(servers.to_vec(), PARTITIONS);
+    placed.replicas = (REPLICATION_FACTOR as usize).min(servers.len());
+    (0..PARTITIONS)
+        .filter(|&g| {
+            let initial = placed.placement(g).voters;
+            o.configs.iter().any(|(&(_, group), c)| group == g && c.voters != initial)
+        })
+        .count() as u64
+}
+
 /// Fetches that found nothing at an offset whose produce was acknowledged
 /// before the fetch was called (a lagging member's answer).
 fn stale_fetches(history: &History) -> u64 {
@@ -672,7 +765,14 @@ impl ClusterScenario {
 
     fn run_inner(&self, seed: u64, trace: Option<TraceSink>, meter: bool) -> Run {
         let mut setup = rng::derive(seed, 0xc1a5_0001);
-        let ClusterPlan { servers, tolerance, profile, faulty } = plan_cluster(&mut setup);
+        let ClusterPlan { servers, mut tolerance, profile, mut faulty } = plan_cluster(&mut setup);
+        // Disks that may be wiped: a minority of every group's voters. With
+        // 3 voters per partition on 5 members, two wiped members could be
+        // two voters of one partition — a majority of it, more than
+        // `REPLICATION_FACTOR` promises to survive — so one.
+        let wipeable = (REPLICATION_FACTOR as usize - 1) / 2;
+        faulty.truncate(wipeable.min(faulty.len()));
+        tolerance.faulty_disks = tolerance.faulty_disks.min(wipeable);
         // A member lost for good when the faults stop: one of those whose
         // disk may be wiped, so the others are never short of a recovering
         // voter as well (5 members: one lost, one recovering, 3 voters).
@@ -737,7 +837,7 @@ impl ClusterScenario {
                 deadline,
                 |_| {
                     let o = checker.lock();
-                    o.read_back.is_some() && swim_converged(&o, &live).is_ok()
+                    o.read_back.is_some() && swim_converged(&o, &live).is_ok() && replicas_placed(&o, &live).is_ok()
                 },
                 |_| match &checker.lock().violation {
                     Some(v) => Err(v.clone()),
@@ -762,10 +862,11 @@ impl ClusterScenario {
             },
             Ok(Ok(false)) => {
                 let o = checker.lock();
-                let why = match (&o.read_back, swim_converged(&o, &live)) {
-                    (None, _) => "the auditor did not finish".to_owned(),
-                    (Some(_), Err(swim)) => format!("SWIM did not converge ({swim})"),
-                    (Some(_), Ok(())) => "the run did not end".to_owned(),
+                let why = match (&o.read_back, swim_converged(&o, &live), replicas_placed(&o, &live)) {
+                    (None, _, _) => "the auditor did not finish".to_owned(),
+                    (Some(_), Err(swim), _) => format!("SWIM did not converge ({swim})"),
+                    (Some(_), Ok(()), Err(placed)) => format!("the replicas were not restored ({placed})"),
+                    (Some(_), Ok(()), Ok(())) => "the run did not end".to_owned(),
                 };
                 let leaders: Vec<String> = (0..PARTITIONS)
                     .map(|g| {
@@ -790,6 +891,7 @@ impl ClusterScenario {
             ("produces acknowledged through a member other than the newest leader", o.forwarded_acks),
             ("produces refused as not done", o.refused.len() as u64),
             ("stale fetches (nothing at an offset acknowledged before)", stale_fetches(&recorded)),
+            ("groups whose voters changed (replacements)", voters_changed(&o, &servers)),
         ];
         let metrics = meter.then(|| {
             let mut m = RunMetrics::new();
@@ -804,12 +906,16 @@ impl ClusterScenario {
             m
         });
         drop(o);
-        Run {
-            report: RunReport::conclude(&sim, seed, verdict, fault_mix, workload),
-            history: recorded,
-            tallies,
-            metrics,
+        let report = RunReport::conclude(&sim, seed, verdict, fault_mix, workload);
+        {
+            // The SWIM handles kept for the checks hold the senders of the
+            // members' event subscriptions, whose receivers' tasks left
+            // wakers of this simulation behind: drop them while it is
+            // entered (the run is over; the wakes change nothing).
+            let _entered = sim.enter();
+            drop(std::mem::take(&mut checker.lock().swim));
         }
+        Run { report, history: recorded, tallies, metrics }
     }
 }
 

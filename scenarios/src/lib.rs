@@ -287,6 +287,7 @@ pub fn planted() -> Vec<&'static dyn Scenario> {
         &broker_plugins::BROKER_PLUGINS_QUARANTINE_BYPASS,
         &cluster::CLUSTER_FORWARD_UNKNOWN_AS_REFUSED,
         &cluster::CLUSTER_FETCH_SKIPS_READ_INDEX,
+        &cluster::CLUSTER_REPLACEMENT_SHRINKS_GROUP,
     ]
 }
 

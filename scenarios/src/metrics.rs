@@ -623,7 +623,8 @@ pub fn member_state_code(state: MemberState) -> u64 {
 /// What [`RunMetrics::record_partition`] exports of one member.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PartitionMember {
-    /// 0 follower, 1 candidate (pre-candidates too), 2 leader.
+    /// 0 follower, 1 candidate (pre-candidates too), 2 leader, 3 learner
+    /// (a follower its configuration does not count as a voter).
     pub role: u64,
     /// Current term.
     pub term: u64,
@@ -640,6 +641,7 @@ impl PartitionMember {
     pub fn of(raft: &Raft) -> Self {
         PartitionMember {
             role: match raft.role() {
+                Role::Follower if !raft.configuration().is_voter(raft.id()) => 3,
                 Role::Follower => 0,
                 Role::PreCandidate | Role::Candidate => 1,
                 Role::Leader => 2,

@@ -8,7 +8,11 @@
 //!
 //! * **Replicated partitions**: every topic with `storage = "replicated"`
 //!   is, partition by partition, a Raft group of all the configured members
-//!   (groups numbered in configuration order), run by
+//!   (groups numbered in configuration order): `cluster.replication_factor`
+//!   of them voters, spread over the members, the others learners, so
+//!   every member holds every partition; a voter SWIM has held dead for
+//!   `cluster.replace_dead_after_ms` is swapped with a live learner by the
+//!   group's leader (joint consensus). Run by
 //!   `kaelix_cluster::replicated::broker_node::start_forwarding_broker_node`
 //!   on the member's broker: a publish this member does not lead is
 //!   forwarded to the group's leader and answered after the commit; every
@@ -30,12 +34,14 @@
 
 use std::sync::Arc;
 
+use futures_channel::mpsc;
 use kaelix_broker::Broker;
 use kaelix_broker::intercept::PublishHook;
 use kaelix_broker::topic::Topic;
 use kaelix_cluster::membership::{self, Membership, MembershipConfig};
 use kaelix_cluster::replicated::broker_node::{BrokerNodeError, StepDown, start_forwarding_broker_node};
 use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
+use kaelix_cluster::swim::MembershipEvent;
 use kaelix_core::NodeId;
 use kaelix_core::runtime::Runtime;
 
@@ -81,22 +87,33 @@ pub struct ClusterMember<R: Runtime> {
 /// whether an empty disk means a new cluster (`RaftConfig::bootstrap`); a
 /// member whose disk was replaced must start with `false`, so it recovers
 /// (votes again only once caught up) instead of counting as a fresh voter.
+/// `membership`: the member's SWIM events, from which its groups learn
+/// which voters to replace.
 pub fn start_partitions<R: Runtime, O: ReplicaObserver>(
     rt: &R,
     config: &ServerConfig,
     bootstrap: bool,
     observer: O,
+    membership: Option<mpsc::UnboundedReceiver<MembershipEvent>>,
 ) -> Result<(Broker<R>, Groups, StepDown), MemberError> {
     let members = config.cluster.members().map_err(|(key, why)| MemberError::Cluster(key, why))?;
     let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
     let topics = config.replicated_topics();
     let groups = topics.iter().flat_map(|(t, c)| (0..c.partitions).map(move |p| (t.clone(), p))).collect();
     let mut replicated = ReplicatedConfig::new(ids, 0);
+    replicated.replicas = config.cluster.replicas();
+    replicated.replace_dead_after = Some(config.cluster.replace_dead_after());
     replicated.forward_timeout = config.cluster.forward_timeout();
     replicated.planted = config.planted;
     replicated.bootstrap = bootstrap;
-    let (broker, step_down) =
-        start_forwarding_broker_node(rt.clone(), Server::<R>::broker_config(config), &topics, replicated, observer)?;
+    let (broker, step_down) = start_forwarding_broker_node(
+        rt.clone(),
+        Server::<R>::broker_config(config),
+        &topics,
+        replicated,
+        observer,
+        membership,
+    )?;
     Ok((broker, groups, step_down))
 }
 
@@ -120,9 +137,9 @@ pub fn start_membership<R: Runtime>(
 }
 
 /// Starts a member of a static cluster with peers (see the module docs):
-/// its partitions on `rt` ([`start_partitions`], with `bootstrap`), SWIM on
-/// `swim_rt` ([`start_membership`], with `extra_seeds`), then the front
-/// ends on its broker with `hook` installed.
+/// SWIM on `swim_rt` ([`start_membership`], with `extra_seeds`), its
+/// partitions on `rt` ([`start_partitions`], with `bootstrap` and SWIM's
+/// events), then the front ends on its broker with `hook` installed.
 pub fn start<R: Runtime, O: ReplicaObserver>(
     rt: R,
     swim_rt: &R,
@@ -132,8 +149,9 @@ pub fn start<R: Runtime, O: ReplicaObserver>(
     bootstrap: bool,
     extra_seeds: &[NodeId],
 ) -> Result<ClusterMember<R>, MemberError> {
-    let (broker, groups, step_down) = start_partitions(&rt, &config, bootstrap, observer)?;
     let membership = start_membership(swim_rt, &config.cluster, extra_seeds)?;
+    let (broker, groups, step_down) =
+        start_partitions(&rt, &config, bootstrap, observer, Some(membership.subscribe()))?;
     let server = Server::start_on(rt, config, hook, broker.clone())?;
     Ok(ClusterMember { server, broker, groups, step_down, membership })
 }

@@ -138,9 +138,11 @@ impl Default for ServerConfig {
 /// --cluster-listen ADDR --peers 1=ADDR,2=ADDR,3=ADDR`), or the addresses
 /// of members to join through (`--join ADDR,...`).
 ///
-/// Replication is static: every member lists the same peers, and every
-/// replicated topic's partitions are Raft groups of all of them (so 3 or 5
-/// members). Every member also runs SWIM membership, whose seeds are the
+/// Replication is static: every member lists the same peers (3 to 9), and
+/// every replicated topic's partitions are Raft groups of all of them:
+/// `replication_factor` voters placed alike by every member, the others
+/// learners; a voter SWIM has held dead for `replace_dead_after_ms` is
+/// swapped with a live learner. Every member also runs SWIM membership, whose seeds are the
 /// peers and the `join` addresses; a member with `join` and no `peers`
 /// needs to know only one member's address: SWIM makes it a member on
 /// every node and teaches every node its address (and it theirs), but it
@@ -181,6 +183,20 @@ pub struct ClusterSettings {
     /// data directory that holds a member's state is used as it is,
     /// whatever this says. See [`InitialState`].
     pub initial_state: InitialState,
+    /// Voters of each replicated partition (3 or 5, at most the member
+    /// count; default 3): placed on consecutive members from the
+    /// partition's group number on, so they and the leaders spread; the
+    /// other members are the partition's learners — they hold and serve
+    /// it, and replace a dead voter. A commit waits for a majority of the
+    /// voters only. Fixed at start; every member must give the same.
+    pub replication_factor: u32,
+    /// How long SWIM must have held a voter dead (or gone) before the
+    /// partition's leader swaps it with a live learner by joint consensus,
+    /// in milliseconds (default 60000; 100 to 86400000). The dead member
+    /// stays a learner and catches up if it returns. Short: a member's
+    /// restart may move its voter slots; long: a group runs that long one
+    /// failure from unavailability. Fixed at start.
+    pub replace_dead_after_ms: u64,
 }
 
 /// What an empty data directory means to a cluster member
@@ -226,9 +242,29 @@ impl Default for ClusterSettings {
             join: Vec::new(),
             forward_timeout_ms: DEFAULT_FORWARD_TIMEOUT_MS,
             initial_state: InitialState::New,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            replace_dead_after_ms: DEFAULT_REPLACE_DEAD_AFTER_MS,
         }
     }
 }
+
+/// [`ClusterSettings::replication_factor`] by default.
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
+/// [`ClusterSettings::replace_dead_after_ms`] by default: a minute, longer
+/// than a member's restart, so a restart does not move voters.
+pub const DEFAULT_REPLACE_DEAD_AFTER_MS: u64 = 60_000;
+
+/// The range of [`ClusterSettings::replace_dead_after_ms`]: below 100 ms
+/// a voter would be replaced about as soon as SWIM declared it, above a day
+/// a group would run one failure from unavailability for longer than any
+/// operator waits.
+pub const REPLACE_DEAD_AFTER_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+
+/// How many members a cluster with peers may list: every member holds
+/// every partition (as a voter or a learner), so each leader sends to all
+/// of them.
+pub const CLUSTER_MEMBERS: std::ops::RangeInclusive<usize> = 3..=9;
 
 /// [`ClusterSettings::forward_timeout_ms`] by default.
 pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 5_000;
@@ -307,6 +343,19 @@ impl ClusterSettings {
         Duration::from_millis(self.forward_timeout_ms)
     }
 
+    /// [`ClusterSettings::replace_dead_after_ms`] as a duration.
+    pub fn replace_dead_after(&self) -> Duration {
+        Duration::from_millis(self.replace_dead_after_ms)
+    }
+
+    /// Voters per replicated partition: the replication factor, capped by
+    /// the member count (validation refuses a larger one; a member that
+    /// only joins by address holds no partitions).
+    pub fn replicas(&self) -> usize {
+        let members = self.members().map_or(0, |m| m.len());
+        (self.replication_factor as usize).min(members).max(1)
+    }
+
     /// The rules of a member without `peers` (see [`ClusterSettings`]).
     fn join_only_rules(&self, config: &ServerConfig, f: &mut Findings) {
         use Category::*;
@@ -349,6 +398,28 @@ impl ClusterSettings {
                 ),
             );
         }
+        if !REPLACE_DEAD_AFTER_MS.contains(&self.replace_dead_after_ms) {
+            f.error(
+                Integration,
+                "cluster.replace_dead_after_ms",
+                format!(
+                    "{} is outside {}..={} (milliseconds)",
+                    self.replace_dead_after_ms,
+                    REPLACE_DEAD_AFTER_MS.start(),
+                    REPLACE_DEAD_AFTER_MS.end()
+                ),
+            );
+        }
+        if self.replication_factor != 3 && self.replication_factor != 5 {
+            f.error(
+                Integration,
+                "cluster.replication_factor",
+                format!(
+                    "{} voters per partition: 3 or 5 (a majority of an even number tolerates no more failures than of one fewer; 1 is not replicated)",
+                    self.replication_factor
+                ),
+            );
+        }
         if !self.enabled {
             if self.node_id != 0
                 || !self.peers.is_empty()
@@ -356,11 +427,13 @@ impl ClusterSettings {
                 || self.listen.is_some()
                 || self.forward_timeout_ms != DEFAULT_FORWARD_TIMEOUT_MS
                 || self.initial_state != InitialState::New
+                || self.replication_factor != DEFAULT_REPLICATION_FACTOR
+                || self.replace_dead_after_ms != DEFAULT_REPLACE_DEAD_AFTER_MS
             {
                 f.warn(
                     Integration,
                     "cluster.enabled",
-                    "false: node_id, listen, peers, join, forward_timeout_ms and initial_state are ignored (a single node)",
+                    "false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor and replace_dead_after_ms are ignored (a single node)",
                 );
             }
             return;
@@ -378,12 +451,24 @@ impl ClusterSettings {
             Ok(m) => m,
             Err((key, why)) => return f.error(Integration, key, why),
         };
-        if members.len() != 3 && members.len() != 5 {
+        if !CLUSTER_MEMBERS.contains(&members.len()) {
             f.error(
                 Integration,
                 "cluster.peers",
                 format!(
-                    "{} members listed: a cluster has 3 or 5 (every replicated partition is a Raft group of all of them)",
+                    "{} members listed: a cluster has {} to {} (every member holds every replicated partition)",
+                    members.len(),
+                    CLUSTER_MEMBERS.start(),
+                    CLUSTER_MEMBERS.end()
+                ),
+            );
+        } else if self.replication_factor as usize > members.len() {
+            f.error(
+                Integration,
+                "cluster.replication_factor",
+                format!(
+                    "{} voters per partition, but cluster.peers lists {} members",
+                    self.replication_factor,
                     members.len()
                 ),
             );
@@ -1103,11 +1188,11 @@ impl ServerConfig {
     }
 
     /// The replicated topics in configuration order, each with the
-    /// cluster's member count as its replication factor (every member of
-    /// the cluster must list the same ones in the same order: they are the
-    /// Raft groups, numbered in that order).
+    /// cluster's voters per partition as its replication factor (every
+    /// member of the cluster must list the same ones in the same order:
+    /// they are the Raft groups, numbered in that order).
     pub fn replicated_topics(&self) -> Vec<(Topic, kaelix_broker::TopicConfig)> {
-        let factor = self.cluster.members().map_or(3, |m| u8::try_from(m.len()).unwrap_or(u8::MAX));
+        let factor = u8::try_from(self.cluster.replicas()).unwrap_or(u8::MAX);
         self.topics
             .iter()
             .filter(|t| t.storage == StorageChoice::Replicated)

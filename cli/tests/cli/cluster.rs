@@ -156,16 +156,21 @@ pub(super) struct Layout {
 impl Layout {
     /// Fresh directories for the test `tag`; every member reads `config`.
     pub(super) fn new(tag: &str, config: &str) -> Layout {
+        Layout::with_members(tag, config, 3)
+    }
+
+    /// [`Layout::new`] with `n` members.
+    pub(super) fn with_members(tag: &str, config: &str, n: usize) -> Layout {
         let base = std::env::temp_dir().join(format!("kaelix-cli-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let config = super::temp_file(&format!("{tag}.toml"), config);
         let mut ports = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..n {
             let p = free_port_pair(&ports);
             ports.push(p);
         }
-        let peers = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1])).collect::<Vec<_>>().join(",");
+        let peers = (1..=n).map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1])).collect::<Vec<_>>().join(",");
         Layout { base, ports, peers, config }
     }
 
@@ -183,9 +188,9 @@ impl Layout {
         spawn_member(id, self.ports[id as usize - 1], &cluster, &dir, &self.config)
     }
 
-    /// All three members, member `id` at index `id - 1`.
+    /// Every member, member `id` at index `id - 1`.
     pub(super) fn start_all(&self) -> Vec<Option<Member>> {
-        (1..=3).map(|id| Some(self.start(id))).collect()
+        (1..=self.ports.len() as u64).map(|id| Some(self.start(id))).collect()
     }
 }
 
@@ -561,6 +566,99 @@ fn a_member_whose_disk_was_wiped_rejoins_as_existing_and_no_acknowledged_record_
     println!(
         "wiped member {wiped} rejoined as existing: {} records on each member, {} acknowledged; leader {leader} then {now_leading}",
         log.len(),
+        acked.len()
+    );
+    drop(members);
+    exec.shutdown(kaelix_core::time::Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Each member's role in orders/0 by `kaelix cluster status` over
+/// `members` ("leader", "follower", "learner", …), once every one answers.
+fn roles_by_status(members: &[&Member]) -> Option<Vec<(u64, String)>> {
+    let nodes = members.iter().map(|m| m.metrics.to_string()).collect::<Vec<_>>().join(",");
+    let out = super::kaelix(&["cluster", "status", "--nodes", &nodes]);
+    let stdout = super::text(&out.stdout);
+    if stdout.lines().filter(|l| l.contains(" up")).count() != members.len() {
+        return None;
+    }
+    // "  orders/0   LEADER TERM COMMIT  1: leader 3 10, 2: follower 3 10, 4: learner 3 10"
+    let row = stdout.lines().find(|l| l.trim_start().starts_with("orders/0"))?;
+    let views = row.trim_start().splitn(5, char::is_whitespace).filter(|w| !w.is_empty()).nth(4)?;
+    views
+        .split(", ")
+        .map(|view| {
+            let (node, rest) = view.trim().split_once(": ")?;
+            Some((node.parse().ok()?, rest.split_whitespace().next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Four members, 3 voters per partition (`replication_factor`, the
+/// default), so orders/0 has one learner. A voter is `kill -9`ed for good:
+/// once SWIM has held it dead for `replace_dead_after_ms`, the partition's
+/// leader swaps it with the learner by joint consensus, and `cluster
+/// status` shows all three survivors as voters. Then a second voter is
+/// killed: 2 of the 3 voters are left, so produces are still
+/// acknowledged — without the replacement only 1 of the partition's 3
+/// voters would be up and nothing could commit. Every acknowledged record
+/// is on both last survivors, once, in order.
+#[test]
+fn a_voter_lost_for_good_is_replaced_by_a_learner_and_the_partition_survives_a_second_loss() {
+    let config = format!("{CONFIG}replace_dead_after_ms = 1000\n");
+    let layout = Layout::with_members("replace", &config, 4);
+    let base = layout.base.clone();
+    let mut members = layout.start_all();
+    let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
+    let native_of = |members: &Vec<Option<Member>>, id: u64| members[id as usize - 1].as_ref().unwrap().native;
+    let running = |members: &Vec<Option<Member>>| members.iter().flatten().collect::<Vec<_>>();
+    let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+
+    let leader = leader_of(&members);
+    let roles =
+        wait_for("every member's role in orders/0", Duration::from_secs(15), || roles_by_status(&running(&members)));
+    let learners: Vec<u64> = roles.iter().filter(|(_, r)| r == "learner").map(|(n, _)| *n).collect();
+    assert_eq!(learners.len(), 1, "4 members, 3 voters: one learner, by status: {roles:?}");
+    let voter = |not: &[u64]| roles.iter().map(|(n, _)| *n).find(|n| !learners.contains(n) && !not.contains(n));
+    let first = voter(&[leader]).expect("a voter besides the leader");
+    produce_acked(&exec, &rt, native_of(&members, leader), ("before", 10), &mut acked, &mut unknown);
+
+    members[first as usize - 1] = None;
+    let killed = Instant::now();
+    let roles = wait_for("the killed voter's replacement", Duration::from_secs(40), || {
+        roles_by_status(&running(&members))
+            .filter(|roles| roles.len() == 3 && roles.iter().all(|(_, r)| r == "leader" || r == "follower"))
+    });
+    let replaced_after = killed.elapsed();
+    let leader = leader_of(&members);
+    produce_acked(&exec, &rt, native_of(&members, leader), ("replaced", 10), &mut acked, &mut unknown);
+
+    let second = roles.iter().map(|(n, _)| *n).find(|&n| n != leader).expect("another voter");
+    members[second as usize - 1] = None;
+    produce_acked(&exec, &rt, native_of(&members, leader), ("second-loss", 10), &mut acked, &mut unknown);
+
+    let survivors: Vec<u64> = (1..=4).filter(|&n| n != first && n != second).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logs = loop {
+        let logs: Vec<Vec<String>> =
+            survivors.iter().map(|&id| read_log(&exec, &rt, native_of(&members, id))).collect();
+        if logs.iter().all(|l| acked.iter().all(|a| l.contains(a))) && logs.iter().all(|l| *l == logs[0]) {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "the survivors' logs lack acknowledged records 20 s on: {logs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = &logs[0];
+    let positions: Vec<usize> = acked.iter().map(|a| log.iter().position(|r| r == a).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "acknowledged records out of order: {log:?}");
+    for r in log {
+        assert_eq!(log.iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
+        assert!(acked.contains(r) || unknown.contains(r), "{r} was never produced");
+    }
+    println!(
+        "voter {first} killed, replaced by learner {} after {replaced_after:?}; voter {second} killed; {} acknowledged records on members {survivors:?}",
+        learners[0],
         acked.len()
     );
     drop(members);

@@ -103,6 +103,7 @@ use super::node::{ReplicaObserver, ReplicatedConfig, run};
 use super::protocol::{Request, Response};
 use super::replica::{ClientRef, Output, ReplicaCore};
 use crate::raft::Role;
+use crate::swim::MembershipEvent;
 
 /// The connection name the mirror's proposals are answered on (client
 /// connections count up from 1 and never reach it).
@@ -139,15 +140,19 @@ pub fn start_broker_node<R: Runtime, O: ReplicaObserver>(
 /// not lead to the group's leader (see the module docs) instead of
 /// refusing it, and with a [`StepDown`] for a graceful stop. The members'
 /// client addresses (`ClientNetwork::connect`) must be reachable.
+/// `membership`: the member's SWIM events (`Membership::subscribe`), from
+/// which a leader learns which voters are dead and replaces them
+/// (`ReplicatedConfig::replace_dead_after`); without them none is.
 pub fn start_forwarding_broker_node<R: Runtime, O: ReplicaObserver>(
     rt: R,
     broker_config: BrokerConfig,
     topics: &[(Topic, TopicConfig)],
     config: ReplicatedConfig,
     observer: O,
+    membership: Option<mpsc::UnboundedReceiver<MembershipEvent>>,
 ) -> Result<(Broker<R>, StepDown), BrokerNodeError> {
     let (requests, step_down) = mpsc::unbounded();
-    let broker = start(rt, broker_config, topics, config, observer, Some(step_down))?;
+    let broker = start(rt, broker_config, topics, config, observer, Some((step_down, membership)))?;
     Ok((broker, StepDown { requests }))
 }
 
@@ -157,8 +162,8 @@ fn start<R: Runtime, O: ReplicaObserver>(
     topics: &[(Topic, TopicConfig)],
     mut config: ReplicatedConfig,
     observer: O,
-    // Forwarding, with the graceful-stop requests.
-    forward: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+    // Forwarding, with the graceful-stop requests and SWIM's events.
+    forward: Option<(mpsc::UnboundedReceiver<oneshot::Sender<()>>, Option<mpsc::UnboundedReceiver<MembershipEvent>>)>,
 ) -> Result<Broker<R>, BrokerNodeError> {
     let broker = Broker::with_replication(rt.clone(), rt.rng(), broker_config);
     let mut groups = Vec::new();
@@ -171,8 +176,9 @@ fn start<R: Runtime, O: ReplicaObserver>(
     }
     config.partitions = u32::try_from(groups.len()).expect("group count fits");
     let mut mirror = Mirror::new(broker.clone(), groups, rt.rng().random(), rt.node_id(), config.planted);
-    if let Some(step_down) = forward {
+    if let Some((step_down, membership)) = forward {
         mirror.step_down = Some(step_down);
+        mirror.membership = membership;
         let (tx, rx) = mpsc::unbounded();
         let task = forwarder(rt.clone(), broker.clone(), config.forward_timeout, config.planted, rx, tx.clone());
         drop(rt.spawn(Priority::High, "broker-forwarder", task));
@@ -201,6 +207,8 @@ pub(super) struct Mirror<R: Runtime> {
     forward: Option<mpsc::UnboundedSender<Job>>,
     /// Graceful-stop requests ([`StepDown`]), taken by the driver.
     pub(super) step_down: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+    /// SWIM's events, taken by the driver.
+    pub(super) membership: Option<mpsc::UnboundedReceiver<MembershipEvent>>,
     /// Planted bugs switched on (`FetchSkipsReadIndex`).
     planted: Planted,
 }
@@ -248,6 +256,7 @@ impl<R: Runtime> Mirror<R> {
             me,
             forward: None,
             step_down: None,
+            membership: None,
             planted,
         }
     }

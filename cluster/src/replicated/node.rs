@@ -50,12 +50,22 @@ use super::replica::{ClientRef, GroupBoot, Output, ReplicaCore};
 use crate::driver::{Event, accept_clients, next_event};
 use crate::raft::disk::{self, DiskState};
 use crate::raft::{self, Entry, Raft, RaftConfig, Role, Snapshot, Write, wire};
+use crate::swim::MembershipEventKind;
 
 /// Configuration of one node.
 #[derive(Clone, Debug)]
 pub struct ReplicatedConfig {
-    /// Every member (each partition's initial voters), this node included.
+    /// Every member, this node included: each partition's initial voters
+    /// are `replicas` of them ([`ReplicatedConfig::placement`]), the others
+    /// its learners, so every member holds every partition.
     pub members: Vec<NodeId>,
+    /// Voters per partition (the replication factor), at most the member
+    /// count.
+    pub replicas: usize,
+    /// How long SWIM must have held a voter dead (or gone) before the
+    /// partition's leader replaces it with its most caught-up live learner
+    /// by joint consensus (the dead voter stays a learner). `None`: never.
+    pub replace_dead_after: Option<Duration>,
     /// Partitions, each its own Raft group.
     pub partitions: u32,
     /// Whether an empty disk means a new cluster (see `RaftConfig::bootstrap`).
@@ -78,11 +88,14 @@ pub struct ReplicatedConfig {
 }
 
 impl ReplicatedConfig {
-    /// Defaults: Raft's defaults, a snapshot every 1024 entries, forwarded
-    /// publishes given up after 5 s.
+    /// Defaults: every member a voter of every partition (no learners, so
+    /// nothing to replace a voter with), Raft's defaults, a snapshot every
+    /// 1024 entries, forwarded publishes given up after 5 s.
     pub fn new(members: Vec<NodeId>, partitions: u32) -> Self {
         let raft = RaftConfig::new(members[0], members.iter().copied());
         ReplicatedConfig {
+            replicas: members.len(),
+            replace_dead_after: None,
             members,
             partitions,
             bootstrap: true,
@@ -93,11 +106,33 @@ impl ReplicatedConfig {
         }
     }
 
-    /// The configuration of this node's member of every group.
-    pub fn raft_config(&self, me: NodeId) -> RaftConfig {
+    /// `group`'s initial configuration: `replicas` voters, the members in
+    /// id order from the `group`-th on (wrapping), so consecutive groups
+    /// start on consecutive members and the voter slots, and with them the
+    /// leaders, spread evenly; every other member a learner. Every member
+    /// computes it alike from the same member list: a member whose disk is
+    /// empty starts from it, the others from their logs.
+    pub fn placement(&self, group: u32) -> raft::Configuration {
+        assert!(
+            (1..=self.members.len()).contains(&self.replicas),
+            "{} replicas of {} members",
+            self.replicas,
+            self.members.len()
+        );
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        let first = group as usize % sorted.len();
+        let voters: Vec<NodeId> = (0..self.replicas).map(|k| sorted[(first + k) % sorted.len()]).collect();
+        let mut config = raft::Configuration::new(voters);
+        config.learners = sorted.iter().copied().filter(|m| !config.voters.contains(m)).collect();
+        config
+    }
+
+    /// The configuration of this node's member of `group`.
+    pub fn raft_config(&self, me: NodeId, group: u32) -> RaftConfig {
         let mut config = self.raft.clone();
         config.id = me;
-        config.initial = raft::Configuration::new(self.members.iter().copied());
+        config.initial = self.placement(group);
         config.bootstrap = self.bootstrap;
         config.planted = self.planted;
         config
@@ -138,6 +173,8 @@ enum Input {
     /// Hand every group this member leads to another member, then answer
     /// (a broker node's graceful stop: `broker_node::StepDown`).
     StepDown(oneshot::Sender<()>),
+    /// SWIM's word about a member: up, or dead or gone.
+    Member(NodeId, bool),
 }
 
 /// Counters of one node.
@@ -413,6 +450,21 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
             }
         })
     });
+    let _membership = mirror.as_mut().and_then(|m| m.membership.take()).map(|mut events| {
+        let inputs = input_tx.clone();
+        rt.spawn(Priority::Critical, "member-liveness", async move {
+            while let Some(event) = events.next().await {
+                let up = match event.kind {
+                    MembershipEventKind::Dead | MembershipEventKind::Left => false,
+                    MembershipEventKind::Joined | MembershipEventKind::Alive | MembershipEventKind::Suspect => true,
+                    MembershipEventKind::Updated => continue,
+                };
+                if inputs.unbounded_send(Input::Member(event.member, up)).is_err() {
+                    return;
+                }
+            }
+        })
+    });
     let mut stepping_down: Vec<oneshot::Sender<()>> = Vec::new();
     let others: Vec<NodeId> = config.members.iter().copied().filter(|&n| n != me).collect();
     let mut core = ReplicaCore::new(me, config, observer, rt.now(), boots);
@@ -433,6 +485,7 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
             Event::Input(None) => return,
             Event::Input(Some(Input::WritesDone(g, ids))) => core.handle_write_complete(now, g, ids),
             Event::Input(Some(Input::StepDown(done))) => stepping_down.push(done),
+            Event::Input(Some(Input::Member(member, up))) => core.handle_member(now, member, up),
             Event::Input(Some(Input::Proposals(proposals))) => {
                 let mirror = mirror.as_mut().expect("only a broker node has proposals");
                 for proposal in proposals {

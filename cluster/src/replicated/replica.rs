@@ -17,7 +17,22 @@
 //!   is durable (its log writer performs them in order);
 //! * [`ReplicaCore::handle_timeout`] (every group whose deadline passed) or
 //!   [`ReplicaCore::handle_group_timeout`] (one group);
-//! * [`ReplicaCore::transfer_leadership`]: hand a group's leadership away.
+//! * [`ReplicaCore::transfer_leadership`]: hand a group's leadership away;
+//! * [`ReplicaCore::handle_member`]: SWIM's word that a member is up, or
+//!   dead (or gone).
+//!
+//! # Replacing a dead voter
+//!
+//! Every member holds every group: `replicas` of them as voters, the rest
+//! as learners ([`ReplicatedConfig::placement`]), so a learner is a warm
+//! spare. Once SWIM has held a voter dead for `replace_dead_after`, the
+//! group's leader (if this node is it, on its next timer) proposes the
+//! configuration with the dead voter and its most caught-up live learner
+//! swapped — through a joint configuration, which Raft leaves once
+//! committed — one change per group at a time. The dead voter stays a
+//! learner: if it comes back it catches up and may be promoted again. No
+//! state of this bookkeeping is durable: a new leader derives the same
+//! decision from its own view and the configuration in its log.
 //!
 //! Outputs ([`Output`]): a datagram for a peer, a write for a group's log
 //! writer, an answer for a client.
@@ -218,6 +233,8 @@ pub struct ReplicaCore<O: ReplicaObserver = NoObserver> {
     now: Instant,
     work: VecDeque<Work>,
     outputs: VecDeque<Output>,
+    /// Members SWIM holds dead or gone, since when (as this core heard).
+    down_since: BTreeMap<NodeId, Instant>,
 }
 
 impl<O: ReplicaObserver> ReplicaCore<O> {
@@ -227,13 +244,13 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     pub fn new(me: NodeId, config: ReplicatedConfig, observer: O, now: Instant, groups: Vec<GroupBoot>) -> Self {
         assert!(config.members.contains(&me), "{me} is not a member");
         assert_eq!(groups.len(), config.partitions as usize, "one boot per partition");
-        let raft_config = config.raft_config(me);
         let groups: Vec<Group> = groups
             .into_iter()
-            .map(|boot| {
+            .zip(0..)
+            .map(|(boot, g)| {
                 assert!(boot.at <= now, "time went backwards: {} after {}", now, boot.at);
                 Group {
-                    raft: Raft::new(raft_config.clone(), boot.rng, boot.at, boot.recovered),
+                    raft: Raft::new(config.raft_config(me, g), boot.rng, boot.at, boot.recovered),
                     machine: PartitionMachine::new(),
                     applied: 0,
                     produces: BTreeMap::new(),
@@ -244,7 +261,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             })
             .collect();
         let work = (0..config.partitions).map(Work::Drain).collect();
-        ReplicaCore { me, config, observer, groups, now, work, outputs: VecDeque::new() }
+        ReplicaCore { me, config, observer, groups, now, work, outputs: VecDeque::new(), down_since: BTreeMap::new() }
     }
 
     // ----- accessors -----------------------------------------------------
@@ -323,8 +340,28 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         let raft = &mut self.groups[group as usize].raft;
         if raft.poll_timeout().is_some_and(|t| t <= now) {
             raft.handle_timeout(now);
+            // A leader's timer fires every heartbeat: often enough to act
+            // within one heartbeat of a voter's replacement deadline.
+            self.replace_dead_voter(now, group);
             self.stepped(group);
         }
+    }
+
+    /// SWIM's word about `member`: up (`true`: alive or suspect — a
+    /// suspect is not replaced) or dead or gone (`false`). A member this
+    /// core already holds down keeps its first time.
+    pub fn handle_member(&mut self, now: Instant, member: NodeId, up: bool) {
+        self.advance(now);
+        if up {
+            self.down_since.remove(&member);
+        } else if member != self.me {
+            self.down_since.entry(member).or_insert(now);
+        }
+    }
+
+    /// Members held down, with since when.
+    pub fn down_members(&self) -> &BTreeMap<NodeId, Instant> {
+        &self.down_since
     }
 
     /// A peer's message for `group` (the driver drops datagrams for groups
@@ -417,6 +454,47 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     }
 
     // ----- internals -----------------------------------------------------
+
+    /// If this node leads `group`, no configuration change is under way,
+    /// and a voter has been down `replace_dead_after`, proposes swapping it
+    /// with the most caught-up live learner heard from lately (see the
+    /// module docs). A refusal (a change pending, leadership moving) is
+    /// tried again at the next timer.
+    fn replace_dead_voter(&mut self, now: Instant, group: u32) {
+        let Some(after) = self.config.replace_dead_after else { return };
+        let raft = &self.groups[group as usize].raft;
+        if raft.role() != Role::Leader || raft.transferring_to().is_some() {
+            return;
+        }
+        let config = raft.configuration();
+        if config.is_joint() {
+            return;
+        }
+        let down_for_long = |id: &NodeId| self.down_since.get(id).is_some_and(|&since| since + after <= now);
+        let Some(&dead) = config.voters.iter().find(|id| **id != self.me && down_for_long(id)) else { return };
+        let live_learners = config.learners.iter().copied().filter(|id| !self.down_since.contains_key(id));
+        // The most caught-up learner heard from lately; ties go to the one
+        // after the group's number, so replacements spread.
+        let rotate = |id: NodeId| id.0.wrapping_sub(u64::from(group)).wrapping_sub(1);
+        let Some(spare) = live_learners
+            .filter(|&id| raft.progress(id).is_some_and(|p| p.recent_active))
+            .max_by_key(|&id| (raft.progress(id).map_or(0, |p| p.match_index), std::cmp::Reverse(rotate(id))))
+        else {
+            return;
+        };
+        let mut voters = config.voters.clone();
+        let mut learners = config.learners.clone();
+        voters.remove(&dead);
+        learners.remove(&spare);
+        learners.insert(dead);
+        if !self.config.planted.is_on(PlantedBug::ReplacementShrinksGroup) {
+            voters.insert(spare);
+        } else {
+            // Planted bug: the dead voter is dropped, nobody is promoted.
+            learners.insert(spare);
+        }
+        let _ = self.groups[group as usize].raft.propose_config(now, voters, learners);
+    }
 
     /// Moves to `now` (never backwards) and finishes the work earlier inputs
     /// left, so a new input never overtakes it.

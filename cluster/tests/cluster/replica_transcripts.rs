@@ -12,9 +12,15 @@
 //! `time`, `timeout`, `tick`, `run-until` and `deadline` are the runner's):
 //!
 //! * `config key=value…` before `start`: `partitions`, `snapshot_every`,
-//!   `election_timeout`, `heartbeat_interval`, `pre_vote`, `check_quorum`;
+//!   `election_timeout`, `heartbeat_interval`, `pre_vote`, `check_quorum`,
+//!   `replicas` (voters per group when started with `members=`),
+//!   `replace_dead_after`;
 //! * `start nX voters=nA,nB… [seed=N]`: the node under test, at the current
-//!   time, every group on an empty disk (a new cluster);
+//!   time, every group on an empty disk (a new cluster), every member a
+//!   voter; `start nX members=nA,nB…`: `replicas` voters per group by the
+//!   placement, the other members learners;
+//! * `member nX up|down`: SWIM's word about `nX` (alive, or dead);
+//! * `configuration [pG]`: the member's configuration of each group;
 //! * `recv nX pG <message>`: a message from `nX` for group `G`;
 //! * `produce cN req=R [p=G] [session=K] seq=S data=D`: a client's produce
 //!   (partition 0 and session `N` unless given); the record's timestamp is
@@ -307,10 +313,21 @@ impl Env {
 
     fn start(&mut self, now: Instant, words: &[&str]) -> Result<Vec<String>, String> {
         let me = parse_node(words.first().ok_or("start needs a node")?)?;
-        let voters = parse_nodes(kv(words, "voters").ok_or("start needs voters=")?)?;
-        self.config.members = voters.into_iter().collect();
+        // `voters=`: every member a voter; `members=`: `config replicas=`
+        // of them per group (the placement), the others learners.
+        let (members, all_vote) = match (kv(words, "members"), kv(words, "voters")) {
+            (Some(m), None) => (m, false),
+            (None, Some(v)) => (v, true),
+            _ => return Err("start needs voters= or members=".into()),
+        };
+        self.config.members = parse_nodes(members)?.into_iter().collect();
+        if all_vote {
+            self.config.replicas = self.config.members.len();
+        } else if !(1..=self.config.members.len()).contains(&self.config.replicas) {
+            return Err(format!("{} replicas of {} members", self.config.replicas, self.config.members.len()));
+        }
         if !self.config.members.contains(&me) {
-            return Err(format!("{me} is not among the voters"));
+            return Err(format!("{me} is not among the members"));
         }
         let seed = number(words, "seed")?.unwrap_or(1);
         let disks = vec![Disk::default(); self.config.partitions as usize];
@@ -446,6 +463,8 @@ impl Harness for Env {
             "heartbeat_interval" => c.raft.heartbeat_interval = parse_duration(value)?,
             "pre_vote" => c.raft.pre_vote = boolean(value)?,
             "check_quorum" => c.raft.check_quorum = boolean(value)?,
+            "replicas" => c.replicas = usize::try_from(num()?).map_err(|_| "too many replicas")?,
+            "replace_dead_after" => c.replace_dead_after = Some(parse_duration(value)?),
             _ => return Err(format!("unknown config key {key:?}")),
         }
         Ok(())
@@ -510,6 +529,34 @@ impl Harness for Env {
                 fresh.drain(&mut out);
                 self.node = Some(fresh);
             }
+            "member" => {
+                let [who, state] = &words[..] else { return Err("member nX up|down".into()) };
+                let up = match *state {
+                    "up" => true,
+                    "down" => false,
+                    other => return Err(format!("member nX up|down, not {other:?}")),
+                };
+                let who = parse_node(who)?;
+                let node = self.node()?;
+                node.core.handle_member(*now, who, up);
+                node.drain(&mut out);
+            }
+            "configuration" => {
+                for g in self.groups(&words)? {
+                    let c = self.node()?.core.raft(g).configuration();
+                    let names = |set: &std::collections::BTreeSet<NodeId>| {
+                        set.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                    };
+                    let mut line = format!("p{g} voters={}", names(&c.voters));
+                    if c.is_joint() {
+                        line += &format!(" outgoing={}", names(&c.outgoing));
+                    }
+                    if !c.learners.is_empty() {
+                        line += &format!(" learners={}", names(&c.learners));
+                    }
+                    out.push(line);
+                }
+            }
             "state" => self.state(&words, &mut out)?,
             "records" => self.records(&words, &mut out)?,
             _ => return Err(format!("unknown command {verb:?}")),
@@ -541,4 +588,5 @@ transcripts! {
     leadership_lost => "leadership-lost.txt",
     step_down_no_hint => "step-down-no-hint.txt",
     two_groups => "two-groups.txt",
+    replace_dead_voter => "replace-dead-voter.txt",
 }

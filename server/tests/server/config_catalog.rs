@@ -474,7 +474,31 @@ fn catalog() -> Vec<Entry> {
             t("[cluster]\nenabled = true\nnode_id = 1\npeers = [\"1=127.0.0.1:7101\", \"2=127.0.0.1:7111\"]\n"),
             vec![],
             vec![
-                "kaelix.toml:4:9: cluster.peers: 2 members listed: a cluster has 3 or 5 (every replicated partition is a Raft group of all of them)",
+                "kaelix.toml:4:9: cluster.peers: 2 members listed: a cluster has 3 to 9 (every member holds every replicated partition)",
+            ],
+        ),
+        (
+            "a replication factor of 4",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nreplication_factor = 4\n")),
+            vec![],
+            vec![
+                "kaelix.toml:5:22: cluster.replication_factor: 4 voters per partition: 3 or 5 (a majority of an even number tolerates no more failures than of one fewer; 1 is not replicated)",
+            ],
+        ),
+        (
+            "a replication factor above the member count",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nreplication_factor = 5\n")),
+            vec![],
+            vec![
+                "kaelix.toml:5:22: cluster.replication_factor: 5 voters per partition, but cluster.peers lists 3 members",
+            ],
+        ),
+        (
+            "a dead voter replaced after 10 ms, from a variable",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\n")),
+            vec![("KAELIX_CLUSTER__REPLACE_DEAD_AFTER_MS", "10")],
+            vec![
+                "environment KAELIX_CLUSTER__REPLACE_DEAD_AFTER_MS: cluster.replace_dead_after_ms: 10 is outside 100..=86400000 (milliseconds)",
             ],
         ),
         (
@@ -581,7 +605,7 @@ fn catalog() -> Vec<Entry> {
             vec![],
             vec![
                 "kaelix.toml:2:22: cluster.forward_timeout_ms: 3600000 is outside 100..=600000 (milliseconds)",
-                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms and initial_state are ignored (a single node)",
+                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor and replace_dead_after_ms are ignored (a single node)",
             ],
         ),
         (
