@@ -34,14 +34,12 @@
 
 use std::sync::Arc;
 
-use futures_channel::mpsc;
 use kaelix_broker::Broker;
 use kaelix_broker::intercept::PublishHook;
 use kaelix_broker::topic::Topic;
 use kaelix_cluster::membership::{self, Membership, MembershipConfig};
 use kaelix_cluster::replicated::broker_node::{BrokerNodeError, StepDown, start_forwarding_broker_node};
-use kaelix_cluster::replicated::node::{ReplicaObserver, ReplicatedConfig};
-use kaelix_cluster::swim::MembershipEvent;
+use kaelix_cluster::replicated::node::{LivenessFeed, ReplicaObserver, ReplicatedConfig};
 use kaelix_core::NodeId;
 use kaelix_core::runtime::Runtime;
 
@@ -87,14 +85,14 @@ pub struct ClusterMember<R: Runtime> {
 /// whether an empty disk means a new cluster (`RaftConfig::bootstrap`); a
 /// member whose disk was replaced must start with `false`, so it recovers
 /// (votes again only once caught up) instead of counting as a fresh voter.
-/// `membership`: the member's SWIM events, from which its groups learn
+/// `membership`: SWIM's word on the members, from which its groups learn
 /// which voters to replace.
 pub fn start_partitions<R: Runtime, O: ReplicaObserver>(
     rt: &R,
     config: &ServerConfig,
     bootstrap: bool,
     observer: O,
-    membership: Option<mpsc::UnboundedReceiver<MembershipEvent>>,
+    membership: Option<LivenessFeed>,
 ) -> Result<(Broker<R>, Groups, StepDown), MemberError> {
     let members = config.cluster.members().map_err(|(key, why)| MemberError::Cluster(key, why))?;
     let ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
@@ -151,7 +149,7 @@ pub fn start<R: Runtime, O: ReplicaObserver>(
 ) -> Result<ClusterMember<R>, MemberError> {
     let membership = start_membership(swim_rt, &config.cluster, extra_seeds)?;
     let (broker, groups, step_down) =
-        start_partitions(&rt, &config, bootstrap, observer, Some(membership.subscribe()))?;
+        start_partitions(&rt, &config, bootstrap, observer, Some(LivenessFeed::of(&membership)))?;
     let server = Server::start_on(rt, config, hook, broker.clone())?;
     Ok(ClusterMember { server, broker, groups, step_down, membership })
 }

@@ -573,6 +573,11 @@ fn a_member_whose_disk_was_wiped_rejoins_as_existing_and_no_acknowledged_record_
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// The members running.
+fn running(members: &[Option<Member>]) -> Vec<&Member> {
+    members.iter().flatten().collect()
+}
+
 /// Each member's role in orders/0 by `kaelix cluster status` over
 /// `members` ("leader", "follower", "learner", …), once every one answers.
 fn roles_by_status(members: &[&Member]) -> Option<Vec<(u64, String)>> {
@@ -584,7 +589,7 @@ fn roles_by_status(members: &[&Member]) -> Option<Vec<(u64, String)>> {
     }
     // "  orders/0   LEADER TERM COMMIT  1: leader 3 10, 2: follower 3 10, 4: learner 3 10"
     let row = stdout.lines().find(|l| l.trim_start().starts_with("orders/0"))?;
-    let views = row.trim_start().splitn(5, char::is_whitespace).filter(|w| !w.is_empty()).nth(4)?;
+    let views = row.split_whitespace().skip(4).collect::<Vec<_>>().join(" ");
     views
         .split(", ")
         .map(|view| {
@@ -612,7 +617,6 @@ fn a_voter_lost_for_good_is_replaced_by_a_learner_and_the_partition_survives_a_s
     let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
     let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
     let native_of = |members: &Vec<Option<Member>>, id: u64| members[id as usize - 1].as_ref().unwrap().native;
-    let running = |members: &Vec<Option<Member>>| members.iter().flatten().collect::<Vec<_>>();
     let (mut acked, mut unknown) = (Vec::new(), Vec::new());
 
     let leader = leader_of(&members);

@@ -99,11 +99,10 @@ use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime};
 use kaelix_core::time::{Duration, Instant};
 use kaelix_core::{NodeId, WallTime};
 
-use super::node::{ReplicaObserver, ReplicatedConfig, run};
+use super::node::{LivenessFeed, ReplicaObserver, ReplicatedConfig, run};
 use super::protocol::{Request, Response};
 use super::replica::{ClientRef, Output, ReplicaCore};
 use crate::raft::Role;
-use crate::swim::MembershipEvent;
 
 /// The connection name the mirror's proposals are answered on (client
 /// connections count up from 1 and never reach it).
@@ -140,16 +139,16 @@ pub fn start_broker_node<R: Runtime, O: ReplicaObserver>(
 /// not lead to the group's leader (see the module docs) instead of
 /// refusing it, and with a [`StepDown`] for a graceful stop. The members'
 /// client addresses (`ClientNetwork::connect`) must be reachable.
-/// `membership`: the member's SWIM events (`Membership::subscribe`), from
+/// `membership`: SWIM's word on the members ([`LivenessFeed::of`]), from
 /// which a leader learns which voters are dead and replaces them
-/// (`ReplicatedConfig::replace_dead_after`); without them none is.
+/// (`ReplicatedConfig::replace_dead_after`); without it none is.
 pub fn start_forwarding_broker_node<R: Runtime, O: ReplicaObserver>(
     rt: R,
     broker_config: BrokerConfig,
     topics: &[(Topic, TopicConfig)],
     config: ReplicatedConfig,
     observer: O,
-    membership: Option<mpsc::UnboundedReceiver<MembershipEvent>>,
+    membership: Option<LivenessFeed>,
 ) -> Result<(Broker<R>, StepDown), BrokerNodeError> {
     let (requests, step_down) = mpsc::unbounded();
     let broker = start(rt, broker_config, topics, config, observer, Some((step_down, membership)))?;
@@ -163,7 +162,7 @@ fn start<R: Runtime, O: ReplicaObserver>(
     mut config: ReplicatedConfig,
     observer: O,
     // Forwarding, with the graceful-stop requests and SWIM's events.
-    forward: Option<(mpsc::UnboundedReceiver<oneshot::Sender<()>>, Option<mpsc::UnboundedReceiver<MembershipEvent>>)>,
+    forward: Option<(mpsc::UnboundedReceiver<oneshot::Sender<()>>, Option<LivenessFeed>)>,
 ) -> Result<Broker<R>, BrokerNodeError> {
     let broker = Broker::with_replication(rt.clone(), rt.rng(), broker_config);
     let mut groups = Vec::new();
@@ -207,8 +206,8 @@ pub(super) struct Mirror<R: Runtime> {
     forward: Option<mpsc::UnboundedSender<Job>>,
     /// Graceful-stop requests ([`StepDown`]), taken by the driver.
     pub(super) step_down: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
-    /// SWIM's events, taken by the driver.
-    pub(super) membership: Option<mpsc::UnboundedReceiver<MembershipEvent>>,
+    /// SWIM's word on the members, taken by the driver.
+    pub(super) membership: Option<LivenessFeed>,
     /// Planted bugs switched on (`FetchSkipsReadIndex`).
     planted: Planted,
 }

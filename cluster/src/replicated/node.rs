@@ -48,9 +48,10 @@ use super::broker_node::Mirror;
 use super::protocol::{Request, Response};
 use super::replica::{ClientRef, GroupBoot, Output, ReplicaCore};
 use crate::driver::{Event, accept_clients, next_event};
+use crate::membership::Membership;
 use crate::raft::disk::{self, DiskState};
 use crate::raft::{self, Entry, Raft, RaftConfig, Role, Snapshot, Write, wire};
-use crate::swim::MembershipEventKind;
+use crate::swim::{MemberState, MembershipEvent, MembershipEventKind};
 
 /// Configuration of one node.
 #[derive(Clone, Debug)]
@@ -154,6 +155,32 @@ pub trait ReplicaObserver: Clone + Send + Sync + 'static {
     fn applied(&self, _node: NodeId, _group: u32, _entry: &Entry) {}
     /// `group`'s member on `node` replaced its state by this snapshot.
     fn restored(&self, _node: NodeId, _group: u32, _snapshot: &Snapshot) {}
+}
+
+/// SWIM's word on the members, for a node's driver: the view when the
+/// node started, then every change (`Membership::subscribe`). The driver
+/// hands both to its core (`ReplicaCore::handle_member`), from which a
+/// leader learns which voters to replace.
+pub struct LivenessFeed {
+    /// Each member SWIM knew when the feed was taken: up (alive or
+    /// suspect) or not (dead or gone).
+    pub initial: Vec<(NodeId, bool)>,
+    /// Every change since.
+    pub events: mpsc::UnboundedReceiver<MembershipEvent>,
+}
+
+impl LivenessFeed {
+    /// Subscribes to `membership`, then reads its view (an event between
+    /// the two is seen twice, which changes nothing).
+    pub fn of(membership: &Membership) -> LivenessFeed {
+        let events = membership.subscribe();
+        let initial = membership
+            .members()
+            .into_iter()
+            .map(|m| (m.id, matches!(m.state, MemberState::Alive | MemberState::Suspect)))
+            .collect();
+        LivenessFeed { initial, events }
+    }
 }
 
 /// An observer that does nothing.
@@ -450,8 +477,11 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
             }
         })
     });
-    let _membership = mirror.as_mut().and_then(|m| m.membership.take()).map(|mut events| {
+    let _membership = mirror.as_mut().and_then(|m| m.membership.take()).map(|LivenessFeed { initial, mut events }| {
         let inputs = input_tx.clone();
+        for (member, up) in initial {
+            let _ = inputs.unbounded_send(Input::Member(member, up));
+        }
         rt.spawn(Priority::Critical, "member-liveness", async move {
             while let Some(event) = events.next().await {
                 let up = match event.kind {

@@ -25,8 +25,9 @@
 //!
 //! Every member holds every group: `replicas` of them as voters, the rest
 //! as learners ([`ReplicatedConfig::placement`]), so a learner is a warm
-//! spare. Once SWIM has held a voter dead for `replace_dead_after`, the
-//! group's leader (if this node is it, on its next timer) proposes the
+//! spare. Once SWIM has held a voter dead (or never told of it) for
+//! `replace_dead_after`, and the group's leader has had no Raft message
+//! from it for as long either, the leader (if this node is it, on its next timer) proposes the
 //! configuration with the dead voter and its most caught-up live learner
 //! swapped — through a joint configuration, which Raft leaves once
 //! committed — one change per group at a time. The dead voter stays a
@@ -235,6 +236,8 @@ pub struct ReplicaCore<O: ReplicaObserver = NoObserver> {
     outputs: VecDeque<Output>,
     /// Members SWIM holds dead or gone, since when (as this core heard).
     down_since: BTreeMap<NodeId, Instant>,
+    /// When each member's latest Raft message (of any group) arrived.
+    heard_from: BTreeMap<NodeId, Instant>,
 }
 
 impl<O: ReplicaObserver> ReplicaCore<O> {
@@ -261,7 +264,17 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             })
             .collect();
         let work = (0..config.partitions).map(Work::Drain).collect();
-        ReplicaCore { me, config, observer, groups, now, work, outputs: VecDeque::new(), down_since: BTreeMap::new() }
+        // Until SWIM says otherwise, a member is not known to be up: one
+        // that never shows up (dead before this node booted, its tombstone
+        // collected) must be replaceable too. A live voter SWIM has not
+        // told of yet is kept by Raft's own evidence: its messages (see
+        // `replace_dead_voter`).
+        let down_since = match config.replace_dead_after {
+            Some(_) => config.members.iter().filter(|&&m| m != me).map(|&m| (m, now)).collect(),
+            None => BTreeMap::new(),
+        };
+        let heard_from = BTreeMap::new();
+        ReplicaCore { me, config, observer, groups, now, work, outputs: VecDeque::new(), down_since, heard_from }
     }
 
     // ----- accessors -----------------------------------------------------
@@ -368,6 +381,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     /// that do not exist: see [`ReplicaCore::partitions`]).
     pub fn handle_message(&mut self, now: Instant, from: NodeId, group: u32, message: raft::Message) {
         self.advance(now);
+        self.heard_from.insert(from, now);
         self.groups[group as usize].raft.handle_message(now, from, message);
         self.stepped(group);
     }
@@ -456,7 +470,8 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
     // ----- internals -----------------------------------------------------
 
     /// If this node leads `group`, no configuration change is under way,
-    /// and a voter has been down `replace_dead_after`, proposes swapping it
+    /// and a voter has been down `replace_dead_after` (and sent this node
+    /// no Raft message for as long), proposes swapping it
     /// with the most caught-up live learner heard from lately (see the
     /// module docs). A refusal (a change pending, leadership moving) is
     /// tried again at the next timer.
@@ -470,8 +485,12 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         if config.is_joint() {
             return;
         }
-        let down_for_long = |id: &NodeId| self.down_since.get(id).is_some_and(|&since| since + after <= now);
-        let Some(&dead) = config.voters.iter().find(|id| **id != self.me && down_for_long(id)) else { return };
+        // Down for SWIM for that long, and silent to this node as long.
+        let dead_for_long = |id: &NodeId| {
+            self.down_since.get(id).is_some_and(|&since| since + after <= now)
+                && !self.heard_from.get(id).is_some_and(|&heard| heard + after > now)
+        };
+        let Some(&dead) = config.voters.iter().find(|id| **id != self.me && dead_for_long(id)) else { return };
         let live_learners = config.learners.iter().copied().filter(|id| !self.down_since.contains_key(id));
         // The most caught-up learner heard from lately; ties go to the one
         // after the group's number, so replacements spread.

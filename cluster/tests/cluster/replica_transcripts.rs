@@ -19,7 +19,8 @@
 //!   time, every group on an empty disk (a new cluster), every member a
 //!   voter; `start nX members=nA,nB…`: `replicas` voters per group by the
 //!   placement, the other members learners;
-//! * `member nX up|down`: SWIM's word about `nX` (alive, or dead);
+//! * `member nX up|down`: SWIM's word about `nX` (alive, or dead; with
+//!   `replace_dead_after` set, every member counts as down until told up);
 //! * `configuration [pG]`: the member's configuration of each group;
 //! * `recv nX pG <message>`: a message from `nX` for group `G`;
 //! * `produce cN req=R [p=G] [session=K] seq=S data=D`: a client's produce
