@@ -28,7 +28,9 @@
 # What acknowledges a publish (both are sent only after the replicated
 # commit, and `kaelix bench ack` drives both with the same code):
 #   Kaelix     verbose mode's +OK (`--ack ok`): a replicated topic's +OK is
-#              sent once a majority committed the record.
+#              sent once a majority committed the record. In the batch
+#              case (b64) the PONG to a PING written after the batch
+#              (`--ack ping`): sent once every publish before it committed.
 #   JetStream  the PubAck on the publish's reply inbox (`--ack reply`),
 #              sent by the stream leader once the R3 stream committed it;
 #              each PubAck's JSON is checked (an API error fails the run).
@@ -267,12 +269,13 @@ done
 K_URL="nats://127.0.0.1:${K_NATS[$((K_LEADER - 1))]}"
 log "JetStream stream $STREAM led by $JS_LEADER ($JS_URL); Kaelix topic $SUBJECT led by node $K_LEADER ($K_URL)"
 
-# bench CASE SYSTEM ARGS...: one run, its JSON line tagged and kept.
+# bench CASE SYSTEM KAELIX_ACK ARGS...: one run, its JSON line tagged and
+# kept.
 bench() {
-    local case=$1 system=$2
-    shift 2
+    local case=$1 system=$2 kaelix_ack=$3
+    shift 3
     local url ack
-    if [[ $system == kaelix ]]; then url=$K_URL; ack=ok; else url=$JS_URL; ack=reply; fi
+    if [[ $system == kaelix ]]; then url=$K_URL; ack=$kaelix_ack; else url=$JS_URL; ack=reply; fi
     local line
     if line=$("$KAELIX" bench --url "$url" --json --quiet --timeout-secs 60 ack "$SUBJECT" --ack "$ack" --size "$SIZE" "$@" 2>"$WORK/err"); then
         echo "{\"case\":\"$case\",\"target\":\"$system\",\"ok\":true,\"result\":$line}" >>"$RESULTS"
@@ -284,12 +287,16 @@ bench() {
     fi
 }
 
-# The cases: name, then connections, window per connection, messages (each
-# sized for a few seconds to ~10 s per run on a 2-core machine).
+# The cases: name, then connections, window per connection, messages
+# (sized for up to ~10 s on the slower side on a 2-core machine), Kaelix's
+# acknowledgement and further `kaelix bench ack` flags for both sides.
+# w64 keeps 64 publishes in flight on one connection; b64 sends bursts of
+# 64 and waits for all of them, the shape a PING barrier has.
 CASES=(
-    "w1|1 1 6000"
-    "w64|1 64 60000"
-    "c64|64 1 60000"
+    "w1|1 1 10000 ok"
+    "w64|1 64 30000 ok"
+    "b64|1 64 30000 ping --batch"
+    "c64|64 1 60000 ok"
 )
 
 STARTED=$(date +%s)
@@ -297,11 +304,12 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$ROUNDS"); do
     for spec in "${CASES[@]}"; do
         name=${spec%%|*}
-        read -r pubs window msgs <<<"${spec#*|}"
+        read -r pubs window msgs kaelix_ack extra <<<"${spec#*|}"
         msgs=$("$PY" -c "print(max(1, int($msgs * $SCALE)))")
         log "$name round $round/$ROUNDS"
         for system in kaelix jetstream; do
-            bench "$name" "$system" --pubs "$pubs" --window "$window" --msgs "$msgs"
+            # shellcheck disable=SC2086 # extra is a list of flags
+            bench "$name" "$system" "$kaelix_ack" --pubs "$pubs" --window "$window" --msgs "$msgs" $extra
         done
     done
 done
@@ -420,8 +428,13 @@ def shape(case):
         if r["case"] == case and r["ok"]:
             x = r["result"]
             conns = "1 connection" if x["pubs"] == 1 else f"{x['pubs']} connections"
-            return f"{case}: {conns} × window {x['window']}, {x['size']} B, {x['msgs']:,} msgs"
+            window = f"batches of {x['window']}" if x.get("batch") else f"window {x['window']}"
+            return f"{case}: {conns} × {window}, {x['size']} B, {x['msgs']:,} msgs"
     return case
+
+def acks(case):
+    seen = {r["target"]: r["result"]["ack"] for r in runs if r["case"] == case and r["ok"]}
+    return f" (acks: Kaelix {seen.get('kaelix', '?')}, JetStream {seen.get('jetstream', '?')})"
 
 METRICS = [
     ("acknowledged msgs/s", lambda r: r["msgs_per_sec"], "/s", "higher"),
@@ -454,7 +467,8 @@ for case in cases:
             cells.append(cell)
         k, j = medians
         ratio = f"{k / j:.2f}× ({better} is better)" if k is not None and j else "—"
-        lines.append(f"| {shape(case)} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
+        title = shape(case) + (acks(case) if label == METRICS[0][0] else "")
+        lines.append(f"| {title} | {label} | {cells[0]} | {cells[1]} | {ratio} |")
 print("\n".join(lines))
 print()
 print(f"{rounds} runs per case and system, interleaved (Kaelix, JetStream, Kaelix, …); whole comparison {elapsed} s.")
@@ -467,7 +481,7 @@ PY
 )
 
 {
-    echo "kaelix: $KAELIX ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), 3 nodes, topic storage = \"replicated\", ack: verbose +OK"
+    echo "kaelix: $KAELIX ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), 3 nodes, topic storage = \"replicated\", ack: verbose +OK (b64: PONG)"
     echo "nats-server: $("$NATS_SERVER" --version), 3 nodes, JetStream file stream num_replicas 3, sync_interval ${JS_SYNC:-default (2 min)}, ack: PubAck"
     echo "leaders: Kaelix node $K_LEADER, JetStream $JS_LEADER (the client connects to each)"
     echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -sr)"

@@ -16,16 +16,22 @@
 //!   responder connection answers each request; the requester subscribes
 //!   to an inbox and publishes with it as the reply subject); p50, p99,
 //!   p99.9 and max latency (hdrhistogram) and requests per second.
-//! * `ack --window W --ack reply|ok`: acknowledged publishing. Each of the
-//!   `--pubs` connections keeps up to W publishes unacknowledged (a sliding
-//!   window) and records each publish → acknowledgement latency. `--ack
-//!   reply` publishes with a reply inbox and takes the message arriving on
-//!   it as the acknowledgement: a JetStream `PubAck` (its JSON is checked,
-//!   an API error ends the run). `--ack ok` connects `verbose` and takes
-//!   each `+OK` as the acknowledgement of the oldest publish in flight (a
-//!   server answers in order); `kaelix serve` sends it only once the
-//!   publish is stored (for a replicated topic: committed). Throughput runs
-//!   from the first measured publish to the last acknowledgement.
+//! * `ack --window W --ack reply|ok|ping [--batch]`: acknowledged
+//!   publishing. Each of the `--pubs` connections keeps up to W publishes
+//!   unacknowledged (a sliding window; with `--batch` the window is refilled
+//!   only once it is empty, as a client that publishes W asynchronously and
+//!   then waits for them all) and records each publish → acknowledgement
+//!   latency. `--ack reply` publishes with a reply inbox and takes the
+//!   message arriving on it as the acknowledgement: a JetStream `PubAck`
+//!   (its JSON is checked, an API error ends the run). `--ack ok` connects
+//!   `verbose` and takes each `+OK` as the acknowledgement of the oldest
+//!   publish in flight (a server answers in order). `--ack ping` follows
+//!   each write of publishes with a `PING` and takes its `PONG` as the
+//!   acknowledgement of all of them. `kaelix serve` sends that `+OK`, and
+//!   that `PONG`, only once the publishes are stored (for a replicated
+//!   topic: committed); to nats-server both mean only "processed", so a
+//!   JetStream measurement uses `reply`. Throughput runs from the first
+//!   measured publish to the last acknowledgement.
 //! * `subs --count M`: M subscriptions to distinct subjects (`s.<i>`) on
 //!   `--conns` connections, acknowledged by a `PONG`; with `--server-pid`
 //!   the server's resident memory (`VmRSS` in `/proc/PID/status`) before and
@@ -183,9 +189,14 @@ pub enum Mode {
         #[arg(long, default_value_t = 1)]
         window: usize,
         /// What acknowledges a publish: `reply` (a JetStream PubAck on the
-        /// publish's reply inbox) or `ok` (verbose mode's `+OK`).
+        /// publish's reply inbox), `ok` (verbose mode's `+OK`) or `ping`
+        /// (the `PONG` to a `PING` after each write of publishes).
         #[arg(long, value_enum, default_value_t = AckKind::Reply)]
         ack: AckKind,
+        /// Refill the window only once every publish in it is
+        /// acknowledged (bursts of W), instead of as each one is.
+        #[arg(long)]
+        batch: bool,
         /// Publishes per connection sent first and not measured.
         #[arg(long, default_value_t = 100)]
         warmup: u64,
@@ -216,6 +227,20 @@ pub enum AckKind {
     Reply,
     /// `+OK` in verbose mode, one per publish, in order.
     Ok,
+    /// The `PONG` answering a `PING` written after publishes: it
+    /// acknowledges all of them (in order).
+    Ping,
+}
+
+/// What one operation from the server acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// The publish of this number (a PubAck on its inbox).
+    Publish(u64),
+    /// The oldest publish in flight (`+OK`).
+    Oldest,
+    /// The publishes written before the oldest unanswered `PING` (`PONG`).
+    PingGroup,
 }
 
 impl AckKind {
@@ -223,6 +248,7 @@ impl AckKind {
         match self {
             AckKind::Reply => "reply",
             AckKind::Ok => "ok",
+            AckKind::Ping => "ping",
         }
     }
 }
@@ -299,9 +325,12 @@ pub struct Report {
     /// `ack` only: publishes in flight per connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<usize>,
-    /// `ack` only: what acknowledged a publish (`reply` or `ok`).
+    /// `ack` only: what acknowledged a publish (`reply`, `ok` or `ping`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack: Option<String>,
+    /// `ack` only: the window was refilled only once empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<bool>,
 }
 
 /// Runs the benchmark and prints the result.
@@ -342,8 +371,8 @@ fn measure(args: &BenchArgs) -> Result<Report, String> {
             bench_fanout(&opts, "fanout", subject, *msgs, *size, (*subs).max(1))
         }
         Mode::Req { subject, msgs, size, warmup } => bench_req(&opts, subject, *msgs, *size, *warmup),
-        Mode::Ack { subject, msgs, size, pubs, window, ack, warmup } => {
-            let shape = AckShape { size: *size, window: (*window).max(1), ack: *ack, warmup: *warmup };
+        Mode::Ack { subject, msgs, size, pubs, window, ack, batch, warmup } => {
+            let shape = AckShape { size: *size, window: (*window).max(1), ack: *ack, batch: *batch, warmup: *warmup };
             bench_ack(&opts, subject, *msgs, (*pubs).max(1), shape)
         }
         Mode::Subs { count, conns, prefix, server_pid } => {
@@ -1070,6 +1099,7 @@ struct AckShape {
     size: usize,
     window: usize,
     ack: AckKind,
+    batch: bool,
     warmup: u64,
 }
 
@@ -1113,15 +1143,13 @@ pub fn parse_pub_ack(body: &[u8]) -> Result<(String, u64), String> {
     }
 }
 
-/// Which publish an operation acknowledges: `Ok(None)` for an operation
-/// that acknowledges nothing (a `PONG`, an `INFO`); `oldest` is the oldest
-/// publish in flight, if any, and `inbox` the reply prefix (the publish's
-/// number follows it).
-pub fn acknowledged(ack: AckKind, op: &ServerOp, inbox: &str, oldest: Option<u64>) -> Result<Option<u64>, String> {
+/// What an operation acknowledges under `ack`: `Ok(None)` for one that
+/// acknowledges nothing (an `INFO`; a `PONG` unless `ack` is `ping`);
+/// `inbox` is the reply prefix (the publish's number follows it).
+pub fn acknowledged(ack: AckKind, op: &ServerOp, inbox: &str) -> Result<Option<Acked>, String> {
     match (ack, op) {
-        (AckKind::Ok, ServerOp::Ok) => {
-            oldest.map(Some).ok_or_else(|| "the server sent +OK with no publish in flight".to_owned())
-        }
+        (AckKind::Ok, ServerOp::Ok) => Ok(Some(Acked::Oldest)),
+        (AckKind::Ping, ServerOp::Pong) => Ok(Some(Acked::PingGroup)),
         (AckKind::Reply, ServerOp::Msg(m)) => {
             let subject = String::from_utf8_lossy(&m.subject);
             let n = subject
@@ -1129,7 +1157,7 @@ pub fn acknowledged(ack: AckKind, op: &ServerOp, inbox: &str, oldest: Option<u64
                 .and_then(|n| n.parse::<u64>().ok())
                 .ok_or_else(|| format!("a message on {subject:?}, not on this connection's inbox {inbox}<n>"))?;
             parse_pub_ack(&m.payload).map_err(|e| format!("publish {n}: {e}"))?;
-            Ok(Some(n))
+            Ok(Some(Acked::Publish(n)))
         }
         _ => Ok(None),
     }
@@ -1155,11 +1183,15 @@ fn publish_acked(
     // (JetStream may acknowledge out of order; the front is popped as soon
     // as it is acknowledged, so the front is always in flight).
     let mut slots: VecDeque<Option<Instant>> = VecDeque::with_capacity(shape.window);
+    // `ping`: how many publishes each unanswered PING follows.
+    let mut groups: VecDeque<u64> = VecDeque::new();
     let (mut base, mut sent, mut pending, mut acked) = (first, first, 0usize, 0u64);
     let mut frame = BytesMut::new();
     let mut reply = String::new();
     while acked < count {
-        if pending < shape.window && sent < end {
+        let room = if shape.batch { pending == 0 } else { pending < shape.window };
+        if room && sent < end {
+            let group_from = sent;
             // One clock reading for the publishes of one write.
             let now = Instant::now();
             while pending < shape.window && sent < end {
@@ -1171,12 +1203,16 @@ fn publish_acked(
                         reply.push_str(&sent.to_string());
                         write_pub(&mut frame, subject.as_bytes(), Some(reply.as_bytes()), body);
                     }
-                    AckKind::Ok => write_pub(&mut frame, subject.as_bytes(), None, body),
+                    AckKind::Ok | AckKind::Ping => write_pub(&mut frame, subject.as_bytes(), None, body),
                 }
                 conn.write(&frame)?;
                 slots.push_back(Some(now));
                 sent += 1;
                 pending += 1;
+            }
+            if shape.ack == AckKind::Ping {
+                conn.ping()?;
+                groups.push_back(sent - group_from);
             }
             conn.flush()?;
         }
@@ -1184,25 +1220,37 @@ fn publish_acked(
         let mut op = Some(conn.next_op().map_err(waiting)?);
         // Everything already read, before writing again.
         while let Some(o) = op {
-            let oldest = (pending > 0).then_some(base);
-            if let Some(n) = acknowledged(shape.ack, &o, inbox, oldest)? {
+            op = conn.parsed_op()?;
+            // The numbers this operation acknowledges.
+            let numbers = match acknowledged(shape.ack, &o, inbox)? {
+                None => continue,
+                Some(Acked::Publish(n)) => n..n + 1,
+                // In order: the oldest in flight is the front.
+                Some(Acked::Oldest) if pending > 0 => base..base + 1,
+                Some(Acked::PingGroup) if !groups.is_empty() => {
+                    let g = groups.pop_front().expect("not empty");
+                    base..base + g
+                }
+                Some(_) => return Err(format!("{}: {o:?} with no publish in flight", conn.url)),
+            };
+            let now = Instant::now();
+            for n in numbers {
                 let slot = n.checked_sub(base).and_then(|i| slots.get_mut(i as usize));
                 let Some(since) = slot.and_then(Option::take) else {
                     return Err(format!("{}: acknowledgement of publish {n}, which is not in flight", conn.url));
                 };
                 if let Some(h) = hist.as_deref_mut() {
-                    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let ns = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
                     h.record(ns.max(1)).expect("auto-resizing histogram");
                     progress.fetch_add(1, Ordering::Relaxed);
-                }
-                while slots.front().is_some_and(Option::is_none) {
-                    slots.pop_front();
-                    base += 1;
                 }
                 pending -= 1;
                 acked += 1;
             }
-            op = conn.parsed_op()?;
+            while slots.front().is_some_and(Option::is_none) {
+                slots.pop_front();
+                base += 1;
+            }
         }
     }
     Ok(())
@@ -1283,6 +1331,7 @@ fn bench_ack(opts: &Opts, subject: &str, msgs: u64, pubs: usize, shape: AckShape
         latency_us: Some(summarize(&hist)),
         window: Some(shape.window),
         ack: Some(shape.ack.name().to_owned()),
+        batch: Some(shape.batch),
         ..Report::default()
     })
 }
@@ -1457,6 +1506,7 @@ pub fn render(r: &Report) -> String {
         ],
         &[vec![
             match (&r.window, &r.ack) {
+                (Some(w), Some(ack)) if r.batch == Some(true) => format!("{} ({ack}, batches of {w})", r.mode),
                 (Some(w), Some(ack)) => format!("{} ({ack}, window {w})", r.mode),
                 _ => r.mode.clone(),
             },
@@ -1554,14 +1604,25 @@ mod tests {
                 pubs: 1,
                 window: 1,
                 ack: AckKind::Reply,
+                batch: false,
                 warmup: 100
             }
         );
-        let b = parse(&["ack", "orders", "--window", "64", "--ack", "ok", "--pubs", "4", "--warmup", "0"]);
+        let b = parse(&["ack", "orders", "--window", "64", "--ack", "ok", "--pubs", "4", "--warmup", "0", "--batch"]);
         assert_eq!(
             b.mode,
-            Mode::Ack { subject: "orders".into(), msgs: 100_000, size: 128, pubs: 4, window: 64, ack: AckKind::Ok, warmup: 0 }
+            Mode::Ack {
+                subject: "orders".into(),
+                msgs: 100_000,
+                size: 128,
+                pubs: 4,
+                window: 64,
+                ack: AckKind::Ok,
+                batch: true,
+                warmup: 0
+            }
         );
+        assert!(matches!(parse(&["ack", "--ack", "ping"]).mode, Mode::Ack { ack: AckKind::Ping, .. }));
         assert!(Cli::try_parse_from(["kaelix", "bench", "ack", "--ack", "pong"]).is_err());
     }
 
@@ -1600,22 +1661,23 @@ mod tests {
         let inbox = "_INBOX.k_1_0.";
         let ok = r#"{"stream":"S","seq":3}"#;
         // A PubAck names its publish by the inbox's suffix, in any order.
-        assert_eq!(acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.12", ok), inbox, Some(10)), Ok(Some(12)));
-        assert_eq!(acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.10", ok), inbox, Some(10)), Ok(Some(10)));
+        assert_eq!(acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.12", ok), inbox), Ok(Some(Acked::Publish(12))));
+        assert_eq!(acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.10", ok), inbox), Ok(Some(Acked::Publish(10))));
         for subject in ["_INBOX.k_1_1.3", "_INBOX.k_1_0.", "_INBOX.k_1_0.x", "bench"] {
-            assert!(acknowledged(AckKind::Reply, &msg(subject, ok), inbox, Some(0)).is_err(), "{subject}");
+            assert!(acknowledged(AckKind::Reply, &msg(subject, ok), inbox).is_err(), "{subject}");
         }
         let refused = r#"{"error":{"code":500,"description":"stream store failed"}}"#;
-        let e = acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.4", refused), inbox, Some(4)).unwrap_err();
+        let e = acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.4", refused), inbox).unwrap_err();
         assert!(e.starts_with("publish 4: JetStream refused the publish: stream store failed"), "{e}");
-        // +OK acknowledges the oldest in flight; one with none in flight is
-        // the server's error.
-        assert_eq!(acknowledged(AckKind::Ok, &ServerOp::Ok, inbox, Some(5)), Ok(Some(5)));
-        assert!(acknowledged(AckKind::Ok, &ServerOp::Ok, inbox, None).is_err());
+        // +OK acknowledges the oldest in flight, a PONG its PING's group.
+        assert_eq!(acknowledged(AckKind::Ok, &ServerOp::Ok, inbox), Ok(Some(Acked::Oldest)));
+        assert_eq!(acknowledged(AckKind::Ping, &ServerOp::Pong, inbox), Ok(Some(Acked::PingGroup)));
         // What acknowledges nothing in a mode is passed over.
-        assert_eq!(acknowledged(AckKind::Ok, &msg("_INBOX.k_1_0.1", ok), inbox, Some(1)), Ok(None));
-        assert_eq!(acknowledged(AckKind::Reply, &ServerOp::Ok, inbox, Some(1)), Ok(None));
-        assert_eq!(acknowledged(AckKind::Reply, &ServerOp::Pong, inbox, Some(1)), Ok(None));
+        assert_eq!(acknowledged(AckKind::Ok, &msg("_INBOX.k_1_0.1", ok), inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Ok, &ServerOp::Pong, inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Ping, &ServerOp::Ok, inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Reply, &ServerOp::Ok, inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Reply, &ServerOp::Pong, inbox), Ok(None));
     }
 
     #[test]
@@ -1706,6 +1768,7 @@ mod tests {
             subscriptions: None,
             window: None,
             ack: None,
+            batch: None,
         };
         let text = render(&r);
         let lines: Vec<&str> = text.lines().collect();
