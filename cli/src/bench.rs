@@ -1216,7 +1216,8 @@ fn publish_acked(
             }
             conn.flush()?;
         }
-        let waiting = |e: String| format!("{e} (waiting for acknowledgements: {pending} in flight, {acked} of {count} done)");
+        let waiting =
+            |e: String| format!("{e} (waiting for acknowledgements: {pending} in flight, {acked} of {count} done)");
         let mut op = Some(conn.next_op().map_err(waiting)?);
         // Everything already read, before writing again.
         while let Some(o) = op {
@@ -1297,7 +1298,17 @@ fn bench_ack(opts: &Opts, subject: &str, msgs: u64, pubs: usize, shape: AckShape
                     shared.guard(|| {
                         let mut hist = Histogram::<u64>::new(3).expect("3 significant digits is valid");
                         let first = shape.warmup;
-                        publish_acked(conn, subject, inbox, body, shape, first, share, Some(&mut hist), &shared.progress)?;
+                        publish_acked(
+                            conn,
+                            subject,
+                            inbox,
+                            body,
+                            shape,
+                            first,
+                            share,
+                            Some(&mut hist),
+                            &shared.progress,
+                        )?;
                         Ok((hist, Instant::now()))
                     })
                 })
