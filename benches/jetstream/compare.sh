@@ -8,7 +8,7 @@
 # p50/p99 publish → acknowledgement latency, medians and the Kaelix /
 # JetStream ratio per case, as a markdown table.
 #
-#   benches/jetstream/compare.sh [--rounds N] [--size B] [--scale F]
+#   benches/jetstream/compare.sh [--rounds N] [--size B] [--scale F] [--failover]
 #                                [--js-sync-always] [--skip-build] [--out FILE]
 #
 #   --rounds N         runs per case and system (default 3)
@@ -61,7 +61,7 @@ while [[ $# -gt 0 ]]; do
         --failover) FAILOVER=1; shift ;;
         --skip-build) BUILD=0; shift ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
