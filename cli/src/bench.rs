@@ -16,6 +16,22 @@
 //!   responder connection answers each request; the requester subscribes
 //!   to an inbox and publishes with it as the reply subject); p50, p99,
 //!   p99.9 and max latency (hdrhistogram) and requests per second.
+//! * `ack --window W --ack reply|ok|ping [--batch]`: acknowledged
+//!   publishing. Each of the `--pubs` connections keeps up to W publishes
+//!   unacknowledged (a sliding window; with `--batch` the window is refilled
+//!   only once it is empty, as a client that publishes W asynchronously and
+//!   then waits for them all) and records each publish → acknowledgement
+//!   latency. `--ack reply` publishes with a reply inbox and takes the
+//!   message arriving on it as the acknowledgement: a JetStream `PubAck`
+//!   (its JSON is checked, an API error ends the run). `--ack ok` connects
+//!   `verbose` and takes each `+OK` as the acknowledgement of the oldest
+//!   publish in flight (a server answers in order). `--ack ping` follows
+//!   each write of publishes with a `PING` and takes its `PONG` as the
+//!   acknowledgement of all of them. `kaelix serve` sends that `+OK`, and
+//!   that `PONG`, only once the publishes are stored (for a replicated
+//!   topic: committed); to nats-server both mean only "processed", so a
+//!   JetStream measurement uses `reply`. Throughput runs from the first
+//!   measured publish to the last acknowledgement.
 //! * `subs --count M`: M subscriptions to distinct subjects (`s.<i>`) on
 //!   `--conns` connections, acknowledged by a `PONG`; with `--server-pid`
 //!   the server's resident memory (`VmRSS` in `/proc/PID/status`) before and
@@ -35,6 +51,7 @@
 // the OS clock, and reads /proc; none of it is simulated protocol logic.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::collections::VecDeque;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
@@ -153,6 +170,37 @@ pub enum Mode {
         #[arg(long, default_value_t = 100)]
         warmup: u64,
     },
+    /// Acknowledged publishing: up to W publishes in flight per connection,
+    /// each timed from its write to its acknowledgement.
+    Ack {
+        /// Subject to publish to.
+        #[arg(default_value = "bench")]
+        subject: String,
+        /// Messages measured in total (split over the publishers).
+        #[arg(long, default_value_t = 100_000)]
+        msgs: u64,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Publisher connections, each on its own thread.
+        #[arg(long, default_value_t = 1)]
+        pubs: usize,
+        /// Publishes in flight (unacknowledged) per connection.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// What acknowledges a publish: `reply` (a JetStream PubAck on the
+        /// publish's reply inbox), `ok` (verbose mode's `+OK`) or `ping`
+        /// (the `PONG` to a `PING` after each write of publishes).
+        #[arg(long, value_enum, default_value_t = AckKind::Reply)]
+        ack: AckKind,
+        /// Refill the window only once every publish in it is
+        /// acknowledged (bursts of W), instead of as each one is.
+        #[arg(long)]
+        batch: bool,
+        /// Publishes per connection sent first and not measured.
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+    },
     /// Subscription memory: M subscriptions to distinct subjects.
     Subs {
         /// Subscriptions (to `<prefix>.0` .. `<prefix>.<M-1>`).
@@ -169,6 +217,40 @@ pub enum Mode {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+}
+
+/// What acknowledges a publish in the `ack` mode.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckKind {
+    /// A message on the publish's reply inbox, checked as a JetStream
+    /// `PubAck` (JetStream answers a publish to a stream's subject so).
+    Reply,
+    /// `+OK` in verbose mode, one per publish, in order.
+    Ok,
+    /// The `PONG` answering a `PING` written after publishes: it
+    /// acknowledges all of them (in order).
+    Ping,
+}
+
+/// What one operation from the server acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// The publish of this number (a PubAck on its inbox).
+    Publish(u64),
+    /// The oldest publish in flight (`+OK`).
+    Oldest,
+    /// The publishes written before the oldest unanswered `PING` (`PONG`).
+    PingGroup,
+}
+
+impl AckKind {
+    fn name(self) -> &'static str {
+        match self {
+            AckKind::Reply => "reply",
+            AckKind::Ok => "ok",
+            AckKind::Ping => "ping",
+        }
+    }
 }
 
 /// Latency percentiles, in microseconds.
@@ -240,6 +322,15 @@ pub struct Report {
     /// `subs` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriptions: Option<SubsReport>,
+    /// `ack` only: publishes in flight per connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    /// `ack` only: what acknowledged a publish (`reply`, `ok` or `ping`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack: Option<String>,
+    /// `ack` only: the window was refilled only once empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<bool>,
 }
 
 /// Runs the benchmark and prints the result.
@@ -280,6 +371,10 @@ fn measure(args: &BenchArgs) -> Result<Report, String> {
             bench_fanout(&opts, "fanout", subject, *msgs, *size, (*subs).max(1))
         }
         Mode::Req { subject, msgs, size, warmup } => bench_req(&opts, subject, *msgs, *size, *warmup),
+        Mode::Ack { subject, msgs, size, pubs, window, ack, batch, warmup } => {
+            let shape = AckShape { size: *size, window: (*window).max(1), ack: *ack, batch: *batch, warmup: *warmup };
+            bench_ack(&opts, subject, *msgs, (*pubs).max(1), shape)
+        }
         Mode::Subs { count, conns, prefix, server_pid } => {
             bench_subs(&opts, *count, (*conns).max(1), prefix, *server_pid)
         }
@@ -383,6 +478,12 @@ impl Conn {
     /// Connects, reads `INFO`, sends `CONNECT` and waits for the `PONG` of a
     /// `PING` (so an authentication error shows here).
     fn open(opts: &Opts, name: &str) -> Result<Conn, String> {
+        Conn::open_verbose(opts, name, false)
+    }
+
+    /// [`Conn::open`], in verbose mode if `verbose` (the server then
+    /// answers `+OK` to every operation, `CONNECT` included).
+    fn open_verbose(opts: &Opts, name: &str, verbose: bool) -> Result<Conn, String> {
         let t = &opts.target;
         let url = t.display();
         let addrs: Vec<_> =
@@ -424,7 +525,7 @@ impl Conn {
             other => return Err(format!("{}: expected INFO first, got {other:?}", conn.url)),
         }
         let connect = Connect {
-            verbose: false,
+            verbose,
             pedantic: false,
             name: Some(name.to_owned()),
             lang: Some("rust".to_owned()),
@@ -486,6 +587,30 @@ impl Conn {
     /// returns them), and turns `-ERR` into an error.
     fn poll_op(&mut self) -> Result<Option<ServerOp>, String> {
         loop {
+            match self.parsed_op()? {
+                Some(op) => return Ok(Some(op)),
+                None => {
+                    let n = match self.read.read(&mut self.rbuf) {
+                        Ok(0) => return Err(format!("{}: the server closed the connection", self.url)),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(self.io_error("reading", e)),
+                    };
+                    self.last_read = Instant::now();
+                    self.parser.push(&self.rbuf[..n]);
+                }
+            }
+        }
+    }
+
+    /// The next operation among the bytes already read, without reading:
+    /// answers the server's `PING`s, counts `PONG`s (and returns them), and
+    /// turns `-ERR` into an error.
+    fn parsed_op(&mut self) -> Result<Option<ServerOp>, String> {
+        loop {
             match self.parser.next() {
                 Some(Ok(ServerOp::Ping)) => {
                     let mut b = BytesMut::new();
@@ -502,19 +627,7 @@ impl Conn {
                 }
                 Some(Ok(op)) => return Ok(Some(op)),
                 Some(Err(e)) => return Err(format!("{}: protocol error from the server: {e}", self.url)),
-                None => {
-                    let n = match self.read.read(&mut self.rbuf) {
-                        Ok(0) => return Err(format!("{}: the server closed the connection", self.url)),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                            return Ok(None);
-                        }
-                        Err(e) => return Err(self.io_error("reading", e)),
-                    };
-                    self.last_read = Instant::now();
-                    self.parser.push(&self.rbuf[..n]);
-                }
+                None => return Ok(None),
             }
         }
     }
@@ -978,6 +1091,262 @@ fn bench_req(opts: &Opts, subject: &str, msgs: u64, size: usize, warmup: u64) ->
     })
 }
 
+// --------------------------------------------------- acknowledged publishing
+
+/// The `ack` mode's settings, the same for every connection.
+#[derive(Clone, Copy, Debug)]
+struct AckShape {
+    size: usize,
+    window: usize,
+    ack: AckKind,
+    batch: bool,
+    warmup: u64,
+}
+
+/// A JetStream publish acknowledgement as it travels:
+/// `{"stream":"S","seq":7}` (with `"duplicate"` or `"domain"` at times),
+/// or `{"error":{"code":503,"err_code":10077,"description":"…"}}`.
+#[derive(serde::Deserialize)]
+struct PubAckJson {
+    stream: Option<String>,
+    seq: Option<u64>,
+    error: Option<ApiErrorJson>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiErrorJson {
+    code: Option<u64>,
+    err_code: Option<u64>,
+    description: Option<String>,
+}
+
+/// The stream and sequence a JetStream `PubAck` reports, or why the body
+/// is no acknowledgement: an API error (in JetStream's words, with its
+/// codes), or something else than a PubAck (say, a core NATS responder's
+/// answer).
+pub fn parse_pub_ack(body: &[u8]) -> Result<(String, u64), String> {
+    let shown = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    let ack: PubAckJson =
+        serde_json::from_slice(body).map_err(|e| format!("not a JetStream PubAck ({e}): {:?}", shown()))?;
+    if let Some(err) = ack.error {
+        let code = |c: Option<u64>| c.map_or_else(|| "?".to_owned(), |c| c.to_string());
+        return Err(format!(
+            "JetStream refused the publish: {} (code {}, err_code {})",
+            err.description.as_deref().unwrap_or("no description"),
+            code(err.code),
+            code(err.err_code)
+        ));
+    }
+    match (ack.stream, ack.seq) {
+        (Some(stream), Some(seq)) if !stream.is_empty() => Ok((stream, seq)),
+        _ => Err(format!("a PubAck without stream and seq: {:?}", shown())),
+    }
+}
+
+/// What an operation acknowledges under `ack`: `Ok(None)` for one that
+/// acknowledges nothing (an `INFO`; a `PONG` unless `ack` is `ping`);
+/// `inbox` is the reply prefix (the publish's number follows it).
+pub fn acknowledged(ack: AckKind, op: &ServerOp, inbox: &str) -> Result<Option<Acked>, String> {
+    match (ack, op) {
+        (AckKind::Ok, ServerOp::Ok) => Ok(Some(Acked::Oldest)),
+        (AckKind::Ping, ServerOp::Pong) => Ok(Some(Acked::PingGroup)),
+        (AckKind::Reply, ServerOp::Msg(m)) => {
+            let subject = String::from_utf8_lossy(&m.subject);
+            let n = subject
+                .strip_prefix(inbox)
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| format!("a message on {subject:?}, not on this connection's inbox {inbox}<n>"))?;
+            parse_pub_ack(&m.payload).map_err(|e| format!("publish {n}: {e}"))?;
+            Ok(Some(Acked::Publish(n)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Publishes numbers `first .. first + count` keeping up to `shape.window`
+/// unacknowledged; with `hist`, records each one's publish →
+/// acknowledgement time (nanoseconds). Returns once all are acknowledged.
+#[allow(clippy::too_many_arguments)] // one connection's whole run, spelled out
+fn publish_acked(
+    conn: &mut Conn,
+    subject: &str,
+    inbox: &str,
+    body: &[u8],
+    shape: AckShape,
+    first: u64,
+    count: u64,
+    mut hist: Option<&mut Histogram<u64>>,
+    progress: &AtomicU64,
+) -> Result<(), String> {
+    let end = first + count;
+    // Send times of the publishes from `base` on; `None` once acknowledged
+    // (JetStream may acknowledge out of order; the front is popped as soon
+    // as it is acknowledged, so the front is always in flight).
+    let mut slots: VecDeque<Option<Instant>> = VecDeque::with_capacity(shape.window);
+    // `ping`: how many publishes each unanswered PING follows.
+    let mut groups: VecDeque<u64> = VecDeque::new();
+    let (mut base, mut sent, mut pending, mut acked) = (first, first, 0usize, 0u64);
+    let mut frame = BytesMut::new();
+    let mut reply = String::new();
+    while acked < count {
+        let room = if shape.batch { pending == 0 } else { pending < shape.window };
+        if room && sent < end {
+            let group_from = sent;
+            // One clock reading for the publishes of one write.
+            let now = Instant::now();
+            while pending < shape.window && sent < end {
+                frame.clear();
+                match shape.ack {
+                    AckKind::Reply => {
+                        reply.clear();
+                        reply.push_str(inbox);
+                        reply.push_str(&sent.to_string());
+                        write_pub(&mut frame, subject.as_bytes(), Some(reply.as_bytes()), body);
+                    }
+                    AckKind::Ok | AckKind::Ping => write_pub(&mut frame, subject.as_bytes(), None, body),
+                }
+                conn.write(&frame)?;
+                slots.push_back(Some(now));
+                sent += 1;
+                pending += 1;
+            }
+            if shape.ack == AckKind::Ping {
+                conn.ping()?;
+                groups.push_back(sent - group_from);
+            }
+            conn.flush()?;
+        }
+        let waiting =
+            |e: String| format!("{e} (waiting for acknowledgements: {pending} in flight, {acked} of {count} done)");
+        let mut op = Some(conn.next_op().map_err(waiting)?);
+        // Everything already read, before writing again.
+        while let Some(o) = op {
+            op = conn.parsed_op()?;
+            // The numbers this operation acknowledges.
+            let numbers = match acknowledged(shape.ack, &o, inbox)? {
+                None => continue,
+                Some(Acked::Publish(n)) => n..n + 1,
+                // In order: the oldest in flight is the front.
+                Some(Acked::Oldest) if pending > 0 => base..base + 1,
+                Some(Acked::PingGroup) if !groups.is_empty() => {
+                    let g = groups.pop_front().expect("not empty");
+                    base..base + g
+                }
+                Some(_) => return Err(format!("{}: {o:?} with no publish in flight", conn.url)),
+            };
+            let now = Instant::now();
+            for n in numbers {
+                let slot = n.checked_sub(base).and_then(|i| slots.get_mut(i as usize));
+                let Some(since) = slot.and_then(Option::take) else {
+                    return Err(format!("{}: acknowledgement of publish {n}, which is not in flight", conn.url));
+                };
+                if let Some(h) = hist.as_deref_mut() {
+                    let ns = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
+                    h.record(ns.max(1)).expect("auto-resizing histogram");
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                pending -= 1;
+                acked += 1;
+            }
+            while slots.front().is_some_and(Option::is_none) {
+                slots.pop_front();
+                base += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench_ack(opts: &Opts, subject: &str, msgs: u64, pubs: usize, shape: AckShape) -> Result<Report, String> {
+    let mut conns = Vec::with_capacity(pubs);
+    for i in 0..pubs {
+        conns.push(Conn::open_verbose(opts, &format!("kaelix-bench-ack-{i}"), shape.ack == AckKind::Ok)?);
+    }
+    conns[0].check_size(shape.size)?;
+    let server = conns[0].server();
+    let inboxes: Vec<String> = (0..pubs).map(|i| format!("_INBOX.kaelix_bench_{}_{i}.", std::process::id())).collect();
+    let shared = Shared::default();
+    for (conn, inbox) in conns.iter_mut().zip(&inboxes) {
+        if shape.ack == AckKind::Reply {
+            conn.sub(&format!("{inbox}*"), 1)?;
+            conn.ping()?;
+            conn.flush()?;
+            conn.wait_pongs(0)?;
+        }
+        shared.watch(conn)?;
+    }
+    let body = payload(shape.size);
+    let bar = progress_bar(opts.quiet, msgs, "acknowledged");
+    let start_line = Barrier::new(pubs + 1);
+    let mut started = None;
+    let done: Vec<Option<(Histogram<u64>, Instant)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = conns
+            .iter_mut()
+            .zip(&inboxes)
+            .enumerate()
+            .map(|(i, (conn, inbox))| {
+                let share = msgs / pubs as u64 + u64::from((i as u64) < msgs % pubs as u64);
+                let (shared, start_line, body) = (&shared, &start_line, &body);
+                s.spawn(move || {
+                    let unmeasured = AtomicU64::new(0);
+                    let warm = shared
+                        .guard(|| publish_acked(conn, subject, inbox, body, shape, 0, shape.warmup, None, &unmeasured));
+                    // Every thread reaches the start line, failed or not,
+                    // so no one waits there forever.
+                    start_line.wait();
+                    warm?;
+                    shared.guard(|| {
+                        let mut hist = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+                        let first = shape.warmup;
+                        publish_acked(
+                            conn,
+                            subject,
+                            inbox,
+                            body,
+                            shape,
+                            first,
+                            share,
+                            Some(&mut hist),
+                            &shared.progress,
+                        )?;
+                        Ok((hist, Instant::now()))
+                    })
+                })
+            })
+            .collect();
+        start_line.wait();
+        started = Some(Instant::now());
+        follow(&bar, &shared, &handles);
+        handles.into_iter().map(|h| h.join().expect("publisher thread")).collect()
+    });
+    shared.result()?;
+    let mut hist = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut end = started.expect("started");
+    for (h, e) in done.into_iter().flatten() {
+        hist.add(&h).expect("auto-resizing histogram");
+        end = end.max(e);
+    }
+    let secs = (end - started.expect("started")).as_secs_f64();
+    let (msgs_per_sec, mb_per_sec) = rates(msgs, shape.size, secs);
+    Ok(Report {
+        mode: "ack".into(),
+        url: opts.target.display(),
+        server,
+        msgs,
+        size: shape.size,
+        pubs,
+        subs: 0,
+        secs,
+        msgs_per_sec,
+        mb_per_sec,
+        latency_us: Some(summarize(&hist)),
+        window: Some(shape.window),
+        ack: Some(shape.ack.name().to_owned()),
+        batch: Some(shape.batch),
+        ..Report::default()
+    })
+}
+
 // ----------------------------------------------------------- subscriptions
 
 /// `VmRSS` in KiB from the text of `/proc/PID/status`.
@@ -1147,7 +1516,11 @@ pub fn render(r: &Report) -> String {
             "max µs",
         ],
         &[vec![
-            r.mode.clone(),
+            match (&r.window, &r.ack) {
+                (Some(w), Some(ack)) if r.batch == Some(true) => format!("{} ({ack}, batches of {w})", r.mode),
+                (Some(w), Some(ack)) => format!("{} ({ack}, window {w})", r.mode),
+                _ => r.mode.clone(),
+            },
             r.pubs.to_string(),
             r.subs.to_string(),
             thousands(r.msgs as f64),
@@ -1229,6 +1602,93 @@ mod tests {
         assert_eq!(b.mode, Mode::Subs { count: 7, conns: 1, prefix: "s".into(), server_pid: Some(42) });
         let bar = Cli::try_parse_from(["kaelix", "bench", "pub", "--msgs", "many"]);
         assert!(bar.is_err());
+    }
+
+    #[test]
+    fn ack_mode_flags() {
+        assert_eq!(
+            parse(&["ack"]).mode,
+            Mode::Ack {
+                subject: "bench".into(),
+                msgs: 100_000,
+                size: 128,
+                pubs: 1,
+                window: 1,
+                ack: AckKind::Reply,
+                batch: false,
+                warmup: 100
+            }
+        );
+        let b = parse(&["ack", "orders", "--window", "64", "--ack", "ok", "--pubs", "4", "--warmup", "0", "--batch"]);
+        assert_eq!(
+            b.mode,
+            Mode::Ack {
+                subject: "orders".into(),
+                msgs: 100_000,
+                size: 128,
+                pubs: 4,
+                window: 64,
+                ack: AckKind::Ok,
+                batch: true,
+                warmup: 0
+            }
+        );
+        assert!(matches!(parse(&["ack", "--ack", "ping"]).mode, Mode::Ack { ack: AckKind::Ping, .. }));
+        assert!(Cli::try_parse_from(["kaelix", "bench", "ack", "--ack", "pong"]).is_err());
+    }
+
+    #[test]
+    fn pub_acks() {
+        assert_eq!(parse_pub_ack(br#"{"stream":"BENCH","seq":7}"#), Ok(("BENCH".into(), 7)));
+        // Fields JetStream adds at times (and any it may add later) are fine.
+        assert_eq!(
+            parse_pub_ack(br#"{"stream":"B","domain":"hub","seq":18446744073709551615,"duplicate":true}"#),
+            Ok(("B".into(), u64::MAX))
+        );
+        let refused = parse_pub_ack(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"B","seq":0}"#,
+        )
+        .unwrap_err();
+        assert_eq!(refused, "JetStream refused the publish: maximum messages exceeded (code 503, err_code 10077)");
+        assert!(parse_pub_ack(br#"{"error":{}}"#).unwrap_err().contains("no description (code ?, err_code ?)"));
+        // Not a PubAck: an echo from a core NATS responder, an empty body,
+        // a PubAck missing its fields.
+        for body in [&b"aaaa"[..], b"", br#"{"seq":1}"#, br#"{"stream":"","seq":1}"#, br#"{"stream":"B"}"#, b"[1]"] {
+            assert!(parse_pub_ack(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn acknowledgements() {
+        let msg = |subject: &str, body: &str| {
+            ServerOp::Msg(kaelix_nats::Msg {
+                subject: bytes::Bytes::from(subject.to_owned()),
+                sid: bytes::Bytes::from_static(b"1"),
+                reply: None,
+                headers: None,
+                payload: bytes::Bytes::from(body.to_owned()),
+            })
+        };
+        let inbox = "_INBOX.k_1_0.";
+        let ok = r#"{"stream":"S","seq":3}"#;
+        // A PubAck names its publish by the inbox's suffix, in any order.
+        assert_eq!(acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.12", ok), inbox), Ok(Some(Acked::Publish(12))));
+        assert_eq!(acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.10", ok), inbox), Ok(Some(Acked::Publish(10))));
+        for subject in ["_INBOX.k_1_1.3", "_INBOX.k_1_0.", "_INBOX.k_1_0.x", "bench"] {
+            assert!(acknowledged(AckKind::Reply, &msg(subject, ok), inbox).is_err(), "{subject}");
+        }
+        let refused = r#"{"error":{"code":500,"description":"stream store failed"}}"#;
+        let e = acknowledged(AckKind::Reply, &msg("_INBOX.k_1_0.4", refused), inbox).unwrap_err();
+        assert!(e.starts_with("publish 4: JetStream refused the publish: stream store failed"), "{e}");
+        // +OK acknowledges the oldest in flight, a PONG its PING's group.
+        assert_eq!(acknowledged(AckKind::Ok, &ServerOp::Ok, inbox), Ok(Some(Acked::Oldest)));
+        assert_eq!(acknowledged(AckKind::Ping, &ServerOp::Pong, inbox), Ok(Some(Acked::PingGroup)));
+        // What acknowledges nothing in a mode is passed over.
+        assert_eq!(acknowledged(AckKind::Ok, &msg("_INBOX.k_1_0.1", ok), inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Ok, &ServerOp::Pong, inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Ping, &ServerOp::Ok, inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Reply, &ServerOp::Ok, inbox), Ok(None));
+        assert_eq!(acknowledged(AckKind::Reply, &ServerOp::Pong, inbox), Ok(None));
     }
 
     #[test]
@@ -1317,6 +1777,9 @@ mod tests {
             latency_us: Some(Latency { count: 10_000, p50: 41.26, p99: 88.0, p999: 150.0, max: 900.04, mean: 45.0 }),
             lost: 0,
             subscriptions: None,
+            window: None,
+            ack: None,
+            batch: None,
         };
         let text = render(&r);
         let lines: Vec<&str> = text.lines().collect();
