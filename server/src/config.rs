@@ -462,7 +462,7 @@ impl ClusterSettings {
                     CLUSTER_MEMBERS.end()
                 ),
             );
-        } else if self.replication_factor as usize > members.len() {
+        } else if matches!(self.replication_factor, 3 | 5) && self.replication_factor as usize > members.len() {
             f.error(
                 Integration,
                 "cluster.replication_factor",
