@@ -488,7 +488,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         // Down for SWIM for that long, and silent to this node as long.
         let dead_for_long = |id: &NodeId| {
             self.down_since.get(id).is_some_and(|&since| since + after <= now)
-                && !self.heard_from.get(id).is_some_and(|&heard| heard + after > now)
+                && self.heard_from.get(id).is_none_or(|&heard| heard + after <= now)
         };
         let Some(&dead) = config.voters.iter().find(|id| **id != self.me && dead_for_long(id)) else { return };
         let live_learners = config.learners.iter().copied().filter(|id| !self.down_since.contains_key(id));
