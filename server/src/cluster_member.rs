@@ -101,6 +101,8 @@ pub fn start_partitions<R: Runtime, O: ReplicaObserver>(
     let mut replicated = ReplicatedConfig::new(ids, 0);
     replicated.replicas = config.cluster.replicas();
     replicated.replace_dead_after = Some(config.cluster.replace_dead_after());
+    replicated.raft.election_timeout = config.cluster.election_timeout();
+    replicated.raft.heartbeat_interval = config.cluster.heartbeat_interval();
     replicated.forward_timeout = config.cluster.forward_timeout();
     replicated.planted = config.planted;
     replicated.bootstrap = bootstrap;

@@ -197,6 +197,17 @@ pub struct ClusterSettings {
     /// restart may move its voter slots; long: a group runs that long one
     /// failure from unavailability. Fixed at start.
     pub replace_dead_after_ms: u64,
+    /// Raft's election timeout of every replicated partition, in
+    /// milliseconds (default 150; 50 to 60000): a follower that heard no
+    /// leader for this long (randomized up to twice it) campaigns. Short:
+    /// fast failover; long: fewer needless elections on a loaded machine
+    /// or a slow network. Fixed at start; every member should give the
+    /// same.
+    pub election_timeout_ms: u64,
+    /// How often a partition's leader sends heartbeats, in milliseconds
+    /// (default 30; at least 5, and under half the election timeout so a
+    /// lost heartbeat does not start an election). Fixed at start.
+    pub heartbeat_interval_ms: u64,
 }
 
 /// What an empty data directory means to a cluster member
@@ -244,9 +255,22 @@ impl Default for ClusterSettings {
             initial_state: InitialState::New,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
             replace_dead_after_ms: DEFAULT_REPLACE_DEAD_AFTER_MS,
+            election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
         }
     }
 }
+
+/// [`ClusterSettings::election_timeout_ms`] by default (Raft's own).
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 150;
+
+/// [`ClusterSettings::heartbeat_interval_ms`] by default (Raft's own).
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 30;
+
+/// The range of [`ClusterSettings::election_timeout_ms`]: below 50 ms a
+/// scheduling hiccup would start elections; above a minute a dead leader
+/// would stop its partitions longer than any client waits.
+pub const ELECTION_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 
 /// [`ClusterSettings::replication_factor`] by default.
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
@@ -343,6 +367,16 @@ impl ClusterSettings {
         Duration::from_millis(self.forward_timeout_ms)
     }
 
+    /// [`ClusterSettings::election_timeout_ms`] as a duration.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
+    }
+
+    /// [`ClusterSettings::heartbeat_interval_ms`] as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
     /// [`ClusterSettings::replace_dead_after_ms`] as a duration.
     pub fn replace_dead_after(&self) -> Duration {
         Duration::from_millis(self.replace_dead_after_ms)
@@ -410,6 +444,27 @@ impl ClusterSettings {
                 ),
             );
         }
+        if !ELECTION_TIMEOUT_MS.contains(&self.election_timeout_ms) {
+            f.error(
+                Performance,
+                "cluster.election_timeout_ms",
+                format!(
+                    "{} is outside {}..={} (milliseconds)",
+                    self.election_timeout_ms,
+                    ELECTION_TIMEOUT_MS.start(),
+                    ELECTION_TIMEOUT_MS.end()
+                ),
+            );
+        } else if self.heartbeat_interval_ms < 5 || self.heartbeat_interval_ms * 2 >= self.election_timeout_ms {
+            f.error(
+                Performance,
+                "cluster.heartbeat_interval_ms",
+                format!(
+                    "{} ms: at least 5 and under half of cluster.election_timeout_ms ({} ms), so one lost heartbeat does not start an election",
+                    self.heartbeat_interval_ms, self.election_timeout_ms
+                ),
+            );
+        }
         if self.replication_factor != 3 && self.replication_factor != 5 {
             f.error(
                 Integration,
@@ -429,11 +484,13 @@ impl ClusterSettings {
                 || self.initial_state != InitialState::New
                 || self.replication_factor != DEFAULT_REPLICATION_FACTOR
                 || self.replace_dead_after_ms != DEFAULT_REPLACE_DEAD_AFTER_MS
+                || self.election_timeout_ms != DEFAULT_ELECTION_TIMEOUT_MS
+                || self.heartbeat_interval_ms != DEFAULT_HEARTBEAT_INTERVAL_MS
             {
                 f.warn(
                     Integration,
                     "cluster.enabled",
-                    "false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor and replace_dead_after_ms are ignored (a single node)",
+                    "false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor, replace_dead_after_ms, election_timeout_ms and heartbeat_interval_ms are ignored (a single node)",
                 );
             }
             return;

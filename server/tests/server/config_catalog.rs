@@ -494,6 +494,22 @@ fn catalog() -> Vec<Entry> {
             ],
         ),
         (
+            "an election timeout of 10 ms",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nelection_timeout_ms = 10\n")),
+            vec![],
+            vec!["kaelix.toml:5:23: cluster.election_timeout_ms: 10 is outside 50..=60000 (milliseconds)"],
+        ),
+        (
+            "heartbeats as slow as half the election timeout",
+            t(&format!(
+                "[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nelection_timeout_ms = 1000\nheartbeat_interval_ms = 500\n"
+            )),
+            vec![],
+            vec![
+                "kaelix.toml:6:25: cluster.heartbeat_interval_ms: 500 ms: at least 5 and under half of cluster.election_timeout_ms (1000 ms), so one lost heartbeat does not start an election",
+            ],
+        ),
+        (
             "a dead voter replaced after 10 ms, from a variable",
             t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\n")),
             vec![("KAELIX_CLUSTER__REPLACE_DEAD_AFTER_MS", "10")],
@@ -605,7 +621,7 @@ fn catalog() -> Vec<Entry> {
             vec![],
             vec![
                 "kaelix.toml:2:22: cluster.forward_timeout_ms: 3600000 is outside 100..=600000 (milliseconds)",
-                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor and replace_dead_after_ms are ignored (a single node)",
+                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor, replace_dead_after_ms, election_timeout_ms and heartbeat_interval_ms are ignored (a single node)",
             ],
         ),
         (
