@@ -188,7 +188,10 @@ pub struct ClusterSettings {
     /// partition's group number on, so they and the leaders spread; the
     /// other members are the partition's learners — they hold and serve
     /// it, and replace a dead voter. A commit waits for a majority of the
-    /// voters only. Fixed at start; every member must give the same.
+    /// voters only. Fixed for the cluster's life: every member must give
+    /// the same at every start (a partition without a snapshot yet takes
+    /// its voters from the placement, so changing it would change voters
+    /// without a joint consensus).
     pub replication_factor: u32,
     /// How long SWIM must have held a voter dead (or gone) before the
     /// partition's leader swaps it with a live learner by joint consensus,
