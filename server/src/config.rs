@@ -1555,7 +1555,11 @@ mod tests {
         let groups = c.replicated_topics();
         let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(names, ["orders", "audit"], "configuration order, memory topics left out");
-        assert!(groups.iter().all(|(_, tc)| tc.storage == StorageKind::Replicated(ReplicationConfig { factor: 5 })));
+        // 3 voters by default, whatever the member count; 5 when asked.
+        assert!(groups.iter().all(|(_, tc)| tc.storage == StorageKind::Replicated(ReplicationConfig { factor: 3 })));
+        let five = ServerConfig::from_toml(&text.replace("[cluster]\n", "[cluster]\nreplication_factor = 5\n"), "f");
+        let five = five.unwrap().replicated_topics();
+        assert!(five.iter().all(|(_, tc)| tc.storage == StorageKind::Replicated(ReplicationConfig { factor: 5 })));
         assert_eq!(groups[0].1.partitions, 2);
         assert_eq!(c.cluster.forward_timeout(), Duration::from_secs(5), "the default");
         let c = ServerConfig::from_toml(&text.replace("[cluster]\n", "[cluster]\nforward_timeout_ms = 1500\n"), "f");
