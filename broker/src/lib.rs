@@ -1696,6 +1696,61 @@ mod async_tests {
         assert_eq!(b.stats().relayed, 42);
     }
 
+    /// `route_pipelined` proposes at once, in call order, without waiting:
+    /// each `Proposed` then yields its own proposal's outcome whatever
+    /// order the outcomes come in, and one dropped unfinished forgets its
+    /// proposal (the broker keeps no outcome or waker for it).
+    #[test]
+    fn pipelined_publishes_are_proposed_in_order_and_each_settles_with_its_own_outcome() {
+        use crate::storage::{ReplicationConfig, StorageKind};
+        use futures_util::FutureExt;
+        let b = Broker::with_replication(ManualClock::default(), kaelix_core::rng::seeded(5), BrokerConfig::default());
+        let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+        b.create_topic("r", TopicConfig { storage, ..TopicConfig::default() }).unwrap();
+        let publish = |n: u8| {
+            let m = Message::builder().topic("r").payload(vec![n]).build().unwrap();
+            match b.route_pipelined(m).now_or_never().expect("proposing does not wait") {
+                Ok(Pipelined::Proposed(p)) => p,
+                Ok(Pipelined::Routed(r)) => panic!("a replicated publish was routed: {r:?}"),
+                Err(e) => panic!("refused: {e}"),
+            }
+        };
+        let mut waits: Vec<Proposed<ManualClock>> = (0..4).map(publish).collect();
+        let proposals = b.next_proposals().now_or_never().flatten().expect("queued for the replicator");
+        let payloads: Vec<u8> = proposals
+            .iter()
+            .map(|p| match &p.op {
+                crate::replication::ProposalOp::Publish(m) => m.payload()[0],
+                other => panic!("not a publish: {other:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, [0, 1, 2, 3], "proposed in call order");
+        let ids: Vec<ProposalId> = proposals.iter().map(|p| p.id).collect();
+
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        for w in &mut waits {
+            assert!(std::pin::Pin::new(w).poll(&mut cx).is_pending(), "nothing committed yet");
+        }
+        // Outcomes in another order than the proposals, one refused.
+        let t = Topic::new("r").unwrap();
+        b.proposal_done(ids[2], Ok(0));
+        assert!(flag.0.swap(false, Ordering::SeqCst), "the outcome wakes its waiter");
+        let unknown = BrokerError::ReplicationUnknown { topic: t.clone(), partition: 0, reason: "test".into() };
+        b.proposal_done(ids[1], Err(unknown));
+        b.proposal_done(ids[0], Ok(1));
+        let third = waits.pop().unwrap();
+        drop(third);
+        assert!(b.lock().core.proposal_target(ids[3]).is_none(), "a dropped wait forgets its proposal");
+        assert!(!b.lock().proposal_wakers.contains_key(&ids[3]));
+        let outcomes: Vec<_> = waits.into_iter().map(|w| w.now_or_never().expect("settled")).collect();
+        assert_eq!(outcomes[0].as_ref().unwrap().offset, 1);
+        assert!(matches!(outcomes[1], Err(BrokerError::ReplicationUnknown { .. })));
+        assert_eq!(outcomes[2].as_ref().unwrap().offset, 0);
+        assert!(b.lock().proposal_wakers.is_empty());
+    }
+
     #[derive(Default)]
     struct Flag(std::sync::atomic::AtomicBool);
 
