@@ -1519,6 +1519,55 @@ pub struct ProcessReport {
     pub dead_lettered: u64,
 }
 
+/// What [`Broker::route_pipelined`] did with a message.
+pub enum Pipelined<C: Clock> {
+    /// Routed as [`Broker::route_unacknowledged`] routes it.
+    Routed(Routed),
+    /// Proposed to a replicated topic; its outcome is still to come.
+    Proposed(Proposed<C>),
+}
+
+/// A replicated publish that was proposed and whose outcome (the commit's
+/// placement, or why it was refused or is unknown) is still to come: a
+/// future for that outcome, the same as awaiting the publish would have
+/// given. Dropping it forgets the outcome (the record may still commit).
+/// It does not borrow the broker, so a front end can keep many of them.
+#[must_use = "dropping it forgets the publish's outcome"]
+pub struct Proposed<C: Clock> {
+    broker: Broker<C>,
+    /// `None` once the outcome was taken.
+    id: Option<ProposalId>,
+    /// The traced publish's commit span, closed with the outcome.
+    span: Option<Box<dyn CommitSpan>>,
+}
+
+// Nothing in it is pinned (the broker is a handle of `Arc`s).
+impl<C: Clock> Unpin for Proposed<C> {}
+
+impl<C: Clock> std::future::Future for Proposed<C> {
+    type Output = Result<Published, BrokerError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let id = self.id.expect("a Proposed polled after it was ready");
+        let outcome = std::task::ready!(self.broker.poll_proposal_outcome(id, cx.waker()));
+        self.id = None;
+        match (self.span.take(), &outcome) {
+            (Some(span), Ok(p)) => span.committed(p.partition, p.offset),
+            (Some(span), Err(_)) => span.failed(),
+            (None, _) => {}
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+impl<C: Clock> Drop for Proposed<C> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.broker.forget_proposal(id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod async_tests {
     use std::task::{Context, Poll};
@@ -1757,55 +1806,6 @@ mod async_tests {
     impl std::task::Wake for Flag {
         fn wake(self: std::sync::Arc<Self>) {
             self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-}
-
-/// What [`Broker::route_pipelined`] did with a message.
-pub enum Pipelined<C: Clock> {
-    /// Routed as [`Broker::route_unacknowledged`] routes it.
-    Routed(Routed),
-    /// Proposed to a replicated topic; its outcome is still to come.
-    Proposed(Proposed<C>),
-}
-
-/// A replicated publish that was proposed and whose outcome (the commit's
-/// placement, or why it was refused or is unknown) is still to come: a
-/// future for that outcome, the same as awaiting the publish would have
-/// given. Dropping it forgets the outcome (the record may still commit).
-/// It does not borrow the broker, so a front end can keep many of them.
-#[must_use = "dropping it forgets the publish's outcome"]
-pub struct Proposed<C: Clock> {
-    broker: Broker<C>,
-    /// `None` once the outcome was taken.
-    id: Option<ProposalId>,
-    /// The traced publish's commit span, closed with the outcome.
-    span: Option<Box<dyn CommitSpan>>,
-}
-
-// Nothing in it is pinned (the broker is a handle of `Arc`s).
-impl<C: Clock> Unpin for Proposed<C> {}
-
-impl<C: Clock> std::future::Future for Proposed<C> {
-    type Output = Result<Published, BrokerError>;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let id = self.id.expect("a Proposed polled after it was ready");
-        let outcome = std::task::ready!(self.broker.poll_proposal_outcome(id, cx.waker()));
-        self.id = None;
-        match (self.span.take(), &outcome) {
-            (Some(span), Ok(p)) => span.committed(p.partition, p.offset),
-            (Some(span), Err(_)) => span.failed(),
-            (None, _) => {}
-        }
-        Poll::Ready(outcome)
-    }
-}
-
-impl<C: Clock> Drop for Proposed<C> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.broker.forget_proposal(id);
         }
     }
 }
