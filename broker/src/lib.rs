@@ -668,6 +668,12 @@ impl<C: Clock> Broker<C> {
     /// (see [`replication`]). Dropping the future forgets the proposal's
     /// outcome (the record may still commit).
     async fn publish_replicated(&self, message: Message) -> Result<Published, BrokerError> {
+        self.propose_replicated(message)?.await
+    }
+
+    /// Proposes `message` to its replicated topic now, in call order, and
+    /// returns the wait for its outcome (see [`Proposed`]).
+    fn propose_replicated(&self, message: Message) -> Result<Proposed<C>, BrokerError> {
         // A traced publish's message carries its `broker.publish` span's
         // context: the installed tracer follows the replication from
         // proposal to outcome — forwarded to the leader or not — as that
@@ -676,48 +682,62 @@ impl<C: Clock> Broker<C> {
         let id = self.with(|s, now, wall| {
             let State { core, rng, .. } = &mut *s;
             core.propose(now, wall, rng, message)
-        })?;
-        let outcome = self.proposal_outcome(id).await;
-        match (span, &outcome) {
-            (Some(span), Ok(p)) => span.committed(p.partition, p.offset),
-            (Some(span), Err(_)) => span.failed(),
-            (None, _) => {}
+        });
+        // A refused proposal's span is dropped, as before the split.
+        id.map(|id| Proposed { broker: self.clone(), id: Some(id), span })
+    }
+
+    /// [`Broker::route_unacknowledged`] that does not wait for a replicated
+    /// topic's commit: the message is proposed before this returns (so the
+    /// proposals of one caller keep its call order), and
+    /// [`Pipelined::Proposed`] is the wait for the outcome, which the
+    /// caller may hold while it proposes more. Anything else is routed as
+    /// [`Broker::route_unacknowledged`] routes it. A message a publish hook
+    /// turned into outputs is routed output by output, each one waited for.
+    pub async fn route_pipelined(&self, message: Message) -> Result<Pipelined<C>, BrokerError> {
+        match self.run_hook(message)? {
+            Hooked::Untouched(m) if self.is_replicated(m.topic()) => {
+                self.propose_replicated(m).map(Pipelined::Proposed)
+            }
+            Hooked::Untouched(m) => self.until_unblocked(m, BrokerCore::route_or_return).await.map(Pipelined::Routed),
+            Hooked::Outputs(outputs) => {
+                let mut first = None;
+                for m in outputs {
+                    let r = self.route_unacknowledged_direct(m).await?;
+                    first.get_or_insert(r);
+                }
+                Ok(Pipelined::Routed(first.expect("at least one output")))
+            }
         }
-        outcome
+    }
+
+    /// Polls proposal `id`'s outcome: taken once ready (the waker is then
+    /// dropped), else the waker is registered for [`Broker::proposal_done`].
+    fn poll_proposal_outcome(&self, id: ProposalId, waker: &Waker) -> Poll<Result<Published, BrokerError>> {
+        let mut s = self.lock();
+        match s.core.take_proposal_outcome(id) {
+            Some(outcome) => {
+                s.proposal_wakers.remove(&id);
+                Poll::Ready(outcome)
+            }
+            None => {
+                s.proposal_wakers.insert(id, waker.clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Forgets proposal `id`'s outcome (nobody waits for it any more).
+    fn forget_proposal(&self, id: ProposalId) {
+        let mut s = self.lock();
+        s.core.forget_proposal(id);
+        s.proposal_wakers.remove(&id);
     }
 
     /// Waits for proposal `id`'s outcome. Dropping the future forgets it
     /// (the proposal may still commit).
     async fn proposal_outcome(&self, id: ProposalId) -> Result<Published, BrokerError> {
-        struct Waiting<'a, C: Clock> {
-            broker: &'a Broker<C>,
-            id: Option<ProposalId>,
-        }
-        impl<C: Clock> Drop for Waiting<'_, C> {
-            fn drop(&mut self) {
-                if let Some(id) = self.id {
-                    let mut s = self.broker.lock();
-                    s.core.forget_proposal(id);
-                    s.proposal_wakers.remove(&id);
-                }
-            }
-        }
-        let mut waiting = Waiting { broker: self, id: Some(id) };
-        poll_fn(|cx| {
-            let mut s = self.lock();
-            match s.core.take_proposal_outcome(id) {
-                Some(outcome) => {
-                    s.proposal_wakers.remove(&id);
-                    waiting.id = None;
-                    Poll::Ready(outcome)
-                }
-                None => {
-                    s.proposal_wakers.insert(id, cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        Proposed { broker: self.clone(), id: Some(id), span: None }.await
     }
 
     /// The replicator's next proposals, in order (see [`replication`]);
@@ -1499,6 +1519,55 @@ pub struct ProcessReport {
     pub dead_lettered: u64,
 }
 
+/// What [`Broker::route_pipelined`] did with a message.
+pub enum Pipelined<C: Clock> {
+    /// Routed as [`Broker::route_unacknowledged`] routes it.
+    Routed(Routed),
+    /// Proposed to a replicated topic; its outcome is still to come.
+    Proposed(Proposed<C>),
+}
+
+/// A replicated publish that was proposed and whose outcome (the commit's
+/// placement, or why it was refused or is unknown) is still to come: a
+/// future for that outcome, the same as awaiting the publish would have
+/// given. Dropping it forgets the outcome (the record may still commit).
+/// It does not borrow the broker, so a front end can keep many of them.
+#[must_use = "dropping it forgets the publish's outcome"]
+pub struct Proposed<C: Clock> {
+    broker: Broker<C>,
+    /// `None` once the outcome was taken.
+    id: Option<ProposalId>,
+    /// The traced publish's commit span, closed with the outcome.
+    span: Option<Box<dyn CommitSpan>>,
+}
+
+// Nothing in it is pinned (the broker is a handle of `Arc`s).
+impl<C: Clock> Unpin for Proposed<C> {}
+
+impl<C: Clock> std::future::Future for Proposed<C> {
+    type Output = Result<Published, BrokerError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let id = self.id.expect("a Proposed polled after it was ready");
+        let outcome = std::task::ready!(self.broker.poll_proposal_outcome(id, cx.waker()));
+        self.id = None;
+        match (self.span.take(), &outcome) {
+            (Some(span), Ok(p)) => span.committed(p.partition, p.offset),
+            (Some(span), Err(_)) => span.failed(),
+            (None, _) => {}
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+impl<C: Clock> Drop for Proposed<C> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.broker.forget_proposal(id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod async_tests {
     use std::task::{Context, Poll};
@@ -1674,6 +1743,61 @@ mod async_tests {
         b.try_route(Message::builder().topic("q").payload("x").build().unwrap()).unwrap();
         b.count_unheard(41);
         assert_eq!(b.stats().relayed, 42);
+    }
+
+    /// `route_pipelined` proposes at once, in call order, without waiting:
+    /// each `Proposed` then yields its own proposal's outcome whatever
+    /// order the outcomes come in, and one dropped unfinished forgets its
+    /// proposal (the broker keeps no outcome or waker for it).
+    #[test]
+    fn pipelined_publishes_are_proposed_in_order_and_each_settles_with_its_own_outcome() {
+        use crate::storage::{ReplicationConfig, StorageKind};
+        use futures_util::FutureExt;
+        let b = Broker::with_replication(ManualClock::default(), kaelix_core::rng::seeded(5), BrokerConfig::default());
+        let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+        b.create_topic("r", TopicConfig { storage, ..TopicConfig::default() }).unwrap();
+        let publish = |n: u8| {
+            let m = Message::builder().topic("r").payload(vec![n]).build().unwrap();
+            match b.route_pipelined(m).now_or_never().expect("proposing does not wait") {
+                Ok(Pipelined::Proposed(p)) => p,
+                Ok(Pipelined::Routed(r)) => panic!("a replicated publish was routed: {r:?}"),
+                Err(e) => panic!("refused: {e}"),
+            }
+        };
+        let mut waits: Vec<Proposed<ManualClock>> = (0..4).map(publish).collect();
+        let proposals = b.next_proposals().now_or_never().flatten().expect("queued for the replicator");
+        let payloads: Vec<u8> = proposals
+            .iter()
+            .map(|p| match &p.op {
+                crate::replication::ProposalOp::Publish(m) => m.payload()[0],
+                other => panic!("not a publish: {other:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, [0, 1, 2, 3], "proposed in call order");
+        let ids: Vec<ProposalId> = proposals.iter().map(|p| p.id).collect();
+
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        for w in &mut waits {
+            assert!(std::pin::Pin::new(w).poll(&mut cx).is_pending(), "nothing committed yet");
+        }
+        // Outcomes in another order than the proposals, one refused.
+        let t = Topic::new("r").unwrap();
+        b.proposal_done(ids[2], Ok(0));
+        assert!(flag.0.swap(false, Ordering::SeqCst), "the outcome wakes its waiter");
+        let unknown = BrokerError::ReplicationUnknown { topic: t.clone(), partition: 0, reason: "test".into() };
+        b.proposal_done(ids[1], Err(unknown));
+        b.proposal_done(ids[0], Ok(1));
+        let third = waits.pop().unwrap();
+        drop(third);
+        assert!(b.lock().core.proposal_target(ids[3]).is_none(), "a dropped wait forgets its proposal");
+        assert!(!b.lock().proposal_wakers.contains_key(&ids[3]));
+        let outcomes: Vec<_> = waits.into_iter().map(|w| w.now_or_never().expect("settled")).collect();
+        assert_eq!(outcomes[0].as_ref().unwrap().offset, 1);
+        assert!(matches!(outcomes[1], Err(BrokerError::ReplicationUnknown { .. })));
+        assert_eq!(outcomes[2].as_ref().unwrap().offset, 0);
+        assert!(b.lock().proposal_wakers.is_empty());
     }
 
     #[derive(Default)]

@@ -18,6 +18,17 @@
 //! pay one sync per message. In verbose mode each `+OK` waits for its own
 //! publish.
 //!
+//! **Replicated publishes in flight.** A publish to a replicated topic is
+//! proposed at once (so one connection's records are proposed in the
+//! order it sent them) and its outcome — the commit, or why it is refused
+//! or unknown — is awaited later: the connection keeps up to
+//! [`MAX_IN_FLIGHT`] of them in an ordered queue and settles them oldest
+//! first (the `+OK` or `-ERR` each one's outcome calls for) while it waits
+//! for input, and all of them before it writes any later reply. So replies
+//! keep publish order, a `PONG` follows the commit of every publish before
+//! its `PING`, and a client with a window of publishes keeps that many in
+//! Raft instead of one.
+//!
 //! **Slow consumers.** Appends that would take a connection's unsent bytes
 //! past `max_pending` are refused; the sink then applies the policy:
 //! `disconnect` sends `-ERR 'Slow Consumer'` and closes the connection,
@@ -64,7 +75,7 @@ use futures_util::future::{Either, select};
 use kaelix_broker::message::Message;
 use kaelix_broker::registry::RegistryError;
 use kaelix_broker::topic::{Pattern, Topic};
-use kaelix_broker::{BrokerError, Routed, SinkHandle};
+use kaelix_broker::{BrokerError, Pipelined, Proposed, Routed, SinkHandle};
 use kaelix_core::planted::PlantedBug;
 use kaelix_core::runtime::{ByteListener, ByteStream, Priority, Runtime};
 use kaelix_core::time::Duration;
@@ -88,6 +99,10 @@ pub const SLOW_CONSUMER_ADVISORY: &str = "$SYS.KAELIX.ADVISORY.SLOW_CONSUMER";
 /// sending what it publishes, other connections) run: a client flooding
 /// one connection must not starve the rest of its worker.
 const OPS_PER_YIELD: usize = 64;
+
+/// Replicated publishes of one connection whose outcome may be awaited
+/// at once (see `Conn::in_flight`); past it, the oldest is waited for.
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// The version reported in `INFO` (clients gate features on it: headers
 /// need 2.2 or later).
@@ -222,6 +237,7 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
         burst: VecDeque::new(),
         burst_routing: VecDeque::new(),
         burst_routed: Vec::new(),
+        in_flight: VecDeque::new(),
     };
     let reason = 'serve: loop {
         let mut performed = 0;
@@ -263,17 +279,29 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
                 }
             });
             // The sink's slow-consumer and ended-subscription notices.
-            let noticed = std::pin::pin!(async {
-                match &conn.subscriptions {
+            let subscriptions = &conn.subscriptions;
+            let noticed = std::pin::pin!(async move {
+                match subscriptions {
                     Some(subs) => subs.sink.event().await,
                     None => std::future::pending().await,
                 }
             });
-            match select(read, select(stopped, select(timer, noticed))).await {
+            // The oldest replicated publish's outcome (settled in order).
+            let oldest = conn.in_flight.front_mut().map(|(_, proposed)| proposed);
+            let settled = std::pin::pin!(async move {
+                match oldest {
+                    Some(proposed) => proposed.await,
+                    None => std::future::pending().await,
+                }
+            });
+            match select(read, select(stopped, select(timer, select(noticed, settled)))).await {
                 Either::Left((read, _)) => Wake::Read(read),
                 Either::Right((Either::Left(_), _)) => Wake::Stop,
                 Either::Right((Either::Right((Either::Left(_), _)), _)) => Wake::Timer,
-                Either::Right((Either::Right((Either::Right(_), _)), _)) => Wake::Notice,
+                Either::Right((Either::Right((Either::Right((Either::Left(_), _)), _)), _)) => Wake::Notice,
+                Either::Right((Either::Right((Either::Right((Either::Right((outcome, _)), _)), _)), _)) => {
+                    Wake::Settled(outcome)
+                }
             }
         };
         match event {
@@ -299,6 +327,10 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
             Wake::Read(Err(e)) => break 'serve format!("read failed: {e}"),
             Wake::Timer => session.handle_timeout(shared.rt.now()),
             Wake::Notice => {}
+            Wake::Settled(outcome) => {
+                let (routing, _) = conn.in_flight.pop_front().expect("the outcome of the oldest");
+                conn.routed(&session, routing, outcome.map(Routed::Stored)).await;
+            }
             Wake::Stop => {
                 // Shutdown or slow consumer: what was read is answered
                 // (publishes are stored before the close), nothing more.
@@ -312,6 +344,7 @@ async fn drive<R: Runtime, S: ByteStream>(shared: &Arc<Shared<R>>, id: u64, stop
                         break;
                     }
                 }
+                conn.settle(&session).await;
                 // A slow consumer closed by its policy is logged and
                 // announced before it goes.
                 conn.handle_events();
@@ -357,6 +390,8 @@ enum Wake<E> {
     Stop,
     Timer,
     Notice,
+    /// The oldest in-flight replicated publish's outcome.
+    Settled(Result<kaelix_broker::Published, BrokerError>),
 }
 
 /// A connection's subscriptions: its sink and the broker's handle on it.
@@ -394,6 +429,11 @@ struct Conn<R: Runtime> {
     burst_routing: VecDeque<Routing>,
     /// Reused for the results of routing a burst.
     burst_routed: Vec<Result<Routed, BrokerError>>,
+    /// Replicated publishes proposed and not yet settled, oldest first,
+    /// with what follows each one's outcome (at most [`MAX_IN_FLIGHT`]).
+    /// Every reply written after a publish waits until they are settled
+    /// ([`Conn::settle`]), so replies keep publish order.
+    in_flight: VecDeque<(Routing, Proposed<R>)>,
 }
 
 impl<R: Runtime> Conn<R> {
@@ -581,6 +621,10 @@ impl<R: Runtime> Conn<R> {
 
     /// Performs one action; `Some(reason)` closes the connection.
     async fn perform(&mut self, session: &mut Session, action: Action) -> Option<String> {
+        if !matches!(action, Action::Publish { .. } | Action::PongWhenStored) {
+            // Its reply (or the close) follows the publishes' replies.
+            self.settle(session).await;
+        }
         match action {
             Action::Reply(r) => self.reply(&r),
             Action::Publish { topic, reply, headers, payload, ok } => {
@@ -606,6 +650,9 @@ impl<R: Runtime> Conn<R> {
             }
             Action::PongWhenStored => {
                 let planted = self.shared.config().planted.is_on(PlantedBug::ServerPongBeforeStored);
+                if !planted {
+                    self.settle(session).await;
+                }
                 for ((topic, partition), offset) in std::mem::take(&mut self.unacknowledged) {
                     if !planted {
                         self.shared.broker.wait_acknowledged(&topic, partition, offset).await;
@@ -629,7 +676,8 @@ impl<R: Runtime> Conn<R> {
     }
 
     /// Turns a `PUB` into the message to route, or handles it at once:
-    /// skipped for lack of interest (see [`Conn::unheard`]), or refused
+    /// skipped for lack of interest (`Ok(None)`, see [`Conn::unheard`]; a
+    /// verbose one's `+OK` is the caller's to send in order), or refused
     /// with an error reply (`Err(text)`, for the caller to send in order).
     fn prepare_publish(
         &mut self,
@@ -648,9 +696,6 @@ impl<R: Runtime> Conn<R> {
         let may_need_no_responders = reply.is_some() && options.no_responders && options.headers;
         if headers.is_none() && !may_need_no_responders && crate::trace::installed().is_none() && self.unheard(&topic) {
             self.unheard += 1;
-            if ok {
-                self.reply(&Reply::Ok);
-            }
             return Ok(None);
         }
         let mut builder = Message::builder().topic(topic.clone()).payload(payload).origin(self.client.id);
@@ -682,20 +727,70 @@ impl<R: Runtime> Conn<R> {
     ) {
         let (mut message, routing) = match self.prepare_publish(session, topic, reply, headers, payload, ok) {
             Ok(Some(prepared)) => prepared,
-            Ok(None) => return,
-            Err(text) => return self.reply(&Reply::Err(text)),
+            Ok(None) => {
+                if ok {
+                    self.settle(session).await;
+                    self.reply(&Reply::Ok);
+                }
+                return;
+            }
+            Err(text) => {
+                self.settle(session).await;
+                return self.reply(&Reply::Err(text));
+            }
         };
         // Traced or not is decided here, before any span exists (see
-        // `crate::trace`); the request span lives until this returns.
-        let mut trace = crate::trace::begin_publish(FrontEnd::Nats, routing.topic.as_str(), Some(&message));
-        if let Some(t) = &trace {
-            t.inject(&mut message);
+        // `crate::trace`); the request span lives until this returns, so
+        // a traced publish is routed and waited for on its own.
+        match crate::trace::begin_publish(FrontEnd::Nats, routing.topic.as_str(), Some(&message)) {
+            Some(mut trace) => {
+                trace.inject(&mut message);
+                self.settle(session).await;
+                let routed = self.shared.broker.route_unacknowledged(message).await;
+                trace.routed(routed.is_ok());
+                self.routed(session, routing, routed).await;
+            }
+            None => self.route(session, routing, message).await,
         }
-        let routed = self.shared.broker.route_unacknowledged(message).await;
-        if let Some(t) = &mut trace {
-            t.routed(routed.is_ok());
+    }
+
+    /// Routes one message: a replicated publish is proposed and joins the
+    /// in-flight queue (after the oldest is settled, when full); anything
+    /// else is routed now and settled after the publishes before it.
+    async fn route(&mut self, session: &Session, routing: Routing, message: Message) {
+        match self.shared.broker.route_pipelined(message).await {
+            Ok(Pipelined::Proposed(proposed)) => {
+                if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    self.settle_oldest(session).await;
+                }
+                self.in_flight.push_back((routing, proposed));
+            }
+            Ok(Pipelined::Routed(routed)) => {
+                self.settle(session).await;
+                self.routed(session, routing, Ok(routed)).await;
+            }
+            Err(e) => {
+                self.settle(session).await;
+                self.routed(session, routing, Err(e)).await;
+            }
         }
-        self.routed(session, routing, routed).await;
+    }
+
+    /// Waits for the oldest in-flight publish's outcome and does what
+    /// follows it (its `+OK` or `-ERR`, as if it had been awaited inline).
+    async fn settle_oldest(&mut self, session: &Session) {
+        if let Some((routing, proposed)) = self.in_flight.pop_front() {
+            let outcome = proposed.await;
+            self.routed(session, routing, outcome.map(Routed::Stored)).await;
+        }
+    }
+
+    /// Settles every in-flight publish, oldest first: what must precede
+    /// any later reply.
+    async fn settle(&mut self, session: &Session) {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest(session).await;
+        }
     }
 
     /// Whether non-verbose `PUB`s may be gathered into bursts
@@ -728,6 +823,7 @@ impl<R: Runtime> Conn<R> {
             Err(text) => {
                 // After the publishes before it.
                 self.flush_publishes(session).await;
+                self.settle(session).await;
                 self.reply(&Reply::Err(text));
             }
         }
@@ -741,6 +837,9 @@ impl<R: Runtime> Conn<R> {
         while !self.burst.is_empty() {
             let mut routed = std::mem::take(&mut self.burst_routed);
             if broker.try_route_many(&mut self.burst, &mut routed) {
+                if !routed.is_empty() {
+                    self.settle(session).await;
+                }
                 for result in routed.drain(..) {
                     let routing = self.burst_routing.pop_front().expect("one routing per message");
                     self.routed(session, routing, result).await;
@@ -751,8 +850,7 @@ impl<R: Runtime> Conn<R> {
             // message itself): on its own.
             if let Some(message) = self.burst.pop_front() {
                 let routing = self.burst_routing.pop_front().expect("one routing per message");
-                let result = broker.route_unacknowledged(message).await;
-                self.routed(session, routing, result).await;
+                self.route(session, routing, message).await;
             }
         }
         debug_assert!(self.burst_routing.is_empty());
