@@ -335,6 +335,18 @@ fn produce_acked(
     unknown.append(&mut failed);
 }
 
+/// What a partition's final `log` must be, from what its clients saw:
+/// every `acked` record once, in acknowledgement order, and nothing that
+/// was not produced (`unknown`: attempts whose outcome was not learned).
+fn assert_log_of(log: &[String], acked: &[String], unknown: &[String]) {
+    let positions: Vec<usize> = acked.iter().map(|a| log.iter().position(|r| r == a).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "acknowledged records out of order: {log:?}");
+    for r in log {
+        assert_eq!(log.iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
+        assert!(acked.contains(r) || unknown.contains(r), "{r} was never produced");
+    }
+}
+
 /// Every record of orders/0 on the member at `native`, read with the
 /// native client's fetch.
 fn read_log(exec: &Executor, rt: &RealRuntime, native: SocketAddr) -> Vec<String> {
@@ -557,12 +569,7 @@ fn a_member_whose_disk_was_wiped_rejoins_as_existing_and_no_acknowledged_record_
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = &logs[0];
-    let positions: Vec<usize> = acked.iter().map(|a| log.iter().position(|r| r == a).unwrap()).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "acknowledged records out of order: {log:?}");
-    for r in log {
-        assert_eq!(log.iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
-        assert!(acked.contains(r) || unknown.contains(r), "{r} was never produced");
-    }
+    assert_log_of(log, &acked, &unknown);
     println!(
         "wiped member {wiped} rejoined as existing: {} records on each member, {} acknowledged; leader {leader} then {now_leading}",
         log.len(),
@@ -654,12 +661,7 @@ fn a_voter_lost_for_good_is_replaced_by_a_learner_and_the_partition_survives_a_s
         std::thread::sleep(Duration::from_millis(50));
     };
     let log = &logs[0];
-    let positions: Vec<usize> = acked.iter().map(|a| log.iter().position(|r| r == a).unwrap()).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "acknowledged records out of order: {log:?}");
-    for r in log {
-        assert_eq!(log.iter().filter(|x| *x == r).count(), 1, "{r} is in the log twice");
-        assert!(acked.contains(r) || unknown.contains(r), "{r} was never produced");
-    }
+    assert_log_of(log, &acked, &unknown);
     println!(
         "voter {first} killed, replaced by learner {} after {replaced_after:?}; voter {second} killed; {} acknowledged records on members {survivors:?}",
         learners[0],

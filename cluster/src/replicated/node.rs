@@ -111,8 +111,10 @@ impl ReplicatedConfig {
     /// id order from the `group`-th on (wrapping), so consecutive groups
     /// start on consecutive members and the voter slots, and with them the
     /// leaders, spread evenly; every other member a learner. Every member
-    /// computes it alike from the same member list: a member whose disk is
-    /// empty starts from it, the others from their logs.
+    /// computes it alike from the same member list, and a group's member
+    /// holds it until its snapshot or a configuration entry in its log says
+    /// otherwise — so the member list and `replicas` must not change over
+    /// a cluster's life.
     pub fn placement(&self, group: u32) -> raft::Configuration {
         assert!(
             (1..=self.members.len()).contains(&self.replicas),

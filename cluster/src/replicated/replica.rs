@@ -27,9 +27,9 @@
 //! as learners ([`ReplicatedConfig::placement`]), so a learner is a warm
 //! spare. Once SWIM has held a voter dead (or never told of it) for
 //! `replace_dead_after`, and the group's leader has had no Raft message
-//! from it for as long either, the leader (if this node is it, on its next timer) proposes the
-//! configuration with the dead voter and its most caught-up live learner
-//! swapped — through a joint configuration, which Raft leaves once
+//! from it for as long either, the leader (if this node is it, on its
+//! next timer) proposes the configuration with the dead voter and its most
+//! caught-up live learner swapped — through a joint configuration, which Raft leaves once
 //! committed — one change per group at a time. The dead voter stays a
 //! learner: if it comes back it catches up and may be promoted again. No
 //! state of this bookkeeping is durable: a new leader derives the same
@@ -471,9 +471,8 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
 
     /// If this node leads `group`, no configuration change is under way,
     /// and a voter has been down `replace_dead_after` (and sent this node
-    /// no Raft message for as long), proposes swapping it
-    /// with the most caught-up live learner heard from lately (see the
-    /// module docs). A refusal (a change pending, leadership moving) is
+    /// no Raft message for as long), proposes swapping it with the most
+    /// caught-up live learner heard from lately (see the module docs). A refusal (a change pending, leadership moving) is
     /// tried again at the next timer.
     fn replace_dead_voter(&mut self, now: Instant, group: u32) {
         let Some(after) = self.config.replace_dead_after else { return };
