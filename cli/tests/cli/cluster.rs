@@ -580,6 +580,73 @@ fn a_member_whose_disk_was_wiped_rejoins_as_existing_and_no_acknowledged_record_
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// A NATS client that writes 200 verbose `PUB`s to the replicated topic
+/// in one go, through the leader and through a member that forwards, then
+/// reads the answers: up to 1024 publishes of a connection are in flight
+/// at once, yet the `+OK`s (or `-ERR`s) come back one per publish, in
+/// publish order, and a `PING` written after them is answered only once
+/// all of them are acknowledged — then every member's log holds every
+/// acknowledged payload once, in each connection's order.
+#[test]
+fn pipelined_verbose_publishes_are_acknowledged_and_stored_in_publish_order() {
+    let layout = Layout::new("pipelined", CONFIG);
+    let base = layout.base.clone();
+    let members = layout.start_all();
+    let exec = Executor::new(ExecutorConfig { max_workers: Some(1), ..ExecutorConfig::default() }).unwrap();
+    let rt = RealRuntime::start(exec.handle(), NodeConfig::new(NodeId(99), base.join("client"))).unwrap();
+    let leader = leader_of(&members);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let (mut acked, mut unknown): (Vec<Vec<String>>, Vec<String>) = (Vec::new(), Vec::new());
+    for (name, via) in [("lead", leader), ("fwd", follower)] {
+        let mut conn = Nats::connect(members[via as usize - 1].as_ref().unwrap().nats);
+        let payloads: Vec<String> = (0..200).map(|i| format!("{name}-{i}")).collect();
+        let mut burst = String::new();
+        for p in &payloads {
+            burst += &format!("PUB orders {}\r\n{p}\r\n", p.len());
+        }
+        burst += "PING\r\n";
+        conn.conn.write_all(burst.as_bytes()).unwrap();
+        let mut ok = Vec::new();
+        for p in &payloads {
+            match conn.line().as_str() {
+                "+OK" => ok.push(p.clone()),
+                l if l.starts_with("-ERR") => unknown.push(p.clone()),
+                other => panic!("answer to {p}: {other}"),
+            }
+        }
+        assert_eq!(conn.line(), "PONG", "the PING after the burst is answered after its 200 answers");
+        assert!(ok.len() >= 150, "{name}: only {} of 200 pipelined publishes acknowledged", ok.len());
+        acked.push(ok);
+    }
+    let all: Vec<String> = acked.iter().flatten().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in 1..=3 {
+        let log = loop {
+            let log = read_log(&exec, &rt, members[id as usize - 1].as_ref().unwrap().native);
+            if all.iter().all(|a| log.contains(a)) {
+                break log;
+            }
+            assert!(Instant::now() < deadline, "member {id} lacks acknowledged records 20 s on");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for per_connection in &acked {
+            assert_log_of(
+                &log.iter().filter(|r| r.starts_with(&per_connection[0][..3])).cloned().collect::<Vec<_>>(),
+                per_connection,
+                &unknown,
+            );
+        }
+    }
+    println!(
+        "pipelined: {} and {} of 200 acknowledged through the leader and a forwarding member",
+        acked[0].len(),
+        acked[1].len()
+    );
+    drop(members);
+    exec.shutdown(kaelix_core::time::Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// The members running.
 fn running(members: &[Option<Member>]) -> Vec<&Member> {
     members.iter().flatten().collect()
