@@ -372,11 +372,6 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         }
     }
 
-    /// Members held down, with since when.
-    pub fn down_members(&self) -> &BTreeMap<NodeId, Instant> {
-        &self.down_since
-    }
-
     /// A peer's message for `group` (the driver drops datagrams for groups
     /// that do not exist: see [`ReplicaCore::partitions`]).
     pub fn handle_message(&mut self, now: Instant, from: NodeId, group: u32, message: raft::Message) {
