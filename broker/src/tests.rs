@@ -436,6 +436,17 @@ fn group_lags_count_from_the_commit_or_the_earliest_offset() {
     assert!(c.group_lags().iter().all(|l| &*l.group == "workers"));
 }
 
+/// A core with replication on and `r`, a replicated topic of 2 partitions.
+fn replicated_core() -> (BrokerCore, Topic) {
+    use crate::storage::{ReplicationConfig, StorageKind};
+    let mut c = core();
+    c.enable_replication();
+    let t = Topic::new("r").unwrap();
+    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
+    c.create_topic(t.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
+    (c, t)
+}
+
 /// A group commit on a replicated topic: refused by the plain commit,
 /// proposed after the commit checks, applied only when committed, and a
 /// committed commit only ever raises the group's offset and position (also
@@ -443,13 +454,8 @@ fn group_lags_count_from_the_commit_or_the_earliest_offset() {
 #[test]
 fn replicated_group_commits_apply_when_committed_and_only_raise() {
     use crate::replication::ProposalOp;
-    use crate::storage::{ReplicationConfig, StorageKind};
-    let mut c = core();
-    c.enable_replication();
+    let (mut c, t) = replicated_core();
     let now = Instant::ZERO;
-    let t = Topic::new("r").unwrap();
-    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
-    c.create_topic(t.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
     for offset in 0..4 {
         c.handle_replicated_append(now, &t, 0, offset, msg("r", offset as u8));
     }
@@ -730,13 +736,8 @@ fn a_sink_sees_stored_records_with_their_offsets() {
 #[test]
 fn read_rounds_are_shared_and_one_is_in_flight_per_partition() {
     use crate::replication::{ProposalId, ProposalOp};
-    use crate::storage::{ReplicationConfig, StorageKind};
-    let mut c = core();
-    c.enable_replication();
+    let (mut c, t) = replicated_core();
     let now = Instant::ZERO;
-    let t = Topic::new("r").unwrap();
-    let storage = StorageKind::Replicated(ReplicationConfig::new(3).unwrap());
-    c.create_topic(t.clone(), TopicConfig { partitions: 2, storage, ..TopicConfig::default() }).unwrap();
     let memory = Topic::new("m").unwrap();
     c.create_topic(memory.clone(), TopicConfig::default()).unwrap();
     assert!(matches!(c.propose_read(now, &memory, 0), Err(BrokerError::NoReplication(_))));
