@@ -712,6 +712,10 @@ impl BrokerReplicatedScenario {
         }
         let mut config = ReplicatedConfig::new(servers.clone(), 0);
         config.snapshot_every = 40;
+        // Half the seeds snapshot on the count alone (many snapshots, many
+        // installs on lagging members), half by the deployments' rule too
+        // (also once the entries hold the snapshot's size in bytes).
+        config.snapshot_log_percent = if setup.random_bool(0.5) { 0 } else { 100 };
         config.planted = self.planted;
         let factor = n as u8;
         for &id in &servers {

@@ -640,6 +640,10 @@ impl RaftScenario {
         let history = HistoryRecorder::new();
         let mut config = ReplicatedConfig::new(servers.clone(), PARTITIONS);
         config.snapshot_every = 40;
+        // Half the seeds snapshot on the count alone (many snapshots, many
+        // installs on lagging members), half by the deployments' rule too
+        // (also once the entries hold the snapshot's size in bytes).
+        config.snapshot_log_percent = if setup.random_bool(0.5) { 0 } else { 100 };
         config.planted = self.planted;
         for &id in &servers {
             let (config, checker) = (config.clone(), checker.clone());

@@ -74,8 +74,19 @@ pub struct ReplicatedConfig {
     /// Raft tuning; `id`, `initial`, `bootstrap` and `planted` are set per
     /// node and group (`planted` from [`ReplicatedConfig::planted`]).
     pub raft: RaftConfig,
-    /// Snapshot a group's state after this many applied entries.
+    /// Snapshot a group's state once at least this many entries applied
+    /// since its last snapshot...
     pub snapshot_every: u64,
+    /// ...and once those entries' bytes reach this percentage of the last
+    /// snapshot's size. A partition's snapshot holds all of its records,
+    /// so snapshotting on a count alone costs time and disk writes that
+    /// grow with the partition: quadratic over its life, and stalls of
+    /// the main task long enough to cost elections. Tied to the snapshot's
+    /// size (the Raft dissertation's §5.1.3 rule), every byte is
+    /// snapshotted a bounded number of times on average, and the log
+    /// replayed at a restart is at most about this share of the state.
+    /// 0: the count alone decides.
+    pub snapshot_log_percent: u64,
     /// How long a member forwarding a publish to its group's leader (see
     /// `start_forwarding_broker_node`) waits to connect, to hand the
     /// publish over, and for the answer, before it settles the publish as
@@ -90,8 +101,9 @@ pub struct ReplicatedConfig {
 
 impl ReplicatedConfig {
     /// Defaults: every member a voter of every partition (no learners, so
-    /// nothing to replace a voter with), Raft's defaults, a snapshot every
-    /// 1024 entries, forwarded publishes given up after 5 s.
+    /// nothing to replace a voter with), Raft's defaults, a snapshot after
+    /// 1024 entries that hold as many bytes as the last snapshot,
+    /// forwarded publishes given up after 5 s.
     pub fn new(members: Vec<NodeId>, partitions: u32) -> Self {
         let raft = RaftConfig::new(members[0], members.iter().copied());
         ReplicatedConfig {
@@ -102,6 +114,7 @@ impl ReplicatedConfig {
             bootstrap: true,
             raft,
             snapshot_every: 1024,
+            snapshot_log_percent: 100,
             forward_timeout: Duration::from_secs(5),
             planted: Planted::NONE,
         }
@@ -351,7 +364,9 @@ async fn log_writer<R: Runtime>(
         if kaelix_core::buggify!(rt, "replicated partition: a slow log write") {
             rt.sleep(Duration::from_millis(20)).await;
         }
-        if batch.iter().any(|w| w.snapshot.is_some()) {
+        let snapshot = batch.iter().any(|w| w.snapshot.is_some());
+        kaelix_core::sometimes!(rt, "a replicated partition log began a generation with a snapshot", snapshot);
+        if snapshot {
             let old = generation;
             generation += 1;
             file = start_generation(&rt, group, generation, &mirror).await;
@@ -624,6 +639,11 @@ impl Io {
         mirror: &mut Option<M>,
     ) {
         while let Some(out) = core.poll_output() {
+            kaelix_core::sometimes!(
+                *rt,
+                "a replicated partition member installed a snapshot",
+                matches!(out, Output::Restored { .. })
+            );
             let out = match mirror.as_mut() {
                 Some(m) => match m.borrow_mut().take(core, out) {
                     Some(out) => out,

@@ -62,8 +62,9 @@
 //!
 //! A driver performs outputs in the order they come out, and watchers see
 //! the members exactly between them: the work an input causes (draining the
-//! member's outputs, applying entries, snapshotting every
-//! `snapshot_every` applied entries) is done lazily by `poll_output`, one
+//! member's outputs, applying entries, snapshotting when enough was
+//! applied since the last snapshot: `snapshot_every` entries holding at
+//! least `snapshot_log_percent` of the snapshot's bytes) is done lazily by `poll_output`, one
 //! member output at a time, so a [`ReplicaObserver`] is told about each step
 //! just before the IO it causes is performed.
 
@@ -207,6 +208,10 @@ struct Group {
     /// snapshot it was restored from). The member's own `applied()` runs
     /// ahead of it: it counts entries handed out, not yet taken.
     applied: u64,
+    /// Bytes of the entries applied since the member's snapshot (or since
+    /// this incarnation booted): with the snapshot's size, when to take
+    /// the next one (`ReplicatedConfig::snapshot_log_percent`).
+    applied_bytes: u64,
     /// Produces waiting for the entry at this index to apply.
     produces: BTreeMap<u64, Vec<Waiting>>,
     /// Reads waiting for their ReadIndex round, by context.
@@ -256,6 +261,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                     raft: Raft::new(config.raft_config(me, g), boot.rng, boot.at, boot.recovered),
                     machine: PartitionMachine::new(),
                     applied: 0,
+                    applied_bytes: 0,
                     produces: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     ready: Vec::new(),
@@ -552,8 +558,12 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         }
         let applied = g.raft.applied();
         let (snapshot_index, _) = g.raft.log().snapshot_point();
-        if applied >= snapshot_index + self.config.snapshot_every {
+        let snapshot_bytes = g.raft.snapshot().map_or(0, |s| s.data.len() as u64);
+        if applied >= snapshot_index + self.config.snapshot_every
+            && g.applied_bytes * 100 >= snapshot_bytes * self.config.snapshot_log_percent
+        {
             g.raft.compact(self.now, applied, g.machine.snapshot());
+            g.applied_bytes = 0;
             self.observer.stepped(self.me, group, &g.raft);
             return true;
         }
@@ -574,6 +584,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             }
             RaftOutput::Apply(entry) => {
                 self.observer.applied(me, group, &entry);
+                g.applied_bytes += entry.payload_len() as u64;
                 let effect = match &entry.payload {
                     EntryPayload::Normal(bytes) => {
                         let command = Command::decode(bytes.clone()).expect("entries hold commands this node encoded");
@@ -615,6 +626,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
                 g.machine =
                     PartitionMachine::restore(snapshot.data.clone()).expect("snapshots hold state this code encoded");
                 g.applied = snapshot.index;
+                g.applied_bytes = 0;
                 self.outputs.push_back(Output::Restored { group });
                 let covered: Vec<u64> = g.produces.range(..=snapshot.index).map(|(&i, _)| i).collect();
                 for index in covered {
@@ -708,6 +720,7 @@ impl fmt::Display for WaitingTables<'_> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use kaelix_core::rng::seeded;
     use kaelix_core::time::Duration;
 
@@ -748,5 +761,80 @@ mod tests {
             other => panic!("expected an error reply, got {other:?}"),
         }
         assert_eq!(c.poll_output(), None);
+    }
+
+    /// Performs every write the core asks for at once, until it asks for
+    /// none.
+    fn settle(c: &mut ReplicaCore, now: Instant) {
+        loop {
+            let mut done = Vec::new();
+            while let Some(out) = c.poll_output() {
+                if let Output::Persist { group, write } = out {
+                    done.push((group, write.id));
+                }
+            }
+            if done.is_empty() {
+                return;
+            }
+            for (group, id) in done {
+                c.handle_write_complete(now, group, [id]);
+            }
+        }
+    }
+
+    /// The snapshot indexes a lone member takes over `records` produces of
+    /// `size` bytes each.
+    fn snapshots_taken(log_percent: u64, records: u64, size: usize) -> Vec<u64> {
+        let mut config = ReplicatedConfig::new(vec![NodeId(1)], 1);
+        config.snapshot_every = 10;
+        config.snapshot_log_percent = log_percent;
+        let boot = GroupBoot { recovered: DiskState::default().recovered(true), rng: seeded(1), at: Instant::ZERO };
+        let mut c = ReplicaCore::new(NodeId(1), config, NoObserver, Instant::ZERO, vec![boot]);
+        let mut now = Instant::ZERO;
+        while c.raft(0).role() != crate::raft::Role::Leader {
+            now = c.poll_timeout().expect("a follower has an election deadline");
+            c.handle_timeout(now);
+            settle(&mut c, now);
+        }
+        let mut taken = Vec::new();
+        for seq in 1..=records {
+            let payload = Bytes::from(vec![b'x'; size]);
+            let request = Request::Produce { req: seq, partition: 0, client: 7, seq, payload };
+            c.handle_request(now, WallTime(seq), ClientRef(1), request);
+            settle(&mut c, now);
+            let (index, _) = c.raft(0).log().snapshot_point();
+            if taken.last() != Some(&index) && index > 0 {
+                taken.push(index);
+            }
+        }
+        assert_eq!(c.raft(0).commit(), records + 1, "every produce (and the leader's no-op) committed");
+        taken
+    }
+
+    #[test]
+    fn snapshots_follow_the_count_alone_at_zero_percent() {
+        let taken = snapshots_taken(0, 200, 100);
+        assert_eq!(taken.len(), 20, "one snapshot per 10 entries: {taken:?}");
+        assert!(taken.windows(2).all(|w| w[1] - w[0] == 10), "{taken:?}");
+    }
+
+    /// A snapshot holds every record, so at 100 % the entries between two
+    /// snapshots must hold the earlier snapshot's bytes: the gaps grow with
+    /// the partition, and the snapshots of n records number O(log n), not
+    /// n / `snapshot_every` (the bytes written for snapshots stay linear in
+    /// the bytes produced).
+    #[test]
+    fn snapshots_spread_out_as_the_partition_grows_at_100_percent() {
+        let taken = snapshots_taken(100, 2000, 100);
+        assert!(taken.len() >= 4 && taken.len() <= 12, "{} snapshots: {taken:?}", taken.len());
+        assert_eq!(taken[0], 10, "the first after `snapshot_every` entries: {taken:?}");
+        for w in taken.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= 10, "never closer than `snapshot_every`: {taken:?}");
+            // The entries in the gap (about 100 bytes of record and 25 of
+            // command each) hold at least the snapshot at w[0] (about 112
+            // bytes per record it covers).
+            assert!(gap * 125 >= w[0] * 112 * 9 / 10, "gap {gap} after a snapshot at {}: {taken:?}", w[0]);
+        }
     }
 }
