@@ -165,6 +165,11 @@ const REPLICATION_FACTOR: u32 = 3;
 /// short, so the replacement of the member lost for good lands within the
 /// liveness bound (SWIM's completeness bound plus this plus a commit).
 const REPLACE_DEAD_AFTER_MS: u64 = 1_000;
+/// Entries between snapshots, at the least: the fewest the configuration
+/// allows, so members snapshot, lagging and wiped ones install snapshots,
+/// and restarts recover from a snapshot and a log after it (by the
+/// deployments' rule: the log must also hold the snapshot's bytes).
+const SNAPSHOT_ENTRIES: u64 = 16;
 /// Labels the generators the clients' operation lists are drawn from.
 const WORKLOAD_LABEL: u64 = 0xc1a5_7e11;
 
@@ -189,6 +194,7 @@ fn member_config(servers: &[NodeId], me: NodeId, planted: Planted) -> ServerConf
     config.cluster.forward_timeout_ms = FORWARD_TIMEOUT_MS;
     config.cluster.replication_factor = REPLICATION_FACTOR;
     config.cluster.replace_dead_after_ms = REPLACE_DEAD_AFTER_MS;
+    config.cluster.snapshot_entries = SNAPSHOT_ENTRIES;
     config.topics.push(TopicSpec {
         name: TOPIC.into(),
         partitions: PARTITIONS,

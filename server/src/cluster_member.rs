@@ -104,6 +104,8 @@ pub fn start_partitions<R: Runtime, O: ReplicaObserver>(
     replicated.raft.election_timeout = config.cluster.election_timeout();
     replicated.raft.heartbeat_interval = config.cluster.heartbeat_interval();
     replicated.forward_timeout = config.cluster.forward_timeout();
+    replicated.snapshot_every = config.cluster.snapshot_entries;
+    replicated.snapshot_log_percent = config.cluster.snapshot_log_percent;
     replicated.planted = config.planted;
     replicated.bootstrap = bootstrap;
     let (broker, step_down) = start_forwarding_broker_node(

@@ -211,6 +211,17 @@ pub struct ClusterSettings {
     /// (default 30; at least 5, and under half the election timeout so a
     /// lost heartbeat does not start an election). Fixed at start.
     pub heartbeat_interval_ms: u64,
+    /// A replicated partition's member snapshots its state (and starts a
+    /// new write-ahead log generation) once at least this many entries
+    /// applied since its last snapshot (default 1024; 16 to 10000000)...
+    pub snapshot_entries: u64,
+    /// ...and those entries hold at least this percentage of the last
+    /// snapshot's bytes (default 100; 0 to 1000; 0: the count alone). A
+    /// snapshot holds the whole partition, so on a count alone its cost
+    /// grows with the partition; tied to its size, every byte is
+    /// snapshotted a bounded number of times and a restart replays at
+    /// most about this share of the state from the log. Fixed at start.
+    pub snapshot_log_percent: u64,
 }
 
 /// What an empty data directory means to a cluster member
@@ -260,6 +271,8 @@ impl Default for ClusterSettings {
             replace_dead_after_ms: DEFAULT_REPLACE_DEAD_AFTER_MS,
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_log_percent: DEFAULT_SNAPSHOT_LOG_PERCENT,
         }
     }
 }
@@ -274,6 +287,23 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 30;
 /// scheduling hiccup would start elections; above a minute a dead leader
 /// would stop its partitions longer than any client waits.
 pub const ELECTION_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+
+/// [`ClusterSettings::snapshot_entries`] by default.
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 1024;
+
+/// The range of [`ClusterSettings::snapshot_entries`]: below 16 a member
+/// would snapshot about as often as it appends; above ten million a
+/// restart would replay a log that long.
+pub const SNAPSHOT_ENTRIES: std::ops::RangeInclusive<u64> = 16..=10_000_000;
+
+/// [`ClusterSettings::snapshot_log_percent`] by default: the Raft
+/// dissertation's rule (§5.1.3), snapshot when the log holds the
+/// snapshot's size.
+pub const DEFAULT_SNAPSHOT_LOG_PERCENT: u64 = 100;
+
+/// The range of [`ClusterSettings::snapshot_log_percent`]: above 1000 a
+/// restart would replay ten times the state from the log.
+pub const SNAPSHOT_LOG_PERCENT: std::ops::RangeInclusive<u64> = 0..=1000;
 
 /// [`ClusterSettings::replication_factor`] by default.
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
@@ -468,6 +498,14 @@ impl ClusterSettings {
                 ),
             );
         }
+        for (key, value, range) in [
+            ("cluster.snapshot_entries", self.snapshot_entries, &SNAPSHOT_ENTRIES),
+            ("cluster.snapshot_log_percent", self.snapshot_log_percent, &SNAPSHOT_LOG_PERCENT),
+        ] {
+            if !range.contains(&value) {
+                f.error(Performance, key, format!("{value} is outside {}..={}", range.start(), range.end()));
+            }
+        }
         if self.replication_factor != 3 && self.replication_factor != 5 {
             f.error(
                 Integration,
@@ -489,11 +527,13 @@ impl ClusterSettings {
                 || self.replace_dead_after_ms != DEFAULT_REPLACE_DEAD_AFTER_MS
                 || self.election_timeout_ms != DEFAULT_ELECTION_TIMEOUT_MS
                 || self.heartbeat_interval_ms != DEFAULT_HEARTBEAT_INTERVAL_MS
+                || self.snapshot_entries != DEFAULT_SNAPSHOT_ENTRIES
+                || self.snapshot_log_percent != DEFAULT_SNAPSHOT_LOG_PERCENT
             {
                 f.warn(
                     Integration,
                     "cluster.enabled",
-                    "false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor, replace_dead_after_ms, election_timeout_ms and heartbeat_interval_ms are ignored (a single node)",
+                    "false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor, replace_dead_after_ms, election_timeout_ms, heartbeat_interval_ms, snapshot_entries and snapshot_log_percent are ignored (a single node)",
                 );
             }
             return;

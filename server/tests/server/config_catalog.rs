@@ -500,6 +500,18 @@ fn catalog() -> Vec<Entry> {
             vec!["kaelix.toml:5:23: cluster.election_timeout_ms: 10 is outside 50..=60000 (milliseconds)"],
         ),
         (
+            "a snapshot every 4 entries",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nsnapshot_entries = 4\n")),
+            vec![],
+            vec!["kaelix.toml:5:20: cluster.snapshot_entries: 4 is outside 16..=10000000"],
+        ),
+        (
+            "a log of fifty times the snapshot before the next",
+            t(&format!("[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nsnapshot_log_percent = 5000\n")),
+            vec![],
+            vec!["kaelix.toml:5:24: cluster.snapshot_log_percent: 5000 is outside 0..=1000"],
+        ),
+        (
             "heartbeats as slow as half the election timeout",
             t(&format!(
                 "[cluster]\nenabled = true\nnode_id = 1\npeers = {PEERS}\nelection_timeout_ms = 1000\nheartbeat_interval_ms = 500\n"
@@ -621,7 +633,7 @@ fn catalog() -> Vec<Entry> {
             vec![],
             vec![
                 "kaelix.toml:2:22: cluster.forward_timeout_ms: 3600000 is outside 100..=600000 (milliseconds)",
-                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor, replace_dead_after_ms, election_timeout_ms and heartbeat_interval_ms are ignored (a single node)",
+                "kaelix.toml:1:2: warning: cluster.enabled: false: node_id, listen, peers, join, forward_timeout_ms, initial_state, replication_factor, replace_dead_after_ms, election_timeout_ms, heartbeat_interval_ms, snapshot_entries and snapshot_log_percent are ignored (a single node)",
             ],
         ),
         (
