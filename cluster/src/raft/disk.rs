@@ -147,7 +147,24 @@ pub fn encode_header(generation: u64) -> Bytes {
 
 /// Encodes `w` as one record.
 pub fn encode_write(w: &Write) -> Bytes {
-    let mut body = BytesMut::new();
+    // Sized up front and framed in place: a base image carries the whole
+    // snapshot, and growing or copying it again would cost as much as
+    // encoding it.
+    let config_len = |c: &Configuration| 12 + 8 * (c.voters.len() + c.outgoing.len() + c.learners.len());
+    let snapshot_len = w.snapshot.as_ref().map_or(0, |s| 20 + config_len(&s.config) + s.data.len());
+    let entries_len: usize = w
+        .entries
+        .iter()
+        .map(|e| {
+            17 + match &e.payload {
+                EntryPayload::Noop => 0,
+                EntryPayload::Normal(b) => 4 + b.len(),
+                EntryPayload::Config(c) => config_len(c),
+            }
+        })
+        .sum();
+    let mut body = BytesMut::with_capacity(FRAME_HEADER + 2 + snapshot_len + 4 + entries_len + 26);
+    body.put_bytes(0, FRAME_HEADER);
     body.put_u8(WRITE);
     let flags =
         u8::from(w.snapshot.is_some()) | u8::from(!w.entries.is_empty()) << 1 | u8::from(w.hard_state.is_some()) << 2;
@@ -183,7 +200,20 @@ pub fn encode_write(w: &Write) -> Bytes {
         body.put_u64_le(hs.commit);
         body.put_u8(u8::from(hs.recovering));
     }
-    frame(body)
+    frame_in_place(body)
+}
+
+/// Bytes of a record's frame: `len:u32 crc:u32`.
+const FRAME_HEADER: usize = 8;
+
+/// Fills in the frame of a record whose body follows `FRAME_HEADER` bytes
+/// left for it.
+fn frame_in_place(mut record: BytesMut) -> Bytes {
+    let body_len = u32::try_from(record.len() - FRAME_HEADER).expect("record under 4 GiB");
+    let crc = crc32fast::hash(&record[FRAME_HEADER..]);
+    record[..4].copy_from_slice(&body_len.to_le_bytes());
+    record[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+    record.freeze()
 }
 
 fn frame(body: BytesMut) -> Bytes {

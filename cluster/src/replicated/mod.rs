@@ -265,7 +265,12 @@ impl PartitionMachine {
     /// `sessions:u32 (client seq answer){n} records:u64 (timestamp len:u32 payload){n}
     /// commits:u32 (next:u64 len:u32 group){n}`.
     pub fn snapshot(&self) -> Bytes {
-        let mut b = BytesMut::new();
+        // Sized up front: it holds every record, and growing it would copy
+        // them again and again.
+        let records: usize =
+            (0..self.log.next_offset()).filter_map(|o| self.log.get(o)).map(|r| 12 + r.payload.len()).sum();
+        let commits: usize = self.commits.keys().map(|g| 12 + g.len()).sum();
+        let mut b = BytesMut::with_capacity(4 + 24 * self.sessions.len() + 8 + records + 4 + commits);
         b.put_u32_le(u32::try_from(self.sessions.len()).expect("sessions fit"));
         for (&client, &(seq, answer)) in &self.sessions {
             b.put_u64_le(client);
