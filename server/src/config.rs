@@ -220,7 +220,9 @@ pub struct ClusterSettings {
     /// snapshot holds the whole partition, so on a count alone its cost
     /// grows with the partition; tied to its size, every byte is
     /// snapshotted a bounded number of times and a restart replays at
-    /// most about this share of the state from the log. Fixed at start.
+    /// most about this share of the state from the log. Each member
+    /// raises it by up to half, by its id, so a partition's members
+    /// do not all write a snapshot at once. Fixed at start.
     pub snapshot_log_percent: u64,
 }
 

@@ -85,7 +85,9 @@ pub struct ReplicatedConfig {
     /// size (the Raft dissertation's §5.1.3 rule), every byte is
     /// snapshotted a bounded number of times on average, and the log
     /// replayed at a restart is at most about this share of the state.
-    /// 0: the count alone decides.
+    /// Each member raises it by up to half, by its id, so a group's
+    /// members do not all write their snapshots at the same entry (see
+    /// `replica`). 0: the count alone decides.
     pub snapshot_log_percent: u64,
     /// How long a member forwarding a publish to its group's leader (see
     /// `start_forwarding_broker_node`) waits to connect, to hand the

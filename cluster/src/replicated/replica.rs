@@ -212,6 +212,13 @@ struct Group {
     /// this incarnation booted): with the snapshot's size, when to take
     /// the next one (`ReplicatedConfig::snapshot_log_percent`).
     applied_bytes: u64,
+    /// This member's share of the log, in percent of the snapshot's size,
+    /// before its next snapshot: `snapshot_log_percent` raised by 0 to
+    /// 4/8 of itself by the member's id and the group. Members that apply the same entries would
+    /// otherwise snapshot at the same entry and write their base images at
+    /// once; staggered, a majority keeps committing while one member
+    /// writes its image.
+    snapshot_log_percent: u64,
     /// Produces waiting for the entry at this index to apply.
     produces: BTreeMap<u64, Vec<Waiting>>,
     /// Reads waiting for their ReadIndex round, by context.
@@ -257,11 +264,15 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             .zip(0..)
             .map(|(boot, g)| {
                 assert!(boot.at <= now, "time went backwards: {} after {}", now, boot.at);
+                // Consecutive member ids get different fifths of the range.
+                let stagger = (me.0.wrapping_mul(31).wrapping_add(u64::from(g))) % 5;
+                let snapshot_log_percent = config.snapshot_log_percent + config.snapshot_log_percent * stagger / 8;
                 Group {
                     raft: Raft::new(config.raft_config(me, g), boot.rng, boot.at, boot.recovered),
                     machine: PartitionMachine::new(),
                     applied: 0,
                     applied_bytes: 0,
+                    snapshot_log_percent,
                     produces: BTreeMap::new(),
                     reads: BTreeMap::new(),
                     ready: Vec::new(),
@@ -560,7 +571,7 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
         let (snapshot_index, _) = g.raft.log().snapshot_point();
         let snapshot_bytes = g.raft.snapshot().map_or(0, |s| s.data.len() as u64);
         if applied >= snapshot_index + self.config.snapshot_every
-            && g.applied_bytes * 100 >= snapshot_bytes * self.config.snapshot_log_percent
+            && g.applied_bytes * 100 >= snapshot_bytes * g.snapshot_log_percent
         {
             g.raft.compact(self.now, applied, g.machine.snapshot());
             g.applied_bytes = 0;
@@ -784,12 +795,12 @@ mod tests {
 
     /// The snapshot indexes a lone member takes over `records` produces of
     /// `size` bytes each.
-    fn snapshots_taken(log_percent: u64, records: u64, size: usize) -> Vec<u64> {
-        let mut config = ReplicatedConfig::new(vec![NodeId(1)], 1);
+    fn snapshots_taken(me: NodeId, log_percent: u64, records: u64, size: usize) -> Vec<u64> {
+        let mut config = ReplicatedConfig::new(vec![me], 1);
         config.snapshot_every = 10;
         config.snapshot_log_percent = log_percent;
         let boot = GroupBoot { recovered: DiskState::default().recovered(true), rng: seeded(1), at: Instant::ZERO };
-        let mut c = ReplicaCore::new(NodeId(1), config, NoObserver, Instant::ZERO, vec![boot]);
+        let mut c = ReplicaCore::new(me, config, NoObserver, Instant::ZERO, vec![boot]);
         let mut now = Instant::ZERO;
         while c.raft(0).role() != crate::raft::Role::Leader {
             now = c.poll_timeout().expect("a follower has an election deadline");
@@ -813,7 +824,7 @@ mod tests {
 
     #[test]
     fn snapshots_follow_the_count_alone_at_zero_percent() {
-        let taken = snapshots_taken(0, 200, 100);
+        let taken = snapshots_taken(NodeId(1), 0, 200, 100);
         assert_eq!(taken.len(), 20, "one snapshot per 10 entries: {taken:?}");
         assert!(taken.windows(2).all(|w| w[1] - w[0] == 10), "{taken:?}");
     }
@@ -825,7 +836,7 @@ mod tests {
     /// the bytes produced).
     #[test]
     fn snapshots_spread_out_as_the_partition_grows_at_100_percent() {
-        let taken = snapshots_taken(100, 2000, 100);
+        let taken = snapshots_taken(NodeId(1), 100, 2000, 100);
         assert!(taken.len() >= 4 && taken.len() <= 12, "{} snapshots: {taken:?}", taken.len());
         assert_eq!(taken[0], 10, "the first after `snapshot_every` entries: {taken:?}");
         for w in taken.windows(2) {
@@ -835,6 +846,19 @@ mod tests {
             // command each) hold at least the snapshot at w[0] (about 112
             // bytes per record it covers).
             assert!(gap * 125 >= w[0] * 112 * 9 / 10, "gap {gap} after a snapshot at {}: {taken:?}", w[0]);
+        }
+    }
+
+    /// Members applying the same entries do not write their snapshots at
+    /// the same entries (past the first, which the count decides).
+    #[test]
+    fn members_stagger_their_snapshots() {
+        let taken: Vec<Vec<u64>> = (1..=3).map(|id| snapshots_taken(NodeId(id), 100, 2000, 100)).collect();
+        for a in 0..3 {
+            for b in a + 1..3 {
+                let shared: Vec<&u64> = taken[a][1..].iter().filter(|i| taken[b][1..].contains(i)).collect();
+                assert!(shared.is_empty(), "members {} and {} both snapshot at {shared:?}: {taken:?}", a + 1, b + 1);
+            }
         }
     }
 }
