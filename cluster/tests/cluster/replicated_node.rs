@@ -24,6 +24,9 @@ const DEAF: NodeId = NodeId(3);
 /// Enough groups that the deaf node, were it a member, would lead some.
 const PARTITIONS: u32 = 6;
 
+/// Each partition's produce, as the client saw it end.
+type Answers = Arc<Mutex<Vec<(u32, Result<u64, ClientError>)>>>;
+
 #[test]
 fn a_node_that_cannot_listen_does_not_start_and_the_others_serve_every_partition() {
     for seed in 0..4 {
@@ -49,7 +52,7 @@ fn a_node_that_cannot_listen_does_not_start_and_the_others_serve_every_partition
             let spec = NodeSpec { kind: NodeKind::Server, name: format!("server-{}", id.0), faulty_disk: false, init };
             sim.add_node(id, spec);
         }
-        let answers: Arc<Mutex<Vec<(u32, Result<u64, ClientError>)>>> = Arc::default();
+        let answers: Answers = Arc::default();
         let init = {
             let answers = answers.clone();
             SimRuntime::init(move |rt| {
