@@ -658,7 +658,8 @@ impl RaftScenario {
                     .any(|(_, f)| matches!(f, Fault::Restart { node, wipe: true } if *node == id));
                 config.bootstrap = !wiped;
                 let observer = NodeObserver { checker: checker.clone(), rt: rt.clone() };
-                run_node(rt, config, observer)
+                // A fresh incarnation always listens in the simulator.
+                async move { run_node(rt, config, observer).expect("a simulated node listens").await }
             });
             let spec = NodeSpec {
                 kind: NodeKind::Server,

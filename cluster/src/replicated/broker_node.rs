@@ -99,7 +99,7 @@ use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime};
 use kaelix_core::time::{Duration, Instant};
 use kaelix_core::{NodeId, WallTime};
 
-use super::node::{LivenessFeed, ReplicaObserver, ReplicatedConfig, run};
+use super::node::{LivenessFeed, ReplicaObserver, ReplicatedConfig, StartError, listen, run};
 use super::protocol::{Request, Response};
 use super::replica::{ClientRef, Output, ReplicaCore};
 use crate::raft::Role;
@@ -117,6 +117,10 @@ pub enum BrokerNodeError {
     /// The broker refused a topic.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The node cannot listen for clients (the other members' forwarded
+    /// publishes).
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// Starts node `rt.node_id()` of a replicated broker: a broker whose
@@ -164,6 +168,8 @@ fn start<R: Runtime, O: ReplicaObserver>(
     // Forwarding, with the graceful-stop requests and SWIM's events.
     forward: Option<(mpsc::UnboundedReceiver<oneshot::Sender<()>>, Option<LivenessFeed>)>,
 ) -> Result<Broker<R>, BrokerNodeError> {
+    // First, so that a node that cannot listen starts nothing.
+    let listener = listen(&rt)?;
     let broker = Broker::with_replication(rt.clone(), rt.rng(), broker_config);
     let mut groups = Vec::new();
     for (topic, topic_config) in topics {
@@ -183,7 +189,7 @@ fn start<R: Runtime, O: ReplicaObserver>(
         drop(rt.spawn(Priority::High, "broker-forwarder", task));
         mirror.forward = Some(tx);
     }
-    drop(rt.spawn(Priority::Critical, "replica-main", run(rt.clone(), config, observer, Some(mirror))));
+    drop(rt.spawn(Priority::Critical, "replica-main", run(rt.clone(), config, observer, listener, Some(mirror))));
     Ok(broker)
 }
 

@@ -16,6 +16,13 @@
 //!   once it is durable;
 //! * the **acceptor** and per-client **reader** / **writer** tasks.
 //!
+//! Listening for clients comes first, before anything else of the node
+//! exists ([`run_node`] returns the error): a node that cannot listen must
+//! not become a member, for once it led a group every client request to
+//! that group — the others only redirect to it — would go unanswered until
+//! a leader change (a port another process took while the node was down is
+//! the usual cause).
+//!
 //! Boot, per group: list the group's generation files, take the newest
 //! whose base image is complete (reading it until two reads agree, so a
 //! corrupt read is not mistaken for a torn tail), remove the others, cut a
@@ -40,7 +47,7 @@ use kaelix_broker::replication::Proposal;
 use kaelix_core::NodeId;
 use kaelix_core::planted::Planted;
 use kaelix_core::rng::{DetRng, RngExt};
-use kaelix_core::runtime::{ClientStream, Priority, Runtime, Storage, StorageFile};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, NetError, Priority, Runtime, Storage, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::{Duration, Instant};
 
@@ -418,22 +425,49 @@ async fn client_reader<S: ClientStream>(stream: S, client: ClientRef, inputs: mp
     }
 }
 
-/// Runs one incarnation of a replicated-partition node until it is dropped
-/// (crash or shutdown). `config.members` must include `rt.node_id()`.
+/// Why a node did not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The node cannot listen for clients (see the module docs).
+    #[error("{node} cannot listen for clients: {error}")]
+    Listen {
+        /// The node.
+        node: NodeId,
+        /// What listening answered.
+        error: NetError,
+    },
+}
+
+/// Opens `rt`'s client listener: the first step of a node's start.
+pub(super) fn listen<R: Runtime>(rt: &R) -> Result<<R as ClientNetwork>::Listener, StartError> {
+    rt.listen().map_err(|error| StartError::Listen { node: rt.node_id(), error })
+}
+
+/// Starts one incarnation of a replicated-partition node: listens for
+/// clients at once, or returns why it cannot (then nothing of the node
+/// runs: see the module docs), and returns the node, which runs until it is
+/// dropped (crash or shutdown). `config.members` must include
+/// `rt.node_id()`.
 ///
 /// Each event becomes one input of the core, whose outputs are performed
 /// before the next event is taken; a timeout is handled group by group,
 /// with the leadership fault point after each group.
-pub async fn run_node<R: Runtime, O: ReplicaObserver>(rt: R, config: ReplicatedConfig, observer: O) {
-    run(rt, config, observer, None).await;
+pub fn run_node<R: Runtime, O: ReplicaObserver>(
+    rt: R,
+    config: ReplicatedConfig,
+    observer: O,
+) -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
+    let listener = listen(&rt)?;
+    Ok(run(rt, config, observer, listener, None))
 }
 
-/// [`run_node`], mirroring the groups into a broker when `mirror` is given
-/// (see [`super::broker_node`]).
+/// [`run_node`] from its open client `listener`, mirroring the groups into
+/// a broker when `mirror` is given (see [`super::broker_node`]).
 pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
     rt: R,
     config: ReplicatedConfig,
     observer: O,
+    listener: <R as ClientNetwork>::Listener,
     mut mirror: Option<Mirror<R>>,
 ) {
     let me = rt.node_id();
@@ -458,22 +492,19 @@ pub(super) async fn run<R: Runtime, O: ReplicaObserver>(
         ));
         writes.push(tx);
     }
-    let _acceptor = match rt.listen() {
-        Ok(listener) => {
-            let inputs = input_tx.clone();
-            let accept = accept_clients(
-                rt.clone(),
-                listener,
-                ("raft-client-writer", "raft-client-reader"),
-                move |id, stream, tx| {
-                    let client = ClientRef(id);
-                    inputs.unbounded_send(Input::ClientConnected(client, tx)).ok()?;
-                    Some(client_reader(stream, client, inputs.clone()))
-                },
-            );
-            Some(rt.spawn(Priority::High, "raft-acceptor", accept))
-        }
-        Err(_) => None,
+    let _acceptor = {
+        let inputs = input_tx.clone();
+        let accept = accept_clients(
+            rt.clone(),
+            listener,
+            ("raft-client-writer", "raft-client-reader"),
+            move |id, stream, tx| {
+                let client = ClientRef(id);
+                inputs.unbounded_send(Input::ClientConnected(client, tx)).ok()?;
+                Some(client_reader(stream, client, inputs.clone()))
+            },
+        );
+        rt.spawn(Priority::High, "raft-acceptor", accept)
     };
 
     let _proposals = mirror.as_ref().map(|m| {

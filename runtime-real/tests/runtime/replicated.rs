@@ -52,7 +52,8 @@ impl Cluster {
         let mut config = ReplicatedConfig::new(SERVERS.to_vec(), PARTITIONS);
         // Exercise snapshots and new WAL generations on real files.
         config.snapshot_every = 25;
-        drop(rt.spawn(Priority::Critical, "replicated-node", run_node(rt.clone(), config, self.leaders.clone())));
+        let node = run_node(rt.clone(), config, self.leaders.clone()).expect("node listens for clients");
+        drop(rt.spawn(Priority::Critical, "replicated-node", node));
         exec
     }
 }
