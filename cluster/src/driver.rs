@@ -1,5 +1,11 @@
-//! Pieces every node driver shares: waiting for the next event of a main
-//! loop, and accepting client streams (a writer and a reader task each).
+//! Pieces every node driver shares: listening for clients before anything
+//! else of a node starts, waiting for the next event of a main loop, and
+//! accepting client streams (a writer and a reader task each).
+//!
+//! A node that cannot listen for clients must not start: as a member it
+//! would vote and could lead, and then every client request to it — the
+//! others only redirect to it — would go unanswered (a port another
+//! process took while the node was down is the usual cause).
 //!
 //! A driver's main task owns its sans-IO core and waits on three sources:
 //! its own input channel (client requests, write completions — polled
@@ -16,7 +22,25 @@ use bytes::Bytes;
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use kaelix_core::NodeId;
-use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, Network, Priority, Runtime};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, Listener, NetError, Network, Priority, Runtime};
+
+/// Why a node did not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The node cannot listen for clients (see the module docs).
+    #[error("{node} cannot listen for clients: {error}")]
+    Listen {
+        /// The node.
+        node: NodeId,
+        /// What listening answered.
+        error: NetError,
+    },
+}
+
+/// Opens `rt`'s client listener: the first step of a node's start.
+pub fn listen<R: Runtime>(rt: &R) -> Result<<R as ClientNetwork>::Listener, StartError> {
+    rt.listen().map_err(|error| StartError::Listen { node: rt.node_id(), error })
+}
 
 /// What woke a driver's main task.
 pub enum Event<I> {

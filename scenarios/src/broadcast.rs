@@ -278,7 +278,11 @@ impl Broadcast {
         config.planted = self.planted;
         for &id in &servers {
             let (config, checker) = (config.clone(), checker.clone());
-            let init = SimRuntime::init(move |rt| run_node(rt, config.clone(), checker.clone()));
+            // A fresh incarnation always listens in the simulator.
+            let init = SimRuntime::init(move |rt| {
+                let node = run_node(rt, config.clone(), checker.clone());
+                async move { node.expect("a simulated node listens").await }
+            });
             sim.add_node(
                 id,
                 NodeSpec {

@@ -12,6 +12,9 @@
 //!   (Normal): decode client frames (a malformed frame gets an `Error`
 //!   reply, the connection keeps serving), send acknowledgements.
 //!
+//! Listening for clients comes first: a node that cannot listen does not
+//! start ([`run_node`] returns why; see `crate::driver`).
+//!
 //! Boot: open the log, scan it, cut off a torn or corrupt tail (durably),
 //! then build the core from the values that survived.
 
@@ -29,7 +32,7 @@ use kaelix_core::{Instant, NodeId};
 use super::log::{encode_record_into, scan};
 use super::wire::{ClientFrame, Value};
 use super::{BroadcastConfig, BroadcastCore, ClientRef, Output};
-use crate::driver::{Event, accept_clients, next_event};
+use crate::driver::{Event, StartError, accept_clients, listen, next_event};
 
 /// The log's file name.
 pub const LOG_FILE: &str = "broadcast.log";
@@ -59,9 +62,25 @@ enum Input {
 
 const RETRY: Duration = Duration::from_millis(10);
 
-/// Runs one incarnation of a broadcast node until it is dropped (crash or
-/// shutdown). `config.members` must include `rt.node_id()`.
-pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: BroadcastConfig, observer: O) {
+/// Starts one incarnation of a broadcast node: listens for clients at
+/// once, or returns why it cannot (then nothing of the node runs: see
+/// `crate::driver`), and returns the node, which runs until it is dropped
+/// (crash or shutdown). `config.members` must include `rt.node_id()`.
+pub fn run_node<R: Runtime, O: BroadcastObserver>(
+    rt: R,
+    config: BroadcastConfig,
+    observer: O,
+) -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
+    let listener = listen(&rt)?;
+    Ok(run(rt, config, observer, listener))
+}
+
+async fn run<R: Runtime, O: BroadcastObserver>(
+    rt: R,
+    config: BroadcastConfig,
+    observer: O,
+    listener: <R as ClientNetwork>::Listener,
+) {
     let me = rt.node_id();
     observer.booted(me);
 
@@ -100,22 +119,19 @@ pub async fn run_node<R: Runtime, O: BroadcastObserver>(rt: R, config: Broadcast
     let (persist_tx, persist_rx) = mpsc::unbounded::<(WriteId, Value)>();
     let _writer =
         rt.spawn(Priority::High, "broadcast-log-writer", log_writer(rt.clone(), file, persist_rx, input_tx.clone()));
-    let _acceptor = match rt.listen() {
-        Ok(listener) => {
-            let inputs = input_tx.clone();
-            let accept = accept_clients(
-                rt.clone(),
-                listener,
-                ("broadcast-client-writer", "broadcast-client-reader"),
-                move |id, stream, tx| {
-                    let client = ClientRef(id);
-                    inputs.unbounded_send(Input::ClientConnected(client, tx.clone())).ok()?;
-                    Some(client_reader(stream, client, tx, inputs.clone()))
-                },
-            );
-            Some(rt.spawn(Priority::High, "broadcast-acceptor", accept))
-        }
-        Err(_) => None,
+    let _acceptor = {
+        let inputs = input_tx.clone();
+        let accept = accept_clients(
+            rt.clone(),
+            listener,
+            ("broadcast-client-writer", "broadcast-client-reader"),
+            move |id, stream, tx| {
+                let client = ClientRef(id);
+                inputs.unbounded_send(Input::ClientConnected(client, tx.clone())).ok()?;
+                Some(client_reader(stream, client, tx, inputs.clone()))
+            },
+        );
+        rt.spawn(Priority::High, "broadcast-acceptor", accept)
     };
 
     let mut clients: BTreeMap<ClientRef, mpsc::UnboundedSender<Bytes>> = BTreeMap::new();

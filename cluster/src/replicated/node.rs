@@ -47,7 +47,7 @@ use kaelix_broker::replication::Proposal;
 use kaelix_core::NodeId;
 use kaelix_core::planted::Planted;
 use kaelix_core::rng::{DetRng, RngExt};
-use kaelix_core::runtime::{ClientNetwork, ClientStream, NetError, Priority, Runtime, Storage, StorageFile};
+use kaelix_core::runtime::{ClientNetwork, ClientStream, Priority, Runtime, Storage, StorageFile};
 use kaelix_core::sansio::WriteId;
 use kaelix_core::time::{Duration, Instant};
 
@@ -425,23 +425,8 @@ async fn client_reader<S: ClientStream>(stream: S, client: ClientRef, inputs: mp
     }
 }
 
-/// Why a node did not start.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StartError {
-    /// The node cannot listen for clients (see the module docs).
-    #[error("{node} cannot listen for clients: {error}")]
-    Listen {
-        /// The node.
-        node: NodeId,
-        /// What listening answered.
-        error: NetError,
-    },
-}
-
-/// Opens `rt`'s client listener: the first step of a node's start.
-pub(super) fn listen<R: Runtime>(rt: &R) -> Result<<R as ClientNetwork>::Listener, StartError> {
-    rt.listen().map_err(|error| StartError::Listen { node: rt.node_id(), error })
-}
+pub use crate::driver::StartError;
+pub(super) use crate::driver::listen;
 
 /// Starts one incarnation of a replicated-partition node: listens for
 /// clients at once, or returns why it cannot (then nothing of the node

@@ -4,6 +4,7 @@
 //! listen for clients, and one test per rule of the
 //! Raft paper's Figure 2.
 
+mod broadcast_node;
 mod membership;
 mod raft_harness;
 mod raft_paper;

@@ -48,7 +48,8 @@ impl Cluster {
         cfg.clients = self.clients.clone();
         let rt = RealRuntime::start(exec.handle(), cfg).expect("node starts");
         let config = BroadcastConfig::new(SERVERS.to_vec());
-        drop(rt.spawn(Priority::Critical, "broadcast-node", run_node(rt.clone(), config, self.held.clone())));
+        let node = run_node(rt.clone(), config, self.held.clone()).expect("node listens for clients");
+        drop(rt.spawn(Priority::Critical, "broadcast-node", node));
         exec
     }
 }
