@@ -14,12 +14,14 @@ use kaelix_core::{Instant, NodeId};
 use kaelix_runtime_sim::SimRuntime;
 use kaelix_sim::{NodeKind, NodeSpec, Sim, SimConfig};
 
+/// Each node, and what starting it answered (`None`: it started).
+type Started = Arc<Mutex<Vec<(NodeId, Option<StartError>)>>>;
+
 #[test]
 fn a_broadcast_node_that_cannot_listen_does_not_start() {
     let sim = Sim::new(SimConfig::new(1));
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
-    // (node, what starting it answered: None = it started)
-    let started: Arc<Mutex<Vec<(NodeId, Option<StartError>)>>> = Arc::default();
+    let started: Started = Arc::default();
     for id in members.clone() {
         let (config, started) = (BroadcastConfig::new(members.clone()), started.clone());
         let init = SimRuntime::init(move |rt| {
