@@ -64,9 +64,9 @@
 //! the members exactly between them: the work an input causes (draining the
 //! member's outputs, applying entries, snapshotting when enough was
 //! applied since the last snapshot: `snapshot_every` entries holding at
-//! least `snapshot_log_percent` of the snapshot's bytes) is done lazily by `poll_output`, one
-//! member output at a time, so a [`ReplicaObserver`] is told about each step
-//! just before the IO it causes is performed.
+//! least `snapshot_log_percent` of the snapshot's bytes) is done lazily by
+//! `poll_output`, one member output at a time, so a [`ReplicaObserver`] is
+//! told about each step just before the IO it causes is performed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -214,10 +214,10 @@ struct Group {
     applied_bytes: u64,
     /// This member's share of the log, in percent of the snapshot's size,
     /// before its next snapshot: `snapshot_log_percent` raised by 0 to
-    /// 4/8 of itself by the member's id and the group. Members that apply the same entries would
-    /// otherwise snapshot at the same entry and write their base images at
-    /// once; staggered, a majority keeps committing while one member
-    /// writes its image.
+    /// 4/8 of itself by the member's id and the group. Members that apply
+    /// the same entries would otherwise snapshot at the same entry and
+    /// write their base images at once; staggered, a majority keeps
+    /// committing while one member writes its image.
     snapshot_log_percent: u64,
     /// Produces waiting for the entry at this index to apply.
     produces: BTreeMap<u64, Vec<Waiting>>,
@@ -264,7 +264,8 @@ impl<O: ReplicaObserver> ReplicaCore<O> {
             .zip(0..)
             .map(|(boot, g)| {
                 assert!(boot.at <= now, "time went backwards: {} after {}", now, boot.at);
-                // Consecutive member ids get different fifths of the range.
+                // One of five steps, 0 to 4/8, by member id and group:
+                // consecutive ids take different steps.
                 let stagger = (me.0.wrapping_mul(31).wrapping_add(u64::from(g))) % 5;
                 let snapshot_log_percent = config.snapshot_log_percent + config.snapshot_log_percent * stagger / 8;
                 Group {
