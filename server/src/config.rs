@@ -453,44 +453,23 @@ impl ClusterSettings {
     /// The cluster's rules (only when enabled; see [`ClusterSettings`]).
     fn rules(&self, config: &ServerConfig, f: &mut Findings) {
         use Category::*;
-        if !FORWARD_TIMEOUT_MS.contains(&self.forward_timeout_ms) {
-            // Checked even when off: a file that would fail once the
-            // cluster is switched on is refused now.
-            f.error(
-                Network,
-                "cluster.forward_timeout_ms",
-                format!(
-                    "{} is outside {}..={} (milliseconds)",
-                    self.forward_timeout_ms,
-                    FORWARD_TIMEOUT_MS.start(),
-                    FORWARD_TIMEOUT_MS.end()
-                ),
-            );
+        // Checked even when off: a file that would fail once the cluster is
+        // switched on is refused now.
+        let ms = " (milliseconds)";
+        for (category, key, value, range, unit) in [
+            (Network, "cluster.forward_timeout_ms", self.forward_timeout_ms, &FORWARD_TIMEOUT_MS, ms),
+            (Integration, "cluster.replace_dead_after_ms", self.replace_dead_after_ms, &REPLACE_DEAD_AFTER_MS, ms),
+            (Performance, "cluster.election_timeout_ms", self.election_timeout_ms, &ELECTION_TIMEOUT_MS, ms),
+            (Performance, "cluster.snapshot_entries", self.snapshot_entries, &SNAPSHOT_ENTRIES, ""),
+            (Performance, "cluster.snapshot_log_percent", self.snapshot_log_percent, &SNAPSHOT_LOG_PERCENT, ""),
+        ] {
+            if !range.contains(&value) {
+                f.error(category, key, format!("{value} is outside {}..={}{unit}", range.start(), range.end()));
+            }
         }
-        if !REPLACE_DEAD_AFTER_MS.contains(&self.replace_dead_after_ms) {
-            f.error(
-                Integration,
-                "cluster.replace_dead_after_ms",
-                format!(
-                    "{} is outside {}..={} (milliseconds)",
-                    self.replace_dead_after_ms,
-                    REPLACE_DEAD_AFTER_MS.start(),
-                    REPLACE_DEAD_AFTER_MS.end()
-                ),
-            );
-        }
-        if !ELECTION_TIMEOUT_MS.contains(&self.election_timeout_ms) {
-            f.error(
-                Performance,
-                "cluster.election_timeout_ms",
-                format!(
-                    "{} is outside {}..={} (milliseconds)",
-                    self.election_timeout_ms,
-                    ELECTION_TIMEOUT_MS.start(),
-                    ELECTION_TIMEOUT_MS.end()
-                ),
-            );
-        } else if self.heartbeat_interval_ms < 5 || self.heartbeat_interval_ms * 2 >= self.election_timeout_ms {
+        if ELECTION_TIMEOUT_MS.contains(&self.election_timeout_ms)
+            && (self.heartbeat_interval_ms < 5 || self.heartbeat_interval_ms * 2 >= self.election_timeout_ms)
+        {
             f.error(
                 Performance,
                 "cluster.heartbeat_interval_ms",
@@ -499,14 +478,6 @@ impl ClusterSettings {
                     self.heartbeat_interval_ms, self.election_timeout_ms
                 ),
             );
-        }
-        for (key, value, range) in [
-            ("cluster.snapshot_entries", self.snapshot_entries, &SNAPSHOT_ENTRIES),
-            ("cluster.snapshot_log_percent", self.snapshot_log_percent, &SNAPSHOT_LOG_PERCENT),
-        ] {
-            if !range.contains(&value) {
-                f.error(Performance, key, format!("{value} is outside {}..={}", range.start(), range.end()));
-            }
         }
         if self.replication_factor != 3 && self.replication_factor != 5 {
             f.error(
@@ -519,19 +490,8 @@ impl ClusterSettings {
             );
         }
         if !self.enabled {
-            if self.node_id != 0
-                || !self.peers.is_empty()
-                || !self.join.is_empty()
-                || self.listen.is_some()
-                || self.forward_timeout_ms != DEFAULT_FORWARD_TIMEOUT_MS
-                || self.initial_state != InitialState::New
-                || self.replication_factor != DEFAULT_REPLICATION_FACTOR
-                || self.replace_dead_after_ms != DEFAULT_REPLACE_DEAD_AFTER_MS
-                || self.election_timeout_ms != DEFAULT_ELECTION_TIMEOUT_MS
-                || self.heartbeat_interval_ms != DEFAULT_HEARTBEAT_INTERVAL_MS
-                || self.snapshot_entries != DEFAULT_SNAPSHOT_ENTRIES
-                || self.snapshot_log_percent != DEFAULT_SNAPSHOT_LOG_PERCENT
-            {
+            // Anything but the defaults is a setting that does nothing.
+            if *self != ClusterSettings::default() {
                 f.warn(
                     Integration,
                     "cluster.enabled",
